@@ -1,0 +1,39 @@
+"""fgjax: model how users forget their interests, at scale, in JAX.
+
+Public API (imported lazily, so a service that only calls ``fgjax.load`` never
+imports the training code):
+
+- ``fgjax.load(path)`` -> a ``ServingModel`` with ``.recommend(raw_user_ids, k)``.
+- ``fgjax.train``, ``fgjax.analyze``, ``fgjax.recommend``, ``fgjax.evaluate``,
+  ``fgjax.quickstart``: the library functions behind the CLI.
+- ``fgjax.kernels``: pure JAX kernels.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+__version__ = "0.1.0"
+
+_LAZY = {
+    "load": ("fgjax.serving", "load"),
+    "ServingModel": ("fgjax.serving", "ServingModel"),
+    "Config": ("fgjax.config", "Config"),
+    "load_config": ("fgjax.config", "load_config"),
+    "train": ("fgjax.train", "train"),
+    "analyze": ("fgjax.analysis", "analyze"),
+    "recommend": ("fgjax.recommend", "recommend"),
+    "evaluate": ("fgjax.evaluate", "evaluate"),
+    "quickstart": ("fgjax.pipeline", "quickstart"),
+    "read_events": ("fgjax.data.reader", "read_events"),
+    "FgjaxError": ("fgjax.errors", "FgjaxError"),
+}
+
+__all__ = sorted([*_LAZY, "__version__"])
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        module, attr = _LAZY[name]
+        return getattr(importlib.import_module(module), attr)
+    raise AttributeError(f"module 'fgjax' has no attribute {name!r}")

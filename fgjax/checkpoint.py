@@ -1,0 +1,186 @@
+"""Orbax checkpoints: training state, config, vocabularies, iterator position.
+
+Layout of a checkpoint directory::
+
+    DIR/fgjax.json              format version and what wrote it
+    DIR/vocab/{users,items,categories}.parquet   raw ID <-> index
+    DIR/train/<step>/           Orbax: params, opt_state, meta (JSON: config,
+                                step, epoch, data position, sizes, history)
+    DIR/serving/                Orbax: arrays a service needs besides params
+                                (interest probabilities, states, item interests,
+                                seen items, popularity), written after analysis
+
+Only this module and ``fgjax.serving`` read it, and neither imports training code.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+
+from fgjax.data.vocab import Vocabulary
+from fgjax.errors import CheckpointError
+
+FORMAT_VERSION = 1
+_MANIFEST = "fgjax.json"
+
+
+def _manifest_path(directory: Path) -> Path:
+    return directory / _MANIFEST
+
+
+def write_manifest(directory: str | Path) -> None:
+    """Create ``DIR`` and its manifest (idempotent)."""
+    from fgjax import __version__
+
+    directory = Path(directory).absolute()
+    directory.mkdir(parents=True, exist_ok=True)
+    manifest = {"format_version": FORMAT_VERSION, "written_by": f"fgjax {__version__}"}
+    _manifest_path(directory).write_text(json.dumps(manifest, indent=2) + "\n")
+
+
+def check_manifest(directory: str | Path) -> Path:
+    """The checkpoint directory as an absolute path, after checking its format version."""
+    directory = Path(directory).absolute()
+    manifest = _manifest_path(directory)
+    if not manifest.is_file():
+        raise CheckpointError(f"'{directory}' is not an fgjax checkpoint (no {_MANIFEST})")
+    try:
+        version = json.loads(manifest.read_text())["format_version"]
+    except (ValueError, KeyError):
+        raise CheckpointError(f"'{manifest}': unreadable manifest, expected JSON with format_version") from None
+    if version != FORMAT_VERSION:
+        raise CheckpointError(
+            f"'{directory}': checkpoint format version {version}, this fgjax reads version {FORMAT_VERSION}"
+        )
+    return directory
+
+
+def save_vocabularies(directory: str | Path, users: Vocabulary, items: Vocabulary, categories: Vocabulary | None) -> None:
+    vocab_dir = Path(directory) / "vocab"
+    vocab_dir.mkdir(parents=True, exist_ok=True)
+    users.save(vocab_dir / "users.parquet")
+    items.save(vocab_dir / "items.parquet")
+    if categories is not None:
+        categories.save(vocab_dir / "categories.parquet")
+
+
+def load_vocabularies(directory: str | Path) -> tuple[Vocabulary, Vocabulary, Vocabulary | None]:
+    vocab_dir = Path(directory) / "vocab"
+    categories = vocab_dir / "categories.parquet"
+    return (
+        Vocabulary.load(vocab_dir / "users.parquet"),
+        Vocabulary.load(vocab_dir / "items.parquet"),
+        Vocabulary.load(categories) if categories.is_file() else None,
+    )
+
+
+def _with_sharding(abstract: Any, sharding: jax.sharding.Sharding) -> Any:
+    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), abstract)
+
+
+class TrainCheckpoints:
+    """Step-numbered training checkpoints under ``DIR/train`` (Orbax CheckpointManager).
+
+    Saves are asynchronous; ``close()`` (or the context manager) waits for them.
+    """
+
+    def __init__(self, directory: str | Path, *, max_to_keep: int = 2, read_only: bool = False):
+        self.directory = Path(directory).absolute()
+        options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=not read_only, read_only=read_only)
+        self._manager = ocp.CheckpointManager(
+            self.directory / "train", options=options, item_names=("params", "opt_state", "meta")
+        )
+
+    def __enter__(self) -> "TrainCheckpoints":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def latest_step(self) -> int | None:
+        return self._manager.latest_step()
+
+    def save(self, step: int, params: Any, opt_state: Any, meta: dict[str, Any]) -> None:
+        self._manager.save(
+            step,
+            args=ocp.args.Composite(
+                params=ocp.args.StandardSave(params),
+                opt_state=ocp.args.StandardSave(opt_state),
+                meta=ocp.args.JsonSave(meta),
+            ),
+        )
+
+    def restore_meta(self, step: int | None = None) -> dict[str, Any]:
+        step = self._require_step(step)
+        return self._manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+
+    def restore(
+        self,
+        abstract_params: Any,
+        abstract_opt_state: Any | None,
+        *,
+        sharding: jax.sharding.Sharding,
+        step: int | None = None,
+    ) -> tuple[Any, Any | None, dict[str, Any]]:
+        """``(params, opt_state or None, meta)`` placed with ``sharding``.
+
+        Pass ``abstract_opt_state=None`` to skip the optimizer (serving).
+        """
+        step = self._require_step(step)
+        items = {
+            "params": ocp.args.StandardRestore(_with_sharding(abstract_params, sharding)),
+            "meta": ocp.args.JsonRestore(),
+        }
+        if abstract_opt_state is not None:
+            items["opt_state"] = ocp.args.StandardRestore(_with_sharding(abstract_opt_state, sharding))
+        try:
+            restored = self._manager.restore(step, args=ocp.args.Composite(**items))
+        except (ValueError, KeyError, FileNotFoundError) as exc:
+            raise CheckpointError(f"'{self.directory}' step {step}: cannot restore ({str(exc).splitlines()[0]})") from None
+        return restored["params"], restored.get("opt_state"), restored["meta"]
+
+    def _require_step(self, step: int | None) -> int:
+        step = self.latest_step() if step is None else step
+        if step is None:
+            raise CheckpointError(f"'{self.directory}' holds no training checkpoint")
+        return step
+
+    def close(self) -> None:
+        self._manager.wait_until_finished()
+        self._manager.close()
+
+
+def save_serving(directory: str | Path, arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> None:
+    """Write the serving arrays (replacing older ones) and their JSON metadata."""
+    directory = Path(directory).absolute()
+    checkpointer = ocp.StandardCheckpointer()
+    checkpointer.save(directory / "serving", {k: np.asarray(v) for k, v in arrays.items()}, force=True)
+    checkpointer.wait_until_finished()
+    checkpointer.close()
+    (directory / "serving.json").write_text(json.dumps(meta, indent=2) + "\n")
+
+
+def load_serving(directory: str | Path) -> tuple[dict[str, np.ndarray], dict[str, Any]] | None:
+    """The serving arrays and metadata as NumPy, or None if never written."""
+    directory = Path(directory).absolute()
+    if not (directory / "serving.json").is_file():
+        return None
+    checkpointer = ocp.StandardCheckpointer()
+    try:
+        metadata = checkpointer.metadata(directory / "serving")
+        tree = getattr(metadata, "item_metadata", metadata)
+        cpu = jax.sharding.SingleDeviceSharding(jax.devices("cpu")[0])
+        abstract = {
+            name: jax.ShapeDtypeStruct(tuple(m.shape), m.dtype, sharding=cpu) for name, m in dict(tree).items()
+        }
+        arrays = checkpointer.restore(directory / "serving", abstract)
+    finally:
+        checkpointer.close()
+    meta = json.loads((directory / "serving.json").read_text())
+    return {k: np.asarray(v) for k, v in arrays.items()}, meta

@@ -1,0 +1,283 @@
+"""Typed, frozen configs loaded from YAML with dotted ``key=value`` overrides.
+
+Each section is a frozen dataclass; ``Config`` nests them. ``load_config``
+merges a YAML file (optional) and overrides onto the defaults, checking every
+key and value type, so a typo stops with a one-line ``ConfigError`` instead of
+being ignored. Override values are parsed as YAML scalars/flow collections
+(``train.epochs=3``, ``evaluate.ks=[5,10]``), never evaluated as code.
+
+The defaults are the quickstart run: ``fgjax quickstart --out DIR``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import types
+import typing
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import yaml
+
+from fgjax.errors import ConfigError
+
+DEFAULT_EVENT_WEIGHTS = {"view": 0.5, "search": 0.5, "click": 1.0, "cart": 2.0, "purchase": 4.0}
+DEFAULT_STATE_WEIGHTS = {"new": 1.0, "active": 1.0, "declining": 0.5, "forgotten": 0.05, "reactivated": 1.0}
+
+
+@dataclasses.dataclass(frozen=True)
+class ColumnsConfig:
+    """Names of the event columns in the input files (SPEC.md data contract)."""
+
+    user_id: str = "user_id"
+    item_id: str = "item_id"
+    timestamp: str = "timestamp"
+    event_type: str = "event_type"
+    weight: str = "weight"
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    """Where the behavior log is and how to read it."""
+
+    path: str = ""  # file, directory of shards, or glob; "" = the quickstart's generated data
+    format: str = "auto"  # auto | parquet | csv | ipc | recbole | movielens
+    items_path: str = ""  # optional items table: item_id -> category
+    item_category_column: str = "category"
+    columns: ColumnsConfig = ColumnsConfig()
+    event_weights: dict[str, float] = dataclasses.field(default_factory=lambda: dict(DEFAULT_EVENT_WEIGHTS))
+    default_event_type: str = "click"
+    unknown_event_weight: float = 1.0  # weight of user-defined event types not in event_weights
+    batch_size: int = 65536  # rows per Arrow record batch while streaming
+    min_timestamp: float = 0.0  # epoch seconds; rows outside [min, max] are rejected
+    max_timestamp: float = 4102444800.0  # 2100-01-01T00:00:00Z
+    drop_duplicates: bool = True  # identical (user, item, timestamp, event_type) rows
+
+
+@dataclasses.dataclass(frozen=True)
+class SyntheticConfig:
+    """The built-in synthetic behavior log (users with fading interests)."""
+
+    num_users: int = 2000
+    num_items: int = 1000
+    num_categories: int = 16
+    num_days: int = 60
+    min_interests: int = 2
+    max_interests: int = 4
+    events_per_interest_per_day: float = 0.6
+    fade_fraction: float = 0.25  # share of (user, interest) pairs that fade slowly
+    stop_fraction: float = 0.2  # share that stop abruptly
+    periodic_fraction: float = 0.15  # share of users whose interests come in periodic bursts
+    zipf_exponent: float = 1.1  # item popularity within a category ~ rank^-s
+    users_per_shard: int = 500
+    start: str = "2026-01-01"  # UTC date of the first window
+    seed: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class AnalysisConfig:
+    """Windowed interest state and forgetting (SPEC.md, 'The seed's model')."""
+
+    window_seconds: float = 86400.0
+    half_life_windows: float = 7.0  # decay half-life in windows; .inf = no decay
+    reset_each_window: bool = False  # True with half_life .inf = the seed's per-window indicator
+    alpha: float = 2.0  # softmax temperature of p(k|u,t) = softmax(-alpha * f_k)
+    forgetting_mode: str = "decline"  # decline | change
+    normalize: str = "current"  # current (seed formula) | max (bounded in [0, 2])
+    eps: float = 1e-8
+    decline_threshold: float = 0.1  # f_k above this: the interest is declining
+    forgotten_ratio: float = 0.1  # I_k below this share of its peak, without activity: forgotten
+    top_interests: int = 3  # interests written per (user, window) in forgetting.parquet
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """The article's EmbeddingMLP."""
+
+    name: str = "embedding_mlp"
+    embed_dim: int = 32
+    hidden_dim: int = 64
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 6
+    batch_size: int = 1024  # global batch of positives; split over the data axis
+    learning_rate: float = 3e-3
+    negatives: int = 4  # sampled negatives per positive (uniform over items)
+    seed: int = 0
+    num_devices: int = 0  # devices on the data axis; 0 = all local devices
+    checkpoint_every_steps: int = 0  # 0 = at the end of every epoch
+    max_to_keep: int = 2
+    max_steps: int = 0  # stop after this many steps in total (0 = run all epochs)
+    eval_users: int = 0  # validation users per epoch (0 = all)
+
+
+@dataclasses.dataclass(frozen=True)
+class RecommendConfig:
+    k: int = 10
+    use_forgetting: bool = True
+    exclude_seen: bool = True
+    state_weights: dict[str, float] = dataclasses.field(default_factory=lambda: dict(DEFAULT_STATE_WEIGHTS))
+    user_chunk: int = 512  # users scored per device call
+
+
+@dataclasses.dataclass(frozen=True)
+class EvaluateConfig:
+    protocol: str = "leave_last_out"
+    ks: list[int] = dataclasses.field(default_factory=lambda: [10, 20])
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """Everything a run needs. Defaults = the quickstart run."""
+
+    data: DataConfig = DataConfig()
+    synthetic: SyntheticConfig = SyntheticConfig()
+    analysis: AnalysisConfig = AnalysisConfig()
+    model: ModelConfig = ModelConfig()
+    train: TrainConfig = TrainConfig()
+    recommend: RecommendConfig = RecommendConfig()
+    evaluate: EvaluateConfig = EvaluateConfig()
+
+
+_CHOICES = {
+    ("data", "format"): ("auto", "parquet", "csv", "ipc", "recbole", "movielens"),
+    ("analysis", "forgetting_mode"): ("decline", "change"),
+    ("analysis", "normalize"): ("current", "max"),
+    ("model", "name"): ("embedding_mlp",),
+    ("evaluate", "protocol"): ("leave_last_out",),
+}
+
+
+def _coerce(value: Any, tp: Any, where: str) -> Any:
+    """Check ``value`` against the annotation ``tp``; int -> float is allowed."""
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{where}: expected a mapping of {tp.__name__} fields, got {value!r}")
+        return _build(tp, value, where)
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            if isinstance(value, str) and value.strip().lower() in ("inf", ".inf", "infinity"):
+                return math.inf
+            raise ConfigError(f"{where}: expected a number, got {value!r}")
+        return float(value)
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where}: expected an integer, got {value!r}")
+        return value
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}: expected true or false, got {value!r}")
+        return value
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{where}: expected a string, got {value!r}")
+        return value
+    if origin is dict:
+        key_tp, val_tp = typing.get_args(tp)
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
+        return {_coerce(k, key_tp, where): _coerce(v, val_tp, f"{where}.{k}") for k, v in value.items()}
+    if origin is list:
+        (item_tp,) = typing.get_args(tp)
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        return [_coerce(v, item_tp, f"{where}[{i}]") for i, v in enumerate(value)]
+    if origin in (typing.Union, types.UnionType):  # pragma: no cover - no such fields yet
+        raise ConfigError(f"{where}: union-typed config fields are not supported")
+    raise ConfigError(f"{where}: unsupported config type {tp!r}")  # pragma: no cover
+
+
+def _build(cls: type, raw: Mapping[str, Any], where: str) -> Any:
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(raw) - names)
+    if unknown:
+        prefix = f"{where}." if where else ""
+        raise ConfigError(
+            f"unknown config key '{prefix}{unknown[0]}'; valid keys here: {', '.join(sorted(names))}"
+        )
+    kwargs = {}
+    for f in dataclasses.fields(cls):
+        if f.name not in raw:
+            continue
+        key = f"{where}.{f.name}" if where else f.name
+        value = raw[f.name]
+        if dataclasses.is_dataclass(hints[f.name]) and value is None:
+            continue
+        kwargs[f.name] = _coerce(value, hints[f.name], key)
+        if typing.get_origin(hints[f.name]) is dict and f.default_factory is not dataclasses.MISSING:
+            # Mappings (event and state weights) merge onto the defaults, so one
+            # override changes one entry and a config adds user-defined types.
+            kwargs[f.name] = {**f.default_factory(), **kwargs[f.name]}
+        choices = _CHOICES.get((where, f.name))
+        if choices and kwargs[f.name] not in choices:
+            raise ConfigError(f"{key}: expected one of {', '.join(choices)}, got {kwargs[f.name]!r}")
+    return cls(**kwargs)
+
+
+def to_dict(config: Any) -> dict[str, Any]:
+    """A plain nested dict of a config (JSON/YAML serializable)."""
+    return dataclasses.asdict(config)
+
+
+def from_dict(raw: Mapping[str, Any]) -> Config:
+    """Build a ``Config`` from a nested mapping, checking keys and types."""
+    return _build(Config, raw, "")
+
+
+def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
+    parts = dotted.split(".")
+    node = tree
+    for part in parts[:-1]:
+        child = node.get(part)
+        if not isinstance(child, dict):
+            child = {}
+            node[part] = child
+        node = child
+    node[parts[-1]] = value
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """``"train.epochs=3"`` -> ``("train.epochs", 3)`` (value parsed as YAML)."""
+    key, sep, raw_value = text.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise ConfigError(f"override '{text}': expected KEY=VALUE, e.g. train.epochs=3")
+    try:
+        value = yaml.safe_load(raw_value) if raw_value.strip() else ""
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"override '{text}': value is not valid YAML ({exc.problem})") from None
+    return key, value
+
+
+def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> Config:
+    """Defaults <- YAML file at ``path`` (if any) <- dotted ``overrides``."""
+    tree: dict[str, Any] = {}
+    if path:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file '{path}' does not exist")
+        try:
+            loaded = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            line = f" line {mark.line + 1}" if mark else ""
+            raise ConfigError(f"config file '{path}'{line}: not valid YAML") from None
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"config file '{path}': expected a mapping of sections at top level")
+        tree = loaded
+    for text in overrides:
+        key, value = parse_override(text)
+        _set_dotted(tree, key, value)
+    return from_dict(tree)
+
+
+def replace(config: Any, **changes: Any) -> Any:
+    """``dataclasses.replace`` re-exported for frozen configs."""
+    return dataclasses.replace(config, **changes)

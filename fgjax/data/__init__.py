@@ -1,0 +1,1 @@
+"""Data I/O: synthetic logs, streaming readers with validation, vocabularies, splits."""

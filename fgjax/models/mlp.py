@@ -1,0 +1,75 @@
+"""The article's EmbeddingMLP as a ``flax.nnx`` module.
+
+User and item embeddings are concatenated and passed through
+``Dense(hidden, relu) -> Dense(1)``, giving a click logit (SPEC.md, Models).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+from jax import Array
+
+Params = dict[str, Any]  # a pure nested dict of arrays (nnx State.to_pure_dict())
+
+
+class EmbeddingMLP(nnx.Module):
+    """``logit(u, i) = w2 . relu(W1 [e_u; e_i] + b1) + b2``.
+
+    Args:
+      num_users, num_items: table sizes.
+      embed_dim: width of each embedding (the article uses 32).
+      hidden_dim: hidden units (the article uses 64).
+      rngs: ``nnx.Rngs`` for initialization.
+    """
+
+    def __init__(self, num_users: int, num_items: int, *, embed_dim: int = 32, hidden_dim: int = 64, rngs: nnx.Rngs):
+        self.user_embed = nnx.Embed(num_users, embed_dim, rngs=rngs)
+        self.item_embed = nnx.Embed(num_items, embed_dim, rngs=rngs)
+        self.hidden = nnx.Linear(2 * embed_dim, hidden_dim, rngs=rngs)
+        self.out = nnx.Linear(hidden_dim, 1, rngs=rngs)
+
+    def __call__(self, users: Array, items: Array) -> Array:
+        """``(batch,)`` user and item indices -> ``(batch,)`` logits."""
+        x = jnp.concatenate([self.user_embed(users), self.item_embed(items)], axis=-1)
+        return self.out(jax.nn.relu(self.hidden(x)))[..., 0]
+
+    def score_all_items(self, users: Array) -> Array:
+        """``(users,)`` indices -> ``(users, items)`` logits against the whole catalog.
+
+        The first layer splits as ``W1 [e_u; e_i] = W1u e_u + W1i e_i``, so each
+        side is projected once and the (users, items) pairs only add and apply
+        relu and the output layer; no ``(users, items, 2d)`` concatenation.
+        """
+        d = self.user_embed.embedding.shape[-1]
+        kernel = self.hidden.kernel[...]
+        user_part = self.user_embed(users) @ kernel[:d] + self.hidden.bias[...]  # (users, hidden)
+        item_part = self.item_embed.embedding[...] @ kernel[d:]  # (items, hidden)
+        hidden = jax.nn.relu(user_part[:, None, :] + item_part[None, :, :])
+        return hidden @ self.out.kernel[...][:, 0] + self.out.bias[...][0]
+
+
+def build_model(model_config, num_users: int, num_items: int, *, seed: int) -> EmbeddingMLP:
+    """The model a ``ModelConfig`` names, initialized from ``seed``."""
+    return EmbeddingMLP(
+        num_users,
+        num_items,
+        embed_dim=model_config.embed_dim,
+        hidden_dim=model_config.hidden_dim,
+        rngs=nnx.Rngs(seed),
+    )
+
+
+def split_params(model: nnx.Module) -> tuple[nnx.GraphDef, Params]:
+    """``(graphdef, params)`` with params as a pure nested dict of arrays."""
+    graphdef, state = nnx.split(model)
+    return graphdef, state.to_pure_dict()
+
+
+def abstract_params(model_config, num_users: int, num_items: int) -> tuple[nnx.GraphDef, Params]:
+    """Graph and ``ShapeDtypeStruct`` params without allocating (for restores)."""
+    model = nnx.eval_shape(lambda: build_model(model_config, num_users, num_items, seed=0))
+    return split_params(model)

@@ -1,0 +1,117 @@
+"""Full-catalog scoring and top-K, in fixed-size user chunks.
+
+One jitted function scores a chunk of users against every item, optionally
+re-weights by forgetting (SPEC.md, Recommendation score)
+
+    score(u, i) = w_i * m(u, k(i)) * sigmoid(logit(u, i))
+
+where ``m(u, k) = p(k | u) * state_weight(state(u, k))`` and ``k(i)`` is the
+item's interest, masks already-seen items and selects the top K. Only
+``(chunk, K)`` results come back to the host.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from fgjax import kernels
+from fgjax.data.split import ItemSets
+
+
+@dataclasses.dataclass(frozen=True)
+class ForgettingWeights:
+    """What the forgetting analysis contributes to scoring.
+
+    Attributes:
+      user_interest: ``(users, K)`` float32 m(u, k) = p(k|u) * state weight.
+      item_interest: ``(items,)`` int32 interest of each item; -1 = none
+        (such items keep weight 1).
+      item_weight: ``(items,)`` float32 w_i (popularity, freshness, business).
+    """
+
+    user_interest: np.ndarray
+    item_interest: np.ndarray
+    item_weight: np.ndarray
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "k", "num_items"))
+def _chunk_top_k(graphdef, params, users, seen, user_interest, item_interest, item_weight, *, k, num_items):
+    """Top-k of one user chunk.
+
+    Args:
+      users: ``(chunk,)`` int32 (padding rows repeat a valid user).
+      seen: ``(chunk, width)`` int32 items to exclude, padded with ``num_items``.
+      user_interest: ``(chunk, K)`` or None; item_interest ``(items,)``;
+        item_weight ``(items,)``.
+    """
+    model = nnx.merge(graphdef, params)
+    logits = model.score_all_items(users)  # (chunk, items)
+    scores = jax.nn.sigmoid(logits)
+    if user_interest is not None:
+        # Items without an interest (-1) keep weight 1.
+        per_item = jnp.take(user_interest, jnp.maximum(item_interest, 0), axis=1)
+        per_item = jnp.where(item_interest[None, :] >= 0, per_item, 1.0)
+        scores = scores * per_item * item_weight[None, :]
+    rows = jnp.broadcast_to(jnp.arange(users.shape[0])[:, None], seen.shape)
+    exclude = jnp.zeros((users.shape[0], num_items), bool).at[rows, seen].set(True, mode="drop")
+    return kernels.masked_top_k(scores, k, exclude=exclude)
+
+
+def rank_items(
+    graphdef: nnx.GraphDef,
+    params: Any,
+    users: np.ndarray,
+    *,
+    k: int,
+    num_items: int,
+    seen: ItemSets | None = None,
+    forgetting: ForgettingWeights | None = None,
+    chunk: int = 512,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Top-``k`` items for each user, best first.
+
+    Args:
+      users: ``(n,)`` int dense user indices.
+      seen: items to exclude per user (e.g. training items), or None.
+      forgetting: forgetting re-weighting, or None for the model alone.
+
+    Returns:
+      ``(scores, items)``, each ``(n, k)``; excluded items never appear unless
+      a user has fewer than ``k`` allowed items (then score ``-inf``).
+    """
+    users = np.asarray(users, np.int32)
+    k = min(k, num_items)
+    if len(users) == 0:
+        return np.empty((0, k), np.float32), np.empty((0, k), np.int32)
+    # Few users: a smaller power-of-two chunk avoids scoring padding rows.
+    chunk = min(chunk, 1 << (len(users) - 1).bit_length())
+    out_scores = np.empty((len(users), k), np.float32)
+    out_items = np.empty((len(users), k), np.int32)
+    if forgetting is not None:
+        item_interest = jnp.asarray(forgetting.item_interest, jnp.int32)
+        item_weight = jnp.asarray(forgetting.item_weight, jnp.float32)
+    else:
+        item_interest = item_weight = None
+    for start in range(0, len(users), chunk):
+        part = users[start : start + chunk]
+        n = len(part)
+        padded = np.concatenate([part, np.full(chunk - n, part[0], np.int32)]) if n < chunk else part
+        if seen is not None:
+            seen_rows = seen.padded(padded, pad_value=num_items)
+        else:
+            seen_rows = np.full((len(padded), 1), num_items, np.int32)
+        user_interest = None if forgetting is None else jnp.asarray(forgetting.user_interest[padded])
+        values, items = _chunk_top_k(
+            graphdef, params, jnp.asarray(padded), jnp.asarray(seen_rows),
+            user_interest, item_interest, item_weight, k=k, num_items=num_items,
+        )
+        out_scores[start : start + n] = np.asarray(values)[:n]
+        out_items[start : start + n] = np.asarray(items)[:n]
+    return out_scores, out_items
