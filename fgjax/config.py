@@ -73,6 +73,10 @@ class SyntheticConfig:
     users_per_shard: int = 500
     start: str = "2026-01-01"  # UTC date of the first window
     seed: int = 0
+    bad_row_fraction: float = 0.002  # injected duplicates / null user_id / null timestamp rows (the rejects demo)
+    category_zipf_exponent: float = 0.8  # how much more often popular categories are a user's interest
+    fade_half_life_days: float = 7.0  # a fading interest's rate halves every this many days after fade start
+    new_interest_fraction: float = 0.2  # share of (user, interest) pairs that start after day 0
 
 
 @dataclasses.dataclass(frozen=True)

@@ -66,7 +66,7 @@ def build_model(model_config, num_users: int, num_items: int, *, seed: int) -> E
 def split_params(model: nnx.Module) -> tuple[nnx.GraphDef, Params]:
     """``(graphdef, params)`` with params as a pure nested dict of arrays."""
     graphdef, state = nnx.split(model)
-    return graphdef, state.to_pure_dict()
+    return graphdef, nnx.to_pure_dict(state)
 
 
 def abstract_params(model_config, num_users: int, num_items: int) -> tuple[nnx.GraphDef, Params]:

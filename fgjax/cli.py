@@ -1,0 +1,156 @@
+"""``fgjax`` command line: thin wrappers over ``fgjax.pipeline`` and friends.
+
+Every subcommand reads an optional YAML config (``--config``) with dotted
+``--set key=value`` overrides. Errors print one line and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from fgjax.errors import ConfigError, FgjaxError
+
+EPILOG = """examples:
+  fgjax quickstart --out runs/quickstart
+  fgjax generate --out runs/gen --set synthetic.num_users=10000
+  fgjax train --out runs/ml100k --set data.format=recbole --set data.path=../shared/data/ml-100k
+  fgjax analyze --out runs/a --set data.path=events/ --set data.items_path=items.parquet
+  fgjax recommend --checkpoint runs/quickstart/checkpoint --users 1,2,3 --out recs.parquet
+  fgjax evaluate --out runs/quickstart --config configs/quickstart.yaml
+"""
+
+
+def _add_common(p: argparse.ArgumentParser, *, out_help: str) -> None:
+    p.add_argument("--out", required=True, type=Path, help=out_help)
+    p.add_argument("--config", type=Path, default=None, help="YAML config (see configs/); defaults = the quickstart run")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config value, e.g. --set train.epochs=3 (repeatable)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="fgjax",
+        description="Model how users forget their interests: train, analyze forgetting, recommend, evaluate.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    p = sub.add_parser("quickstart", help="generate a synthetic log and run the whole pipeline on it")
+    _add_common(p, out_help="output directory (data, checkpoint, parquet outputs, metrics.json, plots)")
+    p = sub.add_parser("generate", help="write the synthetic behavior log (sharded Parquet + ground truth)")
+    _add_common(p, out_help="output directory")
+    p = sub.add_parser("train", help="read events (data.path), split by time, train, save a checkpoint")
+    _add_common(p, out_help="output directory (checkpoint/, metrics.jsonl, plots/)")
+    p = sub.add_parser("analyze", help="windowed forgetting analysis of data.path -> forgetting.parquet")
+    _add_common(p, out_help="output directory")
+    p = sub.add_parser("recommend", help="top-K recommendations from a checkpoint, by raw user IDs")
+    p.add_argument("--checkpoint", required=True, type=Path, help="checkpoint directory written by train/quickstart")
+    p.add_argument("--users", default=None,
+                   help="comma-separated raw user IDs, or a Parquet/CSV file with a user_id column (default: all users)")
+    p.add_argument("--k", type=int, default=10, help="items per user")
+    p.add_argument("--no-forgetting", action="store_true", help="rank by the model alone")
+    p.add_argument("--out", required=True, type=Path, help="output Parquet file")
+    p = sub.add_parser("evaluate", help="temporal leave-last-out evaluation of a checkpoint -> metrics.json")
+    _add_common(p, out_help="output directory (reads OUT/checkpoint unless --checkpoint)")
+    p.add_argument("--checkpoint", type=Path, default=None, help="checkpoint directory (default OUT/checkpoint)")
+    return parser
+
+
+def _config(args):
+    from fgjax.config import load_config
+
+    return load_config(args.config, args.overrides)
+
+
+def _progress(args) -> bool:
+    return not getattr(args, "no_progress", False) and sys.stderr.isatty()
+
+
+def _read_user_ids(spec: str | None, model):
+    import pyarrow as pa
+
+    if spec is None:
+        return model.users.values
+    path = Path(spec)
+    if path.suffix in (".parquet", ".csv") and path.exists():
+        import pyarrow.csv as pcsv
+        import pyarrow.parquet as pq
+
+        table = pq.read_table(path) if path.suffix == ".parquet" else pcsv.read_csv(path)
+        if "user_id" not in table.column_names:
+            raise ConfigError(f"--users file '{path}': no user_id column (columns: {', '.join(table.column_names)})")
+        return table.column("user_id").combine_chunks()
+    raw = [s.strip() for s in spec.split(",") if s.strip()]
+    if pa.types.is_integer(model.users.type):
+        try:
+            return pa.array([int(s) for s in raw], model.users.type)
+        except ValueError:
+            raise ConfigError(f"--users: expected integer user IDs, got {spec!r}") from None
+    return pa.array(raw, model.users.type)
+
+
+def run(args) -> int:
+    from fgjax import pipeline
+
+    if args.command == "quickstart":
+        pipeline.quickstart(_config(args), args.out, progress=_progress(args))
+    elif args.command == "generate":
+        from fgjax.data.synthetic import generate
+
+        paths = generate(_config(args).synthetic, args.out)
+        print(f"wrote {paths.events_dir}, {paths.items_path}, {paths.truth_path}")
+    elif args.command == "train":
+        config = _config(args)
+        prepared = pipeline.prepare(config, args.out, print)
+        fitted = pipeline.fit(config, prepared, args.out, print, _progress(args))
+        if fitted.trained.history:
+            from fgjax.plots import plot_training_curves
+
+            (args.out / "plots").mkdir(exist_ok=True)
+            plot_training_curves(fitted.trained.history, args.out / "plots" / "training_curves.png")
+        print(f"checkpoint: {args.out / 'checkpoint'}")
+    elif args.command == "analyze":
+        config = _config(args)
+        rows = pipeline.analyze_only(config, args.out, print, _progress(args))
+        print(f"wrote {args.out / 'forgetting.parquet'} ({rows:,} rows) and {args.out / 'plots' / 'forgetting.png'}")
+    elif args.command == "recommend":
+        import pyarrow.parquet as pq
+
+        from fgjax.serving import load
+
+        model = load(args.checkpoint)
+        table = model.recommend(_read_user_ids(args.users, model), k=args.k, use_forgetting=not args.no_forgetting)
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        pq.write_table(table, str(args.out))
+        print(f"wrote {args.out}: {table.num_rows:,} rows")
+    elif args.command == "evaluate":
+        config = _config(args)
+        metrics = pipeline.evaluate_checkpoint(config, args.out, args.checkpoint or args.out / "checkpoint", print,
+                                               _progress(args))
+        print(json.dumps(metrics["results"], indent=2))
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return run(args)
+    except FgjaxError as exc:
+        print(f"fgjax: error: {exc}", file=sys.stderr)
+        return 2
+    except FileNotFoundError as exc:
+        print(f"fgjax: error: {exc.filename or exc}: no such file or directory", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("fgjax: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

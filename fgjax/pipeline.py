@@ -1,0 +1,229 @@
+"""The jobs behind the CLI, as library functions (tests call them directly).
+
+``quickstart`` runs everything on the built-in synthetic log:
+generate -> read and validate -> temporal split -> train -> forgetting analysis
+-> save serving state -> recommend -> evaluate -> plots.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import pyarrow.parquet as pq
+
+from fgjax import kernels
+from fgjax.analysis import ForgettingResult, analyze, forgetting_weights, write_forgetting
+from fgjax.checkpoint import save_serving
+from fgjax.config import Config, to_dict
+from fgjax.data.reader import EventLog, read_events
+from fgjax.data.split import TemporalSplit, leave_last_out
+from fgjax.data.synthetic import generate
+from fgjax.errors import ConfigError
+from fgjax.evaluate import evaluate, item_popularity
+from fgjax.plots import plot_forgetting, plot_training_curves
+from fgjax.recommend import Explanations, recommendation_table
+from fgjax.scoring import rank_items
+from fgjax.train import TrainResult, train
+
+Reporter = Callable[[str], None]
+
+
+def _quiet(_: str) -> None:
+    pass
+
+
+@dataclasses.dataclass(frozen=True)
+class Prepared:
+    """Data read, validated and split."""
+
+    log: EventLog
+    split: TemporalSplit
+
+
+@dataclasses.dataclass(frozen=True)
+class Fitted:
+    """A trained model with the forgetting analysis behind its recommendations."""
+
+    prepared: Prepared
+    trained: TrainResult
+    forgetting: ForgettingResult
+
+
+def with_generated_data(config: Config, out: Path) -> Config:
+    """Point ``config.data`` at the synthetic log written under ``out/data``."""
+    data = dataclasses.replace(
+        config.data, path=str(out / "data" / "events"), items_path=str(out / "data" / "items.parquet"), format="parquet"
+    )
+    return dataclasses.replace(config, data=data)
+
+
+def prepare(config: Config, out: Path, report: Reporter = _quiet) -> Prepared:
+    """Read the events of ``config.data`` (rejects to ``out/rejects.parquet``) and split them."""
+    if not config.data.path:
+        raise ConfigError("data.path is empty: set it with --set data.path=EVENTS (file, directory or glob)")
+    out.mkdir(parents=True, exist_ok=True)
+    log = read_events(config.data, rejects_path=out / "rejects.parquet")
+    report(log.report.summary())
+    split = leave_last_out(log.user, log.item, log.timestamp, log.num_users)
+    report(
+        f"split: {int((split.test_target >= 0).sum()):,} users with validation and test items, "
+        f"{int(split.train_events.sum()):,} training events"
+    )
+    return Prepared(log, split)
+
+
+def fit(config: Config, prepared: Prepared, out: Path, report: Reporter = _quiet, progress: bool = True) -> Fitted:
+    """Train (resuming from ``out/checkpoint``), analyze forgetting, save the serving state."""
+    log, split = prepared.log, prepared.split
+    checkpoint = out / "checkpoint"
+    t0 = time.perf_counter()
+    trained = train(config, log, split, checkpoint, metrics_path=out / "metrics.jsonl", progress=progress)
+    if trained.resumed_from is not None:
+        report(f"resumed training from step {trained.resumed_from}")
+    if trained.history:
+        last = trained.history[-1]
+        scores = ", ".join(f"{k} {v:.4f}" for k, v in last.items() if k.startswith(("train_loss", "val_")))
+        report(f"trained {trained.steps} steps ({len(trained.history)} epochs) in {time.perf_counter() - t0:.1f}s: {scores}")
+    forgetting = analyze(config, log, events=split.history_events, progress=progress)
+    weights = forgetting_weights(forgetting, config, log)
+    save_serving(
+        checkpoint,
+        {
+            "user_interest": weights.user_interest,
+            "item_interest": weights.item_interest,
+            "item_weight": weights.item_weight,
+            "state": forgetting.state,
+            "f": forgetting.f.astype(np.float32),
+            "popularity": item_popularity(split, log.num_items),
+            "seen_indptr": split.history_items.indptr,
+            "seen_items": split.history_items.items,
+        },
+        {"state_names": list(kernels.STATE_NAMES), "window_start_last": float(forgetting.window_start[-1])},
+    )
+    return Fitted(prepared, trained, forgetting)
+
+
+def state_counts(forgetting: ForgettingResult) -> dict[str, int]:
+    """How many (user, interest) pairs end in each state."""
+    counts = np.bincount(forgetting.state.ravel(), minlength=len(kernels.STATE_NAMES))
+    return {name: int(c) for name, c in zip(kernels.STATE_NAMES, counts) if name != "none"}
+
+
+def write_recommendations(config: Config, fitted: Fitted, path: Path) -> int:
+    """Forgetting-aware top-K for every user -> ``path``; returns rows written."""
+    log, split, forgetting = fitted.prepared.log, fitted.prepared.split, fitted.forgetting
+    users = np.arange(log.num_users, dtype=np.int32)
+    weights = forgetting_weights(forgetting, config, log) if config.recommend.use_forgetting else None
+    scores, items = rank_items(
+        fitted.trained.graphdef, fitted.trained.params, users, k=config.recommend.k, num_items=log.num_items,
+        seen=split.history_items if config.recommend.exclude_seen else None, forgetting=weights,
+        chunk=config.recommend.user_chunk,
+    )
+    explanations = Explanations(log.item_category, forgetting.state, forgetting.f, log.categories)
+    table = recommendation_table(log.users.decode(users), users, scores, items, log.items, explanations)
+    pq.write_table(table, str(path))
+    return table.num_rows
+
+
+def quickstart(config: Config, out: str | Path, report: Reporter = print, progress: bool = True) -> dict[str, Any]:
+    """Generate the synthetic log and run the whole pipeline into ``out``; returns metrics.json's content."""
+    out = Path(out)
+    timings: dict[str, float] = {}
+    t = time.perf_counter()
+    paths = generate(config.synthetic, out / "data")
+    timings["generate_s"] = time.perf_counter() - t
+    report(f"generated {config.synthetic.num_users:,} users x {config.synthetic.num_days} days into {paths.events_dir}")
+    config = with_generated_data(config, out)
+    t = time.perf_counter()
+    prepared = prepare(config, out, report)
+    timings["read_s"] = time.perf_counter() - t
+    t = time.perf_counter()
+    fitted = fit(config, prepared, out, report, progress)
+    timings["train_and_analyze_s"] = time.perf_counter() - t
+    rows = write_forgetting(fitted.forgetting, prepared.log, out / "forgetting.parquet")
+    counts = state_counts(fitted.forgetting)
+    report(f"forgetting: {fitted.forgetting.num_windows} windows, {rows:,} (user, window) rows; final states {counts}")
+    t = time.perf_counter()
+    rec_rows = write_recommendations(config, fitted, out / "recommendations.parquet")
+    timings["recommend_s"] = time.perf_counter() - t
+    report(f"recommendations: {rec_rows:,} rows for {prepared.log.num_users:,} users")
+    t = time.perf_counter()
+    evaluation = evaluate(
+        config, fitted.trained.graphdef, fitted.trained.params, prepared.split, prepared.log.num_items,
+        forgetting_weights(fitted.forgetting, config, prepared.log),
+    )
+    timings["evaluate_s"] = time.perf_counter() - t
+    for name, values in evaluation["results"].items():
+        report(f"test {name}: " + ", ".join(f"{m} {values[m]:.4f}" for m in ("ndcg@10", "hit_rate@10", "recall@10")))
+    plots = out / "plots"
+    plots.mkdir(exist_ok=True)
+    if fitted.trained.history:
+        plot_training_curves(fitted.trained.history, plots / "training_curves.png")
+    plot_forgetting(_degree_with_nan(fitted.forgetting), fitted.forgetting.window_start, plots / "forgetting.png")
+    metrics = {
+        "data": dataclasses.asdict(prepared.log.report),
+        "train": {"steps": fitted.trained.steps, "history": fitted.trained.history},
+        "forgetting": {"windows": fitted.forgetting.num_windows, "rows": rows, "final_states": counts},
+        "evaluation": evaluation,
+        "timings_s": {k: round(v, 3) for k, v in timings.items()},
+        "config": to_dict(config),
+    }
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2, default=_json_default) + "\n")
+    report(f"wrote {out}/: recommendations.parquet forgetting.parquet metrics.json plots/ checkpoint/")
+    return metrics
+
+
+def _degree_with_nan(forgetting: ForgettingResult) -> np.ndarray:
+    """``(windows, users)`` F with NaN before each user's first active window."""
+    started = np.cumsum(forgetting.top_probs[:, :, 0] > 0, axis=0) > 0
+    return np.where(started, forgetting.degree, np.nan)
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, (np.integer, np.floating)):
+        return value.item()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"not JSON serializable: {type(value).__name__}")
+
+
+def analyze_only(config: Config, out: str | Path, report: Reporter = _quiet, progress: bool = True) -> int:
+    """Forgetting analysis of every event of ``config.data`` -> ``out/forgetting.parquet`` and a plot."""
+    out = Path(out)
+    prepared = prepare(config, out, report)
+    forgetting = analyze(config, prepared.log, progress=progress)
+    rows = write_forgetting(forgetting, prepared.log, out / "forgetting.parquet")
+    (out / "plots").mkdir(exist_ok=True)
+    plot_forgetting(_degree_with_nan(forgetting), forgetting.window_start, out / "plots" / "forgetting.png")
+    report(f"forgetting: {forgetting.num_windows} windows; final states {state_counts(forgetting)}")
+    return rows
+
+
+def evaluate_checkpoint(config: Config, out: str | Path, checkpoint: str | Path, report: Reporter = _quiet,
+                        progress: bool = True) -> dict[str, Any]:
+    """Evaluate a saved model on ``config.data`` under the temporal protocol -> ``out/metrics.json``."""
+    from fgjax.errors import DataError
+    from fgjax.serving import load
+
+    out = Path(out)
+    model = load(checkpoint)
+    prepared = prepare(config, out, report)
+    log = prepared.log
+    if len(model.users) != log.num_users or len(model.items) != log.num_items:
+        raise DataError(
+            f"checkpoint '{checkpoint}' has {len(model.users)} users / {len(model.items)} items, "
+            f"data.path has {log.num_users} / {log.num_items}: evaluate on the data it was trained on"
+        )
+    forgetting = analyze(config, log, events=prepared.split.history_events, progress=progress)
+    evaluation = evaluate(config, model.graphdef, model.params, prepared.split, log.num_items,
+                          forgetting_weights(forgetting, config, log))
+    for name, values in evaluation["results"].items():
+        report(f"test {name}: " + ", ".join(f"{m} {values[m]:.4f}" for m in ("ndcg@10", "hit_rate@10", "recall@10")))
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "metrics.json").write_text(json.dumps({"evaluation": evaluation, "config": to_dict(config)}, indent=2) + "\n")
+    return evaluation

@@ -1,0 +1,102 @@
+"""The windowed forgetting pipeline against a float64 NumPy recomputation."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from fgjax import kernels
+from fgjax.analysis import analyze, forgetting_table, forgetting_weights
+from fgjax.config import load_config
+from fgjax.errors import DataError
+
+from conftest import make_log
+
+
+def reference_states(log, config):
+    """Float64 loops: I(u,t) per window, F per window, f and p after the last window."""
+    acfg = config.analysis
+    K = len(log.categories)
+    origin = np.floor(log.timestamp.min() / acfg.window_seconds) * acfg.window_seconds
+    win = np.floor((log.timestamp - origin) / acfg.window_seconds).astype(int)
+    T = win.max() + 1
+    inv_tau = np.log(2) / acfg.half_life_windows
+    g = np.exp(-inv_tau)
+    I = np.zeros((log.num_users, K))
+    degrees = []
+    prev = I
+    for t in range(T):
+        end = origin + (t + 1) * acfg.window_seconds
+        prev = I
+        I = g * I
+        for e in np.flatnonzero(win == t):
+            age = (end - log.timestamp[e]) / acfg.window_seconds
+            I[log.user[e], log.item_category[log.item[e]]] += log.weight[e] * np.exp(-inv_tau * age)
+        dn = np.linalg.norm(I - prev, axis=1)
+        cn = np.linalg.norm(I, axis=1)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            degrees.append(np.where(cn > 0, dn / cn, np.where(dn > 0, np.inf, 0.0)))
+    return I, prev, np.array(degrees)
+
+
+def test_matches_numpy_reference():
+    log = make_log(num_users=12, num_items=20, events_per_user=25, seed=4)
+    # Make user 0 stop its interest after day 8 so states and F move.
+    keep = ~((log.user == 0) & (log.timestamp > log.timestamp.min() + 8 * 86400))
+    log = dataclasses.replace(log, user=log.user[keep], item=log.item[keep], timestamp=log.timestamp[keep],
+                              weight=log.weight[keep])
+    config = load_config(None, ["analysis.half_life_windows=3"])
+    result = analyze(config, log, progress=False)
+    I, prev, degrees = reference_states(log, config)
+    np.testing.assert_allclose(result.current, I, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(result.previous, prev, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(result.degree, degrees, rtol=1e-4, atol=1e-5)
+    f = np.maximum(prev - I, 0) / np.linalg.norm(I, axis=1, keepdims=True)
+    np.testing.assert_allclose(result.f, f, rtol=1e-4, atol=1e-6)
+    ever = result.ever
+    logits = np.where(ever, -config.analysis.alpha * f, -np.inf)
+    p = np.exp(logits - logits.max(1, keepdims=True))
+    p /= p.sum(1, keepdims=True)
+    np.testing.assert_allclose(result.p, p, rtol=1e-4, atol=1e-6)
+    # user 0 stopped its only interest 11 windows before the end: forgotten.
+    assert result.state[0, 0] == kernels.FORGOTTEN
+    # Users that kept their interest until the end have not forgotten it.
+    assert all(result.state[u, u % 4] in (kernels.ACTIVE, kernels.DECLINING) for u in range(1, 12))
+    assert (result.state[np.arange(1, 12), np.arange(1, 12) % 4] == kernels.ACTIVE).sum() >= 6
+
+
+def test_forgetting_table_rows_and_columns():
+    log = make_log(num_users=8, num_items=12, events_per_user=10, seed=1)
+    config = load_config(None, ["analysis.top_interests=2"])
+    result = analyze(config, log, progress=False)
+    table = forgetting_table(result, log)
+    assert table.column_names == ["user_id", "window", "window_start", "F", "top_interests", "top_p"]
+    # One row per (user, window) from the user's first active window on.
+    first = {}
+    for u, t in zip(log.user, np.floor((log.timestamp - result.window_start[0]) / 86400).astype(int)):
+        first[u] = min(first.get(u, 10**9), t)
+    expected = sum(result.num_windows - first[u] for u in first)
+    assert table.num_rows == expected
+    row = table.slice(0, 1).to_pylist()[0]
+    assert len(row["top_interests"]) == 2 and row["top_interests"][0].startswith("c")
+    assert row["top_p"][0] >= row["top_p"][1]
+    assert pa.types.is_timestamp(table.schema.field("window_start").type)
+
+
+def test_weights_follow_state_weights():
+    log = make_log(num_users=6, num_items=8, events_per_user=10)
+    config = load_config(None, ["recommend.state_weights.active=0.25"])
+    result = analyze(config, log, progress=False)
+    weights = forgetting_weights(result, config, log)
+    active = result.state == kernels.ACTIVE
+    np.testing.assert_allclose(weights.user_interest[active], 0.25 * result.p[active])
+    np.testing.assert_array_equal(weights.item_interest, log.item_category)
+
+
+def test_needs_categories():
+    log = dataclasses.replace(make_log(), item_category=None, categories=None)
+    with pytest.raises(DataError, match="items_path"):
+        analyze(load_config(), log, progress=False)

@@ -1,0 +1,111 @@
+"""The fgjax command line: help, one-line errors with exit 2, and the quickstart end to end."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+import fgjax
+from fgjax.cli import main
+
+SMALL = ["--set", "synthetic.num_users=300", "--set", "synthetic.num_items=200", "--set", "synthetic.num_days=30",
+         "--set", "synthetic.users_per_shard=100", "--set", "train.epochs=2", "--set", "train.batch_size=256",
+         "--no-progress"]
+
+
+def run_cli(args, capsys):
+    code = main([str(a) for a in args])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_help_lists_every_subcommand(capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["--help"])
+    assert info.value.code == 0
+    out = capsys.readouterr().out
+    for command in ("quickstart", "generate", "train", "analyze", "recommend", "evaluate"):
+        assert command in out
+
+
+def test_console_script_is_installed():
+    exe = shutil.which("fgjax")
+    assert exe, "the fgjax console script is not on PATH"
+    proc = subprocess.run([exe, "train", "--help"], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0 and "--set" in proc.stdout
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["train", "--out", "{tmp}/o"], "data.path is empty"),
+        (["train", "--out", "{tmp}/o", "--set", "train.epoch=2"], "unknown config key 'train.epoch'"),
+        (["train", "--out", "{tmp}/o", "--config", "{tmp}/missing.yaml"], "config file"),
+        (["train", "--out", "{tmp}/o", "--set", "data.path={tmp}/nothing_here"], "nothing_here"),
+        (["recommend", "--checkpoint", "{tmp}", "--out", "{tmp}/r.parquet"], "not an fgjax checkpoint"),
+        (["analyze", "--out", "{tmp}/o", "--set", "analysis.alpha=high"], "analysis.alpha: expected a number"),
+    ],
+)
+def test_errors_are_one_line_with_exit_2(tmp_path, capsys, args, message):
+    code, out, err = run_cli([a.format(tmp=tmp_path) for a in args], capsys)
+    assert code == 2
+    assert err.startswith("fgjax: error: ") and err.count("\n") == 1
+    assert message in err
+    assert "Traceback" not in err
+
+
+@pytest.mark.slow
+def test_quickstart_then_every_subcommand(tmp_path, capsys):
+    out = tmp_path / "qs"
+    code, stdout, err = run_cli(["quickstart", "--out", out, *SMALL], capsys)
+    assert code == 0, err
+    assert "rejected" in stdout and "test embedding_mlp+forgetting" in stdout
+    recs = pq.read_table(out / "recommendations.parquet")
+    assert recs.column_names == ["user_id", "rank", "item_id", "score", "interest", "interest_state", "f_k"]
+    assert recs.num_rows == 10 * len(set(recs["user_id"].to_pylist()))
+    forgetting = pq.read_table(out / "forgetting.parquet")
+    assert forgetting.column_names == ["user_id", "window", "window_start", "F", "top_interests", "top_p"]
+    assert not np.isnan(np.array(forgetting["F"])).any()
+    metrics = json.loads((out / "metrics.json").read_text())
+    data = metrics["data"]
+    assert data["rows_read"] == data["rows_used"] + sum(data["rejected"].values()) and data["rejected"]
+    assert pq.read_table(out / "rejects.parquet").num_rows == sum(data["rejected"].values())
+    results = metrics["evaluation"]["results"]
+    assert set(results) == {"popularity", "embedding_mlp", "embedding_mlp+forgetting"}
+    assert all(0 <= v <= 1 for r in results.values() for v in r.values())
+    assert len(metrics["train"]["history"]) == 2
+    for png in ("training_curves.png", "forgetting.png"):
+        assert (out / "plots" / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    model = fgjax.load(out / "checkpoint")
+    assert model.has_forgetting
+
+    # recommend by raw IDs from the checkpoint
+    some = recs["user_id"].to_pylist()[:1] + recs["user_id"].to_pylist()[10:11]
+    code, stdout, err = run_cli(["recommend", "--checkpoint", out / "checkpoint", "--users", ",".join(map(str, some)),
+                                 "--k", 3, "--out", tmp_path / "r.parquet"], capsys)
+    assert code == 0, err
+    assert pq.read_table(tmp_path / "r.parquet").num_rows == 6
+
+    # analyze and evaluate the generated data through their own subcommands
+    data_args = ["--set", f"data.path={out}/data/events", "--set", f"data.items_path={out}/data/items.parquet", *SMALL]
+    code, stdout, err = run_cli(["analyze", "--out", tmp_path / "an", *data_args], capsys)
+    assert code == 0, err
+    assert pq.read_table(tmp_path / "an" / "forgetting.parquet").num_rows > forgetting.num_rows
+    code, stdout, err = run_cli(["evaluate", "--out", tmp_path / "ev", "--checkpoint", out / "checkpoint",
+                                 *data_args], capsys)
+    assert code == 0, err
+    evaluated = json.loads((tmp_path / "ev" / "metrics.json").read_text())["evaluation"]["results"]
+    assert evaluated["embedding_mlp"]["ndcg@10"] == pytest.approx(results["embedding_mlp"]["ndcg@10"], abs=1e-6)
+
+    # rerunning quickstart resumes from the finished checkpoint: nothing retrained, same metrics
+    code, stdout, err = run_cli(["quickstart", "--out", out, *SMALL], capsys)
+    assert code == 0, err
+    assert "resumed training from step" in stdout
+    again = json.loads((out / "metrics.json").read_text())["evaluation"]["results"]
+    assert again == results

@@ -1,0 +1,97 @@
+"""Checkpoints loaded by another service: separate process, raw IDs, no training code."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+import fgjax
+from fgjax.checkpoint import FORMAT_VERSION
+from fgjax.config import load_config
+from fgjax.errors import CheckpointError
+from fgjax.pipeline import Prepared, fit
+from fgjax.data.split import leave_last_out
+from fgjax.scoring import rank_items
+
+from conftest import make_log
+
+SERVICE_SCRIPT = """
+import json, sys
+import fgjax
+model = fgjax.load(sys.argv[1])
+table = model.recommend([1003, 1010, 999999], k=5)
+print("RESULT" + json.dumps({
+    "rows": table.to_pylist(),
+    "training_modules": sorted(m for m in sys.modules if m in ("fgjax.train", "fgjax.pipeline", "optax", "tqdm")),
+    "step": model.step,
+}))
+"""
+
+
+@pytest.fixture(scope="module")
+def fitted(tmp_path_factory):
+    out = tmp_path_factory.mktemp("run")
+    log = make_log()
+    split = leave_last_out(log.user, log.item, log.timestamp, log.num_users)
+    config = load_config(None, ["train.batch_size=64", "train.epochs=2", "train.negatives=2"])
+    return out, config, fit(config, Prepared(log, split), out, progress=False)
+
+
+@pytest.mark.slow
+def test_separate_process_loads_and_recommends_by_raw_ids(fitted):
+    out, config, result = fitted
+    proc = subprocess.run([sys.executable, "-c", SERVICE_SCRIPT, str(out / "checkpoint")],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    got = json.loads(proc.stdout.split("RESULT", 1)[1])
+    assert got["training_modules"] == []
+    assert got["step"] == result.trained.steps
+    rows = got["rows"]
+    assert [r["user_id"] for r in rows] == [1003] * 5 + [1010] * 5 + [999999] * 5
+    assert [r["rank"] for r in rows[:5]] == [1, 2, 3, 4, 5]
+    # The service's lists equal the in-process forgetting-aware ranking.
+    log, split = result.prepared.log, result.prepared.split
+    from fgjax.analysis import forgetting_weights
+
+    _, items = rank_items(result.trained.graphdef, result.trained.params, np.array([3, 10]), k=5,
+                          num_items=log.num_items, seen=split.history_items,
+                          forgetting=forgetting_weights(result.forgetting, config, log))
+    assert [r["item_id"] for r in rows[:10]] == (items.ravel() + 5000).tolist()
+    assert all(r["interest"] is not None and r["interest_state"] in ("active", "declining", "new", "reactivated",
+                                                                     "forgotten") for r in rows[:10])
+    # Unknown users get the most popular items and no explanation.
+    assert all(r["interest"] is None for r in rows[10:])
+    popularity = np.bincount(split.train_items.items, minlength=log.num_items)
+    assert popularity[np.array([r["item_id"] for r in rows[10:]]) - 5000].tolist() == sorted(popularity, reverse=True)[:5]
+
+
+def test_in_process_load_matches_and_excludes_seen(fitted):
+    out, _, result = fitted
+    model = fgjax.load(out / "checkpoint")
+    table = model.recommend(pa.array([1000, 1001], pa.int64()), k=8, use_forgetting=False)
+    assert table.column_names[:4] == ["user_id", "rank", "item_id", "score"]
+    split = result.prepared.split
+    for user in (0, 1):
+        recs = set(np.array(table.filter(pa.compute.equal(table["user_id"], 1000 + user))["item_id"]) - 5000)
+        seen = set(split.history_items.items[split.history_items.indptr[user] : split.history_items.indptr[user + 1]].tolist())
+        assert not recs & seen
+    scores = np.array(table["score"]).reshape(2, 8)
+    assert (np.diff(scores, axis=1) <= 0).all()
+
+
+def test_refuses_what_is_not_a_checkpoint(tmp_path, fitted):
+    with pytest.raises(CheckpointError, match="not an fgjax checkpoint"):
+        fgjax.load(tmp_path)
+    out, _, _ = fitted
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(out / "checkpoint", copy)
+    (copy / "fgjax.json").write_text(json.dumps({"format_version": FORMAT_VERSION + 1}))
+    with pytest.raises(CheckpointError, match=f"format version {FORMAT_VERSION + 1}"):
+        fgjax.load(copy)

@@ -1,0 +1,139 @@
+"""Training: loss against NumPy, learning, exact resume, data-parallel equality."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from fgjax.config import Config, load_config
+from fgjax.data.split import leave_last_out
+from fgjax.errors import CheckpointError, ConfigError
+from fgjax.models import build_model, split_params
+from fgjax.train import bce_loss, epoch_order, train
+
+from conftest import make_log
+
+
+def config_for(**overrides) -> Config:
+    base = {"train.batch_size": 64, "train.epochs": 3, "train.learning_rate": 0.01, "train.negatives": 2}
+    base.update(overrides)
+    return load_config(None, [f"{k}={v}" for k, v in base.items()])
+
+
+def test_bce_loss_matches_numpy():
+    model = build_model(Config().model, 6, 9, seed=0)
+    graphdef, params = split_params(model)
+    users = jnp.array([0, 3, 5])
+    items = jnp.array([1, 8, 2])
+    negatives = jnp.array([[4, 5], [0, 1], [7, 3]])
+    got = float(bce_loss(graphdef, params, users, items, negatives))
+    pos = np.asarray(model(users, items), np.float64)
+    neg = np.asarray(model(jnp.repeat(users, 2), negatives.reshape(-1)), np.float64)
+    expected = np.mean(np.concatenate([np.log1p(np.exp(-pos)), np.log1p(np.exp(neg))]))
+    assert got == pytest.approx(expected, rel=1e-5)
+
+
+def test_epoch_order_is_a_pure_permutation():
+    a = epoch_order(0, 3, 100)
+    assert sorted(a.tolist()) == list(range(100))
+    assert np.array_equal(a, epoch_order(0, 3, 100))
+    assert not np.array_equal(a, epoch_order(0, 4, 100))
+
+
+def test_training_learns_the_users_category(tmp_path, small_log):
+    split = leave_last_out(small_log.user, small_log.item, small_log.timestamp, small_log.num_users)
+    result = train(config_for(**{"train.epochs": 8}), small_log, split, tmp_path / "ck",
+                   metrics_path=tmp_path / "m.jsonl", progress=False)
+    losses = result.step_losses
+    assert np.mean(losses[-5:]) < 0.8 * np.mean(losses[:5])
+    # The model ranks items of the user's own category above the others.
+    model = __import__("flax").nnx.merge(result.graphdef, result.params)
+    scores = np.asarray(model.score_all_items(jnp.arange(small_log.num_users)))
+    own = small_log.item_category[None, :] == (np.arange(small_log.num_users) % 4)[:, None]
+    assert scores[own].mean() > scores[~own].mean() + 1.0
+    lines = [json.loads(x) for x in (tmp_path / "m.jsonl").read_text().splitlines()]
+    assert [x["epoch"] for x in lines] == list(range(1, 9))
+    assert lines[-1]["val_hit_rate@10"] > lines[0]["val_hit_rate@10"] or lines[-1]["val_hit_rate@10"] > 0.5
+
+
+def test_resume_after_stop_gives_identical_parameters(tmp_path, small_log):
+    split = leave_last_out(small_log.user, small_log.item, small_log.timestamp, small_log.num_users)
+    full = train(config_for(), small_log, split, tmp_path / "full", progress=False)
+    # Stop mid-epoch (not at an epoch boundary), then run again: it resumes.
+    steps_per_epoch = full.steps // 3
+    stop = steps_per_epoch + 2
+    first = train(config_for(**{"train.max_steps": stop}), small_log, split, tmp_path / "resumed", progress=False)
+    assert first.steps == stop and first.resumed_from is None
+    second = train(config_for(), small_log, split, tmp_path / "resumed", progress=False)
+    assert second.resumed_from == stop and second.steps == full.steps
+    np.testing.assert_array_equal(np.concatenate([first.step_losses, second.step_losses]), full.step_losses)
+    for a, b in zip(jax.tree.leaves(full.params), jax.tree.leaves(second.params)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    assert [h["epoch"] for h in second.history] == [1, 2, 3]
+    assert second.history[-1]["train_loss"] == pytest.approx(full.history[-1]["train_loss"], rel=1e-6)
+
+
+def test_checkpoint_from_other_data_is_refused(tmp_path, small_log):
+    split = leave_last_out(small_log.user, small_log.item, small_log.timestamp, small_log.num_users)
+    train(config_for(**{"train.max_steps": 2}), small_log, split, tmp_path / "ck", progress=False)
+    other = make_log(num_users=50)
+    other_split = leave_last_out(other.user, other.item, other.timestamp, other.num_users)
+    with pytest.raises(CheckpointError, match="other data or model settings"):
+        train(config_for(), other, other_split, tmp_path / "ck", progress=False)
+
+
+def test_bad_batch_settings_are_config_errors(tmp_path, small_log):
+    split = leave_last_out(small_log.user, small_log.item, small_log.timestamp, small_log.num_users)
+    with pytest.raises(ConfigError, match="exceeds the .* training pairs"):
+        train(config_for(**{"train.batch_size": 10**6}), small_log, split, tmp_path / "a", progress=False)
+    with pytest.raises(ConfigError, match="devices are available"):
+        train(config_for(**{"train.num_devices": 64}), small_log, split, tmp_path / "b", progress=False)
+
+
+MULTI_DEVICE_SCRIPT = textwrap.dedent(
+    """
+    import json, sys
+    import jax, numpy as np
+    sys.path.insert(0, sys.argv[2])
+    from conftest import make_log
+    from fgjax.config import load_config
+    from fgjax.data.split import leave_last_out
+    from fgjax.train import train
+    log = make_log()
+    split = leave_last_out(log.user, log.item, log.timestamp, log.num_users)
+    out = {"devices": len(jax.devices())}
+    for n in (1, 8):
+        cfg = load_config(None, ["train.batch_size=64", "train.epochs=2", "train.learning_rate=0.01",
+                                 "train.negatives=2", f"train.num_devices={n}"])
+        result = train(cfg, log, split, f"{sys.argv[1]}/ck{n}", progress=False)
+        out[n] = {"losses": result.step_losses.tolist(),
+                  "params": [np.asarray(x).ravel()[:50].tolist() for x in jax.tree.leaves(result.params)]}
+    print("RESULT" + json.dumps(out))
+    """
+)
+
+
+@pytest.mark.slow
+def test_eight_devices_give_the_same_losses_as_one(tmp_path):
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
+    proc = subprocess.run(
+        [sys.executable, "-c", MULTI_DEVICE_SCRIPT, str(tmp_path), str(Path(__file__).parent)],
+        capture_output=True, text=True, env=env, timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout.split("RESULT", 1)[1])
+    assert out["devices"] == 8
+    one, eight = out["1"], out["8"]
+    assert len(one["losses"]) == len(eight["losses"]) > 4
+    np.testing.assert_allclose(eight["losses"], one["losses"], rtol=2e-5, atol=1e-6)
+    for a, b in zip(one["params"], eight["params"]):
+        np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-5)
