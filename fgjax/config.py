@@ -106,9 +106,9 @@ class ModelConfig:
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
-    epochs: int = 6
+    epochs: int = 10
     batch_size: int = 1024  # global batch of positives; split over the data axis
-    learning_rate: float = 3e-3
+    learning_rate: float = 1e-2
     negatives: int = 4  # sampled negatives per positive (uniform over items)
     seed: int = 0
     num_devices: int = 0  # devices on the data axis; 0 = all local devices

@@ -185,27 +185,29 @@ def train(
     replicated = NamedSharding(mesh, P())
     fingerprint = _data_fingerprint(log, num_pairs)
 
-    write_manifest(checkpoint_dir)
-    save_vocabularies(checkpoint_dir, log.users, log.items, log.categories)
     store = TrainCheckpoints(checkpoint_dir, max_to_keep=tcfg.max_to_keep)
     history: list[dict[str, Any]] = []
     epoch_loss = [0.0, 0]  # running (sum, count) of the current epoch, saved for exact logs
     resumed_from = None
     start = 0
     if store.latest_step() is not None:
-        abstract_opt = jax.eval_shape(optimizer.init, params)
-        params, opt_state, meta = store.restore(params, abstract_opt, sharding=replicated)
+        meta = store.restore_meta()
         if meta["data"] != fingerprint or meta["config"]["model"] != to_dict(config)["model"]:
             store.close()
             raise CheckpointError(
                 f"'{store.directory}' was written for other data or model settings "
                 f"({meta['data']} vs {fingerprint}); use a new checkpoint directory"
             )
+        abstract_opt = jax.eval_shape(optimizer.init, params)
+        params, opt_state, meta = store.restore(params, abstract_opt, sharding=replicated)
         start = resumed_from = int(meta["step"])
         history = list(meta["history"])
         epoch_loss = list(meta["epoch_loss"])
     else:
         opt_state = optimizer.init(params)
+    # Written only once the directory is known to hold this data's checkpoints.
+    write_manifest(checkpoint_dir)
+    save_vocabularies(checkpoint_dir, log.users, log.items, log.categories)
     state = jax.device_put(TrainState(params, opt_state, jnp.asarray(start, jnp.int32)), replicated)
     step_fn = make_train_step(
         graphdef, optimizer, mesh, num_items=log.num_items, negatives=tcfg.negatives, seed=tcfg.seed

@@ -27,7 +27,8 @@ model = fgjax.load(sys.argv[1])
 table = model.recommend([1003, 1010, 999999], k=5)
 print("RESULT" + json.dumps({
     "rows": table.to_pylist(),
-    "training_modules": sorted(m for m in sys.modules if m in ("fgjax.train", "fgjax.pipeline", "optax", "tqdm")),
+    # optax comes with flax.nnx itself; fgjax's own training code must not.
+    "training_modules": sorted(m for m in sys.modules if m in ("fgjax.train", "fgjax.pipeline", "fgjax.analysis", "fgjax.evaluate", "tqdm")),
     "step": model.step,
 }))
 """
@@ -62,8 +63,16 @@ def test_separate_process_loads_and_recommends_by_raw_ids(fitted):
                           num_items=log.num_items, seen=split.history_items,
                           forgetting=forgetting_weights(result.forgetting, config, log))
     assert [r["item_id"] for r in rows[:10]] == (items.ravel() + 5000).tolist()
-    assert all(r["interest"] is not None and r["interest_state"] in ("active", "declining", "new", "reactivated",
-                                                                     "forgotten") for r in rows[:10])
+    from fgjax.kernels import STATE_NAMES
+
+    assert all(r["interest"] is not None and r["interest_state"] in STATE_NAMES and r["f_k"] is not None
+               for r in rows[:10])
+    # Each explanation is the user's state and f_k of the item's interest.
+    for r in rows[:10]:
+        u, k = r["user_id"] - 1000, log.categories.encode([r["interest"]])[0]
+        assert k == log.item_category[r["item_id"] - 5000]
+        assert r["interest_state"] == STATE_NAMES[result.forgetting.state[u, k]]
+        assert r["f_k"] == pytest.approx(float(result.forgetting.f[u, k]))
     # Unknown users get the most popular items and no explanation.
     assert all(r["interest"] is None for r in rows[10:])
     popularity = np.bincount(split.train_items.items, minlength=log.num_items)

@@ -1,0 +1,348 @@
+"""Synthetic behavior logs with known interest-forgetting ground truth.
+
+The generator draws users with a few latent interests (item categories) and
+gives each (user, interest) pair a *kind*:
+
+- ``stable``: a constant daily rate,
+- ``fading``: the rate halves every ``fade_half_life_days`` from a fade start,
+- ``stopped``: the rate drops to zero at a stop time,
+- ``periodic``: (all interests of a share of users) active in bursts of
+  ``1 + P // 5`` days every ``P`` days, with the same average rate.
+
+Daily counts per (user, interest, day) are Poisson; each event gets a uniform
+time within its day, an event type (mostly views and clicks) and an item of
+the interest's category drawn by Zipf popularity. The change times (fade start,
+stop time) and periods are written to ``ground_truth.parquet`` so forgetting
+detection can be scored against them.
+
+Everything is vectorized over the users of a shard; shard ``s`` draws from
+``np.random.default_rng([seed, s])``, so a shard's bytes depend only on the
+seed and the shard, and memory is bounded by one shard. A small share of bad
+rows (exact duplicates, null ``user_id``, null ``timestamp``) is mixed in so
+the reader's rejects path has something to show.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from fgjax.config import SyntheticConfig
+from fgjax.errors import ConfigError
+
+KINDS = ("stable", "fading", "stopped", "periodic")
+EVENT_TYPES = ("view", "click", "cart", "purchase")
+EVENT_TYPE_PROBS = (0.6, 0.28, 0.08, 0.04)
+BAD_ROW_KINDS = ("duplicate", "null user_id", "null timestamp")
+
+# Raw IDs are offset from the dense indices so code that confuses the two fails.
+USER_ID_BASE = 10_000_000
+ITEM_ID_BASE = 50_000_000
+
+# The catalog draws from its own stream, far above any shard index.
+_CATALOG_STREAM = 2**40
+_ACTIVITY_SIGMA = 0.5  # per-user activity multiplier ~ lognormal(mean 1, sigma)
+_PERIOD_DAYS = (5, 14)  # inclusive range of a periodic interest's period
+_CHANGE_AT = (0.3, 0.8)  # fade/stop time as a share of the interest's remaining days
+_DAY_US = 86_400_000_000
+
+EVENTS_SCHEMA = pa.schema(
+    [
+        ("user_id", pa.int64()),
+        ("item_id", pa.int64()),
+        ("timestamp", pa.timestamp("us", tz="UTC")),
+        ("event_type", pa.string()),
+    ]
+)
+TRUTH_SCHEMA = pa.schema(
+    [
+        ("user_id", pa.int64()),
+        ("interest", pa.string()),
+        ("kind", pa.string()),
+        ("start_time", pa.timestamp("us", tz="UTC")),
+        ("change_time", pa.timestamp("us", tz="UTC")),
+        ("period_days", pa.int32()),
+    ]
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class SyntheticPaths:
+    """Where ``generate`` wrote its outputs."""
+
+    events_dir: Path  # part-00000.parquet, ... (user_id, item_id, timestamp, event_type)
+    items_path: Path  # items.parquet (item_id, category)
+    truth_path: Path  # ground_truth.parquet, one row per (user, interest)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Catalog:
+    """Items grouped by category, with per-category popularity CDFs."""
+
+    item_ids: np.ndarray  # (items,) int64 raw IDs, grouped by category
+    category_start: np.ndarray  # (categories + 1,) int64 offsets into item_ids
+    shifted_cdf: np.ndarray  # (items,) float64: category c's popularity CDF + c
+    category_weight: np.ndarray  # (categories,) float64, sums to 1
+    category_names: tuple[str, ...]
+
+
+def check_config(config: SyntheticConfig) -> None:
+    """Raise ``ConfigError`` for a config the generator cannot honor."""
+    problems = [
+        (config.num_users < 1, "synthetic.num_users must be >= 1"),
+        (config.num_categories < 1, "synthetic.num_categories must be >= 1"),
+        (config.num_items < config.num_categories, "synthetic.num_items must be >= synthetic.num_categories"),
+        (config.num_days < 1, "synthetic.num_days must be >= 1"),
+        (config.min_interests < 1, "synthetic.min_interests must be >= 1"),
+        (config.max_interests < config.min_interests, "synthetic.max_interests must be >= min_interests"),
+        (config.events_per_interest_per_day < 0, "synthetic.events_per_interest_per_day must be >= 0"),
+        (config.users_per_shard < 1, "synthetic.users_per_shard must be >= 1"),
+        (config.zipf_exponent < 0, "synthetic.zipf_exponent must be >= 0"),
+        (config.category_zipf_exponent < 0, "synthetic.category_zipf_exponent must be >= 0"),
+        (not config.fade_half_life_days > 0, "synthetic.fade_half_life_days must be > 0"),
+    ]
+    for name in ("fade_fraction", "stop_fraction", "periodic_fraction", "bad_row_fraction", "new_interest_fraction"):
+        value = getattr(config, name)
+        problems.append((not 0.0 <= value <= 1.0, f"synthetic.{name} must be in [0, 1], got {value}"))
+    problems.append(
+        (config.fade_fraction + config.stop_fraction > 1.0, "synthetic.fade_fraction + stop_fraction must be <= 1")
+    )
+    for bad, message in problems:
+        if bad:
+            raise ConfigError(message)
+    start_epoch_us(config.start)
+
+
+def start_epoch_us(start: str) -> int:
+    """``"2026-01-01"`` (ISO 8601; naive = UTC) -> epoch microseconds."""
+    try:
+        moment = dt.datetime.fromisoformat(start)
+    except ValueError:
+        raise ConfigError(f"synthetic.start: expected an ISO-8601 date such as 2026-01-01, got {start!r}") from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=dt.timezone.utc)
+    return int(round(moment.timestamp() * 1e6))
+
+
+def zipf_weights(n: int, exponent: float) -> np.ndarray:
+    """(n,) float64 probabilities ~ rank^-exponent for ranks 1..n."""
+    w = np.arange(1, n + 1, dtype=np.float64) ** -exponent
+    return w / w.sum()
+
+
+def category_names(num_categories: int) -> tuple[str, ...]:
+    """``("c00", "c01", ...)``, zero-padded so names sort like indices."""
+    width = max(2, len(str(num_categories - 1)))
+    return tuple(f"c{c:0{width}d}" for c in range(num_categories))
+
+
+def build_catalog(config: SyntheticConfig) -> _Catalog:
+    """Assign items to categories and give each a Zipf popularity rank.
+
+    Every category gets at least one item; the rest are spread multinomially.
+    Raw item IDs are shuffled so an item's ID says nothing about its category.
+    """
+    rng = np.random.default_rng([config.seed, _CATALOG_STREAM])
+    c, n = config.num_categories, config.num_items
+    sizes = 1 + rng.multinomial(n - c, np.full(c, 1.0 / c))
+    category_start = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+    item_ids = ITEM_ID_BASE + rng.permutation(n).astype(np.int64)
+    # Within a category the position is the popularity rank (rank 1 first).
+    shifted_cdf = np.empty(n, dtype=np.float64)
+    for k in range(c):  # a loop over categories, not over items
+        lo, hi = category_start[k], category_start[k + 1]
+        shifted_cdf[lo:hi] = k + np.cumsum(zipf_weights(hi - lo, config.zipf_exponent))
+    category_weight = zipf_weights(c, config.category_zipf_exponent)[rng.permutation(c)]
+    return _Catalog(item_ids, category_start, shifted_cdf, category_weight, category_names(c))
+
+
+def items_table(catalog: _Catalog) -> pa.Table:
+    """items.parquet: (item_id int64, category string), sorted by item_id."""
+    sizes = np.diff(catalog.category_start)
+    category = np.repeat(np.arange(len(sizes)), sizes)
+    order = np.argsort(catalog.item_ids, kind="stable")
+    names = pa.array(catalog.category_names, pa.string())
+    return pa.table(
+        {
+            "item_id": pa.array(catalog.item_ids[order], pa.int64()),
+            "category": names.take(pa.array(category[order])),
+        }
+    )
+
+
+def draw_interests(
+    rng: np.random.Generator, num_users: int, weight: np.ndarray, lo: int, hi: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Each user's distinct interests, popular categories more likely.
+
+    Weighted sampling without replacement by the Gumbel-top-k trick.
+    Returns ``(pair_user (pairs,), pair_category (pairs,))``, grouped by user.
+    """
+    c = len(weight)
+    count = np.minimum(rng.integers(lo, hi + 1, size=num_users), c)
+    keys = np.log(weight)[None, :] + rng.gumbel(size=(num_users, c))
+    ranked = np.argsort(-keys, axis=1, kind="stable")
+    chosen = np.arange(c)[None, :] < count[:, None]
+    pair_user = np.nonzero(chosen)[0]
+    return pair_user, ranked[chosen]
+
+
+@dataclasses.dataclass(frozen=True)
+class _Pairs:
+    """Per (user, interest) latent parameters, all (pairs,)."""
+
+    user: np.ndarray  # index into the shard's users
+    category: np.ndarray
+    kind: np.ndarray  # index into KINDS
+    start_day: np.ndarray
+    change_day: np.ndarray  # meaningful for fading / stopped
+    period: np.ndarray  # meaningful for periodic
+    burst: np.ndarray
+    phase: np.ndarray
+    activity: np.ndarray  # the user's rate multiplier
+
+
+def draw_pairs(rng: np.random.Generator, config: SyntheticConfig, catalog: _Catalog, num_users: int) -> _Pairs:
+    """Draw interests, kinds, start/change days and periods for a shard's users."""
+    d = config.num_days
+    user, category = draw_interests(
+        rng, num_users, catalog.category_weight, config.min_interests, config.max_interests
+    )
+    pairs = len(user)
+    periodic_user = rng.random(num_users) < config.periodic_fraction
+    r = rng.random(pairs)
+    kind = np.where(r < config.fade_fraction, 1, np.where(r < config.fade_fraction + config.stop_fraction, 2, 0))
+    kind = np.where(periodic_user[user], 3, kind)
+    late = rng.random(pairs) < config.new_interest_fraction
+    start_day = np.where(late, rng.integers(1, max(2, d // 2), size=pairs), 0)
+    start_day = np.minimum(start_day, d - 1)
+    share = rng.uniform(*_CHANGE_AT, size=pairs)
+    change_day = start_day + np.maximum(1, np.floor((d - start_day) * share).astype(np.int64))
+    period = rng.integers(_PERIOD_DAYS[0], _PERIOD_DAYS[1] + 1, size=pairs)
+    burst = 1 + period // 5
+    phase = rng.integers(0, period)
+    activity = rng.lognormal(-0.5 * _ACTIVITY_SIGMA**2, _ACTIVITY_SIGMA, size=num_users)
+    return _Pairs(user, category, kind, start_day, change_day, period, burst, phase, activity[user])
+
+
+def daily_rates(pairs: _Pairs, base_rate: float, num_days: int, fade_half_life_days: float) -> np.ndarray:
+    """(pairs, days) expected events per day of each (user, interest)."""
+    day = np.arange(num_days)[None, :]
+    since_change = day - pairs.change_day[:, None]
+    fading = np.where(since_change >= 0, 0.5 ** ((since_change + 0.5) / fade_half_life_days), 1.0)
+    stopped = (since_change < 0).astype(np.float64)
+    on = ((day - pairs.phase[:, None]) % pairs.period[:, None]) < pairs.burst[:, None]
+    periodic = on * (pairs.period / pairs.burst)[:, None]  # same average rate as stable
+    kind = pairs.kind[:, None]
+    multiplier = np.select([kind == 1, kind == 2, kind == 3], [fading, stopped, periodic], 1.0)
+    started = day >= pairs.start_day[:, None]
+    return base_rate * pairs.activity[:, None] * multiplier * started
+
+
+def draw_items(rng: np.random.Generator, catalog: _Catalog, category: np.ndarray) -> np.ndarray:
+    """(events,) raw item IDs drawn by Zipf popularity within each event's category.
+
+    One ``searchsorted`` over the shifted CDFs: category c's CDF lives in
+    (c, c + 1], so ``c + u`` lands inside category c.
+    """
+    pos = np.searchsorted(catalog.shifted_cdf, category + rng.random(len(category)), side="right")
+    pos = np.clip(pos, catalog.category_start[category], catalog.category_start[category + 1] - 1)
+    return catalog.item_ids[pos]
+
+
+def inject_bad_rows(
+    rng: np.random.Generator, num_events: int, fraction: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Mix copies of random rows, each made bad one of three ways, into the log.
+
+    Returns ``(source (rows,), null_user (rows,), null_timestamp (rows,))``: row
+    r of the output is a copy of clean row ``source[r]``; a bad copy follows
+    its source row. Duplicates are the copies with neither null.
+    """
+    num_bad = int(round(fraction * num_events)) if num_events else 0
+    src = rng.integers(0, max(num_events, 1), size=num_bad)
+    bad_kind = rng.integers(0, len(BAD_ROW_KINDS), size=num_bad)
+    source = np.concatenate([np.arange(num_events), src])
+    order = np.argsort(np.concatenate([2 * np.arange(num_events), 2 * src + 1]), kind="stable")
+    is_bad = np.concatenate([np.zeros(num_events, bool), np.ones(num_bad, bool)])[order]
+    kind = np.concatenate([np.full(num_events, -1), bad_kind])[order]
+    return source[order], is_bad & (kind == 1), is_bad & (kind == 2)
+
+
+def generate_shard(
+    config: SyntheticConfig, catalog: _Catalog, shard: int, start_us: int
+) -> tuple[pa.Table, pa.Table]:
+    """Events and ground truth of shard ``shard`` (users ``shard * users_per_shard ...``)."""
+    rng = np.random.default_rng([config.seed, shard])
+    first_user = shard * config.users_per_shard
+    num_users = min(config.users_per_shard, config.num_users - first_user)
+    d = config.num_days
+    pairs = draw_pairs(rng, config, catalog, num_users)
+    counts = rng.poisson(daily_rates(pairs, config.events_per_interest_per_day, d, config.fade_half_life_days))
+    cell = np.repeat(np.arange(counts.size), counts.ravel())
+    pair, day = cell // d, cell % d
+    timestamp = start_us + day * _DAY_US + rng.integers(0, _DAY_US, size=len(cell))
+    user_id = USER_ID_BASE + first_user + pairs.user[pair]
+    item_id = draw_items(rng, catalog, pairs.category[pair])
+    event_type = rng.choice(len(EVENT_TYPES), size=len(cell), p=EVENT_TYPE_PROBS).astype(np.int8)
+    order = np.lexsort((item_id, user_id, timestamp))  # a log is written in time order
+    source, null_user, null_time = inject_bad_rows(rng, len(cell), config.bad_row_fraction)
+    rows = order[source]
+    events = pa.table(
+        [
+            pa.array(user_id[rows], pa.int64(), mask=null_user),
+            pa.array(item_id[rows], pa.int64()),
+            pa.array(timestamp[rows], pa.timestamp("us", tz="UTC"), mask=null_time),
+            pa.DictionaryArray.from_arrays(event_type[rows], pa.array(EVENT_TYPES)).cast(pa.string()),
+        ],
+        schema=EVENTS_SCHEMA,
+    )
+    return events, truth_table(pairs, catalog, first_user, start_us)
+
+
+def truth_table(pairs: _Pairs, catalog: _Catalog, first_user: int, start_us: int) -> pa.Table:
+    """One row per (user, interest): kind, start time, change time, period."""
+    has_change = (pairs.kind == 1) | (pairs.kind == 2)
+    periodic = pairs.kind == 3
+    return pa.table(
+        [
+            pa.array(USER_ID_BASE + first_user + pairs.user, pa.int64()),
+            pa.array(catalog.category_names, pa.string()).take(pa.array(pairs.category)),
+            pa.array(KINDS, pa.string()).take(pa.array(pairs.kind)),
+            pa.array(start_us + pairs.start_day * _DAY_US, pa.timestamp("us", tz="UTC")),
+            pa.array(start_us + pairs.change_day * _DAY_US, pa.timestamp("us", tz="UTC"), mask=~has_change),
+            pa.array(pairs.period.astype(np.int32), pa.int32(), mask=~periodic),
+        ],
+        schema=TRUTH_SCHEMA,
+    )
+
+
+def generate(config: SyntheticConfig, out_dir: str | Path) -> SyntheticPaths:
+    """Write a synthetic behavior log with ground truth under ``out_dir``.
+
+    Layout: ``out_dir/events/part-00000.parquet ...`` (``users_per_shard``
+    users each), ``out_dir/items.parquet``, ``out_dir/ground_truth.parquet``.
+    Old ``part-*.parquet`` files in ``out_dir/events`` are removed first, so a
+    smaller run never reads stale shards of a larger one.
+    """
+    check_config(config)
+    out_dir = Path(out_dir)
+    paths = SyntheticPaths(out_dir / "events", out_dir / "items.parquet", out_dir / "ground_truth.parquet")
+    paths.events_dir.mkdir(parents=True, exist_ok=True)
+    for stale in sorted(paths.events_dir.glob("part-*.parquet")):
+        stale.unlink()
+    catalog = build_catalog(config)
+    pq.write_table(items_table(catalog), paths.items_path)
+    start_us = start_epoch_us(config.start)
+    num_shards = -(-config.num_users // config.users_per_shard)
+    with pq.ParquetWriter(paths.truth_path, TRUTH_SCHEMA) as truth_writer:
+        for shard in range(num_shards):
+            events, truth = generate_shard(config, catalog, shard, start_us)
+            pq.write_table(events, paths.events_dir / f"part-{shard:05d}.parquet")
+            truth_writer.write_table(truth)
+    return paths
