@@ -92,7 +92,9 @@ class TrainCheckpoints:
 
     def __init__(self, directory: str | Path, *, max_to_keep: int = 2, read_only: bool = False):
         self.directory = Path(directory).absolute()
-        options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=not read_only, read_only=read_only)
+        # A reader opens with create=False and never saves; Orbax's own
+        # read_only mode would log three warnings on every load.
+        options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=not read_only)
         self._manager = ocp.CheckpointManager(
             self.directory / "train", options=options, item_names=("params", "opt_state", "meta")
         )

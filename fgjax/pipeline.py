@@ -62,13 +62,19 @@ def with_generated_data(config: Config, out: Path) -> Config:
     return dataclasses.replace(config, data=data)
 
 
-def prepare(config: Config, out: Path, report: Reporter = _quiet) -> Prepared:
-    """Read the events of ``config.data`` (rejects to ``out/rejects.parquet``) and split them."""
+def read(config: Config, out: Path, report: Reporter = _quiet) -> EventLog:
+    """Read and validate the events of ``config.data``; rejected rows go to ``out/rejects.parquet``."""
     if not config.data.path:
         raise ConfigError("data.path is empty: set it with --set data.path=EVENTS (file, directory or glob)")
     out.mkdir(parents=True, exist_ok=True)
     log = read_events(config.data, rejects_path=out / "rejects.parquet")
     report(log.report.summary())
+    return log
+
+
+def prepare(config: Config, out: Path, report: Reporter = _quiet) -> Prepared:
+    """``read`` the events, then split them by time (leave-last-out)."""
+    log = read(config, out, report)
     split = leave_last_out(log.user, log.item, log.timestamp, log.num_users)
     report(
         f"split: {int((split.test_target >= 0).sum()):,} users with validation and test items, "
@@ -195,9 +201,9 @@ def _json_default(value: Any) -> Any:
 def analyze_only(config: Config, out: str | Path, report: Reporter = _quiet, progress: bool = True) -> int:
     """Forgetting analysis of every event of ``config.data`` -> ``out/forgetting.parquet`` and a plot."""
     out = Path(out)
-    prepared = prepare(config, out, report)
-    forgetting = analyze(config, prepared.log, progress=progress)
-    rows = write_forgetting(forgetting, prepared.log, out / "forgetting.parquet")
+    log = read(config, out, report)
+    forgetting = analyze(config, log, progress=progress)
+    rows = write_forgetting(forgetting, log, out / "forgetting.parquet")
     (out / "plots").mkdir(exist_ok=True)
     plot_forgetting(_degree_with_nan(forgetting), forgetting.window_start, out / "plots" / "forgetting.png")
     report(f"forgetting: {forgetting.num_windows} windows; final states {state_counts(forgetting)}")

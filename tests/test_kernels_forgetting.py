@@ -29,6 +29,13 @@ ATOL = 1e-6
 BATCHES = [(), (4,), (2, 3)]
 SETTINGS = settings(max_examples=40, deadline=None, derandomize=True)
 
+# Jitted entry points, shared by most tests: eager dispatch compiles every
+# primitive once per new shape, which dominates the runtime of small tests.
+# Each kernel is also called eagerly at least once below.
+degree_jit = jax.jit(forgetting_degree, static_argnames=("normalize", "eps", "cap"))
+forgetting_jit = jax.jit(interest_forgetting, static_argnames=("mode", "eps"))
+probs_jit = jax.jit(interest_probs)
+
 
 # --------------------------------------------------------------------------
 # float64 references
@@ -130,14 +137,14 @@ def _pair(rng, shape, k):
 @pytest.mark.parametrize("batch", BATCHES)
 @pytest.mark.parametrize("normalize", ["current", "max"])
 def test_forgetting_degree_matches_reference(batch, normalize):
-    rng = np.random.default_rng(hash((batch, normalize)) % 2**32)
+    rng = np.random.default_rng(10 * len(batch) + (normalize == "max"))
     cur, prev = _pair(rng, batch, 6)
     want = ref_forgetting_degree(cur, prev, normalize)
-    got = forgetting_degree(cur, prev, normalize=normalize)
+    got = degree_jit(cur, prev, normalize=normalize)
     assert got.shape == batch and got.dtype == jnp.float32
     np.testing.assert_allclose(got, want, rtol=RTOL, atol=ATOL)
-    jitted = jax.jit(partial(forgetting_degree, normalize=normalize))
-    np.testing.assert_allclose(jitted(cur, prev), want, rtol=RTOL, atol=ATOL)
+    if len(batch) == 2:
+        np.testing.assert_allclose(forgetting_degree(cur, prev, normalize=normalize), want, rtol=RTOL, atol=ATOL)
     if batch:
         vmapped = jax.vmap(partial(forgetting_degree, normalize=normalize))
         np.testing.assert_allclose(vmapped(cur, prev), want, rtol=RTOL, atol=ATOL)
@@ -149,10 +156,11 @@ def test_interest_forgetting_matches_reference(batch, mode):
     rng = np.random.default_rng(7 + len(batch))
     cur, prev = _pair(rng, batch, 5)
     want = ref_interest_forgetting(cur, prev, mode)
-    got = interest_forgetting(cur, prev, mode=mode)
+    got = forgetting_jit(cur, prev, mode=mode)
     assert got.shape == batch + (5,)
     np.testing.assert_allclose(got, want, rtol=RTOL, atol=ATOL)
-    np.testing.assert_allclose(jax.jit(partial(interest_forgetting, mode=mode))(cur, prev), want, rtol=RTOL, atol=ATOL)
+    if len(batch) == 2:
+        np.testing.assert_allclose(interest_forgetting(cur, prev, mode=mode), want, rtol=RTOL, atol=ATOL)
     if batch:
         vmapped = jax.vmap(jax.vmap(partial(interest_forgetting, mode=mode))) if len(batch) == 2 else jax.vmap(
             partial(interest_forgetting, mode=mode)
@@ -166,10 +174,11 @@ def test_interest_probs_matches_reference(batch, alpha):
     rng = np.random.default_rng(11 + len(batch))
     f = rng.uniform(0, 3, size=batch + (7,)).astype(np.float32)
     want = ref_interest_probs(f, alpha)
-    got = interest_probs(f, alpha)
+    got = probs_jit(f, alpha)
     assert got.shape == f.shape
     np.testing.assert_allclose(got, want, rtol=RTOL, atol=ATOL)
-    np.testing.assert_allclose(jax.jit(interest_probs)(f, alpha), want, rtol=RTOL, atol=ATOL)
+    if len(batch) == 2:
+        np.testing.assert_allclose(interest_probs(f, alpha), want, rtol=RTOL, atol=ATOL)
     if batch:
         np.testing.assert_allclose(jax.vmap(interest_probs, in_axes=(0, None))(f, alpha), want, rtol=RTOL, atol=ATOL)
 
@@ -184,11 +193,10 @@ def test_interest_probs_per_user_alpha_and_mask(batch):
     mask = rng.random(batch + (6,)) < 0.6
     mask.reshape(-1, 6)[0] = False  # one user with an empty history
     want = ref_interest_probs(f, alpha, mask)
-    np.testing.assert_allclose(interest_probs(f, alpha, mask=mask), want, rtol=RTOL, atol=ATOL)
-    np.testing.assert_allclose(jax.jit(interest_probs)(f, alpha, mask=mask), want, rtol=RTOL, atol=ATOL)
-    vmapped = jax.vmap(lambda f_, a_, m_: interest_probs(f_, a_, mask=m_))
+    got = np.asarray(probs_jit(f, alpha, mask=mask))
+    np.testing.assert_allclose(got, want, rtol=RTOL, atol=ATOL)
+    vmapped = jax.jit(jax.vmap(lambda f_, a_, m_: interest_probs(f_, a_, mask=m_)))
     np.testing.assert_allclose(vmapped(f, alpha, mask), want, rtol=RTOL, atol=ATOL)
-    got = np.asarray(interest_probs(f, alpha, mask=mask))
     assert np.all(got[~mask] == 0)
     sums = got.sum(-1)
     np.testing.assert_allclose(sums[mask.any(-1)], 1.0, rtol=1e-5)
@@ -215,30 +223,30 @@ def test_zero_vectors():
     zero = jnp.zeros((3,))
     one = jnp.array([0.0, 2.0, 0.0])
     for normalize in ("current", "max"):
-        assert float(forgetting_degree(zero, zero, normalize=normalize)) == 0.0
-        assert float(forgetting_degree(zero, zero, normalize=normalize, cap=10.0)) == 0.0
+        assert float(degree_jit(zero, zero, normalize=normalize)) == 0.0
+        assert float(degree_jit(zero, zero, normalize=normalize, cap=10.0)) == 0.0
     # Everything forgotten: +inf (or the cap) under the seed's normalization.
-    assert float(forgetting_degree(zero, one)) == math.inf
-    assert float(forgetting_degree(zero, one, cap=10.0)) == 10.0
-    assert float(forgetting_degree(zero, one, normalize="max")) == 1.0
+    assert float(degree_jit(zero, one)) == math.inf
+    assert float(degree_jit(zero, one, cap=10.0)) == 10.0
+    assert float(degree_jit(zero, one, normalize="max")) == 1.0
     # Everything new: ||I_t - 0|| / ||I_t|| = 1.
-    assert float(forgetting_degree(one, zero)) == 1.0
+    assert float(degree_jit(one, zero)) == 1.0
     # Per-interest: the lost interest is inf, the others 0; never NaN.
     for mode in ("decline", "change"):
-        f = np.asarray(interest_forgetting(zero, one, mode=mode))
+        f = np.asarray(forgetting_jit(zero, one, mode=mode))
         np.testing.assert_array_equal(f, [0.0, math.inf, 0.0])
-        np.testing.assert_array_equal(interest_forgetting(zero, zero, mode=mode), [0.0, 0.0, 0.0])
+        np.testing.assert_array_equal(forgetting_jit(zero, zero, mode=mode), [0.0, 0.0, 0.0])
     # An interest that grew from nothing: decline 0, change 1.
-    np.testing.assert_array_equal(interest_forgetting(one, zero), [0.0, 0.0, 0.0])
-    np.testing.assert_allclose(interest_forgetting(one, zero, mode="change"), [0.0, 1.0, 0.0])
+    np.testing.assert_array_equal(forgetting_jit(one, zero), [0.0, 0.0, 0.0])
+    np.testing.assert_allclose(forgetting_jit(one, zero, mode="change"), [0.0, 1.0, 0.0])
 
 
 def test_mixed_batch_never_nan_and_cap():
     cur = jnp.array([[0.0, 0.0], [0.0, 0.0], [3.0, 4.0], [1e-9, 0.0]])
     prev = jnp.array([[0.0, 0.0], [1.0, 0.0], [0.0, 0.0], [0.0, 0.0]])
-    got = np.asarray(forgetting_degree(cur, prev))
+    got = np.asarray(degree_jit(cur, prev))
     np.testing.assert_array_equal(got, [0.0, np.inf, 1.0, 0.0])
-    np.testing.assert_array_equal(forgetting_degree(cur, prev, cap=5.0), [0.0, 5.0, 1.0, 0.0])
+    np.testing.assert_array_equal(degree_jit(cur, prev, cap=5.0), [0.0, 5.0, 1.0, 0.0])
     for normalize in ("current", "max"):
         for cap in (None, 5.0):
             got = np.asarray(jax.jit(partial(forgetting_degree, normalize=normalize, cap=cap))(cur, prev))
@@ -250,40 +258,40 @@ def test_max_normalization_bounded_for_opposite_vectors():
     rng = np.random.default_rng(0)
     x = (rng.normal(size=(20000, 4)) * 10.0 ** rng.uniform(-3, 3, size=(20000, 1))).astype(np.float32)
     y = (-x * (1 + rng.normal(size=x.shape) * 1e-7)).astype(np.float32)
-    got = np.asarray(forgetting_degree(x, y, normalize="max"))
+    got = np.asarray(degree_jit(x, y, normalize="max"))
     assert got.min() >= 0.0 and got.max() <= 2.0
     np.testing.assert_allclose(got, 2.0, rtol=1e-5)
     # Tiny opposite vectors below eps: still 2 (not inf) under "max".
     tiny = jnp.array([0.9e-8, 0.0])
-    assert float(forgetting_degree(tiny, -tiny, normalize="max")) <= 2.0
+    assert float(degree_jit(tiny, -tiny, normalize="max")) <= 2.0
 
 
 def test_huge_alpha():
     rng = np.random.default_rng(1)
     f = rng.uniform(0, 1, size=(64, 5)).astype(np.float32)
-    p = np.asarray(interest_probs(f, 1e6))
+    p = np.asarray(probs_jit(f, 1e6))
     assert np.isfinite(p).all()
     np.testing.assert_allclose(p.sum(-1), 1.0, rtol=1e-6)
     # All the mass on the least-forgotten interest (distinct f here).
     np.testing.assert_array_equal(p.argmax(-1), f.argmin(-1))
     np.testing.assert_allclose(p.max(-1), 1.0, rtol=1e-6)
     # Ties at the minimum share it; the golden decline example.
-    p = np.asarray(interest_probs(jnp.array([0.0, 0.0, 0.70711]), 1e6))
+    p = np.asarray(probs_jit(jnp.array([0.0, 0.0, 0.70711]), 1e6))
     np.testing.assert_allclose(p, [0.5, 0.5, 0.0], atol=1e-7)
 
 
 def test_alpha_zero_is_uniform():
     f = jnp.array([[0.0, 3.0, np.inf, 100.0], [np.inf, np.inf, np.inf, np.inf]])
-    np.testing.assert_allclose(interest_probs(f, 0.0), np.full((2, 4), 0.25), rtol=1e-6)
+    np.testing.assert_allclose(probs_jit(f, 0.0), np.full((2, 4), 0.25), rtol=1e-6)
     mask = jnp.array([[True, False, True, True], [True, True, False, False]])
     np.testing.assert_allclose(
-        interest_probs(f, 0.0, mask=mask), [[1 / 3, 0, 1 / 3, 1 / 3], [0.5, 0.5, 0, 0]], rtol=1e-6
+        probs_jit(f, 0.0, mask=mask), [[1 / 3, 0, 1 / 3, 1 / 3], [0.5, 0.5, 0, 0]], rtol=1e-6
     )
 
 
 def test_infinite_f():
     f = jnp.array([[np.inf, 0.5, 1.0], [np.inf, np.inf, np.inf], [np.inf, np.inf, 2.0]])
-    p = np.asarray(interest_probs(f, 2.0))
+    p = np.asarray(probs_jit(f, 2.0))
     assert not np.isnan(p).any()
     np.testing.assert_allclose(p, ref_interest_probs(f, 2.0), rtol=RTOL, atol=ATOL)
     assert p[0, 0] == 0.0 and p[2, 2] == 1.0
@@ -293,19 +301,19 @@ def test_infinite_f():
 def test_one_interest():
     rng = np.random.default_rng(2)
     cur, prev = _pair(rng, (10,), 1)
-    np.testing.assert_allclose(forgetting_degree(cur, prev), ref_forgetting_degree(cur, prev), rtol=RTOL)
-    f = interest_forgetting(cur, prev)
+    np.testing.assert_allclose(degree_jit(cur, prev), ref_forgetting_degree(cur, prev), rtol=RTOL)
+    f = forgetting_jit(cur, prev)
     np.testing.assert_allclose(f, ref_interest_forgetting(cur, prev), rtol=RTOL, atol=ATOL)
     for alpha in (0.0, 1.0, 1e6):
-        np.testing.assert_array_equal(interest_probs(f, alpha), np.ones((10, 1)))
-    np.testing.assert_array_equal(interest_probs(jnp.array([np.inf]), 1.0), [1.0])
+        np.testing.assert_array_equal(probs_jit(f, alpha), np.ones((10, 1)))
+    np.testing.assert_array_equal(probs_jit(jnp.array([np.inf]), 1.0), [1.0])
 
 
 def test_empty_history_mask():
     f = jnp.ones((3, 4))
     mask = jnp.zeros((3, 4), bool)
     for alpha in (0.0, 1.0, 1e6):
-        np.testing.assert_array_equal(interest_probs(f, alpha, mask=mask), np.zeros((3, 4)))
+        np.testing.assert_array_equal(probs_jit(f, alpha, mask=mask), np.zeros((3, 4)))
 
 
 def test_bad_options():
@@ -325,7 +333,9 @@ _B = st.sampled_from([(), (2,), (2, 3)])
 @st.composite
 def _vectors(draw, allow_zero=True):
     shape = draw(_B) + (draw(_K),)
-    elems = st.floats(-100, 100, width=32, allow_subnormal=False)
+    # 0 or |x| in [2^-10, 100]: norms are 0 or far from eps, so float32 and
+    # float64 agree on which side of eps they fall.
+    elems = st.one_of(st.just(0.0), st.floats(2.0**-10, 100, width=32), st.floats(-100, -(2.0**-10), width=32))
     cur = draw(hnp.arrays(np.float32, shape, elements=elems))
     prev = draw(hnp.arrays(np.float32, shape, elements=elems))
     if allow_zero and draw(st.booleans()):
@@ -337,30 +347,32 @@ def _vectors(draw, allow_zero=True):
 @given(_vectors())
 def test_property_degree_matches_reference_and_bounds(pair):
     cur, prev = pair
-    got = np.asarray(forgetting_degree(cur, prev))
+    got = np.asarray(degree_jit(cur, prev))
     want = ref_forgetting_degree(cur, prev)
     assert not np.isnan(got).any()
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
-    bounded = np.asarray(forgetting_degree(cur, prev, normalize="max"))
+    bounded = np.asarray(degree_jit(cur, prev, normalize="max"))
     assert np.all((bounded >= 0) & (bounded <= 2))
     np.testing.assert_allclose(bounded, ref_forgetting_degree(cur, prev, "max"), rtol=1e-4, atol=1e-5)
-    capped = np.asarray(forgetting_degree(cur, prev, cap=3.0))
+    capped = np.asarray(degree_jit(cur, prev, cap=3.0))
     assert np.all((capped >= 0) & (capped <= 3))
 
 
 @SETTINGS
-@given(_vectors(allow_zero=False), st.floats(1e-2, 1e2), st.integers(-20, 20))
+@given(_vectors(allow_zero=False), st.floats(1e-2, 1e2), st.integers(-10, 20))
 def test_property_degree_scale_invariant(pair, scale, power):
     cur, prev = pair
-    norm = np.linalg.norm(cur.astype(np.float64), axis=-1)
-    if np.any(norm < 1e-2):
-        cur = cur + 1.0  # keep ||I_t|| well above eps after scaling
+    cur[np.all(cur == 0, axis=-1)] = 1.0  # keep ||I_t|| well above eps after scaling
     for normalize in ("current", "max"):
-        base = np.asarray(forgetting_degree(cur, prev, normalize=normalize))
+        base = np.asarray(degree_jit(cur, prev, normalize=normalize))
         exact = np.float32(2.0**power)
-        np.testing.assert_array_equal(forgetting_degree(cur * exact, prev * exact, normalize=normalize), base)
+        # Power-of-two scaling is exact in floating point (up to underflow of
+        # squares far below the norm).
+        np.testing.assert_allclose(
+            degree_jit(cur * exact, prev * exact, normalize=normalize), base, rtol=1e-6, atol=1e-12
+        )
         scaled = np.asarray(
-            forgetting_degree(np.float32(scale) * cur, np.float32(scale) * prev, normalize=normalize)
+            degree_jit(np.float32(scale) * cur, np.float32(scale) * prev, normalize=normalize)
         )
         np.testing.assert_allclose(scaled, base, rtol=1e-5, atol=1e-5)
 
@@ -369,8 +381,8 @@ def test_property_degree_scale_invariant(pair, scale, power):
 @given(_vectors())
 def test_property_decline_at_most_change(pair):
     cur, prev = pair
-    decline = np.asarray(interest_forgetting(cur, prev))
-    change = np.asarray(interest_forgetting(cur, prev, mode="change"))
+    decline = np.asarray(forgetting_jit(cur, prev))
+    change = np.asarray(forgetting_jit(cur, prev, mode="change"))
     assert np.all(decline >= 0) and not np.isnan(change).any()
     assert np.all(decline <= change)
     np.testing.assert_allclose(decline, ref_interest_forgetting(cur, prev), rtol=1e-4, atol=1e-5)
@@ -390,7 +402,7 @@ def test_property_decline_at_most_change(pair):
     st.one_of(st.just(0.0), st.floats(1e-3, 1e6)),
 )
 def test_property_probs_sum_to_one_and_monotone(f, alpha):
-    p = np.asarray(interest_probs(f, alpha))
+    p = np.asarray(probs_jit(f, alpha))
     assert np.isfinite(p).all() and np.all(p >= 0)
     np.testing.assert_allclose(p.sum(-1), 1.0, rtol=1e-5)
     rows_f = f.reshape(-1, f.shape[-1])
@@ -402,5 +414,5 @@ def test_property_probs_sum_to_one_and_monotone(f, alpha):
             assert np.all(np.diff(pr[order]) <= 1e-7)
         else:
             np.testing.assert_allclose(pr, 1.0 / len(pr), rtol=1e-6)
-    if alpha <= 1e3:  # beyond this float32 logits are too coarse for rtol 1e-5
+    if alpha <= 10:  # beyond this float32 rounding of alpha * f exceeds rtol 1e-4
         np.testing.assert_allclose(p, ref_interest_probs(f, alpha), rtol=1e-4, atol=1e-6)

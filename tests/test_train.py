@@ -137,3 +137,44 @@ def test_eight_devices_give_the_same_losses_as_one(tmp_path):
     np.testing.assert_allclose(eight["losses"], one["losses"], rtol=2e-5, atol=1e-6)
     for a, b in zip(one["params"], eight["params"]):
         np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_killed_cli_run_resumes_to_the_same_parameters(tmp_path):
+    """SIGKILL a real `fgjax train` after its first checkpoint; the rerun ends where an uninterrupted run does."""
+    import signal
+    import time
+
+    import fgjax
+    from fgjax.config import SyntheticConfig
+    from fgjax.data.synthetic import generate
+
+    paths = generate(SyntheticConfig(num_users=300, num_items=150, num_days=20, users_per_shard=150), tmp_path / "data")
+    args = ["--set", f"data.path={paths.events_dir}", "--set", f"data.items_path={paths.items_path}",
+            "--set", "train.batch_size=128", "--set", "train.epochs=6", "--set", "train.checkpoint_every_steps=7",
+            "--set", "train.max_to_keep=3", "--no-progress"]
+
+    def command(out):
+        return [sys.executable, "-m", "fgjax.cli", "train", "--out", str(out), *args]
+
+    subprocess.run(command(tmp_path / "whole"), check=True, capture_output=True, timeout=600)
+    victim = subprocess.Popen(command(tmp_path / "killed"), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    steps_dir = tmp_path / "killed" / "checkpoint" / "train"
+    deadline = time.time() + 300
+    while time.time() < deadline and victim.poll() is None:
+        if steps_dir.is_dir() and any(p.name.isdigit() for p in steps_dir.iterdir()):
+            break
+        time.sleep(0.02)
+    victim.send_signal(signal.SIGKILL)
+    victim.wait()
+    rerun = subprocess.run(command(tmp_path / "killed"), capture_output=True, text=True, timeout=600)
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    import re
+
+    resumed_at = int(re.search(r"resumed training from step (\d+)", rerun.stdout).group(1))
+    whole = fgjax.load(tmp_path / "whole" / "checkpoint")
+    resumed = fgjax.load(tmp_path / "killed" / "checkpoint")
+    assert 0 < resumed_at < whole.step  # killed mid-run, not after it ended
+    assert resumed.step == whole.step
+    for a, b in zip(jax.tree.leaves(whole.params), jax.tree.leaves(resumed.params)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
