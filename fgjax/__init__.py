@@ -4,8 +4,10 @@ Public API (imported lazily, so a service that only calls ``fgjax.load`` never
 imports the training code):
 
 - ``fgjax.load(path)`` -> a ``ServingModel`` with ``.recommend(raw_user_ids, k)``.
-- ``fgjax.train``, ``fgjax.analyze``, ``fgjax.recommend``, ``fgjax.evaluate``,
-  ``fgjax.quickstart``: the library functions behind the CLI.
+- ``fgjax.quickstart``, ``fgjax.prepare`` (read + split), ``fgjax.fit`` (train +
+  analyze + serving state), ``fgjax.analyze``, ``fgjax.evaluate_checkpoint``:
+  the library functions behind the CLI (modules ``fgjax.train``,
+  ``fgjax.evaluate`` ... hold the lower-level pieces).
 - ``fgjax.kernels``: pure JAX kernels.
 """
 
@@ -20,11 +22,13 @@ _LAZY = {
     "ServingModel": ("fgjax.serving", "ServingModel"),
     "Config": ("fgjax.config", "Config"),
     "load_config": ("fgjax.config", "load_config"),
-    "train": ("fgjax.train", "train"),
+    # No name here may equal a submodule's (train, evaluate, recommend, ...):
+    # importing the submodule would silently replace the attribute.
     "analyze": ("fgjax.analysis", "analyze"),
-    "recommend": ("fgjax.recommend", "recommend"),
-    "evaluate": ("fgjax.evaluate", "evaluate"),
     "quickstart": ("fgjax.pipeline", "quickstart"),
+    "prepare": ("fgjax.pipeline", "prepare"),
+    "fit": ("fgjax.pipeline", "fit"),
+    "evaluate_checkpoint": ("fgjax.pipeline", "evaluate_checkpoint"),
     "read_events": ("fgjax.data.reader", "read_events"),
     "FgjaxError": ("fgjax.errors", "FgjaxError"),
 }
