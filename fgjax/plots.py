@@ -17,6 +17,16 @@ def _pyplot():
     return plt
 
 
+def _save(plt, fig, axes, path: str | Path) -> Path:
+    for ax in axes:
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
 def plot_training_curves(history: Sequence[dict[str, Any]], path: str | Path) -> Path:
     """Training loss and every validation metric per epoch (the article's section 5.4)."""
     plt = _pyplot()
@@ -30,13 +40,7 @@ def plot_training_curves(history: Sequence[dict[str, Any]], path: str | Path) ->
     axes[1].set(title="validation (full ranking)", xlabel="epoch", ylabel="metric")
     if val_keys:
         axes[1].legend()
-    for ax in axes:
-        ax.grid(alpha=0.3)
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, axes, path)
 
 
 def plot_forgetting(degree: np.ndarray, window_start: np.ndarray, path: str | Path) -> Path:
@@ -59,10 +63,4 @@ def plot_forgetting(degree: np.ndarray, window_start: np.ndarray, path: str | Pa
     axes[1].plot(days, q90, label="90th percentile")
     axes[1].set(title="forgetting degree per window", xlabel="days since first window", ylabel="F")
     axes[1].legend()
-    for ax in axes:
-        ax.grid(alpha=0.3)
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, axes, path)
