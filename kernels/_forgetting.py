@@ -42,7 +42,10 @@ def forgetting_degree(
     Returns:
       ``(...)`` F. Both vectors zero -> 0. ``I_t = 0`` but ``I_{t-1} != 0``
       (everything forgotten) -> ``+inf`` under ``"current"`` (or ``cap``);
-      never NaN.
+      never NaN for finite inputs below ~1e18 in magnitude (float32 squares
+      overflow past that; interest states, sums of decayed event weights,
+      stay many orders of magnitude below, so no per-row rescaling pass is
+      spent on it).
     """
     if normalize not in NORMALIZE_CHOICES:
         raise ValueError(f"normalize must be one of {NORMALIZE_CHOICES}, got {normalize!r}")

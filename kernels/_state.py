@@ -74,7 +74,8 @@ def interest_state_init(num_users: int, num_interests: int, dtype=jnp.float32) -
 def window_contributions(events: WindowEvents, num_users: int, num_interests: int, *, inv_tau: ArrayLike) -> Array:
     """``(users, K)`` sum of ``w_e exp(-age_e / tau) phi_e`` per user.
 
-    Out-of-range user indices are dropped (so ``users`` is a valid pad index).
+    User indices >= ``users`` are dropped (so ``users`` is the pad index);
+    negative indices wrap around as in NumPy, so never pad with -1.
     """
     scale = events.weight * jnp.exp(-jnp.asarray(inv_tau, events.weight.dtype) * events.age)
     out = jnp.zeros((num_users, num_interests), scale.dtype)

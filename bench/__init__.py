@@ -1,0 +1,1 @@
+"""Benchmarks for fgjax: ``python -m bench.NAME --help``; results are JSON files."""

@@ -1,0 +1,71 @@
+"""The benchmarks run (tiny sizes) and write the JSON they promise."""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # bench/ is a repo folder, not part of the installed package
+    sys.path.insert(0, str(ROOT))
+
+from bench import _report  # noqa: E402
+from bench import forgetting_degree as fd_bench  # noqa: E402
+
+
+def test_forgetting_degree_benchmark_writes_json(tmp_path, capsys):
+    out = tmp_path / "results" / "fd.json"
+    payload = fd_bench.main(
+        ["--users", "64,1000", "--interests", "8", "--repeats", "2", "--min-time", "0", "--no-torch", "--out", str(out)]
+    )
+    printed = capsys.readouterr().out
+    assert "kernel GB/s" in printed and str(out) in printed
+    data = json.loads(out.read_text())
+    assert data["date"] == payload["date"] and len(data["results"]) == len(payload["results"])
+    for key in ("benchmark", "date", "device", "device_info", "versions", "config", "results"):
+        assert key in data, key
+    assert data["benchmark"] == "forgetting_degree"
+    assert data["versions"]["jax"] and data["versions"]["numpy"]
+    assert "torch" in data["versions"]  # None when not installed
+    assert data["config"]["users"] == [64, 1000] and data["config"]["interests"] == 8
+    assert [r["users"] for r in data["results"]] == [64, 1000]
+    for r in data["results"]:
+        assert r["copy_verified"] is True
+        assert r["copy_inplace_verified"] is True
+        assert r["inf_matches_numpy"] is True and r["max_abs_diff_vs_numpy"] < 1e-5
+        assert r["kernel_bytes"] == 2 * r["users"] * 8 * 4 + r["users"] * 4
+        assert r["copy_bytes"] == 2 * 2 * r["users"] * 8 * 4
+        for name in ("kernel", "copy", "copy_inplace", "reduce", "numpy"):
+            t = r["timings"][name]
+            assert 0 < t["min_s"] <= t["median_s"], name
+            assert t["gbps"] > 0 and len(t["times_s"]) == 2, name
+        for key in ("kernel_gbps", "copy_gbps", "kernel_vs_copy_bandwidth", "kernel_vs_reduce_bandwidth", "speedup_vs_numpy"):
+            assert r[key] > 0 and math.isfinite(r[key]), key
+        assert "torch" not in r["timings"]
+
+
+def test_bad_flags():
+    with pytest.raises(SystemExit):
+        fd_bench.main(["--users", "ten", "--out", ""])
+    with pytest.raises(SystemExit):
+        fd_bench.main(["--users", "0"])
+
+
+def test_report_helpers(tmp_path):
+    calls = []
+    t = _report.time_call(lambda x: calls.append(x) or x, 3, repeats=3, warmup=2, sync=lambda _: None)
+    assert t["repeats"] == 3 and len(t["times_s"]) == 3 and t["min_s"] <= t["median_s"]
+    assert len(calls) == 2 + 3 * t["calls_per_repeat"]
+    t = _report.time_call(lambda: None, repeats=1, min_time=0.005, sync=lambda _: None)
+    assert t["calls_per_repeat"] > 1
+    assert _report.gbps(2e9, 0.5) == pytest.approx(4.0)
+    versions = _report.library_versions()
+    assert set(_report.LIBRARIES) <= set(versions)
+    path = _report.write_json(tmp_path / "a" / "b.json", {"x": float("inf"), "y": [1.5, float("nan")]})
+    assert json.loads(path.read_text()) == {"x": None, "y": [1.5, None]}
+    table = _report.format_table([{"n": 1000, "v": 1.23456}, {"n": 2}], [("n", "N", ",d"), ("v", "value", ".2f")])
+    assert "1,000" in table and "1.23" in table and "-" in table.splitlines()[-1]
