@@ -14,10 +14,11 @@ imports the training code):
 from __future__ import annotations
 
 import importlib
+from types import MappingProxyType
 
 __version__ = "0.1.0"
 
-_LAZY = {
+_LAZY = MappingProxyType({
     "load": ("fgjax.serving", "load"),
     "ServingModel": ("fgjax.serving", "ServingModel"),
     "Config": ("fgjax.config", "Config"),
@@ -31,7 +32,7 @@ _LAZY = {
     "evaluate_checkpoint": ("fgjax.pipeline", "evaluate_checkpoint"),
     "read_events": ("fgjax.data.reader", "read_events"),
     "FgjaxError": ("fgjax.errors", "FgjaxError"),
-}
+})
 
 __all__ = sorted([*_LAZY, "__version__"])
 

@@ -24,6 +24,16 @@ EPILOG = """examples:
 """
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
 def _add_common(p: argparse.ArgumentParser, *, out_help: str) -> None:
     p.add_argument("--out", required=True, type=Path, help=out_help)
     p.add_argument("--config", type=Path, default=None, help="YAML config (see configs/); defaults = the quickstart run")
@@ -52,7 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", required=True, type=Path, help="checkpoint directory written by train/quickstart")
     p.add_argument("--users", default=None,
                    help="comma-separated raw user IDs, or a Parquet/CSV file with a user_id column (default: all users)")
-    p.add_argument("--k", type=int, default=10, help="items per user")
+    p.add_argument("--k", type=_positive_int, default=10, help="items per user")
     p.add_argument("--no-forgetting", action="store_true", help="rank by the model alone")
     p.add_argument("--out", required=True, type=Path, help="output Parquet file")
     p = sub.add_parser("evaluate", help="temporal leave-last-out evaluation of a checkpoint -> metrics.json")
@@ -81,7 +91,9 @@ def _read_user_ids(spec: str | None, model):
         import pyarrow.csv as pcsv
         import pyarrow.parquet as pq
 
-        table = pq.read_table(path) if path.suffix == ".parquet" else pcsv.read_csv(path)
+        # Read CSV IDs as the vocabulary's type: inference would turn "007" into 7.
+        convert = pcsv.ConvertOptions(column_types={"user_id": model.users.type})
+        table = pq.read_table(path) if path.suffix == ".parquet" else pcsv.read_csv(path, convert_options=convert)
         if "user_id" not in table.column_names:
             raise ConfigError(f"--users file '{path}': no user_id column (columns: {', '.join(table.column_names)})")
         return table.column("user_id").combine_chunks()
@@ -124,10 +136,13 @@ def run(args) -> int:
         from fgjax.serving import load
 
         model = load(args.checkpoint)
-        table = model.recommend(_read_user_ids(args.users, model), k=args.k, use_forgetting=not args.no_forgetting)
+        user_ids = _read_user_ids(args.users, model)
+        table = model.recommend(user_ids, k=args.k, use_forgetting=not args.no_forgetting)
         args.out.parent.mkdir(parents=True, exist_ok=True)
         pq.write_table(table, str(args.out))
-        print(f"wrote {args.out}: {table.num_rows:,} rows")
+        unknown = int((model.users.encode(user_ids) < 0).sum())
+        note = f"; {unknown:,} unknown users got the most popular items" if unknown else ""
+        print(f"wrote {args.out}: {table.num_rows:,} rows for {len(user_ids):,} users{note}")
     elif args.command == "evaluate":
         config = _config(args)
         metrics = pipeline.evaluate_checkpoint(config, args.out, args.checkpoint or args.out / "checkpoint", print,
@@ -144,8 +159,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except FgjaxError as exc:
         print(f"fgjax: error: {exc}", file=sys.stderr)
         return 2
-    except FileNotFoundError as exc:
-        print(f"fgjax: error: {exc.filename or exc}: no such file or directory", file=sys.stderr)
+    except OSError as exc:  # missing files, permissions, a file where a folder should be, ...
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"fgjax: error: {where}{exc.strerror or exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("fgjax: interrupted", file=sys.stderr)

@@ -16,14 +16,17 @@ import math
 import types
 import typing
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any, Mapping, Sequence
 
 import yaml
 
 from fgjax.errors import ConfigError
 
-DEFAULT_EVENT_WEIGHTS = {"view": 0.5, "search": 0.5, "click": 1.0, "cart": 2.0, "purchase": 4.0}
-DEFAULT_STATE_WEIGHTS = {"new": 1.0, "active": 1.0, "declining": 0.5, "forgotten": 0.05, "reactivated": 1.0}
+DEFAULT_EVENT_WEIGHTS = MappingProxyType({"view": 0.5, "search": 0.5, "click": 1.0, "cart": 2.0, "purchase": 4.0})
+DEFAULT_STATE_WEIGHTS = MappingProxyType(
+    {"new": 1.0, "active": 1.0, "declining": 0.5, "forgotten": 0.05, "reactivated": 1.0}
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -90,7 +93,7 @@ class AnalysisConfig:
     forgetting_mode: str = "decline"  # decline | change
     normalize: str = "current"  # current (seed formula) | max (bounded in [0, 2])
     eps: float = 1e-8
-    decline_threshold: float = 0.1  # f_k above this: the interest is declining
+    declining_ratio: float = 0.3  # I_k below this share of its peak: declining
     forgotten_ratio: float = 0.1  # I_k below this share of its peak, without activity: forgotten
     top_interests: int = 3  # interests written per (user, window) in forgetting.parquet
 
@@ -124,6 +127,7 @@ class RecommendConfig:
     use_forgetting: bool = True
     exclude_seen: bool = True
     state_weights: dict[str, float] = dataclasses.field(default_factory=lambda: dict(DEFAULT_STATE_WEIGHTS))
+    interest_floor: float = 0.01  # smallest interest multiplier: never-seen interests still rank by the model
     user_chunk: int = 512  # users scored per device call
 
 
@@ -146,13 +150,57 @@ class Config:
     evaluate: EvaluateConfig = EvaluateConfig()
 
 
-_CHOICES = {
+_CHOICES = MappingProxyType({
     ("data", "format"): ("auto", "parquet", "csv", "ipc", "recbole", "movielens"),
     ("analysis", "forgetting_mode"): ("decline", "change"),
     ("analysis", "normalize"): ("current", "max"),
     ("model", "name"): ("embedding_mlp",),
     ("evaluate", "protocol"): ("leave_last_out",),
-}
+})
+
+# (section, field) -> (lower bound, bound allowed). Lists and mappings are
+# checked element by element. (The synthetic section checks itself.)
+_LOWER_BOUNDS = MappingProxyType({
+    ("data", "batch_size"): (1, True),
+    ("data", "event_weights"): (0, True),
+    ("data", "unknown_event_weight"): (0, True),
+    ("analysis", "window_seconds"): (0, False),
+    ("analysis", "half_life_windows"): (0, False),
+    ("analysis", "alpha"): (0, True),
+    ("analysis", "eps"): (0, False),
+    ("analysis", "declining_ratio"): (0, True),
+    ("analysis", "forgotten_ratio"): (0, True),
+    ("analysis", "top_interests"): (1, True),
+    ("model", "embed_dim"): (1, True),
+    ("model", "hidden_dim"): (1, True),
+    ("train", "epochs"): (0, True),
+    ("train", "batch_size"): (1, True),
+    ("train", "learning_rate"): (0, False),
+    ("train", "negatives"): (1, True),
+    ("train", "num_devices"): (0, True),
+    ("train", "checkpoint_every_steps"): (0, True),
+    ("train", "max_to_keep"): (1, True),
+    ("train", "max_steps"): (0, True),
+    ("train", "eval_users"): (0, True),
+    ("recommend", "k"): (1, True),
+    ("recommend", "state_weights"): (0, True),
+    ("recommend", "interest_floor"): (0, True),
+    ("recommend", "user_chunk"): (1, True),
+    ("evaluate", "ks"): (1, True),
+})
+
+
+def _check_bound(value: Any, section: str, name: str, key: str) -> None:
+    bound = _LOWER_BOUNDS.get((section, name))
+    if bound is None:
+        return
+    low, inclusive = bound
+    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else [(None, value)]
+    for sub, v in items:
+        if v < low or (v == low and not inclusive):
+            where = key if sub is None else (f"{key}.{sub}" if isinstance(value, dict) else f"{key}[{sub}]")
+            relation = ">=" if inclusive else ">"
+            raise ConfigError(f"{where}: expected a value {relation} {low}, got {v!r}")
 
 
 def _coerce(value: Any, tp: Any, where: str) -> Any:
@@ -217,6 +265,7 @@ def _build(cls: type, raw: Mapping[str, Any], where: str) -> Any:
             # Mappings (event and state weights) merge onto the defaults, so one
             # override changes one entry and a config adds user-defined types.
             kwargs[f.name] = {**f.default_factory(), **kwargs[f.name]}
+        _check_bound(kwargs[f.name], where, f.name, key)
         choices = _CHOICES.get((where, f.name))
         if choices and kwargs[f.name] not in choices:
             raise ConfigError(f"{key}: expected one of {', '.join(choices)}, got {kwargs[f.name]!r}")

@@ -17,17 +17,23 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from fgjax import kernels
-from fgjax.analysis import ForgettingResult, analyze, forgetting_weights, write_forgetting
+from fgjax.analysis import (
+    ForgettingResult,
+    analyze,
+    degree_since_first_activity,
+    forgetting_weights,
+    write_forgetting,
+)
 from fgjax.checkpoint import save_serving
 from fgjax.config import Config, to_dict
 from fgjax.data.reader import EventLog, read_events
-from fgjax.data.split import TemporalSplit, leave_last_out
+from fgjax.data.split import ItemSets, TemporalSplit, leave_last_out
 from fgjax.data.synthetic import generate
-from fgjax.errors import ConfigError
+from fgjax.errors import ConfigError, DataError
 from fgjax.evaluate import evaluate, item_popularity
 from fgjax.plots import plot_forgetting, plot_training_curves
 from fgjax.recommend import Explanations, recommendation_table
-from fgjax.scoring import rank_items
+from fgjax.scoring import ForgettingWeights, rank_items
 from fgjax.train import TrainResult, train
 
 Reporter = Callable[[str], None]
@@ -39,15 +45,24 @@ def _quiet(_: str) -> None:
 
 @dataclasses.dataclass(frozen=True)
 class Prepared:
-    """Data read, validated and split."""
+    """Data read, validated and split.
+
+    Attributes:
+      seen: every item each user has had (what serving excludes).
+    """
 
     log: EventLog
     split: TemporalSplit
+    seen: ItemSets
 
 
 @dataclasses.dataclass(frozen=True)
 class Fitted:
-    """A trained model with the forgetting analysis behind its recommendations."""
+    """A trained model with the forgetting analysis behind its recommendations.
+
+    ``forgetting`` covers every event: it is the state a service recommends
+    from. Evaluation uses its own analysis (``evaluation_weights``).
+    """
 
     prepared: Prepared
     trained: TrainResult
@@ -76,15 +91,18 @@ def prepare(config: Config, out: Path, report: Reporter = _quiet) -> Prepared:
     """``read`` the events, then split them by time (leave-last-out)."""
     log = read(config, out, report)
     split = leave_last_out(log.user, log.item, log.timestamp, log.num_users)
-    report(
-        f"split: {int((split.test_target >= 0).sum()):,} users with validation and test items, "
-        f"{int(split.train_events.sum()):,} training events"
-    )
-    return Prepared(log, split)
+    evaluated = int((split.test_target >= 0).sum())
+    if evaluated == 0:
+        raise DataError(
+            f"no user of the {log.num_users:,} has 3 or more distinct items: leave-last-out needs them "
+            "(one for training, one for validation, one for test)"
+        )
+    report(f"split: {evaluated:,} users with validation and test items, {int(split.train_events.sum()):,} training events")
+    return Prepared(log, split, ItemSets.from_pairs(log.user, log.item, log.num_users))
 
 
 def fit(config: Config, prepared: Prepared, out: Path, report: Reporter = _quiet, progress: bool = True) -> Fitted:
-    """Train (resuming from ``out/checkpoint``), analyze forgetting, save the serving state."""
+    """Train (resuming from ``out/checkpoint``), analyze forgetting over every event, save the serving state."""
     log, split = prepared.log, prepared.split
     checkpoint = out / "checkpoint"
     t0 = time.perf_counter()
@@ -95,7 +113,9 @@ def fit(config: Config, prepared: Prepared, out: Path, report: Reporter = _quiet
         last = trained.history[-1]
         scores = ", ".join(f"{k} {v:.4f}" for k, v in last.items() if k.startswith(("train_loss", "val_")))
         report(f"trained {trained.steps} steps ({len(trained.history)} epochs) in {time.perf_counter() - t0:.1f}s: {scores}")
-    forgetting = analyze(config, log, events=split.history_events, progress=progress)
+    forgetting = analyze(config, log, progress=progress)
+    if forgetting.events_without_interest:
+        report(f"analysis: {forgetting.events_without_interest:,} events skipped, their items have no category")
     weights = forgetting_weights(forgetting, config, log)
     save_serving(
         checkpoint,
@@ -106,12 +126,30 @@ def fit(config: Config, prepared: Prepared, out: Path, report: Reporter = _quiet
             "state": forgetting.state,
             "f": forgetting.f.astype(np.float32),
             "popularity": item_popularity(split, log.num_items),
-            "seen_indptr": split.history_items.indptr,
-            "seen_items": split.history_items.items,
+            "seen_indptr": prepared.seen.indptr,
+            "seen_items": prepared.seen.items,
         },
         {"state_names": list(kernels.STATE_NAMES), "window_start_last": float(forgetting.window_start[-1])},
     )
     return Fitted(prepared, trained, forgetting)
+
+
+def evaluation_weights(config: Config, prepared: Prepared, progress: bool = True) -> ForgettingWeights:
+    """Forgetting weights as each user stood just before its test item.
+
+    The analysis sees only events before each user's test item, and each user
+    is read at the window holding its test time, not at the end of the log
+    (where removed later events would look like silence).
+    """
+    split = prepared.split
+    forgetting = analyze(config, prepared.log, events=split.history_events, snapshot_before=split.test_time,
+                         progress=progress)
+    return forgetting_weights(forgetting, config, prepared.log)
+
+
+def report_evaluation(report: Reporter, evaluation: dict[str, Any]) -> None:
+    for name, values in evaluation["results"].items():
+        report(f"test {name}: " + ", ".join(f"{m} {values[m]:.4f}" for m in ("ndcg@10", "hit_rate@10", "recall@10")))
 
 
 def state_counts(forgetting: ForgettingResult) -> dict[str, int]:
@@ -121,13 +159,13 @@ def state_counts(forgetting: ForgettingResult) -> dict[str, int]:
 
 
 def write_recommendations(config: Config, fitted: Fitted, path: Path) -> int:
-    """Forgetting-aware top-K for every user -> ``path``; returns rows written."""
-    log, split, forgetting = fitted.prepared.log, fitted.prepared.split, fitted.forgetting
+    """Forgetting-aware top-K for every user from the full-log state -> ``path``; returns rows written."""
+    log, forgetting = fitted.prepared.log, fitted.forgetting
     users = np.arange(log.num_users, dtype=np.int32)
     weights = forgetting_weights(forgetting, config, log) if config.recommend.use_forgetting else None
     scores, items = rank_items(
         fitted.trained.graphdef, fitted.trained.params, users, k=config.recommend.k, num_items=log.num_items,
-        seen=split.history_items if config.recommend.exclude_seen else None, forgetting=weights,
+        seen=fitted.prepared.seen if config.recommend.exclude_seen else None, forgetting=weights,
         chunk=config.recommend.user_chunk,
     )
     explanations = Explanations(log.item_category, forgetting.state, forgetting.f, log.categories)
@@ -161,16 +199,16 @@ def quickstart(config: Config, out: str | Path, report: Reporter = print, progre
     t = time.perf_counter()
     evaluation = evaluate(
         config, fitted.trained.graphdef, fitted.trained.params, prepared.split, prepared.log.num_items,
-        forgetting_weights(fitted.forgetting, config, prepared.log),
+        evaluation_weights(config, prepared, progress),
     )
     timings["evaluate_s"] = time.perf_counter() - t
-    for name, values in evaluation["results"].items():
-        report(f"test {name}: " + ", ".join(f"{m} {values[m]:.4f}" for m in ("ndcg@10", "hit_rate@10", "recall@10")))
+    report_evaluation(report, evaluation)
     plots = out / "plots"
     plots.mkdir(exist_ok=True)
     if fitted.trained.history:
         plot_training_curves(fitted.trained.history, plots / "training_curves.png")
-    plot_forgetting(_degree_with_nan(fitted.forgetting), fitted.forgetting.window_start, plots / "forgetting.png")
+    plot_forgetting(degree_since_first_activity(fitted.forgetting), fitted.forgetting.window_start,
+                    plots / "forgetting.png")
     metrics = {
         "data": dataclasses.asdict(prepared.log.report),
         "train": {"steps": fitted.trained.steps, "history": fitted.trained.history},
@@ -182,12 +220,6 @@ def quickstart(config: Config, out: str | Path, report: Reporter = print, progre
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2, default=_json_default) + "\n")
     report(f"wrote {out}/: recommendations.parquet forgetting.parquet metrics.json plots/ checkpoint/")
     return metrics
-
-
-def _degree_with_nan(forgetting: ForgettingResult) -> np.ndarray:
-    """``(windows, users)`` F with NaN before each user's first active window."""
-    started = np.cumsum(forgetting.top_probs[:, :, 0] > 0, axis=0) > 0
-    return np.where(started, forgetting.degree, np.nan)
 
 
 def _json_default(value: Any) -> Any:
@@ -205,7 +237,7 @@ def analyze_only(config: Config, out: str | Path, report: Reporter = _quiet, pro
     forgetting = analyze(config, log, progress=progress)
     rows = write_forgetting(forgetting, log, out / "forgetting.parquet")
     (out / "plots").mkdir(exist_ok=True)
-    plot_forgetting(_degree_with_nan(forgetting), forgetting.window_start, out / "plots" / "forgetting.png")
+    plot_forgetting(degree_since_first_activity(forgetting), forgetting.window_start, out / "plots" / "forgetting.png")
     report(f"forgetting: {forgetting.num_windows} windows; final states {state_counts(forgetting)}")
     return rows
 
@@ -213,23 +245,22 @@ def analyze_only(config: Config, out: str | Path, report: Reporter = _quiet, pro
 def evaluate_checkpoint(config: Config, out: str | Path, checkpoint: str | Path, report: Reporter = _quiet,
                         progress: bool = True) -> dict[str, Any]:
     """Evaluate a saved model on ``config.data`` under the temporal protocol -> ``out/metrics.json``."""
-    from fgjax.errors import DataError
     from fgjax.serving import load
 
     out = Path(out)
     model = load(checkpoint)
     prepared = prepare(config, out, report)
     log = prepared.log
-    if len(model.users) != log.num_users or len(model.items) != log.num_items:
+    # Dense indices mean something only under the checkpoint's vocabularies.
+    if not (model.users.values.equals(log.users.values) and model.items.values.equals(log.items.values)):
         raise DataError(
-            f"checkpoint '{checkpoint}' has {len(model.users)} users / {len(model.items)} items, "
-            f"data.path has {log.num_users} / {log.num_items}: evaluate on the data it was trained on"
+            f"checkpoint '{checkpoint}' was trained on other users or items ({len(model.users):,} users, "
+            f"{len(model.items):,} items) than data.path ({log.num_users:,}, {log.num_items:,}): "
+            "evaluate on the data it was trained on"
         )
-    forgetting = analyze(config, log, events=prepared.split.history_events, progress=progress)
     evaluation = evaluate(config, model.graphdef, model.params, prepared.split, log.num_items,
-                          forgetting_weights(forgetting, config, log))
-    for name, values in evaluation["results"].items():
-        report(f"test {name}: " + ", ".join(f"{m} {values[m]:.4f}" for m in ("ndcg@10", "hit_rate@10", "recall@10")))
+                          evaluation_weights(config, prepared, progress))
+    report_evaluation(report, evaluation)
     out.mkdir(parents=True, exist_ok=True)
     (out / "metrics.json").write_text(json.dumps({"evaluation": evaluation, "config": to_dict(config)}, indent=2) + "\n")
     return evaluation

@@ -64,10 +64,10 @@ def recommendation_table(
         user = users[row]
         known = (interest >= 0) & (user >= 0)
         safe_i, safe_u = np.where(known, interest, 0), np.where(known, user, 0)
-        names = np.asarray(kernels.STATE_NAMES, dtype=object)[explanations.state[safe_u, safe_i]]
+        names = pa.array(kernels.STATE_NAMES).take(pa.array(explanations.state[safe_u, safe_i].astype(np.int32)))
         decoded = explanations.categories.decode(safe_i)
         columns["interest"] = pc.if_else(pa.array(known), decoded, pa.nulls(len(decoded), decoded.type))
-        columns["interest_state"] = pa.array(names.tolist(), pa.string(), mask=~known)
+        columns["interest_state"] = pc.if_else(pa.array(known), names, pa.nulls(len(names), pa.string()))
         columns["f_k"] = pa.array(explanations.f[safe_u, safe_i].astype(np.float32), pa.float32(), mask=~known)
     return pa.table(columns)
 

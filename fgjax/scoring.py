@@ -5,8 +5,10 @@ re-weights by forgetting (SPEC.md, Recommendation score)
 
     score(u, i) = w_i * m(u, k(i)) * sigmoid(logit(u, i))
 
-where ``m(u, k) = p(k | u) * state_weight(state(u, k))`` and ``k(i)`` is the
-item's interest, masks already-seen items and selects the top K. Only
+where ``m(u, k) = max(p(k | u) * state_weight(state(u, k)), floor)`` and
+``k(i)`` is the item's interest (items without one get the user's neutral
+weight, that of a uniform p over the user's interests), masks already-seen
+items and selects the top K. Only
 ``(chunk, K)`` results come back to the host.
 """
 
@@ -23,6 +25,7 @@ from flax import nnx
 
 from fgjax import kernels
 from fgjax.data.split import ItemSets
+from fgjax.shapes import bucket_size
 
 
 @dataclasses.dataclass(frozen=True)
@@ -30,9 +33,9 @@ class ForgettingWeights:
     """What the forgetting analysis contributes to scoring.
 
     Attributes:
-      user_interest: ``(users, K)`` float32 m(u, k) = p(k|u) * state weight.
-      item_interest: ``(items,)`` int32 interest of each item; -1 = none
-        (such items keep weight 1).
+      user_interest: ``(users, K + 1)`` float32 m(u, k); column K is the
+        weight of items without an interest.
+      item_interest: ``(items,)`` int32 interest of each item; -1 = none.
       item_weight: ``(items,)`` float32 w_i (popularity, freshness, business).
     """
 
@@ -48,16 +51,16 @@ def _chunk_top_k(graphdef, params, users, seen, user_interest, item_interest, it
     Args:
       users: ``(chunk,)`` int32 (padding rows repeat a valid user).
       seen: ``(chunk, width)`` int32 items to exclude, padded with ``num_items``.
-      user_interest: ``(chunk, K)`` or None; item_interest ``(items,)``;
+      user_interest: ``(chunk, K + 1)`` or None; item_interest ``(items,)``;
         item_weight ``(items,)``.
     """
     model = nnx.merge(graphdef, params)
     logits = model.score_all_items(users)  # (chunk, items)
     scores = jax.nn.sigmoid(logits)
     if user_interest is not None:
-        # Items without an interest (-1) keep weight 1.
-        per_item = jnp.take(user_interest, jnp.maximum(item_interest, 0), axis=1)
-        per_item = jnp.where(item_interest[None, :] >= 0, per_item, 1.0)
+        # Items without an interest (-1) take the last column, the neutral weight.
+        column = jnp.where(item_interest >= 0, item_interest, user_interest.shape[1] - 1)
+        per_item = jnp.take(user_interest, column, axis=1)
         scores = scores * per_item * item_weight[None, :]
     rows = jnp.broadcast_to(jnp.arange(users.shape[0])[:, None], seen.shape)
     exclude = jnp.zeros((users.shape[0], num_items), bool).at[rows, seen].set(True, mode="drop")
@@ -91,7 +94,7 @@ def rank_items(
     if len(users) == 0:
         return np.empty((0, k), np.float32), np.empty((0, k), np.int32)
     # Few users: a smaller power-of-two chunk avoids scoring padding rows.
-    chunk = min(chunk, 1 << (len(users) - 1).bit_length())
+    chunk = min(chunk, bucket_size(len(users)))
     out_scores = np.empty((len(users), k), np.float32)
     out_items = np.empty((len(users), k), np.int32)
     if forgetting is not None:

@@ -14,6 +14,7 @@ with exactly the batches an uninterrupted run would have used.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import time
 from pathlib import Path
@@ -146,8 +147,24 @@ def validate(
     return {f"val_ndcg@{k}": float(means["ndcg"]), f"val_hit_rate@{k}": float(means["hit_rate"])}
 
 
-def _data_fingerprint(log: EventLog, num_pairs: int) -> dict[str, int]:
-    return {"num_users": log.num_users, "num_items": log.num_items, "num_pairs": num_pairs}
+def run_fingerprint(config: Config, log: EventLog, users: np.ndarray, items: np.ndarray) -> dict[str, Any]:
+    """What must not change for a resumed run to continue the same run exactly:
+    the training pairs (by content) and the settings that fix the batches, the
+    negatives and the update rule. ``epochs`` may change (to train longer)."""
+    digest = hashlib.sha256(np.ascontiguousarray(users, np.int64).tobytes())
+    digest.update(np.ascontiguousarray(items, np.int64).tobytes())
+    tcfg = config.train
+    return {
+        "num_users": log.num_users,
+        "num_items": log.num_items,
+        "num_pairs": int(len(users)),
+        "pairs_sha256": digest.hexdigest()[:16],
+        "batch_size": tcfg.batch_size,
+        "seed": tcfg.seed,
+        "negatives": tcfg.negatives,
+        "learning_rate": tcfg.learning_rate,
+        "model": to_dict(config.model),
+    }
 
 
 def train(
@@ -167,7 +184,7 @@ def train(
     One JSON line per epoch goes to ``metrics_path``.
     """
     tcfg = config.train
-    users, items = split.train_pairs(log.user, log.item)
+    users, items = split.train_pairs()
     num_pairs = len(users)
     mesh = make_mesh(tcfg.num_devices)
     n_dev = mesh.devices.size
@@ -183,7 +200,7 @@ def train(
     graphdef, params = split_params(model)
     optimizer = make_optimizer(config)
     replicated = NamedSharding(mesh, P())
-    fingerprint = _data_fingerprint(log, num_pairs)
+    fingerprint = run_fingerprint(config, log, users, items)
 
     store = TrainCheckpoints(checkpoint_dir, max_to_keep=tcfg.max_to_keep)
     history: list[dict[str, Any]] = []
@@ -192,11 +209,12 @@ def train(
     start = 0
     if store.latest_step() is not None:
         meta = store.restore_meta()
-        if meta["data"] != fingerprint or meta["config"]["model"] != to_dict(config)["model"]:
+        if meta["run"] != fingerprint:
+            changed = sorted(k for k in fingerprint if meta["run"].get(k) != fingerprint[k])
             store.close()
             raise CheckpointError(
-                f"'{store.directory}' was written for other data or model settings "
-                f"({meta['data']} vs {fingerprint}); use a new checkpoint directory"
+                f"'{store.directory}' holds a run with other data or settings (differs in: {', '.join(changed)}); "
+                "resuming would not continue it exactly: use a new output directory"
             )
         abstract_opt = jax.eval_shape(optimizer.init, params)
         params, opt_state, meta = store.restore(params, abstract_opt, sharding=replicated)
@@ -221,7 +239,7 @@ def train(
             "epoch": step // steps_per_epoch,
             "batch_in_epoch": step % steps_per_epoch,
             "steps_per_epoch": steps_per_epoch,
-            "data": fingerprint,
+            "run": fingerprint,
             "history": history,
             "epoch_loss": epoch_loss,
         }
@@ -256,7 +274,8 @@ def train(
                     "epoch": epoch + 1,
                     "step": done,
                     "train_loss": epoch_loss[0] / max(epoch_loss[1], 1),
-                    **validate(graphdef, state.params, split, log.num_items, k=10, max_users=tcfg.eval_users, seed=tcfg.seed),
+                    **validate(graphdef, state.params, split, log.num_items, k=min(10, log.num_items),
+                               max_users=tcfg.eval_users, seed=tcfg.seed),
                     "seconds": round(time.perf_counter() - t_epoch, 3),
                 }
                 history.append(record)

@@ -26,7 +26,8 @@ def ranking_metrics(top_items: ArrayLike, targets: ArrayLike, k: int) -> dict[st
     """Precision, Recall, F1, NDCG, HitRate, MRR and MAP at ``k``, per user.
 
     Args:
-      top_items: ``(users, >=k)`` item indices, best first.
+      top_items: ``(users, L)`` item indices, best first; if ``L < k`` (a
+        catalog smaller than k) the missing ranks count as misses.
       targets: ``(users, T)`` relevant item indices, -1 padded.
       k: cut-off.
 
@@ -38,6 +39,8 @@ def ranking_metrics(top_items: ArrayLike, targets: ArrayLike, k: int) -> dict[st
       MAP = sum_j P@j * hit_j / min(n, k).
     """
     top_items = jnp.asarray(top_items)[:, :k]
+    if top_items.shape[1] < k:
+        top_items = jnp.pad(top_items, ((0, 0), (0, k - top_items.shape[1])), constant_values=-1)
     hits = hit_matrix(top_items, targets).astype(jnp.float32)
     n = jnp.sum(jnp.asarray(targets) >= 0, axis=-1).astype(jnp.float32)
     has = n > 0

@@ -2,7 +2,13 @@
 
 Codes (int8): 0 none (never seen), 1 new, 2 active, 3 declining,
 4 forgotten, 5 reactivated. The adaptive detector replaces the thresholds
-later; the codes and the update signature stay.
+later; the codes stay.
+
+Why the level against its peak, and not f_k: one window's decline is bounded,
+``f_k <= (1 - g) / g`` (0.104 at a half-life of 7 windows), whatever the
+user does, and an idle one-interest user reaches that bound while a user with
+several interests does not. The ratio ``I_k / peak_k`` measures how far an
+interest has fallen from its own high, the same way for every user.
 """
 
 from __future__ import annotations
@@ -20,9 +26,8 @@ def threshold_states(
     active_now: ArrayLike,
     current: ArrayLike,
     peak: ArrayLike,
-    f: ArrayLike,
     *,
-    decline_threshold: ArrayLike,
+    declining_ratio: ArrayLike,
     forgotten_ratio: ArrayLike,
 ) -> Array:
     """One window of the state machine, elementwise over ``(..., K)``.
@@ -31,37 +36,25 @@ def threshold_states(
       previous_state: ``(..., K)`` int codes after window t-1.
       active_now: ``(..., K)`` bool, the user had events of this interest in t.
       current: ``(..., K)`` I(u, t).
-      peak: ``(..., K)`` running max of I over windows <= t.
-      f: ``(..., K)`` per-interest forgetting f_k(u, t).
-      decline_threshold: f_k above it means declining.
+      peak: ``(..., K)`` the interest's high, max of I since it last (re)appeared.
+      declining_ratio: I_k below this share of its peak means declining.
       forgotten_ratio: without activity, I_k below this share of its peak
-        means forgotten.
+        means forgotten (take it below ``declining_ratio``).
 
-    Rules: an interest appears as ``new``; with activity it is ``reactivated``
-    if it was forgotten, else ``declining`` if f_k > threshold, else ``active``;
-    without activity it is ``forgotten`` once I_k < ratio * peak, ``declining``
-    if f_k > threshold, else it keeps its state (``new`` and ``reactivated``
-    settle to ``active``).
+    Rules: an interest appears as ``new`` and comes back from ``forgotten`` as
+    ``reactivated``; otherwise it is ``forgotten`` when idle and below
+    ``forgotten_ratio * peak`` (and stays so until activity), ``declining``
+    when below ``declining_ratio * peak``, else ``active``.
 
     Returns:
       ``(..., K)`` int8 codes after window t.
     """
     prev = jnp.asarray(previous_state).astype(jnp.int8)
     active_now = jnp.asarray(active_now, bool)
-    f = jnp.asarray(f)
     current = jnp.asarray(current)
     peak = jnp.asarray(peak)
-    declining = f > decline_threshold
-    faded = current < forgotten_ratio * peak
-    settled = jnp.where((prev == NEW) | (prev == REACTIVATED), ACTIVE, prev)
-    with_activity = jnp.where(
-        prev == NONE,
-        NEW,
-        jnp.where(prev == FORGOTTEN, REACTIVATED, jnp.where(declining, DECLINING, ACTIVE)),
-    )
-    without_activity = jnp.where(
-        prev == NONE,
-        NONE,
-        jnp.where(faded | (prev == FORGOTTEN), FORGOTTEN, jnp.where(declining, DECLINING, settled)),
-    )
+    level = jnp.where(current < declining_ratio * peak, DECLINING, ACTIVE)
+    with_activity = jnp.where(prev == NONE, NEW, jnp.where(prev == FORGOTTEN, REACTIVATED, level))
+    faded = (prev == FORGOTTEN) | (current < forgotten_ratio * peak)
+    without_activity = jnp.where(prev == NONE, NONE, jnp.where(faded, FORGOTTEN, level))
     return jnp.where(active_now, with_activity, without_activity).astype(jnp.int8)

@@ -88,12 +88,67 @@ def test_forgetting_table_rows_and_columns():
 
 def test_weights_follow_state_weights():
     log = make_log(num_users=6, num_items=8, events_per_user=10)
-    config = load_config(None, ["recommend.state_weights.active=0.25"])
+    config = load_config(None, ["recommend.state_weights.active=0.25", "recommend.interest_floor=0.001"])
     result = analyze(config, log, progress=False)
     weights = forgetting_weights(result, config, log)
-    active = result.state == kernels.ACTIVE
-    np.testing.assert_allclose(weights.user_interest[active], 0.25 * result.p[active])
+    K = len(log.categories)
+    assert weights.user_interest.shape == (log.num_users, K + 1)
+    expected = np.maximum(result.p * np.array([1, 1, 0.25, 0.5, 0.05, 1.0])[result.state], 0.001)
+    np.testing.assert_allclose(weights.user_interest[:, :K], expected, rtol=1e-6)
+    # Items without a category weigh what a uniform p over the user's interests gives.
+    np.testing.assert_allclose(weights.user_interest[:, K], 1 / result.ever.sum(1))
     np.testing.assert_array_equal(weights.item_interest, log.item_category)
+
+
+def test_snapshot_reads_each_user_at_its_own_time():
+    log = make_log(num_users=6, num_items=8, events_per_user=20, seed=2)
+    config = load_config()
+    full = analyze(config, log, progress=False)
+    day = 86400.0
+    cutoff = np.full(log.num_users, np.inf)
+    cutoff[2] = full.window_start[5] + 0.5 * day  # user 2 is read at the end of window 5
+    snap = analyze(config, log, snapshot_before=cutoff, progress=False)
+    early = dataclasses.replace(log, user=log.user[log.timestamp < full.window_start[6]],
+                                item=log.item[log.timestamp < full.window_start[6]],
+                                timestamp=log.timestamp[log.timestamp < full.window_start[6]],
+                                weight=log.weight[log.timestamp < full.window_start[6]])
+    upto = analyze(config, early, progress=False)
+    assert upto.num_windows == 6
+    np.testing.assert_allclose(snap.p[2], upto.p[2], rtol=1e-6)
+    np.testing.assert_array_equal(snap.state[2], upto.state[2])
+    others = np.arange(log.num_users) != 2
+    np.testing.assert_array_equal(snap.state[others], full.state[others])
+    np.testing.assert_allclose(snap.f[others], full.f[others])
+
+
+def test_reactivation_is_measured_against_the_new_level():
+    """Busy, long silence (forgotten), one small event: reactivated, then not forgotten at once."""
+    from fgjax.data.reader import EventLog
+
+    base = make_log(num_users=1, num_items=4, events_per_user=1)
+    day = 86400.0
+    t0 = 1.7e9
+    ts = np.concatenate([t0 + np.arange(10) * day + 100, [t0 + 50 * day + 100], [t0 + 52 * day + 100]])
+    weight = np.concatenate([np.full(10, 4.0), [0.5], [0.0]]).astype(np.float32)  # last event only extends the log
+    log = dataclasses.replace(base, user=np.zeros(12, np.int32), item=np.zeros(12, np.int32), timestamp=ts,
+                              weight=weight)
+    assert isinstance(log, EventLog)
+    result = analyze(load_config(), log, progress=False)
+    history = [kernels.STATE_NAMES[s] for s in _state_history(load_config(), log)]
+    assert history[49] == "forgotten" and history[50] == "reactivated"
+    assert history[51] != "forgotten"
+    assert result.num_windows == 53
+
+
+def _state_history(config, log):
+    """State of (user 0, interest 0) after each window, by analyzing growing prefixes' snapshots."""
+    cut = np.full(log.num_users, np.inf)
+    states = []
+    full = analyze(config, log, progress=False)
+    for t in range(full.num_windows):
+        cut[0] = full.window_start[t] + 1.0
+        states.append(int(analyze(config, log, snapshot_before=cut, progress=False).state[0, 0]))
+    return states
 
 
 def test_needs_categories():

@@ -1,6 +1,7 @@
 """The public package surface: lazy, complete, and free of submodule clashes."""
 
 import importlib
+import importlib.metadata
 import pkgutil
 import subprocess
 import sys
@@ -8,9 +9,13 @@ import sys
 import fgjax
 
 
-def test_every_public_name_resolves():
+def test_every_public_name_resolves_to_what_it_names():
     for name in fgjax.__all__:
-        assert getattr(fgjax, name) is not None
+        value = getattr(fgjax, name)
+        if name == "__version__":
+            assert value == importlib.metadata.version("fgjax")
+        else:
+            assert callable(value) and value.__name__ == name, name
 
 
 def test_no_public_name_is_shadowed_by_a_submodule():

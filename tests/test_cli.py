@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
@@ -50,9 +51,18 @@ def test_console_script_is_installed():
         (["train", "--out", "{tmp}/o", "--set", "data.path={tmp}/nothing_here"], "nothing_here"),
         (["recommend", "--checkpoint", "{tmp}", "--out", "{tmp}/r.parquet"], "not an fgjax checkpoint"),
         (["analyze", "--out", "{tmp}/o", "--set", "analysis.alpha=high"], "analysis.alpha: expected a number"),
+        (["analyze", "--out", "{tmp}/o", "--set", "analysis.window_seconds=0"], "analysis.window_seconds: expected a value > 0"),
+        (["train", "--out", "{tmp}/o", "--set", "data.path={tmp}/few.parquet"], "no user of the 2 has 3 or more distinct items"),
+        (["analyze", "--out", "{tmp}/o", "--set", "data.path={tmp}/few.parquet", "--set", "data.items_path={tmp}/items.parquet"],
+         "none of the 4 events has an item with a category"),
+        (["train", "--out", "{tmp}/afile/o", "--set", "data.path={tmp}/few.parquet"], "afile"),
     ],
 )
 def test_errors_are_one_line_with_exit_2(tmp_path, capsys, args, message):
+    pq.write_table(pa.table({"user_id": [1, 1, 2, 2], "item_id": [1, 2, 1, 3],
+                             "timestamp": [1.7e9, 1.7e9 + 5, 1.7e9 + 9, 1.7e9 + 20]}), tmp_path / "few.parquet")
+    pq.write_table(pa.table({"item_id": [100, 200], "category": ["a", "b"]}), tmp_path / "items.parquet")
+    (tmp_path / "afile").write_text("a file where a folder is expected")
     code, out, err = run_cli([a.format(tmp=tmp_path) for a in args], capsys)
     assert code == 2
     assert err.startswith("fgjax: error: ") and err.count("\n") == 1

@@ -64,7 +64,7 @@ def test_users_with_fewer_than_three_items_have_no_targets_and_keep_all_events()
     assert split.val_target.tolist() == [-1, 2, -1]
     assert split.test_target.tolist() == [-1, 3, -1]
     assert split.train_events.tolist() == [True, True, True, False, False]
-    users, items = split.train_pairs(user, item)
+    users, items = split.train_pairs()
     assert sorted(zip(users.tolist(), items.tolist())) == [(0, 4), (1, 1)]
 
 

@@ -20,14 +20,15 @@ def test_rank_items_matches_numpy(chunk):
     users = np.array([9, 0, 4, 4, 7, 1, 2])
     seen = ItemSets.from_pairs(rng.integers(0, num_users, 40), rng.integers(0, num_items, 40), num_users)
     weights = ForgettingWeights(
-        user_interest=rng.uniform(0, 1, (num_users, K)).astype(np.float32),
+        user_interest=rng.uniform(0, 1, (num_users, K + 1)).astype(np.float32),
         item_interest=np.where(np.arange(num_items) % 5 == 0, -1, np.arange(num_items) % K).astype(np.int32),
         item_weight=rng.uniform(0.5, 2, num_items).astype(np.float32),
     )
     uu, ii = np.meshgrid(users, np.arange(num_items), indexing="ij")
     relevance = 1 / (1 + np.exp(-numpy_forward(params, uu, ii)))
     interest = weights.item_interest
-    m = np.where(interest[None, :] >= 0, weights.user_interest[users][:, np.maximum(interest, 0)], 1.0)
+    # Items without an interest (-1) take the last column.
+    m = weights.user_interest[users][:, np.where(interest >= 0, interest, K)]
     expected = relevance * m * weights.item_weight[None, :]
     for r, u in enumerate(users):
         expected[r, seen.items[seen.indptr[u] : seen.indptr[u + 1]]] = -np.inf

@@ -87,8 +87,14 @@ def test_checkpoint_from_other_data_is_refused(tmp_path, small_log):
     train(config_for(**{"train.max_steps": 2}), small_log, split, tmp_path / "ck", progress=False)
     other = make_log(num_users=50)
     other_split = leave_last_out(other.user, other.item, other.timestamp, other.num_users)
-    with pytest.raises(CheckpointError, match="other data or model settings"):
+    with pytest.raises(CheckpointError, match="other data or settings .*num_users"):
         train(config_for(), other, other_split, tmp_path / "ck", progress=False)
+    # Same data, settings that change the batches: refused too, naming them.
+    with pytest.raises(CheckpointError, match="differs in: batch_size, seed"):
+        train(config_for(**{"train.batch_size": 32, "train.seed": 3}), small_log, split, tmp_path / "ck", progress=False)
+    # More epochs is fine: the run continues.
+    result = train(config_for(**{"train.epochs": 4}), small_log, split, tmp_path / "ck", progress=False)
+    assert result.resumed_from == 2
 
 
 def test_bad_batch_settings_are_config_errors(tmp_path, small_log):

@@ -14,6 +14,8 @@ import dataclasses
 
 import numpy as np
 
+from fgjax.shapes import bucket_size
+
 
 @dataclasses.dataclass(frozen=True)
 class ItemSets:
@@ -53,7 +55,7 @@ class ItemSets:
         """
         counts = self.counts()[users]
         if width is None:
-            width = 1 << int(max(int(counts.max(initial=1)), 1) - 1).bit_length()
+            width = bucket_size(int(counts.max(initial=1)))
         out = np.full((len(users), width), pad_value, np.int32)
         cols = np.arange(width)
         valid = cols[None, :] < counts[:, None]
@@ -72,6 +74,7 @@ class TemporalSplit:
         (train + validation), used for the analysis behind test recommendations.
       val_target: ``(users,)`` int32 validation item, -1 if none.
       test_target: ``(users,)`` int32 test item, -1 if none.
+      test_time: ``(users,)`` float64 first time of the test item, inf if none.
       train_items: items seen in training, per user.
       history_items: items seen before the test item, per user.
     """
@@ -80,10 +83,11 @@ class TemporalSplit:
     history_events: np.ndarray
     val_target: np.ndarray
     test_target: np.ndarray
+    test_time: np.ndarray
     train_items: ItemSets
     history_items: ItemSets
 
-    def train_pairs(self, user: np.ndarray, item: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def train_pairs(self) -> tuple[np.ndarray, np.ndarray]:
         """Distinct positive (user, item) training pairs, ``(pairs,)`` each."""
         sets = self.train_items
         users = np.repeat(np.arange(sets.num_users, dtype=np.int32), sets.counts())
@@ -124,4 +128,4 @@ def leave_last_out(user: np.ndarray, item: np.ndarray, timestamp: np.ndarray, nu
     # cannot be masked out of their own evaluation.
     train_items = ItemSets.from_pairs(user[train_events], item[train_events], num_users)
     history_items = ItemSets.from_pairs(user[history_events], item[history_events], num_users)
-    return TemporalSplit(train_events, history_events, val_target, test_target, train_items, history_items)
+    return TemporalSplit(train_events, history_events, val_target, test_target, test_time, train_items, history_items)
