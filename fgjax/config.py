@@ -128,7 +128,8 @@ class RecommendConfig:
     exclude_seen: bool = True
     state_weights: dict[str, float] = dataclasses.field(default_factory=lambda: dict(DEFAULT_STATE_WEIGHTS))
     interest_floor: float = 0.01  # smallest interest multiplier: never-seen interests still rank by the model
-    user_chunk: int = 512  # users scored per device call
+    user_chunk: int = 512  # users scored per device call (at most)
+    score_memory_mb: int = 1024  # bound on the (users, items, hidden) scoring intermediate
 
 
 @dataclasses.dataclass(frozen=True)
@@ -186,6 +187,7 @@ _LOWER_BOUNDS = MappingProxyType({
     ("recommend", "state_weights"): (0, True),
     ("recommend", "interest_floor"): (0, True),
     ("recommend", "user_chunk"): (1, True),
+    ("recommend", "score_memory_mb"): (1, True),
     ("evaluate", "ks"): (1, True),
 })
 

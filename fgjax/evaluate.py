@@ -6,6 +6,7 @@ before the test item masked, and is scored with the same metric kernels.
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import jax.numpy as jnp
@@ -68,10 +69,9 @@ def evaluate(
     results: dict[str, dict[str, float]] = {}
     pop = popularity_top_k(item_popularity(split, num_items), users, seen, k)
     results["popularity"] = metrics_at(pop, targets, ks)
-    chunk = config.recommend.user_chunk
-    _, top = rank_items(graphdef, params, users, k=k, num_items=num_items, seen=seen, chunk=chunk)
-    results[config.model.name] = metrics_at(top, targets, ks)
+    rank = functools.partial(rank_items, graphdef, params, users, k=k, num_items=num_items, seen=seen,
+                             chunk=config.recommend.user_chunk, memory_budget_mb=config.recommend.score_memory_mb)
+    results[config.model.name] = metrics_at(rank()[1], targets, ks)
     if forgetting is not None:
-        _, top = rank_items(graphdef, params, users, k=k, num_items=num_items, seen=seen, forgetting=forgetting, chunk=chunk)
-        results[f"{config.model.name}+forgetting"] = metrics_at(top, targets, ks)
+        results[f"{config.model.name}+forgetting"] = metrics_at(rank(forgetting=forgetting)[1], targets, ks)
     return {"protocol": config.evaluate.protocol, "num_test_users": int(len(users)), "ks": ks, "results": results}

@@ -166,7 +166,7 @@ def write_recommendations(config: Config, fitted: Fitted, path: Path) -> int:
     scores, items = rank_items(
         fitted.trained.graphdef, fitted.trained.params, users, k=config.recommend.k, num_items=log.num_items,
         seen=fitted.prepared.seen if config.recommend.exclude_seen else None, forgetting=weights,
-        chunk=config.recommend.user_chunk,
+        chunk=config.recommend.user_chunk, memory_budget_mb=config.recommend.score_memory_mb,
     )
     explanations = Explanations(log.item_category, forgetting.state, forgetting.f, log.categories)
     table = recommendation_table(log.users.decode(users), users, scores, items, log.items, explanations)

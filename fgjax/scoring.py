@@ -44,18 +44,23 @@ class ForgettingWeights:
     item_weight: np.ndarray
 
 
+@functools.partial(jax.jit, static_argnames=("graphdef",))
+def _project_items(graphdef, params):
+    return nnx.merge(graphdef, params).project_items()
+
+
 @functools.partial(jax.jit, static_argnames=("graphdef", "k", "num_items"))
-def _chunk_top_k(graphdef, params, users, seen, user_interest, item_interest, item_weight, *, k, num_items):
+def _chunk_top_k(graphdef, params, item_part, users, seen, user_interest, item_interest, item_weight, *, k, num_items):
     """Top-k of one user chunk.
 
     Args:
+      item_part: ``(items, hidden)`` from ``project_items`` (computed once per call of ``rank_items``).
       users: ``(chunk,)`` int32 (padding rows repeat a valid user).
       seen: ``(chunk, width)`` int32 items to exclude, padded with ``num_items``.
       user_interest: ``(chunk, K + 1)`` or None; item_interest ``(items,)``;
         item_weight ``(items,)``.
     """
-    model = nnx.merge(graphdef, params)
-    logits = model.score_all_items(users)  # (chunk, items)
+    logits = nnx.merge(graphdef, params).score_projected(users, item_part)  # (chunk, items)
     scores = jax.nn.sigmoid(logits)
     if user_interest is not None:
         # Items without an interest (-1) take the last column, the neutral weight.
@@ -77,6 +82,7 @@ def rank_items(
     seen: ItemSets | None = None,
     forgetting: ForgettingWeights | None = None,
     chunk: int = 512,
+    memory_budget_mb: int = 1024,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Top-``k`` items for each user, best first.
 
@@ -84,6 +90,8 @@ def rank_items(
       users: ``(n,)`` int dense user indices.
       seen: items to exclude per user (e.g. training items), or None.
       forgetting: forgetting re-weighting, or None for the model alone.
+      chunk: users per device call, lowered (to a power of two) so that the
+        ``(chunk, items, hidden)`` intermediate fits ``memory_budget_mb``.
 
     Returns:
       ``(scores, items)``, each ``(n, k)``; excluded items never appear unless
@@ -93,8 +101,11 @@ def rank_items(
     k = min(k, num_items)
     if len(users) == 0:
         return np.empty((0, k), np.float32), np.empty((0, k), np.int32)
+    item_part = _project_items(graphdef, params)
+    per_user_bytes = 4 * num_items * item_part.shape[1]
+    fits = max(1, memory_budget_mb * 2**20 // per_user_bytes)
     # Few users: a smaller power-of-two chunk avoids scoring padding rows.
-    chunk = min(chunk, bucket_size(len(users)))
+    chunk = min(chunk, bucket_size(len(users)), 1 << (fits.bit_length() - 1))
     out_scores = np.empty((len(users), k), np.float32)
     out_items = np.empty((len(users), k), np.int32)
     if forgetting is not None:
@@ -112,7 +123,7 @@ def rank_items(
             seen_rows = np.full((len(padded), 1), num_items, np.int32)
         user_interest = None if forgetting is None else jnp.asarray(forgetting.user_interest[padded])
         values, items = _chunk_top_k(
-            graphdef, params, jnp.asarray(padded), jnp.asarray(seen_rows),
+            graphdef, params, item_part, jnp.asarray(padded), jnp.asarray(seen_rows),
             user_interest, item_interest, item_weight, k=k, num_items=num_items,
         )
         out_scores[start : start + n] = np.asarray(values)[:n]

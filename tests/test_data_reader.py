@@ -439,19 +439,20 @@ def test_csv_ids_with_leading_zeros_stay_strings(tmp_path):
     assert log.items.type == pa.int64()
 
 
-def test_csv_bad_weight_names_the_file(tmp_path):
+def test_csv_unparseable_weight_is_a_rejected_row(tmp_path):
     f = tmp_path / "e.csv"
-    f.write_text("user_id,item_id,timestamp,weight\n1,1,1767225600,heavy\n")
-    with pytest.raises(DataError, match=rf"events '{f}': cannot read it \(.*heavy"):
-        read(f)
-    # Past the first block (the one the schema comes from) the read stops mid-stream,
-    # and the rejects file is still closed and readable (how many rows it holds
-    # depends on pyarrow's read-ahead).
+    # The bad value sits past the first block, where type inference would have crashed.
     rows = "".join(f"{i},1,1767225600,1\n" for i in range(80_000))
-    f.write_text("user_id,item_id,timestamp,weight\n,1,1767225600,1\n" + rows + "1,1,1767225600,heavy\n")
-    with pytest.raises(DataError, match=rf"events '{f}': .*heavy"):
-        read(f, rejects_path=tmp_path / "r.parquet")
-    assert pq.read_table(tmp_path / "r.parquet")["reason"].to_pylist() in ([], ["null user_id"])
+    f.write_text("user_id,item_id,timestamp,weight\n1,1,1767225600,heavy\n" + rows + "2,1,1767225601, 2.5 \n9,1,1767225600,x\n")
+    log = read(f, rejects_path=tmp_path / "r.parquet")
+    assert log.report.rejected == {"unparseable weight": 2}
+    assert log.report.rows_read == 80_003 and log.report.rows_used == 80_001
+    rejects = pq.read_table(tmp_path / "r.parquet").to_pylist()
+    assert [(r["weight"], r["reason"], r["source_row"]) for r in rejects] == [
+        ("heavy", "unparseable weight", 0),
+        ("x", "unparseable weight", 80_002),
+    ]
+    assert 2.5 in log.weight.tolist()
 
 
 def test_ipc_and_feather_inputs(tmp_path):

@@ -10,7 +10,8 @@ batches of ``config.batch_size`` with only the configured columns projected.
 Row rule: a row is dropped for the first reason that applies, in this order
 
     null user_id, null item_id, null timestamp, unparseable timestamp,
-    timestamp out of range, negative weight, non-finite weight, duplicate
+    timestamp out of range, unparseable weight, negative weight,
+    non-finite weight, duplicate
 
 (an empty or all-blank string counts as null; a NaN epoch timestamp counts as
 null; ``duplicate`` = same user, item, timestamp and event type as an earlier
@@ -58,6 +59,7 @@ REASONS = (
     "null timestamp",
     "unparseable timestamp",
     "timestamp out of range",
+    "unparseable weight",
     "negative weight",
     "non-finite weight",
     "duplicate",
@@ -234,16 +236,15 @@ def hive_keys(file: Path, base: Path | None) -> dict[str, str]:
     return keys
 
 
-def file_format(fmt: str, text_columns: Sequence[str] = (), float_columns: Sequence[str] = ()) -> ds.FileFormat:
+def file_format(fmt: str, text_columns: Sequence[str] = ()) -> ds.FileFormat:
     """A pyarrow dataset format. CSV reads ``text_columns`` as strings (so a late
-    odd value is a rejected row, not a conversion crash) and ``float_columns``
-    as float64; other columns are inferred."""
+    odd value is a rejected row, not a conversion crash); other columns are inferred."""
     if fmt == "parquet":
         return ds.ParquetFileFormat()
     if fmt == "ipc":
         return ds.IpcFileFormat()
     if fmt == "csv":
-        types = {**{c: pa.string() for c in text_columns}, **{c: pa.float64() for c in float_columns}}
+        types = {c: pa.string() for c in text_columns}
         return ds.CsvFileFormat(convert_options=pacsv.ConvertOptions(column_types=types, strings_can_be_null=True))
     raise DataError(f"data.format '{fmt}' is not a file format the reader streams")
 
@@ -306,7 +307,7 @@ def open_sources(path: str, config: DataConfig) -> tuple[list[Source], Path | No
         inner = path if Path(path).is_dir() else str(files[0])
         return open_sources(inner, dataclasses.replace(config, format=fmt))
     cols = config.columns
-    file_fmt = file_format(fmt, (cols.user_id, cols.item_id, cols.timestamp, cols.event_type), (cols.weight,))
+    file_fmt = file_format(fmt, (cols.user_id, cols.item_id, cols.timestamp, cols.event_type, cols.weight))
     filesystem = pafs.LocalFileSystem()
     sources = []
     for f in files:
@@ -546,14 +547,18 @@ def clean_batch(batch: pa.RecordBatch, plan: Plan, config: DataConfig, event_typ
         event_type = pa.array([config.default_event_type] * n, pa.string())
     event = event_types.encode(event_type)
     weight = event_weights(event_types.names, config)[event]
+    weight_bad = np.zeros(n, bool)
     if plan.has_weight:
         given = _plain(batch.column(cols.weight))
-        if _is_string(given.type):  # a hive partition value
-            given = pc.cast(pc.utf8_trim_whitespace(given), pa.float64())
+        if _is_string(given.type):  # CSV text or a hive partition value: parse per row
+            text = pc.utf8_trim_whitespace(given)
+            numeric = pc.fill_null(pc.match_substring_regex(text, _NUMERIC_TEXT), False)
+            weight_bad = ~numeric.to_numpy(zero_copy_only=False) & ~_null_mask(given)
+            given = pc.cast(pc.if_else(numeric, text, pa.nulls(n, pa.string())), pa.float64())
         given = pc.cast(given, pa.float64()).to_numpy(zero_copy_only=False)
-        weight = np.where(np.isnan(given) & _null_mask(batch.column(cols.weight)), weight, given)
+        weight = np.where(np.isnan(given) & (_null_mask(batch.column(cols.weight)) | weight_bad), weight, given)
     with np.errstate(invalid="ignore"):
-        conditions = [user_null, item_null, ts_null, ts_bad, ~in_range, weight < 0, ~np.isfinite(weight)]
+        conditions = [user_null, item_null, ts_null, ts_bad, ~in_range, weight_bad, weight < 0, ~np.isfinite(weight)]
     reason = np.select(conditions, np.arange(len(conditions), dtype=np.int8), -1).astype(np.int8)
     return CleanBatch(reason, user, item, seconds, event, weight)
 

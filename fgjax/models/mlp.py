@@ -37,19 +37,29 @@ class EmbeddingMLP(nnx.Module):
         x = jnp.concatenate([self.user_embed(users), self.item_embed(items)], axis=-1)
         return self.out(jax.nn.relu(self.hidden(x)))[..., 0]
 
-    def score_all_items(self, users: Array) -> Array:
-        """``(users,)`` indices -> ``(users, items)`` logits against the whole catalog.
+    def project_items(self) -> Array:
+        """``(items, hidden)``: each item's share of the first layer, ``W1i e_i``.
 
         The first layer splits as ``W1 [e_u; e_i] = W1u e_u + W1i e_i``, so each
-        side is projected once and the (users, items) pairs only add and apply
-        relu and the output layer; no ``(users, items, 2d)`` concatenation.
+        side is projected once; scoring many users reuses this.
         """
         d = self.user_embed.embedding.shape[-1]
-        kernel = self.hidden.kernel[...]
-        user_part = self.user_embed(users) @ kernel[:d] + self.hidden.bias[...]  # (users, hidden)
-        item_part = self.item_embed.embedding[...] @ kernel[d:]  # (items, hidden)
+        return self.item_embed.embedding[...] @ self.hidden.kernel[...][d:]
+
+    def score_projected(self, users: Array, item_part: Array) -> Array:
+        """``(users,)`` indices and ``project_items()`` -> ``(users, items)`` logits.
+
+        Only the (users, items) pairs' add, relu and output layer remain; no
+        ``(users, items, 2d)`` concatenation is built.
+        """
+        d = self.user_embed.embedding.shape[-1]
+        user_part = self.user_embed(users) @ self.hidden.kernel[...][:d] + self.hidden.bias[...]  # (users, hidden)
         hidden = jax.nn.relu(user_part[:, None, :] + item_part[None, :, :])
         return hidden @ self.out.kernel[...][:, 0] + self.out.bias[...][0]
+
+    def score_all_items(self, users: Array) -> Array:
+        """``(users,)`` indices -> ``(users, items)`` logits against the whole catalog."""
+        return self.score_projected(users, self.project_items())
 
 
 def build_model(model_config, num_users: int, num_items: int, *, seed: int) -> EmbeddingMLP:
