@@ -67,6 +67,7 @@ class Fitted:
     prepared: Prepared
     trained: TrainResult
     forgetting: ForgettingResult
+    weights: ForgettingWeights
 
 
 def with_generated_data(config: Config, out: Path) -> Config:
@@ -131,7 +132,7 @@ def fit(config: Config, prepared: Prepared, out: Path, report: Reporter = _quiet
         },
         {"state_names": list(kernels.STATE_NAMES), "window_start_last": float(forgetting.window_start[-1])},
     )
-    return Fitted(prepared, trained, forgetting)
+    return Fitted(prepared, trained, forgetting, weights)
 
 
 def evaluation_weights(config: Config, prepared: Prepared, progress: bool = True) -> ForgettingWeights:
@@ -162,7 +163,7 @@ def write_recommendations(config: Config, fitted: Fitted, path: Path) -> int:
     """Forgetting-aware top-K for every user from the full-log state -> ``path``; returns rows written."""
     log, forgetting = fitted.prepared.log, fitted.forgetting
     users = np.arange(log.num_users, dtype=np.int32)
-    weights = forgetting_weights(forgetting, config, log) if config.recommend.use_forgetting else None
+    weights = fitted.weights if config.recommend.use_forgetting else None
     scores, items = rank_items(
         fitted.trained.graphdef, fitted.trained.params, users, k=config.recommend.k, num_items=log.num_items,
         seen=fitted.prepared.seen if config.recommend.exclude_seen else None, forgetting=weights,
