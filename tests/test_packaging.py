@@ -25,12 +25,19 @@ def test_wheel_ships_fgjax_kernels(tmp_path):
     assert "fgjax/kernels/__init__.py" in names and "fgjax/kernels/_forgetting.py" in names
     assert not any(n.startswith("kernels/") for n in names)
     assert any(n.endswith("entry_points.txt") for n in names)
-    # Import from the wheel itself (a zip on sys.path), not from the source tree.
-    env = dict(os.environ, PYTHONPATH=str(wheel))
+    # Install the wheel (not the source tree) into its own folder and import from there.
+    target = tmp_path / "site"
+    install = subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--no-deps", "--no-index", "--target", str(target), str(wheel)],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert install.returncode == 0, install.stdout[-2000:] + install.stderr[-2000:]
+    assert not (target / "kernels").exists() and (target / "fgjax" / "kernels" / "__init__.py").is_file()
+    env = dict(os.environ, PYTHONPATH=str(target))
     proc = subprocess.run(
         [sys.executable, "-c", "import fgjax.kernels as k; print(k.__file__); print(float(k.forgetting_degree([1.,1,0],[1.,0,1])))"],
         capture_output=True, text=True, cwd=tmp_path, env=env, timeout=120,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     path, value = proc.stdout.split()
-    assert path.startswith(str(wheel)) and float(value) == pytest.approx(1.0)
+    assert path.startswith(str(target)) and float(value) == pytest.approx(1.0)
