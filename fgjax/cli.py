@@ -24,6 +24,13 @@ EPILOG = """examples:
 """
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line usage errors, like every other fgjax error."""
+
+    def error(self, message: str):
+        self.exit(2, f"fgjax: error: {message} (see '{self.prog} --help')\n")
+
+
 def _positive_int(text: str) -> int:
     try:
         value = int(text)
@@ -43,7 +50,7 @@ def _add_common(p: argparse.ArgumentParser, *, out_help: str) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="fgjax",
         description="Model how users forget their interests: train, analyze forgetting, recommend, evaluate.",
         epilog=EPILOG,

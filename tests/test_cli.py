@@ -70,6 +70,22 @@ def test_errors_are_one_line_with_exit_2(tmp_path, capsys, args, message):
     assert "Traceback" not in err
 
 
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["recommend", "--checkpoint", "x", "--k", "-3", "--out", "y"], "argument --k: expected a positive integer"),
+        (["bogus"], "invalid choice: 'bogus'"),
+        (["train"], "the following arguments are required: --out"),
+    ],
+)
+def test_usage_errors_are_one_line_with_exit_2(capsys, args, message):
+    with pytest.raises(SystemExit) as info:
+        main(args)
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("fgjax: error: ") and err.count("\n") == 1 and message in err
+
+
 @pytest.mark.slow
 def test_quickstart_then_every_subcommand(tmp_path, capsys):
     out = tmp_path / "qs"
