@@ -55,9 +55,9 @@ class ForgettingResult:
       degree: ``(windows, users)`` float32 F; +inf where everything was forgotten.
       top_interests, top_probs: ``(windows, users, top)`` the most probable interests.
       current, previous: ``(users, K)`` float32 I after the last two windows.
-      f, p: ``(users, K)`` float32, and state: ``(users, K)`` int8 codes, after
-        the last window, or after each user's snapshot window if one was asked.
-      ever: ``(users, K)`` bool.
+      f, p: ``(users, K)`` float32, state: ``(users, K)`` int8 codes and
+        ever: ``(users, K)`` bool (the user has had the interest), after the
+        last window, or after each user's snapshot window if one was asked.
       events_without_interest: events skipped because their item has no category.
     """
 
@@ -124,9 +124,9 @@ def window_step(
 
 
 @functools.partial(jax.jit, donate_argnums=(0,))
-def _keep_snapshot(snapshot, f, p, state, take):
-    """Replace the rows of ``take`` ``(users,)`` in the (f, p, state) snapshot."""
-    return tuple(jnp.where(take[:, None], new, old) for new, old in zip((f, p, state), snapshot))
+def _keep_snapshot(snapshot, f, p, state, ever, take):
+    """Replace the rows of ``take`` ``(users,)`` in the (f, p, state, ever) snapshot."""
+    return tuple(jnp.where(take[:, None], new, old) for new, old in zip((f, p, state, ever), snapshot))
 
 
 def window_index(timestamp: np.ndarray, window_seconds: float, origin: float) -> np.ndarray:
@@ -197,13 +197,12 @@ def analyze(
     top_probs = np.empty((num_windows, log.num_users, top), np.float32)
     snapshot = None
     if snapshot_before is not None:
-        snap_window = np.where(
-            np.isfinite(snapshot_before),
-            window_index(np.nan_to_num(snapshot_before, posinf=0.0), acfg.window_seconds, origin),
-            num_windows - 1,
-        )
+        # Times past the log (inf included) read the last window; times before it, the first.
+        finite = np.nan_to_num(snapshot_before, posinf=log.timestamp.max(), neginf=log.timestamp.min())
+        snap_window = np.clip(window_index(finite, acfg.window_seconds, origin), 0, num_windows - 1)
         shape = (log.num_users, num_interests)
-        snapshot = (jnp.zeros(shape), jnp.zeros(shape), jnp.zeros(shape, jnp.int8))  # distinct buffers: donated
+        # Distinct buffers: the snapshot is donated.
+        snapshot = (jnp.zeros(shape), jnp.zeros(shape), jnp.zeros(shape, jnp.int8), jnp.zeros(shape, bool))
     pending: tuple[int, WindowOutput] | None = None
 
     def collect(t: int, out: WindowOutput) -> None:
@@ -219,7 +218,7 @@ def analyze(
         batch = pad_events(window_events, bucket_size(hi - lo), log.num_users)
         carry, out, (f, p) = window_step(carry, batch, decay=decay, inv_tau=inv_tau, config=acfg, top=top)
         if snapshot is not None:
-            snapshot = _keep_snapshot(snapshot, f, p, carry.state, jnp.asarray(snap_window == t))
+            snapshot = _keep_snapshot(snapshot, f, p, carry.state, carry.ever, jnp.asarray(snap_window == t))
         # Fetch window t-1 while window t computes: outputs never pile up on the device.
         for leaf in out:
             leaf.copy_to_host_async()
@@ -228,7 +227,7 @@ def analyze(
         pending = (t, out)
     collect(*pending)
     last = jax.device_get(carry)
-    f, p, state = jax.device_get(snapshot if snapshot is not None else (f, p, carry.state))
+    f, p, state, ever = jax.device_get(snapshot if snapshot is not None else (f, p, carry.state, carry.ever))
     return ForgettingResult(
         window_start=origin + np.arange(num_windows) * acfg.window_seconds,
         degree=degree,
@@ -239,7 +238,7 @@ def analyze(
         f=np.asarray(f),
         p=np.asarray(p),
         state=np.asarray(state),
-        ever=np.asarray(last.ever),
+        ever=np.asarray(ever),
         events_without_interest=without_interest,
     )
 
@@ -281,15 +280,17 @@ def write_forgetting(result: ForgettingResult, log: EventLog, path) -> int:
 def forgetting_weights(result: ForgettingResult, config: Config, log: EventLog) -> ForgettingWeights:
     """Scoring weights ``m(u, k) = max(p(k|u) * state_weight(state(u, k)), floor)``.
 
-    A column K is appended for items without a category: ``1 / (interests the
-    user ever had)``, what a uniform p would give, so such items neither
-    dominate nor vanish. The floor keeps items of never-seen or forgotten
-    interests ordered by the model instead of tied at zero.
+    A column K is appended for items without a category: the mean weight of
+    the interests the user has had, so such items are neither boosted nor
+    suppressed against the user's other items (for a user with no interest,
+    the floor, like everything else). The floor keeps items of never-seen or
+    forgotten interests ordered by the model instead of tied at zero.
     """
     rcfg = config.recommend
     per_state = np.array([rcfg.state_weights.get(n, 1.0) for n in kernels.STATE_NAMES], np.float32)
     weights = result.p * per_state[result.state]
-    neutral = 1.0 / np.maximum(result.ever.sum(axis=1), 1)
+    had = result.ever.sum(axis=1)
+    neutral = np.where(had > 0, np.sum(weights * result.ever, axis=1) / np.maximum(had, 1), 0.0)
     user_interest = np.maximum(np.concatenate([weights, neutral[:, None]], axis=1), rcfg.interest_floor)
     return ForgettingWeights(
         user_interest=user_interest.astype(np.float32),

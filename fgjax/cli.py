@@ -19,8 +19,9 @@ EPILOG = """examples:
   fgjax generate --out runs/gen --set synthetic.num_users=10000
   fgjax train --out runs/ml100k --set data.format=recbole --set data.path=../shared/data/ml-100k
   fgjax analyze --out runs/a --set data.path=events/ --set data.items_path=items.parquet
-  fgjax recommend --checkpoint runs/quickstart/checkpoint --users 1,2,3 --out recs.parquet
-  fgjax evaluate --out runs/quickstart --config configs/quickstart.yaml
+  fgjax recommend --checkpoint runs/quickstart/checkpoint --users 10000001,10000002 --out recs.parquet
+  fgjax evaluate --out runs/eval --checkpoint runs/quickstart/checkpoint \
+      --set data.path=runs/quickstart/data/events --set data.items_path=runs/quickstart/data/items.parquet
 """
 
 
@@ -100,11 +101,21 @@ def _read_user_ids(spec: str | None, model):
 
         # Read CSV IDs as the vocabulary's type: inference would turn "007" into 7.
         convert = pcsv.ConvertOptions(column_types={"user_id": model.users.type})
-        table = pq.read_table(path) if path.suffix == ".parquet" else pcsv.read_csv(path, convert_options=convert)
+        try:
+            table = pq.read_table(path) if path.suffix == ".parquet" else pcsv.read_csv(path, convert_options=convert)
+        except pa.ArrowInvalid as exc:
+            raise ConfigError(f"--users file '{path}': {str(exc).splitlines()[0]}") from None
         if "user_id" not in table.column_names:
             raise ConfigError(f"--users file '{path}': no user_id column (columns: {', '.join(table.column_names)})")
-        return table.column("user_id").combine_chunks()
+        ids = table.column("user_id").combine_chunks()
+        if ids.null_count:
+            raise ConfigError(f"--users file '{path}': {ids.null_count} empty user_id values")
+        if len(ids) == 0:
+            raise ConfigError(f"--users file '{path}': no user IDs")
+        return ids
     raw = [s.strip() for s in spec.split(",") if s.strip()]
+    if not raw:
+        raise ConfigError(f"--users: no user IDs in {spec!r} (comma-separated IDs or a .parquet/.csv file)")
     if pa.types.is_integer(model.users.type):
         try:
             return pa.array([int(s) for s in raw], model.users.type)

@@ -159,6 +159,9 @@ _CHOICES = MappingProxyType({
     ("evaluate", "protocol"): ("leave_last_out",),
 })
 
+# Fields where .inf means something (no decay); every other float must be finite.
+_INFINITE_ALLOWED = frozenset({"analysis.half_life_windows"})
+
 # (section, field) -> (lower bound, bound allowed). Lists and mappings are
 # checked element by element. (The synthetic section checks itself.)
 _LOWER_BOUNDS = MappingProxyType({
@@ -174,7 +177,7 @@ _LOWER_BOUNDS = MappingProxyType({
     ("analysis", "top_interests"): (1, True),
     ("model", "embed_dim"): (1, True),
     ("model", "hidden_dim"): (1, True),
-    ("train", "epochs"): (0, True),
+    ("train", "epochs"): (1, True),
     ("train", "batch_size"): (1, True),
     ("train", "learning_rate"): (0, False),
     ("train", "negatives"): (1, True),
@@ -213,10 +216,12 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
             raise ConfigError(f"{where}: expected a mapping of {tp.__name__} fields, got {value!r}")
         return _build(tp, value, where)
     if tp is float:
+        if isinstance(value, str) and value.strip().lower() in ("inf", ".inf", "infinity"):
+            value = math.inf
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            if isinstance(value, str) and value.strip().lower() in ("inf", ".inf", "infinity"):
-                return math.inf
             raise ConfigError(f"{where}: expected a number, got {value!r}")
+        if math.isnan(value) or (math.isinf(value) and where not in _INFINITE_ALLOWED):
+            raise ConfigError(f"{where}: expected a finite number, got {value!r}")
         return float(value)
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
@@ -271,7 +276,28 @@ def _build(cls: type, raw: Mapping[str, Any], where: str) -> Any:
         choices = _CHOICES.get((where, f.name))
         if choices and kwargs[f.name] not in choices:
             raise ConfigError(f"{key}: expected one of {', '.join(choices)}, got {kwargs[f.name]!r}")
-    return cls(**kwargs)
+    built = cls(**kwargs)
+    _check_section(where, built)
+    return built
+
+
+def _check_section(section: str, built: Any) -> None:
+    """Checks that span fields of one section."""
+    if section == "evaluate" and not built.ks:
+        raise ConfigError("evaluate.ks: expected at least one cut-off, e.g. [10, 20]")
+    if section == "data.columns":
+        names = [getattr(built, f.name) for f in dataclasses.fields(built)]
+        repeated = sorted({n for n in names if names.count(n) > 1})
+        if repeated:
+            raise ConfigError(f"data.columns: column '{repeated[0]}' is mapped to more than one field")
+    if section == "recommend":
+        from fgjax.kernels import STATE_NAMES  # lazily: jax is only needed once a recommend section is built
+
+        unknown = sorted(set(built.state_weights) - set(STATE_NAMES))
+        if unknown:
+            raise ConfigError(
+                f"recommend.state_weights.{unknown[0]}: unknown state; states are {', '.join(STATE_NAMES)}"
+            )
 
 
 def to_dict(config: Any) -> dict[str, Any]:

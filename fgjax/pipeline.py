@@ -61,13 +61,14 @@ class Fitted:
     """A trained model with the forgetting analysis behind its recommendations.
 
     ``forgetting`` covers every event: it is the state a service recommends
-    from. Evaluation uses its own analysis (``evaluation_weights``).
+    from (None without item categories). Evaluation uses its own analysis
+    (``evaluation_weights``).
     """
 
     prepared: Prepared
     trained: TrainResult
-    forgetting: ForgettingResult
-    weights: ForgettingWeights
+    forgetting: ForgettingResult | None
+    weights: ForgettingWeights | None
 
 
 def with_generated_data(config: Config, out: Path) -> Config:
@@ -89,8 +90,12 @@ def read(config: Config, out: Path, report: Reporter = _quiet) -> EventLog:
 
 
 def prepare(config: Config, out: Path, report: Reporter = _quiet) -> Prepared:
-    """``read`` the events, then split them by time (leave-last-out)."""
-    log = read(config, out, report)
+    """``read`` the events, then ``split_log`` them."""
+    return split_log(read(config, out, report), report)
+
+
+def split_log(log: EventLog, report: Reporter = _quiet) -> Prepared:
+    """Split an event log by time (leave-last-out) and collect every user's items."""
     split = leave_last_out(log.user, log.item, log.timestamp, log.num_users)
     evaluated = int((split.test_target >= 0).sum())
     if evaluated == 0:
@@ -103,7 +108,11 @@ def prepare(config: Config, out: Path, report: Reporter = _quiet) -> Prepared:
 
 
 def fit(config: Config, prepared: Prepared, out: Path, report: Reporter = _quiet, progress: bool = True) -> Fitted:
-    """Train (resuming from ``out/checkpoint``), analyze forgetting over every event, save the serving state."""
+    """Train (resuming from ``out/checkpoint``), analyze forgetting over every event, save the serving state.
+
+    Without item categories (no items table) there is no forgetting analysis:
+    the serving state then holds the seen items and popularity only.
+    """
     log, split = prepared.log, prepared.split
     checkpoint = out / "checkpoint"
     t0 = time.perf_counter()
@@ -114,34 +123,46 @@ def fit(config: Config, prepared: Prepared, out: Path, report: Reporter = _quiet
         last = trained.history[-1]
         scores = ", ".join(f"{k} {v:.4f}" for k, v in last.items() if k.startswith(("train_loss", "val_")))
         report(f"trained {trained.steps} steps ({len(trained.history)} epochs) in {time.perf_counter() - t0:.1f}s: {scores}")
-    forgetting = analyze(config, log, progress=progress)
-    if forgetting.events_without_interest:
-        report(f"analysis: {forgetting.events_without_interest:,} events skipped, their items have no category")
-    weights = forgetting_weights(forgetting, config, log)
-    save_serving(
-        checkpoint,
-        {
-            "user_interest": weights.user_interest,
-            "item_interest": weights.item_interest,
-            "item_weight": weights.item_weight,
-            "state": forgetting.state,
-            "f": forgetting.f.astype(np.float32),
-            "popularity": item_popularity(split, log.num_items),
-            "seen_indptr": prepared.seen.indptr,
-            "seen_items": prepared.seen.items,
-        },
-        {"state_names": list(kernels.STATE_NAMES), "window_start_last": float(forgetting.window_start[-1])},
-    )
+    arrays = {
+        "popularity": item_popularity(split, log.num_items),
+        "seen_indptr": prepared.seen.indptr,
+        "seen_items": prepared.seen.items,
+    }
+    meta: dict[str, Any] = {"state_names": list(kernels.STATE_NAMES)}
+    forgetting = weights = None
+    if has_categories(log):
+        forgetting = analyze(config, log, progress=progress)
+        if forgetting.events_without_interest:
+            report(f"analysis: {forgetting.events_without_interest:,} events skipped, their items have no category")
+        weights = forgetting_weights(forgetting, config, log)
+        arrays.update(
+            user_interest=weights.user_interest,
+            item_interest=weights.item_interest,
+            item_weight=weights.item_weight,
+            state=forgetting.state,
+            f=forgetting.f.astype(np.float32),
+        )
+        meta["window_start_last"] = float(forgetting.window_start[-1])
+    else:
+        report("no item categories (data.items_path): recommendations rank by the model alone")
+    save_serving(checkpoint, arrays, meta)
     return Fitted(prepared, trained, forgetting, weights)
 
 
-def evaluation_weights(config: Config, prepared: Prepared, progress: bool = True) -> ForgettingWeights:
-    """Forgetting weights as each user stood just before its test item.
+def has_categories(log: EventLog) -> bool:
+    """Whether the log's items have interest categories (an items table was given)."""
+    return log.item_category is not None and log.categories is not None and len(log.categories) > 0
+
+
+def evaluation_weights(config: Config, prepared: Prepared, progress: bool = True) -> ForgettingWeights | None:
+    """Forgetting weights as each user stood just before its test item (None without categories).
 
     The analysis sees only events before each user's test item, and each user
     is read at the window holding its test time, not at the end of the log
     (where removed later events would look like silence).
     """
+    if not has_categories(prepared.log):
+        return None
     split = prepared.split
     forgetting = analyze(config, prepared.log, events=split.history_events, snapshot_before=split.test_time,
                          progress=progress)
@@ -149,8 +170,9 @@ def evaluation_weights(config: Config, prepared: Prepared, progress: bool = True
 
 
 def report_evaluation(report: Reporter, evaluation: dict[str, Any]) -> None:
+    k = evaluation["ks"][0]
     for name, values in evaluation["results"].items():
-        report(f"test {name}: " + ", ".join(f"{m} {values[m]:.4f}" for m in ("ndcg@10", "hit_rate@10", "recall@10")))
+        report(f"test {name}: " + ", ".join(f"{m}@{k} {values[f'{m}@{k}']:.4f}" for m in ("ndcg", "hit_rate", "recall")))
 
 
 def state_counts(forgetting: ForgettingResult) -> dict[str, int]:
@@ -169,7 +191,8 @@ def write_recommendations(config: Config, fitted: Fitted, path: Path) -> int:
         seen=fitted.prepared.seen if config.recommend.exclude_seen else None, forgetting=weights,
         chunk=config.recommend.user_chunk, memory_budget_mb=config.recommend.score_memory_mb,
     )
-    explanations = Explanations(log.item_category, forgetting.state, forgetting.f, log.categories)
+    explanations = None if forgetting is None else Explanations(log.item_category, forgetting.state, forgetting.f,
+                                                                  log.categories)
     table = recommendation_table(log.users.decode(users), users, scores, items, log.items, explanations)
     pq.write_table(table, str(path))
     return table.num_rows

@@ -43,7 +43,7 @@ class ServingModel:
         self.config = config
         self.step = step
         self._serving = serving
-        self.has_forgetting = serving is not None and categories is not None
+        self.has_forgetting = serving is not None and "user_interest" in serving and categories is not None
 
     @property
     def graphdef(self):

@@ -209,6 +209,9 @@ def train(
     start = 0
     if store.latest_step() is not None:
         meta = store.restore_meta()
+        if "run" not in meta:
+            store.close()
+            raise CheckpointError(f"'{store.directory}' was written by an older fgjax: use a new output directory")
         if meta["run"] != fingerprint:
             changed = sorted(k for k in fingerprint if meta["run"].get(k) != fingerprint[k])
             store.close()

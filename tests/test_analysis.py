@@ -95,8 +95,13 @@ def test_weights_follow_state_weights():
     assert weights.user_interest.shape == (log.num_users, K + 1)
     expected = np.maximum(result.p * np.array([1, 1, 0.25, 0.5, 0.05, 1.0])[result.state], 0.001)
     np.testing.assert_allclose(weights.user_interest[:, :K], expected, rtol=1e-6)
-    # Items without a category weigh what a uniform p over the user's interests gives.
-    np.testing.assert_allclose(weights.user_interest[:, K], 1 / result.ever.sum(1))
+    # Items without a category weigh the mean over the interests the user has had.
+    m = result.p * np.array([1, 1, 0.25, 0.5, 0.05, 1.0])[result.state]
+    np.testing.assert_allclose(weights.user_interest[:, K],
+                               np.maximum((m * result.ever).sum(1) / result.ever.sum(1), 0.001), rtol=1e-6)
+    # A user with no interest at all: everything at the floor, the model alone ranks.
+    empty = dataclasses.replace(result, p=result.p * 0, ever=result.ever & False)
+    np.testing.assert_allclose(forgetting_weights(empty, config, log).user_interest, 0.001)
     np.testing.assert_array_equal(weights.item_interest, log.item_category)
 
 
@@ -116,9 +121,13 @@ def test_snapshot_reads_each_user_at_its_own_time():
     assert upto.num_windows == 6
     np.testing.assert_allclose(snap.p[2], upto.p[2], rtol=1e-6)
     np.testing.assert_array_equal(snap.state[2], upto.state[2])
+    np.testing.assert_array_equal(snap.ever[2], upto.ever[2])
     others = np.arange(log.num_users) != 2
     np.testing.assert_array_equal(snap.state[others], full.state[others])
     np.testing.assert_allclose(snap.f[others], full.f[others])
+    # Times past the log read the last window, times before it the first.
+    outside = np.where(others, np.inf, full.window_start[0] + 1e9)
+    np.testing.assert_allclose(analyze(config, log, snapshot_before=outside, progress=False).p, full.p)
 
 
 def test_reactivation_is_measured_against_the_new_level():

@@ -181,3 +181,17 @@ def test_property_bounds_and_reference(seed, k, max_targets):
     # Always: MRR <= HitRate, and NDCG > 0 iff there is a hit.
     assert np.all(got["mrr"] <= got["hit_rate"])
     np.testing.assert_array_equal(got["ndcg"] > 0, got["hit_rate"] > 0)
+
+
+def test_lists_shorter_than_k_count_missing_ranks_as_misses():
+    """A catalog of 3 items evaluated at k=5: the same as the list padded with misses."""
+    top = np.array([[2, 0, 1], [1, 2, 0]])
+    targets = np.array([[0, -1], [0, 1]])
+    short = {k: np.asarray(v) for k, v in ranking_metrics(top, targets, 5).items()}
+    padded = {k: np.asarray(v) for k, v in ranking_metrics(np.pad(top, ((0, 0), (0, 2)), constant_values=-1), targets, 5).items()}
+    for name in short:
+        np.testing.assert_allclose(short[name], padded[name], rtol=1e-6)
+    np.testing.assert_allclose(short["precision"], [1 / 5, 2 / 5])
+    np.testing.assert_allclose(short["recall"], [1.0, 1.0])
+    # user 1: hits at ranks 1 and 3 of 2 targets
+    np.testing.assert_allclose(short["ndcg"], [1 / np.log2(3), (1 + 1 / np.log2(4)) / (1 + 1 / np.log2(3))], rtol=1e-6)

@@ -51,12 +51,20 @@ def test_rank_items_without_forgetting_orders_by_the_model():
     assert empty_items.shape == (0, 4)
 
 
-def test_memory_budget_shrinks_chunks_without_changing_results():
+def test_memory_budget_shrinks_chunks_without_changing_results(monkeypatch):
+    import fgjax.scoring as scoring
+
     model = build_model(ModelConfig(embed_dim=4, hidden_dim=16), 40, 300, seed=5)
     graphdef, params = split_params(model)
     users = np.arange(40)
+    chunks = []
+    real = scoring._chunk_top_k
+    monkeypatch.setattr(scoring, "_chunk_top_k", lambda *a, **kw: chunks.append(a[3].shape[0]) or real(*a, **kw))
     wide = rank_items(graphdef, params, users, k=7, num_items=300, chunk=64)
+    assert chunks == [64]
     # 300 items x 16 hidden x 4 B = 19 KB a user: a 1 MB budget allows 32 users a call.
+    chunks.clear()
     narrow = rank_items(graphdef, params, users, k=7, num_items=300, chunk=64, memory_budget_mb=1)
+    assert chunks == [32, 32]
     np.testing.assert_array_equal(wide[1], narrow[1])
     np.testing.assert_allclose(wide[0], narrow[0], rtol=1e-6)

@@ -14,7 +14,7 @@ import fgjax
 from fgjax.checkpoint import FORMAT_VERSION
 from fgjax.config import load_config
 from fgjax.errors import CheckpointError
-from fgjax.pipeline import Prepared, fit
+from fgjax.pipeline import fit, split_log
 from fgjax.data.split import ItemSets, leave_last_out
 from fgjax.scoring import rank_items
 
@@ -40,8 +40,7 @@ def fitted(tmp_path_factory):
     log = make_log()
     split = leave_last_out(log.user, log.item, log.timestamp, log.num_users)
     config = load_config(None, ["train.batch_size=64", "train.epochs=2", "train.negatives=2"])
-    return out, config, fit(config, Prepared(log, split, ItemSets.from_pairs(log.user, log.item, log.num_users)), out,
-                            progress=False)
+    return out, config, fit(config, split_log(log), out, progress=False)
 
 
 @pytest.mark.slow
@@ -93,6 +92,22 @@ def test_in_process_load_matches_and_excludes_seen(fitted):
         assert len(recs) == 8 and not recs & seen
     scores = np.array(table["score"]).reshape(2, 8)
     assert (np.diff(scores, axis=1) <= 0).all()
+
+
+def test_serving_state_covers_every_event(fitted):
+    """What a service loads is the state after the whole log, not the evaluation history."""
+    from fgjax.analysis import analyze
+    from fgjax.checkpoint import load_serving
+
+    out, config, result = fitted
+    log = result.prepared.log
+    arrays, _ = load_serving(out / "checkpoint")
+    full = analyze(config, log, progress=False)
+    np.testing.assert_array_equal(arrays["state"], full.state)
+    np.testing.assert_allclose(arrays["f"], full.f)
+    seen = ItemSets(arrays["seen_indptr"], arrays["seen_items"])
+    for u in range(log.num_users):
+        assert set(seen.items[seen.indptr[u] : seen.indptr[u + 1]].tolist()) == set(log.item[log.user == u].tolist())
 
 
 def test_refuses_what_is_not_a_checkpoint(tmp_path, fitted):

@@ -677,6 +677,7 @@ def read_items_table(path: str | Path, config: DataConfig) -> tuple[pa.Array, st
                 raise SchemaError(
                     f"items '{path}': missing required column '{name}' (found: {', '.join(source.schema.names)})"
                 )
+        _id_kind(source, "items", "item_id")  # int or string IDs, like the events'
         table = pa.Table.from_batches(list(source.batches(["item_id", column], 1 << 20)))
     ids, null = normalize_ids(_plain(table.column("item_id")))
     kind = "int" if pa.types.is_integer(ids.type) else ("text" if format_of(path) == "csv" else "string")
