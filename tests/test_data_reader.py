@@ -598,3 +598,18 @@ def test_vocabulary_round_trip(tmp_path):
     assert log.users.decode(log.user).to_pylist() == ["x", "y"]
     assert log.items.encode(pa.array([6, 5, 99])).tolist() == [1, 0, -1]
     assert pc.all(pc.equal(log.items.decode(log.item), pa.array([5, 6]))).as_py()
+
+
+def test_items_table_rows_not_used_as_given_are_counted(tmp_path):
+    f = tmp_path / "e.parquet"
+    pq.write_table(events([1, 1, 2], [10, 11, 10], [T0, T0 + 1, T0 + 2]), f)
+    items = tmp_path / "items.parquet"
+    pq.write_table(pa.table({"item_id": pa.array([10, 10, None, 11, 12], pa.int64()),
+                             "category": ["a", "b", "c", None, "d"]}), items)
+    log = read(f, items_path=items)
+    assert log.report.items_table == {"rows": 5, "null item_id (dropped)": 1,
+                                      "repeated item_id (first row kept)": 1, "null category": 1}
+    assert "items table: 5 rows, null item_id (dropped): 1, repeated item_id (first row kept): 1" in log.report.summary()
+    names = log.categories.decode(log.item_category[log.items.encode([10, 12])]).to_pylist()
+    assert names == ["a", "d"]  # first row wins; item 12 is in the catalog though never seen
+    assert log.item_category[log.items.encode([11])[0]] == -1

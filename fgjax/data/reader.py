@@ -91,6 +91,7 @@ class ReadReport:
     rejected: dict[str, int]  # reason -> count, only reasons that occurred
     rejects_path: str | None
     files: int
+    items_table: dict[str, int] = dataclasses.field(default_factory=dict)  # rows and rows not used as given
 
     @property
     def rows_rejected(self) -> int:
@@ -105,6 +106,11 @@ class ReadReport:
             line += " (" + ", ".join(f"{r}: {n:,}" for r, n in sorted(self.rejected.items())) + ")"
             if self.rejects_path:
                 line += f"; rejects in '{self.rejects_path}'"
+        issues = {k: n for k, n in self.items_table.items() if k != "rows" and n}
+        if issues:
+            line += f"; items table: {self.items_table['rows']:,} rows, " + ", ".join(
+                f"{k}: {n:,}" for k, n in issues.items()
+            )
         return line
 
 
@@ -650,8 +656,8 @@ def duplicate_mask(user: np.ndarray, item: np.ndarray, seconds: np.ndarray, even
     return mask
 
 
-def read_items_table(path: str | Path, config: DataConfig) -> tuple[pa.Array, str, pa.Array]:
-    """Items table -> ``(item IDs, their kind, categories)``, each (rows,).
+def read_items_table(path: str | Path, config: DataConfig) -> tuple[pa.Array, str, pa.Array, int]:
+    """Items table -> ``(item IDs, their kind, categories, rows dropped for a null item_id)``.
 
     Parquet/IPC/CSV with columns ``item_id`` and ``config.item_category_column``,
     a RecBole ``.item`` (first genre of ``class``) or a MovieLens ``u.item``.
@@ -682,7 +688,7 @@ def read_items_table(path: str | Path, config: DataConfig) -> tuple[pa.Array, st
     ids, null = normalize_ids(_plain(table.column("item_id")))
     kind = "int" if pa.types.is_integer(ids.type) else ("text" if format_of(path) == "csv" else "string")
     keep = pa.array(~null)
-    return ids.filter(keep), kind, _plain(table.column(column)).filter(keep)
+    return ids.filter(keep), kind, _plain(table.column(column)).filter(keep), int(null.sum())
 
 
 @dataclasses.dataclass
@@ -734,7 +740,7 @@ def read_events(
 def _read_rows(
     sources: list[Source],
     plans: list[Plan],
-    item_table: tuple[pa.Array, str, pa.Array] | None,
+    item_table: tuple[pa.Array, str, pa.Array, int] | None,
     config: DataConfig,
     rejects: RejectsWriter,
     path: str,
@@ -772,7 +778,7 @@ def _read_rows(
 
 def _assemble(
     got: _Collected,
-    item_table: tuple[pa.Array, str, pa.Array] | None,
+    item_table: tuple[pa.Array, str, pa.Array, int] | None,
     config: DataConfig,
     sources: list[Source],
     rejects: RejectsWriter,
@@ -803,17 +809,18 @@ def _assemble(
         _write_duplicates(rejects, sources, source[dup], row[dup])
         keep = ~dup
         user, item, seconds, weight = user[keep], item[keep], seconds[keep], weight[keep]
+    item_category, categories, items_notes = _categories(item_table, items)
     report = ReadReport(
         rows_read=rows_read,
         rows_used=len(user),
         rejected={REASONS[i]: int(c) for i, c in enumerate(counts) if c},
         rejects_path=rejects.close(),
         files=len(sources),
+        items_table=items_notes,
     )
     if len(user) == 0:
         raise DataError(f"events '{path}': no valid rows ({report.summary()}){_units_hint(report)}")
     order = np.lexsort((item, user, seconds))
-    item_category, categories = _categories(item_table, items)
     return EventLog(
         user=user[order],
         item=item[order],
@@ -846,16 +853,23 @@ def _write_duplicates(rejects: RejectsWriter, sources: list[Source], source: np.
 
 
 def _categories(
-    item_table: tuple[pa.Array, str, pa.Array] | None, items: Vocabulary
-) -> tuple[np.ndarray | None, Vocabulary | None]:
-    """(items,) int32 category index per item (first row of the table wins; -1 = none)."""
+    item_table: tuple[pa.Array, str, pa.Array, int] | None, items: Vocabulary
+) -> tuple[np.ndarray | None, Vocabulary | None, dict[str, int]]:
+    """(items,) int32 category index per item (first row of the table wins; -1 = none),
+    the category vocabulary, and counts of the table rows that were not used as given."""
     if item_table is None:
-        return None, None
-    ids, _, category = item_table
+        return None, None, {}
+    ids, _, category, null_ids = item_table
     categories = Vocabulary.from_values(category)
     index = items.encode(ids.cast(items.type))
     code = categories.encode(category)
     first = np.unique(index, return_index=True)[1]
     item_category = np.full(len(items), -1, dtype=np.int32)
     item_category[index[first]] = code[first]
-    return item_category, categories
+    notes = {
+        "rows": len(ids) + null_ids,
+        "null item_id (dropped)": null_ids,
+        "repeated item_id (first row kept)": len(index) - len(first),
+        "null category": int(np.sum(code[first] < 0)),
+    }
+    return item_category, categories, notes
