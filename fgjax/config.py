@@ -80,6 +80,34 @@ class SyntheticConfig:
     category_zipf_exponent: float = 0.8  # how much more often popular categories are a user's interest
     fade_half_life_days: float = 7.0  # a fading interest's rate halves every this many days after fade start
     new_interest_fraction: float = 0.2  # share of (user, interest) pairs that start after day 0
+    reactivate_fraction: float = 0.1  # share of pairs that pause, then come back
+    bursty_fraction: float = 0.1  # share of pairs that are stable with noisy bursts
+    period_days_min: int = 5  # a periodic interest's period, drawn in [min, max] days
+    period_days_max: int = 14
+    pause_days_min: int = 14  # a reactivated interest's pause, drawn in [min, max] days
+    pause_days_max: int = 35
+    burst_multiplier: float = 6.0  # a bursty interest's rate on a burst day
+    burst_day_share: float = 0.05  # share of a bursty interest's days that are bursts
+
+
+@dataclasses.dataclass(frozen=True)
+class DetectorConfig:
+    """Forgetting detection per (user, interest); see ``fgjax.kernels.DetectorParams``."""
+
+    kind: str = "adaptive"  # adaptive | level (I_k against its peak with analysis.declining_ratio / forgotten_ratio)
+    buffer_windows: int = 64  # T: windows of per-interest activity kept for trend and periodicity
+    false_alarm: float = 0.002  # per-window chance that a test fires on an interest that is not forgotten
+    gap_factor: float = 1.5  # a silence must exceed this times the longest gap / period the interest came back from
+    min_strength: float = 0.5  # periodogram peak share that counts as periodic
+    recent_windows: int = 3  # windows of the drop test and of the trend
+    forgotten_ratio: float = 0.25  # drop test: recent events <= this share of what the earlier rate predicts
+    declining_ratio: float = 0.5  # recent events below this share with a negative trend: declining
+    min_history: int = 4  # windows of history before the drop test may fire
+    new_windows: int = 2  # windows an interest stays new / reactivated
+    prior_active: float = 1.0  # Beta prior on the share of active windows (pseudo-counts)
+    prior_silent: float = 0.5
+    degree_z: float = 2.0  # per-user F alarm: F > mean + degree_z * std of the user's own F
+    degree_fallback: float = 1.0  # F alarm threshold before a user has two F values
 
 
 @dataclasses.dataclass(frozen=True)
@@ -96,6 +124,7 @@ class AnalysisConfig:
     declining_ratio: float = 0.3  # I_k below this share of its peak: declining
     forgotten_ratio: float = 0.1  # I_k below this share of its peak, without activity: forgotten
     top_interests: int = 3  # interests written per (user, window) in forgetting.parquet
+    detector: DetectorConfig = DetectorConfig()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -155,6 +184,7 @@ _CHOICES = MappingProxyType({
     ("data", "format"): ("auto", "parquet", "csv", "ipc", "recbole", "movielens"),
     ("analysis", "forgetting_mode"): ("decline", "change"),
     ("analysis", "normalize"): ("current", "max"),
+    ("analysis.detector", "kind"): ("adaptive", "level"),
     ("model", "name"): ("embedding_mlp",),
     ("evaluate", "protocol"): ("leave_last_out",),
 })
@@ -175,6 +205,17 @@ _LOWER_BOUNDS = MappingProxyType({
     ("analysis", "declining_ratio"): (0, True),
     ("analysis", "forgotten_ratio"): (0, True),
     ("analysis", "top_interests"): (1, True),
+    ("analysis.detector", "buffer_windows"): (3, True),
+    ("analysis.detector", "false_alarm"): (0, False),
+    ("analysis.detector", "gap_factor"): (0, True),
+    ("analysis.detector", "min_strength"): (0, True),
+    ("analysis.detector", "recent_windows"): (1, True),
+    ("analysis.detector", "forgotten_ratio"): (0, True),
+    ("analysis.detector", "declining_ratio"): (0, True),
+    ("analysis.detector", "min_history"): (0, True),
+    ("analysis.detector", "new_windows"): (1, True),
+    ("analysis.detector", "prior_active"): (0, False),
+    ("analysis.detector", "prior_silent"): (0, False),
     ("model", "embed_dim"): (1, True),
     ("model", "hidden_dim"): (1, True),
     ("train", "epochs"): (1, True),
@@ -283,6 +324,8 @@ def _build(cls: type, raw: Mapping[str, Any], where: str) -> Any:
 
 def _check_section(section: str, built: Any) -> None:
     """Checks that span fields of one section."""
+    if section == "analysis.detector" and not built.false_alarm < 1:
+        raise ConfigError(f"analysis.detector.false_alarm: expected a value < 1, got {built.false_alarm!r}")
     if section == "evaluate" and not built.ks:
         raise ConfigError("evaluate.ks: expected at least one cut-off, e.g. [10, 20]")
     if section == "data.columns":

@@ -47,6 +47,7 @@ def frames(small):
         "truth_cat": np.array([cat_names.index(c) for c in truth["interest"].to_pylist()]),
         "start": pc.fill_null(truth["start_time"].cast(pa.int64()), 0).to_numpy() / 1e6,
         "change": pc.fill_null(truth["change_time"].cast(pa.int64()), -1).to_numpy() / 1e6,
+        "resume": pc.fill_null(truth["resume_time"].cast(pa.int64()), -1).to_numpy() / 1e6,
         "kind": np.array(truth["kind"].to_pylist()),
     }
 
@@ -114,8 +115,12 @@ def test_items_cover_every_category(small):
 def test_truth_columns_follow_kind(frames):
     truth, kind = frames["truth"], frames["kind"]
     assert set(kind) == set(synthetic.KINDS)
-    has_change = np.isin(kind, ["fading", "stopped"])
+    has_change = np.isin(kind, ["fading", "stopped", "reactivated"])
     assert np.array_equal(truth["change_time"].is_valid().to_numpy(zero_copy_only=False), has_change)
+    resumes = kind == "reactivated"
+    assert np.array_equal(truth["resume_time"].is_valid().to_numpy(zero_copy_only=False), resumes)
+    pause_days = (frames["resume"][resumes] - frames["change"][resumes]) / DAY
+    assert pause_days.min() >= SMALL.pause_days_min and pause_days.max() <= SMALL.pause_days_max
     periodic = kind == "periodic"
     assert np.array_equal(truth["period_days"].is_valid().to_numpy(zero_copy_only=False), periodic)
     periods = pc.drop_null(truth["period_days"]).to_numpy()
@@ -151,6 +156,35 @@ def test_stopped_interest_has_no_events_after_stop(frames):
     stopped = frames["kind"][pair] == "stopped"
     assert stopped.sum() > 100  # stopped interests had events before they stopped
     assert np.all(frames["ts"][stopped] < frames["change"][pair][stopped])
+
+
+def test_reactivated_interest_pauses_then_comes_back(frames):
+    pair = _pair_of_events(frames)
+    rows = np.nonzero(frames["kind"] == "reactivated")[0]
+    assert len(rows) > 50
+    end = synthetic.start_epoch_us(SMALL.start) / 1e6 + SMALL.num_days * DAY
+    ts, change, resume = frames["ts"], frames["change"][pair], frames["resume"][pair]
+    mine = frames["kind"][pair] == "reactivated"
+    assert not np.any(mine & (ts >= change) & (ts < resume))  # silent during the pause
+    back = rows[frames["resume"][rows] < end - 7 * DAY]  # resumed at least a week before the end
+    after = np.bincount(pair[mine & (ts >= resume)], minlength=len(frames["kind"]))[back]
+    assert np.mean(after > 0) > 0.95  # and active again after it
+
+
+def test_bursty_interest_has_burst_days_at_the_same_baseline(frames):
+    pair = _pair_of_events(frames)
+    origin = synthetic.start_epoch_us(SMALL.start) / 1e6
+    day = np.floor((frames["ts"] - origin) / DAY).astype(int)
+    kinds = frames["kind"][pair]
+    daily = {}
+    for kind in ("bursty", "stable"):
+        sel = (kinds == kind) & (frames["ts"] >= frames["start"][pair])
+        per_cell = np.bincount(pair[sel] * SMALL.num_days + day[sel])
+        daily[kind] = per_cell[per_cell > 0]
+    # Burst days make the daily counts heavy-tailed: many more days far above the mean.
+    far = {k: np.mean(v >= 6 * v.mean()) for k, v in daily.items()}
+    assert far["bursty"] > 5 * max(far["stable"], 1e-4)
+    assert np.median(daily["bursty"]) == np.median(daily["stable"])  # the baseline is the same
 
 
 def _rates_around_change(frames, kind: str, gap_days: float) -> tuple[float, float]:
@@ -267,7 +301,7 @@ def test_no_bad_rows_when_fraction_is_zero(tmp_path):
     [
         ({"num_items": 4}, "num_items must be >= synthetic.num_categories"),
         ({"max_interests": 1}, "max_interests must be >= min_interests"),
-        ({"fade_fraction": 0.7, "stop_fraction": 0.5}, "fade_fraction + stop_fraction must be <= 1"),
+        ({"fade_fraction": 0.7, "stop_fraction": 0.5}, "fade_fraction + stop_fraction + reactivate_fraction + bursty_fraction must be <= 1"),
         ({"bad_row_fraction": 1.5}, "bad_row_fraction must be in [0, 1]"),
         ({"start": "first of may"}, "synthetic.start: expected an ISO-8601 date"),
     ],

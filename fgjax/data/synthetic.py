@@ -7,12 +7,20 @@ gives each (user, interest) pair a *kind*:
 - ``fading``: the rate halves every ``fade_half_life_days`` from a fade start,
 - ``stopped``: the rate drops to zero at a stop time,
 - ``periodic``: (all interests of a share of users) active in bursts of
-  ``1 + P // 5`` days every ``P`` days, with the same average rate.
+  ``1 + P // 5`` days every ``P`` days, with the same average rate: long
+  silences that are not forgetting,
+- ``reactivated``: stops at a change time and comes back at the same rate
+  after a pause of ``pause_days_min .. pause_days_max`` days,
+- ``bursty``: stable, with noisy bursts (``burst_multiplier`` times the rate
+  on a random ``burst_day_share`` of days) that are not a new baseline.
+
+Independently, a share of the pairs starts late (``new_interest_fraction``):
+new interests.
 
 Daily counts per (user, interest, day) are Poisson; each event gets a uniform
 time within its day, an event type (mostly views and clicks) and an item of
 the interest's category drawn by Zipf popularity. The change times (fade start,
-stop time) and periods are written to ``ground_truth.parquet`` so forgetting
+stop time, resume time) and periods are written to ``ground_truth.parquet`` so forgetting
 detection can be scored against them.
 
 Everything is vectorized over the users of a shard; shard ``s`` draws from
@@ -35,7 +43,8 @@ import pyarrow.parquet as pq
 from fgjax.config import SyntheticConfig
 from fgjax.errors import ConfigError
 
-KINDS = ("stable", "fading", "stopped", "periodic")
+KINDS = ("stable", "fading", "stopped", "periodic", "reactivated", "bursty")
+STABLE, FADING, STOPPED, PERIODIC, REACTIVATED, BURSTY = range(len(KINDS))
 EVENT_TYPES = ("view", "click", "cart", "purchase")
 EVENT_TYPE_PROBS = (0.6, 0.28, 0.08, 0.04)
 BAD_ROW_KINDS = ("duplicate", "null user_id", "null timestamp")
@@ -47,7 +56,6 @@ ITEM_ID_BASE = 50_000_000
 # The catalog draws from its own stream, far above any shard index.
 _CATALOG_STREAM = 2**40
 _ACTIVITY_SIGMA = 0.5  # per-user activity multiplier ~ lognormal(mean 1, sigma)
-_PERIOD_DAYS = (5, 14)  # inclusive range of a periodic interest's period
 _CHANGE_AT = (0.3, 0.8)  # fade/stop time as a share of the interest's remaining days
 _DAY_US = 86_400_000_000
 
@@ -67,6 +75,7 @@ TRUTH_SCHEMA = pa.schema(
         ("start_time", pa.timestamp("us", tz="UTC")),
         ("change_time", pa.timestamp("us", tz="UTC")),
         ("period_days", pa.int32()),
+        ("resume_time", pa.timestamp("us", tz="UTC")),
     ]
 )
 
@@ -106,11 +115,19 @@ def check_config(config: SyntheticConfig) -> None:
         (config.category_zipf_exponent < 0, "synthetic.category_zipf_exponent must be >= 0"),
         (not config.fade_half_life_days > 0, "synthetic.fade_half_life_days must be > 0"),
     ]
-    for name in ("fade_fraction", "stop_fraction", "periodic_fraction", "bad_row_fraction", "new_interest_fraction"):
+    problems += [
+        (config.period_days_min < 2, "synthetic.period_days_min must be >= 2"),
+        (config.period_days_max < config.period_days_min, "synthetic.period_days_max must be >= period_days_min"),
+        (config.pause_days_min < 1, "synthetic.pause_days_min must be >= 1"),
+        (config.pause_days_max < config.pause_days_min, "synthetic.pause_days_max must be >= pause_days_min"),
+        (config.burst_multiplier < 1, "synthetic.burst_multiplier must be >= 1"),
+    ]
+    shares = ("fade_fraction", "stop_fraction", "reactivate_fraction", "bursty_fraction")
+    for name in shares + ("periodic_fraction", "bad_row_fraction", "new_interest_fraction", "burst_day_share"):
         value = getattr(config, name)
         problems.append((not 0.0 <= value <= 1.0, f"synthetic.{name} must be in [0, 1], got {value}"))
     problems.append(
-        (config.fade_fraction + config.stop_fraction > 1.0, "synthetic.fade_fraction + stop_fraction must be <= 1")
+        (sum(getattr(config, n) for n in shares) > 1.0, f"synthetic: {' + '.join(shares)} must be <= 1")
     )
     for bad, message in problems:
         if bad:
@@ -200,11 +217,13 @@ class _Pairs:
     category: np.ndarray
     kind: np.ndarray  # index into KINDS
     start_day: np.ndarray
-    change_day: np.ndarray  # meaningful for fading / stopped
+    change_day: np.ndarray  # meaningful for fading / stopped / reactivated
+    resume_day: np.ndarray  # meaningful for reactivated
     period: np.ndarray  # meaningful for periodic
     burst: np.ndarray
     phase: np.ndarray
     activity: np.ndarray  # the user's rate multiplier
+    burst_day: np.ndarray  # (pairs, days) bool, a burst day of a bursty interest
 
 
 def draw_pairs(rng: np.random.Generator, config: SyntheticConfig, catalog: _Catalog, num_users: int) -> _Pairs:
@@ -216,32 +235,44 @@ def draw_pairs(rng: np.random.Generator, config: SyntheticConfig, catalog: _Cata
     pairs = len(user)
     periodic_user = rng.random(num_users) < config.periodic_fraction
     r = rng.random(pairs)
-    kind = np.where(r < config.fade_fraction, 1, np.where(r < config.fade_fraction + config.stop_fraction, 2, 0))
-    kind = np.where(periodic_user[user], 3, kind)
+    edges = np.cumsum([config.fade_fraction, config.stop_fraction, config.reactivate_fraction, config.bursty_fraction])
+    kind = np.array([FADING, STOPPED, REACTIVATED, BURSTY, STABLE])[np.searchsorted(edges, r, side="right")]
+    kind = np.where(periodic_user[user], PERIODIC, kind)
     late = rng.random(pairs) < config.new_interest_fraction
     start_day = np.where(late, rng.integers(1, max(2, d // 2), size=pairs), 0)
     start_day = np.minimum(start_day, d - 1)
     share = rng.uniform(*_CHANGE_AT, size=pairs)
     change_day = start_day + np.maximum(1, np.floor((d - start_day) * share).astype(np.int64))
-    period = rng.integers(_PERIOD_DAYS[0], _PERIOD_DAYS[1] + 1, size=pairs)
+    pause = rng.integers(config.pause_days_min, config.pause_days_max + 1, size=pairs)
+    period = rng.integers(config.period_days_min, config.period_days_max + 1, size=pairs)
     burst = 1 + period // 5
     phase = rng.integers(0, period)
     activity = rng.lognormal(-0.5 * _ACTIVITY_SIGMA**2, _ACTIVITY_SIGMA, size=num_users)
-    return _Pairs(user, category, kind, start_day, change_day, period, burst, phase, activity[user])
+    burst_day = (rng.random((pairs, d)) < config.burst_day_share) & (kind == BURSTY)[:, None]
+    return _Pairs(
+        user, category, kind, start_day, change_day, change_day + pause, period, burst, phase, activity[user], burst_day
+    )
 
 
-def daily_rates(pairs: _Pairs, base_rate: float, num_days: int, fade_half_life_days: float) -> np.ndarray:
+def daily_rates(pairs: _Pairs, config: SyntheticConfig) -> np.ndarray:
     """(pairs, days) expected events per day of each (user, interest)."""
+    num_days, fade_half_life_days = config.num_days, config.fade_half_life_days
     day = np.arange(num_days)[None, :]
     since_change = day - pairs.change_day[:, None]
     fading = np.where(since_change >= 0, 0.5 ** ((since_change + 0.5) / fade_half_life_days), 1.0)
     stopped = (since_change < 0).astype(np.float64)
     on = ((day - pairs.phase[:, None]) % pairs.period[:, None]) < pairs.burst[:, None]
     periodic = on * (pairs.period / pairs.burst)[:, None]  # same average rate as stable
+    paused = 1.0 - (1.0 - stopped) * (day < pairs.resume_day[:, None])
+    bursty = np.where(pairs.burst_day, config.burst_multiplier, 1.0)
     kind = pairs.kind[:, None]
-    multiplier = np.select([kind == 1, kind == 2, kind == 3], [fading, stopped, periodic], 1.0)
+    multiplier = np.select(
+        [kind == FADING, kind == STOPPED, kind == PERIODIC, kind == REACTIVATED, kind == BURSTY],
+        [fading, stopped, periodic, paused, bursty],
+        1.0,
+    )
     started = day >= pairs.start_day[:, None]
-    return base_rate * pairs.activity[:, None] * multiplier * started
+    return config.events_per_interest_per_day * pairs.activity[:, None] * multiplier * started
 
 
 def draw_items(rng: np.random.Generator, catalog: _Catalog, category: np.ndarray) -> np.ndarray:
@@ -283,7 +314,7 @@ def generate_shard(
     num_users = min(config.users_per_shard, config.num_users - first_user)
     d = config.num_days
     pairs = draw_pairs(rng, config, catalog, num_users)
-    counts = rng.poisson(daily_rates(pairs, config.events_per_interest_per_day, d, config.fade_half_life_days))
+    counts = rng.poisson(daily_rates(pairs, config))
     cell = np.repeat(np.arange(counts.size), counts.ravel())
     pair, day = cell // d, cell % d
     timestamp = start_us + day * _DAY_US + rng.integers(0, _DAY_US, size=len(cell))
@@ -306,9 +337,10 @@ def generate_shard(
 
 
 def truth_table(pairs: _Pairs, catalog: _Catalog, first_user: int, start_us: int) -> pa.Table:
-    """One row per (user, interest): kind, start time, change time, period."""
-    has_change = (pairs.kind == 1) | (pairs.kind == 2)
-    periodic = pairs.kind == 3
+    """One row per (user, interest): kind, start time, change time, period, resume time."""
+    has_change = np.isin(pairs.kind, [FADING, STOPPED, REACTIVATED])
+    periodic = pairs.kind == PERIODIC
+    resumes = pairs.kind == REACTIVATED
     return pa.table(
         [
             pa.array(USER_ID_BASE + first_user + pairs.user, pa.int64()),
@@ -317,6 +349,7 @@ def truth_table(pairs: _Pairs, catalog: _Catalog, first_user: int, start_us: int
             pa.array(start_us + pairs.start_day * _DAY_US, pa.timestamp("us", tz="UTC")),
             pa.array(start_us + pairs.change_day * _DAY_US, pa.timestamp("us", tz="UTC"), mask=~has_change),
             pa.array(pairs.period.astype(np.int32), pa.int32(), mask=~periodic),
+            pa.array(start_us + pairs.resume_day * _DAY_US, pa.timestamp("us", tz="UTC"), mask=~resumes),
         ],
         schema=TRUTH_SCHEMA,
     )
