@@ -64,8 +64,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(p, out_help="output directory")
     p = sub.add_parser("train", help="read events (data.path), split by time, train, save a checkpoint")
     _add_common(p, out_help="output directory (checkpoint/, metrics.jsonl, plots/)")
-    p = sub.add_parser("analyze", help="windowed forgetting analysis of data.path -> forgetting.parquet")
+    p = sub.add_parser("analyze", help="windowed forgetting analysis of data.path -> forgetting.parquet, states.parquet")
     _add_common(p, out_help="output directory")
+    p.add_argument("--events", default=None, help="events (file, directory or glob); same as --set data.path=...")
+    p.add_argument("--items", default=None, help="items table with item_id and category; same as --set data.items_path=...")
+    p.add_argument("--window", type=_duration, default=None, metavar="LENGTH",
+                   help="window length, e.g. 1d, 7d, 12h, 3600s or seconds; same as --set analysis.window_seconds=...")
     p = sub.add_parser("recommend", help="top-K recommendations from a checkpoint, by raw user IDs")
     p.add_argument("--checkpoint", required=True, type=Path, help="checkpoint directory written by train/quickstart")
     p.add_argument("--users", default=None,
@@ -73,16 +77,41 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--k", type=_positive_int, default=10, help="items per user")
     p.add_argument("--no-forgetting", action="store_true", help="rank by the model alone")
     p.add_argument("--out", required=True, type=Path, help="output Parquet file")
-    p = sub.add_parser("evaluate", help="temporal leave-last-out evaluation of a checkpoint -> metrics.json")
+    p = sub.add_parser("evaluate", help="temporal leave-last-out evaluation of a checkpoint -> metrics.json; "
+                                        "--detection: forgetting detection against synthetic ground truth")
     _add_common(p, out_help="output directory (reads OUT/checkpoint unless --checkpoint)")
     p.add_argument("--checkpoint", type=Path, default=None, help="checkpoint directory (default OUT/checkpoint)")
+    p.add_argument("--detection", action="store_true",
+                   help="generate the synthetic log with ground truth, detect forgetting, score it against both "
+                        "baselines -> OUT/detection.json, detection.md, states.parquet, plots/")
     return parser
+
+
+_DURATION_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
+
+
+def _duration(text: str) -> float:
+    """``"7d"`` -> 604800.0 seconds (units s, m, h, d, w; a bare number is seconds)."""
+    value, unit = (text[:-1], text[-1]) if text and text[-1] in _DURATION_UNITS else (text, "s")
+    try:
+        seconds = float(value) * _DURATION_UNITS[unit]
+    except ValueError:
+        seconds = float("nan")
+    if not seconds > 0 or seconds == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a positive length such as 1d, 7d, 12h or 3600, got {text!r}")
+    return seconds
 
 
 def _config(args):
     from fgjax.config import load_config
 
-    return load_config(args.config, args.overrides)
+    overrides = list(args.overrides)
+    # Flags are shorthands for overrides, applied last; YAML-quoted so paths stay strings.
+    for flag, key in (("events", "data.path"), ("items", "data.items_path"), ("window", "analysis.window_seconds")):
+        value = getattr(args, flag, None)
+        if value is not None:
+            overrides.append(f"{key}={json.dumps(value)}")
+    return load_config(args.config, overrides)
 
 
 def _progress(args) -> bool:
@@ -146,8 +175,9 @@ def run(args) -> int:
         print(f"checkpoint: {args.out / 'checkpoint'}")
     elif args.command == "analyze":
         config = _config(args)
-        rows = pipeline.analyze_only(config, args.out, print, _progress(args))
-        print(f"wrote {args.out / 'forgetting.parquet'} ({rows:,} rows) and {args.out / 'plots' / 'forgetting.png'}")
+        rows, changes = pipeline.analyze_only(config, args.out, print, _progress(args))
+        print(f"wrote {args.out / 'forgetting.parquet'} ({rows:,} rows), {args.out / 'states.parquet'} "
+              f"({changes:,} state changes) and {args.out / 'plots' / 'forgetting.png'}")
     elif args.command == "recommend":
         import pyarrow.parquet as pq
 
@@ -161,6 +191,8 @@ def run(args) -> int:
         unknown = int((model.users.encode(user_ids) < 0).sum())
         note = f"; {unknown:,} unknown users got the most popular items" if unknown else ""
         print(f"wrote {args.out}: {table.num_rows:,} rows for {len(user_ids):,} users{note}")
+    elif args.command == "evaluate" and args.detection:
+        pipeline.evaluate_detection(_config(args), args.out, print, _progress(args))
     elif args.command == "evaluate":
         config = _config(args)
         metrics = pipeline.evaluate_checkpoint(config, args.out, args.checkpoint or args.out / "checkpoint", print,

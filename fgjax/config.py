@@ -98,14 +98,17 @@ class DetectorConfig:
     buffer_windows: int = 64  # T: windows of per-interest activity kept for trend and periodicity
     false_alarm: float = 0.002  # per-window chance that a test fires on an interest that is not forgotten
     gap_factor: float = 1.5  # a silence must exceed this times the longest gap / period the interest came back from
-    min_strength: float = 0.5  # periodogram peak share that counts as periodic
-    recent_windows: int = 3  # windows of the drop test and of the trend
+    min_strength: float = 0.25  # periodogram peak share that counts as periodic
+    recent_windows: int = 3  # fewest windows of the drop test and of the trend
+    drop_events: float = 20.0  # the drop test's span covers this many expected events (capped at T // 2 windows)
     forgotten_ratio: float = 0.25  # drop test: recent events <= this share of what the earlier rate predicts
     declining_ratio: float = 0.5  # recent events below this share with a negative trend: declining
     min_history: int = 4  # windows of history before the drop test may fire
     new_windows: int = 2  # windows an interest stays new / reactivated
-    prior_active: float = 1.0  # Beta prior on the share of active windows (pseudo-counts)
-    prior_silent: float = 0.5
+    prior_events: float = 1.0  # Gamma prior on an interest's event rate: pseudo-events ...
+    prior_windows: float = 1.0  # ... over pseudo-windows
+    prior_active: float = 1.0  # Beta prior on the share of active windows: pseudo active ...
+    prior_silent: float = 1.0  # ... and silent windows
     degree_z: float = 2.0  # per-user F alarm: F > mean + degree_z * std of the user's own F
     degree_fallback: float = 1.0  # F alarm threshold before a user has two F values
 
@@ -165,6 +168,14 @@ class RecommendConfig:
 class EvaluateConfig:
     protocol: str = "leave_last_out"
     ks: list[int] = dataclasses.field(default_factory=lambda: [10, 20])
+    # Forgetting detection against synthetic ground truth (``fgjax evaluate --detection``).
+    fade_forgotten_share: float = 0.25  # a fading interest counts as forgotten once its rate is below this share
+    detection_margin_windows: int = 4  # changes this close to the end of the log are not judged
+    false_alarm_sweep: list[float] = dataclasses.field(
+        default_factory=lambda: [1e-6, 1e-5, 1e-4, 5e-4, 2e-3, 1e-2, 3e-2, 0.1, 0.3]
+    )
+    seed_threshold_sweep: list[float] = dataclasses.field(default_factory=lambda: [0.1, 0.25, 0.5, 1.0, 1.5, 2.0, 4.0])
+    silence_sweep: list[int] = dataclasses.field(default_factory=lambda: [1, 2, 3, 4, 5, 6, 8, 10, 14])
 
 
 @dataclasses.dataclass(frozen=True)
@@ -210,10 +221,13 @@ _LOWER_BOUNDS = MappingProxyType({
     ("analysis.detector", "gap_factor"): (0, True),
     ("analysis.detector", "min_strength"): (0, True),
     ("analysis.detector", "recent_windows"): (1, True),
+    ("analysis.detector", "drop_events"): (0, True),
     ("analysis.detector", "forgotten_ratio"): (0, True),
     ("analysis.detector", "declining_ratio"): (0, True),
     ("analysis.detector", "min_history"): (0, True),
     ("analysis.detector", "new_windows"): (1, True),
+    ("analysis.detector", "prior_events"): (0, False),
+    ("analysis.detector", "prior_windows"): (0, False),
     ("analysis.detector", "prior_active"): (0, False),
     ("analysis.detector", "prior_silent"): (0, False),
     ("model", "embed_dim"): (1, True),
@@ -233,6 +247,11 @@ _LOWER_BOUNDS = MappingProxyType({
     ("recommend", "user_chunk"): (1, True),
     ("recommend", "score_memory_mb"): (1, True),
     ("evaluate", "ks"): (1, True),
+    ("evaluate", "fade_forgotten_share"): (0, False),
+    ("evaluate", "detection_margin_windows"): (0, True),
+    ("evaluate", "false_alarm_sweep"): (0, False),
+    ("evaluate", "seed_threshold_sweep"): (0, True),
+    ("evaluate", "silence_sweep"): (1, True),
 })
 
 

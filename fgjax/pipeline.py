@@ -23,6 +23,7 @@ from fgjax.analysis import (
     degree_since_first_activity,
     forgetting_weights,
     write_forgetting,
+    write_states,
 )
 from fgjax.checkpoint import save_serving
 from fgjax.config import Config, to_dict
@@ -254,16 +255,23 @@ def _json_default(value: Any) -> Any:
     raise TypeError(f"not JSON serializable: {type(value).__name__}")
 
 
-def analyze_only(config: Config, out: str | Path, report: Reporter = _quiet, progress: bool = True) -> int:
-    """Forgetting analysis of every event of ``config.data`` -> ``out/forgetting.parquet`` and a plot."""
+def analyze_only(
+    config: Config, out: str | Path, report: Reporter = _quiet, progress: bool = True
+) -> tuple[int, int]:
+    """Forgetting analysis of every event of ``config.data``.
+
+    Writes ``out/forgetting.parquet`` (per user and window), ``out/states.parquet``
+    (per state change, with evidence) and a plot; returns both row counts.
+    """
     out = Path(out)
     log = read(config, out, report)
     forgetting = analyze(config, log, progress=progress)
     rows = write_forgetting(forgetting, log, out / "forgetting.parquet")
+    changes = write_states(forgetting, log, out / "states.parquet")
     (out / "plots").mkdir(exist_ok=True)
     plot_forgetting(degree_since_first_activity(forgetting), forgetting.window_start, out / "plots" / "forgetting.png")
     report(f"forgetting: {forgetting.num_windows} windows; final states {state_counts(forgetting)}")
-    return rows
+    return rows, changes
 
 
 def evaluate_checkpoint(config: Config, out: str | Path, checkpoint: str | Path, report: Reporter = _quiet,
@@ -288,3 +296,32 @@ def evaluate_checkpoint(config: Config, out: str | Path, checkpoint: str | Path,
     out.mkdir(parents=True, exist_ok=True)
     (out / "metrics.json").write_text(json.dumps({"evaluation": evaluation, "config": to_dict(config)}, indent=2) + "\n")
     return evaluation
+
+
+def evaluate_detection(config: Config, out: str | Path, report: Reporter = _quiet, progress: bool = True) -> dict[str, Any]:
+    """Generate the synthetic log with ground truth, detect forgetting, score it -> ``out/detection.json``.
+
+    Also writes ``out/states.parquet``, ``out/detection.md`` and the plots
+    ``out/plots/{detection_pr,forgetting,interest_timeline}.png``.
+    """
+    from fgjax.detection import evaluate_detection_on, format_report, write_report
+    from fgjax.plots import plot_detection_pr, plot_interest_timeline
+
+    out = Path(out)
+    paths = generate(config.synthetic, out / "data")
+    config = with_generated_data(config, out)
+    log = read(config, out, report)
+    started = time.perf_counter()
+    detection, result, codes, truth = evaluate_detection_on(config, log, paths.truth_path, out, progress=progress)
+    report(f"detection: {detection.setup['windows']} windows of {config.analysis.window_seconds / 86400:g} days, "
+           f"{detection.setup['pairs_judged']:,} (user, interest) pairs judged, {time.perf_counter() - started:.1f}s")
+    report(format_report(detection))
+    path = write_report(detection, config, out)
+    plots = out / "plots"
+    plots.mkdir(exist_ok=True)
+    plot_detection_pr(detection.curves, detection.detector["overall"], plots / "detection_pr.png")
+    plot_forgetting(degree_since_first_activity(result), result.window_start, plots / "forgetting.png")
+    plot_interest_timeline(log, result, codes, truth, plots / "interest_timeline.png")
+    report(f"wrote {path}, {out / 'states.parquet'} and plots in {plots}")
+    return detection.to_json()
+

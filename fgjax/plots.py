@@ -64,3 +64,77 @@ def plot_forgetting(degree: np.ndarray, window_start: np.ndarray, path: str | Pa
     axes[1].set(title="forgetting degree per window", xlabel="days since first window", ylabel="F")
     axes[1].legend()
     return _save(plt, fig, axes, path)
+
+
+def plot_detection_pr(curves: dict[str, list[dict[str, Any]]], chosen: dict[str, Any], path: str | Path) -> Path:
+    """Precision-recall of forgetting detection over each detector's knob.
+
+    Args:
+      curves: ``{detector: [{"knob", "precision", "recall", ...}, ...]}``.
+      chosen: the configured detector's overall scores (marked with a star).
+    """
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 5))
+    for name, points in curves.items():
+        pts = [(p["recall"] or 0.0, p["precision"] or 0.0, p["knob"]) for p in points]
+        ax.plot([r for r, _, _ in pts], [pr for _, pr, _ in pts], marker="o", label=name)
+        for r, pr, knob in pts:
+            ax.annotate(f"{knob:g}", (r, pr), fontsize=6, alpha=0.7)
+    if chosen.get("recall") is not None and chosen.get("precision") is not None:
+        ax.plot([chosen["recall"]], [chosen["precision"]], marker="*", markersize=15, color="k", linestyle="",
+                label="fgjax adaptive (configured)")
+    ax.set(title="forgetting detection vs ground truth", xlabel="recall", ylabel="precision", xlim=(0, 1.02), ylim=(0, 1.02))
+    ax.legend(fontsize=8)
+    return _save(plt, fig, [ax], path)
+
+
+def plot_interest_timeline(log, result, codes: np.ndarray, truth, path: str | Path, *, user: int | None = None) -> Path:
+    """One user's interests over time: events per window, detected states, true changes.
+
+    Args:
+      log: the ``EventLog``; result: the ``ForgettingResult``.
+      codes: ``(windows, users, K)`` int8 detected states.
+      truth: ``detection.Truth``; by default the user is the first with both a
+        stopped or paused interest and a periodic or fading one, else the
+        first with a change.
+    """
+    from fgjax import kernels
+    from fgjax.data.synthetic import KINDS
+
+    plt = _pyplot()
+    if user is None:
+        changed = set(truth.user[truth.onset >= 0].tolist())
+        rich = [u for u in changed if len(set(truth.kind[truth.user == u].tolist())) >= 2]
+        user = min(rich) if rich else (min(changed) if changed else 0)
+    mine = np.nonzero(truth.user == user)[0]
+    interests = truth.interest[mine]
+    num_windows = codes.shape[0]
+    interest = log.item_category[log.item]
+    win = np.floor((log.timestamp - result.window_start[0]) / (result.window_start[1] - result.window_start[0])
+                   if num_windows > 1 else 0).astype(int)
+    colors = {kernels.NEW: "tab:blue", kernels.ACTIVE: "tab:green", kernels.DECLINING: "tab:orange",
+              kernels.FORGOTTEN: "tab:red", kernels.REACTIVATED: "tab:purple"}
+    fig, axes = plt.subplots(len(mine), 1, figsize=(10, 1.8 * len(mine) + 0.6), sharex=True, squeeze=False)
+    axes = axes[:, 0]
+    for ax, pair, k in zip(axes, mine, interests):
+        sel = (log.user == user) & (interest == k)
+        counts = np.bincount(win[sel], minlength=num_windows)[:num_windows]
+        ax.bar(np.arange(num_windows), counts, color="0.4", width=0.8)
+        top = max(counts.max(), 1) * 1.1
+        for t in range(num_windows):
+            code = int(codes[t, user, k])
+            if code in colors:
+                ax.axvspan(t - 0.5, t + 0.5, ymin=0.9, ymax=1.0, color=colors[code], lw=0)
+        for t, style in ((truth.onset[pair], "--"), (truth.forgotten[pair], "-"), (truth.resume[pair], ":")):
+            if t >= 0:
+                ax.axvline(t, color="k", linestyle=style, lw=1)
+        ax.set_ylim(0, top / 0.9)
+        ax.set_ylabel(f"{log.categories.decode(np.array([k]))[0].as_py()}\n{KINDS[truth.kind[pair]]}", fontsize=8)
+    handles = [plt.Rectangle((0, 0), 1, 1, color=c) for c in colors.values()]
+    names = [kernels.STATE_NAMES[c] for c in colors]
+    axes[0].legend(handles, names, fontsize=7, ncol=5, loc="upper left")
+    raw = log.users.decode(np.array([user]))[0].as_py()
+    axes[0].set_title(f"user {raw}: events per window, detected state (top band); true change --, forgotten |, return :")
+    axes[-1].set_xlabel("window")
+    return _save(plt, fig, axes, path)
+

@@ -4,31 +4,36 @@ Each window, for every (user, interest) at once, the detector asks whether
 the interest's current silence or its recent drop is *unusual for this user
 and this interest*, instead of comparing with one global threshold:
 
-- **silence test**: after an interest's last event, the chance of ``s``
-  more silent windows is ``p_silent ** s``, where ``p_silent`` is the larger
-  of the interest's own share of silent windows (with a Beta prior
-  ``(prior_active, prior_silent)``, so one window of history is not trusted)
-  and the Poisson chance ``exp(-rate)`` of an empty window at its rate.
-  The limit is ``s* = ceil(log(false_alarm) / log(p_silent))``, raised to
-  ``ceil(gap_factor * expected_gap)``, where the expected gap is the longest
-  silence the interest has already come back from, or its dominant period
-  (periodogram over the ring buffer) when that period is strong: a user who
-  comes back every five windows is not forgetting after four.
-- **drop test** (slow fades, which keep silences short): the events of the
-  last ``recent_windows`` windows are far below what the interest's earlier
-  rate predicts, ``PoissonCDF(recent; rate_before * n) < false_alarm`` and
-  ``recent <= forgotten_ratio * rate_before * n``; skipped for strongly
-  periodic interests, whose counts are not Poisson.
+- **silence test**: the probability of the interest's current silence
+  given its own history, the larger of two posterior predictives: events
+  (rate ~ Gamma(prior_events + events, prior_windows + windows), so a short
+  history leaves the rate uncertain and long silences plausible) and active
+  windows (share ~ Beta(prior_active + active, prior_silent + silent), robust
+  to bursts and to periodic interests, whose counts are not Poisson). The
+  test fires when that probability is at most ``false_alarm``; the limit
+  ``s*`` it implies is raised to ``ceil(gap_factor * expected_gap)``, where
+  the expected gap is the longest silence the interest has already come back
+  from, or its dominant period (periodogram over the ring buffer) when that
+  period is strong: a user who comes back every five windows is not
+  forgetting after four.
+- **drop test** (slow fades, which keep silences short): the events of a
+  recent span (at least ``recent_windows`` windows, long enough for about
+  ``drop_events`` expected events) are far below what the interest's earlier
+  rate predicts: ``recent <= forgotten_ratio * expected`` and, quasi-Poisson
+  with the earlier windows' dispersion D, ``PoissonCDF(recent / D;
+  expected / D) < false_alarm``. Skipped when the span is empty (a silence)
+  and for strongly periodic interests.
 
 States (``kernels.STATE_NAMES``): an interest is ``new`` for its first
 ``new_windows`` windows, ``reactivated`` for ``new_windows`` windows after
 it comes back from ``forgotten``, ``forgotten`` when either test fires (and
 stays so until activity), ``declining`` when its silence reached half of
-``s*`` or its recent rate is below ``declining_ratio`` of the earlier one
-with a negative trend, else ``active``.
+``s*`` or its recent events fell below ``declining_ratio`` of the expected
+ones with a trend <= 0, at the looser level ``sqrt(false_alarm)``; else
+``active``.
 
 Per user, ``F(u, t)`` is also compared with an adaptive threshold from the
-user's own F history (``mean + degree_z * std``), reported as ``f_alarm``.
+user's own F history (``mean + degree_z * std``), reported as ``degree_alarm``.
 
 Parameters are a ``DetectorParams`` pytree of scalars, so sweeping a knob
 (the precision-recall curve) does not recompile.
@@ -39,8 +44,8 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import jax.numpy as jnp
-from jax import Array
-from jax.scipy.special import gammaincc
+from jax import Array, lax
+from jax.scipy.special import gammaincc, gammaln
 from jax.typing import ArrayLike
 
 from ._states import ACTIVE, DECLINING, FORGOTTEN, NEW, NONE, REACTIVATED
@@ -65,14 +70,17 @@ class DetectorParams(NamedTuple):
 
     false_alarm: ArrayLike = 0.002  # per-window chance that a test fires on an interest that is not forgotten
     gap_factor: ArrayLike = 1.5  # silence limit >= this times the expected gap
-    min_strength: ArrayLike = 0.5  # periodogram peak share that counts as periodic
-    recent_windows: ArrayLike = 3  # windows of the drop test and of the trend
+    min_strength: ArrayLike = 0.25  # periodogram peak share that counts as periodic
+    recent_windows: ArrayLike = 3  # fewest windows of the drop test and of the trend
+    drop_events: ArrayLike = 20  # the recent span covers this many expected events (capped at T // 2 windows)
     forgotten_ratio: ArrayLike = 0.25  # drop test: recent <= this share of the expected events
     declining_ratio: ArrayLike = 0.5  # recent below this share with a negative trend: declining
     min_history: ArrayLike = 4  # windows of history before the drop test may fire
     new_windows: ArrayLike = 2  # windows an interest stays new / reactivated
-    prior_active: ArrayLike = 1.0  # Beta prior on the share of active windows
-    prior_silent: ArrayLike = 0.5
+    prior_events: ArrayLike = 1.0  # Gamma prior on the event rate: events ...
+    prior_windows: ArrayLike = 1.0  # ... over windows
+    prior_active: ArrayLike = 1.0  # Beta prior on the share of active windows: active ...
+    prior_silent: ArrayLike = 1.0  # ... and silent windows
     degree_z: ArrayLike = 2.0  # user F alarm: F > mean + degree_z * std of the user's own F
     degree_fallback: ArrayLike = 1.0  # F alarm threshold before the user has two F values
 
@@ -140,15 +148,15 @@ class DetectorOutput(NamedTuple):
 def detector_init(num_users: int, num_interests: int, buffer_windows: int = 64) -> DetectorState:
     """The state before any window: nothing seen, every interest ``none``."""
     shape = (num_users, num_interests)
-    zeros_i = jnp.zeros(shape, jnp.int32)
+    # Distinct buffers for every field: the state is donated to jitted steps.
     return DetectorState(
         buffer=activity_buffer_init(buffer_windows, shape),
         window=jnp.zeros((), jnp.int32),
         total=jnp.zeros(shape, jnp.float32),
-        alive=zeros_i,
-        active_windows=zeros_i,
-        silence=zeros_i,
-        longest_gap=zeros_i,
+        alive=jnp.zeros(shape, jnp.int32),
+        active_windows=jnp.zeros(shape, jnp.int32),
+        silence=jnp.zeros(shape, jnp.int32),
+        longest_gap=jnp.zeros(shape, jnp.int32),
         since_return=jnp.full(shape, jnp.iinfo(jnp.int32).max // 2, jnp.int32),
         last_active=jnp.full(shape, _NEVER, jnp.int32),
         state=jnp.zeros(shape, jnp.int8),
@@ -173,28 +181,87 @@ def poisson_cdf(k: ArrayLike, mean: ArrayLike) -> Array:
     return jnp.where(mean > 0, gammaincc(k + 1.0, jnp.maximum(mean, 1e-30)), 1.0)
 
 
-def silence_limit(
-    alive_before: ArrayLike,
+def count_dispersion(series: ArrayLike, valid: ArrayLike) -> Array:
+    """Index of dispersion ``max(1, var / mean)`` of counts ``(T, ...)`` over ``valid`` windows.
+
+    1 (Poisson) with fewer than two valid windows or a zero mean.
+    """
+    y = jnp.asarray(series, jnp.float32)
+    m = jnp.asarray(valid, jnp.float32) * jnp.ones_like(y)
+    n = m.sum(0)
+    mean = (m * y).sum(0) / jnp.maximum(n, 1.0)
+    var = (m * (y - mean) ** 2).sum(0) / jnp.maximum(n - 1.0, 1.0)
+    ratio = jnp.where((n >= 2) & (mean > 0), var / jnp.where(mean > 0, mean, 1.0), 1.0)
+    return jnp.maximum(ratio, 1.0)
+
+
+def log_silence_probability(
+    silence: ArrayLike,
+    events: ArrayLike,
+    exposure: ArrayLike,
     active_windows: ArrayLike,
-    rate: ArrayLike,
-    expected_gap: ArrayLike,
+    silent_windows: ArrayLike,
     params: DetectorParams,
 ) -> Array:
-    """``s*``: silent windows after which the silence test fires (int32, >= 1).
+    """log P(``silence`` more empty windows | the interest's history), the larger of two models.
 
-    Args:
-      alive_before: windows from first activity to the last active one.
-      active_windows: windows with activity among them.
-      rate: events per window over them.
-      expected_gap: longest silence the interest is known to come back from.
+    - Events: rate ~ Gamma(prior_events + events, prior_windows + exposure),
+      predictive ``(b / (b + s)) ** a`` (negative binomial: an uncertain rate
+      from a short history makes long silences plausible).
+    - Windows: each window active with probability ~ Beta(prior_active +
+      active_windows, prior_silent + silent_windows), predictive of s silent
+      windows in a row (beta-binomial): robust to bursts and to periodic
+      interests, whose event counts are far from Poisson.
+
+    Args (all ``(...)``; the first active window is excluded by the caller):
+      silence: s, windows without activity.
+      events, exposure: events and windows of history.
+      active_windows, silent_windows: windows with and without activity in it.
     """
-    alive_before = jnp.asarray(alive_before, jnp.float32)
-    silent_before = alive_before - jnp.asarray(active_windows, jnp.float32)
-    share = (silent_before + params.prior_silent) / (alive_before + params.prior_active + params.prior_silent)
-    p_silent = jnp.clip(jnp.maximum(share, jnp.exp(-jnp.asarray(rate, jnp.float32))), 1e-6, 1.0 - 1e-6)
-    by_chance = jnp.ceil(jnp.log(jnp.asarray(params.false_alarm, jnp.float32)) / jnp.log(p_silent) - 1e-4)
+    s = jnp.asarray(silence, jnp.float32)
+    a = params.prior_events + jnp.asarray(events, jnp.float32)
+    b = params.prior_windows + jnp.asarray(exposure, jnp.float32)
+    by_events = a * (jnp.log(b) - jnp.log(b + s))
+    on = params.prior_active + jnp.asarray(active_windows, jnp.float32)
+    off = params.prior_silent + jnp.asarray(silent_windows, jnp.float32)
+    by_windows = gammaln(off + s) - gammaln(off) + gammaln(on + off) - gammaln(on + off + s)
+    return jnp.maximum(by_events, by_windows)
+
+
+def silence_limit(
+    events: ArrayLike,
+    exposure: ArrayLike,
+    active_windows: ArrayLike,
+    silent_windows: ArrayLike,
+    expected_gap: ArrayLike,
+    params: DetectorParams,
+    *,
+    max_limit: int = 1 << 16,
+) -> Array:
+    """``s*``: the fewest silent windows that the silence test calls forgotten (int32, >= 1).
+
+    The smallest s with ``log_silence_probability(s) <= log(false_alarm)``
+    (found by bisection: the probability falls with s), raised to
+    ``ceil(gap_factor * expected_gap)``; capped at ``max_limit``.
+    """
+    log_q = jnp.log(jnp.asarray(params.false_alarm, jnp.float32))
+    shape = jnp.broadcast_shapes(*(jnp.shape(x) for x in (events, exposure, active_windows, silent_windows)))
+
+    def unlikely(s):
+        return log_silence_probability(s, events, exposure, active_windows, silent_windows, params) <= log_q
+
+    lo = jnp.zeros(shape, jnp.float32)  # not unlikely (0 silent windows never is)
+    hi = jnp.full(shape, float(max_limit), jnp.float32)
+
+    def bisect(_, bounds):
+        lo, hi = bounds
+        mid = jnp.floor((lo + hi) / 2.0)
+        found = unlikely(mid)
+        return jnp.where(found, lo, mid), jnp.where(found, mid, hi)
+
+    _, by_chance = lax.fori_loop(0, max_limit.bit_length(), bisect, (lo, hi))
     by_gap = jnp.ceil(params.gap_factor * jnp.asarray(expected_gap, jnp.float32) - 1e-4)
-    return jnp.clip(jnp.maximum(by_chance, by_gap), 1, jnp.iinfo(jnp.int32).max // 2).astype(jnp.int32)
+    return jnp.clip(jnp.maximum(by_chance, by_gap), 1, max_limit).astype(jnp.int32)
 
 
 def detector_update(
@@ -231,29 +298,46 @@ def detector_update(
     length = series.shape[0]
     age = jnp.arange(length - 1, -1, -1, dtype=jnp.int32).reshape(length, 1, 1)  # 0 = this window
     lived = age < alive[None]
-    recent_mask = lived & (age < jnp.asarray(params.recent_windows, jnp.int32))
+    alive_before = alive - silence
+    rate = total / jnp.maximum(alive_before, 1).astype(jnp.float32)
+    # The recent span holds about drop_events expected events at the interest's
+    # rate, so the drop test has the same power for rare and frequent interests.
+    span = jnp.clip(jnp.ceil(params.drop_events / jnp.maximum(rate, 1e-3)), params.recent_windows, length // 2)
+    recent_mask = lived & (age < span.astype(jnp.int32)[None])
     recent = jnp.sum(series * recent_mask, axis=0)
     recent_n = jnp.sum(recent_mask, axis=0).astype(jnp.float32)
     trend = trend_slope(series, recent_mask)
     period, strength = dominant_period(series, lived)
     periodic = (strength >= params.min_strength) & (alive >= 2 * period)
-
-    alive_before = alive - silence
-    rate = total / jnp.maximum(alive_before, 1).astype(jnp.float32)
     expected_gap = jnp.maximum(longest_gap, jnp.where(periodic, period - 1.0, 0.0))
-    limit = jnp.where(alive > 0, silence_limit(alive_before, active_windows, rate, expected_gap, params), 0)
+    # The first active window is given (it starts the history), so it is left out.
+    limit = silence_limit(
+        jnp.maximum(total - 1.0, 0.0),
+        jnp.maximum(alive_before - 1, 0),
+        jnp.maximum(active_windows - 1, 0),
+        alive_before - active_windows,
+        expected_gap,
+        params,
+    )
+    limit = jnp.where(alive > 0, limit, 0)
 
     # Drop test: the recent windows against the rate before them.
     earlier_n = alive.astype(jnp.float32) - recent_n
     earlier_rate = jnp.maximum(total - recent, 0.0) / jnp.maximum(earlier_n, 1.0)
     expected_recent = earlier_rate * recent_n
     enough = earlier_n >= params.min_history
+    # Quasi-Poisson: bursty and periodic counts vary far more than Poisson
+    # ones, so both sides are divided by the earlier windows' dispersion.
+    earlier = lived & ~recent_mask
+    dispersion = count_dispersion(series, earlier)
+    drop_tail = poisson_cdf(recent / dispersion, expected_recent / dispersion)
     dropped = (
         enough
         & ~periodic
         & ~active
+        & (recent > 0)  # an empty span is a silence: the silence test judges it
         & (recent <= params.forgotten_ratio * expected_recent)
-        & (poisson_cdf(recent, expected_recent) < params.false_alarm)
+        & (drop_tail < params.false_alarm)
     )
     forgotten_now = was_seen & ((silence >= limit) | dropped)
     # Declining: half-way to the silence limit, or a drop at the looser level
@@ -264,7 +348,7 @@ def detector_update(
         & ~periodic
         & (trend <= 0)
         & (recent < params.declining_ratio * expected_recent)
-        & (poisson_cdf(recent, expected_recent) < jnp.sqrt(jnp.asarray(params.false_alarm, jnp.float32)))
+        & (drop_tail < jnp.sqrt(jnp.asarray(params.false_alarm, jnp.float32)))
     )
     declining_now = half_silent | sagging
 

@@ -131,8 +131,7 @@ class RunningMoments(NamedTuple):
 
 
 def running_moments_init(shape: tuple[int, ...]) -> RunningMoments:
-    zeros = jnp.zeros(shape, jnp.float32)
-    return RunningMoments(zeros, zeros, zeros)
+    return RunningMoments(*(jnp.zeros(shape, jnp.float32) for _ in range(3)))  # distinct buffers (donation)
 
 
 def running_moments_update(moments: RunningMoments, value: ArrayLike, include: ArrayLike = True) -> RunningMoments:

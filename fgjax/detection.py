@@ -1,0 +1,393 @@
+"""Forgetting detection scored against synthetic ground truth.
+
+``evaluate_detection`` generates the synthetic log (with its hard cases:
+periodic users with long silences, slow fades, abrupt stops, pauses that
+come back, noisy bursts, late-starting interests), runs the analysis, reads
+back the states it wrote to ``states.parquet`` and scores, per (user,
+interest) pair:
+
+- **positives** (``stopped``, ``fading``, ``reactivated``): the interest is
+  forgotten from a known window: the first window that starts at or after
+  the stop or pause (stopped, reactivated) or after the time its rate falls
+  below ``evaluate.fade_forgotten_share`` of the old one (fading). The first alarm
+  (``forgotten``) is a true positive when it comes at or after the change
+  (for reactivated, no later than the return); its delay is the alarm window
+  minus the forgotten window (negative for a fade caught early).
+- **negatives** (``stable``, ``periodic``, ``bursty``): any alarm is a false
+  positive. So is an alarm on a positive before its change.
+- Changes within ``evaluate.detection_margin_windows`` of the end are not judged.
+
+Two baselines run beside it on the same windows: a fixed threshold on the
+seed's F (per-window indicator, F(u, t) >= theta, charged to the interests
+that declined in that window) and "no activity for N windows"; each is
+reported at its best F1 over its sweep (tuned on the very data it is scored
+on, which favors the baselines). The detector's own precision-recall curve
+comes from sweeping ``analysis.detector.false_alarm`` through
+``detect_series``, the same kernel in one ``lax.scan``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import math
+from pathlib import Path
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from fgjax import kernels
+from fgjax.analysis import ForgettingResult, analyze, detector_params, state_series, write_states
+from fgjax.config import Config, to_dict
+from fgjax.data.reader import EventLog
+from fgjax.data.synthetic import KINDS
+from fgjax.errors import DataError
+
+POSITIVE_KINDS = ("stopped", "fading", "reactivated")
+NEGATIVE_KINDS = ("stable", "periodic", "bursty")
+_DAY = 86400.0
+
+
+@dataclasses.dataclass(frozen=True)
+class Truth:
+    """Ground truth per (user, interest) pair, in windows; all ``(pairs,)``.
+
+    Attributes:
+      user, interest: dense indices.
+      kind: index into ``synthetic.KINDS``.
+      start: window the interest starts in.
+      onset: window of the change (stop, pause, fade start); -1 if none.
+      forgotten: window from which the interest counts as forgotten; -1 if never.
+      resume: window a paused interest comes back in; -1 if none.
+      judged: the pair is scored (its change, if any, is not too near the end).
+    """
+
+    user: np.ndarray
+    interest: np.ndarray
+    kind: np.ndarray
+    start: np.ndarray
+    onset: np.ndarray
+    forgotten: np.ndarray
+    resume: np.ndarray
+    judged: np.ndarray
+
+    @property
+    def positive(self) -> np.ndarray:
+        return self.forgotten >= 0
+
+
+def load_truth(path: str | Path, log: EventLog, config: Config, origin: float, num_windows: int) -> Truth:
+    """Read ``ground_truth.parquet`` and put it on the analysis windows.
+
+    Pairs whose user has no event left after validation, or whose interest
+    never occurs in the log, are dropped (they cannot be detected).
+    """
+    try:
+        table = pq.read_table(str(path))
+    except (OSError, pa.ArrowInvalid) as exc:
+        raise DataError(f"ground truth '{path}': {str(exc).splitlines()[0]}") from None
+    need = {"user_id", "interest", "kind", "start_time", "change_time", "resume_time"}
+    if not need <= set(table.column_names):
+        missing = sorted(need - set(table.column_names))
+        raise DataError(f"ground truth '{path}': missing column '{missing[0]}' (is it a synthetic ground_truth.parquet?)")
+    user = log.users.encode(table["user_id"].combine_chunks())
+    interest = log.categories.encode(table["interest"].combine_chunks())
+    keep = (user >= 0) & (interest >= 0)
+    seconds = lambda name: table[name].cast(pa.int64()).to_numpy(zero_copy_only=False) / 1e6  # noqa: E731
+    ws = config.analysis.window_seconds
+
+    def window(t: np.ndarray, rounding=np.floor) -> np.ndarray:
+        w = rounding((t - origin) / ws)
+        return np.where(np.isfinite(w), w, -1).astype(np.int64)
+
+    kind = np.array([KINDS.index(k) for k in table["kind"].to_pylist()])
+    change = np.where(table["change_time"].is_valid().to_numpy(zero_copy_only=False), seconds("change_time"), np.nan)
+    resume = np.where(table["resume_time"].is_valid().to_numpy(zero_copy_only=False), seconds("resume_time"), np.nan)
+    fading = kind == KINDS.index("fading")
+    fade_days = config.synthetic.fade_half_life_days * math.log2(1.0 / config.evaluate.fade_forgotten_share)
+    forgotten_time = np.where(fading, change + fade_days * _DAY, change)
+    positive = np.isin(kind, [KINDS.index(k) for k in POSITIVE_KINDS])
+    # Forgotten from the first window that starts at or after the forget time:
+    # a window that still holds the interest's last events is not forgotten.
+    forgotten = np.where(positive, window(forgotten_time, np.ceil), -1)
+    last_judged = num_windows - 1 - config.evaluate.detection_margin_windows
+    judged = keep & (~positive | ((forgotten >= 0) & (forgotten <= last_judged)))
+    sel = keep
+    return Truth(
+        user=user[sel],
+        interest=interest[sel],
+        kind=kind[sel],
+        start=window(seconds("start_time"))[sel],
+        onset=np.where(positive, window(change), -1)[sel],
+        forgotten=forgotten[sel],
+        resume=np.where(np.isfinite(resume), window(resume), -1)[sel],
+        judged=judged[sel],
+    )
+
+
+def window_counts(log: EventLog, origin: float, window_seconds: float, num_windows: int) -> np.ndarray:
+    """``(windows, users, K)`` float32 events per (window, user, interest); events without a category skipped."""
+    interest = log.item_category[log.item]
+    has = interest >= 0
+    win = np.floor((log.timestamp[has] - origin) / window_seconds).astype(np.int64)
+    counts = np.zeros((num_windows, log.num_users, len(log.categories)), np.float32)
+    np.add.at(counts, (win, log.user[has], interest[has]), 1.0)
+    return counts
+
+
+@functools.partial(jax.jit, static_argnames=("buffer_windows",))
+def detect_series(counts: jax.Array, params: kernels.DetectorParams, *, buffer_windows: int) -> jax.Array:
+    """``(windows, users, K)`` int8 detector states over a whole count series, in one scan."""
+    _, num_users, num_interests = counts.shape
+
+    def step(state, window_counts):
+        state, out = kernels.detector_update(state, window_counts, None, params)
+        return state, out.state
+
+    _, codes = jax.lax.scan(step, kernels.detector_init(num_users, num_interests, buffer_windows), counts)
+    return codes
+
+
+def seed_threshold_alarms(counts: np.ndarray, threshold: float) -> np.ndarray:
+    """``(windows, users, K)`` bool: the seed's F on the per-window indicator >= ``threshold``.
+
+    ``I(u, t)`` is the window's counts (no decay, reset each window); the
+    alarm goes to the interests whose count fell from the previous window.
+    """
+    prev = np.concatenate([np.zeros_like(counts[:1]), counts[:-1]])
+    degree = np.asarray(kernels.forgetting_degree(jnp.asarray(counts), jnp.asarray(prev)))
+    return (degree[..., None] >= threshold) & (counts < prev)
+
+
+def silence_alarms(counts: np.ndarray, windows: int) -> np.ndarray:
+    """``(windows, users, K)`` bool: no activity for ``windows`` windows after some activity."""
+    active = counts > 0
+    seen = np.cumsum(active, axis=0) > 0
+    run = np.zeros(counts.shape[1:], np.int64)
+    out = np.zeros(counts.shape, bool)
+    for t in range(counts.shape[0]):
+        run = np.where(active[t], 0, run + 1)
+        out[t] = seen[t] & (run >= windows)
+    return out
+
+
+def first_alarm(alarms: np.ndarray, truth: Truth) -> np.ndarray:
+    """``(pairs,)`` first window at or after the pair's start with an alarm; -1 if none."""
+    series = alarms[:, truth.user, truth.interest]  # (windows, pairs)
+    windows = np.arange(series.shape[0])[:, None]
+    series = series & (windows >= truth.start[None, :])
+    hit = series.any(axis=0)
+    return np.where(hit, series.argmax(axis=0), -1)
+
+
+def _ratio(a: float, b: float) -> float | None:
+    return float(a / b) if b else None
+
+
+def score(alarm: np.ndarray, truth: Truth) -> dict[str, Any]:
+    """Precision, recall, F1, false-positive rate and delays of first alarms ``(pairs,)``.
+
+    Returns ``{"overall": {...}, "cases": {case: {...}}}``; the cases are the
+    kinds plus ``new`` (pairs that start after the first window, any kind).
+    """
+    judged = truth.judged
+    positive = truth.positive
+    alarmed = alarm >= 0
+    in_time = alarmed & (alarm >= truth.onset) & ((truth.resume < 0) | (alarm <= truth.resume))
+    tp = judged & positive & in_time
+    fp = judged & alarmed & (~positive | (alarm < truth.onset))
+    delay = np.where(tp, alarm - truth.forgotten, 0)
+
+    def summary(sel: np.ndarray) -> dict[str, Any]:
+        n_tp, n_fp = int(np.sum(tp & sel)), int(np.sum(fp & sel))
+        n_pos, n_neg = int(np.sum(judged & positive & sel)), int(np.sum(judged & ~positive & sel))
+        precision = _ratio(n_tp, n_tp + n_fp)
+        recall = _ratio(n_tp, n_pos)
+        f1 = (2 * precision * recall / (precision + recall)) if precision and recall else (0.0 if n_pos else None)
+        delays = delay[tp & sel]
+        return {
+            "pairs": int(np.sum(judged & sel)),
+            "positives": n_pos,
+            "true_positives": n_tp,
+            "false_positives": n_fp,
+            "precision": precision,
+            "recall": recall,
+            "f1": f1,
+            "false_positive_rate": _ratio(int(np.sum(fp & sel & ~positive)), n_neg),
+            "median_delay": float(np.median(delays)) if len(delays) else None,
+            "p90_delay": float(np.percentile(delays, 90)) if len(delays) else None,
+        }
+
+    cases = {KINDS[k]: summary(truth.kind == k) for k in range(len(KINDS)) if np.any(truth.kind == k)}
+    cases["new"] = summary(truth.start > 0)
+    return {"overall": summary(np.ones_like(judged)), "cases": cases}
+
+
+def reactivation_summary(codes: np.ndarray, truth: Truth, alarm: np.ndarray) -> dict[str, Any]:
+    """For paused interests that were flagged and came back: windows until ``reactivated``."""
+    sel = np.nonzero((truth.kind == KINDS.index("reactivated")) & (alarm >= 0) & (truth.resume >= 0)
+                     & (truth.resume < codes.shape[0]))[0]
+    delays = []
+    for pair in sel:
+        series = codes[truth.resume[pair]:, truth.user[pair], truth.interest[pair]]
+        hit = np.nonzero(series == kernels.REACTIVATED)[0]
+        delays.append(int(hit[0]) if len(hit) else None)
+    found = [d for d in delays if d is not None]
+    return {
+        "pairs": len(sel),
+        "reactivated": len(found),
+        "recall": _ratio(len(found), len(sel)),
+        "median_delay": float(np.median(found)) if found else None,
+    }
+
+
+def new_interest_summary(codes: np.ndarray, truth: Truth) -> dict[str, Any]:
+    """For late-starting interests: is the first state they get ``new``?"""
+    sel = np.nonzero(truth.start > 0)[0]
+    first = []
+    for pair in sel:
+        series = codes[truth.start[pair]:, truth.user[pair], truth.interest[pair]]
+        seen = np.nonzero(series != kernels.NONE)[0]
+        if len(seen):
+            first.append(series[seen[0]])
+    first = np.asarray(first)
+    return {"pairs": len(sel), "appeared": len(first), "first_state_new": _ratio(int(np.sum(first == kernels.NEW)), len(first))}
+
+
+def _curve(knobs: list[float], alarms_for: Callable[[float], np.ndarray], truth: Truth) -> list[dict[str, Any]]:
+    points = []
+    for knob in knobs:
+        scored = score(first_alarm(alarms_for(knob), truth), truth)
+        overall, periodic = scored["overall"], scored["cases"].get("periodic", {})
+        points.append({"knob": knob, **{k: overall[k] for k in ("precision", "recall", "f1", "median_delay")},
+                       "periodic_false_positive_rate": periodic.get("false_positive_rate")})
+    return points
+
+
+def _best(points: list[dict[str, Any]]) -> dict[str, Any]:
+    return max(points, key=lambda p: p["f1"] or 0.0)
+
+
+@dataclasses.dataclass(frozen=True)
+class DetectionReport:
+    """What ``evaluate_detection`` measured (also written as ``detection.json``)."""
+
+    detector: dict[str, Any]
+    baselines: dict[str, dict[str, Any]]
+    curves: dict[str, list[dict[str, Any]]]
+    reactivation: dict[str, Any]
+    new_interests: dict[str, Any]
+    setup: dict[str, Any]
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def evaluate_detection_on(
+    config: Config, log: EventLog, truth_path: str | Path, out: Path, *, progress: bool = True
+) -> tuple[DetectionReport, ForgettingResult, np.ndarray, Truth]:
+    """Score detection on a log whose ground truth is at ``truth_path``; writes ``out/states.parquet``."""
+    acfg, ecfg = config.analysis, config.evaluate
+    result = analyze(config, log, progress=progress)
+    out.mkdir(parents=True, exist_ok=True)
+    write_states(result, log, out / "states.parquet")
+    # Score what the user audits: the states as states.parquet records them.
+    table = pq.read_table(str(out / "states.parquet"), columns=["user_id", "interest", "window", "state"])
+    codes = _codes_from_table(table, log, result.num_windows)
+    origin = float(result.window_start[0])
+    truth = load_truth(truth_path, log, config, origin, result.num_windows)
+    counts = window_counts(log, origin, acfg.window_seconds, result.num_windows)
+
+    detector_alarm = first_alarm(codes == kernels.FORGOTTEN, truth)
+    detector = score(detector_alarm, truth)
+    seed_curve = _curve(ecfg.seed_threshold_sweep, lambda th: seed_threshold_alarms(counts, th), truth)
+    silence_curve = _curve([float(n) for n in ecfg.silence_sweep], lambda n: silence_alarms(counts, int(n)), truth)
+    device_counts = jnp.asarray(counts)
+    params = detector_params(acfg)
+
+    def sweep_alarms(q: float) -> np.ndarray:
+        knobs = params._replace(false_alarm=jnp.asarray(q, jnp.float32))
+        return np.asarray(detect_series(device_counts, knobs, buffer_windows=acfg.detector.buffer_windows)) == kernels.FORGOTTEN
+
+    detector_curve = _curve(ecfg.false_alarm_sweep, sweep_alarms, truth)
+    best_seed = _best(seed_curve)
+    best_silence = _best(silence_curve)
+    baselines = {
+        "seed_F_threshold": {"knob": best_seed["knob"], **score(
+            first_alarm(seed_threshold_alarms(counts, best_seed["knob"]), truth), truth)},
+        "no_activity_windows": {"knob": best_silence["knob"], **score(
+            first_alarm(silence_alarms(counts, int(best_silence["knob"])), truth), truth)},
+    }
+    setup = {
+        "windows": result.num_windows,
+        "window_seconds": acfg.window_seconds,
+        "users": log.num_users,
+        "interests": len(log.categories),
+        "events": int(len(log.user)),
+        "pairs_judged": int(truth.judged.sum()),
+        "pairs_not_judged": int((~truth.judged).sum()),
+        "fade_forgotten_share": ecfg.fade_forgotten_share,
+    }
+    report = DetectionReport(
+        detector={"knob": acfg.detector.false_alarm, **detector},
+        baselines=baselines,
+        curves={"detector": detector_curve, "seed_F_threshold": seed_curve, "no_activity_windows": silence_curve},
+        reactivation=reactivation_summary(codes, truth, detector_alarm),
+        new_interests=new_interest_summary(codes, truth),
+        setup=setup,
+    )
+    return report, result, codes, truth
+
+
+def _codes_from_table(table: pa.Table, log: EventLog, num_windows: int) -> np.ndarray:
+    """``(windows, users, K)`` int8 codes from the rows of ``states.parquet``."""
+    user = log.users.encode(table["user_id"].combine_chunks())
+    interest = log.categories.encode(table["interest"].combine_chunks())
+    names = table["state"].to_pylist()
+    state = np.array([kernels.STATE_NAMES.index(n) for n in names], np.int8)
+    changes = {"user": user, "interest": interest, "window": table["window"].to_numpy(), "state": state}
+    holder = ForgettingResult(
+        window_start=np.zeros(num_windows), degree=np.zeros((num_windows, 0)), top_interests=np.zeros((num_windows, 0, 0)),
+        top_probs=np.zeros((num_windows, 0, 0)), current=np.zeros(0), previous=np.zeros(0), f=np.zeros(0),
+        p=np.zeros(0), state=np.zeros(0), ever=np.zeros(0), changes=changes,
+    )
+    return state_series(holder, log.num_users, len(log.categories))
+
+
+def format_report(report: DetectionReport) -> str:
+    """A Markdown table of the detector and both baselines, overall and per case."""
+    rows = [("fgjax adaptive", report.detector)] + [
+        (f"{name} (best knob {b['knob']:g})", b) for name, b in report.baselines.items()
+    ]
+    fmt = lambda v, spec=".3f": "-" if v is None else format(v, spec)  # noqa: E731
+    lines = [
+        "| detector | precision | recall | F1 | median delay | FPR periodic | FPR stable | FPR bursty |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for name, r in rows:
+        o, c = r["overall"], r["cases"]
+        fpr = lambda kind: fmt(c.get(kind, {}).get("false_positive_rate"))  # noqa: E731
+        lines.append(
+            f"| {name} | {fmt(o['precision'])} | {fmt(o['recall'])} | {fmt(o['f1'])} | {fmt(o['median_delay'], '.1f')} "
+            f"| {fpr('periodic')} | {fpr('stable')} | {fpr('bursty')} |"
+        )
+    lines += ["", "| case (fgjax adaptive) | pairs | recall | precision | F1 | median delay | p90 delay | FPR |",
+              "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for case, c in report.detector["cases"].items():
+        lines.append(
+            f"| {case} | {c['pairs']} | {fmt(c['recall'])} | {fmt(c['precision'])} | {fmt(c['f1'])} "
+            f"| {fmt(c['median_delay'], '.1f')} | {fmt(c['p90_delay'], '.1f')} | {fmt(c['false_positive_rate'])} |"
+        )
+    return "\n".join(lines)
+
+
+def write_report(report: DetectionReport, config: Config, out: Path) -> Path:
+    path = out / "detection.json"
+    path.write_text(json.dumps({"report": report.to_json(), "config": to_dict(config)}, indent=2) + "\n")
+    (out / "detection.md").write_text(format_report(report) + "\n")
+    return path
