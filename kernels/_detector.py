@@ -202,6 +202,7 @@ def log_silence_probability(
     active_windows: ArrayLike,
     silent_windows: ArrayLike,
     params: DetectorParams,
+    periodic: ArrayLike = False,
 ) -> Array:
     """log P(``silence`` more empty windows | the interest's history), the larger of two models.
 
@@ -210,8 +211,11 @@ def log_silence_probability(
       from a short history makes long silences plausible).
     - Windows: each window active with probability ~ Beta(prior_active +
       active_windows, prior_silent + silent_windows), predictive of s silent
-      windows in a row (beta-binomial): robust to bursts and to periodic
-      interests, whose event counts are far from Poisson.
+      windows in a row (beta-binomial): robust to bursts and to irregular
+      interests, whose event counts are far from Poisson. Not used where
+      ``periodic``: their silences are judged against the period instead
+      (the gap term of ``silence_limit``), since independent windows cannot
+      express "every sixth window, like clockwork".
 
     Args (all ``(...)``; the first active window is excluded by the caller):
       silence: s, windows without activity.
@@ -225,7 +229,7 @@ def log_silence_probability(
     on = params.prior_active + jnp.asarray(active_windows, jnp.float32)
     off = params.prior_silent + jnp.asarray(silent_windows, jnp.float32)
     by_windows = gammaln(off + s) - gammaln(off) + gammaln(on + off) - gammaln(on + off + s)
-    return jnp.maximum(by_events, by_windows)
+    return jnp.where(jnp.asarray(periodic, bool), by_events, jnp.maximum(by_events, by_windows))
 
 
 def silence_limit(
@@ -235,6 +239,7 @@ def silence_limit(
     silent_windows: ArrayLike,
     expected_gap: ArrayLike,
     params: DetectorParams,
+    periodic: ArrayLike = False,
     *,
     max_limit: int = 1 << 16,
 ) -> Array:
@@ -248,7 +253,7 @@ def silence_limit(
     shape = jnp.broadcast_shapes(*(jnp.shape(x) for x in (events, exposure, active_windows, silent_windows)))
 
     def unlikely(s):
-        return log_silence_probability(s, events, exposure, active_windows, silent_windows, params) <= log_q
+        return log_silence_probability(s, events, exposure, active_windows, silent_windows, params, periodic) <= log_q
 
     lo = jnp.zeros(shape, jnp.float32)  # not unlikely (0 silent windows never is)
     hi = jnp.full(shape, float(max_limit), jnp.float32)
@@ -318,14 +323,17 @@ def detector_update(
         alive_before - active_windows,
         expected_gap,
         params,
+        periodic,
     )
     limit = jnp.where(alive > 0, limit, 0)
 
     # Drop test: the recent windows against the rate before them.
+    # The first event is given (it starts the history) and left out, and the
+    # earlier history must be at least as long as the recent span.
     earlier_n = alive.astype(jnp.float32) - recent_n
-    earlier_rate = jnp.maximum(total - recent, 0.0) / jnp.maximum(earlier_n, 1.0)
+    earlier_rate = jnp.maximum(total - recent - 1.0, 0.0) / jnp.maximum(earlier_n, 1.0)
     expected_recent = earlier_rate * recent_n
-    enough = earlier_n >= params.min_history
+    enough = (earlier_n >= params.min_history) & (earlier_n >= recent_n)
     # Quasi-Poisson: bursty and periodic counts vary far more than Poisson
     # ones, so both sides are divided by the earlier windows' dispersion.
     earlier = lived & ~recent_mask

@@ -106,8 +106,8 @@ def dominant_period(series: ArrayLike, valid: ArrayLike | None = None, *, min_pe
     """
     y = jnp.asarray(series, jnp.float32)
     length = y.shape[0]
-    if length < 2 * max(min_period, 2) - 1 or min_period < 2:
-        raise ValueError(f"dominant_period needs T >= 2 * min_period - 1 and min_period >= 2; got T={length}, min_period={min_period}")
+    if min_period < 2 or length < min_period:
+        raise ValueError(f"dominant_period needs min_period >= 2 and T >= min_period; got T={length}, min_period={min_period}")
     m = jnp.ones_like(y) if valid is None else jnp.asarray(valid, jnp.float32) * jnp.ones_like(y)
     mean = (m * y).sum(0) / jnp.maximum(m.sum(0), 1.0)
     centered = (y - mean) * m
