@@ -155,11 +155,23 @@ class TrainConfig:
 
 @dataclasses.dataclass(frozen=True)
 class RecommendConfig:
+    """Forgetting-aware ranking and its strategy.
+
+    The strategy is ``state_weights`` (the multiplier of p(k|u,t) per state:
+    suppress forgotten with ``forgotten: 0``, damp declining with
+    ``declining: 0.5``, boost new with ``new: 1.5``) plus exploration: each
+    forgotten (user, interest) is re-surfaced, weighted as if active, with
+    probability ``explore_probability`` per request (drawn from
+    ``explore_seed``), and its items are flagged ``explore`` in the output.
+    """
+
     k: int = 10
     use_forgetting: bool = True
     exclude_seen: bool = True
     state_weights: dict[str, float] = dataclasses.field(default_factory=lambda: dict(DEFAULT_STATE_WEIGHTS))
     interest_floor: float = 0.01  # smallest interest multiplier: never-seen interests still rank by the model
+    explore_probability: float = 0.0  # chance that a forgotten interest is re-surfaced (weighted as active)
+    explore_seed: int = 0
     user_chunk: int = 512  # users scored per device call (at most)
     score_memory_mb: int = 1024  # bound on the (users, items, hidden) scoring intermediate
 
@@ -244,6 +256,7 @@ _LOWER_BOUNDS = MappingProxyType({
     ("recommend", "k"): (1, True),
     ("recommend", "state_weights"): (0, True),
     ("recommend", "interest_floor"): (0, True),
+    ("recommend", "explore_probability"): (0, True),
     ("recommend", "user_chunk"): (1, True),
     ("recommend", "score_memory_mb"): (1, True),
     ("evaluate", "ks"): (1, True),
@@ -345,6 +358,8 @@ def _check_section(section: str, built: Any) -> None:
     """Checks that span fields of one section."""
     if section == "analysis.detector" and not built.false_alarm < 1:
         raise ConfigError(f"analysis.detector.false_alarm: expected a value < 1, got {built.false_alarm!r}")
+    if section == "recommend" and not built.explore_probability <= 1:
+        raise ConfigError(f"recommend.explore_probability: expected a value <= 1, got {built.explore_probability!r}")
     if section == "evaluate" and not built.ks:
         raise ConfigError("evaluate.ks: expected at least one cut-off, e.g. [10, 20]")
     if section == "data.columns":

@@ -21,6 +21,7 @@ from fgjax.analysis import (
     ForgettingResult,
     analyze,
     degree_since_first_activity,
+    exploration_mask,
     forgetting_weights,
     write_forgetting,
     write_states,
@@ -143,6 +144,11 @@ def fit(config: Config, prepared: Prepared, out: Path, report: Reporter = _quiet
             state=forgetting.state,
             f=forgetting.f.astype(np.float32),
         )
+        origin = float(forgetting.window_start[0])
+        arrays.update(Explanations.from_analysis(
+            forgetting, log.item_category, log.categories, exploration_mask(forgetting, config)
+        ).serving_arrays(origin, config.analysis.window_seconds))
+        meta.update(window_origin=origin, window_seconds=config.analysis.window_seconds)
         meta["window_start_last"] = float(forgetting.window_start[-1])
     else:
         report("no item categories (data.items_path): recommendations rank by the model alone")
@@ -192,8 +198,9 @@ def write_recommendations(config: Config, fitted: Fitted, path: Path) -> int:
         seen=fitted.prepared.seen if config.recommend.exclude_seen else None, forgetting=weights,
         chunk=config.recommend.user_chunk, memory_budget_mb=config.recommend.score_memory_mb,
     )
-    explanations = None if forgetting is None else Explanations(log.item_category, forgetting.state, forgetting.f,
-                                                                  log.categories)
+    explanations = None if forgetting is None else Explanations.from_analysis(
+        forgetting, log.item_category, log.categories, exploration_mask(forgetting, config)
+    )
     table = recommendation_table(log.users.decode(users), users, scores, items, log.items, explanations)
     pq.write_table(table, str(path))
     return table.num_rows

@@ -1,7 +1,9 @@
 """Forgetting-aware top-K recommendations with an explanation per item.
 
 Each recommended item carries the interest it serves, that interest's state
-for the user and its f_k, so a reader can see why an item rose or sank.
+for the user and its f_k, and the detector's evidence (when the interest was
+last active, its trend, its period, whether it was re-surfaced for
+exploration), so a reader can see why an item rose or sank.
 """
 
 from __future__ import annotations
@@ -25,12 +27,57 @@ class Explanations:
       state: ``(users, K)`` int8 state codes.
       f: ``(users, K)`` float32 per-interest forgetting.
       categories: interest names.
+      last_active: optional ``(users, K)`` float64 epoch seconds of the start
+        of the last active window (NaN = never).
+      trend, period: optional ``(users, K)`` float32 evidence (events per
+        window per window; windows, 0 = none).
+      explore: optional ``(users, K)`` bool, re-surfaced for exploration.
     """
 
     item_interest: np.ndarray
     state: np.ndarray
     f: np.ndarray
     categories: Vocabulary
+    last_active: np.ndarray | None = None
+    trend: np.ndarray | None = None
+    period: np.ndarray | None = None
+    explore: np.ndarray | None = None
+
+    @classmethod
+    def from_analysis(cls, result, item_interest: np.ndarray, categories: Vocabulary, explore=None) -> "Explanations":
+        """From a ``ForgettingResult`` (its state, f and evidence at the snapshot time)."""
+        last = result.evidence.get("last_active")
+        last_active = None
+        if last is not None:
+            last_active = np.where(last >= 0, result.window_start[np.maximum(last, 0)], np.nan)
+        return cls(
+            item_interest=item_interest, state=result.state, f=result.f, categories=categories,
+            last_active=last_active, trend=result.evidence.get("trend"), period=result.evidence.get("period"),
+            explore=explore,
+        )
+
+    def serving_arrays(self, origin: float, window_seconds: float) -> dict[str, np.ndarray]:
+        """The optional evidence arrays, as saved beside a checkpoint.
+
+        ``last_active`` is saved as a window index (int32) from ``origin``:
+        JAX without x64 would round float64 epoch seconds to float32 on restore.
+        """
+        arrays = {"trend": self.trend, "period": self.period, "explore": self.explore}
+        if self.last_active is not None:
+            window = np.floor((self.last_active - origin) / window_seconds + 0.5)
+            arrays["last_active_window"] = np.where(np.isfinite(window), window, -1).astype(np.int32)
+        return {f"explain_{k}": np.asarray(v) for k, v in arrays.items() if v is not None}
+
+    @staticmethod
+    def evidence_from_serving(arrays: dict[str, np.ndarray], meta: dict) -> dict[str, np.ndarray | None]:
+        """The keyword arguments of the evidence fields, from ``serving_arrays`` and its metadata."""
+        evidence = {name: arrays.get(f"explain_{name}") for name in ("trend", "period", "explore")}
+        window = arrays.get("explain_last_active_window")
+        evidence["last_active"] = None
+        if window is not None and "window_origin" in meta:
+            seconds = meta["window_origin"] + window.astype(np.float64) * meta["window_seconds"]
+            evidence["last_active"] = np.where(window >= 0, seconds, np.nan)
+        return evidence
 
 
 def recommendation_table(
@@ -41,7 +88,12 @@ def recommendation_table(
     item_vocab: Vocabulary,
     explanations: Explanations | None = None,
 ) -> pa.Table:
-    """Long table: user_id, rank (1-based), item_id, score[, interest, interest_state, f_k].
+    """Long table: user_id, rank (1-based), item_id, score[, interest, interest_state, f_k, evidence].
+
+    With explanations, the columns interest, interest_state and f_k follow,
+    and, where the explanations hold them, last_active (timestamp), trend,
+    period and explore; all null for items without an interest or users
+    without a state.
 
     Args:
       user_ids: ``(n,)`` raw IDs of the rows of ``scores``/``items``.
@@ -69,5 +121,17 @@ def recommendation_table(
         columns["interest"] = pc.if_else(pa.array(known), decoded, pa.nulls(len(decoded), decoded.type))
         columns["interest_state"] = pc.if_else(pa.array(known), names, pa.nulls(len(names), pa.string()))
         columns["f_k"] = pa.array(explanations.f[safe_u, safe_i].astype(np.float32), pa.float32(), mask=~known)
+        if explanations.last_active is not None:
+            seconds = explanations.last_active[safe_u, safe_i]
+            never = ~known | ~np.isfinite(seconds)
+            columns["last_active"] = pa.array(
+                (np.where(never, 0, seconds) * 1e6).astype(np.int64), pa.timestamp("us", tz="UTC"), mask=never
+            )
+        for name in ("trend", "period"):
+            values = getattr(explanations, name)
+            if values is not None:
+                columns[name] = pa.array(values[safe_u, safe_i].astype(np.float32), pa.float32(), mask=~known)
+        if explanations.explore is not None:
+            columns["explore"] = pa.array(explanations.explore[safe_u, safe_i].astype(bool), pa.bool_(), mask=~known)
     return pa.table(columns)
 

@@ -36,13 +36,14 @@ class ServingModel:
     """
 
     def __init__(self, graphdef, params, users: Vocabulary, items: Vocabulary, categories: Vocabulary | None,
-                 config, step: int, serving: dict[str, np.ndarray] | None):
+                 config, step: int, serving: dict[str, np.ndarray] | None, serving_meta: dict | None = None):
         self._graphdef = graphdef
         self._params = params
         self.users, self.items, self.categories = users, items, categories
         self.config = config
         self.step = step
         self._serving = serving
+        self._serving_meta = serving_meta or {}
         self.has_forgetting = serving is not None and "user_interest" in serving and categories is not None
 
     @property
@@ -103,9 +104,10 @@ class ServingModel:
             items[~known] = order
         explanations = None
         if self.has_forgetting:
+            evidence = Explanations.evidence_from_serving(self._serving, self._serving_meta)
             explanations = Explanations(
                 item_interest=self._serving["item_interest"], state=self._serving["state"],
-                f=self._serving["f"], categories=self.categories,
+                f=self._serving["f"], categories=self.categories, **evidence,
             )
         return recommendation_table(ids, dense, scores, items, self.items, explanations)
 
@@ -125,4 +127,4 @@ def load(path: str | Path, *, step: int | None = None) -> ServingModel:
         store.close()
     serving = load_serving(directory)
     return ServingModel(graphdef, params, users, items, categories, config, int(meta["step"]),
-                        None if serving is None else serving[0])
+                        None if serving is None else serving[0], None if serving is None else serving[1])

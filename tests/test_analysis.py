@@ -61,11 +61,20 @@ def test_matches_numpy_reference():
     p = np.exp(logits - logits.max(1, keepdims=True))
     p /= p.sum(1, keepdims=True)
     np.testing.assert_allclose(result.p, p, rtol=1e-4, atol=1e-6)
-    # user 0 stopped its only interest 11 windows before the end: forgotten.
-    assert result.state[0, 0] == kernels.FORGOTTEN
+    # user 0 stopped its only interest 12 windows before the end, after a
+    # sparse week (active on 4 of 8 days): the adaptive detector calls that
+    # silence unusual enough to be declining, not yet forgotten.
+    assert result.evidence["silence"][0, 0] == 12 and result.evidence["last_active"][0, 0] == 8
+    assert result.state[0, 0] == kernels.DECLINING
+    assert result.evidence["silence_limit"][0, 0] > 12
     # Users that kept their interest until the end have not forgotten it.
     assert all(result.state[u, u % 4] in (kernels.ACTIVE, kernels.DECLINING) for u in range(1, 12))
     assert (result.state[np.arange(1, 12), np.arange(1, 12) % 4] == kernels.ACTIVE).sum() >= 6
+    # The level rule (I_k against its peak) calls it forgotten.
+    level = analyze(load_config(None, ["analysis.half_life_windows=3", "analysis.detector.kind=level"]), log,
+                    progress=False)
+    assert level.state[0, 0] == kernels.FORGOTTEN
+    assert all(level.state[u, u % 4] in (kernels.ACTIVE, kernels.DECLINING) for u in range(1, 12))
 
 
 def test_forgetting_table_rows_and_columns():
@@ -164,3 +173,86 @@ def test_needs_categories():
     log = dataclasses.replace(make_log(), item_category=None, categories=None)
     with pytest.raises(DataError, match="items_path"):
         analyze(load_config(), log, progress=False)
+
+
+def test_monitor_update_window_by_window_equals_the_batch_analysis():
+    """A service calling monitor_update as each window closes gets what analyze computes over the whole log."""
+    from fgjax.analysis import monitor_init, monitor_update, pad_events, state_series, window_index
+
+    log = make_log(num_users=10, num_items=16, events_per_user=30, seed=7)
+    config = load_config(None, ["analysis.half_life_windows=4", "analysis.detector.buffer_windows=8"])
+    batch = analyze(config, log, progress=False)
+    K, ws = len(log.categories), config.analysis.window_seconds
+    origin = float(batch.window_start[0])
+    win = window_index(log.timestamp, ws, origin)
+    state = monitor_init(log.num_users, K, config)
+    codes, degrees = [], []
+    for t in range(batch.num_windows):
+        sel = np.nonzero(win == t)[0]
+        end = origin + (t + 1) * ws
+        events = kernels.WindowEvents(
+            log.user[sel].astype(np.int32), log.item_category[log.item[sel]].astype(np.int32),
+            log.weight[sel].astype(np.float32), ((end - log.timestamp[sel]) / ws).astype(np.float32),
+        )
+        # Any padding size: the service pads to what it likes.
+        state, out, detail = monitor_update(state, pad_events(events, len(sel) + 3, log.num_users), config)
+        codes.append(np.asarray(detail.state))
+        degrees.append(np.asarray(out.degree))
+    np.testing.assert_array_equal(np.stack(codes), state_series(batch, log.num_users, K))
+    np.testing.assert_allclose(np.stack(degrees), batch.degree, rtol=1e-6)
+    np.testing.assert_array_equal(np.asarray(detail.detection.last_active), batch.evidence["last_active"])
+    np.testing.assert_allclose(np.asarray(detail.detection.silence_limit), batch.evidence["silence_limit"])
+
+
+def test_states_table_has_one_row_per_change_with_its_evidence():
+    from fgjax.analysis import STATE_COLUMNS, state_series, states_table
+
+    log = make_log(num_users=12, num_items=20, events_per_user=25, seed=4)
+    result = analyze(load_config(None, []), log, progress=False)
+    table = states_table(result, log)
+    assert tuple(table.column_names) == STATE_COLUMNS
+    rows = table.to_pylist()
+    assert all(r["state"] != r["previous_state"] for r in rows)
+    codes = state_series(result, log.num_users, len(log.categories))
+    for r in rows:
+        u = log.users.encode([r["user_id"]])[0]
+        k = log.categories.encode([r["interest"]])[0]
+        t = r["window"]
+        assert kernels.STATE_NAMES[codes[t, u, k]] == r["state"]
+        assert kernels.STATE_NAMES[codes[t - 1, u, k] if t else 0] == r["previous_state"]
+        assert r["F"] == pytest.approx(float(result.degree[t, u]))
+    # Every change of the series is a row, and nothing else.
+    changed = np.count_nonzero(np.diff(np.concatenate([np.zeros_like(codes[:1]), codes]), axis=0))
+    assert changed == len(rows)
+    # The final states equal the analysis' own.
+    np.testing.assert_array_equal(codes[-1], result.state)
+
+
+def test_priorities_and_exploration_follow_the_strategy():
+    from fgjax.analysis import exploration_mask, interest_priorities
+
+    log = make_log(num_users=40, num_items=20, events_per_user=25, seed=4)
+    cut = log.timestamp.min() + 10 * 86400
+    keep = ~((log.user % 2 == 0) & (log.timestamp > cut))  # even users stop everything after day 10
+    log = dataclasses.replace(log, user=log.user[keep], item=log.item[keep], timestamp=log.timestamp[keep],
+                              weight=log.weight[keep])
+    overrides = ["analysis.detector.false_alarm=0.05", "recommend.state_weights.forgotten=0"]
+    result = analyze(load_config(None, overrides), log, progress=False)
+    forgotten = result.state == kernels.FORGOTTEN
+    assert forgotten.sum() >= 10
+    off = load_config(None, overrides)
+    assert not exploration_mask(result, off).any()
+    order, priority = interest_priorities(result, off)
+    assert np.all(np.diff(priority, axis=1) <= 0)
+    # Suppressed (weight 0) forgotten interests rank with zero priority.
+    assert np.all(np.take_along_axis(forgotten, order, axis=1)[priority > 0] == False)  # noqa: E712
+    always = load_config(None, overrides + ["recommend.explore_probability=1.0"])
+    np.testing.assert_array_equal(exploration_mask(result, always), forgotten)
+    half = load_config(None, overrides + ["recommend.explore_probability=0.5", "recommend.explore_seed=3"])
+    mask = exploration_mask(result, half)
+    assert mask[~forgotten].sum() == 0 and 0 < mask.sum() < forgotten.sum()
+    np.testing.assert_array_equal(mask, exploration_mask(result, half))  # the seed fixes the draw
+    weights = forgetting_weights(result, always, log).user_interest[:, :-1]
+    per_state = always.recommend.state_weights
+    np.testing.assert_allclose(weights[forgotten], np.maximum(result.p[forgotten] * per_state["active"],
+                                                              always.recommend.interest_floor), rtol=1e-6)

@@ -93,7 +93,8 @@ def test_quickstart_then_every_subcommand(tmp_path, capsys):
     assert code == 0, err
     assert "rejected" in stdout and "test embedding_mlp+forgetting" in stdout
     recs = pq.read_table(out / "recommendations.parquet")
-    assert recs.column_names == ["user_id", "rank", "item_id", "score", "interest", "interest_state", "f_k"]
+    assert recs.column_names == ["user_id", "rank", "item_id", "score", "interest", "interest_state", "f_k",
+                                 "last_active", "trend", "period", "explore"]
     assert recs.num_rows == 10 * len(set(recs["user_id"].to_pylist()))
     forgetting = pq.read_table(out / "forgetting.parquet")
     assert forgetting.column_names == ["user_id", "window", "window_start", "F", "top_interests", "top_p"]
@@ -124,6 +125,17 @@ def test_quickstart_then_every_subcommand(tmp_path, capsys):
     assert code == 0, err
     # Both analyze every event of the same log: the same table.
     assert pq.read_table(tmp_path / "an" / "forgetting.parquet").equals(forgetting)
+    from fgjax.analysis import STATE_COLUMNS
+
+    states = pq.read_table(tmp_path / "an" / "states.parquet")
+    assert tuple(states.column_names) == STATE_COLUMNS and states.num_rows > 0
+    # The same data in weekly windows through the shorthand flags.
+    code, stdout, err = run_cli(["analyze", "--out", tmp_path / "an7", "--events", f"{out}/data/events", "--items",
+                                 f"{out}/data/items.parquet", "--window", "7d", *SMALL], capsys)
+    assert code == 0, err
+    weekly = pq.read_table(tmp_path / "an7" / "forgetting.parquet")
+    starts = np.unique(np.array(weekly["window_start"].cast("int64")))
+    assert set(np.diff(starts).tolist()) == {7 * 86400 * 10**6}
     code, stdout, err = run_cli(["evaluate", "--out", tmp_path / "ev", "--checkpoint", out / "checkpoint",
                                  *data_args], capsys)
     assert code == 0, err
@@ -139,3 +151,32 @@ def test_quickstart_then_every_subcommand(tmp_path, capsys):
     assert "resumed training from step" in stdout
     again = json.loads((out / "metrics.json").read_text())["evaluation"]["results"]
     assert again == results
+
+
+@pytest.mark.slow
+def test_evaluate_detection_writes_the_report_and_plots(tmp_path, capsys):
+    out = tmp_path / "det"
+    small = ["--set", "synthetic.num_users=150", "--set", "synthetic.users_per_shard=75", "--set", "synthetic.num_days=140",
+             "--set", "analysis.window_seconds=604800", "--set", "evaluate.false_alarm_sweep=[0.0001,0.002,0.05]"]
+    code, stdout, err = run_cli(["evaluate", "--detection", "--out", out, *small], capsys)
+    assert code == 0, err
+    assert "| fgjax adaptive |" in stdout and "seed_F_threshold" in stdout and "no_activity_windows" in stdout
+    report = json.loads((out / "detection.json").read_text())["report"]
+    overall = report["detector"]["overall"]
+    assert overall["true_positives"] > 0 and 0 <= overall["precision"] <= 1 and 0 <= overall["recall"] <= 1
+    assert [p["knob"] for p in report["curves"]["detector"]] == [0.0001, 0.002, 0.05]
+    assert set(report["detector"]["cases"]) >= {"stable", "fading", "stopped", "periodic", "reactivated", "bursty", "new"}
+    assert (out / "detection.md").read_text().startswith("| detector |")
+    assert pq.read_table(out / "states.parquet").num_rows > 0
+    for png in ("detection_pr.png", "forgetting.png", "interest_timeline.png"):
+        assert (out / "plots" / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize("window", ["0d", "-3", "7x", "soon", "inf"])
+def test_bad_window_is_one_line(window, capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["analyze", "--out", "/tmp/never", "--window", window])
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("fgjax: error: ") and err.count("\n") == 1 and "--window" in err and window in err
+

@@ -26,7 +26,8 @@ import fgjax
 model = fgjax.load(sys.argv[1])
 table = model.recommend([1003, 1010, 999999], k=5)
 print("RESULT" + json.dumps({
-    "rows": table.to_pylist(),
+    "rows": table.drop_columns(["last_active"]).to_pylist(),
+    "last_active_us": [None if v is None else v.value for v in table["last_active"]],
     # optax comes with flax.nnx itself; fgjax's own training code must not.
     "training_modules": sorted(m for m in sys.modules if m in ("fgjax.train", "fgjax.pipeline", "fgjax.analysis", "fgjax.evaluate", "tqdm")),
     "step": model.step,
@@ -73,6 +74,16 @@ def test_separate_process_loads_and_recommends_by_raw_ids(fitted):
         assert k == log.item_category[r["item_id"] - 5000]
         assert r["interest_state"] == STATE_NAMES[result.forgetting.state[u, k]]
         assert r["f_k"] == pytest.approx(float(result.forgetting.f[u, k]))
+        evidence = result.forgetting.evidence
+        assert r["trend"] == pytest.approx(float(evidence["trend"][u, k]))
+        assert r["period"] == pytest.approx(float(evidence["period"][u, k]))
+        assert r["explore"] is False  # exploration is off by default
+    # last_active is the start of the last window with activity of that interest.
+    for r, us in zip(rows[:10], got["last_active_us"][:10]):
+        u, k = r["user_id"] - 1000, log.categories.encode([r["interest"]])[0]
+        last = int(result.forgetting.evidence["last_active"][u, k])
+        assert us == (None if last < 0 else int(round(result.forgetting.window_start[last] * 1e6)))
+    assert any(us is not None for us in got["last_active_us"][:10])
     # Unknown users get the most popular items and no explanation.
     assert all(r["interest"] is None for r in rows[10:])
     popularity = np.bincount(split.train_items.items, minlength=log.num_items)

@@ -1,0 +1,121 @@
+"""Scoring forgetting detection against ground truth, and the two baselines."""
+
+from __future__ import annotations
+
+import jax
+import numpy as np
+import pytest
+
+from fgjax import kernels
+from fgjax.config import load_config
+from fgjax.data.synthetic import KINDS
+from fgjax.detection import (
+    Truth,
+    detect_series,
+    first_alarm,
+    score,
+    seed_threshold_alarms,
+    silence_alarms,
+)
+from fgjax.analysis import detector_params
+
+K = {name: i for i, name in enumerate(KINDS)}
+
+
+def truth(kinds, start, onset, forgotten, resume, judged=None) -> Truth:
+    n = len(kinds)
+    return Truth(
+        user=np.arange(n), interest=np.zeros(n, int), kind=np.array([K[k] for k in kinds]), start=np.array(start),
+        onset=np.array(onset), forgotten=np.array(forgotten), resume=np.array(resume),
+        judged=np.ones(n, bool) if judged is None else np.array(judged),
+    )
+
+
+def test_score_counts_hits_misses_early_and_false_alarms():
+    t = truth(
+        kinds=["stopped", "stopped", "stopped", "fading", "reactivated", "reactivated", "stable", "periodic", "stable"],
+        start=[0, 0, 0, 0, 0, 0, 0, 0, 3],
+        onset=[5, 5, 5, 4, 6, 6, -1, -1, -1],
+        forgotten=[6, 6, 6, 8, 7, 7, -1, -1, -1],
+        resume=[-1, -1, -1, -1, 10, 10, -1, -1, -1],
+    )
+    alarm = np.array([8, 3, -1, 6, 9, 12, -1, 4, -1])
+    # pair 0: hit, delay 2; pair 1: before the change (false positive); pair 2: missed;
+    # pair 3: a fade caught early but after its start (hit, delay -2); pair 4: hit during the pause, delay 2;
+    # pair 5: after the return (missed); pair 7: an alarm on a periodic interest (false positive).
+    s = score(alarm, t)
+    o = s["overall"]
+    assert (o["true_positives"], o["false_positives"], o["positives"]) == (3, 2, 6)
+    assert o["precision"] == pytest.approx(3 / 5) and o["recall"] == pytest.approx(3 / 6)
+    assert o["f1"] == pytest.approx(2 * 0.6 * 0.5 / 1.1)
+    assert o["median_delay"] == 2.0
+    assert s["cases"]["periodic"]["false_positive_rate"] == 1.0
+    assert s["cases"]["stable"]["false_positive_rate"] == 0.0
+    assert s["cases"]["fading"]["median_delay"] == -2.0
+    assert s["cases"]["new"]["pairs"] == 1  # the one that starts after window 0
+
+
+def test_unjudged_pairs_do_not_count():
+    t = truth(["stopped", "stable"], [0, 0], [5, -1], [6, -1], [-1, -1], judged=[False, True])
+    s = score(np.array([-1, -1]), t)
+    assert s["overall"]["positives"] == 0 and s["overall"]["pairs"] == 1
+
+
+def test_first_alarm_ignores_alarms_before_the_interest_starts():
+    alarms = np.zeros((6, 2, 1), bool)
+    alarms[1, 0, 0] = alarms[4, 0, 0] = True
+    alarms[2, 1, 0] = True
+    t = truth(["stable", "stable"], start=[2, 3], onset=[-1, -1], forgotten=[-1, -1], resume=[-1, -1])
+    assert first_alarm(alarms, t).tolist() == [4, -1]
+
+
+def test_seed_threshold_baseline_is_the_seed_F_on_window_counts():
+    counts = np.array([[[2, 0]], [[1, 1]], [[0, 0]], [[0, 3]]], np.float32)  # (windows, users=1, K=2)
+    got = seed_threshold_alarms(counts, 1.0)
+    # F per window by hand: t0 vs zeros: |(2,0)|/|(2,0)| = 1; t1: |(-1,1)|/|(1,1)| = 1; t2: everything gone: inf;
+    # t3: |(0,3)|/|(0,3)| = 1. The alarm goes to the interests whose count fell.
+    expected = np.zeros_like(got)
+    expected[1, 0, 0] = True  # 2 -> 1
+    expected[2, 0, :] = True  # 1 -> 0 for both
+    np.testing.assert_array_equal(got, expected)
+    assert not seed_threshold_alarms(counts, 1.5)[1].any()  # F = 1 < 1.5
+
+
+def test_silence_baseline_counts_windows_since_activity():
+    counts = np.array([0, 2, 0, 0, 0, 1, 0], np.float32)[:, None, None]
+    np.testing.assert_array_equal(silence_alarms(counts, 2)[:, 0, 0], [0, 0, 0, 1, 1, 0, 0])
+    np.testing.assert_array_equal(silence_alarms(counts, 1)[:, 0, 0], [0, 0, 1, 1, 1, 0, 1])
+
+
+def test_detect_series_equals_the_streaming_update():
+    rng = np.random.default_rng(0)
+    counts = rng.poisson(2.0, size=(20, 5, 3)).astype(np.float32)
+    counts[10:, 0] = 0  # a stop
+    config = load_config(None, ["analysis.detector.buffer_windows=8"])
+    params = detector_params(config.analysis)
+    codes = np.asarray(detect_series(counts, params, buffer_windows=8))
+    state = kernels.detector_init(5, 3, 8)
+    update = jax.jit(kernels.detector_update)
+    for t in range(20):
+        state, out = update(state, counts[t], None, params)
+        np.testing.assert_array_equal(codes[t], np.asarray(out.state))
+    assert (codes[-1, 0] == kernels.FORGOTTEN).all()
+
+
+@pytest.mark.slow
+def test_detector_beats_both_baselines_on_weekly_ground_truth(tmp_path):
+    from fgjax.pipeline import evaluate_detection
+
+    config = load_config(None, [
+        "synthetic.num_users=400", "synthetic.users_per_shard=200", "synthetic.num_days=210",
+        "synthetic.period_days_min=14", "synthetic.period_days_max=35", "synthetic.pause_days_min=21",
+        "synthetic.pause_days_max=56", "analysis.window_seconds=604800", "evaluate.false_alarm_sweep=[0.002]",
+    ])
+    report = evaluate_detection(config, tmp_path, progress=False)
+    ours = report["detector"]["overall"]
+    assert ours["f1"] >= 0.9 and ours["median_delay"] <= 3
+    assert report["detector"]["cases"]["periodic"]["false_positive_rate"] <= 0.05
+    for baseline in report["baselines"].values():
+        assert ours["f1"] > baseline["overall"]["f1"]
+    assert report["new_interests"]["first_state_new"] == 1.0
+    assert report["reactivation"]["recall"] > 0.9
