@@ -167,7 +167,9 @@ def window_step(
     degree = kernels.forgetting_degree(cur, prev, normalize=config.normalize, eps=config.eps)
     f = kernels.interest_forgetting(cur, prev, mode=config.forgetting_mode, eps=config.eps)
     p = kernels.interest_probs(f, config.alpha, mask=ever)
-    detector, detection = kernels.detector_update(carry.detector, counts, degree, params)
+    detector, detection = kernels.detector_update(
+        carry.detector, counts, degree, params, user_block=config.detector.user_block or None
+    )
     if config.detector.kind == "adaptive":
         state = detection.state
     else:

@@ -96,6 +96,7 @@ class DetectorConfig:
 
     kind: str = "adaptive"  # adaptive | level (I_k against its peak with analysis.declining_ratio / forgotten_ratio)
     buffer_windows: int = 64  # T: windows of per-interest activity kept for trend and periodicity
+    user_block: int = 65536  # users judged at a time: bounds the detector's temporaries (0 = all at once)
     false_alarm: float = 0.002  # per-window chance that a test fires on an interest that is not forgotten
     gap_factor: float = 1.5  # a silence must exceed this times the longest gap / period the interest came back from
     min_strength: float = 0.25  # periodogram peak share that counts as periodic
@@ -229,6 +230,7 @@ _LOWER_BOUNDS = MappingProxyType({
     ("analysis", "forgotten_ratio"): (0, True),
     ("analysis", "top_interests"): (1, True),
     ("analysis.detector", "buffer_windows"): (3, True),
+    ("analysis.detector", "user_block"): (0, True),
     ("analysis.detector", "false_alarm"): (0, False),
     ("analysis.detector", "gap_factor"): (0, True),
     ("analysis.detector", "min_strength"): (0, True),

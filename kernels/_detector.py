@@ -43,6 +43,7 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
+import jax
 import jax.numpy as jnp
 from jax import Array, lax
 from jax.scipy.special import gammaincc, gammaln
@@ -53,7 +54,6 @@ from ._timeseries import (
     ActivityBuffer,
     RunningMoments,
     activity_buffer_init,
-    activity_buffer_ordered,
     activity_buffer_update,
     adaptive_threshold,
     dominant_period,
@@ -269,11 +269,115 @@ def silence_limit(
     return jnp.clip(jnp.maximum(by_chance, by_gap), 1, max_limit).astype(jnp.int32)
 
 
+class _Block(NamedTuple):
+    """One block of users' per-(user, interest) inputs to the judgment, ``(B, K)`` each."""
+
+    counts: Array
+    alive: Array
+    silence: Array
+    total: Array
+    active_windows: Array
+    longest_gap: Array
+    since_return: Array
+    previous: Array  # int8 codes before the window
+
+
+_JUDGED = ("state", "since_return", "silence_limit", "rate", "recent", "expected_recent", "trend", "period",
+           "period_strength")
+
+
+def _judge(series: Array, b: _Block, params: DetectorParams) -> dict[str, Array]:
+    """The time-series features, both tests and the state machine for one block.
+
+    Args:
+      series: ``(T, B, K)`` float32 counts of the block's last T windows, oldest first.
+    """
+    length = series.shape[0]
+    active = b.counts > 0
+    age = jnp.arange(length - 1, -1, -1, dtype=jnp.int32).reshape(length, 1, 1)  # 0 = this window
+    lived = age < b.alive[None]
+    alive_before = b.alive - b.silence
+    rate = b.total / jnp.maximum(alive_before, 1).astype(jnp.float32)
+    # The recent span holds about drop_events expected events at the interest's
+    # rate, so the drop test has the same power for rare and frequent interests.
+    span = jnp.clip(jnp.ceil(params.drop_events / jnp.maximum(rate, 1e-3)), params.recent_windows, length // 2)
+    recent_mask = lived & (age < span.astype(jnp.int32)[None])
+    recent = jnp.sum(series * recent_mask, axis=0)
+    recent_n = jnp.sum(recent_mask, axis=0).astype(jnp.float32)
+    trend = trend_slope(series, recent_mask)
+    period, strength = dominant_period(series, lived)
+    periodic = (strength >= params.min_strength) & (b.alive >= 2 * period)
+    expected_gap = jnp.maximum(b.longest_gap, jnp.where(periodic, period - 1.0, 0.0))
+    # The first active window is given (it starts the history), so it is left out.
+    limit = silence_limit(
+        jnp.maximum(b.total - 1.0, 0.0),
+        jnp.maximum(alive_before - 1, 0),
+        jnp.maximum(b.active_windows - 1, 0),
+        alive_before - b.active_windows,
+        expected_gap,
+        params,
+        periodic,
+    )
+    limit = jnp.where(b.alive > 0, limit, 0)
+
+    # Drop test: the recent windows against the rate before them.
+    # The first event is given (it starts the history) and left out, and the
+    # earlier history must be at least as long as the recent span.
+    earlier_n = b.alive.astype(jnp.float32) - recent_n
+    earlier_rate = jnp.maximum(b.total - recent - 1.0, 0.0) / jnp.maximum(earlier_n, 1.0)
+    expected_recent = earlier_rate * recent_n
+    enough = (earlier_n >= params.min_history) & (earlier_n >= recent_n)
+    # Quasi-Poisson: bursty and periodic counts vary far more than Poisson
+    # ones, so both sides are divided by the earlier windows' dispersion.
+    dispersion = count_dispersion(series, lived & ~recent_mask)
+    drop_tail = poisson_cdf(recent / dispersion, expected_recent / dispersion)
+    dropped = (
+        enough
+        & ~periodic
+        & ~active
+        & (recent > 0)  # an empty span is a silence: the silence test judges it
+        & (recent <= params.forgotten_ratio * expected_recent)
+        & (drop_tail < params.false_alarm)
+    )
+    forgotten_now = (b.alive > 0) & ((b.silence >= limit) | dropped)
+    # Declining: half-way to the silence limit, or a drop at the looser level
+    # sqrt(false_alarm), so Poisson noise alone rarely flips an interest.
+    half_silent = (b.silence > 0) & (b.silence >= jnp.ceil(limit / 2.0))
+    sagging = (
+        enough
+        & ~periodic
+        & (trend <= 0)
+        & (recent < params.declining_ratio * expected_recent)
+        & (drop_tail < jnp.sqrt(jnp.asarray(params.false_alarm, jnp.float32)))
+    )
+    declining_now = half_silent | sagging
+
+    prev = b.previous
+    since_return = jnp.where((prev == FORGOTTEN) & active, 0, b.since_return + 1)
+    level = jnp.where(declining_now, DECLINING, ACTIVE)
+    young_new = (prev == NEW) & (b.alive <= params.new_windows)
+    young_back = (prev == REACTIVATED) & (since_return < params.new_windows)
+    ongoing = jnp.where(
+        forgotten_now, FORGOTTEN, jnp.where(young_new, NEW, jnp.where(young_back, REACTIVATED, level))
+    )
+    code = jnp.where(
+        prev == NONE,
+        jnp.where(active, NEW, NONE),
+        jnp.where(prev == FORGOTTEN, jnp.where(active, REACTIVATED, FORGOTTEN), ongoing),
+    ).astype(jnp.int8)
+    return {
+        "state": code, "since_return": since_return, "silence_limit": limit, "rate": rate, "recent": recent,
+        "expected_recent": expected_recent, "trend": trend, "period": period, "period_strength": strength,
+    }
+
+
 def detector_update(
     state: DetectorState,
     counts: ArrayLike,
     degree: ArrayLike | None = None,
     params: DetectorParams = DetectorParams(),
+    *,
+    user_block: int | None = None,
 ) -> tuple[DetectorState, DetectorOutput]:
     """Close one window for every (user, interest).
 
@@ -282,11 +386,16 @@ def detector_update(
       counts: ``(users, K)`` events of each (user, interest) in window t.
       degree: optional ``(users,)`` F(u, t), for the per-user F alarm.
       params: the knobs.
+      user_block: judge this many users at a time (a ``fori_loop`` over
+        blocks) so the features' temporaries, about 2 KB per (user,
+        interest) at T = 64, are bounded by a block instead of growing with
+        the users; None = all at once. Results do not depend on it.
 
     Returns:
       ``(state after window t, DetectorOutput of window t)``.
     """
     counts = jnp.asarray(counts, jnp.float32)
+    num_users = counts.shape[0]
     active = counts > 0
     was_seen = state.alive > 0
     alive = state.alive + (was_seen | active)
@@ -297,82 +406,31 @@ def detector_update(
     total = state.total + counts
     last_active = jnp.where(active, state.window, state.last_active)
     buffer = activity_buffer_update(state.buffer, counts)
+    length = buffer.counts.shape[0]
+    block = _Block(counts, alive, silence, total, active_windows, longest_gap, state.since_return, state.state)
 
-    # Time-series features over the ring buffer, oldest window first.
-    series = activity_buffer_ordered(buffer)  # (T, users, K)
-    length = series.shape[0]
-    age = jnp.arange(length - 1, -1, -1, dtype=jnp.int32).reshape(length, 1, 1)  # 0 = this window
-    lived = age < alive[None]
-    alive_before = alive - silence
-    rate = total / jnp.maximum(alive_before, 1).astype(jnp.float32)
-    # The recent span holds about drop_events expected events at the interest's
-    # rate, so the drop test has the same power for rare and frequent interests.
-    span = jnp.clip(jnp.ceil(params.drop_events / jnp.maximum(rate, 1e-3)), params.recent_windows, length // 2)
-    recent_mask = lived & (age < span.astype(jnp.int32)[None])
-    recent = jnp.sum(series * recent_mask, axis=0)
-    recent_n = jnp.sum(recent_mask, axis=0).astype(jnp.float32)
-    trend = trend_slope(series, recent_mask)
-    period, strength = dominant_period(series, lived)
-    periodic = (strength >= params.min_strength) & (alive >= 2 * period)
-    expected_gap = jnp.maximum(longest_gap, jnp.where(periodic, period - 1.0, 0.0))
-    # The first active window is given (it starts the history), so it is left out.
-    limit = silence_limit(
-        jnp.maximum(total - 1.0, 0.0),
-        jnp.maximum(alive_before - 1, 0),
-        jnp.maximum(active_windows - 1, 0),
-        alive_before - active_windows,
-        expected_gap,
-        params,
-        periodic,
-    )
-    limit = jnp.where(alive > 0, limit, 0)
+    def judge(start, size):
+        rows = jax.tree.map(lambda a: lax.dynamic_slice_in_dim(a, start, size, axis=0), block)
+        raw = lax.dynamic_slice_in_dim(buffer.counts, start, size, axis=1)  # (T, size, K) uint8
+        # Oldest window first: after w windows the oldest slot is w % T.
+        series = jnp.roll(raw, -(buffer.windows % length), axis=0).astype(jnp.float32)
+        return _judge(series, rows, params)
 
-    # Drop test: the recent windows against the rate before them.
-    # The first event is given (it starts the history) and left out, and the
-    # earlier history must be at least as long as the recent span.
-    earlier_n = alive.astype(jnp.float32) - recent_n
-    earlier_rate = jnp.maximum(total - recent - 1.0, 0.0) / jnp.maximum(earlier_n, 1.0)
-    expected_recent = earlier_rate * recent_n
-    enough = (earlier_n >= params.min_history) & (earlier_n >= recent_n)
-    # Quasi-Poisson: bursty and periodic counts vary far more than Poisson
-    # ones, so both sides are divided by the earlier windows' dispersion.
-    earlier = lived & ~recent_mask
-    dispersion = count_dispersion(series, earlier)
-    drop_tail = poisson_cdf(recent / dispersion, expected_recent / dispersion)
-    dropped = (
-        enough
-        & ~periodic
-        & ~active
-        & (recent > 0)  # an empty span is a silence: the silence test judges it
-        & (recent <= params.forgotten_ratio * expected_recent)
-        & (drop_tail < params.false_alarm)
-    )
-    forgotten_now = was_seen & ((silence >= limit) | dropped)
-    # Declining: half-way to the silence limit, or a drop at the looser level
-    # sqrt(false_alarm), so Poisson noise alone rarely flips an interest.
-    half_silent = (silence > 0) & (silence >= jnp.ceil(limit / 2.0))
-    sagging = (
-        enough
-        & ~periodic
-        & (trend <= 0)
-        & (recent < params.declining_ratio * expected_recent)
-        & (drop_tail < jnp.sqrt(jnp.asarray(params.false_alarm, jnp.float32)))
-    )
-    declining_now = half_silent | sagging
+    size = num_users if user_block is None else min(user_block, num_users)
+    if size == num_users:
+        judged = judge(0, num_users)
+    else:
+        shapes = jax.eval_shape(lambda: judge(0, size))
+        init = {name: jnp.zeros((num_users, *s.shape[1:]), s.dtype) for name, s in shapes.items()}
 
-    prev = state.state
-    since_return = jnp.where((prev == FORGOTTEN) & active, 0, state.since_return + 1)
-    level = jnp.where(declining_now, DECLINING, ACTIVE)
-    young_new = (prev == NEW) & (alive <= params.new_windows)
-    young_back = (prev == REACTIVATED) & (since_return < params.new_windows)
-    ongoing = jnp.where(
-        forgotten_now, FORGOTTEN, jnp.where(young_new, NEW, jnp.where(young_back, REACTIVATED, level))
-    )
-    code = jnp.where(
-        prev == NONE,
-        jnp.where(active, NEW, NONE),
-        jnp.where(prev == FORGOTTEN, jnp.where(active, REACTIVATED, FORGOTTEN), ongoing),
-    ).astype(jnp.int8)
+        def body(i, acc):
+            # The last block may overlap the one before: those users are judged twice, identically.
+            start = jnp.minimum(i * size, num_users - size)
+            part = judge(start, size)
+            return {name: lax.dynamic_update_slice_in_dim(acc[name], part[name], start, axis=0) for name in acc}
+
+        judged = lax.fori_loop(0, -(-num_users // size), body, init)
+    code = judged["state"]
 
     # Per-user F alarm against the user's own history (before this window).
     started = jnp.any(alive > 0, axis=1)
@@ -394,7 +452,7 @@ def detector_update(
         active_windows=active_windows,
         silence=silence,
         longest_gap=longest_gap,
-        since_return=since_return,
+        since_return=judged["since_return"],
         last_active=last_active,
         state=code,
         degree_moments=moments,
@@ -402,13 +460,13 @@ def detector_update(
     output = DetectorOutput(
         state=code,
         silence=silence,
-        silence_limit=limit,
-        rate=rate,
-        recent=recent,
-        expected_recent=expected_recent,
-        trend=trend,
-        period=period,
-        period_strength=strength,
+        silence_limit=judged["silence_limit"],
+        rate=judged["rate"],
+        recent=judged["recent"],
+        expected_recent=judged["expected_recent"],
+        trend=judged["trend"],
+        period=judged["period"],
+        period_strength=judged["period_strength"],
         last_active=last_active,
         degree_threshold=threshold,
         degree_alarm=alarm,

@@ -69,3 +69,23 @@ def test_report_helpers(tmp_path):
     assert json.loads(path.read_text()) == {"x": None, "y": [1.5, None]}
     table = _report.format_table([{"n": 1000, "v": 1.23456}, {"n": 2}], [("n", "N", ",d"), ("v", "value", ".2f")])
     assert "1,000" in table and "1.23" in table and "-" in table.splitlines()[-1]
+
+
+def test_detector_update_benchmark_writes_json_and_projects_the_10M_footprint(tmp_path, capsys):
+    from bench import detector_update as du_bench
+
+    out = tmp_path / "du.json"
+    payload = du_bench.main(["--users", "300", "--interests", "4", "--buffer-windows", "8", "--user-block", "128",
+                             "--repeats", "1", "--min-time", "0", "--probe-users", "256", "--out", str(out)])
+    assert "update/copy" in capsys.readouterr().out
+    data = json.loads(out.read_text())
+    for key in ("benchmark", "date", "device", "versions", "config", "results", "projection"):
+        assert key in data, key
+    r = data["results"][0]
+    assert r["users"] == 300 and r["update_gbps"] > 0 and r["copy_gbps"] > 0
+    # The update reads at least its ring buffer and writes at least its new slot.
+    assert r["memory"]["argument"] >= 300 * 4 * 8 and r["memory"]["output"] >= 300 * 4
+    p = data["projection"]
+    assert p["users"] == 10_000_000 and p["probe_users"][0] >= 256 and p["bytes_per_user"] > 0
+    assert p["projected_bytes"] == pytest.approx(p["bytes_per_user"] * 10_000_000, rel=0.05)
+

@@ -277,3 +277,19 @@ def test_degree_alarm_uses_each_users_own_history():
 def test_event_counts_drop_padding_and_uncategorized():
     counts = kernels.event_counts(np.array([0, 0, 1, 2, 1]), np.array([1, 1, 0, 0, 3]), 2, 3)
     np.testing.assert_array_equal(np.asarray(counts), [[0, 2, 0], [1, 0, 0]])
+
+
+def test_user_blocks_give_the_same_results():
+    counts = random_histories(3, W=24, n=23)  # 23 users: blocks of 5 leave a ragged last block
+    params = P
+    whole = kernels.detector_init(23, 1, 8)
+    blocked = kernels.detector_init(23, 1, 8)
+    step = jax.jit(kernels.detector_update)
+    step_blocked = jax.jit(lambda s, c: kernels.detector_update(s, c, None, params, user_block=5))
+    for t in range(counts.shape[0]):
+        whole, a = step(whole, counts[t][:, None], None, params)
+        blocked, b = step_blocked(blocked, counts[t][:, None])
+        for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+            np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+    for x, y in zip(jax.tree.leaves(whole), jax.tree.leaves(blocked)):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))

@@ -1,0 +1,207 @@
+"""The detector's per-window state update over N users: memory speed and footprint.
+
+    python -m bench.detector_update --users 10000,100000 --interests 32 --buffer-windows 64 \
+        --user-block 65536 --out bench/results/detector_update.json
+
+For each N, in the same run, on the same (N, K) state with a T-window ring buffer:
+
+- ``update``: ``jax.jit(kernels.detector_update)`` with the state donated,
+  called window after window on random counts (one window = one call);
+- ``copy_inplace``: a donated ``x -> x + 1`` over a float32 array of the
+  same bytes as the update's inputs (state + counts): the device's
+  read + write bandwidth for that much memory, with no fresh allocation.
+
+Bytes the update must move are read off the compiled executable
+(``memory_analysis``: its argument bytes are read, its output bytes
+written), so the ratio ``update GB/s / copy GB/s`` says how close the
+update is to memory speed. The same analysis gives the temporaries per
+(user, interest), from which the footprint of 10M users x 32 interests x
+T = 64 is projected (everything grows linearly in N; the blocked
+temporaries do not grow at all).
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+from typing import Any
+
+import numpy as np
+
+from bench import _report
+
+DEFAULT_OUT = "bench/results/detector_update.json"
+TARGET_USERS = 10_000_000  # the issue's scale: 10M users x 32 interests x T = 64 on one 80 GB card
+TARGET_INTERESTS = 32
+TARGET_WINDOWS = 64
+CARD_BYTES = 80e9
+
+
+def _int_list(text: str) -> list[int]:
+    try:
+        values = [int(float(v)) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
+    return values
+
+
+def memory_per_pair(num_users: int, num_interests: int, buffer_windows: int, user_block: int | None) -> dict[str, float]:
+    """Compiled argument/output/alias/temp bytes of one donated update, and per (user, interest)."""
+    import jax
+    import jax.numpy as jnp
+
+    from fgjax import kernels
+
+    state = jax.eval_shape(lambda: kernels.detector_init(num_users, num_interests, buffer_windows))
+    counts = jax.ShapeDtypeStruct((num_users, num_interests), jnp.float32)
+    update = functools.partial(kernels.detector_update, user_block=user_block)
+    compiled = jax.jit(update, donate_argnums=0).lower(state, counts, None, kernels.DetectorParams()).compile()
+    stats = compiled.memory_analysis()
+    pairs = num_users * num_interests
+    out = {
+        name: float(getattr(stats, f"{name}_size_in_bytes"))
+        for name in ("argument", "output", "alias", "temp")
+    }
+    out.update({f"{name}_per_pair": value / pairs for name, value in list(out.items())})
+    return out
+
+
+def bench_one(num_users: int, num_interests: int, buffer_windows: int, user_block: int | None, *, repeats: int,
+              warmup: int, min_time: float, seed: int) -> dict[str, Any]:
+    import jax
+    import jax.numpy as jnp
+
+    from fgjax import kernels
+
+    rng = np.random.default_rng(seed)
+    counts = jax.device_put(rng.poisson(1.0, size=(num_users, num_interests)).astype(np.float32))
+    update = jax.jit(functools.partial(kernels.detector_update, user_block=user_block), donate_argnums=0)
+    holder = [kernels.detector_init(num_users, num_interests, buffer_windows)]
+    for _ in range(3):  # some history, so every branch has data
+        holder[0], _ = update(holder[0], counts)
+
+    def one_window():
+        holder[0], out = update(holder[0], counts)
+        return out.state
+
+    memory = memory_per_pair(num_users, num_interests, buffer_windows, user_block)
+    moved = memory["argument"] + memory["output"]
+    # The copy reads and writes the update's input bytes once.
+    copy_words = int(memory["argument"] // 4)
+    bump = jax.jit(lambda x: x + 1, donate_argnums=0)
+    copy_holder = [jnp.zeros((copy_words,), jnp.float32)]
+
+    def copy_inplace():
+        copy_holder[0] = bump(copy_holder[0])
+        return copy_holder[0]
+
+    timing = {"repeats": repeats, "warmup": warmup, "min_time": min_time}
+    timings = {"update": _report.time_call(one_window, **timing), "copy_inplace": _report.time_call(copy_inplace, **timing)}
+    timings["update"]["bytes"] = moved
+    timings["copy_inplace"]["bytes"] = 2 * copy_words * 4
+    for t in timings.values():
+        t["gbps"] = _report.gbps(t["bytes"], t["median_s"])
+    pairs = num_users * num_interests
+    return {
+        "users": num_users,
+        "interests": num_interests,
+        "buffer_windows": buffer_windows,
+        "user_block": user_block,
+        "memory": memory,
+        "timings": timings,
+        "update_ms": timings["update"]["median_s"] * 1e3,
+        "update_gbps": timings["update"]["gbps"],
+        "copy_gbps": timings["copy_inplace"]["gbps"],
+        "update_vs_copy_bandwidth": timings["update"]["gbps"] / timings["copy_inplace"]["gbps"],
+        "ns_per_pair": timings["update"]["median_s"] / pairs * 1e9,
+    }
+
+
+def projection(num_interests: int, buffer_windows: int, user_block: int | None, probe_users: int) -> dict[str, Any]:
+    """Footprint of TARGET_USERS x TARGET_INTERESTS x TARGET_WINDOWS from two compiled probes.
+
+    Linear in N: bytes(N) = a + b * N, fitted on two compiled probes (no
+    memory is allocated), for inputs + fresh outputs + temporaries.
+    """
+    # Probes past the block size, so the blocked temporaries are what they will be at 10M.
+    base = max(probe_users, 2 * (user_block or 0))
+    sizes = (base, 2 * base)
+    totals = []
+    for n in sizes:
+        m = memory_per_pair(n, TARGET_INTERESTS, TARGET_WINDOWS, user_block)
+        totals.append(m["argument"] + m["output"] - m["alias"] + m["temp"])
+    slope = (totals[1] - totals[0]) / (sizes[1] - sizes[0])
+    projected = totals[0] + slope * (TARGET_USERS - sizes[0])
+    return {
+        "users": TARGET_USERS,
+        "interests": TARGET_INTERESTS,
+        "buffer_windows": TARGET_WINDOWS,
+        "user_block": user_block,
+        "probe_users": list(sizes),
+        "bytes_per_user": slope,
+        "projected_bytes": projected,
+        "fits_80GB": bool(projected < CARD_BYTES),
+    }
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m bench.detector_update", description=__doc__.split("\n\n")[0])
+    p.add_argument("--users", type=_int_list, default=[10_000, 100_000], help="comma-separated N (users)")
+    p.add_argument("--interests", type=int, default=32, help="K (default 32)")
+    p.add_argument("--buffer-windows", type=int, default=64, help="T, windows in the ring buffer (default 64)")
+    p.add_argument("--user-block", type=int, default=65536, help="users judged at a time; 0 = all at once")
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--min-time", type=float, default=0.05)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--probe-users", type=int, default=8192, help="N of the compiled probes for the 10M projection")
+    p.add_argument("--out", default=DEFAULT_OUT, help=f"JSON results file (default {DEFAULT_OUT})")
+    return p
+
+
+COLUMNS = [
+    ("users", "N", ",d"),
+    ("update_ms", "update ms", ".2f"),
+    ("ns_per_pair", "ns/(user,interest)", ".2f"),
+    ("update_gbps", "update GB/s", ".2f"),
+    ("copy_gbps", "copy GB/s", ".2f"),
+    ("update_vs_copy_bandwidth", "update/copy", ".2f"),
+]
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    args = build_parser().parse_args(argv)
+    if args.interests < 1 or args.buffer_windows < 3 or args.repeats < 1 or args.user_block < 0:
+        raise SystemExit("detector_update: --interests >= 1, --buffer-windows >= 3, --repeats >= 1, --user-block >= 0")
+    block = args.user_block or None
+    payload: dict[str, Any] = {
+        "benchmark": "detector_update",
+        **_report.environment(),
+        "config": {
+            "users": args.users, "interests": args.interests, "buffer_windows": args.buffer_windows,
+            "user_block": block, "repeats": args.repeats, "warmup": args.warmup, "min_time_s": args.min_time,
+            "seed": args.seed,
+        },
+        "notes": "update GB/s = (compiled argument + output bytes) / median time; copy = donated x + 1 over the "
+                 "argument bytes (read + write). No NumPy or PyTorch peer: no such detector exists there to compare.",
+        "results": [],
+    }
+    print(f"detector_update on {payload['device']}, K={args.interests}, T={args.buffer_windows}, "
+          f"user_block={block}, jax {payload['versions']['jax']}", flush=True)
+    for n in args.users:
+        payload["results"].append(bench_one(n, args.interests, args.buffer_windows, block, repeats=args.repeats,
+                                            warmup=args.warmup, min_time=args.min_time, seed=args.seed))
+    print(_report.format_table(payload["results"], COLUMNS))
+    payload["projection"] = projection(args.interests, args.buffer_windows, block, args.probe_users)
+    p = payload["projection"]
+    print(f"projected footprint of {p['users']:,} users x {p['interests']} x T={p['buffer_windows']}: "
+          f"{p['projected_bytes'] / 1e9:.1f} GB ({p['bytes_per_user']:.0f} B/user); fits 80 GB: {p['fits_80GB']}")
+    if args.out:
+        print(f"wrote {_report.write_json(args.out, payload)}")
+    return payload
+
+
+if __name__ == "__main__":
+    main()
