@@ -32,10 +32,10 @@ from ._states import (
     STATE_NAMES,
     threshold_states,
 )
-from ._topk import masked_top_k
+from ._topk import TOPK_METHODS, blocked_top_k, masked_top_k, matmul_top_k
 
 __all__ = [
-    "ACTIVE", "DECLINING", "FORGOTTEN", "InterestState", "METRIC_NAMES", "MODE_CHOICES", "NEW",
+    "ACTIVE", "DECLINING", "TOPK_METHODS", "blocked_top_k", "matmul_top_k", "FORGOTTEN", "InterestState", "METRIC_NAMES", "MODE_CHOICES", "NEW",
     "NONE", "NORMALIZE_CHOICES", "REACTIVATED", "STATE_NAMES", "WindowEvents", "decay_factors",
     "forgetting_degree", "hit_matrix", "interest_forgetting", "interest_probs", "interest_state_apply", "interest_state_init",
     "interest_state_update", "masked_top_k", "mean_metrics", "ranking_metrics", "recommendation_score",
