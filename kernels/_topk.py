@@ -153,6 +153,14 @@ def blocked_top_k(
         (values, indices), _ = jax.lax.scan(merge, (first_v, first_i), starts[1:])
         return values, indices
 
+    if k * group_size >= num_items:
+        # The k best groups would be the whole catalog: score it once, select once.
+        ids = jnp.arange(num_items, dtype=jnp.int32)
+        s = jnp.broadcast_to(score(ids[None, :]), (num_rows, num_items))
+        if exclude is not None:
+            s = jnp.where(_exclusion_in_block(exclude, jnp.int32(0), num_items), -jnp.inf, s)
+        return jax.lax.top_k(s, k)
+
     groups_per_block = block_size // group_size
 
     def group_max(_, start):
