@@ -20,6 +20,7 @@ EPILOG = """examples:
   fgjax train --out runs/ml100k --set data.format=recbole --set data.path=../shared/data/ml-100k
   fgjax analyze --out runs/a --set data.path=events/ --set data.items_path=items.parquet
   fgjax recommend --checkpoint runs/quickstart/checkpoint --users 10000001,10000002 --out recs.parquet
+  fgjax bench kernels topk --scale small --out bench/results
   fgjax evaluate --out runs/eval --checkpoint runs/quickstart/checkpoint \
       --set data.path=runs/quickstart/data/events --set data.items_path=runs/quickstart/data/items.parquet
 """
@@ -76,7 +77,22 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("evaluate", help="temporal leave-last-out evaluation of a checkpoint -> metrics.json")
     _add_common(p, out_help="output directory (reads OUT/checkpoint unless --checkpoint)")
     p.add_argument("--checkpoint", type=Path, default=None, help="checkpoint directory (default OUT/checkpoint)")
+    p = sub.add_parser("bench", help="run the benchmark suite (python -m bench; from a source checkout)",
+                       add_help=False)
+    p.add_argument("bench_args", nargs=argparse.REMAINDER, help="arguments of python -m bench (see fgjax bench --help)")
     return parser
+
+
+def _run_bench(bench_args) -> None:
+    """``python -m bench ARGS`` from the checkout this fgjax was installed from (bench/ is not packaged)."""
+    import importlib
+
+    root = Path(__file__).resolve().parents[1]
+    if not (root / "bench" / "__main__.py").is_file():
+        raise ConfigError(f"the benchmark suite runs from a source checkout: no bench/ next to '{root / 'fgjax'}'")
+    if str(root) not in sys.path:
+        sys.path.insert(0, str(root))
+    importlib.import_module("bench.__main__").main(list(bench_args))
 
 
 def _config(args):
@@ -161,6 +177,8 @@ def run(args) -> int:
         unknown = int((model.users.encode(user_ids) < 0).sum())
         note = f"; {unknown:,} unknown users got the most popular items" if unknown else ""
         print(f"wrote {args.out}: {table.num_rows:,} rows for {len(user_ids):,} users{note}")
+    elif args.command == "bench":
+        _run_bench(args.bench_args)
     elif args.command == "evaluate":
         config = _config(args)
         metrics = pipeline.evaluate_checkpoint(config, args.out, args.checkpoint or args.out / "checkpoint", print,
@@ -171,7 +189,11 @@ def run(args) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["bench"]:  # everything after "bench" belongs to python -m bench (flags included)
+        args = argparse.Namespace(command="bench", bench_args=argv[1:])
+    else:
+        args = parser.parse_args(argv)
     try:
         return run(args)
     except FgjaxError as exc:
