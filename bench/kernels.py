@@ -27,7 +27,7 @@ import numpy as np
 
 from bench import _report
 
-SIZES = {"small": [1_000, 20_000], "large": [100_000, 1_000_000, 10_000_000]}
+SIZES = {"small": [1_000, 10_000], "large": [100_000, 1_000_000, 10_000_000]}
 NUM_INTERESTS = 32
 ALPHA = 2.0
 

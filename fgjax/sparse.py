@@ -94,8 +94,9 @@ def lazy_adam(learning_rate: float, *, b1: float = 0.9, b2: float = 0.999, eps: 
     """Adam whose moments and bias correction advance only for the rows a step uses."""
 
     def init(table):
-        zeros = jnp.zeros(table.shape, jnp.float32)
-        return LazyAdamState(zeros, zeros, jnp.zeros(table.shape[:1], jnp.int32))
+        # Two buffers, not one: the state is donated and a buffer cannot be donated twice.
+        return LazyAdamState(jnp.zeros(table.shape, jnp.float32), jnp.zeros(table.shape, jnp.float32),
+                             jnp.zeros(table.shape[:1], jnp.int32))
 
     def update(table, state, rows, grads):
         ids, g = dedupe_rows(rows, grads, table.shape[0])

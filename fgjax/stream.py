@@ -120,11 +120,13 @@ def analyze_stream(
     batch_rows: int = 1 << 20,
     prefetch_windows: int = 2,
     top: int = 3,
+    fetch_carry: bool = True,
 ) -> StreamResult:
     """Windowed forgetting analysis of time-ordered event files (see the module docstring).
 
     ``prefetch_windows=0`` runs decoding, transfer and device work one after
     the other (the reference the prefetched path must equal).
+    ``fetch_carry=False`` leaves the final state on the device (for scoring next).
     """
     item_category = np.asarray(item_category, np.int32)
     num_interests = int(item_category.max(initial=-1)) + 1
@@ -156,4 +158,4 @@ def analyze_stream(
     if pending is not None:
         degrees.append(np.asarray(pending))
     degree = np.stack(degrees) if degrees else np.zeros((0, num_users), np.float32)
-    return StreamResult(np.asarray(starts), degree, jax.device_get(carry), events)
+    return StreamResult(np.asarray(starts), degree, jax.device_get(carry) if fetch_carry else carry, events)
