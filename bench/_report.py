@@ -175,3 +175,135 @@ def format_table(rows: Sequence[dict[str, Any]], columns: Sequence[tuple[str, st
     out = ["  ".join(c.rjust(w) for c, w in zip(r, widths)) for r in cells]
     out.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(out)
+
+
+#: Suite sizes: ``small`` runs in seconds on a CPU (CI); ``large`` fills an H100.
+SCALES = ("small", "large")
+
+
+def suite_parser(prog: str, description: str):
+    """An argparse parser with the flags every suite benchmark takes (``--scale``, ``--out``, ...)."""
+    import argparse
+
+    p = argparse.ArgumentParser(prog=prog, description=description)
+    p.add_argument("--scale", choices=SCALES, default="small", help="problem sizes (small: seconds on a CPU)")
+    p.add_argument("--out", default="", help="JSON results file ('' = do not write)")
+    p.add_argument("--plots", default="", help="folder for PNG plots ('' = next to --out, or none)")
+    p.add_argument("--repeats", type=int, default=None, help="timed repeats (default by scale)")
+    p.add_argument("--no-torch", action="store_true", help="skip PyTorch even if it imports")
+    p.add_argument("--seed", type=int, default=0)
+    return p
+
+
+def plots_dir(args) -> Path | None:
+    if args.plots:
+        return Path(args.plots)
+    if args.out:
+        return Path(args.out).parent / "plots"
+    return None
+
+
+def import_torch():
+    """``torch`` or None (not installed, or broken)."""
+    try:
+        import torch
+    except Exception:
+        return None
+    return torch
+
+
+def torch_device(torch) -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def torch_sync(torch):
+    def sync(_):
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+
+    return sync
+
+
+def torch_compiled(torch, fn):
+    """``(torch.compile(fn), None)`` if compiling works on a first call, else ``(None, reason)``."""
+    try:
+        return torch.compile(fn), None
+    except Exception as exc:  # pragma: no cover - depends on the toolchain
+        return None, f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:300]
+
+
+def time_torch_compile(torch, fn, *args, timing: dict[str, Any]) -> tuple[dict[str, Any] | None, str | None]:
+    """Time ``torch.compile(fn)(*args)``; ``(None, reason)`` when inductor cannot compile here."""
+    compiled, error = torch_compiled(torch, fn)
+    if compiled is None:
+        return None, error
+    try:
+        with torch.no_grad():
+            return time_call(compiled, *args, sync=torch_sync(torch), **timing), None
+    except Exception as exc:  # inductor needs a C++ compiler / triton; report why not
+        return None, f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:300]
+
+
+def peak_host_rss_bytes() -> int:
+    """Peak resident set size of this process so far (bytes)."""
+    import resource
+    import sys
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(peak if sys.platform == "darwin" else peak * 1024)
+
+
+def device_memory() -> dict[str, int] | None:
+    """``bytes_in_use`` / ``peak_bytes_in_use`` of the default device, None where JAX does not report them (CPU)."""
+    import jax
+
+    stats = jax.devices()[0].memory_stats()
+    if not stats:
+        return None
+    return {k: int(v) for k, v in stats.items() if k in ("bytes_in_use", "peak_bytes_in_use", "bytes_limit")}
+
+
+def fit_exponent(sizes: Sequence[float], seconds: Sequence[float]) -> float | None:
+    """Least-squares slope of log(seconds) against log(size): 1.0 = linear growth."""
+    import numpy as np
+
+    if len(sizes) < 2:
+        return None
+    x, y = np.log(np.asarray(sizes, float)), np.log(np.asarray(seconds, float))
+    return float(np.polyfit(x, y, 1)[0])
+
+
+def plot_scaling(path: str | Path, x: Sequence[float], series: dict[str, Sequence[float | None]], *,
+                 xlabel: str, ylabel: str, title: str) -> Path:
+    """A log-log PNG of one or more curves over ``x`` (None points are skipped)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for name, ys in series.items():
+        pts = [(a, b) for a, b in zip(x, ys) if b is not None and b > 0]
+        if pts:
+            ax.plot(*zip(*pts), marker="o", label=name)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=10)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def finish(payload: dict[str, Any], args, rows: Sequence[dict[str, Any]], columns) -> dict[str, Any]:
+    """Print the table, write the JSON (when ``--out``), return the payload."""
+    print(format_table(rows, columns), flush=True)
+    if args.out:
+        print(f"wrote {write_json(args.out, payload)}")
+    return payload

@@ -1,5 +1,6 @@
 """The detector's per-window state update over N users: memory speed and footprint.
 
+    python -m bench detector_update --scale small|large
     python -m bench.detector_update --users 10000,100000 --interests 32 --buffer-windows 64 \
         --user-block 65536 --out bench/results/detector_update.json
 
@@ -8,8 +9,9 @@ For each N, in the same run, on the same (N, K) state with a T-window ring buffe
 - ``update``: ``jax.jit(kernels.detector_update)`` with the state donated,
   called window after window on random counts (one window = one call);
 - ``copy_inplace``: a donated ``x -> x + 1`` over a float32 array of the
-  same bytes as the update's inputs (state + counts): the device's
-  read + write bandwidth for that much memory, with no fresh allocation.
+  same bytes as the update's inputs (state + counts; at most 4 GB, so 10M
+  users still fit beside it): the device's read + write bandwidth, with no
+  fresh allocation.
 
 Bytes the update must move are read off the compiled executable
 (``memory_analysis``: its argument bytes are read, its output bytes
@@ -35,6 +37,8 @@ TARGET_USERS = 10_000_000  # the issue's scale: 10M users x 32 interests x T = 6
 TARGET_INTERESTS = 32
 TARGET_WINDOWS = 64
 CARD_BYTES = 80e9
+COPY_CAP_BYTES = 4e9
+SIZES = {"small": [1_000, 4_000], "large": [100_000, 1_000_000, 10_000_000]}
 
 
 def _int_list(text: str) -> list[int]:
@@ -89,7 +93,7 @@ def bench_one(num_users: int, num_interests: int, buffer_windows: int, user_bloc
     memory = memory_per_pair(num_users, num_interests, buffer_windows, user_block)
     moved = memory["argument"] + memory["output"]
     # The copy reads and writes the update's input bytes once.
-    copy_words = int(memory["argument"] // 4)
+    copy_words = int(min(memory["argument"], COPY_CAP_BYTES) // 4)
     bump = jax.jit(lambda x: x + 1, donate_argnums=0)
     copy_holder = [jnp.zeros((copy_words,), jnp.float32)]
 
@@ -147,17 +151,15 @@ def projection(num_interests: int, buffer_windows: int, user_block: int | None, 
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m bench.detector_update", description=__doc__.split("\n\n")[0])
-    p.add_argument("--users", type=_int_list, default=[10_000, 100_000], help="comma-separated N (users)")
+    p = _report.suite_parser("python -m bench detector_update", __doc__.split("\n\n")[0])
+    p.add_argument("--users", type=_int_list, default=None, help="comma-separated N (users); default by --scale")
     p.add_argument("--interests", type=int, default=32, help="K (default 32)")
     p.add_argument("--buffer-windows", type=int, default=64, help="T, windows in the ring buffer (default 64)")
     p.add_argument("--user-block", type=int, default=65536, help="users judged at a time; 0 = all at once")
-    p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--min-time", type=float, default=0.05)
-    p.add_argument("--seed", type=int, default=0)
     p.add_argument("--probe-users", type=int, default=8192, help="N of the compiled probes for the 10M projection")
-    p.add_argument("--out", default=DEFAULT_OUT, help=f"JSON results file (default {DEFAULT_OUT})")
+    p.set_defaults(out=DEFAULT_OUT)
     return p
 
 
@@ -173,34 +175,50 @@ COLUMNS = [
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = build_parser().parse_args(argv)
-    if args.interests < 1 or args.buffer_windows < 3 or args.repeats < 1 or args.user_block < 0:
+    repeats = args.repeats or 3
+    if args.interests < 1 or args.buffer_windows < 3 or repeats < 1 or args.user_block < 0:
         raise SystemExit("detector_update: --interests >= 1, --buffer-windows >= 3, --repeats >= 1, --user-block >= 0")
+    users = args.users or SIZES[args.scale]
     block = args.user_block or None
     payload: dict[str, Any] = {
         "benchmark": "detector_update",
         **_report.environment(),
         "config": {
-            "users": args.users, "interests": args.interests, "buffer_windows": args.buffer_windows,
-            "user_block": block, "repeats": args.repeats, "warmup": args.warmup, "min_time_s": args.min_time,
+            "users": users, "interests": args.interests, "buffer_windows": args.buffer_windows, "scale": args.scale,
+            "user_block": block, "repeats": repeats, "warmup": args.warmup, "min_time_s": args.min_time,
             "seed": args.seed,
         },
         "notes": "update GB/s = (compiled argument + output bytes) / median time; copy = donated x + 1 over the "
-                 "argument bytes (read + write). No NumPy or PyTorch peer: no such detector exists there to compare.",
+                 "argument bytes, at most 4 GB (read + write). No NumPy or PyTorch peer: no such detector exists "
+                 "there to compare with.",
         "results": [],
     }
     print(f"detector_update on {payload['device']}, K={args.interests}, T={args.buffer_windows}, "
           f"user_block={block}, jax {payload['versions']['jax']}", flush=True)
-    for n in args.users:
-        payload["results"].append(bench_one(n, args.interests, args.buffer_windows, block, repeats=args.repeats,
+    for n in users:
+        payload["results"].append(bench_one(n, args.interests, args.buffer_windows, block, repeats=repeats,
                                             warmup=args.warmup, min_time=args.min_time, seed=args.seed))
-    print(_report.format_table(payload["results"], COLUMNS))
     payload["projection"] = projection(args.interests, args.buffer_windows, block, args.probe_users)
     p = payload["projection"]
+    last = payload["results"][-1]
+    payload["summary"] = {
+        "users": last["users"], "update_vs_copy": last["update_vs_copy_bandwidth"],
+        "projected_10M_GB": p["projected_bytes"] / 1e9, "fits_80GB": p["fits_80GB"],
+    }
+    plots = _report.plots_dir(args)
+    if plots:
+        xs = [r["users"] for r in payload["results"]]
+        payload["plots"] = [str(_report.plot_scaling(
+            plots / "detector_update.png", xs,
+            {"update (ms/window)": [r["update_ms"] for r in payload["results"]],
+             "copy of the same bytes (ms)": [r["timings"]["copy_inplace"]["median_s"] * 1e3
+                                             * r["memory"]["argument"] * 2 / r["timings"]["copy_inplace"]["bytes"]
+                                             for r in payload["results"]]},
+            xlabel="users N", ylabel="ms", title=f"detector update, K={args.interests}, T={args.buffer_windows}"))]
+    out = _report.finish(payload, args, payload["results"], COLUMNS)
     print(f"projected footprint of {p['users']:,} users x {p['interests']} x T={p['buffer_windows']}: "
           f"{p['projected_bytes'] / 1e9:.1f} GB ({p['bytes_per_user']:.0f} B/user); fits 80 GB: {p['fits_80GB']}")
-    if args.out:
-        print(f"wrote {_report.write_json(args.out, payload)}")
-    return payload
+    return out
 
 
 if __name__ == "__main__":

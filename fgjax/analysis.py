@@ -121,7 +121,10 @@ def init_carry(num_users: int, num_interests: int, config: AnalysisConfig = Anal
         peak=zeros,
         state=jnp.zeros((num_users, num_interests), jnp.int8),
         ever=jnp.zeros((num_users, num_interests), bool),
-        detector=kernels.detector_init(num_users, num_interests, config.detector.buffer_windows),
+        # The level rule needs no ring buffer: a one-window stub keeps the carry's structure.
+        detector=kernels.detector_init(
+            num_users, num_interests, config.detector.buffer_windows if config.detector.kind == "adaptive" else 1
+        ),
     )
 
 
@@ -132,7 +135,18 @@ class WindowDetail(NamedTuple):
     p: jax.Array
     state: jax.Array  # int8 codes after the window
     previous_state: jax.Array  # int8 codes before it
-    detection: kernels.DetectorOutput
+    detection: kernels.DetectorOutput | None  # None under the level rule (no detector runs)
+
+
+def _evidence(detail: "WindowDetail", name: str) -> jax.Array:
+    """One evidence array of a window; defaults (-1 for last_active, else 0) when the detector did not run."""
+    if detail.detection is not None:
+        return getattr(detail.detection, name)
+    return jnp.full(detail.state.shape, -1 if name == "last_active" else 0, _EVIDENCE_DTYPES[name])
+
+
+_EVIDENCE_DTYPES = {"silence": jnp.int32, "silence_limit": jnp.int32, "last_active": jnp.int32}
+_EVIDENCE_DTYPES = {name: _EVIDENCE_DTYPES.get(name, jnp.float32) for name in EVIDENCE_FIELDS}
 
 
 @functools.partial(jax.jit, static_argnames=("config", "top"), donate_argnums=(0,))
@@ -167,16 +181,19 @@ def window_step(
     degree = kernels.forgetting_degree(cur, prev, normalize=config.normalize, eps=config.eps)
     f = kernels.interest_forgetting(cur, prev, mode=config.forgetting_mode, eps=config.eps)
     p = kernels.interest_probs(f, config.alpha, mask=ever)
-    detector, detection = kernels.detector_update(
-        carry.detector, counts, degree, params, user_block=config.detector.user_block or None
-    )
     if config.detector.kind == "adaptive":
+        detector, detection = kernels.detector_update(
+            carry.detector, counts, degree, params, user_block=config.detector.user_block or None
+        )
         state = detection.state
     else:
+        # The level rule alone: no detector work, and its evidence reads as zeros.
         state = kernels.threshold_states(
             carry.state, active_now, cur, peak,
             declining_ratio=config.declining_ratio, forgotten_ratio=config.forgotten_ratio,
         )
+        detector = carry.detector
+        detection = None
     # A reactivated interest is measured against its new level, not the old
     # peak; otherwise one quiet window sends it straight back to forgotten.
     peak = jnp.where(state == kernels.REACTIVATED, cur, peak)
@@ -214,7 +231,7 @@ def monitor_update(
 def _snapshot_arrays(detail: WindowDetail, ever: jax.Array) -> dict[str, jax.Array]:
     """The ``(users, K)`` arrays kept per user at its snapshot time."""
     arrays = {"f": detail.f, "p": detail.p, "state": detail.state, "ever": ever}
-    arrays.update({name: getattr(detail.detection, name) for name in EVIDENCE_FIELDS})
+    arrays.update({name: _evidence(detail, name) for name in EVIDENCE_FIELDS})
     return arrays
 
 
@@ -240,12 +257,12 @@ def _gather_changes(degree, detail: WindowDetail, *, size: int) -> dict[str, jax
         "state": take(detail.state),
         "previous_state": take(detail.previous_state),
         "F": degree[user],
-        "F_threshold": detail.detection.degree_threshold[user],
-        "F_alarm": detail.detection.degree_alarm[user],
+        "F_threshold": detail.detection.degree_threshold[user] if detail.detection else jnp.zeros(size),
+        "F_alarm": detail.detection.degree_alarm[user] if detail.detection else jnp.zeros(size, bool),
         "f_k": take(detail.f),
         "p": take(detail.p),
     }
-    rows.update({name: take(getattr(detail.detection, name)) for name in EVIDENCE_FIELDS})
+    rows.update({name: take(_evidence(detail, name)) for name in EVIDENCE_FIELDS})
     return rows
 
 

@@ -20,6 +20,7 @@ EPILOG = """examples:
   fgjax train --out runs/ml100k --set data.format=recbole --set data.path=../shared/data/ml-100k
   fgjax analyze --out runs/a --set data.path=events/ --set data.items_path=items.parquet
   fgjax recommend --checkpoint runs/quickstart/checkpoint --users 10000001,10000002 --out recs.parquet
+  fgjax bench kernels topk --scale small --out bench/results
   fgjax evaluate --out runs/eval --checkpoint runs/quickstart/checkpoint \
       --set data.path=runs/quickstart/data/events --set data.items_path=runs/quickstart/data/items.parquet
 """
@@ -84,6 +85,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--detection", action="store_true",
                    help="generate the synthetic log with ground truth, detect forgetting, score it against both "
                         "baselines -> OUT/detection.json, detection.md, states.parquet, plots/")
+    p = sub.add_parser("bench", help="run the benchmark suite (python -m bench; from a source checkout)",
+                       add_help=False)
+    p.add_argument("bench_args", nargs=argparse.REMAINDER, help="arguments of python -m bench (see fgjax bench --help)")
     return parser
 
 
@@ -100,6 +104,18 @@ def _duration(text: str) -> float:
     if not seconds > 0 or seconds == float("inf"):
         raise argparse.ArgumentTypeError(f"expected a positive length such as 1d, 7d, 12h or 3600, got {text!r}")
     return seconds
+
+
+def _run_bench(bench_args) -> None:
+    """``python -m bench ARGS`` from the checkout this fgjax was installed from (bench/ is not packaged)."""
+    import importlib
+
+    root = Path(__file__).resolve().parents[1]
+    if not (root / "bench" / "__main__.py").is_file():
+        raise ConfigError(f"the benchmark suite runs from a source checkout: no bench/ next to '{root / 'fgjax'}'")
+    if str(root) not in sys.path:
+        sys.path.insert(0, str(root))
+    importlib.import_module("bench.__main__").main(list(bench_args))
 
 
 def _config(args):
@@ -193,6 +209,8 @@ def run(args) -> int:
         print(f"wrote {args.out}: {table.num_rows:,} rows for {len(user_ids):,} users{note}")
     elif args.command == "evaluate" and args.detection:
         pipeline.evaluate_detection(_config(args), args.out, print, _progress(args))
+    elif args.command == "bench":
+        _run_bench(args.bench_args)
     elif args.command == "evaluate":
         config = _config(args)
         metrics = pipeline.evaluate_checkpoint(config, args.out, args.checkpoint or args.out / "checkpoint", print,
@@ -203,7 +221,11 @@ def run(args) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["bench"]:  # everything after "bench" belongs to python -m bench (flags included)
+        args = argparse.Namespace(command="bench", bench_args=argv[1:])
+    else:
+        args = parser.parse_args(argv)
     try:
         return run(args)
     except FgjaxError as exc:

@@ -44,6 +44,10 @@ class ForgettingWeights:
     item_weight: np.ndarray
 
 
+#: Items scored per step of the blocked top-K (memory: chunk x block x hidden floats).
+SCORE_BLOCK_ITEMS = 2048
+
+
 @functools.partial(jax.jit, static_argnames=("graphdef",))
 def _project_items(graphdef, params):
     return nnx.merge(graphdef, params).project_items()
@@ -60,16 +64,20 @@ def _chunk_top_k(graphdef, params, item_part, users, seen, user_interest, item_i
       user_interest: ``(chunk, K + 1)`` or None; item_interest ``(items,)``;
         item_weight ``(items,)``.
     """
-    logits = nnx.merge(graphdef, params).score_projected(users, item_part)  # (chunk, items)
-    scores = jax.nn.sigmoid(logits)
+    model = nnx.merge(graphdef, params)
     if user_interest is not None:
         # Items without an interest (-1) take the last column, the neutral weight.
         column = jnp.where(item_interest >= 0, item_interest, user_interest.shape[1] - 1)
-        per_item = jnp.take(user_interest, column, axis=1)
-        scores = scores * per_item * item_weight[None, :]
-    rows = jnp.broadcast_to(jnp.arange(users.shape[0])[:, None], seen.shape)
-    exclude = jnp.zeros((users.shape[0], num_items), bool).at[rows, seen].set(True, mode="drop")
-    return kernels.masked_top_k(scores, k, exclude=exclude)
+
+    def score(ids):  # (1, C) a catalog block, or (chunk, C) candidates -> (chunk, C)
+        scores = jax.nn.sigmoid(model.score_item_rows(users, item_part[ids]))
+        if user_interest is not None:
+            per_item = jnp.take_along_axis(user_interest, jnp.broadcast_to(column[ids], scores.shape), axis=1)
+            scores = scores * per_item * item_weight[ids]
+        return scores
+
+    # Selection scans the catalog in blocks (kernels.blocked_top_k): no (chunk, items) matrix.
+    return kernels.blocked_top_k(score, users.shape[0], num_items, k, exclude=seen, block_size=SCORE_BLOCK_ITEMS)
 
 
 def rank_items(
@@ -91,7 +99,7 @@ def rank_items(
       seen: items to exclude per user (e.g. training items), or None.
       forgetting: forgetting re-weighting, or None for the model alone.
       chunk: users per device call, lowered (to a power of two) so that the
-        ``(chunk, items, hidden)`` intermediate fits ``memory_budget_mb``.
+        ``(chunk, block, hidden)`` intermediate fits ``memory_budget_mb``.
 
     Returns:
       ``(scores, items)``, each ``(n, k)``; excluded items never appear unless
@@ -102,7 +110,7 @@ def rank_items(
     if len(users) == 0:
         return np.empty((0, k), np.float32), np.empty((0, k), np.int32)
     item_part = _project_items(graphdef, params)
-    per_user_bytes = 4 * num_items * item_part.shape[1]
+    per_user_bytes = 4 * min(num_items, SCORE_BLOCK_ITEMS) * item_part.shape[1]
     fits = max(1, memory_budget_mb * 2**20 // per_user_bytes)
     # Few users: a smaller power-of-two chunk avoids scoring padding rows.
     chunk = min(chunk, bucket_size(len(users)), 1 << (fits.bit_length() - 1))

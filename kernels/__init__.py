@@ -54,7 +54,7 @@ from ._timeseries import (
     running_moments_update,
     trend_slope,
 )
-from ._topk import masked_top_k
+from ._topk import TOPK_METHODS, blocked_top_k, masked_top_k, matmul_top_k
 
 __all__ = [
     "ACTIVE",
@@ -73,11 +73,13 @@ __all__ = [
     "REACTIVATED",
     "RunningMoments",
     "STATE_NAMES",
+    "TOPK_METHODS",
     "WindowEvents",
     "activity_buffer_init",
     "activity_buffer_ordered",
     "activity_buffer_update",
     "adaptive_threshold",
+    "blocked_top_k",
     "decay_factors",
     "detector_init",
     "detector_update",
@@ -91,6 +93,7 @@ __all__ = [
     "interest_state_init",
     "interest_state_update",
     "masked_top_k",
+    "matmul_top_k",
     "mean_metrics",
     "poisson_cdf",
     "ranking_metrics",

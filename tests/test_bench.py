@@ -76,8 +76,10 @@ def test_detector_update_benchmark_writes_json_and_projects_the_10M_footprint(tm
 
     out = tmp_path / "du.json"
     payload = du_bench.main(["--users", "300", "--interests", "4", "--buffer-windows", "8", "--user-block", "128",
-                             "--repeats", "1", "--min-time", "0", "--probe-users", "256", "--out", str(out)])
+                             "--repeats", "1", "--min-time", "0", "--probe-users", "256", "--out", str(out),
+                             "--plots", str(tmp_path / "plots")])
     assert "update/copy" in capsys.readouterr().out
+    assert (tmp_path / "plots" / "detector_update.png").read_bytes()[:4] == b"\x89PNG"
     data = json.loads(out.read_text())
     for key in ("benchmark", "date", "device", "versions", "config", "results", "projection"):
         assert key in data, key
@@ -89,3 +91,67 @@ def test_detector_update_benchmark_writes_json_and_projects_the_10M_footprint(tm
     assert p["users"] == 10_000_000 and p["probe_users"][0] >= 256 and p["bytes_per_user"] > 0
     assert p["projected_bytes"] == pytest.approx(p["bytes_per_user"] * 10_000_000, rel=0.05)
 
+
+
+# ---------------------------------------------------------------------------
+# The suite: python -m bench runs every benchmark at the small scale.
+# ---------------------------------------------------------------------------
+
+import types  # noqa: E402
+
+from bench import __main__ as suite  # noqa: E402
+
+
+@pytest.mark.slow
+def test_whole_suite_at_small_scale_writes_every_benchmark(tmp_path, capsys):
+    out = tmp_path / "results"
+    result = suite.main(["--scale", "small", "--no-torch", "--out", str(out)])
+    data = json.loads((out / "suite.json").read_text())
+    assert set(data["benchmarks"]) == set(suite.BENCHMARKS) == set(result["benchmarks"])
+    assert not data["failed"]
+    assert data["skipped"] == {"quality": "bench/quality.py is absent"} or "quality" in data["benchmarks"]
+    for key in ("date", "device", "versions", "scale"):
+        assert data[key], key
+    for name in suite.BENCHMARKS:
+        payload = data["benchmarks"][name]
+        assert payload["benchmark"] == name and payload["versions"]["jax"] and payload["date"]
+        assert payload["summary"], name
+        assert json.loads((out / f"{name}.json").read_text())["benchmark"] == name
+        for plot in payload.get("plots", []):
+            assert Path(plot).read_bytes()[:4] == b"\x89PNG"
+    b = data["benchmarks"]
+    # Fast paths agree with the simple ones, in the benchmark run itself.
+    for r in b["topk"]["results"]:
+        assert r["groups_exact_match"] > 0.99 and r["merge_exact_match"] > 0.99 and r["groups_bf16_recall"] > 0.9
+    for r in b["kernels"]["results"]:
+        assert all(v < 1e-4 for v in r["checks"].values()), r["checks"]
+    for r in b["analysis_pass"]["results"]:
+        assert r["max_abs_diff_F_vs_numpy"] < 1e-4 and r["max_abs_diff_p_vs_numpy"] < 1e-4
+    assert b["pipeline"]["events"] == b["pipeline"]["config"]["events"]
+    assert b["pipeline"]["recommendations_shape"] == [b["pipeline"]["config"]["users"], 10]
+    assert b["memory"]["summary"]["growth_with_data"] < 1.5 < b["memory"]["summary"]["parquet_growth"]
+    assert 0.5 < b["scaling"]["analysis_exponent"] < 1.5
+    assert len(list((out / "plots").glob("*.png"))) >= 5
+    assert "benchmark" in capsys.readouterr().out
+
+
+def test_suite_dispatches_by_module_name_and_rejects_unknown(tmp_path, monkeypatch, capsys):
+    calls = []
+    fake = types.ModuleType("bench.quality")
+    fake.main = lambda argv: calls.append(argv) or {"benchmark": "quality", "summary": {"ndcg": 0.5}}
+    monkeypatch.setitem(sys.modules, "bench.quality", fake)
+    data = suite.main(["quality", "--scale", "small", "--out", str(tmp_path)])
+    assert calls == [["--scale", "small", "--out", str(tmp_path / "quality.json"), "--plots", str(tmp_path / "plots")]]
+    assert data["benchmarks"]["quality"]["summary"] == {"ndcg": 0.5} and not data["skipped"]
+    monkeypatch.delitem(sys.modules, "bench.quality")
+    with pytest.raises(SystemExit) as exc:
+        suite.main(["no_such_benchmark", "--out", str(tmp_path)])
+    assert exc.value.code == 2 and "no benchmark 'no_such_benchmark'" in capsys.readouterr().err
+
+
+def test_fgjax_bench_runs_the_suite(capsys):
+    from fgjax.cli import main as cli_main
+
+    assert cli_main(["bench", "--list"]) == 0
+    listed = capsys.readouterr().out.split()
+    assert set(suite.BENCHMARKS) <= set(listed)

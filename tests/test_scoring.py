@@ -68,3 +68,31 @@ def test_memory_budget_shrinks_chunks_without_changing_results(monkeypatch):
     assert chunks == [32, 32]
     np.testing.assert_array_equal(wide[1], narrow[1])
     np.testing.assert_allclose(wide[0], narrow[0], rtol=1e-6)
+
+
+@pytest.mark.parametrize("block", [128, 2048])
+def test_blocked_selection_matches_numpy_on_a_larger_catalog(monkeypatch, block):
+    """Catalog > k * group size: the group-max path (several item blocks) against the full NumPy ranking."""
+    import fgjax.scoring as scoring
+
+    monkeypatch.setattr(scoring, "SCORE_BLOCK_ITEMS", block)
+    num_users, num_items, K = 12, 700 + block // 128, 4  # distinct shapes: a fresh trace per block size
+    model = build_model(ModelConfig(embed_dim=8, hidden_dim=8), num_users, num_items, seed=4)
+    graphdef, params = split_params(model)
+    rng = np.random.default_rng(1)
+    users = np.arange(num_users)
+    seen = ItemSets.from_pairs(rng.integers(0, num_users, 600), rng.integers(0, num_items, 600), num_users)
+    weights = ForgettingWeights(
+        user_interest=rng.uniform(0, 1, (num_users, K + 1)).astype(np.float32),
+        item_interest=np.where(np.arange(num_items) % 7 == 0, -1, np.arange(num_items) % K).astype(np.int32),
+        item_weight=rng.uniform(0.5, 2, num_items).astype(np.float32),
+    )
+    uu, ii = np.meshgrid(users, np.arange(num_items), indexing="ij")
+    relevance = 1 / (1 + np.exp(-numpy_forward(params, uu, ii)))
+    interest = weights.item_interest
+    expected = relevance * weights.user_interest[users][:, np.where(interest >= 0, interest, K)] * weights.item_weight
+    for u in users:
+        expected[u, seen.items[seen.indptr[u] : seen.indptr[u + 1]]] = -np.inf
+    scores, items = rank_items(graphdef, params, users, k=10, num_items=num_items, seen=seen, forgetting=weights)
+    np.testing.assert_array_equal(items, np.argsort(-expected, axis=1, kind="stable")[:, :10])
+    np.testing.assert_allclose(scores, np.take_along_axis(expected, items, 1), rtol=1e-5)

@@ -57,6 +57,17 @@ class EmbeddingMLP(nnx.Module):
         hidden = jax.nn.relu(user_part[:, None, :] + item_part[None, :, :])
         return hidden @ self.out.kernel[...][:, 0] + self.out.bias[...][0]
 
+    def score_item_rows(self, users: Array, item_rows: Array) -> Array:
+        """``(users,)`` indices and rows of ``project_items()`` -> ``(users, C)`` logits.
+
+        ``item_rows`` is ``(1, C, hidden)`` (the same C items for every user,
+        e.g. a catalog block) or ``(users, C, hidden)`` (per-user candidates).
+        """
+        d = self.user_embed.embedding.shape[-1]
+        user_part = self.user_embed(users) @ self.hidden.kernel[...][:d] + self.hidden.bias[...]  # (users, hidden)
+        hidden = jax.nn.relu(user_part[:, None, :] + item_rows)
+        return hidden @ self.out.kernel[...][:, 0] + self.out.bias[...][0]
+
     def score_all_items(self, users: Array) -> Array:
         """``(users,)`` indices -> ``(users, items)`` logits against the whole catalog."""
         return self.score_projected(users, self.project_items())

@@ -1,0 +1,167 @@
+"""Training throughput: EmbeddingMLP steps vs PyTorch on the same batch; large tables, dense vs row optimizers.
+
+    python -m bench train --scale small|large
+
+``mlp``: ``fgjax.train.make_train_step`` (jitted, state donated, Adam; B
+positives + B·n sampled negatives per step) against the same model, loss and
+Adam in PyTorch eager and with ``torch.compile`` (loss compiled, optimizer
+step eager) on the same sizes. examples/s counts scored (user, item) pairs.
+
+``tables``: one step with 64-wide tables (small: 100k users x 20k items;
+large: 10M users x 1M items) and dense Adam on everything
+(``make_train_step``) vs ``fgjax.sparse`` row-wise Adagrad / lazy Adam that
+touch only the batch's rows.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from bench import _report
+
+SIZES = {
+    "small": {"mlp": {"users": 10_000, "items": 2_000, "batch": 1024, "negatives": 4, "embed": 32, "hidden": 64},
+              "tables": {"users": 100_000, "items": 20_000, "batch": 1024, "negatives": 4, "embed": 64, "hidden": 64}},
+    "large": {"mlp": {"users": 1_000_000, "items": 100_000, "batch": 65_536, "negatives": 4, "embed": 32, "hidden": 64},
+              "tables": {"users": 10_000_000, "items": 1_000_000, "batch": 65_536, "negatives": 4, "embed": 64,
+                         "hidden": 64}},
+}
+
+
+def _batch(rng, s):
+    return rng.integers(0, s["users"], s["batch"]).astype(np.int32), rng.integers(0, s["items"], s["batch"]).astype(np.int32)
+
+
+def _jax_steps(s, timing, seed, kinds=("dense",)):
+    import jax
+    import optax
+    from jax.sharding import NamedSharding, PartitionSpec as P
+
+    from fgjax import sparse
+    from fgjax.config import ModelConfig
+    from fgjax.models import build_model, split_params
+    from fgjax.train import TrainState, make_mesh, make_train_step
+
+    mesh = make_mesh(1)
+    users, items = _batch(np.random.default_rng(seed), s)
+    out = {}
+    for kind in kinds:
+        graphdef, params = split_params(build_model(ModelConfig(embed_dim=s["embed"], hidden_dim=s["hidden"]),
+                                                    s["users"], s["items"], seed=seed))
+        adam = optax.adam(1e-3)
+        if kind == "dense":
+            state = jax.device_put(TrainState(params, adam.init(params), jax.numpy.int32(0)), NamedSharding(mesh, P()))
+            step = make_train_step(graphdef, adam, mesh, num_items=s["items"], negatives=s["negatives"], seed=seed)
+        else:
+            opt = sparse.table_optimizer(kind, 1e-3)
+            state = sparse.init_sparse_state(params, adam, opt)
+            shardings = sparse.state_shardings(state, mesh)
+            state = jax.device_put(state, shardings)
+            step = sparse.make_sparse_train_step(graphdef, adam, opt, mesh, shardings, num_items=s["items"],
+                                                 negatives=s["negatives"], seed=seed)
+        del params
+        box = [state]
+
+        def run():
+            box[0], loss = step(box[0], users, items)
+            return loss
+
+        out[kind] = _report.time_call(run, **timing)
+        del box, state
+    return out
+
+
+def _torch_mlp(torch, s, timing, seed):
+    dev = _report.torch_device(torch)
+    nn = torch.nn
+
+    class MLP(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.user = nn.Embedding(s["users"], s["embed"])
+            self.item = nn.Embedding(s["items"], s["embed"])
+            self.hidden = nn.Linear(2 * s["embed"], s["hidden"])
+            self.out = nn.Linear(s["hidden"], 1)
+
+        def forward(self, u, i):
+            return self.out(torch.relu(self.hidden(torch.cat([self.user(u), self.item(i)], -1))))[..., 0]
+
+    users, items = (torch.from_numpy(x.astype(np.int64)).to(dev) for x in _batch(np.random.default_rng(seed), s))
+    n, b = s["negatives"], s["batch"]
+    labels = torch.cat([torch.ones(b), torch.zeros(b * n)]).to(dev)
+    results = {}
+    for name in ("torch", "torch_compile"):
+        model = MLP().to(dev)
+        opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+
+        def loss_fn(u, i, negs):
+            all_u = torch.cat([u, u.repeat_interleave(n)])
+            all_i = torch.cat([i, negs.reshape(-1)])
+            return torch.nn.functional.binary_cross_entropy_with_logits(model(all_u, all_i), labels)
+
+        fn = loss_fn
+        if name == "torch_compile":
+            fn, error = _report.torch_compiled(torch, loss_fn)
+            if fn is None:
+                results["torch_compile_error"] = error
+                continue
+
+        def step():
+            negs = torch.randint(0, s["items"], (b, n), device=dev)
+            opt.zero_grad(set_to_none=True)
+            loss = fn(users, items, negs)
+            loss.backward()
+            opt.step()
+            return loss
+
+        try:
+            results[name] = _report.time_call(step, sync=_report.torch_sync(torch), **timing)
+        except Exception as exc:  # inductor without a toolchain
+            results[f"{name}_error"] = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:300]
+    return results
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    args = _report.suite_parser("python -m bench train", __doc__.split("\n\n")[0]).parse_args(argv)
+    size = SIZES[args.scale]
+    timing = {"repeats": args.repeats or 3, "warmup": 2, "min_time": 0.0 if args.scale == "small" else 0.2}
+    payload: dict[str, Any] = {"benchmark": "train", **_report.environment(),
+                               "config": {**size, "scale": args.scale}}
+    print(f"train on {payload['device']}", flush=True)
+    rows = []
+    m = size["mlp"]
+    pairs = m["batch"] * (1 + m["negatives"])
+    mlp = _jax_steps(m, timing, args.seed)
+    torch = _report.import_torch() if not args.no_torch else None
+    if torch is not None:
+        mlp.update(_torch_mlp(torch, m, timing, args.seed))
+        mlp["torch_device"] = _report.torch_device(torch)
+    t = {k: v["median_s"] for k, v in mlp.items() if isinstance(v, dict)}
+    payload["mlp"] = {"timings": mlp, "examples_per_s": pairs / t["dense"]}
+    for ref in ("torch", "torch_compile"):
+        if ref in t:
+            payload["mlp"][f"speedup_vs_{ref}"] = t[ref] / t["dense"]
+    for name, sec in t.items():
+        rows.append({"what": f"EmbeddingMLP {name if name != 'dense' else 'fgjax'}", "ms": sec * 1e3,
+                     "examples_per_s": pairs / sec})
+    tb = size["tables"]
+    tpairs = tb["batch"] * (1 + tb["negatives"])
+    tables = _jax_steps(tb, timing, args.seed, kinds=("dense", "row_adagrad", "lazy_adam"))
+    tt = {k: v["median_s"] for k, v in tables.items()}
+    payload["tables"] = {"timings": tables, "row_adagrad_speedup_vs_dense_adam": tt["dense"] / tt["row_adagrad"],
+                         "lazy_adam_speedup_vs_dense_adam": tt["dense"] / tt["lazy_adam"],
+                         "table_bytes": (tb["users"] + tb["items"]) * tb["embed"] * 4}
+    for name, sec in tt.items():
+        rows.append({"what": f"tables {tb['users']:,}x{tb['embed']} {name}", "ms": sec * 1e3,
+                     "examples_per_s": tpairs / sec})
+    payload["summary"] = {"mlp_examples_per_s": payload["mlp"]["examples_per_s"],
+                          "mlp_speedup_vs_torch": payload["mlp"].get("speedup_vs_torch"),
+                          "row_adagrad_speedup_vs_dense_adam": payload["tables"]["row_adagrad_speedup_vs_dense_adam"]}
+    cols = [("what", "step", ""), ("ms", "ms", ".3f"), ("examples_per_s", "examples/s", ".3g")]
+    return _report.finish(payload, args, rows, cols)
+
+
+if __name__ == "__main__":
+    main()
