@@ -46,7 +46,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 from jax import Array, lax
-from jax.scipy.special import gammaincc, gammaln
+from jax.scipy.special import betaln, gammaincc
 from jax.typing import ArrayLike
 
 from ._states import ACTIVE, DECLINING, FORGOTTEN, NEW, NONE, REACTIVATED
@@ -89,7 +89,7 @@ class DetectorState(NamedTuple):
     """Per-(user, interest) detector state; shapes ``(users, K)`` unless noted.
 
     Attributes:
-      buffer: ring buffer of the last T windows' counts, ``(T, users, K)`` uint8.
+      buffer: ring buffer of the last T windows' counts, ``(users, K, T)`` uint8.
       window: ``()`` int32 windows closed so far.
       total: events since first activity (float32, not saturated).
       alive: windows since first activity, this one included (0 = never active).
@@ -182,15 +182,15 @@ def poisson_cdf(k: ArrayLike, mean: ArrayLike) -> Array:
 
 
 def count_dispersion(series: ArrayLike, valid: ArrayLike) -> Array:
-    """Index of dispersion ``max(1, var / mean)`` of counts ``(T, ...)`` over ``valid`` windows.
+    """Index of dispersion ``max(1, var / mean)`` of counts ``(..., T)`` over ``valid`` windows.
 
     1 (Poisson) with fewer than two valid windows or a zero mean.
     """
     y = jnp.asarray(series, jnp.float32)
     m = jnp.asarray(valid, jnp.float32) * jnp.ones_like(y)
-    n = m.sum(0)
-    mean = (m * y).sum(0) / jnp.maximum(n, 1.0)
-    var = (m * (y - mean) ** 2).sum(0) / jnp.maximum(n - 1.0, 1.0)
+    n = m.sum(-1)
+    mean = (m * y).sum(-1) / jnp.maximum(n, 1.0)
+    var = (m * (y - mean[..., None]) ** 2).sum(-1) / jnp.maximum(n - 1.0, 1.0)
     ratio = jnp.where((n >= 2) & (mean > 0), var / jnp.where(mean > 0, mean, 1.0), 1.0)
     return jnp.maximum(ratio, 1.0)
 
@@ -228,7 +228,9 @@ def log_silence_probability(
     by_events = a * (jnp.log(b) - jnp.log(b + s))
     on = params.prior_active + jnp.asarray(active_windows, jnp.float32)
     off = params.prior_silent + jnp.asarray(silent_windows, jnp.float32)
-    by_windows = gammaln(off + s) - gammaln(off) + gammaln(on + off) - gammaln(on + off + s)
+    # log B(off + s, on) - log B(off, on); betaln stays accurate in float32 where a
+    # difference of four gammaln values of thousands would not.
+    by_windows = betaln(off + s, on) - betaln(off, on)
     return jnp.where(jnp.asarray(periodic, bool), by_events, jnp.maximum(by_events, by_windows))
 
 
@@ -290,20 +292,20 @@ def _judge(series: Array, b: _Block, params: DetectorParams) -> dict[str, Array]
     """The time-series features, both tests and the state machine for one block.
 
     Args:
-      series: ``(T, B, K)`` float32 counts of the block's last T windows, oldest first.
+      series: ``(B, K, T)`` float32 counts of the block's last T windows, oldest first.
     """
-    length = series.shape[0]
+    length = series.shape[-1]
     active = b.counts > 0
-    age = jnp.arange(length - 1, -1, -1, dtype=jnp.int32).reshape(length, 1, 1)  # 0 = this window
-    lived = age < b.alive[None]
+    age = jnp.arange(length - 1, -1, -1, dtype=jnp.int32)  # 0 = this window
+    lived = age < b.alive[..., None]
     alive_before = b.alive - b.silence
     rate = b.total / jnp.maximum(alive_before, 1).astype(jnp.float32)
     # The recent span holds about drop_events expected events at the interest's
     # rate, so the drop test has the same power for rare and frequent interests.
     span = jnp.clip(jnp.ceil(params.drop_events / jnp.maximum(rate, 1e-3)), params.recent_windows, length // 2)
-    recent_mask = lived & (age < span.astype(jnp.int32)[None])
-    recent = jnp.sum(series * recent_mask, axis=0)
-    recent_n = jnp.sum(recent_mask, axis=0).astype(jnp.float32)
+    recent_mask = lived & (age < span.astype(jnp.int32)[..., None])
+    recent = jnp.sum(series * recent_mask, axis=-1)
+    recent_n = jnp.sum(recent_mask, axis=-1).astype(jnp.float32)
     trend = trend_slope(series, recent_mask)
     period, strength = dominant_period(series, lived)
     periodic = (strength >= params.min_strength) & (b.alive >= 2 * period)
@@ -406,14 +408,14 @@ def detector_update(
     total = state.total + counts
     last_active = jnp.where(active, state.window, state.last_active)
     buffer = activity_buffer_update(state.buffer, counts)
-    length = buffer.counts.shape[0]
+    length = buffer.counts.shape[-1]
     block = _Block(counts, alive, silence, total, active_windows, longest_gap, state.since_return, state.state)
 
     def judge(start, size):
         rows = jax.tree.map(lambda a: lax.dynamic_slice_in_dim(a, start, size, axis=0), block)
-        raw = lax.dynamic_slice_in_dim(buffer.counts, start, size, axis=1)  # (T, size, K) uint8
+        raw = lax.dynamic_slice_in_dim(buffer.counts, start, size, axis=0)  # (size, K, T) uint8
         # Oldest window first: after w windows the oldest slot is w % T.
-        series = jnp.roll(raw, -(buffer.windows % length), axis=0).astype(jnp.float32)
+        series = jnp.roll(raw, -(buffer.windows % length), axis=-1).astype(jnp.float32)
         return _judge(series, rows, params)
 
     size = num_users if user_block is None else min(user_block, num_users)

@@ -1,4 +1,8 @@
-"""Time-series kernels against float64 NumPy references."""
+"""Time-series kernels against float64 NumPy references.
+
+The references take time first, ``(T, ...)``; the kernels take it last,
+``(..., T)``, so inputs are handed over with ``last`` (``np.moveaxis``).
+"""
 
 from __future__ import annotations
 
@@ -10,6 +14,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fgjax import kernels
+
+
+def last(a):
+    """Time axis first -> last."""
+    return np.moveaxis(np.asarray(a), 0, -1)
 
 
 def ref_slope(y: np.ndarray, valid: np.ndarray) -> np.ndarray:
@@ -45,15 +54,15 @@ def test_trend_slope_matches_polyfit_with_masks(seed):
     valid[:, 0, 0] = False  # no point
     valid[:, 0, 1] = False
     valid[3, 0, 1] = True  # one point
-    got = np.asarray(kernels.trend_slope(y, valid))
+    got = np.asarray(kernels.trend_slope(last(y), last(valid)))
     np.testing.assert_allclose(got, ref_slope(y, valid), rtol=1e-4, atol=1e-5)
     assert got[0, 0] == 0 and got[0, 1] == 0
-    np.testing.assert_allclose(kernels.trend_slope(y), ref_slope(y, np.ones_like(valid)), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(kernels.trend_slope(last(y)), ref_slope(y, np.ones_like(valid)), rtol=1e-4, atol=1e-5)
 
 
 @settings(max_examples=40, deadline=None)
 @given(st.floats(-50, 50), st.floats(-5, 5), st.integers(2, 16))
-def test_trend_slope_of_a_line_is_its_slope(intercept, slope, length):
+def test_trend_slope_of_a_line_is_its_slope(intercept, slope, length):  # one series: (T,) either way
     y = intercept + slope * np.arange(length, dtype=np.float64)
     np.testing.assert_allclose(float(kernels.trend_slope(y)), slope, rtol=1e-3, atol=1e-3 * (1 + abs(intercept)))
 
@@ -64,7 +73,7 @@ def test_dominant_period_matches_numpy_fft(seed):
     T = 32
     y = rng.poisson(2.0, size=(T, 6, 3)).astype(np.float32)
     valid = np.arange(T)[:, None, None] >= rng.integers(0, T - 4, size=(1, 6, 3))
-    period, strength = kernels.dominant_period(y, valid)
+    period, strength = kernels.dominant_period(last(y), last(valid))
     ref_p, ref_s = ref_period(y, valid)
     np.testing.assert_allclose(np.asarray(period), ref_p, rtol=1e-5)
     np.testing.assert_allclose(np.asarray(strength), ref_s, rtol=1e-3, atol=1e-5)
@@ -75,14 +84,14 @@ def test_dominant_period_finds_a_periodic_signal_and_not_a_flat_one():
     t = np.arange(T)
     bursts = ((t % 8) < 2).astype(np.float32) * 5  # every 8 windows
     flat = np.full(T, 3.0, np.float32)
-    period, strength = kernels.dominant_period(np.stack([bursts, flat, np.zeros(T, np.float32)], axis=1))
+    period, strength = kernels.dominant_period(np.stack([bursts, flat, np.zeros(T, np.float32)]))
     assert float(period[0]) == 8.0 and float(strength[0]) > 0.4
     assert float(period[1]) == 0.0 and float(strength[1]) == 0.0  # constant: no period
     assert float(period[2]) == 0.0 and float(strength[2]) == 0.0  # zero vector
     with pytest.raises(ValueError, match="min_period"):
-        kernels.dominant_period(np.zeros((3, 2)), min_period=1)
+        kernels.dominant_period(np.zeros((2, 3)), min_period=1)
     with pytest.raises(ValueError, match="min_period"):
-        kernels.dominant_period(np.zeros((3, 2)), min_period=4)
+        kernels.dominant_period(np.zeros((2, 3)), min_period=4)
 
 
 def test_activity_buffer_keeps_the_last_T_windows_in_order_and_saturates():
@@ -93,7 +102,7 @@ def test_activity_buffer_keeps_the_last_T_windows_in_order_and_saturates():
     update = jax.jit(kernels.activity_buffer_update, donate_argnums=0)
     for w in range(W):
         buffer = update(buffer, counts[w])
-        ordered = np.asarray(kernels.activity_buffer_ordered(buffer))
+        ordered = np.moveaxis(np.asarray(kernels.activity_buffer_ordered(buffer)), -1, 0)
         expect = np.zeros((T, 4, 3))
         recent = np.clip(counts[max(0, w + 1 - T) : w + 1], 0, 255)
         expect[T - len(recent) :] = recent
@@ -127,9 +136,9 @@ def test_running_moments_and_adaptive_threshold_match_numpy():
 
 
 def test_kernels_jit_and_vmap():
-    y = jnp.asarray(np.random.default_rng(0).poisson(2.0, size=(4, 16, 3)).astype(np.float32))
-    slopes = jax.vmap(lambda s: kernels.trend_slope(s))(y)  # (4, 3): batch of (16, 3) series
-    np.testing.assert_allclose(slopes, np.stack([ref_slope(np.asarray(s), np.ones_like(s, bool)) for s in y]),
+    y = np.random.default_rng(0).poisson(2.0, size=(4, 16, 3)).astype(np.float32)  # 4 batches of (T=16, 3)
+    slopes = jax.vmap(lambda s: kernels.trend_slope(s))(jnp.asarray(np.moveaxis(y, 1, -1)))  # (4, 3)
+    np.testing.assert_allclose(slopes, np.stack([ref_slope(s, np.ones_like(s, bool)) for s in y]),
                                rtol=1e-4, atol=1e-5)
-    period, _ = jax.jit(kernels.dominant_period)(y[0])
-    np.testing.assert_allclose(period, ref_period(np.asarray(y[0]), np.ones((16, 3), bool))[0])
+    period, _ = jax.jit(kernels.dominant_period)(last(y[0]))
+    np.testing.assert_allclose(period, ref_period(y[0], np.ones((16, 3), bool))[0])
