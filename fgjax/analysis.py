@@ -139,7 +139,10 @@ class WindowDetail(NamedTuple):
 
 
 def _evidence(detail: "WindowDetail", name: str) -> jax.Array:
-    """One evidence array of a window; defaults (-1 for last_active, else 0) when the detector did not run."""
+    """One evidence array of a window; defaults (-1 for last_active, else 0) when the detector did not run.
+
+    ``silence_limit`` is not among them: see ``_with_limits``.
+    """
     if detail.detection is not None:
         return getattr(detail.detection, name)
     return jnp.full(detail.state.shape, -1 if name == "last_active" else 0, _EVIDENCE_DTYPES[name])
@@ -183,7 +186,7 @@ def window_step(
     p = kernels.interest_probs(f, config.alpha, mask=ever)
     if config.detector.kind == "adaptive":
         detector, detection = kernels.detector_update(
-            carry.detector, counts, degree, params, user_block=config.detector.user_block or None
+            carry.detector, counts, degree, params, user_block=config.detector.user_block or None, with_limits=False
         )
         state = detection.state
     else:
@@ -228,11 +231,34 @@ def monitor_update(
     return window_step(state, events, detector_params(acfg), decay=decay, inv_tau=inv_tau, config=acfg, top=top)
 
 
-def _snapshot_arrays(detail: WindowDetail, ever: jax.Array) -> dict[str, jax.Array]:
-    """The ``(users, K)`` arrays kept per user at its snapshot time."""
-    arrays = {"f": detail.f, "p": detail.p, "state": detail.state, "ever": ever}
-    arrays.update({name: _evidence(detail, name) for name in EVIDENCE_FIELDS})
+# The detector's counters behind s* (silence_limit), kept so s* is computed
+# only where it is written, not for every (user, interest) every window.
+_COUNTERS = ("total", "alive", "active_windows", "longest_gap")
+_OBSERVED = tuple(name for name in EVIDENCE_FIELDS if name != "silence_limit")
+
+
+def _snapshot_arrays(detail: WindowDetail, carry: AnalysisCarry) -> dict[str, jax.Array]:
+    """The ``(users, K)`` arrays kept per user at its snapshot time (counters prefixed ``_``)."""
+    arrays = {"f": detail.f, "p": detail.p, "state": detail.state, "ever": carry.ever}
+    arrays.update({name: _evidence(detail, name) for name in _OBSERVED})
+    if detail.detection is not None:
+        arrays.update({f"_{name}": getattr(carry.detector, name) for name in _COUNTERS})
     return arrays
+
+
+@jax.jit
+def _with_limits(arrays: dict[str, jax.Array], params: kernels.DetectorParams) -> dict[str, jax.Array]:
+    """Add ``silence_limit`` (s*) from the ``_`` counters, and drop them; 0 without a detector."""
+    out = {name: a for name, a in arrays.items() if not name.startswith("_")}
+    if "_total" not in arrays:
+        out["silence_limit"] = jnp.zeros(arrays["state"].shape, jnp.int32)
+        return out
+    model = kernels.silence_model(
+        arrays["_total"], arrays["_alive"], arrays["silence"], arrays["_active_windows"], arrays["_longest_gap"],
+        arrays["period"], arrays["period_strength"], params,
+    )
+    out["silence_limit"] = jnp.where(arrays["_alive"] > 0, kernels.model_silence_limit(model, params), 0)
+    return out
 
 
 @functools.partial(jax.jit, donate_argnums=(0,))
@@ -242,7 +268,9 @@ def _keep_snapshot(snapshot, arrays, take):
 
 
 @functools.partial(jax.jit, static_argnames=("size",))
-def _gather_changes(degree, detail: WindowDetail, *, size: int) -> dict[str, jax.Array]:
+def _gather_changes(
+    degree, detail: WindowDetail, detector: kernels.DetectorState, params: kernels.DetectorParams, *, size: int
+) -> dict[str, jax.Array]:
     """The (user, interest) rows whose state changed in a window, padded to ``size``.
 
     Row order is user-major; padding rows repeat row 0 and are trimmed by the caller.
@@ -262,8 +290,10 @@ def _gather_changes(degree, detail: WindowDetail, *, size: int) -> dict[str, jax
         "f_k": take(detail.f),
         "p": take(detail.p),
     }
-    rows.update({name: take(_evidence(detail, name)) for name in EVIDENCE_FIELDS})
-    return rows
+    rows.update({name: take(_evidence(detail, name)) for name in _OBSERVED})
+    if detail.detection is not None:
+        rows.update({f"_{name}": take(getattr(detector, name)) for name in _COUNTERS})
+    return _with_limits(rows, params)
 
 
 def window_index(timestamp: np.ndarray, window_seconds: float, origin: float) -> np.ndarray:
@@ -361,7 +391,7 @@ def analyze(
         batch = pad_events(window_events, bucket_size(hi - lo), log.num_users)
         carry, out, detail = window_step(carry, batch, params, decay=decay, inv_tau=inv_tau, config=acfg, top=top)
         if snapshot_before is not None:
-            arrays = _snapshot_arrays(detail, carry.ever)
+            arrays = _snapshot_arrays(detail, carry)
             if snapshot is None:  # distinct buffers: the snapshot is donated
                 snapshot = {name: jnp.zeros_like(a) for name, a in arrays.items()}
             snapshot = _keep_snapshot(snapshot, arrays, jnp.asarray(snap_window == t))
@@ -369,7 +399,8 @@ def analyze(
         if record_changes:
             # Only the changed rows leave the device; their count sizes the gather.
             count = int(jnp.sum(detail.state != detail.previous_state))
-            rows = _gather_changes(out.degree, detail, size=bucket_size(max(count, 1))) if count else None
+            rows = (_gather_changes(out.degree, detail, carry.detector, params, size=bucket_size(max(count, 1)))
+                    if count else None)
         # Fetch window t-1 while window t computes: outputs never pile up on the device.
         for leaf in jax.tree.leaves((out, rows)):
             leaf.copy_to_host_async()
@@ -379,7 +410,7 @@ def analyze(
         last_detail = detail
     collect(*pending)
     last = jax.device_get(carry)
-    final = jax.device_get(snapshot if snapshot is not None else _snapshot_arrays(last_detail, carry.ever))
+    final = jax.device_get(_with_limits(snapshot if snapshot is not None else _snapshot_arrays(last_detail, carry), params))
     merged = {name: np.concatenate([c[name] for c in changes]) for name in changes[0]} if changes else {}
     return ForgettingResult(
         window_start=origin + np.arange(num_windows) * acfg.window_seconds,

@@ -120,7 +120,8 @@ class DetectorOutput(NamedTuple):
 
     Attributes (``(users, K)`` unless noted):
       state: int8 codes after the window.
-      silence, silence_limit: int32 the current silence and its limit s* (0 if never active).
+      silence, silence_limit: int32 the current silence and its limit s* (0 if never active;
+        None unless asked for with ``with_limits``).
       rate: float32 events per window before the current silence.
       recent: float32 events in the last ``recent_windows`` windows.
       expected_recent: float32 what the earlier rate predicts for them.
@@ -244,6 +245,7 @@ def silence_limit(
     periodic: ArrayLike = False,
     *,
     max_limit: int = 1 << 16,
+    gap_limit: ArrayLike | None = None,
 ) -> Array:
     """``s*``: the fewest silent windows that the silence test calls forgotten (int32, >= 1).
 
@@ -267,8 +269,65 @@ def silence_limit(
         return jnp.where(found, lo, mid), jnp.where(found, mid, hi)
 
     _, by_chance = lax.fori_loop(0, max_limit.bit_length(), bisect, (lo, hi))
-    by_gap = jnp.ceil(params.gap_factor * jnp.asarray(expected_gap, jnp.float32) - 1e-4)
+    by_gap = jnp.ceil(params.gap_factor * jnp.asarray(expected_gap, jnp.float32) - 1e-4) if gap_limit is None else gap_limit
     return jnp.clip(jnp.maximum(by_chance, by_gap), 1, max_limit).astype(jnp.int32)
+
+
+class SilenceModel(NamedTuple):
+    """The silence test's inputs per (user, interest), from the detector's counters.
+
+    The first active window is given (it starts the history), so it is left out.
+    """
+
+    events: Array
+    exposure: Array
+    active_windows: Array
+    silent_windows: Array
+    gap_limit: Array  # ceil(gap_factor * expected gap): silences shorter than this never fire
+    periodic: Array
+
+
+def silence_model(
+    total: ArrayLike, alive: ArrayLike, silence: ArrayLike, active_windows: ArrayLike, longest_gap: ArrayLike,
+    period: ArrayLike, period_strength: ArrayLike, params: DetectorParams,
+) -> SilenceModel:
+    """``SilenceModel`` from the counters after a window (elementwise, any shape)."""
+    alive = jnp.asarray(alive)
+    alive_before = alive - jnp.asarray(silence)
+    active_windows = jnp.asarray(active_windows)
+    period = jnp.asarray(period, jnp.float32)
+    periodic = (jnp.asarray(period_strength) >= params.min_strength) & (alive >= 2 * period)
+    expected_gap = jnp.maximum(jnp.asarray(longest_gap, jnp.float32), jnp.where(periodic, period - 1.0, 0.0))
+    return SilenceModel(
+        events=jnp.maximum(jnp.asarray(total, jnp.float32) - 1.0, 0.0),
+        exposure=jnp.maximum(alive_before - 1, 0),
+        active_windows=jnp.maximum(active_windows - 1, 0),
+        silent_windows=alive_before - active_windows,
+        gap_limit=jnp.ceil(params.gap_factor * expected_gap - 1e-4),
+        periodic=periodic,
+    )
+
+
+def silence_is_unusual(silence: ArrayLike, model: SilenceModel, params: DetectorParams) -> Array:
+    """``silence >= s*`` without computing s*: one probability, and the gap term.
+
+    s* is the smallest s >= 1 with P(s) <= false_alarm, raised to the gap
+    term, and P falls with s, so ``silence >= s*`` iff ``silence >= 1``,
+    ``P(silence) <= false_alarm`` and ``silence >= gap_limit``.
+    """
+    s = jnp.asarray(silence)
+    log_p = log_silence_probability(
+        s, model.events, model.exposure, model.active_windows, model.silent_windows, params, model.periodic
+    )
+    return (s >= 1) & (log_p <= jnp.log(jnp.asarray(params.false_alarm, jnp.float32))) & (s >= model.gap_limit)
+
+
+def model_silence_limit(model: SilenceModel, params: DetectorParams) -> Array:
+    """s* of a ``SilenceModel`` (int32; the bisection of ``silence_limit``)."""
+    return silence_limit(
+        model.events, model.exposure, model.active_windows, model.silent_windows, 0.0, params, model.periodic,
+        gap_limit=model.gap_limit,
+    )
 
 
 class _Block(NamedTuple):
@@ -288,7 +347,7 @@ _JUDGED = ("state", "since_return", "silence_limit", "rate", "recent", "expected
            "period_strength")
 
 
-def _judge(series: Array, b: _Block, params: DetectorParams) -> dict[str, Array]:
+def _judge(series: Array, b: _Block, params: DetectorParams, with_limits: bool) -> dict[str, Array]:
     """The time-series features, both tests and the state machine for one block.
 
     Args:
@@ -308,19 +367,10 @@ def _judge(series: Array, b: _Block, params: DetectorParams) -> dict[str, Array]
     recent_n = jnp.sum(recent_mask, axis=-1).astype(jnp.float32)
     trend = trend_slope(series, recent_mask)
     period, strength = dominant_period(series, lived)
-    periodic = (strength >= params.min_strength) & (b.alive >= 2 * period)
-    expected_gap = jnp.maximum(b.longest_gap, jnp.where(periodic, period - 1.0, 0.0))
+    model = silence_model(b.total, b.alive, b.silence, b.active_windows, b.longest_gap, period, strength, params)
+    periodic = model.periodic
     # The first active window is given (it starts the history), so it is left out.
-    limit = silence_limit(
-        jnp.maximum(b.total - 1.0, 0.0),
-        jnp.maximum(alive_before - 1, 0),
-        jnp.maximum(b.active_windows - 1, 0),
-        alive_before - b.active_windows,
-        expected_gap,
-        params,
-        periodic,
-    )
-    limit = jnp.where(b.alive > 0, limit, 0)
+    limit = jnp.where(b.alive > 0, model_silence_limit(model, params), 0) if with_limits else None
 
     # Drop test: the recent windows against the rate before them.
     # The first event is given (it starts the history) and left out, and the
@@ -341,10 +391,11 @@ def _judge(series: Array, b: _Block, params: DetectorParams) -> dict[str, Array]
         & (recent <= params.forgotten_ratio * expected_recent)
         & (drop_tail < params.false_alarm)
     )
-    forgotten_now = (b.alive > 0) & ((b.silence >= limit) | dropped)
+    forgotten_now = (b.alive > 0) & (silence_is_unusual(b.silence, model, params) | dropped)
     # Declining: half-way to the silence limit, or a drop at the looser level
     # sqrt(false_alarm), so Poisson noise alone rarely flips an interest.
-    half_silent = (b.silence > 0) & (b.silence >= jnp.ceil(limit / 2.0))
+    # silence >= ceil(s* / 2) iff 2 * silence >= s*.
+    half_silent = (b.silence > 0) & silence_is_unusual(2 * b.silence, model, params)
     sagging = (
         enough
         & ~periodic
@@ -368,9 +419,9 @@ def _judge(series: Array, b: _Block, params: DetectorParams) -> dict[str, Array]
         jnp.where(prev == FORGOTTEN, jnp.where(active, REACTIVATED, FORGOTTEN), ongoing),
     ).astype(jnp.int8)
     return {
-        "state": code, "since_return": since_return, "silence_limit": limit, "rate": rate, "recent": recent,
+        "state": code, "since_return": since_return, "rate": rate, "recent": recent,
         "expected_recent": expected_recent, "trend": trend, "period": period, "period_strength": strength,
-    }
+    } | ({"silence_limit": limit} if with_limits else {})
 
 
 def detector_update(
@@ -380,6 +431,7 @@ def detector_update(
     params: DetectorParams = DetectorParams(),
     *,
     user_block: int | None = None,
+    with_limits: bool = True,
 ) -> tuple[DetectorState, DetectorOutput]:
     """Close one window for every (user, interest).
 
@@ -392,6 +444,11 @@ def detector_update(
         blocks) so the features' temporaries, about 2 KB per (user,
         interest) at T = 64, are bounded by a block instead of growing with
         the users; None = all at once. Results do not depend on it.
+      with_limits: also compute ``silence_limit`` (s*, by bisection: about 17
+        probability evaluations per (user, interest), most of the update's
+        arithmetic). The states never need it (two evaluations decide them);
+        without it the output's ``silence_limit`` is None, and
+        ``model_silence_limit`` gives it for the rows that need it.
 
     Returns:
       ``(state after window t, DetectorOutput of window t)``.
@@ -416,7 +473,7 @@ def detector_update(
         raw = lax.dynamic_slice_in_dim(buffer.counts, start, size, axis=0)  # (size, K, T) uint8
         # Oldest window first: after w windows the oldest slot is w % T.
         series = jnp.roll(raw, -(buffer.windows % length), axis=-1).astype(jnp.float32)
-        return _judge(series, rows, params)
+        return _judge(series, rows, params, with_limits)
 
     size = num_users if user_block is None else min(user_block, num_users)
     if size == num_users:
@@ -462,7 +519,7 @@ def detector_update(
     output = DetectorOutput(
         state=code,
         silence=silence,
-        silence_limit=judged["silence_limit"],
+        silence_limit=judged.get("silence_limit"),
         rate=judged["rate"],
         recent=judged["recent"],
         expected_recent=judged["expected_recent"],
