@@ -222,3 +222,49 @@ def test_resume_continues_exactly(tmp_path):
     other = dataclasses.replace(Config(), sequence=dataclasses.replace(seq, dim=16))
     with pytest.raises(Exception, match="another sequence run"):
         train_sequence(other, train, 16, checkpoint_dir=tmp_path / "ck", **kw)
+
+
+MULTI_DEVICE_SCRIPT = """
+import dataclasses, json, sys
+import jax, numpy as np
+sys.path.insert(0, sys.argv[1])
+from test_models_sequence import _cyclic_data
+from fgjax.config import Config, SequenceConfig
+from fgjax.data.sequences import build_sequences
+from fgjax.data.split import leave_last_out
+from fgjax.train_sequence import train_sequence
+user, item, ts = _cyclic_data(num_users=32, length=8)
+split = leave_last_out(user, item, ts, 32)
+train = build_sequences(user, item, ts, 32, split.train_events)
+users = np.flatnonzero(split.val_target >= 0)
+out = {"devices": len(jax.devices())}
+for n in (1, 8):
+    seq = SequenceConfig(max_len=6, dim=8, heads=2, layers=1, dropout=0.0, epochs=3, batch_size=16, patience=0)
+    config = dataclasses.replace(Config(), sequence=seq, train=dataclasses.replace(Config().train, num_devices=n))
+    r = train_sequence(config, train, 16, val_users=users, val_targets=split.val_target[users][:, None],
+                       val_seen=split.train_items, progress=False)
+    out[n] = {"losses": [h["train_loss"] for h in r.history],
+              "params": [np.asarray(x).ravel()[:50].tolist() for x in jax.tree.leaves(r.params)]}
+print("RESULT" + json.dumps(out))
+"""
+
+
+@pytest.mark.slow
+def test_eight_devices_train_like_one(tmp_path):
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
+    proc = subprocess.run([sys.executable, "-c", MULTI_DEVICE_SCRIPT, str(Path(__file__).parent)],
+                          capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout.split("RESULT", 1)[1])
+    assert out["devices"] == 8
+    np.testing.assert_allclose(out["8"]["losses"], out["1"]["losses"], rtol=2e-5, atol=1e-6)
+    # Adam turns reduction-order noise in near-zero gradients (e.g. time buckets a
+    # batch barely uses) into steps of up to lr = 1e-3, so params agree to ~lr.
+    for a, b in zip(out["1"]["params"], out["8"]["params"]):
+        np.testing.assert_allclose(b, a, rtol=1e-3, atol=5e-3)
