@@ -155,6 +155,47 @@ class TrainConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class SequenceConfig:
+    """The time-aware sequence model (``fgjax.models.sequence``) and its training
+    (``fgjax.train_sequence``); mesh and checkpoint settings come from ``train``."""
+
+    max_len: int = 50  # L: most recent items attended
+    dim: int = 64
+    heads: int = 2
+    layers: int = 2
+    ffn_mult: int = 4
+    time_encoding: str = "interval"  # none | interval (log2-bucketed gap bias) | decay (learned forgetting rate)
+    time_unit_seconds: float = 60.0
+    time_buckets: int = 32
+    dropout: float = 0.2
+    loss: str = "full_softmax"  # full_softmax | sampled_softmax
+    sampled_negatives: int = 256  # uniform negatives per batch (sampled_softmax)
+    epochs: int = 200  # at most; early stopping usually ends sooner
+    batch_size: int = 128  # training windows per step (global; split over the data axis)
+    learning_rate: float = 1e-3
+    weight_decay: float = 0.0
+    patience: int = 10  # validations without a better val NDCG@10 before stopping (0 = run all epochs)
+    eval_every: int = 1  # epochs between validations
+    seed: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class QualityConfig:
+    """The model-quality report (``bench/quality.py``): protocols and the forgetting sweep.
+
+    The sweep re-ranks each model's validation lists (never test) over every
+    (alpha, half-life, strength) and keeps the best NDCG@10; strength 0 is
+    "forgetting off", so the sweep may choose it.
+    """
+
+    protocols: list[str] = dataclasses.field(default_factory=lambda: ["leave_last_out", "time_cutoff"])
+    cutoff_quantiles: list[float] = dataclasses.field(default_factory=lambda: [0.8, 0.9])  # val, test cut
+    sweep_alpha: list[float] = dataclasses.field(default_factory=lambda: [0.0, 1.0, 2.0, 4.0, 8.0])
+    sweep_half_life_windows: list[float] = dataclasses.field(default_factory=lambda: [1.0, 4.0, 16.0, math.inf])
+    sweep_strength: list[float] = dataclasses.field(default_factory=lambda: [0.0, 0.25, 0.5, 1.0])
+
+
+@dataclasses.dataclass(frozen=True)
 class RecommendConfig:
     """Forgetting-aware ranking and its strategy.
 
@@ -202,6 +243,8 @@ class Config:
     train: TrainConfig = TrainConfig()
     recommend: RecommendConfig = RecommendConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
+    sequence: SequenceConfig = SequenceConfig()
+    quality: QualityConfig = QualityConfig()
 
 
 _CHOICES = MappingProxyType({
@@ -211,10 +254,12 @@ _CHOICES = MappingProxyType({
     ("analysis.detector", "kind"): ("adaptive", "level"),
     ("model", "name"): ("embedding_mlp",),
     ("evaluate", "protocol"): ("leave_last_out",),
+    ("sequence", "time_encoding"): ("none", "interval", "decay"),
+    ("sequence", "loss"): ("full_softmax", "sampled_softmax"),
 })
 
 # Fields where .inf means something (no decay); every other float must be finite.
-_INFINITE_ALLOWED = frozenset({"analysis.half_life_windows"})
+_INFINITE_ALLOWED = frozenset({"analysis.half_life_windows", "quality.sweep_half_life_windows"})
 
 # (section, field) -> (lower bound, bound allowed). Lists and mappings are
 # checked element by element. (The synthetic section checks itself.)
@@ -267,6 +312,25 @@ _LOWER_BOUNDS = MappingProxyType({
     ("evaluate", "false_alarm_sweep"): (0, False),
     ("evaluate", "seed_threshold_sweep"): (0, True),
     ("evaluate", "silence_sweep"): (1, True),
+    ("sequence", "max_len"): (1, True),
+    ("sequence", "dim"): (1, True),
+    ("sequence", "heads"): (1, True),
+    ("sequence", "layers"): (0, True),
+    ("sequence", "ffn_mult"): (1, True),
+    ("sequence", "time_unit_seconds"): (0, False),
+    ("sequence", "time_buckets"): (1, True),
+    ("sequence", "dropout"): (0, True),
+    ("sequence", "sampled_negatives"): (1, True),
+    ("sequence", "epochs"): (1, True),
+    ("sequence", "batch_size"): (1, True),
+    ("sequence", "learning_rate"): (0, False),
+    ("sequence", "weight_decay"): (0, True),
+    ("sequence", "patience"): (0, True),
+    ("sequence", "eval_every"): (1, True),
+    ("quality", "cutoff_quantiles"): (0, False),
+    ("quality", "sweep_alpha"): (0, True),
+    ("quality", "sweep_half_life_windows"): (0, False),
+    ("quality", "sweep_strength"): (0, True),
 })
 
 
@@ -295,7 +359,7 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
             value = math.inf
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{where}: expected a number, got {value!r}")
-        if math.isnan(value) or (math.isinf(value) and where not in _INFINITE_ALLOWED):
+        if math.isnan(value) or (math.isinf(value) and where.split("[")[0] not in _INFINITE_ALLOWED):
             raise ConfigError(f"{where}: expected a finite number, got {value!r}")
         return float(value)
     if tp is int:
@@ -362,6 +426,21 @@ def _check_section(section: str, built: Any) -> None:
         raise ConfigError(f"analysis.detector.false_alarm: expected a value < 1, got {built.false_alarm!r}")
     if section == "recommend" and not built.explore_probability <= 1:
         raise ConfigError(f"recommend.explore_probability: expected a value <= 1, got {built.explore_probability!r}")
+    if section == "sequence":
+        if built.dim % built.heads:
+            raise ConfigError(f"sequence.dim={built.dim}: expected a multiple of sequence.heads={built.heads}")
+        if built.dropout >= 1:
+            raise ConfigError(f"sequence.dropout: expected a value < 1, got {built.dropout!r}")
+    if section == "quality":
+        q = built.cutoff_quantiles
+        if len(q) != 2 or not 0 < q[0] < q[1] < 1:
+            raise ConfigError(f"quality.cutoff_quantiles: expected [validation, test] with 0 < validation < test < 1, got {q!r}")
+        unknown = sorted(set(built.protocols) - {"leave_last_out", "time_cutoff"})
+        if unknown or not built.protocols:
+            raise ConfigError(f"quality.protocols: expected a non-empty list of leave_last_out, time_cutoff, got {built.protocols!r}")
+        for name in ("sweep_alpha", "sweep_half_life_windows", "sweep_strength"):
+            if not getattr(built, name):
+                raise ConfigError(f"quality.{name}: expected at least one value")
     if section == "evaluate" and not built.ks:
         raise ConfigError("evaluate.ks: expected at least one cut-off, e.g. [10, 20]")
     if section == "data.columns":

@@ -2,6 +2,9 @@
 
 - RecBole atomic files (``.inter``, ``.item``, ``.user``): tab-separated with a
   ``name:type`` header; types ``token``, ``token_seq``, ``float``, ``float_seq``.
+- Either of these inside a zip archive, e.g. the ``recbole`` wheel from
+  ``pip download --no-deps recbole==1.2.1`` (its ``dataset_example/ml-100k``):
+  the members are read from the archive, nothing is extracted.
 - The original MovieLens-100K ``u.data`` (``user item rating timestamp``, tab
   separated, no header) and ``u.item`` (``|``-separated, Latin-1, 19 genre flags).
 
@@ -14,7 +17,10 @@ the IDs of an ``.inter`` and its ``.item`` match.
 
 from __future__ import annotations
 
-from pathlib import Path
+import dataclasses
+import io
+import zipfile
+from pathlib import Path, PurePosixPath
 
 import numpy as np
 import pyarrow as pa
@@ -46,21 +52,79 @@ def as_int_ids(values: pa.Array | pa.ChunkedArray) -> pa.Array | pa.ChunkedArray
         return None
 
 
-def _require_file(path: str | Path, what: str) -> Path:
+@dataclasses.dataclass(frozen=True)
+class ZipMember:
+    """A file inside a zip archive (``str()`` is ``ARCHIVE!MEMBER``, the name in messages)."""
+
+    archive: Path
+    member: str
+
+    @property
+    def name(self) -> str:
+        return PurePosixPath(self.member).name
+
+    def read(self) -> bytes:
+        with zipfile.ZipFile(self.archive) as archive:
+            return archive.read(self.member)
+
+    def __str__(self) -> str:
+        return f"{self.archive}!{self.member}"
+
+
+Readable = str | Path | ZipMember
+
+
+def _require_file(path: Readable, what: str) -> Path | ZipMember:
+    if isinstance(path, ZipMember):
+        return path
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{what} file '{path}' does not exist")
     return path
 
 
-def _read_tsv(path: Path, what: str, **options) -> pa.Table:
+def _binary(path: Path | ZipMember):
+    """What ``pyarrow.csv.read_csv`` reads: the path, or the member's bytes."""
+    return pa.BufferReader(path.read()) if isinstance(path, ZipMember) else path
+
+
+def is_zip(path: str | Path) -> bool:
+    """A zip archive (``.zip``, ``.whl``, ...) by content, not by name."""
+    path = Path(path)
+    return path.is_file() and zipfile.is_zipfile(path)
+
+
+def find_zip_dataset(path: str | Path) -> tuple[str, ZipMember, ZipMember | None]:
+    """``(format, events member, items member or None)`` of a zip archive.
+
+    The archive must hold exactly one RecBole ``.inter`` file or, failing
+    that, one MovieLens ``u.data``; the items are the ``.item`` (``u.item``)
+    beside it.
+    """
+    path = Path(path)
+    with zipfile.ZipFile(path) as archive:
+        names = [n for n in archive.namelist() if not n.endswith("/")]
+    for fmt, is_events, items_of in (
+        ("recbole", lambda n: n.endswith(".inter"), lambda n: n[: -len(".inter")] + ".item"),
+        ("movielens", lambda n: PurePosixPath(n).name == "u.data", lambda n: n[: -len("u.data")] + "u.item"),
+    ):
+        found = [n for n in names if is_events(n)]
+        if len(found) > 1:
+            raise DataError(f"zip '{path}': holds several {fmt} event files ({', '.join(found)}); expected one")
+        if found:
+            items = items_of(found[0])
+            return fmt, ZipMember(path, found[0]), ZipMember(path, items) if items in names else None
+    raise DataError(f"zip '{path}': holds no RecBole .inter file and no MovieLens u.data")
+
+
+def _read_tsv(path: Path | ZipMember, what: str, **options) -> pa.Table:
     """``pyarrow.csv.read_csv`` with tabs, no quoting, errors as one-line DataErrors."""
     read_options = options.pop("read_options")
     convert_options = options.pop("convert_options")
     delimiter = options.pop("delimiter", "\t")
     try:
         return pacsv.read_csv(
-            path,
+            _binary(path),
             read_options=read_options,
             parse_options=pacsv.ParseOptions(delimiter=delimiter, quote_char=False),
             convert_options=convert_options,
@@ -69,11 +133,14 @@ def _read_tsv(path: Path, what: str, **options) -> pa.Table:
         raise DataError(f"{what} '{path}': {str(exc).splitlines()[0]}") from None
 
 
-def recbole_header(path: Path) -> list[tuple[str, str]]:
+def recbole_header(path: Path | ZipMember) -> list[tuple[str, str]]:
     """``[(name, type), ...]`` from a RecBole atomic file's first line."""
     try:
-        with open(path, encoding="utf-8") as f:
-            first = f.readline().rstrip("\r\n")
+        if isinstance(path, ZipMember):
+            first = io.BytesIO(path.read()).readline().decode("utf-8").rstrip("\r\n")
+        else:
+            with open(path, encoding="utf-8") as f:
+                first = f.readline().rstrip("\r\n")
     except UnicodeDecodeError:
         raise DataError(f"recbole '{path}': the header is not UTF-8 text") from None
     fields = []
@@ -87,7 +154,7 @@ def recbole_header(path: Path) -> list[tuple[str, str]]:
     return fields
 
 
-def read_recbole_atomic(path: str | Path) -> pa.Table:
+def read_recbole_atomic(path: Readable) -> pa.Table:
     """A RecBole atomic file as a table with the ``:type`` suffixes stripped.
 
     ``float`` columns are float64; ``token`` columns are int64 if all their
@@ -112,7 +179,7 @@ def read_recbole_atomic(path: str | Path) -> pa.Table:
     return table
 
 
-def read_recbole_items(path: str | Path, category_field: str = "class") -> pa.Table:
+def read_recbole_items(path: Readable, category_field: str = "class") -> pa.Table:
     """``(item_id, category)`` from a RecBole ``.item`` file.
 
     The category is the first genre of the space-separated ``category_field``
@@ -129,7 +196,7 @@ def read_recbole_items(path: str | Path, category_field: str = "class") -> pa.Ta
     return pa.table({"item_id": table.column("item_id"), "category": pc.struct_field(first, "first")})
 
 
-def read_movielens_udata(path: str | Path) -> pa.Table:
+def read_movielens_udata(path: Readable) -> pa.Table:
     """MovieLens-100K ``u.data``: ``(user_id int64, item_id int64, rating float64, timestamp int64)``.
 
     The timestamp is in epoch seconds, UTC.
@@ -145,7 +212,7 @@ def read_movielens_udata(path: str | Path) -> pa.Table:
     )
 
 
-def read_movielens_items(path: str | Path) -> pa.Table:
+def read_movielens_items(path: Readable) -> pa.Table:
     """MovieLens-100K ``u.item`` -> ``(item_id int64, category string)``.
 
     The category is the first genre whose flag is set, in the file's genre

@@ -298,9 +298,15 @@ def table_source(table: pa.Table, name: str) -> Source:
     return Source(name, table.schema, False, batches, take)
 
 
-def open_sources(path: str, config: DataConfig) -> tuple[list[Source], Path | None]:
-    """The sources of ``path`` and, for RecBole/MovieLens, the items file beside."""
+def open_sources(path: str, config: DataConfig) -> tuple[list[Source], Path | formats.ZipMember | None]:
+    """The sources of ``path`` and, for RecBole/MovieLens (also in a zip), the items file beside."""
     requested = config.format
+    if requested in ("auto", "recbole", "movielens") and formats.is_zip(path):
+        fmt, events, items = formats.find_zip_dataset(path)
+        if requested not in ("auto", fmt):
+            raise DataError(f"zip '{path}': holds {fmt} files, not data.format={requested}")
+        read = formats.read_recbole_atomic if fmt == "recbole" else formats.read_movielens_udata
+        return [table_source(read(events), str(events))], items
     if requested == "recbole" or (requested == "auto" and format_of(Path(path)) == "recbole"):
         inter, item = formats.find_recbole_files(path)
         return [table_source(formats.read_recbole_atomic(inter), str(inter))], item
@@ -662,10 +668,17 @@ def read_items_table(path: str | Path, config: DataConfig) -> tuple[pa.Array, st
     Parquet/IPC/CSV with columns ``item_id`` and ``config.item_category_column``,
     a RecBole ``.item`` (first genre of ``class``) or a MovieLens ``u.item``.
     """
+    column = config.item_category_column
+    if isinstance(path, formats.ZipMember):
+        read = formats.read_movielens_items if path.name == "u.item" else formats.read_recbole_items
+        table = read(path)
+        ids, null = normalize_ids(_plain(table.column("item_id")))
+        keep = pa.array(~null)
+        return ids.filter(keep), "int" if pa.types.is_integer(ids.type) else "string", \
+            _plain(table.column("category")).filter(keep), int(null.sum())
     path = Path(path)
     if not path.is_file():
         raise DataError(f"items path '{path}' does not exist")
-    column = config.item_category_column
     if path.name == "u.item":
         table, column = formats.read_movielens_items(path), "category"
     elif path.suffix == ".item":

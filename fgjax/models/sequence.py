@@ -1,0 +1,192 @@
+"""The time-aware sequence model ("the large model" of SPEC.md), as ``flax.nnx``.
+
+A SASRec-class causal transformer over a user's last ``max_len`` items with
+the time between behaviors as an attention bias:
+
+    h_0 = sqrt(d) * E[item] + P[position]          (left-padded, last = most recent)
+    h_l = h_{l-1} + MHA(LN(h_{l-1}), bias = b_l(|t_q - t_k|)) ;  h_l += FFN(LN(h_l))
+    logits(next item) = LN(h_L) @ E^T              (item table tied with the output)
+
+``time_encoding`` picks the bias ``b`` per layer and head:
+
+- ``interval``: a learned value per log2 bucket of the gap
+  (``floor(log2(1 + gap / time_unit))``), TiSASRec-style relative intervals;
+- ``decay``: ``-softplus(r_h) * log(1 + gap / time_unit)``, a learned
+  forgetting rate per head (attention to an old behavior decays as a power
+  of its age, the Ebbinghaus curve in the attention);
+- ``none``: plain SASRec.
+
+The hidden state at the last position is the user's state: the embedding
+interests I(u, t) of SPEC.md (``user_state``). Size scales with ``dim``,
+``layers``, ``heads``, ``max_len`` and the catalog (the item table dominates).
+
+Dropout takes an explicit key; ``key=None`` is the deterministic (eval) pass.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+from jax import Array
+
+TIME_ENCODINGS = ("none", "interval", "decay")
+_NEG = -1e9  # finite: a fully masked row stays finite (never NaN)
+
+
+def time_buckets(gaps: Array, *, time_unit: float, num_buckets: int) -> Array:
+    """``floor(log2(1 + gap / time_unit))`` clipped to ``[0, num_buckets - 1]``, int32."""
+    b = jnp.floor(jnp.log2(1.0 + jnp.abs(gaps) / time_unit))
+    return jnp.clip(b, 0, num_buckets - 1).astype(jnp.int32)
+
+
+def _dropout(x: Array, rate: float, key: Array | None) -> Array:
+    if key is None or rate == 0.0:
+        return x
+    keep = jax.random.bernoulli(key, 1.0 - rate, x.shape)
+    return jnp.where(keep, x / (1.0 - rate), 0.0)
+
+
+def _split(key: Array | None, n: int) -> list[Array | None]:
+    return [None] * n if key is None else list(jax.random.split(key, n))
+
+
+class TimeBiasedBlock(nnx.Module):
+    """Pre-LayerNorm causal self-attention + feed-forward block with a time bias."""
+
+    def __init__(self, dim: int, heads: int, *, ffn_mult: int, time_encoding: str, num_buckets: int,
+                 dropout: float, rngs: nnx.Rngs):
+        if dim % heads:
+            raise ValueError(f"dim={dim} must be divisible by heads={heads}")
+        self.heads = heads
+        self.dropout = dropout
+        self.time_encoding = time_encoding
+        self.attn_norm = nnx.LayerNorm(dim, rngs=rngs)
+        self.qkv = nnx.Linear(dim, 3 * dim, rngs=rngs)
+        self.proj = nnx.Linear(dim, dim, rngs=rngs)
+        self.ffn_norm = nnx.LayerNorm(dim, rngs=rngs)
+        self.ffn_in = nnx.Linear(dim, ffn_mult * dim, rngs=rngs)
+        self.ffn_out = nnx.Linear(ffn_mult * dim, dim, rngs=rngs)
+        if time_encoding == "interval":
+            self.time_bias = nnx.Param(jnp.zeros((num_buckets, heads)))
+        elif time_encoding == "decay":
+            # softplus(-2) ~ 0.13: a mild initial forgetting rate, learned per head.
+            self.decay_rate = nnx.Param(jnp.full((heads,), -2.0))
+
+    def attention_bias(self, buckets: Array, log_age: Array) -> Array:
+        """``(batch, heads, L, L)`` additive time bias (zeros for ``none``)."""
+        if self.time_encoding == "interval":
+            return jnp.moveaxis(self.time_bias[...][buckets], -1, 1)
+        if self.time_encoding == "decay":
+            rate = jax.nn.softplus(self.decay_rate[...])
+            return -rate[None, :, None, None] * log_age[:, None]
+        return jnp.zeros((), log_age.dtype)
+
+    def __call__(self, x: Array, allowed: Array, buckets: Array, log_age: Array, key: Array | None) -> Array:
+        """``x``: ``(batch, L, dim)``; ``allowed``: ``(batch, L, L)`` bool (query, key)."""
+        batch, length, dim = x.shape
+        k_attn, k_proj, k_ffn = _split(key, 3)
+        q, k, v = jnp.split(self.qkv(self.attn_norm(x)), 3, axis=-1)
+        shape = (batch, length, self.heads, dim // self.heads)
+        q, k, v = q.reshape(shape), k.reshape(shape), v.reshape(shape)
+        logits = jnp.einsum("bqhd,bkhd->bhqk", q, k) / math.sqrt(dim // self.heads)
+        logits = logits + self.attention_bias(buckets, log_age)
+        logits = jnp.where(allowed[:, None], logits, _NEG)
+        weights = _dropout(jax.nn.softmax(logits, axis=-1), self.dropout, k_attn)
+        out = jnp.einsum("bhqk,bkhd->bqhd", weights, v).reshape(batch, length, dim)
+        x = x + _dropout(self.proj(out), self.dropout, k_proj)
+        hidden = jax.nn.gelu(self.ffn_in(self.ffn_norm(x)))
+        return x + _dropout(self.ffn_out(hidden), self.dropout, k_ffn)
+
+
+class TimeAwareSASRec(nnx.Module):
+    """Causal transformer next-item model with time-interval attention bias.
+
+    Args:
+      num_items: catalog size; index ``num_items`` is the padding item.
+      max_len: L, positions attended.
+      dim, heads, layers, ffn_mult: transformer size.
+      time_encoding: ``none`` | ``interval`` | ``decay`` (module docstring).
+      time_unit: seconds per unit of gap in the buckets and the decay.
+      num_buckets: log2 gap buckets (``interval``).
+      dropout: rate on embeddings, attention weights and residual branches.
+    """
+
+    def __init__(self, num_items: int, *, max_len: int = 50, dim: int = 64, heads: int = 2, layers: int = 2,
+                 ffn_mult: int = 4, time_encoding: str = "interval", time_unit: float = 60.0, num_buckets: int = 32,
+                 dropout: float = 0.2, rngs: nnx.Rngs):
+        if time_encoding not in TIME_ENCODINGS:
+            raise ValueError(f"time_encoding={time_encoding!r}: expected one of {', '.join(TIME_ENCODINGS)}")
+        self.num_items = num_items
+        self.max_len = max_len
+        self.time_unit = time_unit
+        self.num_buckets = num_buckets
+        self.dropout = dropout
+        init = nnx.initializers.normal(1.0 / math.sqrt(dim))
+        self.item_embed = nnx.Embed(num_items + 1, dim, embedding_init=init, rngs=rngs)
+        self.pos_embed = nnx.Param(init(rngs.params(), (max_len, dim)))
+        self.blocks = nnx.List([
+            TimeBiasedBlock(dim, heads, ffn_mult=ffn_mult, time_encoding=time_encoding, num_buckets=num_buckets,
+                            dropout=dropout, rngs=rngs)
+            for _ in range(layers)
+        ])
+        self.final_norm = nnx.LayerNorm(dim, rngs=rngs)
+
+    def hidden_states(self, items: Array, times: Array, key: Array | None = None) -> Array:
+        """``(batch, L)`` left-padded items and their times (seconds) -> ``(batch, L, dim)``."""
+        batch, length = items.shape
+        valid = items != self.num_items
+        causal = jnp.tril(jnp.ones((length, length), bool))
+        # A padding query may see itself, so no row is fully masked.
+        allowed = causal[None] & (valid[:, None, :] | jnp.eye(length, dtype=bool)[None])
+        times = times - jnp.max(times, axis=1, keepdims=True)  # relative times: float32-safe gaps
+        gaps = times[:, :, None] - times[:, None, :]  # (batch, query, key) >= 0 where allowed
+        buckets = time_buckets(gaps, time_unit=self.time_unit, num_buckets=self.num_buckets)
+        log_age = jnp.log1p(jnp.abs(gaps) / self.time_unit)
+        keys = _split(key, len(self.blocks) + 1)
+        dim = self.item_embed.embedding.shape[-1]
+        x = self.item_embed(items) * math.sqrt(dim) + self.pos_embed[...][-length:]
+        x = _dropout(x, self.dropout, keys[0]) * valid[..., None]
+        for block, k in zip(self.blocks, keys[1:]):
+            x = block(x, allowed, buckets, log_age, k)
+        return self.final_norm(x)
+
+    def item_table(self) -> Array:
+        """``(items, dim)`` output embeddings (the padding row excluded)."""
+        return self.item_embed.embedding[...][: self.num_items]
+
+    def user_state(self, items: Array, times: Array) -> Array:
+        """``(batch, dim)``: the state after the most recent item (embedding interests I(u, t))."""
+        return self.hidden_states(items, times)[:, -1]
+
+    def score_all_items(self, items: Array, times: Array) -> Array:
+        """``(batch, L)`` histories -> ``(batch, items)`` next-item logits."""
+        return self.user_state(items, times) @ self.item_table().T
+
+    def __call__(self, items: Array, times: Array, key: Array | None = None) -> Array:
+        """``(batch, L, items)`` next-item logits at every position."""
+        return self.hidden_states(items, times, key) @ self.item_table().T
+
+
+def build_sequence_model(seq_config, num_items: int, *, seed: int) -> TimeAwareSASRec:
+    """The model a ``SequenceConfig`` describes, initialized from ``seed``."""
+    return TimeAwareSASRec(
+        num_items,
+        max_len=seq_config.max_len,
+        dim=seq_config.dim,
+        heads=seq_config.heads,
+        layers=seq_config.layers,
+        ffn_mult=seq_config.ffn_mult,
+        time_encoding=seq_config.time_encoding,
+        time_unit=seq_config.time_unit_seconds,
+        num_buckets=seq_config.time_buckets,
+        dropout=seq_config.dropout,
+        rngs=nnx.Rngs(seed),
+    )
+
+
+def count_params(params) -> int:
+    """Number of scalars in a params pytree."""
+    return int(sum(x.size for x in jax.tree.leaves(params)))

@@ -1,0 +1,64 @@
+"""Temporal protocols as stages: leave-last-out and the global time cut-off."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from fgjax.data.split import leave_last_out
+from fgjax.errors import DataError
+from fgjax.protocol import from_split, time_cutoff_protocol
+
+
+def _events(seed=0, n=600, users=30, items=80):
+    rng = np.random.default_rng(seed)
+    return rng.integers(0, users, n), rng.integers(0, items, n), rng.uniform(0, 1e6, n).round(), users
+
+
+def _items(sets, u):
+    return set(sets.items[sets.indptr[u] : sets.indptr[u + 1]].tolist())
+
+
+def test_leave_last_out_stages():
+    user, item, ts, users = _events()
+    split = leave_last_out(user, item, ts, users)
+    p = from_split(split, user, item, ts)
+    assert p.name == "leave_last_out"
+    np.testing.assert_array_equal(p.validation.targets[:, 0], split.val_target[p.validation.users])
+    np.testing.assert_array_equal(p.test.targets[:, 0], split.test_target[p.test.users])
+    for u in p.validation.users:
+        # The validation time is the first time of the validation item; training is strictly before it.
+        first = ts[(user == u) & (item == split.val_target[u])].min()
+        assert p.validation.at_time[u] == first
+        assert ts[p.train_events & (user == u)].max(initial=-1) < first
+        assert split.val_target[u] not in _items(p.validation.seen, u)
+        assert split.test_target[u] not in _items(p.test.seen, u)
+
+
+def test_time_cutoff_targets_are_new_items_after_the_cut():
+    user, item, ts, users = _events(1)
+    p = time_cutoff_protocol(user, item, ts, users, (0.6, 0.8))
+    val_cut, test_cut = np.quantile(ts, 0.6), np.quantile(ts, 0.8)
+    np.testing.assert_array_equal(p.train_events, ts < val_cut)
+    np.testing.assert_array_equal(p.test.known_events, ts < test_cut)
+    assert np.all(p.validation.at_time == val_cut) and np.all(p.test.at_time == test_cut)
+    for stage, lo, hi in ((p.validation, -np.inf, val_cut), (p.test, -np.inf, test_cut)):
+        for u, row in zip(stage.users, stage.targets):
+            known = set(item[(user == u) & (ts < hi)].tolist())
+            assert known and known == _items(stage.seen, u)  # judged users have history; all of it is masked
+            got = set(row[row >= 0].tolist())
+            window = (user == u) & (ts >= hi) & ((ts < test_cut) if hi == val_cut else True)
+            assert got == set(item[window].tolist()) - known
+            assert len(got) == int((row >= 0).sum())  # distinct
+    # Every user with history and a new item after the cut is judged.
+    expected = {u for u in range(users) if ((user == u) & (ts < test_cut)).any()
+                and (set(item[(user == u) & (ts >= test_cut)].tolist()) - set(item[(user == u) & (ts < test_cut)].tolist()))}
+    assert set(p.test.users.tolist()) == expected
+
+
+def test_time_cutoff_with_no_one_to_judge_is_a_clear_error():
+    user = np.array([0, 0, 1, 1])
+    item = np.array([1, 2, 3, 4])
+    ts = np.array([0.0, 1.0, 2.0, 3.0])  # user 1 only after the cut: no history
+    with pytest.raises(DataError, match="cutoff_quantiles"):
+        time_cutoff_protocol(user, item, ts, 2, (0.4, 0.5))
