@@ -49,11 +49,13 @@ bench() {  # bench NAME TIMEOUT [extra flags]
 # 1. The fast paths give the simple paths' answers on the GPU (top-K, sparse optimizer, streaming, scoring).
 step checks 100 python -m pytest -q -p no:cacheprovider -x -m "not slow" \
   tests/test_kernels_topk.py tests/test_sparse.py tests/test_stream.py tests/test_scoring.py \
+  tests/test_kernels_detector.py tests/test_kernels_timeseries.py \
   --junitxml="$OUT/checks.xml"
 # 2. Benchmarks, most important first (targets in bench/RESULTS.md).
 bench topk 100
 bench kernels 90
 bench analysis_pass 60
+bench detector_update 90
 bench pipeline 150 $( [ "$SCALE" = large ] && echo --events 30000000 )
 bench train 70
 bench scaling 70

@@ -253,6 +253,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--peer", default=None, help="folder written by bench/recbole_peer.py (export + run)")
     p.add_argument("--results-md", default=None, help="also replace the quality section of this Markdown file")
     p.add_argument("--quiet", action="store_true")
+    # Accepted so that the suite (python -m bench quality) can call it like any benchmark;
+    # the report has one size (MovieLens-100K), draws its curves into --out and uses no torch.
+    p.add_argument("--scale", choices=("small", "large"), default="small", help=argparse.SUPPRESS)
+    p.add_argument("--plots", default="", help=argparse.SUPPRESS)
+    p.add_argument("--no-torch", action="store_true", help=argparse.SUPPRESS)
     return p
 
 
@@ -264,6 +269,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     report = (lambda _: None) if args.quiet else (lambda msg: print(msg, flush=True))
     out = Path(args.out)
+    suite_json = None
+    if out.suffix == ".json":  # called by the suite: --out DIR/quality.json
+        suite_json, out = out, out.parent / "quality"
     t0 = time.perf_counter()
     try:
         config = load_config(args.config, args.overrides)
@@ -279,6 +287,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                "command": "python -m bench.quality " + " ".join(argv if argv is not None else sys.argv[1:]),
                "data": dataclasses.asdict(log.report), "config": to_dict(config), "protocols": protocols}
     _report.write_json(out / "quality.json", payload)
+    if suite_json is not None:
+        _report.write_json(suite_json, payload)
     text = markdown(payload)
     (out / "quality.md").write_text(text + "\n")
     if args.results_md:
