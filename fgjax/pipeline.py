@@ -222,8 +222,10 @@ def quickstart(config: Config, out: str | Path, report: Reporter = print, progre
     fitted = fit(config, prepared, out, report, progress)
     timings["train_and_analyze_s"] = time.perf_counter() - t
     rows = write_forgetting(fitted.forgetting, prepared.log, out / "forgetting.parquet")
+    changes = write_states(fitted.forgetting, prepared.log, out / "states.parquet")
     counts = state_counts(fitted.forgetting)
-    report(f"forgetting: {fitted.forgetting.num_windows} windows, {rows:,} (user, window) rows; final states {counts}")
+    report(f"forgetting: {fitted.forgetting.num_windows} windows, {rows:,} (user, window) rows, {changes:,} state "
+           f"changes; final states {counts}")
     t = time.perf_counter()
     rec_rows = write_recommendations(config, fitted, out / "recommendations.parquet")
     timings["recommend_s"] = time.perf_counter() - t
@@ -250,7 +252,7 @@ def quickstart(config: Config, out: str | Path, report: Reporter = print, progre
         "config": to_dict(config),
     }
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2, default=_json_default) + "\n")
-    report(f"wrote {out}/: recommendations.parquet forgetting.parquet metrics.json plots/ checkpoint/")
+    report(f"wrote {out}/: recommendations.parquet forgetting.parquet states.parquet metrics.json plots/ checkpoint/")
     return metrics
 
 

@@ -129,6 +129,7 @@ def test_quickstart_then_every_subcommand(tmp_path, capsys):
 
     states = pq.read_table(tmp_path / "an" / "states.parquet")
     assert tuple(states.column_names) == STATE_COLUMNS and states.num_rows > 0
+    assert pq.read_table(out / "states.parquet").equals(states)  # the quickstart wrote the same changes
     # The same data in weekly windows through the shorthand flags.
     code, stdout, err = run_cli(["analyze", "--out", tmp_path / "an7", "--events", f"{out}/data/events", "--items",
                                  f"{out}/data/items.parquet", "--window", "7d", *SMALL], capsys)
