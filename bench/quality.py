@@ -100,19 +100,26 @@ def run_protocol(config, log, name: str, out: Path, peer: Path | None, report) -
 
     train_seq = build_sequences(log.user, log.item, log.timestamp, log.num_users, protocol.train_events)
     test_seq = build_sequences(log.user, log.item, log.timestamp, log.num_users, test.known_events)
-    seq = train_sequence(config, train_seq, log.num_items, val_users=val.users, val_targets=val.targets,
-                         val_seen=val.seen, progress=False)
     from fgjax.models.sequence import count_params
 
-    training["time_sasrec"] = {"train_seconds": round(seq.seconds, 1), "epochs": seq.epochs,
-                               "best_epoch": seq.best_epoch, "stopped_early": seq.stopped_early,
-                               "parameters": count_params(seq.params)}
-    histories["time_sasrec"] = seq.history
-    scores["time_sasrec"] = {
-        "val": Q.sequence_scores(seq.graphdef, seq.params, train_seq, val.users, log.num_items),
-        "test": Q.sequence_scores(seq.graphdef, seq.params, test_seq, test.users, log.num_items),
-    }
-    report(f"[{name}] time_sasrec: {seq.epochs} epochs (best {seq.best_epoch}) in {seq.seconds:.1f} s")
+    # The time-aware model, and (quality.sasrec_baseline) the same network without
+    # time encodings: plain SASRec, the established architecture, under this protocol.
+    sequence_models = [("time_sasrec", config)]
+    if config.quality.sasrec_baseline:
+        plain = dataclasses.replace(config.sequence, time_encoding="none")
+        sequence_models.append(("sasrec", dataclasses.replace(config, sequence=plain)))
+    for model_name, model_config in sequence_models:
+        seq = train_sequence(model_config, train_seq, log.num_items, val_users=val.users, val_targets=val.targets,
+                             val_seen=val.seen, progress=False)
+        training[model_name] = {"train_seconds": round(seq.seconds, 1), "epochs": seq.epochs,
+                                "best_epoch": seq.best_epoch, "stopped_early": seq.stopped_early,
+                                "parameters": count_params(seq.params)}
+        histories[model_name] = seq.history
+        scores[model_name] = {
+            "val": Q.sequence_scores(seq.graphdef, seq.params, train_seq, val.users, log.num_items),
+            "test": Q.sequence_scores(seq.graphdef, seq.params, test_seq, test.users, log.num_items),
+        }
+        report(f"[{name}] {model_name}: {seq.epochs} epochs (best {seq.best_epoch}) in {seq.seconds:.1f} s")
 
     # Forgetting analyses: one per half-life and stage (alpha only changes p, recomputed from f).
     analyses = {stage: {hl: Q.stage_forgetting(config, log, st, hl) for hl in config.quality.sweep_half_life_windows}

@@ -193,6 +193,7 @@ class QualityConfig:
     sweep_alpha: list[float] = dataclasses.field(default_factory=lambda: [0.0, 1.0, 2.0, 4.0, 8.0])
     sweep_half_life_windows: list[float] = dataclasses.field(default_factory=lambda: [1.0, 4.0, 16.0, math.inf])
     sweep_strength: list[float] = dataclasses.field(default_factory=lambda: [0.0, 0.25, 0.5, 1.0])
+    sasrec_baseline: bool = True  # also train the same network without time encodings (plain SASRec)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -80,14 +80,14 @@ def test_quality_report_end_to_end(tmp_path):
     assert [r["protocol"] for r in data["protocols"]] == ["leave_last_out", "time_cutoff"]
     for result in data["protocols"]:
         models = {(r["model"], r["forgetting"]) for r in result["rows"]}
-        assert models == {(m, f) for m in ("popularity", "embedding_mlp", "time_sasrec") for f in ("off", "on")}
+        assert models == {(m, f) for m in ("popularity", "embedding_mlp", "time_sasrec", "sasrec") for f in ("off", "on")}
         for r in result["rows"]:
             for k in (10, 20):
                 for m in ("precision", "recall", "f1", "ndcg", "hit_rate", "mrr", "map"):
                     assert 0.0 <= r[f"{m}@{k}"] <= 1.0
         assert (out / f"training_curves_{result['protocol']}.png").stat().st_size > 1000
     text = md.read_text()
-    assert "old text" in text and text.count(quality.SECTION_START) == 1 and "| time_sasrec | off |" in text
+    assert "old text" in text and text.count(quality.SECTION_START) == 1 and "| time_sasrec | off |" in text and "| sasrec | off |" in text
     quality.update_results(md, "second", "cmd")  # replaced, not appended
     assert md.read_text().count(quality.SECTION_START) == 1 and "second" in md.read_text()
     assert payload["seconds"] > 0
