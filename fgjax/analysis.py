@@ -246,8 +246,8 @@ def _snapshot_arrays(detail: WindowDetail, carry: AnalysisCarry) -> dict[str, ja
     return arrays
 
 
-@jax.jit
-def _with_limits(arrays: dict[str, jax.Array], params: kernels.DetectorParams) -> dict[str, jax.Array]:
+@functools.partial(jax.jit, static_argnames=("buffer_windows",))
+def _with_limits(arrays: dict[str, jax.Array], params: kernels.DetectorParams, buffer_windows: int) -> dict[str, jax.Array]:
     """Add ``silence_limit`` (s*) from the ``_`` counters, and drop them; 0 without a detector."""
     out = {name: a for name, a in arrays.items() if not name.startswith("_")}
     if "_total" not in arrays:
@@ -255,7 +255,7 @@ def _with_limits(arrays: dict[str, jax.Array], params: kernels.DetectorParams) -
         return out
     model = kernels.silence_model(
         arrays["_total"], arrays["_alive"], arrays["silence"], arrays["_active_windows"], arrays["_longest_gap"],
-        arrays["period"], arrays["period_strength"], params,
+        arrays["period"], arrays["period_strength"], params, buffer_windows,
     )
     out["silence_limit"] = jnp.where(arrays["_alive"] > 0, kernels.model_silence_limit(model, params), 0)
     return out
@@ -269,7 +269,7 @@ def _keep_snapshot(snapshot, arrays, take):
 
 @functools.partial(jax.jit, static_argnames=("size",))
 def _gather_changes(
-    degree, detail: WindowDetail, detector: kernels.DetectorState, params: kernels.DetectorParams, *, size: int
+    degree, detail: WindowDetail, detector: kernels.DetectorState, params: kernels.DetectorParams, *, size: int,
 ) -> dict[str, jax.Array]:
     """The (user, interest) rows whose state changed in a window, padded to ``size``.
 
@@ -293,7 +293,7 @@ def _gather_changes(
     rows.update({name: take(_evidence(detail, name)) for name in _OBSERVED})
     if detail.detection is not None:
         rows.update({f"_{name}": take(getattr(detector, name)) for name in _COUNTERS})
-    return _with_limits(rows, params)
+    return _with_limits(rows, params, detector.buffer.counts.shape[-1])
 
 
 def window_index(timestamp: np.ndarray, window_seconds: float, origin: float) -> np.ndarray:
@@ -410,7 +410,8 @@ def analyze(
         last_detail = detail
     collect(*pending)
     last = jax.device_get(carry)
-    final = jax.device_get(_with_limits(snapshot if snapshot is not None else _snapshot_arrays(last_detail, carry), params))
+    final = jax.device_get(_with_limits(snapshot if snapshot is not None else _snapshot_arrays(last_detail, carry), params,
+                                        carry.detector.buffer.counts.shape[-1]))
     merged = {name: np.concatenate([c[name] for c in changes]) for name in changes[0]} if changes else {}
     return ForgettingResult(
         window_start=origin + np.arange(num_windows) * acfg.window_seconds,
@@ -423,7 +424,8 @@ def analyze(
         p=np.asarray(final["p"]),
         state=np.asarray(final["state"]),
         ever=np.asarray(final["ever"]),
-        evidence={name: np.asarray(final[name]) for name in EVIDENCE_FIELDS},
+        # Under the level rule no detector ran: no evidence (not zeros that read as "never active").
+        evidence={name: np.asarray(final[name]) for name in EVIDENCE_FIELDS} if acfg.detector.kind == "adaptive" else {},
         changes=merged,
         events_without_interest=without_interest,
     )
@@ -480,7 +482,9 @@ def states_table(result: ForgettingResult, log: EventLog) -> pa.Table:
     the silence, recent_events against expected_recent_events (the drop
     test), trend (events per window per window), period (windows; 0 = none)
     with period_strength, last_active (start of the last active window).
-    Rows are ordered by window, then user, then interest.
+    Rows are ordered by window, then user, then interest. Under
+    ``analysis.detector.kind: level`` no detector runs: the evidence columns
+    are zeros and last_active is null.
     """
     c = result.changes
     if not c:

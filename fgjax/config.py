@@ -204,8 +204,11 @@ class RecommendConfig:
     suppress forgotten with ``forgotten: 0``, damp declining with
     ``declining: 0.5``, boost new with ``new: 1.5``) plus exploration: each
     forgotten (user, interest) is re-surfaced, weighted as if active, with
-    probability ``explore_probability`` per request (drawn from
-    ``explore_seed``), and its items are flagged ``explore`` in the output.
+    probability ``explore_probability``, and its items are flagged
+    ``explore`` in the output. The draw is made once per analysis (each fit,
+    i.e. each refresh of the serving state) from ``explore_seed``: change the
+    seed between refreshes to re-surface other interests; it is not redrawn
+    per request.
     """
 
     k: int = 10
@@ -226,6 +229,7 @@ class EvaluateConfig:
     # Forgetting detection against synthetic ground truth (``fgjax evaluate --detection``).
     fade_forgotten_share: float = 0.25  # a fading interest counts as forgotten once its rate is below this share
     detection_margin_windows: int = 4  # changes this close to the end of the log are not judged
+    detection_early_windows: int = 1  # an alarm up to this many windows before the forgotten window still counts
     false_alarm_sweep: list[float] = dataclasses.field(
         default_factory=lambda: [1e-6, 1e-5, 1e-4, 5e-4, 2e-3, 1e-2, 3e-2, 0.1, 0.3]
     )
@@ -310,6 +314,7 @@ _LOWER_BOUNDS = MappingProxyType({
     ("evaluate", "ks"): (1, True),
     ("evaluate", "fade_forgotten_share"): (0, False),
     ("evaluate", "detection_margin_windows"): (0, True),
+    ("evaluate", "detection_early_windows"): (0, True),
     ("evaluate", "false_alarm_sweep"): (0, False),
     ("evaluate", "seed_threshold_sweep"): (0, True),
     ("evaluate", "silence_sweep"): (1, True),

@@ -10,12 +10,16 @@ interest) pair:
   forgotten from a known window: the first window that starts at or after
   the stop or pause (stopped, reactivated) or after the time its rate falls
   below ``evaluate.fade_forgotten_share`` of the old one (fading). The first alarm
-  (``forgotten``) is a true positive when it comes at or after the change
-  (for reactivated, no later than the return); its delay is the alarm window
-  minus the forgotten window (negative for a fade caught early).
-- **negatives** (``stable``, ``periodic``, ``bursty``): any alarm is a false
-  positive. So is an alarm on a positive before its change.
-- Changes within ``evaluate.detection_margin_windows`` of the end are not judged.
+  (``forgotten``) is a true positive when it comes no more than
+  ``evaluate.detection_early_windows`` before that window (and, for
+  reactivated, no later than the return); its delay is the alarm window
+  minus the forgotten window.
+- **false positives**: any alarm on a negative (``stable``, ``periodic``,
+  ``bursty``), and a first alarm on a positive that is too early (a fade
+  called forgotten while its rate is still high) or after a paused interest
+  came back.
+- Not judged: changes within ``evaluate.detection_margin_windows`` of the
+  end, and pairs with no event before their change (nothing to detect).
 
 Two baselines run beside it on the same windows: a fixed threshold on the
 seed's F (per-window indicator, F(u, t) >= theta, charged to the interests
@@ -189,7 +193,7 @@ def _ratio(a: float, b: float) -> float | None:
     return float(a / b) if b else None
 
 
-def score(alarm: np.ndarray, truth: Truth) -> dict[str, Any]:
+def score(alarm: np.ndarray, truth: Truth, early_windows: int = 1) -> dict[str, Any]:
     """Precision, recall, F1, false-positive rate and delays of first alarms ``(pairs,)``.
 
     Returns ``{"overall": {...}, "cases": {case: {...}}}``; the cases are the
@@ -198,9 +202,9 @@ def score(alarm: np.ndarray, truth: Truth) -> dict[str, Any]:
     judged = truth.judged
     positive = truth.positive
     alarmed = alarm >= 0
-    in_time = alarmed & (alarm >= truth.onset) & ((truth.resume < 0) | (alarm <= truth.resume))
+    in_time = alarmed & (alarm >= truth.forgotten - early_windows) & ((truth.resume < 0) | (alarm <= truth.resume))
     tp = judged & positive & in_time
-    fp = judged & alarmed & (~positive | (alarm < truth.onset))
+    fp = judged & alarmed & (~positive | ~in_time)
     delay = np.where(tp, alarm - truth.forgotten, 0)
 
     def summary(sel: np.ndarray) -> dict[str, Any]:
@@ -259,10 +263,11 @@ def new_interest_summary(codes: np.ndarray, truth: Truth) -> dict[str, Any]:
     return {"pairs": len(sel), "appeared": len(first), "first_state_new": _ratio(int(np.sum(first == kernels.NEW)), len(first))}
 
 
-def _curve(knobs: list[float], alarms_for: Callable[[float], np.ndarray], truth: Truth) -> list[dict[str, Any]]:
+def _curve(knobs: list[float], alarms_for: Callable[[float], np.ndarray], truth: Truth,
+           early_windows: int) -> list[dict[str, Any]]:
     points = []
     for knob in knobs:
-        scored = score(first_alarm(alarms_for(knob), truth), truth)
+        scored = score(first_alarm(alarms_for(knob), truth), truth, early_windows)
         overall, periodic = scored["overall"], scored["cases"].get("periodic", {})
         points.append({"knob": knob, **{k: overall[k] for k in ("precision", "recall", "f1", "median_delay")},
                        "periodic_false_positive_rate": periodic.get("false_positive_rate")})
@@ -302,11 +307,18 @@ def evaluate_detection_on(
     origin = float(result.window_start[0])
     truth = load_truth(truth_path, log, config, origin, result.num_windows)
     counts = window_counts(log, origin, acfg.window_seconds, result.num_windows)
+    # A pair with no event before its change (or none at all) has nothing to detect.
+    series = counts[:, truth.user, truth.interest] > 0  # (windows, pairs)
+    first = np.where(series.any(axis=0), series.argmax(axis=0), result.num_windows)
+    truth = dataclasses.replace(truth, judged=truth.judged & (first < np.where(truth.onset >= 0, truth.onset,
+                                                                                result.num_windows)))
+    early = ecfg.detection_early_windows
 
     detector_alarm = first_alarm(codes == kernels.FORGOTTEN, truth)
-    detector = score(detector_alarm, truth)
-    seed_curve = _curve(ecfg.seed_threshold_sweep, lambda th: seed_threshold_alarms(counts, th), truth)
-    silence_curve = _curve([float(n) for n in ecfg.silence_sweep], lambda n: silence_alarms(counts, int(n)), truth)
+    detector = score(detector_alarm, truth, early)
+    seed_curve = _curve(ecfg.seed_threshold_sweep, lambda th: seed_threshold_alarms(counts, th), truth, early)
+    silence_curve = _curve([float(n) for n in ecfg.silence_sweep], lambda n: silence_alarms(counts, int(n)), truth,
+                           early)
     device_counts = jnp.asarray(counts)
     params = detector_params(acfg)
 
@@ -314,14 +326,14 @@ def evaluate_detection_on(
         knobs = params._replace(false_alarm=jnp.asarray(q, jnp.float32))
         return np.asarray(detect_series(device_counts, knobs, buffer_windows=acfg.detector.buffer_windows)) == kernels.FORGOTTEN
 
-    detector_curve = _curve(ecfg.false_alarm_sweep, sweep_alarms, truth)
+    detector_curve = _curve(ecfg.false_alarm_sweep, sweep_alarms, truth, early)
     best_seed = _best(seed_curve)
     best_silence = _best(silence_curve)
     baselines = {
         "seed_F_threshold": {"knob": best_seed["knob"], **score(
-            first_alarm(seed_threshold_alarms(counts, best_seed["knob"]), truth), truth)},
+            first_alarm(seed_threshold_alarms(counts, best_seed["knob"]), truth), truth, early)},
         "no_activity_windows": {"knob": best_silence["knob"], **score(
-            first_alarm(silence_alarms(counts, int(best_silence["knob"])), truth), truth)},
+            first_alarm(silence_alarms(counts, int(best_silence["knob"])), truth), truth, early)},
     }
     setup = {
         "windows": result.num_windows,
@@ -332,6 +344,7 @@ def evaluate_detection_on(
         "pairs_judged": int(truth.judged.sum()),
         "pairs_not_judged": int((~truth.judged).sum()),
         "fade_forgotten_share": ecfg.fade_forgotten_share,
+        "early_windows": early,
     }
     report = DetectionReport(
         detector={"knob": acfg.detector.false_alarm, **detector},

@@ -51,6 +51,7 @@ from jax.typing import ArrayLike
 
 from ._states import ACTIVE, DECLINING, FORGOTTEN, NEW, NONE, REACTIVATED
 from ._timeseries import (
+    COUNT_MAX,
     ActivityBuffer,
     RunningMoments,
     activity_buffer_init,
@@ -91,7 +92,7 @@ class DetectorState(NamedTuple):
     Attributes:
       buffer: ring buffer of the last T windows' counts, ``(users, K, T)`` uint8.
       window: ``()`` int32 windows closed so far.
-      total: events since first activity (float32, not saturated).
+      total: events since first activity (float32; each window's count saturated at 255 like the buffer).
       alive: windows since first activity, this one included (0 = never active).
       active_windows: windows with activity.
       silence: windows without activity since the last active one.
@@ -168,11 +169,15 @@ def detector_init(num_users: int, num_interests: int, buffer_windows: int = 64) 
 def event_counts(user: ArrayLike, interest: ArrayLike, num_users: int, num_interests: int) -> Array:
     """``(users, K)`` float32 number of events per (user, interest) in a window.
 
-    Rows with ``user >= num_users`` (padding) or ``interest >= K`` (no
-    category) are dropped.
+    Rows with ``user >= num_users`` or ``< 0`` (padding) or ``interest >= K``
+    or ``< 0`` (no category) are dropped.
     """
+    user, interest = jnp.asarray(user), jnp.asarray(interest)
+    # Negative indices would wrap around (NumPy style): send them out of range instead.
+    user = jnp.where(user < 0, num_users, user)
+    interest = jnp.where(interest < 0, num_interests, interest)
     out = jnp.zeros((num_users, num_interests), jnp.float32)
-    return out.at[jnp.asarray(user), jnp.asarray(interest)].add(1.0, mode="drop")
+    return out.at[user, interest].add(1.0, mode="drop")
 
 
 def poisson_cdf(k: ArrayLike, mean: ArrayLike) -> Array:
@@ -289,14 +294,19 @@ class SilenceModel(NamedTuple):
 
 def silence_model(
     total: ArrayLike, alive: ArrayLike, silence: ArrayLike, active_windows: ArrayLike, longest_gap: ArrayLike,
-    period: ArrayLike, period_strength: ArrayLike, params: DetectorParams,
+    period: ArrayLike, period_strength: ArrayLike, params: DetectorParams, buffer_windows: int,
 ) -> SilenceModel:
-    """``SilenceModel`` from the counters after a window (elementwise, any shape)."""
+    """``SilenceModel`` from the counters after a window (elementwise, any shape).
+
+    A period counts when it is strong and at least two cycles fit in the
+    windows the periodogram saw (``min(alive, buffer_windows)``): past 2T
+    windows of history, a trend would otherwise pass as a cycle of period T.
+    """
     alive = jnp.asarray(alive)
     alive_before = alive - jnp.asarray(silence)
     active_windows = jnp.asarray(active_windows)
     period = jnp.asarray(period, jnp.float32)
-    periodic = (jnp.asarray(period_strength) >= params.min_strength) & (alive >= 2 * period)
+    periodic = (jnp.asarray(period_strength) >= params.min_strength) & (jnp.minimum(alive, buffer_windows) >= 2 * period)
     expected_gap = jnp.maximum(jnp.asarray(longest_gap, jnp.float32), jnp.where(periodic, period - 1.0, 0.0))
     return SilenceModel(
         events=jnp.maximum(jnp.asarray(total, jnp.float32) - 1.0, 0.0),
@@ -367,7 +377,7 @@ def _judge(series: Array, b: _Block, params: DetectorParams, with_limits: bool) 
     recent_n = jnp.sum(recent_mask, axis=-1).astype(jnp.float32)
     trend = trend_slope(series, recent_mask)
     period, strength = dominant_period(series, lived)
-    model = silence_model(b.total, b.alive, b.silence, b.active_windows, b.longest_gap, period, strength, params)
+    model = silence_model(b.total, b.alive, b.silence, b.active_windows, b.longest_gap, period, strength, params, length)
     periodic = model.periodic
     # The first active window is given (it starts the history), so it is left out.
     limit = jnp.where(b.alive > 0, model_silence_limit(model, params), 0) if with_limits else None
@@ -459,10 +469,13 @@ def detector_update(
     was_seen = state.alive > 0
     alive = state.alive + (was_seen | active)
     silence = jnp.where(active, 0, state.silence + was_seen)
-    came_back = active & (state.silence > 0)
+    # A silence that ended in forgotten is a pause, not a gap the interest is
+    # known to come back from: it must not stretch the next silence limit.
+    came_back = active & (state.silence > 0) & (state.state != FORGOTTEN)
     longest_gap = jnp.where(came_back, jnp.maximum(state.longest_gap, state.silence), state.longest_gap)
     active_windows = state.active_windows + active
-    total = state.total + counts
+    # Saturated like the ring buffer, so the drop test compares like with like.
+    total = state.total + jnp.minimum(counts, COUNT_MAX)
     last_active = jnp.where(active, state.window, state.last_active)
     buffer = activity_buffer_update(state.buffer, counts)
     length = buffer.counts.shape[-1]

@@ -207,7 +207,7 @@ def test_monitor_update_window_by_window_equals_the_batch_analysis():
     params = detector_params(config.analysis)
     d, o = state.detector, detail.detection
     model = kernels.silence_model(d.total, d.alive, o.silence, d.active_windows, d.longest_gap, o.period,
-                                  o.period_strength, params)
+                                  o.period_strength, params, config.analysis.detector.buffer_windows)
     limit = np.where(np.asarray(d.alive) > 0, np.asarray(kernels.model_silence_limit(model, params)), 0)
     np.testing.assert_array_equal(limit, batch.evidence["silence_limit"])
     assert detail.detection.silence_limit is None  # not computed in the hot loop

@@ -61,8 +61,9 @@ def ref_detect(counts: np.ndarray, T: int, p=P) -> dict[str, np.ndarray]:
     out = {name: np.zeros((W, n)) for name in ("silence", "limit", "rate", "recent", "expected", "period", "strength")}
     out["state"] = np.zeros((W, n), np.int8)
     for j in range(n):
-        c = counts[:, j].astype(np.float64)
+        c = np.minimum(counts[:, j].astype(np.float64), 255)
         state, since_return = NONE, 10**9
+        pauses = set()  # windows where activity ended a silence that had been judged forgotten
         for t in range(W):
             hist = c[: t + 1]
             active_idx = np.nonzero(hist > 0)[0]
@@ -74,9 +75,12 @@ def ref_detect(counts: np.ndarray, T: int, p=P) -> dict[str, np.ndarray]:
             alive, silence = t - first + 1, t - last
             total = hist[first:].sum()
             active_windows = len(active_idx)
-            # Longest completed gap: silences between two active windows.
-            gaps = np.diff(active_idx) - 1
-            longest = gaps.max() if len(gaps) else 0
+            # Longest completed gap: silences between two active windows, except pauses
+            # that had been judged forgotten.
+            if active_now and state == FORGOTTEN:
+                pauses.add(t)
+            gaps = [b - a - 1 for a, b in zip(active_idx, active_idx[1:]) if b not in pauses]
+            longest = max(gaps, default=0)
             alive_before = alive - silence
             rate = total / max(alive_before, 1)
             # The last T windows, oldest first (zeros before the first window).
@@ -97,7 +101,7 @@ def ref_detect(counts: np.ndarray, T: int, p=P) -> dict[str, np.ndarray]:
             has = total_power > 1e-9
             period = T / (cand.argmax() + 1) if has else 0.0
             strength = cand.max() / total_power if has else 0.0
-            periodic = strength >= p.min_strength and alive >= 2 * period
+            periodic = strength >= p.min_strength and min(alive, T) >= 2 * period
             gap = max(longest, period - 1 if periodic else 0)
             limit = ref_limit(max(total - 1, 0), max(alive_before - 1, 0), max(active_windows - 1, 0),
                               alive_before - active_windows, gap, p, periodic)
@@ -185,7 +189,9 @@ def test_detector_matches_recomputation_from_scratch(seed):
     # Limits and states: float32 against float64 may differ at an exact
     # boundary; anywhere else they must agree.
     assert np.mean(got["limit"][seen] == ref["limit"][seen]) > 0.995
-    assert np.mean(got["state"] == ref["state"]) > 0.995
+    # (A limit may differ where a float32 input sits on a boundary: e.g. a period
+    # strength of 0.24999997 against min_strength 0.25. The states still agree exactly.)
+    np.testing.assert_array_equal(got["state"], ref["state"])
     assert set(np.unique(ref["state"])) >= {NEW, ACTIVE, FORGOTTEN, REACTIVATED}
 
 
@@ -293,3 +299,21 @@ def test_user_blocks_give_the_same_results():
             np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
     for x, y in zip(jax.tree.leaves(whole), jax.tree.leaves(blocked)):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+def test_long_history_pause_then_fade_is_forgotten_twice():
+    """Past 2T windows a trend must not pass as a period-T cycle, and a pause must not become the expected gap."""
+    rng = np.random.default_rng(11)
+    T = 8
+    rate = np.concatenate([np.full(30, 6.0), np.zeros(6), np.full(20, 6.0), 6.0 * 0.5 ** np.arange(1, 15)])
+    counts = rng.poisson(rate).astype(np.float32)[:, None]  # 70 windows, far past 2T
+    got = run_kernel(counts, T)
+    states = got["state"][:, 0].astype(int)
+    assert FORGOTTEN in states[30:36]  # the pause
+    assert REACTIVATED in states[36:39]
+    fade = states[56:]
+    assert FORGOTTEN in fade
+    assert int(np.argmax(fade == FORGOTTEN)) <= 7  # within 7 windows of the fade's start (rate 6 -> 0.05)
+    # The limit after the return is not stretched by the 6-window pause.
+    assert got["limit"][50, 0] <= 3
+
