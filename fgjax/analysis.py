@@ -397,7 +397,8 @@ def analyze(
             snapshot = _keep_snapshot(snapshot, arrays, jnp.asarray(snap_window == t))
         rows, count = None, 0
         if record_changes:
-            # Only the changed rows leave the device; their count sizes the gather.
+            # Only the changed rows leave the device; their count (a sync per window,
+            # one scalar) sizes the gather, so outputs overlap only the host work below.
             count = int(jnp.sum(detail.state != detail.previous_state))
             rows = (_gather_changes(out.degree, detail, carry.detector, params, size=bucket_size(max(count, 1)))
                     if count else None)
@@ -531,19 +532,21 @@ def write_states(result: ForgettingResult, log: EventLog, path) -> int:
     return table.num_rows
 
 
-def state_series(result: ForgettingResult, num_users: int, num_interests: int) -> np.ndarray:
-    """``(windows, users, K)`` int8 state codes, rebuilt from the change rows.
+def state_series(changes: dict[str, np.ndarray], num_windows: int, num_users: int, num_interests: int) -> np.ndarray:
+    """``(windows, users, K)`` int8 state codes, rebuilt from change rows.
 
-    What ``states.parquet`` says, window by window: a state holds until its next change.
+    ``changes`` holds ``(rows,)`` window, user, interest and state (codes), e.g.
+    ``ForgettingResult.changes`` or what ``states.parquet`` says: a state
+    holds until its next change.
     """
-    c = result.changes
-    codes = np.zeros((result.num_windows, num_users, num_interests), np.int8)
-    if not c:
+    c = changes
+    codes = np.zeros((num_windows, num_users, num_interests), np.int8)
+    if not c or len(c["window"]) == 0:
         return codes
-    change = np.full((result.num_windows, num_users, num_interests), -1, np.int8)
+    change = np.full((num_windows, num_users, num_interests), -1, np.int8)
     change[c["window"], c["user"], c["interest"]] = c["state"]
     current = np.zeros((num_users, num_interests), np.int8)
-    for t in range(result.num_windows):
+    for t in range(num_windows):  # a loop over windows, vectorized over users
         current = np.where(change[t] >= 0, change[t], current)
         codes[t] = current
     return codes

@@ -364,12 +364,7 @@ def _codes_from_table(table: pa.Table, log: EventLog, num_windows: int) -> np.nd
     names = table["state"].to_pylist()
     state = np.array([kernels.STATE_NAMES.index(n) for n in names], np.int8)
     changes = {"user": user, "interest": interest, "window": table["window"].to_numpy(), "state": state}
-    holder = ForgettingResult(
-        window_start=np.zeros(num_windows), degree=np.zeros((num_windows, 0)), top_interests=np.zeros((num_windows, 0, 0)),
-        top_probs=np.zeros((num_windows, 0, 0)), current=np.zeros(0), previous=np.zeros(0), f=np.zeros(0),
-        p=np.zeros(0), state=np.zeros(0), ever=np.zeros(0), changes=changes,
-    )
-    return state_series(holder, log.num_users, len(log.categories))
+    return state_series(changes, num_windows, log.num_users, len(log.categories))
 
 
 def format_report(report: DetectionReport) -> str:

@@ -353,10 +353,6 @@ class _Block(NamedTuple):
     previous: Array  # int8 codes before the window
 
 
-_JUDGED = ("state", "since_return", "silence_limit", "rate", "recent", "expected_recent", "trend", "period",
-           "period_strength")
-
-
 def _judge(series: Array, b: _Block, params: DetectorParams, with_limits: bool) -> dict[str, Array]:
     """The time-series features, both tests and the state machine for one block.
 

@@ -198,7 +198,7 @@ def test_monitor_update_window_by_window_equals_the_batch_analysis():
         state, out, detail = monitor_update(state, pad_events(events, len(sel) + 3, log.num_users), config)
         codes.append(np.asarray(detail.state))
         degrees.append(np.asarray(out.degree))
-    np.testing.assert_array_equal(np.stack(codes), state_series(batch, log.num_users, K))
+    np.testing.assert_array_equal(np.stack(codes), state_series(batch.changes, batch.num_windows, log.num_users, K))
     np.testing.assert_allclose(np.stack(degrees), batch.degree, rtol=1e-6)
     np.testing.assert_array_equal(np.asarray(detail.detection.last_active), batch.evidence["last_active"])
     # s* is computed only where it is written; from the monitor's counters it is the same.
@@ -222,7 +222,7 @@ def test_states_table_has_one_row_per_change_with_its_evidence():
     assert tuple(table.column_names) == STATE_COLUMNS
     rows = table.to_pylist()
     assert all(r["state"] != r["previous_state"] for r in rows)
-    codes = state_series(result, log.num_users, len(log.categories))
+    codes = state_series(result.changes, result.num_windows, log.num_users, len(log.categories))
     for r in rows:
         u = log.users.encode([r["user_id"]])[0]
         k = log.categories.encode([r["interest"]])[0]
