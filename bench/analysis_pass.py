@@ -2,7 +2,7 @@
 
     python -m bench analysis_pass --scale small|large [--out bench/results/analysis_pass.json]
 
-One call = ``fgjax.analysis.window_step`` (jitted, carry donated) closing one
+One call = ``fgjax.analysis.loop.window_step`` (jitted, carry donated) closing one
 window for every user, with E = N events in the window. Bytes the pass must
 move at least (K interests): read the carry (I 4, peak 4, state 1, ever 1
 bytes per cell), write it back plus f and p (4 + 4 + 1 + 1 + 4 + 4), i.e.
@@ -94,7 +94,7 @@ def bench_size(n: int, *, timing, seed: int, use_torch: bool) -> dict[str, Any]:
     import jax.numpy as jnp
 
     from fgjax import kernels
-    from fgjax.analysis import detector_params, init_carry, window_step
+    from fgjax.analysis.loop import detector_params, init_carry, window_step
     from fgjax.config import AnalysisConfig, DetectorConfig
 
     k = NUM_INTERESTS

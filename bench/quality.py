@@ -11,7 +11,7 @@ before each stage masked:
   sections); the time-aware sequence model (``sequence`` section, early
   stopping on validation NDCG@10);
 - each without and with forgetting-aware re-ranking, whose alpha, half-life
-  and strength are swept on the validation stage only (``fgjax.quality``);
+  and strength are swept on the validation stage only (``fgjax.evaluation.quality``);
 - Precision, Recall, F1, NDCG, HitRate, MRR, MAP at ``evaluate.ks`` on the
   test stage, training time and epochs;
 - an ablation of the chosen re-ranking (no interest states, alpha 0, no
@@ -46,7 +46,7 @@ METRICS = ("precision", "recall", "f1", "ndcg", "hit_rate", "mrr", "map")
 
 
 def _protocol(name: str, log, config):
-    from fgjax.protocol import leave_last_out_protocol, time_cutoff_protocol
+    from fgjax.data.protocol import leave_last_out_protocol, time_cutoff_protocol
 
     if name == "leave_last_out":
         return leave_last_out_protocol(log.user, log.item, log.timestamp, log.num_users)
@@ -54,7 +54,7 @@ def _protocol(name: str, log, config):
 
 
 def _mlp_split(protocol, log):
-    """The ``TemporalSplit`` ``fgjax.train.train`` expects; under a time cut-off its
+    """The ``TemporalSplit`` ``fgjax.training.loop.train`` expects; under a time cut-off its
     validation target (only monitored, no early stopping) is the user's first validation item."""
     from fgjax.data.split import TemporalSplit
 
@@ -67,10 +67,10 @@ def _mlp_split(protocol, log):
 
 
 def run_protocol(config, log, name: str, out: Path, peer: Path | None, report) -> dict[str, Any]:
-    from fgjax import quality as Q
+    from fgjax.evaluation import quality as Q
     from fgjax.data.sequences import build_sequences
-    from fgjax.train import train
-    from fgjax.train_sequence import train_sequence
+    from fgjax.training.loop import train
+    from fgjax.training.sequence import train_sequence
 
     ks = sorted(config.evaluate.ks)
     t0 = time.perf_counter()
@@ -165,7 +165,7 @@ def run_protocol(config, log, name: str, out: Path, peer: Path | None, report) -
 
 
 def _peer_rows(peer: Path, val, test, ks, report) -> list[dict[str, Any]]:
-    from fgjax.evaluate import metrics_at
+    from fgjax.evaluation.metrics import metrics_at
 
     arrays, info = np.load(peer / "topk.npz"), json.loads((peer / "peer.json").read_text())
     exported = np.load(peer / "inputs.npz")["users"]

@@ -27,7 +27,7 @@ def time_analysis(n: int, timing) -> float:
     import jax
 
     from fgjax import kernels
-    from fgjax.analysis import detector_params, init_carry, window_step
+    from fgjax.analysis.loop import detector_params, init_carry, window_step
     from fgjax.config import AnalysisConfig
 
     cfg = AnalysisConfig()

@@ -2,14 +2,14 @@
 
     python -m bench train --scale small|large
 
-``mlp``: ``fgjax.train.make_train_step`` (jitted, state donated, Adam; B
+``mlp``: ``fgjax.training.loop.make_train_step`` (jitted, state donated, Adam; B
 positives + B·n sampled negatives per step) against the same model, loss and
 Adam in PyTorch eager and with ``torch.compile`` (loss compiled, optimizer
 step eager) on the same sizes. examples/s counts scored (user, item) pairs.
 
 ``tables``: one step with 64-wide tables (small: 100k users x 20k items;
 large: 10M users x 1M items) and dense Adam on everything
-(``make_train_step``) vs ``fgjax.sparse`` row-wise Adagrad / lazy Adam that
+(``make_train_step``) vs ``fgjax.training.sparse`` row-wise Adagrad / lazy Adam that
 touch only the batch's rows.
 """
 
@@ -39,10 +39,10 @@ def _jax_steps(s, timing, seed, kinds=("dense",)):
     import optax
     from jax.sharding import NamedSharding, PartitionSpec as P
 
-    from fgjax import sparse
+    from fgjax.training import sparse
     from fgjax.config import ModelConfig
     from fgjax.models import build_model, split_params
-    from fgjax.train import TrainState, make_mesh, make_train_step
+    from fgjax.training.loop import TrainState, make_mesh, make_train_step
 
     mesh = make_mesh(1)
     users, items = _batch(np.random.default_rng(seed), s)

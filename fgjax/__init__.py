@@ -6,8 +6,8 @@ imports the training code):
 - ``fgjax.load(path)`` -> a ``ServingModel`` with ``.recommend(raw_user_ids, k)``.
 - ``fgjax.quickstart``, ``fgjax.prepare`` (read + split), ``fgjax.fit`` (train +
   analyze + serving state), ``fgjax.analyze``, ``fgjax.evaluate_checkpoint``:
-  the library functions behind the CLI (modules ``fgjax.train``,
-  ``fgjax.evaluate`` ... hold the lower-level pieces).
+  the library functions behind the CLI (modules ``fgjax.training.loop``,
+  ``fgjax.evaluation.metrics`` ... hold the lower-level pieces).
 - ``fgjax.kernels``: pure JAX kernels.
 """
 
@@ -19,13 +19,13 @@ from types import MappingProxyType
 __version__ = "0.1.0"
 
 _LAZY = MappingProxyType({
-    "load": ("fgjax.serving", "load"),
-    "ServingModel": ("fgjax.serving", "ServingModel"),
+    "load": ("fgjax.serving.model", "load"),
+    "ServingModel": ("fgjax.serving.model", "ServingModel"),
     "Config": ("fgjax.config", "Config"),
     "load_config": ("fgjax.config", "load_config"),
     # No name here may equal a submodule's (train, evaluate, recommend, ...):
     # importing the submodule would silently replace the attribute.
-    "analyze": ("fgjax.analysis", "analyze"),
+    "analyze": ("fgjax.analysis.loop", "analyze"),
     "quickstart": ("fgjax.pipeline", "quickstart"),
     "prepare": ("fgjax.pipeline", "prepare"),
     "fit": ("fgjax.pipeline", "fit"),

@@ -10,7 +10,7 @@ Layout of a checkpoint directory::
                                 (interest probabilities, states, item interests,
                                 seen items, popularity), written after analysis
 
-Only this module and ``fgjax.serving`` read it, and neither imports training code.
+Only this module and ``fgjax.serving.model`` read it, and neither imports training code.
 """
 
 from __future__ import annotations

@@ -197,7 +197,7 @@ def run(args) -> int:
     elif args.command == "recommend":
         import pyarrow.parquet as pq
 
-        from fgjax.serving import load
+        from fgjax.serving.model import load
 
         model = load(args.checkpoint)
         user_ids = _read_user_ids(args.users, model)

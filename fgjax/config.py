@@ -157,7 +157,7 @@ class TrainConfig:
 @dataclasses.dataclass(frozen=True)
 class SequenceConfig:
     """The time-aware sequence model (``fgjax.models.sequence``) and its training
-    (``fgjax.train_sequence``); mesh and checkpoint settings come from ``train``."""
+    (``fgjax.training.sequence``); mesh and checkpoint settings come from ``train``."""
 
     max_len: int = 50  # L: most recent items attended
     dim: int = 64

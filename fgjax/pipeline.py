@@ -17,12 +17,10 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from fgjax import kernels
-from fgjax.analysis import (
+from fgjax.analysis.loop import (
     ForgettingResult,
     analyze,
     degree_since_first_activity,
-    exploration_mask,
-    forgetting_weights,
     write_forgetting,
     write_states,
 )
@@ -32,11 +30,12 @@ from fgjax.data.reader import EventLog, read_events
 from fgjax.data.split import ItemSets, TemporalSplit, leave_last_out
 from fgjax.data.synthetic import generate
 from fgjax.errors import ConfigError, DataError
-from fgjax.evaluate import evaluate, item_popularity
+from fgjax.evaluation.metrics import evaluate, item_popularity
 from fgjax.plots import plot_forgetting, plot_training_curves
-from fgjax.recommend import Explanations, recommendation_table
-from fgjax.scoring import ForgettingWeights, rank_items
-from fgjax.train import TrainResult, train
+from fgjax.ranking.explain import Explanations, recommendation_table
+from fgjax.ranking.strategy import ForgettingWeights, exploration_mask, forgetting_weights
+from fgjax.ranking.topk import rank_items
+from fgjax.training.loop import TrainResult, train
 
 Reporter = Callable[[str], None]
 
@@ -286,7 +285,7 @@ def analyze_only(
 def evaluate_checkpoint(config: Config, out: str | Path, checkpoint: str | Path, report: Reporter = _quiet,
                         progress: bool = True) -> dict[str, Any]:
     """Evaluate a saved model on ``config.data`` under the temporal protocol -> ``out/metrics.json``."""
-    from fgjax.serving import load
+    from fgjax.serving.model import load
 
     out = Path(out)
     model = load(checkpoint)
@@ -313,7 +312,7 @@ def evaluate_detection(config: Config, out: str | Path, report: Reporter = _quie
     Also writes ``out/states.parquet``, ``out/detection.md`` and the plots
     ``out/plots/{detection_pr,forgetting,interest_timeline}.png``.
     """
-    from fgjax.detection import evaluate_detection_on, format_report, write_report
+    from fgjax.evaluation.detection import evaluate_detection_on, format_report, write_report
     from fgjax.plots import plot_detection_pr, plot_interest_timeline
 
     out = Path(out)

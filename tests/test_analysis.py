@@ -9,7 +9,8 @@ import pyarrow as pa
 import pytest
 
 from fgjax import kernels
-from fgjax.analysis import analyze, forgetting_table, forgetting_weights
+from fgjax.analysis.loop import analyze, forgetting_table
+from fgjax.ranking.strategy import forgetting_weights
 from fgjax.config import load_config
 from fgjax.errors import DataError
 
@@ -177,7 +178,7 @@ def test_needs_categories():
 
 def test_monitor_update_window_by_window_equals_the_batch_analysis():
     """A service calling monitor_update as each window closes gets what analyze computes over the whole log."""
-    from fgjax.analysis import monitor_init, monitor_update, pad_events, state_series, window_index
+    from fgjax.analysis.loop import monitor_init, monitor_update, pad_events, state_series, window_index
 
     log = make_log(num_users=10, num_items=16, events_per_user=30, seed=7)
     config = load_config(None, ["analysis.half_life_windows=4", "analysis.detector.buffer_windows=8"])
@@ -202,7 +203,7 @@ def test_monitor_update_window_by_window_equals_the_batch_analysis():
     np.testing.assert_allclose(np.stack(degrees), batch.degree, rtol=1e-6)
     np.testing.assert_array_equal(np.asarray(detail.detection.last_active), batch.evidence["last_active"])
     # s* is computed only where it is written; from the monitor's counters it is the same.
-    from fgjax.analysis import detector_params
+    from fgjax.analysis.loop import detector_params
 
     params = detector_params(config.analysis)
     d, o = state.detector, detail.detection
@@ -214,7 +215,7 @@ def test_monitor_update_window_by_window_equals_the_batch_analysis():
 
 
 def test_states_table_has_one_row_per_change_with_its_evidence():
-    from fgjax.analysis import STATE_COLUMNS, state_series, states_table
+    from fgjax.analysis.loop import STATE_COLUMNS, state_series, states_table
 
     log = make_log(num_users=12, num_items=20, events_per_user=25, seed=4)
     result = analyze(load_config(None, []), log, progress=False)
@@ -238,7 +239,7 @@ def test_states_table_has_one_row_per_change_with_its_evidence():
 
 
 def test_priorities_and_exploration_follow_the_strategy():
-    from fgjax.analysis import exploration_mask, interest_priorities
+    from fgjax.ranking.strategy import exploration_mask, interest_priorities
 
     log = make_log(num_users=40, num_items=20, events_per_user=25, seed=4)
     cut = log.timestamp.min() + 10 * 86400

@@ -9,7 +9,7 @@ import pytest
 from fgjax import kernels
 from fgjax.config import load_config
 from fgjax.data.synthetic import KINDS
-from fgjax.detection import (
+from fgjax.evaluation.detection import (
     Truth,
     detect_series,
     first_alarm,
@@ -17,7 +17,7 @@ from fgjax.detection import (
     seed_threshold_alarms,
     silence_alarms,
 )
-from fgjax.analysis import detector_params
+from fgjax.analysis.loop import detector_params
 
 K = {name: i for i, name in enumerate(KINDS)}
 

@@ -13,20 +13,20 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fgjax.distributed import process_files
+from fgjax.training.distributed import process_files
 
 WORKER = textwrap.dedent(
     """
     import json, sys
     mode, pid, port = sys.argv[1], int(sys.argv[2]), sys.argv[3]
     import jax
-    from fgjax import distributed
+    from fgjax.training import distributed
     if mode == "multi":
         distributed.initialize(f"localhost:{port}", 2, pid)
     import numpy as np, optax
     from fgjax.config import ModelConfig
     from fgjax.models import build_model, split_params
-    from fgjax.train import TrainState, make_mesh, make_train_step
+    from fgjax.training.loop import TrainState, make_mesh, make_train_step
     from jax.sharding import NamedSharding, PartitionSpec as P
     graphdef, params = split_params(build_model(ModelConfig(embed_dim=8, hidden_dim=16), 50, 30, seed=0))
     mesh = make_mesh(0)  # every device of every process

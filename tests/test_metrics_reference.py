@@ -13,7 +13,7 @@ import pytest
 import pytrec_eval
 
 from fgjax import kernels
-from fgjax.evaluate import metrics_at
+from fgjax.evaluation.metrics import metrics_at
 
 
 def _random_case(rng, users: int, items: int, length: int, max_targets: int):

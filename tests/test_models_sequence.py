@@ -16,7 +16,8 @@ from fgjax.data.sequences import build_sequences
 from fgjax.data.split import ItemSets, leave_last_out
 from fgjax.models.mlp import split_params
 from fgjax.models.sequence import TimeAwareSASRec, build_sequence_model, count_params, time_buckets
-from fgjax.train_sequence import next_item_loss, rank_sequence_items, relative_times, train_sequence
+from fgjax.data.sequences import relative_times
+from fgjax.training.sequence import next_item_loss, rank_sequence_items, train_sequence
 
 
 def _model(encoding="interval", **kw):
@@ -232,7 +233,7 @@ from test_models_sequence import _cyclic_data
 from fgjax.config import Config, SequenceConfig
 from fgjax.data.sequences import build_sequences
 from fgjax.data.split import leave_last_out
-from fgjax.train_sequence import train_sequence
+from fgjax.training.sequence import train_sequence
 user, item, ts = _cyclic_data(num_users=32, length=8)
 split = leave_last_out(user, item, ts, 32)
 train = build_sequences(user, item, ts, 32, split.train_events)

@@ -7,7 +7,7 @@ import pytest
 
 from fgjax.data.split import leave_last_out
 from fgjax.errors import DataError
-from fgjax.protocol import from_split, time_cutoff_protocol
+from fgjax.data.protocol import from_split, time_cutoff_protocol
 
 
 def _events(seed=0, n=600, users=30, items=80):

@@ -11,9 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fgjax import quality as Q
+from fgjax.evaluation import quality as Q
 from fgjax.config import Config, load_config
-from fgjax.protocol import from_split
+from fgjax.data.protocol import from_split
 from fgjax.data.split import leave_last_out
 
 ROOT = Path(__file__).resolve().parents[1]

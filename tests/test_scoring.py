@@ -6,7 +6,8 @@ import pytest
 from fgjax.config import ModelConfig
 from fgjax.data.split import ItemSets
 from fgjax.models import build_model, split_params
-from fgjax.scoring import ForgettingWeights, rank_items
+from fgjax.ranking.strategy import ForgettingWeights
+from fgjax.ranking.topk import rank_items
 
 from test_models_mlp import numpy_forward
 
@@ -52,7 +53,7 @@ def test_rank_items_without_forgetting_orders_by_the_model():
 
 
 def test_memory_budget_shrinks_chunks_without_changing_results(monkeypatch):
-    import fgjax.scoring as scoring
+    import fgjax.ranking.topk as scoring
 
     model = build_model(ModelConfig(embed_dim=4, hidden_dim=16), 40, 300, seed=5)
     graphdef, params = split_params(model)
@@ -73,7 +74,7 @@ def test_memory_budget_shrinks_chunks_without_changing_results(monkeypatch):
 @pytest.mark.parametrize("block", [128, 2048])
 def test_blocked_selection_matches_numpy_on_a_larger_catalog(monkeypatch, block):
     """Catalog > k * group size: the group-max path (several item blocks) against the full NumPy ranking."""
-    import fgjax.scoring as scoring
+    import fgjax.ranking.topk as scoring
 
     monkeypatch.setattr(scoring, "SCORE_BLOCK_ITEMS", block)
     num_users, num_items, K = 12, 700 + block // 128, 4  # distinct shapes: a fresh trace per block size

@@ -16,7 +16,7 @@ from fgjax.config import load_config
 from fgjax.errors import CheckpointError
 from fgjax.pipeline import fit, split_log
 from fgjax.data.split import ItemSets, leave_last_out
-from fgjax.scoring import rank_items
+from fgjax.ranking.topk import rank_items
 
 from conftest import make_log
 
@@ -29,7 +29,7 @@ print("RESULT" + json.dumps({
     "rows": table.drop_columns(["last_active"]).to_pylist(),
     "last_active_us": [None if v is None else v.value for v in table["last_active"]],
     # optax comes with flax.nnx itself; fgjax's own training code must not.
-    "training_modules": sorted(m for m in sys.modules if m in ("fgjax.train", "fgjax.pipeline", "fgjax.analysis", "fgjax.evaluate", "tqdm")),
+    "training_modules": sorted(m for m in sys.modules if m in ("fgjax.training.loop", "fgjax.pipeline", "fgjax.analysis.loop", "fgjax.evaluation.metrics", "tqdm")),
     "step": model.step,
 }))
 """
@@ -58,7 +58,7 @@ def test_separate_process_loads_and_recommends_by_raw_ids(fitted):
     assert [r["rank"] for r in rows[:5]] == [1, 2, 3, 4, 5]
     # The service's lists equal the in-process forgetting-aware ranking.
     log, split = result.prepared.log, result.prepared.split
-    from fgjax.analysis import forgetting_weights
+    from fgjax.ranking.strategy import forgetting_weights
 
     _, items = rank_items(result.trained.graphdef, result.trained.params, np.array([3, 10]), k=5,
                           num_items=log.num_items, seen=result.prepared.seen,
@@ -107,7 +107,7 @@ def test_in_process_load_matches_and_excludes_seen(fitted):
 
 def test_serving_state_covers_every_event(fitted):
     """What a service loads is the state after the whole log, not the evaluation history."""
-    from fgjax.analysis import analyze
+    from fgjax.analysis.loop import analyze
     from fgjax.checkpoint import load_serving
 
     out, config, result = fitted

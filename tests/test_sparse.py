@@ -17,10 +17,10 @@ import pytest
 
 from fgjax.config import ModelConfig
 from fgjax.models import build_model, split_params
-from fgjax.sparse import (
+from fgjax.training.sparse import (
     init_sparse_state, join_tables, lazy_adam, make_sparse_train_step, row_adagrad, state_shardings, table_optimizer,
 )
-from fgjax.train import bce_loss, make_mesh
+from fgjax.training.loop import bce_loss, make_mesh
 
 
 def _batches(rng, num_rows, d, steps, n=12):

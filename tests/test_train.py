@@ -19,7 +19,7 @@ from fgjax.config import Config, load_config
 from fgjax.data.split import leave_last_out
 from fgjax.errors import CheckpointError, ConfigError
 from fgjax.models import build_model, split_params
-from fgjax.train import bce_loss, epoch_order, train
+from fgjax.training.loop import bce_loss, epoch_order, train
 
 from conftest import make_log
 
@@ -120,7 +120,7 @@ MULTI_DEVICE_SCRIPT = textwrap.dedent(
     from conftest import make_log
     from fgjax.config import load_config
     from fgjax.data.split import leave_last_out
-    from fgjax.train import train
+    from fgjax.training.loop import train
     log = make_log()
     split = leave_last_out(log.user, log.item, log.timestamp, log.num_users)
     out = {"devices": len(jax.devices())}

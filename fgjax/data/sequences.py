@@ -108,3 +108,13 @@ def build_sequences(
     indptr = np.zeros(num_users + 1, np.int64)
     np.cumsum(np.bincount(u, minlength=num_users), out=indptr[1:])
     return Sequences(indptr, i.astype(np.int32), t.astype(np.float64))
+
+
+def relative_times(times: np.ndarray, items: np.ndarray, pad_item: int) -> np.ndarray:
+    """``(n, L)`` float64 epoch seconds -> float32 seconds before each row's latest item (0 in padding).
+
+    Epoch seconds do not fit float32 to the second; gaps within a row do.
+    """
+    valid = items != pad_item
+    latest = np.max(np.where(valid, times, -np.inf), axis=1, keepdims=True)
+    return np.where(valid, times - np.where(np.isfinite(latest), latest, 0.0), 0.0).astype(np.float32)

@@ -33,7 +33,6 @@ from fgjax import kernels
 from fgjax.config import AnalysisConfig, Config
 from fgjax.data.reader import EventLog
 from fgjax.errors import DataError
-from fgjax.scoring import ForgettingWeights
 from fgjax.shapes import bucket_size
 
 
@@ -550,55 +549,3 @@ def state_series(changes: dict[str, np.ndarray], num_windows: int, num_users: in
         current = np.where(change[t] >= 0, change[t], current)
         codes[t] = current
     return codes
-
-
-def exploration_mask(result: ForgettingResult, config: Config) -> np.ndarray:
-    """``(users, K)`` bool: forgotten interests re-surfaced this time (``recommend.explore_probability``)."""
-    rcfg = config.recommend
-    forgotten = result.state == kernels.FORGOTTEN
-    if rcfg.explore_probability <= 0:
-        return np.zeros_like(forgotten)
-    draw = np.random.default_rng([rcfg.explore_seed, 0x5EED]).random(forgotten.shape)
-    return forgotten & (draw < rcfg.explore_probability)
-
-
-def interest_priorities(result: ForgettingResult, config: Config) -> tuple[np.ndarray, np.ndarray]:
-    """Each user's interests ranked by priority ``p(k|u,t) * state_weight(state)``.
-
-    Re-surfaced (exploration) interests count as active. Interests the user
-    never had come last with priority 0.
-
-    Returns:
-      ``(order (users, K) int32 interest indices, priority (users, K) float32)``, best first.
-    """
-    rcfg = config.recommend
-    per_state = np.array([rcfg.state_weights.get(n, 1.0) for n in kernels.STATE_NAMES], np.float32)
-    state = np.where(exploration_mask(result, config), kernels.ACTIVE, result.state)
-    priority = np.where(result.ever, result.p * per_state[state], 0.0).astype(np.float32)
-    order = np.argsort(-priority, axis=1, kind="stable").astype(np.int32)
-    return order, np.take_along_axis(priority, order, axis=1)
-
-
-def forgetting_weights(result: ForgettingResult, config: Config, log: EventLog) -> ForgettingWeights:
-    """Scoring weights ``m(u, k) = max(p(k|u) * state_weight(state(u, k)), floor)``.
-
-    The strategy of ``config.recommend``: state weights, and forgotten
-    interests re-surfaced for exploration weighted as active. A column K is
-    appended for items without a category: the mean weight of the interests
-    the user has had, so such items are neither boosted nor suppressed
-    against the user's other items (for a user with no interest, the floor,
-    like everything else). The floor keeps items of never-seen or forgotten
-    interests ordered by the model instead of tied at zero.
-    """
-    rcfg = config.recommend
-    per_state = np.array([rcfg.state_weights.get(n, 1.0) for n in kernels.STATE_NAMES], np.float32)
-    state = np.where(exploration_mask(result, config), kernels.ACTIVE, result.state)
-    weights = result.p * per_state[state]
-    had = result.ever.sum(axis=1)
-    neutral = np.where(had > 0, np.sum(weights * result.ever, axis=1) / np.maximum(had, 1), 0.0)
-    user_interest = np.maximum(np.concatenate([weights, neutral[:, None]], axis=1), rcfg.interest_floor)
-    return ForgettingWeights(
-        user_interest=user_interest.astype(np.float32),
-        item_interest=log.item_category.astype(np.int32),
-        item_weight=np.ones(log.num_items, np.float32),
-    )

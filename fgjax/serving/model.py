@@ -21,8 +21,9 @@ from fgjax.config import from_dict
 from fgjax.data.split import ItemSets
 from fgjax.data.vocab import Vocabulary
 from fgjax.models import abstract_params
-from fgjax.recommend import Explanations, recommendation_table
-from fgjax.scoring import ForgettingWeights, rank_items
+from fgjax.ranking.explain import Explanations, recommendation_table
+from fgjax.ranking.strategy import ForgettingWeights
+from fgjax.ranking.topk import rank_items
 
 
 class ServingModel:

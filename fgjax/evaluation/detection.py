@@ -46,7 +46,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from fgjax import kernels
-from fgjax.analysis import ForgettingResult, analyze, detector_params, state_series, write_states
+from fgjax.analysis.loop import ForgettingResult, analyze, detector_params, state_series, write_states
 from fgjax.config import Config, to_dict
 from fgjax.data.reader import EventLog
 from fgjax.data.synthetic import KINDS

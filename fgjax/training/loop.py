@@ -35,7 +35,7 @@ from fgjax.data.reader import EventLog
 from fgjax.data.split import TemporalSplit
 from fgjax.errors import CheckpointError, ConfigError
 from fgjax.models import Params, build_model, split_params
-from fgjax.scoring import rank_items
+from fgjax.ranking.topk import rank_items
 
 DATA_AXIS = "data"
 

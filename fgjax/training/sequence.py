@@ -1,6 +1,6 @@
 """Training and full-catalog ranking for the time-aware sequence model.
 
-Same conventions as ``fgjax.train``: the model is split into a graph and a
+Same conventions as ``fgjax.training.loop``: the model is split into a graph and a
 pure params dict; one jitted step over the ``("data",)`` mesh (batch sharded,
 state replicated and donated) computes the next-item loss, full softmax over
 the catalog or a sampled softmax, and applies AdamW. Dropout keys and sampled
@@ -35,14 +35,14 @@ from tqdm.auto import tqdm
 from fgjax import kernels
 from fgjax.checkpoint import FORMAT_VERSION, TrainCheckpoints, write_manifest
 from fgjax.config import Config, SequenceConfig, to_dict
-from fgjax.data.sequences import Sequences
+from fgjax.data.sequences import Sequences, relative_times
 from fgjax.data.split import ItemSets
 from fgjax.errors import CheckpointError, ConfigError
 from fgjax.models.mlp import Params, split_params
 from fgjax.models.sequence import build_sequence_model
-from fgjax.scoring import ForgettingWeights
+from fgjax.ranking.strategy import ForgettingWeights
 from fgjax.shapes import bucket_size
-from fgjax.train import DATA_AXIS, TrainState, epoch_order, make_mesh
+from fgjax.training.loop import DATA_AXIS, TrainState, epoch_order, make_mesh
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,16 +65,6 @@ class SequenceTrainResult:
     stopped_early: bool
     seconds: float
     resumed_from: int | None
-
-
-def relative_times(times: np.ndarray, items: np.ndarray, pad_item: int) -> np.ndarray:
-    """``(n, L)`` float64 epoch seconds -> float32 seconds before each row's latest item (0 in padding).
-
-    Epoch seconds do not fit float32 to the second; gaps within a row do.
-    """
-    valid = items != pad_item
-    latest = np.max(np.where(valid, times, -np.inf), axis=1, keepdims=True)
-    return np.where(valid, times - np.where(np.isfinite(latest), latest, 0.0), 0.0).astype(np.float32)
 
 
 def next_item_loss(graphdef: nnx.GraphDef, params: Params, inputs: jax.Array, times: jax.Array, targets: jax.Array,

@@ -7,14 +7,14 @@ forgetting weight of each item's interest raised to a ``strength``:
 
     score(u, i) = relevance(u, i) * m(u, k(i)) ** strength
 
-with ``m`` from ``fgjax.analysis.forgetting_weights`` (p(k|u,t) at the
+with ``m`` from ``fgjax.analysis.loop.forgetting_weights`` (p(k|u,t) at the
 analysis's alpha and half-life, times the interest state's weight, floored).
 Strength 1 is SPEC.md's score; strength 0 is the model alone. Alpha,
 half-life and strength are chosen on the validation stage only; the test
 stage is then scored once with the chosen values.
 
 Dense matrices suit catalogs like MovieLens (thousands of items); serving at
-scale ranks in chunks (``fgjax.scoring.rank_items``).
+scale ranks in chunks (``fgjax.ranking.topk.rank_items``).
 """
 
 from __future__ import annotations
@@ -31,13 +31,14 @@ import numpy as np
 from flax import nnx
 
 from fgjax import kernels
-from fgjax.analysis import ForgettingResult, analyze, forgetting_weights
+from fgjax.analysis.loop import ForgettingResult, analyze
+from fgjax.ranking.strategy import forgetting_weights
 from fgjax.config import Config
 from fgjax.data.reader import EventLog
 from fgjax.data.sequences import Sequences
-from fgjax.evaluate import metrics_at
-from fgjax.protocol import Stage
-from fgjax.train_sequence import relative_times
+from fgjax.evaluation.metrics import metrics_at
+from fgjax.data.protocol import Stage
+from fgjax.data.sequences import relative_times
 
 
 def exclusion_matrix(stage: Stage, num_items: int) -> np.ndarray:

@@ -14,7 +14,6 @@ items and selects the top K. Only
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 from typing import Any
 
@@ -25,23 +24,8 @@ from flax import nnx
 
 from fgjax import kernels
 from fgjax.data.split import ItemSets
+from fgjax.ranking.strategy import ForgettingWeights
 from fgjax.shapes import bucket_size
-
-
-@dataclasses.dataclass(frozen=True)
-class ForgettingWeights:
-    """What the forgetting analysis contributes to scoring.
-
-    Attributes:
-      user_interest: ``(users, K + 1)`` float32 m(u, k); column K is the
-        weight of items without an interest.
-      item_interest: ``(items,)`` int32 interest of each item; -1 = none.
-      item_weight: ``(items,)`` float32 w_i (popularity, freshness, business).
-    """
-
-    user_interest: np.ndarray
-    item_interest: np.ndarray
-    item_weight: np.ndarray
 
 
 #: Items scored per step of the blocked top-K (memory: chunk x block x hidden floats).

@@ -15,7 +15,8 @@ import numpy as np
 from fgjax import kernels
 from fgjax.config import Config
 from fgjax.data.split import ItemSets, TemporalSplit
-from fgjax.scoring import ForgettingWeights, rank_items
+from fgjax.ranking.strategy import ForgettingWeights
+from fgjax.ranking.topk import rank_items
 
 
 def metrics_at(top_items: np.ndarray, targets: np.ndarray, ks: list[int]) -> dict[str, float]:

@@ -1,6 +1,6 @@
 """Large embedding tables: optimizers that touch only the rows a batch uses, row-sharded tables.
 
-A dense optimizer (``optax.adam`` in ``fgjax.train``) reads and writes every
+A dense optimizer (``optax.adam`` in ``fgjax.training.loop``) reads and writes every
 row of every table every step, and keeps two moments per parameter. For the
 tables this module offers ``init``/``update`` pairs over ``(table, state, rows,
 row_grads)`` that gather, update and scatter only the batch's rows:
@@ -184,7 +184,7 @@ def make_sparse_train_step(
 ):
     """Jitted ``(state, users (batch,), items (batch,)) -> (state, loss)``, state donated.
 
-    The same loss and negatives as ``fgjax.train.make_train_step`` (negatives
+    The same loss and negatives as ``fgjax.training.loop.make_train_step`` (negatives
     from ``fold_in(key(seed), step)``); gradients are taken with respect to
     the gathered rows, so no dense table gradient is ever built.
     """

@@ -11,7 +11,7 @@ the ``prefetch`` windows in flight, never by the number of events.
 The columns hold dense integer indices (``user``, ``item``: ``0 <= id <
 num_users / num_items``), float epoch seconds ``timestamp`` and ``weight``;
 timestamps must not decrease across files and rows (a streamed window is
-closed once a later one starts). ``fgjax.analysis.analyze`` on the same events
+closed once a later one starts). ``fgjax.analysis.loop.analyze`` on the same events
 gives the same results (tested).
 """
 
@@ -26,7 +26,7 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from fgjax import kernels
-from fgjax.analysis import AnalysisCarry, detector_params, init_carry, pad_events, window_index, window_step
+from fgjax.analysis.loop import AnalysisCarry, detector_params, init_carry, pad_events, window_index, window_step
 from fgjax.config import AnalysisConfig
 from fgjax.data.prefetch import prefetch
 from fgjax.errors import DataError

@@ -3,7 +3,7 @@
 Each process reads its own shards (``process_files``), builds its local
 share of every global batch, and ``global_batch`` assembles the per-process
 arrays into one ``jax.Array`` sharded along the ``data`` axis of a mesh over
-all processes' devices; the jitted step (``fgjax.train.make_train_step``) is
+all processes' devices; the jitted step (``fgjax.training.loop.make_train_step``) is
 the same as on one machine, and XLA's all-reduce of the gradients crosses
 processes (NCCL on GPUs, gloo on CPUs).
 

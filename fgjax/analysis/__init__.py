@@ -1,0 +1,1 @@
+"""Forgetting analysis: windows of events -> I(u, t), F, f_k, p(k|u,t), interest states."""

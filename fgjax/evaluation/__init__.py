@@ -1,0 +1,1 @@
+"""Evaluation: ranking metrics under temporal protocols, detection scoring, quality reports."""

@@ -1,0 +1,1 @@
+"""Ranking: top-K over the catalog, the forgetting strategy and explanations."""

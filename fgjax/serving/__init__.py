@@ -1,0 +1,5 @@
+"""Serving: load a checkpoint in another service and recommend by raw IDs (no training code)."""
+
+from fgjax.serving.model import ServingModel, load
+
+__all__ = ["ServingModel", "load"]

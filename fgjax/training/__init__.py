@@ -1,0 +1,1 @@
+"""Training: one loop over a device mesh with exact resume."""
