@@ -26,6 +26,9 @@ class EmbeddingMLP(nnx.Module):
       rngs: ``nnx.Rngs`` for initialization.
     """
 
+    query_fields = ("user",)
+    normalization = "sigmoid"
+
     def __init__(self, num_users: int, num_items: int, *, embed_dim: int = 32, hidden_dim: int = 64, rngs: nnx.Rngs):
         self.user_embed = nnx.Embed(num_users, embed_dim, rngs=rngs)
         self.item_embed = nnx.Embed(num_items, embed_dim, rngs=rngs)
@@ -66,6 +69,22 @@ class EmbeddingMLP(nnx.Module):
         d = self.user_embed.embedding.shape[-1]
         user_part = self.user_embed(users) @ self.hidden.kernel[...][:d] + self.hidden.bias[...]  # (users, hidden)
         hidden = jax.nn.relu(user_part[:, None, :] + item_rows)
+        return hidden @ self.out.kernel[...][:, 0] + self.out.bias[...][0]
+
+    # The model interface (fgjax.models.interface.Recommender).
+
+    def item_rows(self) -> Array:
+        """``(items, hidden)`` item rows: ``project_items()``."""
+        return self.project_items()
+
+    def query(self, inputs) -> Array:
+        """``{"user": (n,)}`` -> ``(n, hidden)`` the user's share of the first layer plus its bias."""
+        d = self.user_embed.embedding.shape[-1]
+        return self.user_embed(inputs["user"]) @ self.hidden.kernel[...][:d] + self.hidden.bias[...]
+
+    def score(self, query: Array, rows: Array) -> Array:
+        """``(n, hidden)`` queries and ``(1 | n, C, hidden)`` item rows -> ``(n, C)`` logits."""
+        hidden = jax.nn.relu(query[:, None, :] + rows)
         return hidden @ self.out.kernel[...][:, 0] + self.out.bias[...][0]
 
     def score_all_items(self, users: Array) -> Array:

@@ -114,6 +114,9 @@ class TimeAwareSASRec(nnx.Module):
       dropout: rate on embeddings, attention weights and residual branches.
     """
 
+    query_fields = ("items", "times")
+    normalization = "softmax"
+
     def __init__(self, num_items: int, *, max_len: int = 50, dim: int = 64, heads: int = 2, layers: int = 2,
                  ffn_mult: int = 4, time_encoding: str = "interval", time_unit: float = 60.0, num_buckets: int = 32,
                  dropout: float = 0.2, rngs: nnx.Rngs):
@@ -160,6 +163,22 @@ class TimeAwareSASRec(nnx.Module):
     def user_state(self, items: Array, times: Array) -> Array:
         """``(batch, dim)``: the state after the most recent item (embedding interests I(u, t))."""
         return self.hidden_states(items, times)[:, -1]
+
+    # The model interface (fgjax.models.interface.Recommender).
+
+    def item_rows(self) -> Array:
+        """``(items, dim)``: the output item table."""
+        return self.item_table()
+
+    def query(self, inputs) -> Array:
+        """``{"items": (n, L), "times": (n, L)}`` (times relative to the latest, seconds) -> ``(n, dim)``."""
+        return self.user_state(inputs["items"], inputs["times"])
+
+    def score(self, query: Array, rows: Array) -> Array:
+        """``(n, dim)`` queries and ``(1 | n, C, dim)`` item rows -> ``(n, C)`` logits."""
+        if rows.shape[0] == 1:
+            return query @ rows[0].T
+        return jnp.einsum("nd,ncd->nc", query, rows)
 
     def score_all_items(self, items: Array, times: Array) -> Array:
         """``(batch, L)`` histories -> ``(batch, items)`` next-item logits."""
