@@ -7,8 +7,10 @@ Layout of a checkpoint directory::
     DIR/train/<step>/           Orbax: params, opt_state, meta (JSON: config,
                                 step, epoch, data position, sizes, history)
     DIR/serving/                Orbax: arrays a service needs besides params
-                                (interest probabilities, states, item interests,
-                                seen items, popularity), written after analysis
+                                (``fgjax.serving.ServingState``: popularity, seen
+                                items, forgetting weights, states, evidence,
+                                histories), written after training and analysis
+    DIR/serving.json            their metadata (version, scalars, names)
 
 Only this module and ``fgjax.serving.model`` read it, and neither imports training code.
 """
@@ -158,31 +160,82 @@ class TrainCheckpoints:
         self._manager.close()
 
 
+SERVING_VERSION = 2
+_SERVING_META = "serving.json"
+
+
 def save_serving(directory: str | Path, arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> None:
-    """Write the serving arrays (replacing older ones) and their JSON metadata."""
-    directory = Path(directory).absolute()
-    checkpointer = ocp.StandardCheckpointer()
-    checkpointer.save(directory / "serving", {k: np.asarray(v) for k, v in arrays.items()}, force=True)
-    checkpointer.wait_until_finished()
-    checkpointer.close()
-    (directory / "serving.json").write_text(json.dumps(meta, indent=2) + "\n")
+    """Write the serving arrays (replacing older ones) under ``DIR/serving`` and their JSON metadata.
 
-
-def load_serving(directory: str | Path) -> tuple[dict[str, np.ndarray], dict[str, Any]] | None:
-    """The serving arrays and metadata as NumPy, or None if never written."""
+    Arrays keep their exact dtype (float64, int64 included): they are written
+    and read back as NumPy, never through JAX arrays (which without x64 would
+    turn float64 into float32). Orbax cannot write empty arrays, so those are
+    recorded in the metadata by shape and dtype.
+    """
     directory = Path(directory).absolute()
-    if not (directory / "serving.json").is_file():
-        return None
+    arrays = {k: np.asarray(v) for k, v in arrays.items()}
+    empty = {k: [list(v.shape), v.dtype.str] for k, v in arrays.items() if v.size == 0}
+    stored = {k: v for k, v in arrays.items() if v.size}
     checkpointer = ocp.StandardCheckpointer()
     try:
-        metadata = checkpointer.metadata(directory / "serving")
-        tree = getattr(metadata, "item_metadata", metadata)
-        cpu = jax.sharding.SingleDeviceSharding(jax.devices("cpu")[0])
-        abstract = {
-            name: jax.ShapeDtypeStruct(tuple(m.shape), m.dtype, sharding=cpu) for name, m in dict(tree).items()
-        }
-        arrays = checkpointer.restore(directory / "serving", abstract)
+        checkpointer.save(directory / "serving", stored, force=True)
+        checkpointer.wait_until_finished()
     finally:
         checkpointer.close()
-    meta = json.loads((directory / "serving.json").read_text())
+    meta = {**meta, "serving_version": SERVING_VERSION, "arrays": sorted(arrays), "empty_arrays": empty}
+    (directory / _SERVING_META).write_text(json.dumps(meta, indent=2) + "\n")
+
+
+def load_serving(directory: str | Path) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """The serving arrays (exact dtypes, as NumPy) and metadata written by ``save_serving``.
+
+    Raises:
+      CheckpointError: the serving state is missing, of another version, or
+        damaged (unreadable metadata, arrays missing or unreadable).
+    """
+    directory = Path(directory).absolute()
+    meta_path = directory / _SERVING_META
+    if not meta_path.is_file():
+        raise CheckpointError(
+            f"'{meta_path}' is missing: expected the serving state that fgjax train writes after training "
+            "(re-run fgjax train on this output directory)"
+        )
+    try:
+        meta = json.loads(meta_path.read_text())
+        names, empty = list(meta["arrays"]), dict(meta["empty_arrays"])
+    except (ValueError, KeyError, TypeError):
+        raise CheckpointError(
+            f"'{meta_path}': unreadable serving metadata, expected JSON with serving_version, arrays and empty_arrays"
+        ) from None
+    if meta.get("serving_version") != SERVING_VERSION:
+        raise CheckpointError(
+            f"'{meta_path}': serving state version {meta.get('serving_version')}, this fgjax reads version "
+            f"{SERVING_VERSION} (re-run fgjax train on this output directory)"
+        )
+    arrays_dir = directory / "serving"
+    stored = [n for n in names if n not in empty]
+    arrays: dict[str, np.ndarray] = {}
+    if stored:
+        checkpointer = ocp.StandardCheckpointer()
+        try:
+            metadata = checkpointer.metadata(arrays_dir)
+            tree = dict(getattr(metadata, "item_metadata", metadata))
+            missing = sorted(set(stored) - set(tree))
+            if missing:
+                raise CheckpointError(f"'{arrays_dir}': serving arrays {', '.join(missing)} are missing "
+                                      f"(expected {', '.join(stored)})")
+            # NumPy targets: Orbax restores NumPy arrays with their saved dtype (no JAX, no x64 rounding).
+            target = {n: np.zeros(tuple(tree[n].shape), np.dtype(tree[n].dtype)) for n in stored}
+            arrays = dict(checkpointer.restore(arrays_dir, target))
+        except CheckpointError:
+            raise
+        except (ValueError, KeyError, TypeError, OSError) as exc:
+            raise CheckpointError(
+                f"'{arrays_dir}': unreadable serving arrays, expected an Orbax checkpoint of {', '.join(stored)} "
+                f"({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})"
+            ) from None
+        finally:
+            checkpointer.close()
+    for name, (shape, dtype) in empty.items():
+        arrays[name] = np.zeros(tuple(shape), np.dtype(dtype))
     return {k: np.asarray(v) for k, v in arrays.items()}, meta

@@ -24,17 +24,18 @@ from fgjax.analysis.loop import (
     write_forgetting,
     write_states,
 )
-from fgjax.checkpoint import save_serving
 from fgjax.config import Config, to_dict
 from fgjax.data.reader import EventLog, read_events
+from fgjax.data.sequences import Sequences, build_sequences
 from fgjax.data.split import ItemSets, TemporalSplit, leave_last_out
 from fgjax.data.synthetic import generate
 from fgjax.errors import ConfigError, DataError
 from fgjax.evaluation.metrics import evaluate, item_popularity
 from fgjax.plots import plot_forgetting, plot_training_curves
-from fgjax.ranking.explain import Explanations, recommendation_table
+from fgjax.ranking.explain import Explanations
 from fgjax.ranking.strategy import ForgettingWeights, exploration_mask, forgetting_weights
-from fgjax.ranking.topk import rank_items
+from fgjax.serving.model import ServingModel, load
+from fgjax.serving.state import ServingState, queries_history
 from fgjax.training.loop import TrainResult, train
 
 Reporter = Callable[[str], None]
@@ -62,14 +63,25 @@ class Fitted:
     """A trained model with the forgetting analysis behind its recommendations.
 
     ``forgetting`` covers every event: it is the state a service recommends
-    from (None without item categories). Evaluation uses its own analysis
-    (``evaluation_weights``).
+    from (None without item categories); ``serving`` is what was saved beside
+    the checkpoint. Evaluation uses its own analysis (``evaluation_weights``).
     """
 
     prepared: Prepared
     trained: TrainResult
     forgetting: ForgettingResult | None
-    weights: ForgettingWeights | None
+    serving: ServingState
+
+    @property
+    def weights(self) -> ForgettingWeights | None:
+        """The forgetting weights recommendations use (None without categories)."""
+        return self.serving.forgetting
+
+    def model(self, config: Config) -> ServingModel:
+        """The trained model with its serving state, as a service would load it."""
+        log = self.prepared.log
+        return ServingModel(self.trained.graphdef, self.trained.params, log.users, log.items, log.categories, config,
+                            self.trained.steps, self.serving)
 
 
 def with_generated_data(config: Config, out: Path) -> Config:
@@ -112,7 +124,8 @@ def fit(config: Config, prepared: Prepared, out: Path, report: Reporter = _quiet
     """Train (resuming from ``out/checkpoint``), analyze forgetting over every event, save the serving state.
 
     Without item categories (no items table) there is no forgetting analysis:
-    the serving state then holds the seen items and popularity only.
+    the serving state then holds the seen items and popularity only. For
+    sequence models it also holds every user's history (their queries).
     """
     log, split = prepared.log, prepared.split
     checkpoint = out / "checkpoint"
@@ -124,35 +137,28 @@ def fit(config: Config, prepared: Prepared, out: Path, report: Reporter = _quiet
         last = trained.history[-1]
         scores = ", ".join(f"{k} {v:.4f}" for k, v in last.items() if k.startswith(("train_loss", "val_")))
         report(f"trained {trained.steps} steps ({len(trained.history)} epochs) in {time.perf_counter() - t0:.1f}s: {scores}")
-    arrays = {
-        "popularity": item_popularity(split, log.num_items),
-        "seen_indptr": prepared.seen.indptr,
-        "seen_items": prepared.seen.items,
-    }
-    meta: dict[str, Any] = {"state_names": list(kernels.STATE_NAMES)}
-    forgetting = weights = None
+    forgetting = weights = explanations = origin = None
     if has_categories(log):
         forgetting = analyze(config, log, progress=progress)
         if forgetting.events_without_interest:
             report(f"analysis: {forgetting.events_without_interest:,} events skipped, their items have no category")
         weights = forgetting_weights(forgetting, config, log)
-        arrays.update(
-            user_interest=weights.user_interest,
-            item_interest=weights.item_interest,
-            item_weight=weights.item_weight,
-            state=forgetting.state,
-            f=forgetting.f.astype(np.float32),
+        explanations = Explanations.from_analysis(
+            forgetting, log.item_category, log.categories, exploration_mask(forgetting, config)
         )
         origin = float(forgetting.window_start[0])
-        arrays.update(Explanations.from_analysis(
-            forgetting, log.item_category, log.categories, exploration_mask(forgetting, config)
-        ).serving_arrays(origin, config.analysis.window_seconds))
-        meta.update(window_origin=origin, window_seconds=config.analysis.window_seconds)
-        meta["window_start_last"] = float(forgetting.window_start[-1])
     else:
         report("no item categories (data.items_path): recommendations rank by the model alone")
-    save_serving(checkpoint, arrays, meta)
-    return Fitted(prepared, trained, forgetting, weights)
+    history = None
+    if queries_history(trained.graphdef, trained.params):
+        history = build_sequences(log.user, log.item, log.timestamp, log.num_users)  # every event: serve what comes next
+    serving = ServingState.create(
+        item_popularity(split, log.num_items), prepared.seen, forgetting=weights, explanations=explanations,
+        window_origin=origin, window_seconds=None if origin is None else config.analysis.window_seconds,
+        history=history,
+    )
+    serving.save(checkpoint)
+    return Fitted(prepared, trained, forgetting, serving)
 
 
 def has_categories(log: EventLog) -> bool:
@@ -175,6 +181,14 @@ def evaluation_weights(config: Config, prepared: Prepared, progress: bool = True
     return forgetting_weights(forgetting, config, prepared.log)
 
 
+def evaluation_history(graphdef, params, prepared: Prepared) -> Sequences | None:
+    """Each user's items before its test item: the queries of sequence models (None for the others)."""
+    if not queries_history(graphdef, params):
+        return None
+    log = prepared.log
+    return build_sequences(log.user, log.item, log.timestamp, log.num_users, events=prepared.split.history_events)
+
+
 def report_evaluation(report: Reporter, evaluation: dict[str, Any]) -> None:
     k = evaluation["ks"][0]
     for name, values in evaluation["results"].items():
@@ -188,19 +202,13 @@ def state_counts(forgetting: ForgettingResult) -> dict[str, int]:
 
 
 def write_recommendations(config: Config, fitted: Fitted, path: Path) -> int:
-    """Forgetting-aware top-K for every user from the full-log state -> ``path``; returns rows written."""
-    log, forgetting = fitted.prepared.log, fitted.forgetting
-    users = np.arange(log.num_users, dtype=np.int32)
-    weights = fitted.weights if config.recommend.use_forgetting else None
-    scores, items = rank_items(
-        fitted.trained.graphdef, fitted.trained.params, users, k=config.recommend.k, num_items=log.num_items,
-        seen=fitted.prepared.seen if config.recommend.exclude_seen else None, forgetting=weights,
-        chunk=config.recommend.user_chunk, memory_budget_mb=config.recommend.score_memory_mb,
-    )
-    explanations = None if forgetting is None else Explanations.from_analysis(
-        forgetting, log.item_category, log.categories, exploration_mask(forgetting, config)
-    )
-    table = recommendation_table(log.users.decode(users), users, scores, items, log.items, explanations)
+    """Forgetting-aware top-K for every user from the full-log state -> ``path``; returns rows written.
+
+    The same ranking as a service that loads the checkpoint (``ServingModel.recommend``).
+    """
+    rcfg = config.recommend
+    table = fitted.model(config).recommend(fitted.prepared.log.users.values, k=rcfg.k,
+                                           use_forgetting=rcfg.use_forgetting, exclude_seen=rcfg.exclude_seen)
     pq.write_table(table, str(path))
     return table.num_rows
 
@@ -230,10 +238,10 @@ def quickstart(config: Config, out: str | Path, report: Reporter = print, progre
     timings["recommend_s"] = time.perf_counter() - t
     report(f"recommendations: {rec_rows:,} rows for {prepared.log.num_users:,} users")
     t = time.perf_counter()
-    evaluation = evaluate(
-        config, fitted.trained.graphdef, fitted.trained.params, prepared.split, prepared.log.num_items,
-        evaluation_weights(config, prepared, progress),
-    )
+    graphdef, params = fitted.trained.graphdef, fitted.trained.params
+    evaluation = evaluate(config, graphdef, params, prepared.split, prepared.log.num_items,
+                          evaluation_weights(config, prepared, progress),
+                          history=evaluation_history(graphdef, params, prepared))
     timings["evaluate_s"] = time.perf_counter() - t
     report_evaluation(report, evaluation)
     plots = out / "plots"
@@ -285,8 +293,6 @@ def analyze_only(
 def evaluate_checkpoint(config: Config, out: str | Path, checkpoint: str | Path, report: Reporter = _quiet,
                         progress: bool = True) -> dict[str, Any]:
     """Evaluate a saved model on ``config.data`` under the temporal protocol -> ``out/metrics.json``."""
-    from fgjax.serving.model import load
-
     out = Path(out)
     model = load(checkpoint)
     prepared = prepare(config, out, report)
@@ -299,7 +305,8 @@ def evaluate_checkpoint(config: Config, out: str | Path, checkpoint: str | Path,
             "evaluate on the data it was trained on"
         )
     evaluation = evaluate(config, model.graphdef, model.params, prepared.split, log.num_items,
-                          evaluation_weights(config, prepared, progress))
+                          evaluation_weights(config, prepared, progress),
+                          history=evaluation_history(model.graphdef, model.params, prepared))
     report_evaluation(report, evaluation)
     out.mkdir(parents=True, exist_ok=True)
     (out / "metrics.json").write_text(json.dumps({"evaluation": evaluation, "config": to_dict(config)}, indent=2) + "\n")

@@ -17,6 +17,7 @@ from fgjax.errors import CheckpointError
 from fgjax.pipeline import fit, split_log
 from fgjax.data.split import ItemSets, leave_last_out
 from fgjax.ranking.topk import rank_items
+from fgjax.serving import ServingState
 
 from conftest import make_log
 
@@ -108,15 +109,16 @@ def test_in_process_load_matches_and_excludes_seen(fitted):
 def test_serving_state_covers_every_event(fitted):
     """What a service loads is the state after the whole log, not the evaluation history."""
     from fgjax.analysis.loop import analyze
-    from fgjax.checkpoint import load_serving
 
     out, config, result = fitted
     log = result.prepared.log
-    arrays, _ = load_serving(out / "checkpoint")
+    state = ServingState.load(out / "checkpoint")
     full = analyze(config, log, progress=False)
-    np.testing.assert_array_equal(arrays["state"], full.state)
-    np.testing.assert_allclose(arrays["f"], full.f)
-    seen = ItemSets(arrays["seen_indptr"], arrays["seen_items"])
+    np.testing.assert_array_equal(state.state, full.state)
+    np.testing.assert_allclose(state.f, full.f)
+    assert state.history is None  # EmbeddingMLP queries by user index
+    assert state.window_origin == full.window_start[0] and state.window_seconds == config.analysis.window_seconds
+    seen = state.seen
     for u in range(log.num_users):
         assert set(seen.items[seen.indptr[u] : seen.indptr[u + 1]].tolist()) == set(log.item[log.user == u].tolist())
 

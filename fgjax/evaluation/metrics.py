@@ -14,6 +14,7 @@ import numpy as np
 
 from fgjax import kernels
 from fgjax.config import Config
+from fgjax.data.sequences import Sequences
 from fgjax.data.split import ItemSets, TemporalSplit
 from fgjax.ranking.strategy import ForgettingWeights
 from fgjax.ranking.topk import rank_items
@@ -60,18 +61,31 @@ def evaluate(
     split: TemporalSplit,
     num_items: int,
     forgetting: ForgettingWeights | None,
+    *,
+    history: Sequences | None = None,
 ) -> dict[str, Any]:
-    """Metrics of popularity, the model, and the model with forgetting re-ranking on the test targets."""
+    """Metrics of popularity, the model, and the model with forgetting re-ranking on the test targets.
+
+    Args:
+      history: for sequence models, each user's items before its test item
+        (their queries); None for models that query by user index.
+    """
     ks = sorted(config.evaluate.ks)
     k = min(max(ks), num_items)
-    users = np.flatnonzero(split.test_target >= 0)
+    users = np.flatnonzero(split.test_target >= 0).astype(np.int32)
     targets = split.test_target[users][:, None]
     seen = split.history_items
     results: dict[str, dict[str, float]] = {}
     pop = popularity_top_k(item_popularity(split, num_items), users, seen, k)
     results["popularity"] = metrics_at(pop, targets, ks)
+    extra: dict[str, Any] = {}
+    if history is not None:
+        from fgjax.ranking.topk import query_inputs  # H1's contract; moves to the top when merged
+
+        extra["inputs"] = query_inputs(graphdef, users, history, num_items=num_items)
     rank = functools.partial(rank_items, graphdef, params, users, k=k, num_items=num_items, seen=seen,
-                             chunk=config.recommend.user_chunk, memory_budget_mb=config.recommend.score_memory_mb)
+                             chunk=config.recommend.user_chunk, memory_budget_mb=config.recommend.score_memory_mb,
+                             **extra)
     results[config.model.name] = metrics_at(rank()[1], targets, ks)
     if forgetting is not None:
         results[f"{config.model.name}+forgetting"] = metrics_at(rank(forgetting=forgetting)[1], targets, ks)

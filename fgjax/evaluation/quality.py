@@ -7,7 +7,8 @@ forgetting weight of each item's interest raised to a ``strength``:
 
     score(u, i) = relevance(u, i) * m(u, k(i)) ** strength
 
-with ``m`` from ``fgjax.analysis.loop.forgetting_weights`` (p(k|u,t) at the
+with ``m`` from ``fgjax.ranking.strategy.forgetting_weights`` applied by
+``fgjax.ranking.strategy.interest_weighted`` (the rule every ranking path uses) (p(k|u,t) at the
 analysis's alpha and half-life, times the interest state's weight, floored).
 Strength 1 is SPEC.md's score; strength 0 is the model alone. Alpha,
 half-life and strength are chosen on the validation stage only; the test
@@ -32,7 +33,7 @@ from flax import nnx
 
 from fgjax import kernels
 from fgjax.analysis.loop import ForgettingResult, analyze
-from fgjax.ranking.strategy import forgetting_weights
+from fgjax.ranking.strategy import forgetting_weights, interest_weighted, item_columns
 from fgjax.config import Config
 from fgjax.data.reader import EventLog
 from fgjax.data.sequences import Sequences
@@ -59,37 +60,40 @@ def popularity_scores(train_items, users: np.ndarray, num_items: int) -> np.ndar
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef",))
-def _mlp_probs(graphdef, params, users):
-    return jax.nn.sigmoid(nnx.merge(graphdef, params).score_all_items(users))
+def _relevance(graphdef, params, inputs):
+    """``(n, items)`` relevance through the model interface: logits normalized as the model says."""
+    model = nnx.merge(graphdef, params)
+    logits = model.score(model.query(inputs), model.item_rows()[None])
+    return jax.nn.sigmoid(logits) if model.normalization == "sigmoid" else jax.nn.softmax(logits, axis=-1)
+
+
+def dense_scores(graphdef, params, inputs: dict[str, np.ndarray], *, chunk: int = 256) -> np.ndarray:
+    """``(n, items)`` relevance of every item for ``n`` queries (``inputs``: the model's query arrays, ``(n, ...)``).
+
+    Click probabilities (sigmoid models) or next-item probabilities (softmax
+    models); computed in fixed chunks (the last one padded) so one compilation serves all.
+    """
+    n = len(next(iter(inputs.values())))
+    parts = []
+    for start in range(0, n, chunk):
+        part = {name: np.asarray(v[start : start + chunk]) for name, v in inputs.items()}
+        m = len(next(iter(part.values())))
+        padded = {name: np.concatenate([v, np.repeat(v[:1], chunk - m, axis=0)]) for name, v in part.items()}
+        parts.append(np.asarray(_relevance(graphdef, params, padded))[:m])
+    return np.concatenate(parts)
 
 
 def mlp_scores(graphdef, params, users: np.ndarray, *, chunk: int = 256) -> np.ndarray:
     """``(n, items)`` EmbeddingMLP click probabilities."""
-    parts = []
-    for start in range(0, len(users), chunk):
-        part = users[start : start + chunk]
-        padded = np.concatenate([part, np.full(chunk - len(part), part[0], part.dtype)])
-        parts.append(np.asarray(_mlp_probs(graphdef, params, jnp.asarray(padded, jnp.int32)))[: len(part)])
-    return np.concatenate(parts)
-
-
-@functools.partial(jax.jit, static_argnames=("graphdef",))
-def _sequence_probs(graphdef, params, items, times):
-    return jax.nn.softmax(nnx.merge(graphdef, params).score_all_items(items, times), axis=-1)
+    return dense_scores(graphdef, params, {"user": np.asarray(users, np.int32)}, chunk=chunk)
 
 
 def sequence_scores(graphdef, params, sequences: Sequences, users: np.ndarray, num_items: int, *,
                     chunk: int = 256) -> np.ndarray:
     """``(n, items)`` next-item probabilities from each user's last ``max_len`` items."""
-    max_len = nnx.merge(graphdef, params).max_len
-    parts = []
-    for start in range(0, len(users), chunk):
-        part = users[start : start + chunk]
-        padded = np.concatenate([part, np.full(chunk - len(part), part[0], part.dtype)])
-        items, times = sequences.last(padded, max_len, pad_item=num_items)
-        probs = _sequence_probs(graphdef, params, jnp.asarray(items), jnp.asarray(relative_times(times, items, num_items)))
-        parts.append(np.asarray(probs)[: len(part)])
-    return np.concatenate(parts)
+    items, times = sequences.last(users, nnx.merge(graphdef, params).max_len, pad_item=num_items)
+    return dense_scores(graphdef, params, {"items": items, "times": relative_times(times, items, num_items)},
+                        chunk=chunk)
 
 
 def stage_forgetting(config: Config, log: EventLog, stage: Stage, half_life_windows: float) -> ForgettingResult:
@@ -116,14 +120,8 @@ def interest_weights(result: ForgettingResult, config: Config, log: EventLog, al
 @functools.partial(jax.jit, static_argnames=("k",))
 def _rerank(scores, exclude, user_interest, item_column, strength, *, k):
     if user_interest is not None:
-        scores = scores * jnp.take(user_interest, item_column, axis=1) ** strength
+        scores = interest_weighted(scores, user_interest, item_column, strength)
     return kernels.masked_top_k(scores, k, exclude=exclude)[1]
-
-
-def item_columns(log: EventLog, num_interests: int) -> np.ndarray:
-    """``(items,)`` column of each item in ``m``: its interest, or K (neutral) without one."""
-    category = log.item_category if log.item_category is not None else np.full(log.num_items, -1)
-    return np.where(category >= 0, category, num_interests).astype(np.int32)
 
 
 def top_k(scores: np.ndarray, exclude: np.ndarray, k: int, user_interest: np.ndarray | None = None,
@@ -151,7 +149,7 @@ def sweep_forgetting(config: Config, log: EventLog, scores: np.ndarray, exclude:
     """
     q = config.quality
     k = int(metric.split("@")[1])
-    columns = item_columns(log, analyses[next(iter(analyses))].f.shape[1])
+    columns = item_columns(log.item_category, analyses[next(iter(analyses))].f.shape[1])
     base = metrics_at(top_k(scores, exclude, k), stage.targets, [k])[metric]
     rows = [{"half_life_windows": math.nan, "alpha": math.nan, "strength": 0.0, metric: base}]
     for hl, alpha in itertools.product(q.sweep_half_life_windows, q.sweep_alpha):

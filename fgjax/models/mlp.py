@@ -109,7 +109,9 @@ def split_params(model: nnx.Module) -> tuple[nnx.GraphDef, Params]:
     return graphdef, nnx.to_pure_dict(state)
 
 
-def abstract_params(model_config, num_users: int, num_items: int) -> tuple[nnx.GraphDef, Params]:
-    """Graph and ``ShapeDtypeStruct`` params without allocating (for restores)."""
+def abstract_params(config, num_users: int, num_items: int) -> tuple[nnx.GraphDef, Params]:
+    """Graph and ``ShapeDtypeStruct`` params without allocating (for restores); ``config``: a ``Config``."""
+    # Interim (serving branch): H1's fgjax.models.abstract_params(config, ...) dispatches on config.model.name.
+    model_config = getattr(config, "model", config)
     model = nnx.eval_shape(lambda: build_model(model_config, num_users, num_items, seed=0))
     return split_params(model)

@@ -56,29 +56,6 @@ class Explanations:
             explore=explore,
         )
 
-    def serving_arrays(self, origin: float, window_seconds: float) -> dict[str, np.ndarray]:
-        """The optional evidence arrays, as saved beside a checkpoint.
-
-        ``last_active`` is saved as a window index (int32) from ``origin``:
-        JAX without x64 would round float64 epoch seconds to float32 on restore.
-        """
-        arrays = {"trend": self.trend, "period": self.period, "explore": self.explore}
-        if self.last_active is not None:
-            window = np.floor((self.last_active - origin) / window_seconds + 0.5)
-            arrays["last_active_window"] = np.where(np.isfinite(window), window, -1).astype(np.int32)
-        return {f"explain_{k}": np.asarray(v) for k, v in arrays.items() if v is not None}
-
-    @staticmethod
-    def evidence_from_serving(arrays: dict[str, np.ndarray], meta: dict) -> dict[str, np.ndarray | None]:
-        """The keyword arguments of the evidence fields, from ``serving_arrays`` and its metadata."""
-        evidence = {name: arrays.get(f"explain_{name}") for name in ("trend", "period", "explore")}
-        window = arrays.get("explain_last_active_window")
-        evidence["last_active"] = None
-        if window is not None and "window_origin" in meta:
-            seconds = meta["window_origin"] + window.astype(np.float64) * meta["window_seconds"]
-            evidence["last_active"] = np.where(window >= 0, seconds, np.nan)
-        return evidence
-
 
 def recommendation_table(
     user_ids: pa.Array,

@@ -6,12 +6,16 @@
 per-(user, interest) multipliers that ``fgjax.ranking.rank_items`` applies;
 ``interest_priorities`` ranks each user's interests the same way, and
 ``exploration_mask`` says which forgotten interests are re-surfaced.
+``item_columns`` and ``interest_weighted`` apply the weights to scores (every
+ranking path, dense or blocked, goes through them).
 """
 
 from __future__ import annotations
 
 import dataclasses
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 
 from fgjax import kernels
@@ -33,6 +37,27 @@ class ForgettingWeights:
     item_interest: np.ndarray
     item_weight: np.ndarray
 
+
+def item_columns(item_interest: np.ndarray, num_interests: int) -> np.ndarray:
+    """``(items,)`` int32 column of each item in ``m(u, .)``: its interest, or ``num_interests`` (the
+    neutral column K) for items without one (``item_interest`` -1)."""
+    item_interest = np.asarray(item_interest)
+    return np.where(item_interest >= 0, item_interest, num_interests).astype(np.int32)
+
+
+def interest_weighted(scores: jax.Array, user_interest: jax.Array, columns: jax.Array,
+                      strength: float | jax.Array = 1.0) -> jax.Array:
+    """``scores * m(u, k(i)) ** strength`` (SPEC.md's score at strength 1; strength 0 = the model alone).
+
+    Args:
+      scores: ``(n, C)`` relevance of C items (a catalog block, candidates, or every item).
+      user_interest: ``(n, K + 1)`` m(u, k) of the rows' users.
+      columns: the C items' columns in ``user_interest`` (``item_columns``), ``(C,)`` or ``(n, C)``.
+    """
+    per_item = jnp.take_along_axis(user_interest, jnp.broadcast_to(columns, scores.shape), axis=1)
+    if isinstance(strength, (int, float)) and strength == 1:
+        return scores * per_item  # exactly SPEC.md's product (no pow rounding)
+    return scores * per_item ** strength
 
 
 def exploration_mask(result, config: Config) -> np.ndarray:

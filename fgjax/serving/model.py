@@ -1,7 +1,8 @@
 """Load a checkpoint in another service and recommend by raw IDs.
 
 Needs only fgjax installed: no training code, optimizer or data files are
-imported or read. Works on CPU or GPU (arrays go to the default device).
+imported or read. Works on CPU or GPU (arrays go to the default device), for
+every model ``config.model.name`` names (EmbeddingMLP, time-aware SASRec, SASRec).
 
     model = fgjax.load("runs/quickstart/checkpoint")
     table = model.recommend(["u1", "u2"], k=10)   # pyarrow.Table
@@ -16,36 +17,34 @@ import jax
 import numpy as np
 import pyarrow as pa
 
-from fgjax.checkpoint import TrainCheckpoints, check_manifest, load_serving, load_vocabularies
-from fgjax.config import from_dict
-from fgjax.data.split import ItemSets
+from fgjax.checkpoint import TrainCheckpoints, check_manifest, load_vocabularies
+from fgjax.config import Config, from_dict
 from fgjax.data.vocab import Vocabulary
+from fgjax.errors import CheckpointError
 from fgjax.models import abstract_params
-from fgjax.ranking.explain import Explanations, recommendation_table
-from fgjax.ranking.strategy import ForgettingWeights
+from fgjax.ranking.explain import recommendation_table
 from fgjax.ranking.topk import rank_items
+from fgjax.serving.state import ServingState
 
 
 class ServingModel:
-    """A trained model with its vocabularies and (optionally) forgetting state.
+    """A trained model with its vocabularies and serving state.
 
     Attributes:
       users, items, categories: vocabularies (raw ID <-> index).
       step: training step of the loaded params.
       config: the ``Config`` the model was trained with.
-      has_forgetting: whether forgetting arrays were saved beside the params.
+      state: the ``ServingState`` (seen items, popularity, forgetting, evidence, histories).
     """
 
     def __init__(self, graphdef, params, users: Vocabulary, items: Vocabulary, categories: Vocabulary | None,
-                 config, step: int, serving: dict[str, np.ndarray] | None, serving_meta: dict | None = None):
+                 config: Config, step: int, state: ServingState):
         self._graphdef = graphdef
         self._params = params
         self.users, self.items, self.categories = users, items, categories
         self.config = config
         self.step = step
-        self._serving = serving
-        self._serving_meta = serving_meta or {}
-        self.has_forgetting = serving is not None and "user_interest" in serving and categories is not None
+        self.state = state
 
     @property
     def graphdef(self):
@@ -57,10 +56,29 @@ class ServingModel:
         """The model's parameters as a pure nested dict of arrays."""
         return self._params
 
-    def _seen(self) -> ItemSets | None:
-        if self._serving is None:
-            return None
-        return ItemSets(self._serving["seen_indptr"], self._serving["seen_items"])
+    @property
+    def has_forgetting(self) -> bool:
+        """Whether a forgetting analysis (and item categories) were saved beside the params."""
+        return self.state.forgetting is not None and self.categories is not None
+
+    def rank(self, users: np.ndarray, k: int, *, use_forgetting: bool = True,
+             exclude_seen: bool = True) -> tuple[np.ndarray, np.ndarray]:
+        """``(scores, items)``, each ``(len(users), k)``, for dense user indices (``rank_items``).
+
+        Sequence models query with each user's last items of the saved history.
+        """
+        users = np.asarray(users, np.int32)
+        extra: dict[str, Any] = {}
+        if self.state.history is not None:
+            from fgjax.ranking.topk import query_inputs  # H1's contract; moves to the top when merged
+
+            extra["inputs"] = query_inputs(self._graphdef, users, self.state.history, num_items=len(self.items))
+        return rank_items(
+            self._graphdef, self._params, users, k=k, num_items=len(self.items),
+            seen=self.state.seen if exclude_seen else None,
+            forgetting=self.state.forgetting if use_forgetting else None,
+            chunk=self.config.recommend.user_chunk, memory_budget_mb=self.config.recommend.score_memory_mb, **extra,
+        )
 
     def recommend(
         self,
@@ -73,9 +91,9 @@ class ServingModel:
         """Top-k items per user as a long table, users in input order.
 
         Columns: user_id, rank, item_id, score, and with forgetting also
-        interest, interest_state, f_k. Users unknown to the vocabulary get the
-        most popular items (score = share of training users) and null
-        explanations.
+        interest, interest_state, f_k, last_active, trend, period, explore.
+        Users unknown to the vocabulary get the most popular items
+        (score = share of training users) and null explanations.
         """
         ids = raw_user_ids if isinstance(raw_user_ids, (pa.Array, pa.ChunkedArray)) else pa.array(raw_user_ids)
         if isinstance(ids, pa.ChunkedArray):
@@ -85,47 +103,39 @@ class ServingModel:
         k = min(k, len(self.items))
         scores = np.full((len(dense), k), -np.inf, np.float32)
         items = np.zeros((len(dense), k), np.int32)
-        forgetting = None
-        if use_forgetting and self.has_forgetting:
-            forgetting = ForgettingWeights(
-                user_interest=self._serving["user_interest"],
-                item_interest=self._serving["item_interest"],
-                item_weight=self._serving["item_weight"],
-            )
         if known.any():
-            s, i = rank_items(
-                self._graphdef, self._params, dense[known], k=k, num_items=len(self.items),
-                seen=self._seen() if exclude_seen else None, forgetting=forgetting,
-            )
-            scores[known], items[known] = s, i
+            scores[known], items[known] = self.rank(dense[known], k, use_forgetting=use_forgetting,
+                                                    exclude_seen=exclude_seen)
         if (~known).any():
-            popularity = self._serving["popularity"] if self._serving is not None else np.ones(len(self.items), np.float32)
+            popularity = self.state.popularity
             order = np.argsort(-popularity, kind="stable")[:k]
-            scores[~known] = popularity[order] / max(float(popularity.max()), 1.0)
+            scores[~known] = popularity[order] / max(float(popularity.max(initial=0.0)), 1.0)
             items[~known] = order
-        explanations = None
-        if self.has_forgetting:
-            evidence = Explanations.evidence_from_serving(self._serving, self._serving_meta)
-            explanations = Explanations(
-                item_interest=self._serving["item_interest"], state=self._serving["state"],
-                f=self._serving["f"], categories=self.categories, **evidence,
-            )
-        return recommendation_table(ids, dense, scores, items, self.items, explanations)
+        return recommendation_table(ids, dense, scores, items, self.items, self.state.explanations(self.categories))
 
 
 def load(path: str | Path, *, step: int | None = None) -> ServingModel:
-    """Load an fgjax checkpoint directory for serving (latest step by default)."""
+    """Load an fgjax checkpoint directory for serving (latest step by default).
+
+    Raises:
+      CheckpointError: not a checkpoint, another format version, or its
+        params or serving state missing, damaged or of other sizes.
+    """
     directory = check_manifest(path)
     users, items, categories = load_vocabularies(directory)
     store = TrainCheckpoints(directory, read_only=True)
     try:
         meta = store.restore_meta(step)
         config = from_dict(meta["config"])
-        graphdef, abstract = abstract_params(config.model, len(users), len(items))
+        graphdef, abstract = abstract_params(config, len(users), len(items))
         device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
         params, _, meta = store.restore(abstract, None, sharding=device, step=step)
     finally:
         store.close()
-    serving = load_serving(directory)
-    return ServingModel(graphdef, params, users, items, categories, config, int(meta["step"]),
-                        None if serving is None else serving[0], None if serving is None else serving[1])
+    state = ServingState.load(directory)
+    if (state.num_users, state.num_items) != (len(users), len(items)):
+        raise CheckpointError(
+            f"'{directory / 'serving'}': serving state for {state.num_users:,} users and {state.num_items:,} items, "
+            f"expected the vocabularies' {len(users):,} and {len(items):,}"
+        )
+    return ServingModel(graphdef, params, users, items, categories, config, int(meta["step"]), state)
