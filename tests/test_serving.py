@@ -134,3 +134,103 @@ def test_refuses_what_is_not_a_checkpoint(tmp_path, fitted):
     (copy / "fgjax.json").write_text(json.dumps({"format_version": FORMAT_VERSION + 1}))
     with pytest.raises(CheckpointError, match=f"format version {FORMAT_VERSION + 1}"):
         fgjax.load(copy)
+
+
+def _state_with_everything(users=5, items=7, interests=3, seed=0):
+    from fgjax.data.sequences import Sequences
+    from fgjax.ranking.strategy import ForgettingWeights
+
+    rng = np.random.default_rng(seed)
+    counts = rng.integers(0, 4, users)
+    indptr = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+    n = int(indptr[-1])
+    # Epoch seconds with sub-second parts: float32 would lose them (1.7e9 has a 128 s float32 spacing).
+    times = 1.7e9 + rng.uniform(0, 1e6, n) + 0.123456789
+    last_active = np.where(rng.uniform(size=(users, interests)) < 0.3, np.nan, 1.7e9 + rng.uniform(0, 1e6, (users, interests)))
+    return ServingState(
+        popularity=rng.uniform(0, 9, items).astype(np.float32),
+        seen=ItemSets(indptr, rng.integers(0, items, n).astype(np.int32)),
+        forgetting=ForgettingWeights(rng.uniform(size=(users, interests + 1)).astype(np.float32),
+                                     rng.integers(-1, interests, items).astype(np.int32), np.ones(items, np.float32)),
+        state=rng.integers(0, 6, (users, interests)).astype(np.int8),
+        f=rng.normal(size=(users, interests)).astype(np.float32),
+        trend=rng.normal(size=(users, interests)).astype(np.float32),
+        period=rng.integers(0, 9, (users, interests)).astype(np.float32),
+        explore=rng.uniform(size=(users, interests)) < 0.5,
+        last_active=last_active,
+        window_origin=1.7e9 + 0.5, window_seconds=86400.0,
+        history=Sequences(indptr.copy(), rng.integers(0, items, n).astype(np.int32), times),
+    )
+
+
+def _assert_same_state(got, want):
+    import dataclasses
+
+    for field in dataclasses.fields(ServingState):
+        a, b = getattr(got, field.name), getattr(want, field.name)
+        if b is None or isinstance(b, float):
+            assert a == b, field.name
+            continue
+        parts = dataclasses.fields(b) if dataclasses.is_dataclass(b) else None
+        pairs = [(getattr(a, p.name), getattr(b, p.name)) for p in parts] if parts else [(a, b)]
+        for x, y in pairs:
+            assert isinstance(x, np.ndarray) and x.dtype == y.dtype and x.shape == y.shape, field.name
+            np.testing.assert_array_equal(x, y, err_msg=field.name)  # exact, NaN == NaN
+
+
+def test_serving_state_round_trips_exactly(tmp_path):
+    from fgjax.data.sequences import Sequences
+    from fgjax.ranking.strategy import ForgettingWeights
+
+    want = _state_with_everything()
+    want.save(tmp_path)
+    got = ServingState.load(tmp_path)
+    assert isinstance(got.seen, ItemSets) and isinstance(got.history, Sequences)
+    assert isinstance(got.forgetting, ForgettingWeights)
+    _assert_same_state(got, want)
+    assert got.history.times.dtype == np.float64 and got.history.indptr.dtype == np.int64
+    assert not np.array_equal(got.history.times.astype(np.float32).astype(np.float64), got.history.times)
+    # A state without the optional parts (no categories, a model that queries by user), with an empty user.
+    bare = ServingState(popularity=np.zeros(4, np.float32),
+                        seen=ItemSets(np.array([0, 0, 2], np.int64), np.array([1, 3], np.int32)))
+    bare.save(tmp_path / "bare")
+    _assert_same_state(ServingState.load(tmp_path / "bare"), bare)
+    # Saving again replaces the old state (no leftovers of the richer one).
+    bare.save(tmp_path)
+    _assert_same_state(ServingState.load(tmp_path), bare)
+
+
+def test_missing_or_damaged_serving_state_names_the_file(tmp_path, fitted):
+    import shutil
+
+    out, _, _ = fitted
+    copy = tmp_path / "ckpt"
+    shutil.copytree(out / "checkpoint", copy)
+    meta = copy / "serving.json"
+    text = meta.read_text()
+    meta.write_text("{not json")
+    with pytest.raises(CheckpointError, match="serving.json': unreadable serving metadata"):
+        fgjax.load(copy)
+    meta.write_text(json.dumps({**json.loads(text), "serving_version": 1}))
+    with pytest.raises(CheckpointError, match="serving state version 1"):
+        fgjax.load(copy)
+    meta.write_text(json.dumps({**json.loads(text), "arrays": json.loads(text)["arrays"] + ["history_items"]}))
+    with pytest.raises(CheckpointError, match="serving arrays history_items are missing"):
+        fgjax.load(copy)
+    meta.write_text(text)
+    shutil.rmtree(copy / "serving")
+    with pytest.raises(CheckpointError, match=r"serving': unreadable serving arrays"):
+        fgjax.load(copy)
+    meta.unlink()
+    with pytest.raises(CheckpointError, match=r"serving.json' is missing: expected the serving state"):
+        fgjax.load(copy)
+    # Arrays that do not fit together, or not the checkpoint's users.
+    state = _state_with_everything()
+    import dataclasses
+
+    dataclasses.replace(state, f=state.f[:, :2]).save(tmp_path / "bad")
+    with pytest.raises(CheckpointError, match=r"damaged serving state: f has shape \(5, 2\)"):
+        ServingState.load(tmp_path / "bad")
+    state.save(copy)
+    with pytest.raises(CheckpointError, match="serving state for 5 users and 7 items, expected"):
+        fgjax.load(copy)
