@@ -304,6 +304,8 @@ def evaluate_checkpoint(config: Config, out: str | Path, checkpoint: str | Path,
             f"{len(model.items):,} items) than data.path ({log.num_users:,}, {log.num_items:,}): "
             "evaluate on the data it was trained on"
         )
+    # Results are named after the model the checkpoint holds, whatever config.model says.
+    config = dataclasses.replace(config, model=model.config.model)
     evaluation = evaluate(config, model.graphdef, model.params, prepared.split, log.num_items,
                           evaluation_weights(config, prepared, progress),
                           history=evaluation_history(model.graphdef, model.params, prepared))

@@ -234,3 +234,121 @@ def test_missing_or_damaged_serving_state_names_the_file(tmp_path, fitted):
     state.save(copy)
     with pytest.raises(CheckpointError, match="serving state for 5 users and 7 items, expected"):
         fgjax.load(copy)
+
+
+SEQUENCE_SERVICE = """
+import json, sys
+import fgjax
+model = fgjax.load(sys.argv[1])
+table = model.recommend(json.loads(sys.argv[2]), k=int(sys.argv[3]))
+print("RESULT" + json.dumps({
+    "model": model.config.model.name,
+    "rows": table.drop_columns(["last_active"]).to_pylist(),
+    "has_last_active": "last_active" in table.column_names,
+    # optax comes with flax.nnx itself; fgjax's own training code must not.
+    "training_modules": sorted(m for m in sys.modules if m.startswith("fgjax.training") or m in (
+        "fgjax.pipeline", "fgjax.analysis.loop", "fgjax.evaluation.metrics", "tqdm")),
+}))
+"""
+
+SEQUENCE_SMALL = ["--set", "sequence.epochs=2", "--set", "sequence.dim=8", "--set", "sequence.heads=2",
+                  "--set", "sequence.layers=1", "--set", "sequence.max_len=8", "--set", "sequence.batch_size=16",
+                  "--set", "sequence.patience=0", "--set", "train.epochs=2", "--set", "train.batch_size=64",
+                  "--no-progress"]
+
+
+@pytest.mark.slow
+def test_cli_trains_time_sasrec_and_another_process_serves_it(tmp_path, capsys):
+    """The acceptance test of issue 9: `fgjax train` trains the time-aware model; another process serves it."""
+    from pathlib import Path
+
+    from fgjax import kernels
+    from fgjax.cli import main
+    from fgjax.config import SyntheticConfig
+    from fgjax.data.reader import read_events
+    from fgjax.data.sequences import build_sequences, relative_times
+    from fgjax.data.synthetic import generate
+
+    paths = generate(SyntheticConfig(num_users=60, num_items=50, num_categories=4, num_days=20, users_per_shard=60,
+                                     bad_row_fraction=0.0), tmp_path / "data")
+    out = tmp_path / "run"
+    data = ["--set", f"data.path={paths.events_dir}", "--set", f"data.items_path={paths.items_path}",
+            "--set", "data.format=parquet"]
+    config_file = Path(__file__).resolve().parents[1] / "configs" / "quickstart.yaml"
+    code = main(["train", "--config", str(config_file), "--out", str(out), *data, "--set", "model.name=time_sasrec",
+                 *SEQUENCE_SMALL])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    checkpoint = out / "checkpoint"
+
+    model = fgjax.load(checkpoint)
+    assert model.config.model.name == "time_sasrec" and model.has_forgetting
+    log = read_events(model.config.data)
+    # The saved history is every user's chronological items over the whole log, times exact (float64).
+    want = build_sequences(log.user, log.item, log.timestamp, log.num_users)
+    for name in ("indptr", "items", "times"):
+        got = getattr(model.state.history, name)
+        assert got.dtype == getattr(want, name).dtype
+        np.testing.assert_array_equal(got, getattr(want, name))
+
+    k, users = 5, np.array([0, 7, 23])
+    raw = model.users.decode(users).to_pylist()
+    proc = subprocess.run([sys.executable, "-c", SEQUENCE_SERVICE, str(checkpoint), json.dumps(raw + [-12345]), str(k)],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    got = json.loads(proc.stdout.split("RESULT", 1)[1])
+    assert got["model"] == "time_sasrec" and got["training_modules"] == [] and got["has_last_active"]
+    rows = got["rows"]
+    assert [r["user_id"] for r in rows] == [u for u in raw for _ in range(k)] + [-12345] * k
+    assert [r["rank"] for r in rows] == list(range(1, k + 1)) * 4
+
+    # Reference: the model's next-item probabilities from the user's last max_len items, times m(u, k(i)),
+    # seen items removed, in float64 NumPy.
+    net = nnx_merge(model)
+    items, times = model.state.history.last(users, net.max_len, pad_item=len(model.items))
+    logits = np.asarray(net.score_all_items(items, relative_times(times, items, len(model.items))), np.float64)
+    probs = np.exp(logits - logits.max(axis=1, keepdims=True))
+    probs /= probs.sum(axis=1, keepdims=True)
+    fw = model.state.forgetting
+    column = np.where(fw.item_interest >= 0, fw.item_interest, fw.user_interest.shape[1] - 1)
+    reference = probs * fw.user_interest[users][:, column]
+    for row, u in enumerate(users):
+        seen = set(log.item[log.user == u].tolist())
+        mine = rows[row * k : (row + 1) * k]
+        picked = model.items.encode([r["item_id"] for r in mine])
+        assert not set(picked.tolist()) & seen
+        allowed = np.array([i not in seen for i in range(len(model.items))])
+        kth_best = np.sort(reference[row][allowed])[::-1][k - 1]
+        assert (reference[row, picked] >= kth_best * (1 - 1e-4)).all()  # a true top-k (up to float ties)
+        np.testing.assert_allclose([r["score"] for r in mine], reference[row, picked], rtol=1e-4)
+        for r, i in zip(mine, picked):  # explanations: the user's state of the item's interest
+            interest = fw.item_interest[i]
+            if interest < 0:
+                assert r["interest"] is None
+                continue
+            assert r["interest"] == model.categories.decode([interest])[0].as_py()
+            assert r["interest_state"] == kernels.STATE_NAMES[model.state.state[u, interest]]
+            assert r["f_k"] == pytest.approx(float(model.state.f[u, interest]))
+            assert r["trend"] is not None and r["period"] is not None and r["explore"] is False
+    popularity = model.state.popularity
+    assert [r["score"] for r in rows[3 * k :]] == pytest.approx(np.sort(popularity)[::-1][:k] / popularity.max())
+
+    # The product path around it: evaluate and recommend through the CLI.
+    # (config.model of the command line is ignored: the results are named after the checkpoint's model.)
+    code = main(["evaluate", "--out", str(tmp_path / "ev"), "--checkpoint", str(checkpoint), *data, "--no-progress"])
+    assert code == 0, capsys.readouterr().err
+    results = json.loads((tmp_path / "ev" / "metrics.json").read_text())["evaluation"]["results"]
+    assert set(results) == {"popularity", "time_sasrec", "time_sasrec+forgetting"}
+    assert all(0 <= v <= 1 for r in results.values() for v in r.values())
+    code = main(["recommend", "--checkpoint", str(checkpoint), "--users", ",".join(map(str, raw)), "--k", "3",
+                 "--out", str(tmp_path / "r.parquet")])
+    assert code == 0, capsys.readouterr().err
+    import pyarrow.parquet as pq
+
+    assert pq.read_table(tmp_path / "r.parquet").num_rows == 9
+
+
+def nnx_merge(model):
+    from flax import nnx
+
+    return nnx.merge(model.graphdef, model.params)
