@@ -106,16 +106,25 @@ def _duration(text: str) -> float:
     return seconds
 
 
-def _run_bench(bench_args) -> None:
-    """``python -m bench ARGS`` from the checkout this fgjax was installed from (bench/ is not packaged)."""
-    import importlib
+def _run_bench(bench_args) -> int:
+    """``python -m bench ARGS`` in a subprocess, from the checkout this fgjax was installed from.
+
+    bench/ is not packaged and nothing in fgjax imports it; its output is
+    passed through line by line. Returns its exit status.
+    """
+    import os
+    import subprocess
 
     root = Path(__file__).resolve().parents[1]
     if not (root / "bench" / "__main__.py").is_file():
         raise ConfigError(f"the benchmark suite runs from a source checkout: no bench/ next to '{root / 'fgjax'}'")
-    if str(root) not in sys.path:
-        sys.path.insert(0, str(root))
-    importlib.import_module("bench.__main__").main(list(bench_args))
+    # The checkout on the child's path, the caller's working directory kept (relative --out paths).
+    path = os.pathsep.join(p for p in (str(root), os.environ.get("PYTHONPATH", "")) if p)
+    with subprocess.Popen([sys.executable, "-m", "bench", *bench_args], stdout=subprocess.PIPE, text=True,
+                          env={**os.environ, "PYTHONPATH": path}) as proc:
+        for line in proc.stdout:
+            print(line, end="", flush=True)
+    return proc.returncode
 
 
 def _config(args):
@@ -210,7 +219,7 @@ def run(args) -> int:
     elif args.command == "evaluate" and args.detection:
         pipeline.evaluate_detection(_config(args), args.out, print, _progress(args))
     elif args.command == "bench":
-        _run_bench(args.bench_args)
+        return _run_bench(args.bench_args)
     elif args.command == "evaluate":
         config = _config(args)
         metrics = pipeline.evaluate_checkpoint(config, args.out, args.checkpoint or args.out / "checkpoint", print,
