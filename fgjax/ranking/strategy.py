@@ -34,6 +34,12 @@ class ForgettingWeights:
     item_weight: np.ndarray
 
 
+def item_columns(item_interest, num_interests: int):
+    """``(items,)`` column of ``user_interest`` each item reads: its interest, or
+    ``num_interests`` (the neutral column K) for items without one (-1).
+    Works on NumPy and jax arrays alike."""
+    return (item_interest >= 0) * item_interest + (item_interest < 0) * num_interests
+
 
 def exploration_mask(result, config: Config) -> np.ndarray:
     """``(users, K)`` bool: forgotten interests re-surfaced this time (``recommend.explore_probability``)."""
