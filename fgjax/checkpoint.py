@@ -4,8 +4,11 @@ Layout of a checkpoint directory::
 
     DIR/fgjax.json              format version and what wrote it
     DIR/vocab/{users,items,categories}.parquet   raw ID <-> index
-    DIR/train/<step>/           Orbax: params, opt_state, meta (JSON: config,
-                                step, epoch, data position, sizes, history)
+    DIR/train/<step>/           Orbax: params (the params to serve: the best
+                                validated ones), state (the TrainState to resume:
+                                current params, optimizer state, step), meta (JSON:
+                                config, model name, step, epoch, data position,
+                                run fingerprint, history, selection)
     DIR/serving/                Orbax: arrays a service needs besides params
                                 (``fgjax.serving.ServingState``: popularity, seen
                                 items, forgetting weights, states, evidence,
@@ -28,7 +31,7 @@ import orbax.checkpoint as ocp
 from fgjax.data.vocab import Vocabulary
 from fgjax.errors import CheckpointError
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: train/<step> holds params (served) + state (resume); any model
 _MANIFEST = "fgjax.json"
 
 
@@ -82,14 +85,20 @@ def load_vocabularies(directory: str | Path) -> tuple[Vocabulary, Vocabulary, Vo
     )
 
 
-def _with_sharding(abstract: Any, sharding: jax.sharding.Sharding) -> Any:
+def _with_sharding(abstract: Any, sharding: jax.sharding.Sharding | None) -> Any:
+    """``abstract`` with every leaf placed by ``sharding`` (None: the leaves' own shardings)."""
+    if sharding is None:
+        return abstract
     return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), abstract)
 
 
 class TrainCheckpoints:
     """Step-numbered training checkpoints under ``DIR/train`` (Orbax CheckpointManager).
 
-    Saves are asynchronous; ``close()`` (or the context manager) waits for them.
+    Each step holds ``params`` (what a service loads), ``state`` (what a resumed
+    run restores: any pytree, e.g. ``fgjax.training.loop.TrainState``) and
+    ``meta`` (JSON). Saves are asynchronous; ``close()`` (or the context
+    manager) waits for them.
     """
 
     def __init__(self, directory: str | Path, *, max_to_keep: int = 2, read_only: bool = False):
@@ -98,7 +107,7 @@ class TrainCheckpoints:
         # read_only mode would log three warnings on every load.
         options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=not read_only)
         self._manager = ocp.CheckpointManager(
-            self.directory / "train", options=options, item_names=("params", "opt_state", "meta")
+            self.directory / "train", options=options, item_names=("params", "state", "meta")
         )
 
     def __enter__(self) -> "TrainCheckpoints":
@@ -110,12 +119,12 @@ class TrainCheckpoints:
     def latest_step(self) -> int | None:
         return self._manager.latest_step()
 
-    def save(self, step: int, params: Any, opt_state: Any, meta: dict[str, Any]) -> None:
+    def save(self, step: int, params: Any, state: Any, meta: dict[str, Any]) -> None:
         self._manager.save(
             step,
             args=ocp.args.Composite(
                 params=ocp.args.StandardSave(params),
-                opt_state=ocp.args.StandardSave(opt_state),
+                state=ocp.args.StandardSave(state),
                 meta=ocp.args.JsonSave(meta),
             ),
         )
@@ -127,27 +136,29 @@ class TrainCheckpoints:
     def restore(
         self,
         abstract_params: Any,
-        abstract_opt_state: Any | None,
+        abstract_state: Any | None,
         *,
-        sharding: jax.sharding.Sharding,
+        sharding: jax.sharding.Sharding | None = None,
         step: int | None = None,
     ) -> tuple[Any, Any | None, dict[str, Any]]:
-        """``(params, opt_state or None, meta)`` placed with ``sharding``.
+        """``(params, state or None, meta)``, the abstract trees' structure and dtypes.
 
-        Pass ``abstract_opt_state=None`` to skip the optimizer (serving).
+        Leaves are placed with ``sharding``, or (None) with the shardings the
+        abstract ``ShapeDtypeStruct`` leaves carry (e.g. row-sharded tables).
+        Pass ``abstract_state=None`` to skip the training state (serving).
         """
         step = self._require_step(step)
         items = {
             "params": ocp.args.StandardRestore(_with_sharding(abstract_params, sharding)),
             "meta": ocp.args.JsonRestore(),
         }
-        if abstract_opt_state is not None:
-            items["opt_state"] = ocp.args.StandardRestore(_with_sharding(abstract_opt_state, sharding))
+        if abstract_state is not None:
+            items["state"] = ocp.args.StandardRestore(_with_sharding(abstract_state, sharding))
         try:
             restored = self._manager.restore(step, args=ocp.args.Composite(**items))
         except (ValueError, KeyError, FileNotFoundError) as exc:
             raise CheckpointError(f"'{self.directory}' step {step}: cannot restore ({str(exc).splitlines()[0]})") from None
-        return restored["params"], restored.get("opt_state"), restored["meta"]
+        return restored["params"], restored.get("state"), restored["meta"]
 
     def _require_step(self, step: int | None) -> int:
         step = self.latest_step() if step is None else step

@@ -133,9 +133,10 @@ class AnalysisConfig:
 
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
-    """The article's EmbeddingMLP."""
+    """Which model ``fgjax train`` trains, and the EmbeddingMLP's sizes (sequence
+    models take theirs and their training settings from ``sequence``)."""
 
-    name: str = "embedding_mlp"
+    name: str = "embedding_mlp"  # embedding_mlp | time_sasrec | sasrec (time_sasrec with time_encoding none)
     embed_dim: int = 32
     hidden_dim: int = 64
 
@@ -152,12 +153,15 @@ class TrainConfig:
     max_to_keep: int = 2
     max_steps: int = 0  # stop after this many steps in total (0 = run all epochs)
     eval_users: int = 0  # validation users per epoch (0 = all)
+    patience: int = 0  # embedding_mlp: validations without a better val NDCG@10 before stopping (0 = all epochs)
+    table_optimizer: str = "dense"  # embedding_mlp: dense (Adam) | row_adagrad | lazy_adam (row-sharded tables)
+    distributed: bool = False  # jax.distributed over processes (FGJAX_COORDINATOR/_NUM_PROCESSES/_PROCESS_ID)
 
 
 @dataclasses.dataclass(frozen=True)
 class SequenceConfig:
-    """The time-aware sequence model (``fgjax.models.sequence``) and its training
-    (``fgjax.training.sequence``); mesh and checkpoint settings come from ``train``."""
+    """The sequence models (``model.name`` time_sasrec / sasrec, ``fgjax.models.sequence``)
+    and their training settings; mesh, checkpoint, ``max_steps`` and ``eval_users`` come from ``train``."""
 
     max_len: int = 50  # L: most recent items attended
     dim: int = 64
@@ -257,7 +261,8 @@ _CHOICES = MappingProxyType({
     ("analysis", "forgetting_mode"): ("decline", "change"),
     ("analysis", "normalize"): ("current", "max"),
     ("analysis.detector", "kind"): ("adaptive", "level"),
-    ("model", "name"): ("embedding_mlp",),
+    ("model", "name"): ("embedding_mlp", "time_sasrec", "sasrec"),
+    ("train", "table_optimizer"): ("dense", "row_adagrad", "lazy_adam"),
     ("evaluate", "protocol"): ("leave_last_out",),
     ("sequence", "time_encoding"): ("none", "interval", "decay"),
     ("sequence", "loss"): ("full_softmax", "sampled_softmax"),
@@ -305,6 +310,7 @@ _LOWER_BOUNDS = MappingProxyType({
     ("train", "max_to_keep"): (1, True),
     ("train", "max_steps"): (0, True),
     ("train", "eval_users"): (0, True),
+    ("train", "patience"): (0, True),
     ("recommend", "k"): (1, True),
     ("recommend", "state_weights"): (0, True),
     ("recommend", "interest_floor"): (0, True),

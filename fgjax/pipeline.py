@@ -36,7 +36,7 @@ from fgjax.ranking.explain import Explanations
 from fgjax.ranking.strategy import ForgettingWeights, exploration_mask, forgetting_weights
 from fgjax.serving.model import ServingModel, load
 from fgjax.serving.state import ServingState, queries_history
-from fgjax.training.loop import TrainResult, train
+from fgjax.training import TrainResult, train
 
 Reporter = Callable[[str], None]
 

@@ -11,13 +11,30 @@ import optax
 import pytest
 from flax import nnx
 
-from fgjax.config import Config, SequenceConfig
+from fgjax.config import Config, ModelConfig, SequenceConfig
 from fgjax.data.sequences import build_sequences
 from fgjax.data.split import ItemSets, leave_last_out
-from fgjax.models.mlp import split_params
-from fgjax.models.sequence import TimeAwareSASRec, build_sequence_model, count_params, time_buckets
+from fgjax.errors import CheckpointError
+from fgjax.models import build_model, split_params
+from fgjax.models.sequence import TimeAwareSASRec, count_params, time_buckets
 from fgjax.data.sequences import relative_times
-from fgjax.training.sequence import next_item_loss, rank_sequence_items, train_sequence
+from fgjax.ranking.topk import query_inputs, rank_items
+from fgjax.training.loop import train_examples, validation_from, window_examples
+
+
+def build_sequence_model(seq: SequenceConfig, num_items: int, *, seed: int):
+    return build_model(dataclasses.replace(Config(), model=ModelConfig(name="time_sasrec"), sequence=seq), 0,
+                       num_items, seed=seed)
+
+
+def train_sequence(config, sequences, num_items, *, val_users, val_targets, val_seen, checkpoint_dir=None,
+                   progress=False, name="time_sasrec"):
+    """The loop on next-item windows, validated from the training sequences (as bench.quality trains)."""
+    config = dataclasses.replace(config, model=ModelConfig(name=name))
+    return train_examples(config, window_examples(sequences, config.sequence.max_len, num_items),
+                          validation_from(val_users, val_targets, val_seen, sequences, num_items=num_items),
+                          num_users=sequences.num_users, num_items=num_items, checkpoint_dir=checkpoint_dir,
+                          progress=progress)
 
 
 def _model(encoding="interval", **kw):
@@ -139,15 +156,16 @@ def test_full_softmax_loss_matches_numpy_and_dropout_needs_a_key():
     targets[0, :3] = -1
     times = np.cumsum(rng.uniform(0, 1e4, (4, 6)), axis=1).astype(np.float32)
     key = jax.random.key(0)
-    loss = float(next_item_loss(graphdef, params, inputs, times, targets, key, dropout_key=False,
-                                loss="full_softmax", negatives=4))
+    batch = {"items": jnp.asarray(inputs), "times": jnp.asarray(times), "targets": jnp.asarray(targets)}
+    loss = float(model.loss(batch, key))
     logits = np.asarray(model(jnp.asarray(inputs), jnp.asarray(times)), np.float64)
     logp = logits - np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1, keepdims=True)) - logits.max(-1, keepdims=True)
     valid = targets >= 0
     want = -np.mean(np.take_along_axis(logp, np.maximum(targets, 0)[..., None], -1)[..., 0][valid])
     np.testing.assert_allclose(loss, want, rtol=1e-4)
-    sampled = float(next_item_loss(graphdef, params, inputs, times, targets, key, dropout_key=False,
-                                   loss="sampled_softmax", negatives=6))
+    sampled_model = nnx.merge(graphdef, params)
+    sampled_model.loss_kind, sampled_model.sampled_negatives = "sampled_softmax", 6
+    sampled = float(sampled_model.loss(batch, key))
     assert np.isfinite(sampled) and 0 < sampled < loss + 5
     dropped = TimeAwareSASRec(12, max_len=6, dim=8, heads=2, layers=1, dropout=0.5, rngs=nnx.Rngs(0))
     a = dropped.hidden_states(jnp.asarray(inputs), jnp.asarray(times))
@@ -197,8 +215,9 @@ def test_training_learns_a_predictable_order_and_ranks_with_masks(loss):
     assert best["val_ndcg@10"] == max(h["val_ndcg@10"] for h in result.history)
     assert result.stopped_early == (result.epochs < 40)
     hist = build_sequences(user, item, ts, 48, split.history_events)
-    _, top = rank_sequence_items(result.graphdef, result.params, hist, users, k=5, num_items=16,
-                                 seen=split.history_items)
+    inputs = query_inputs(result.graphdef, result.params, users, hist, num_items=16)
+    _, top = rank_items(result.graphdef, result.params, users, k=5, num_items=16, inputs=inputs,
+                        seen=split.history_items)
     assert np.mean(top[:, 0] == split.test_target[users]) > 0.5
     seen = split.history_items
     for row, u in zip(top, users):
@@ -217,11 +236,11 @@ def test_resume_continues_exactly(tmp_path):
     short = dataclasses.replace(Config(), sequence=dataclasses.replace(seq, epochs=2))
     train_sequence(short, train, 16, checkpoint_dir=tmp_path / "ck", **kw)
     resumed = train_sequence(dataclasses.replace(Config(), sequence=seq), train, 16, checkpoint_dir=tmp_path / "ck", **kw)
-    assert resumed.resumed_from == 2 and len(resumed.history) == 4
+    assert resumed.resumed_from == 2 * (full.steps // 4) and len(resumed.history) == 4
     assert [h["train_loss"] for h in resumed.history] == pytest.approx([h["train_loss"] for h in full.history], rel=1e-5)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), resumed.params, full.params)
     other = dataclasses.replace(Config(), sequence=dataclasses.replace(seq, dim=16))
-    with pytest.raises(Exception, match="another sequence run"):
+    with pytest.raises(CheckpointError, match="other data or settings .*architecture"):
         train_sequence(other, train, 16, checkpoint_dir=tmp_path / "ck", **kw)
 
 
@@ -233,7 +252,7 @@ from test_models_sequence import _cyclic_data
 from fgjax.config import Config, SequenceConfig
 from fgjax.data.sequences import build_sequences
 from fgjax.data.split import leave_last_out
-from fgjax.training.sequence import train_sequence
+from test_models_sequence import train_sequence
 user, item, ts = _cyclic_data(num_users=32, length=8)
 split = leave_last_out(user, item, ts, 32)
 train = build_sequences(user, item, ts, 32, split.train_events)

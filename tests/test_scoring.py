@@ -60,7 +60,7 @@ def test_memory_budget_shrinks_chunks_without_changing_results(monkeypatch):
     users = np.arange(40)
     chunks = []
     real = scoring._chunk_top_k
-    monkeypatch.setattr(scoring, "_chunk_top_k", lambda *a, **kw: chunks.append(a[3].shape[0]) or real(*a, **kw))
+    monkeypatch.setattr(scoring, "_chunk_top_k", lambda *a, **kw: chunks.append(a[4].shape[0]) or real(*a, **kw))
     wide = rank_items(graphdef, params, users, k=7, num_items=300, chunk=64)
     assert chunks == [64]
     # 300 items x 16 hidden x 4 B = 19 KB a user: a 1 MB budget allows 32 users a call.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -14,13 +15,15 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from flax import nnx
 
-from fgjax.config import ModelConfig
+from fgjax.config import Config, ModelConfig, load_config
+from fgjax.data.split import leave_last_out
 from fgjax.models import build_model, split_params
-from fgjax.training.sparse import (
-    init_sparse_state, join_tables, lazy_adam, make_sparse_train_step, row_adagrad, state_shardings, table_optimizer,
+from fgjax.training.loop import (
+    bce_loss, epoch_order, init_state, make_mesh, make_train_step, pair_examples, state_shardings, train,
 )
-from fgjax.training.loop import bce_loss, make_mesh
+from fgjax.training.sparse import lazy_adam, row_adagrad, table_optimizer
 
 
 def _batches(rng, num_rows, d, steps, n=12):
@@ -109,23 +112,26 @@ def _dense_reference(graphdef, params, batches, *, lr, negatives, seed, num_item
 
 
 def _sparse_run(graphdef, params, batches, *, lr, negatives, seed, num_items, num_devices):
+    """The loop's row-sparse step (``train.table_optimizer: row_adagrad``); negatives per positive are the model's."""
+    assert nnx.merge(graphdef, params).negatives == negatives
     mesh = make_mesh(num_devices)
     params = jax.tree.map(np.array, params)  # host copies: the state is donated step after step
     adam, rows = optax.adam(lr), row_adagrad(lr)
-    state = init_sparse_state(params, adam, rows)
+    state = init_state(params, adam, rows)
     shardings = state_shardings(state, mesh)
     state = jax.device_put(state, shardings)
-    step = make_sparse_train_step(graphdef, adam, rows, mesh, shardings, num_items=num_items, negatives=negatives,
-                                  seed=seed)
+    step = make_train_step(graphdef, adam, mesh, shardings, seed=seed, table_opt=rows)
     losses = []
     for users, items in batches:
-        state, loss = step(state, users, items)
+        state, loss = step(state, {"user": users, "item": items})
         losses.append(float(loss))
     return state, losses
 
 
-def _problem(num_users=64, num_items=40, batch=32, steps=4, seed=0):
-    model = build_model(ModelConfig(embed_dim=8, hidden_dim=16), num_users, num_items, seed=seed)
+def _problem(num_users=64, num_items=40, batch=32, steps=4, seed=0, negatives=2):
+    config = dataclasses.replace(Config(), model=ModelConfig(embed_dim=8, hidden_dim=16),
+                                 train=dataclasses.replace(Config().train, negatives=negatives))
+    model = build_model(config, num_users, num_items, seed=seed)
     graphdef, params = split_params(model)
     rng = np.random.default_rng(seed)
     batches = [(rng.integers(0, num_users, batch).astype(np.int32), rng.integers(0, num_items, batch).astype(np.int32))
@@ -140,9 +146,34 @@ def test_sparse_step_equals_the_dense_reference():
     want, want_losses = _dense_reference(graphdef, params, batches, num_users=64, **kw)
     state, losses = _sparse_run(graphdef, params, batches, num_devices=1, **kw)
     np.testing.assert_allclose(losses, want_losses, rtol=1e-5)
-    got = join_tables(state.dense, state.tables)
-    for a, b in zip(jax.tree.leaves(want), jax.tree.leaves(got)):
+    for a, b in zip(jax.tree.leaves(want), jax.tree.leaves(state.params)):
         np.testing.assert_allclose(np.asarray(b), a, rtol=1e-4, atol=1e-5)
+
+
+def test_row_adagrad_option_of_the_loop_equals_the_dense_reference(tmp_path, small_log):
+    """``train.table_optimizer=row_adagrad`` through ``fgjax.training.train`` = Adam + dense row-wise Adagrad."""
+    split = leave_last_out(small_log.user, small_log.item, small_log.timestamp, small_log.num_users)
+    overrides = ["model.embed_dim=8", "model.hidden_dim=16", "train.batch_size=32", "train.negatives=2",
+                 "train.learning_rate=0.05", "train.seed=3", "train.max_steps=5", "train.epochs=3"]
+    config = load_config(None, overrides + ["train.table_optimizer=row_adagrad"])
+    result = train(config, small_log, split, tmp_path / "ck", progress=False)
+    assert result.steps == 5 and result.best_epoch == 0  # stopped before the first validation: the last params
+    graphdef, params = split_params(build_model(config, small_log.num_users, small_log.num_items, seed=3))
+    pairs = pair_examples(split)
+    order = epoch_order(3, 0, len(pairs["user"]))
+    batches = [(pairs["user"][order[s * 32 : (s + 1) * 32]], pairs["item"][order[s * 32 : (s + 1) * 32]])
+               for s in range(5)]
+    want, want_losses = _dense_reference(graphdef, params, batches, lr=0.05, negatives=2, seed=3,
+                                         num_items=small_log.num_items, num_users=small_log.num_users)
+    np.testing.assert_allclose(result.step_losses, want_losses, rtol=1e-5)
+    for a, b in zip(jax.tree.leaves(want), jax.tree.leaves(result.params)):
+        np.testing.assert_allclose(np.asarray(b), a, rtol=1e-4, atol=1e-5)
+    # The dense run of the same config differs (Adam on the tables), and lazy_adam trains too.
+    dense = train(load_config(None, overrides), small_log, split, tmp_path / "dense", progress=False)
+    assert not np.allclose(dense.params["user_embed"]["embedding"], result.params["user_embed"]["embedding"])
+    lazy = train(load_config(None, overrides + ["train.table_optimizer=lazy_adam", "train.max_steps=0"]), small_log,
+                 split, tmp_path / "lazy", progress=False)
+    assert lazy.history[-1]["train_loss"] < lazy.history[0]["train_loss"]
 
 
 EIGHT_DEVICES = textwrap.dedent(
@@ -156,10 +187,11 @@ EIGHT_DEVICES = textwrap.dedent(
     out = {"devices": len(jax.devices())}
     for n in (1, 8):
         state, losses = _sparse_run(graphdef, params, batches, num_devices=n, **kw)
-        t = state.tables["user"]
-        out[n] = {"losses": losses, "user": np.asarray(t).tolist(), "item": np.asarray(state.tables["item"]).tolist(),
+        t = state.params["user_embed"]["embedding"]
+        out[n] = {"losses": losses, "user": np.asarray(t).tolist(),
+                  "item": np.asarray(state.params["item_embed"]["embedding"]).tolist(),
                   "shards": len(t.addressable_shards), "shard_rows": t.addressable_shards[0].data.shape[0],
-                  "accum_shard_rows": state.table_states["user"].accum.addressable_shards[0].data.shape[0]}
+                  "accum_shard_rows": state.opt_state.tables["user"].accum.addressable_shards[0].data.shape[0]}
     print("RESULT" + json.dumps(out))
     """
 )

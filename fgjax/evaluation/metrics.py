@@ -17,7 +17,7 @@ from fgjax.config import Config
 from fgjax.data.sequences import Sequences
 from fgjax.data.split import ItemSets, TemporalSplit
 from fgjax.ranking.strategy import ForgettingWeights
-from fgjax.ranking.topk import rank_items
+from fgjax.ranking.topk import query_inputs, rank_items
 
 
 def metrics_at(top_items: np.ndarray, targets: np.ndarray, ks: list[int]) -> dict[str, float]:
@@ -78,14 +78,9 @@ def evaluate(
     results: dict[str, dict[str, float]] = {}
     pop = popularity_top_k(item_popularity(split, num_items), users, seen, k)
     results["popularity"] = metrics_at(pop, targets, ks)
-    extra: dict[str, Any] = {}
-    if history is not None:
-        from fgjax.ranking.topk import query_inputs  # H1's contract; moves to the top when merged
-
-        extra["inputs"] = query_inputs(graphdef, users, history, num_items=num_items)
-    rank = functools.partial(rank_items, graphdef, params, users, k=k, num_items=num_items, seen=seen,
-                             chunk=config.recommend.user_chunk, memory_budget_mb=config.recommend.score_memory_mb,
-                             **extra)
+    inputs = query_inputs(graphdef, params, users, history, num_items=num_items)
+    rank = functools.partial(rank_items, graphdef, params, users, k=k, num_items=num_items, inputs=inputs, seen=seen,
+                             chunk=config.recommend.user_chunk, memory_budget_mb=config.recommend.score_memory_mb)
     results[config.model.name] = metrics_at(rank()[1], targets, ks)
     if forgetting is not None:
         results[f"{config.model.name}+forgetting"] = metrics_at(rank(forgetting=forgetting)[1], targets, ks)

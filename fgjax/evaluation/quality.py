@@ -33,13 +33,13 @@ from flax import nnx
 
 from fgjax import kernels
 from fgjax.analysis.loop import ForgettingResult, analyze
-from fgjax.ranking.strategy import forgetting_weights, interest_weighted, item_columns
 from fgjax.config import Config
+from fgjax.data.protocol import Stage
 from fgjax.data.reader import EventLog
 from fgjax.data.sequences import Sequences
 from fgjax.evaluation.metrics import metrics_at
-from fgjax.data.protocol import Stage
-from fgjax.data.sequences import relative_times
+from fgjax.ranking.strategy import forgetting_weights, interest_weighted, item_columns
+from fgjax.ranking.topk import query_inputs
 
 
 def exclusion_matrix(stage: Stage, num_items: int) -> np.ndarray:
@@ -91,8 +91,7 @@ def mlp_scores(graphdef, params, users: np.ndarray, *, chunk: int = 256) -> np.n
 def sequence_scores(graphdef, params, sequences: Sequences, users: np.ndarray, num_items: int, *,
                     chunk: int = 256) -> np.ndarray:
     """``(n, items)`` next-item probabilities from each user's last ``max_len`` items."""
-    items, times = sequences.last(users, nnx.merge(graphdef, params).max_len, pad_item=num_items)
-    return dense_scores(graphdef, params, {"items": items, "times": relative_times(times, items, num_items)},
+    return dense_scores(graphdef, params, query_inputs(graphdef, params, users, sequences, num_items=num_items),
                         chunk=chunk)
 
 

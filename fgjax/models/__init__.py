@@ -1,7 +1,65 @@
-"""Flax nnx models."""
+"""Flax nnx recommenders behind one interface (``fgjax.models.interface.Recommender``) and their registry.
 
-from fgjax.models.mlp import EmbeddingMLP, Params, abstract_params, build_model, split_params
-from fgjax.models.sequence import TimeAwareSASRec, build_sequence_model
+``build_model(config, ...)`` builds the model ``config.model.name`` names:
 
-__all__ = ["EmbeddingMLP", "Params", "TimeAwareSASRec", "abstract_params", "build_model", "build_sequence_model",
-           "split_params"]
+- ``embedding_mlp``: the article's EmbeddingMLP (``model`` section; ``train.negatives``);
+- ``time_sasrec``: the time-aware sequence model (``sequence`` section);
+- ``sasrec``: the same network with ``time_encoding`` ``none`` (plain SASRec).
+
+``abstract_params`` gives the same graph with shape-only params, so a
+checkpoint is restored (serving, resumes) without allocating or training code.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from flax import nnx
+
+from fgjax.config import Config, ModelConfig
+from fgjax.errors import ConfigError
+from fgjax.models.interface import Params, Recommender, split_params
+from fgjax.models.mlp import EmbeddingMLP
+from fgjax.models.sequence import TimeAwareSASRec
+
+MODEL_NAMES = ("embedding_mlp", "time_sasrec", "sasrec")
+SEQUENCE_MODELS = ("time_sasrec", "sasrec")
+
+__all__ = ["EmbeddingMLP", "MODEL_NAMES", "Params", "Recommender", "SEQUENCE_MODELS", "TimeAwareSASRec",
+           "abstract_params", "build_model", "split_params"]
+
+
+def _as_config(config: Config | ModelConfig) -> Config:
+    # A bare ModelConfig means that model section with every other section at its default.
+    return dataclasses.replace(Config(), model=config) if isinstance(config, ModelConfig) else config
+
+
+def build_model(config: Config | ModelConfig, num_users: int, num_items: int, *, seed: int) -> nnx.Module:
+    """The model ``config.model.name`` names, initialized from ``seed``.
+
+    Args:
+      config: the run's ``Config`` (a bare ``ModelConfig`` is taken as a
+        ``Config`` with that model section).
+      num_users, num_items: table sizes (sequence models use only ``num_items``).
+    """
+    config = _as_config(config)
+    name = config.model.name
+    if name == "embedding_mlp":
+        return EmbeddingMLP(num_users, num_items, embed_dim=config.model.embed_dim,
+                            hidden_dim=config.model.hidden_dim, negatives=config.train.negatives,
+                            rngs=nnx.Rngs(seed))
+    if name in SEQUENCE_MODELS:
+        seq = config.sequence
+        return TimeAwareSASRec(
+            num_items, max_len=seq.max_len, dim=seq.dim, heads=seq.heads, layers=seq.layers, ffn_mult=seq.ffn_mult,
+            time_encoding="none" if name == "sasrec" else seq.time_encoding, time_unit=seq.time_unit_seconds,
+            num_buckets=seq.time_buckets, dropout=seq.dropout, loss=seq.loss,
+            sampled_negatives=seq.sampled_negatives, rngs=nnx.Rngs(seed),
+        )
+    raise ConfigError(f"model.name={name!r}: expected one of {', '.join(MODEL_NAMES)}")
+
+
+def abstract_params(config: Config | ModelConfig, num_users: int, num_items: int) -> tuple[nnx.GraphDef, Params]:
+    """Graph and ``jax.ShapeDtypeStruct`` params of ``build_model``'s model, allocating nothing (for restores)."""
+    model = nnx.eval_shape(lambda: build_model(config, num_users, num_items, seed=0))
+    return split_params(model)

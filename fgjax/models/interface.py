@@ -25,11 +25,13 @@ A model is a ``flax.nnx.Module`` whose queries and item rows meet in
 
 from __future__ import annotations
 
-from typing import ClassVar, Mapping, Protocol, runtime_checkable
+from typing import Any, ClassVar, Mapping, Protocol, runtime_checkable
 
+from flax import nnx
 from jax import Array
 
 NORMALIZATIONS = ("sigmoid", "softmax")
+Params = dict[str, Any]  # a pure nested dict of arrays (nnx State.to_pure_dict())
 
 
 @runtime_checkable
@@ -47,3 +49,9 @@ class Recommender(Protocol):
     def query(self, inputs: Mapping[str, Array]) -> Array: ...
 
     def score(self, query: Array, rows: Array) -> Array: ...
+
+
+def split_params(model: nnx.Module) -> tuple[nnx.GraphDef, Params]:
+    """``(graphdef, params)`` with params as a pure nested dict of arrays."""
+    graphdef, state = nnx.split(model)
+    return graphdef, nnx.to_pure_dict(state)

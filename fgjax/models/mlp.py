@@ -6,14 +6,13 @@ User and item embeddings are concatenated and passed through
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Mapping
 
 import jax
 import jax.numpy as jnp
+import optax
 from flax import nnx
 from jax import Array
-
-Params = dict[str, Any]  # a pure nested dict of arrays (nnx State.to_pure_dict())
 
 
 class EmbeddingMLP(nnx.Module):
@@ -26,10 +25,14 @@ class EmbeddingMLP(nnx.Module):
       rngs: ``nnx.Rngs`` for initialization.
     """
 
+    batch_fields = ("user", "item")
     query_fields = ("user",)
     normalization = "sigmoid"
 
-    def __init__(self, num_users: int, num_items: int, *, embed_dim: int = 32, hidden_dim: int = 64, rngs: nnx.Rngs):
+    def __init__(self, num_users: int, num_items: int, *, embed_dim: int = 32, hidden_dim: int = 64,
+                 negatives: int = 4, rngs: nnx.Rngs):
+        self.num_items = num_items
+        self.negatives = negatives  # uniform negatives per positive in ``loss``
         self.user_embed = nnx.Embed(num_users, embed_dim, rngs=rngs)
         self.item_embed = nnx.Embed(num_items, embed_dim, rngs=rngs)
         self.hidden = nnx.Linear(2 * embed_dim, hidden_dim, rngs=rngs)
@@ -37,8 +40,7 @@ class EmbeddingMLP(nnx.Module):
 
     def __call__(self, users: Array, items: Array) -> Array:
         """``(batch,)`` user and item indices -> ``(batch,)`` logits."""
-        x = jnp.concatenate([self.user_embed(users), self.item_embed(items)], axis=-1)
-        return self.out(jax.nn.relu(self.hidden(x)))[..., 0]
+        return self.logits_from_rows(self.user_embed(users), self.item_embed(items))
 
     def project_items(self) -> Array:
         """``(items, hidden)``: each item's share of the first layer, ``W1i e_i``.
@@ -71,7 +73,29 @@ class EmbeddingMLP(nnx.Module):
         hidden = jax.nn.relu(user_part[:, None, :] + item_rows)
         return hidden @ self.out.kernel[...][:, 0] + self.out.bias[...][0]
 
+    def labelled_pairs(self, batch: Mapping[str, Array], key: Array) -> tuple[Array, Array, Array]:
+        """Positives ``(batch,)`` plus ``negatives`` uniform items each -> ``(users, items, labels)``, each
+        ``(batch * (1 + negatives),)``: the positives first, then each user's negatives."""
+        users, items = batch["user"], batch["item"]
+        negs = jax.random.randint(key, (users.shape[0], self.negatives), 0, self.num_items, dtype=jnp.int32)
+        all_users = jnp.concatenate([users, jnp.repeat(users, self.negatives)])
+        all_items = jnp.concatenate([items, negs.reshape(-1)])
+        labels = jnp.concatenate([jnp.ones(users.shape[0]), jnp.zeros(users.shape[0] * self.negatives)])
+        return all_users, all_items, labels
+
+    def logits_from_rows(self, user_rows: Array, item_rows: Array) -> Array:
+        """``(n, d)`` gathered user and item embeddings -> ``(n,)`` logits (the layers after the lookup)."""
+        x = jnp.concatenate([user_rows, item_rows], axis=-1)
+        return self.out(jax.nn.relu(self.hidden(x)))[..., 0]
+
     # The model interface (fgjax.models.interface.Recommender).
+
+    def loss(self, batch: Mapping[str, Array], key: Array) -> Array:
+        """Mean binary cross-entropy of ``batch`` ``{"user", "item"}`` ``(batch,)`` positives and
+        ``negatives`` uniform items per positive drawn from ``key`` -> ``()``."""
+        users, items, labels = self.labelled_pairs(batch, key)
+        logits = self.logits_from_rows(self.user_embed(users), self.item_embed(items))
+        return jnp.mean(optax.sigmoid_binary_cross_entropy(logits, labels))
 
     def item_rows(self) -> Array:
         """``(items, hidden)`` item rows: ``project_items()``."""
@@ -90,28 +114,3 @@ class EmbeddingMLP(nnx.Module):
     def score_all_items(self, users: Array) -> Array:
         """``(users,)`` indices -> ``(users, items)`` logits against the whole catalog."""
         return self.score_projected(users, self.project_items())
-
-
-def build_model(model_config, num_users: int, num_items: int, *, seed: int) -> EmbeddingMLP:
-    """The model a ``ModelConfig`` names, initialized from ``seed``."""
-    return EmbeddingMLP(
-        num_users,
-        num_items,
-        embed_dim=model_config.embed_dim,
-        hidden_dim=model_config.hidden_dim,
-        rngs=nnx.Rngs(seed),
-    )
-
-
-def split_params(model: nnx.Module) -> tuple[nnx.GraphDef, Params]:
-    """``(graphdef, params)`` with params as a pure nested dict of arrays."""
-    graphdef, state = nnx.split(model)
-    return graphdef, nnx.to_pure_dict(state)
-
-
-def abstract_params(config, num_users: int, num_items: int) -> tuple[nnx.GraphDef, Params]:
-    """Graph and ``ShapeDtypeStruct`` params without allocating (for restores); ``config``: a ``Config``."""
-    # Interim (serving branch): H1's fgjax.models.abstract_params(config, ...) dispatches on config.model.name.
-    model_config = getattr(config, "model", config)
-    model = nnx.eval_shape(lambda: build_model(model_config, num_users, num_items, seed=0))
-    return split_params(model)

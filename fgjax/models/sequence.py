@@ -26,13 +26,16 @@ Dropout takes an explicit key; ``key=None`` is the deterministic (eval) pass.
 from __future__ import annotations
 
 import math
+from typing import Mapping
 
 import jax
 import jax.numpy as jnp
+import optax
 from flax import nnx
 from jax import Array
 
 TIME_ENCODINGS = ("none", "interval", "decay")
+LOSSES = ("full_softmax", "sampled_softmax")
 _NEG = -1e9  # finite: a fully masked row stays finite (never NaN)
 
 
@@ -112,17 +115,24 @@ class TimeAwareSASRec(nnx.Module):
       time_unit: seconds per unit of gap in the buckets and the decay.
       num_buckets: log2 gap buckets (``interval``).
       dropout: rate on embeddings, attention weights and residual branches.
+      loss: ``full_softmax`` | ``sampled_softmax`` (``loss``); sampled_negatives:
+        uniform negatives shared by a batch (``sampled_softmax``).
     """
 
+    batch_fields = ("items", "times", "targets")
     query_fields = ("items", "times")
     normalization = "softmax"
 
     def __init__(self, num_items: int, *, max_len: int = 50, dim: int = 64, heads: int = 2, layers: int = 2,
                  ffn_mult: int = 4, time_encoding: str = "interval", time_unit: float = 60.0, num_buckets: int = 32,
-                 dropout: float = 0.2, rngs: nnx.Rngs):
+                 dropout: float = 0.2, loss: str = "full_softmax", sampled_negatives: int = 256, rngs: nnx.Rngs):
         if time_encoding not in TIME_ENCODINGS:
             raise ValueError(f"time_encoding={time_encoding!r}: expected one of {', '.join(TIME_ENCODINGS)}")
+        if loss not in LOSSES:
+            raise ValueError(f"loss={loss!r}: expected one of {', '.join(LOSSES)}")
         self.num_items = num_items
+        self.loss_kind = loss
+        self.sampled_negatives = sampled_negatives
         self.max_len = max_len
         self.time_unit = time_unit
         self.num_buckets = num_buckets
@@ -166,6 +176,33 @@ class TimeAwareSASRec(nnx.Module):
 
     # The model interface (fgjax.models.interface.Recommender).
 
+    def loss(self, batch: Mapping[str, Array], key: Array) -> Array:
+        """Mean next-item cross-entropy over the non-padding positions -> ``()``.
+
+        ``batch``: ``items`` ``(B, L)`` left-padded inputs, ``times`` ``(B, L)``
+        relative seconds, ``targets`` ``(B, L)`` next items (-1 in the padding).
+        ``key`` drives dropout and the sampled negatives. ``full_softmax``: over
+        the whole catalog. ``sampled_softmax``: over the target and
+        ``sampled_negatives`` uniform items shared by the batch (an accidental
+        hit of the target is masked out); uniform sampling needs no logQ correction.
+        """
+        k_drop, k_neg = jax.random.split(key)
+        hidden = self.hidden_states(batch["items"], batch["times"], k_drop if self.dropout > 0 else None)  # (B, L, d)
+        table = self.item_table()
+        targets = batch["targets"]
+        valid = targets >= 0
+        safe = jnp.where(valid, targets, 0)
+        if self.loss_kind == "full_softmax":
+            per_position = optax.softmax_cross_entropy_with_integer_labels(hidden @ table.T, safe)
+        else:
+            negs = jax.random.randint(k_neg, (self.sampled_negatives,), 0, table.shape[0])
+            positive = jnp.sum(hidden * table[safe], axis=-1, keepdims=True)  # (B, L, 1)
+            negative = hidden @ table[negs].T  # (B, L, S)
+            negative = jnp.where(negs[None, None, :] == safe[..., None], _NEG, negative)
+            logits = jnp.concatenate([positive, negative], axis=-1)
+            per_position = optax.softmax_cross_entropy_with_integer_labels(logits, jnp.zeros_like(safe))
+        return jnp.sum(per_position * valid) / jnp.maximum(jnp.sum(valid), 1)
+
     def item_rows(self) -> Array:
         """``(items, dim)``: the output item table."""
         return self.item_table()
@@ -187,23 +224,6 @@ class TimeAwareSASRec(nnx.Module):
     def __call__(self, items: Array, times: Array, key: Array | None = None) -> Array:
         """``(batch, L, items)`` next-item logits at every position."""
         return self.hidden_states(items, times, key) @ self.item_table().T
-
-
-def build_sequence_model(seq_config, num_items: int, *, seed: int) -> TimeAwareSASRec:
-    """The model a ``SequenceConfig`` describes, initialized from ``seed``."""
-    return TimeAwareSASRec(
-        num_items,
-        max_len=seq_config.max_len,
-        dim=seq_config.dim,
-        heads=seq_config.heads,
-        layers=seq_config.layers,
-        ffn_mult=seq_config.ffn_mult,
-        time_encoding=seq_config.time_encoding,
-        time_unit=seq_config.time_unit_seconds,
-        num_buckets=seq_config.time_buckets,
-        dropout=seq_config.dropout,
-        rngs=nnx.Rngs(seed),
-    )
 
 
 def count_params(params) -> int:

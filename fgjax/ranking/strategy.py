@@ -38,11 +38,11 @@ class ForgettingWeights:
     item_weight: np.ndarray
 
 
-def item_columns(item_interest: np.ndarray, num_interests: int) -> np.ndarray:
-    """``(items,)`` int32 column of each item in ``m(u, .)``: its interest, or ``num_interests`` (the
-    neutral column K) for items without one (``item_interest`` -1)."""
-    item_interest = np.asarray(item_interest)
-    return np.where(item_interest >= 0, item_interest, num_interests).astype(np.int32)
+def item_columns(item_interest, num_interests: int):
+    """``(items,)`` column of ``user_interest`` each item reads: its interest, or
+    ``num_interests`` (the neutral column K) for items without one (-1).
+    Works on NumPy and jax arrays alike."""
+    return (item_interest >= 0) * item_interest + (item_interest < 0) * num_interests
 
 
 def interest_weighted(scores: jax.Array, user_interest: jax.Array, columns: jax.Array,

@@ -1,21 +1,25 @@
-"""Full-catalog scoring and top-K, in fixed-size user chunks.
+"""Full-catalog scoring and top-K for any ``Recommender``, in fixed-size user chunks.
 
-One jitted function scores a chunk of users against every item, optionally
-re-weights by forgetting (SPEC.md, Recommendation score)
+One jitted function per chunk of users computes the model's queries, scores
+the catalog block by block (``kernels.blocked_top_k``), optionally re-weights
+by forgetting (SPEC.md, Recommendation score)
 
-    score(u, i) = w_i * m(u, k(i)) * sigmoid(logit(u, i))
+    score(u, i) = w_i * m(u, k(i)) * relevance(u, i)
 
-where ``m(u, k) = max(p(k | u) * state_weight(state(u, k)), floor)`` and
-``k(i)`` is the item's interest (items without one get the user's neutral
-weight, that of a uniform p over the user's interests), masks already-seen
-items and selects the top K. Only
-``(chunk, K)`` results come back to the host.
+with relevance = ``sigmoid(logit)`` for ``normalization == "sigmoid"`` models
+and the next-item probability ``softmax`` over the whole catalog for
+``"softmax"`` models (its per-user log-normalizer comes from a first blocked
+pass, so no ``(chunk, items)`` matrix is built), where
+``m(u, k) = ForgettingWeights.user_interest`` and ``k(i)`` is the item's
+interest (items without one read column K, ``strategy.item_columns``); it
+masks already-seen items and keeps the top K. Only ``(chunk, K)`` results
+come back to the host.
 """
 
 from __future__ import annotations
 
 import functools
-from typing import Any
+from typing import Any, Mapping
 
 import jax
 import jax.numpy as jnp
@@ -23,45 +27,90 @@ import numpy as np
 from flax import nnx
 
 from fgjax import kernels
+from fgjax.data.sequences import Sequences, relative_times
 from fgjax.data.split import ItemSets
-from fgjax.ranking.strategy import ForgettingWeights
+from fgjax.errors import DataError
+from fgjax.ranking.strategy import ForgettingWeights, item_columns
 from fgjax.shapes import bucket_size
 
-
-#: Items scored per step of the blocked top-K (memory: chunk x block x hidden floats).
+#: Items scored per step of the blocked passes (memory: chunk x block x hidden floats).
 SCORE_BLOCK_ITEMS = 2048
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef",))
-def _project_items(graphdef, params):
-    return nnx.merge(graphdef, params).project_items()
+def _item_rows(graphdef, params):
+    return nnx.merge(graphdef, params).item_rows()
+
+
+def _log_normalizer(model, query: jax.Array, rows: jax.Array, num_items: int) -> jax.Array:
+    """``(n,)`` ``logsumexp`` of the logits over the catalog, one item block at a time."""
+    block = min(SCORE_BLOCK_ITEMS, num_items)
+    num_blocks = -(-num_items // block)
+
+    def body(carry, start):
+        top, total = carry
+        ids = start + jnp.arange(block, dtype=jnp.int32)
+        logits = model.score(query, rows[jnp.minimum(ids, num_items - 1)][None])
+        logits = jnp.where(ids[None, :] < num_items, logits, -jnp.inf)
+        new_top = jnp.maximum(top, jnp.max(logits, axis=1))
+        total = total * jnp.exp(top - new_top) + jnp.sum(jnp.exp(logits - new_top[:, None]), axis=1)
+        return (new_top, total), None
+
+    n = query.shape[0]
+    init = (jnp.full((n,), -jnp.inf, query.dtype), jnp.zeros((n,), query.dtype))
+    (top, total), _ = jax.lax.scan(body, init, jnp.arange(num_blocks, dtype=jnp.int32) * block)
+    return top + jnp.log(total)
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "k", "num_items"))
-def _chunk_top_k(graphdef, params, item_part, users, seen, user_interest, item_interest, item_weight, *, k, num_items):
+def _chunk_top_k(graphdef, params, rows, inputs, seen, user_interest, item_interest, item_weight, *, k, num_items):
     """Top-k of one user chunk.
 
     Args:
-      item_part: ``(items, hidden)`` from ``project_items`` (computed once per call of ``rank_items``).
-      users: ``(chunk,)`` int32 (padding rows repeat a valid user).
+      rows: ``(items, h)`` from ``item_rows`` (computed once per call of ``rank_items``).
+      inputs: the model's query arrays, each ``(chunk, ...)`` (padding rows repeat a valid user).
       seen: ``(chunk, width)`` int32 items to exclude, padded with ``num_items``.
       user_interest: ``(chunk, K + 1)`` or None; item_interest ``(items,)``;
         item_weight ``(items,)``.
     """
     model = nnx.merge(graphdef, params)
+    query = model.query(inputs)  # (chunk, h)
+    chunk = query.shape[0]
+    softmax = model.normalization == "softmax"
+    log_norm = _log_normalizer(model, query, rows, num_items)[:, None] if softmax else None
     if user_interest is not None:
-        # Items without an interest (-1) take the last column, the neutral weight.
-        column = jnp.where(item_interest >= 0, item_interest, user_interest.shape[1] - 1)
+        column = item_columns(item_interest, user_interest.shape[1] - 1)
 
     def score(ids):  # (1, C) a catalog block, or (chunk, C) candidates -> (chunk, C)
-        scores = jax.nn.sigmoid(model.score_item_rows(users, item_part[ids]))
+        logits = model.score(query, rows[ids])
+        scores = jnp.exp(logits - log_norm) if softmax else jax.nn.sigmoid(logits)
         if user_interest is not None:
             per_item = jnp.take_along_axis(user_interest, jnp.broadcast_to(column[ids], scores.shape), axis=1)
             scores = scores * per_item * item_weight[ids]
         return scores
 
     # Selection scans the catalog in blocks (kernels.blocked_top_k): no (chunk, items) matrix.
-    return kernels.blocked_top_k(score, users.shape[0], num_items, k, exclude=seen, block_size=SCORE_BLOCK_ITEMS)
+    return kernels.blocked_top_k(score, chunk, num_items, k, exclude=seen, block_size=SCORE_BLOCK_ITEMS)
+
+
+def query_inputs(graphdef: nnx.GraphDef, params: Any, users: np.ndarray, sequences: Sequences | None = None, *,
+                 num_items: int) -> dict[str, np.ndarray]:
+    """The model's query arrays for ``users`` ``(n,)``.
+
+    EmbeddingMLP: ``{"user": (n,)}``. Sequence models: ``{"items": (n, L),
+    "times": (n, L)}``, the users' last ``max_len`` items in ``sequences``
+    (left-padded with ``num_items``) and their times in seconds relative to
+    the latest (float32). ``params`` may be abstract (``ShapeDtypeStruct``):
+    only the model's static settings are read.
+    """
+    model = nnx.merge(graphdef, params)
+    users = np.asarray(users, np.int32)
+    if tuple(model.query_fields) == ("user",):
+        return {"user": users}
+    if sequences is None:
+        raise DataError(f"{type(model).__name__} ranks users by their histories: pass their sequences")
+    items, times = sequences.last(users, model.max_len, pad_item=num_items)
+    return {"items": items, "times": relative_times(times, items, num_items)}
 
 
 def rank_items(
@@ -71,30 +120,35 @@ def rank_items(
     *,
     k: int,
     num_items: int,
+    inputs: Mapping[str, np.ndarray] | None = None,
     seen: ItemSets | None = None,
     forgetting: ForgettingWeights | None = None,
     chunk: int = 512,
     memory_budget_mb: int = 1024,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Top-``k`` items for each user, best first.
+    """Top-``k`` items for each user, best first, for any ``Recommender``.
 
     Args:
-      users: ``(n,)`` int dense user indices.
+      users: ``(n,)`` int dense user indices: rows of ``seen`` and of
+        ``forgetting.user_interest``.
+      inputs: the model's query arrays, each ``(n, ...)`` (``query_inputs``);
+        default ``{"user": users}`` (EmbeddingMLP).
       seen: items to exclude per user (e.g. training items), or None.
       forgetting: forgetting re-weighting, or None for the model alone.
       chunk: users per device call, lowered (to a power of two) so that the
         ``(chunk, block, hidden)`` intermediate fits ``memory_budget_mb``.
 
     Returns:
-      ``(scores, items)``, each ``(n, k)``; excluded items never appear unless
-      a user has fewer than ``k`` allowed items (then score ``-inf``).
+      ``(scores (n, k) float32, items (n, k) int32)``; excluded items never
+      appear unless a user has fewer than ``k`` allowed items (then score ``-inf``).
     """
     users = np.asarray(users, np.int32)
     k = min(k, num_items)
     if len(users) == 0:
         return np.empty((0, k), np.float32), np.empty((0, k), np.int32)
-    item_part = _project_items(graphdef, params)
-    per_user_bytes = 4 * min(num_items, SCORE_BLOCK_ITEMS) * item_part.shape[1]
+    inputs = {"user": users} if inputs is None else {name: np.asarray(x) for name, x in inputs.items()}
+    rows = _item_rows(graphdef, params)
+    per_user_bytes = 4 * min(num_items, SCORE_BLOCK_ITEMS) * rows.shape[1]
     fits = max(1, memory_budget_mb * 2**20 // per_user_bytes)
     # Few users: a smaller power-of-two chunk avoids scoring padding rows.
     chunk = min(chunk, bucket_size(len(users)), 1 << (fits.bit_length() - 1))
@@ -106,17 +160,16 @@ def rank_items(
     else:
         item_interest = item_weight = None
     for start in range(0, len(users), chunk):
-        part = users[start : start + chunk]
-        n = len(part)
-        padded = np.concatenate([part, np.full(chunk - n, part[0], np.int32)]) if n < chunk else part
-        if seen is not None:
-            seen_rows = seen.padded(padded, pad_value=num_items)
-        else:
-            seen_rows = np.full((len(padded), 1), num_items, np.int32)
+        n = min(chunk, len(users) - start)
+        # Padding rows repeat the chunk's first user: same shapes, one compilation.
+        take = np.concatenate([np.arange(start, start + n), np.full(chunk - n, start)])
+        padded = users[take]
+        seen_rows = (seen.padded(padded, pad_value=num_items) if seen is not None
+                     else np.full((chunk, 1), num_items, np.int32))
         user_interest = None if forgetting is None else jnp.asarray(forgetting.user_interest[padded])
         values, items = _chunk_top_k(
-            graphdef, params, item_part, jnp.asarray(padded), jnp.asarray(seen_rows),
-            user_interest, item_interest, item_weight, k=k, num_items=num_items,
+            graphdef, params, rows, {name: jnp.asarray(x[take]) for name, x in inputs.items()},
+            jnp.asarray(seen_rows), user_interest, item_interest, item_weight, k=k, num_items=num_items,
         )
         out_scores[start : start + n] = np.asarray(values)[:n]
         out_items[start : start + n] = np.asarray(items)[:n]

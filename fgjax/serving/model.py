@@ -23,7 +23,7 @@ from fgjax.data.vocab import Vocabulary
 from fgjax.errors import CheckpointError
 from fgjax.models import abstract_params
 from fgjax.ranking.explain import recommendation_table
-from fgjax.ranking.topk import rank_items
+from fgjax.ranking.topk import query_inputs, rank_items
 from fgjax.serving.state import ServingState
 
 
@@ -68,16 +68,12 @@ class ServingModel:
         Sequence models query with each user's last items of the saved history.
         """
         users = np.asarray(users, np.int32)
-        extra: dict[str, Any] = {}
-        if self.state.history is not None:
-            from fgjax.ranking.topk import query_inputs  # H1's contract; moves to the top when merged
-
-            extra["inputs"] = query_inputs(self._graphdef, users, self.state.history, num_items=len(self.items))
+        inputs = query_inputs(self._graphdef, self._params, users, self.state.history, num_items=len(self.items))
         return rank_items(
-            self._graphdef, self._params, users, k=k, num_items=len(self.items),
+            self._graphdef, self._params, users, k=k, num_items=len(self.items), inputs=inputs,
             seen=self.state.seen if exclude_seen else None,
             forgetting=self.state.forgetting if use_forgetting else None,
-            chunk=self.config.recommend.user_chunk, memory_budget_mb=self.config.recommend.score_memory_mb, **extra,
+            chunk=self.config.recommend.user_chunk, memory_budget_mb=self.config.recommend.score_memory_mb,
         )
 
     def recommend(

@@ -3,7 +3,7 @@
 Each process reads its own shards (``process_files``), builds its local
 share of every global batch, and ``global_batch`` assembles the per-process
 arrays into one ``jax.Array`` sharded along the ``data`` axis of a mesh over
-all processes' devices; the jitted step (``fgjax.training.loop.make_train_step``) is
+all processes' devices; the jitted step of ``fgjax.training.loop`` (``train.distributed: true``) is
 the same as on one machine, and XLA's all-reduce of the gradients crosses
 processes (NCCL on GPUs, gloo on CPUs).
 
@@ -29,7 +29,10 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 def initialize(coordinator: str | None = None, num_processes: int | None = None, process_id: int | None = None,
                *, cpu_collectives: str = "gloo") -> None:
     """``jax.distributed.initialize`` from arguments or ``FGJAX_COORDINATOR`` / ``FGJAX_NUM_PROCESSES`` /
-    ``FGJAX_PROCESS_ID``; on CPU, cross-process collectives use ``cpu_collectives`` (gloo)."""
+    ``FGJAX_PROCESS_ID``; on CPU, cross-process collectives use ``cpu_collectives`` (gloo).
+    Does nothing when ``jax.distributed`` is already initialized."""
+    if jax.distributed.is_initialized():
+        return
     coordinator = coordinator or os.environ.get("FGJAX_COORDINATOR")
     if num_processes is None and "FGJAX_NUM_PROCESSES" in os.environ:
         num_processes = int(os.environ["FGJAX_NUM_PROCESSES"])

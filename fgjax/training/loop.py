@@ -1,14 +1,34 @@
-"""Training: a pure jitted, data-parallel step over a device mesh; exact resume.
+"""One training loop for every model: a pure jitted, data-parallel step over a mesh; selection; exact resume.
 
-The model is split into a static graph and a pure dict of params. One step
-(``make_train_step``) samples negatives from a key folded with the step number,
-computes binary cross-entropy and applies Adam. It is jitted over a 1-D
-``("data",)`` mesh: the batch is sharded along ``data``, params and optimizer
-state are replicated (XLA inserts the gradient all-reduce), the state is donated.
+The model is split into a static graph and a pure dict of params; everything
+a step changes is a frozen ``TrainState``. One step computes the model's own
+``loss(batch, key)`` (``fgjax.models.interface.Recommender``: BCE with sampled
+negatives for EmbeddingMLP, next-item softmax for the sequence models) and
+applies the optimizer chain of the config. It is jitted over a 1-D
+``("data",)`` mesh with explicit shardings: the batch is split along
+``data``, params and optimizer state are replicated (XLA inserts the gradient
+all-reduce), except that with ``train.table_optimizer`` ``row_adagrad`` or
+``lazy_adam`` the embedding tables and their row states are split by rows
+(``fgjax.training.sparse``); the state is donated.
 
-The data order is a pure function of ``(seed, epoch)`` and the negatives of
-``(seed, step)``, so a run restored from its checkpoint at step s continues
-with exactly the batches an uninterrupted run would have used.
+What differs between models is only: the examples (``pair_examples`` or
+``window_examples``), the model's loss and the optimizer chain
+(``make_optimizer``). The rest is shared:
+
+- the data order is a pure function of ``(seed, epoch)`` and a step's key is
+  ``fold_in(key(seed), step)``, so a run restored from its checkpoint at step
+  s continues with exactly the batches and randomness of an uninterrupted run;
+- a run fingerprint (the examples' content hash and the settings that fix the
+  batches and the update rule) refuses to resume another run;
+- validation NDCG@10 / HitRate@10 through ``fgjax.ranking.rank_items`` (full
+  catalog, known items masked) every ``eval_every`` epochs; the best epoch's
+  params are the ones served; ``patience`` validations without improvement
+  stop the run (0 = run every epoch);
+- Orbax checkpoints (``DIR/train/<step>``: ``params`` = the params to serve,
+  ``state`` = the ``TrainState`` to resume, ``meta``), one JSON line per epoch
+  in the metrics file, a tqdm bar, and ``on_epoch_end`` hooks;
+- ``train.distributed``: ``jax.distributed`` over processes; each process
+  takes its share of every global batch (``fgjax.training.distributed``).
 """
 
 from __future__ import annotations
@@ -18,7 +38,7 @@ import hashlib
 import json
 import time
 from pathlib import Path
-from typing import Any, Callable, NamedTuple
+from typing import Any, Callable, Mapping, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -32,12 +52,19 @@ from fgjax import kernels
 from fgjax.checkpoint import FORMAT_VERSION, TrainCheckpoints, save_vocabularies, write_manifest
 from fgjax.config import Config, to_dict
 from fgjax.data.reader import EventLog
-from fgjax.data.split import TemporalSplit
+from fgjax.data.sequences import Sequences, build_sequences, relative_times
+from fgjax.data.split import ItemSets, TemporalSplit
 from fgjax.errors import CheckpointError, ConfigError
-from fgjax.models import Params, build_model, split_params
-from fgjax.ranking.topk import rank_items
+from fgjax.models import SEQUENCE_MODELS, Params, build_model, split_params
+from fgjax.ranking.topk import query_inputs, rank_items
+from fgjax.training import distributed, sparse
 
 DATA_AXIS = "data"
+#: Validation ranks this many items (capped at the catalog): NDCG@10 selects the model.
+VAL_K = 10
+
+Batch = Mapping[str, np.ndarray]
+EpochHook = Callable[[dict[str, Any]], None]
 
 
 class TrainState(NamedTuple):
@@ -48,16 +75,50 @@ class TrainState(NamedTuple):
     step: jax.Array
 
 
+class Validation(NamedTuple):
+    """What a run is validated on.
+
+    Attributes:
+      users: ``(n,)`` dense user indices (rows of ``seen``).
+      targets: ``(n, T)`` int held-out items, -1 padded.
+      seen: items masked when ranking, or None.
+      inputs: the model's query arrays, each ``(n, ...)`` (``rank_items``); None = ``{"user": users}``.
+    """
+
+    users: np.ndarray
+    targets: np.ndarray
+    seen: ItemSets | None
+    inputs: Mapping[str, np.ndarray] | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class LoopSettings:
+    """The per-model training settings: from ``train`` for embedding_mlp, from ``sequence``
+    (epochs, batch_size, learning_rate, weight_decay, seed, patience, eval_every) for sequence models."""
+
+    epochs: int
+    batch_size: int
+    learning_rate: float
+    weight_decay: float
+    seed: int
+    patience: int
+    eval_every: int
+
+
 @dataclasses.dataclass(frozen=True)
 class TrainResult:
     """What ``train`` returns.
 
     Attributes:
-      graphdef, params: the trained model (params on the host's default device).
+      graphdef, params: the model to serve: the params of the best validated
+        epoch (the last params if never validated), on the host.
       history: one dict per epoch (also written as JSONL).
       step_losses: ``(steps run in this call,)`` float32 training losses.
       steps: global step count reached.
       resumed_from: step restored from a checkpoint, or None.
+      best_epoch: epoch of ``params`` (0 if never validated).
+      epochs: epochs completed in total; stopped_early: patience ran out.
+      seconds: wall time of this call.
     """
 
     graphdef: nnx.GraphDef
@@ -66,10 +127,22 @@ class TrainResult:
     step_losses: np.ndarray
     steps: int
     resumed_from: int | None
+    best_epoch: int = 0
+    epochs: int = 0
+    stopped_early: bool = False
+    seconds: float = 0.0
+
+
+def loop_settings(config: Config) -> LoopSettings:
+    if config.model.name in SEQUENCE_MODELS:
+        s = config.sequence
+        return LoopSettings(s.epochs, s.batch_size, s.learning_rate, s.weight_decay, s.seed, s.patience, s.eval_every)
+    t = config.train
+    return LoopSettings(t.epochs, t.batch_size, t.learning_rate, 0.0, t.seed, t.patience, 1)
 
 
 def make_mesh(num_devices: int = 0) -> jax.sharding.Mesh:
-    """A 1-D ``("data",)`` mesh over the first ``num_devices`` devices (0 = all)."""
+    """A 1-D ``("data",)`` mesh over the first ``num_devices`` devices (0 = all, of every process)."""
     available = jax.devices()
     n = len(available) if num_devices == 0 else num_devices
     if not 1 <= n <= len(available):
@@ -78,53 +151,87 @@ def make_mesh(num_devices: int = 0) -> jax.sharding.Mesh:
 
 
 def make_optimizer(config: Config) -> optax.GradientTransformation:
-    return optax.adam(config.train.learning_rate)
+    """The optimizer chain of the config's model (for embedding_mlp with a table optimizer: of the dense layers).
+
+    embedding_mlp: Adam (``train.learning_rate``). Sequence models: global-norm
+    clipping at 5 then AdamW (``sequence.learning_rate``, ``weight_decay``).
+    """
+    s = loop_settings(config)
+    if config.model.name in SEQUENCE_MODELS:
+        return optax.chain(optax.clip_by_global_norm(5.0), optax.adamw(s.learning_rate, weight_decay=s.weight_decay))
+    return optax.adam(s.learning_rate)
 
 
-def bce_loss(graphdef: nnx.GraphDef, params: Params, users: jax.Array, items: jax.Array, negatives: jax.Array) -> jax.Array:
-    """Mean binary cross-entropy of positives ``(batch,)`` and negatives ``(batch, n)``."""
-    model = nnx.merge(graphdef, params)
-    batch, n = negatives.shape
-    all_users = jnp.concatenate([users, jnp.repeat(users, n)])
-    all_items = jnp.concatenate([items, negatives.reshape(-1)])
-    labels = jnp.concatenate([jnp.ones(batch), jnp.zeros(batch * n)])
-    logits = model(all_users, all_items)
-    return jnp.mean(optax.sigmoid_binary_cross_entropy(logits, labels))
+def table_optimizer(config: Config) -> sparse.SparseRowOptimizer | None:
+    """The row optimizer of ``train.table_optimizer``, or None for ``dense``."""
+    name = config.train.table_optimizer
+    if name == "dense":
+        return None
+    if config.model.name in SEQUENCE_MODELS:
+        raise ConfigError(f"train.table_optimizer={name!r} applies to model.name=embedding_mlp only; "
+                          f"use dense for {config.model.name}")
+    return sparse.table_optimizer(name, config.train.learning_rate)
+
+
+def init_state(params: Params, optimizer: optax.GradientTransformation,
+               table_opt: sparse.SparseRowOptimizer | None = None, step: int = 0) -> TrainState:
+    """A fresh ``TrainState`` (row-sparse optimizer state when ``table_opt`` is given)."""
+    opt_state = optimizer.init(params) if table_opt is None else sparse.init_sparse_opt(params, optimizer, table_opt)
+    return TrainState(params, opt_state, jnp.asarray(step, jnp.int32))
+
+
+def state_shardings(state: TrainState, mesh: jax.sharding.Mesh) -> TrainState:
+    """Shardings of ``state`` (arrays or ``ShapeDtypeStruct``): replicated, except row-sparse tables split by rows."""
+    replicated = NamedSharding(mesh, P())
+    if isinstance(state.opt_state, sparse.SparseOptState):
+        params, opt = sparse.table_shardings(state.params, state.opt_state, mesh, DATA_AXIS)
+        return TrainState(params, opt, replicated)
+    return jax.tree.map(lambda _: replicated, state)
+
+
+def dense_update(graphdef: nnx.GraphDef, optimizer: optax.GradientTransformation):
+    """``update(state, batch, key) -> (state, loss)``: the model's loss, full gradients, ``optimizer``."""
+
+    def update(state: TrainState, batch: Batch, key: jax.Array) -> tuple[TrainState, jax.Array]:
+        loss, grads = jax.value_and_grad(lambda p: nnx.merge(graphdef, p).loss(batch, key))(state.params)
+        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+        return TrainState(optax.apply_updates(state.params, updates), opt_state, state.step + 1), loss
+
+    return update
 
 
 def make_train_step(
     graphdef: nnx.GraphDef,
     optimizer: optax.GradientTransformation,
     mesh: jax.sharding.Mesh,
+    state_sharding: TrainState,
     *,
-    num_items: int,
-    negatives: int,
     seed: int,
-) -> Callable[[TrainState, jax.Array, jax.Array], tuple[TrainState, jax.Array]]:
-    """The jitted step ``(state, users (batch,), items (batch,)) -> (state, loss)``.
+    table_opt: sparse.SparseRowOptimizer | None = None,
+) -> Callable[[TrainState, Batch], tuple[TrainState, jax.Array]]:
+    """The jitted step ``(state, batch) -> (state, loss)``; ``batch`` holds the model's ``batch_fields``.
 
-    ``in_shardings``/``out_shardings`` pin the layout: batch split along
-    ``data``, everything else replicated; ``state`` is donated.
+    The step's key is ``fold_in(key(seed), state.step)``. ``in_shardings`` /
+    ``out_shardings`` pin the layout (batch split along ``data``, the state
+    as ``state_sharding``); ``state`` is donated.
     """
+    update = dense_update(graphdef, optimizer) if table_opt is None else sparse.sparse_update(graphdef, optimizer,
+                                                                                              table_opt)
     base_key = jax.random.key(seed)
 
-    def step(state: TrainState, users: jax.Array, items: jax.Array) -> tuple[TrainState, jax.Array]:
-        key = jax.random.fold_in(base_key, state.step)
-        negs = jax.random.randint(key, (users.shape[0], negatives), 0, num_items, dtype=jnp.int32)
-        negs = jax.lax.with_sharding_constraint(negs, NamedSharding(mesh, P(DATA_AXIS)))
-        loss, grads = jax.value_and_grad(lambda p: bce_loss(graphdef, p, users, items, negs))(state.params)
-        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
-        return TrainState(params, opt_state, state.step + 1), loss
+    def step(state: TrainState, batch: Batch) -> tuple[TrainState, jax.Array]:
+        return update(state, batch, jax.random.fold_in(base_key, state.step))
 
-    replicated = NamedSharding(mesh, P())
-    batch = NamedSharding(mesh, P(DATA_AXIS))
-    return jax.jit(
-        step,
-        in_shardings=(replicated, batch, batch),
-        out_shardings=(replicated, replicated),
-        donate_argnums=(0,),
-    )
+    return jax.jit(step, in_shardings=(state_sharding, NamedSharding(mesh, P(DATA_AXIS))),
+                   out_shardings=(state_sharding, NamedSharding(mesh, P())), donate_argnums=(0,))
+
+
+def bce_loss(graphdef: nnx.GraphDef, params: Params, users: jax.Array, items: jax.Array, negatives: jax.Array) -> jax.Array:
+    """EmbeddingMLP's mean binary cross-entropy of positives ``(batch,)`` and given negatives ``(batch, n)``."""
+    model = nnx.merge(graphdef, params)
+    batch, n = negatives.shape
+    logits = model(jnp.concatenate([users, jnp.repeat(users, n)]), jnp.concatenate([items, negatives.reshape(-1)]))
+    return jnp.mean(optax.sigmoid_binary_cross_entropy(logits, jnp.concatenate([jnp.ones(batch), jnp.zeros(batch * n)])))
 
 
 def epoch_order(seed: int, epoch: int, num_examples: int) -> np.ndarray:
@@ -132,39 +239,85 @@ def epoch_order(seed: int, epoch: int, num_examples: int) -> np.ndarray:
     return np.random.default_rng([seed, epoch]).permutation(num_examples)
 
 
-def validate(
-    graphdef: nnx.GraphDef, params: Params, split: TemporalSplit, num_items: int, *, k: int, max_users: int, seed: int
-) -> dict[str, float]:
-    """NDCG@k and HitRate@k of the validation targets, full ranking, training items masked."""
-    users = np.flatnonzero(split.val_target >= 0)
-    if max_users and len(users) > max_users:
-        users = np.sort(np.random.default_rng(seed).choice(users, max_users, replace=False))
-    if len(users) == 0:
+def pair_examples(split: TemporalSplit) -> dict[str, np.ndarray]:
+    """EmbeddingMLP's examples: the split's training ``(user, item)`` pairs, ``{"user", "item"}`` ``(pairs,)``."""
+    users, items = split.train_pairs()
+    return {"user": np.asarray(users, np.int32), "item": np.asarray(items, np.int32)}
+
+
+def window_examples(sequences: Sequences, max_len: int, num_items: int) -> dict[str, np.ndarray]:
+    """Sequence models' examples: next-item windows ``{"items", "times", "targets"}``, each ``(windows, max_len)``
+    (times in seconds relative to each window's latest item)."""
+    items, times, targets = sequences.training_windows(max_len, pad_item=num_items)
+    return {"items": items, "times": relative_times(times, items, num_items), "targets": targets}
+
+
+def validate(graphdef: nnx.GraphDef, params: Params, validation: Validation, num_items: int) -> dict[str, float]:
+    """``val_ndcg@10`` and ``val_hit_rate@10`` (k capped at the catalog) of ``validation``, full ranking."""
+    if len(validation.users) == 0:
         return {}
-    _, top = rank_items(graphdef, params, users, k=k, num_items=num_items, seen=split.train_items)
-    targets = split.val_target[users][:, None]
-    means = kernels.mean_metrics(kernels.ranking_metrics(top, targets, k), targets)
+    k = min(VAL_K, num_items)
+    _, top = rank_items(graphdef, params, validation.users, k=k, num_items=num_items, inputs=validation.inputs,
+                        seen=validation.seen)
+    means = kernels.mean_metrics(kernels.ranking_metrics(top, validation.targets, k), validation.targets)
     return {f"val_ndcg@{k}": float(means["ndcg"]), f"val_hit_rate@{k}": float(means["hit_rate"])}
 
 
-def run_fingerprint(config: Config, log: EventLog, users: np.ndarray, items: np.ndarray) -> dict[str, Any]:
+def run_fingerprint(config: Config, examples: Batch, num_users: int, num_items: int) -> dict[str, Any]:
     """What must not change for a resumed run to continue the same run exactly:
-    the training pairs (by content) and the settings that fix the batches, the
-    negatives and the update rule. ``epochs`` may change (to train longer)."""
-    digest = hashlib.sha256(np.ascontiguousarray(users, np.int64).tobytes())
-    digest.update(np.ascontiguousarray(items, np.int64).tobytes())
-    tcfg = config.train
+    the examples (by content) and the settings that fix the model, the batches,
+    the randomness and the update rule. ``epochs``, ``patience`` and
+    ``eval_every`` may change (e.g. to train longer)."""
+    digest = hashlib.sha256()
+    for name in sorted(examples):
+        digest.update(name.encode())
+        digest.update(np.ascontiguousarray(examples[name]).tobytes())
+    s = loop_settings(config)
+    if config.model.name in SEQUENCE_MODELS:
+        architecture = {k: v for k, v in to_dict(config.sequence).items()
+                        if k not in ("epochs", "patience", "eval_every", "batch_size", "learning_rate",
+                                     "weight_decay", "seed")}
+    else:
+        architecture = {**to_dict(config.model), "negatives": config.train.negatives}
     return {
-        "num_users": log.num_users,
-        "num_items": log.num_items,
-        "num_pairs": int(len(users)),
-        "pairs_sha256": digest.hexdigest()[:16],
-        "batch_size": tcfg.batch_size,
-        "seed": tcfg.seed,
-        "negatives": tcfg.negatives,
-        "learning_rate": tcfg.learning_rate,
-        "model": to_dict(config.model),
+        "model": config.model.name,
+        "num_users": num_users,
+        "num_items": num_items,
+        "num_examples": int(len(next(iter(examples.values())))),
+        "examples_sha256": digest.hexdigest()[:16],
+        "batch_size": s.batch_size,
+        "seed": s.seed,
+        "learning_rate": s.learning_rate,
+        "weight_decay": s.weight_decay,
+        "table_optimizer": config.train.table_optimizer,
+        "architecture": architecture,
     }
+
+
+def _to_host(tree: Any) -> Any:
+    """NumPy copies of (possibly sharded, possibly multi-process) arrays."""
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        return multihost_utils.process_allgather(tree, tiled=True)
+    return jax.device_get(tree)
+
+
+def validation_from(users: np.ndarray, targets: np.ndarray, seen: ItemSets | None,
+                    sequences: Sequences | None = None, *, num_items: int) -> Callable[[nnx.GraphDef, Params], Validation]:
+    """A ``train_examples`` validation: ``users`` ``(n,)`` ranked against ``targets`` ``(n, T)`` (-1 padded),
+    ``seen`` masked; sequence models query from the users' ``sequences`` (``query_inputs``)."""
+    users = np.asarray(users, np.int32)
+
+    def build(graphdef: nnx.GraphDef, params: Params) -> Validation:
+        return Validation(users, targets, seen, query_inputs(graphdef, params, users, sequences, num_items=num_items))
+
+    return build
+
+
+def _scalars(values: list[jax.Array]) -> np.ndarray:
+    """``(n,)`` float32 host values of replicated scalars (local copies: also across processes)."""
+    return np.array([np.asarray(v.addressable_data(0)) for v in values], np.float32).reshape(len(values))
 
 
 def train(
@@ -175,41 +328,111 @@ def train(
     *,
     metrics_path: str | Path | None = None,
     progress: bool = True,
+    on_epoch_end: Sequence[EpochHook] = (),
 ) -> TrainResult:
-    """Train EmbeddingMLP on the split's training pairs, resuming if a checkpoint exists.
+    """Train the model ``config.model.name`` names on the split's training events, resuming if a checkpoint exists.
 
-    Checkpoints (params, Adam state, step, config, data position, vocabularies)
-    go to ``checkpoint_dir`` at every epoch end (or every
-    ``train.checkpoint_every_steps``) and when ``train.max_steps`` stops the run.
-    One JSON line per epoch goes to ``metrics_path``.
+    embedding_mlp trains on the training ``(user, item)`` pairs; time_sasrec /
+    sasrec on next-item windows of the users' training sequences. Both are
+    validated on ``split.val_target`` (the training items masked; sequence
+    models read the training sequences). The checkpoint directory also gets
+    the manifest and the vocabularies, so ``fgjax.load`` serves it. With
+    ``train.distributed``, ``jax.distributed`` is initialized (from the
+    ``FGJAX_*`` environment; see ``fgjax.training.distributed``) before the
+    loop's first JAX call.
     """
+    if config.model.name in SEQUENCE_MODELS:
+        sequences = build_sequences(log.user, log.item, log.timestamp, log.num_users, split.train_events)
+        examples = window_examples(sequences, config.sequence.max_len, log.num_items)
+    else:
+        sequences = None
+        examples = pair_examples(split)
+    users = np.flatnonzero(split.val_target >= 0)
+    if config.train.eval_users and len(users) > config.train.eval_users:
+        rng = np.random.default_rng(loop_settings(config).seed)
+        users = np.sort(rng.choice(users, config.train.eval_users, replace=False))
+    validation = validation_from(users, split.val_target[users][:, None], split.train_items, sequences,
+                                 num_items=log.num_items)
+
+    if jax.process_index() == 0:
+        # Vocabularies are written once the directory is known to hold this data's checkpoints (on_ready).
+        def on_ready() -> None:
+            write_manifest(checkpoint_dir)
+            save_vocabularies(checkpoint_dir, log.users, log.items, log.categories)
+    else:
+        def on_ready() -> None:
+            return None
+
+    return train_examples(config, examples, validation, num_users=log.num_users, num_items=log.num_items,
+                          checkpoint_dir=checkpoint_dir, metrics_path=metrics_path, progress=progress,
+                          on_epoch_end=on_epoch_end, on_ready=on_ready)
+
+
+def train_examples(
+    config: Config,
+    examples: Batch,
+    validation: Validation | Callable[[nnx.GraphDef, Params], Validation] | None,
+    *,
+    num_users: int,
+    num_items: int,
+    checkpoint_dir: str | Path | None = None,
+    metrics_path: str | Path | None = None,
+    progress: bool = True,
+    on_epoch_end: Sequence[EpochHook] = (),
+    on_ready: Callable[[], None] | None = None,
+) -> TrainResult:
+    """The loop on prepared examples (``train`` builds them from a log and split; benchmarks bring their own).
+
+    Args:
+      examples: ``(n, ...)`` arrays keyed by the model's ``batch_fields``
+        (``pair_examples`` / ``window_examples``), the same on every process.
+      validation: a ``Validation``, a function of ``(graphdef, params)`` giving
+        one (query inputs need the model), or None (no validation, no selection).
+      checkpoint_dir: Orbax checkpoints (resumes if present); None = none.
+      on_epoch_end: called with each epoch's record (a dict) after it is logged.
+      on_ready: called once the checkpoint directory is known to hold this run.
+    """
+    t0 = time.perf_counter()
+    if config.train.distributed:
+        distributed.initialize()  # a no-op when the caller initialized it already
+    settings = loop_settings(config)
     tcfg = config.train
-    users, items = split.train_pairs()
-    num_pairs = len(users)
+    fields = {name: np.asarray(x) for name, x in examples.items()}
+    num_examples = len(next(iter(fields.values())))
     mesh = make_mesh(tcfg.num_devices)
     n_dev = mesh.devices.size
-    if tcfg.batch_size % n_dev:
-        raise ConfigError(f"train.batch_size={tcfg.batch_size} must be divisible by the {n_dev} devices of the mesh")
-    if num_pairs < tcfg.batch_size:
-        raise ConfigError(f"train.batch_size={tcfg.batch_size} exceeds the {num_pairs} training pairs")
-    steps_per_epoch = num_pairs // tcfg.batch_size
-    total_steps = tcfg.epochs * steps_per_epoch
+    section = "sequence" if config.model.name in SEQUENCE_MODELS else "train"
+    if settings.batch_size % n_dev:
+        raise ConfigError(f"{section}.batch_size={settings.batch_size} must be divisible by the {n_dev} devices "
+                          "of the mesh")
+    if num_examples < settings.batch_size:
+        raise ConfigError(f"{section}.batch_size={settings.batch_size} exceeds the {num_examples} training "
+                          f"{'windows' if section == 'sequence' else 'pairs'}")
+    steps_per_epoch = num_examples // settings.batch_size
+    total_steps = settings.epochs * steps_per_epoch
     stop_at = min(total_steps, tcfg.max_steps) if tcfg.max_steps else total_steps
 
-    model = build_model(config.model, log.num_users, log.num_items, seed=tcfg.seed)
-    graphdef, params = split_params(model)
     optimizer = make_optimizer(config)
-    replicated = NamedSharding(mesh, P())
-    fingerprint = run_fingerprint(config, log, users, items)
+    table_opt = table_optimizer(config)
+    fingerprint = run_fingerprint(config, fields, num_users, num_items)
+    model = nnx.eval_shape(lambda: build_model(config, num_users, num_items, seed=settings.seed))
+    graphdef, abstract = split_params(model)
+    abstract_state = jax.eval_shape(lambda p: init_state(p, optimizer, table_opt), abstract)
+    sharding = state_shardings(abstract_state, mesh)
+    with_sharding = lambda tree, shard: jax.tree.map(  # noqa: E731
+        lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), tree, shard)
 
-    store = TrainCheckpoints(checkpoint_dir, max_to_keep=tcfg.max_to_keep)
+    store = TrainCheckpoints(checkpoint_dir, max_to_keep=tcfg.max_to_keep) if checkpoint_dir is not None else None
     history: list[dict[str, Any]] = []
     epoch_loss = [0.0, 0]  # running (sum, count) of the current epoch, saved for exact logs
+    best: dict[str, Any] = {"ndcg": -1.0, "epoch": 0, "since": 0}
+    best_params = None  # device copy of the best validated params
+    stopped_early = False
     resumed_from = None
     start = 0
-    if store.latest_step() is not None:
+    if store is not None and store.latest_step() is not None:
         meta = store.restore_meta()
-        if "run" not in meta:
+        if "run" not in meta or "best" not in meta:
             store.close()
             raise CheckpointError(f"'{store.directory}' was written by an older fgjax: use a new output directory")
         if meta["run"] != fingerprint:
@@ -219,48 +442,55 @@ def train(
                 f"'{store.directory}' holds a run with other data or settings (differs in: {', '.join(changed)}); "
                 "resuming would not continue it exactly: use a new output directory"
             )
-        abstract_opt = jax.eval_shape(optimizer.init, params)
-        params, opt_state, meta = store.restore(params, abstract_opt, sharding=replicated)
+        served, state, meta = store.restore(with_sharding(abstract, sharding.params),
+                                            with_sharding(abstract_state, sharding))
+        state = TrainState(*state)
         start = resumed_from = int(meta["step"])
-        history = list(meta["history"])
-        epoch_loss = list(meta["epoch_loss"])
+        history, epoch_loss, best = list(meta["history"]), list(meta["epoch_loss"]), dict(meta["best"])
+        stopped_early = bool(meta["stopped_early"])
+        best_params = served if best["epoch"] > 0 else None
     else:
-        opt_state = optimizer.init(params)
-    # Written only once the directory is known to hold this data's checkpoints.
-    write_manifest(checkpoint_dir)
-    save_vocabularies(checkpoint_dir, log.users, log.items, log.categories)
-    state = jax.device_put(TrainState(params, opt_state, jnp.asarray(start, jnp.int32)), replicated)
-    step_fn = make_train_step(
-        graphdef, optimizer, mesh, num_items=log.num_items, negatives=tcfg.negatives, seed=tcfg.seed
-    )
+        params = split_params(build_model(config, num_users, num_items, seed=settings.seed))[1]
+        state = jax.device_put(init_state(params, optimizer, table_opt), sharding)
+    if on_ready is not None:
+        on_ready()
+    if callable(validation):
+        validation = validation(graphdef, abstract)
+    step_fn = make_train_step(graphdef, optimizer, mesh, sharding, seed=settings.seed, table_opt=table_opt)
+    copy_params = jax.jit(lambda p: jax.tree.map(jnp.copy, p), out_shardings=sharding.params)
+    processes, me = jax.process_count(), jax.process_index()
 
     def save(step: int) -> None:
-        meta = {
-            "format_version": FORMAT_VERSION,
-            "config": to_dict(config),
-            "step": step,
-            "epoch": step // steps_per_epoch,
-            "batch_in_epoch": step % steps_per_epoch,
-            "steps_per_epoch": steps_per_epoch,
-            "run": fingerprint,
-            "history": history,
-            "epoch_loss": epoch_loss,
-        }
-        store.save(step, state.params, state.opt_state, meta)
+        meta = {"format_version": FORMAT_VERSION, "config": to_dict(config), "model": config.model.name,
+                "step": step, "epoch": step // steps_per_epoch, "batch_in_epoch": step % steps_per_epoch,
+                "steps_per_epoch": steps_per_epoch, "run": fingerprint, "history": history,
+                "epoch_loss": epoch_loss, "best": best, "stopped_early": stopped_early}
+        store.save(step, state.params if best_params is None else best_params, state, meta)
 
-    metrics_file = open(metrics_path, "a") if metrics_path else None
+    metrics_file = open(metrics_path, "a") if metrics_path and me == 0 else None
     losses: list[jax.Array] = []
     pending: list[jax.Array] = []
     t_epoch = time.perf_counter()
     order_epoch, order = -1, None
-    bar = tqdm(total=stop_at, initial=start, desc="train", unit="step", disable=not progress, leave=False)
+    bar = tqdm(total=stop_at, initial=start, desc=f"train {config.model.name}", unit="step",
+               disable=not progress or me != 0, leave=False)
+    done = start
     try:
         for step in range(start, stop_at):
+            if stopped_early:
+                break
             epoch, offset = divmod(step, steps_per_epoch)
             if epoch != order_epoch:
-                order_epoch, order = epoch, epoch_order(tcfg.seed, epoch, num_pairs)
-            idx = order[offset * tcfg.batch_size : (offset + 1) * tcfg.batch_size]
-            state, loss = step_fn(state, users[idx], items[idx])
+                order_epoch, order = epoch, epoch_order(settings.seed, epoch, num_examples)
+            idx = order[offset * settings.batch_size : (offset + 1) * settings.batch_size]
+            if processes > 1:  # each process holds its share of the global batch
+                idx = idx.reshape(processes, -1)[me]
+                names = sorted(fields)
+                batch = dict(zip(names, distributed.global_batch(mesh, *(fields[n][idx] for n in names),
+                                                                 axis=DATA_AXIS)))
+            else:
+                batch = {name: x[idx] for name, x in fields.items()}
+            state, loss = step_fn(state, batch)
             losses.append(loss)
             pending.append(loss)
             bar.update(1)
@@ -270,17 +500,22 @@ def train(
             checkpoint_now = end_of_epoch or done == stop_at or bool(every and done % every == 0)
             if checkpoint_now:
                 # One host sync per checkpoint, not per step.
-                epoch_loss = [epoch_loss[0] + float(np.sum(jax.device_get(pending))), epoch_loss[1] + len(pending)]
+                epoch_loss = [epoch_loss[0] + float(np.sum(_scalars(pending))), epoch_loss[1] + len(pending)]
                 pending = []
             if end_of_epoch:
-                record = {
-                    "epoch": epoch + 1,
-                    "step": done,
-                    "train_loss": epoch_loss[0] / max(epoch_loss[1], 1),
-                    **validate(graphdef, state.params, split, log.num_items, k=min(10, log.num_items),
-                               max_users=tcfg.eval_users, seed=tcfg.seed),
-                    "seconds": round(time.perf_counter() - t_epoch, 3),
-                }
+                record: dict[str, Any] = {"epoch": epoch + 1, "step": done,
+                                          "train_loss": epoch_loss[0] / max(epoch_loss[1], 1)}
+                if validation is not None and ((epoch + 1) % settings.eval_every == 0 or epoch + 1 == settings.epochs):
+                    ranked = state.params if processes == 1 else _to_host(state.params)
+                    record.update(validate(graphdef, ranked, validation, num_items))
+                    score = record.get(f"val_ndcg@{min(VAL_K, num_items)}")
+                    if score is not None and score > best["ndcg"]:
+                        best = {"ndcg": score, "epoch": epoch + 1, "since": 0}
+                        best_params = copy_params(state.params)
+                    elif score is not None:
+                        best["since"] += 1
+                    stopped_early = bool(settings.patience and best["since"] >= settings.patience)
+                record["seconds"] = round(time.perf_counter() - t_epoch, 3)
                 history.append(record)
                 epoch_loss = [0.0, 0]
                 t_epoch = time.perf_counter()
@@ -288,13 +523,17 @@ def train(
                 if metrics_file:
                     metrics_file.write(json.dumps(record) + "\n")
                     metrics_file.flush()
-            if checkpoint_now:
+                for hook in on_epoch_end:
+                    hook(record)
+            if store is not None and (checkpoint_now or stopped_early):
                 save(done)
     finally:
         bar.close()
-        store.close()
+        if store is not None:
+            store.close()
         if metrics_file:
             metrics_file.close()
-    params = jax.device_get(state.params)
-    step_losses = np.asarray(jax.device_get(losses), np.float32) if losses else np.zeros(0, np.float32)
-    return TrainResult(graphdef, params, history, step_losses, int(stop_at), resumed_from)
+    params = _to_host(state.params if best_params is None else best_params)
+    step_losses = _scalars(losses)
+    return TrainResult(graphdef, params, history, step_losses, int(done), resumed_from, int(best["epoch"]),
+                       len(history), stopped_early, time.perf_counter() - t0)

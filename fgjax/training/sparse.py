@@ -1,6 +1,6 @@
 """Large embedding tables: optimizers that touch only the rows a batch uses, row-sharded tables.
 
-A dense optimizer (``optax.adam`` in ``fgjax.training.loop``) reads and writes every
+A dense optimizer (``optax.adam``, ``train.table_optimizer: dense``) reads and writes every
 row of every table every step, and keeps two moments per parameter. For the
 tables this module offers ``init``/``update`` pairs over ``(table, state, rows,
 row_grads)`` that gather, update and scatter only the batch's rows:
@@ -25,7 +25,7 @@ lazy_adam          2.82 GB         2 x 2.82 GB + 44 MB       8.49 GB
 
 and per step dense Adam moves ~ 5 x 2.82 GB of HBM traffic (read table, mu,
 nu; write them) while the row optimizers move O(batch x (1 + negatives) x 64)
-floats. With ``make_sparse_train_step`` the tables and their row states are
+floats. As ``train.table_optimizer`` of ``fgjax.training.loop`` the tables and their row states are
 sharded by rows over the mesh's ``data`` axis (each of n devices holds
 1/n of them: 10M x 64 over 8 devices = 320 MB each); the batch is sharded
 along the same axis and XLA turns the row gathers and scatters into masked
@@ -42,7 +42,7 @@ import optax
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-TABLE_OPTIMIZERS = ("row_adagrad", "lazy_adam")
+TABLE_OPTIMIZERS = ("row_adagrad", "lazy_adam")  # train.table_optimizer besides "dense"
 #: (model param name, table name) of EmbeddingMLP's embedding tables.
 TABLES = (("user_embed", "user"), ("item_embed", "item"))
 
@@ -122,14 +122,12 @@ def table_optimizer(name: str, learning_rate: float) -> SparseRowOptimizer:
     raise ValueError(f"table optimizer must be one of {TABLE_OPTIMIZERS}, got {name!r}")
 
 
-class SparseTrainState(NamedTuple):
-    """``dense``: the MLP's params; ``tables``: ``{"user": (users, d), "item": (items, d)}``."""
+class SparseOptState(NamedTuple):
+    """Optimizer state of a row-sparse run: ``dense`` (the dense optimizer's state over the
+    non-table params) and ``tables`` (``{"user": row state, "item": row state}``)."""
 
     dense: Any
-    dense_opt: Any
-    tables: dict[str, jax.Array]
-    table_states: dict[str, Any]
-    step: jax.Array
+    tables: dict[str, Any]
 
 
 def split_tables(params: dict[str, Any]) -> tuple[dict[str, Any], dict[str, jax.Array]]:
@@ -142,72 +140,53 @@ def join_tables(dense: dict[str, Any], tables: dict[str, jax.Array]) -> dict[str
     return {**dense, **{key: {"embedding": tables[name]} for key, name in TABLES}}
 
 
-def init_sparse_state(params, dense_optimizer: optax.GradientTransformation, table_opt: SparseRowOptimizer,
-                      step: int = 0) -> SparseTrainState:
+def init_sparse_opt(params, dense_optimizer: optax.GradientTransformation,
+                    table_opt: SparseRowOptimizer) -> SparseOptState:
     dense, tables = split_tables(params)
-    return SparseTrainState(dense, dense_optimizer.init(dense), tables,
-                            {name: table_opt.init(t) for name, t in tables.items()}, jnp.asarray(step, jnp.int32))
+    return SparseOptState(dense_optimizer.init(dense), {name: table_opt.init(t) for name, t in tables.items()})
 
 
-def state_shardings(state: SparseTrainState, mesh: jax.sharding.Mesh, axis: str = "data") -> SparseTrainState:
-    """Tables and their row states split by rows over ``axis``; the rest replicated."""
+def table_shardings(params, opt_state: SparseOptState, mesh: jax.sharding.Mesh, axis: str = "data"):
+    """``(params, opt_state)`` shardings: tables and their row states split by rows over
+    ``axis`` (a table whose rows do not divide evenly stays replicated); the rest replicated."""
     replicated = NamedSharding(mesh, P())
-    by_rows = NamedSharding(mesh, P(axis))
-    return SparseTrainState(
-        dense=jax.tree.map(lambda _: replicated, state.dense),
-        dense_opt=jax.tree.map(lambda _: replicated, state.dense_opt),
-        tables=jax.tree.map(lambda _: by_rows, state.tables),
-        table_states=jax.tree.map(lambda _: by_rows, state.table_states),
-        step=replicated,
+    dense, tables = split_tables(params)
+    by_rows = {name: NamedSharding(mesh, P(axis)) if t.shape[0] % mesh.shape[axis] == 0 else replicated
+               for name, t in tables.items()}
+    params_sharding = join_tables(jax.tree.map(lambda _: replicated, dense), by_rows)
+    opt_sharding = SparseOptState(
+        dense=jax.tree.map(lambda _: replicated, opt_state.dense),
+        tables={name: jax.tree.map(lambda _, s=by_rows[name]: s, st) for name, st in opt_state.tables.items()},
     )
+    return params_sharding, opt_sharding
 
 
-def sparse_bce(graphdef: nnx.GraphDef, dense, tables, user_rows, item_rows, labels) -> jax.Array:
-    """Mean BCE of EmbeddingMLP given the gathered rows ``(n, d)`` (the model's own layers)."""
-    model = nnx.merge(graphdef, join_tables(dense, tables))
-    x = jnp.concatenate([user_rows, item_rows], axis=-1)
-    logits = model.out(jax.nn.relu(model.hidden(x)))[..., 0]
-    return jnp.mean(optax.sigmoid_binary_cross_entropy(logits, labels))
+def sparse_update(graphdef: nnx.GraphDef, dense_optimizer: optax.GradientTransformation,
+                  table_opt: SparseRowOptimizer):
+    """``update(state, batch, key) -> (state, loss)`` for EmbeddingMLP with row-sparse tables.
 
-
-def make_sparse_train_step(
-    graphdef: nnx.GraphDef,
-    dense_optimizer: optax.GradientTransformation,
-    table_opt: SparseRowOptimizer,
-    mesh: jax.sharding.Mesh,
-    state_sharding: SparseTrainState,
-    *,
-    num_items: int,
-    negatives: int,
-    seed: int,
-    axis: str = "data",
-):
-    """Jitted ``(state, users (batch,), items (batch,)) -> (state, loss)``, state donated.
-
-    The same loss and negatives as ``fgjax.training.loop.make_train_step`` (negatives
-    from ``fold_in(key(seed), step)``); gradients are taken with respect to
-    the gathered rows, so no dense table gradient is ever built.
+    The state is ``fgjax.training.loop.TrainState`` with a ``SparseOptState``.
+    The loss and negatives are the model's own (``EmbeddingMLP.labelled_pairs``,
+    ``logits_from_rows``); gradients are taken with respect to the gathered
+    rows, so no dense table gradient is ever built.
     """
-    base_key = jax.random.key(seed)
 
-    def step(state: SparseTrainState, users, items):
-        key = jax.random.fold_in(base_key, state.step)
-        negs = jax.random.randint(key, (users.shape[0], negatives), 0, num_items, dtype=jnp.int32)
-        all_users = jnp.concatenate([users, jnp.repeat(users, negatives)])
-        all_items = jnp.concatenate([items, negs.reshape(-1)])
-        labels = jnp.concatenate([jnp.ones(users.shape[0]), jnp.zeros(users.shape[0] * negatives)])
-        user_rows = state.tables["user"][all_users]
-        item_rows = state.tables["item"][all_items]
-        loss, (g_dense, g_user, g_item) = jax.value_and_grad(
-            lambda d, u, i: sparse_bce(graphdef, d, state.tables, u, i, labels), argnums=(0, 1, 2)
-        )(state.dense, user_rows, item_rows)
-        updates, dense_opt = dense_optimizer.update(g_dense, state.dense_opt, state.dense)
-        dense = optax.apply_updates(state.dense, updates)
-        tables, table_states = {}, {}
-        for name, rows, grads in (("user", all_users, g_user), ("item", all_items, g_item)):
-            tables[name], table_states[name] = table_opt.update(state.tables[name], state.table_states[name], rows, grads)
-        return SparseTrainState(dense, dense_opt, tables, table_states, state.step + 1), loss
+    def update(state, batch, key):
+        dense, tables = split_tables(state.params)
+        users, items, labels = nnx.merge(graphdef, state.params).labelled_pairs(batch, key)
+        user_rows, item_rows = tables["user"][users], tables["item"][items]
 
-    batch = NamedSharding(mesh, P(axis))
-    return jax.jit(step, in_shardings=(state_sharding, batch, batch),
-                   out_shardings=(state_sharding, NamedSharding(mesh, P())), donate_argnums=(0,))
+        def loss_fn(d, u, i):
+            logits = nnx.merge(graphdef, join_tables(d, tables)).logits_from_rows(u, i)
+            return jnp.mean(optax.sigmoid_binary_cross_entropy(logits, labels))
+
+        loss, (g_dense, g_user, g_item) = jax.value_and_grad(loss_fn, argnums=(0, 1, 2))(dense, user_rows, item_rows)
+        updates, dense_opt = dense_optimizer.update(g_dense, state.opt_state.dense, dense)
+        dense = optax.apply_updates(dense, updates)
+        new_tables, table_states = {}, {}
+        for name, rows, grads in (("user", users, g_user), ("item", items, g_item)):
+            new_tables[name], table_states[name] = table_opt.update(tables[name], state.opt_state.tables[name], rows,
+                                                                    grads)
+        return type(state)(join_tables(dense, new_tables), SparseOptState(dense_opt, table_states), state.step + 1), loss
+
+    return update
