@@ -69,7 +69,6 @@ def _mlp_split(protocol, log):
 def run_protocol(config, log, name: str, out: Path, peer: Path | None, report) -> dict[str, Any]:
     from fgjax.evaluation import quality as Q
     from fgjax.data.sequences import build_sequences
-    from fgjax.ranking.strategy import item_columns
     from fgjax.training.loop import train
     from fgjax.training.sequence import train_sequence
 
@@ -125,7 +124,7 @@ def run_protocol(config, log, name: str, out: Path, peer: Path | None, report) -
     # Forgetting analyses: one per half-life and stage (alpha only changes p, recomputed from f).
     analyses = {stage: {hl: Q.stage_forgetting(config, log, st, hl) for hl in config.quality.sweep_half_life_windows}
                 for stage, st in (("val", val), ("test", test))}
-    columns = item_columns(log.item_category, len(log.categories))
+    columns = Q.item_columns(log.item_category, len(log.categories))
     rows, sweeps, ablations, diagnostics = [], {}, {}, {}
     for model, s in scores.items():
         sweep = Q.sweep_forgetting(config, log, s["val"], exclude["val"], val, analyses["val"])
