@@ -71,3 +71,39 @@ def test_without_items_table_and_with_foreign_vocabulary(tmp_path):
     other = dataclasses.replace(config, data=dataclasses.replace(config.data, path=str(tmp_path / "other.parquet")))
     with pytest.raises(DataError, match="trained on other users or items"):
         evaluate_checkpoint(other, tmp_path / "eval2", out / "checkpoint", progress=False)
+
+
+@pytest.mark.slow
+def test_sasrec_fit_serves_what_write_recommendations_writes(tmp_path):
+    """A sequence model through the product path: fit -> serving state with histories -> the same lists
+    in process (write_recommendations) and from the checkpoint; evaluation queries with the history
+    before each test item (never the test item itself). Without item categories, so no forgetting
+    analysis: tests/test_serving.py covers a sequence model with explanations."""
+    from fgjax.evaluation.metrics import evaluate
+    from fgjax.pipeline import evaluation_history, write_recommendations
+
+    log = dataclasses.replace(make_log(num_users=24, num_items=20, events_per_user=10, seed=2), item_category=None,
+                              categories=None)
+    config = load_config(None, ["model.name=sasrec", "sequence.epochs=1", "sequence.dim=8", "sequence.layers=1",
+                                "sequence.max_len=6", "sequence.batch_size=16", "recommend.k=4"])
+    prepared = split_log(log)
+    fitted = fit(config, prepared, tmp_path, progress=False)
+    history = fitted.serving.history
+    assert history is not None and history.num_users == log.num_users
+    rows = write_recommendations(config, fitted, tmp_path / "recs.parquet")
+    written = pq.read_table(tmp_path / "recs.parquet")
+    assert rows == 4 * log.num_users and written.column_names == ["user_id", "rank", "item_id", "score"]
+    model = fgjax.load(tmp_path / "checkpoint")
+    assert model.config.model.name == "sasrec" and model.state.history is not None
+    assert model.recommend(log.users.values, k=4).equals(written)
+
+    split = prepared.split
+    before_test = evaluation_history(fitted.trained.graphdef, fitted.trained.params, prepared)
+    users = np.flatnonzero(split.test_target >= 0)
+    for u in users:
+        items = before_test.items[before_test.indptr[u] : before_test.indptr[u + 1]]
+        assert items[-1] == split.val_target[u] and split.test_target[u] not in items
+    evaluation = evaluate(config, fitted.trained.graphdef, fitted.trained.params, split, log.num_items,
+                          fitted.weights, history=before_test)
+    assert set(evaluation["results"]) == {"popularity", "sasrec"}
+    assert evaluation["num_test_users"] == len(users)
