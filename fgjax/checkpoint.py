@@ -15,7 +15,7 @@ Layout of a checkpoint directory::
                                 histories), written after training and analysis
     DIR/serving.json            their metadata (version, scalars, names)
 
-Only this module and ``fgjax.serving.model`` read it, and neither imports training code.
+Only this module and ``fgjax.serving`` read it, and neither imports training code.
 """
 
 from __future__ import annotations

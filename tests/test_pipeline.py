@@ -96,6 +96,12 @@ def test_sasrec_fit_serves_what_write_recommendations_writes(tmp_path):
     model = fgjax.load(tmp_path / "checkpoint")
     assert model.config.model.name == "sasrec" and model.state.history is not None
     assert model.recommend(log.users.values, k=4).equals(written)
+    # A sequence model's serving state without the histories its queries need is refused at load.
+    from fgjax.errors import CheckpointError
+
+    dataclasses.replace(fitted.serving, history=None).save(tmp_path / "checkpoint")
+    with pytest.raises(CheckpointError, match="no user histories, expected them for the sequence model 'sasrec'"):
+        fgjax.load(tmp_path / "checkpoint")
 
     split = prepared.split
     before_test = evaluation_history(fitted.trained.graphdef, fitted.trained.params, prepared)

@@ -24,7 +24,7 @@ from fgjax.errors import CheckpointError
 from fgjax.models import abstract_params
 from fgjax.ranking.explain import recommendation_table
 from fgjax.ranking.topk import query_inputs, rank_items
-from fgjax.serving.state import ServingState
+from fgjax.serving.state import ServingState, queries_history
 
 
 class ServingModel:
@@ -134,4 +134,7 @@ def load(path: str | Path, *, step: int | None = None) -> ServingModel:
             f"'{directory / 'serving'}': serving state for {state.num_users:,} users and {state.num_items:,} items, "
             f"expected the vocabularies' {len(users):,} and {len(items):,}"
         )
+    if state.history is None and queries_history(graphdef, params):
+        raise CheckpointError(f"'{directory / 'serving'}': no user histories, expected them for the sequence model "
+                              f"{config.model.name!r} (its queries are each user's last items)")
     return ServingModel(graphdef, params, users, items, categories, config, int(meta["step"]), state)
