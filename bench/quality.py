@@ -69,8 +69,7 @@ def _mlp_split(protocol, log):
 def run_protocol(config, log, name: str, out: Path, peer: Path | None, report) -> dict[str, Any]:
     from fgjax.evaluation import quality as Q
     from fgjax.data.sequences import build_sequences
-    from fgjax.training.loop import train
-    from fgjax.training.sequence import train_sequence
+    from fgjax.training.loop import train, train_examples, validation_from, window_examples
 
     ks = sorted(config.evaluate.ks)
     t0 = time.perf_counter()
@@ -90,8 +89,9 @@ def run_protocol(config, log, name: str, out: Path, peer: Path | None, report) -
     training["popularity"] = {"train_seconds": 0.0, "epochs": 0}
 
     t = time.perf_counter()
+    mlp_config = dataclasses.replace(config, model=dataclasses.replace(config.model, name="embedding_mlp"))
     with tempfile.TemporaryDirectory() as tmp:
-        mlp = train(config, log, _mlp_split(protocol, log), Path(tmp) / "ckpt", progress=False)
+        mlp = train(mlp_config, log, _mlp_split(protocol, log), Path(tmp) / "ckpt", progress=False)
     training["embedding_mlp"] = {"train_seconds": round(time.perf_counter() - t, 1), "epochs": len(mlp.history)}
     histories["embedding_mlp"] = mlp.history
     scores["embedding_mlp"] = {"val": Q.mlp_scores(mlp.graphdef, mlp.params, val.users),
@@ -104,13 +104,13 @@ def run_protocol(config, log, name: str, out: Path, peer: Path | None, report) -
 
     # The time-aware model, and (quality.sasrec_baseline) the same network without
     # time encodings: plain SASRec, the established architecture, under this protocol.
-    sequence_models = [("time_sasrec", config)]
-    if config.quality.sasrec_baseline:
-        plain = dataclasses.replace(config.sequence, time_encoding="none")
-        sequence_models.append(("sasrec", dataclasses.replace(config, sequence=plain)))
-    for model_name, model_config in sequence_models:
-        seq = train_sequence(model_config, train_seq, log.num_items, val_users=val.users, val_targets=val.targets,
-                             val_seen=val.seen, progress=False)
+    # Both train in the one loop on this stage's windows, validated (early stopping) on its validation stage.
+    windows = window_examples(train_seq, config.sequence.max_len, log.num_items)
+    validation = validation_from(val.users, val.targets, val.seen, train_seq, num_items=log.num_items)
+    for model_name in ("time_sasrec", "sasrec") if config.quality.sasrec_baseline else ("time_sasrec",):
+        model_config = dataclasses.replace(config, model=dataclasses.replace(config.model, name=model_name))
+        seq = train_examples(model_config, windows, validation, num_users=log.num_users, num_items=log.num_items,
+                             progress=False)
         training[model_name] = {"train_seconds": round(seq.seconds, 1), "epochs": seq.epochs,
                                 "best_epoch": seq.best_epoch, "stopped_early": seq.stopped_early,
                                 "parameters": count_params(seq.params)}

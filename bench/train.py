@@ -2,15 +2,16 @@
 
     python -m bench train --scale small|large
 
-``mlp``: ``fgjax.training.loop.make_train_step`` (jitted, state donated, Adam; B
+``mlp``: the step of ``fgjax.training.loop`` (``make_train_step``: jitted, state donated, Adam; B
 positives + B·n sampled negatives per step) against the same model, loss and
 Adam in PyTorch eager and with ``torch.compile`` (loss compiled, optimizer
 step eager) on the same sizes. examples/s counts scored (user, item) pairs.
 
 ``tables``: one step with 64-wide tables (small: 100k users x 20k items;
 large: 10M users x 1M items) and dense Adam on everything
-(``make_train_step``) vs ``fgjax.training.sparse`` row-wise Adagrad / lazy Adam that
-touch only the batch's rows.
+(``train.table_optimizer: dense``) vs row-wise Adagrad / lazy Adam
+(``train.table_optimizer: row_adagrad | lazy_adam``, ``fgjax.training.sparse``) that
+touch only the batch's rows, row-sharded: the same loop step with another optimizer state.
 """
 
 from __future__ import annotations
@@ -35,37 +36,32 @@ def _batch(rng, s):
 
 
 def _jax_steps(s, timing, seed, kinds=("dense",)):
-    import jax
-    import optax
-    from jax.sharding import NamedSharding, PartitionSpec as P
+    import dataclasses
 
-    from fgjax.training import sparse
-    from fgjax.config import ModelConfig
+    import jax
+
+    from fgjax.config import Config, ModelConfig
     from fgjax.models import build_model, split_params
-    from fgjax.training.loop import TrainState, make_mesh, make_train_step
+    from fgjax.training.loop import init_state, make_mesh, make_optimizer, make_train_step, state_shardings, table_optimizer
 
     mesh = make_mesh(1)
     users, items = _batch(np.random.default_rng(seed), s)
     out = {}
     for kind in kinds:
-        graphdef, params = split_params(build_model(ModelConfig(embed_dim=s["embed"], hidden_dim=s["hidden"]),
-                                                    s["users"], s["items"], seed=seed))
-        adam = optax.adam(1e-3)
-        if kind == "dense":
-            state = jax.device_put(TrainState(params, adam.init(params), jax.numpy.int32(0)), NamedSharding(mesh, P()))
-            step = make_train_step(graphdef, adam, mesh, num_items=s["items"], negatives=s["negatives"], seed=seed)
-        else:
-            opt = sparse.table_optimizer(kind, 1e-3)
-            state = sparse.init_sparse_state(params, adam, opt)
-            shardings = sparse.state_shardings(state, mesh)
-            state = jax.device_put(state, shardings)
-            step = sparse.make_sparse_train_step(graphdef, adam, opt, mesh, shardings, num_items=s["items"],
-                                                 negatives=s["negatives"], seed=seed)
+        config = dataclasses.replace(
+            Config(), model=ModelConfig(embed_dim=s["embed"], hidden_dim=s["hidden"]),
+            train=dataclasses.replace(Config().train, learning_rate=1e-3, negatives=s["negatives"], table_optimizer=kind))
+        graphdef, params = split_params(build_model(config, s["users"], s["items"], seed=seed))
+        adam, rows = make_optimizer(config), table_optimizer(config)
+        state = init_state(params, adam, rows)
+        shardings = state_shardings(state, mesh)
+        state = jax.device_put(state, shardings)
+        step = make_train_step(graphdef, adam, mesh, shardings, seed=seed, table_opt=rows)
         del params
         box = [state]
 
         def run():
-            box[0], loss = step(box[0], users, items)
+            box[0], loss = step(box[0], {"user": users, "item": items})
             return loss
 
         out[kind] = _report.time_call(run, **timing)

@@ -1,4 +1,4 @@
-"""Two processes on localhost (CPU, gloo collectives) train like one process on the whole batch."""
+"""Two processes on localhost (CPU, gloo collectives) run the training loop like one process on the whole batch."""
 
 from __future__ import annotations
 
@@ -18,35 +18,28 @@ from fgjax.training.distributed import process_files
 WORKER = textwrap.dedent(
     """
     import json, sys
-    mode, pid, port = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+    mode, pid, port, out = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
     import jax
     from fgjax.training import distributed
     if mode == "multi":
         distributed.initialize(f"localhost:{port}", 2, pid)
-    import numpy as np, optax
-    from fgjax.config import ModelConfig
-    from fgjax.models import build_model, split_params
-    from fgjax.training.loop import TrainState, make_mesh, make_train_step
-    from jax.sharding import NamedSharding, PartitionSpec as P
-    graphdef, params = split_params(build_model(ModelConfig(embed_dim=8, hidden_dim=16), 50, 30, seed=0))
-    mesh = make_mesh(0)  # every device of every process
-    opt = optax.adam(0.05)
-    state = jax.device_put(TrainState(params, opt.init(params), jax.numpy.int32(0)), NamedSharding(mesh, P()))
-    step = make_train_step(graphdef, opt, mesh, num_items=30, negatives=2, seed=1)
+    import numpy as np
+    from fgjax.config import load_config
+    from fgjax.training.loop import Validation, train_examples
+    # The loop itself: train.distributed (initialize is then a no-op), each process feeds
+    # its half of every global batch; a mesh over every device of every process.
+    config = load_config(None, ["model.embed_dim=8", "model.hidden_dim=16", "train.batch_size=16", "train.epochs=2",
+                                "train.learning_rate=0.05", "train.negatives=2", "train.seed=1",
+                                f"train.distributed={str(mode == 'multi').lower()}"])
     rng = np.random.default_rng(0)
-    losses = []
-    for _ in range(4):
-        users = rng.integers(0, 50, 16).astype(np.int32)
-        items = rng.integers(0, 30, 16).astype(np.int32)
-        if mode == "multi":  # each process holds half of the global batch
-            half = slice(pid * 8, pid * 8 + 8)
-            users, items = distributed.global_batch(mesh, users[half], items[half])
-        state, loss = step(state, users, items)
-        losses.append(float(loss))
-    emb = np.asarray(jax.device_get(jax.experimental.multihost_utils.process_allgather(
-        state.params["user_embed"]["embedding"], tiled=True))) if mode == "multi" else np.asarray(state.params["user_embed"]["embedding"])
+    examples = {"user": rng.integers(0, 50, 64).astype(np.int32), "item": rng.integers(0, 30, 64).astype(np.int32)}
+    validation = Validation(np.arange(20, dtype=np.int32), examples["item"][:20, None], None)
+    result = train_examples(config, examples, validation, num_users=50, num_items=30, checkpoint_dir=out,
+                            progress=False)
+    emb = np.asarray(result.params["user_embed"]["embedding"])
     print("RESULT" + json.dumps({"processes": jax.process_count(), "devices": jax.device_count(),
-                                 "losses": losses, "emb": emb.ravel()[:40].tolist()}))
+                                 "losses": result.step_losses.tolist(), "emb": emb.ravel()[:40].tolist(),
+                                 "history": result.history, "steps": result.steps}))
     """
 )
 
@@ -67,7 +60,8 @@ def test_process_files_split_the_shards_between_processes():
 def test_two_processes_equal_one_process_on_the_whole_batch(tmp_path):
     env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=1")
     port = str(_free_port())
-    procs = [subprocess.Popen([sys.executable, "-c", WORKER, "multi", str(i), port], stdout=subprocess.PIPE,
+    procs = [subprocess.Popen([sys.executable, "-c", WORKER, "multi", str(i), port, str(tmp_path / "multi")],
+                              stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True, env=env) for i in range(2)]
     outs = [p.communicate(timeout=300) for p in procs]
     if any(p.returncode for p in procs):
@@ -77,11 +71,19 @@ def test_two_processes_equal_one_process_on_the_whole_batch(tmp_path):
         raise AssertionError(err)
     multi = [json.loads(o[0].split("RESULT", 1)[1]) for o in outs]
     env2 = dict(env, XLA_FLAGS="--xla_force_host_platform_device_count=2")
-    single = subprocess.run([sys.executable, "-c", WORKER, "single", "0", "0"], capture_output=True, text=True,
+    single = subprocess.run([sys.executable, "-c", WORKER, "single", "0", "0", str(tmp_path / "single")],
+                            capture_output=True, text=True,
                             env=env2, timeout=300)
     assert single.returncode == 0, single.stderr[-2000:]
     one = json.loads(single.stdout.split("RESULT", 1)[1])
     assert [m["processes"] for m in multi] == [2, 2] and multi[0]["devices"] == 2 and one["devices"] == 2
+    assert one["steps"] == 8 and len(one["losses"]) == 8
     for m in multi:
+        assert m["steps"] == one["steps"]
         np.testing.assert_allclose(m["losses"], one["losses"], rtol=2e-5)
         np.testing.assert_allclose(m["emb"], one["emb"], rtol=1e-4, atol=1e-5)
+        for a, b in zip(m["history"], one["history"]):
+            assert a["val_ndcg@10"] == pytest.approx(b["val_ndcg@10"], abs=1e-6)
+    # Both processes wrote one checkpoint directory together; it holds the last step.
+    steps = sorted(int(p.name) for p in (tmp_path / "multi" / "train").iterdir() if p.name.isdigit())
+    assert steps[-1] == 8

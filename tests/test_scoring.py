@@ -97,3 +97,59 @@ def test_blocked_selection_matches_numpy_on_a_larger_catalog(monkeypatch, block)
     scores, items = rank_items(graphdef, params, users, k=10, num_items=num_items, seen=seen, forgetting=weights)
     np.testing.assert_array_equal(items, np.argsort(-expected, axis=1, kind="stable")[:, :10])
     np.testing.assert_allclose(scores, np.take_along_axis(expected, items, 1), rtol=1e-5)
+
+
+@pytest.mark.parametrize("block", [128, 2048])
+def test_rank_items_for_the_sequence_model_matches_a_float64_softmax(monkeypatch, block):
+    """Softmax relevance over the whole catalog (normalizer from the blocked pass) x m(u, k(i)) x w_i, seen masked."""
+    import dataclasses
+
+    import jax.numpy as jnp
+    from flax import nnx
+
+    import fgjax.ranking.topk as scoring
+    from fgjax.config import Config, SequenceConfig
+    from fgjax.data.sequences import build_sequences
+
+    monkeypatch.setattr(scoring, "SCORE_BLOCK_ITEMS", block)
+    num_users, num_items, K = 9, 300 + block // 128, 3  # several item blocks at block 128
+    config = dataclasses.replace(Config(), model=ModelConfig(name="time_sasrec"),
+                                 sequence=SequenceConfig(max_len=5, dim=8, heads=2, layers=1, dropout=0.0))
+    graphdef, params = split_params(build_model(config, num_users, num_items, seed=1))
+    rng = np.random.default_rng(2)
+    user = np.repeat(np.arange(num_users), 7)
+    item = rng.integers(0, num_items, len(user))
+    ts = 1.7e9 + rng.uniform(0, 1e6, len(user))
+    sequences = build_sequences(user, item, ts, num_users)
+    seen = ItemSets.from_pairs(user, item, num_users)
+    weights = ForgettingWeights(
+        user_interest=rng.uniform(0, 1, (num_users, K + 1)).astype(np.float32),
+        item_interest=np.where(np.arange(num_items) % 4 == 0, -1, np.arange(num_items) % K).astype(np.int32),
+        item_weight=rng.uniform(0.5, 2, num_items).astype(np.float32),
+    )
+    users = np.array([8, 0, 3, 3, 5])
+    inputs = scoring.query_inputs(graphdef, params, users, sequences, num_items=num_items)
+    assert inputs["items"].shape == (5, 5) and inputs["times"].dtype == np.float32
+    model = nnx.merge(graphdef, params)
+    query = np.asarray(model.query({k: jnp.asarray(v) for k, v in inputs.items()}), np.float64)
+    logits = query @ np.asarray(model.item_rows(), np.float64).T
+    probs = np.exp(logits - logits.max(1, keepdims=True))
+    probs /= probs.sum(1, keepdims=True)
+    interest = weights.item_interest
+    expected = probs * weights.user_interest[users][:, np.where(interest >= 0, interest, K)] * weights.item_weight
+    for r, u in enumerate(users):
+        expected[r, seen.items[seen.indptr[u] : seen.indptr[u + 1]]] = -np.inf
+    scores, items = rank_items(graphdef, params, users, k=8, num_items=num_items, inputs=inputs, seen=seen,
+                               forgetting=weights)
+    np.testing.assert_array_equal(items, np.argsort(-expected, axis=1, kind="stable")[:, :8])
+    np.testing.assert_allclose(scores, np.take_along_axis(expected, items, 1), rtol=2e-5)
+    # Without forgetting and masks the scores are the next-item probabilities themselves.
+    plain, top = rank_items(graphdef, params, users, k=num_items, num_items=num_items, inputs=inputs)
+    np.testing.assert_allclose(plain.sum(1), 1.0, rtol=1e-5)
+    np.testing.assert_allclose(plain, np.take_along_axis(probs, top, 1), rtol=2e-5, atol=1e-9)
+
+
+def test_item_columns_send_items_without_an_interest_to_column_k():
+    from fgjax.ranking.strategy import item_columns
+
+    np.testing.assert_array_equal(item_columns(np.array([2, -1, 0, 1, -1]), 3), [2, 3, 0, 1, 3])

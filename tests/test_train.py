@@ -112,6 +112,77 @@ def test_bad_batch_settings_are_config_errors(tmp_path, small_log):
         train(config_for(**{"train.num_devices": 64}), small_log, split, tmp_path / "b", progress=False)
 
 
+def sequence_config(**overrides) -> Config:
+    base = {"model.name": "time_sasrec", "sequence.max_len": 6, "sequence.dim": 8, "sequence.heads": 2,
+            "sequence.layers": 1, "sequence.dropout": 0.1, "sequence.batch_size": 16, "sequence.epochs": 3,
+            "sequence.learning_rate": 0.01, "sequence.patience": 0}
+    base.update(overrides)
+    return load_config(None, [f"{k}={v}" for k, v in base.items()])
+
+
+def test_sequence_model_trains_through_train_and_its_checkpoint_restores(tmp_path, small_log):
+    """model.name=time_sasrec through the same ``train``: windows, loss, validation, checkpoint any service reads."""
+    from fgjax.checkpoint import TrainCheckpoints
+    from fgjax.config import from_dict
+    from fgjax.models import TimeAwareSASRec, abstract_params
+
+    split = leave_last_out(small_log.user, small_log.item, small_log.timestamp, small_log.num_users)
+    result = train(sequence_config(**{"sequence.epochs": 5}), small_log, split, tmp_path / "ck",
+                   metrics_path=tmp_path / "m.jsonl", progress=False)
+    assert isinstance(__import__("flax").nnx.merge(result.graphdef, result.params), TimeAwareSASRec)
+    assert result.history[-1]["train_loss"] < 0.9 * result.history[0]["train_loss"]
+    assert [h["epoch"] for h in result.history] == [1, 2, 3, 4, 5] and "val_ndcg@10" in result.history[0]
+    best = max(result.history, key=lambda h: h["val_ndcg@10"])
+    assert result.best_epoch == best["epoch"]
+    # The registry rebuilds the model from the checkpoint's config alone; the served params are the best ones.
+    with TrainCheckpoints(tmp_path / "ck", read_only=True) as store:
+        meta = store.restore_meta()
+        assert meta["model"] == "time_sasrec" and meta["best"]["epoch"] == result.best_epoch
+        graphdef, abstract = abstract_params(from_dict(meta["config"]), small_log.num_users, small_log.num_items)
+        assert graphdef == result.graphdef
+        served, _, _ = store.restore(abstract, None, sharding=jax.sharding.SingleDeviceSharding(jax.devices()[0]))
+    for a, b in zip(jax.tree.leaves(served), jax.tree.leaves(result.params)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    # sasrec = the same network without time encodings.
+    plain = abstract_params(sequence_config(**{"model.name": "sasrec"}), 5, 9)[1]
+    assert "time_bias" not in plain["blocks"][0] and "time_bias" in abstract["blocks"][0]
+
+
+def test_selection_serves_the_best_epoch_and_patience_stops(tmp_path, small_log):
+    split = leave_last_out(small_log.user, small_log.item, small_log.timestamp, small_log.num_users)
+    overrides = {"train.epochs": 10, "train.learning_rate": 0.05, "train.batch_size": 32}
+    seen_records = []
+    full = train(config_for(**overrides), small_log, split, tmp_path / "full", progress=False,
+                 on_epoch_end=[seen_records.append])
+    assert seen_records == full.history
+    ndcg = [h["val_ndcg@10"] for h in full.history]
+    assert full.best_epoch == int(np.argmax(ndcg)) + 1 < 10  # an earlier epoch validated best
+    # Its params are the ones that run had at the end of that epoch (the same run, stopped there).
+    upto = train(config_for(**{**overrides, "train.epochs": full.best_epoch}), small_log, split, tmp_path / "upto",
+                 progress=False)
+    for a, b in zip(jax.tree.leaves(full.params), jax.tree.leaves(upto.params)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    # patience 1: stop at the first validation that does not improve.
+    first_drop = next(i for i in range(1, 10) if ndcg[i] <= max(ndcg[:i])) + 1
+    stopped = train(config_for(**{**overrides, "train.patience": 1}), small_log, split, tmp_path / "stop",
+                    progress=False)
+    assert stopped.stopped_early and stopped.epochs == first_drop
+    assert [h["val_ndcg@10"] for h in stopped.history] == pytest.approx(ndcg[:first_drop], abs=1e-6)
+    # Rerunning a stopped run resumes into the stop: nothing more is trained.
+    again = train(config_for(**{**overrides, "train.patience": 1}), small_log, split, tmp_path / "stop",
+                  progress=False)
+    assert again.resumed_from == stopped.steps and len(again.step_losses) == 0 and again.epochs == first_drop
+
+
+def test_sparse_tables_are_for_the_embedding_mlp(tmp_path, small_log):
+    split = leave_last_out(small_log.user, small_log.item, small_log.timestamp, small_log.num_users)
+    with pytest.raises(ConfigError, match="train.table_optimizer='row_adagrad' applies to model.name=embedding_mlp"):
+        train(sequence_config(**{"train.table_optimizer": "row_adagrad"}), small_log, split, tmp_path / "a",
+              progress=False)
+    with pytest.raises(ConfigError, match="model.name: expected one of embedding_mlp, time_sasrec, sasrec"):
+        config_for(**{"model.name": "bert4rec"})
+
+
 MULTI_DEVICE_SCRIPT = textwrap.dedent(
     """
     import json, sys

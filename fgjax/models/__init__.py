@@ -30,8 +30,13 @@ __all__ = ["EmbeddingMLP", "MODEL_NAMES", "Params", "Recommender", "SEQUENCE_MOD
 
 
 def _as_config(config: Config | ModelConfig) -> Config:
-    # A bare ModelConfig means that model section with every other section at its default.
-    return dataclasses.replace(Config(), model=config) if isinstance(config, ModelConfig) else config
+    """A bare ``ModelConfig`` is that section with the others at their defaults: enough
+    for EmbeddingMLP; sequence models are sized by the ``sequence`` section."""
+    if not isinstance(config, ModelConfig):
+        return config
+    if config.name in SEQUENCE_MODELS:
+        raise ConfigError(f"model.name={config.name!r} is sized by the sequence section: pass the whole Config")
+    return dataclasses.replace(Config(), model=config)
 
 
 def build_model(config: Config | ModelConfig, num_users: int, num_items: int, *, seed: int) -> nnx.Module:

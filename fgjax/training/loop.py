@@ -354,14 +354,11 @@ def train(
     validation = validation_from(users, split.val_target[users][:, None], split.train_items, sequences,
                                  num_items=log.num_items)
 
-    if jax.process_index() == 0:
-        # Vocabularies are written once the directory is known to hold this data's checkpoints (on_ready).
-        def on_ready() -> None:
+    def on_ready() -> None:
+        # Once the directory is known to hold this run; one process writes (after jax.distributed starts).
+        if jax.process_index() == 0:
             write_manifest(checkpoint_dir)
             save_vocabularies(checkpoint_dir, log.users, log.items, log.categories)
-    else:
-        def on_ready() -> None:
-            return None
 
     return train_examples(config, examples, validation, num_users=log.num_users, num_items=log.num_items,
                           checkpoint_dir=checkpoint_dir, metrics_path=metrics_path, progress=progress,
