@@ -269,12 +269,12 @@ def test_cli_trains_time_sasrec_and_another_process_serves_it(tmp_path, capsys):
     from fgjax.data.sequences import build_sequences, relative_times
     from fgjax.data.synthetic import generate
 
-    paths = generate(SyntheticConfig(num_users=60, num_items=50, num_categories=4, num_days=20, users_per_shard=60,
+    paths = generate(SyntheticConfig(num_users=60, num_items=50, num_categories=4, num_days=28, users_per_shard=60,
                                      bad_row_fraction=0.0), tmp_path / "data")
     out = tmp_path / "run"
     data = ["--set", f"data.path={paths.events_dir}", "--set", f"data.items_path={paths.items_path}",
             "--set", "data.format=parquet"]
-    config_file = Path(__file__).resolve().parents[1] / "configs" / "quickstart.yaml"
+    config_file = Path(__file__).resolve().parents[1] / "configs" / "time_sasrec.yaml"
     code = main(["train", "--config", str(config_file), "--out", str(out), *data, "--set", "model.name=time_sasrec",
                  *SEQUENCE_SMALL])
     captured = capsys.readouterr()
