@@ -18,6 +18,7 @@ EPILOG = """examples:
   fgjax quickstart --out runs/quickstart
   fgjax generate --out runs/gen --set synthetic.num_users=10000
   fgjax train --out runs/ml100k --set data.format=recbole --set data.path=../shared/data/ml-100k
+  fgjax train --out runs/time_sasrec --config configs/time_sasrec.yaml --set data.path=../shared/data/ml-100k
   fgjax analyze --out runs/a --set data.path=events/ --set data.items_path=items.parquet
   fgjax recommend --checkpoint runs/quickstart/checkpoint --users 10000001,10000002 --out recs.parquet
   fgjax bench kernels topk --scale small --out bench/results
@@ -63,7 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(p, out_help="output directory (data, checkpoint, parquet outputs, metrics.json, plots)")
     p = sub.add_parser("generate", help="write the synthetic behavior log (sharded Parquet + ground truth)")
     _add_common(p, out_help="output directory")
-    p = sub.add_parser("train", help="read events (data.path), split by time, train, save a checkpoint")
+    p = sub.add_parser("train", help="read events (data.path), split by time, train the model model.name names "
+                                     "(embedding_mlp, time_sasrec, sasrec), save a servable checkpoint")
     _add_common(p, out_help="output directory (checkpoint/, metrics.jsonl, plots/)")
     p = sub.add_parser("analyze", help="windowed forgetting analysis of data.path -> forgetting.parquet, states.parquet")
     _add_common(p, out_help="output directory")

@@ -7,9 +7,12 @@ forgetting weight of each item's interest raised to a ``strength``:
 
     score(u, i) = relevance(u, i) * m(u, k(i)) ** strength
 
-with ``m`` from ``fgjax.ranking.strategy.forgetting_weights`` applied by
-``fgjax.ranking.strategy.interest_weighted`` (the rule every ranking path uses) (p(k|u,t) at the
-analysis's alpha and half-life, times the interest state's weight, floored).
+with ``m`` from ``fgjax.ranking.strategy.forgetting_weights`` (p(k|u,t) at the
+analysis's alpha and half-life, times the interest state's weight, floored),
+applied by ``fgjax.ranking.strategy.interest_weighted`` with the items'
+columns from ``item_columns`` (items without an interest read column K).
+Relevance comes from the model interface (``dense_scores``), so every model
+ranks the same way.
 Strength 1 is SPEC.md's score; strength 0 is the model alone. Alpha,
 half-life and strength are chosen on the validation stage only; the test
 stage is then scored once with the chosen values.
