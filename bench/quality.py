@@ -55,7 +55,8 @@ def _protocol(name: str, log, config):
 
 def _mlp_split(protocol, log):
     """The ``TemporalSplit`` ``fgjax.training.loop.train`` expects; under a time cut-off its
-    validation target (only monitored, no early stopping) is the user's first validation item."""
+    validation target (selects the served epoch; no early stopping unless ``train.patience``)
+    is the user's first validation item."""
     from fgjax.data.split import TemporalSplit
 
     val_target = np.full(log.num_users, -1, np.int32)

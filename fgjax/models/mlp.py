@@ -42,37 +42,6 @@ class EmbeddingMLP(nnx.Module):
         """``(batch,)`` user and item indices -> ``(batch,)`` logits."""
         return self.logits_from_rows(self.user_embed(users), self.item_embed(items))
 
-    def project_items(self) -> Array:
-        """``(items, hidden)``: each item's share of the first layer, ``W1i e_i``.
-
-        The first layer splits as ``W1 [e_u; e_i] = W1u e_u + W1i e_i``, so each
-        side is projected once; scoring many users reuses this.
-        """
-        d = self.user_embed.embedding.shape[-1]
-        return self.item_embed.embedding[...] @ self.hidden.kernel[...][d:]
-
-    def score_projected(self, users: Array, item_part: Array) -> Array:
-        """``(users,)`` indices and ``project_items()`` -> ``(users, items)`` logits.
-
-        Only the (users, items) pairs' add, relu and output layer remain; no
-        ``(users, items, 2d)`` concatenation is built.
-        """
-        d = self.user_embed.embedding.shape[-1]
-        user_part = self.user_embed(users) @ self.hidden.kernel[...][:d] + self.hidden.bias[...]  # (users, hidden)
-        hidden = jax.nn.relu(user_part[:, None, :] + item_part[None, :, :])
-        return hidden @ self.out.kernel[...][:, 0] + self.out.bias[...][0]
-
-    def score_item_rows(self, users: Array, item_rows: Array) -> Array:
-        """``(users,)`` indices and rows of ``project_items()`` -> ``(users, C)`` logits.
-
-        ``item_rows`` is ``(1, C, hidden)`` (the same C items for every user,
-        e.g. a catalog block) or ``(users, C, hidden)`` (per-user candidates).
-        """
-        d = self.user_embed.embedding.shape[-1]
-        user_part = self.user_embed(users) @ self.hidden.kernel[...][:d] + self.hidden.bias[...]  # (users, hidden)
-        hidden = jax.nn.relu(user_part[:, None, :] + item_rows)
-        return hidden @ self.out.kernel[...][:, 0] + self.out.bias[...][0]
-
     def labelled_pairs(self, batch: Mapping[str, Array], key: Array) -> tuple[Array, Array, Array]:
         """Positives ``(batch,)`` plus ``negatives`` uniform items each -> ``(users, items, labels)``, each
         ``(batch * (1 + negatives),)``: the positives first, then each user's negatives."""
@@ -98,8 +67,14 @@ class EmbeddingMLP(nnx.Module):
         return jnp.mean(optax.sigmoid_binary_cross_entropy(logits, labels))
 
     def item_rows(self) -> Array:
-        """``(items, hidden)`` item rows: ``project_items()``."""
-        return self.project_items()
+        """``(items, hidden)``: each item's share of the first layer, ``W1i e_i``.
+
+        The first layer splits as ``W1 [e_u; e_i] = W1u e_u + W1i e_i``, so each
+        side is projected once (``item_rows``, ``query``); scoring many users
+        reuses the rows, and no ``(users, items, 2d)`` concatenation is built.
+        """
+        d = self.user_embed.embedding.shape[-1]
+        return self.item_embed.embedding[...] @ self.hidden.kernel[...][d:]
 
     def query(self, inputs) -> Array:
         """``{"user": (n,)}`` -> ``(n, hidden)`` the user's share of the first layer plus its bias."""
@@ -113,4 +88,4 @@ class EmbeddingMLP(nnx.Module):
 
     def score_all_items(self, users: Array) -> Array:
         """``(users,)`` indices -> ``(users, items)`` logits against the whole catalog."""
-        return self.score_projected(users, self.project_items())
+        return self.score(self.query({"user": users}), self.item_rows()[None])
