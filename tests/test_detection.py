@@ -17,7 +17,7 @@ from fgjax.evaluation.detection import (
     seed_threshold_alarms,
     silence_alarms,
 )
-from fgjax.analysis.loop import detector_params
+from fgjax.analysis import window_params, window_spec
 
 K = {name: i for i, name in enumerate(KINDS)}
 
@@ -96,13 +96,13 @@ def test_detect_series_equals_the_streaming_update():
     rng = np.random.default_rng(0)
     counts = rng.poisson(2.0, size=(20, 5, 3)).astype(np.float32)
     counts[10:, 0] = 0  # a stop
-    config = load_config(None, ["analysis.detector.buffer_windows=8"])
-    params = detector_params(config.analysis)
-    codes = np.asarray(detect_series(counts, params, buffer_windows=8))
+    config = load_config(None, ["analysis.detector.buffer_windows=8", "analysis.detector.user_block=2"])
+    params = window_params(config.analysis)
+    codes = np.asarray(detect_series(counts, params, window_spec(config.analysis, 3)))
     state = kernels.detector_init(5, 3, 8)
     update = jax.jit(kernels.detector_update)
     for t in range(20):
-        state, out = update(state, counts[t], None, params)
+        state, out = update(state, counts[t], None, params.detector)
         np.testing.assert_array_equal(codes[t], np.asarray(out.state))
     assert (codes[-1, 0] == kernels.FORGOTTEN).all()
 

@@ -7,7 +7,7 @@ forgetting weight of each item's interest raised to a ``strength``:
 
     score(u, i) = relevance(u, i) * m(u, k(i)) ** strength
 
-with ``m`` from ``fgjax.analysis.loop.forgetting_weights`` (p(k|u,t) at the
+with ``m`` from ``fgjax.ranking.strategy.forgetting_weights`` (p(k|u,t) at the
 analysis's alpha and half-life, times the interest state's weight, floored).
 Strength 1 is SPEC.md's score; strength 0 is the model alone. Alpha,
 half-life and strength are chosen on the validation stage only; the test
@@ -31,7 +31,7 @@ import numpy as np
 from flax import nnx
 
 from fgjax import kernels
-from fgjax.analysis.loop import ForgettingResult, analyze
+from fgjax.analysis import ForgettingResult, analyze
 from fgjax.ranking.strategy import forgetting_weights
 from fgjax.config import Config
 from fgjax.data.reader import EventLog
