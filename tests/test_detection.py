@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -105,6 +106,13 @@ def test_detect_series_equals_the_streaming_update():
         state, out = update(state, counts[t], None, params.detector)
         np.testing.assert_array_equal(codes[t], np.asarray(out.state))
     assert (codes[-1, 0] == kernels.FORGOTTEN).all()
+    # The precision-recall sweep: other false_alarm values reuse the compilation, and they act.
+    compiled = detect_series._cache_size()
+    sweep = [np.asarray(detect_series(counts, params._replace(detector=params.detector._replace(
+        false_alarm=jnp.asarray(q, jnp.float32))), window_spec(config.analysis, 3))) for q in (1e-6, 0.2)]
+    assert detect_series._cache_size() == compiled
+    low, mid, high = ((c == kernels.FORGOTTEN).sum() for c in (sweep[0], codes, sweep[1]))
+    assert low <= mid <= high and low < high
 
 
 @pytest.mark.slow
