@@ -313,3 +313,20 @@ def test_sweeping_alpha_and_half_life_compiles_nothing_again():
     sums = np.zeros((log.num_users, len(log.categories)))
     np.add.at(sums, (log.user, log.item_category[log.item]), log.weight)
     np.testing.assert_allclose(results[".inf", 4.0].current, sums, rtol=1e-6)
+
+
+def test_reset_each_window_without_decay_is_the_seeds_per_window_indicator():
+    """decay 0 and inv_tau 0 are traced values like any other: I(u, t) is window t's weights alone."""
+    log = make_log(num_users=12, num_items=20, events_per_user=25, seed=4)
+    config = load_config(None, ["analysis.reset_each_window=true", "analysis.half_life_windows=.inf"])
+    result = analyze(config, log, progress=False)
+    win = np.floor((log.timestamp - result.window_start[0]) / config.analysis.window_seconds).astype(int)
+    counts = np.zeros((result.num_windows, log.num_users, len(log.categories)))
+    np.add.at(counts, (win, log.user, log.item_category[log.item]), log.weight.astype(np.float64))
+    prev = np.concatenate([np.zeros_like(counts[:1]), counts[:-1]])
+    diff, norm = np.linalg.norm(counts - prev, axis=-1), np.linalg.norm(counts, axis=-1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        seed_f = np.where(norm > 0, diff / norm, np.where(diff > 0, np.inf, 0.0))
+    np.testing.assert_allclose(result.degree, seed_f, rtol=1e-6)
+    np.testing.assert_allclose(result.current, counts[-1], rtol=1e-6)
+    np.testing.assert_allclose(result.previous, counts[-2], rtol=1e-6)
