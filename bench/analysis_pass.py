@@ -2,7 +2,7 @@
 
     python -m bench analysis_pass --scale small|large [--out bench/results/analysis_pass.json]
 
-One call = ``fgjax.analysis.loop.window_step`` (jitted, carry donated) closing one
+One call = ``fgjax.analysis.window_step`` (jitted, carry donated) closing one
 window for every user, with E = N events in the window. Bytes the pass must
 move at least (K interests): read the carry (I 4, peak 4, state 1, ever 1
 bytes per cell), write it back plus f and p (4 + 4 + 1 + 1 + 4 + 4), i.e.
@@ -94,24 +94,24 @@ def bench_size(n: int, *, timing, seed: int, use_torch: bool) -> dict[str, Any]:
     import jax.numpy as jnp
 
     from fgjax import kernels
-    from fgjax.analysis.loop import detector_params, init_carry, window_step
+    from fgjax.analysis import init_carry, window_params, window_spec, window_step
     from fgjax.config import AnalysisConfig, DetectorConfig
 
     k = NUM_INTERESTS
     # The level rule: the unfused reference below runs the same kernels one by one
     # (the adaptive detector's own cost is bench/detector_update.py).
     cfg = AnalysisConfig(detector=DetectorConfig(kind="level"))
-    params = detector_params(cfg)
-    decay, inv_tau = kernels.decay_factors(1.0, cfg.half_life_windows)
+    spec, params = window_spec(cfg, k, top=TOP), window_params(cfg)
+    decay, inv_tau = float(params.decay), float(params.inv_tau)  # the references take Python floats
     ev_np = _events(n, k, seed)
     events = kernels.WindowEvents(*(jax.device_put(x) for x in ev_np))
-    box = [init_carry(n, k, cfg)]
+    box = [init_carry(spec, n)]
     # Two warm windows so the state is not all zero.
     for _ in range(2):
-        box[0], _, _ = window_step(box[0], events, params, decay=decay, inv_tau=inv_tau, config=cfg, top=TOP)
+        box[0], _, _ = window_step(box[0], events, params, spec)
 
     def fused():
-        box[0], out, fp = window_step(box[0], events, params, decay=decay, inv_tau=inv_tau, config=cfg, top=TOP)
+        box[0], out, fp = window_step(box[0], events, params, spec)
         return out, fp
 
     # Unfused: the same kernels as separate device calls.

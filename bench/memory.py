@@ -3,7 +3,7 @@
     python -m bench memory --scale small|large
 
 Each probe runs in a fresh process (so peaks are its own): the streaming
-analysis (``fgjax.analysis.stream.analyze_stream``) over N users with E and then 4·E
+analysis (``fgjax.analysis.analyze_stream``) over N users with E and then 4·E
 events (same users, same windows, 4x the data). Reported: peak host RSS,
 peak device bytes (where JAX reports them: GPU/TPU; on CPU the device is the
 host), the state's size ``N·K·(4+4+4+1+1)`` bytes and the Parquet bytes.
@@ -31,7 +31,7 @@ sys.path.insert(0, sys.argv[1])
 from bench import _data, _report
 import jax
 from fgjax.config import AnalysisConfig
-from fgjax.analysis.stream import analyze_stream
+from fgjax.analysis import analyze_stream
 users, events, folder, mode = int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], sys.argv[5]
 paths, cats = (_data.write_events if mode == "generate" else _data.list_events)(folder, users=users, items=5000, events=events, days=14, categories=%d, files=14)
 if mode == "generate":  # its own process: the data's generation does not count in the probe's peak

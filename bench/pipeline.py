@@ -6,7 +6,7 @@ Stages, timed in one run on the same files:
 
 - ``raw_scan``: plain ``pyarrow.parquet.read_table`` of the four columns into
   NumPy, file by file (the Parquet speed reference);
-- ``analysis``: ``fgjax.analysis.stream.analyze_stream`` (decode, window, pad, copy to
+- ``analysis``: ``fgjax.analysis.analyze_stream`` (decode, window, pad, copy to
   the device in a prefetch thread; the fused pass per window);
 - ``analysis_unprefetched``: the same without the prefetch thread;
 - ``recommend``: top-10 items for every user, exact (``kernels.blocked_top_k``),
@@ -105,7 +105,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     import jax.numpy as jnp
 
     from fgjax.config import AnalysisConfig
-    from fgjax.analysis.stream import analyze_stream
+    from fgjax.analysis import analyze_stream
 
     size = dict(SIZES[args.scale])
     for key in ("users", "events", "items"):

@@ -3,7 +3,7 @@
     python -m bench scaling --scale small|large
 
 For N over a decade range (small: 1e3..1e5, large: 1e4..1e7): seconds per
-window of ``analysis.window_step`` (E = N events) and seconds to rank all N
+window of ``fgjax.analysis.window_step`` (E = N events) and seconds to rank all N
 users against a fixed catalog (``kernels.matmul_top_k``, k = 10, chunks of
 users). ``exponent`` = slope of log(seconds) on log(N) over the upper sizes
 (fixed overheads dominate the smallest): 1.0 is linear growth.
@@ -27,7 +27,7 @@ def time_analysis(n: int, timing) -> float:
     import jax
 
     from fgjax import kernels
-    from fgjax.analysis.loop import detector_params, init_carry, window_step
+    from fgjax.analysis import init_carry, window_params, window_spec, window_step
     from fgjax.config import AnalysisConfig
 
     cfg = AnalysisConfig()
@@ -35,12 +35,11 @@ def time_analysis(n: int, timing) -> float:
     ev = kernels.WindowEvents(*(jax.device_put(x) for x in (
         rng.integers(0, n, n).astype(np.int32), rng.integers(0, K_INTERESTS, n).astype(np.int32),
         rng.uniform(0.5, 2, n).astype(np.float32), rng.uniform(0, 1, n).astype(np.float32))))
-    box = [init_carry(n, K_INTERESTS, cfg)]
-    params = detector_params(cfg)
-    decay, inv_tau = kernels.decay_factors(1.0, cfg.half_life_windows)
+    spec, params = window_spec(cfg, K_INTERESTS, top=3), window_params(cfg)
+    box = [init_carry(spec, n)]
 
     def step():
-        box[0], out, _ = window_step(box[0], ev, params, decay=decay, inv_tau=inv_tau, config=cfg, top=3)
+        box[0], out, _ = window_step(box[0], ev, params, spec)
         return out
 
     return _report.time_call(step, **timing)["median_s"]

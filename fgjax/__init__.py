@@ -25,7 +25,7 @@ _LAZY = MappingProxyType({
     "load_config": ("fgjax.config", "load_config"),
     # No name here may equal a submodule's (train, evaluate, recommend, ...):
     # importing the submodule would silently replace the attribute.
-    "analyze": ("fgjax.analysis.loop", "analyze"),
+    "analyze": ("fgjax.analysis", "analyze"),
     "quickstart": ("fgjax.pipeline", "quickstart"),
     "prepare": ("fgjax.pipeline", "prepare"),
     "fit": ("fgjax.pipeline", "fit"),

@@ -17,7 +17,7 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from fgjax import kernels
-from fgjax.analysis.loop import (
+from fgjax.analysis import (
     ForgettingResult,
     analyze,
     degree_since_first_activity,

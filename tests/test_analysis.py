@@ -9,7 +9,7 @@ import pyarrow as pa
 import pytest
 
 from fgjax import kernels
-from fgjax.analysis.loop import analyze, forgetting_table
+from fgjax.analysis import analyze, forgetting_table
 from fgjax.ranking.strategy import forgetting_weights
 from fgjax.config import load_config
 from fgjax.errors import DataError
@@ -178,7 +178,8 @@ def test_needs_categories():
 
 def test_monitor_update_window_by_window_equals_the_batch_analysis():
     """A service calling monitor_update as each window closes gets what analyze computes over the whole log."""
-    from fgjax.analysis.loop import monitor_init, monitor_update, pad_events, state_series, window_index
+    from fgjax.analysis import monitor_init, monitor_update, pad_events, state_series, window_index
+    from fgjax.analysis.run import padded_size
 
     log = make_log(num_users=10, num_items=16, events_per_user=30, seed=7)
     config = load_config(None, ["analysis.half_life_windows=4", "analysis.detector.buffer_windows=8"])
@@ -195,17 +196,17 @@ def test_monitor_update_window_by_window_equals_the_batch_analysis():
             log.user[sel].astype(np.int32), log.item_category[log.item[sel]].astype(np.int32),
             log.weight[sel].astype(np.float32), ((end - log.timestamp[sel]) / ws).astype(np.float32),
         )
-        # Any padding size: the service pads to what it likes.
-        state, out, detail = monitor_update(state, pad_events(events, len(sel) + 3, log.num_users), config)
+        # Any padding size: the service pads to what it likes (here off the power-of-two buckets, few shapes).
+        state, out, detail = monitor_update(state, pad_events(events, padded_size(len(sel)) + 3, log.num_users), config)
         codes.append(np.asarray(detail.state))
         degrees.append(np.asarray(out.degree))
     np.testing.assert_array_equal(np.stack(codes), state_series(batch.changes, batch.num_windows, log.num_users, K))
     np.testing.assert_allclose(np.stack(degrees), batch.degree, rtol=1e-6)
     np.testing.assert_array_equal(np.asarray(detail.detection.last_active), batch.evidence["last_active"])
     # s* is computed only where it is written; from the monitor's counters it is the same.
-    from fgjax.analysis.loop import detector_params
+    from fgjax.analysis import window_params
 
-    params = detector_params(config.analysis)
+    params = window_params(config.analysis).detector
     d, o = state.detector, detail.detection
     model = kernels.silence_model(d.total, d.alive, o.silence, d.active_windows, d.longest_gap, o.period,
                                   o.period_strength, params, config.analysis.detector.buffer_windows)
@@ -215,7 +216,7 @@ def test_monitor_update_window_by_window_equals_the_batch_analysis():
 
 
 def test_states_table_has_one_row_per_change_with_its_evidence():
-    from fgjax.analysis.loop import STATE_COLUMNS, state_series, states_table
+    from fgjax.analysis import STATE_COLUMNS, state_series, states_table
 
     log = make_log(num_users=12, num_items=20, events_per_user=25, seed=4)
     result = analyze(load_config(None, []), log, progress=False)
@@ -266,3 +267,66 @@ def test_priorities_and_exploration_follow_the_strategy():
     per_state = always.recommend.state_weights
     np.testing.assert_allclose(weights[forgotten], np.maximum(result.p[forgotten] * per_state["active"],
                                                               always.recommend.interest_floor), rtol=1e-6)
+
+
+def test_sweeping_alpha_and_half_life_compiles_nothing_again():
+    """3 half-lives x 2 alphas: the window step compiles once per event bucket shape, and nothing else compiles again."""
+    import jax
+
+    from fgjax.analysis import window_index, window_step
+    from fgjax.analysis.run import padded_size
+
+    # 11 users: shapes no other test in this process uses, so every compilation counted here is ours.
+    log = make_log(num_users=11, num_items=12, events_per_user=14, seed=5)
+    # Every third event on a random item: users with several interests, so alpha matters.
+    item = log.item.copy()
+    item[::3] = np.random.default_rng(5).integers(0, 12, len(item[::3]))
+    log = dataclasses.replace(log, item=item)
+    ws = 86400.0
+    origin = np.floor(log.timestamp.min() / ws) * ws
+    per_window = np.bincount(window_index(log.timestamp, ws, origin))
+    buckets = {padded_size(n) for n in per_window}
+    compiled = []
+
+    def listen(event, _secs, **_):
+        if event == "/jax/core/compile/backend_compile_duration":
+            compiled.append(event)
+
+    jax.monitoring.register_event_duration_secs_listener(listen)
+    before = window_step._cache_size()
+    results, step_compiles, all_compiles = {}, [], []
+    try:
+        for half_life in ("2", "7", ".inf"):
+            for alpha in (0.5, 4.0):
+                config = load_config(None, [f"analysis.half_life_windows={half_life}", f"analysis.alpha={alpha}"])
+                results[half_life, alpha] = analyze(config, log, progress=False)
+                step_compiles.append(window_step._cache_size() - before)
+                all_compiles.append(len(compiled))
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listen)
+    assert step_compiles == [len(buckets)] * 6
+    assert all_compiles[0] > 0 and all_compiles[1:] == [all_compiles[0]] * 5
+    # The knobs did act: F follows the half-life, p follows alpha.
+    assert not np.allclose(results["2", 0.5].degree, results[".inf", 0.5].degree)
+    assert not np.allclose(results["2", 0.5].p, results["2", 4.0].p)
+    # ... and each run equals a fresh reference of its own knobs (here: no decay means I is the running sum).
+    sums = np.zeros((log.num_users, len(log.categories)))
+    np.add.at(sums, (log.user, log.item_category[log.item]), log.weight)
+    np.testing.assert_allclose(results[".inf", 4.0].current, sums, rtol=1e-6)
+
+
+def test_reset_each_window_without_decay_is_the_seeds_per_window_indicator():
+    """decay 0 and inv_tau 0 are traced values like any other: I(u, t) is window t's weights alone."""
+    log = make_log(num_users=12, num_items=20, events_per_user=25, seed=4)
+    config = load_config(None, ["analysis.reset_each_window=true", "analysis.half_life_windows=.inf"])
+    result = analyze(config, log, progress=False)
+    win = np.floor((log.timestamp - result.window_start[0]) / config.analysis.window_seconds).astype(int)
+    counts = np.zeros((result.num_windows, log.num_users, len(log.categories)))
+    np.add.at(counts, (win, log.user, log.item_category[log.item]), log.weight.astype(np.float64))
+    prev = np.concatenate([np.zeros_like(counts[:1]), counts[:-1]])
+    diff, norm = np.linalg.norm(counts - prev, axis=-1), np.linalg.norm(counts, axis=-1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        seed_f = np.where(norm > 0, diff / norm, np.where(diff > 0, np.inf, 0.0))
+    np.testing.assert_allclose(result.degree, seed_f, rtol=1e-6)
+    np.testing.assert_allclose(result.current, counts[-1], rtol=1e-6)
+    np.testing.assert_allclose(result.previous, counts[-2], rtol=1e-6)

@@ -125,7 +125,7 @@ def test_quickstart_then_every_subcommand(tmp_path, capsys):
     assert code == 0, err
     # Both analyze every event of the same log: the same table.
     assert pq.read_table(tmp_path / "an" / "forgetting.parquet").equals(forgetting)
-    from fgjax.analysis.loop import STATE_COLUMNS
+    from fgjax.analysis import STATE_COLUMNS
 
     states = pq.read_table(tmp_path / "an" / "states.parquet")
     assert tuple(states.column_names) == STATE_COLUMNS and states.num_rows > 0

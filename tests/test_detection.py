@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -17,7 +18,7 @@ from fgjax.evaluation.detection import (
     seed_threshold_alarms,
     silence_alarms,
 )
-from fgjax.analysis.loop import detector_params
+from fgjax.analysis import window_params, window_spec
 
 K = {name: i for i, name in enumerate(KINDS)}
 
@@ -96,15 +97,22 @@ def test_detect_series_equals_the_streaming_update():
     rng = np.random.default_rng(0)
     counts = rng.poisson(2.0, size=(20, 5, 3)).astype(np.float32)
     counts[10:, 0] = 0  # a stop
-    config = load_config(None, ["analysis.detector.buffer_windows=8"])
-    params = detector_params(config.analysis)
-    codes = np.asarray(detect_series(counts, params, buffer_windows=8))
+    config = load_config(None, ["analysis.detector.buffer_windows=8", "analysis.detector.user_block=2"])
+    params = window_params(config.analysis)
+    codes = np.asarray(detect_series(counts, params, window_spec(config.analysis, 3)))
     state = kernels.detector_init(5, 3, 8)
     update = jax.jit(kernels.detector_update)
     for t in range(20):
-        state, out = update(state, counts[t], None, params)
+        state, out = update(state, counts[t], None, params.detector)
         np.testing.assert_array_equal(codes[t], np.asarray(out.state))
     assert (codes[-1, 0] == kernels.FORGOTTEN).all()
+    # The precision-recall sweep: other false_alarm values reuse the compilation, and they act.
+    compiled = detect_series._cache_size()
+    sweep = [np.asarray(detect_series(counts, params._replace(detector=params.detector._replace(
+        false_alarm=jnp.asarray(q, jnp.float32))), window_spec(config.analysis, 3))) for q in (1e-6, 0.2)]
+    assert detect_series._cache_size() == compiled
+    low, mid, high = ((c == kernels.FORGOTTEN).sum() for c in (sweep[0], codes, sweep[1]))
+    assert low <= mid <= high and low < high
 
 
 @pytest.mark.slow

@@ -30,7 +30,7 @@ print("RESULT" + json.dumps({
     "rows": table.drop_columns(["last_active"]).to_pylist(),
     "last_active_us": [None if v is None else v.value for v in table["last_active"]],
     # optax comes with flax.nnx itself; fgjax's own training code must not.
-    "training_modules": sorted(m for m in sys.modules if m in ("fgjax.training.loop", "fgjax.pipeline", "fgjax.analysis.loop", "fgjax.evaluation.metrics", "tqdm")),
+    "training_modules": sorted(m for m in sys.modules if m in ("fgjax.training.loop", "fgjax.pipeline", "fgjax.analysis", "fgjax.evaluation.metrics", "tqdm")),
     "step": model.step,
 }))
 """
@@ -107,7 +107,7 @@ def test_in_process_load_matches_and_excludes_seen(fitted):
 
 def test_serving_state_covers_every_event(fitted):
     """What a service loads is the state after the whole log, not the evaluation history."""
-    from fgjax.analysis.loop import analyze
+    from fgjax.analysis import analyze
 
     out, config, result = fitted
     log = result.prepared.log
@@ -246,7 +246,7 @@ print("RESULT" + json.dumps({
     "has_last_active": "last_active" in table.column_names,
     # optax comes with flax.nnx itself; fgjax's own training code must not.
     "training_modules": sorted(m for m in sys.modules if m.startswith("fgjax.training") or m in (
-        "fgjax.pipeline", "fgjax.analysis.loop", "fgjax.evaluation.metrics", "tqdm")),
+        "fgjax.pipeline", "fgjax.analysis", "fgjax.evaluation.metrics", "tqdm")),
 }))
 """
 

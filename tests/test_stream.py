@@ -10,11 +10,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from fgjax.analysis.loop import analyze
 from fgjax.config import load_config
 from fgjax.data.prefetch import prefetch
 from fgjax.errors import DataError
-from fgjax.analysis.stream import analyze_stream
+from fgjax.analysis import analyze, analyze_stream
 
 from conftest import make_log
 

@@ -46,7 +46,17 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from fgjax import kernels
-from fgjax.analysis.loop import ForgettingResult, analyze, detector_params, state_series, write_states
+from fgjax.analysis import (
+    ForgettingResult,
+    WindowParams,
+    WindowSpec,
+    analyze,
+    detector_step,
+    state_series,
+    window_params,
+    window_spec,
+    write_states,
+)
 from fgjax.config import Config, to_dict
 from fgjax.data.reader import EventLog
 from fgjax.data.synthetic import KINDS
@@ -144,16 +154,20 @@ def window_counts(log: EventLog, origin: float, window_seconds: float, num_windo
     return counts
 
 
-@functools.partial(jax.jit, static_argnames=("buffer_windows",))
-def detect_series(counts: jax.Array, params: kernels.DetectorParams, *, buffer_windows: int) -> jax.Array:
-    """``(windows, users, K)`` int8 detector states over a whole count series, in one scan."""
+@functools.partial(jax.jit, static_argnames=("spec",))
+def detect_series(counts: jax.Array, params: WindowParams, spec: WindowSpec) -> jax.Array:
+    """``(windows, users, K)`` int8 detector states over a whole ``(windows, users, K)`` count series, in one scan.
+
+    The analysis' own detector step (``fgjax.analysis.detector_step``) with its
+    ``window_params`` / ``window_spec``; knobs are traced, so a sweep compiles once.
+    """
     _, num_users, num_interests = counts.shape
 
     def step(state, window_counts):
-        state, out = kernels.detector_update(state, window_counts, None, params)
+        state, out = detector_step(state, window_counts, None, params, spec)
         return state, out.state
 
-    _, codes = jax.lax.scan(step, kernels.detector_init(num_users, num_interests, buffer_windows), counts)
+    _, codes = jax.lax.scan(step, kernels.detector_init(num_users, num_interests, spec.buffer_windows), counts)
     return codes
 
 
@@ -320,11 +334,11 @@ def evaluate_detection_on(
     silence_curve = _curve([float(n) for n in ecfg.silence_sweep], lambda n: silence_alarms(counts, int(n)), truth,
                            early)
     device_counts = jnp.asarray(counts)
-    params = detector_params(acfg)
+    params, spec = window_params(acfg), window_spec(acfg, len(log.categories))
 
     def sweep_alarms(q: float) -> np.ndarray:
-        knobs = params._replace(false_alarm=jnp.asarray(q, jnp.float32))
-        return np.asarray(detect_series(device_counts, knobs, buffer_windows=acfg.detector.buffer_windows)) == kernels.FORGOTTEN
+        knobs = params._replace(detector=params.detector._replace(false_alarm=jnp.asarray(q, jnp.float32)))
+        return np.asarray(detect_series(device_counts, knobs, spec)) == kernels.FORGOTTEN
 
     detector_curve = _curve(ecfg.false_alarm_sweep, sweep_alarms, truth, early)
     best_seed = _best(seed_curve)

@@ -35,7 +35,7 @@ import numpy as np
 from flax import nnx
 
 from fgjax import kernels
-from fgjax.analysis.loop import ForgettingResult, analyze
+from fgjax.analysis import ForgettingResult, analyze
 from fgjax.config import Config
 from fgjax.data.protocol import Stage
 from fgjax.data.reader import EventLog

@@ -1,0 +1,534 @@
+"""Window sources and the one run loop: ``analyze`` (an in-memory log) and ``analyze_stream`` (Parquet files).
+
+A source yields ``Window(index, start, events)``, each window's events
+padded to a power-of-two bucket of at least ``MIN_BUCKET`` rows (few shapes
+to compile, little padding):
+``log_windows`` slices a time-sorted in-memory log, ``parquet_windows``
+cuts time-ordered Parquet record batches. ``run_windows`` drives
+``window_step`` over any source: a prefetch thread (``fgjax.data.prefetch``)
+pads the next windows and copies them to the device while the current one
+computes, each window's outputs are copied back while the next one
+computes, and on request it keeps each user's values at its own snapshot
+window and gathers the rows whose state changed (``states.parquet``).
+
+Streaming needs columns of dense integer indices (``user``, ``item``: ``0 <=
+id < num_users / num_items``), float epoch seconds ``timestamp`` and
+``weight``; timestamps must not decrease across files and rows (a streamed
+window is closed once a later one starts). Its memory is bounded by the
+state (``users x K``), the record batch size and the windows in flight, never
+by the number of events. ``analyze`` on the same events gives the same
+results (tested).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from pathlib import Path
+from typing import Iterable, Iterator, NamedTuple, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pyarrow.parquet as pq
+from tqdm.auto import tqdm
+
+from fgjax import kernels
+from fgjax.analysis.window import (
+    EVIDENCE_FIELDS,
+    AnalysisCarry,
+    Counters,
+    Evidence,
+    WindowDetail,
+    WindowParams,
+    WindowSpec,
+    counters,
+    init_carry,
+    observed_evidence,
+    pad_events,
+    window_index,
+    window_params,
+    window_spec,
+    window_step,
+    with_limits,
+)
+from fgjax.config import AnalysisConfig, Config
+from fgjax.data.prefetch import prefetch
+from fgjax.data.reader import EventLog
+from fgjax.errors import DataError
+from fgjax.shapes import bucket_size
+
+COLUMNS = ("user", "item", "timestamp", "weight")
+# Fewest rows a window's events (and its changed rows) are padded to: small windows
+# then share one shape, so a run compiles the step (and the gather) once or twice,
+# not once per power of two; padding a few hundred rows costs microseconds.
+MIN_BUCKET = 1024
+
+
+def padded_size(n: int) -> int:
+    """Rows ``n`` events or changed rows are padded to: a power of two, at least ``MIN_BUCKET``."""
+    return max(bucket_size(n), MIN_BUCKET)
+
+
+class Window(NamedTuple):
+    """One closed window of a source."""
+
+    index: int
+    start: float  # epoch seconds
+    events: kernels.WindowEvents  # padded to a bucket with rows of user ``num_users``
+
+
+def _window(t: int, origin: float, window_seconds: float, num_users: int, user: np.ndarray, interest: np.ndarray,
+            weight: np.ndarray, timestamp: np.ndarray) -> Window:
+    """Window ``t``'s events (interest ``K`` = no category), ``age`` in windows from the window's end."""
+    end = origin + (t + 1) * window_seconds
+    events = kernels.WindowEvents(
+        user.astype(np.int32), interest.astype(np.int32), weight.astype(np.float32),
+        ((end - timestamp) / window_seconds).astype(np.float32),
+    )
+    return Window(t, origin + t * window_seconds, pad_events(events, padded_size(len(events.user)), num_users))
+
+
+def _interests(item: np.ndarray, item_category: np.ndarray, num_interests: int) -> np.ndarray:
+    """``(events,)`` int32 interest of each item; ``K`` for items without a category (the step drops them)."""
+    interest = item_category[item]
+    return np.where(interest >= 0, interest, num_interests).astype(np.int32)
+
+
+def log_windows(user: np.ndarray, interest: np.ndarray, weight: np.ndarray, timestamp: np.ndarray, *, origin: float,
+                window_seconds: float, num_windows: int, num_users: int) -> Iterator[Window]:
+    """Windows ``0 .. num_windows - 1`` from ``origin`` of in-memory events sorted by ``timestamp``."""
+    bounds = np.searchsorted(window_index(timestamp, window_seconds, origin), np.arange(num_windows + 1))
+    for t in range(num_windows):
+        sl = slice(bounds[t], bounds[t + 1])
+        yield _window(t, origin, window_seconds, num_users, user[sl], interest[sl], weight[sl], timestamp[sl])
+
+
+def _record_batches(files: Sequence[str | Path], batch_rows: int) -> Iterator[tuple[str, dict[str, np.ndarray]]]:
+    for path in files:
+        with pq.ParquetFile(str(path)) as f:
+            missing = [c for c in COLUMNS if c not in f.schema_arrow.names]
+            if missing:
+                raise DataError(f"'{path}': missing column(s) {', '.join(missing)} (streaming needs {', '.join(COLUMNS)})")
+            for batch in f.iter_batches(batch_size=batch_rows, columns=list(COLUMNS)):
+                yield str(path), {c: batch.column(c).to_numpy(zero_copy_only=False) for c in COLUMNS}
+
+
+def parquet_windows(
+    files: Sequence[str | Path],
+    *,
+    item_category: np.ndarray,
+    num_users: int,
+    window_seconds: float,
+    batch_rows: int = 1 << 20,
+) -> Iterator[Window]:
+    """Every window from the first event's to the last's of time-ordered Parquet files.
+
+    Windows without events are yielded too (empty, padded), so the
+    state decays through them as ``analyze`` does.
+    """
+    num_interests = int(item_category.max(initial=-1)) + 1
+    origin = None
+    current = -1
+    parts: list[dict[str, np.ndarray]] = []
+    last_ts = -np.inf
+
+    def close(t: int) -> Window:
+        cols = {c: np.concatenate([p[c] for p in parts]) if parts else np.zeros(0) for c in COLUMNS}
+        parts.clear()
+        interest = _interests(cols["item"].astype(np.int64), item_category, num_interests)
+        return _window(t, origin, window_seconds, num_users, cols["user"], interest, cols["weight"], cols["timestamp"])
+
+    for path, cols in _record_batches(files, batch_rows):
+        ts = cols["timestamp"].astype(np.float64)
+        if len(ts) == 0:
+            continue
+        if ts[0] < last_ts or np.any(np.diff(ts) < 0):
+            raise DataError(f"'{path}': timestamps decrease; streaming needs events in time order across files")
+        last_ts = ts[-1]
+        if origin is None:
+            origin = float(np.floor(ts[0] / window_seconds) * window_seconds)
+            current = 0
+        win = window_index(ts, window_seconds, origin)
+        cols = {**cols, "timestamp": ts}
+        # Split the batch at window boundaries; close each window a later event starts.
+        bounds = np.flatnonzero(np.diff(win)) + 1
+        for lo, hi in zip(np.r_[0, bounds], np.r_[bounds, len(ts)]):
+            w = int(win[lo])
+            while current < w:
+                yield close(current)
+                current += 1
+            parts.append({c: v[lo:hi] for c, v in cols.items()})
+    if origin is not None:
+        yield close(current)
+
+
+class Snapshot(NamedTuple):
+    """``(users, K)`` values of each user at its snapshot window."""
+
+    f: jax.Array
+    p: jax.Array
+    state: jax.Array
+    ever: jax.Array
+    evidence: Evidence  # silence_limit filled at the end, from the counters
+    counters: Counters | None  # None without a detector
+
+
+class ChangeRows(NamedTuple):
+    """``(rows,)`` the (user, interest) pairs whose state changed in a window, with their evidence."""
+
+    user: jax.Array
+    interest: jax.Array
+    state: jax.Array
+    previous_state: jax.Array
+    F: jax.Array
+    F_threshold: jax.Array
+    F_alarm: jax.Array
+    f_k: jax.Array
+    p: jax.Array
+    evidence: Evidence
+
+    def columns(self) -> dict[str, np.ndarray]:
+        """Host columns: the fields, with the evidence's spread out."""
+        fields = {name: getattr(self, name) for name in self._fields if name != "evidence"}
+        return {name: np.asarray(a) for name, a in {**fields, **self.evidence._asdict()}.items()}
+
+
+def _snapshot_of(detail: WindowDetail, carry: AnalysisCarry) -> Snapshot:
+    return Snapshot(detail.f, detail.p, detail.state, carry.ever, observed_evidence(detail),
+                    None if detail.detection is None else counters(carry.detector))
+
+
+@functools.partial(jax.jit, donate_argnums=(0,))
+def _keep_snapshot(snapshot: Snapshot, detail: WindowDetail, carry: AnalysisCarry, take: jax.Array) -> Snapshot:
+    """Replace the rows of ``take`` ``(users,)`` by this window's values."""
+    return jax.tree.map(lambda old, new: jnp.where(take[:, None], new, old), snapshot, _snapshot_of(detail, carry))
+
+
+@functools.partial(jax.jit, static_argnames=("spec",))
+def _final(snapshot: Snapshot, params: WindowParams, spec: WindowSpec) -> Snapshot:
+    """The snapshot with s* computed, its counters dropped."""
+    return snapshot._replace(evidence=with_limits(snapshot.evidence, snapshot.counters, params, spec), counters=None)
+
+
+@functools.partial(jax.jit, static_argnames=("spec", "size"))
+def _gather_changes(
+    degree: jax.Array, detail: WindowDetail, detector: kernels.DetectorState, params: WindowParams, spec: WindowSpec,
+    *, size: int,
+) -> ChangeRows:
+    """The (user, interest) rows whose state changed in a window, padded to ``size``.
+
+    Row order is user-major; padding rows repeat row 0 and are trimmed by the caller.
+    """
+    num_interests = detail.state.shape[1]
+    (flat,) = jnp.nonzero((detail.state != detail.previous_state).ravel(), size=size, fill_value=0)
+    user, interest = flat // num_interests, flat % num_interests
+    take = lambda a: a.ravel()[flat]  # noqa: E731 - a local gather
+    detection = detail.detection
+    evidence = jax.tree.map(take, observed_evidence(detail))
+    counts = None if detection is None else jax.tree.map(take, counters(detector))
+    return ChangeRows(
+        user=user.astype(jnp.int32),
+        interest=interest.astype(jnp.int32),
+        state=take(detail.state),
+        previous_state=take(detail.previous_state),
+        F=degree[user],
+        F_threshold=detection.degree_threshold[user] if detection else jnp.zeros(size),
+        F_alarm=detection.degree_alarm[user] if detection else jnp.zeros(size, bool),
+        f_k=take(detail.f),
+        p=take(detail.p),
+        evidence=with_limits(evidence, counts, params, spec),
+    )
+
+
+class _Series:
+    """``(windows, ...)`` host arrays filled window by window (preallocated when the count is known)."""
+
+    def __init__(self, num_windows: int | None):
+        self.num_windows = num_windows
+        self.parts: dict[str, list[np.ndarray] | np.ndarray] = {}
+
+    def put(self, t: int, name: str, value) -> None:
+        value = np.asarray(value)
+        if self.num_windows is None:
+            self.parts.setdefault(name, []).append(value)
+            return
+        if name not in self.parts:
+            self.parts[name] = np.empty((self.num_windows, *value.shape), value.dtype)
+        self.parts[name][t] = value
+
+    def get(self, name: str, empty: np.ndarray) -> np.ndarray:
+        """The series of ``name``; ``empty`` (shaped ``(0, ...)``) when no window came."""
+        got = self.parts.get(name)
+        if got is None:
+            return empty
+        return np.stack(got) if isinstance(got, list) else got
+
+
+@dataclasses.dataclass(frozen=True)
+class RunOutput:
+    """What ``run_windows`` collected.
+
+    Attributes:
+      window_start: ``(windows,)`` epoch seconds.
+      degree: ``(windows, users)`` F.
+      top_interests, top_probs: ``(windows, users, top)``; None unless ``keep_top``.
+      carry: the state after the last window (on the device).
+      final: the snapshot (each user's snapshot window, or the last window) with s*, on the host; None unless asked.
+      changes: ``{column: (rows,)}`` changed rows with a ``window`` column; empty unless ``record_changes``.
+      events: rows with a positive weight.
+    """
+
+    window_start: np.ndarray
+    degree: np.ndarray
+    top_interests: np.ndarray | None
+    top_probs: np.ndarray | None
+    carry: AnalysisCarry
+    final: Snapshot | None
+    changes: dict[str, np.ndarray]
+    events: int
+
+
+def run_windows(
+    source: Iterable[Window],
+    spec: WindowSpec,
+    params: WindowParams,
+    carry: AnalysisCarry,
+    *,
+    num_windows: int | None = None,
+    keep_top: bool = True,
+    snapshot_window: np.ndarray | None = None,
+    final: bool = False,
+    record_changes: bool = False,
+    prefetch_windows: int = 2,
+    progress: bool = False,
+    desc: str = "analyze",
+) -> RunOutput:
+    """Drive ``window_step`` over every window of ``source``.
+
+    Args:
+      source: windows in order, from window 0 (``log_windows``, ``parquet_windows``).
+      carry: the state before the first window (donated).
+      num_windows: how many windows ``source`` yields, if known (preallocates, sizes the progress bar).
+      keep_top: also collect the top interests per (window, user), not only F.
+      snapshot_window: optional ``(users,)`` window index at which ``final`` reads each user.
+      final: compute ``RunOutput.final`` (at ``snapshot_window``, else after the last window).
+      record_changes: gather the rows whose state changed, with their evidence.
+      prefetch_windows: windows padded and copied to the device ahead in a thread; 0 = one after the other.
+    """
+    num_users = carry.peak.shape[0]
+
+    def to_device(window: Window) -> tuple[Window, int]:
+        return window._replace(events=jax.device_put(window.events)), int(np.sum(window.events.weight > 0))
+
+    stream = prefetch(source, prefetch_windows, to_device) if prefetch_windows else map(to_device, source)
+    series = _Series(num_windows)
+    starts: list[float] = []
+    changes: list[dict[str, np.ndarray]] = []
+    snapshot = detail = pending = None
+    events = 0
+
+    def collect(t: int, kept, rows: ChangeRows | None, changed: int) -> None:
+        for name, value in kept._asdict().items():
+            if value is not None:
+                series.put(t, name, value)
+        if rows is not None:
+            window_rows = {name: column[:changed] for name, column in rows.columns().items()}
+            window_rows["window"] = np.full(changed, t, np.int32)
+            changes.append(window_rows)
+
+    for window, count in tqdm(stream, total=num_windows, desc=desc, unit="window", disable=not progress, leave=False):
+        t = window.index
+        carry, out, detail = window_step(carry, window.events, params, spec)
+        if snapshot_window is not None:
+            if snapshot is None:  # distinct buffers: the snapshot is donated
+                snapshot = jax.tree.map(jnp.zeros_like, _snapshot_of(detail, carry))
+            snapshot = _keep_snapshot(snapshot, detail, carry, jnp.asarray(snapshot_window == t))
+        rows, changed = None, 0
+        if record_changes:
+            # Only the changed rows leave the device; their count (a sync per window,
+            # one scalar) sizes the gather, so outputs overlap only the host work below.
+            changed = int(jnp.sum(detail.state != detail.previous_state))
+            if changed:
+                rows = _gather_changes(out.degree, detail, carry.detector, params, spec, size=padded_size(changed))
+        kept = out if keep_top else out._replace(top_interests=None, top_probs=None)
+        # Fetch window t-1 while window t computes: outputs never pile up on the device.
+        for leaf in jax.tree.leaves((kept, rows)):
+            leaf.copy_to_host_async()
+        if pending is not None:
+            collect(*pending)
+        pending = (t, kept, rows, changed)
+        starts.append(window.start)
+        events += count
+    if pending is not None:
+        collect(*pending)
+    last = None
+    if final and detail is not None:
+        last = jax.device_get(_final(snapshot if snapshot is not None else _snapshot_of(detail, carry), params, spec))
+    top = np.zeros((0, num_users, spec.top))
+    return RunOutput(
+        window_start=np.asarray(starts, np.float64),
+        degree=series.get("degree", np.zeros((0, num_users), np.float32)),
+        top_interests=series.get("top_interests", top.astype(np.int32)) if keep_top else None,
+        top_probs=series.get("top_probs", top.astype(np.float32)) if keep_top else None,
+        carry=carry,
+        final=last,
+        changes={name: np.concatenate([c[name] for c in changes]) for name in changes[0]} if changes else {},
+        events=events,
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class ForgettingResult:
+    """Result of ``analyze``.
+
+    Attributes:
+      window_start: ``(windows,)`` float64 epoch seconds of each window start.
+      degree: ``(windows, users)`` float32 F; +inf where everything was forgotten.
+      top_interests, top_probs: ``(windows, users, top)`` the most probable interests.
+      current, previous: ``(users, K)`` float32 I after the last two windows.
+      f, p: ``(users, K)`` float32, state: ``(users, K)`` int8 codes and
+        ever: ``(users, K)`` bool (the user has had the interest), after the
+        last window, or after each user's snapshot window if one was asked.
+      evidence: ``{name: (users, K)}`` the detector's evidence (``EVIDENCE_FIELDS``)
+        at the same time as ``state``; empty under the level rule.
+      changes: ``{column: (rows,)}`` one row per (user, interest, window) whose
+        state changed, with the evidence (see ``states_table``).
+      events_without_interest: events skipped because their item has no category.
+    """
+
+    window_start: np.ndarray
+    degree: np.ndarray
+    top_interests: np.ndarray
+    top_probs: np.ndarray
+    current: np.ndarray
+    previous: np.ndarray
+    f: np.ndarray
+    p: np.ndarray
+    state: np.ndarray
+    ever: np.ndarray
+    evidence: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
+    changes: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
+    events_without_interest: int = 0
+
+    @property
+    def num_windows(self) -> int:
+        return len(self.window_start)
+
+    @property
+    def started(self) -> np.ndarray:
+        """``(windows, users)`` bool: the user has had activity by this window."""
+        return np.cumsum(self.top_probs[:, :, 0] > 0, axis=0) > 0
+
+
+def analyze(
+    config: Config,
+    log: EventLog,
+    *,
+    events: np.ndarray | None = None,
+    snapshot_before: np.ndarray | None = None,
+    record_changes: bool = True,
+    progress: bool = True,
+) -> ForgettingResult:
+    """Run the windowed forgetting analysis over ``log`` (category interests).
+
+    Windows span the whole log (aligned to a multiple of the window length),
+    whatever ``events`` selects.
+
+    Args:
+      events: optional ``(events,)`` bool mask of the events to use (e.g. the
+        history before each user's test item); default all.
+      snapshot_before: optional ``(users,)`` epoch seconds; ``f``, ``p`` and
+        ``state`` of the result are then each user's values at the end of the
+        window holding that time (``inf``: after the last window), so a user
+        is judged as of its own test time, not as of the end of the log.
+      record_changes: gather the rows whose state changed, with their
+        evidence, into ``result.changes`` (``states.parquet``).
+    """
+    acfg = config.analysis
+    if log.item_category is None or log.categories is None or len(log.categories) == 0:
+        raise DataError("the forgetting analysis needs item categories: set data.items_path to an items table")
+    keep = np.ones(len(log.user), bool) if events is None else events
+    if not keep.any():
+        raise DataError("no events to analyze")
+    num_interests = len(log.categories)
+    interest = _interests(log.item[keep], log.item_category, num_interests)
+    without_interest = int(np.sum(interest == num_interests))
+    if without_interest == len(interest):
+        raise DataError(
+            f"none of the {len(interest):,} events has an item with a category: "
+            "do the items table's item_id values match the events' item_id values?"
+        )
+    ts = log.timestamp[keep]
+    order = np.argsort(ts, kind="stable")
+    ws = acfg.window_seconds
+    origin = float(np.floor(log.timestamp.min() / ws) * ws)
+    num_windows = int(window_index(log.timestamp.max(), ws, origin)) + 1
+    snap_window = None
+    if snapshot_before is not None:
+        # Times past the log (inf included) read the last window; times before it, the first.
+        finite = np.nan_to_num(snapshot_before, posinf=log.timestamp.max(), neginf=log.timestamp.min())
+        snap_window = np.clip(window_index(finite, ws, origin), 0, num_windows - 1)
+    source = log_windows(log.user[keep][order], interest[order], log.weight[keep][order], ts[order], origin=origin,
+                         window_seconds=ws, num_windows=num_windows, num_users=log.num_users)
+    spec = window_spec(acfg, num_interests)
+    run = run_windows(source, spec, window_params(acfg), init_carry(spec, log.num_users), num_windows=num_windows,
+                      snapshot_window=snap_window, final=True, record_changes=record_changes, progress=progress)
+    last = jax.device_get(run.carry)
+    final = run.final
+    return ForgettingResult(
+        window_start=run.window_start,
+        degree=run.degree,
+        top_interests=run.top_interests,
+        top_probs=run.top_probs,
+        current=np.asarray(last.interest.current),
+        previous=np.asarray(last.interest.previous),
+        f=np.asarray(final.f),
+        p=np.asarray(final.p),
+        state=np.asarray(final.state),
+        ever=np.asarray(final.ever),
+        # Under the level rule no detector ran: no evidence (not zeros that read as "never active").
+        evidence={name: np.asarray(getattr(final.evidence, name)) for name in EVIDENCE_FIELDS}
+        if spec.detector == "adaptive" else {},
+        changes=run.changes,
+        events_without_interest=without_interest,
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class StreamResult:
+    """``degree``: ``(windows, users)`` F; ``carry``: the state after the last window (host arrays)."""
+
+    window_start: np.ndarray
+    degree: np.ndarray
+    carry: AnalysisCarry
+    events: int
+
+
+def analyze_stream(
+    files: Sequence[str | Path],
+    *,
+    num_users: int,
+    item_category: np.ndarray,
+    config: AnalysisConfig,
+    batch_rows: int = 1 << 20,
+    prefetch_windows: int = 2,
+    top: int = 3,
+    fetch_carry: bool = True,
+) -> StreamResult:
+    """Windowed forgetting analysis of time-ordered event files (see the module docstring).
+
+    ``prefetch_windows=0`` runs decoding, transfer and device work one after
+    the other (the reference the prefetched path must equal).
+    ``fetch_carry=False`` leaves the final state on the device (for scoring next).
+    """
+    item_category = np.asarray(item_category, np.int32)
+    num_interests = int(item_category.max(initial=-1)) + 1
+    if num_interests < 1:
+        raise DataError("item_category has no category")
+    spec = window_spec(config, num_interests, top=top)
+    source = parquet_windows(files, item_category=item_category, num_users=num_users,
+                             window_seconds=config.window_seconds, batch_rows=batch_rows)
+    run = run_windows(source, spec, window_params(config), init_carry(spec, num_users), keep_top=False,
+                      prefetch_windows=prefetch_windows, desc="stream")
+    return StreamResult(run.window_start, run.degree, jax.device_get(run.carry) if fetch_carry else run.carry, run.events)

@@ -1,0 +1,287 @@
+"""One window of the forgetting analysis: a static spec, traced parameters, the carry and the fused step.
+
+``window_step(carry, events, params, spec)`` closes one window for every
+user in one jitted, carry-donating call: state update -> F -> f -> p ->
+detection (``kernels.detector_update``) -> states -> the top interests.
+
+What changes shapes or code paths is the hashable ``WindowSpec`` (the jit's
+only static argument); every number is a leaf of the ``WindowParams`` pytree,
+so sweeping alpha, the half-life or a detector knob reuses one compilation
+per event bucket shape. ``window_spec`` and ``window_params`` are the one
+place both are built from ``config.analysis``.
+
+Memory on the device is O(users x K x T) for the detector's uint8 ring
+buffer of T windows plus O(users x K) for the rest.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from fgjax import kernels
+from fgjax.config import AnalysisConfig
+
+
+@dataclasses.dataclass(frozen=True)
+class WindowSpec:
+    """The structure of the window step (static under jit: a new value compiles again).
+
+    Attributes:
+      num_interests: K, the interest axis.
+      top: interests kept per (user, window), ``1 <= top <= K``.
+      detector: ``adaptive`` (``kernels.detector_update``) or ``level`` (I_k against its peak).
+      forgetting_mode: ``decline`` | ``change`` (``kernels.interest_forgetting``).
+      normalize: ``current`` | ``max`` (``kernels.forgetting_degree``).
+      user_block: users judged at a time by the detector; None = all at once.
+      buffer_windows: T, windows of per-interest activity the adaptive detector keeps.
+    """
+
+    num_interests: int
+    top: int
+    detector: str = "adaptive"
+    forgetting_mode: str = "decline"
+    normalize: str = "current"
+    user_block: int | None = None
+    buffer_windows: int = 64
+
+    @property
+    def ring_windows(self) -> int:
+        """Windows of the carry's ring buffer: the level rule keeps a one-window stub (same carry structure)."""
+        return self.buffer_windows if self.detector == "adaptive" else 1
+
+
+class WindowParams(NamedTuple):
+    """The numbers of the window step, scalar float32 arrays (traced: new values do not recompile).
+
+    Attributes:
+      alpha: softmax temperature of p(k|u,t).
+      eps: norms at or below it count as zero.
+      decay: g, the interest state's decay per window (0 = the seed's per-window reset).
+      inv_tau: 1 / tau per window, the decay of an event within its window.
+      declining_ratio, forgotten_ratio: the level rule's shares of the peak.
+      detector: the adaptive detector's knobs.
+    """
+
+    alpha: jax.Array
+    eps: jax.Array
+    decay: jax.Array
+    inv_tau: jax.Array
+    declining_ratio: jax.Array
+    forgotten_ratio: jax.Array
+    detector: kernels.DetectorParams
+
+
+def window_spec(config: AnalysisConfig, num_interests: int, *, top: int | None = None) -> WindowSpec:
+    """The static structure of ``config`` (``analysis``) for K interests; ``top`` defaults to ``top_interests``."""
+    return WindowSpec(
+        num_interests=num_interests,
+        top=min(config.top_interests if top is None else top, num_interests),
+        detector=config.detector.kind,
+        forgetting_mode=config.forgetting_mode,
+        normalize=config.normalize,
+        user_block=config.detector.user_block or None,
+        buffer_windows=config.detector.buffer_windows,
+    )
+
+
+def window_params(config: AnalysisConfig) -> WindowParams:
+    """The numbers of ``config`` (``analysis``) as a pytree of float32 scalars."""
+    # Python floats on the host (kernels.decay_factors validates the half-life); arrays from here on.
+    decay, inv_tau = kernels.decay_factors(1.0, config.half_life_windows, reset_each_window=config.reset_each_window)
+    scalar = functools.partial(jnp.asarray, dtype=jnp.float32)
+    d = config.detector
+    return WindowParams(
+        alpha=scalar(config.alpha),
+        eps=scalar(config.eps),
+        decay=scalar(decay),
+        inv_tau=scalar(inv_tau),
+        declining_ratio=scalar(config.declining_ratio),
+        forgotten_ratio=scalar(config.forgotten_ratio),
+        detector=kernels.DetectorParams(*(scalar(getattr(d, name)) for name in kernels.DetectorParams._fields)),
+    )
+
+
+class AnalysisCarry(NamedTuple):
+    """Per-(user, interest) state carried across windows, ``(users, K)`` unless noted.
+
+    This is also the real-time monitor's state (``monitor_init`` / ``monitor_update``).
+    """
+
+    interest: kernels.InterestState
+    peak: jax.Array  # running max of I
+    state: jax.Array  # int8 codes, kernels.STATE_NAMES
+    ever: jax.Array  # bool, the user ever had the interest
+    detector: kernels.DetectorState  # activity ring buffer (users, K, T) and the detector's counters
+
+
+def init_carry(spec: WindowSpec, num_users: int) -> AnalysisCarry:
+    """The state before any window."""
+    shape = (num_users, spec.num_interests)
+    return AnalysisCarry(
+        interest=kernels.interest_state_init(*shape),
+        peak=jnp.zeros(shape, jnp.float32),
+        state=jnp.zeros(shape, jnp.int8),
+        ever=jnp.zeros(shape, bool),
+        detector=kernels.detector_init(*shape, spec.ring_windows),
+    )
+
+
+class WindowOutput(NamedTuple):
+    """Per-user results of one window."""
+
+    degree: jax.Array  # (users,) F(u, t)
+    top_interests: jax.Array  # (users, top) int32
+    top_probs: jax.Array  # (users, top) float32
+
+
+class WindowDetail(NamedTuple):
+    """``(users, K)`` per-interest results of one window."""
+
+    f: jax.Array
+    p: jax.Array
+    state: jax.Array  # int8 codes after the window
+    previous_state: jax.Array  # int8 codes before it
+    detection: kernels.DetectorOutput | None  # None under the level rule (no detector runs)
+
+
+class Evidence(NamedTuple):
+    """The detector's evidence per (user, interest) or per row, for explanations and ``states.parquet``.
+
+    ``silence_limit`` (s*, a bisection) is None until ``with_limits`` computes
+    it from the ``Counters``, only where it is written.
+    """
+
+    silence: jax.Array  # int32 windows without activity
+    silence_limit: jax.Array | None  # int32 s*
+    rate: jax.Array  # float32 events per window before the silence
+    recent: jax.Array
+    expected_recent: jax.Array
+    trend: jax.Array
+    period: jax.Array
+    period_strength: jax.Array
+    last_active: jax.Array  # int32 window index, -1 = never
+
+
+EVIDENCE_FIELDS = Evidence._fields
+_INT_EVIDENCE = ("silence", "last_active")  # and silence_limit
+
+
+class Counters(NamedTuple):
+    """The detector's counters behind s* (``silence_limit``), shaped like the evidence they go with."""
+
+    total: jax.Array
+    alive: jax.Array
+    active_windows: jax.Array
+    longest_gap: jax.Array
+
+
+def observed_evidence(detail: WindowDetail) -> Evidence:
+    """A window's evidence without s*; defaults (-1 for last_active, else 0) when no detector ran."""
+    observed = [name for name in EVIDENCE_FIELDS if name != "silence_limit"]
+    if detail.detection is not None:
+        return Evidence(silence_limit=None, **{name: getattr(detail.detection, name) for name in observed})
+    shape = detail.state.shape
+    return Evidence(silence_limit=None, **{
+        name: jnp.full(shape, -1 if name == "last_active" else 0, jnp.int32 if name in _INT_EVIDENCE else jnp.float32)
+        for name in observed
+    })
+
+
+def counters(detector: kernels.DetectorState) -> Counters:
+    """The ``(users, K)`` counters of a detector state."""
+    return Counters(*(getattr(detector, name) for name in Counters._fields))
+
+
+def with_limits(evidence: Evidence, counts: Counters | None, params: WindowParams, spec: WindowSpec) -> Evidence:
+    """``evidence`` with ``silence_limit`` (s*) from its counters; 0 where never active or without a detector."""
+    if counts is None:
+        return evidence._replace(silence_limit=jnp.zeros(evidence.silence.shape, jnp.int32))
+    model = kernels.silence_model(
+        counts.total, counts.alive, evidence.silence, counts.active_windows, counts.longest_gap,
+        evidence.period, evidence.period_strength, params.detector, spec.buffer_windows,
+    )
+    return evidence._replace(
+        silence_limit=jnp.where(counts.alive > 0, kernels.model_silence_limit(model, params.detector), 0)
+    )
+
+
+def detector_step(
+    detector: kernels.DetectorState, counts: jax.Array, degree: jax.Array | None, params: WindowParams, spec: WindowSpec
+) -> tuple[kernels.DetectorState, kernels.DetectorOutput]:
+    """The adaptive detector's update as the window step runs it (s* left to ``with_limits``).
+
+    Args:
+      counts: ``(users, K)`` events per (user, interest) in the window.
+      degree: optional ``(users,)`` F(u, t) for the per-user F alarm.
+    """
+    return kernels.detector_update(
+        detector, counts, degree, params.detector, user_block=spec.user_block, with_limits=False
+    )
+
+
+@functools.partial(jax.jit, static_argnames=("spec",), donate_argnums=(0,))
+def window_step(
+    carry: AnalysisCarry, events: kernels.WindowEvents, params: WindowParams, spec: WindowSpec
+) -> tuple[AnalysisCarry, WindowOutput, WindowDetail]:
+    """Close one window for every user: the fused analysis pass.
+
+    Args:
+      carry: the state after the previous window (donated: do not reuse it).
+      events: the window's events, ``user == users`` for padding rows and
+        ``interest == K`` for events without a category (both dropped); ``age``
+        in windows (``(window end - timestamp) / window_seconds``).
+      params: ``window_params(config.analysis)`` (traced).
+      spec: ``window_spec(config.analysis, K)`` (static).
+
+    Returns the new carry, the window's per-user output and its per-interest detail.
+    """
+    num_users, num_interests = carry.peak.shape
+    added = kernels.window_contributions(events, num_users, num_interests, inv_tau=params.inv_tau)
+    counts = kernels.event_counts(events.user, events.interest, num_users, num_interests)
+    interest = kernels.interest_state_apply(carry.interest, added, decay=params.decay)
+    cur, prev = interest.current, interest.previous
+    active_now = counts > 0
+    peak = jnp.maximum(carry.peak, cur)
+    ever = carry.ever | active_now
+    degree = kernels.forgetting_degree(cur, prev, normalize=spec.normalize, eps=params.eps)
+    f = kernels.interest_forgetting(cur, prev, mode=spec.forgetting_mode, eps=params.eps)
+    p = kernels.interest_probs(f, params.alpha, mask=ever)
+    if spec.detector == "adaptive":
+        detector, detection = detector_step(carry.detector, counts, degree, params, spec)
+        state = detection.state
+    else:
+        # The level rule alone: no detector work, and its evidence reads as zeros.
+        state = kernels.threshold_states(
+            carry.state, active_now, cur, peak,
+            declining_ratio=params.declining_ratio, forgotten_ratio=params.forgotten_ratio,
+        )
+        detector = carry.detector
+        detection = None
+    # A reactivated interest is measured against its new level, not the old
+    # peak; otherwise one quiet window sends it straight back to forgotten.
+    peak = jnp.where(state == kernels.REACTIVATED, cur, peak)
+    top_probs, top_interests = jax.lax.top_k(p, spec.top)
+    new_carry = AnalysisCarry(interest, peak, state, ever, detector)
+    return new_carry, WindowOutput(degree, top_interests, top_probs), WindowDetail(f, p, state, carry.state, detection)
+
+
+def window_index(timestamp: np.ndarray, window_seconds: float, origin: float) -> np.ndarray:
+    """``(events,)`` window index of each timestamp, counted from ``origin``."""
+    return np.floor((timestamp - origin) / window_seconds).astype(np.int64)
+
+
+def pad_events(events: kernels.WindowEvents, size: int, pad_user: int) -> kernels.WindowEvents:
+    """Pad a window's events to ``size`` rows with zero-weight rows of an out-of-range user."""
+    pad = size - len(events.user)
+    return kernels.WindowEvents(
+        user=np.concatenate([events.user, np.full(pad, pad_user, np.int32)]),
+        interest=np.concatenate([events.interest, np.zeros(pad, np.int32)]),
+        weight=np.concatenate([events.weight, np.zeros(pad, np.float32)]),
+        age=np.concatenate([events.age, np.zeros(pad, np.float32)]),
+    )
