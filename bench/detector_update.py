@@ -57,11 +57,12 @@ def memory_per_pair(num_users: int, num_interests: int, buffer_windows: int, use
     import jax.numpy as jnp
 
     from fgjax import kernels
+    from fgjax.config import DetectorConfig
 
     state = jax.eval_shape(lambda: kernels.detector_init(num_users, num_interests, buffer_windows))
     counts = jax.ShapeDtypeStruct((num_users, num_interests), jnp.float32)
     update = functools.partial(kernels.detector_update, user_block=user_block, with_limits=False)
-    compiled = jax.jit(update, donate_argnums=0).lower(state, counts, None, kernels.DetectorParams()).compile()
+    compiled = jax.jit(update, donate_argnums=0).lower(state, counts, None, DetectorConfig().kernel_params()).compile()
     stats = compiled.memory_analysis()
     pairs = num_users * num_interests
     out = {

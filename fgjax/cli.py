@@ -106,16 +106,28 @@ def _duration(text: str) -> float:
     return seconds
 
 
-def _run_bench(bench_args) -> None:
-    """``python -m bench ARGS`` from the checkout this fgjax was installed from (bench/ is not packaged)."""
-    import importlib
+def _run_bench(bench_args: Sequence[str]) -> int:
+    """``python -m bench ARGS`` in a subprocess, from the checkout this fgjax was installed from.
+
+    bench/ is not packaged and nothing in fgjax imports it: the suite runs as
+    its own process, in the caller's folder, with the checkout on its path.
+    Its stdout is passed on line by line through ``sys.stdout`` (so a pipe or a
+    capture sees it); its stderr is the caller's. Returns its exit status.
+    """
+    import os
+    import subprocess
 
     root = Path(__file__).resolve().parents[1]
     if not (root / "bench" / "__main__.py").is_file():
         raise ConfigError(f"the benchmark suite runs from a source checkout: no bench/ next to '{root / 'fgjax'}'")
-    if str(root) not in sys.path:
-        sys.path.insert(0, str(root))
-    importlib.import_module("bench.__main__").main(list(bench_args))
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(root), env.get("PYTHONPATH", "")) if p)
+    with subprocess.Popen([sys.executable, "-m", "bench", *bench_args], env=env, stdout=subprocess.PIPE,
+                          text=True, bufsize=1) as proc:
+        for line in proc.stdout:
+            sys.stdout.write(line)
+            sys.stdout.flush()
+    return proc.returncode
 
 
 def _config(args):
@@ -210,7 +222,7 @@ def run(args) -> int:
     elif args.command == "evaluate" and args.detection:
         pipeline.evaluate_detection(_config(args), args.out, print, _progress(args))
     elif args.command == "bench":
-        _run_bench(args.bench_args)
+        return _run_bench(args.bench_args)
     elif args.command == "evaluate":
         config = _config(args)
         metrics = pipeline.evaluate_checkpoint(config, args.out, args.checkpoint or args.out / "checkpoint", print,

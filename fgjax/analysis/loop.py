@@ -192,7 +192,7 @@ def window_step(
         # The level rule alone: no detector work, and its evidence reads as zeros.
         state = kernels.threshold_states(
             carry.state, active_now, cur, peak,
-            declining_ratio=config.declining_ratio, forgotten_ratio=config.forgotten_ratio,
+            declining_ratio=config.level.declining_ratio, forgotten_ratio=config.level.forgotten_ratio,
         )
         detector = carry.detector
         detection = None
