@@ -15,7 +15,7 @@ from fgjax.checkpoint import FORMAT_VERSION
 from fgjax.config import load_config
 from fgjax.errors import CheckpointError
 from fgjax.pipeline import fit, split_log
-from fgjax.data.split import ItemSets, leave_last_out
+from fgjax.data.split import ItemSets
 from fgjax.ranking.topk import rank_items
 
 from conftest import make_log
@@ -39,7 +39,6 @@ print("RESULT" + json.dumps({
 def fitted(tmp_path_factory):
     out = tmp_path_factory.mktemp("run")
     log = make_log()
-    split = leave_last_out(log.user, log.item, log.timestamp, log.num_users)
     config = load_config(None, ["train.batch_size=64", "train.epochs=2", "train.negatives=2"])
     return out, config, fit(config, split_log(log), out, progress=False)
 
