@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import ast
 import importlib.util
+import re
 import shutil
 import subprocess
 import sys
@@ -307,3 +308,16 @@ def test_ruff_check_passes():
     result = subprocess.run([ruff, "check", "--no-cache", "fgjax", "kernels", "bench", "tests"], cwd=ROOT,
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_docs_link_only_inside_the_repository():
+    # README and docs/ are read by users of fgjax: every link must open a file they have.
+    pages = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+    assert {p.name for p in pages} >= {"README.md", "formulas.md", "architecture.md", "data.md"}
+    bad = []
+    for page in pages:
+        for target in re.findall(r"\]\(([^)\s]+)\)", page.read_text()):
+            path = (page.parent / target.split("#")[0]).resolve()
+            if "://" in target or not path.is_relative_to(ROOT) or not path.exists():
+                bad.append(f"{page.relative_to(ROOT)}: ({target})")
+    assert not bad, "links outside the repository or to missing files:\n" + "\n".join(bad)
