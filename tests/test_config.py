@@ -9,6 +9,7 @@ import sys
 import typing
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from fgjax.config import Config, DataConfig, DetectorConfig, EvaluateConfig, Rule, from_dict, load_config, parse_override, rule_of, to_dict
@@ -223,3 +224,29 @@ def test_loading_a_config_does_not_import_jax():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          env={**os.environ, "PYTHONPATH": str(Path(__file__).parent.parent)})
     assert out.stdout.strip() == "[]"
+
+
+def test_level_section_reaches_the_level_rule():
+    # analysis.level.* are the knobs the level rule reads (not the detector's drop-test ratios).
+    from conftest import make_log
+
+    from fgjax import kernels
+    from fgjax.analysis.loop import analyze
+
+    log = make_log(num_users=12, num_items=16, events_per_user=12, seed=3)
+    # User 0 stops after its first five days (the log spans twenty).
+    keep = (log.user != 0) | (log.timestamp < log.timestamp.min() + 5 * 86400)
+    log = dataclasses.replace(log, user=log.user[keep], item=log.item[keep], timestamp=log.timestamp[keep],
+                              weight=log.weight[keep])
+    base = ["analysis.detector.kind=level", "analysis.half_life_windows=2"]
+    states = {}
+    for name, extra in {"default": [],
+                        "never_faded": ["analysis.level.forgotten_ratio=0", "analysis.level.declining_ratio=0"],
+                        "detector_ratios": ["analysis.detector.forgotten_ratio=0", "analysis.detector.declining_ratio=0"]
+                        }.items():
+        states[name] = analyze(load_config(None, base + extra), log, progress=False).state
+    assert states["default"][0, 0] == kernels.FORGOTTEN
+    assert states["never_faded"][0, 0] == kernels.ACTIVE
+    assert not np.isin(states["never_faded"], [kernels.FORGOTTEN, kernels.DECLINING]).any()
+    # The detector's ratios do not touch the level rule.
+    np.testing.assert_array_equal(states["detector_ratios"], states["default"])
