@@ -218,7 +218,9 @@ def test_detector_defaults_have_one_source():
 
 
 def test_loading_a_config_does_not_import_jax():
-    # Light paths (the CLI's argument checks, a service reading a YAML) load configs without jax.
+    # Light paths (the CLI's argument checks, a service reading a YAML) load configs without jax;
+    # the detector defaults live in the config, so they need no kernel import. (Only a
+    # `recommend` section imports the kernels, for the state names its weights are checked against.)
     code = ("import sys, fgjax.config as c; c.load_config(None, ['analysis.alpha=1', 'train.epochs=2']); "
             "print(sorted(m for m in ('jax', 'flax', 'fgjax.kernels') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
