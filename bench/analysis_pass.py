@@ -55,9 +55,9 @@ def numpy_pass(carry, events, *, decay, inv_tau, cfg, top=TOP):
     w = np.where(ever, np.exp(logits - np.where(np.isfinite(m), m, 0)), 0)
     s = w.sum(-1, keepdims=True)
     p = np.where(s > 0, w / np.where(s > 0, s, 1), 0)
-    level = np.where(new < cfg.declining_ratio * peak, 3, 2)
+    level = np.where(new < cfg.level.declining_ratio * peak, 3, 2)
     with_act = np.where(state == 0, 1, np.where(state == 4, 5, level))
-    faded = (state == 4) | (new < cfg.forgotten_ratio * peak)
+    faded = (state == 4) | (new < cfg.level.forgotten_ratio * peak)
     without = np.where(state == 0, 0, np.where(faded, 4, level))
     state = np.where(active, with_act, without).astype(np.int8)
     peak = np.where(state == 5, new, peak)
@@ -80,9 +80,9 @@ def torch_pass(torch, carry, events, *, decay, inv_tau, cfg, top=TOP):
     degree = torch.linalg.vector_norm(new - cur, dim=-1) / torch.clamp(denom, min=cfg.eps)
     f = torch.clamp(cur - new, min=0) / torch.clamp(denom, min=cfg.eps)[:, None]
     p = torch.nan_to_num(torch.softmax(torch.where(ever, -cfg.alpha * f, torch.full_like(f, float("-inf"))), -1))
-    level = torch.where(new < cfg.declining_ratio * peak, 3, 2)
+    level = torch.where(new < cfg.level.declining_ratio * peak, 3, 2)
     with_act = torch.where(state == 0, 1, torch.where(state == 4, 5, level))
-    faded = (state == 4) | (new < cfg.forgotten_ratio * peak)
+    faded = (state == 4) | (new < cfg.level.forgotten_ratio * peak)
     without = torch.where(state == 0, 0, torch.where(faded, 4, level))
     state = torch.where(active, with_act, without).to(torch.int8)
     peak = torch.where(state == 5, new, peak)
@@ -121,7 +121,7 @@ def bench_size(n: int, *, timing, seed: int, use_torch: bool) -> dict[str, Any]:
     forget_fn = jax.jit(lambda c, p: kernels.interest_forgetting(c, p))
     probs_fn = jax.jit(lambda f, m: kernels.interest_probs(f, cfg.alpha, mask=m))
     states_fn = jax.jit(lambda s, a, c, pk: kernels.threshold_states(
-        s, a, c, pk, declining_ratio=cfg.declining_ratio, forgotten_ratio=cfg.forgotten_ratio))
+        s, a, c, pk, declining_ratio=cfg.level.declining_ratio, forgotten_ratio=cfg.level.forgotten_ratio))
     topk_fn = jax.jit(lambda p: jax.lax.top_k(p, TOP))
     ubox = [jax.tree.map(lambda x: x + 0 if x.dtype != bool else x | False, box[0])]
 

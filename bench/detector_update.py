@@ -57,11 +57,12 @@ def memory_per_pair(num_users: int, num_interests: int, buffer_windows: int, use
     import jax.numpy as jnp
 
     from fgjax import kernels
+    from fgjax.config import DetectorConfig
 
     state = jax.eval_shape(lambda: kernels.detector_init(num_users, num_interests, buffer_windows))
     counts = jax.ShapeDtypeStruct((num_users, num_interests), jnp.float32)
     update = functools.partial(kernels.detector_update, user_block=user_block, with_limits=False)
-    compiled = jax.jit(update, donate_argnums=0).lower(state, counts, None, kernels.DetectorParams()).compile()
+    compiled = jax.jit(update, donate_argnums=0).lower(state, counts, None, DetectorConfig().kernel_params()).compile()
     stats = compiled.memory_analysis()
     pairs = num_users * num_interests
     out = {
@@ -78,12 +79,14 @@ def bench_one(num_users: int, num_interests: int, buffer_windows: int, user_bloc
     import jax.numpy as jnp
 
     from fgjax import kernels
+    from fgjax.config import DetectorConfig
 
     rng = np.random.default_rng(seed)
     counts = jax.device_put(rng.poisson(1.0, size=(num_users, num_interests)).astype(np.float32))
     # As the analysis calls it: s* only where rows are written, not in the hot loop.
-    update = jax.jit(functools.partial(kernels.detector_update, user_block=user_block, with_limits=False),
-                     donate_argnums=0)
+    params = DetectorConfig().kernel_params()  # the defaults, from the one place they live
+    update = jax.jit(functools.partial(kernels.detector_update, degree=None, params=params, user_block=user_block,
+                                       with_limits=False), donate_argnums=0)
     holder = [kernels.detector_init(num_users, num_interests, buffer_windows)]
     for _ in range(3):  # some history, so every branch has data
         holder[0], _ = update(holder[0], counts)

@@ -102,7 +102,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--data", default="", help="folder for the generated shards (default: a temp folder)")
     args = parser.parse_args(argv)
     import jax
-    import jax.numpy as jnp
 
     from fgjax.config import AnalysisConfig
     from fgjax.analysis import analyze_stream

@@ -13,15 +13,19 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import operator
 import types
 import typing
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import yaml
 
 from fgjax.errors import ConfigError
+
+if TYPE_CHECKING:  # only for the annotation: importing kernels at run time imports jax
+    from fgjax import kernels
 
 DEFAULT_EVENT_WEIGHTS = MappingProxyType({"view": 0.5, "search": 0.5, "click": 1.0, "cart": 2.0, "purchase": 4.0})
 DEFAULT_STATE_WEIGHTS = MappingProxyType(
@@ -30,8 +34,76 @@ DEFAULT_STATE_WEIGHTS = MappingProxyType(
 
 
 @dataclasses.dataclass(frozen=True)
+class Rule:
+    """What a loaded value must satisfy, kept on its field (``setting``).
+
+    Bounds apply to a number, or to every element of a list or value of a
+    mapping. Floats must be finite unless ``allow_inf`` (where ``.inf``
+    means something, e.g. no decay).
+    """
+
+    ge: float | None = None
+    gt: float | None = None
+    le: float | None = None
+    lt: float | None = None
+    choices: tuple[Any, ...] = ()
+    allow_inf: bool = False
+
+    def check(self, value: Any, key: str) -> None:
+        """Raise ``ConfigError`` naming ``key`` (or ``key[i]`` / ``key.name``) for a value out of bounds."""
+        if isinstance(value, dict):
+            items = [(f"{key}.{sub}", v) for sub, v in value.items()]
+        elif isinstance(value, list):
+            items = [(f"{key}[{i}]", v) for i, v in enumerate(value)]
+        else:
+            items = [(key, value)]
+        bounds = (
+            (">=", self.ge, operator.ge), (">", self.gt, operator.gt),
+            ("<=", self.le, operator.le), ("<", self.lt, operator.lt),
+        )
+        for where, v in items:
+            for relation, bound, holds in bounds:
+                if bound is not None and not holds(v, bound):
+                    raise ConfigError(f"{where}: expected a value {relation} {bound}, got {v!r}")
+        if self.choices and value not in self.choices:
+            raise ConfigError(f"{key}: expected one of {', '.join(self.choices)}, got {value!r}")
+
+
+_NO_RULE = Rule()
+
+
+def setting(
+    default: Any,
+    *,
+    ge: float | None = None,
+    gt: float | None = None,
+    le: float | None = None,
+    lt: float | None = None,
+    choices: Sequence[Any] = (),
+    allow_inf: bool = False,
+) -> Any:
+    """A config field with its rule beside it: ``k: int = setting(10, ge=1)``.
+
+    A list or mapping default is copied for each instance (a fresh
+    ``default_factory``), so configs never share a mutable default.
+    """
+    rule = Rule(ge=ge, gt=gt, le=le, lt=lt, choices=tuple(choices), allow_inf=allow_inf)
+    metadata = MappingProxyType({"rule": rule})
+    if isinstance(default, Mapping):
+        return dataclasses.field(default_factory=lambda: dict(default), metadata=metadata)
+    if isinstance(default, list):
+        return dataclasses.field(default_factory=lambda: list(default), metadata=metadata)
+    return dataclasses.field(default=default, metadata=metadata)
+
+
+def rule_of(field: dataclasses.Field) -> Rule:
+    """The ``Rule`` of a config field (no constraint if it was declared without ``setting``)."""
+    return field.metadata.get("rule", _NO_RULE)
+
+
+@dataclasses.dataclass(frozen=True)
 class ColumnsConfig:
-    """Names of the event columns in the input files (SPEC.md data contract)."""
+    """Names of the event columns in the input files (docs/data.md)."""
 
     user_id: str = "user_id"
     item_id: str = "item_id"
@@ -39,20 +111,26 @@ class ColumnsConfig:
     event_type: str = "event_type"
     weight: str = "weight"
 
+    def _check(self, where: str) -> None:
+        names = [getattr(self, f.name) for f in dataclasses.fields(self)]
+        repeated = sorted({n for n in names if names.count(n) > 1})
+        if repeated:
+            raise ConfigError(f"{where}: column '{repeated[0]}' is mapped to more than one field")
+
 
 @dataclasses.dataclass(frozen=True)
 class DataConfig:
     """Where the behavior log is and how to read it."""
 
     path: str = ""  # file, directory of shards, or glob; "" = the quickstart's generated data
-    format: str = "auto"  # auto | parquet | csv | ipc | recbole | movielens
+    format: str = setting("auto", choices=("auto", "parquet", "csv", "ipc", "recbole", "movielens"))
     items_path: str = ""  # optional items table: item_id -> category
     item_category_column: str = "category"
     columns: ColumnsConfig = ColumnsConfig()
-    event_weights: dict[str, float] = dataclasses.field(default_factory=lambda: dict(DEFAULT_EVENT_WEIGHTS))
+    event_weights: dict[str, float] = setting(DEFAULT_EVENT_WEIGHTS, ge=0)
     default_event_type: str = "click"
-    unknown_event_weight: float = 1.0  # weight of user-defined event types not in event_weights
-    batch_size: int = 65536  # rows per Arrow record batch while streaming
+    unknown_event_weight: float = setting(1.0, ge=0)  # weight of user-defined event types not in event_weights
+    batch_size: int = setting(65536, ge=1)  # rows per Arrow record batch while streaming
     min_timestamp: float = 0.0  # epoch seconds; rows outside [min, max] are rejected
     max_timestamp: float = 4102444800.0  # 2100-01-01T00:00:00Z
     drop_duplicates: bool = True  # identical (user, item, timestamp, event_type) rows
@@ -60,7 +138,11 @@ class DataConfig:
 
 @dataclasses.dataclass(frozen=True)
 class SyntheticConfig:
-    """The built-in synthetic behavior log (users with fading interests)."""
+    """The built-in synthetic behavior log (users with fading interests).
+
+    Its rules span fields and are checked by the generator
+    (``fgjax.data.synthetic``), which is the one user of this section.
+    """
 
     num_users: int = 2000
     num_items: int = 1000
@@ -92,43 +174,68 @@ class SyntheticConfig:
 
 @dataclasses.dataclass(frozen=True)
 class DetectorConfig:
-    """Forgetting detection per (user, interest); see ``fgjax.kernels.DetectorParams``."""
+    """Forgetting detection per (user, interest) (docs/formulas.md, 'The detector').
 
-    kind: str = "adaptive"  # adaptive | level (I_k against its peak with analysis.declining_ratio / forgotten_ratio)
-    buffer_windows: int = 64  # T: windows of per-interest activity kept for trend and periodicity
-    user_block: int = 65536  # users judged at a time: bounds the detector's temporaries (0 = all at once)
-    false_alarm: float = 0.002  # per-window chance that a test fires on an interest that is not forgotten
-    gap_factor: float = 1.5  # a silence must exceed this times the longest gap / period the interest came back from
-    min_strength: float = 0.25  # periodogram peak share that counts as periodic
-    recent_windows: int = 3  # fewest windows of the drop test and of the trend
-    drop_events: float = 20.0  # the drop test's span covers this many expected events (capped at T // 2 windows)
-    forgotten_ratio: float = 0.25  # drop test: recent events <= this share of what the earlier rate predicts
-    declining_ratio: float = 0.5  # recent events below this share with a negative trend: declining
-    min_history: int = 4  # windows of history before the drop test may fire
-    new_windows: int = 2  # windows an interest stays new / reactivated
-    prior_events: float = 1.0  # Gamma prior on an interest's event rate: pseudo-events ...
-    prior_windows: float = 1.0  # ... over pseudo-windows
-    prior_active: float = 1.0  # Beta prior on the share of active windows: pseudo active ...
-    prior_silent: float = 1.0  # ... and silent windows
+    The one place for the detector's defaults: ``fgjax.kernels.DetectorParams``
+    has none (kernels import nothing from fgjax); ``kernel_params()`` builds
+    one from this section.
+    """
+
+    kind: str = setting("adaptive", choices=("adaptive", "level"))  # level: analysis.level's rule on I_k alone
+    buffer_windows: int = setting(64, ge=3)  # T: windows of per-interest activity kept for trend and periodicity
+    user_block: int = setting(65536, ge=0)  # users judged at a time: bounds the temporaries (0 = all at once)
+    false_alarm: float = setting(0.002, gt=0, lt=1)  # per-window chance a test fires on an interest not forgotten
+    gap_factor: float = setting(1.5, ge=0)  # a silence must exceed this times the longest gap / period it came back from
+    min_strength: float = setting(0.25, ge=0)  # periodogram peak share that counts as periodic
+    recent_windows: int = setting(3, ge=1)  # fewest windows of the drop test and of the trend
+    drop_events: float = setting(20.0, ge=0)  # the drop test's span covers this many expected events (<= T // 2 windows)
+    forgotten_ratio: float = setting(0.25, ge=0)  # drop test: recent events <= this share of what the earlier rate predicts
+    declining_ratio: float = setting(0.5, ge=0)  # recent events below this share with a negative trend: declining
+    min_history: int = setting(4, ge=0)  # windows of history before the drop test may fire
+    new_windows: int = setting(2, ge=1)  # windows an interest stays new / reactivated
+    prior_events: float = setting(1.0, gt=0)  # Gamma prior on an interest's event rate: pseudo-events ...
+    prior_windows: float = setting(1.0, gt=0)  # ... over pseudo-windows
+    prior_active: float = setting(1.0, gt=0)  # Beta prior on the share of active windows: pseudo active ...
+    prior_silent: float = setting(1.0, gt=0)  # ... and silent windows
     degree_z: float = 2.0  # per-user F alarm: F > mean + degree_z * std of the user's own F
     degree_fallback: float = 1.0  # F alarm threshold before a user has two F values
+
+    def kernel_params(self) -> kernels.DetectorParams:
+        """These knobs as ``fgjax.kernels.DetectorParams`` of Python scalars (imports jax)."""
+        from fgjax.kernels import DetectorParams  # lazily: loading a config must not import jax
+
+        return DetectorParams(**{name: getattr(self, name) for name in DetectorParams._fields})
+
+
+@dataclasses.dataclass(frozen=True)
+class LevelConfig:
+    """The ``level`` rule (``analysis.detector.kind: level``): I_k against its own peak."""
+
+    declining_ratio: float = setting(0.3, ge=0)  # I_k below this share of its peak: declining
+    forgotten_ratio: float = setting(0.1, ge=0)  # I_k below this share of its peak, without activity: forgotten
 
 
 @dataclasses.dataclass(frozen=True)
 class AnalysisConfig:
-    """Windowed interest state and forgetting (SPEC.md, 'The seed's model')."""
+    """Windowed interest state and forgetting (docs/formulas.md)."""
 
-    window_seconds: float = 86400.0
-    half_life_windows: float = 7.0  # decay half-life in windows; .inf = no decay
+    window_seconds: float = setting(86400.0, gt=0)
+    half_life_windows: float = setting(7.0, gt=0, allow_inf=True)  # decay half-life in windows; .inf = no decay
     reset_each_window: bool = False  # True with half_life .inf = the seed's per-window indicator
-    alpha: float = 2.0  # softmax temperature of p(k|u,t) = softmax(-alpha * f_k)
-    forgetting_mode: str = "decline"  # decline | change
-    normalize: str = "current"  # current (seed formula) | max (bounded in [0, 2])
-    eps: float = 1e-8
-    declining_ratio: float = 0.3  # I_k below this share of its peak: declining
-    forgotten_ratio: float = 0.1  # I_k below this share of its peak, without activity: forgotten
-    top_interests: int = 3  # interests written per (user, window) in forgetting.parquet
+    alpha: float = setting(2.0, ge=0)  # softmax temperature of p(k|u,t) = softmax(-alpha * f_k)
+    forgetting_mode: str = setting("decline", choices=("decline", "change"))
+    normalize: str = setting("current", choices=("current", "max"))  # current (seed formula) | max (bounded in [0, 2])
+    eps: float = setting(1e-8, gt=0)
+    top_interests: int = setting(3, ge=1)  # interests written per (user, window) in forgetting.parquet
+    level: LevelConfig = LevelConfig()
     detector: DetectorConfig = DetectorConfig()
+
+    # Keys that moved (old -> new, relative to this section): a config that
+    # still uses one stops with the new name instead of "unknown key".
+    _RENAMED = MappingProxyType({
+        "declining_ratio": "level.declining_ratio",
+        "forgotten_ratio": "level.forgotten_ratio",
+    })
 
 
 @dataclasses.dataclass(frozen=True)
@@ -136,25 +243,27 @@ class ModelConfig:
     """Which model ``fgjax train`` trains, and the EmbeddingMLP's sizes (sequence
     models take theirs and their training settings from ``sequence``)."""
 
-    name: str = "embedding_mlp"  # embedding_mlp | time_sasrec | sasrec (time_sasrec with time_encoding none)
-    embed_dim: int = 32
-    hidden_dim: int = 64
+    # embedding_mlp | time_sasrec | sasrec (time_sasrec with time_encoding none)
+    name: str = setting("embedding_mlp", choices=("embedding_mlp", "time_sasrec", "sasrec"))
+    embed_dim: int = setting(32, ge=1)
+    hidden_dim: int = setting(64, ge=1)
 
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
-    epochs: int = 10
-    batch_size: int = 1024  # global batch of positives; split over the data axis
-    learning_rate: float = 1e-2
-    negatives: int = 4  # sampled negatives per positive (uniform over items)
+    epochs: int = setting(10, ge=1)
+    batch_size: int = setting(1024, ge=1)  # global batch of positives; split over the data axis
+    learning_rate: float = setting(1e-2, gt=0)
+    negatives: int = setting(4, ge=1)  # sampled negatives per positive (uniform over items)
     seed: int = 0
-    num_devices: int = 0  # devices on the data axis; 0 = all local devices
-    checkpoint_every_steps: int = 0  # 0 = at the end of every epoch
-    max_to_keep: int = 2
-    max_steps: int = 0  # stop after this many steps in total (0 = run all epochs)
-    eval_users: int = 0  # validation users per epoch (0 = all)
-    patience: int = 0  # embedding_mlp: validations without a better val NDCG@10 before stopping (0 = all epochs)
-    table_optimizer: str = "dense"  # embedding_mlp: dense (Adam) | row_adagrad | lazy_adam (row-sharded tables)
+    num_devices: int = setting(0, ge=0)  # devices on the data axis; 0 = all local devices
+    checkpoint_every_steps: int = setting(0, ge=0)  # 0 = at the end of every epoch
+    max_to_keep: int = setting(2, ge=1)
+    max_steps: int = setting(0, ge=0)  # stop after this many steps in total (0 = run all epochs)
+    eval_users: int = setting(0, ge=0)  # validation users per epoch (0 = all)
+    patience: int = setting(0, ge=0)  # embedding_mlp: validations without a better val NDCG@10 before stopping (0 = all epochs)
+    # embedding_mlp: dense (Adam) | row_adagrad | lazy_adam (row-sharded tables, row-sparse updates)
+    table_optimizer: str = setting("dense", choices=("dense", "row_adagrad", "lazy_adam"))
     distributed: bool = False  # jax.distributed over processes (FGJAX_COORDINATOR/_NUM_PROCESSES/_PROCESS_ID)
 
 
@@ -163,24 +272,29 @@ class SequenceConfig:
     """The sequence models (``model.name`` time_sasrec / sasrec, ``fgjax.models.sequence``)
     and their training settings; mesh, checkpoint, ``max_steps`` and ``eval_users`` come from ``train``."""
 
-    max_len: int = 50  # L: most recent items attended
-    dim: int = 64
-    heads: int = 2
-    layers: int = 2
-    ffn_mult: int = 4
-    time_encoding: str = "interval"  # none | interval (log2-bucketed gap bias) | decay (learned forgetting rate)
-    time_unit_seconds: float = 60.0
-    time_buckets: int = 32
-    dropout: float = 0.2
-    loss: str = "full_softmax"  # full_softmax | sampled_softmax
-    sampled_negatives: int = 256  # uniform negatives per batch (sampled_softmax)
-    epochs: int = 200  # at most; early stopping usually ends sooner
-    batch_size: int = 128  # training windows per step (global; split over the data axis)
-    learning_rate: float = 1e-3
-    weight_decay: float = 0.0
-    patience: int = 10  # validations without a better val NDCG@10 before stopping (0 = run all epochs)
-    eval_every: int = 1  # epochs between validations
+    max_len: int = setting(50, ge=1)  # L: most recent items attended
+    dim: int = setting(64, ge=1)
+    heads: int = setting(2, ge=1)
+    layers: int = setting(2, ge=0)
+    ffn_mult: int = setting(4, ge=1)
+    # none | interval (log2-bucketed gap bias) | decay (learned forgetting rate)
+    time_encoding: str = setting("interval", choices=("none", "interval", "decay"))
+    time_unit_seconds: float = setting(60.0, gt=0)
+    time_buckets: int = setting(32, ge=1)
+    dropout: float = setting(0.2, ge=0, lt=1)
+    loss: str = setting("full_softmax", choices=("full_softmax", "sampled_softmax"))
+    sampled_negatives: int = setting(256, ge=1)  # uniform negatives per batch (sampled_softmax)
+    epochs: int = setting(200, ge=1)  # at most; early stopping usually ends sooner
+    batch_size: int = setting(128, ge=1)  # training windows per step (global; split over the data axis)
+    learning_rate: float = setting(1e-3, gt=0)
+    weight_decay: float = setting(0.0, ge=0)
+    patience: int = setting(10, ge=0)  # validations without a better val NDCG@10 before stopping (0 = run all epochs)
+    eval_every: int = setting(1, ge=1)  # epochs between validations
     seed: int = 0
+
+    def _check(self, where: str) -> None:
+        if self.dim % self.heads:
+            raise ConfigError(f"{where}.dim={self.dim}: expected a multiple of {where}.heads={self.heads}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -192,12 +306,27 @@ class QualityConfig:
     "forgetting off", so the sweep may choose it.
     """
 
-    protocols: list[str] = dataclasses.field(default_factory=lambda: ["leave_last_out", "time_cutoff"])
-    cutoff_quantiles: list[float] = dataclasses.field(default_factory=lambda: [0.8, 0.9])  # val, test cut
-    sweep_alpha: list[float] = dataclasses.field(default_factory=lambda: [0.0, 1.0, 2.0, 4.0, 8.0])
-    sweep_half_life_windows: list[float] = dataclasses.field(default_factory=lambda: [1.0, 4.0, 16.0, math.inf])
-    sweep_strength: list[float] = dataclasses.field(default_factory=lambda: [0.0, 0.25, 0.5, 1.0])
+    protocols: list[str] = setting(["leave_last_out", "time_cutoff"])
+    cutoff_quantiles: list[float] = setting([0.8, 0.9], gt=0)  # val, test cut
+    sweep_alpha: list[float] = setting([0.0, 1.0, 2.0, 4.0, 8.0], ge=0)
+    sweep_half_life_windows: list[float] = setting([1.0, 4.0, 16.0, math.inf], gt=0, allow_inf=True)
+    sweep_strength: list[float] = setting([0.0, 0.25, 0.5, 1.0], ge=0)
     sasrec_baseline: bool = True  # also train the same network without time encodings (plain SASRec)
+
+    def _check(self, where: str) -> None:
+        q = self.cutoff_quantiles
+        if len(q) != 2 or not 0 < q[0] < q[1] < 1:
+            raise ConfigError(
+                f"{where}.cutoff_quantiles: expected [validation, test] with 0 < validation < test < 1, got {q!r}"
+            )
+        unknown = sorted(set(self.protocols) - {"leave_last_out", "time_cutoff"})
+        if unknown or not self.protocols:
+            raise ConfigError(
+                f"{where}.protocols: expected a non-empty list of leave_last_out, time_cutoff, got {self.protocols!r}"
+            )
+        for name in ("sweep_alpha", "sweep_half_life_windows", "sweep_strength"):
+            if not getattr(self, name):
+                raise ConfigError(f"{where}.{name}: expected at least one value")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -215,30 +344,39 @@ class RecommendConfig:
     per request.
     """
 
-    k: int = 10
+    k: int = setting(10, ge=1)
     use_forgetting: bool = True
     exclude_seen: bool = True
-    state_weights: dict[str, float] = dataclasses.field(default_factory=lambda: dict(DEFAULT_STATE_WEIGHTS))
-    interest_floor: float = 0.01  # smallest interest multiplier: never-seen interests still rank by the model
-    explore_probability: float = 0.0  # chance that a forgotten interest is re-surfaced (weighted as active)
+    state_weights: dict[str, float] = setting(DEFAULT_STATE_WEIGHTS, ge=0)
+    interest_floor: float = setting(0.01, ge=0)  # smallest interest multiplier: never-seen interests still rank by the model
+    explore_probability: float = setting(0.0, ge=0, le=1)  # chance that a forgotten interest is re-surfaced (as active)
     explore_seed: int = 0
-    user_chunk: int = 512  # users scored per device call (at most)
-    score_memory_mb: int = 1024  # bound on the (users, items, hidden) scoring intermediate
+    user_chunk: int = setting(512, ge=1)  # users scored per device call (at most)
+    score_memory_mb: int = setting(1024, ge=1)  # bound on the (users, items, hidden) scoring intermediate
+
+    def _check(self, where: str) -> None:
+        from fgjax.kernels import STATE_NAMES  # lazily: jax is only needed once a recommend section is built
+
+        unknown = sorted(set(self.state_weights) - set(STATE_NAMES))
+        if unknown:
+            raise ConfigError(f"{where}.state_weights.{unknown[0]}: unknown state; states are {', '.join(STATE_NAMES)}")
 
 
 @dataclasses.dataclass(frozen=True)
 class EvaluateConfig:
-    protocol: str = "leave_last_out"
-    ks: list[int] = dataclasses.field(default_factory=lambda: [10, 20])
+    protocol: str = setting("leave_last_out", choices=("leave_last_out",))
+    ks: list[int] = setting([10, 20], ge=1)
     # Forgetting detection against synthetic ground truth (``fgjax evaluate --detection``).
-    fade_forgotten_share: float = 0.25  # a fading interest counts as forgotten once its rate is below this share
-    detection_margin_windows: int = 4  # changes this close to the end of the log are not judged
-    detection_early_windows: int = 1  # an alarm up to this many windows before the forgotten window still counts
-    false_alarm_sweep: list[float] = dataclasses.field(
-        default_factory=lambda: [1e-6, 1e-5, 1e-4, 5e-4, 2e-3, 1e-2, 3e-2, 0.1, 0.3]
-    )
-    seed_threshold_sweep: list[float] = dataclasses.field(default_factory=lambda: [0.1, 0.25, 0.5, 1.0, 1.5, 2.0, 4.0])
-    silence_sweep: list[int] = dataclasses.field(default_factory=lambda: [1, 2, 3, 4, 5, 6, 8, 10, 14])
+    fade_forgotten_share: float = setting(0.25, gt=0)  # a fading interest is forgotten once its rate is below this share
+    detection_margin_windows: int = setting(4, ge=0)  # changes this close to the end of the log are not judged
+    detection_early_windows: int = setting(1, ge=0)  # an alarm this many windows before the forgotten one still counts
+    false_alarm_sweep: list[float] = setting([1e-6, 1e-5, 1e-4, 5e-4, 2e-3, 1e-2, 3e-2, 0.1, 0.3], gt=0)
+    seed_threshold_sweep: list[float] = setting([0.1, 0.25, 0.5, 1.0, 1.5, 2.0, 4.0], ge=0)
+    silence_sweep: list[int] = setting([1, 2, 3, 4, 5, 6, 8, 10, 14], ge=1)
+
+    def _check(self, where: str) -> None:
+        if not self.ks:
+            raise ConfigError(f"{where}.ks: expected at least one cut-off, e.g. [10, 20]")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -256,110 +394,7 @@ class Config:
     quality: QualityConfig = QualityConfig()
 
 
-_CHOICES = MappingProxyType({
-    ("data", "format"): ("auto", "parquet", "csv", "ipc", "recbole", "movielens"),
-    ("analysis", "forgetting_mode"): ("decline", "change"),
-    ("analysis", "normalize"): ("current", "max"),
-    ("analysis.detector", "kind"): ("adaptive", "level"),
-    ("model", "name"): ("embedding_mlp", "time_sasrec", "sasrec"),
-    ("train", "table_optimizer"): ("dense", "row_adagrad", "lazy_adam"),
-    ("evaluate", "protocol"): ("leave_last_out",),
-    ("sequence", "time_encoding"): ("none", "interval", "decay"),
-    ("sequence", "loss"): ("full_softmax", "sampled_softmax"),
-})
-
-# Fields where .inf means something (no decay); every other float must be finite.
-_INFINITE_ALLOWED = frozenset({"analysis.half_life_windows", "quality.sweep_half_life_windows"})
-
-# (section, field) -> (lower bound, bound allowed). Lists and mappings are
-# checked element by element. (The synthetic section checks itself.)
-_LOWER_BOUNDS = MappingProxyType({
-    ("data", "batch_size"): (1, True),
-    ("data", "event_weights"): (0, True),
-    ("data", "unknown_event_weight"): (0, True),
-    ("analysis", "window_seconds"): (0, False),
-    ("analysis", "half_life_windows"): (0, False),
-    ("analysis", "alpha"): (0, True),
-    ("analysis", "eps"): (0, False),
-    ("analysis", "declining_ratio"): (0, True),
-    ("analysis", "forgotten_ratio"): (0, True),
-    ("analysis", "top_interests"): (1, True),
-    ("analysis.detector", "buffer_windows"): (3, True),
-    ("analysis.detector", "user_block"): (0, True),
-    ("analysis.detector", "false_alarm"): (0, False),
-    ("analysis.detector", "gap_factor"): (0, True),
-    ("analysis.detector", "min_strength"): (0, True),
-    ("analysis.detector", "recent_windows"): (1, True),
-    ("analysis.detector", "drop_events"): (0, True),
-    ("analysis.detector", "forgotten_ratio"): (0, True),
-    ("analysis.detector", "declining_ratio"): (0, True),
-    ("analysis.detector", "min_history"): (0, True),
-    ("analysis.detector", "new_windows"): (1, True),
-    ("analysis.detector", "prior_events"): (0, False),
-    ("analysis.detector", "prior_windows"): (0, False),
-    ("analysis.detector", "prior_active"): (0, False),
-    ("analysis.detector", "prior_silent"): (0, False),
-    ("model", "embed_dim"): (1, True),
-    ("model", "hidden_dim"): (1, True),
-    ("train", "epochs"): (1, True),
-    ("train", "batch_size"): (1, True),
-    ("train", "learning_rate"): (0, False),
-    ("train", "negatives"): (1, True),
-    ("train", "num_devices"): (0, True),
-    ("train", "checkpoint_every_steps"): (0, True),
-    ("train", "max_to_keep"): (1, True),
-    ("train", "max_steps"): (0, True),
-    ("train", "eval_users"): (0, True),
-    ("train", "patience"): (0, True),
-    ("recommend", "k"): (1, True),
-    ("recommend", "state_weights"): (0, True),
-    ("recommend", "interest_floor"): (0, True),
-    ("recommend", "explore_probability"): (0, True),
-    ("recommend", "user_chunk"): (1, True),
-    ("recommend", "score_memory_mb"): (1, True),
-    ("evaluate", "ks"): (1, True),
-    ("evaluate", "fade_forgotten_share"): (0, False),
-    ("evaluate", "detection_margin_windows"): (0, True),
-    ("evaluate", "detection_early_windows"): (0, True),
-    ("evaluate", "false_alarm_sweep"): (0, False),
-    ("evaluate", "seed_threshold_sweep"): (0, True),
-    ("evaluate", "silence_sweep"): (1, True),
-    ("sequence", "max_len"): (1, True),
-    ("sequence", "dim"): (1, True),
-    ("sequence", "heads"): (1, True),
-    ("sequence", "layers"): (0, True),
-    ("sequence", "ffn_mult"): (1, True),
-    ("sequence", "time_unit_seconds"): (0, False),
-    ("sequence", "time_buckets"): (1, True),
-    ("sequence", "dropout"): (0, True),
-    ("sequence", "sampled_negatives"): (1, True),
-    ("sequence", "epochs"): (1, True),
-    ("sequence", "batch_size"): (1, True),
-    ("sequence", "learning_rate"): (0, False),
-    ("sequence", "weight_decay"): (0, True),
-    ("sequence", "patience"): (0, True),
-    ("sequence", "eval_every"): (1, True),
-    ("quality", "cutoff_quantiles"): (0, False),
-    ("quality", "sweep_alpha"): (0, True),
-    ("quality", "sweep_half_life_windows"): (0, False),
-    ("quality", "sweep_strength"): (0, True),
-})
-
-
-def _check_bound(value: Any, section: str, name: str, key: str) -> None:
-    bound = _LOWER_BOUNDS.get((section, name))
-    if bound is None:
-        return
-    low, inclusive = bound
-    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else [(None, value)]
-    for sub, v in items:
-        if v < low or (v == low and not inclusive):
-            where = key if sub is None else (f"{key}.{sub}" if isinstance(value, dict) else f"{key}[{sub}]")
-            relation = ">=" if inclusive else ">"
-            raise ConfigError(f"{where}: expected a value {relation} {low}, got {v!r}")
-
-
-def _coerce(value: Any, tp: Any, where: str) -> Any:
+def _coerce(value: Any, tp: Any, where: str, allow_inf: bool = False) -> Any:
     """Check ``value`` against the annotation ``tp``; int -> float is allowed."""
     origin = typing.get_origin(tp)
     if dataclasses.is_dataclass(tp):
@@ -371,7 +406,7 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
             value = math.inf
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{where}: expected a number, got {value!r}")
-        if math.isnan(value) or (math.isinf(value) and where.split("[")[0] not in _INFINITE_ALLOWED):
+        if math.isnan(value) or (math.isinf(value) and not allow_inf):
             raise ConfigError(f"{where}: expected a finite number, got {value!r}")
         return float(value)
     if tp is int:
@@ -390,85 +425,48 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
         key_tp, val_tp = typing.get_args(tp)
         if not isinstance(value, Mapping):
             raise ConfigError(f"{where}: expected a mapping, got {value!r}")
-        return {_coerce(k, key_tp, where): _coerce(v, val_tp, f"{where}.{k}") for k, v in value.items()}
+        return {_coerce(k, key_tp, where): _coerce(v, val_tp, f"{where}.{k}", allow_inf) for k, v in value.items()}
     if origin is list:
         (item_tp,) = typing.get_args(tp)
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{where}: expected a list, got {value!r}")
-        return [_coerce(v, item_tp, f"{where}[{i}]") for i, v in enumerate(value)]
+        return [_coerce(v, item_tp, f"{where}[{i}]", allow_inf) for i, v in enumerate(value)]
     if origin in (typing.Union, types.UnionType):  # pragma: no cover - no such fields yet
         raise ConfigError(f"{where}: union-typed config fields are not supported")
     raise ConfigError(f"{where}: unsupported config type {tp!r}")  # pragma: no cover
 
 
 def _build(cls: type, raw: Mapping[str, Any], where: str) -> Any:
+    """One section from a mapping: known keys, typed values, each field's ``Rule``, then the section's ``_check``."""
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
+    prefix = f"{where}." if where else ""
+    renamed = getattr(cls, "_RENAMED", {})
+    moved = sorted(set(raw) & set(renamed))
+    if moved:
+        raise ConfigError(f"config key '{prefix}{moved[0]}' was renamed: use '{prefix}{renamed[moved[0]]}' instead")
     unknown = sorted(set(raw) - names)
     if unknown:
-        prefix = f"{where}." if where else ""
-        raise ConfigError(
-            f"unknown config key '{prefix}{unknown[0]}'; valid keys here: {', '.join(sorted(names))}"
-        )
+        raise ConfigError(f"unknown config key '{prefix}{unknown[0]}'; valid keys here: {', '.join(sorted(names))}")
     kwargs = {}
     for f in dataclasses.fields(cls):
         if f.name not in raw:
             continue
-        key = f"{where}.{f.name}" if where else f.name
+        key = f"{prefix}{f.name}"
         value = raw[f.name]
         if dataclasses.is_dataclass(hints[f.name]) and value is None:
             continue
-        kwargs[f.name] = _coerce(value, hints[f.name], key)
+        rule = rule_of(f)
+        kwargs[f.name] = _coerce(value, hints[f.name], key, rule.allow_inf)
         if typing.get_origin(hints[f.name]) is dict and f.default_factory is not dataclasses.MISSING:
             # Mappings (event and state weights) merge onto the defaults, so one
             # override changes one entry and a config adds user-defined types.
             kwargs[f.name] = {**f.default_factory(), **kwargs[f.name]}
-        _check_bound(kwargs[f.name], where, f.name, key)
-        choices = _CHOICES.get((where, f.name))
-        if choices and kwargs[f.name] not in choices:
-            raise ConfigError(f"{key}: expected one of {', '.join(choices)}, got {kwargs[f.name]!r}")
+        rule.check(kwargs[f.name], key)
     built = cls(**kwargs)
-    _check_section(where, built)
+    if hasattr(built, "_check"):
+        built._check(where)
     return built
-
-
-def _check_section(section: str, built: Any) -> None:
-    """Checks that span fields of one section."""
-    if section == "analysis.detector" and not built.false_alarm < 1:
-        raise ConfigError(f"analysis.detector.false_alarm: expected a value < 1, got {built.false_alarm!r}")
-    if section == "recommend" and not built.explore_probability <= 1:
-        raise ConfigError(f"recommend.explore_probability: expected a value <= 1, got {built.explore_probability!r}")
-    if section == "sequence":
-        if built.dim % built.heads:
-            raise ConfigError(f"sequence.dim={built.dim}: expected a multiple of sequence.heads={built.heads}")
-        if built.dropout >= 1:
-            raise ConfigError(f"sequence.dropout: expected a value < 1, got {built.dropout!r}")
-    if section == "quality":
-        q = built.cutoff_quantiles
-        if len(q) != 2 or not 0 < q[0] < q[1] < 1:
-            raise ConfigError(f"quality.cutoff_quantiles: expected [validation, test] with 0 < validation < test < 1, got {q!r}")
-        unknown = sorted(set(built.protocols) - {"leave_last_out", "time_cutoff"})
-        if unknown or not built.protocols:
-            raise ConfigError(f"quality.protocols: expected a non-empty list of leave_last_out, time_cutoff, got {built.protocols!r}")
-        for name in ("sweep_alpha", "sweep_half_life_windows", "sweep_strength"):
-            if not getattr(built, name):
-                raise ConfigError(f"quality.{name}: expected at least one value")
-    if section == "evaluate" and not built.ks:
-        raise ConfigError("evaluate.ks: expected at least one cut-off, e.g. [10, 20]")
-    if section == "data.columns":
-        names = [getattr(built, f.name) for f in dataclasses.fields(built)]
-        repeated = sorted({n for n in names if names.count(n) > 1})
-        if repeated:
-            raise ConfigError(f"data.columns: column '{repeated[0]}' is mapped to more than one field")
-    if section == "recommend":
-        from fgjax.kernels import STATE_NAMES  # lazily: jax is only needed once a recommend section is built
-
-        unknown = sorted(set(built.state_weights) - set(STATE_NAMES))
-        if unknown:
-            raise ConfigError(
-                f"recommend.state_weights.{unknown[0]}: unknown state; states are {', '.join(STATE_NAMES)}"
-            )
-
 
 def to_dict(config: Any) -> dict[str, Any]:
     """A plain nested dict of a config (JSON/YAML serializable)."""

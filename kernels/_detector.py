@@ -67,23 +67,28 @@ _NEVER = -1  # last_active before any activity
 
 
 class DetectorParams(NamedTuple):
-    """Detector knobs (scalars; traced, so sweeps reuse one compilation)."""
+    """Detector knobs (scalars; traced, so sweeps reuse one compilation).
 
-    false_alarm: ArrayLike = 0.002  # per-window chance that a test fires on an interest that is not forgotten
-    gap_factor: ArrayLike = 1.5  # silence limit >= this times the expected gap
-    min_strength: ArrayLike = 0.25  # periodogram peak share that counts as periodic
-    recent_windows: ArrayLike = 3  # fewest windows of the drop test and of the trend
-    drop_events: ArrayLike = 20  # the recent span covers this many expected events (capped at T // 2 windows)
-    forgotten_ratio: ArrayLike = 0.25  # drop test: recent <= this share of the expected events
-    declining_ratio: ArrayLike = 0.5  # recent below this share with a negative trend: declining
-    min_history: ArrayLike = 4  # windows of history before the drop test may fire
-    new_windows: ArrayLike = 2  # windows an interest stays new / reactivated
-    prior_events: ArrayLike = 1.0  # Gamma prior on the event rate: events ...
-    prior_windows: ArrayLike = 1.0  # ... over windows
-    prior_active: ArrayLike = 1.0  # Beta prior on the share of active windows: active ...
-    prior_silent: ArrayLike = 1.0  # ... and silent windows
-    degree_z: ArrayLike = 2.0  # user F alarm: F > mean + degree_z * std of the user's own F
-    degree_fallback: ArrayLike = 1.0  # F alarm threshold before the user has two F values
+    No defaults here: the one source of them is ``fgjax.config.DetectorConfig``
+    (kernels import nothing from fgjax); ``DetectorConfig().kernel_params()``
+    builds the default knobs.
+    """
+
+    false_alarm: ArrayLike  # per-window chance that a test fires on an interest that is not forgotten
+    gap_factor: ArrayLike  # silence limit >= this times the expected gap
+    min_strength: ArrayLike  # periodogram peak share that counts as periodic
+    recent_windows: ArrayLike  # fewest windows of the drop test and of the trend
+    drop_events: ArrayLike  # the recent span covers this many expected events (capped at T // 2 windows)
+    forgotten_ratio: ArrayLike  # drop test: recent <= this share of the expected events
+    declining_ratio: ArrayLike  # recent below this share with a negative trend: declining
+    min_history: ArrayLike  # windows of history before the drop test may fire
+    new_windows: ArrayLike  # windows an interest stays new / reactivated
+    prior_events: ArrayLike  # Gamma prior on the event rate: events ...
+    prior_windows: ArrayLike  # ... over windows
+    prior_active: ArrayLike  # Beta prior on the share of active windows: active ...
+    prior_silent: ArrayLike  # ... and silent windows
+    degree_z: ArrayLike  # user F alarm: F > mean + degree_z * std of the user's own F
+    degree_fallback: ArrayLike  # F alarm threshold before the user has two F values
 
 
 class DetectorState(NamedTuple):
@@ -433,8 +438,8 @@ def _judge(series: Array, b: _Block, params: DetectorParams, with_limits: bool) 
 def detector_update(
     state: DetectorState,
     counts: ArrayLike,
-    degree: ArrayLike | None = None,
-    params: DetectorParams = DetectorParams(),
+    degree: ArrayLike | None,
+    params: DetectorParams,
     *,
     user_block: int | None = None,
     with_limits: bool = True,
@@ -444,8 +449,8 @@ def detector_update(
     Args:
       state: the detector state after window t-1.
       counts: ``(users, K)`` events of each (user, interest) in window t.
-      degree: optional ``(users,)`` F(u, t), for the per-user F alarm.
-      params: the knobs.
+      degree: ``(users,)`` F(u, t) for the per-user F alarm, or None (no alarm).
+      params: the knobs (``fgjax.config.DetectorConfig.kernel_params()`` gives the defaults).
       user_block: judge this many users at a time (a ``fori_loop`` over
         blocks) so the features' temporaries, about 2 KB per (user,
         interest) at T = 64, are bounded by a block instead of growing with

@@ -75,7 +75,7 @@ def test_detector_update_benchmark_writes_json_and_projects_the_10M_footprint(tm
     from bench import detector_update as du_bench
 
     out = tmp_path / "du.json"
-    payload = du_bench.main(["--users", "300", "--interests", "4", "--buffer-windows", "8", "--user-block", "128",
+    du_bench.main(["--users", "300", "--interests", "4", "--buffer-windows", "8", "--user-block", "128",
                              "--repeats", "1", "--min-time", "0", "--probe-users", "256", "--out", str(out),
                              "--plots", str(tmp_path / "plots")])
     assert "update/copy" in capsys.readouterr().out

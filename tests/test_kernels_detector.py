@@ -16,9 +16,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fgjax import kernels
+from fgjax.config import DetectorConfig
 from fgjax.kernels import ACTIVE, DECLINING, FORGOTTEN, NEW, NONE, REACTIVATED
 
-P = kernels.DetectorParams()
+P = DetectorConfig().kernel_params()  # the defaults live in the config
 
 
 def ref_log_silence(s, events, exposure, active, silent, p=P, periodic=False):
@@ -273,7 +274,7 @@ def test_degree_alarm_uses_each_users_own_history():
     degrees = [np.array([0.1, 0.5]), np.array([0.12, 0.6]), np.array([0.11, 0.55]), np.array([0.5, 0.58])]
     alarms = []
     for d in degrees:
-        state, out = kernels.detector_update(state, counts, d.astype(np.float32))
+        state, out = kernels.detector_update(state, counts, d.astype(np.float32), P)
         alarms.append(np.asarray(out.degree_alarm).tolist())
     # The last F of 0.5 is an alarm for user 0 (history ~0.11) but not for user 1 (history ~0.55).
     assert alarms[-1] == [True, False]

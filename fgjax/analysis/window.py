@@ -101,8 +101,8 @@ def window_params(config: AnalysisConfig) -> WindowParams:
         eps=scalar(config.eps),
         decay=scalar(decay),
         inv_tau=scalar(inv_tau),
-        declining_ratio=scalar(config.declining_ratio),
-        forgotten_ratio=scalar(config.forgotten_ratio),
+        declining_ratio=scalar(config.level.declining_ratio),
+        forgotten_ratio=scalar(config.level.forgotten_ratio),
         detector=kernels.DetectorParams(*(scalar(getattr(d, name)) for name in kernels.DetectorParams._fields)),
     )
 
