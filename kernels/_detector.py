@@ -70,7 +70,7 @@ class DetectorParams(NamedTuple):
     """Detector knobs (scalars; traced, so sweeps reuse one compilation).
 
     No defaults here: the one source of them is ``fgjax.config.DetectorConfig``
-    (kernels import nothing from fgjax); ``DetectorConfig().kernel_params()``
+    (kernels do not depend on the fgjax package); ``DetectorConfig().kernel_params()``
     builds the default knobs.
     """
 
