@@ -19,7 +19,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from bench import _report
+from bench import _data, _report
 
 SIZES = {"small": {"users": [2_000, 8_000], "events": 40_000},
          "large": {"users": [1_000_000, 10_000_000], "events": 8_000_000}}
@@ -32,10 +32,8 @@ from bench import _data, _report
 import jax
 from fgjax.config import AnalysisConfig
 from fgjax.analysis import analyze_stream
-users, events, folder, mode = int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], sys.argv[5]
-paths, cats = (_data.write_events if mode == "generate" else _data.list_events)(folder, users=users, items=5000, events=events, days=14, categories=%d, files=14)
-if mode == "generate":  # its own process: the data's generation does not count in the probe's peak
-    sys.exit(0)
+users, folder = int(sys.argv[2]), sys.argv[3]
+paths, _ = _data.list_events(folder)
 import numpy as np
 cats = np.random.default_rng(0).integers(0, %d, 5000).astype(np.int32)
 base = _report.peak_host_rss_bytes()
@@ -45,17 +43,16 @@ jax.block_until_ready(res.carry)
 print("RESULT" + json.dumps({"peak_host_rss_bytes": _report.peak_host_rss_bytes(), "rss_before_bytes": base,
                              "device": _report.device_memory(), "windows": len(res.window_start),
                              "parquet_bytes": sum(p.stat().st_size for p in paths)}))
-""" % (CATEGORIES, CATEGORIES)
+""" % CATEGORIES
 
 
 def probe(users: int, events: int) -> dict[str, Any]:
     root = Path(__file__).resolve().parents[1]
     with tempfile.TemporaryDirectory() as tmp:
-        for mode in ("generate", "measure"):
-            proc = subprocess.run([sys.executable, "-c", PROBE, str(root), str(users), str(events), tmp, mode],
-                                  capture_output=True, text=True, timeout=1800)
-            if proc.returncode:
-                break
+        # The data is written here: only the analysis runs in the probe's process, so its peak is the analysis's.
+        _data.write_events(tmp, users=users, items=5000, events=events, days=14, categories=CATEGORIES, files=14)
+        proc = subprocess.run([sys.executable, "-c", PROBE, str(root), str(users), tmp],
+                              capture_output=True, text=True, timeout=1800)
     if proc.returncode:
         raise RuntimeError(f"memory probe failed: {proc.stderr[-2000:]}")
     return json.loads(proc.stdout.split("RESULT", 1)[1])

@@ -2,9 +2,22 @@
 
 from __future__ import annotations
 
+import os
+import tempfile
+
 import numpy as np
 import pyarrow as pa
 import pytest
+
+# Compiled executables are shared through JAX's persistent cache: between the
+# test workers and with the subprocesses tests start (CLI runs, a second
+# process, 8 CPU devices), which inherit these variables. Set before jax is
+# imported anywhere; the cache is keyed by the program, flags and versions.
+os.environ.setdefault(
+    "JAX_COMPILATION_CACHE_DIR", os.path.join(tempfile.gettempdir(), f"fgjax-tests-jax-cache-{os.getuid()}")
+)
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 
 
 def make_log(num_users: int = 64, num_items: int = 40, num_categories: int = 4, events_per_user: int = 30, seed: int = 0):
