@@ -177,8 +177,9 @@ def format_table(rows: Sequence[dict[str, Any]], columns: Sequence[tuple[str, st
     return "\n".join(out)
 
 
-#: Suite sizes: ``small`` runs in seconds on a CPU (CI); ``large`` fills an H100.
-SCALES = ("small", "large")
+#: Suite sizes: ``smoke`` checks that everything runs and agrees (the test suite);
+#: ``small`` runs in seconds on a CPU; ``large`` fills an H100.
+SCALES = ("smoke", "small", "large")
 
 
 def suite_parser(prog: str, description: str):

@@ -27,7 +27,7 @@ import numpy as np
 
 from bench import _report
 
-SIZES = {"small": [1_000, 10_000], "large": [100_000, 1_000_000, 10_000_000]}
+SIZES = {"smoke": [1_000, 4_000], "small": [1_000, 10_000], "large": [100_000, 1_000_000, 10_000_000]}
 NUM_INTERESTS = 32
 ALPHA = 2.0
 
@@ -194,8 +194,8 @@ COLUMNS = [
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = _report.suite_parser("python -m bench kernels", __doc__.split("\n\n")[0]).parse_args(argv)
     sizes = SIZES[args.scale]
-    repeats = args.repeats or (3 if args.scale == "small" else 7)
-    timing = {"repeats": repeats, "warmup": 1, "min_time": 0.0 if args.scale == "small" else 0.05}
+    repeats = args.repeats or (3 if args.scale != "large" else 7)
+    timing = {"repeats": repeats, "warmup": 1, "min_time": 0.0 if args.scale != "large" else 0.05}
     payload: dict[str, Any] = {"benchmark": "kernels", **_report.environment(),
                                "config": {"scale": args.scale, "users": sizes, "interests": NUM_INTERESTS,
                                           "repeats": repeats, "dtype": "float32"}, "results": []}

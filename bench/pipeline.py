@@ -31,6 +31,7 @@ import numpy as np
 from bench import _data, _report
 
 SIZES = {
+    "smoke": {"users": 1_000, "events": 20_000, "items": 500, "days": 7, "files": 7, "categories": 16},
     "small": {"users": 2_000, "events": 50_000, "items": 1_000, "days": 14, "files": 7, "categories": 16},
     "large": {"users": 10_000_000, "events": 60_000_000, "items": 100_000, "days": 14, "files": 28, "categories": 32},
 }
@@ -110,7 +111,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     for key in ("users", "events", "items"):
         if getattr(args, key):
             size[key] = getattr(args, key)
-    chunk = args.chunk or (1024 if args.scale == "small" else 32768)
+    chunk = args.chunk or (1024 if args.scale != "large" else 32768)
     payload: dict[str, Any] = {"benchmark": "pipeline", **_report.environment(),
                                "config": {**size, "scale": args.scale, "k": K, "dim": DIM, "chunk": chunk}}
     print(f"pipeline on {payload['device']}: {size}", flush=True)

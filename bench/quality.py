@@ -263,7 +263,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true")
     # Accepted so that the suite (python -m bench quality) can call it like any benchmark;
     # the report has one size (MovieLens-100K), draws its curves into --out and uses no torch.
-    p.add_argument("--scale", choices=("small", "large"), default="small", help=argparse.SUPPRESS)
+    p.add_argument("--scale", choices=("smoke", "small", "large"), default="small", help=argparse.SUPPRESS)
     p.add_argument("--plots", default="", help=argparse.SUPPRESS)
     p.add_argument("--no-torch", action="store_true", help=argparse.SUPPRESS)
     return p

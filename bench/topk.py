@@ -33,6 +33,7 @@ from bench import _report
 
 K = 10
 SIZES = {
+    "smoke": {"users": 128, "items": [2_000, 10_000], "dim": 64},
     "small": {"users": 256, "items": [2_000, 20_000], "dim": 64},
     "large": {"users": 32_768, "items": [10_000, 30_000, 100_000], "dim": 64},
 }
@@ -144,8 +145,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parser.parse_args(argv)
     size = SIZES[args.scale]
     block = args.block or 2048
-    sweep = (512, 8192) if args.scale == "small" else (1024, 8192, 32768)
-    repeats = args.repeats or (3 if args.scale == "small" else 5)
+    sweep = (512, 8192) if args.scale != "large" else (1024, 8192, 32768)
+    repeats = args.repeats or (3 if args.scale != "large" else 5)
     timing = {"repeats": repeats, "warmup": 1, "min_time": 0.0}
     payload: dict[str, Any] = {"benchmark": "topk", **_report.environment(),
                                "config": {**size, "k": K, "scale": args.scale, "block_size": block, "repeats": repeats},

@@ -23,6 +23,8 @@ import numpy as np
 from bench import _report
 
 SIZES = {
+    "smoke": {"mlp": {"users": 2_000, "items": 1_000, "batch": 512, "negatives": 4, "embed": 32, "hidden": 64},
+              "tables": {"users": 20_000, "items": 5_000, "batch": 512, "negatives": 4, "embed": 64, "hidden": 64}},
     "small": {"mlp": {"users": 10_000, "items": 2_000, "batch": 1024, "negatives": 4, "embed": 32, "hidden": 64},
               "tables": {"users": 100_000, "items": 20_000, "batch": 1024, "negatives": 4, "embed": 64, "hidden": 64}},
     "large": {"mlp": {"users": 1_000_000, "items": 100_000, "batch": 65_536, "negatives": 4, "embed": 32, "hidden": 64},
@@ -123,7 +125,7 @@ def _torch_mlp(torch, s, timing, seed):
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = _report.suite_parser("python -m bench train", __doc__.split("\n\n")[0]).parse_args(argv)
     size = SIZES[args.scale]
-    timing = {"repeats": args.repeats or 3, "warmup": 2, "min_time": 0.0 if args.scale == "small" else 0.2}
+    timing = {"repeats": args.repeats or 3, "warmup": 2, "min_time": 0.0 if args.scale != "large" else 0.2}
     payload: dict[str, Any] = {"benchmark": "train", **_report.environment(),
                                "config": {**size, "scale": args.scale}}
     print(f"train on {payload['device']}", flush=True)

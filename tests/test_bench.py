@@ -94,7 +94,7 @@ def test_detector_update_benchmark_writes_json_and_projects_the_10M_footprint(tm
 
 
 # ---------------------------------------------------------------------------
-# The suite: python -m bench runs every benchmark at the small scale.
+# The suite: python -m bench runs every benchmark at the smoke scale (small and large differ only in sizes).
 # ---------------------------------------------------------------------------
 
 import types  # noqa: E402
@@ -103,10 +103,10 @@ from bench import __main__ as suite  # noqa: E402
 
 
 @pytest.mark.slow
-def test_whole_suite_at_small_scale_writes_every_benchmark(tmp_path, capsys):
+def test_whole_suite_at_smoke_scale_writes_every_benchmark(tmp_path, capsys):
     out = tmp_path / "results"
     # The known benchmarks; the optional quality report (minutes, on MovieLens) has its own tests.
-    result = suite.main([*suite.BENCHMARKS, "--scale", "small", "--no-torch", "--out", str(out)])
+    result = suite.main([*suite.BENCHMARKS, "--scale", "smoke", "--no-torch", "--out", str(out)])
     data = json.loads((out / "suite.json").read_text())
     assert set(data["benchmarks"]) == set(suite.BENCHMARKS) == set(result["benchmarks"])
     assert not data["failed"] and not data["skipped"]
