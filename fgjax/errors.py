@@ -21,3 +21,11 @@ class DataError(FgjaxError):
 
 class CheckpointError(FgjaxError):
     """A checkpoint is missing, incomplete or of an unsupported format version."""
+
+
+class FgjaxWarning(UserWarning):
+    """Base class of the warnings fgjax gives on purpose (the CLI prints ``fgjax: warning: <message>``)."""
+
+
+class CheckpointWarning(FgjaxWarning):
+    """A checkpoint was damaged or unfinished and fgjax fell back (e.g. a resume from an earlier step)."""

@@ -17,10 +17,10 @@ import jax
 import numpy as np
 import pyarrow as pa
 
-from fgjax.checkpoint import TrainCheckpoints, check_manifest, load_vocabularies
+from fgjax.checkpoint import check_manifest, load_vocabularies, read_meta, read_params
 from fgjax.config import Config, from_dict
 from fgjax.data.vocab import Vocabulary
-from fgjax.errors import CheckpointError
+from fgjax.errors import CheckpointError, ConfigError, DataError, FgjaxError
 from fgjax.models import abstract_params
 from fgjax.ranking.explain import recommendation_table
 from fgjax.ranking.topk import query_inputs, rank_items
@@ -90,8 +90,21 @@ class ServingModel:
         interest, interest_state, f_k, last_active, trend, period, explore.
         Users unknown to the vocabulary get the most popular items
         (score = share of training users) and null explanations.
+
+        Raises:
+          ConfigError: ``k`` is not a positive integer.
+          DataError: IDs of a type the vocabulary cannot be matched against.
         """
-        ids = raw_user_ids if isinstance(raw_user_ids, (pa.Array, pa.ChunkedArray)) else pa.array(raw_user_ids)
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+            raise ConfigError(f"recommend: k={k!r}, expected a positive integer (items per user)")
+        if isinstance(raw_user_ids, (pa.Array, pa.ChunkedArray)):
+            ids = raw_user_ids
+        else:
+            try:
+                ids = pa.array(raw_user_ids)
+            except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError) as exc:
+                raise DataError(f"recommend: user IDs of mixed or unsupported types ({str(exc).splitlines()[0]})") \
+                    from None
         if isinstance(ids, pa.ChunkedArray):
             ids = ids.combine_chunks()
         dense = self.users.encode(ids)
@@ -113,28 +126,50 @@ class ServingModel:
 def load(path: str | Path, *, step: int | None = None) -> ServingModel:
     """Load an fgjax checkpoint directory for serving (latest step by default).
 
+    Every file read is first checked against the checkpoint's manifest (size
+    and sha256), the restored params must be finite, and the serving state
+    must fit the vocabularies: a damaged or incomplete checkpoint is refused,
+    never served half-configured.
+
     Raises:
-      CheckpointError: not a checkpoint, another format version, or its
-        params or serving state missing, damaged or of other sizes.
+      CheckpointError: not a checkpoint, another format version, a file
+        missing or damaged (named), no serving state, or parts that do not
+        fit together (e.g. a forgetting analysis without its categories).
     """
     directory = check_manifest(path)
     users, items, categories = load_vocabularies(directory)
-    store = TrainCheckpoints(directory, read_only=True)
+    meta = read_meta(directory, step)
+    step = int(meta["step"])
     try:
-        meta = store.restore_meta(step)
         config = from_dict(meta["config"])
         graphdef, abstract = abstract_params(config, len(users), len(items))
-        device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-        params, _, meta = store.restore(abstract, None, sharding=device, step=step)
-    finally:
-        store.close()
+    except (FgjaxError, TypeError, ValueError, KeyError) as exc:
+        raise CheckpointError(f"'{directory / 'train' / str(step) / 'meta'}': the step's config does not build a "
+                              f"model ({exc})") from None
+    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    params, _ = read_params(directory, abstract, sharding=device, step=step, verified=True)
     state = ServingState.load(directory)
+    where = directory / "serving"
     if (state.num_users, state.num_items) != (len(users), len(items)):
         raise CheckpointError(
-            f"'{directory / 'serving'}': serving state for {state.num_users:,} users and {state.num_items:,} items, "
+            f"'{where}': serving state for {state.num_users:,} users and {state.num_items:,} items, "
             f"expected the vocabularies' {len(users):,} and {len(items):,}"
         )
     if state.history is None and queries_history(graphdef, params):
-        raise CheckpointError(f"'{directory / 'serving'}': no user histories, expected them for the sequence model "
+        raise CheckpointError(f"'{where}': no user histories, expected them for the sequence model "
                               f"{config.model.name!r} (its queries are each user's last items)")
-    return ServingModel(graphdef, params, users, items, categories, config, int(meta["step"]), state)
+    if state.forgetting is not None and categories is None:
+        raise CheckpointError(
+            f"'{directory / 'vocab' / 'categories.parquet'}' is missing: the serving state holds a forgetting "
+            "analysis over item categories, which needs their names; re-run the command that wrote the checkpoint "
+            "(same --out, data and config) to rebuild it"
+        )
+    if state.forgetting is None and categories is not None and len(categories):
+        raise CheckpointError(
+            f"'{where}': no forgetting analysis beside the item categories of 'vocab/categories.parquet' (serving "
+            "would silently rank by the model alone); re-run the command that wrote the checkpoint (same --out, "
+            "data and config) to rebuild it"
+        )
+    if state.forgetting is not None:
+        state.check_categories(len(categories), where)
+    return ServingModel(graphdef, params, users, items, categories, config, step, state)

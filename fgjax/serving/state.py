@@ -191,5 +191,48 @@ class ServingState:
                 value = getattr(self, name)
                 if value is not None and value.shape != shape:
                     problems.append(f"{name} has shape {value.shape}, expected (users, interests) = {shape}")
+        if not problems:
+            problems = self._value_problems()
         if problems:
             raise CheckpointError(f"'{where}': damaged serving state: {'; '.join(problems)}")
+
+    def _value_problems(self) -> list[str]:
+        """Values no saved state can hold: NaN or infinite numbers, indices outside their tables."""
+        items = self.num_items
+        problems = []
+
+        def finite(name: str, value: np.ndarray | None, nan_ok: bool = False) -> None:
+            if value is None or value.dtype.kind != "f":
+                return
+            bad = np.isinf(value) if nan_ok else ~np.isfinite(value)
+            if bad.any():
+                problems.append(f"{name} holds {int(bad.sum()):,} {'infinite' if nan_ok else 'NaN or infinite'} values")
+
+        def within(name: str, value: np.ndarray | None, low: int, high: int) -> None:
+            if value is not None and value.size and (value.min() < low or value.max() >= high):
+                problems.append(f"{name} holds values outside [{low}, {high})")
+
+        finite("popularity", self.popularity)
+        within("seen items", self.seen.items, 0, items)
+        if self.history is not None:
+            within("history items", self.history.items, 0, items + 1)
+            finite("history times", self.history.times)
+        if self.forgetting is not None:
+            fw = self.forgetting
+            finite("forgetting user weights", fw.user_interest)
+            finite("forgetting item weights", fw.item_weight)
+            within("item interests", fw.item_interest, -1, fw.user_interest.shape[1] - 1)
+        for name in ("f", "trend", "period"):
+            finite(name, getattr(self, name))
+        finite("last_active", self.last_active, nan_ok=True)
+        within("interest states", self.state, 0, len(kernels.STATE_NAMES))
+        return problems
+
+    def check_categories(self, num_categories: int, where: Any = "serving state") -> None:
+        """Raise ``CheckpointError`` unless the forgetting analysis covers exactly ``num_categories`` interests."""
+        if self.forgetting is None:
+            return
+        interests = self.forgetting.user_interest.shape[1] - 1
+        if interests != num_categories:
+            raise CheckpointError(f"'{where}': forgetting analysis over {interests} interests, the checkpoint's "
+                                  f"vocab/categories.parquet names {num_categories}")

@@ -49,7 +49,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from tqdm.auto import tqdm
 
 from fgjax import kernels
-from fgjax.checkpoint import FORMAT_VERSION, TrainCheckpoints, save_vocabularies, write_manifest
+from fgjax.checkpoint import FORMAT_VERSION, TrainCheckpoints, atomic_write_text, save_vocabularies
 from fgjax.config import Config, to_dict
 from fgjax.data.reader import EventLog
 from fgjax.data.sequences import Sequences, build_sequences, relative_times
@@ -357,7 +357,6 @@ def train(
     def on_ready() -> None:
         # Once the directory is known to hold this run; one process writes (after jax.distributed starts).
         if jax.process_index() == 0:
-            write_manifest(checkpoint_dir)
             save_vocabularies(checkpoint_dir, log.users, log.items, log.categories)
 
     return train_examples(config, examples, validation, num_users=log.num_users, num_items=log.num_items,
@@ -431,13 +430,14 @@ def train_examples(
         meta = store.restore_meta()
         if "run" not in meta or "best" not in meta:
             store.close()
-            raise CheckpointError(f"'{store.directory}' was written by an older fgjax: use a new output directory")
+            raise CheckpointError(f"'{store.directory}' was written by an older fgjax: use a new output directory "
+                                  "(or --overwrite)")
         if meta["run"] != fingerprint:
             changed = sorted(k for k in fingerprint if meta["run"].get(k) != fingerprint[k])
             store.close()
             raise CheckpointError(
                 f"'{store.directory}' holds a run with other data or settings (differs in: {', '.join(changed)}); "
-                "resuming would not continue it exactly: use a new output directory"
+                "resuming would not continue it exactly: use a new output directory (or --overwrite to replace it)"
             )
         served, state, meta = store.restore(with_sharding(abstract, sharding.params),
                                             with_sharding(abstract_state, sharding))
@@ -464,7 +464,12 @@ def train_examples(
                 "epoch_loss": epoch_loss, "best": best, "stopped_early": stopped_early}
         store.save(step, state.params if best_params is None else best_params, state, meta)
 
-    metrics_file = open(metrics_path, "a") if metrics_path and me == 0 else None
+    metrics_file = None
+    if metrics_path and me == 0:
+        # The file holds exactly the epochs of the state the run starts from (none, or the checkpoint's
+        # history), never an epoch a killed run logged after its last checkpoint: rewritten, then appended.
+        atomic_write_text(metrics_path, "".join(json.dumps(record) + "\n" for record in history))
+        metrics_file = open(metrics_path, "a")
     losses: list[jax.Array] = []
     pending: list[jax.Array] = []
     t_epoch = time.perf_counter()
