@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+import warnings
 from pathlib import Path
 from typing import Sequence
 
-from fgjax.errors import ConfigError, FgjaxError
+from fgjax.errors import ConfigError, FgjaxError, FgjaxWarning
 
 EPILOG = """examples:
   fgjax quickstart --out runs/quickstart
@@ -50,6 +52,9 @@ def _add_common(p: argparse.ArgumentParser, *, out_help: str) -> None:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config value, e.g. --set train.epochs=3 (repeatable)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--overwrite", action="store_true",
+                   help="write into a non-empty --out that is not this command's output folder, replacing an "
+                        "earlier run's outputs (files fgjax did not write are left in place)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -151,15 +156,22 @@ def _read_user_ids(spec: str | None, model):
     if spec is None:
         return model.users.values
     path = Path(spec)
-    if path.suffix in (".parquet", ".csv") and path.exists():
+    if path.suffix.lower() in (".parquet", ".csv") or os.sep in spec:
+        if not path.is_file():
+            raise ConfigError(f"--users file '{path}' does not exist (pass a .parquet/.csv file with a user_id "
+                              "column, or comma-separated IDs)")
+        if path.suffix.lower() not in (".parquet", ".csv"):
+            raise ConfigError(f"--users file '{path}': expected a .parquet or .csv file with a user_id column")
         import pyarrow.csv as pcsv
         import pyarrow.parquet as pq
 
         # Read CSV IDs as the vocabulary's type: inference would turn "007" into 7.
         convert = pcsv.ConvertOptions(column_types={"user_id": model.users.type})
         try:
-            table = pq.read_table(path) if path.suffix == ".parquet" else pcsv.read_csv(path, convert_options=convert)
-        except pa.ArrowInvalid as exc:
+            reader = pq.read_table if path.suffix.lower() == ".parquet" else \
+                (lambda p: pcsv.read_csv(p, convert_options=convert))
+            table = reader(path)
+        except (pa.ArrowInvalid, OSError) as exc:
             raise ConfigError(f"--users file '{path}': {str(exc).splitlines()[0]}") from None
         if "user_id" not in table.column_names:
             raise ConfigError(f"--users file '{path}': no user_id column (columns: {', '.join(table.column_names)})")
@@ -176,33 +188,27 @@ def _read_user_ids(spec: str | None, model):
         try:
             return pa.array([int(s) for s in raw], model.users.type)
         except ValueError:
-            raise ConfigError(f"--users: expected integer user IDs, got {spec!r}") from None
+            bad = next(s for s in raw if not s.lstrip("+-").isdigit())
+            raise ConfigError(f"--users: {bad!r} is not an integer, and the checkpoint's user IDs are integers "
+                              "(pass comma-separated IDs, or a .parquet/.csv file with a user_id column)") from None
     return pa.array(raw, model.users.type)
 
 
 def run(args) -> int:
     from fgjax import pipeline
 
+    overwrite = getattr(args, "overwrite", False)
     if args.command == "quickstart":
-        pipeline.quickstart(_config(args), args.out, progress=_progress(args))
+        pipeline.quickstart(_config(args), args.out, progress=_progress(args), overwrite=overwrite)
     elif args.command == "generate":
-        from fgjax.data.synthetic import generate
-
-        paths = generate(_config(args).synthetic, args.out)
+        paths = pipeline.generate_data(_config(args), args.out, overwrite=overwrite)
         print(f"wrote {paths.events_dir}, {paths.items_path}, {paths.truth_path}")
     elif args.command == "train":
-        config = _config(args)
-        prepared = pipeline.prepare(config, args.out, print)
-        fitted = pipeline.fit(config, prepared, args.out, print, _progress(args))
-        if fitted.trained.history:
-            from fgjax.plots import plot_training_curves
-
-            (args.out / "plots").mkdir(exist_ok=True)
-            plot_training_curves(fitted.trained.history, args.out / "plots" / "training_curves.png")
+        pipeline.train_model(_config(args), args.out, print, _progress(args), overwrite=overwrite)
         print(f"checkpoint: {args.out / 'checkpoint'}")
     elif args.command == "analyze":
         config = _config(args)
-        rows, changes = pipeline.analyze_only(config, args.out, print, _progress(args))
+        rows, changes = pipeline.analyze_only(config, args.out, print, _progress(args), overwrite=overwrite)
         print(f"wrote {args.out / 'forgetting.parquet'} ({rows:,} rows), {args.out / 'states.parquet'} "
               f"({changes:,} state changes) and {args.out / 'plots' / 'forgetting.png'}")
     elif args.command == "recommend":
@@ -214,20 +220,38 @@ def run(args) -> int:
         user_ids = _read_user_ids(args.users, model)
         table = model.recommend(user_ids, k=args.k, use_forgetting=not args.no_forgetting)
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        pq.write_table(table, str(args.out))
+        if args.out.is_dir():
+            raise ConfigError(f"--out '{args.out}' is a folder, expected a .parquet file to write")
+        tmp = args.out.with_name(f".{args.out.name}.tmp-{os.getpid()}")  # never a half-written file at --out
+        try:
+            pq.write_table(table, str(tmp))
+            os.replace(tmp, args.out)
+        finally:
+            tmp.unlink(missing_ok=True)
         unknown = int((model.users.encode(user_ids) < 0).sum())
         note = f"; {unknown:,} unknown users got the most popular items" if unknown else ""
         print(f"wrote {args.out}: {table.num_rows:,} rows for {len(user_ids):,} users{note}")
     elif args.command == "evaluate" and args.detection:
-        pipeline.evaluate_detection(_config(args), args.out, print, _progress(args))
+        pipeline.evaluate_detection(_config(args), args.out, print, _progress(args), overwrite=overwrite)
     elif args.command == "bench":
         return _run_bench(args.bench_args)
     elif args.command == "evaluate":
         config = _config(args)
         metrics = pipeline.evaluate_checkpoint(config, args.out, args.checkpoint or args.out / "checkpoint", print,
-                                               _progress(args))
+                                               _progress(args), overwrite=overwrite)
         print(json.dumps(metrics["results"], indent=2))
     return 0
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None):
+    """fgjax's own warnings as one line, ``fgjax: warning: ...``; others as Python prints them."""
+    if issubclass(category, FgjaxWarning):
+        print(f"fgjax: warning: {message}", file=sys.stderr, flush=True)
+    else:
+        _python_show_warning(message, category, filename, lineno, file, line)
+
+
+_python_show_warning = warnings.showwarning
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -237,6 +261,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = argparse.Namespace(command="bench", bench_args=argv[1:])
     else:
         args = parser.parse_args(argv)
+    warnings.showwarning = _show_warning
     try:
         return run(args)
     except FgjaxError as exc:
@@ -249,6 +274,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("fgjax: interrupted", file=sys.stderr)
         return 130
+    finally:
+        warnings.showwarning = _python_show_warning
 
 
 if __name__ == "__main__":  # pragma: no cover

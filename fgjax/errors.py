@@ -20,7 +20,11 @@ class DataError(FgjaxError):
 
 
 class CheckpointError(FgjaxError):
-    """A checkpoint is missing, incomplete or of an unsupported format version."""
+    """A checkpoint is missing, incomplete, damaged or of an unsupported format version."""
+
+
+class OutputError(FgjaxError):
+    """An output folder cannot be written as asked (foreign files, another kind of run, a run in progress)."""
 
 
 class FgjaxWarning(UserWarning):

@@ -3,6 +3,13 @@
 ``quickstart`` runs everything on the built-in synthetic log:
 generate -> read and validate -> temporal split -> train -> forgetting analysis
 -> save serving state -> recommend -> evaluate -> plots.
+
+The jobs (``quickstart``, ``train_model``, ``analyze_only``,
+``evaluate_checkpoint``, ``evaluate_detection``, ``generate_data``) write
+through a staging folder beside ``out`` and move their files into it only when
+they succeed (``fgjax.outputs``); ``out`` then holds ``fgjax-run.json``. The
+building blocks (``read``, ``prepare``, ``fit``) write straight into the folder
+they are given.
 """
 
 from __future__ import annotations
@@ -28,9 +35,10 @@ from fgjax.config import Config, to_dict
 from fgjax.data.reader import EventLog, read_events
 from fgjax.data.sequences import Sequences, build_sequences
 from fgjax.data.split import ItemSets, TemporalSplit, leave_last_out
-from fgjax.data.synthetic import generate
+from fgjax.data.synthetic import SyntheticPaths, generate
 from fgjax.errors import ConfigError, DataError
 from fgjax.evaluation.metrics import evaluate, item_popularity
+from fgjax.outputs import run_folder
 from fgjax.plots import plot_forgetting, plot_training_curves
 from fgjax.ranking.explain import Explanations
 from fgjax.ranking.strategy import ForgettingWeights, exploration_mask, forgetting_weights
@@ -213,28 +221,61 @@ def write_recommendations(config: Config, fitted: Fitted, path: Path) -> int:
     return table.num_rows
 
 
-def quickstart(config: Config, out: str | Path, report: Reporter = print, progress: bool = True) -> dict[str, Any]:
-    """Generate the synthetic log and run the whole pipeline into ``out``; returns metrics.json's content."""
-    out = Path(out)
+def _shown(report: Reporter, stage: Path, out: Path) -> Reporter:
+    """``report`` with the staging folder's paths shown as the final ones."""
+    return lambda message: report(message.replace(str(stage), str(out)))
+
+
+def _relocated(value: Any, stage: Path, out: Path) -> Any:
+    """A JSON-like value with every string path under the staging folder moved to ``out``."""
+    if isinstance(value, dict):
+        return {k: _relocated(v, stage, out) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_relocated(v, stage, out) for v in value]
+    if isinstance(value, str):
+        return value.replace(str(stage), str(out))
+    return value
+
+
+def quickstart(config: Config, out: str | Path, report: Reporter = print, progress: bool = True, *,
+               overwrite: bool = False) -> dict[str, Any]:
+    """Generate the synthetic log and run the whole pipeline into ``out``; returns metrics.json's content.
+
+    Rerunning it into its own folder resumes from the checkpoint there; the
+    data is generated anew into the staging folder, never read from ``out``.
+
+    Raises:
+      OutputError: ``out`` is not empty and not a quickstart folder (unless ``overwrite``).
+    """
+    out = Path(out).absolute()
+    with run_folder(out, "quickstart", to_dict(config), overwrite=overwrite, resume_checkpoint=True,
+                    report=report) as stage:
+        metrics = _quickstart(config, out, stage, _shown(report, stage, out), progress)
+    report(f"wrote {out}/: recommendations.parquet forgetting.parquet states.parquet metrics.json plots/ checkpoint/")
+    return metrics
+
+
+def _quickstart(config: Config, out: Path, stage: Path, report: Reporter, progress: bool) -> dict[str, Any]:
     timings: dict[str, float] = {}
     t = time.perf_counter()
-    paths = generate(config.synthetic, out / "data")
+    paths = generate(config.synthetic, stage / "data")
     timings["generate_s"] = time.perf_counter() - t
     report(f"generated {config.synthetic.num_users:,} users x {config.synthetic.num_days} days into {paths.events_dir}")
-    config = with_generated_data(config, out)
+    # Read this run's own data from the staging folder; record (and checkpoint) the paths it ends up at.
     t = time.perf_counter()
-    prepared = prepare(config, out, report)
+    prepared = prepare(with_generated_data(config, stage), stage, report)
+    config = with_generated_data(config, out)
     timings["read_s"] = time.perf_counter() - t
     t = time.perf_counter()
-    fitted = fit(config, prepared, out, report, progress)
+    fitted = fit(config, prepared, stage, report, progress)
     timings["train_and_analyze_s"] = time.perf_counter() - t
-    rows = write_forgetting(fitted.forgetting, prepared.log, out / "forgetting.parquet")
-    changes = write_states(fitted.forgetting, prepared.log, out / "states.parquet")
+    rows = write_forgetting(fitted.forgetting, prepared.log, stage / "forgetting.parquet")
+    changes = write_states(fitted.forgetting, prepared.log, stage / "states.parquet")
     counts = state_counts(fitted.forgetting)
     report(f"forgetting: {fitted.forgetting.num_windows} windows, {rows:,} (user, window) rows, {changes:,} state "
            f"changes; final states {counts}")
     t = time.perf_counter()
-    rec_rows = write_recommendations(config, fitted, out / "recommendations.parquet")
+    rec_rows = write_recommendations(config, fitted, stage / "recommendations.parquet")
     timings["recommend_s"] = time.perf_counter() - t
     report(f"recommendations: {rec_rows:,} rows for {prepared.log.num_users:,} users")
     t = time.perf_counter()
@@ -244,23 +285,51 @@ def quickstart(config: Config, out: str | Path, report: Reporter = print, progre
                           history=evaluation_history(graphdef, params, prepared))
     timings["evaluate_s"] = time.perf_counter() - t
     report_evaluation(report, evaluation)
-    plots = out / "plots"
+    plots = stage / "plots"
     plots.mkdir(exist_ok=True)
     if fitted.trained.history:
         plot_training_curves(fitted.trained.history, plots / "training_curves.png")
     plot_forgetting(degree_since_first_activity(fitted.forgetting), fitted.forgetting.window_start,
                     plots / "forgetting.png")
     metrics = {
-        "data": dataclasses.asdict(prepared.log.report),
+        "data": _relocated(dataclasses.asdict(prepared.log.report), stage, out),
         "train": {"steps": fitted.trained.steps, "history": fitted.trained.history},
         "forgetting": {"windows": fitted.forgetting.num_windows, "rows": rows, "final_states": counts},
         "evaluation": evaluation,
         "timings_s": {k: round(v, 3) for k, v in timings.items()},
         "config": to_dict(config),
     }
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2, default=_json_default) + "\n")
-    report(f"wrote {out}/: recommendations.parquet forgetting.parquet states.parquet metrics.json plots/ checkpoint/")
+    (stage / "metrics.json").write_text(json.dumps(metrics, indent=2, default=_json_default) + "\n")
     return metrics
+
+
+def train_model(config: Config, out: str | Path, report: Reporter = print, progress: bool = True, *,
+                overwrite: bool = False) -> Fitted:
+    """``fgjax train``: read ``config.data``, split, train (resuming from ``out/checkpoint``), analyze,
+    save the serving state and training curves into ``out``.
+
+    Raises:
+      OutputError: ``out`` is not empty and not a train folder (unless ``overwrite``).
+      CheckpointError: ``out/checkpoint`` holds a run with other data or settings.
+    """
+    out = Path(out).absolute()
+    with run_folder(out, "train", to_dict(config), overwrite=overwrite, resume_checkpoint=True,
+                    report=report) as stage:
+        shown = _shown(report, stage, out)
+        prepared = prepare(config, stage, shown)
+        fitted = fit(config, prepared, stage, shown, progress)
+        if fitted.trained.history:
+            (stage / "plots").mkdir(exist_ok=True)
+            plot_training_curves(fitted.trained.history, stage / "plots" / "training_curves.png")
+    return fitted
+
+
+def generate_data(config: Config, out: str | Path, *, overwrite: bool = False) -> SyntheticPaths:
+    """``fgjax generate``: the synthetic log (``config.synthetic``) into ``out``; returns where its files are."""
+    out = Path(out).absolute()
+    with run_folder(out, "generate", to_dict(config.synthetic), overwrite=overwrite) as stage:
+        generate(config.synthetic, stage)
+    return SyntheticPaths(out / "events", out / "items.parquet", out / "ground_truth.parquet")
 
 
 def _json_default(value: Any) -> Any:
@@ -272,73 +341,84 @@ def _json_default(value: Any) -> Any:
 
 
 def analyze_only(
-    config: Config, out: str | Path, report: Reporter = _quiet, progress: bool = True
+    config: Config, out: str | Path, report: Reporter = _quiet, progress: bool = True, *, overwrite: bool = False
 ) -> tuple[int, int]:
     """Forgetting analysis of every event of ``config.data``.
 
     Writes ``out/forgetting.parquet`` (per user and window), ``out/states.parquet``
-    (per state change, with evidence) and a plot; returns both row counts.
+    (per state change, with evidence), ``out/rejects.parquet`` and a plot;
+    returns both row counts.
     """
-    out = Path(out)
-    log = read(config, out, report)
-    forgetting = analyze(config, log, progress=progress)
-    rows = write_forgetting(forgetting, log, out / "forgetting.parquet")
-    changes = write_states(forgetting, log, out / "states.parquet")
-    (out / "plots").mkdir(exist_ok=True)
-    plot_forgetting(degree_since_first_activity(forgetting), forgetting.window_start, out / "plots" / "forgetting.png")
-    report(f"forgetting: {forgetting.num_windows} windows; final states {state_counts(forgetting)}")
+    out = Path(out).absolute()
+    with run_folder(out, "analyze", to_dict(config), overwrite=overwrite) as stage:
+        shown = _shown(report, stage, out)
+        log = read(config, stage, shown)
+        forgetting = analyze(config, log, progress=progress)
+        rows = write_forgetting(forgetting, log, stage / "forgetting.parquet")
+        changes = write_states(forgetting, log, stage / "states.parquet")
+        (stage / "plots").mkdir(exist_ok=True)
+        plot_forgetting(degree_since_first_activity(forgetting), forgetting.window_start,
+                        stage / "plots" / "forgetting.png")
+        shown(f"forgetting: {forgetting.num_windows} windows; final states {state_counts(forgetting)}")
     return rows, changes
 
 
 def evaluate_checkpoint(config: Config, out: str | Path, checkpoint: str | Path, report: Reporter = _quiet,
-                        progress: bool = True) -> dict[str, Any]:
-    """Evaluate a saved model on ``config.data`` under the temporal protocol -> ``out/metrics.json``."""
-    out = Path(out)
+                        progress: bool = True, *, overwrite: bool = False) -> dict[str, Any]:
+    """Evaluate a saved model on ``config.data`` under the temporal protocol -> ``out/metrics.json``.
+
+    ``out`` may be the folder of the train or quickstart run that wrote the checkpoint.
+    """
+    out = Path(out).absolute()
     model = load(checkpoint)
-    prepared = prepare(config, out, report)
-    log = prepared.log
-    # Dense indices mean something only under the checkpoint's vocabularies.
-    if not (model.users.values.equals(log.users.values) and model.items.values.equals(log.items.values)):
-        raise DataError(
-            f"checkpoint '{checkpoint}' was trained on other users or items ({len(model.users):,} users, "
-            f"{len(model.items):,} items) than data.path ({log.num_users:,}, {log.num_items:,}): "
-            "evaluate on the data it was trained on"
-        )
-    # Results are named after the model the checkpoint holds, whatever config.model says.
-    config = dataclasses.replace(config, model=model.config.model)
-    evaluation = evaluate(config, model.graphdef, model.params, prepared.split, log.num_items,
-                          evaluation_weights(config, prepared, progress),
-                          history=evaluation_history(model.graphdef, model.params, prepared))
-    report_evaluation(report, evaluation)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "metrics.json").write_text(json.dumps({"evaluation": evaluation, "config": to_dict(config)}, indent=2) + "\n")
+    with run_folder(out, "evaluate", to_dict(config), overwrite=overwrite) as stage:
+        prepared = prepare(config, stage, _shown(report, stage, out))
+        log = prepared.log
+        # Dense indices mean something only under the checkpoint's vocabularies.
+        if not (model.users.values.equals(log.users.values) and model.items.values.equals(log.items.values)):
+            raise DataError(
+                f"checkpoint '{checkpoint}' was trained on other users or items ({len(model.users):,} users, "
+                f"{len(model.items):,} items) than data.path ({log.num_users:,}, {log.num_items:,}): "
+                "evaluate on the data it was trained on"
+            )
+        # Results are named after the model the checkpoint holds, whatever config.model says.
+        config = dataclasses.replace(config, model=model.config.model)
+        evaluation = evaluate(config, model.graphdef, model.params, prepared.split, log.num_items,
+                              evaluation_weights(config, prepared, progress),
+                              history=evaluation_history(model.graphdef, model.params, prepared))
+        report_evaluation(report, evaluation)
+        (stage / "metrics.json").write_text(json.dumps({"evaluation": evaluation, "config": to_dict(config)},
+                                                       indent=2) + "\n")
     return evaluation
 
 
-def evaluate_detection(config: Config, out: str | Path, report: Reporter = _quiet, progress: bool = True) -> dict[str, Any]:
+def evaluate_detection(config: Config, out: str | Path, report: Reporter = _quiet, progress: bool = True, *,
+                       overwrite: bool = False) -> dict[str, Any]:
     """Generate the synthetic log with ground truth, detect forgetting, score it -> ``out/detection.json``.
 
-    Also writes ``out/states.parquet``, ``out/detection.md`` and the plots
-    ``out/plots/{detection_pr,forgetting,interest_timeline}.png``.
+    Also writes ``out/states.parquet``, ``out/detection.md``, the generated
+    ``out/data/`` and the plots ``out/plots/{detection_pr,forgetting,interest_timeline}.png``.
     """
     from fgjax.evaluation.detection import evaluate_detection_on, format_report, write_report
     from fgjax.plots import plot_detection_pr, plot_interest_timeline
 
-    out = Path(out)
-    paths = generate(config.synthetic, out / "data")
-    config = with_generated_data(config, out)
-    log = read(config, out, report)
-    started = time.perf_counter()
-    detection, result, codes, truth = evaluate_detection_on(config, log, paths.truth_path, out, progress=progress)
-    report(f"detection: {detection.setup['windows']} windows of {config.analysis.window_seconds / 86400:g} days, "
-           f"{detection.setup['pairs_judged']:,} (user, interest) pairs judged, {time.perf_counter() - started:.1f}s")
-    report(format_report(detection))
-    path = write_report(detection, config, out)
-    plots = out / "plots"
-    plots.mkdir(exist_ok=True)
-    plot_detection_pr(detection.curves, detection.detector["overall"], plots / "detection_pr.png")
-    plot_forgetting(degree_since_first_activity(result), result.window_start, plots / "forgetting.png")
-    plot_interest_timeline(log, result, codes, truth, plots / "interest_timeline.png")
-    report(f"wrote {path}, {out / 'states.parquet'} and plots in {plots}")
+    out = Path(out).absolute()
+    with run_folder(out, "detection", to_dict(config), overwrite=overwrite) as stage:
+        shown = _shown(report, stage, out)
+        paths = generate(config.synthetic, stage / "data")
+        log = read(with_generated_data(config, stage), stage, shown)
+        config = with_generated_data(config, out)
+        started = time.perf_counter()
+        detection, result, codes, truth = evaluate_detection_on(config, log, paths.truth_path, stage,
+                                                                progress=progress)
+        shown(f"detection: {detection.setup['windows']} windows of {config.analysis.window_seconds / 86400:g} days, "
+              f"{detection.setup['pairs_judged']:,} (user, interest) pairs judged, {time.perf_counter() - started:.1f}s")
+        shown(format_report(detection))
+        write_report(detection, config, stage)
+        plots = stage / "plots"
+        plots.mkdir(exist_ok=True)
+        plot_detection_pr(detection.curves, detection.detector["overall"], plots / "detection_pr.png")
+        plot_forgetting(degree_since_first_activity(result), result.window_start, plots / "forgetting.png")
+        plot_interest_timeline(log, result, codes, truth, plots / "interest_timeline.png")
+    report(f"wrote {out / 'detection.json'}, {out / 'states.parquet'} and plots in {out / 'plots'}")
     return detection.to_json()
-

@@ -14,7 +14,7 @@ import pytest
 from fgjax.config import DataConfig, SyntheticConfig
 from fgjax.data import synthetic
 from fgjax.data.reader import read_events
-from fgjax.errors import ConfigError
+from fgjax.errors import ConfigError, DataError
 
 SMALL = SyntheticConfig(num_users=300, num_items=200, num_categories=8, num_days=40, users_per_shard=100, seed=3)
 DAY = 86400.0
@@ -81,7 +81,7 @@ def test_same_seed_same_bytes_other_seed_differs(tmp_path):
 def test_a_shard_depends_only_on_seed_and_index(small, tmp_path):
     # Fewer users: the shards that exist must be byte-identical to the larger run's.
     fewer = synthetic.generate(dataclasses.replace(SMALL, num_users=200), tmp_path)
-    assert sorted(p.name for p in fewer.events_dir.iterdir()) == ["part-00000.parquet", "part-00001.parquet"]
+    assert sorted(p.name for p in fewer.events_dir.glob("part-*")) == ["part-00000.parquet", "part-00001.parquet"]
     for name in ("part-00000.parquet", "part-00001.parquet"):
         assert (fewer.events_dir / name).read_bytes() == (small.events_dir / name).read_bytes()
     big_truth = pq.read_table(small.truth_path)
@@ -92,6 +92,16 @@ def test_stale_shards_are_removed(tmp_path):
     synthetic.generate(dataclasses.replace(SMALL, num_users=200), tmp_path)
     paths = synthetic.generate(dataclasses.replace(SMALL, num_users=50), tmp_path)
     assert [p.name for p in paths.events_dir.iterdir()] == ["part-00000.parquet"]
+
+
+def test_files_it_did_not_write_are_neither_removed_nor_mixed_in(tmp_path):
+    events = tmp_path / "events"
+    events.mkdir()
+    (events / "part-00007.parquet").write_bytes(b"someone else's shard")
+    (events / "mine.parquet").write_bytes(b"mine")
+    with pytest.raises(DataError, match=r"holds files generate did not write \(mine.parquet, part-00007.parquet\)"):
+        synthetic.generate(dataclasses.replace(SMALL, num_users=50), tmp_path)
+    assert sorted(p.name for p in events.iterdir()) == ["mine.parquet", "part-00007.parquet"]
 
 
 def test_default_config_generates_four_shards(tmp_path):

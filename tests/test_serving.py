@@ -202,26 +202,38 @@ def test_serving_state_round_trips_exactly(tmp_path):
 def test_missing_or_damaged_serving_state_names_the_file(tmp_path, fitted):
     import shutil
 
+    from fgjax.checkpoint import forget, record
+
     out, _, _ = fitted
     copy = tmp_path / "ckpt"
     shutil.copytree(out / "checkpoint", copy)
     meta = copy / "serving.json"
     text = meta.read_text()
     meta.write_text("{not json")
+    with pytest.raises(CheckpointError, match="serving.json' is damaged: 9 bytes, the checkpoint manifest lists"):
+        fgjax.load(copy)
+    # Contents the manifest vouches for (as a buggy writer would leave them) are still checked.
+    record(copy, "serving.json")
     with pytest.raises(CheckpointError, match="serving.json': unreadable serving metadata"):
         fgjax.load(copy)
     meta.write_text(json.dumps({**json.loads(text), "serving_version": 1}))
+    record(copy, "serving.json")
     with pytest.raises(CheckpointError, match="serving state version 1"):
         fgjax.load(copy)
     meta.write_text(json.dumps({**json.loads(text), "arrays": json.loads(text)["arrays"] + ["history_items"]}))
+    record(copy, "serving.json")
     with pytest.raises(CheckpointError, match="serving arrays history_items are missing"):
         fgjax.load(copy)
     meta.write_text(text)
+    record(copy, "serving.json")
     shutil.rmtree(copy / "serving")
+    with pytest.raises(CheckpointError, match=r"serving' is missing \(the checkpoint manifest lists \d+ files in it\)"):
+        fgjax.load(copy)
+    forget(copy, "serving")
     with pytest.raises(CheckpointError, match=r"serving': unreadable serving arrays"):
         fgjax.load(copy)
-    meta.unlink()
-    with pytest.raises(CheckpointError, match=r"serving.json' is missing: expected the serving state"):
+    forget(copy, "serving.json")
+    with pytest.raises(CheckpointError, match=r"has no serving state \(serving.json and serving/"):
         fgjax.load(copy)
     # Arrays that do not fit together, or not the checkpoint's users.
     state = _state_with_everything()
@@ -230,6 +242,9 @@ def test_missing_or_damaged_serving_state_names_the_file(tmp_path, fitted):
     dataclasses.replace(state, f=state.f[:, :2]).save(tmp_path / "bad")
     with pytest.raises(CheckpointError, match=r"damaged serving state: f has shape \(5, 2\)"):
         ServingState.load(tmp_path / "bad")
+    dataclasses.replace(state, popularity=np.full_like(state.popularity, np.nan)).save(tmp_path / "nan")
+    with pytest.raises(CheckpointError, match=r"damaged serving state: popularity holds 7 NaN or infinite values"):
+        ServingState.load(tmp_path / "nan")
     state.save(copy)
     with pytest.raises(CheckpointError, match="serving state for 5 users and 7 items, expected"):
         fgjax.load(copy)

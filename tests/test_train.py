@@ -243,7 +243,7 @@ def test_killed_cli_run_resumes_to_the_same_parameters(tmp_path):
 
     subprocess.run(command(tmp_path / "whole"), check=True, capture_output=True, timeout=600)
     victim = subprocess.Popen(command(tmp_path / "killed"), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    steps_dir = tmp_path / "killed" / "checkpoint" / "train"
+    steps_dir = tmp_path / ".killed.fgjax-staging" / "checkpoint" / "train"  # a run stages beside --out
     deadline = time.time() + 300
     while time.time() < deadline and victim.poll() is None:
         if steps_dir.is_dir() and any(p.name.isdigit() for p in steps_dir.iterdir()):
@@ -260,5 +260,9 @@ def test_killed_cli_run_resumes_to_the_same_parameters(tmp_path):
     resumed = fgjax.load(tmp_path / "killed" / "checkpoint")
     assert 0 < resumed_at < whole.step  # killed mid-run, not after it ended
     assert resumed.step == whole.step
+    assert "resuming the checkpoint of a run" in rerun.stdout
+    # One line per epoch, none twice: the log holds exactly the history of the state the rerun resumed from.
+    epochs = [json.loads(line)["epoch"] for line in (tmp_path / "killed" / "metrics.jsonl").read_text().splitlines()]
+    assert epochs == list(range(1, 7))
     for a, b in zip(jax.tree.leaves(whole.params), jax.tree.leaves(resumed.params)):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))

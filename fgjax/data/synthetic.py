@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import json
 from pathlib import Path
 
 import numpy as np
@@ -41,7 +42,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from fgjax.config import SyntheticConfig
-from fgjax.errors import ConfigError
+from fgjax.errors import ConfigError, DataError
 
 KINDS = ("stable", "fading", "stopped", "periodic", "reactivated", "bursty")
 STABLE, FADING, STOPPED, PERIODIC, REACTIVATED, BURSTY = range(len(KINDS))
@@ -359,16 +360,18 @@ def generate(config: SyntheticConfig, out_dir: str | Path) -> SyntheticPaths:
     """Write a synthetic behavior log with ground truth under ``out_dir``.
 
     Layout: ``out_dir/events/part-00000.parquet ...`` (``users_per_shard``
-    users each), ``out_dir/items.parquet``, ``out_dir/ground_truth.parquet``.
-    Old ``part-*.parquet`` files in ``out_dir/events`` are removed first, so a
-    smaller run never reads stale shards of a larger one.
+    users each), ``out_dir/items.parquet``, ``out_dir/ground_truth.parquet``,
+    and ``out_dir/_fgjax_generated.json`` listing the shards. The shards an
+    earlier ``generate`` listed there are removed first, so a smaller run never leaves stale shards of a larger
+    one; files it did not write are never removed nor mixed in.
+
+    Raises:
+      DataError: ``out_dir/events`` holds files ``generate`` did not write.
     """
     check_config(config)
     out_dir = Path(out_dir)
     paths = SyntheticPaths(out_dir / "events", out_dir / "items.parquet", out_dir / "ground_truth.parquet")
-    paths.events_dir.mkdir(parents=True, exist_ok=True)
-    for stale in sorted(paths.events_dir.glob("part-*.parquet")):
-        stale.unlink()
+    _clear_own_shards(paths.events_dir, out_dir / _GENERATED)
     catalog = build_catalog(config)
     pq.write_table(items_table(catalog), paths.items_path)
     start_us = start_epoch_us(config.start)
@@ -378,4 +381,27 @@ def generate(config: SyntheticConfig, out_dir: str | Path) -> SyntheticPaths:
             events, truth = generate_shard(config, catalog, shard, start_us)
             pq.write_table(events, paths.events_dir / f"part-{shard:05d}.parquet")
             truth_writer.write_table(truth)
+    shards = [f"part-{shard:05d}.parquet" for shard in range(num_shards)]
+    (out_dir / _GENERATED).write_text(json.dumps({"shards": shards}) + "\n")
     return paths
+
+
+_GENERATED = "_fgjax_generated.json"
+
+
+def _clear_own_shards(events_dir: Path, marker: Path) -> None:
+    """Remove the shards an earlier ``generate`` listed in ``marker``; refuse an events folder with other files."""
+    events_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        own = set(json.loads(marker.read_text())["shards"]) if marker.is_file() else set()
+    except (ValueError, KeyError, TypeError):
+        own = set()
+    present = sorted(p.name for p in events_dir.iterdir())
+    foreign = [name for name in present if name not in own]
+    if foreign:
+        shown = ", ".join(foreign[:3]) + (f", ... ({len(foreign)} files)" if len(foreign) > 3 else "")
+        raise DataError(f"'{events_dir}' holds files generate did not write ({shown}): generate into an empty "
+                        "folder (it never removes or mixes in files it did not write)")
+    for name in present:
+        (events_dir / name).unlink()
+    marker.unlink(missing_ok=True)
