@@ -129,7 +129,13 @@ class DataConfig:
     columns: ColumnsConfig = ColumnsConfig()
     event_weights: dict[str, float] = setting(DEFAULT_EVENT_WEIGHTS, ge=0)
     default_event_type: str = "click"
-    unknown_event_weight: float = setting(1.0, ge=0)  # weight of user-defined event types not in event_weights
+    unknown_event_weight: float = setting(1.0, ge=0)  # weight of event types not in event_weights (policy "keep")
+    # An event_type that is neither in event_weights nor default_event_type: quarantine = reject the row
+    # ("unknown event_type", counted, in rejects.parquet); keep = use it at unknown_event_weight; refuse = stop.
+    unknown_event_types: str = setting("quarantine", choices=("quarantine", "keep", "refuse"))
+    # Shards whose ID columns disagree in type (integers in some, strings in others): refuse, or read every ID
+    # of that column as a string (7 and "7" are then one ID; "s7" another).
+    mixed_id_types: str = setting("refuse", choices=("refuse", "string"))
     batch_size: int = setting(65536, ge=1)  # rows per Arrow record batch while streaming
     min_timestamp: float = 0.0  # epoch seconds; rows outside [min, max] are rejected
     max_timestamp: float = 4102444800.0  # 2100-01-01T00:00:00Z

@@ -58,7 +58,7 @@ def test_reads_values_sorted_with_vocabularies(tmp_path):
             event_type=["purchase", "view", "cart", "mystery"],
         ),
     )
-    log = read(f)
+    log = read(f, config=dataclasses.replace(CFG, unknown_event_types="keep"))
     assert log.users.values.to_pylist() == [10, 20, 30]
     assert log.items.values.to_pylist() == [5, 7, 9]
     assert log.user.dtype == np.int32 and log.item.dtype == np.int32
@@ -70,7 +70,10 @@ def test_reads_values_sorted_with_vocabularies(tmp_path):
     assert log.weight.tolist() == [0.5, 2.0, 1.0, 4.0]  # view, cart, unknown -> unknown_event_weight, purchase
     assert (log.num_users, log.num_items, log.num_events) == (3, 3, 4)
     assert log.item_category is None and log.categories is None
-    assert log.report == ReadReport(rows_read=4, rows_used=4, rejected={}, rejects_path=None, files=1)
+    assert log.report == ReadReport(rows_read=4, rows_used=4, rejected={}, rejects_path=None, files=1,
+                                    unknown_event_types={"mystery": 1}, unknown_event_policy="keep")
+    assert log.report.summary().endswith("event types not in data.event_weights kept at data.unknown_event_weight "
+                                         "(mystery: 1)")
 
 
 def test_default_event_type_and_weight_column(tmp_path):
@@ -113,7 +116,7 @@ def test_null_user_id_rows_are_rejected(tmp_path):
     assert rejected == [
         {
             "user_id": None, "item_id": "2", "timestamp": str(T0), "reason": "null user_id",
-            "source_file": f, "source_row": 1,
+            "source_file": f, "source_row": 1, "source_line": None,
         }  # fmt: skip
     ]
 
@@ -204,7 +207,7 @@ def test_duplicates_keep_the_first(tmp_path):
     assert rejected == [
         {
             "user_id": "1", "item_id": "5", "timestamp": str(T0), "event_type": "view", "weight": "9",
-            "reason": "duplicate", "source_file": f, "source_row": 1,
+            "reason": "duplicate", "source_file": f, "source_row": 1, "source_line": None,
         }  # fmt: skip
     ]
 
@@ -241,7 +244,8 @@ def test_rejects_file_is_written_even_when_empty(tmp_path):
     assert log.report.rejects_path == str(tmp_path / "sub" / "r.parquet")
     table = pq.read_table(tmp_path / "sub" / "r.parquet")
     assert table.num_rows == 0
-    assert table.schema.names == ["user_id", "item_id", "timestamp", "reason", "source_file", "source_row"]
+    assert table.schema.names == ["user_id", "item_id", "timestamp", "reason", "source_file", "source_row",
+                                  "source_line"]
 
 
 def test_no_rejects_file_without_a_path(tmp_path):
@@ -254,6 +258,20 @@ def test_no_valid_rows_is_a_data_error_with_a_units_hint(tmp_path):
     f = write(tmp_path / "e.parquet", events([1, 2], [1, 1], [T0 * 1000, T0 * 1000]))  # milliseconds
     with pytest.raises(DataError, match=r"no valid rows \(read 2 rows .*timestamp out of range: 2\).*milliseconds"):
         read(f)
+    f = write(tmp_path / "ns.parquet", events([1, 2], [1, 1], [T0 * 10**9, T0 * 10**9 + 5]))
+    with pytest.raises(DataError, match=r"are the timestamps in nanoseconds\?"):
+        read(f)
+
+
+@pytest.mark.parametrize("times, span", [
+    ([-3.1e8, -3e8], "between 1960-03-06 .* and 1960-06-29 .*, outside \\[1970-01-01 00:00:00 UTC, 2100-01-01"),
+    ([7.3e9, 7.31e9], "between 2201-04-30 .* and 2201-08-24 .*, outside"),
+])
+def test_out_of_range_times_that_are_not_another_unit_name_their_span(tmp_path, times, span):
+    f = write(tmp_path / "e.parquet", events([1, 2], [1, 1], times))
+    with pytest.raises(DataError, match=span) as info:
+        read(f)
+    assert "milliseconds" not in str(info.value) and "data.min_timestamp, data.max_timestamp" in str(info.value)
 
 
 row_values = st.tuples(
@@ -473,11 +491,49 @@ def test_string_and_int_ids(tmp_path):
     assert log.users.values.to_pylist() == ["a", "b"] and log.user.tolist() == [1, 0, 1]
 
 
-def test_int_and_string_ids_across_files_become_strings(tmp_path):
-    write(tmp_path / "d" / "a.parquet", events([12], [1], [T0]))
+def test_int_and_string_ids_across_files_are_refused_or_read_as_strings(tmp_path):
+    write(tmp_path / "d" / "a.parquet", events([12, 13], [1, 1], [T0, T0]))
     write(tmp_path / "d" / "b.parquet", events(["x"], [1], [T0]))
-    log = read(tmp_path / "d")
-    assert log.users.type == pa.string() and log.users.values.to_pylist() == ["12", "x"]
+    write(tmp_path / "d" / "c.parquet", events([14], [1], [T0]))
+    with pytest.raises(SchemaError, match=r"column 'user_id' holds integers in 2 files \('.*a.parquet', '.*c.parquet'\) "
+                                          r"and strings in 1 file \('.*b.parquet'\).*data.mixed_id_types=string"):
+        read(tmp_path / "d")
+    log = read(tmp_path / "d", config=dataclasses.replace(CFG, mixed_id_types="string"))
+    assert log.users.type == pa.string() and log.users.values.to_pylist() == ["12", "13", "14", "x"]
+    # CSV IDs carry no type: text shards are integers when every value is one, else strings (documented).
+    write(tmp_path / "f" / "a.csv", events([12], [1], [T0]))
+    write(tmp_path / "f" / "b.csv", events(["s13"], ["1"], [str(T0)]))
+    assert read(tmp_path / "f").users.values.to_pylist() == ["12", "s13"]  # text only: strings, as documented
+
+
+def test_unknown_event_types_are_quarantined_by_default(tmp_path):
+    table = events([1, 2, 3, 4], [1, 1, 1, 1], [T0, T0 + 1, T0 + 2, T0 + 3],
+                   event_type=["view", "pruchase", "pruchase", None])
+    log, rejected, f = _read_with_rejects(tmp_path, table)
+    assert log.report.rejected == {"unknown event_type": 2} and log.num_events == 2  # null -> default_event_type
+    assert [(r["event_type"], r["reason"], r["source_row"]) for r in rejected] == [
+        ("pruchase", "unknown event_type", 1), ("pruchase", "unknown event_type", 2)]
+    assert log.report.unknown_event_types == {"pruchase": 2}
+    assert "event types not in data.event_weights quarantined (pruchase: 2)" in log.report.summary()
+    with pytest.raises(DataError, match=r"event_type values not in data.event_weights: 'pruchase' \(2 rows\)"):
+        read(f, config=dataclasses.replace(CFG, unknown_event_types="refuse"))
+    custom = dataclasses.replace(CFG, event_weights={**CFG.event_weights, "pruchase": 4.0})
+    assert read(f, config=custom).num_events == 4
+
+
+def test_ragged_csv_rows_are_quarantined_with_their_lines(tmp_path):
+    f = tmp_path / "e.csv"
+    f.write_text("user_id,item_id,timestamp\n"
+                 f"1,2,{T0}\n"
+                 f"1,3,{T0 + 1},extra\n"
+                 "2,4\n"
+                 f"2,5,{T0 + 3}\n")
+    rejects = tmp_path / "rejects.parquet"
+    log = read(f, rejects_path=rejects)
+    assert (log.report.rows_read, log.report.rows_used, log.report.rejected) == (4, 2, {"ragged row": 2})
+    rows = pq.read_table(rejects).to_pylist()
+    assert [(r["reason"], r["source_line"], r["source_row"], r["user_id"]) for r in rows] == [
+        ("ragged row", 3, None, None), ("ragged row", 4, None, None)]
 
 
 def test_column_name_mapping(tmp_path):

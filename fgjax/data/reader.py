@@ -9,9 +9,10 @@ batches of ``config.batch_size`` with only the configured columns projected.
 
 Row rule: a row is dropped for the first reason that applies, in this order
 
-    null user_id, null item_id, null timestamp, unparseable timestamp,
-    timestamp out of range, unparseable weight, negative weight,
-    non-finite weight, duplicate
+    ragged row (CSV: another number of fields than the header), null user_id,
+    null item_id, null timestamp, unparseable timestamp, timestamp out of
+    range, unparseable weight, negative weight, non-finite weight, unknown
+    event_type (``config.unknown_event_types``: quarantine), duplicate
 
 (an empty or all-blank string counts as null; a NaN epoch timestamp counts as
 null; ``duplicate`` = same user, item, timestamp and event type as an earlier
@@ -20,14 +21,17 @@ timestamps compare as float64 epoch seconds, exact to the microsecond). Repairs,
 drops: a null ``event_type`` becomes ``config.default_event_type``, a null
 ``weight`` becomes the event type's weight. Every dropped row is counted by
 reason and, when a rejects path is given, written there (Parquet): the
-original columns rendered as strings, plus ``reason``, ``source_file`` and
-``source_row`` (0-based row in that file). ``rows_read == rows_used +
-sum(rejected)`` always.
+original columns rendered as strings, plus ``reason``, ``source_file``,
+``source_row`` (0-based row in that file; for CSV, among the rows that parse)
+and ``source_line`` (1-based line of a ragged CSV row, else null).
+``rows_read == rows_used + sum(rejected)`` always.
 
 ID types: integer columns stay int64, string columns stay strings. Text
 formats (CSV, hive partition values) carry no types, so their IDs become int64
-when every used value is a canonical integer (``"7"``, not ``"007"``). If any
-source has string IDs, every ID of that column is a string.
+when every used value is a canonical integer (``"7"``, not ``"007"``). Sources
+that disagree (integer IDs in some files, string IDs in others) are refused
+with a ``SchemaError`` naming files and column, unless
+``config.mixed_id_types`` is ``string`` (every ID of that column read as a string).
 """
 
 from __future__ import annotations
@@ -54,6 +58,7 @@ from fgjax.data.vocab import Vocabulary
 from fgjax.errors import DataError, SchemaError
 
 REASONS = (
+    "ragged row",
     "null user_id",
     "null item_id",
     "null timestamp",
@@ -62,9 +67,16 @@ REASONS = (
     "unparseable weight",
     "negative weight",
     "non-finite weight",
+    "unknown event_type",
     "duplicate",
 )
+_RAGGED = REASONS.index("ragged row")
+_OUT_OF_RANGE = REASONS.index("timestamp out of range")
+_UNKNOWN_TYPE = REASONS.index("unknown event_type")
 _DUPLICATE = REASONS.index("duplicate")
+# The reasons clean_batch decides, in the order of its conditions.
+_ROW_REASONS = np.array([REASONS.index(r) for r in REASONS[1:-1]], dtype=np.int8)
+_PLAUSIBLE_SINCE = 631152000.0  # 1990-01-01: a milli/micro/nanosecond value read as seconds would land after it
 
 _EXTENSION_FORMATS = types.MappingProxyType({
     ".parquet": "parquet",
@@ -92,6 +104,9 @@ class ReadReport:
     rejects_path: str | None
     files: int
     items_table: dict[str, int] = dataclasses.field(default_factory=dict)  # rows and rows not used as given
+    # event_type values not in data.event_weights -> rows (quarantined, or kept at unknown_event_weight)
+    unknown_event_types: dict[str, int] = dataclasses.field(default_factory=dict)
+    unknown_event_policy: str = "quarantine"
 
     @property
     def rows_rejected(self) -> int:
@@ -106,6 +121,13 @@ class ReadReport:
             line += " (" + ", ".join(f"{r}: {n:,}" for r, n in sorted(self.rejected.items())) + ")"
             if self.rejects_path:
                 line += f"; rejects in '{self.rejects_path}'"
+        if self.unknown_event_types:
+            names = ", ".join(f"{name}: {n:,}" for name, n in sorted(self.unknown_event_types.items()))
+            if self.unknown_event_policy == "keep":
+                line += f"; event types not in data.event_weights kept at data.unknown_event_weight ({names})"
+            else:
+                line += (f"; event types not in data.event_weights quarantined ({names}): add them to "
+                         "data.event_weights, or set data.unknown_event_types=keep")
         issues = {k: n for k, n in self.items_table.items() if k != "rows" and n}
         if issues:
             line += f"; items table: {self.items_table['rows']:,} rows, " + ", ".join(
@@ -161,6 +183,7 @@ class Source:
     text: bool
     batches: Callable[[Sequence[str], int], Iterator[pa.RecordBatch]]  # (columns, batch_size)
     take: Callable[[Sequence[str], np.ndarray], pa.Table]  # (columns, rows)
+    ragged: dict[int, str] = dataclasses.field(default_factory=dict)  # CSV: 1-based line -> text of skipped rows
 
 
 def _is_glob(path: str) -> bool:
@@ -242,20 +265,33 @@ def hive_keys(file: Path, base: Path | None) -> dict[str, str]:
     return keys
 
 
-def file_format(fmt: str, text_columns: Sequence[str] = ()) -> ds.FileFormat:
+def file_format(fmt: str, text_columns: Sequence[str] = (), ragged: dict[int, str] | None = None) -> ds.FileFormat:
     """A pyarrow dataset format. CSV reads ``text_columns`` as strings (so a late
-    odd value is a rejected row, not a conversion crash); other columns are inferred."""
+    odd value is a rejected row, not a conversion crash); other columns are inferred.
+
+    ``ragged``: for CSV, rows with another number of fields than the header are
+    skipped and recorded there (1-based line -> text) instead of failing the file.
+    """
     if fmt == "parquet":
         return ds.ParquetFileFormat()
     if fmt == "ipc":
         return ds.IpcFileFormat()
     if fmt == "csv":
         types = {c: pa.string() for c in text_columns}
-        return ds.CsvFileFormat(convert_options=pacsv.ConvertOptions(column_types=types, strings_can_be_null=True))
+        parse = pacsv.ParseOptions()
+        if ragged is not None:
+            def skip(row) -> str:  # pyarrow's InvalidRow: expected_columns, actual_columns, number, text
+                ragged[row.number if row.number is not None else -1 - len(ragged)] = row.text
+                return "skip"
+
+            parse = pacsv.ParseOptions(invalid_row_handler=skip)
+        return ds.CsvFileFormat(parse_options=parse,
+                                convert_options=pacsv.ConvertOptions(column_types=types, strings_can_be_null=True))
     raise DataError(f"data.format '{fmt}' is not a file format the reader streams")
 
 
-def fragment_source(fragment: ds.Fragment, name: str, keys: dict[str, str], text: bool) -> Source:
+def fragment_source(fragment: ds.Fragment, name: str, keys: dict[str, str], text: bool,
+                    ragged: dict[int, str] | None = None) -> Source:
     """A file's fragment as a ``Source``; hive keys become constant string columns."""
     try:
         physical = fragment.physical_schema
@@ -283,7 +319,7 @@ def fragment_source(fragment: ds.Fragment, name: str, keys: dict[str, str], text
         table = fragment.take(pa.array(rows, pa.int64()), columns=own)
         return pa.Table.from_arrays(add_keys(table, columns), names=list(columns))
 
-    return Source(name, schema, text or bool(extra), batches, take)
+    return Source(name, schema, text or bool(extra), batches, take, ragged if ragged is not None else {})
 
 
 def table_source(table: pa.Table, name: str) -> Source:
@@ -319,12 +355,14 @@ def open_sources(path: str, config: DataConfig) -> tuple[list[Source], Path | fo
         inner = path if Path(path).is_dir() else str(files[0])
         return open_sources(inner, dataclasses.replace(config, format=fmt))
     cols = config.columns
-    file_fmt = file_format(fmt, (cols.user_id, cols.item_id, cols.timestamp, cols.event_type, cols.weight))
+    text_columns = (cols.user_id, cols.item_id, cols.timestamp, cols.event_type, cols.weight)
     filesystem = pafs.LocalFileSystem()
     sources = []
     for f in files:
+        ragged: dict[int, str] = {}  # one per file: its skipped lines
+        file_fmt = file_format(fmt, text_columns, ragged if fmt == "csv" else None)
         fragment = file_fmt.make_fragment(str(f.resolve()), filesystem=filesystem)
-        sources.append(fragment_source(fragment, str(f), hive_keys(f, base), fmt == "csv"))
+        sources.append(fragment_source(fragment, str(f), hive_keys(f, base), fmt == "csv", ragged))
     return sources, None
 
 
@@ -532,6 +570,11 @@ class EventTypes:
         code_of_uniq = np.array([self.codes[n] for n in names], dtype=np.int32)
         return code_of_uniq[pc.index_in(values, value_set=uniq).to_numpy(zero_copy_only=False)]
 
+    def unknown(self, config: DataConfig) -> np.ndarray:
+        """(codes,) bool: the names that are neither in ``event_weights`` nor ``default_event_type``."""
+        known = set(config.event_weights) | {config.default_event_type}
+        return np.array([name not in known for name in self.names], dtype=bool)
+
 
 @dataclasses.dataclass(frozen=True)
 class CleanBatch:
@@ -569,9 +612,13 @@ def clean_batch(batch: pa.RecordBatch, plan: Plan, config: DataConfig, event_typ
             given = pc.cast(pc.if_else(numeric, text, pa.nulls(n, pa.string())), pa.float64())
         given = pc.cast(given, pa.float64()).to_numpy(zero_copy_only=False)
         weight = np.where(np.isnan(given) & (_null_mask(batch.column(cols.weight)) | weight_bad), weight, given)
+    unknown = np.zeros(n, bool)
+    if config.unknown_event_types != "keep":
+        unknown = event_types.unknown(config)[event]
     with np.errstate(invalid="ignore"):
-        conditions = [user_null, item_null, ts_null, ts_bad, ~in_range, weight_bad, weight < 0, ~np.isfinite(weight)]
-    reason = np.select(conditions, np.arange(len(conditions), dtype=np.int8), -1).astype(np.int8)
+        conditions = [user_null, item_null, ts_null, ts_bad, ~in_range, weight_bad, weight < 0, ~np.isfinite(weight),
+                      unknown]
+    reason = np.select(conditions, _ROW_REASONS, -1).astype(np.int8)
     return CleanBatch(reason, user, item, seconds, event, weight)
 
 
@@ -594,24 +641,30 @@ class RejectsWriter:
                 pa.field("reason", pa.string()),
                 pa.field("source_file", pa.string()),
                 pa.field("source_row", pa.int64()),
+                pa.field("source_line", pa.int64()),
             ]
         )
         self._writer: pq.ParquetWriter | None = None
         self._closed = False
 
-    def write(self, rows: pa.Table | pa.RecordBatch, reason: np.ndarray, source: str, row: np.ndarray) -> None:
-        """Append rejected ``rows`` (original columns), their (n,) reason codes and (n,) source rows."""
+    def write(self, rows: pa.Table | pa.RecordBatch | None, reason: np.ndarray, source: str,
+              row: np.ndarray | None, line: np.ndarray | pa.Array | None = None) -> None:
+        """Append rejected ``rows`` (original columns; None: unknown), their (n,) reason codes, (n,) source
+        rows (None: unknown) and (n,) 1-based source lines (None: unknown)."""
         if self.path is None or len(reason) == 0:
             return
+        n = len(reason)
         arrays = []
         for c in self.columns:
-            if c in rows.schema.names:
+            if rows is not None and c in rows.schema.names:
                 arrays.append(pc.cast(_plain(rows.column(c)), pa.string()))
             else:
-                arrays.append(pa.nulls(len(reason), pa.string()))
+                arrays.append(pa.nulls(n, pa.string()))
         arrays.append(pa.array(REASONS).take(pa.array(reason.astype(np.int64))))
-        arrays.append(pa.array([source] * len(reason), pa.string()))
-        arrays.append(pa.array(row, pa.int64()))
+        arrays.append(pa.array([source] * n, pa.string()))
+        arrays.append(pa.nulls(n, pa.int64()) if row is None else pa.array(row, pa.int64()))
+        arrays.append(pa.nulls(n, pa.int64()) if line is None
+                      else line if isinstance(line, pa.Array) else pa.array(line, pa.int64()))
         self._open().write_table(pa.Table.from_arrays(arrays, schema=self.schema))
 
     def _open(self) -> pq.ParquetWriter:
@@ -644,6 +697,47 @@ def unify_ids(chunks: list[pa.Array], kinds: list[str]) -> pa.ChunkedArray:
         if formats.as_int_ids(text) is not None:
             return pa.chunked_array([c.cast(pa.int64()) for c in chunks], pa.int64())
     return pa.chunked_array([c.cast(pa.string()) for c in chunks], pa.string())
+
+
+def _mixed_ids(column: str, ints: list[str], strings: list[str], what: str = "strings") -> SchemaError:
+    def files(names: list[str]) -> str:
+        shown = ", ".join(f"'{n}'" for n in names[:2]) + (", ..." if len(names) > 2 else "")
+        return f"{len(names)} file{'s' if len(names) != 1 else ''} ({shown})"
+
+    return SchemaError(
+        f"events: column '{column}' holds integers in {files(ints)} and {what} in {files(strings)}: the shards "
+        f"disagree on the type of their IDs (7 and 's7' are never the same ID); convert them to one type, or set "
+        f"data.mixed_id_types=string to read every {column} as a string"
+    )
+
+
+def check_id_kinds(sources: list[Source], plans: list[Plan], config: DataConfig) -> None:
+    """Refuse sources whose ID columns are integers in some files and strings in others (before any row).
+
+    Raises:
+      SchemaError: naming the column and the files of each type, unless ``config.mixed_id_types`` is ``string``.
+    """
+    if config.mixed_id_types == "string":
+        return
+    for column, attr in ((config.columns.user_id, "user_kind"), (config.columns.item_id, "item_kind")):
+        ints = [s.name for s, p in zip(sources, plans) if getattr(p, attr) == "int"
+                and not pa.types.is_null(s.schema.field(column).type)]
+        strings = [s.name for s, p in zip(sources, plans) if getattr(p, attr) == "string"]
+        if ints and strings:
+            raise _mixed_ids(column, ints, strings)
+
+
+def _check_text_ids(chunks: list[pa.Array], kinds: list[str], chunk_sources: list[int], sources: list[Source],
+                    column: str, config: DataConfig) -> None:
+    """Refuse text IDs (CSV) that are not all integers beside integer-typed sources (``check_id_kinds``'s rule)."""
+    if config.mixed_id_types == "string" or "int" not in kinds or "text" not in kinds or "string" in kinds:
+        return
+    text = pa.chunked_array([c for c, k in zip(chunks, kinds) if k == "text"], pa.string())
+    if formats.as_int_ids(text) is not None:
+        return
+    ints = sorted({sources[i].name for i, k in zip(chunk_sources, kinds) if k == "int"})
+    strings = sorted({sources[i].name for i, k in zip(chunk_sources, kinds) if k == "text"})
+    raise _mixed_ids(column, ints, strings, "non-integer text")
 
 
 def duplicate_mask(user: np.ndarray, item: np.ndarray, seconds: np.ndarray, event: np.ndarray) -> np.ndarray:
@@ -717,6 +811,7 @@ class _Collected:
     weights: list[np.ndarray] = dataclasses.field(default_factory=list)
     source: list[np.ndarray] = dataclasses.field(default_factory=list)  # index into sources
     row: list[np.ndarray] = dataclasses.field(default_factory=list)  # row within that source
+    chunk_sources: list[int] = dataclasses.field(default_factory=list)  # the source of each chunk above
 
 
 def _concat(parts: list[np.ndarray], dtype) -> np.ndarray:
@@ -740,6 +835,7 @@ def read_events(
         raise DataError("no events path given; set data.path to a file, directory or glob")
     sources, default_items = open_sources(path, config)
     plans = [check_schema(s, config.columns) for s in sources]  # every schema before any row
+    check_id_kinds(sources, plans, config)
     items_path = items_path if items_path is not None else (config.items_path or default_items)
     item_table = read_items_table(items_path, config) if items_path else None
     reject_columns = [c for c in dataclasses.astuple(config.columns) if any(c in p.columns for p in plans)]
@@ -763,6 +859,8 @@ def _read_rows(
     got = _Collected()
     event_types = EventTypes()
     rows_read = 0
+    unknown_types = np.zeros(0, np.int64)  # rows per event type code rejected as unknown
+    out_of_range = _OutOfRange(config)
     for index, (source, plan) in enumerate(zip(sources, plans)):
         offset = 0
         try:
@@ -773,6 +871,12 @@ def _read_rows(
                 used = clean.reason < 0
                 counts += np.bincount(clean.reason[~used], minlength=len(REASONS))
                 rejects.write(batch.filter(pa.array(~used)), clean.reason[~used], source.name, rows[~used])
+                out_of_range.add(clean.seconds[clean.reason == _OUT_OF_RANGE])
+                if config.unknown_event_types != "keep":
+                    codes = clean.event[clean.reason == _UNKNOWN_TYPE]
+                    unknown_types = _add_counts(unknown_types, np.bincount(codes, minlength=len(event_types.names)))
+                    if codes.size and config.unknown_event_types == "refuse":
+                        raise DataError(_refused_types(source.name, event_types, unknown_types))
                 keep = pa.array(used)
                 got.users.append(clean.user.filter(keep))
                 got.user_kinds.append(plan.user_kind)
@@ -783,10 +887,76 @@ def _read_rows(
                 got.weights.append(clean.weight[used])
                 got.source.append(np.full(used.sum(), index, dtype=np.int32))
                 got.row.append(rows[used])
+                got.chunk_sources.append(index)
         except pa.ArrowInvalid as exc:  # e.g. a CSV weight that is not a number
             raise DataError(f"events '{source.name}': {str(exc).splitlines()[0]}") from None
         rows_read += offset
-    return _assemble(got, item_table, config, sources, rejects, counts, rows_read, path)
+        if source.ragged:  # CSV rows with another number of fields than the header: quarantined with their line
+            lines = np.array(sorted(source.ragged), dtype=np.int64)
+            counts[_RAGGED] += len(lines)
+            rows_read += len(lines)
+            rejects.write(None, np.full(len(lines), _RAGGED, np.int8), source.name, None,
+                          pa.array(lines, pa.int64(), mask=lines < 0))  # (a line pyarrow could not number: null)
+    unknown = {event_types.names[c]: int(n) for c, n in enumerate(unknown_types) if n}
+    return _assemble(got, item_table, config, sources, rejects, counts, rows_read, path, event_types, unknown,
+                     out_of_range)
+
+
+def _add_counts(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Element-wise sum of two count vectors of possibly different lengths."""
+    if len(a) < len(b):
+        a = np.concatenate([a, np.zeros(len(b) - len(a), a.dtype)])
+    a[: len(b)] += b
+    return a
+
+
+def _refused_types(name: str, event_types: EventTypes, counts: np.ndarray) -> str:
+    found = ", ".join(f"{event_types.names[c]!r} ({int(n):,} rows)" for c, n in enumerate(counts) if n)
+    return (f"events '{name}': event_type values not in data.event_weights: {found}; add them to "
+            "data.event_weights, or set data.unknown_event_types to quarantine or keep")
+
+
+class _OutOfRange:
+    """What the rows outside [min_timestamp, max_timestamp] look like: their span, and how many would be
+    plausible epoch seconds if they were milli-, micro- or nanoseconds."""
+
+    UNITS = (("milliseconds", 1e3), ("microseconds", 1e6), ("nanoseconds", 1e9))
+
+    def __init__(self, config: DataConfig):
+        self.low = max(config.min_timestamp, _PLAUSIBLE_SINCE)
+        self.high = config.max_timestamp
+        self.n = 0
+        self.min, self.max = np.inf, -np.inf
+        self.as_unit = dict.fromkeys([name for name, _ in self.UNITS], 0)
+
+    def add(self, seconds: np.ndarray) -> None:
+        seconds = seconds[np.isfinite(seconds)]
+        if not seconds.size:
+            return
+        self.n += seconds.size
+        self.min, self.max = min(self.min, float(seconds.min())), max(self.max, float(seconds.max()))
+        for name, factor in self.UNITS:
+            scaled = seconds / factor
+            self.as_unit[name] += int(((scaled >= self.low) & (scaled <= self.high)).sum())
+
+    def hint(self, config: DataConfig) -> str:
+        """Why no row was in range: the likely unit, or the span found beside the configured one."""
+        if not self.n:
+            return ""
+        for name, count in self.as_unit.items():
+            if count >= 0.9 * self.n:
+                return f"; are the timestamps in {name}? they must be epoch seconds or an Arrow timestamp type"
+        return (f"; the timestamps lie between {_when(self.min)} and {_when(self.max)}, outside "
+                f"[{_when(config.min_timestamp)}, {_when(config.max_timestamp)}] (data.min_timestamp, "
+                "data.max_timestamp): widen those if these times are right")
+
+
+def _when(seconds: float) -> str:
+    """Epoch seconds as an ISO-8601 UTC date (or the number, beyond the calendar)."""
+    try:
+        return dt.datetime.fromtimestamp(seconds, dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+    except (OverflowError, OSError, ValueError):
+        return f"{seconds:g} s"
 
 
 def _assemble(
@@ -798,8 +968,14 @@ def _assemble(
     counts: np.ndarray,
     rows_read: int,
     path: str,
+    event_types: EventTypes | None = None,
+    unknown: dict[str, int] | None = None,
+    out_of_range: _OutOfRange | None = None,
 ) -> EventLog:
     """Vocabularies, duplicate removal, sort: the used rows become an ``EventLog``."""
+    cols = config.columns
+    _check_text_ids(got.users, got.user_kinds, got.chunk_sources, sources, cols.user_id, config)
+    _check_text_ids(got.items, got.item_kinds, got.chunk_sources, sources, cols.item_id, config)
     user_raw = unify_ids(got.users, got.user_kinds)
     item_chunks, item_kinds = list(got.items), list(got.item_kinds)
     if item_table is not None:
@@ -821,7 +997,12 @@ def _assemble(
         counts[_DUPLICATE] += dup.sum()
         _write_duplicates(rejects, sources, source[dup], row[dup])
         keep = ~dup
-        user, item, seconds, weight = user[keep], item[keep], seconds[keep], weight[keep]
+        user, item, seconds, weight, event = user[keep], item[keep], seconds[keep], weight[keep], event[keep]
+    unknown = dict(unknown or {})
+    if config.unknown_event_types == "keep" and event_types is not None and len(event):
+        kept = np.bincount(event, minlength=len(event_types.names))
+        unknown = {name: int(kept[c]) for c, name in enumerate(event_types.names)
+                   if kept[c] and event_types.unknown(config)[c]}
     item_category, categories, items_notes = _categories(item_table, items)
     report = ReadReport(
         rows_read=rows_read,
@@ -830,9 +1011,12 @@ def _assemble(
         rejects_path=rejects.close(),
         files=len(sources),
         items_table=items_notes,
+        unknown_event_types=unknown,
+        unknown_event_policy=config.unknown_event_types,
     )
     if len(user) == 0:
-        raise DataError(f"events '{path}': no valid rows ({report.summary()}){_units_hint(report)}")
+        hint = _units_hint(report, out_of_range, config)
+        raise DataError(f"events '{path}': no valid rows ({report.summary()}){hint}")
     order = np.lexsort((item, user, seconds))
     return EventLog(
         user=user[order],
@@ -847,9 +1031,9 @@ def _assemble(
     )
 
 
-def _units_hint(report: ReadReport) -> str:
-    if report.rejected.get("timestamp out of range", 0) > report.rows_read // 2:
-        return "; are the timestamps in milliseconds? they must be epoch seconds or an Arrow timestamp type"
+def _units_hint(report: ReadReport, out_of_range: _OutOfRange | None, config: DataConfig) -> str:
+    if out_of_range is not None and report.rejected.get("timestamp out of range", 0) > report.rows_read // 2:
+        return out_of_range.hint(config)
     return ""
 
 
