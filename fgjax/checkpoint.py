@@ -280,8 +280,9 @@ def save_vocabularies(directory: str | Path, users: Vocabulary, items: Vocabular
     record(directory, "vocab")
 
 
-def load_vocabularies(directory: str | Path) -> tuple[Vocabulary, Vocabulary, Vocabulary | None]:
-    """The checkpoint's vocabularies, each checked against the manifest first.
+def load_vocabularies(directory: str | Path, *, verified: bool = False
+                      ) -> tuple[Vocabulary, Vocabulary, Vocabulary | None]:
+    """The checkpoint's vocabularies, each checked against the manifest first (unless ``verified`` just now).
 
     Raises:
       CheckpointError: a vocabulary missing, damaged or unreadable (named).
@@ -298,7 +299,8 @@ def load_vocabularies(directory: str | Path) -> tuple[Vocabulary, Vocabulary, Vo
                 continue
             raise CheckpointError(f"'{path}' is missing: the checkpoint manifest lists no {name} vocabulary "
                                   f"(the run stopped before writing it); {_REBUILD}")
-        verify(directory, part, manifest=manifest)
+        if not verified:
+            verify(directory, part, manifest=manifest)
         try:
             vocab = Vocabulary.load(path)
         except (DataError, OSError, KeyError, ValueError) as exc:  # pyarrow errors are ValueErrors
@@ -341,14 +343,16 @@ def _require_listed(directory: Path, step: int, manifest: dict[str, Any]) -> Non
                               f"{', '.join(map(str, listed_steps)) or 'none'})")
 
 
-def read_meta(directory: str | Path, step: int | None = None) -> dict[str, Any]:
-    """A step's JSON metadata (latest step by default), after checking the step's files (but its state)."""
+def read_meta(directory: str | Path, step: int | None = None, *, verified: bool = False) -> dict[str, Any]:
+    """A step's JSON metadata (latest step by default), after checking the step's files but its state
+    (unless ``verified`` just now)."""
     directory = Path(directory).absolute()
     manifest = read_manifest(directory)
     step = latest_step(directory, manifest) if step is None else step
     _require_listed(directory, step, manifest)
     part = _step_part(step)
-    verify(directory, part, skip=[f"{part}/state"], manifest=manifest)
+    if not verified:
+        verify(directory, part, skip=[f"{part}/state"], manifest=manifest)
     checkpointer = ocp.Checkpointer(ocp.JsonCheckpointHandler())
     try:
         with _quiet_orbax():
@@ -360,6 +364,22 @@ def read_meta(directory: str | Path, step: int | None = None) -> dict[str, Any]:
     if not isinstance(meta, dict) or not {"config", "step"} <= set(meta):
         raise CheckpointError(f"'{directory / part / 'meta'}': step metadata without config and step")
     return meta
+
+
+def verify_served(directory: str | Path, step: int | None = None) -> int:
+    """Check every file a service reads (vocabularies, the step's params and meta, the serving state) against
+    the manifest, before any is opened; returns the step (latest by default).
+
+    Raises:
+      CheckpointError: the first file missing or damaged, named.
+    """
+    directory = Path(directory).absolute()
+    manifest = read_manifest(directory)
+    step = latest_step(directory, manifest) if step is None else step
+    _require_listed(directory, step, manifest)
+    part = _step_part(step)
+    verify(directory, "vocab", part, _SERVING_META, "serving", skip=[f"{part}/state"], manifest=manifest)
+    return step
 
 
 def _finite_or_raise(tree: Any, where: Path, what: str) -> None:
@@ -660,8 +680,9 @@ def save_serving(directory: str | Path, arrays: dict[str, np.ndarray], meta: dic
     record(directory, "serving", _SERVING_META)
 
 
-def load_serving(directory: str | Path) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-    """The serving arrays (exact dtypes, as NumPy) and metadata written by ``save_serving``.
+def load_serving(directory: str | Path, *, verified: bool = False) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """The serving arrays (exact dtypes, as NumPy) and metadata written by ``save_serving``
+    (their files checked against the manifest first, unless ``verified`` just now).
 
     Raises:
       CheckpointError: the serving state is missing, of another version, or
@@ -676,7 +697,8 @@ def load_serving(directory: str | Path) -> tuple[dict[str, np.ndarray], dict[str
             f"'{directory}' has no serving state ({_SERVING_META} and serving/, written after training and the "
             f"forgetting analysis; the run stopped before it): {_REBUILD}"
         )
-    verify(directory, _SERVING_META, "serving", manifest=manifest)
+    if not verified:
+        verify(directory, _SERVING_META, "serving", manifest=manifest)
     try:
         meta = json.loads(meta_path.read_text())
         names, empty = list(meta["arrays"]), dict(meta["empty_arrays"])

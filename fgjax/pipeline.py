@@ -124,7 +124,19 @@ def split_log(log: EventLog, report: Reporter = _quiet) -> Prepared:
             f"no user of the {log.num_users:,} has 3 or more distinct items: leave-last-out needs them "
             "(one for training, one for validation, one for test)"
         )
-    report(f"split: {evaluated:,} users with validation and test items, {int(split.train_events.sum()):,} training events")
+    training = int(split.train_events.sum())
+    if training == 0:
+        times = np.unique(log.timestamp)
+        if len(times) == 1:
+            when = np.datetime64(int(np.floor(times[0])), "s")
+            cause = (f"all {log.num_events:,} events have the same timestamp ({when} UTC), so no event comes before "
+                     "any user's validation item")
+        else:
+            cause = "no user has an event before its validation item (its events share that item's timestamp)"
+        raise DataError(f"no training events: leave-last-out trains on each user's events strictly before its "
+                        f"validation item (its second-to-last new item), and {cause}; the timestamps must order "
+                        "each user's events")
+    report(f"split: {evaluated:,} users with validation and test items, {training:,} training events")
     return Prepared(log, split, ItemSets.from_pairs(log.user, log.item, log.num_users))
 
 

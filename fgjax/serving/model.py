@@ -17,7 +17,7 @@ import jax
 import numpy as np
 import pyarrow as pa
 
-from fgjax.checkpoint import check_manifest, load_vocabularies, read_meta, read_params
+from fgjax.checkpoint import check_manifest, load_vocabularies, read_meta, read_params, verify_served
 from fgjax.config import Config, from_dict
 from fgjax.data.vocab import Vocabulary
 from fgjax.errors import CheckpointError, ConfigError, DataError, FgjaxError
@@ -137,9 +137,9 @@ def load(path: str | Path, *, step: int | None = None) -> ServingModel:
         fit together (e.g. a forgetting analysis without its categories).
     """
     directory = check_manifest(path)
-    users, items, categories = load_vocabularies(directory)
-    meta = read_meta(directory, step)
-    step = int(meta["step"])
+    step = verify_served(directory, step)  # every file read below, before any is opened
+    users, items, categories = load_vocabularies(directory, verified=True)
+    meta = read_meta(directory, step, verified=True)
     try:
         config = from_dict(meta["config"])
         graphdef, abstract = abstract_params(config, len(users), len(items))
@@ -148,7 +148,7 @@ def load(path: str | Path, *, step: int | None = None) -> ServingModel:
                               f"model ({exc})") from None
     device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
     params, _ = read_params(directory, abstract, sharding=device, step=step, verified=True)
-    state = ServingState.load(directory)
+    state = ServingState.load(directory, verified=True)
     where = directory / "serving"
     if (state.num_users, state.num_items) != (len(users), len(items)):
         raise CheckpointError(

@@ -128,13 +128,14 @@ class ServingState:
         save_serving(directory, arrays, meta)
 
     @classmethod
-    def load(cls, directory: str | Path) -> "ServingState":
-        """The state saved in ``directory``.
+    def load(cls, directory: str | Path, *, verified: bool = False) -> "ServingState":
+        """The state saved in ``directory`` (``verified``: its files were just checked against the manifest).
 
         Raises:
-          CheckpointError: missing or damaged (arrays missing, shapes that do not fit together).
+          CheckpointError: missing or damaged (a file that differs from the checkpoint's manifest, arrays
+            missing, shapes that do not fit together, NaN or out-of-range values).
         """
-        arrays, meta = load_serving(directory)
+        arrays, meta = load_serving(directory, verified=verified)
         where = Path(directory).absolute() / "serving"
 
         def take(*names: str) -> list[np.ndarray] | None:
