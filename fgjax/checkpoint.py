@@ -39,6 +39,7 @@ import json
 import logging
 import os
 import shutil
+import threading
 import warnings
 from pathlib import Path
 from typing import Any, Iterable, Iterator
@@ -467,9 +468,10 @@ class TrainCheckpoints:
 
     Each step holds ``params`` (what a service loads), ``state`` (what a resumed
     run restores: any pytree, e.g. ``fgjax.training.loop.TrainState``) and
-    ``meta`` (JSON). Saves are asynchronous; a step enters the manifest once
-    Orbax has finished it (at the next save or at ``close()``, which the
-    context manager calls).
+    ``meta`` (JSON). Saves are asynchronous; a step enters the manifest as
+    soon as Orbax has finished it (a background thread watches for its final
+    folder; the next save and ``close()``, which the context manager calls,
+    also record it), so a run killed after that resumes from it.
 
     Opened for training (``read_only=False``), it first screens the steps on
     disk against the manifest: steps the manifest does not list (a run killed
@@ -485,6 +487,9 @@ class TrainCheckpoints:
         self.read_only = read_only
         self.resume_notes: list[str] = []
         self._manager = None
+        self._lock = threading.Lock()  # manifest updates: the main thread and the step watchers
+        self._stop = threading.Event()
+        self._watchers: list[threading.Thread] = []
         if read_only:
             read_manifest(self.directory)
             return
@@ -554,16 +559,33 @@ class TrainCheckpoints:
     def _commit(self) -> None:
         """Wait for Orbax's saves, then list finished steps in the manifest and drop the ones it removed."""
         self._manager.wait_until_finished()
-        if not self._writer:
-            return
-        listed_steps = set(manifest_steps(self.directory))
-        on_disk = set(_steps_on_disk(self.directory))
-        gone = [_step_part(s) for s in sorted(listed_steps - on_disk)]
-        new = [_step_part(s) for s in sorted(on_disk - listed_steps)]
-        if gone:
-            forget(self.directory, *gone)
-        if new:
-            record(self.directory, *new)
+        if self._writer:
+            self._record_steps(drop_gone=True)
+
+    def _record_steps(self, drop_gone: bool) -> None:
+        """List the finished step folders the manifest lacks (and drop listed ones that are gone)."""
+        with self._lock:
+            listed_steps = set(manifest_steps(self.directory))
+            on_disk = set(_steps_on_disk(self.directory))
+            gone = [_step_part(s) for s in sorted(listed_steps - on_disk)] if drop_gone else []
+            new = [_step_part(s) for s in sorted(on_disk - listed_steps)]
+            if gone:
+                forget(self.directory, *gone)
+            if new:
+                record(self.directory, *new)
+
+    def _watch(self, step: int) -> None:
+        """Record ``step`` once Orbax has renamed its temporary folder to the final one (background thread)."""
+        train = self.directory / "train"
+        while not self._stop.is_set():
+            final = train / str(step)
+            if final.is_dir() and not any(train.glob(f"{step}.*")):
+                try:
+                    self._record_steps(drop_gone=False)
+                except (OSError, CheckpointError):
+                    pass  # the next save or close() records it
+                return
+            self._stop.wait(0.05)
 
     def latest_step(self) -> int | None:
         if self.read_only:
@@ -585,6 +607,10 @@ class TrainCheckpoints:
                 meta=ocp.args.JsonSave(meta),
             ),
         )
+        if self._writer:
+            watcher = threading.Thread(target=self._watch, args=(step,), name=f"fgjax-step-{step}", daemon=True)
+            watcher.start()
+            self._watchers = [w for w in self._watchers if w.is_alive()] + [watcher]
 
     def restore_meta(self, step: int | None = None) -> dict[str, Any]:
         if self.read_only:
@@ -642,6 +668,9 @@ class TrainCheckpoints:
         try:
             self._commit()
         finally:
+            self._stop.set()
+            for watcher in self._watchers:
+                watcher.join()
             self._manager.close()
             self._manager = None
 

@@ -243,10 +243,10 @@ def test_killed_cli_run_resumes_to_the_same_parameters(tmp_path):
 
     subprocess.run(command(tmp_path / "whole"), check=True, capture_output=True, timeout=600)
     victim = subprocess.Popen(command(tmp_path / "killed"), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    steps_dir = tmp_path / ".killed.fgjax-staging" / "checkpoint" / "train"  # a run stages beside --out
+    manifest = tmp_path / ".killed.fgjax-staging" / "checkpoint" / "fgjax.json"  # a run stages beside --out
     deadline = time.time() + 300
-    while time.time() < deadline and victim.poll() is None:
-        if steps_dir.is_dir() and any(p.name.isdigit() for p in steps_dir.iterdir()):
+    while time.time() < deadline and victim.poll() is None:  # until a step is complete: in the manifest
+        if manifest.is_file() and '"train/' in manifest.read_text():
             break
         time.sleep(0.02)
     victim.send_signal(signal.SIGKILL)
