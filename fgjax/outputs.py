@@ -260,10 +260,15 @@ class RunFolder:
             folder = folder.parent
 
     def _foreign(self, manifest: dict[str, Any]) -> list[str]:
+        """Files in OUT no run of the manifest wrote (a checkpoint no run lists counts as one entry)."""
         owned = _owned(manifest) | {RUN_MANIFEST}
-        return sorted(name for p in self.out.rglob("*") if p.is_file()
-                      for name in [p.relative_to(self.out).as_posix()]
-                      if name not in owned and not name.startswith(f"{_CHECKPOINT}/"))
+        checkpoint_owned = any(f"{_CHECKPOINT}/" in run.get("files", {}) for run in manifest["runs"].values())
+        found = sorted(name for p in self.out.rglob("*") if p.is_file()
+                       for name in [p.relative_to(self.out).as_posix()]
+                       if name not in owned and not name.startswith(f"{_CHECKPOINT}/"))
+        if (self.out / _CHECKPOINT).exists() and not checkpoint_owned:
+            found.insert(0, f"{_CHECKPOINT}/")
+        return found
 
     def discard(self) -> None:
         """Remove the staging folder (a failed or refused run): OUT stays as it was."""
