@@ -220,15 +220,18 @@ def verify(directory: str | Path, *parts: str, skip: Iterable[str] = (), hint: s
     tail = f"; {hint}" if hint else ""
     chosen = sorted(k for k in files if (not parts or any(_in_part(k, p) for p in parts))
                     and not any(_in_part(k, s) for s in skip))
-    for part in parts:  # a whole folder gone: name the folder, not its first file
-        if any(k != part and _in_part(k, part) for k in chosen) and not (directory / part).exists():
-            count = sum(_in_part(k, part) for k in chosen)
-            raise CheckpointError(f"'{directory / part}' is missing (the checkpoint manifest lists "
-                                  f"{count} file{'s' if count != 1 else ''} in it){tail}")
     for name in chosen:
         path = directory / name
         want = files[name]
         if not path.is_file():
+            gone = path  # a whole folder gone: name the top-most missing folder, not its first file
+            while gone.parent != directory and not gone.parent.exists():
+                gone = gone.parent
+            if gone != path:
+                prefix = gone.relative_to(directory).as_posix() + "/"
+                count = sum(k.startswith(prefix) for k in files)
+                raise CheckpointError(f"'{gone}' is missing (the checkpoint manifest lists {count} "
+                                      f"file{'s' if count != 1 else ''} in it){tail}")
             raise CheckpointError(f"'{path}' is missing (the checkpoint manifest lists it){tail}")
         size = path.stat().st_size
         if size != want["size"]:

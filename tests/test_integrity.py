@@ -129,6 +129,25 @@ def test_every_file_damaged_every_way_is_one_clear_error_or_served_intact(run, t
             finally:
                 path.write_bytes(original)
     assert refused > 20 and unread > 20
+    # Whole folders removed, and a vocabulary replaced by another valid one (fewer users).
+    for folder in ("vocab", "serving", f"train/{max(int(p.name) for p in (ckpt / 'train').iterdir())}",
+                   "train/1/params"):
+        shutil.move(ckpt / folder, tmp_path / "aside")
+        try:
+            with pytest.raises(CheckpointError, match=rf"'{ckpt / folder}' is missing \(the checkpoint manifest lists "
+                                                      r"\d+ files in it\)"):
+                verify(ckpt)
+            if folder != "train/1/params":
+                with pytest.raises(CheckpointError, match=rf"'{ckpt / folder}/?\S*' is missing"):
+                    fgjax.load(ckpt)
+        finally:
+            shutil.move(tmp_path / "aside", ckpt / folder)
+    users = ckpt / "vocab" / "users.parquet"
+    original = users.read_bytes()
+    pq.write_table(pq.read_table(users).slice(0, 20), users)
+    with pytest.raises(CheckpointError, match=rf"'{users}' is damaged"):
+        fgjax.load(ckpt)
+    users.write_bytes(original)
     # Files a service does not read change nothing it serves, even all of them at once.
     for name in files:
         if not _is_served(name, served):
@@ -136,18 +155,18 @@ def test_every_file_damaged_every_way_is_one_clear_error_or_served_intact(run, t
     assert fgjax.load(ckpt).recommend(USERS, k=3).equals(want)
 
 
-def test_a_truncated_checkpoint_is_exit_2_one_line_in_the_cli(run, tmp_path):
+def test_a_damaged_checkpoint_is_exit_2_one_line_in_the_cli(run, tmp_path):
+    """The issue's worst case: a vocabulary with fewer users printed its line, then asyncio tracebacks."""
     out, _, _ = run
     ckpt = tmp_path / "checkpoint"
     shutil.copytree(out / "checkpoint", ckpt)
-    latest = max(int(p.name) for p in (ckpt / "train").iterdir())
-    data = _largest(ckpt / "train" / str(latest) / "params")
-    _damage(data, "truncate")
+    users = ckpt / "vocab" / "users.parquet"
+    pq.write_table(pq.read_table(users).slice(0, 20), users)
     proc = subprocess.run([sys.executable, "-m", "fgjax.cli", "recommend", "--checkpoint", str(ckpt), "--users",
                            "1000", "--out", str(tmp_path / "r.parquet")], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2, proc.stderr
     assert proc.stderr.startswith("fgjax: error: ") and proc.stderr.count("\n") == 1, proc.stderr
-    assert f"'{data}' is damaged" in proc.stderr and "Traceback" not in proc.stderr and "Event loop" not in proc.stderr
+    assert f"'{users}' is damaged" in proc.stderr and "Traceback" not in proc.stderr and "Event loop" not in proc.stderr
     assert not (tmp_path / "r.parquet").exists()
 
 
