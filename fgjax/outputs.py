@@ -24,7 +24,9 @@ Rules:
   place, so OUT's copy stays intact) and trains on from there. A run that is
   killed leaves its staging folder; the next run of the same command and
   config resumes from its checkpoint, any other run removes it (fgjax wrote it).
-  A run that fails removes it; OUT is then exactly as before.
+  A run that fails removes it; OUT is then exactly as before. When its error
+  points at the rows it rejected, they are kept beside OUT as
+  ``OUT.failed-rejects.parquet``.
 """
 
 from __future__ import annotations
@@ -312,8 +314,14 @@ def run_folder(out: str | Path, command: str, config: dict[str, Any], *, overwri
     except KeyboardInterrupt:
         raise
     except FgjaxError as exc:
+        message = str(exc)
+        rejects = staging / "rejects.parquet"
+        if f"'{rejects}'" in message and rejects.is_file():  # what the user needs to see why: kept beside OUT
+            kept = folder.out.parent / f"{folder.out.name}.failed-rejects.parquet"
+            os.replace(rejects, kept)
+            message = message.replace(f"'{rejects}'", f"'{kept}' (this failed run's)")
         folder.discard()
-        raise type(exc)(final(str(exc))) from None
+        raise type(exc)(final(message)) from None
     except BaseException:
         folder.discard()
         raise

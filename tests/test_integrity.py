@@ -299,14 +299,16 @@ def test_a_refused_rerun_leaves_the_earlier_run_as_it_was(run, tmp_path):
     analyzed = tmp_path / "analyzed"
     pipeline.analyze_only(config, analyzed, progress=False)
     before = _tree(analyzed)
-    # Rerun with a data path that reads nothing: refused, the earlier outputs stay whole (no mixing).
-    empty = tmp_path / "empty.parquet"
-    pq.write_table(pa.table({"user_id": pa.array([], pa.int64()), "item_id": pa.array([], pa.int64()),
-                             "timestamp": pa.array([], pa.float64())}), empty)
-    with pytest.raises(DataError, match="no valid rows"):
-        pipeline.analyze_only(dataclasses.replace(config, data=dataclasses.replace(config.data, path=str(empty))),
+    # Rerun with data that has no valid row: refused, the earlier outputs stay whole (no mixing); the rows it
+    # rejected, which say why, are kept beside the folder.
+    bad = tmp_path / "bad.parquet"
+    pq.write_table(pa.table({"user_id": [1, None], "item_id": [1, 2], "timestamp": [-3.1e8, 1.7e9]}), bad)
+    kept = tmp_path / "analyzed.failed-rejects.parquet"
+    with pytest.raises(DataError, match=rf"no valid rows .*rejects in '{kept}' \(this failed run's\)"):
+        pipeline.analyze_only(dataclasses.replace(config, data=dataclasses.replace(config.data, path=str(bad))),
                               analyzed, progress=False)
     assert _tree(analyzed) == before and not staging_path(analyzed).exists()
+    assert pq.read_table(kept).column("reason").to_pylist() == ["timestamp out of range", "null user_id"]
     # A train rerun with other settings into a finished run: refused before anything in it changes.
     copy = tmp_path / "train"
     shutil.copytree(out, copy)
