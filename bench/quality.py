@@ -49,8 +49,9 @@ def _protocol(name: str, log, config):
     from fgjax.data.protocol import leave_last_out_protocol, time_cutoff_protocol
 
     if name == "leave_last_out":
-        return leave_last_out_protocol(log.user, log.item, log.timestamp, log.num_users)
-    return time_cutoff_protocol(log.user, log.item, log.timestamp, log.num_users, tuple(config.quality.cutoff_quantiles))
+        return leave_last_out_protocol(log.user, log.item, log.timestamp, log.num_users, ties=config.data.tie_order)
+    return time_cutoff_protocol(log.user, log.item, log.timestamp, log.num_users, tuple(config.quality.cutoff_quantiles),
+                                ties=config.data.tie_order)
 
 
 def _mlp_split(protocol, log):
@@ -64,7 +65,7 @@ def _mlp_split(protocol, log):
     test_target = np.full(log.num_users, -1, np.int32)
     test_target[protocol.test.users] = protocol.test.targets[:, 0]
     return TemporalSplit(protocol.train_events, protocol.test.known_events, val_target, test_target,
-                         protocol.test.at_time, protocol.train_items, protocol.test.seen)
+                         protocol.test.at_time, protocol.train_items, protocol.test.seen, protocol.ties)
 
 
 def run_protocol(config, log, name: str, out: Path, peer: Path | None, report) -> dict[str, Any]:
@@ -99,8 +100,9 @@ def run_protocol(config, log, name: str, out: Path, peer: Path | None, report) -
                                "test": Q.mlp_scores(mlp.graphdef, mlp.params, test.users)}
     report(f"[{name}] embedding_mlp: {len(mlp.history)} epochs in {training['embedding_mlp']['train_seconds']} s")
 
-    train_seq = build_sequences(log.user, log.item, log.timestamp, log.num_users, protocol.train_events)
-    test_seq = build_sequences(log.user, log.item, log.timestamp, log.num_users, test.known_events)
+    train_seq = build_sequences(log.user, log.item, log.timestamp, log.num_users, protocol.train_events,
+                                ties=protocol.ties)
+    test_seq = build_sequences(log.user, log.item, log.timestamp, log.num_users, test.known_events, ties=protocol.ties)
     from fgjax.models.sequence import count_params
 
     # The time-aware model, and (quality.sasrec_baseline) the same network without

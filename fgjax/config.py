@@ -134,6 +134,9 @@ class DataConfig:
     min_timestamp: float = 0.0  # epoch seconds; rows outside [min, max] are rejected
     max_timestamp: float = 4102444800.0  # 2100-01-01T00:00:00Z
     drop_duplicates: bool = True  # identical (user, item, timestamp, event_type) rows
+    # A user's events at the same timestamp: input order (a stable sort by time, RecBole's convention) | item index.
+    # Decides the leave-last-out targets, the sequences and the masks (docs/data.md, "Evaluation protocol").
+    tie_order: str = setting("input", choices=("input", "item"))
 
 
 @dataclasses.dataclass(frozen=True)

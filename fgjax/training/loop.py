@@ -342,7 +342,8 @@ def train(
     loop's first JAX call.
     """
     if config.model.name in SEQUENCE_MODELS:
-        sequences = build_sequences(log.user, log.item, log.timestamp, log.num_users, split.train_events)
+        sequences = build_sequences(log.user, log.item, log.timestamp, log.num_users, split.train_events,
+                                    ties=split.ties)
         examples = window_examples(sequences, config.sequence.max_len, log.num_items)
     else:
         sequences = None
