@@ -8,6 +8,7 @@ import pytest
 from fgjax.data.split import leave_last_out
 from fgjax.errors import DataError
 from fgjax.data.protocol import from_split, leave_last_out_protocol, time_cutoff_protocol
+from test_data_formats import ML100K, needs_ml100k
 
 
 def _events(seed=0, n=600, users=30, items=80):
@@ -84,3 +85,24 @@ def test_time_cutoff_with_no_one_to_judge_is_a_clear_error():
     ts = np.array([0.0, 1.0, 2.0, 3.0])  # user 1 only after the cut: no history
     with pytest.raises(DataError, match="cutoff_quantiles"):
         time_cutoff_protocol(user, item, ts, 2, (0.4, 0.5))
+
+
+@pytest.mark.slow
+@needs_ml100k
+def test_popularity_on_ml100k_matches_the_field(tmp_path):
+    """Issue 15's check that the default protocol is the field's: popularity (distinct training users per item,
+    known items masked, full ranking) on ML-100K leave-last-out reaches test NDCG@10 0.0449 within 0.002
+    (the stable-sort convention of RecBole and most papers; item-index ties give about 0.025)."""
+    from fgjax.config import DataConfig
+    from fgjax.data.reader import read_events
+    from fgjax.evaluation import quality as Q
+
+    log = read_events(DataConfig(format="recbole", path=str(ML100K)), rejects_path=tmp_path / "r.parquet")
+    got = {}
+    for ties in ("input", "item"):
+        p = leave_last_out_protocol(log.user, log.item, log.timestamp, log.num_users, ties=ties)
+        scores = Q.popularity_scores(p.train_items, p.test.users, log.num_items)
+        got[ties] = Q.evaluate_stage(scores, Q.exclusion_matrix(p.test, log.num_items), p.test, [10])
+        assert len(p.test.users) == 943
+    assert abs(got["input"]["ndcg@10"] - 0.0449) <= 0.002
+    assert got["item"]["ndcg@10"] < 0.03
