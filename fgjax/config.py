@@ -244,10 +244,12 @@ class AnalysisConfig:
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
     """Which model ``fgjax train`` trains, and the EmbeddingMLP's sizes (sequence
-    models take theirs and their training settings from ``sequence``)."""
+    models take theirs and their training settings from ``sequence``, the
+    baselines theirs from ``bpr`` and ``knn``)."""
 
-    # embedding_mlp | time_sasrec | sasrec (time_sasrec with time_encoding none)
-    name: str = setting("embedding_mlp", choices=("embedding_mlp", "time_sasrec", "sasrec"))
+    # embedding_mlp | time_sasrec | sasrec (time_sasrec with time_encoding none) | bpr (BPR matrix factorization)
+    # | itemknn (cosine item-item neighbours, closed form)
+    name: str = setting("embedding_mlp", choices=("embedding_mlp", "time_sasrec", "sasrec", "bpr", "itemknn"))
     embed_dim: int = setting(32, ge=1)
     hidden_dim: int = setting(64, ge=1)
 
@@ -298,6 +300,30 @@ class SequenceConfig:
     def _check(self, where: str) -> None:
         if self.dim % self.heads:
             raise ConfigError(f"{where}.dim={self.dim}: expected a multiple of {where}.heads={self.heads}")
+
+
+@dataclasses.dataclass(frozen=True)
+class BPRConfig:
+    """BPR matrix factorization (``model.name: bpr``, ``fgjax.models.baselines.BPRMF``).
+
+    Trains in the one loop with the ``train`` section's settings (epochs,
+    batch_size, learning_rate with Adam, negatives: uniform items per positive).
+    """
+
+    dim: int = setting(64, ge=1)  # embedding width of users and items
+    l2: float = setting(0.0, ge=0)  # weight of the batch's mean squared embedding norms in the loss
+
+
+@dataclasses.dataclass(frozen=True)
+class KNNConfig:
+    """ItemKNN (``model.name: itemknn``, ``fgjax.models.baselines.ItemKNN``): cosine similarity of
+    items over the training users, each candidate scored by the sum of its similarities to the
+    user's items among its ``neighbors`` most similar ones (RecBole's ItemKNN). Closed form: the
+    one loop fits it in one pass, validates and checkpoints it like any model."""
+
+    neighbors: int = setting(100, ge=1)  # K most similar items kept per candidate
+    shrink: float = setting(0.0, ge=0)  # added to the cosine's denominator
+    history: int = setting(0, ge=0)  # score from the user's last n items only (0 = the whole history)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -394,6 +420,8 @@ class Config:
     recommend: RecommendConfig = RecommendConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
     sequence: SequenceConfig = SequenceConfig()
+    bpr: BPRConfig = BPRConfig()
+    knn: KNNConfig = KNNConfig()
     quality: QualityConfig = QualityConfig()
 
 
