@@ -304,14 +304,18 @@ class SequenceConfig:
 
 @dataclasses.dataclass(frozen=True)
 class BPRConfig:
-    """BPR matrix factorization (``model.name: bpr``, ``fgjax.models.baselines.BPRMF``).
-
-    Trains in the one loop with the ``train`` section's settings (epochs,
-    batch_size, learning_rate with Adam, negatives: uniform items per positive).
-    """
+    """BPR matrix factorization (``model.name: bpr``, ``fgjax.models.baselines.BPRMF``) and its training
+    settings (Adam; RecBole's defaults); mesh, checkpoint, ``max_steps`` and ``eval_users`` come from ``train``."""
 
     dim: int = setting(64, ge=1)  # embedding width of users and items
     l2: float = setting(0.0, ge=0)  # weight of the batch's mean squared embedding norms in the loss
+    negatives: int = setting(1, ge=1)  # uniform negative items per positive
+    epochs: int = setting(300, ge=1)  # at most; early stopping usually ends sooner
+    batch_size: int = setting(2048, ge=1)  # positive pairs per step (global; split over the data axis)
+    learning_rate: float = setting(1e-3, gt=0)
+    patience: int = setting(10, ge=0)  # validations without a better val NDCG@10 before stopping (0 = run all epochs)
+    eval_every: int = setting(1, ge=1)  # epochs between validations
+    seed: int = 0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -341,6 +345,8 @@ class QualityConfig:
     sweep_half_life_windows: list[float] = setting([1.0, 4.0, 16.0, math.inf], gt=0, allow_inf=True)
     sweep_strength: list[float] = setting([0.0, 0.25, 0.5, 1.0], ge=0)
     sasrec_baseline: bool = True  # also train the same network without time encodings (plain SASRec)
+    baselines: bool = True  # also BPR-MF (bpr section) and ItemKNN from the whole history and from the last n items
+    knn_last_items: int = setting(5, ge=1)  # n of the last-n-items ItemKNN row
 
     def _check(self, where: str) -> None:
         q = self.cutoff_quantiles

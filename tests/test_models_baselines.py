@@ -48,11 +48,11 @@ def test_bpr_loss_and_scores_match_numpy():
 
 def test_bpr_trains_in_the_one_loop_and_learns(tmp_path, small_log):
     split = leave_last_out(small_log.user, small_log.item, small_log.timestamp, small_log.num_users)
-    config = load_config(None, ["model.name=bpr", "bpr.dim=8", "train.epochs=6", "train.batch_size=64",
-                                "train.learning_rate=0.05", "train.negatives=2"])
+    config = load_config(None, ["model.name=bpr", "bpr.dim=8", "bpr.epochs=6", "bpr.batch_size=64",
+                                "bpr.learning_rate=0.05", "bpr.negatives=2", "bpr.patience=0"])
     result = train(config, small_log, split, tmp_path / "ck", progress=False)
     assert np.mean(result.step_losses[-5:]) < 0.8 * np.mean(result.step_losses[:5])
-    assert "val_ndcg@10" in result.history[-1] and result.best_epoch >= 1
+    assert len(result.history) == 6 and "val_ndcg@10" in result.history[-1] and result.best_epoch >= 1
     # Each user prefers one category (conftest): its items outscore the others.
     model = nnx.merge(result.graphdef, result.params)
     scores = np.asarray(model.score(model.query({"user": jnp.arange(small_log.num_users)}), model.item_rows()[None]))
@@ -113,8 +113,13 @@ def test_itemknn_scores_match_numpy(history):
         used = r[r != 7]
         H[row, used[-history:] if history else used] = 1.0
     want = H @ W.T
-    got = model.score(model.query({"items": jnp.asarray(hist)}), model.item_rows()[None])
+    query = model.query({"items": jnp.asarray(hist)})
+    got = model.score(query, model.item_rows()[None])
     np.testing.assert_allclose(np.asarray(got), want, rtol=1e-6, atol=1e-7)
+    # Per-user candidate rows (as the ranking's second pass asks) give the same scores.
+    ids = np.array([[1, 6], [0, 0], [5, 2]])
+    per_user = model.score(query, model.item_rows()[jnp.asarray(ids)])
+    np.testing.assert_allclose(np.asarray(per_user), np.take_along_axis(want, ids, 1), rtol=1e-6, atol=1e-7)
 
 
 def test_itemknn_fits_in_the_one_loop_ranks_and_resumes(tmp_path, small_log):

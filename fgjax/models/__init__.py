@@ -5,7 +5,7 @@
 - ``embedding_mlp``: the article's EmbeddingMLP (``model`` section; ``train.negatives``);
 - ``time_sasrec``: the time-aware sequence model (``sequence`` section);
 - ``sasrec``: the same network with ``time_encoding`` ``none`` (plain SASRec);
-- ``bpr``: BPR matrix factorization (``bpr`` section; ``train`` settings);
+- ``bpr``: BPR matrix factorization (``bpr`` section, with its training settings);
 - ``itemknn``: cosine ItemKNN from the whole history or the last n items
   (``knn`` section), fitted in closed form.
 
@@ -71,7 +71,7 @@ def build_model(config: Config | ModelConfig, num_users: int, num_items: int, *,
             sampled_negatives=seq.sampled_negatives, rngs=nnx.Rngs(seed),
         )
     if name == "bpr":
-        return BPRMF(num_users, num_items, dim=config.bpr.dim, negatives=config.train.negatives, l2=config.bpr.l2,
+        return BPRMF(num_users, num_items, dim=config.bpr.dim, negatives=config.bpr.negatives, l2=config.bpr.l2,
                      rngs=nnx.Rngs(seed))
     if name == "itemknn":
         knn = config.knn

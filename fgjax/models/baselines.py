@@ -14,9 +14,10 @@
   the neighbours in one pass; the one loop calls it instead of gradient steps
   (``closed_form``), then validates and checkpoints the model like any other.
 
-ItemKNN builds a dense ``(users, items)`` matrix and ``(items, items)``
-item rows per ranking call: it is sized for evaluation catalogs (MovieLens:
-thousands of items), not for serving millions of items.
+ItemKNN's fit builds a dense ``(users, items)`` matrix and its queries are
+``(n, items)`` history indicators: it is sized for evaluation catalogs
+(MovieLens: thousands of items), not for millions of items. Scoring gathers
+each candidate's K neighbours (``(n, C, K)``), never an ``(items, items)`` matrix.
 """
 
 from __future__ import annotations
@@ -169,10 +170,9 @@ class ItemKNN(nnx.Module):
         return jnp.zeros((), jnp.float32)
 
     def item_rows(self) -> Array:
-        """``(items, items)``: row i holds candidate i's neighbour similarities (0 outside its K)."""
-        rows = jnp.zeros((self.num_items, self.num_items + 1), jnp.float32)
-        rows = rows.at[jnp.arange(self.num_items)[:, None], self.neighbors[...]].set(self.weights[...])
-        return rows[:, : self.num_items]
+        """``(items, 2K)`` float32: candidate i's K neighbour indices (exact in float32 below 2**24 items;
+        ``num_items`` = none), then their similarities."""
+        return jnp.concatenate([self.neighbors[...].astype(jnp.float32), self.weights[...]], axis=1)
 
     def query(self, inputs) -> Array:
         """``{"items": (n, L)}`` the user's last items (padding ``num_items``) -> ``(n, items)`` indicator of the
@@ -185,5 +185,14 @@ class ItemKNN(nnx.Module):
         return hot[:, : self.num_items]
 
     def score(self, query: Array, rows: Array) -> Array:
-        """``(n, items)`` history indicators and ``(1 | n, C, items)`` rows -> ``(n, C)`` summed similarities."""
-        return _dot_scores(query, rows)
+        """``(n, items)`` history indicators and ``(1 | n, C, 2K)`` rows -> ``(n, C)``: the sum of each candidate's
+        neighbour similarities over the neighbours in the history."""
+        k = rows.shape[-1] // 2
+        neighbors, weights = rows[..., :k].astype(jnp.int32), rows[..., k:]
+        padded = jnp.pad(query, ((0, 0), (0, 1)))  # column num_items: no neighbour, never in a history
+        if rows.shape[0] == 1:
+            had = padded[:, neighbors[0]]  # (n, C, K)
+        else:
+            n, c = neighbors.shape[:2]
+            had = jnp.take_along_axis(padded, neighbors.reshape(n, c * k), axis=1).reshape(n, c, k)
+        return jnp.sum(had * weights, axis=-1)

@@ -96,8 +96,8 @@ class Validation(NamedTuple):
 
 @dataclasses.dataclass(frozen=True)
 class LoopSettings:
-    """The per-model training settings: from ``train`` for embedding_mlp and bpr, from ``sequence``
-    (epochs, batch_size, learning_rate, weight_decay, seed, patience, eval_every) for sequence models."""
+    """The per-model training settings: from ``train`` for embedding_mlp, from ``sequence`` (epochs,
+    batch_size, learning_rate, weight_decay, seed, patience, eval_every) for sequence models, from ``bpr`` for bpr."""
 
     epochs: int
     batch_size: int
@@ -140,6 +140,9 @@ def loop_settings(config: Config) -> LoopSettings:
     if config.model.name in SEQUENCE_MODELS:
         s = config.sequence
         return LoopSettings(s.epochs, s.batch_size, s.learning_rate, s.weight_decay, s.seed, s.patience, s.eval_every)
+    if config.model.name == "bpr":
+        b = config.bpr
+        return LoopSettings(b.epochs, b.batch_size, b.learning_rate, 0.0, b.seed, b.patience, b.eval_every)
     t = config.train
     return LoopSettings(t.epochs, t.batch_size, t.learning_rate, 0.0, t.seed, t.patience, 1)
 
@@ -156,7 +159,7 @@ def make_mesh(num_devices: int = 0) -> jax.sharding.Mesh:
 def make_optimizer(config: Config) -> optax.GradientTransformation:
     """The optimizer chain of the config's model (for embedding_mlp with a table optimizer: of the dense layers).
 
-    embedding_mlp, bpr: Adam (``train.learning_rate``). Sequence models: global-norm
+    embedding_mlp, bpr: Adam (``train.learning_rate``, ``bpr.learning_rate``). Sequence models: global-norm
     clipping at 5 then AdamW (``sequence.learning_rate``, ``weight_decay``).
     """
     s = loop_settings(config)
@@ -283,7 +286,7 @@ def run_fingerprint(config: Config, examples: Batch, num_users: int, num_items: 
     elif config.model.name == "itemknn":
         architecture = {"name": "itemknn", **to_dict(config.knn)}
     elif config.model.name == "bpr":
-        architecture = {"name": "bpr", **to_dict(config.bpr), "negatives": config.train.negatives}
+        architecture = {"name": "bpr", "dim": config.bpr.dim, "l2": config.bpr.l2, "negatives": config.bpr.negatives}
     else:
         architecture = {**to_dict(config.model), "negatives": config.train.negatives}
     return {
@@ -412,7 +415,7 @@ def train_examples(
     num_examples = len(next(iter(fields.values())))
     mesh = make_mesh(tcfg.num_devices)
     n_dev = mesh.devices.size
-    section = "sequence" if config.model.name in SEQUENCE_MODELS else "train"
+    section = "sequence" if config.model.name in SEQUENCE_MODELS else "bpr" if config.model.name == "bpr" else "train"
     if settings.batch_size % n_dev:
         raise ConfigError(f"{section}.batch_size={settings.batch_size} must be divisible by the {n_dev} devices "
                           "of the mesh")
