@@ -162,3 +162,24 @@ def test_whole_history_itemknn_reads_every_item():
     model = build_model(load_config(None, ["model.name=itemknn"]), 3, 11, seed=0)
     assert isinstance(model, ItemKNN) and model.max_len == 11 and model.neighbors.shape == (11, 11)
     assert model.normalization == "none" and float(model.loss({}, jax.random.key(0))) == 0.0
+
+
+@pytest.mark.parametrize("name,overrides", [("itemknn", ["knn.neighbors=5", "knn.history=4"]),
+                                            ("bpr", ["bpr.epochs=1", "bpr.batch_size=32", "bpr.dim=4"])])
+def test_baselines_fit_and_serve_through_the_product_path(tmp_path, name, overrides):
+    """``fgjax train``'s path (fit -> checkpoint + serving state) and ``fgjax.load`` serve the same lists."""
+    import fgjax
+    import pyarrow.parquet as pq
+
+    from conftest import make_log
+    from fgjax.pipeline import fit, split_log, write_recommendations
+
+    log = dataclasses.replace(make_log(num_users=24, num_items=20, events_per_user=10, seed=2), item_category=None,
+                              categories=None)
+    config = load_config(None, [f"model.name={name}", "recommend.k=4", *overrides])
+    fitted = fit(config, split_log(log), tmp_path, progress=False)
+    assert (fitted.serving.history is not None) == (name == "itemknn")
+    write_recommendations(config, fitted, tmp_path / "recs.parquet")
+    model = fgjax.load(tmp_path / "checkpoint")
+    assert model.config.model.name == name
+    assert model.recommend(log.users.values, k=4).equals(pq.read_table(tmp_path / "recs.parquet"))
