@@ -7,9 +7,12 @@ For each protocol of ``quality.protocols`` (leave-last-out per user; a
 global time cut-off), with full ranking over the catalog and the items known
 before each stage masked:
 
-- models: popularity; the article's EmbeddingMLP (``model``/``train``
-  sections); the time-aware sequence model (``sequence`` section, early
-  stopping on validation NDCG@10);
+- models: popularity; with ``quality.baselines`` BPR matrix factorization
+  (``bpr`` section, ``train`` settings, the best validated epoch) and cosine
+  ItemKNN (``knn`` section) from the whole history and from the last
+  ``quality.knn_last_items`` items, all in the one loop; the article's
+  EmbeddingMLP (``model``/``train`` sections); the time-aware sequence model
+  (``sequence`` section, early stopping on validation NDCG@10);
 - each without and with forgetting-aware re-ranking, whose alpha, half-life
   and strength are swept on the validation stage only (``fgjax.evaluation.quality``);
 - Precision, Recall, F1, NDCG, HitRate, MRR, MAP at ``evaluate.ks`` on the
@@ -49,8 +52,9 @@ def _protocol(name: str, log, config):
     from fgjax.data.protocol import leave_last_out_protocol, time_cutoff_protocol
 
     if name == "leave_last_out":
-        return leave_last_out_protocol(log.user, log.item, log.timestamp, log.num_users)
-    return time_cutoff_protocol(log.user, log.item, log.timestamp, log.num_users, tuple(config.quality.cutoff_quantiles))
+        return leave_last_out_protocol(log.user, log.item, log.timestamp, log.num_users, ties=config.data.tie_order)
+    return time_cutoff_protocol(log.user, log.item, log.timestamp, log.num_users, tuple(config.quality.cutoff_quantiles),
+                                ties=config.data.tie_order)
 
 
 def _mlp_split(protocol, log):
@@ -64,7 +68,61 @@ def _mlp_split(protocol, log):
     test_target = np.full(log.num_users, -1, np.int32)
     test_target[protocol.test.users] = protocol.test.targets[:, 0]
     return TemporalSplit(protocol.train_events, protocol.test.known_events, val_target, test_target,
-                         protocol.test.at_time, protocol.train_items, protocol.test.seen)
+                         protocol.test.at_time, protocol.train_items, protocol.test.seen, protocol.ties)
+
+
+def protocol_choices(name: str, config) -> str:
+    """The protocol's choices in words, for the table header."""
+    ties = {"input": "events at the same timestamp in input order (a stable sort by time)",
+            "item": "events at the same timestamp by item index"}[config.data.tie_order]
+    if name == "leave_last_out":
+        return (f"leave-last-out per user: {ties}; the last new item is the test target, the one before it the "
+                "validation target; every item had before the target in that order (same timestamp included) is "
+                "known and masked")
+    q = config.quality.cutoff_quantiles
+    return (f"global time cut-offs at the {q[0]:g} / {q[1]:g} quantiles of event time: new items after a cut are the "
+            f"targets, every item had before it is known and masked; sequences with {ties}")
+
+
+def run_baselines(config, log, protocol, train_seq, test_seq, report) -> tuple[dict, dict, dict]:
+    """BPR-MF and ItemKNN (whole history, last ``quality.knn_last_items``) in the one loop on the protocol's
+    training pairs, validated on its validation stage -> ``(scores, training, histories)`` keyed by row name."""
+    from fgjax.evaluation import quality as Q
+    from fgjax.training.loop import train_examples, validation_from
+
+    val, test = protocol.validation, protocol.test
+    sets = protocol.train_items
+    pairs = {"user": np.repeat(np.arange(sets.num_users, dtype=np.int32), sets.counts()),
+             "item": sets.items.astype(np.int32)}
+    knn = config.knn
+    variants = {
+        "bpr": ("bpr", config),
+        "itemknn": ("itemknn", config),
+        f"itemknn_last{config.quality.knn_last_items}": (
+            "itemknn", dataclasses.replace(config, knn=dataclasses.replace(knn, history=config.quality.knn_last_items))),
+    }
+    scores, training, histories = {}, {}, {}
+    for row, (model_name, cfg) in variants.items():
+        cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, name=model_name))
+        history_model = model_name == "itemknn"
+        validation = validation_from(val.users, val.targets, val.seen, train_seq if history_model else None,
+                                     num_items=log.num_items)
+        result = train_examples(cfg, pairs, validation, num_users=log.num_users, num_items=log.num_items,
+                                progress=False)
+        training[row] = {"train_seconds": round(result.seconds, 1), "epochs": result.epochs,
+                         "best_epoch": result.best_epoch}
+        if not history_model:
+            histories[row] = result.history
+            scores[row] = {"val": Q.mlp_scores(result.graphdef, result.params, val.users),
+                           "test": Q.mlp_scores(result.graphdef, result.params, test.users)}
+        else:
+            scores[row] = {
+                "val": Q.sequence_scores(result.graphdef, result.params, train_seq, val.users, log.num_items),
+                "test": Q.sequence_scores(result.graphdef, result.params, test_seq, test.users, log.num_items),
+            }
+        report(f"[{protocol.name}] {row}: {result.epochs} epochs (best {result.best_epoch}) in {result.seconds:.1f} s, "
+               f"val ndcg@10 {max(h.get('val_ndcg@10', 0.0) for h in result.history):.4f}")
+    return scores, training, histories
 
 
 def run_protocol(config, log, name: str, out: Path, peer: Path | None, report) -> dict[str, Any]:
@@ -88,6 +146,13 @@ def run_protocol(config, log, name: str, out: Path, peer: Path | None, report) -
         "test": Q.popularity_scores(protocol.train_items, test.users, log.num_items),
     }
     training["popularity"] = {"train_seconds": 0.0, "epochs": 0}
+    train_seq = build_sequences(log.user, log.item, log.timestamp, log.num_users, protocol.train_events,
+                                ties=protocol.ties)
+    test_seq = build_sequences(log.user, log.item, log.timestamp, log.num_users, test.known_events, ties=protocol.ties)
+    if config.quality.baselines:
+        more = run_baselines(config, log, protocol, train_seq, test_seq, report)
+        for into, new in zip((scores, training, histories), more):
+            into.update(new)
 
     t = time.perf_counter()
     mlp_config = dataclasses.replace(config, model=dataclasses.replace(config.model, name="embedding_mlp"))
@@ -99,8 +164,6 @@ def run_protocol(config, log, name: str, out: Path, peer: Path | None, report) -
                                "test": Q.mlp_scores(mlp.graphdef, mlp.params, test.users)}
     report(f"[{name}] embedding_mlp: {len(mlp.history)} epochs in {training['embedding_mlp']['train_seconds']} s")
 
-    train_seq = build_sequences(log.user, log.item, log.timestamp, log.num_users, protocol.train_events)
-    test_seq = build_sequences(log.user, log.item, log.timestamp, log.num_users, test.known_events)
     from fgjax.models.sequence import count_params
 
     # The time-aware model, and (quality.sasrec_baseline) the same network without
@@ -160,7 +223,8 @@ def run_protocol(config, log, name: str, out: Path, peer: Path | None, report) -
     if peer is not None and name == "leave_last_out":
         rows.extend(_peer_rows(peer, val, test, ks, report))
     _plot_curves(histories, out / f"training_curves_{name}.png", name)
-    return {"protocol": name, "val_users": int(len(val.users)), "test_users": int(len(test.users)),
+    return {"protocol": name, "choices": protocol_choices(name, config), "val_users": int(len(val.users)),
+            "test_users": int(len(test.users)),
             "rows": rows, "sweeps": sweeps, "ablation": ablations, "target_states": diagnostics,
             "histories": histories, "seconds": round(time.perf_counter() - t0, 1)}
 
@@ -189,11 +253,12 @@ def _plot_curves(histories: dict[str, list[dict[str, Any]]], path: Path, name: s
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     for model, history in histories.items():
         epochs = [h["epoch"] for h in history]
-        axes[0].plot(epochs, [h["train_loss"] for h in history], label=model)
+        axes[0].plot(epochs, [h.get("train_loss", math.nan) for h in history], label=model)
         val = [(h["epoch"], h["val_ndcg@10"]) for h in history if "val_ndcg@10" in h]
         if val:
             axes[1].plot(*zip(*val), marker=".", label=model)
-    axes[0].set(title=f"training loss ({name})", xlabel="epoch", ylabel="loss (BCE: MLP; softmax CE: sequence)",
+    axes[0].set(title=f"training loss ({name})", xlabel="epoch",
+                ylabel="loss (BCE: MLP; BPR; softmax CE: sequence)",
                 yscale="log")
     axes[1].set(title="validation NDCG@10 (full ranking)", xlabel="epoch", ylabel="NDCG@10")
     for ax in axes:
@@ -211,6 +276,9 @@ def markdown(payload: dict[str, Any]) -> str:
     lines = [f"Measured {payload['date']} on {payload['device']}; whole report {payload['seconds']:.0f} s wall.", ""]
     for result in payload["protocols"]:
         lines += [f"#### {result['protocol']} ({result['test_users']} test users, full ranking, known items masked)", ""]
+        if "choices" in result:
+            lines += [f"Protocol: {result['choices']}. MAP as trec_eval (average precision over the first k ranks "
+                      "divided by the number of relevant items).", ""]
         head = ["model", "forgetting", "val NDCG@10"] + [f"{m}@{k}" for k in ks for m in METRICS] + ["train s", "epochs"]
         lines.append("| " + " | ".join(head) + " |")
         lines.append("| --- | --- | " + " | ".join("---:" for _ in head[2:]) + " |")
@@ -218,7 +286,7 @@ def markdown(payload: dict[str, Any]) -> str:
             label = r["forgetting"]
             if r["forgetting"] == "on":
                 label = f"on (hl {r['half_life_windows']:g}, α {r['alpha']:g}, s {r['strength']:g})"
-            epochs = str(r["epochs"]) + (f" (best {r['best_epoch']})" if r.get("best_epoch") else "")
+            epochs = str(r["epochs"]) + (f" (best {r['best_epoch']})" if r.get("best_epoch") and r["epochs"] > 1 else "")
             cells = [r["model"], label, f"{r['val_ndcg@10']:.4f}"] + [f"{r[f'{m}@{k}']:.4f}" for k in ks for m in METRICS]
             cells += [f"{r['train_seconds']:.1f}", epochs]
             lines.append("| " + " | ".join(cells) + " |")

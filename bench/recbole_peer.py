@@ -41,8 +41,8 @@ def export(config_path: str, out: str, overrides: list[str]) -> None:
     out_dir = Path(out)
     prepared = prepare(config, out_dir)
     log, split = prepared.log, prepared.split
-    train = build_sequences(log.user, log.item, log.timestamp, log.num_users, split.train_events)
-    history = build_sequences(log.user, log.item, log.timestamp, log.num_users, split.history_events)
+    train = build_sequences(log.user, log.item, log.timestamp, log.num_users, split.train_events, ties=split.ties)
+    history = build_sequences(log.user, log.item, log.timestamp, log.num_users, split.history_events, ties=split.ties)
     users = np.flatnonzero(split.test_target >= 0)
     (out_dir / DATASET).mkdir(parents=True, exist_ok=True)
     with open(out_dir / DATASET / f"{DATASET}.inter", "w") as f:

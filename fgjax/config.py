@@ -140,6 +140,9 @@ class DataConfig:
     min_timestamp: float = 0.0  # epoch seconds; rows outside [min, max] are rejected
     max_timestamp: float = 4102444800.0  # 2100-01-01T00:00:00Z
     drop_duplicates: bool = True  # identical (user, item, timestamp, event_type) rows
+    # A user's events at the same timestamp: input order (a stable sort by time, RecBole's convention) | item index.
+    # Decides the leave-last-out targets, the sequences and the masks (docs/data.md, "Evaluation protocol").
+    tie_order: str = setting("input", choices=("input", "item"))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -247,10 +250,12 @@ class AnalysisConfig:
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
     """Which model ``fgjax train`` trains, and the EmbeddingMLP's sizes (sequence
-    models take theirs and their training settings from ``sequence``)."""
+    models take theirs and their training settings from ``sequence``, the
+    baselines theirs from ``bpr`` and ``knn``)."""
 
-    # embedding_mlp | time_sasrec | sasrec (time_sasrec with time_encoding none)
-    name: str = setting("embedding_mlp", choices=("embedding_mlp", "time_sasrec", "sasrec"))
+    # embedding_mlp | time_sasrec | sasrec (time_sasrec with time_encoding none) | bpr (BPR matrix factorization)
+    # | itemknn (cosine item-item neighbours, closed form)
+    name: str = setting("embedding_mlp", choices=("embedding_mlp", "time_sasrec", "sasrec", "bpr", "itemknn"))
     embed_dim: int = setting(32, ge=1)
     hidden_dim: int = setting(64, ge=1)
 
@@ -304,6 +309,34 @@ class SequenceConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class BPRConfig:
+    """BPR matrix factorization (``model.name: bpr``, ``fgjax.models.baselines.BPRMF``) and its training
+    settings (Adam; RecBole's defaults); mesh, checkpoint, ``max_steps`` and ``eval_users`` come from ``train``."""
+
+    dim: int = setting(64, ge=1)  # embedding width of users and items
+    l2: float = setting(0.0, ge=0)  # weight of the batch's mean squared embedding norms in the loss
+    negatives: int = setting(1, ge=1)  # uniform negative items per positive
+    epochs: int = setting(300, ge=1)  # at most; early stopping usually ends sooner
+    batch_size: int = setting(2048, ge=1)  # positive pairs per step (global; split over the data axis)
+    learning_rate: float = setting(1e-3, gt=0)
+    patience: int = setting(10, ge=0)  # validations without a better val NDCG@10 before stopping (0 = run all epochs)
+    eval_every: int = setting(1, ge=1)  # epochs between validations
+    seed: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class KNNConfig:
+    """ItemKNN (``model.name: itemknn``, ``fgjax.models.baselines.ItemKNN``): cosine similarity of
+    items over the training users, each candidate scored by the sum of its similarities to the
+    user's items among its ``neighbors`` most similar ones (RecBole's ItemKNN). Closed form: the
+    one loop fits it in one pass, validates and checkpoints it like any model."""
+
+    neighbors: int = setting(100, ge=1)  # K most similar items kept per candidate
+    shrink: float = setting(0.0, ge=0)  # added to the cosine's denominator
+    history: int = setting(0, ge=0)  # score from the user's last n items only (0 = the whole history)
+
+
+@dataclasses.dataclass(frozen=True)
 class QualityConfig:
     """The model-quality report (``bench/quality.py``): protocols and the forgetting sweep.
 
@@ -318,6 +351,8 @@ class QualityConfig:
     sweep_half_life_windows: list[float] = setting([1.0, 4.0, 16.0, math.inf], gt=0, allow_inf=True)
     sweep_strength: list[float] = setting([0.0, 0.25, 0.5, 1.0], ge=0)
     sasrec_baseline: bool = True  # also train the same network without time encodings (plain SASRec)
+    baselines: bool = True  # also BPR-MF (bpr section) and ItemKNN from the whole history and from the last n items
+    knn_last_items: int = setting(5, ge=1)  # n of the last-n-items ItemKNN row
 
     def _check(self, where: str) -> None:
         q = self.cutoff_quantiles
@@ -397,6 +432,8 @@ class Config:
     recommend: RecommendConfig = RecommendConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
     sequence: SequenceConfig = SequenceConfig()
+    bpr: BPRConfig = BPRConfig()
+    knn: KNNConfig = KNNConfig()
     quality: QualityConfig = QualityConfig()
 
 

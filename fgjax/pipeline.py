@@ -112,12 +112,13 @@ def read(config: Config, out: Path, report: Reporter = _quiet) -> EventLog:
 
 def prepare(config: Config, out: Path, report: Reporter = _quiet) -> Prepared:
     """``read`` the events, then ``split_log`` them."""
-    return split_log(read(config, out, report), report)
+    return split_log(read(config, out, report), report, ties=config.data.tie_order)
 
 
-def split_log(log: EventLog, report: Reporter = _quiet) -> Prepared:
-    """Split an event log by time (leave-last-out) and collect every user's items."""
-    split = leave_last_out(log.user, log.item, log.timestamp, log.num_users)
+def split_log(log: EventLog, report: Reporter = _quiet, *, ties: str = "input") -> Prepared:
+    """Split an event log by time (leave-last-out, same-timestamp events in ``ties`` order) and collect
+    every user's items."""
+    split = leave_last_out(log.user, log.item, log.timestamp, log.num_users, ties=ties)
     evaluated = int((split.test_target >= 0).sum())
     if evaluated == 0:
         raise DataError(
@@ -171,7 +172,8 @@ def fit(config: Config, prepared: Prepared, out: Path, report: Reporter = _quiet
         report("no item categories (data.items_path): recommendations rank by the model alone")
     history = None
     if queries_history(trained.graphdef, trained.params):
-        history = build_sequences(log.user, log.item, log.timestamp, log.num_users)  # every event: serve what comes next
+        # Every event: serve what comes next.
+        history = build_sequences(log.user, log.item, log.timestamp, log.num_users, ties=split.ties)
     serving = ServingState.create(
         item_popularity(split, log.num_items), prepared.seen, forgetting=weights, explanations=explanations,
         window_origin=origin, window_seconds=None if origin is None else config.analysis.window_seconds,
@@ -206,7 +208,8 @@ def evaluation_history(graphdef, params, prepared: Prepared) -> Sequences | None
     if not queries_history(graphdef, params):
         return None
     log = prepared.log
-    return build_sequences(log.user, log.item, log.timestamp, log.num_users, events=prepared.split.history_events)
+    return build_sequences(log.user, log.item, log.timestamp, log.num_users, events=prepared.split.history_events,
+                           ties=prepared.split.ties)
 
 
 def report_evaluation(report: Reporter, evaluation: dict[str, Any]) -> None:

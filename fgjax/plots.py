@@ -33,8 +33,9 @@ def plot_training_curves(history: Sequence[dict[str, Any]], path: str | Path) ->
     epochs = [h["epoch"] for h in history]
     val_keys = sorted({k for h in history for k in h if k.startswith("val_")})
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-    axes[0].plot(epochs, [h["train_loss"] for h in history], marker="o")
-    axes[0].set(title="training loss (BCE)", xlabel="epoch", ylabel="loss")
+    # A closed-form model (ItemKNN) has no training loss.
+    axes[0].plot(epochs, [h.get("train_loss", np.nan) for h in history], marker="o")
+    axes[0].set(title="training loss", xlabel="epoch", ylabel="loss")
     for key in val_keys:
         axes[1].plot(epochs, [h.get(key, np.nan) for h in history], marker="o", label=key[4:])
     axes[1].set(title="validation (full ranking)", xlabel="epoch", ylabel="metric")

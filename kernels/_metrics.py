@@ -36,7 +36,9 @@ def ranking_metrics(top_items: ArrayLike, targets: ArrayLike, k: int) -> dict[st
       of targets): P = hits/k; R = hits/n; F1 = 2PR/(P+R) per user;
       NDCG = DCG/IDCG with gain 1/log2(rank+1) and IDCG over min(n, k) hits;
       HitRate = any hit; MRR = 1/rank of the first hit (0 if none in k);
-      MAP = sum_j P@j * hit_j / min(n, k).
+      MAP = sum_{j <= k} P@j * hit_j / n, trec_eval's ``map_cut_k`` (and
+      ranx's ``map@k``): divided by the number of relevant items n, not by
+      min(n, k), so a user with more targets than k cannot reach 1.
     """
     top_items = jnp.asarray(top_items)[:, :k]
     if top_items.shape[1] < k:
@@ -59,7 +61,7 @@ def ranking_metrics(top_items: ArrayLike, targets: ArrayLike, k: int) -> dict[st
     first = jnp.argmax(hits, axis=-1)
     mrr = jnp.where(num_hits > 0, 1.0 / (first + 1.0), 0.0)
     precision_at_j = jnp.cumsum(hits, axis=-1) / ranks
-    ap = jnp.where(has, jnp.sum(precision_at_j * hits, axis=-1) / jnp.maximum(ideal_hits, 1.0), 0.0)
+    ap = jnp.where(has, jnp.sum(precision_at_j * hits, axis=-1) / jnp.maximum(n, 1.0), 0.0)
     return {
         "precision": precision,
         "recall": recall,

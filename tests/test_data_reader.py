@@ -644,8 +644,14 @@ def test_batch_size_does_not_change_the_result(tmp_path):
     assert whole.report == pieces.report and whole.report.rejected["duplicate"] > 0
     for name in ("user", "item", "timestamp", "weight"):
         np.testing.assert_array_equal(getattr(whole, name), getattr(pieces, name))
-    order = np.lexsort((whole.item, whole.user, whole.timestamp))
+    order = np.lexsort((whole.user, whole.timestamp))
     assert np.array_equal(order, np.arange(whole.num_events))
+
+
+def test_same_time_events_keep_read_order(tmp_path):
+    # The protocol's default tie order is the input order: the reader must not re-sort a user's ties by item.
+    log = read(write(tmp_path / "e.parquet", events([1, 1, 1, 2], [30, 10, 20, 5], [T0, T0, T0, T0 - 1])))
+    assert log.items.decode(log.item).to_pylist() == [5, 30, 10, 20]
 
 
 def test_vocabulary_round_trip(tmp_path):

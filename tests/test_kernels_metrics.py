@@ -48,7 +48,7 @@ def ref_metrics(top_items, targets, k):
             if hit:
                 seen += 1
                 ap += seen / (j + 1)
-        out["map"][u] = ap / min(n, k)
+        out["map"][u] = ap / n  # trec_eval's map_cut_k: divided by all relevant items
     return out
 
 
@@ -111,11 +111,11 @@ def test_perfect_and_empty_lists():
     miss = metrics_jit(top, jnp.array([[9, -1]]), 4)
     for name in METRIC_NAMES:
         assert float(miss[name][0]) == 0.0, name
-    # More targets than k: recall is bounded by k/n, but NDCG and MAP can reach 1.
+    # More targets than k: recall and MAP (trec_eval: divided by n) are bounded by k/n; NDCG can reach 1.
     many = metrics_jit(top, jnp.array([[4, 2, 7, 1, 9, 8]]), 4)
     assert float(many["recall"][0]) == pytest.approx(4 / 6)
     assert float(many["ndcg"][0]) == pytest.approx(1.0)
-    assert float(many["map"][0]) == pytest.approx(1.0)
+    assert float(many["map"][0]) == pytest.approx(4 / 6)
 
 
 @pytest.mark.parametrize("k", [1, 5, 10])

@@ -2,8 +2,10 @@
 
 trec_eval conventions mapped to ours: P_k = precision@k, recall_k =
 recall@k, ndcg_cut_k = ndcg@k, success_k = hit_rate@k, recip_rank on the
-top-k run = mrr@k, map_cut_k = AP with the number of relevant items n as
-denominator (ours uses min(n, k), so ours * min(n, k) / n must equal it).
+top-k run = mrr@k, map_cut_k = map@k (average precision over the first k
+ranks divided by the number of relevant items n, not min(n, k)). Cases with
+several relevant items per user, many more than k among them, so that MAP's
+denominator matters; also a float64 NumPy reference of trec_eval's AP.
 """
 
 from __future__ import annotations
@@ -36,7 +38,15 @@ def _trec(top, targets, k):
     return pytrec_eval.RelevanceEvaluator(qrels, measures).evaluate(run)
 
 
-@pytest.mark.parametrize("seed,k,max_targets", [(0, 10, 1), (1, 10, 5), (2, 20, 30), (3, 5, 12)])
+def _ap_reference(ranked, relevant, k):
+    """trec_eval's map_cut_k of one user in float64: sum over the first k ranks of P@j at each hit, / |relevant|."""
+    ranked = np.asarray(ranked[:k])
+    hits = np.isin(ranked, list(relevant)).astype(np.float64)
+    precision_at = np.cumsum(hits) / np.arange(1, len(ranked) + 1, dtype=np.float64)
+    return float(np.sum(precision_at * hits) / len(relevant))
+
+
+@pytest.mark.parametrize("seed,k,max_targets", [(0, 10, 1), (1, 10, 5), (2, 20, 30), (3, 5, 12), (4, 10, 40)])
 def test_per_user_metrics_match_trec_eval(seed, k, max_targets):
     rng = np.random.default_rng(seed)
     top, targets = _random_case(rng, users=40, items=60, length=max(k, 20), max_targets=max_targets)
@@ -50,10 +60,24 @@ def test_per_user_metrics_match_trec_eval(seed, k, max_targets):
         np.testing.assert_allclose(ours["ndcg"][u], t[f"ndcg_cut_{k}"], atol=1e-5)
         np.testing.assert_allclose(ours["hit_rate"][u], t[f"success_{k}"], atol=1e-6)
         np.testing.assert_allclose(ours["mrr"][u], t["recip_rank"], atol=1e-6)
-        np.testing.assert_allclose(ours["map"][u] * min(n, k) / n, t[f"map_cut_{k}"], atol=1e-5)
+        np.testing.assert_allclose(ours["map"][u], t[f"map_cut_{k}"], atol=1e-5)
+        np.testing.assert_allclose(t[f"map_cut_{k}"], _ap_reference(top[u], set(targets[u][targets[u] >= 0]), k),
+                                   atol=1e-9)
         p, r = t[f"P_{k}"], t[f"recall_{k}"]
         np.testing.assert_allclose(ours["f1"][u], 2 * p * r / (p + r) if p + r else 0.0, atol=1e-6)
     assert ours["hit_rate"].mean() > 0.3  # the case has hits at many ranks, so the check is not vacuous
+    n = (targets >= 0).sum(axis=1)
+    if max_targets > k:  # users with more relevant items than k and hits: where MAP / n and MAP / min(n, k) differ
+        assert np.any((n > k) & (ours["map"] > 0))
+
+
+def test_map_divides_by_every_relevant_item():
+    # 4 relevant items, k = 2, hits at ranks 1 and 2: AP@2 = (1 + 1) / 4 (min(n, k) would give 1).
+    top = np.array([[3, 5, 7, 9]])
+    targets = np.array([[5, 3, 11, 12]])
+    got = float(kernels.ranking_metrics(top, targets, 2)["map"][0])
+    assert got == pytest.approx(0.5)
+    assert got == pytest.approx(_trec(top, targets, 2)["u0"]["map_cut_2"])
 
 
 def test_averages_match_trec_eval_and_skip_users_without_targets():
@@ -66,3 +90,4 @@ def test_averages_match_trec_eval_and_skip_users_without_targets():
     np.testing.assert_allclose(means["ndcg@10"], np.mean([t["ndcg_cut_10"] for t in trec.values()]), atol=1e-5)
     np.testing.assert_allclose(means["recall@10"], np.mean([t["recall_10"] for t in trec.values()]), atol=1e-6)
     np.testing.assert_allclose(means["mrr@10"], np.mean([t["recip_rank"] for t in trec.values()]), atol=1e-6)
+    np.testing.assert_allclose(means["map@10"], np.mean([t["map_cut_10"] for t in trec.values()]), atol=1e-5)

@@ -10,7 +10,8 @@ from flax import nnx
 
 from fgjax.config import Config, ModelConfig, SequenceConfig
 from fgjax.errors import ConfigError
-from fgjax.models import MODEL_NAMES, EmbeddingMLP, Recommender, TimeAwareSASRec, abstract_params, build_model, split_params
+from fgjax.models import (BPRMF, MODEL_NAMES, SEQUENCE_MODELS, EmbeddingMLP, ItemKNN, Recommender, TimeAwareSASRec,
+                          abstract_params, build_model, split_params)
 
 from test_models_mlp import numpy_forward
 
@@ -25,7 +26,8 @@ def test_every_name_builds_a_recommender_and_abstract_params_match(name):
     config = _config(name)
     model = build_model(config, 7, 11, seed=0)
     assert isinstance(model, Recommender)
-    assert isinstance(model, EmbeddingMLP if name == "embedding_mlp" else TimeAwareSASRec)
+    kinds = {"embedding_mlp": EmbeddingMLP, "bpr": BPRMF, "itemknn": ItemKNN}
+    assert isinstance(model, kinds.get(name, TimeAwareSASRec))
     graphdef, params = split_params(model)
     abstract_graph, abstract = abstract_params(config, 7, 11)
     assert abstract_graph == graphdef  # the same static graph: a restored model is the trained one
@@ -33,8 +35,8 @@ def test_every_name_builds_a_recommender_and_abstract_params_match(name):
     assert all(isinstance(x, jax.ShapeDtypeStruct) for x in jax.tree.leaves(abstract))
     # Restoring = merging the graph with arrays of those shapes.
     restored = nnx.merge(abstract_graph, jax.tree.map(np.asarray, params))
-    batch = {f: jnp.zeros((2,) + ((4,) if name != "embedding_mlp" else ()), jnp.int32) for f in model.batch_fields}
-    if name != "embedding_mlp":
+    batch = {f: jnp.zeros((2,) + ((4,) if name in SEQUENCE_MODELS else ()), jnp.int32) for f in model.batch_fields}
+    if name in SEQUENCE_MODELS:
         batch["times"] = jnp.zeros((2, 4), jnp.float32)
     key = jax.random.key(0)
     assert float(restored.loss(batch, key)) == pytest.approx(float(model.loss(batch, key)), rel=1e-6)
@@ -48,7 +50,7 @@ def test_sasrec_is_the_network_without_time_encodings():
 
 
 def test_bad_names_are_config_errors():
-    with pytest.raises(ConfigError, match="model.name='gru4rec': expected one of embedding_mlp, time_sasrec, sasrec"):
+    with pytest.raises(ConfigError, match="model.name='gru4rec': expected one of embedding_mlp, time_sasrec, sasrec, bpr, itemknn"):
         build_model(dataclasses.replace(Config(), model=ModelConfig(name="gru4rec")), 3, 3, seed=0)
     with pytest.raises(ConfigError, match="sized by the sequence section: pass the whole Config"):
         abstract_params(ModelConfig(name="time_sasrec"), 3, 3)

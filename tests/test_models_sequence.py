@@ -43,17 +43,19 @@ def _model(encoding="interval", **kw):
 
 def test_sequences_order_ties_and_first_interactions():
     user = np.array([0, 0, 0, 0, 1, 1])
-    item = np.array([5, 3, 5, 4, 2, 1])
+    item = np.array([5, 4, 5, 3, 2, 1])
     ts = np.array([10.0, 20.0, 5.0, 20.0, 1.0, 1.0])
     seqs = build_sequences(user, item, ts, 3)
     assert seqs.lengths().tolist() == [3, 2, 0]
-    # Item 5 counts once at its first time; the tie at t=20 breaks by item index.
-    assert seqs.items[:3].tolist() == [5, 3, 4] and seqs.times[:3].tolist() == [5.0, 20.0, 20.0]
-    assert seqs.items[3:].tolist() == [1, 2]
+    # Item 5 counts once at its first time; the tie at t=20 keeps the input order (4 before 3).
+    assert seqs.items[:3].tolist() == [5, 4, 3] and seqs.times[:3].tolist() == [5.0, 20.0, 20.0]
+    assert seqs.items[3:].tolist() == [2, 1]
+    # The option: ties by item index.
+    assert build_sequences(user, item, ts, 3, ties="item").items.tolist() == [5, 3, 4, 1, 2]
     masked = build_sequences(user, item, ts, 3, events=ts < 15)
-    assert masked.items.tolist() == [5, 1, 2]
+    assert masked.items.tolist() == [5, 2, 1]
     items, times = seqs.last(np.array([0, 1, 2]), 2, pad_item=99)
-    assert items.tolist() == [[3, 4], [1, 2], [99, 99]]
+    assert items.tolist() == [[4, 3], [2, 1], [99, 99]]
     assert times.tolist() == [[20.0, 20.0], [1.0, 1.0], [0.0, 0.0]]
 
 
@@ -78,15 +80,16 @@ def test_training_windows_use_every_target_once():
         assert np.all(np.diff(row_t[valid]) >= 0)
 
 
-def test_sequences_agree_with_leave_last_out():
+@pytest.mark.parametrize("ties", ["input", "item"])
+def test_sequences_agree_with_leave_last_out(ties):
     rng = np.random.default_rng(1)
     user = rng.integers(0, 20, 400)
     item = rng.integers(0, 50, 400)
-    ts = rng.uniform(0, 1e6, 400)
-    split = leave_last_out(user, item, ts, 20)
-    full = build_sequences(user, item, ts, 20)
-    hist = build_sequences(user, item, ts, 20, split.history_events)
-    train = build_sequences(user, item, ts, 20, split.train_events)
+    ts = rng.integers(0, 30, 400).astype(float)  # many ties
+    split = leave_last_out(user, item, ts, 20, ties=ties)
+    full = build_sequences(user, item, ts, 20, ties=ties)
+    hist = build_sequences(user, item, ts, 20, split.history_events, ties=ties)
+    train = build_sequences(user, item, ts, 20, split.train_events, ties=ties)
     for u in np.flatnonzero(split.test_target >= 0):
         assert full.items[full.indptr[u + 1] - 1] == split.test_target[u]
         assert hist.items[hist.indptr[u + 1] - 1] == split.val_target[u]

@@ -73,14 +73,17 @@ def test_quality_report_end_to_end(tmp_path):
         "--set", "sequence.epochs=2", "--set", "sequence.dim=8", "--set", "sequence.layers=1",
         "--set", "sequence.batch_size=16", "--set", "sequence.max_len=8",
         "--set", "quality.sweep_alpha=[0,2]", "--set", "quality.sweep_half_life_windows=[4]",
-        "--set", "quality.sweep_strength=[0,1]",
+        "--set", "quality.sweep_strength=[0,1]", "--set", "bpr.epochs=2", "--set", "bpr.batch_size=64",
+        "--set", "bpr.dim=8", "--set", "knn.neighbors=10",
     ])
     data = json.loads((out / "quality.json").read_text())
     assert data["benchmark"] == "quality" and data["device"] and data["versions"]["jax"]
     assert [r["protocol"] for r in data["protocols"]] == ["leave_last_out", "time_cutoff"]
     for result in data["protocols"]:
         models = {(r["model"], r["forgetting"]) for r in result["rows"]}
-        assert models == {(m, f) for m in ("popularity", "embedding_mlp", "time_sasrec", "sasrec") for f in ("off", "on")}
+        names = ("popularity", "bpr", "itemknn", "itemknn_last5", "embedding_mlp", "time_sasrec", "sasrec")
+        assert models == {(m, f) for m in names for f in ("off", "on")}
+        assert result["choices"].startswith("leave-last-out" if result["protocol"] == "leave_last_out" else "global")
         for r in result["rows"]:
             for k in (10, 20):
                 for m in ("precision", "recall", "f1", "ndcg", "hit_rate", "mrr", "map"):
@@ -88,6 +91,7 @@ def test_quality_report_end_to_end(tmp_path):
         assert (out / f"training_curves_{result['protocol']}.png").stat().st_size > 1000
     text = md.read_text()
     assert "old text" in text and text.count(quality.SECTION_START) == 1 and "| time_sasrec | off |" in text and "| sasrec | off |" in text
+    assert "| itemknn_last5 | off |" in text and "Protocol: leave-last-out per user: events at the same timestamp in input order" in text
     quality.update_results(md, "second", "cmd")  # replaced, not appended
     assert md.read_text().count(quality.SECTION_START) == 1 and "second" in md.read_text()
     assert payload["seconds"] > 0

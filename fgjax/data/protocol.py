@@ -1,7 +1,10 @@
 """Temporal evaluation protocols as validation and test stages (never a random split).
 
-- ``leave_last_out``: per user, the last new item is the test target and the
-  second-to-last the validation target (``fgjax.data.split.leave_last_out``).
+- ``leave_last_out``: per user, in chronological order (ties by input
+  position by default, or by item index: ``ties``), the last new item is the
+  test target and the second-to-last the validation target; a stage knows and
+  masks every event before its target in that order, same-timestamp ones
+  included (``fgjax.data.split.leave_last_out``).
 - ``time_cutoff``: one global time for everybody. Events before the
   validation cut train; a user's new items in ``[validation cut, test cut)``
   are its validation targets, those at or after the test cut (not had
@@ -51,6 +54,7 @@ class Protocol:
     train_items: ItemSets
     validation: Stage
     test: Stage
+    ties: str = "input"  # the tie order (fgjax.data.split.TIE_ORDERS): sequences built for it use the same
 
 
 def _first_times(user: np.ndarray, item: np.ndarray, timestamp: np.ndarray, users: np.ndarray,
@@ -72,11 +76,12 @@ def from_split(split: TemporalSplit, user: np.ndarray, item: np.ndarray, timesta
     val_time[users] = _first_times(user, item, timestamp, users, split.val_target[users])
     validation = Stage(users, split.val_target[users][:, None], split.train_events, split.train_items, val_time)
     test = Stage(users, split.test_target[users][:, None], split.history_events, split.history_items, split.test_time)
-    return Protocol("leave_last_out", split.train_events, split.train_items, validation, test)
+    return Protocol("leave_last_out", split.train_events, split.train_items, validation, test, split.ties)
 
 
-def leave_last_out_protocol(user: np.ndarray, item: np.ndarray, timestamp: np.ndarray, num_users: int) -> Protocol:
-    return from_split(leave_last_out(user, item, timestamp, num_users), user, item, timestamp)
+def leave_last_out_protocol(user: np.ndarray, item: np.ndarray, timestamp: np.ndarray, num_users: int, *,
+                            ties: str = "input") -> Protocol:
+    return from_split(leave_last_out(user, item, timestamp, num_users, ties=ties), user, item, timestamp)
 
 
 def _stage_targets(user, item, timestamp, known: np.ndarray, window: np.ndarray, known_items: ItemSets,
@@ -100,8 +105,11 @@ def _stage_targets(user, item, timestamp, known: np.ndarray, window: np.ndarray,
 
 
 def time_cutoff_protocol(user: np.ndarray, item: np.ndarray, timestamp: np.ndarray, num_users: int,
-                         quantiles: tuple[float, float] = (0.8, 0.9)) -> Protocol:
-    """Global time cut-offs at the ``quantiles`` of the event times (validation, test)."""
+                         quantiles: tuple[float, float] = (0.8, 0.9), *, ties: str = "input") -> Protocol:
+    """Global time cut-offs at the ``quantiles`` of the event times (validation, test).
+
+    The stages depend on time only; ``ties`` is recorded for the sequences built for them.
+    """
     val_cut, test_cut = (float(np.quantile(timestamp, q)) for q in quantiles)
     train_events = timestamp < val_cut
     history_events = timestamp < test_cut
@@ -116,4 +124,4 @@ def time_cutoff_protocol(user: np.ndarray, item: np.ndarray, timestamp: np.ndarr
                         "targets in a stage: choose other quality.cutoff_quantiles")
     validation = Stage(val_users, val_targets, train_events, train_items, np.full(num_users, val_cut))
     test = Stage(test_users, test_targets, history_events, history_items, np.full(num_users, test_cut))
-    return Protocol("time_cutoff", train_events, train_items, validation, test)
+    return Protocol("time_cutoff", train_events, train_items, validation, test, ties)

@@ -138,10 +138,12 @@ class ReadReport:
 
 @dataclasses.dataclass(frozen=True)
 class EventLog:
-    """A validated behavior log as dense arrays, sorted by (timestamp, user, item).
+    """A validated behavior log as dense arrays, sorted by (timestamp, user).
 
-    Ties keep read order (files in sorted path order, rows in file order), so
-    the order is deterministic.
+    A user's events at the same timestamp keep read order (files in sorted
+    path order, rows in file order): the order is deterministic, and it is the
+    input order the protocol's default tie order (``data.tie_order: input``)
+    keeps.
     """
 
     user: np.ndarray  # (events,) int32 index into users
@@ -1017,7 +1019,7 @@ def _assemble(
     if len(user) == 0:
         hint = _units_hint(report, out_of_range, config)
         raise DataError(f"events '{path}': no valid rows ({report.summary()}){hint}")
-    order = np.lexsort((item, user, seconds))
+    order = np.lexsort((user, seconds))  # stable: a user's same-time events stay in read order
     return EventLog(
         user=user[order],
         item=item[order],

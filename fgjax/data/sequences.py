@@ -1,9 +1,10 @@
 """Per-user chronological item sequences (CSR) for sequence models.
 
 Implicit feedback, like the split: each (user, item) pair counts once, at its
-first timestamp among the selected events; a user's items are ordered by that
-time, ties broken by item index (the order ``leave_last_out`` uses), so the
-last items of a sequence are exactly the split's held-out ones.
+first event among the selected events in the protocol's chronological order
+(``fgjax.data.split.chronological_order``: by time, ties by input position or,
+with ``ties="item"``, by item index), the order ``leave_last_out`` uses, so
+the last items of a sequence are exactly the split's held-out ones.
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ from __future__ import annotations
 import dataclasses
 
 import numpy as np
+
+from fgjax.data.split import first_interactions
 
 
 @dataclasses.dataclass(frozen=True)
@@ -88,26 +91,23 @@ class Sequences:
 
 
 def build_sequences(
-    user: np.ndarray, item: np.ndarray, timestamp: np.ndarray, num_users: int, events: np.ndarray | None = None
+    user: np.ndarray, item: np.ndarray, timestamp: np.ndarray, num_users: int, events: np.ndarray | None = None, *,
+    ties: str = "input",
 ) -> Sequences:
     """Chronological first interactions per user among the selected ``events``.
 
     Args:
       user, item: ``(events,)`` dense indices; timestamp: ``(events,)`` epoch seconds.
-      events: optional ``(events,)`` bool mask (e.g. a split's training events).
+      events: optional ``(events,)`` bool mask (e.g. a split's training events);
+        the selected events keep their relative input order.
+      ties: the order of events at the same timestamp (``"input"`` or ``"item"``, as in ``leave_last_out``).
     """
     if events is not None:
         user, item, timestamp = user[events], item[events], timestamp[events]
-    order = np.lexsort((timestamp, item, user))
-    u, i, t = user[order], item[order], timestamp[order]
-    first = np.ones(len(u), bool)
-    first[1:] = (u[1:] != u[:-1]) | (i[1:] != i[:-1])
-    u, i, t = u[first], i[first], t[first]
-    by_time = np.lexsort((i, t, u))
-    u, i, t = u[by_time], i[by_time], t[by_time]
+    first = first_interactions(user, item, timestamp, ties)
     indptr = np.zeros(num_users + 1, np.int64)
-    np.cumsum(np.bincount(u, minlength=num_users), out=indptr[1:])
-    return Sequences(indptr, i.astype(np.int32), t.astype(np.float64))
+    np.cumsum(np.bincount(user[first], minlength=num_users), out=indptr[1:])
+    return Sequences(indptr, item[first].astype(np.int32), timestamp[first].astype(np.float64))
 
 
 def relative_times(times: np.ndarray, items: np.ndarray, pad_item: int) -> np.ndarray:

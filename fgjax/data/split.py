@@ -1,11 +1,17 @@
 """Temporal leave-last-out split and per-user item sets (CSR).
 
-Protocol (implicit feedback, SPEC.md Evaluation): each (user, item) pair counts
-once, at its first timestamp. Per user with at least 3 distinct items, the last
-new item is the test target and the second-to-last the validation target.
-Training uses every event strictly before the validation item's first time;
-the forgetting analysis behind test-time recommendations uses every event
-before the test item's first time. Never a random split.
+Protocol (implicit feedback, SPEC.md Evaluation; docs/data.md, "Evaluation
+protocol"): a user's events are put in chronological order, and events at the
+same timestamp keep their input order (``ties="input"``, a stable sort by time:
+the convention of RecBole and most papers) or, as an option, go by item index
+(``ties="item"``). Each (user, item) pair counts once, at its first event in
+that order. Per user with at least 3 distinct items, the last new item is the
+test target and the second-to-last the validation target. Training uses every
+event before the validation item's first event *in that order*; the history
+behind test-time recommendations (what a model may read, and what is masked)
+uses every event before the test item's first event in that order, so an
+item had at the test item's own timestamp but before it in the order is
+history, and is masked. Never a random split.
 """
 
 from __future__ import annotations
@@ -64,19 +70,55 @@ class ItemSets:
         return out
 
 
+#: How events at the same timestamp are ordered: input position (stable sort by time) or item index.
+TIE_ORDERS = ("input", "item")
+
+
+def chronological_order(user: np.ndarray, item: np.ndarray, timestamp: np.ndarray, ties: str = "input") -> np.ndarray:
+    """``(events,)`` permutation putting events in the protocol's order: by user, then time, then the tie order.
+
+    Args:
+      user, item: ``(events,)`` dense indices; timestamp: ``(events,)`` epoch seconds.
+      ties: ``"input"``: events at the same time keep their input position (a
+        stable sort by time); ``"item"``: they go by item index, then input position.
+    """
+    position = np.arange(len(user))
+    if ties == "input":
+        return np.lexsort((position, timestamp, user))
+    if ties == "item":
+        return np.lexsort((position, item, timestamp, user))
+    raise ValueError(f"ties={ties!r}: expected one of {', '.join(TIE_ORDERS)}")
+
+
+def first_interactions(user: np.ndarray, item: np.ndarray, timestamp: np.ndarray, ties: str = "input") -> np.ndarray:
+    """``(pairs,)`` event indices of each (user, item) pair's first event, in ``chronological_order``.
+
+    Grouped by user (users ascending), each user's items oldest first.
+    """
+    order = chronological_order(user, item, timestamp, ties)
+    width = int(item.max(initial=0)) + 1
+    key = user[order].astype(np.int64) * width + item[order]
+    _, first = np.unique(key, return_index=True)
+    return order[np.sort(first)]
+
+
 @dataclasses.dataclass(frozen=True)
 class TemporalSplit:
     """Leave-last-out split of an ``EventLog``.
 
     Attributes:
-      train_events: ``(events,)`` bool, events used for training.
+      train_events: ``(events,)`` bool, events before each user's validation
+        item in the chronological order (``chronological_order``), used for training.
       history_events: ``(events,)`` bool, events before each user's test item
-        (train + validation), used for the analysis behind test recommendations.
+        in that order (train + validation, and events that share the test
+        item's timestamp but come before it): what test-time rankings read and mask.
       val_target: ``(users,)`` int32 validation item, -1 if none.
       test_target: ``(users,)`` int32 test item, -1 if none.
       test_time: ``(users,)`` float64 first time of the test item, inf if none.
       train_items: items seen in training, per user.
       history_items: items seen before the test item, per user.
+      ties: the tie order the split was made in (``TIE_ORDERS``); sequences
+        built for it must use the same.
     """
 
     train_events: np.ndarray
@@ -86,6 +128,7 @@ class TemporalSplit:
     test_time: np.ndarray
     train_items: ItemSets
     history_items: ItemSets
+    ties: str = "input"
 
     def train_pairs(self) -> tuple[np.ndarray, np.ndarray]:
         """Distinct positive (user, item) training pairs, ``(pairs,)`` each."""
@@ -94,38 +137,42 @@ class TemporalSplit:
         return users, sets.items
 
 
-def leave_last_out(user: np.ndarray, item: np.ndarray, timestamp: np.ndarray, num_users: int) -> TemporalSplit:
-    """Split events per user by time: last new item = test, second-to-last = validation.
+def leave_last_out(user: np.ndarray, item: np.ndarray, timestamp: np.ndarray, num_users: int, *,
+                   ties: str = "input") -> TemporalSplit:
+    """Split events per user in chronological order: last new item = test, second-to-last = validation.
 
     Args:
       user, item: ``(events,)`` int dense indices.
       timestamp: ``(events,)`` float epoch seconds.
       num_users: size of the user vocabulary.
+      ties: how events at the same timestamp are ordered (``chronological_order``):
+        ``"input"`` (default; input position) or ``"item"`` (item index).
     """
-    order = np.lexsort((timestamp, item, user))
-    u, i, t = user[order], item[order], timestamp[order]
-    first = np.ones(len(u), bool)
-    first[1:] = (u[1:] != u[:-1]) | (i[1:] != i[:-1])
-    fu, fi, ft = u[first], i[first], t[first]
-    # Per user, first interactions by time (ties broken by item for determinism).
-    by_time = np.lexsort((fi, ft, fu))
-    fu, fi, ft = fu[by_time], fi[by_time], ft[by_time]
-    counts = np.bincount(fu, minlength=num_users)
+    n = len(user)
+    order = chronological_order(user, item, timestamp, ties)
+    position = np.empty(n, np.int64)  # each event's place in the order
+    position[order] = np.arange(n)
+    first = first_interactions(user, item, timestamp, ties)
+    counts = np.bincount(user[first], minlength=num_users)
     ends = np.cumsum(counts)
-    eligible = counts >= 3
+    idx = np.flatnonzero(counts >= 3)
+    test_event, val_event = first[ends[idx] - 1], first[ends[idx] - 2]
     val_target = np.full(num_users, -1, np.int32)
     test_target = np.full(num_users, -1, np.int32)
-    val_time = np.full(num_users, np.inf)
     test_time = np.full(num_users, np.inf)
-    idx = np.flatnonzero(eligible)
-    test_target[idx] = fi[ends[idx] - 1]
-    test_time[idx] = ft[ends[idx] - 1]
-    val_target[idx] = fi[ends[idx] - 2]
-    val_time[idx] = ft[ends[idx] - 2]
-    train_events = timestamp < val_time[user]
-    history_events = timestamp < test_time[user]
-    # The targets themselves are never "seen" before their first time, so they
+    test_target[idx] = item[test_event]
+    val_target[idx] = item[val_event]
+    test_time[idx] = timestamp[test_event]
+    # Users without targets keep every event (a place past the end).
+    val_place = np.full(num_users, n, np.int64)
+    test_place = np.full(num_users, n, np.int64)
+    val_place[idx] = position[val_event]
+    test_place[idx] = position[test_event]
+    train_events = position < val_place[user]
+    history_events = position < test_place[user]
+    # The targets themselves are never had before their first event, so they
     # cannot be masked out of their own evaluation.
     train_items = ItemSets.from_pairs(user[train_events], item[train_events], num_users)
     history_items = ItemSets.from_pairs(user[history_events], item[history_events], num_users)
-    return TemporalSplit(train_events, history_events, val_target, test_target, test_time, train_items, history_items)
+    return TemporalSplit(train_events, history_events, val_target, test_target, test_time, train_items, history_items,
+                         ties)

@@ -1,8 +1,8 @@
 """Model quality under a temporal protocol, with and without forgetting-aware re-ranking.
 
 Each model gives a dense ``(users, items)`` relevance matrix for a stage
-(popularity counts, EmbeddingMLP click probabilities, the sequence model's
-next-item probabilities); the re-ranking multiplies it by the user's
+(popularity counts, EmbeddingMLP and BPR click probabilities, the sequence
+models' next-item probabilities, ItemKNN's summed similarities); the re-ranking multiplies it by the user's
 forgetting weight of each item's interest raised to a ``strength``:
 
     score(u, i) = relevance(u, i) * m(u, k(i)) ** strength
@@ -67,6 +67,8 @@ def _relevance(graphdef, params, inputs):
     """``(n, items)`` relevance through the model interface: logits normalized as the model says."""
     model = nnx.merge(graphdef, params)
     logits = model.score(model.query(inputs), model.item_rows()[None])
+    if model.normalization == "none":
+        return logits
     return jax.nn.sigmoid(logits) if model.normalization == "sigmoid" else jax.nn.softmax(logits, axis=-1)
 
 

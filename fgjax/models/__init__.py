@@ -4,7 +4,10 @@
 
 - ``embedding_mlp``: the article's EmbeddingMLP (``model`` section; ``train.negatives``);
 - ``time_sasrec``: the time-aware sequence model (``sequence`` section);
-- ``sasrec``: the same network with ``time_encoding`` ``none`` (plain SASRec).
+- ``sasrec``: the same network with ``time_encoding`` ``none`` (plain SASRec);
+- ``bpr``: BPR matrix factorization (``bpr`` section, with its training settings);
+- ``itemknn``: cosine ItemKNN from the whole history or the last n items
+  (``knn`` section), fitted in closed form.
 
 ``abstract_params`` gives the same graph with shape-only params, so a
 checkpoint is restored (serving, resumes) without allocating or training code.
@@ -18,20 +21,26 @@ from flax import nnx
 
 from fgjax.config import Config, ModelConfig
 from fgjax.errors import ConfigError
+from fgjax.models.baselines import BPRMF, ItemKNN
 from fgjax.models.interface import Params, Recommender, split_params
 from fgjax.models.mlp import EmbeddingMLP
 from fgjax.models.sequence import TimeAwareSASRec
 
-MODEL_NAMES = ("embedding_mlp", "time_sasrec", "sasrec")
+MODEL_NAMES = ("embedding_mlp", "time_sasrec", "sasrec", "bpr", "itemknn")
+#: Trained on next-item windows with the ``sequence`` section's settings.
 SEQUENCE_MODELS = ("time_sasrec", "sasrec")
+#: Query with each user's history (its last items), not its index.
+HISTORY_MODELS = ("time_sasrec", "sasrec", "itemknn")
+#: Fitted in one pass (``model.fit``), not by gradient steps.
+CLOSED_FORM_MODELS = ("itemknn",)
 
-__all__ = ["EmbeddingMLP", "MODEL_NAMES", "Params", "Recommender", "SEQUENCE_MODELS", "TimeAwareSASRec",
-           "abstract_params", "build_model", "split_params"]
+__all__ = ["BPRMF", "CLOSED_FORM_MODELS", "EmbeddingMLP", "HISTORY_MODELS", "ItemKNN", "MODEL_NAMES", "Params",
+           "Recommender", "SEQUENCE_MODELS", "TimeAwareSASRec", "abstract_params", "build_model", "split_params"]
 
 
 def _as_config(config: Config | ModelConfig) -> Config:
     """A bare ``ModelConfig`` is that section with the others at their defaults: enough
-    for EmbeddingMLP; sequence models are sized by the ``sequence`` section."""
+    for EmbeddingMLP (and the baselines at their defaults); sequence models are sized by the ``sequence`` section."""
     if not isinstance(config, ModelConfig):
         return config
     if config.name in SEQUENCE_MODELS:
@@ -45,7 +54,7 @@ def build_model(config: Config | ModelConfig, num_users: int, num_items: int, *,
     Args:
       config: the run's ``Config`` (a bare ``ModelConfig`` is taken as a
         ``Config`` with that model section).
-      num_users, num_items: table sizes (sequence models use only ``num_items``).
+      num_users, num_items: table sizes (sequence models and ItemKNN use only ``num_items``).
     """
     config = _as_config(config)
     name = config.model.name
@@ -61,6 +70,12 @@ def build_model(config: Config | ModelConfig, num_users: int, num_items: int, *,
             num_buckets=seq.time_buckets, dropout=seq.dropout, loss=seq.loss,
             sampled_negatives=seq.sampled_negatives, rngs=nnx.Rngs(seed),
         )
+    if name == "bpr":
+        return BPRMF(num_users, num_items, dim=config.bpr.dim, negatives=config.bpr.negatives, l2=config.bpr.l2,
+                     rngs=nnx.Rngs(seed))
+    if name == "itemknn":
+        knn = config.knn
+        return ItemKNN(num_items, neighbors=knn.neighbors, shrink=knn.shrink, history=knn.history)
     raise ConfigError(f"model.name={name!r}: expected one of {', '.join(MODEL_NAMES)}")
 
 

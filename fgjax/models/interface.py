@@ -15,12 +15,13 @@ A model is a ``flax.nnx.Module`` whose queries and item rows meet in
 - ``query(inputs)``: ``(n, h)`` user-side queries from a dict of ``(n, ...)``
   arrays whose keys are the model's ``query_fields`` (EmbeddingMLP:
   ``user``; sequence models: ``items``, ``times``: the user's last L items and
-  their times in seconds relative to the latest).
+  their times in seconds relative to the latest; ItemKNN: ``items``).
 - ``score(query, rows)``: ``(n, h)`` queries and ``(1 | n, C, h)`` item rows
   -> ``(n, C)`` logits.
 - ``normalization``: how logits become the relevance of SPEC.md's score:
-  ``"sigmoid"`` (pointwise click probability) or ``"softmax"`` (next-item
-  probability over the catalog).
+  ``"sigmoid"`` (pointwise click probability), ``"softmax"`` (next-item
+  probability over the catalog) or ``"none"`` (the logit already is a
+  nonnegative relevance, e.g. ItemKNN's summed similarities).
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from typing import Any, ClassVar, Mapping, Protocol, runtime_checkable
 from flax import nnx
 from jax import Array
 
-NORMALIZATIONS = ("sigmoid", "softmax")
+NORMALIZATIONS = ("sigmoid", "softmax", "none")
 Params = dict[str, Any]  # a pure nested dict of arrays (nnx State.to_pure_dict())
 
 

@@ -6,10 +6,11 @@ by forgetting (SPEC.md, Recommendation score)
 
     score(u, i) = w_i * m(u, k(i)) * relevance(u, i)
 
-with relevance = ``sigmoid(logit)`` for ``normalization == "sigmoid"`` models
-and the next-item probability ``softmax`` over the whole catalog for
+with relevance = ``sigmoid(logit)`` for ``normalization == "sigmoid"`` models,
+the next-item probability ``softmax`` over the whole catalog for
 ``"softmax"`` models (its per-user log-normalizer comes from a first blocked
-pass, so no ``(chunk, items)`` matrix is built), where
+pass, so no ``(chunk, items)`` matrix is built) and the logit itself for
+``"none"`` models (ItemKNN's nonnegative summed similarities), where
 ``m(u, k) = ForgettingWeights.user_interest`` and ``k(i)`` is the item's
 interest (items without one read column K, ``strategy.item_columns``); it
 masks already-seen items and keeps the top K. Only ``(chunk, K)`` results
@@ -83,7 +84,10 @@ def _chunk_top_k(graphdef, params, rows, inputs, seen, user_interest, item_inter
 
     def score(ids):  # (1, C) a catalog block, or (chunk, C) candidates -> (chunk, C)
         logits = model.score(query, rows[ids])
-        scores = jnp.exp(logits - log_norm) if softmax else jax.nn.sigmoid(logits)
+        if softmax:
+            scores = jnp.exp(logits - log_norm)
+        else:
+            scores = logits if model.normalization == "none" else jax.nn.sigmoid(logits)
         if user_interest is not None:
             per_item = jnp.take_along_axis(user_interest, jnp.broadcast_to(column[ids], scores.shape), axis=1)
             scores = scores * per_item * item_weight[ids]
@@ -97,11 +101,12 @@ def query_inputs(graphdef: nnx.GraphDef, params: Any, users: np.ndarray, sequenc
                  num_items: int) -> dict[str, np.ndarray]:
     """The model's query arrays for ``users`` ``(n,)``.
 
-    EmbeddingMLP: ``{"user": (n,)}``. Sequence models: ``{"items": (n, L),
-    "times": (n, L)}``, the users' last ``max_len`` items in ``sequences``
-    (left-padded with ``num_items``) and their times in seconds relative to
-    the latest (float32). ``params`` may be abstract (``ShapeDtypeStruct``):
-    only the model's static settings are read.
+    EmbeddingMLP, BPRMF: ``{"user": (n,)}``. Models that query histories: of
+    ``{"items": (n, L), "times": (n, L)}`` the ``query_fields`` they read: the
+    users' last ``max_len`` items in ``sequences`` (left-padded with
+    ``num_items``) and their times in seconds relative to the latest
+    (float32). ``params`` may be abstract (``ShapeDtypeStruct``): only the
+    model's static settings are read.
     """
     model = nnx.merge(graphdef, params)
     users = np.asarray(users, np.int32)
@@ -110,7 +115,10 @@ def query_inputs(graphdef: nnx.GraphDef, params: Any, users: np.ndarray, sequenc
     if sequences is None:
         raise DataError(f"{type(model).__name__} ranks users by their histories: pass their sequences")
     items, times = sequences.last(users, model.max_len, pad_item=num_items)
-    return {"items": items, "times": relative_times(times, items, num_items)}
+    out = {"items": items}
+    if "times" in model.query_fields:
+        out["times"] = relative_times(times, items, num_items)
+    return out
 
 
 def rank_items(

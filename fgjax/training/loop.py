@@ -13,7 +13,10 @@ all-reduce), except that with ``train.table_optimizer`` ``row_adagrad`` or
 
 What differs between models is only: the examples (``pair_examples`` or
 ``window_examples``), the model's loss and the optimizer chain
-(``make_optimizer``). The rest is shared:
+(``make_optimizer``). A closed-form model (ItemKNN, ``CLOSED_FORM_MODELS``)
+is fitted by its own ``fit`` on the examples in place of the steps, as one
+epoch; validation, the metrics file, checkpoints and resume are the same.
+The rest is shared:
 
 - the data order is a pure function of ``(seed, epoch)`` and a step's key is
   ``fold_in(key(seed), step)``, so a run restored from its checkpoint at step
@@ -55,7 +58,7 @@ from fgjax.data.reader import EventLog
 from fgjax.data.sequences import Sequences, build_sequences, relative_times
 from fgjax.data.split import ItemSets, TemporalSplit
 from fgjax.errors import CheckpointError, ConfigError
-from fgjax.models import SEQUENCE_MODELS, Params, build_model, split_params
+from fgjax.models import CLOSED_FORM_MODELS, HISTORY_MODELS, SEQUENCE_MODELS, Params, build_model, split_params
 from fgjax.ranking.topk import query_inputs, rank_items
 from fgjax.training import distributed, sparse
 
@@ -93,8 +96,8 @@ class Validation(NamedTuple):
 
 @dataclasses.dataclass(frozen=True)
 class LoopSettings:
-    """The per-model training settings: from ``train`` for embedding_mlp, from ``sequence``
-    (epochs, batch_size, learning_rate, weight_decay, seed, patience, eval_every) for sequence models."""
+    """The per-model training settings: from ``train`` for embedding_mlp, from ``sequence`` (epochs,
+    batch_size, learning_rate, weight_decay, seed, patience, eval_every) for sequence models, from ``bpr`` for bpr."""
 
     epochs: int
     batch_size: int
@@ -137,6 +140,9 @@ def loop_settings(config: Config) -> LoopSettings:
     if config.model.name in SEQUENCE_MODELS:
         s = config.sequence
         return LoopSettings(s.epochs, s.batch_size, s.learning_rate, s.weight_decay, s.seed, s.patience, s.eval_every)
+    if config.model.name == "bpr":
+        b = config.bpr
+        return LoopSettings(b.epochs, b.batch_size, b.learning_rate, 0.0, b.seed, b.patience, b.eval_every)
     t = config.train
     return LoopSettings(t.epochs, t.batch_size, t.learning_rate, 0.0, t.seed, t.patience, 1)
 
@@ -153,7 +159,7 @@ def make_mesh(num_devices: int = 0) -> jax.sharding.Mesh:
 def make_optimizer(config: Config) -> optax.GradientTransformation:
     """The optimizer chain of the config's model (for embedding_mlp with a table optimizer: of the dense layers).
 
-    embedding_mlp: Adam (``train.learning_rate``). Sequence models: global-norm
+    embedding_mlp, bpr: Adam (``train.learning_rate``, ``bpr.learning_rate``). Sequence models: global-norm
     clipping at 5 then AdamW (``sequence.learning_rate``, ``weight_decay``).
     """
     s = loop_settings(config)
@@ -167,7 +173,7 @@ def table_optimizer(config: Config) -> sparse.SparseRowOptimizer | None:
     name = config.train.table_optimizer
     if name == "dense":
         return None
-    if config.model.name in SEQUENCE_MODELS:
+    if config.model.name != "embedding_mlp":
         raise ConfigError(f"train.table_optimizer={name!r} applies to model.name=embedding_mlp only; "
                           f"use dense for {config.model.name}")
     return sparse.table_optimizer(name, config.train.learning_rate)
@@ -277,6 +283,10 @@ def run_fingerprint(config: Config, examples: Batch, num_users: int, num_items: 
         architecture = {k: v for k, v in to_dict(config.sequence).items()
                         if k not in ("epochs", "patience", "eval_every", "batch_size", "learning_rate",
                                      "weight_decay", "seed")}
+    elif config.model.name == "itemknn":
+        architecture = {"name": "itemknn", **to_dict(config.knn)}
+    elif config.model.name == "bpr":
+        architecture = {"name": "bpr", "dim": config.bpr.dim, "l2": config.bpr.l2, "negatives": config.bpr.negatives}
     else:
         architecture = {**to_dict(config.model), "negatives": config.train.negatives}
     return {
@@ -332,20 +342,23 @@ def train(
 ) -> TrainResult:
     """Train the model ``config.model.name`` names on the split's training events, resuming if a checkpoint exists.
 
-    embedding_mlp trains on the training ``(user, item)`` pairs; time_sasrec /
-    sasrec on next-item windows of the users' training sequences. Both are
-    validated on ``split.val_target`` (the training items masked; sequence
-    models read the training sequences). The checkpoint directory also gets
+    embedding_mlp and bpr train on the training ``(user, item)`` pairs (itemknn
+    is fitted on them in closed form); time_sasrec / sasrec on next-item
+    windows of the users' training sequences. All are validated on
+    ``split.val_target`` (the training items masked; models that query
+    histories read the training sequences, in the split's tie order). The checkpoint directory also gets
     the manifest and the vocabularies, so ``fgjax.load`` serves it. With
     ``train.distributed``, ``jax.distributed`` is initialized (from the
     ``FGJAX_*`` environment; see ``fgjax.training.distributed``) before the
     loop's first JAX call.
     """
+    sequences = None
+    if config.model.name in HISTORY_MODELS:
+        sequences = build_sequences(log.user, log.item, log.timestamp, log.num_users, split.train_events,
+                                    ties=split.ties)
     if config.model.name in SEQUENCE_MODELS:
-        sequences = build_sequences(log.user, log.item, log.timestamp, log.num_users, split.train_events)
         examples = window_examples(sequences, config.sequence.max_len, log.num_items)
     else:
-        sequences = None
         examples = pair_examples(split)
     users = np.flatnonzero(split.val_target >= 0)
     if config.train.eval_users and len(users) > config.train.eval_users:
@@ -391,13 +404,17 @@ def train_examples(
     t0 = time.perf_counter()
     if config.train.distributed:
         distributed.initialize()  # a no-op when the caller initialized it already
+    if config.model.name in CLOSED_FORM_MODELS:
+        return _fit_closed_form(config, examples, validation, num_users=num_users, num_items=num_items,
+                                checkpoint_dir=checkpoint_dir, metrics_path=metrics_path, on_epoch_end=on_epoch_end,
+                                on_ready=on_ready, t0=t0)
     settings = loop_settings(config)
     tcfg = config.train
     fields = {name: np.asarray(x) for name, x in examples.items()}
     num_examples = len(next(iter(fields.values())))
     mesh = make_mesh(tcfg.num_devices)
     n_dev = mesh.devices.size
-    section = "sequence" if config.model.name in SEQUENCE_MODELS else "train"
+    section = "sequence" if config.model.name in SEQUENCE_MODELS else "bpr" if config.model.name == "bpr" else "train"
     if settings.batch_size % n_dev:
         raise ConfigError(f"{section}.batch_size={settings.batch_size} must be divisible by the {n_dev} devices "
                           "of the mesh")
@@ -539,3 +556,71 @@ def train_examples(
     step_losses = _scalars(losses)
     return TrainResult(graphdef, params, history, step_losses, int(done), resumed_from, int(best["epoch"]),
                        len(history), stopped_early, time.perf_counter() - t0)
+
+
+def _fit_closed_form(
+    config: Config,
+    examples: Batch,
+    validation: Validation | Callable[[nnx.GraphDef, Params], Validation] | None,
+    *,
+    num_users: int,
+    num_items: int,
+    checkpoint_dir: str | Path | None,
+    metrics_path: str | Path | None,
+    on_epoch_end: Sequence[EpochHook],
+    on_ready: Callable[[], None] | None,
+    t0: float,
+) -> TrainResult:
+    """``train_examples`` for a closed-form model: ``model.fit(examples)`` as the one epoch (step 1), then the
+    same validation, metrics line, hooks and checkpoint; a checkpoint of the same run is restored, not refitted."""
+    fields = {name: np.asarray(x) for name, x in examples.items()}
+    fingerprint = run_fingerprint(config, fields, num_users, num_items)
+    store = TrainCheckpoints(checkpoint_dir, max_to_keep=config.train.max_to_keep) if checkpoint_dir is not None else None
+    try:
+        if store is not None and store.latest_step() is not None:
+            meta = store.restore_meta()
+            if meta.get("run") != fingerprint:
+                raise CheckpointError(f"'{store.directory}' holds a run with other data or settings; refitting would "
+                                      "not continue it: use a new output directory")
+            graphdef, abstract = split_params(nnx.eval_shape(lambda: build_model(config, num_users, num_items,
+                                                                                 seed=0)))
+            device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+            params, _, meta = store.restore(abstract, None, sharding=device)
+            if on_ready is not None:
+                on_ready()
+            history = list(meta["history"])
+            return TrainResult(graphdef, jax.device_get(params), history, np.zeros(0, np.float32), int(meta["step"]),
+                               int(meta["step"]), int(meta["best"]["epoch"]), len(history), False,
+                               time.perf_counter() - t0)
+        model = build_model(config, num_users, num_items, seed=0)
+        model.fit(fields, num_users)
+        graphdef, params = split_params(model)
+        params = jax.device_get(params)
+        if on_ready is not None:
+            on_ready()
+        record: dict[str, Any] = {"epoch": 1, "step": 1}
+        if callable(validation):
+            validation = validation(graphdef, params)
+        if validation is not None:
+            record.update(validate(graphdef, params, validation, num_items))
+        record["seconds"] = round(time.perf_counter() - t0, 3)
+        history = [record]
+        if metrics_path and jax.process_index() == 0:
+            with open(metrics_path, "a") as f:
+                f.write(json.dumps(record) + "\n")
+        for hook in on_epoch_end:
+            hook(record)
+        best_epoch = 1 if validation is not None else 0
+        if store is not None:
+            meta = {"format_version": FORMAT_VERSION, "config": to_dict(config), "model": config.model.name,
+                    "step": 1, "epoch": 1, "batch_in_epoch": 0, "steps_per_epoch": 1, "run": fingerprint,
+                    "history": history, "epoch_loss": [0.0, 0],
+                    "best": {"ndcg": record.get(f"val_ndcg@{min(VAL_K, num_items)}", -1.0), "epoch": best_epoch,
+                             "since": 0},
+                    "stopped_early": False}
+            store.save(1, params, {"step": np.asarray(1, np.int32)}, meta)
+    finally:
+        if store is not None:
+            store.close()
+    return TrainResult(graphdef, params, history, np.zeros(0, np.float32), 1, None, best_epoch, 1, False,
+                       time.perf_counter() - t0)
