@@ -132,7 +132,8 @@ class DetectorOutput(NamedTuple):
       recent: float32 events in the last ``recent_windows`` windows.
       expected_recent: float32 what the earlier rate predicts for them.
       trend: float32 least-squares slope of counts over the recent windows.
-      period, period_strength: float32 dominant period (windows) and its strength.
+      period, period_strength: float32 dominant period (windows; 0 = none: its strength is below
+        ``min_strength`` or fewer than two cycles fit in the windows seen) and the periodogram peak's strength.
       last_active: int32 index of the last active window (-1 = never).
       degree_threshold: ``(users,)`` float32 the user's adaptive F threshold.
       degree_alarm: ``(users,)`` bool F(u, t) above it.
@@ -311,7 +312,11 @@ def silence_model(
     alive_before = alive - jnp.asarray(silence)
     active_windows = jnp.asarray(active_windows)
     period = jnp.asarray(period, jnp.float32)
-    periodic = (jnp.asarray(period_strength) >= params.min_strength) & (jnp.minimum(alive, buffer_windows) >= 2 * period)
+    periodic = (
+        (period >= 2.0)  # 0 = no period (the evidence reports 0 where the period does not count)
+        & (jnp.asarray(period_strength) >= params.min_strength)
+        & (jnp.minimum(alive, buffer_windows) >= 2 * period)
+    )
     expected_gap = jnp.maximum(jnp.asarray(longest_gap, jnp.float32), jnp.where(periodic, period - 1.0, 0.0))
     return SilenceModel(
         events=jnp.maximum(jnp.asarray(total, jnp.float32) - 1.0, 0.0),
@@ -431,7 +436,9 @@ def _judge(series: Array, b: _Block, params: DetectorParams, with_limits: bool) 
     ).astype(jnp.int8)
     return {
         "state": code, "since_return": since_return, "rate": rate, "recent": recent,
-        "expected_recent": expected_recent, "trend": trend, "period": period, "period_strength": strength,
+        "expected_recent": expected_recent, "trend": trend,
+        # The period is evidence only where it counts: 0 = none (weak, or fewer than two cycles seen).
+        "period": jnp.where(periodic, period, 0.0), "period_strength": strength,
     } | ({"silence_limit": limit} if with_limits else {})
 
 

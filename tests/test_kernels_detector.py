@@ -135,7 +135,7 @@ def ref_detect(counts: np.ndarray, T: int, p=P) -> dict[str, np.ndarray]:
                 state = DECLINING if declining_now else ACTIVE
             out["state"][t, j] = state
             for name, value in (("silence", silence), ("limit", limit), ("rate", rate), ("recent", recent),
-                                ("expected", expected), ("period", period), ("strength", strength)):
+                                ("expected", expected), ("period", period if periodic else 0.0), ("strength", strength)):
                 out[name][t, j] = value
     return out
 
@@ -318,3 +318,19 @@ def test_long_history_pause_then_fade_is_forgotten_twice():
     # The limit after the return is not stretched by the 6-window pause.
     assert got["limit"][50, 0] <= 3
 
+
+
+def test_period_is_zero_where_there_is_none():
+    """The evidence's period is 0 unless it counts: strong, and two cycles seen; never the buffer length."""
+    rng = np.random.default_rng(5)
+    W, T = 90, 64
+    t = np.arange(W)
+    paused = np.where((t < 40) | (t >= 60), rng.poisson(3.0, W), 0)  # a pause: one slow "cycle" in the buffer
+    steady = rng.poisson(2.0, W)
+    periodic = ((t % 6) == 0) * 5
+    got = run_kernel(np.stack([paused, steady, periodic], axis=1).astype(np.float32), T)
+    period, strength = got["period"], got["strength"]
+    assert not np.any(period == T)
+    assert np.all(period[strength < P.min_strength] == 0)
+    assert np.all(period[:, :2] == 0)  # no period in a pause or in Poisson noise
+    assert np.all(period[40:, 2] > 0)  # a real one is reported
