@@ -144,6 +144,9 @@ class SyntheticConfig:
     (``fgjax.data.synthetic``), which is the one user of this section.
     """
 
+    # classic: fgjax.data.synthetic's kinds; seasonal (heavy-tailed rates, weekday profiles, fades to floors),
+    # hawkes (self-exciting sessions), engaged (users drift between engaged and disengaged): fgjax.data.stories
+    story: str = setting("classic", choices=("classic", "seasonal", "hawkes", "engaged"))
     num_users: int = 2000
     num_items: int = 1000
     num_categories: int = 16

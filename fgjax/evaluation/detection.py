@@ -35,7 +35,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
-import math
 from pathlib import Path
 from typing import Any, Callable
 
@@ -43,6 +42,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from fgjax import kernels
@@ -95,6 +95,21 @@ class Truth:
         return self.forgotten >= 0
 
 
+def fade_forgotten_days(floor: np.ndarray, half_life: np.ndarray, share: float) -> np.ndarray:
+    """Days after a fade starts until its rate is below ``share`` of the former rate; inf if never.
+
+    The rate is ``floor + (1 - floor) * 0.5 ** (days / half_life)`` of the former rate
+    (``fgjax.data.synthetic.truth_table``), so the fade is *forgotten* (by the definition
+    ``evaluate.fade_forgotten_share``) after ``half_life * log2((1 - floor) / (share - floor))``
+    days, and never when ``floor >= share``: a fade to a floor above the definition is a reduced
+    interest, judged like a loyal one.
+    """
+    floor, half_life = np.asarray(floor, np.float64), np.asarray(half_life, np.float64)
+    below = floor < share
+    ratio = (1.0 - floor) / np.where(below, share - floor, 1.0)
+    return np.where(below, half_life * np.log2(np.maximum(ratio, 1.0)), np.inf)
+
+
 def load_truth(path: str | Path, log: EventLog, config: Config, origin: float, num_windows: int) -> Truth:
     """Read ``ground_truth.parquet`` and put it on the analysis windows.
 
@@ -123,9 +138,14 @@ def load_truth(path: str | Path, log: EventLog, config: Config, origin: float, n
     change = np.where(table["change_time"].is_valid().to_numpy(zero_copy_only=False), seconds("change_time"), np.nan)
     resume = np.where(table["resume_time"].is_valid().to_numpy(zero_copy_only=False), seconds("resume_time"), np.nan)
     fading = kind == KINDS.index("fading")
-    fade_days = config.synthetic.fade_half_life_days * math.log2(1.0 / config.evaluate.fade_forgotten_share)
+    # Older truth files have no fade columns: their fades go to nothing at the configured half-life.
+    column = lambda name, default: (  # noqa: E731
+        pc.fill_null(table[name], default).to_numpy(zero_copy_only=False).astype(np.float64)
+        if name in table.column_names else np.full(table.num_rows, default, np.float64))
+    fade_days = fade_forgotten_days(column("fade_floor", 0.0), column("fade_half_life_days",
+                                    config.synthetic.fade_half_life_days), config.evaluate.fade_forgotten_share)
     forgotten_time = np.where(fading, change + fade_days * _DAY, change)
-    positive = np.isin(kind, [KINDS.index(k) for k in POSITIVE_KINDS])
+    positive = np.isin(kind, [KINDS.index(k) for k in POSITIVE_KINDS]) & np.isfinite(forgotten_time)
     # Forgotten from the first window that starts at or after the forget time:
     # a window that still holds the interest's last events is not forgotten.
     forgotten = np.where(positive, window(forgotten_time, np.ceil), -1)
