@@ -34,7 +34,7 @@ rate): a fade to a floor at or above it never is.
   go to floors of 0, 5 or 20 %.
 - ``engaged``: each user drifts between engaged and disengaged days (a
   two-state Markov chain: leaves with probability 0.03-0.12 a day, comes
-  back with 0.15-0.5; disengaged days keep 0-15 % of the rate), so all of a
+  back with 0.25-0.6; disengaged days keep 0-15 % of the rate), so all of a
   user's interests go quiet together for a few days, which is not
   forgetting; ``ENGAGED_CHURN`` of the users leave for good (every interest
   ``stopped`` at the same day). Fades go to floors of 0, 5 or 30 %.
@@ -180,7 +180,7 @@ def draw_engaged(rng: np.random.Generator, config: SyntheticConfig, catalog: _Ca
     half_life = rng.uniform(4.0, 12.0, size=n)
     mult = _multiplier(kind, start, change, resume, floor, half_life, d)
     leave = rng.uniform(0.03, 0.12, size=num_users)
-    back = rng.uniform(0.15, 0.5, size=num_users)
+    back = rng.uniform(0.25, 0.6, size=num_users)
     quiet = rng.uniform(0.0, 0.15, size=num_users)
     engaged = np.empty((num_users, d), bool)
     state = rng.random(num_users) < back / (back + leave)  # the chain's stationary share of engaged days
