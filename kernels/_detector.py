@@ -106,6 +106,7 @@ class DetectorState(NamedTuple):
       buffer: ring buffer of the last T windows' counts, ``(users, K, T)`` uint8.
       window: ``()`` int32 windows closed so far.
       total: events since first activity (float32; each window's count saturated at 255 like the buffer).
+      sum_sq, sum_lag: float32 sums of x_t ** 2 and x_t x_{t-1} over the same windows (``history_dispersion``).
       alive: windows since first activity, this one included (0 = never active).
       active_windows: windows with activity.
       silence: windows without activity since the last active one.
@@ -123,6 +124,8 @@ class DetectorState(NamedTuple):
     buffer: ActivityBuffer
     window: Array
     total: Array
+    sum_sq: Array
+    sum_lag: Array
     alive: Array
     active_windows: Array
     gaps: Array
@@ -181,6 +184,8 @@ def detector_init(num_users: int, num_interests: int, buffer_windows: int = 64) 
         buffer=activity_buffer_init(buffer_windows, shape),
         window=jnp.zeros((), jnp.int32),
         total=jnp.zeros(shape, jnp.float32),
+        sum_sq=jnp.zeros(shape, jnp.float32),
+        sum_lag=jnp.zeros(shape, jnp.float32),
         alive=jnp.zeros(shape, jnp.int32),
         active_windows=jnp.zeros(shape, jnp.int32),
         gaps=jnp.zeros(shape, jnp.int32),
@@ -216,72 +221,41 @@ def poisson_cdf(k: ArrayLike, mean: ArrayLike) -> Array:
     return jnp.where(mean > 0, gammaincc(k + 1.0, jnp.maximum(mean, 1e-30)), 1.0)
 
 
-def count_dispersion(series: ArrayLike, valid: ArrayLike) -> Array:
-    """Index of dispersion ``max(1, var / mean)`` of counts ``(..., T)`` over ``valid`` windows.
+def history_dispersion(total: ArrayLike, sum_sq: ArrayLike, sum_lag: ArrayLike, windows: ArrayLike) -> tuple[Array, Array]:
+    """How much more an interest's counts vary than Poisson ones, from its running sums (each >= 1).
 
-    1 (Poisson) with fewer than two valid windows or a zero mean.
+    ``total``, ``sum_sq`` and ``sum_lag`` are the sums of x_t, x_t ** 2 and
+    x_t x_{t-1} over its ``windows`` windows of history (silent windows add
+    nothing to them, so the sums at the end of a silence are those before it).
+
+    Returns ``(runs, steps)``:
+
+    - ``runs = D (1 + rho) / (1 - rho)``: the index of dispersion D = var /
+      mean, times what a lag-1 autocorrelation rho adds to the spread of a
+      sum over many windows (counts that come in runs, sessions or spells,
+      leave longer silences than one window's spread says);
+    - ``steps = var(x_t - x_{t-1}) / (2 mean)``: the same for Poisson counts,
+      but a trend or a level shift (a fade under way) does not pass as noise.
+
+    Each keeps only what noise cannot explain: D and steps less one standard
+    error of a Poisson sample's (``sqrt(2 / (n - 1))``), rho less ``1 /
+    sqrt(n)``, so a short history reads as Poisson.
     """
-    y = jnp.asarray(series, jnp.float32)
-    m = jnp.asarray(valid, jnp.float32) * jnp.ones_like(y)
-    n = m.sum(-1)
-    mean = (m * y).sum(-1) / jnp.maximum(n, 1.0)
-    var = (m * (y - mean[..., None]) ** 2).sum(-1) / jnp.maximum(n - 1.0, 1.0)
-    ratio = jnp.where((n >= 2) & (mean > 0), var / jnp.where(mean > 0, mean, 1.0), 1.0)
-    return jnp.maximum(ratio, 1.0)
-
-
-def run_dispersion(series: ArrayLike, valid: ArrayLike) -> Array:
-    """How much more counts ``(..., T)`` vary than Poisson ones, over ``valid`` windows, runs included (>= 1).
-
-    ``D (1 + rho) / (1 - rho)``: the index of dispersion D = var / mean,
-    times what a lag-1 autocorrelation rho adds to the spread of a sum over
-    many windows (counts that come in runs, sessions or spells, leave longer
-    silences and deeper lulls than one window's spread says). Each keeps only
-    what noise cannot explain: D less one standard error of a Poisson
-    sample's (``sqrt(2 / (n - 1))``), rho less ``1 / sqrt(n)``, so a short
-    history reads as Poisson.
-    """
-    n = jnp.sum(jnp.asarray(valid, jnp.float32) * jnp.ones_like(jnp.asarray(series, jnp.float32)), axis=-1)
-    d = count_dispersion(series, valid)
-    d = 1.0 + jnp.maximum(d - 1.0 - jnp.sqrt(2.0 / jnp.maximum(n - 1.0, 1.0)), 0.0)
-    rho = jnp.maximum(lag_correlation(series, valid) - 1.0 / jnp.sqrt(jnp.maximum(n, 1.0)), 0.0)
-    return d * (1.0 + rho) / (1.0 - rho)
-
-
-def step_dispersion(series: ArrayLike, valid: ArrayLike) -> Array:
-    """Dispersion of counts ``(..., T)`` from one window to the next: ``var(x_t - x_{t-1}) / (2 mean)`` (>= 1).
-
-    For Poisson counts 1, like ``count_dispersion``, but a trend or a level
-    shift in the windows (a fade under way, a pause) does not pass as noise.
-    Less one standard error of a Poisson sample's, so a short history reads
-    as Poisson.
-    """
-    y = jnp.asarray(series, jnp.float32)
-    m = jnp.asarray(valid, jnp.float32) * jnp.ones_like(y)
-    pair = m[..., 1:] * m[..., :-1]
-    n = pair.sum(-1)
-    step = (y[..., 1:] - y[..., :-1]) * pair
-    mean = (m * y).sum(-1) / jnp.maximum(m.sum(-1), 1.0)
-    var = (step**2).sum(-1) / jnp.maximum(n, 1.0)  # E[step] = 0 without a trend
-    d = jnp.where((n >= 2) & (mean > 0), var / (2.0 * jnp.where(mean > 0, mean, 1.0)), 1.0)
-    return 1.0 + jnp.maximum(d - 1.0 - jnp.sqrt(2.0 / jnp.maximum(n - 1.0, 1.0)), 0.0)
-
-
-def lag_correlation(series: ArrayLike, valid: ArrayLike) -> Array:
-    """Lag-1 autocorrelation of counts ``(..., T)`` over consecutive ``valid`` windows, clipped to [0, 0.9].
-
-    0 with fewer than three valid windows or no variance.
-    """
-    y = jnp.asarray(series, jnp.float32)
-    m = jnp.asarray(valid, jnp.float32) * jnp.ones_like(y)
-    n = m.sum(-1)
-    mean = (m * y).sum(-1, keepdims=True) / jnp.maximum(n, 1.0)[..., None]
-    d = (y - mean) * m
-    pair = m[..., 1:] * m[..., :-1]
-    num = (d[..., 1:] * d[..., :-1] * pair).sum(-1)
-    den = (d * d).sum(-1)
-    rho = jnp.where((n >= 3) & (den > 1e-9), num / jnp.where(den > 1e-9, den, 1.0), 0.0)
-    return jnp.clip(rho, 0.0, 0.9)
+    n = jnp.maximum(jnp.asarray(windows, jnp.float32), 1.0)
+    total = jnp.asarray(total, jnp.float32)
+    mean = total / n
+    var = jnp.maximum(jnp.asarray(sum_sq, jnp.float32) - n * mean * mean, 0.0) / jnp.maximum(n - 1.0, 1.0)
+    usable = (n >= 2) & (mean > 0)
+    noise = jnp.sqrt(2.0 / jnp.maximum(n - 1.0, 1.0))
+    d = jnp.where(usable, var / jnp.where(mean > 0, mean, 1.0), 1.0)
+    d = 1.0 + jnp.maximum(d - 1.0 - noise, 0.0)
+    cov = jnp.asarray(sum_lag, jnp.float32) / jnp.maximum(n - 1.0, 1.0) - mean * mean
+    rho = jnp.where(usable & (n >= 3) & (var > 1e-9), cov / jnp.where(var > 1e-9, var, 1.0), 0.0)
+    rho = jnp.clip(rho - 1.0 / jnp.sqrt(n), 0.0, 0.9)
+    step_var = jnp.maximum(2.0 * jnp.asarray(sum_sq, jnp.float32) - 2.0 * jnp.asarray(sum_lag, jnp.float32), 0.0) / n
+    steps = jnp.where(usable, step_var / (2.0 * jnp.where(mean > 0, mean, 1.0)), 1.0)
+    steps = 1.0 + jnp.maximum(steps - 1.0 - noise, 0.0)
+    return d * (1.0 + rho) / (1.0 - rho), steps
 
 
 def log_silence_probability(silence: ArrayLike, model: SilenceModel, params: DetectorParams) -> Array:
@@ -517,6 +491,8 @@ class _Block(NamedTuple):
     alive: Array
     silence: Array
     total: Array
+    sum_sq: Array
+    sum_lag: Array
     active_windows: Array
     gaps: Array
     longest_gap: Array
@@ -546,8 +522,8 @@ def _judge(series: Array, b: _Block, kappa: Array, params: DetectorParams, with_
     trend = trend_slope(series, recent_mask)
     period, strength = dominant_period(series, lived)
     # The counts' dispersion before the current silence (the silence is what is being judged).
-    before = lived & (age >= b.silence[..., None])
-    silence_dispersion = run_dispersion(series, before)
+    # The counts' spread over the history before the current silence (the silence is what is judged).
+    silence_dispersion, step_spread = history_dispersion(b.total, b.sum_sq, b.sum_lag, alive_before)
     exposure = jnp.maximum(alive_before - 1, 0)
     model = silence_model(b.total, b.alive, b.silence, b.active_windows, b.gaps, b.longest_gap, period, strength,
                           silence_dispersion, pair_kappa(kappa, exposure), params, length)
@@ -566,7 +542,7 @@ def _judge(series: Array, b: _Block, kappa: Array, params: DetectorParams, with_
     enough = (earlier_n >= params.min_history) & (earlier_n >= recent_n)
     # Quasi-Poisson: bursty and periodic counts vary far more than Poisson
     # ones, so both sides are divided by the earlier windows' dispersion.
-    dispersion = step_dispersion(series, lived & ~recent_mask)
+    dispersion = step_spread
     drop_tail = poisson_cdf(recent / dispersion, expected_recent / dispersion)
     # Below the definition with confidence: the recent events are unlikely even at fade_share
     # of the earlier rate (a fade still at 40 % is not yet below 25 % by chance alone).
@@ -660,13 +636,21 @@ def detector_update(
     active_windows = jnp.where(back, 1, state.active_windows + active)
     gaps = jnp.where(back, 0, state.gaps + came_back)
     # Saturated like the ring buffer, so the drop test compares like with like.
-    total = jnp.where(back, 0.0, state.total) + jnp.minimum(counts, COUNT_MAX)
+    x = jnp.minimum(counts, COUNT_MAX)
+    total = jnp.where(back, 0.0, state.total) + x
+    length = state.buffer.counts.shape[-1]
+    # Last window's counts (0 before any window, and before a return: it was silent).
+    previous = lax.dynamic_index_in_dim(state.buffer.counts, (state.buffer.windows - 1) % length, axis=-1,
+                                        keepdims=False).astype(jnp.float32)
+    previous = jnp.where(state.buffer.windows > 0, previous, 0.0)
+    sum_sq = jnp.where(back, 0.0, state.sum_sq) + x * x
+    sum_lag = jnp.where(back, 0.0, state.sum_lag) + x * previous
     last_active = jnp.where(active, state.window, state.last_active)
     buffer = activity_buffer_update(state.buffer, counts)
-    length = buffer.counts.shape[-1]
     # The population's calibration from the silences completed before this window.
     kappa = calibration_scale(state.calibration, params)
-    block = _Block(counts, alive, silence, total, active_windows, gaps, longest_gap, state.since_return, state.state)
+    block = _Block(counts, alive, silence, total, sum_sq, sum_lag, active_windows, gaps, longest_gap,
+                   state.since_return, state.state)
 
     def judge(start, size):
         rows = jax.tree.map(lambda a: lax.dynamic_slice_in_dim(a, start, size, axis=0), block)
@@ -712,6 +696,8 @@ def detector_update(
         buffer=buffer,
         window=state.window + 1,
         total=total,
+        sum_sq=sum_sq,
+        sum_lag=sum_lag,
         alive=alive,
         active_windows=active_windows,
         gaps=gaps,

@@ -77,31 +77,22 @@ def ref_poisson_cdf(k, mean):
     return sum(math.exp(-mean + i * math.log(mean) - math.lgamma(i + 1)) for i in range(k + 1))
 
 
-def ref_dispersion(window, valid):
-    """var / mean of the valid windows, times (1 + rho) / (1 - rho) (rho: lag-1 autocorrelation), less their noise."""
-    e = window[valid]
-    n = len(e)
-    disp = max(e.var(ddof=1) / e.mean(), 1.0) if n >= 2 and e.mean() > 0 else 1.0
-    disp = 1.0 + max(disp - 1.0 - math.sqrt(2.0 / max(n - 1, 1)), 0.0)
-    rho = 0.0
-    if n >= 3:
-        d = np.where(valid, window - e.mean(), 0.0)
-        pair = valid[1:] & valid[:-1]
-        den = (d**2).sum()
-        rho = float(np.clip((d[1:] * d[:-1] * pair).sum() / den, 0.0, 0.9)) if den > 1e-9 else 0.0
-    rho = max(rho - 1.0 / math.sqrt(max(n, 1)), 0.0)
-    return disp * (1 + rho) / (1 - rho)
-
-
-def ref_step_dispersion(window, valid):
-    """var(x_t - x_{t-1}) / (2 mean) over consecutive valid windows, less a Poisson sample's noise."""
-    pair = valid[1:] & valid[:-1]
-    n = pair.sum()
-    mean = window[valid].mean() if valid.any() else 0.0
-    if n < 2 or mean <= 0:
-        return 1.0
-    d = ((window[1:] - window[:-1])[pair] ** 2).sum() / n / (2 * mean)
-    return 1.0 + max(d - 1.0 - math.sqrt(2.0 / max(n - 1, 1)), 0.0)
+def ref_dispersion(history):
+    """(runs, steps) spread of the counts ``history`` (from the first event or the return to the last active window)."""
+    n = len(history)
+    total, sum_sq = history.sum(), (history**2).sum()
+    sum_lag = (history[1:] * history[:-1]).sum()
+    mean = total / n
+    var = max(sum_sq - n * mean**2, 0.0) / max(n - 1, 1)
+    usable = n >= 2 and mean > 0
+    noise = math.sqrt(2.0 / max(n - 1, 1))
+    d = 1.0 + max((var / mean if usable else 1.0) - 1.0 - noise, 0.0)
+    cov = sum_lag / max(n - 1, 1) - mean**2
+    rho = cov / var if usable and n >= 3 and var > 1e-9 else 0.0
+    rho = min(max(rho - 1.0 / math.sqrt(n), 0.0), 0.9)
+    steps = max(2 * sum_sq - 2 * sum_lag, 0.0) / n / (2 * mean) if usable else 1.0
+    steps = 1.0 + max(steps - 1.0 - noise, 0.0)
+    return d * (1 + rho) / (1 - rho), steps
 
 
 def ref_detect(counts: np.ndarray, T: int, p=PF) -> dict[str, np.ndarray]:
@@ -152,7 +143,7 @@ def ref_detect(counts: np.ndarray, T: int, p=PF) -> dict[str, np.ndarray]:
             periodic = period >= 2 and strength >= p.min_strength and min(alive, T) >= 3 * period
             gap = max(longest, period - 1 if periodic else 0)
             gap_limit = math.ceil(p.gap_factor * gap - 1e-4)
-            dispersion = ref_dispersion(window, lived & (age >= silence))
+            dispersion, steps = ref_dispersion(hist[: last + 1])
             model = (max(total - 1, 0), max(alive_before - 1, 0), max(active_windows - 1, 0),
                      max(alive_before - active_windows, 0), gaps, dispersion, longest)
             exposure = model[1]
@@ -162,7 +153,7 @@ def ref_detect(counts: np.ndarray, T: int, p=PF) -> dict[str, np.ndarray]:
             earlier_n = alive - recent_n
             expected = max(total - recent - 1, 0) / max(earlier_n, 1) * recent_n
             enough = earlier_n >= p.min_history and earlier_n >= recent_n
-            disp = ref_step_dispersion(window, lived & ~recent_mask)
+            disp = steps
             tail = ref_poisson_cdf(recent / disp, expected / disp)
             level = p.false_alarm / p.life_windows
             below = ref_poisson_cdf(recent / disp, p.fade_share * expected / disp)
