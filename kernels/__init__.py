@@ -12,6 +12,7 @@ from ._changepoint import (
     bocpd_update,
     cusum_init,
     cusum_update,
+    sticky_alarms,
 )
 from ._detector import (
     CAL_AGES,
@@ -145,6 +146,7 @@ __all__ = [
     "silence_limit",
     "silence_model",
     "silence_surprise",
+    "sticky_alarms",
     "silence_threshold",
     "threshold_states",
     "trend_slope",

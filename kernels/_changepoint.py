@@ -13,15 +13,14 @@ leading shape ``(...)`` (usually ``(users, K)``), pure ``jax.numpy``:
   window's count, moves ``hazard`` of it to run length 0 and renormalizes.
   The interest is called forgotten when the posterior mass of a change
   inside its current silence (run length <= silence) reaches
-  ``threshold``; activity ends it (reactivated).
+  ``bocpd_threshold``; activity ends it (``sticky_alarms``).
 - **CUSUM** (Page 1954) for a drop of the event rate to ``ratio`` times its
   rate ``lambda0`` (events per window before the current silence), quasi-Poisson (divided by the counts' dispersion):
-  ``S = max(0, S + (lambda0 (1 - ratio) + x log ratio) / D)``, forgotten at
-  ``S >= threshold``. Activity that brings S back to 0 ends it; a return
-  from forgotten restarts lambda0 from the new run.
+  ``S = max(0, S + (lambda0 (1 - ratio) + x log ratio) / D)``, forgotten
+  from ``S >= cusum_threshold`` until activity (``sticky_alarms``).
 
-Knobs are traced scalars (``ChangepointParams``), so sweeping a threshold
-does not recompile. Their values come from ``fgjax.config.EvaluateConfig``.
+Each update returns a score per (user, interest); the thresholds apply
+afterwards (``sticky_alarms``), so a sweep over them runs the update once. Their values come from ``fgjax.config.EvaluateConfig``.
 """
 
 from __future__ import annotations
@@ -29,20 +28,18 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import jax.numpy as jnp
-from jax import Array
+from jax import Array, lax
 from jax.scipy.special import gammaln
 from jax.typing import ArrayLike
 
 
 class ChangepointParams(NamedTuple):
-    """Knobs of both anchors (scalars)."""
+    """Knobs of both anchors (scalars); their thresholds apply afterwards (``sticky_alarms``)."""
 
     hazard: ArrayLike  # BOCPD: prior chance of a change per window
     prior_events: ArrayLike  # BOCPD: Gamma prior of a new segment's rate: events ...
     prior_windows: ArrayLike  # ... over windows
-    bocpd_threshold: ArrayLike  # BOCPD: posterior mass of a change inside the silence that calls it forgotten
     ratio: ArrayLike  # CUSUM: the rate drop it looks for (a share of lambda0)
-    cusum_threshold: ArrayLike  # CUSUM: S at which it calls forgotten
 
 
 class BocpdState(NamedTuple):
@@ -53,7 +50,6 @@ class BocpdState(NamedTuple):
     windows: Array
     seen: Array  # bool: the interest has had an event
     silence: Array  # int32 windows since its last event
-    forgotten: Array  # bool
 
 
 def bocpd_init(shape: tuple[int, ...], run_lengths: int) -> BocpdState:
@@ -64,12 +60,12 @@ def bocpd_init(shape: tuple[int, ...], run_lengths: int) -> BocpdState:
         windows=jnp.zeros((*shape, run_lengths), jnp.float32),
         seen=jnp.zeros(shape, bool),
         silence=jnp.zeros(shape, jnp.int32),
-        forgotten=jnp.zeros(shape, bool),
     )
 
 
 def bocpd_update(state: BocpdState, counts: ArrayLike, params: ChangepointParams) -> tuple[BocpdState, Array]:
-    """One window of counts ``(...)``; returns the new state and ``(...)`` bool forgotten."""
+    """One window of counts ``(...)``; returns the new state and the ``(...)`` posterior mass of a change
+    inside the current silence (0 in an active window or before the first event)."""
     x = jnp.asarray(counts, jnp.float32)[..., None]
     active = x[..., 0] > 0
     seen = state.seen | active
@@ -96,13 +92,12 @@ def bocpd_update(state: BocpdState, counts: ArrayLike, params: ChangepointParams
                         jnp.where(seen[..., None], windows, state.windows))
     silence = jnp.where(active, 0, state.silence + seen)
     r = jnp.arange(prob.shape[-1])
-    inside = jnp.sum(prob * (r <= silence[..., None]), axis=-1)
-    forgotten = seen & (silence > 0) & (state.forgotten | (inside >= params.bocpd_threshold))
-    return BocpdState(prob, events, windows, seen, silence, forgotten), forgotten
+    inside = jnp.where(seen & (silence > 0), jnp.sum(prob * (r <= silence[..., None]), axis=-1), 0.0)
+    return BocpdState(prob, events, windows, seen, silence), inside
 
 
 class CusumState(NamedTuple):
-    """``(...)`` each: the statistic, the counts' moments since the first event (or the return), and the state."""
+    """``(...)`` each: the statistic, the counts' moments since the first event, the current silence."""
 
     stat: Array
     n: Array
@@ -110,37 +105,46 @@ class CusumState(NamedTuple):
     m2: Array
     silence: Array
     seen: Array
-    forgotten: Array
 
 
 def cusum_init(shape: tuple[int, ...]) -> CusumState:
     z = lambda: jnp.zeros(shape, jnp.float32)  # noqa: E731
-    return CusumState(z(), z(), z(), z(), z(), jnp.zeros(shape, bool), jnp.zeros(shape, bool))
+    return CusumState(z(), z(), z(), z(), z(), jnp.zeros(shape, bool))
 
 
 def cusum_update(state: CusumState, counts: ArrayLike, params: ChangepointParams) -> tuple[CusumState, Array]:
-    """One window of counts ``(...)``; returns the new state and ``(...)`` bool forgotten.
+    """One window of counts ``(...)``; returns the new state and the ``(...)`` statistic (0 in an active window).
 
-    lambda0 is the mean count of the windows before the current silence since
-    the first event (or the return from forgotten, which restarts it).
+    lambda0 is the mean count of the windows before the current silence
+    since the first event; D their index of dispersion (>= 1).
     """
     x = jnp.asarray(counts, jnp.float32)
     active = x > 0
     seen = state.seen | active
-    back = state.forgotten & active
-    n, mean, m2 = (jnp.where(back, 0.0, v) for v in (state.n, state.mean, state.m2))
-    # The moments run over every window since the first event; lambda0 leaves the silence out.
+    n, mean, m2 = state.n, state.mean, state.m2
     lambda0 = mean * n / jnp.maximum(n - state.silence, 1.0)
     var = m2 / jnp.maximum(n - 1.0, 1.0)
     dispersion = jnp.where((n >= 2) & (mean > 0), jnp.maximum(var / jnp.maximum(mean, 1e-6), 1.0), 1.0)
     ratio = jnp.asarray(params.ratio, jnp.float32)
     step = (lambda0 * (1.0 - ratio) + x * jnp.log(ratio)) / dispersion
-    stat = jnp.where(seen & (n >= 1) & ~back, jnp.maximum(state.stat + step, 0.0), 0.0)
+    stat = jnp.where(seen & (n >= 1), jnp.maximum(state.stat + step, 0.0), 0.0)
     take = seen.astype(jnp.float32)
     n2 = n + take
     delta = take * (x - mean)
     mean2 = mean + delta / jnp.maximum(n2, 1.0)
     m2b = m2 + delta * (x - mean2)
     silence = jnp.where(active, 0.0, state.silence + seen)
-    forgotten = seen & ~active & (state.forgotten | (stat >= params.cusum_threshold))
-    return CusumState(stat, n2, mean2, m2b, silence, seen, forgotten), forgotten
+    return CusumState(stat, n2, mean2, m2b, silence, seen), jnp.where(active, 0.0, stat)
+
+
+def sticky_alarms(score: ArrayLike, threshold: ArrayLike) -> Array:
+    """``(windows, ...)`` bool forgotten: from the window a score reaches ``threshold`` until the next
+    active window (a score of 0 marks one), as the detector's ``forgotten`` state holds."""
+    score = jnp.asarray(score)
+
+    def step(held, s):
+        now = (s > 0) & (held | (s >= threshold))
+        return now, now
+
+    _, out = lax.scan(step, jnp.zeros(score.shape[1:], bool), score)
+    return out
