@@ -382,6 +382,7 @@ class EvaluateConfig:
     fade_forgotten_share: float = setting(0.25, gt=0)  # a fading interest is forgotten once its rate is below this share
     detection_margin_windows: int = setting(4, ge=0)  # changes this close to the end of the log are not judged
     detection_early_windows: int = setting(1, ge=0)  # an alarm this many windows before the forgotten one still counts
+    min_expected_events: float = setting(10.0, ge=0)  # a change is judged if its former rate predicts this many events after it
     false_alarm_sweep: list[float] = setting([1e-6, 1e-5, 1e-4, 5e-4, 2e-3, 1e-2, 3e-2, 0.1, 0.3], gt=0)
     seed_threshold_sweep: list[float] = setting([0.1, 0.25, 0.5, 1.0, 1.5, 2.0, 4.0], ge=0)
     silence_sweep: list[int] = setting([1, 2, 3, 4, 5, 6, 7, 8, 10, 12, 14, 17, 20, 25, 30], ge=1)
@@ -392,7 +393,6 @@ class EvaluateConfig:
     matrix_users: int = setting(2000, ge=1)  # users per story
     matrix_days: int = setting(168, ge=14)  # days per story (24 weeks)
     matrix_margin_days: int = setting(14, ge=0)  # changes this close to the end are not judged (any window length)
-    matrix_min_expected: float = setting(10.0, ge=0)  # a change is judged if its former rate predicts this many events after it
     fade_shares: list[float] = setting([0.25, 0.05], gt=0, lt=1)  # fade definitions the matrix is scored at
     bocpd_hazard: float = setting(0.005, gt=0, lt=1)  # BOCPD anchor: prior chance of a change per window
     bocpd_prior_events: float = setting(1.0, gt=0)  # BOCPD: Gamma prior of a new segment's rate: events ...

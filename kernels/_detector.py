@@ -2,35 +2,33 @@
 
 Each window, for every (user, interest) at once, the detector asks whether
 the interest's current silence or its recent drop is *unusual for this user
-and this interest*, instead of comparing with one global threshold:
+and this interest*, and calibrates "unusual" on the population it runs on
+(docs/formulas.md, section 7a, states every formula):
 
-- **silence test**: the probability of the interest's current silence
-  given its own history, the larger of two posterior predictives: events
-  (rate ~ Gamma(prior_events + events, prior_windows + windows), so a short
-  history leaves the rate uncertain and long silences plausible) and active
-  windows (share ~ Beta(prior_active + active, prior_silent + silent), robust
-  to bursts and to periodic interests, whose counts are not Poisson). The
-  test fires when that probability is at most ``false_alarm``; the limit
-  ``s*`` it implies is raised to ``ceil(gap_factor * expected_gap)``, where
-  the expected gap is the longest silence the interest has already come back
-  from, or its dominant period (periodogram over the ring buffer) when that
-  period is strong: a user who comes back every five windows is not
-  forgetting after four.
-- **drop test** (slow fades, which keep silences short): the events of a
-  recent span (at least ``recent_windows`` windows, long enough for about
-  ``drop_events`` expected events) are far below what the interest's earlier
-  rate predicts: ``recent <= forgotten_ratio * expected`` and, quasi-Poisson
-  with the earlier windows' dispersion D, ``PoissonCDF(recent / D;
-  expected / D) < false_alarm``. Skipped when the span is empty (a silence)
-  and for strongly periodic interests.
+- **silence test**: the surprise of the current silence once begun,
+  ``log P(1) - log P(s)``, under the larger of two predictives (an events
+  model, negative binomial with the counts' dispersion and lag-1
+  autocorrelation; a Markov on/off window model once the interest came back
+  from ``min_gaps`` silences), against ``kappa * log(life_windows * starts /
+  false_alarm)``: ``false_alarm`` is the chance a loyal interest is *ever*
+  flagged over its life, spread over the silences it begins. ``kappa`` (>= 1,
+  per class of history) is the population's calibration: how much more
+  surprising the silences interests came back from were than the model
+  said. The silence must also be at least ``gap_factor`` times the longest
+  gap the interest came back from (or its period), and the interest needs
+  ``min_history`` windows of history.
+- **drop test** (fades, and the definition of forgotten for them): in an
+  empty window, the recent span's events dropped below the earlier rate's
+  prediction (at the window level) and below ``fade_share`` of it (at
+  ``fade_confidence``), quasi-Poisson with the window-to-window dispersion.
+- **hysteresis**: a return from ``forgotten`` restarts the interest's history
+  (counters, sums, the buffer's old windows), so it is judged on what it
+  does after the return.
 
-States (``kernels.STATE_NAMES``): an interest is ``new`` for its first
-``new_windows`` windows, ``reactivated`` for ``new_windows`` windows after
-it comes back from ``forgotten``, ``forgotten`` when either test fires (and
-stays so until activity), ``declining`` when its silence reached half of
-``s*`` or its recent events fell below ``declining_ratio`` of the expected
-ones with a trend <= 0, at the looser level ``sqrt(false_alarm)``; else
-``active``.
+States (``kernels.STATE_NAMES``): ``new`` for the first ``new_windows``
+windows, ``reactivated`` for ``new_windows`` windows after a return,
+``forgotten`` when either test fires (until activity), ``declining`` half-way
+to the silence threshold or on a sagging trend, else ``active``.
 
 Per user, ``F(u, t)`` is also compared with an adaptive threshold from the
 user's own F history (``mean + degree_z * std``), reported as ``degree_alarm``.

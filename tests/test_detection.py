@@ -134,3 +134,19 @@ def test_detector_beats_both_baselines_on_weekly_ground_truth(tmp_path):
         assert ours["f1"] > baseline["overall"]["f1"]
     assert report["new_interests"]["first_state_new"] == 1.0
     assert report["reactivation"]["recall"] > 0.9
+
+
+def test_changes_the_log_cannot_reveal_are_not_judged():
+    from fgjax.evaluation.detection import Truth, revealed
+
+    W = 40
+    counts = np.zeros((W, 4, 1), np.float32)
+    counts[:30, 0, 0] = 2.0  # 2 a window, stops at 30: 20 expected events in the 10 windows left
+    counts[:30:10, 1, 0] = 1.0  # 0.1 a window, stops at 30: 1 expected event left
+    counts[:20, 2, 0] = 1.0  # 1 a window, paused 20 .. 25: 5 expected events before the return
+    counts[5:, 3, 0] = 1.0  # loyal, late start
+    truth = Truth(user=np.arange(4), interest=np.zeros(4, int), kind=np.zeros(4, int), start=np.array([0, 0, 0, 5]),
+                  onset=np.array([30, 30, 20, -1]), forgotten=np.array([30, 30, 20, -1]),
+                  resume=np.array([-1, -1, 25, -1]), judged=np.ones(4, bool))
+    assert revealed(counts, truth, 10.0).tolist() == [True, False, False, True]
+    assert revealed(counts, truth, 0.0).tolist() == [True, True, True, True]

@@ -19,7 +19,10 @@ interest) pair:
   called forgotten while its rate is still high) or after a paused interest
   came back.
 - Not judged: changes within ``evaluate.detection_margin_windows`` of the
-  end, and pairs with no event before their change (nothing to detect).
+  end, pairs with no event before their change (nothing to detect), and
+  changes the log cannot reveal: the interest's former rate predicts fewer
+  than ``evaluate.min_expected_events`` events between the forgotten window
+  and the end of the log (for a pause, its return) (``revealed``).
 
 Two baselines run beside it on the same windows: a fixed threshold on the
 seed's F (per-window indicator, F(u, t) >= theta, charged to the interests
@@ -162,6 +165,29 @@ def load_truth(path: str | Path, log: EventLog, config: Config, origin: float, n
         resume=np.where(np.isfinite(resume), window(resume), -1)[sel],
         judged=judged[sel],
     )
+
+
+def revealed(counts: np.ndarray, truth: Truth, min_expected: float) -> np.ndarray:
+    """``(pairs,)`` bool: the log can reveal the pair's change (loyal pairs: always).
+
+    A pair with no event before its change has nothing to detect; and a change
+    is only judged when the interest's former rate (its events per window from
+    its first event to the change) predicts at least ``min_expected`` events
+    from the forgotten window to the end of the log (for a pause: to its
+    return). A silence shorter than that cannot be told from the interest's
+    usual gaps by anyone, the silence rule included.
+    """
+    num_windows = counts.shape[0]
+    series = counts[:, truth.user, truth.interest]  # (windows, pairs)
+    active = series > 0
+    first = np.where(active.any(axis=0), active.argmax(axis=0), num_windows)
+    onset = np.where(truth.onset >= 0, truth.onset, num_windows)
+    t = np.arange(num_windows)[:, None]
+    before = (t >= first[None, :]) & (t < onset[None, :])
+    rate = (series * before).sum(axis=0) / np.maximum(before.sum(axis=0), 1)
+    until = np.where(truth.resume >= 0, np.minimum(truth.resume, num_windows), num_windows)
+    left = np.maximum(until - np.where(truth.positive, truth.forgotten, until), 0)
+    return (first < onset) & (~truth.positive | (rate * left >= min_expected))
 
 
 def window_counts(log: EventLog, origin: float, window_seconds: float, num_windows: int) -> np.ndarray:
@@ -341,11 +367,7 @@ def evaluate_detection_on(
     origin = float(result.window_start[0])
     truth = load_truth(truth_path, log, config, origin, result.num_windows)
     counts = window_counts(log, origin, acfg.window_seconds, result.num_windows)
-    # A pair with no event before its change (or none at all) has nothing to detect.
-    series = counts[:, truth.user, truth.interest] > 0  # (windows, pairs)
-    first = np.where(series.any(axis=0), series.argmax(axis=0), result.num_windows)
-    truth = dataclasses.replace(truth, judged=truth.judged & (first < np.where(truth.onset >= 0, truth.onset,
-                                                                                result.num_windows)))
+    truth = dataclasses.replace(truth, judged=truth.judged & revealed(counts, truth, ecfg.min_expected_events))
     early = ecfg.detection_early_windows
 
     detector_alarm = first_alarm(codes == kernels.FORGOTTEN, truth)

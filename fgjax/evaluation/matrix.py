@@ -278,7 +278,7 @@ def evaluate_matrix(config: Config, report: Callable[[str], None] = lambda _: No
             counts = windowed(days, int(wd))
             window = _label(int(wd))
             truths = {s: story_truth(days, counts, int(wd), float(s), e.matrix_margin_days,
-                                  e.matrix_min_expected) for s in shares}
+                                  e.min_expected_events) for s in shares}
             rows = {s: grid.setdefault(s, {}).setdefault(story, {}).setdefault(window, {}) for s in shares}
             alarms = {s: method_alarms(config, counts, float(s), int(wd)) for s in shares}
             for method, values in knobs.items():
