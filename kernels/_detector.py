@@ -58,7 +58,6 @@ from ._timeseries import (
     dominant_period,
     running_moments_init,
     running_moments_update,
-    trend_slope,
 )
 
 _NEVER = -1  # last_active before any activity
@@ -517,7 +516,14 @@ def _judge(series: Array, b: _Block, kappa: Array, params: DetectorParams, with_
     recent_mask = lived & (age < span.astype(jnp.int32)[..., None])
     recent = jnp.sum(series * recent_mask, axis=-1)
     recent_n = jnp.sum(recent_mask, axis=-1).astype(jnp.float32)
-    trend = trend_slope(series, recent_mask)
+    # Least-squares slope over the recent span, which is the last n windows: its positions are
+    # consecutive, so their mean and spread are known and one pass over the counts is enough.
+    n = recent_n
+    position = (length - 1 - age).astype(jnp.float32)
+    centre = length - (n + 1.0) / 2.0
+    spread = n * (n * n - 1.0) / 12.0
+    moment = jnp.sum(series * recent_mask * (position - centre[..., None]), axis=-1)
+    trend = jnp.where(n >= 2, moment / jnp.maximum(spread, 1e-6), 0.0)
     period, strength = dominant_period(series, lived)
     # The counts' dispersion before the current silence (the silence is what is being judged).
     # The counts' spread over the history before the current silence (the silence is what is judged).
