@@ -64,7 +64,6 @@ _NEVER = -1  # last_active before any activity
 CAL_BINS = 128  # the calibration histogram: surprise in [0, CAL_BINS * CAL_WIDTH)
 CAL_WIDTH = 0.25
 CAL_AGES = (4.0, 12.0, 36.0)  # calibration classes by windows of history: young interests are judged apart
-MARKOV_REACH = 3.0  # the window model speaks for silences up to this many times the longest one seen
 
 
 class DetectorParams(NamedTuple):
@@ -90,6 +89,7 @@ class DetectorParams(NamedTuple):
     prior_windows: ArrayLike  # ... over windows
     prior_strength: ArrayLike  # Beta priors of the window model's transitions: pseudo windows each way
     min_gaps: ArrayLike  # silences the interest came back from before the window model is used
+    markov_reach: ArrayLike  # the window model speaks for silences up to this many times the longest one seen
     calibration_share: ArrayLike  # the tail share of the population's completed silences kappa matches
     calibration_prior: ArrayLike  # completed silences the prior kappa = 1 is worth
     degree_z: ArrayLike  # user F alarm: F > mean + degree_z * std of the user's own F
@@ -269,7 +269,7 @@ def log_silence_probability(silence: ArrayLike, model: SilenceModel, params: Det
       spells) leave longer silences than one window's spread says.
     - Windows, once the interest has come back from ``min_gaps`` silences:
       active and silent windows as a two-state Markov chain (trusted for
-      silences up to ``MARKOV_REACH`` times the longest one seen). A silence starts
+      silences up to ``markov_reach`` times the longest one seen). A silence starts
       after an active window with probability ``pi ~ Beta(prior_strength +
       gaps, prior_strength + active -> active)`` and goes on with probability
       ``theta ~ Beta(prior_strength + silent -> silent, prior_strength +
@@ -293,9 +293,9 @@ def log_silence_probability(silence: ArrayLike, model: SilenceModel, params: Det
     # difference of four gammaln values of thousands would not.
     by_windows = (jnp.log(start_on) - jnp.log(start_on + start_off)
                   + betaln(stay_on + jnp.maximum(s - 1.0, 0.0), stay_off) - betaln(stay_on, stay_off))
-    # Trusted within the range of silences the interest has shown: past MARKOV_REACH times its
+    # Trusted within the range of silences the interest has shown: past markov_reach times its
     # longest one, how long its silences run says nothing more, and its rate decides.
-    trusted = (gaps >= params.min_gaps) & (s <= MARKOV_REACH * jnp.maximum(model.longest_gap, 1.0))
+    trusted = (gaps >= params.min_gaps) & (s <= params.markov_reach * jnp.maximum(model.longest_gap, 1.0))
     by_windows = jnp.where(trusted, by_windows, -jnp.inf)
     return jnp.where(s >= 1, jnp.maximum(by_events, by_windows), 0.0)
 

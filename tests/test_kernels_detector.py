@@ -31,7 +31,7 @@ def ref_log_silence(s, events, exposure, active, silent, gaps, dispersion, longe
     a, b = p.prior_events + events, p.prior_windows + exposure
     c = math.log(dispersion) / (dispersion - 1.0) if dispersion > 1.0 + 1e-3 else 1.0
     by_events = a * (math.log(b) - math.log(b + c * s))
-    if gaps < p.min_gaps or s > kernels.MARKOV_REACH * max(longest, 1):
+    if gaps < p.min_gaps or s > p.markov_reach * max(longest, 1):
         return by_events
     m = p.prior_strength
     start_on, start_off = m + gaps, m + max(active - gaps, 0)
