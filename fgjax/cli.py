@@ -90,8 +90,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(p, out_help="output directory (reads OUT/checkpoint unless --checkpoint)")
     p.add_argument("--checkpoint", type=Path, default=None, help="checkpoint directory (default OUT/checkpoint)")
     p.add_argument("--detection", action="store_true",
-                   help="generate the synthetic log with ground truth, detect forgetting, score it against both "
-                        "baselines -> OUT/detection.json, detection.md, states.parquet, plots/")
+                   help="forgetting detection against synthetic ground truth: the matrix story x window (detector "
+                        "with its knob chosen leave-one-story-out, BOCPD, CUSUM, the silence rule at its best N) "
+                        "-> OUT/matrix.json, matrix.md; then the whole path on synthetic.story -> "
+                        "OUT/detection.json, detection.md, states.parquet, plots/")
     p = sub.add_parser("bench", help="run the benchmark suite (python -m bench; from a source checkout)",
                        add_help=False)
     p.add_argument("bench_args", nargs=argparse.REMAINDER, help="arguments of python -m bench (see fgjax bench --help)")

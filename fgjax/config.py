@@ -153,6 +153,9 @@ class SyntheticConfig:
     (``fgjax.data.synthetic``), which is the one user of this section.
     """
 
+    # classic: fgjax.data.synthetic's kinds; seasonal (heavy-tailed rates, weekday profiles, fades to floors),
+    # hawkes (self-exciting sessions), engaged (users drift between engaged and disengaged): fgjax.data.stories
+    story: str = setting("classic", choices=("classic", "seasonal", "hawkes", "engaged"))
     num_users: int = 2000
     num_items: int = 1000
     num_categories: int = 16
@@ -193,27 +196,37 @@ class DetectorConfig:
     kind: str = setting("adaptive", choices=("adaptive", "level"))  # level: analysis.level's rule on I_k alone
     buffer_windows: int = setting(64, ge=3)  # T: windows of per-interest activity kept for trend and periodicity
     user_block: int = setting(65536, ge=0)  # users judged at a time: bounds the temporaries (0 = all at once)
-    false_alarm: float = setting(0.002, gt=0, lt=1)  # per-window chance a test fires on an interest not forgotten
+    false_alarm: float = setting(0.01, gt=0, lt=1)  # chance a loyal interest is ever called forgotten in life_days
+    life_days: float = setting(200.0, gt=0)  # the life false_alarm covers (in windows: life_days / window length)
     gap_factor: float = setting(1.5, ge=0)  # a silence must exceed this times the longest gap / period it came back from
     min_strength: float = setting(0.25, ge=0)  # periodogram peak share that counts as periodic
     recent_windows: int = setting(3, ge=1)  # fewest windows of the drop test and of the trend
     drop_events: float = setting(20.0, ge=0)  # the drop test's span covers this many expected events (<= T // 2 windows)
-    forgotten_ratio: float = setting(0.25, ge=0)  # drop test: recent events <= this share of what the earlier rate predicts
+    fade_share: float = setting(0.25, gt=0, lt=1)  # forgotten once the rate is below this share of the former rate
+    fade_confidence: float = setting(0.01, gt=0, lt=1)  # drop test: recent events this unlikely at fade_share of the rate
     declining_ratio: float = setting(0.5, ge=0)  # recent events below this share with a negative trend: declining
-    min_history: int = setting(4, ge=0)  # windows of history before the drop test may fire
+    min_history: int = setting(4, ge=0)  # windows of history before either test may fire
     new_windows: int = setting(2, ge=1)  # windows an interest stays new / reactivated
     prior_events: float = setting(1.0, gt=0)  # Gamma prior on an interest's event rate: pseudo-events ...
     prior_windows: float = setting(1.0, gt=0)  # ... over pseudo-windows
-    prior_active: float = setting(1.0, gt=0)  # Beta prior on the share of active windows: pseudo active ...
-    prior_silent: float = setting(1.0, gt=0)  # ... and silent windows
+    prior_strength: float = setting(1.0, gt=0)  # Beta priors of the window model's transitions: pseudo windows each way
+    min_gaps: float = setting(3.0, ge=0)  # silences an interest came back from before the window model is used
+    markov_reach: float = setting(3.0, gt=0)  # the window model speaks for silences up to this times the longest seen
+    calibration_share: float = setting(0.01, gt=0, lt=0.5)  # kappa matches this tail share of completed silences
+    calibration_prior: float = setting(1000.0, ge=0)  # completed silences the prior kappa = 1 is worth
     degree_z: float = 2.0  # per-user F alarm: F > mean + degree_z * std of the user's own F
     degree_fallback: float = 1.0  # F alarm threshold before a user has two F values
 
-    def kernel_params(self) -> kernels.DetectorParams:
-        """These knobs as ``fgjax.kernels.DetectorParams`` of Python scalars (imports jax)."""
+    # The drop test's ratio became the fade definition; the life budget is counted in days.
+    _RENAMED = MappingProxyType({"forgotten_ratio": "fade_share"})
+
+    def kernel_params(self, window_seconds: float = 86400.0) -> kernels.DetectorParams:
+        """These knobs as ``fgjax.kernels.DetectorParams`` of Python scalars for windows of
+        ``window_seconds`` (``life_days`` becomes ``life_windows``; imports jax)."""
         from fgjax.kernels import DetectorParams  # lazily: loading a config must not import jax
 
-        return DetectorParams(**{name: getattr(self, name) for name in DetectorParams._fields})
+        knobs = {name: getattr(self, name) for name in DetectorParams._fields if name != "life_windows"}
+        return DetectorParams(**knobs, life_windows=max(self.life_days * 86400.0 / window_seconds, 1.0))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -411,9 +424,25 @@ class EvaluateConfig:
     fade_forgotten_share: float = setting(0.25, gt=0)  # a fading interest is forgotten once its rate is below this share
     detection_margin_windows: int = setting(4, ge=0)  # changes this close to the end of the log are not judged
     detection_early_windows: int = setting(1, ge=0)  # an alarm this many windows before the forgotten one still counts
+    min_expected_events: float = setting(10.0, ge=0)  # a change is judged if its former rate predicts this many events after it
     false_alarm_sweep: list[float] = setting([1e-6, 1e-5, 1e-4, 5e-4, 2e-3, 1e-2, 3e-2, 0.1, 0.3], gt=0)
     seed_threshold_sweep: list[float] = setting([0.1, 0.25, 0.5, 1.0, 1.5, 2.0, 4.0], ge=0)
-    silence_sweep: list[int] = setting([1, 2, 3, 4, 5, 6, 8, 10, 14], ge=1)
+    silence_sweep: list[int] = setting([1, 2, 3, 4, 5, 6, 7, 8, 10, 12, 14, 17, 20, 25, 30], ge=1)
+    # The story x window matrix (fgjax.evaluation.matrix): every story at the same size, knobs chosen
+    # leave-one-story-out, the silence rule at its best N per cell.
+    detection_stories: list[str] = setting(["classic", "seasonal", "hawkes", "engaged"])  # synthetic.story values
+    detection_window_days: list[int] = setting([1, 7], ge=1)  # window lengths of the matrix, in days
+    matrix_users: int = setting(2000, ge=1)  # users per story
+    matrix_days: int = setting(168, ge=14)  # days per story (24 weeks)
+    matrix_margin_days: int = setting(14, ge=0)  # changes this close to the end are not judged (any window length)
+    fade_shares: list[float] = setting([0.25, 0.05], gt=0, lt=1)  # fade definitions the matrix is scored at
+    bocpd_hazard: float = setting(0.005, gt=0, lt=1)  # BOCPD anchor: prior chance of a change per window
+    bocpd_prior_events: float = setting(1.0, gt=0)  # BOCPD: Gamma prior of a new segment's rate: events ...
+    bocpd_prior_windows: float = setting(1.0, gt=0)  # ... over windows
+    bocpd_run_lengths: int = setting(64, ge=2)  # BOCPD: run lengths kept (the longest absorbs the tail)
+    bocpd_threshold_sweep: list[float] = setting([0.5, 0.8, 0.9, 0.95, 0.99, 0.999], gt=0, lt=1)
+    cusum_ratio: float = setting(0.1, gt=0, lt=1)  # CUSUM anchor: the drop it looks for, a share of the rate
+    cusum_threshold_sweep: list[float] = setting([3.0, 5.0, 8.0, 12.0, 18.0, 27.0, 40.0], gt=0)
 
     def _check(self, where: str) -> None:
         if not self.ks:

@@ -409,17 +409,32 @@ def evaluate_checkpoint(config: Config, out: str | Path, checkpoint: str | Path,
 
 def evaluate_detection(config: Config, out: str | Path, report: Reporter = _quiet, progress: bool = True, *,
                        overwrite: bool = False) -> dict[str, Any]:
-    """Generate the synthetic log with ground truth, detect forgetting, score it -> ``out/detection.json``.
+    """The story x window matrix, then the whole path on ``synthetic.story`` -> ``out/matrix.json``, ``detection.json``.
 
-    Also writes ``out/states.parquet``, ``out/detection.md``, the generated
-    ``out/data/`` and the plots ``out/plots/{detection_pr,forgetting,interest_timeline}.png``.
+    The matrix (``fgjax.evaluation.matrix``; skipped when ``evaluate.detection_stories`` is empty)
+    scores the detector, its anchors and the silence rule on every story and window length, with
+    the detector's knob chosen leave-one-story-out (``out/matrix.json``, ``out/matrix.md``). Then
+    the synthetic log of ``synthetic.story`` is generated, read and analyzed in ``analysis``'s
+    windows as a user would, and scored from the ``states.parquet`` it writes (``detection.json``,
+    ``detection.md`` and the plots ``out/plots/{detection_pr,forgetting,interest_timeline}.png``).
     """
     from fgjax.evaluation.detection import evaluate_detection_on, format_report, write_report
+    from fgjax.evaluation.matrix import evaluate_matrix, format_summary, write_matrix
     from fgjax.plots import plot_detection_pr, plot_interest_timeline
 
     out = Path(out).absolute()
     with run_folder(out, "detection", to_dict(config), overwrite=overwrite) as stage:
         shown = _shown(report, stage, out)
+        matrix = None
+        if config.evaluate.detection_stories:
+            e = config.evaluate
+            shown(f"detection matrix: stories {', '.join(e.detection_stories)} x windows of "
+                  f"{', '.join(f'{d:g}' for d in e.detection_window_days)} days, {e.matrix_users:,} users x "
+                  f"{e.matrix_days} days each")
+            matrix = evaluate_matrix(config, shown)
+            shown(format_summary(matrix))
+            write_matrix(matrix, config, stage)
+            shown(f"wrote {out / 'matrix.json'} and {out / 'matrix.md'} ({matrix.setup['seconds']:.0f}s)")
         paths = generate(config.synthetic, stage / "data")
         log = read(with_generated_data(config, stage), stage, shown)
         config = with_generated_data(config, out)
@@ -436,4 +451,4 @@ def evaluate_detection(config: Config, out: str | Path, report: Reporter = _quie
         plot_forgetting(degree_since_first_activity(result), result.window_start, plots / "forgetting.png")
         plot_interest_timeline(log, result, codes, truth, plots / "interest_timeline.png")
     report(f"wrote {out / 'detection.json'}, {out / 'states.parquet'} and plots in {out / 'plots'}")
-    return detection.to_json()
+    return detection.to_json() | ({"matrix": matrix.to_json()} if matrix else {})

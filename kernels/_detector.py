@@ -2,35 +2,33 @@
 
 Each window, for every (user, interest) at once, the detector asks whether
 the interest's current silence or its recent drop is *unusual for this user
-and this interest*, instead of comparing with one global threshold:
+and this interest*, and calibrates "unusual" on the population it runs on
+(docs/formulas.md, section 7a, states every formula):
 
-- **silence test**: the probability of the interest's current silence
-  given its own history, the larger of two posterior predictives: events
-  (rate ~ Gamma(prior_events + events, prior_windows + windows), so a short
-  history leaves the rate uncertain and long silences plausible) and active
-  windows (share ~ Beta(prior_active + active, prior_silent + silent), robust
-  to bursts and to periodic interests, whose counts are not Poisson). The
-  test fires when that probability is at most ``false_alarm``; the limit
-  ``s*`` it implies is raised to ``ceil(gap_factor * expected_gap)``, where
-  the expected gap is the longest silence the interest has already come back
-  from, or its dominant period (periodogram over the ring buffer) when that
-  period is strong: a user who comes back every five windows is not
-  forgetting after four.
-- **drop test** (slow fades, which keep silences short): the events of a
-  recent span (at least ``recent_windows`` windows, long enough for about
-  ``drop_events`` expected events) are far below what the interest's earlier
-  rate predicts: ``recent <= forgotten_ratio * expected`` and, quasi-Poisson
-  with the earlier windows' dispersion D, ``PoissonCDF(recent / D;
-  expected / D) < false_alarm``. Skipped when the span is empty (a silence)
-  and for strongly periodic interests.
+- **silence test**: the surprise of the current silence once begun,
+  ``log P(1) - log P(s)``, under the larger of two predictives (an events
+  model, negative binomial with the counts' dispersion and lag-1
+  autocorrelation; a Markov on/off window model once the interest came back
+  from ``min_gaps`` silences), against ``kappa * log(life_windows * starts /
+  false_alarm)``: ``false_alarm`` is the chance a loyal interest is *ever*
+  flagged over its life, spread over the silences it begins. ``kappa`` (>= 1,
+  per class of history) is the population's calibration: how much more
+  surprising the silences interests came back from were than the model
+  said. The silence must also be at least ``gap_factor`` times the longest
+  gap the interest came back from (or its period), and the interest needs
+  ``min_history`` windows of history.
+- **drop test** (fades, and the definition of forgotten for them): in an
+  empty window, the recent span's events dropped below the earlier rate's
+  prediction (at the window level) and below ``fade_share`` of it (at
+  ``fade_confidence``), quasi-Poisson with the window-to-window dispersion.
+- **hysteresis**: a return from ``forgotten`` restarts the interest's history
+  (counters, sums, the buffer's old windows), so it is judged on what it
+  does after the return.
 
-States (``kernels.STATE_NAMES``): an interest is ``new`` for its first
-``new_windows`` windows, ``reactivated`` for ``new_windows`` windows after
-it comes back from ``forgotten``, ``forgotten`` when either test fires (and
-stays so until activity), ``declining`` when its silence reached half of
-``s*`` or its recent events fell below ``declining_ratio`` of the expected
-ones with a trend <= 0, at the looser level ``sqrt(false_alarm)``; else
-``active``.
+States (``kernels.STATE_NAMES``): ``new`` for the first ``new_windows``
+windows, ``reactivated`` for ``new_windows`` windows after a return,
+``forgotten`` when either test fires (until activity), ``declining`` half-way
+to the silence threshold or on a sagging trend, else ``active``.
 
 Per user, ``F(u, t)`` is also compared with an adaptive threshold from the
 user's own F history (``mean + degree_z * std``), reported as ``degree_alarm``.
@@ -60,10 +58,12 @@ from ._timeseries import (
     dominant_period,
     running_moments_init,
     running_moments_update,
-    trend_slope,
 )
 
 _NEVER = -1  # last_active before any activity
+CAL_BINS = 128  # the calibration histogram: surprise in [0, CAL_BINS * CAL_WIDTH)
+CAL_WIDTH = 0.25
+CAL_AGES = (4.0, 12.0, 36.0)  # calibration classes by windows of history: young interests are judged apart
 
 
 class DetectorParams(NamedTuple):
@@ -74,19 +74,24 @@ class DetectorParams(NamedTuple):
     builds the default knobs.
     """
 
-    false_alarm: ArrayLike  # per-window chance that a test fires on an interest that is not forgotten
+    false_alarm: ArrayLike  # chance that a loyal interest is ever called forgotten over life_windows windows
+    life_windows: ArrayLike  # the life false_alarm covers, in windows
     gap_factor: ArrayLike  # silence limit >= this times the expected gap
     min_strength: ArrayLike  # periodogram peak share that counts as periodic
     recent_windows: ArrayLike  # fewest windows of the drop test and of the trend
     drop_events: ArrayLike  # the recent span covers this many expected events (capped at T // 2 windows)
-    forgotten_ratio: ArrayLike  # drop test: recent <= this share of the expected events
+    fade_share: ArrayLike  # the fade definition: forgotten once the rate is below this share of the former rate
+    fade_confidence: ArrayLike  # drop test: recent events this unlikely at fade_share of the earlier rate
     declining_ratio: ArrayLike  # recent below this share with a negative trend: declining
     min_history: ArrayLike  # windows of history before the drop test may fire
     new_windows: ArrayLike  # windows an interest stays new / reactivated
     prior_events: ArrayLike  # Gamma prior on the event rate: events ...
     prior_windows: ArrayLike  # ... over windows
-    prior_active: ArrayLike  # Beta prior on the share of active windows: active ...
-    prior_silent: ArrayLike  # ... and silent windows
+    prior_strength: ArrayLike  # Beta priors of the window model's transitions: pseudo windows each way
+    min_gaps: ArrayLike  # silences the interest came back from before the window model is used
+    markov_reach: ArrayLike  # the window model speaks for silences up to this many times the longest one seen
+    calibration_share: ArrayLike  # the tail share of the population's completed silences kappa matches
+    calibration_prior: ArrayLike  # completed silences the prior kappa = 1 is worth
     degree_z: ArrayLike  # user F alarm: F > mean + degree_z * std of the user's own F
     degree_fallback: ArrayLike  # F alarm threshold before the user has two F values
 
@@ -98,26 +103,36 @@ class DetectorState(NamedTuple):
       buffer: ring buffer of the last T windows' counts, ``(users, K, T)`` uint8.
       window: ``()`` int32 windows closed so far.
       total: events since first activity (float32; each window's count saturated at 255 like the buffer).
+      sum_sq, sum_lag: float32 sums of x_t ** 2 and x_t x_{t-1} over the same windows (``history_dispersion``).
       alive: windows since first activity, this one included (0 = never active).
       active_windows: windows with activity.
       silence: windows without activity since the last active one.
+      gaps: silences it came back from (since it started or came back from forgotten).
       longest_gap: longest silence the interest came back from.
+      surprise: float32 how surprising its current silence is (``silence_surprise``; 0 when active).
       since_return: windows since it came back from forgotten (large if never).
       last_active: index of the last active window (-1 = never).
       state: int8 codes.
+      calibration: ``(len(CAL_AGES) + 1, CAL_BINS)`` float32 the population's completed silences by the
+        interest's history (``CAL_AGES``) and the surprise they reached.
       degree_moments: ``(users,)`` running moments of F(u, t) since the user's first activity.
     """
 
     buffer: ActivityBuffer
     window: Array
     total: Array
+    sum_sq: Array
+    sum_lag: Array
     alive: Array
     active_windows: Array
+    gaps: Array
     silence: Array
     longest_gap: Array
+    surprise: Array
     since_return: Array
     last_active: Array
     state: Array
+    calibration: Array
     degree_moments: RunningMoments
 
 
@@ -132,8 +147,12 @@ class DetectorOutput(NamedTuple):
       recent: float32 events in the last ``recent_windows`` windows.
       expected_recent: float32 what the earlier rate predicts for them.
       trend: float32 least-squares slope of counts over the recent windows.
-      period, period_strength: float32 dominant period (windows) and its strength.
+      period, period_strength: float32 dominant period (windows; 0 = none: its strength is below
+        ``min_strength`` or fewer than three cycles fit in the windows seen) and the periodogram peak's strength.
       last_active: int32 index of the last active window (-1 = never).
+      dispersion: float32 var / mean (>= 1) of the counts before the current silence.
+      kappa: ``(len(CAL_AGES) + 1,)`` float32 the population's calibration of the silence test per
+        class of history (``calibration_scale``).
       degree_threshold: ``(users,)`` float32 the user's adaptive F threshold.
       degree_alarm: ``(users,)`` bool F(u, t) above it.
     """
@@ -145,9 +164,11 @@ class DetectorOutput(NamedTuple):
     recent: Array
     expected_recent: Array
     trend: Array
+    dispersion: Array
     period: Array
     period_strength: Array
     last_active: Array
+    kappa: Array
     degree_threshold: Array
     degree_alarm: Array
 
@@ -160,13 +181,18 @@ def detector_init(num_users: int, num_interests: int, buffer_windows: int = 64) 
         buffer=activity_buffer_init(buffer_windows, shape),
         window=jnp.zeros((), jnp.int32),
         total=jnp.zeros(shape, jnp.float32),
+        sum_sq=jnp.zeros(shape, jnp.float32),
+        sum_lag=jnp.zeros(shape, jnp.float32),
         alive=jnp.zeros(shape, jnp.int32),
         active_windows=jnp.zeros(shape, jnp.int32),
+        gaps=jnp.zeros(shape, jnp.int32),
         silence=jnp.zeros(shape, jnp.int32),
         longest_gap=jnp.zeros(shape, jnp.int32),
+        surprise=jnp.zeros(shape, jnp.float32),
         since_return=jnp.full(shape, jnp.iinfo(jnp.int32).max // 2, jnp.int32),
         last_active=jnp.full(shape, _NEVER, jnp.int32),
         state=jnp.zeros(shape, jnp.int8),
+        calibration=jnp.zeros((len(CAL_AGES) + 1, CAL_BINS), jnp.float32),
         degree_moments=running_moments_init((num_users,)),
     )
 
@@ -192,84 +218,125 @@ def poisson_cdf(k: ArrayLike, mean: ArrayLike) -> Array:
     return jnp.where(mean > 0, gammaincc(k + 1.0, jnp.maximum(mean, 1e-30)), 1.0)
 
 
-def count_dispersion(series: ArrayLike, valid: ArrayLike) -> Array:
-    """Index of dispersion ``max(1, var / mean)`` of counts ``(..., T)`` over ``valid`` windows.
+def history_dispersion(total: ArrayLike, sum_sq: ArrayLike, sum_lag: ArrayLike, windows: ArrayLike) -> tuple[Array, Array]:
+    """How much more an interest's counts vary than Poisson ones, from its running sums (each >= 1).
 
-    1 (Poisson) with fewer than two valid windows or a zero mean.
+    ``total``, ``sum_sq`` and ``sum_lag`` are the sums of x_t, x_t ** 2 and
+    x_t x_{t-1} over its ``windows`` windows of history (silent windows add
+    nothing to them, so the sums at the end of a silence are those before it).
+
+    Returns ``(runs, steps)``:
+
+    - ``runs = D (1 + rho) / (1 - rho)``: the index of dispersion D = var /
+      mean, times what a lag-1 autocorrelation rho adds to the spread of a
+      sum over many windows (counts that come in runs, sessions or spells,
+      leave longer silences than one window's spread says);
+    - ``steps = var(x_t - x_{t-1}) / (2 mean)``: the same for Poisson counts,
+      but a trend or a level shift (a fade under way) does not pass as noise.
+
+    Each keeps only what noise cannot explain: D and steps less one standard
+    error of a Poisson sample's (``sqrt(2 / (n - 1))``), rho less ``1 /
+    sqrt(n)``, so a short history reads as Poisson.
     """
-    y = jnp.asarray(series, jnp.float32)
-    m = jnp.asarray(valid, jnp.float32) * jnp.ones_like(y)
-    n = m.sum(-1)
-    mean = (m * y).sum(-1) / jnp.maximum(n, 1.0)
-    var = (m * (y - mean[..., None]) ** 2).sum(-1) / jnp.maximum(n - 1.0, 1.0)
-    ratio = jnp.where((n >= 2) & (mean > 0), var / jnp.where(mean > 0, mean, 1.0), 1.0)
-    return jnp.maximum(ratio, 1.0)
+    n = jnp.maximum(jnp.asarray(windows, jnp.float32), 1.0)
+    total = jnp.asarray(total, jnp.float32)
+    mean = total / n
+    var = jnp.maximum(jnp.asarray(sum_sq, jnp.float32) - n * mean * mean, 0.0) / jnp.maximum(n - 1.0, 1.0)
+    usable = (n >= 2) & (mean > 0)
+    noise = jnp.sqrt(2.0 / jnp.maximum(n - 1.0, 1.0))
+    d = jnp.where(usable, var / jnp.where(mean > 0, mean, 1.0), 1.0)
+    d = 1.0 + jnp.maximum(d - 1.0 - noise, 0.0)
+    cov = jnp.asarray(sum_lag, jnp.float32) / jnp.maximum(n - 1.0, 1.0) - mean * mean
+    rho = jnp.where(usable & (n >= 3) & (var > 1e-9), cov / jnp.where(var > 1e-9, var, 1.0), 0.0)
+    rho = jnp.clip(rho - 1.0 / jnp.sqrt(n), 0.0, 0.9)
+    step_var = jnp.maximum(2.0 * jnp.asarray(sum_sq, jnp.float32) - 2.0 * jnp.asarray(sum_lag, jnp.float32), 0.0) / n
+    steps = jnp.where(usable, step_var / (2.0 * jnp.where(mean > 0, mean, 1.0)), 1.0)
+    steps = 1.0 + jnp.maximum(steps - 1.0 - noise, 0.0)
+    return d * (1.0 + rho) / (1.0 - rho), steps
 
 
-def log_silence_probability(
-    silence: ArrayLike,
-    events: ArrayLike,
-    exposure: ArrayLike,
-    active_windows: ArrayLike,
-    silent_windows: ArrayLike,
-    params: DetectorParams,
-    periodic: ArrayLike = False,
-) -> Array:
-    """log P(``silence`` more empty windows | the interest's history), the larger of two models.
+def log_silence_probability(silence: ArrayLike, model: SilenceModel, params: DetectorParams) -> Array:
+    """log P(``silence`` empty windows in a row | the interest's history), the larger of two models.
 
-    - Events: rate ~ Gamma(prior_events + events, prior_windows + exposure),
-      predictive ``(b / (b + s)) ** a`` (negative binomial: an uncertain rate
-      from a short history makes long silences plausible).
-    - Windows: each window active with probability ~ Beta(prior_active +
-      active_windows, prior_silent + silent_windows), predictive of s silent
-      windows in a row (beta-binomial): robust to bursts and to irregular
-      interests, whose event counts are far from Poisson. Not used where
-      ``periodic``: their silences are judged against the period instead
-      (the gap term of ``silence_limit``), since independent windows cannot
-      express "every sixth window, like clockwork".
+    - Events: the rate is ~ Gamma(prior_events + events, prior_windows +
+      exposure). A window of counts with mean lam and variance D lam
+      (negative binomial) is empty with probability ``exp(-c lam)``, ``c =
+      log(D) / (D - 1)`` (1 for Poisson counts, less for overdispersed ones),
+      so s empty windows have the predictive probability ``(b / (b + c s)) **
+      a``: an uncertain rate from a short history makes long silences
+      plausible. D is the counts' dispersion times ``(1 + rho) / (1 - rho)``,
+      rho their lag-1 autocorrelation: counts that come in runs (sessions,
+      spells) leave longer silences than one window's spread says.
+    - Windows, once the interest has come back from ``min_gaps`` silences:
+      active and silent windows as a two-state Markov chain (trusted for
+      silences up to ``markov_reach`` times the longest one seen). A silence starts
+      after an active window with probability ``pi ~ Beta(prior_strength +
+      gaps, prior_strength + active -> active)`` and goes on with probability
+      ``theta ~ Beta(prior_strength + silent -> silent, prior_strength +
+      gaps)``, so ``P(s) = E[pi] E[theta ** (s - 1)]`` (beta-binomial): the
+      lengths of the silences the interest came back from say how long its
+      silences run (sessions, weekday habits, disengaged spells).
 
-    Args (all ``(...)``; the first active window is excluded by the caller):
-      silence: s, windows without activity.
-      events, exposure: events and windows of history.
-      active_windows, silent_windows: windows with and without activity in it.
+    1 at s = 0.
     """
     s = jnp.asarray(silence, jnp.float32)
-    a = params.prior_events + jnp.asarray(events, jnp.float32)
-    b = params.prior_windows + jnp.asarray(exposure, jnp.float32)
-    by_events = a * (jnp.log(b) - jnp.log(b + s))
-    on = params.prior_active + jnp.asarray(active_windows, jnp.float32)
-    off = params.prior_silent + jnp.asarray(silent_windows, jnp.float32)
-    # log B(off + s, on) - log B(off, on); betaln stays accurate in float32 where a
+    d = model.dispersion
+    a = params.prior_events + model.events
+    b = params.prior_windows + model.exposure
+    c = jnp.where(d > 1.0 + 1e-3, jnp.log(d) / jnp.maximum(d - 1.0, 1e-3), 1.0)
+    by_events = a * (jnp.log(b) - jnp.log(b + c * s))
+    m = jnp.asarray(params.prior_strength, jnp.float32)
+    gaps = model.gaps
+    start_on, start_off = m + gaps, m + jnp.maximum(model.active_windows - gaps, 0.0)
+    stay_on, stay_off = m + jnp.maximum(model.silent_windows - gaps, 0.0), m + gaps
+    # log B(on + s - 1, off) - log B(on, off); betaln stays accurate in float32 where a
     # difference of four gammaln values of thousands would not.
-    by_windows = betaln(off + s, on) - betaln(off, on)
-    return jnp.where(jnp.asarray(periodic, bool), by_events, jnp.maximum(by_events, by_windows))
+    by_windows = (jnp.log(start_on) - jnp.log(start_on + start_off)
+                  + betaln(stay_on + jnp.maximum(s - 1.0, 0.0), stay_off) - betaln(stay_on, stay_off))
+    # Trusted within the range of silences the interest has shown: past markov_reach times its
+    # longest one, how long its silences run says nothing more, and its rate decides.
+    trusted = (gaps >= params.min_gaps) & (s <= params.markov_reach * jnp.maximum(model.longest_gap, 1.0))
+    by_windows = jnp.where(trusted, by_windows, -jnp.inf)
+    return jnp.where(s >= 1, jnp.maximum(by_events, by_windows), 0.0)
 
 
-def silence_limit(
-    events: ArrayLike,
-    exposure: ArrayLike,
-    active_windows: ArrayLike,
-    silent_windows: ArrayLike,
-    expected_gap: ArrayLike,
-    params: DetectorParams,
-    periodic: ArrayLike = False,
-    *,
-    max_limit: int = 1 << 16,
-    gap_limit: ArrayLike | None = None,
-) -> Array:
+def silence_surprise(silence: ArrayLike, model: SilenceModel, params: DetectorParams) -> Array:
+    """How surprising a silence is once it has begun: ``log P(1) - log P(silence)`` (>= 0; 0 at s <= 1)."""
+    s = jnp.asarray(silence, jnp.float32)
+    one = log_silence_probability(jnp.ones_like(s), model, params)
+    return jnp.where(s >= 1, jnp.maximum(one - log_silence_probability(s, model, params), 0.0), 0.0)
+
+
+def silence_threshold(model: SilenceModel, params: DetectorParams) -> Array:
+    """The surprise at which a silence is unusual: ``kappa * log(life_windows * starts / false_alarm)``.
+
+    ``starts`` is the interest's rate of silences per window, ``(gaps + 1) /
+    (exposure + 2)``: over ``life_windows`` windows a loyal interest begins
+    about ``life_windows * starts`` silences, and the test spreads the life's
+    ``false_alarm`` over them (an interest that is rarely silent can be
+    called forgotten sooner). ``kappa`` is the population's calibration
+    (``calibration_scale``): 1 where the model's surprises are what the
+    population's completed silences show.
+    """
+    starts = (model.gaps + 1.0) / (model.exposure + 2.0)
+    opportunities = jnp.maximum(params.life_windows * starts, 1.0)
+    return model.kappa * (jnp.log(opportunities) - jnp.log(jnp.asarray(params.false_alarm, jnp.float32)))
+
+
+def silence_limit(model: SilenceModel, params: DetectorParams, *, max_limit: int = 1 << 16) -> Array:
     """``s*``: the fewest silent windows that the silence test calls forgotten (int32, >= 1).
 
-    The smallest s with ``log_silence_probability(s) <= log(false_alarm)``
-    (found by bisection: the probability falls with s), raised to
-    ``ceil(gap_factor * expected_gap)``; capped at ``max_limit``.
+    The smallest s whose surprise reaches ``silence_threshold`` (found by
+    bisection: the surprise grows with s), raised to the gap term
+    ``model.gap_limit``; capped at ``max_limit``.
     """
-    log_q = jnp.log(jnp.asarray(params.false_alarm, jnp.float32))
-    shape = jnp.broadcast_shapes(*(jnp.shape(x) for x in (events, exposure, active_windows, silent_windows)))
+    threshold = silence_threshold(model, params)
+    shape = model.events.shape
 
     def unlikely(s):
-        return log_silence_probability(s, events, exposure, active_windows, silent_windows, params, periodic) <= log_q
+        return silence_surprise(s, model, params) >= threshold
 
-    lo = jnp.zeros(shape, jnp.float32)  # not unlikely (0 silent windows never is)
+    lo = jnp.ones(shape, jnp.float32)  # not unlikely: one silent window is never surprising
     hi = jnp.full(shape, float(max_limit), jnp.float32)
 
     def bisect(_, bounds):
@@ -279,70 +346,139 @@ def silence_limit(
         return jnp.where(found, lo, mid), jnp.where(found, mid, hi)
 
     _, by_chance = lax.fori_loop(0, max_limit.bit_length(), bisect, (lo, hi))
-    by_gap = jnp.ceil(params.gap_factor * jnp.asarray(expected_gap, jnp.float32) - 1e-4) if gap_limit is None else gap_limit
-    return jnp.clip(jnp.maximum(by_chance, by_gap), 1, max_limit).astype(jnp.int32)
+    limit = jnp.maximum(jnp.maximum(by_chance, model.gap_limit), 2.0)
+    # Too little history for the test to judge: no silence is unusual yet.
+    limit = jnp.where(model.exposure >= params.min_history, limit, float(max_limit))
+    return jnp.clip(limit, 1, max_limit).astype(jnp.int32)
 
 
 class SilenceModel(NamedTuple):
-    """The silence test's inputs per (user, interest), from the detector's counters.
+    """The silence test's inputs per (user, interest), from the detector's counters (float32).
 
-    The first active window is given (it starts the history), so it is left out.
+    The history runs from the interest's first active window (or its return
+    from forgotten) to its last active one; the first active window is given
+    (it starts the history), so it is left out of events, exposure and
+    active windows.
     """
 
     events: Array
-    exposure: Array
+    exposure: Array  # windows of history
     active_windows: Array
-    silent_windows: Array
+    silent_windows: Array  # empty windows inside the history (the current silence excluded)
+    gaps: Array  # silences that ended with activity
+    longest_gap: Array  # the longest of them
+    dispersion: Array  # var / mean (>= 1) of the counts before the current silence
     gap_limit: Array  # ceil(gap_factor * expected gap): silences shorter than this never fire
     periodic: Array
+    kappa: Array  # the population's calibration of surprises (calibration_scale)
 
 
 def silence_model(
-    total: ArrayLike, alive: ArrayLike, silence: ArrayLike, active_windows: ArrayLike, longest_gap: ArrayLike,
-    period: ArrayLike, period_strength: ArrayLike, params: DetectorParams, buffer_windows: int,
+    total: ArrayLike, alive: ArrayLike, silence: ArrayLike, active_windows: ArrayLike, gaps: ArrayLike,
+    longest_gap: ArrayLike, period: ArrayLike, period_strength: ArrayLike, dispersion: ArrayLike,
+    kappa: ArrayLike, params: DetectorParams, buffer_windows: int,
 ) -> SilenceModel:
     """``SilenceModel`` from the counters after a window (elementwise, any shape).
 
-    A period counts when it is strong and at least two cycles fit in the
-    windows the periodogram saw (``min(alive, buffer_windows)``): past 2T
-    windows of history, a trend would otherwise pass as a cycle of period T.
+    A period counts when it is strong and at least three cycles fit in the
+    windows the periodogram saw (``min(alive, buffer_windows)``): a trend or
+    a step (a fade, a pause) would otherwise pass as a cycle of period T or T / 2.
+    The expected gap is the longest silence the interest came back from, or
+    its period minus one when that is longer.
     """
-    alive = jnp.asarray(alive)
-    alive_before = alive - jnp.asarray(silence)
-    active_windows = jnp.asarray(active_windows)
-    period = jnp.asarray(period, jnp.float32)
-    periodic = (jnp.asarray(period_strength) >= params.min_strength) & (jnp.minimum(alive, buffer_windows) >= 2 * period)
-    expected_gap = jnp.maximum(jnp.asarray(longest_gap, jnp.float32), jnp.where(periodic, period - 1.0, 0.0))
+    f32 = lambda x: jnp.asarray(x, jnp.float32)  # noqa: E731
+    alive = f32(alive)
+    alive_before = alive - f32(silence)
+    active_windows = f32(active_windows)
+    period = f32(period)
+    periodic = (
+        (period >= 2.0)  # 0 = no period (the evidence reports 0 where the period does not count)
+        & (f32(period_strength) >= params.min_strength)
+        & (jnp.minimum(alive, buffer_windows) >= 3 * period)
+    )
+    expected_gap = jnp.maximum(f32(longest_gap), jnp.where(periodic, period - 1.0, 0.0))
     return SilenceModel(
-        events=jnp.maximum(jnp.asarray(total, jnp.float32) - 1.0, 0.0),
-        exposure=jnp.maximum(alive_before - 1, 0),
-        active_windows=jnp.maximum(active_windows - 1, 0),
-        silent_windows=alive_before - active_windows,
+        events=jnp.maximum(f32(total) - 1.0, 0.0),
+        exposure=jnp.maximum(alive_before - 1.0, 0.0),
+        active_windows=jnp.maximum(active_windows - 1.0, 0.0),
+        silent_windows=jnp.maximum(alive_before - active_windows, 0.0),
+        gaps=f32(gaps),
+        longest_gap=f32(longest_gap),
+        dispersion=jnp.maximum(jnp.broadcast_to(f32(dispersion), alive.shape), 1.0),
         gap_limit=jnp.ceil(params.gap_factor * expected_gap - 1e-4),
         periodic=periodic,
+        kappa=jnp.broadcast_to(f32(kappa), alive.shape),  # per pair: pair_kappa of the class kappas
     )
+
+
+def age_class(exposure: ArrayLike) -> Array:
+    """The calibration class (int32) of an interest with ``exposure`` windows of history (``CAL_AGES``)."""
+    return jnp.searchsorted(jnp.asarray(CAL_AGES, jnp.float32), jnp.asarray(exposure, jnp.float32), side="right")
+
+
+def pair_kappa(kappa: ArrayLike, exposure: ArrayLike) -> Array:
+    """Each interest's calibration: ``kappa`` ``(classes,)`` at its ``age_class``."""
+    return jnp.asarray(kappa, jnp.float32)[age_class(exposure)]
+
+
+def calibration_scale(histogram: ArrayLike, params: DetectorParams) -> Array:
+    """``kappa`` per class of history: how much more surprising completed silences are than the model says.
+
+    ``histogram`` ``(classes, CAL_BINS)`` counts the silences that ended
+    with activity by the history the interest had (``age_class``) and the
+    surprise they had reached (``silence_surprise``, bins of
+    ``CAL_WIDTH``). If the model were exact, a share ``q`` of them
+    (``calibration_share``) would pass ``log(1 / q)``; kappa is their actual
+    ``1 - q`` quantile over ``log(1 / q)``, shrunk toward 1 by
+    ``calibration_prior`` silences and kept in [1, 8]. It scales every
+    threshold: in data whose silences come in runs the model did not expect
+    (sessions, disengaged spells) kappa > 1 and the detector waits longer.
+    It never goes below 1: the calibration only ever makes the detector more
+    careful, so the life budget ``false_alarm`` of the model stays a bound.
+    """
+    hist = jnp.asarray(histogram, jnp.float32)
+    n = hist.sum(-1)
+    share = jnp.asarray(params.calibration_share, jnp.float32)
+    # tail[i]: completed silences at or past bin i; the quantile is the first edge whose tail is <= share * n.
+    tail = jnp.cumsum(hist[..., ::-1], axis=-1)[..., ::-1]
+    edges = jnp.arange(hist.shape[-1], dtype=jnp.float32) * CAL_WIDTH
+    quantile = jnp.min(jnp.where(tail <= share * n[..., None], edges, hist.shape[-1] * CAL_WIDTH), axis=-1)
+    raw = quantile / -jnp.log(share)
+    prior = jnp.asarray(params.calibration_prior, jnp.float32)
+    kappa = (n * raw + prior) / jnp.maximum(n + prior, 1e-6)
+    return jnp.clip(kappa, 1.0, 8.0)
+
+
+def calibration_add(histogram: Array, surprise: ArrayLike, exposure: ArrayLike, done: ArrayLike) -> Array:
+    """``histogram`` with the completed silences (``done``) counted at their history class and ``surprise``."""
+    index = jnp.clip(jnp.floor(jnp.asarray(surprise, jnp.float32) / CAL_WIDTH), 0, histogram.shape[-1] - 1)
+    cls = jnp.broadcast_to(age_class(exposure), index.shape)
+    return jnp.asarray(histogram).at[cls.ravel(), index.astype(jnp.int32).ravel()].add(
+        jnp.asarray(done, jnp.float32).ravel())
+
+
+def window_level(params: DetectorParams) -> Array:
+    """The drop test's level: ``false_alarm / life_windows`` (the life's budget spread over its windows)."""
+    return jnp.asarray(params.false_alarm, jnp.float32) / jnp.asarray(params.life_windows, jnp.float32)
 
 
 def silence_is_unusual(silence: ArrayLike, model: SilenceModel, params: DetectorParams) -> Array:
-    """``silence >= s*`` without computing s*: one probability, and the gap term.
+    """``silence >= s*`` without computing s*: one surprise, the gap term and the history it needs.
 
-    s* is the smallest s >= 1 with P(s) <= false_alarm, raised to the gap
-    term, and P falls with s, so ``silence >= s*`` iff ``silence >= 1``,
-    ``P(silence) <= false_alarm`` and ``silence >= gap_limit``.
+    A silence is judged once the interest has ``min_history`` windows of
+    history before it (a first burst says little about how long its gaps
+    run) and is at least 2 windows long (the first empty window is how every
+    silence begins).
     """
-    s = jnp.asarray(silence)
-    log_p = log_silence_probability(
-        s, model.events, model.exposure, model.active_windows, model.silent_windows, params, model.periodic
-    )
-    return (s >= 1) & (log_p <= jnp.log(jnp.asarray(params.false_alarm, jnp.float32))) & (s >= model.gap_limit)
+    s = jnp.asarray(silence, jnp.float32)
+    surprise = silence_surprise(s, model, params)
+    return ((s >= 2) & (surprise >= silence_threshold(model, params)) & (s >= model.gap_limit)
+            & (model.exposure >= params.min_history))
 
 
 def model_silence_limit(model: SilenceModel, params: DetectorParams) -> Array:
     """s* of a ``SilenceModel`` (int32; the bisection of ``silence_limit``)."""
-    return silence_limit(
-        model.events, model.exposure, model.active_windows, model.silent_windows, 0.0, params, model.periodic,
-        gap_limit=model.gap_limit,
-    )
+    return silence_limit(model, params)
 
 
 class _Block(NamedTuple):
@@ -352,17 +488,21 @@ class _Block(NamedTuple):
     alive: Array
     silence: Array
     total: Array
+    sum_sq: Array
+    sum_lag: Array
     active_windows: Array
+    gaps: Array
     longest_gap: Array
     since_return: Array
     previous: Array  # int8 codes before the window
 
 
-def _judge(series: Array, b: _Block, params: DetectorParams, with_limits: bool) -> dict[str, Array]:
+def _judge(series: Array, b: _Block, kappa: Array, params: DetectorParams, with_limits: bool) -> dict[str, Array]:
     """The time-series features, both tests and the state machine for one block.
 
     Args:
       series: ``(B, K, T)`` float32 counts of the block's last T windows, oldest first.
+      kappa: ``(classes,)`` the population's calibration per class of history.
     """
     length = series.shape[-1]
     active = b.counts > 0
@@ -376,13 +516,27 @@ def _judge(series: Array, b: _Block, params: DetectorParams, with_limits: bool) 
     recent_mask = lived & (age < span.astype(jnp.int32)[..., None])
     recent = jnp.sum(series * recent_mask, axis=-1)
     recent_n = jnp.sum(recent_mask, axis=-1).astype(jnp.float32)
-    trend = trend_slope(series, recent_mask)
+    # Least-squares slope over the recent span, which is the last n windows: its positions are
+    # consecutive, so their mean and spread are known and one pass over the counts is enough.
+    n = recent_n
+    position = (length - 1 - age).astype(jnp.float32)
+    centre = length - (n + 1.0) / 2.0
+    spread = n * (n * n - 1.0) / 12.0
+    moment = jnp.sum(series * recent_mask * (position - centre[..., None]), axis=-1)
+    trend = jnp.where(n >= 2, moment / jnp.maximum(spread, 1e-6), 0.0)
     period, strength = dominant_period(series, lived)
-    model = silence_model(b.total, b.alive, b.silence, b.active_windows, b.longest_gap, period, strength, params, length)
+    # The counts' dispersion before the current silence (the silence is what is being judged).
+    # The counts' spread over the history before the current silence (the silence is what is judged).
+    silence_dispersion, step_spread = history_dispersion(b.total, b.sum_sq, b.sum_lag, alive_before)
+    exposure = jnp.maximum(alive_before - 1, 0)
+    model = silence_model(b.total, b.alive, b.silence, b.active_windows, b.gaps, b.longest_gap, period, strength,
+                          silence_dispersion, pair_kappa(kappa, exposure), params, length)
     periodic = model.periodic
-    # The first active window is given (it starts the history), so it is left out.
     limit = jnp.where(b.alive > 0, model_silence_limit(model, params), 0) if with_limits else None
+    surprise = jnp.where(b.alive > 0, silence_surprise(b.silence, model, params), 0.0)
+    threshold = silence_threshold(model, params)
 
+    level = window_level(params)
     # Drop test: the recent windows against the rate before them.
     # The first event is given (it starts the history) and left out, and the
     # earlier history must be at least as long as the recent span.
@@ -392,37 +546,40 @@ def _judge(series: Array, b: _Block, params: DetectorParams, with_limits: bool) 
     enough = (earlier_n >= params.min_history) & (earlier_n >= recent_n)
     # Quasi-Poisson: bursty and periodic counts vary far more than Poisson
     # ones, so both sides are divided by the earlier windows' dispersion.
-    dispersion = count_dispersion(series, lived & ~recent_mask)
+    dispersion = step_spread
     drop_tail = poisson_cdf(recent / dispersion, expected_recent / dispersion)
+    # Below the definition with confidence: the recent events are unlikely even at fade_share
+    # of the earlier rate (a fade still at 40 % is not yet below 25 % by chance alone).
+    below_share = poisson_cdf(recent / dispersion, params.fade_share * expected_recent / dispersion)
     dropped = (
         enough
         & ~periodic
         & ~active
         & (recent > 0)  # an empty span is a silence: the silence test judges it
-        & (recent <= params.forgotten_ratio * expected_recent)
-        & (drop_tail < params.false_alarm)
+        & (below_share < params.fade_confidence)
+        & (drop_tail < level)
     )
-    forgotten_now = (b.alive > 0) & (silence_is_unusual(b.silence, model, params) | dropped)
-    # Declining: half-way to the silence limit, or a drop at the looser level
-    # sqrt(false_alarm), so Poisson noise alone rarely flips an interest.
-    # silence >= ceil(s* / 2) iff 2 * silence >= s*.
-    half_silent = (b.silence > 0) & silence_is_unusual(2 * b.silence, model, params)
+    silent_enough = silence_is_unusual(b.silence, model, params)
+    forgotten_now = (b.alive > 0) & (silent_enough | dropped)
+    # Declining: half-way to the silence threshold, or a drop at the looser level
+    # sqrt(level), so Poisson noise alone rarely flips an interest.
+    half_silent = (b.silence > 0) & (surprise >= 0.5 * threshold)
     sagging = (
         enough
         & ~periodic
         & (trend <= 0)
         & (recent < params.declining_ratio * expected_recent)
-        & (drop_tail < jnp.sqrt(jnp.asarray(params.false_alarm, jnp.float32)))
+        & (drop_tail < jnp.sqrt(level))
     )
     declining_now = half_silent | sagging
 
     prev = b.previous
     since_return = jnp.where((prev == FORGOTTEN) & active, 0, b.since_return + 1)
-    level = jnp.where(declining_now, DECLINING, ACTIVE)
+    plain = jnp.where(declining_now, DECLINING, ACTIVE)
     young_new = (prev == NEW) & (b.alive <= params.new_windows)
     young_back = (prev == REACTIVATED) & (since_return < params.new_windows)
     ongoing = jnp.where(
-        forgotten_now, FORGOTTEN, jnp.where(young_new, NEW, jnp.where(young_back, REACTIVATED, level))
+        forgotten_now, FORGOTTEN, jnp.where(young_new, NEW, jnp.where(young_back, REACTIVATED, plain))
     )
     code = jnp.where(
         prev == NONE,
@@ -431,7 +588,10 @@ def _judge(series: Array, b: _Block, params: DetectorParams, with_limits: bool) 
     ).astype(jnp.int8)
     return {
         "state": code, "since_return": since_return, "rate": rate, "recent": recent,
-        "expected_recent": expected_recent, "trend": trend, "period": period, "period_strength": strength,
+        "expected_recent": expected_recent, "trend": trend, "dispersion": silence_dispersion,
+        "surprise": surprise,
+        # The period is evidence only where it counts: 0 = none (weak, or fewer than three cycles seen).
+        "period": jnp.where(periodic, period, 0.0), "period_strength": strength,
     } | ({"silence_limit": limit} if with_limits else {})
 
 
@@ -456,10 +616,10 @@ def detector_update(
         interest) at T = 64, are bounded by a block instead of growing with
         the users; None = all at once. Results do not depend on it.
       with_limits: also compute ``silence_limit`` (s*, by bisection: about 17
-        probability evaluations per (user, interest), most of the update's
-        arithmetic). The states never need it (two evaluations decide them);
-        without it the output's ``silence_limit`` is None, and
-        ``model_silence_limit`` gives it for the rows that need it.
+        surprise evaluations per (user, interest), most of the update's
+        arithmetic). The states never need it; without it the output's
+        ``silence_limit`` is None, and ``model_silence_limit`` gives it for
+        the rows that need it.
 
     Returns:
       ``(state after window t, DetectorOutput of window t)``.
@@ -468,26 +628,40 @@ def detector_update(
     num_users = counts.shape[0]
     active = counts > 0
     was_seen = state.alive > 0
-    alive = state.alive + (was_seen | active)
+    # A return from forgotten starts the history again: the interest is judged
+    # on what it does after the return, and nothing that covers the pause (its
+    # rate, its windows in the ring buffer, its gaps) counts any more.
+    back = active & (state.state == FORGOTTEN)
+    alive = jnp.where(back, 1, state.alive + (was_seen | active))
     silence = jnp.where(active, 0, state.silence + was_seen)
-    # A silence that ended in forgotten is a pause, not a gap the interest is
-    # known to come back from: it must not stretch the next silence limit.
-    came_back = active & (state.silence > 0) & (state.state != FORGOTTEN)
-    longest_gap = jnp.where(came_back, jnp.maximum(state.longest_gap, state.silence), state.longest_gap)
-    active_windows = state.active_windows + active
+    came_back = active & (state.silence > 0) & ~back
+    longest_gap = jnp.where(back, 0, jnp.where(came_back, jnp.maximum(state.longest_gap, state.silence),
+                                               state.longest_gap))
+    active_windows = jnp.where(back, 1, state.active_windows + active)
+    gaps = jnp.where(back, 0, state.gaps + came_back)
     # Saturated like the ring buffer, so the drop test compares like with like.
-    total = state.total + jnp.minimum(counts, COUNT_MAX)
+    x = jnp.minimum(counts, COUNT_MAX)
+    total = jnp.where(back, 0.0, state.total) + x
+    length = state.buffer.counts.shape[-1]
+    # Last window's counts (0 before any window, and before a return: it was silent).
+    previous = lax.dynamic_index_in_dim(state.buffer.counts, (state.buffer.windows - 1) % length, axis=-1,
+                                        keepdims=False).astype(jnp.float32)
+    previous = jnp.where(state.buffer.windows > 0, previous, 0.0)
+    sum_sq = jnp.where(back, 0.0, state.sum_sq) + x * x
+    sum_lag = jnp.where(back, 0.0, state.sum_lag) + x * previous
     last_active = jnp.where(active, state.window, state.last_active)
     buffer = activity_buffer_update(state.buffer, counts)
-    length = buffer.counts.shape[-1]
-    block = _Block(counts, alive, silence, total, active_windows, longest_gap, state.since_return, state.state)
+    # The population's calibration from the silences completed before this window.
+    kappa = calibration_scale(state.calibration, params)
+    block = _Block(counts, alive, silence, total, sum_sq, sum_lag, active_windows, gaps, longest_gap,
+                   state.since_return, state.state)
 
     def judge(start, size):
         rows = jax.tree.map(lambda a: lax.dynamic_slice_in_dim(a, start, size, axis=0), block)
         raw = lax.dynamic_slice_in_dim(buffer.counts, start, size, axis=0)  # (size, K, T) uint8
         # Oldest window first: after w windows the oldest slot is w % T.
         series = jnp.roll(raw, -(buffer.windows % length), axis=-1).astype(jnp.float32)
-        return _judge(series, rows, params, with_limits)
+        return _judge(series, rows, kappa, params, with_limits)
 
     size = num_users if user_block is None else min(user_block, num_users)
     if size == num_users:
@@ -504,6 +678,11 @@ def detector_update(
 
         judged = lax.fori_loop(0, -(-num_users // size), body, init)
     code = judged["state"]
+    # Every silence the interest came back from, at the surprise it had reached. A return
+    # from forgotten is left out: it is a pause (or a fade's trickle), not a loyal silence.
+    ended = came_back
+    calibration = calibration_add(state.calibration, state.surprise,
+                                  jnp.maximum(state.alive - state.silence - 1, 0), ended)
 
     # Per-user F alarm against the user's own history (before this window).
     started = jnp.any(alive > 0, axis=1)
@@ -521,13 +700,18 @@ def detector_update(
         buffer=buffer,
         window=state.window + 1,
         total=total,
+        sum_sq=sum_sq,
+        sum_lag=sum_lag,
         alive=alive,
         active_windows=active_windows,
+        gaps=gaps,
         silence=silence,
         longest_gap=longest_gap,
+        surprise=judged["surprise"],
         since_return=judged["since_return"],
         last_active=last_active,
         state=code,
+        calibration=calibration,
         degree_moments=moments,
     )
     output = DetectorOutput(
@@ -538,9 +722,11 @@ def detector_update(
         recent=judged["recent"],
         expected_recent=judged["expected_recent"],
         trend=judged["trend"],
+        dispersion=judged["dispersion"],
         period=judged["period"],
         period_strength=judged["period_strength"],
         last_active=last_active,
+        kappa=kappa,
         degree_threshold=threshold,
         degree_alarm=alarm,
     )

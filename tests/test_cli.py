@@ -157,10 +157,18 @@ def test_quickstart_then_every_subcommand(tmp_path, capsys):
 def test_evaluate_detection_writes_the_report_and_plots(tmp_path, capsys):
     out = tmp_path / "det"
     small = ["--set", "synthetic.num_users=150", "--set", "synthetic.users_per_shard=75", "--set", "synthetic.num_days=140",
-             "--set", "analysis.window_seconds=604800", "--set", "evaluate.false_alarm_sweep=[0.0001,0.002,0.05]"]
+             "--set", "analysis.window_seconds=604800", "--set", "evaluate.false_alarm_sweep=[0.0001,0.002,0.05]",
+             "--set", "evaluate.matrix_users=60", "--set", "evaluate.matrix_days=56",
+             "--set", "evaluate.detection_stories=[classic,seasonal]", "--set", "evaluate.silence_sweep=[2,4]"]
     code, stdout, err = run_cli(["evaluate", "--detection", "--out", out, *small], capsys)
     assert code == 0, err
     assert "| fgjax adaptive |" in stdout and "seed_F_threshold" in stdout and "no_activity_windows" in stdout
+    # The matrix story x window comes first, and is written beside the single run.
+    assert stdout.index("| classic | daily |") < stdout.index("| fgjax adaptive |")
+    assert "| seasonal | weekly |" in stdout and "silence rule: N, F1, delay, loyal" in stdout
+    matrix = json.loads((out / "matrix.json").read_text())["matrix"]
+    assert set(matrix["cells"]["0.25"]) == {"classic", "seasonal"}
+    assert (out / "matrix.md").read_text().startswith("Fades forgotten below 25% of their former rate")
     report = json.loads((out / "detection.json").read_text())["report"]
     overall = report["detector"]["overall"]
     assert overall["true_positives"] > 0 and 0 <= overall["precision"] <= 1 and 0 <= overall["recall"] <= 1

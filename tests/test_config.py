@@ -198,8 +198,13 @@ def test_renamed_level_keys_name_the_new_key(tmp_path, old):
     assert str(info.value) == f"config key 'analysis.{old}' was renamed: use 'analysis.level.{old}' instead"
     with pytest.raises(ConfigError, match=f"use 'analysis.level.{old}'"):
         load_config(None, [f"analysis.{old}=0.3"])
-    # The detector's drop-test ratio of the same name is another knob and keeps its key.
-    assert getattr(load_config(None, [f"analysis.detector.{old}=0.3"]).analysis.detector, old) == 0.3
+    # The detector's declining ratio of the same name is another knob and keeps its key; its old
+    # drop-test forgotten_ratio is now the fade definition, fade_share.
+    if old == "declining_ratio":
+        assert load_config(None, [f"analysis.detector.{old}=0.3"]).analysis.detector.declining_ratio == 0.3
+    else:
+        with pytest.raises(ConfigError, match="use 'analysis.detector.fade_share' instead"):
+            load_config(None, [f"analysis.detector.{old}=0.3"])
     assert getattr(load_config(None, [f"analysis.level.{old}=0.2"]).analysis.level, old) == 0.2
 
 
@@ -211,10 +216,15 @@ def test_detector_defaults_have_one_source():
     detector = DetectorConfig()
     params = detector.kernel_params()
     assert isinstance(params, kernels.DetectorParams)
-    assert set(kernels.DetectorParams._fields) <= {f.name for f in dataclasses.fields(DetectorConfig)}
-    assert params._asdict() == {name: getattr(detector, name) for name in kernels.DetectorParams._fields}
-    changed = load_config(None, ["analysis.detector.false_alarm=0.01"]).analysis.detector.kernel_params()
-    assert changed.false_alarm == 0.01 and changed.gap_factor == detector.gap_factor
+    # Every knob but life_windows is a config field of the same name; life_windows is life_days in windows.
+    fields = set(kernels.DetectorParams._fields) - {"life_windows"}
+    assert fields <= {f.name for f in dataclasses.fields(DetectorConfig)}
+    assert {k: v for k, v in params._asdict().items() if k != "life_windows"} == {
+        name: getattr(detector, name) for name in fields}
+    assert params.life_windows == detector.life_days == 200
+    assert detector.kernel_params(7 * 86400.0).life_windows == pytest.approx(200 / 7)
+    changed = load_config(None, ["analysis.detector.false_alarm=0.05"]).analysis.detector.kernel_params()
+    assert changed.false_alarm == 0.05 and changed.gap_factor == detector.gap_factor
 
 
 def test_loading_a_config_does_not_import_jax():
@@ -244,7 +254,7 @@ def test_level_section_reaches_the_level_rule():
     states = {}
     for name, extra in {"default": [],
                         "never_faded": ["analysis.level.forgotten_ratio=0", "analysis.level.declining_ratio=0"],
-                        "detector_ratios": ["analysis.detector.forgotten_ratio=0", "analysis.detector.declining_ratio=0"]
+                        "detector_ratios": ["analysis.detector.fade_share=0.01", "analysis.detector.declining_ratio=0"]
                         }.items():
         states[name] = analyze(load_config(None, base + extra), log, progress=False).state
     assert states["default"][0, 0] == kernels.FORGOTTEN

@@ -20,33 +20,54 @@ from fgjax.config import DetectorConfig
 from fgjax.kernels import ACTIVE, DECLINING, FORGOTTEN, NEW, NONE, REACTIVATED
 
 P = DetectorConfig().kernel_params()  # the defaults live in the config
+# The reference leaves the population's calibration out (kappa = 1): a prior worth 1e12 silences pins it.
+PF = P._replace(calibration_prior=1e12)
 
 
-def ref_log_silence(s, events, exposure, active, silent, p=P, periodic=False):
+def ref_log_silence(s, events, exposure, active, silent, gaps, dispersion, longest=0, p=P):
+    """float64 log P(s empty windows): max of the events model and (with enough gaps) the Markov model."""
+    if s <= 0:
+        return 0.0
     a, b = p.prior_events + events, p.prior_windows + exposure
-    by_events = a * (math.log(b) - math.log(b + s))
-    if periodic:
+    c = math.log(dispersion) / (dispersion - 1.0) if dispersion > 1.0 + 1e-3 else 1.0
+    by_events = a * (math.log(b) - math.log(b + c * s))
+    if gaps < p.min_gaps or s > p.markov_reach * max(longest, 1):
         return by_events
-    on, off = p.prior_active + active, p.prior_silent + silent
-    by_windows = math.lgamma(off + s) - math.lgamma(off) + math.lgamma(on + off) - math.lgamma(on + off + s)
-    return max(by_events, by_windows)
+    m = p.prior_strength
+    start_on, start_off = m + gaps, m + max(active - gaps, 0)
+    stay_on, stay_off = m + max(silent - gaps, 0), m + gaps
+    log_start = math.log(start_on / (start_on + start_off))
+    k = s - 1  # E[theta ** k] = B(on + k, off) / B(on, off)
+    log_stay = (math.lgamma(stay_on + k) - math.lgamma(stay_on)
+                + math.lgamma(stay_on + stay_off) - math.lgamma(stay_on + stay_off + k))
+    return max(by_events, log_start + log_stay)
+
+
+def ref_surprise(s, *model, p=P):
+    if s < 1:
+        return 0.0
+    return max(ref_log_silence(1, *model, p=p) - ref_log_silence(s, *model, p=p), 0.0)
+
+
+def ref_threshold(gaps, exposure, p=P):
+    opportunities = max(p.life_windows * (gaps + 1.0) / (exposure + 2.0), 1.0)
+    return math.log(opportunities) - math.log(p.false_alarm)  # kappa = 1
 
 
 MAX_LIMIT = 1 << 16  # the kernel's cap
 
 
-def ref_limit(events, exposure, active, silent, gap, p=P, periodic=False):
-    """The first s in 1..MAX_LIMIT whose float64 log-probability is <= log(false_alarm), by enumeration."""
-    s = np.arange(1, MAX_LIMIT + 1, dtype=np.float64)
-    a, b = p.prior_events + events, p.prior_windows + exposure
-    logp = a * (np.log(b) - np.log(b + s))
-    if not periodic:
-        on, off = p.prior_active + active, p.prior_silent + silent
-        j = s - 1
-        logp = np.maximum(logp, np.cumsum(np.log((off + j) / (on + off + j))))
-    unlikely = np.nonzero(logp <= math.log(p.false_alarm))[0]
-    by_chance = int(s[unlikely[0]]) if len(unlikely) else MAX_LIMIT
-    return min(max(by_chance, math.ceil(p.gap_factor * gap - 1e-4), 1), MAX_LIMIT)
+def ref_limit(model, gap_limit, p=P):
+    """The first s >= 1 whose float64 surprise reaches the threshold (bisection: it grows with s), then the gap and 2."""
+    events, exposure, active, silent, gaps, dispersion, longest = model
+    if exposure < p.min_history:
+        return MAX_LIMIT
+    threshold = ref_threshold(gaps, exposure, p)
+    lo, hi = 1, MAX_LIMIT  # the surprise at lo is below the threshold; hi is the cap
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (lo, mid) if ref_surprise(mid, *model, p=p) >= threshold else (mid, hi)
+    return min(max(hi, gap_limit, 2), MAX_LIMIT)
 
 
 def ref_poisson_cdf(k, mean):
@@ -56,38 +77,55 @@ def ref_poisson_cdf(k, mean):
     return sum(math.exp(-mean + i * math.log(mean) - math.lgamma(i + 1)) for i in range(k + 1))
 
 
-def ref_detect(counts: np.ndarray, T: int, p=P) -> dict[str, np.ndarray]:
-    """Float64 per-(window, pair) features and states for ``counts`` ``(W, pairs)``."""
+def ref_dispersion(history):
+    """(runs, steps) spread of the counts ``history`` (from the first event or the return to the last active window)."""
+    n = len(history)
+    total, sum_sq = history.sum(), (history**2).sum()
+    sum_lag = (history[1:] * history[:-1]).sum()
+    mean = total / n
+    var = max(sum_sq - n * mean**2, 0.0) / max(n - 1, 1)
+    usable = n >= 2 and mean > 0
+    noise = math.sqrt(2.0 / max(n - 1, 1))
+    d = 1.0 + max((var / mean if usable else 1.0) - 1.0 - noise, 0.0)
+    cov = sum_lag / max(n - 1, 1) - mean**2
+    rho = cov / var if usable and n >= 3 and var > 1e-9 else 0.0
+    rho = min(max(rho - 1.0 / math.sqrt(n), 0.0), 0.9)
+    steps = max(2 * sum_sq - 2 * sum_lag, 0.0) / n / (2 * mean) if usable else 1.0
+    steps = 1.0 + max(steps - 1.0 - noise, 0.0)
+    return d * (1 + rho) / (1 - rho), steps
+
+
+def ref_detect(counts: np.ndarray, T: int, p=PF) -> dict[str, np.ndarray]:
+    """Float64 per-(window, pair) features and states for ``counts`` ``(W, pairs)``, from each history."""
     W, n = counts.shape
     out = {name: np.zeros((W, n)) for name in ("silence", "limit", "rate", "recent", "expected", "period", "strength")}
     out["state"] = np.zeros((W, n), np.int8)
     for j in range(n):
         c = np.minimum(counts[:, j].astype(np.float64), 255)
-        state, since_return = NONE, 10**9
-        pauses = set()  # windows where activity ended a silence that had been judged forgotten
+        state, since_return, origin = NONE, 10**9, None  # origin: where the history starts (first event or return)
         for t in range(W):
-            hist = c[: t + 1]
-            active_idx = np.nonzero(hist > 0)[0]
-            active_now = hist[t] > 0
-            if len(active_idx) == 0:
+            active_now = c[t] > 0
+            if state == FORGOTTEN and active_now:
+                origin = t  # a return from forgotten starts the history again
+            if origin is None and active_now:
+                origin = t
+            if origin is None:
                 out["state"][t, j] = NONE
                 continue
-            first, last = active_idx[0], active_idx[-1]
-            alive, silence = t - first + 1, t - last
-            total = hist[first:].sum()
+            hist = c[origin : t + 1]
+            active_idx = np.nonzero(hist > 0)[0]
+            last = active_idx[-1]
+            alive, silence = t - origin + 1, len(hist) - 1 - last
+            total = hist.sum()
             active_windows = len(active_idx)
-            # Longest completed gap: silences between two active windows, except pauses
-            # that had been judged forgotten.
-            if active_now and state == FORGOTTEN:
-                pauses.add(t)
-            gaps = [b - a - 1 for a, b in zip(active_idx, active_idx[1:]) if b not in pauses]
-            longest = max(gaps, default=0)
+            gaps_list = [b - a - 1 for a, b in zip(active_idx, active_idx[1:]) if b - a > 1]
+            gaps, longest = len(gaps_list), max(gaps_list, default=0)
             alive_before = alive - silence
             rate = total / max(alive_before, 1)
             # The last T windows, oldest first (zeros before the first window).
             window = np.zeros(T)
             lo = max(0, t + 1 - T)
-            window[T - (t + 1 - lo):] = np.clip(hist[lo:], 0, 255)
+            window[T - (t + 1 - lo):] = np.clip(c[lo : t + 1], 0, 255)
             age = np.arange(T - 1, -1, -1)
             lived = age < alive
             span = min(max(math.ceil(p.drop_events / max(rate, 1e-3)), p.recent_windows), T // 2)
@@ -102,24 +140,31 @@ def ref_detect(counts: np.ndarray, T: int, p=P) -> dict[str, np.ndarray]:
             has = total_power > 1e-9
             period = T / (cand.argmax() + 1) if has else 0.0
             strength = cand.max() / total_power if has else 0.0
-            periodic = strength >= p.min_strength and min(alive, T) >= 2 * period
+            periodic = period >= 2 and strength >= p.min_strength and min(alive, T) >= 3 * period
             gap = max(longest, period - 1 if periodic else 0)
-            limit = ref_limit(max(total - 1, 0), max(alive_before - 1, 0), max(active_windows - 1, 0),
-                              alive_before - active_windows, gap, p, periodic)
+            gap_limit = math.ceil(p.gap_factor * gap - 1e-4)
+            dispersion, steps = ref_dispersion(hist[: last + 1])
+            model = (max(total - 1, 0), max(alive_before - 1, 0), max(active_windows - 1, 0),
+                     max(alive_before - active_windows, 0), gaps, dispersion, longest)
+            exposure = model[1]
+            threshold = ref_threshold(gaps, exposure, p)
+            surprise = ref_surprise(silence, *model, p=p)
+            limit = ref_limit(model, gap_limit, p)
             earlier_n = alive - recent_n
             expected = max(total - recent - 1, 0) / max(earlier_n, 1) * recent_n
             enough = earlier_n >= p.min_history and earlier_n >= recent_n
-            earlier = lived & ~recent_mask
-            e = window[earlier]
-            disp = max(e.var(ddof=1) / e.mean(), 1.0) if len(e) >= 2 and e.mean() > 0 else 1.0
+            disp = steps
             tail = ref_poisson_cdf(recent / disp, expected / disp)
+            level = p.false_alarm / p.life_windows
+            below = ref_poisson_cdf(recent / disp, p.fade_share * expected / disp)
             dropped = (enough and not periodic and not active_now and recent > 0
-                       and recent <= p.forgotten_ratio * expected and tail < p.false_alarm)
-            forgotten_now = silence >= limit or dropped
+                       and below < p.fade_confidence and tail < level)
+            silent = silence >= 2 and surprise >= threshold and silence >= gap_limit and exposure >= p.min_history
+            forgotten_now = silent or dropped
             slope = np.polyfit(np.nonzero(recent_mask)[0], window[recent_mask], 1)[0] if recent_n >= 2 else 0.0
             sagging = (enough and not periodic and slope <= 1e-6 and recent < p.declining_ratio * expected
-                       and tail < math.sqrt(p.false_alarm))
-            declining_now = (silence > 0 and silence >= math.ceil(limit / 2)) or sagging
+                       and tail < math.sqrt(level))
+            declining_now = (silence > 0 and surprise >= 0.5 * threshold) or sagging
             since_return = 0 if (state == FORGOTTEN and active_now) else since_return + 1
             if state == NONE:
                 state = NEW
@@ -135,7 +180,8 @@ def ref_detect(counts: np.ndarray, T: int, p=P) -> dict[str, np.ndarray]:
                 state = DECLINING if declining_now else ACTIVE
             out["state"][t, j] = state
             for name, value in (("silence", silence), ("limit", limit), ("rate", rate), ("recent", recent),
-                                ("expected", expected), ("period", period), ("strength", strength)):
+                                ("expected", expected), ("period", period if periodic else 0.0),
+                                ("strength", strength)):
                 out[name][t, j] = value
     return out
 
@@ -176,8 +222,7 @@ def random_histories(seed: int, W: int = 40, n: int = 60) -> np.ndarray:
 def test_detector_matches_recomputation_from_scratch(seed):
     counts = random_histories(seed)
     T = 16  # shorter than the history, so the ring buffer wraps
-    # A false-alarm rate off the round numbers: with 0.002, 1 / (s + 1) hits it exactly at s = 499.
-    p = P._replace(false_alarm=0.0023)
+    p = PF._replace(false_alarm=0.0023)  # off the round numbers
     got, ref = run_kernel(counts, T, p), ref_detect(counts, T, p)
     seen = ref["state"] != NONE
     np.testing.assert_array_equal(got["silence"][seen], ref["silence"][seen])
@@ -187,12 +232,10 @@ def test_detector_matches_recomputation_from_scratch(seed):
     # Periodogram peaks can tie exactly (short series); argmax may then differ.
     assert np.mean(np.isclose(got["period"][seen], ref["period"][seen], rtol=1e-5)) > 0.98
     np.testing.assert_allclose(got["strength"][seen], ref["strength"][seen], rtol=1e-3, atol=1e-5)
-    # Limits and states: float32 against float64 may differ at an exact
-    # boundary; anywhere else they must agree.
-    assert np.mean(got["limit"][seen] == ref["limit"][seen]) > 0.995
-    # (A limit may differ where a float32 input sits on a boundary: e.g. a period
-    # strength of 0.24999997 against min_strength 0.25. The states still agree exactly.)
-    np.testing.assert_array_equal(got["state"], ref["state"])
+    # Limits and states: float32 against float64 may differ at an exact boundary (a
+    # surprise on the threshold, a strength of 0.24999997 against min_strength 0.25).
+    assert np.mean(got["limit"][seen] == ref["limit"][seen]) > 0.99
+    assert np.mean(got["state"] == ref["state"]) > 0.998
     assert set(np.unique(ref["state"])) >= {NEW, ACTIVE, FORGOTTEN, REACTIVATED}
 
 
@@ -204,10 +247,10 @@ def test_hand_made_history_walks_every_state():
     states = got["state"][:, 0].astype(int).tolist()
     assert states[:2] == [NEW, NEW] and states[2:20] == [ACTIVE] * 18
     limit = int(got["limit"][20, 0])
-    # 79 more events over 19 windows, all active: three silent windows are unusual.
-    assert limit == ref_limit(79, 19, 19, 0, 0) == 3
+    # 79 more events over 19 windows, all active, never silent: three empty windows are unusual.
+    assert limit == ref_limit((79, 19, 19, 0, 0, 1.0, 0), 0) == 3
     silent = states[20:26]
-    assert silent[:2] == [ACTIVE, DECLINING]  # half-way, ceil(3 / 2) = 2 silent windows, is declining
+    assert silent[:2] == [ACTIVE, DECLINING]  # the second empty window is half-way
     assert silent[limit - 1 :] == [FORGOTTEN] * (6 - limit + 1)
     assert states[26:28] == [REACTIVATED, REACTIVATED] and states[28:] == [ACTIVE] * 3
     assert set(got["state"][:, 1]) == {NONE}  # never active: none, and no limit
@@ -215,7 +258,7 @@ def test_hand_made_history_walks_every_state():
 
 
 def test_periodic_history_is_never_forgotten_but_a_stop_is():
-    W = 48
+    W = 60
     t = np.arange(W)
     periodic = ((t % 6) == 0) * 5.0  # five events every sixth window
     stopped = np.where(t < 30, (t % 6 == 0) * 5.0, 0.0)  # the same, then gone
@@ -227,39 +270,45 @@ def test_periodic_history_is_never_forgotten_but_a_stop_is():
     assert first - 24 > 7  # not before the usual 5-window gap has clearly run over (last burst at 24)
 
 
-def test_slow_fade_is_caught_by_the_drop_test_before_any_long_silence():
-    W = 30
-    t = np.arange(W)
-    fade = np.round(40 * 0.6 ** np.maximum(t - 12, 0)).astype(np.float32)  # 40 a window, then fading
-    fade[t >= 12] = np.maximum(fade[t >= 12], 0)
-    got = run_kernel(fade[:, None], 16)
-    states = got["state"][:, 0].astype(int)
-    first = int(np.argmax(states == FORGOTTEN))
-    assert states[first] == FORGOTTEN
-    assert fade[first] > 0 or fade[first - 1] > 0  # caught while events still trickle in
+def test_silence_probability_falls_and_the_surprise_grows():
+    for values in [(0, 0, 0, 0, 0, 1.0, 0), (40, 20, 15, 5, 4, 1.0, 2), (200, 60, 60, 0, 0, 3.0, 0),
+                   (5, 30, 5, 25, 4, 2.0, 9)]:
+        events, exposure, active, silent, gaps, dispersion, longest = values
+        model = kernels.SilenceModel(np.float32(events), np.float32(exposure), np.float32(active),
+                                     np.float32(silent), np.float32(gaps), np.float32(longest),
+                                     np.float32(dispersion), gap_limit=np.float32(0), periodic=np.bool_(False),
+                                     kappa=np.float32(1))
+        logs = [float(kernels._detector.log_silence_probability(s, model, P)) for s in range(8)]
+        assert logs[0] == 0.0
+        refs = [ref_log_silence(s, *values) for s in range(8)]
+        np.testing.assert_allclose(logs, refs, rtol=1e-4, atol=1e-4)
+        surprise = [float(kernels.silence_surprise(s, model, P)) for s in range(8)]
+        assert surprise[:2] == [0.0, 0.0] and all(a <= b + 1e-5 for a, b in zip(surprise, surprise[1:]))
+        # s* is the first silence whose surprise reaches the threshold (and at least 2 windows).
+        limit = int(kernels.silence_limit(model, P))
+        if exposure < P.min_history:
+            assert limit == MAX_LIMIT
+        else:
+            assert limit == ref_limit(values, 0)
 
 
-@settings(max_examples=60, deadline=None)
-@given(
-    st.integers(0, 200), st.integers(1, 60), st.integers(0, 60), st.integers(0, 60), st.floats(1e-6, 0.2),
-)
-def test_silence_probability_falls_with_silence_and_the_limit_is_the_first_unlikely_silence(
-    events, exposure, active, silent, false_alarm
+@settings(max_examples=20, deadline=None)
+@given(st.integers(0, 300), st.integers(0, 80), st.integers(0, 80), st.integers(0, 80), st.integers(0, 10),
+       st.floats(1.0, 6.0), st.integers(0, 12), st.floats(1e-4, 0.2))
+def test_the_surprise_grows_with_the_silence_and_the_limit_is_its_first_crossing(
+    events, exposure, active, silent, gaps, dispersion, longest, false_alarm
 ):
     p = P._replace(false_alarm=false_alarm)
-    logs = [float(kernels._detector.log_silence_probability(s, events, exposure, active, silent, p)) for s in range(6)]
-    assert logs[0] == pytest.approx(0.0, abs=1e-5)
-    assert all(a >= b - 1e-5 for a, b in zip(logs, logs[1:]))
-    limit = int(kernels.silence_limit(events, exposure, active, silent, 0.0, p))
-    # The first unlikely silence, up to float32 rounding at an exact boundary.
-    log_q, tol = math.log(false_alarm), 1e-4
-    if limit < MAX_LIMIT:
-        assert ref_log_silence(limit, events, exposure, active, silent, p) <= log_q + tol
-    assert limit == 1 or ref_log_silence(limit - 1, events, exposure, active, silent, p) > log_q - tol
-    assert abs(limit - ref_limit(events, exposure, active, silent, 0.0, p)) <= 1
-    # A smaller false-alarm rate never shortens the limit.
-    stricter = int(kernels.silence_limit(events, exposure, active, silent, 0.0, p._replace(false_alarm=false_alarm / 10)))
-    assert stricter >= limit
+    values = (events, exposure, active, silent, gaps, dispersion, longest)
+    model = kernels.SilenceModel(*(np.float32(v) for v in values[:5]), np.float32(longest), np.float32(dispersion),
+                                 gap_limit=np.float32(0), periodic=np.bool_(False), kappa=np.float32(1))
+    surprise = np.asarray(kernels.silence_surprise(np.arange(40, dtype=np.float32), model, p))
+    assert surprise[0] == 0 and surprise[1] == 0
+    np.testing.assert_allclose(surprise, [ref_surprise(s, *values, p=p) for s in range(40)], rtol=1e-3, atol=1e-3)
+    limit = int(kernels.silence_limit(model, p))
+    want = ref_limit(values, 0, p)
+    # float32 against float64 at an exact boundary may move the first crossing by one window.
+    assert abs(limit - want) <= 1 or (limit == want == MAX_LIMIT)
 
 
 def test_poisson_cdf_matches_reference_and_edge_cases():
@@ -316,5 +365,113 @@ def test_long_history_pause_then_fade_is_forgotten_twice():
     assert FORGOTTEN in fade
     assert int(np.argmax(fade == FORGOTTEN)) <= 7  # within 7 windows of the fade's start (rate 6 -> 0.05)
     # The limit after the return is not stretched by the 6-window pause.
-    assert got["limit"][50, 0] <= 3
+    assert got["limit"][54, 0] <= 3
 
+
+def test_period_is_zero_where_there_is_none():
+    """The evidence's period is 0 unless it counts: strong, and three cycles seen; never the buffer length."""
+    rng = np.random.default_rng(5)
+    W, T = 90, 64
+    t = np.arange(W)
+    paused = np.where((t < 40) | (t >= 60), rng.poisson(3.0, W), 0)  # a pause: one slow "cycle" in the buffer
+    steady = rng.poisson(2.0, W)
+    periodic = ((t % 6) == 0) * 5
+    got = run_kernel(np.stack([paused, steady, periodic], axis=1).astype(np.float32), T)
+    period, strength = got["period"], got["strength"]
+    assert not np.any(period == T)
+    assert np.all(period[strength < P.min_strength] == 0)
+    assert np.all(period[:, :2] == 0)  # no period in a pause or in Poisson noise
+    assert np.all(period[45:, 2] > 0)  # a real one is reported
+
+
+# The issue's failure modes, each pinned by a hand-made history.
+
+
+def test_loyal_steady_interests_are_never_flagged_over_200_windows():
+    """300 steady interests (0.3 to 8 events a window, Poisson) over 200 windows at the default budget:
+    false_alarm is the chance a loyal interest is *ever* flagged in its life, here 1 %."""
+    rng = np.random.default_rng(7)
+    rates = np.geomspace(0.3, 8.0, 300)
+    counts = rng.poisson(rates[None, :], size=(200, 300)).astype(np.float32)
+    flagged = (run_series(counts, 64) == FORGOTTEN).any(axis=0)
+    assert P.false_alarm == 0.01 and P.life_windows == 200
+    assert flagged.mean() <= 0.01
+
+
+def test_a_return_stays_reactivated():
+    """After a pause is flagged and the interest comes back at its old rate, single quiet windows
+    (the return's history is short, and the pause is not in it) never send it back to forgotten."""
+    history = np.array([3] * 30 + [0] * 8 + [3, 0, 3, 0, 0, 3, 0, 3, 3, 0, 3, 0] * 4, np.float32)[:, None]
+    states = run_series(history, 32)[:, 0]
+    assert FORGOTTEN in states[30:38]
+    back = 38
+    assert states[back] == REACTIVATED
+    assert FORGOTTEN not in states[back:]
+
+
+def test_a_fade_is_judged_by_the_stated_definition():
+    """fade_share is what forgotten means for a fade: a fade to 40 % of the former rate is not
+    forgotten at 25 %, a fade to nothing is, after its rate crosses 25 %; at 50 % a fade to 20 % is."""
+    W, change, half_life = 90, 30, 4.0
+    t = np.arange(W)
+    since = np.maximum(t - change, 0)
+    rng = np.random.default_rng(3)
+    to_floor = rng.poisson(np.where(t < change, 10.0, 10.0 * (0.4 + 0.6 * 0.5 ** (since / half_life))), size=(40, W))
+    to_zero = rng.poisson(np.where(t < change, 10.0, 10.0 * 0.5 ** (since / half_life)), size=(40, W))
+    states = run_series(np.concatenate([to_floor, to_zero]).T.astype(np.float32), 64)
+    assert not (states[:, :40] == FORGOTTEN).any()
+    crossing = change + 2 * half_life  # 0.5 ** 2 = 25 %
+    first = np.argmax(states[:, 40:] == FORGOTTEN, axis=0)
+    assert (states[:, 40:] == FORGOTTEN).any(axis=0).all()
+    assert np.all(first >= crossing - 1)
+    # At 50 % a fade to 10 % is forgotten too, once it crosses 50 %.
+    to_tenth = rng.poisson(np.where(t < change, 10.0, 10.0 * (0.1 + 0.9 * 0.5 ** (since / half_life))), size=(40, W))
+    half = run_series(to_tenth.T.astype(np.float32), 64, P._replace(fade_share=0.5))
+    crossing_half = change + half_life * math.log2(0.9 / 0.4)  # 0.1 + 0.9 * 0.5 ** x = 0.5
+    first = np.argmax(half == FORGOTTEN, axis=0)
+    assert (half == FORGOTTEN).any(axis=0).all() and np.all(first >= crossing_half - 1)
+
+
+def test_a_short_pause_of_a_busy_interest_is_caught():
+    """Twelve weeks at 8 events a week, then two empty weeks: forgotten at the second, reactivated after."""
+    rng = np.random.default_rng(2)
+    busy = rng.poisson(8.0, size=(12, 30))
+    history = np.concatenate([busy, np.zeros((2, 30)), rng.poisson(8.0, size=(4, 30))]).astype(np.float32)
+    states = run_series(history, 64, P._replace(life_windows=200 / 7))  # weekly windows: 200 days
+    assert np.mean(states[13] == FORGOTTEN) >= 0.9 and not (states[:13] == FORGOTTEN).any()
+    assert np.all(states[14][states[13] == FORGOTTEN] == REACTIVATED)
+
+
+def test_calibration_learns_how_surprising_loyal_silences_are():
+    """kappa: 1 for Poisson interests (never below), above 1 where loyal interests take breaks their rate
+    cannot explain (a busy interest silent for 3-8 windows now and then)."""
+    rng = np.random.default_rng(4)
+    W, n = 120, 400
+    poisson = rng.poisson(1.0, size=(W, n))
+    breaks = np.ones((W, n), bool)
+    for j in range(n):
+        for start in rng.choice(W, size=4, replace=False):
+            breaks[start : start + rng.integers(3, 9), j] = False
+    with_breaks = rng.poisson(6.0 * breaks)
+    kappas = []
+    for counts in (poisson, with_breaks):
+        state = kernels.detector_init(n, 1, 32)
+        update = jax.jit(kernels.detector_update, static_argnames=("with_limits",))
+        for w in range(W):
+            state, out = update(state, counts[w][:, None].astype(np.float32), None, P, with_limits=False)
+        kappas.append(np.asarray(out.kappa))
+    assert np.all(kappas[0] >= 1.0) and np.all(kappas[0] < 1.2)
+    assert kappas[1].max() > 1.5
+    hist = np.zeros((len(kernels.CAL_AGES) + 1, kernels.CAL_BINS), np.float32)
+    hist = kernels.calibration_add(hist, np.array([0.1, 5.0, 5.0]), np.array([1.0, 50.0, 50.0]), np.array([1, 1, 0]))
+    assert float(hist.sum()) == 2 and float(hist[0, 0]) == 1 and float(hist[-1, int(5 / kernels.CAL_WIDTH)]) == 1
+
+
+def run_series(counts: np.ndarray, T: int, p=P) -> np.ndarray:
+    """``(W, pairs)`` int8 states of ``counts`` ``(W, pairs)`` in one scan (one user per pair)."""
+    def step(state, c):
+        state, out = kernels.detector_update(state, c[:, None], None, p, with_limits=False)
+        return state, out.state[:, 0]
+
+    _, states = jax.jit(lambda c: jax.lax.scan(step, kernels.detector_init(c.shape[1], 1, T), c))(counts)
+    return np.asarray(states)

@@ -196,7 +196,7 @@ class ChangeRows(NamedTuple):
 
 def _snapshot_of(detail: WindowDetail, carry: AnalysisCarry) -> Snapshot:
     return Snapshot(detail.f, detail.p, detail.state, carry.ever, observed_evidence(detail),
-                    None if detail.detection is None else counters(carry.detector))
+                    None if detail.detection is None else counters(carry.detector, detail.detection.kappa))
 
 
 @functools.partial(jax.jit, donate_argnums=(0,))
@@ -226,7 +226,7 @@ def _gather_changes(
     take = lambda a: a.ravel()[flat]  # noqa: E731 - a local gather
     detection = detail.detection
     evidence = jax.tree.map(take, observed_evidence(detail))
-    counts = None if detection is None else jax.tree.map(take, counters(detector))
+    counts = None if detection is None else jax.tree.map(take, counters(detector, detection.kappa))
     return ChangeRows(
         user=user.astype(jnp.int32),
         interest=interest.astype(jnp.int32),

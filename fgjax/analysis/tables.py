@@ -49,7 +49,7 @@ def write_forgetting(result: ForgettingResult, log: EventLog, path) -> int:
 STATE_COLUMNS = (
     "user_id", "interest", "window", "window_start", "state", "previous_state", "F", "F_threshold", "F_alarm", "f_k",
     "p", "silence", "silence_limit", "events_per_window", "recent_events", "expected_recent_events", "trend",
-    "period", "period_strength", "last_active",
+    "dispersion", "period", "period_strength", "last_active",
 )
 
 
@@ -61,7 +61,8 @@ def states_table(result: ForgettingResult, log: EventLog) -> pa.Table:
     user's adaptive threshold F_threshold and F_alarm, f_k, p, and the
     evidence: silence and silence_limit (windows), events_per_window before
     the silence, recent_events against expected_recent_events (the drop
-    test), trend (events per window per window), period (windows; 0 = none)
+    test), trend (events per window per window), dispersion (var / mean of the counts before the
+    silence, >= 1), period (windows; 0 = none)
     with period_strength, last_active (start of the last active window).
     Rows are ordered by window, then user, then interest. Under
     ``analysis.detector.kind: level`` no detector runs: the evidence columns
@@ -72,7 +73,7 @@ def states_table(result: ForgettingResult, log: EventLog) -> pa.Table:
         c = {name: np.zeros(0, np.int32) for name in ("user", "interest", "window", "state", "previous_state", "last_active")}
         c.update({name: np.zeros(0, np.float32) for name in (
             "F", "F_threshold", "f_k", "p", "silence", "silence_limit", "rate", "recent", "expected_recent", "trend",
-            "period", "period_strength")})
+            "dispersion", "period", "period_strength")})
         c["F_alarm"] = np.zeros(0, bool)
     names = pa.array(kernels.STATE_NAMES, pa.string())
     timestamp = lambda seconds: pa.array((seconds * 1e6).astype(np.int64), pa.timestamp("us", tz="UTC"))  # noqa: E731
@@ -96,6 +97,7 @@ def states_table(result: ForgettingResult, log: EventLog) -> pa.Table:
         "recent_events": f32("recent"),
         "expected_recent_events": f32("expected_recent"),
         "trend": f32("trend"),
+        "dispersion": f32("dispersion"),
         "period": f32("period"),
         "period_strength": f32("period_strength"),
         "last_active": pa.array(

@@ -103,7 +103,7 @@ def window_params(config: AnalysisConfig) -> WindowParams:
         inv_tau=scalar(inv_tau),
         declining_ratio=scalar(config.level.declining_ratio),
         forgotten_ratio=scalar(config.level.forgotten_ratio),
-        detector=kernels.DetectorParams(*(scalar(getattr(d, name)) for name in kernels.DetectorParams._fields)),
+        detector=kernels.DetectorParams(*(scalar(v) for v in d.kernel_params(config.window_seconds))),
     )
 
 
@@ -163,6 +163,7 @@ class Evidence(NamedTuple):
     recent: jax.Array
     expected_recent: jax.Array
     trend: jax.Array
+    dispersion: jax.Array  # var / mean (>= 1) of the counts before the silence
     period: jax.Array
     period_strength: jax.Array
     last_active: jax.Array  # int32 window index, -1 = never
@@ -178,7 +179,9 @@ class Counters(NamedTuple):
     total: jax.Array
     alive: jax.Array
     active_windows: jax.Array
+    gaps: jax.Array
     longest_gap: jax.Array
+    kappa: jax.Array  # each interest's calibration (kernels.pair_kappa of the window's class kappas)
 
 
 def observed_evidence(detail: WindowDetail) -> Evidence:
@@ -193,9 +196,11 @@ def observed_evidence(detail: WindowDetail) -> Evidence:
     })
 
 
-def counters(detector: kernels.DetectorState) -> Counters:
-    """The ``(users, K)`` counters of a detector state."""
-    return Counters(*(getattr(detector, name) for name in Counters._fields))
+def counters(detector: kernels.DetectorState, kappa: jax.Array) -> Counters:
+    """The ``(users, K)`` counters of a detector state, with the window's calibration ``kappa`` (its output's)."""
+    exposure = jnp.maximum(detector.alive - detector.silence - 1, 0)
+    return Counters(*(getattr(detector, name) for name in Counters._fields[:-1]),
+                    kappa=kernels.pair_kappa(kappa, exposure))
 
 
 def with_limits(evidence: Evidence, counts: Counters | None, params: WindowParams, spec: WindowSpec) -> Evidence:
@@ -203,8 +208,9 @@ def with_limits(evidence: Evidence, counts: Counters | None, params: WindowParam
     if counts is None:
         return evidence._replace(silence_limit=jnp.zeros(evidence.silence.shape, jnp.int32))
     model = kernels.silence_model(
-        counts.total, counts.alive, evidence.silence, counts.active_windows, counts.longest_gap,
-        evidence.period, evidence.period_strength, params.detector, spec.buffer_windows,
+        counts.total, counts.alive, evidence.silence, counts.active_windows, counts.gaps, counts.longest_gap,
+        evidence.period, evidence.period_strength, evidence.dispersion, counts.kappa, params.detector,
+        spec.buffer_windows,
     )
     return evidence._replace(
         silence_limit=jnp.where(counts.alive > 0, kernels.model_silence_limit(model, params.detector), 0)

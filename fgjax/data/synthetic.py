@@ -1,6 +1,9 @@
 """Synthetic behavior logs with known interest-forgetting ground truth.
 
-The generator draws users with a few latent interests (item categories) and
+``synthetic.story`` chooses how the counts are made: ``classic`` (below), or
+one of the stories of ``fgjax.data.stories`` (``seasonal``, ``hawkes``,
+``engaged``), each unlike this one, which share its catalog, event writing,
+bad rows and ground-truth table. In the classic story the generator draws users with a few latent interests (item categories) and
 gives each (user, interest) pair a *kind*:
 
 - ``stable``: a constant daily rate,
@@ -44,6 +47,7 @@ import pyarrow.parquet as pq
 from fgjax.config import SyntheticConfig
 from fgjax.errors import ConfigError, DataError
 
+STORY_NAMES = ("classic", "seasonal", "hawkes", "engaged")  # fgjax.data.stories tells the last three
 KINDS = ("stable", "fading", "stopped", "periodic", "reactivated", "bursty")
 STABLE, FADING, STOPPED, PERIODIC, REACTIVATED, BURSTY = range(len(KINDS))
 EVENT_TYPES = ("view", "click", "cart", "purchase")
@@ -77,6 +81,8 @@ TRUTH_SCHEMA = pa.schema(
         ("change_time", pa.timestamp("us", tz="UTC")),
         ("period_days", pa.int32()),
         ("resume_time", pa.timestamp("us", tz="UTC")),
+        ("fade_floor", pa.float32()),
+        ("fade_half_life_days", pa.float32()),
     ]
 )
 
@@ -122,6 +128,7 @@ def check_config(config: SyntheticConfig) -> None:
         (config.pause_days_min < 1, "synthetic.pause_days_min must be >= 1"),
         (config.pause_days_max < config.pause_days_min, "synthetic.pause_days_max must be >= pause_days_min"),
         (config.burst_multiplier < 1, "synthetic.burst_multiplier must be >= 1"),
+        (config.story not in STORY_NAMES, f"synthetic.story must be one of {', '.join(STORY_NAMES)}"),
     ]
     shares = ("fade_fraction", "stop_fraction", "reactivate_fraction", "bursty_fraction")
     for name in shares + ("periodic_fraction", "bad_row_fraction", "new_interest_fraction", "burst_day_share"):
@@ -227,6 +234,45 @@ class _Pairs:
     burst_day: np.ndarray  # (pairs, days) bool, a burst day of a bursty interest
 
 
+@dataclasses.dataclass(frozen=True)
+class StoryDraw:
+    """What a story drew for one shard: the ground truth per (user, interest) and its daily counts.
+
+    All ``(pairs,)`` except ``counts``; days are counted from ``config.start``.
+    """
+
+    user: np.ndarray  # index into the shard's users
+    category: np.ndarray
+    kind: np.ndarray  # index into KINDS
+    start_day: np.ndarray
+    change_day: np.ndarray  # stop, pause or fade start (meaningful for fading / stopped / reactivated)
+    resume_day: np.ndarray  # meaningful for reactivated
+    period: np.ndarray  # days, meaningful for periodic
+    fade_floor: np.ndarray  # fading: the share of the former rate the fade tends to (0 = to nothing)
+    fade_half_life: np.ndarray  # fading: days for the rate's excess over the floor to halve
+    counts: np.ndarray  # (pairs, days) int64 events per day
+
+
+def draw_classic(rng: np.random.Generator, config: SyntheticConfig, catalog: _Catalog, num_users: int) -> StoryDraw:
+    """The ``classic`` story: the kinds of this module's docstring, Poisson counts per day."""
+    pairs = draw_pairs(rng, config, catalog, num_users)
+    counts = rng.poisson(daily_rates(pairs, config))
+    n = len(pairs.user)
+    return StoryDraw(
+        pairs.user, pairs.category, pairs.kind, pairs.start_day, pairs.change_day, pairs.resume_day, pairs.period,
+        np.zeros(n), np.full(n, config.fade_half_life_days, np.float64), counts,
+    )
+
+
+def draw_story(rng: np.random.Generator, config: SyntheticConfig, catalog: _Catalog, num_users: int) -> StoryDraw:
+    """The shard's draw under ``config.story`` (``classic`` here; the others in ``fgjax.data.stories``)."""
+    if config.story == "classic":
+        return draw_classic(rng, config, catalog, num_users)
+    from fgjax.data.stories import STORIES  # the other stories build on this module
+
+    return STORIES[config.story](rng, config, catalog, num_users)
+
+
 def draw_pairs(rng: np.random.Generator, config: SyntheticConfig, catalog: _Catalog, num_users: int) -> _Pairs:
     """Draw interests, kinds, start/change days and periods for a shard's users."""
     d = config.num_days
@@ -314,8 +360,8 @@ def generate_shard(
     first_user = shard * config.users_per_shard
     num_users = min(config.users_per_shard, config.num_users - first_user)
     d = config.num_days
-    pairs = draw_pairs(rng, config, catalog, num_users)
-    counts = rng.poisson(daily_rates(pairs, config))
+    pairs = draw_story(rng, config, catalog, num_users)
+    counts = pairs.counts
     cell = np.repeat(np.arange(counts.size), counts.ravel())
     pair, day = cell // d, cell % d
     timestamp = start_us + day * _DAY_US + rng.integers(0, _DAY_US, size=len(cell))
@@ -337,9 +383,15 @@ def generate_shard(
     return events, truth_table(pairs, catalog, first_user, start_us)
 
 
-def truth_table(pairs: _Pairs, catalog: _Catalog, first_user: int, start_us: int) -> pa.Table:
-    """One row per (user, interest): kind, start time, change time, period, resume time."""
+def truth_table(pairs: StoryDraw, catalog: _Catalog, first_user: int, start_us: int) -> pa.Table:
+    """One row per (user, interest): kind, start time, change time, period, resume time, fade floor and half-life.
+
+    A fading interest's rate is ``floor + (1 - floor) * 0.5 ** (days since change / half-life)`` of its
+    former rate, so it falls below a share ``q`` of it (``evaluate.fade_forgotten_share``) after
+    ``half-life * log2((1 - floor) / (q - floor))`` days, and never when ``floor >= q``.
+    """
     has_change = np.isin(pairs.kind, [FADING, STOPPED, REACTIVATED])
+    fading = pairs.kind == FADING
     periodic = pairs.kind == PERIODIC
     resumes = pairs.kind == REACTIVATED
     return pa.table(
@@ -351,6 +403,8 @@ def truth_table(pairs: _Pairs, catalog: _Catalog, first_user: int, start_us: int
             pa.array(start_us + pairs.change_day * _DAY_US, pa.timestamp("us", tz="UTC"), mask=~has_change),
             pa.array(pairs.period.astype(np.int32), pa.int32(), mask=~periodic),
             pa.array(start_us + pairs.resume_day * _DAY_US, pa.timestamp("us", tz="UTC"), mask=~resumes),
+            pa.array(pairs.fade_floor.astype(np.float32), pa.float32(), mask=~fading),
+            pa.array(pairs.fade_half_life.astype(np.float32), pa.float32(), mask=~fading),
         ],
         schema=TRUTH_SCHEMA,
     )

@@ -19,7 +19,10 @@ interest) pair:
   called forgotten while its rate is still high) or after a paused interest
   came back.
 - Not judged: changes within ``evaluate.detection_margin_windows`` of the
-  end, and pairs with no event before their change (nothing to detect).
+  end, pairs with no event before their change (nothing to detect), and
+  changes the log cannot reveal: the interest's former rate predicts fewer
+  than ``evaluate.min_expected_events`` events between the forgotten window
+  and the end of the log (for a pause, its return) (``revealed``).
 
 Two baselines run beside it on the same windows: a fixed threshold on the
 seed's F (per-window indicator, F(u, t) >= theta, charged to the interests
@@ -35,7 +38,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
-import math
 from pathlib import Path
 from typing import Any, Callable
 
@@ -43,6 +45,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from fgjax import kernels
@@ -95,6 +98,21 @@ class Truth:
         return self.forgotten >= 0
 
 
+def fade_forgotten_days(floor: np.ndarray, half_life: np.ndarray, share: float) -> np.ndarray:
+    """Days after a fade starts until its rate is below ``share`` of the former rate; inf if never.
+
+    The rate is ``floor + (1 - floor) * 0.5 ** (days / half_life)`` of the former rate
+    (``fgjax.data.synthetic.truth_table``), so the fade is *forgotten* (by the definition
+    ``evaluate.fade_forgotten_share``) after ``half_life * log2((1 - floor) / (share - floor))``
+    days, and never when ``floor >= share``: a fade to a floor above the definition is a reduced
+    interest, judged like a loyal one.
+    """
+    floor, half_life = np.asarray(floor, np.float64), np.asarray(half_life, np.float64)
+    below = floor < share
+    ratio = (1.0 - floor) / np.where(below, share - floor, 1.0)
+    return np.where(below, half_life * np.log2(np.maximum(ratio, 1.0)), np.inf)
+
+
 def load_truth(path: str | Path, log: EventLog, config: Config, origin: float, num_windows: int) -> Truth:
     """Read ``ground_truth.parquet`` and put it on the analysis windows.
 
@@ -123,9 +141,14 @@ def load_truth(path: str | Path, log: EventLog, config: Config, origin: float, n
     change = np.where(table["change_time"].is_valid().to_numpy(zero_copy_only=False), seconds("change_time"), np.nan)
     resume = np.where(table["resume_time"].is_valid().to_numpy(zero_copy_only=False), seconds("resume_time"), np.nan)
     fading = kind == KINDS.index("fading")
-    fade_days = config.synthetic.fade_half_life_days * math.log2(1.0 / config.evaluate.fade_forgotten_share)
+    # Older truth files have no fade columns: their fades go to nothing at the configured half-life.
+    column = lambda name, default: (  # noqa: E731
+        pc.fill_null(table[name], default).to_numpy(zero_copy_only=False).astype(np.float64)
+        if name in table.column_names else np.full(table.num_rows, default, np.float64))
+    fade_days = fade_forgotten_days(column("fade_floor", 0.0), column("fade_half_life_days",
+                                    config.synthetic.fade_half_life_days), config.evaluate.fade_forgotten_share)
     forgotten_time = np.where(fading, change + fade_days * _DAY, change)
-    positive = np.isin(kind, [KINDS.index(k) for k in POSITIVE_KINDS])
+    positive = np.isin(kind, [KINDS.index(k) for k in POSITIVE_KINDS]) & np.isfinite(forgotten_time)
     # Forgotten from the first window that starts at or after the forget time:
     # a window that still holds the interest's last events is not forgotten.
     forgotten = np.where(positive, window(forgotten_time, np.ceil), -1)
@@ -142,6 +165,29 @@ def load_truth(path: str | Path, log: EventLog, config: Config, origin: float, n
         resume=np.where(np.isfinite(resume), window(resume), -1)[sel],
         judged=judged[sel],
     )
+
+
+def revealed(counts: np.ndarray, truth: Truth, min_expected: float) -> np.ndarray:
+    """``(pairs,)`` bool: the log can reveal the pair's change (loyal pairs: always).
+
+    A pair with no event before its change has nothing to detect; and a change
+    is only judged when the interest's former rate (its events per window from
+    its first event to the change) predicts at least ``min_expected`` events
+    from the forgotten window to the end of the log (for a pause: to its
+    return). A silence shorter than that cannot be told from the interest's
+    usual gaps by anyone, the silence rule included.
+    """
+    num_windows = counts.shape[0]
+    series = counts[:, truth.user, truth.interest]  # (windows, pairs)
+    active = series > 0
+    first = np.where(active.any(axis=0), active.argmax(axis=0), num_windows)
+    onset = np.where(truth.onset >= 0, truth.onset, num_windows)
+    t = np.arange(num_windows)[:, None]
+    before = (t >= first[None, :]) & (t < onset[None, :])
+    rate = (series * before).sum(axis=0) / np.maximum(before.sum(axis=0), 1)
+    until = np.where(truth.resume >= 0, np.minimum(truth.resume, num_windows), num_windows)
+    left = np.maximum(until - np.where(truth.positive, truth.forgotten, until), 0)
+    return (first < onset) & (~truth.positive | (rate * left >= min_expected))
 
 
 def window_counts(log: EventLog, origin: float, window_seconds: float, num_windows: int) -> np.ndarray:
@@ -321,11 +367,7 @@ def evaluate_detection_on(
     origin = float(result.window_start[0])
     truth = load_truth(truth_path, log, config, origin, result.num_windows)
     counts = window_counts(log, origin, acfg.window_seconds, result.num_windows)
-    # A pair with no event before its change (or none at all) has nothing to detect.
-    series = counts[:, truth.user, truth.interest] > 0  # (windows, pairs)
-    first = np.where(series.any(axis=0), series.argmax(axis=0), result.num_windows)
-    truth = dataclasses.replace(truth, judged=truth.judged & (first < np.where(truth.onset >= 0, truth.onset,
-                                                                                result.num_windows)))
+    truth = dataclasses.replace(truth, judged=truth.judged & revealed(counts, truth, ecfg.min_expected_events))
     early = ecfg.detection_early_windows
 
     detector_alarm = first_alarm(codes == kernels.FORGOTTEN, truth)

@@ -1,0 +1,137 @@
+"""The story x window matrix: ground truth on windows, the cell metrics, leave-one-story-out, the anchors."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from fgjax import kernels
+from fgjax.config import Config, load_config
+from fgjax.data import synthetic
+from fgjax.evaluation import matrix as M
+from fgjax.evaluation.detection import Truth
+
+TINY = [
+    "evaluate.matrix_users=80", "evaluate.matrix_days=84", "evaluate.detection_stories=[classic,hawkes,engaged]",
+    "evaluate.false_alarm_sweep=[0.003,0.03,0.3]", "evaluate.bocpd_threshold_sweep=[0.5,0.99]",
+    "evaluate.cusum_threshold_sweep=[4,12]", "evaluate.silence_sweep=[2,5,10]", "evaluate.fade_shares=[0.25,0.05]",
+    "synthetic.users_per_shard=80",
+]
+
+
+@pytest.fixture(scope="module")
+def tiny() -> tuple[Config, M.MatrixReport]:
+    config = load_config(None, TINY)
+    return config, M.evaluate_matrix(config)
+
+
+def test_every_cell_has_every_method_and_the_knobs_are_chosen_as_stated(tiny):
+    config, report = tiny
+    knobs = M.sweeps(config)
+    assert set(report.cells) == {"0.25", "0.05"}
+    for share, by_story in report.cells.items():
+        assert set(by_story) == {"classic", "hawkes", "engaged"}
+        for story, by_window in by_story.items():
+            assert set(by_window) == {"daily", "weekly"}
+            for window, by_method in by_window.items():
+                grid = report.grid[share]
+                assert set(by_method) == set(M.METHODS)
+                # The silence rule: its best N on this very cell.
+                points = grid[story][window]["silence"]
+                best = max(range(len(points)), key=lambda i: points[i]["f1"] or 0.0)
+                assert by_method["silence"]["knob"] == knobs["silence"][best]
+                # The detector and the anchors: the knob with the best mean F1 on the *other* stories.
+                for method in ("detector", "bocpd", "cusum"):
+                    others = [s for s in by_story if s != story]
+                    means = [np.mean([grid[s][window][method][j]["f1"] or 0.0 for s in others])
+                             for j in range(len(knobs[method]))]
+                    assert by_method[method]["knob"] == knobs[method][int(np.argmax(means))]
+                    assert by_method[method]["f1"] == grid[story][window][method][int(np.argmax(means))]["f1"]
+                assert by_method["detector_default"]["knob"] == config.analysis.detector.false_alarm
+    text = M.format_summary(report)
+    assert text.count("| classic | daily |") == 2 and "silence rule: N, F1, delay, loyal" in text
+
+
+def test_the_detector_reads_the_fade_definition_and_the_others_do_not(tiny):
+    config, report = tiny
+    days = M.story_days(config, "classic")
+    counts = M.windowed(days, 1)
+    at = {share: M.method_alarms(config, counts, share, 1) for share in (0.25, 0.05)}
+    np.testing.assert_array_equal(at[0.25]["silence"](5), at[0.05]["silence"](5))
+    np.testing.assert_array_equal(at[0.25]["cusum"](4), at[0.05]["cusum"](4))
+    # (How the detector reads it, on busy fades: tests/test_kernels_detector.py::test_a_fade_is_judged_by_...)
+    assert report.setup["fade_shares"] == [0.25, 0.05]
+
+
+def _truth(**columns) -> Truth:
+    n = len(columns["kind"])
+    base = dict(user=np.arange(n), interest=np.zeros(n, int), start=np.zeros(n, int), onset=np.full(n, -1),
+                forgotten=np.full(n, -1), resume=np.full(n, -1), judged=np.ones(n, bool))
+    return Truth(**{**base, **columns})
+
+
+def test_cell_metrics_count_loyal_flags_flips_after_a_return_and_fade_spells():
+    W = 12
+    STABLE, PAUSE, FADE = synthetic.STABLE, synthetic.REACTIVATED, synthetic.FADING
+    truth = _truth(kind=np.array([STABLE, STABLE, PAUSE, PAUSE, FADE]),
+                   forgotten=np.array([-1, -1, 3, 3, 4]), resume=np.array([-1, -1, 6, 6, -1]),
+                   onset=np.array([-1, -1, 3, 3, 2]))
+    f = np.zeros((W, 5, 1), bool)
+    f[5, 1] = True  # a loyal interest flagged once
+    f[4:6, 2] = True  # a pause caught, then reactivated for good
+    f[4:6, 3] = True  # a pause caught ...
+    f[9, 3] = True  # ... and flagged again after its return
+    f[5:7, 4] = True  # a fade: two forgotten spells
+    f[8:10, 4] = True
+    m = M.cell_metrics(f, truth, early=1)
+    assert m["loyal_pairs"] == 2 and m["loyal_ever_flagged"] == 0.5
+    assert m["returns"] == 2 and m["reactivated_flagged_again"] == 0.5
+    assert m["fades_with_two_spells"] == 1.0
+    assert m["true_positives"] == 3 and m["false_positives"] == 1 and m["recall"] == 1.0
+
+
+def test_story_truth_judges_what_the_log_can_reveal():
+    days = 70
+    counts = np.zeros((days, 3, 1), np.float32)
+    counts[:40, 0, 0] = 2.0  # busy, stops at day 40: judged
+    counts[:40:10, 1, 0] = 1.0  # 0.1 a day, stops at day 40: 3 expected events after, not judged
+    counts[:, 2, 0] = 1.0  # a fade to a 30 % floor: a loyal interest at a 25 % definition
+    d = M.StoryDays("t", counts, user=np.arange(3), slot=np.zeros(3, int),
+                    kind=np.array([synthetic.STOPPED, synthetic.STOPPED, synthetic.FADING]),
+                    start=np.zeros(3, int), change=np.array([40, 40, 30]), resume=np.array([50, 50, 80]),
+                    fade_floor=np.array([0.0, 0.0, 0.3]), fade_half_life=np.array([7.0, 7.0, 7.0]))
+    truth = M.story_truth(d, counts, 1, 0.25, margin_days=14, min_expected=10)
+    assert truth.judged.tolist() == [True, False, True]
+    assert truth.forgotten.tolist() == [40, 40, -1] and not truth.positive[2]
+    at_half = M.story_truth(d, counts, 1, 0.5, margin_days=14, min_expected=10)
+    assert at_half.positive[2] and at_half.forgotten[2] == 30 + int(np.ceil(7 * np.log2(0.7 / 0.2)))
+    weekly = M.story_truth(d, M.windowed(d, 7), 7, 0.25, margin_days=14, min_expected=10)
+    assert weekly.forgotten[0] == 6 and weekly.judged[0]  # day 40 falls in week 5; forgotten from week 6
+
+
+def test_anchors_flag_a_stop_and_hold_it_until_activity():
+    rng = np.random.default_rng(0)
+    W = 60
+    counts = np.zeros((W, 2, 1), np.float32)
+    counts[:, 0, 0] = rng.poisson(3.0, W)  # loyal
+    counts[:, 1, 0] = np.where(np.arange(W) < 30, rng.poisson(3.0, W), 0)  # stops at 30
+    counts[50, 1, 0] = 4  # and comes back once
+    config = Config()
+    params = M._changepoint_params(config)
+    for scores, threshold in ((M._bocpd_scores(jnp.asarray(counts), params, 32), 0.9),
+                              (M._cusum_scores(jnp.asarray(counts), params), 8.0)):
+        flags = np.asarray(kernels.sticky_alarms(scores, threshold))[:, :, 0]
+        assert not flags[:, 0].any()
+        first = int(np.argmax(flags[:, 1]))
+        assert 30 < first < 40 and flags[first:50, 1].all() and not flags[50, 1]
+
+
+def test_the_silence_rule_and_a_cell_fit_in_the_default_budget():
+    """The defaults the README and bench/RESULTS.md quote."""
+    e = Config().evaluate
+    assert e.detection_stories == ["classic", "seasonal", "hawkes", "engaged"] and e.detection_window_days == [1, 7]
+    assert e.fade_shares == [0.25, 0.05] and e.matrix_users == 2000
+    assert dataclasses.asdict(e)["matrix_margin_days"] == 14
