@@ -126,17 +126,9 @@ def split_log(log: EventLog, report: Reporter = _quiet, *, ties: str = "input") 
             "(one for training, one for validation, one for test)"
         )
     training = int(split.train_events.sum())
-    if training == 0:
-        times = np.unique(log.timestamp)
-        if len(times) == 1:
-            when = np.datetime64(int(np.floor(times[0])), "s")
-            cause = (f"all {log.num_events:,} events have the same timestamp ({when} UTC), so no event comes before "
-                     "any user's validation item")
-        else:
-            cause = "no user has an event before its validation item (its events share that item's timestamp)"
-        raise DataError(f"no training events: leave-last-out trains on each user's events strictly before its "
-                        f"validation item (its second-to-last new item), and {cause}; the timestamps must order "
-                        "each user's events")
+    if training == 0:  # unreachable with positional cuts (a user's first item precedes its validation item); kept as a guard
+        raise DataError("no training events: leave-last-out trains on each user's events before its validation item "
+                        "(its second-to-last new item), and no user has one")
     report(f"split: {evaluated:,} users with validation and test items, {training:,} training events")
     return Prepared(log, split, ItemSets.from_pairs(log.user, log.item, log.num_users))
 
