@@ -39,6 +39,8 @@ TARGET_WINDOWS = 64
 CARD_BYTES = 80e9
 COPY_CAP_BYTES = 4e9
 SIZES = {"smoke": [500, 1_000], "small": [1_000, 4_000], "large": [100_000, 1_000_000, 10_000_000]}
+#: (K, T, user block, probe users) by scale: smoke only checks that everything runs (the test suite), in few compilations.
+SHAPES = {"smoke": (4, 8, 128, 256), "small": (32, 64, 65536, 8192), "large": (32, 64, 65536, 8192)}
 
 
 def _int_list(text: str) -> list[int]:
@@ -51,26 +53,33 @@ def _int_list(text: str) -> list[int]:
     return values
 
 
-def memory_per_pair(num_users: int, num_interests: int, buffer_windows: int, user_block: int | None) -> dict[str, float]:
-    """Compiled argument/output/alias/temp bytes of one donated update, and per (user, interest)."""
+def _stats(compiled: Any, pairs: int) -> dict[str, float]:
+    """Argument/output/alias/temp bytes of a compiled update, and per (user, interest)."""
+    stats = compiled.memory_analysis()
+    out = {name: float(getattr(stats, f"{name}_size_in_bytes")) for name in ("argument", "output", "alias", "temp")}
+    out.update({f"{name}_per_pair": value / pairs for name, value in list(out.items())})
+    return out
+
+
+def _compiled_update(num_users: int, num_interests: int, buffer_windows: int, user_block: int | None) -> Any:
+    """The donated update as the analysis calls it (s* only where rows are written), compiled for (N, K, T)."""
     import jax
     import jax.numpy as jnp
 
     from fgjax import kernels
     from fgjax.config import DetectorConfig
 
+    params = DetectorConfig().kernel_params()  # the defaults, from the one place they live
+    update = functools.partial(kernels.detector_update, degree=None, params=params, user_block=user_block,
+                               with_limits=False)
     state = jax.eval_shape(lambda: kernels.detector_init(num_users, num_interests, buffer_windows))
     counts = jax.ShapeDtypeStruct((num_users, num_interests), jnp.float32)
-    update = functools.partial(kernels.detector_update, user_block=user_block, with_limits=False)
-    compiled = jax.jit(update, donate_argnums=0).lower(state, counts, None, DetectorConfig().kernel_params()).compile()
-    stats = compiled.memory_analysis()
-    pairs = num_users * num_interests
-    out = {
-        name: float(getattr(stats, f"{name}_size_in_bytes"))
-        for name in ("argument", "output", "alias", "temp")
-    }
-    out.update({f"{name}_per_pair": value / pairs for name, value in list(out.items())})
-    return out
+    return jax.jit(update, donate_argnums=0).lower(state, counts).compile()
+
+
+def memory_per_pair(num_users: int, num_interests: int, buffer_windows: int, user_block: int | None) -> dict[str, float]:
+    """Compiled argument/output/alias/temp bytes of one donated update, and per (user, interest)."""
+    return _stats(_compiled_update(num_users, num_interests, buffer_windows, user_block), num_users * num_interests)
 
 
 def bench_one(num_users: int, num_interests: int, buffer_windows: int, user_block: int | None, *, repeats: int,
@@ -79,14 +88,11 @@ def bench_one(num_users: int, num_interests: int, buffer_windows: int, user_bloc
     import jax.numpy as jnp
 
     from fgjax import kernels
-    from fgjax.config import DetectorConfig
 
     rng = np.random.default_rng(seed)
     counts = jax.device_put(rng.poisson(1.0, size=(num_users, num_interests)).astype(np.float32))
-    # As the analysis calls it: s* only where rows are written, not in the hot loop.
-    params = DetectorConfig().kernel_params()  # the defaults, from the one place they live
-    update = jax.jit(functools.partial(kernels.detector_update, degree=None, params=params, user_block=user_block,
-                                       with_limits=False), donate_argnums=0)
+    # One compilation serves the timing and the memory analysis.
+    update = _compiled_update(num_users, num_interests, buffer_windows, user_block)
     holder = [kernels.detector_init(num_users, num_interests, buffer_windows)]
     for _ in range(3):  # some history, so every branch has data
         holder[0], _ = update(holder[0], counts)
@@ -95,7 +101,7 @@ def bench_one(num_users: int, num_interests: int, buffer_windows: int, user_bloc
         holder[0], out = update(holder[0], counts)
         return out.state
 
-    memory = memory_per_pair(num_users, num_interests, buffer_windows, user_block)
+    memory = _stats(update, num_users * num_interests)
     moved = memory["argument"] + memory["output"]
     # The copy reads and writes the update's input bytes once.
     copy_words = int(min(memory["argument"], COPY_CAP_BYTES) // 4)
@@ -158,12 +164,14 @@ def projection(num_interests: int, buffer_windows: int, user_block: int | None, 
 def build_parser() -> argparse.ArgumentParser:
     p = _report.suite_parser("python -m bench detector_update", __doc__.split("\n\n")[0])
     p.add_argument("--users", type=_int_list, default=None, help="comma-separated N (users); default by --scale")
-    p.add_argument("--interests", type=int, default=32, help="K (default 32)")
-    p.add_argument("--buffer-windows", type=int, default=64, help="T, windows in the ring buffer (default 64)")
-    p.add_argument("--user-block", type=int, default=65536, help="users judged at a time; 0 = all at once")
+    p.add_argument("--interests", type=int, default=None, help="K (default 32; 4 at --scale smoke)")
+    p.add_argument("--buffer-windows", type=int, default=None, help="T, windows in the ring buffer (default 64; 8 at smoke)")
+    p.add_argument("--user-block", type=int, default=None,
+                   help="users judged at a time; 0 = all at once (default 65536; 128 at smoke)")
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--min-time", type=float, default=0.05)
-    p.add_argument("--probe-users", type=int, default=8192, help="N of the compiled probes for the 10M projection")
+    p.add_argument("--probe-users", type=int, default=None,
+                   help="N of the compiled probes for the 10M projection (default 8192; 256 at smoke)")
     p.set_defaults(out=DEFAULT_OUT)
     return p
 
@@ -181,6 +189,10 @@ COLUMNS = [
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = build_parser().parse_args(argv)
     repeats = args.repeats or 3
+    shape = dict(zip(("interests", "buffer_windows", "user_block", "probe_users"), SHAPES[args.scale]))
+    for name, value in shape.items():
+        if getattr(args, name) is None:
+            setattr(args, name, value)
     if args.interests < 1 or args.buffer_windows < 3 or repeats < 1 or args.user_block < 0:
         raise SystemExit("detector_update: --interests >= 1, --buffer-windows >= 3, --repeats >= 1, --user-block >= 0")
     users = args.users or SIZES[args.scale]
