@@ -177,7 +177,8 @@ def format_table(rows: Sequence[dict[str, Any]], columns: Sequence[tuple[str, st
     return "\n".join(out)
 
 
-#: Suite sizes: ``smoke`` checks that everything runs and agrees (the test suite);
+#: Suite sizes: ``smoke`` checks that everything runs and agrees (the test suite; one size per benchmark
+#: where a trend is not the point, so it compiles little);
 #: ``small`` runs in seconds on a CPU; ``large`` fills an H100.
 SCALES = ("smoke", "small", "large")
 

@@ -22,7 +22,7 @@ import numpy as np
 
 from bench import _report
 
-SIZES = {"smoke": [1_000, 4_000], "small": [1_000, 10_000], "large": [100_000, 1_000_000, 10_000_000]}
+SIZES = {"smoke": [1_000], "small": [1_000, 10_000], "large": [100_000, 1_000_000, 10_000_000]}
 NUM_INTERESTS = 32
 TOP = 3
 

@@ -38,7 +38,7 @@ TARGET_INTERESTS = 32
 TARGET_WINDOWS = 64
 CARD_BYTES = 80e9
 COPY_CAP_BYTES = 4e9
-SIZES = {"smoke": [500, 1_000], "small": [1_000, 4_000], "large": [100_000, 1_000_000, 10_000_000]}
+SIZES = {"smoke": [500], "small": [1_000, 4_000], "large": [100_000, 1_000_000, 10_000_000]}
 #: (K, T, user block, probe users) by scale: smoke only checks that everything runs (the test suite), in few compilations.
 SHAPES = {"smoke": (4, 8, 128, 256), "small": (32, 64, 65536, 8192), "large": (32, 64, 65536, 8192)}
 

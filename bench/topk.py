@@ -33,7 +33,7 @@ from bench import _report
 
 K = 10
 SIZES = {
-    "smoke": {"users": 128, "items": [2_000, 10_000], "dim": 64},
+    "smoke": {"users": 128, "items": [2_000], "dim": 64},
     "small": {"users": 256, "items": [2_000, 20_000], "dim": 64},
     "large": {"users": 32_768, "items": [10_000, 30_000, 100_000], "dim": 64},
 }
