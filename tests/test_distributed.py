@@ -57,7 +57,7 @@ def test_process_files_split_the_shards_between_processes():
 
 @pytest.mark.slow
 def test_two_processes_equal_one_process_on_the_whole_batch(tmp_path):
-    env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=1")
+    env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count=1")
     port = str(_free_port())
     procs = [subprocess.Popen([sys.executable, "-c", WORKER, "multi", str(i), port, str(tmp_path / "multi")],
                               stdout=subprocess.PIPE,
@@ -69,7 +69,7 @@ def test_two_processes_equal_one_process_on_the_whole_batch(tmp_path):
             pytest.skip(f"this jaxlib has no CPU collectives: {err.splitlines()[-1]}")
         raise AssertionError(err)
     multi = [json.loads(o[0].split("RESULT", 1)[1]) for o in outs]
-    env2 = dict(env, XLA_FLAGS="--xla_force_host_platform_device_count=2")
+    env2 = dict(env, XLA_FLAGS=f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count=2")
     single = subprocess.run([sys.executable, "-c", WORKER, "single", "0", "0", str(tmp_path / "single")],
                             capture_output=True, text=True,
                             env=env2, timeout=300)

@@ -208,7 +208,7 @@ MULTI_DEVICE_SCRIPT = textwrap.dedent(
 
 @pytest.mark.slow
 def test_eight_devices_give_the_same_losses_as_one(tmp_path):
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
+    env = dict(os.environ, XLA_FLAGS=f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
     proc = subprocess.run(
         [sys.executable, "-c", MULTI_DEVICE_SCRIPT, str(tmp_path), str(Path(__file__).parent)],
         capture_output=True, text=True, env=env, timeout=600,
