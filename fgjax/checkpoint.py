@@ -347,14 +347,19 @@ def _require_listed(directory: Path, step: int, manifest: dict[str, Any]) -> Non
                               f"{', '.join(map(str, listed_steps)) or 'none'})")
 
 
-def read_meta(directory: str | Path, step: int | None = None, *, verified: bool = False) -> dict[str, Any]:
-    """A step's JSON metadata (latest step by default), after checking the step's files but its state
-    (unless ``verified`` just now)."""
+def _listed_step(directory: str | Path, step: int | None) -> tuple[Path, dict[str, Any], int, str]:
+    """(absolute directory, manifest, step, its part name) of a listed step (the latest by default)."""
     directory = Path(directory).absolute()
     manifest = read_manifest(directory)
     step = latest_step(directory, manifest) if step is None else step
     _require_listed(directory, step, manifest)
-    part = _step_part(step)
+    return directory, manifest, step, _step_part(step)
+
+
+def read_meta(directory: str | Path, step: int | None = None, *, verified: bool = False) -> dict[str, Any]:
+    """A step's JSON metadata (latest step by default), after checking the step's files but its state
+    (unless ``verified`` just now)."""
+    directory, manifest, step, part = _listed_step(directory, step)
     if not verified:
         verify(directory, part, skip=[f"{part}/state"], manifest=manifest)
     checkpointer = ocp.Checkpointer(ocp.JsonCheckpointHandler())
@@ -377,11 +382,7 @@ def verify_served(directory: str | Path, step: int | None = None) -> int:
     Raises:
       CheckpointError: the first file missing or damaged, named.
     """
-    directory = Path(directory).absolute()
-    manifest = read_manifest(directory)
-    step = latest_step(directory, manifest) if step is None else step
-    _require_listed(directory, step, manifest)
-    part = _step_part(step)
+    directory, manifest, step, part = _listed_step(directory, step)
     verify(directory, "vocab", part, _SERVING_META, "serving", skip=[f"{part}/state"], manifest=manifest)
     return step
 
@@ -412,11 +413,7 @@ def read_params(directory: str | Path, abstract: Any, *, sharding: jax.sharding.
     Raises:
       CheckpointError: the step is missing, damaged, of other shapes or not finite.
     """
-    directory = Path(directory).absolute()
-    manifest = read_manifest(directory)
-    step = latest_step(directory, manifest) if step is None else step
-    _require_listed(directory, step, manifest)
-    part = _step_part(step)
+    directory, manifest, step, part = _listed_step(directory, step)
     if not verified:
         verify(directory, part, skip=[f"{part}/state"], manifest=manifest)
     where = directory / part / "params"

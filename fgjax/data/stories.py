@@ -110,13 +110,19 @@ def _weekday(config: SyntheticConfig) -> np.ndarray:
     return (first + np.arange(config.num_days)) % 7
 
 
-def draw_seasonal(rng: np.random.Generator, config: SyntheticConfig, catalog: _Catalog, num_users: int) -> StoryDraw:
-    d = config.num_days
+def _draw_pairs(rng: np.random.Generator, config: SyntheticConfig, catalog: _Catalog, num_users: int,
+                *kind_args: float) -> tuple[np.ndarray, ...]:
+    """Every story's first draws, per (user, interest) pair: user, category, kind, start, change, resume."""
     user, category = draw_interests(rng, num_users, catalog.category_weight, config.min_interests,
                                     config.max_interests)
+    kind = _kinds(rng, config, len(user), *kind_args)
+    return (user, category, kind, *_timeline(rng, config, len(user)))
+
+
+def draw_seasonal(rng: np.random.Generator, config: SyntheticConfig, catalog: _Catalog, num_users: int) -> StoryDraw:
+    d = config.num_days
+    user, category, kind, start, change, resume = _draw_pairs(rng, config, catalog, num_users, config.periodic_fraction)
     n = len(user)
-    kind = _kinds(rng, config, n, config.periodic_fraction)
-    start, change, resume = _timeline(rng, config, n)
     # Pareto(a) with minimum (a - 1) / a has mean 1.
     pareto = (1.0 - rng.random(num_users)) ** (-1.0 / PARETO_INDEX) * (PARETO_INDEX - 1.0) / PARETO_INDEX
     activity = np.minimum(pareto, ACTIVITY_CAP)
@@ -137,11 +143,8 @@ def draw_seasonal(rng: np.random.Generator, config: SyntheticConfig, catalog: _C
 
 def draw_hawkes(rng: np.random.Generator, config: SyntheticConfig, catalog: _Catalog, num_users: int) -> StoryDraw:
     d = config.num_days
-    user, category = draw_interests(rng, num_users, catalog.category_weight, config.min_interests,
-                                    config.max_interests)
+    user, category, kind, start, change, resume = _draw_pairs(rng, config, catalog, num_users)
     n = len(user)
-    kind = _kinds(rng, config, n)
-    start, change, resume = _timeline(rng, config, n)
     activity = rng.lognormal(-0.5 * 0.7**2, 0.7, size=num_users)[user]
     branching = rng.uniform(0.2, 0.6, size=n)
     decay = rng.uniform(0.3, 0.8, size=n)
@@ -164,11 +167,8 @@ def draw_hawkes(rng: np.random.Generator, config: SyntheticConfig, catalog: _Cat
 
 def draw_engaged(rng: np.random.Generator, config: SyntheticConfig, catalog: _Catalog, num_users: int) -> StoryDraw:
     d = config.num_days
-    user, category = draw_interests(rng, num_users, catalog.category_weight, config.min_interests,
-                                    config.max_interests)
+    user, category, kind, start, change, resume = _draw_pairs(rng, config, catalog, num_users)
     n = len(user)
-    kind = _kinds(rng, config, n)
-    start, change, resume = _timeline(rng, config, n)
     # Users who churn: every interest stops the same day (one that has not started by then starts earlier).
     churn = rng.random(num_users) < ENGAGED_CHURN
     churn_day = np.floor(d * rng.uniform(*_CHANGE_AT, size=num_users)).astype(np.int64)
