@@ -19,8 +19,8 @@ from fgjax.errors import ConfigError, FgjaxError, FgjaxWarning
 EPILOG = """examples:
   fgjax quickstart --out runs/quickstart
   fgjax generate --out runs/gen --set synthetic.num_users=10000
-  fgjax train --out runs/ml100k --set data.format=recbole --set data.path=../shared/data/ml-100k
-  fgjax train --out runs/time_sasrec --config configs/time_sasrec.yaml --set data.path=../shared/data/ml-100k
+  fgjax train --out runs/ml100k --set data.format=recbole --set data.path=path/to/ml-100k
+  fgjax train --out runs/time_sasrec --config configs/time_sasrec.yaml --set data.path=path/to/ml-100k
   fgjax analyze --out runs/a --set data.path=events/ --set data.items_path=items.parquet
   fgjax recommend --checkpoint runs/quickstart/checkpoint --users 10000001,10000002 --out recs.parquet
   fgjax bench kernels topk --scale small --out bench/results
