@@ -125,7 +125,10 @@ class DataConfig:
     path: str = ""  # file, directory of shards, or glob; "" = the quickstart's generated data
     format: str = setting("auto", choices=("auto", "parquet", "csv", "ipc", "recbole", "movielens"))
     items_path: str = ""  # optional items table: item_id -> category
+    item_id_column: str = "item_id"  # the items table's item ID column (MovieLens movies.csv: movieId)
     item_category_column: str = "category"
+    # When set, a category cell lists several (MovieLens genres "Adventure|Animation"): the first one is used.
+    item_category_separator: str = ""
     columns: ColumnsConfig = ColumnsConfig()
     event_weights: dict[str, float] = setting(DEFAULT_EVENT_WEIGHTS, ge=0)
     default_event_type: str = "click"

@@ -620,6 +620,28 @@ def test_items_table_from_config_csv_and_custom_column(tmp_path):
     assert log.categories.values.to_pylist() == ["jazz", "rock"] and log.item_category.tolist() == [1, 0]
 
 
+def test_movielens_csv_files_read_as_they_are(tmp_path):
+    """ml-latest-small's ratings.csv and movies.csv through the plain CSV reader: renamed columns, first genre."""
+    ratings = tmp_path / "ratings.csv"
+    ratings.write_text("userId,movieId,rating,timestamp\n1,31,2.5,1260759144\n1,1029,3.0,1260759179\n"
+                       "2,31,4.0,1260759180\n")
+    movies = tmp_path / "movies.csv"
+    movies.write_text('movieId,title,genres\n31,Dangerous Minds,Drama\n1029,"Dumbo, the",Animation|Children|Drama\n'
+                      "7,Nothing,(no genres listed)\n")
+    cfg = dataclasses.replace(CFG, items_path=str(movies), item_id_column="movieId", item_category_column="genres",
+                              item_category_separator="|",
+                              columns=dataclasses.replace(CFG.columns, user_id="userId", item_id="movieId"))
+    log = read(ratings, config=cfg)
+    assert log.num_events == 3 and log.items.values.to_pylist() == [7, 31, 1029]
+    assert log.categories.values.to_pylist() == ["(no genres listed)", "Animation", "Drama"]
+    assert log.item_category.tolist() == [0, 2, 1]  # 7 -> (no genres listed), 31 -> Drama, 1029 -> Animation
+    with pytest.raises(SchemaError, match=r"missing required column 'item_id' \(data.item_id_column; found: movieId"):
+        read(ratings, config=dataclasses.replace(cfg, item_id_column="item_id"))
+    numbers = write(tmp_path / "n.parquet", pa.table({"movieId": [31], "genres": [3]}))
+    with pytest.raises(SchemaError, match=r"data.item_category_separator is set but column 'genres' has type int64"):
+        read(ratings, config=dataclasses.replace(cfg, items_path=str(numbers)))
+
+
 def test_items_table_errors(tmp_path):
     f = write(tmp_path / "e.parquet", events([1], [10], [T0]))
     bad = write(tmp_path / "items.parquet", pa.table({"item_id": [10], "kind": ["x"]}))

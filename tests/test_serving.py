@@ -245,6 +245,16 @@ def test_missing_or_damaged_serving_state_names_the_file(tmp_path, fitted):
     dataclasses.replace(state, popularity=np.full_like(state.popularity, np.nan)).save(tmp_path / "nan")
     with pytest.raises(CheckpointError, match=r"damaged serving state: popularity holds 7 NaN or infinite values"):
         ServingState.load(tmp_path / "nan")
+    # f_k is +inf for an interest that changed while the user's whole state decayed to nothing (years of
+    # silence on real logs): a legitimate value that loads; NaN in f is damage.
+    gone = state.f.copy()
+    gone[0, 1] = np.inf
+    dataclasses.replace(state, f=gone).save(tmp_path / "inf")
+    assert np.isinf(ServingState.load(tmp_path / "inf").f[0, 1])
+    gone[0, 1] = np.nan
+    dataclasses.replace(state, f=gone).save(tmp_path / "fnan")
+    with pytest.raises(CheckpointError, match=r"damaged serving state: f holds 1 NaN values"):
+        ServingState.load(tmp_path / "fnan")
     state.save(copy)
     with pytest.raises(CheckpointError, match="serving state for 5 users and 7 items, expected"):
         fgjax.load(copy)

@@ -761,10 +761,11 @@ def duplicate_mask(user: np.ndarray, item: np.ndarray, seconds: np.ndarray, even
 def read_items_table(path: str | Path, config: DataConfig) -> tuple[pa.Array, str, pa.Array, int]:
     """Items table -> ``(item IDs, their kind, categories, rows dropped for a null item_id)``.
 
-    Parquet/IPC/CSV with columns ``item_id`` and ``config.item_category_column``,
-    a RecBole ``.item`` (first genre of ``class``) or a MovieLens ``u.item``.
+    Parquet/IPC/CSV with columns ``config.item_id_column`` and ``config.item_category_column``
+    (the first of the listed categories when ``config.item_category_separator`` is set), a RecBole
+    ``.item`` (first genre of ``class``) or a MovieLens ``u.item``.
     """
-    column = config.item_category_column
+    column, id_column = config.item_category_column, config.item_id_column
     if isinstance(path, formats.ZipMember):
         read = formats.read_movielens_items if path.name == "u.item" else formats.read_recbole_items
         table = read(path)
@@ -783,17 +784,24 @@ def read_items_table(path: str | Path, config: DataConfig) -> tuple[pa.Array, st
         fmt = format_of(path)
         if fmt not in ("parquet", "csv", "ipc"):
             raise DataError(f"items '{path}': expected a .parquet, .csv or .arrow/.feather file")
-        fragment = file_format(fmt, ("item_id", column)).make_fragment(
+        fragment = file_format(fmt, (id_column, column)).make_fragment(
             str(path.resolve()), filesystem=pafs.LocalFileSystem()
         )
         source = fragment_source(fragment, str(path), {}, fmt == "csv")
-        for name in ("item_id", column):
+        for name, setting_name in ((id_column, "data.item_id_column"), (column, "data.item_category_column")):
             if name not in source.schema.names:
-                raise SchemaError(
-                    f"items '{path}': missing required column '{name}' (found: {', '.join(source.schema.names)})"
-                )
-        _id_kind(source, "items", "item_id")  # int or string IDs, like the events'
-        table = pa.Table.from_batches(list(source.batches(["item_id", column], 1 << 20)))
+                raise SchemaError(f"items '{path}': missing required column '{name}' ({setting_name}; found: "
+                                  f"{', '.join(source.schema.names)})")
+        _id_kind(source, "items", id_column)  # int or string IDs, like the events'
+        table = pa.Table.from_batches(list(source.batches([id_column, column], 1 << 20)))
+        table = table.rename_columns(["item_id", column])
+        if config.item_category_separator:
+            cells = _plain(table.column(column))
+            if not _is_string(cells.type):
+                raise SchemaError(f"items '{path}': data.item_category_separator is set but column '{column}' "
+                                  f"has type {cells.type}, expected strings")
+            first = pc.list_element(pc.split_pattern(cells, pattern=config.item_category_separator), 0)
+            table = table.set_column(1, column, first)
     ids, null = normalize_ids(_plain(table.column("item_id")))
     kind = "int" if pa.types.is_integer(ids.type) else ("text" if format_of(path) == "csv" else "string")
     keep = pa.array(~null)

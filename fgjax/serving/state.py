@@ -202,12 +202,13 @@ class ServingState:
         items = self.num_items
         problems = []
 
-        def finite(name: str, value: np.ndarray | None, nan_ok: bool = False) -> None:
+        def finite(name: str, value: np.ndarray | None, *, nan_ok: bool = False, inf_ok: bool = False) -> None:
             if value is None or value.dtype.kind != "f":
                 return
-            bad = np.isinf(value) if nan_ok else ~np.isfinite(value)
+            bad = (np.isnan(value) & (not nan_ok)) | (np.isinf(value) & (not inf_ok))
             if bad.any():
-                problems.append(f"{name} holds {int(bad.sum()):,} {'infinite' if nan_ok else 'NaN or infinite'} values")
+                what = "infinite" if nan_ok else "NaN" if inf_ok else "NaN or infinite"
+                problems.append(f"{name} holds {int(bad.sum()):,} {what} values")
 
         def within(name: str, value: np.ndarray | None, low: int, high: int) -> None:
             if value is not None and value.size and (value.min() < low or value.max() >= high):
@@ -223,7 +224,10 @@ class ServingState:
             finite("forgetting user weights", fw.user_interest)
             finite("forgetting item weights", fw.item_weight)
             within("item interests", fw.item_interest, -1, fw.user_interest.shape[1] - 1)
-        for name in ("f", "trend", "period"):
+        # f_k is +inf where ||I_t|| fell to eps or below while the interest changed (kernels.interest_forgetting):
+        # a user silent for years on real logs; p(k) and the ranking handle it. NaN never is.
+        finite("f", self.f, inf_ok=True)
+        for name in ("trend", "period"):
             finite(name, getattr(self, name))
         finite("last_active", self.last_active, nan_ok=True)
         within("interest states", self.state, 0, len(kernels.STATE_NAMES))
