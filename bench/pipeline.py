@@ -17,6 +17,21 @@ Stages, timed in one run on the same files:
 ``events_per_s`` = events / (analysis + recommend); ``vs_raw_scan`` =
 events_per_s / the raw scan's events/s (target >= 0.6); ``users_per_s`` =
 users / (analysis + recommend). Seen-item exclusion is not applied here.
+
+The product path beside the script a user would write, on the same files:
+
+- ``numpy_script``: plain NumPy + pyarrow (``numpy_script`` below, the core
+  formulas only): read three columns, per window a ``bincount`` of (user,
+  category), the decayed state I (same half-life), the seed's F and the top
+  interest per user, one Parquet table per (user, window) from the user's first
+  event; no detector, no states, no rejects;
+- ``cli_level`` / ``cli_adaptive``: ``fgjax analyze`` as the CLI runs it
+  (``fgjax.pipeline.analyze_only``: read with every data rule and rejects,
+  vocabularies, windows, compile, the fused step, ``forgetting.parquet`` and
+  ``states.parquet``), with the level rule and with the adaptive detector, each
+  in a fresh process (compilation included, as a user pays it).
+
+``cli_*_vs_numpy`` = the CLI's seconds / the script's (1.0 = as fast).
 """
 
 from __future__ import annotations
@@ -24,9 +39,12 @@ from __future__ import annotations
 import tempfile
 import time
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from bench import _data, _report
 
@@ -94,6 +112,77 @@ def recommend_all(carry, user_emb, item_emb, item_category, *, chunk: int, block
     return result
 
 
+def numpy_script(paths, item_category: np.ndarray, *, window_seconds: float, half_life_windows: float,
+                 out: Path) -> int:
+    """The core formulas as a user would script them with NumPy and pyarrow -> rows written to ``out``."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    cols = [pq.read_table(p, columns=["user", "item", "timestamp"]) for p in paths]
+    user = np.concatenate([t.column("user").to_numpy() for t in cols])
+    cat = item_category[np.concatenate([t.column("item").to_numpy() for t in cols])]
+    ts = np.concatenate([t.column("timestamp").to_numpy() for t in cols])
+    window = (ts // window_seconds - ts.min() // window_seconds).astype(np.int64)  # epoch-aligned, as fgjax's
+    users, k = int(user.max()) + 1, int(item_category.max()) + 1
+    decay = 0.5 ** (1.0 / half_life_windows)
+    order = np.argsort(window, kind="stable")
+    bounds = np.searchsorted(window[order], np.arange(window.max() + 2))
+    state = np.zeros((users, k), np.float32)
+    started = np.zeros(users, bool)
+    writer = pq.ParquetWriter(out, pa.schema([("user", pa.int64()), ("window", pa.int32()), ("F", pa.float32()),
+                                              ("top_interest", pa.int32())]))
+    rows = 0
+    for w in range(len(bounds) - 1):
+        sel = order[bounds[w]:bounds[w + 1]]
+        counts = np.bincount(user[sel] * k + cat[sel], minlength=users * k).reshape(users, k)
+        prev, state = state, decay * state + counts
+        norm = np.linalg.norm(state, axis=1)
+        change = np.linalg.norm(prev - state, axis=1)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            F = np.where(norm > 1e-8, change / norm, np.where(change > 0, np.inf, 0.0))
+        started |= counts.sum(1) > 0
+        idx = np.flatnonzero(started)
+        writer.write_table(pa.table({"user": idx.astype(np.int64), "window": np.full(len(idx), w, np.int32),
+                                     "F": F[idx].astype(np.float32),
+                                     "top_interest": state[idx].argmax(1).astype(np.int32)}))
+        rows += len(idx)
+    writer.close()
+    return rows
+
+
+CLI_PROBE = """
+import json, resource, sys, time
+started = time.perf_counter()
+from fgjax import pipeline
+from fgjax.config import load_config
+config = load_config(None, sys.argv[3:])
+rows = pipeline.analyze_only(config, sys.argv[1], progress=False)
+print("RESULT" + json.dumps({"seconds": time.perf_counter() - started, "rows": list(rows),
+                             "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}))
+"""
+
+
+def cli_analyze(folder: Path, items_path: Path, out: Path, detector: str, window_seconds: float) -> dict[str, Any]:
+    """``fgjax analyze`` on the shards in a fresh process: wall seconds (interpreter and imports included),
+    seconds from its first import, its peak RSS."""
+    import json
+    import subprocess
+    import sys
+
+    sets = [f"data.path={folder}", f"data.items_path={items_path}", "data.format=parquet",
+            "data.columns.user_id=user", "data.columns.item_id=item", "data.columns.weight=weight",
+            f"analysis.window_seconds={window_seconds}", f"analysis.detector.kind={detector}"]
+    started = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-c", CLI_PROBE, str(out), "-", *sets], capture_output=True, text=True,
+                          timeout=3600)
+    wall = time.perf_counter() - started
+    if proc.returncode:
+        raise RuntimeError(f"fgjax analyze ({detector}) failed: {proc.stderr[-2000:]}")
+    result = json.loads(proc.stdout.split("RESULT", 1)[1])
+    return {"wall_s": wall, "in_process_s": result["seconds"], "rows": result["rows"],
+            "peak_rss_bytes": result["peak_rss_bytes"]}
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = _report.suite_parser("python -m bench pipeline", __doc__.split("\n\n")[0])
     parser.add_argument("--users", type=int, default=0)
@@ -147,6 +236,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                                prefetch_windows=0, fetch_carry=False)
         jax.block_until_ready(plain.carry)
         unprefetched_s = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        numpy_rows = numpy_script(paths, item_category, window_seconds=cfg.window_seconds,
+                                  half_life_windows=cfg.half_life_windows, out=Path(tmp) / "numpy_forgetting.parquet")
+        numpy_s = time.perf_counter() - t0
+        items_path = Path(tmp) / "items.parquet"
+        pq.write_table(pa.table({"item_id": np.arange(len(item_category), dtype=np.int64),
+                                 "category": item_category.astype(np.int64)}), items_path)
+        # Smoke (the test suite) runs the level rule only: each fresh process compiles its whole run.
+        kinds = ("level",) if args.scale == "smoke" else ("level", "adaptive")
+        cli = {kind: cli_analyze(paths[0].parent, items_path, Path(tmp) / f"cli_{kind}", kind, cfg.window_seconds)
+               for kind in kinds}
     total = analysis_s + recommend_s
     payload.update({
         "events": rows, "windows": len(plain.window_start), "raw_scan_s": raw_s, "analysis_s": analysis_s,
@@ -155,10 +255,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "events_per_s": rows / total, "users_per_s": size["users"] / total,
         "vs_raw_scan": (rows / total) / (rows / raw_s), "analysis_vs_raw_scan": raw_s / analysis_s,
         "prefetch_speedup": unprefetched_s / analysis_s, "recommendations_shape": list(top.shape),
+        "numpy_script_s": numpy_s, "numpy_script_rows": numpy_rows, "cli": cli,
+        **{f"cli_{kind}_vs_numpy": run["wall_s"] / numpy_s for kind, run in cli.items()},
         "memory": {"peak_host_rss_bytes": _report.peak_host_rss_bytes(), "device": _report.device_memory()},
     })
     payload["summary"] = {k: payload[k] for k in ("total_s", "events_per_s", "users_per_s", "vs_raw_scan",
-                                                  "analysis_vs_raw_scan", "prefetch_speedup")}
+                                                  "analysis_vs_raw_scan", "prefetch_speedup", "numpy_script_s")}
+    payload["summary"].update({f"cli_{kind}_vs_numpy": payload[f"cli_{kind}_vs_numpy"] for kind in cli})
+    print(f"numpy script {numpy_s:.2f}s; fgjax analyze in a fresh process: " + ", ".join(
+        f"{kind} {run['wall_s']:.2f}s ({payload[f'cli_{kind}_vs_numpy']:.1f}x)" for kind, run in cli.items()), flush=True)
     row = {**payload, "users": size["users"]}
     cols = [("users", "users", ",d"), ("events", "events", ",d"), ("raw_scan_s", "raw scan s", ".3f"),
             ("analysis_s", "analysis s", ".3f"), ("analysis_unprefetched_s", "no prefetch s", ".3f"),

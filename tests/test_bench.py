@@ -108,6 +108,10 @@ def test_whole_suite_at_smoke_scale_writes_every_benchmark(tmp_path, capsys):
         assert r["max_abs_diff_F_vs_numpy"] < 1e-4 and r["max_abs_diff_p_vs_numpy"] < 1e-4
     assert b["pipeline"]["events"] == b["pipeline"]["config"]["events"]
     assert b["pipeline"]["recommendations_shape"] == [b["pipeline"]["config"]["users"], 10]
+    # The product path beside the NumPy script, on the same files: both wrote their per-(user, window) tables.
+    pipe = b["pipeline"]
+    assert pipe["numpy_script_rows"] > 0 and pipe["numpy_script_s"] > 0
+    assert pipe["cli"]["level"]["rows"][0] > 0 and pipe["cli_level_vs_numpy"] > 0
     assert b["memory"]["summary"]["growth_with_data"] < 1.5 < b["memory"]["summary"]["parquet_growth"]
     assert 0.5 < b["scaling"]["analysis_exponent"] < 1.5
     du = b["detector_update"]
