@@ -272,11 +272,11 @@ def test_priorities_and_exploration_follow_the_strategy():
 
 
 def test_sweeping_alpha_and_half_life_compiles_nothing_again():
-    """3 half-lives x 2 alphas: the window step compiles once per event bucket shape, and nothing else compiles again."""
+    """3 half-lives x 2 alphas: the window step compiles once (every window padded to the largest one's bucket),
+    and nothing else compiles again."""
     import jax
 
-    from fgjax.analysis import window_index, window_step
-    from fgjax.analysis.run import padded_size
+    from fgjax.analysis import window_step
 
     # 11 users: shapes no other test in this process uses, so every compilation counted here is ours.
     log = make_log(num_users=11, num_items=12, events_per_user=14, seed=5)
@@ -284,10 +284,6 @@ def test_sweeping_alpha_and_half_life_compiles_nothing_again():
     item = log.item.copy()
     item[::3] = np.random.default_rng(5).integers(0, 12, len(item[::3]))
     log = dataclasses.replace(log, item=item)
-    ws = 86400.0
-    origin = np.floor(log.timestamp.min() / ws) * ws
-    per_window = np.bincount(window_index(log.timestamp, ws, origin))
-    buckets = {padded_size(n) for n in per_window}
     compiled = []
 
     def listen(event, _secs, **_):
@@ -306,7 +302,7 @@ def test_sweeping_alpha_and_half_life_compiles_nothing_again():
                 all_compiles.append(len(compiled))
     finally:
         jax.monitoring.unregister_event_duration_listener(listen)
-    assert step_compiles == [len(buckets)] * 6
+    assert step_compiles == [1] * 6
     assert all_compiles[0] > 0 and all_compiles[1:] == [all_compiles[0]] * 5
     # The knobs did act: F follows the half-life, p follows alpha.
     assert not np.allclose(results["2", 0.5].degree, results[".inf", 0.5].degree)
@@ -332,3 +328,21 @@ def test_reset_each_window_without_decay_is_the_seeds_per_window_indicator():
     np.testing.assert_allclose(result.degree, seed_f, rtol=1e-6)
     np.testing.assert_allclose(result.current, counts[-1], rtol=1e-6)
     np.testing.assert_allclose(result.previous, counts[-2], rtol=1e-6)
+
+
+def test_in_memory_windows_share_one_shape_and_the_gather_grows_by_fours():
+    """Windows of 3,000 and 10 events are padded alike (one step compilation per run); the changed-row
+    gather takes sizes 1024 * 4^j and never shrinks within a run."""
+    from fgjax.analysis.run import MIN_BUCKET, gather_size, log_windows, padded_size
+
+    counts = [3000, 10, 0, 700]
+    timestamp = np.concatenate([np.full(n, 86400.0 * w + 10.0) for w, n in enumerate(counts)])
+    n = len(timestamp)
+    windows = list(log_windows(np.zeros(n, np.int32), np.zeros(n, np.int32), np.ones(n, np.float32), timestamp,
+                               origin=0.0, window_seconds=86400.0, num_windows=4, num_users=5))
+    assert {len(w.events.user) for w in windows} == {padded_size(3000)} == {4096}
+    for w, count in zip(windows, counts):  # the real rows first, then padding rows of user num_users
+        assert (w.events.user[:count] == 0).all() and (w.events.user[count:] == 5).all()
+        assert (w.events.weight[count:] == 0).all()
+    assert [gather_size(c) for c in (1, 1024, 1025, 4096, 4097)] == [MIN_BUCKET, 1024, 4096, 4096, 16384]
+    assert gather_size(3, previous=16384) == 16384 and gather_size(20000, previous=4096) == 65536

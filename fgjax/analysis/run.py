@@ -78,15 +78,27 @@ class Window(NamedTuple):
     events: kernels.WindowEvents  # padded to a bucket with rows of user ``num_users``
 
 
+def gather_size(changed: int, previous: int = 0) -> int:
+    """Rows the changed (user, interest) rows of a window are gathered into: ``MIN_BUCKET`` times a power
+    of 4, never below ``previous``. A run's sizes only grow, by 4x steps, so the gather (which carries
+    the silence limits, a costly compilation) compiles two or three times per run, not once per
+    power of two the change count visits; it pads by < 4x."""
+    size = MIN_BUCKET
+    while size < changed:
+        size *= 4
+    return max(size, previous)
+
+
 def _window(t: int, origin: float, window_seconds: float, num_users: int, user: np.ndarray, interest: np.ndarray,
-            weight: np.ndarray, timestamp: np.ndarray) -> Window:
-    """Window ``t``'s events (interest ``K`` = no category), ``age`` in windows from the window's end."""
+            weight: np.ndarray, timestamp: np.ndarray, size: int | None = None) -> Window:
+    """Window ``t``'s events (interest ``K`` = no category), ``age`` in windows from the window's end, padded
+    to ``size`` rows (default: their own bucket)."""
     end = origin + (t + 1) * window_seconds
     events = kernels.WindowEvents(
         user.astype(np.int32), interest.astype(np.int32), weight.astype(np.float32),
         ((end - timestamp) / window_seconds).astype(np.float32),
     )
-    return Window(t, origin + t * window_seconds, pad_events(events, padded_size(len(events.user)), num_users))
+    return Window(t, origin + t * window_seconds, pad_events(events, size or padded_size(len(events.user)), num_users))
 
 
 def _interests(item: np.ndarray, item_category: np.ndarray, num_interests: int) -> np.ndarray:
@@ -97,11 +109,16 @@ def _interests(item: np.ndarray, item_category: np.ndarray, num_interests: int) 
 
 def log_windows(user: np.ndarray, interest: np.ndarray, weight: np.ndarray, timestamp: np.ndarray, *, origin: float,
                 window_seconds: float, num_windows: int, num_users: int) -> Iterator[Window]:
-    """Windows ``0 .. num_windows - 1`` from ``origin`` of in-memory events sorted by ``timestamp``."""
+    """Windows ``0 .. num_windows - 1`` from ``origin`` of in-memory events sorted by ``timestamp``.
+
+    Every window is padded to the largest one's bucket: the sizes are known up front, so the window
+    step compiles once per run (a stream, which cannot know them, pads each window to its own bucket).
+    """
     bounds = np.searchsorted(window_index(timestamp, window_seconds, origin), np.arange(num_windows + 1))
+    size = padded_size(int(np.diff(bounds).max(initial=0)))
     for t in range(num_windows):
         sl = slice(bounds[t], bounds[t + 1])
-        yield _window(t, origin, window_seconds, num_users, user[sl], interest[sl], weight[sl], timestamp[sl])
+        yield _window(t, origin, window_seconds, num_users, user[sl], interest[sl], weight[sl], timestamp[sl], size)
 
 
 def _record_batches(files: Sequence[str | Path], batch_rows: int) -> Iterator[tuple[str, dict[str, np.ndarray]]]:
@@ -326,6 +343,7 @@ def run_windows(
     starts: list[float] = []
     changes: list[dict[str, np.ndarray]] = []
     snapshot = detail = pending = None
+    gathered = 0  # the gather size so far (grows only)
     events = 0
 
     def collect(t: int, kept, rows: ChangeRows | None, changed: int) -> None:
@@ -350,7 +368,8 @@ def run_windows(
             # one scalar) sizes the gather, so outputs overlap only the host work below.
             changed = int(jnp.sum(detail.state != detail.previous_state))
             if changed:
-                rows = _gather_changes(out.degree, detail, carry.detector, params, spec, size=padded_size(changed))
+                gathered = gather_size(changed, gathered)
+                rows = _gather_changes(out.degree, detail, carry.detector, params, spec, size=gathered)
         kept = out if keep_top else out._replace(top_interests=None, top_probs=None)
         # Fetch window t-1 while window t computes: outputs never pile up on the device.
         for leaf in jax.tree.leaves((kept, rows)):
