@@ -142,19 +142,25 @@ def parquet_windows(
     """Every window from the first event's to the last's of time-ordered Parquet files.
 
     Windows without events are yielded too (empty, padded), so the
-    state decays through them as ``analyze`` does.
+    state decays through them as ``analyze`` does. A window is padded to
+    the largest bucket seen so far (sizes only grow), so the step compiles
+    once per bucket the stream reaches, not again when windows shrink.
     """
     num_interests = int(item_category.max(initial=-1)) + 1
     origin = None
     current = -1
     parts: list[dict[str, np.ndarray]] = []
     last_ts = -np.inf
+    size = 0
 
     def close(t: int) -> Window:
+        nonlocal size
         cols = {c: np.concatenate([p[c] for p in parts]) if parts else np.zeros(0) for c in COLUMNS}
         parts.clear()
         interest = _interests(cols["item"].astype(np.int64), item_category, num_interests)
-        return _window(t, origin, window_seconds, num_users, cols["user"], interest, cols["weight"], cols["timestamp"])
+        size = max(size, padded_size(len(cols["user"])))
+        return _window(t, origin, window_seconds, num_users, cols["user"], interest, cols["weight"], cols["timestamp"],
+                       size)
 
     for path, cols in _record_batches(files, batch_rows):
         ts = cols["timestamp"].astype(np.float64)
