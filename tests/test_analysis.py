@@ -330,7 +330,7 @@ def test_reset_each_window_without_decay_is_the_seeds_per_window_indicator():
     np.testing.assert_allclose(result.previous, counts[-2], rtol=1e-6)
 
 
-def test_in_memory_windows_share_one_shape_and_the_gather_grows_by_fours():
+def test_window_shapes_in_memory_and_streamed_and_the_gather_grows_by_fours(tmp_path):
     """Windows of 3,000 and 10 events are padded alike (one step compilation per run); the changed-row
     gather takes sizes 1024 * 4^j and never shrinks within a run."""
     from fgjax.analysis.run import MIN_BUCKET, gather_size, log_windows, padded_size
@@ -344,5 +344,21 @@ def test_in_memory_windows_share_one_shape_and_the_gather_grows_by_fours():
     for w, count in zip(windows, counts):  # the real rows first, then padding rows of user num_users
         assert (w.events.user[:count] == 0).all() and (w.events.user[count:] == 5).all()
         assert (w.events.weight[count:] == 0).all()
+    # A stream cannot know its sizes up front: it pads to the largest bucket seen so far, never shrinking.
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from fgjax.analysis.run import parquet_windows
+
+    path = tmp_path / "e.parquet"
+    pq.write_table(pa.table({"user": np.zeros(n, np.int64), "item": np.zeros(n, np.int64), "timestamp": timestamp,
+                             "weight": np.ones(n, np.float32)}), path)
+    streamed = list(parquet_windows([path], item_category=np.zeros(1, np.int32), num_users=5, window_seconds=86400.0))
+    assert [len(w.events.user) for w in streamed] == [4096] * 4
+    pq.write_table(pa.table({"user": np.zeros(n, np.int64), "item": np.zeros(n, np.int64),
+                             "timestamp": timestamp[::-1] * -1 + timestamp.max(), "weight": np.ones(n, np.float32)}),
+                   path)  # the same windows in reverse: small ones first, so the size grows once
+    streamed = list(parquet_windows([path], item_category=np.zeros(1, np.int32), num_users=5, window_seconds=86400.0))
+    assert [len(w.events.user) for w in streamed] == [1024, 1024, 1024, 4096]
     assert [gather_size(c) for c in (1, 1024, 1025, 4096, 4097)] == [MIN_BUCKET, 1024, 4096, 4096, 16384]
     assert gather_size(3, previous=16384) == 16384 and gather_size(20000, previous=4096) == 65536
