@@ -41,6 +41,23 @@ def test_rank_items_matches_numpy(chunk):
         assert not set(items[r]) & set(seen.items[seen.indptr[u] : seen.indptr[u + 1]].tolist())
 
 
+def test_chunks_with_different_seen_sets_compile_once():
+    """Users whose seen sets differ in size chunk by chunk (1 item vs 9): one seen width, one compilation."""
+    from fgjax.ranking.topk import _chunk_top_k
+
+    num_users, num_items = 8, 31
+    model = build_model(ModelConfig(embed_dim=4, hidden_dim=4), num_users, num_items, seed=3)
+    graphdef, params = split_params(model)
+    user = np.concatenate([np.repeat([0, 1, 2, 3], 1), np.repeat([4, 5, 6, 7], 9)])
+    item = np.concatenate([np.arange(4), np.arange(36) % num_items])
+    seen = ItemSets.from_pairs(user, item, num_users)
+    before = _chunk_top_k._cache_size()
+    _, items = rank_items(graphdef, params, np.arange(num_users), k=3, num_items=num_items, seen=seen, chunk=4)
+    assert _chunk_top_k._cache_size() - before == 1
+    for u in range(num_users):
+        assert not set(items[u]) & set(seen.items[seen.indptr[u] : seen.indptr[u + 1]].tolist())
+
+
 def test_rank_items_without_forgetting_orders_by_the_model():
     model = build_model(ModelConfig(embed_dim=4, hidden_dim=4), 3, 9, seed=0)
     graphdef, params = split_params(model)

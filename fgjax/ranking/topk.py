@@ -167,12 +167,14 @@ def rank_items(
         item_weight = jnp.asarray(forgetting.item_weight, jnp.float32)
     else:
         item_interest = item_weight = None
+    # One width of seen items for every chunk (the largest set, bucketed): one shape, one compilation.
+    width = None if seen is None else bucket_size(int(seen.counts()[users].max(initial=1)))
     for start in range(0, len(users), chunk):
         n = min(chunk, len(users) - start)
         # Padding rows repeat the chunk's first user: same shapes, one compilation.
         take = np.concatenate([np.arange(start, start + n), np.full(chunk - n, start)])
         padded = users[take]
-        seen_rows = (seen.padded(padded, pad_value=num_items) if seen is not None
+        seen_rows = (seen.padded(padded, pad_value=num_items, width=width) if seen is not None
                      else np.full((chunk, 1), num_items, np.int32))
         user_interest = None if forgetting is None else jnp.asarray(forgetting.user_interest[padded])
         values, items = _chunk_top_k(
