@@ -423,6 +423,9 @@ class RecommendConfig:
 class EvaluateConfig:
     protocol: str = setting("leave_last_out", choices=("leave_last_out",))
     ks: list[int] = setting([10, 20], ge=1)
+    # Paired comparisons of methods on the same test users (bootstrap interval of the mean difference).
+    bootstrap_resamples: int = setting(2000, ge=100)
+    bootstrap_seed: int = 0
     # Forgetting detection against synthetic ground truth (``fgjax evaluate --detection``).
     fade_forgotten_share: float = setting(0.25, gt=0)  # a fading interest is forgotten once its rate is below this share
     detection_margin_windows: int = setting(4, ge=0)  # changes this close to the end of the log are not judged

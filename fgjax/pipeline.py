@@ -208,6 +208,10 @@ def report_evaluation(report: Reporter, evaluation: dict[str, Any]) -> None:
     k = evaluation["ks"][0]
     for name, values in evaluation["results"].items():
         report(f"test {name}: " + ", ".join(f"{m}@{k} {values[f'{m}@{k}']:.4f}" for m in ("ndcg", "hit_rate", "recall")))
+    for pair, c in evaluation.get("comparisons", {}).items():
+        report(f"test {pair}: {c['metric']} {c['mean_difference']:+.4f} ({c['confidence']:.0%} bootstrap CI "
+               f"{c['ci_low']:+.4f} .. {c['ci_high']:+.4f}, Wilcoxon p {c['wilcoxon_p']:.3g}; users better "
+               f"{c['better']:,}, worse {c['worse']:,}, tied {c['tied']:,})")
 
 
 def state_counts(forgetting: ForgettingResult) -> dict[str, int]:

@@ -34,6 +34,39 @@ def metrics_at(top_items: np.ndarray, targets: np.ndarray, ks: list[int]) -> dic
     return out
 
 
+def per_user_ndcg(top_items: np.ndarray, targets: np.ndarray, k: int) -> np.ndarray:
+    """``(users,)`` float64 NDCG@k of each user (the values ``metrics_at`` averages)."""
+    return np.asarray(kernels.ranking_metrics(top_items, targets, k)["ndcg"], np.float64)
+
+
+def paired_comparison(treatment: np.ndarray, baseline: np.ndarray, *, seed: int = 0, resamples: int = 2000,
+                      confidence: float = 0.95) -> dict[str, float | int]:
+    """Paired comparison of two methods scored on the same users (``(users,)`` each).
+
+    Returns the mean difference ``treatment - baseline``, a percentile bootstrap
+    interval of it (users resampled with replacement, ``resamples`` times, from
+    ``numpy.random.default_rng(seed)``), the two-sided Wilcoxon signed-rank p-value
+    (``scipy.stats.wilcoxon``, zero differences dropped; 1.0 when every user ties)
+    and how many users each method wins. Most users tie on sparse test targets
+    (both miss), which is why the counts are reported beside the p-value.
+    """
+    from scipy import stats
+
+    diff = np.asarray(treatment, np.float64) - np.asarray(baseline, np.float64)
+    n = len(diff)
+    if n == 0:
+        raise ValueError("paired_comparison: no users")
+    draws = np.random.default_rng(seed).integers(0, n, size=(resamples, n))
+    means = diff[draws].mean(axis=1)
+    tail = (1.0 - confidence) / 2.0 * 100.0
+    low, high = np.percentile(means, [tail, 100.0 - tail])
+    nonzero = diff[diff != 0]
+    p = float(stats.wilcoxon(nonzero).pvalue) if len(nonzero) else 1.0
+    return {"mean_difference": float(diff.mean()), "ci_low": float(low), "ci_high": float(high),
+            "confidence": confidence, "wilcoxon_p": p, "users": n, "better": int((diff > 0).sum()),
+            "worse": int((diff < 0).sum()), "tied": int((diff == 0).sum()), "resamples": resamples, "seed": seed}
+
+
 def popularity_top_k(popularity: np.ndarray, users: np.ndarray, seen: ItemSets, k: int, *, chunk: int = 1024) -> np.ndarray:
     """``(users, k)`` most popular items per user, the user's seen items excluded."""
     num_items = len(popularity)
@@ -76,12 +109,21 @@ def evaluate(
     targets = split.test_target[users][:, None]
     seen = split.history_items
     results: dict[str, dict[str, float]] = {}
-    pop = popularity_top_k(item_popularity(split, num_items), users, seen, k)
-    results["popularity"] = metrics_at(pop, targets, ks)
+    tops: dict[str, np.ndarray] = {"popularity": popularity_top_k(item_popularity(split, num_items), users, seen, k)}
     inputs = query_inputs(graphdef, params, users, history, num_items=num_items)
     rank = functools.partial(rank_items, graphdef, params, users, k=k, num_items=num_items, inputs=inputs, seen=seen,
                              chunk=config.recommend.user_chunk, memory_budget_mb=config.recommend.score_memory_mb)
-    results[config.model.name] = metrics_at(rank()[1], targets, ks)
+    model = config.model.name
+    tops[model] = rank()[1]
     if forgetting is not None:
-        results[f"{config.model.name}+forgetting"] = metrics_at(rank(forgetting=forgetting)[1], targets, ks)
-    return {"protocol": config.evaluate.protocol, "num_test_users": int(len(users)), "ks": ks, "results": results}
+        tops[f"{model}+forgetting"] = rank(forgetting=forgetting)[1]
+    results = {name: metrics_at(top, targets, ks) for name, top in tops.items()}
+    # Is a difference more than noise? Paired over the same test users, at the first cut-off.
+    ndcg = {name: per_user_ndcg(top, targets, ks[0]) for name, top in tops.items()}
+    pairs = [(model, "popularity")] + ([(f"{model}+forgetting", model)] if forgetting is not None else [])
+    comparisons = {f"{a} vs {b}": {"metric": f"ndcg@{ks[0]}",
+                                   **paired_comparison(ndcg[a], ndcg[b], seed=config.evaluate.bootstrap_seed,
+                                                       resamples=config.evaluate.bootstrap_resamples)}
+                   for a, b in pairs}
+    return {"protocol": config.evaluate.protocol, "num_test_users": int(len(users)), "ks": ks, "results": results,
+            "comparisons": comparisons}
