@@ -256,6 +256,32 @@ def _show_warning(message, category, filename, lineno, file=None, line=None):
 _python_show_warning = warnings.showwarning
 
 
+def compile_cache_dir(environ: dict[str, str] | os._Environ = os.environ) -> str | None:
+    """Where the CLI keeps compiled XLA programs between runs, or None.
+
+    ``FGJAX_COMPILE_CACHE`` (a folder, or ``off``); by default
+    ``$XDG_CACHE_HOME/fgjax/xla`` (``~/.cache/fgjax/xla``). None when the
+    user set JAX's own ``JAX_COMPILATION_CACHE_DIR`` (JAX then uses it) or
+    turned the cache off.
+    """
+    if environ.get("JAX_COMPILATION_CACHE_DIR"):
+        return None
+    default = Path(environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "fgjax" / "xla"
+    where = environ.get("FGJAX_COMPILE_CACHE", str(default))
+    return None if where.strip().lower() in ("", "off", "0", "none", "false") else where
+
+
+def _use_compile_cache() -> None:
+    # A repeated run (same shapes, config, versions and device) loads its programs instead of compiling them:
+    # most of a small run's time (8 of 19 s of fgjax analyze over 1M events on 2 CPU cores).
+    where = compile_cache_dir()
+    if where is not None:
+        import jax
+
+        jax.config.update("jax_compilation_cache_dir", where)
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -264,6 +290,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     else:
         args = parser.parse_args(argv)
     warnings.showwarning = _show_warning
+    if args.command != "bench":
+        _use_compile_cache()
     try:
         return run(args)
     except FgjaxError as exc:

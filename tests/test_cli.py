@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -188,3 +191,22 @@ def test_bad_window_is_one_line(window, capsys):
     err = capsys.readouterr().err
     assert err.startswith("fgjax: error: ") and err.count("\n") == 1 and "--window" in err and window in err
 
+
+
+def test_the_cli_keeps_compiled_programs_between_runs(tmp_path):
+    """FGJAX_COMPILE_CACHE (default ~/.cache/fgjax/xla, 'off' disables) becomes JAX's persistent cache;
+    JAX's own JAX_COMPILATION_CACHE_DIR wins."""
+    from fgjax.cli import compile_cache_dir
+
+    assert compile_cache_dir({}) == str(Path.home() / ".cache" / "fgjax" / "xla")
+    assert compile_cache_dir({"XDG_CACHE_HOME": "/c"}) == "/c/fgjax/xla"
+    assert compile_cache_dir({"FGJAX_COMPILE_CACHE": str(tmp_path)}) == str(tmp_path)
+    assert compile_cache_dir({"FGJAX_COMPILE_CACHE": "off"}) is None
+    assert compile_cache_dir({"FGJAX_COMPILE_CACHE": str(tmp_path), "JAX_COMPILATION_CACHE_DIR": "/j"}) is None
+    probe = ("import jax; from fgjax.cli import _use_compile_cache; _use_compile_cache(); "
+             "print(jax.config.jax_compilation_cache_dir)")
+    env = {k: v for k, v in os.environ.items() if k != "JAX_COMPILATION_CACHE_DIR"}
+    for setting, want in ((str(tmp_path / "xla"), str(tmp_path / "xla")), ("off", "None")):
+        out = subprocess.run([sys.executable, "-c", probe], env={**env, "FGJAX_COMPILE_CACHE": setting},
+                             capture_output=True, text=True, check=True).stdout
+        assert out.strip() == want
