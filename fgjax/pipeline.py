@@ -125,10 +125,8 @@ def split_log(log: EventLog, report: Reporter = _quiet, *, ties: str = "input") 
             f"no user of the {log.num_users:,} has 3 or more distinct items: leave-last-out needs them "
             "(one for training, one for validation, one for test)"
         )
+    # Positional cuts: a user with a validation item always has an earlier item to train on.
     training = int(split.train_events.sum())
-    if training == 0:  # unreachable with positional cuts (a user's first item precedes its validation item); kept as a guard
-        raise DataError("no training events: leave-last-out trains on each user's events before its validation item "
-                        "(its second-to-last new item), and no user has one")
     report(f"split: {evaluated:,} users with validation and test items, {training:,} training events")
     return Prepared(log, split, ItemSets.from_pairs(log.user, log.item, log.num_users))
 
