@@ -17,7 +17,8 @@ import numpy as np
 
 from bench import _report
 
-SIZES = {"smoke": {"users": [1_000, 4_000, 16_000], "items": 1_000, "chunk": 4096},
+#: smoke only checks that the sweep runs and fits its exponents (the test suite): small sizes, one chunk.
+SIZES = {"smoke": {"users": [256, 512, 1_024], "items": 500, "chunk": 1024},
          "small": {"users": [1_000, 4_000, 16_000], "items": 1_000, "chunk": 4096},
          "large": {"users": [10_000, 100_000, 1_000_000, 10_000_000], "items": 100_000, "chunk": 32768}}
 K_INTERESTS = 32

@@ -346,9 +346,19 @@ def test_user_blocks_give_the_same_results():
         whole, a = step(whole, counts[t][:, None], None, params)
         blocked, b = step_blocked(blocked, counts[t][:, None])
         for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
-            np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+            _assert_same(x, y)
     for x, y in zip(jax.tree.leaves(whole), jax.tree.leaves(blocked)):
-        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+        _assert_same(x, y)
+
+
+def _assert_same(x, y):
+    """Decisions (integers, booleans) equal exactly; floats to float32 rounding, since the compiler may
+    vectorize a block of 5 users and one of 23 differently."""
+    x, y = np.asarray(x), np.asarray(y)
+    if np.issubdtype(x.dtype, np.floating):
+        np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6)
+    else:
+        np.testing.assert_array_equal(x, y)
 
 
 def test_long_history_pause_then_fade_is_forgotten_twice():
