@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import operator
+import re
 import types
 import typing
 from pathlib import Path
@@ -505,6 +506,9 @@ class Config:
     quality: QualityConfig = QualityConfig()
 
 
+_YAML11_EXPONENT = re.compile(r"[+-]?[0-9]+[eE][+-]?[0-9]+")
+
+
 def _coerce(value: Any, tp: Any, where: str, allow_inf: bool = False) -> Any:
     """Check ``value`` against the annotation ``tp``; int -> float is allowed."""
     origin = typing.get_origin(tp)
@@ -515,6 +519,8 @@ def _coerce(value: Any, tp: Any, where: str, allow_inf: bool = False) -> Any:
     if tp is float:
         if isinstance(value, str) and value.strip().lower() in ("inf", ".inf", "infinity"):
             value = math.inf
+        elif isinstance(value, str) and _YAML11_EXPONENT.fullmatch(value.strip()):
+            value = float(value)  # YAML 1.1 reads 1e-5 (no dot in the mantissa) as a string
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{where}: expected a number, got {value!r}")
         if math.isnan(value) or (math.isinf(value) and not allow_inf):
