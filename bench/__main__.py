@@ -26,7 +26,7 @@ from bench import _report
 #: Run by default, in this order.
 BENCHMARKS = ("kernels", "analysis_pass", "detector_update", "topk", "train", "pipeline", "memory", "scaling")
 #: Run when their module exists, skipped (and listed as skipped) otherwise.
-OPTIONAL = ("quality",)
+OPTIONAL = ("quality", "privacy")
 DEFAULT_OUT = "bench/results"
 
 

@@ -76,9 +76,14 @@ def _members(num_users: int, share: float, seed: int) -> np.ndarray:
 
 
 def _member_split(split, log, member: np.ndarray):
-    """The split with every held-out user's events out of training and its targets out of evaluation."""
+    """The split with every held-out user's events out of training (its events and its item sets, which the
+    training pairs come from) and its targets out of validation and evaluation."""
+    from fgjax.data.split import ItemSets
+
     train_events = split.train_events & member[log.user]
-    return dataclasses.replace(split, train_events=train_events, val_target=np.where(member, split.val_target, -1),
+    train_items = ItemSets.from_pairs(log.user[train_events], log.item[train_events], log.num_users)
+    return dataclasses.replace(split, train_events=train_events, train_items=train_items,
+                               val_target=np.where(member, split.val_target, -1),
                                test_target=np.where(member, split.test_target, -1))
 
 
@@ -153,7 +158,8 @@ def _markdown(payload: dict[str, Any]) -> str:
         f"{c['members']:,} of {c['users']:,} users (a fixed random {c['member_share']:.0%}) are trained on; the other "
         f"{c['users'] - c['members']:,} are held out entirely. Test NDCG@10 / HitRate@10 over the members under the "
         "field protocol (leave-last-out, full ranking, known items masked). Non-private: the `train` settings of "
-        f"`{c['config_path']}` ({c['non_private']}). Private (user-level DP-SGD, `train.privacy`): "
+        f"`{c['config_path']}` with this benchmark's overrides ({c['non_private']}). Private (user-level DP-SGD, "
+        "`train.privacy`): "
         f"{c['private']}, {c['private_epochs']} epochs of users / users_per_step steps, Poisson sampling of users, "
         f"the {c['accountant'].upper()} accountant at delta {c['delta']:g}; the same settings at every epsilon "
         "(`inf`: the same sampled, clipped steps without noise). Membership check: each user's mean loss over "
@@ -204,12 +210,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     base = dataclasses.replace(base, model=dataclasses.replace(base.model, name="embedding_mlp"))
     epsilons = [float(e) for e in args.epsilons.split(",") if e.strip()]
     log = read_events(base.data)
-    split = leave_last_out(log.user, log.item, log.timestamp, log.num_users, ties=base.data.tie_order)
-    member = _members(log.num_users, args.members, args.seed)
-    split = _member_split(split, log, member)
-    every_user = dataclasses.replace(split, train_events=leave_last_out(
-        log.user, log.item, log.timestamp, log.num_users, ties=base.data.tie_order).train_events)
+    every_user = leave_last_out(log.user, log.item, log.timestamp, log.num_users, ties=base.data.tie_order)
     owners_items = every_user.train_pairs()  # every user's would-be training pairs: members' and held-out ones
+    member = _members(log.num_users, args.members, args.seed)
+    split = _member_split(every_user, log, member)
     payload: dict[str, Any] = {"benchmark": "privacy", **_report.environment(),
                                "command": "python -m bench.privacy " + " ".join(argv if argv is not None
                                                                                 else sys.argv[1:])}

@@ -343,3 +343,34 @@ def test_config_keys_and_rules():
                          ("data.pseudonym_secret=abc", "unknown config key 'data.pseudonym_secret'")):
         with pytest.raises(ConfigError, match=message):
             load_config(None, [bad])
+
+
+@pytest.mark.slow
+def test_privacy_benchmark_writes_its_table(tmp_path):
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    if str(root) not in sys.path:  # bench/ is a repo folder, not part of the installed package
+        sys.path.insert(0, str(root))
+    from bench import privacy as bench_privacy
+
+    events, _ = _write_log(tmp_path / "input")
+    md = tmp_path / "RESULTS.md"
+    md.write_text("# Results\n\nkept\n")
+    payload = bench_privacy.main(["--config", "", "--data", str(events), "--scale", "smoke", "--epsilons", "4,inf",
+                                  "--out", str(tmp_path / "privacy.json"), "--results-md", str(md)])
+    runs = {r["run"]: r for r in payload["results"]}
+    assert list(runs) == ["non-private", "DP eps=4", "DP eps=inf"]
+    assert runs["non-private"]["epsilon"] is None and runs["DP eps=inf"]["noise_multiplier"] == 0.0
+    assert 3.9 < runs["DP eps=4"]["epsilon"] <= 4.0
+    # Only the members are trained on: the private runs sample from them alone.
+    assert runs["DP eps=4"]["privacy"]["users"] == payload["setup"]["members"] < NUM_USERS
+    for r in runs.values():
+        assert 0.0 <= r["ndcg@10"] <= 1.0 and 0.0 <= r["attack_auc"] <= 1.0
+        assert r["membership_gap"] == pytest.approx(r["held_out_loss"] - r["member_loss"])
+    saved = json.loads((tmp_path / "privacy.json").read_text())
+    assert saved["versions"]["dp-accounting"] and saved["date"] and saved["device"]
+    text = md.read_text()
+    assert "kept" in text and text.count(bench_privacy.SECTION_START) == 1 and "| DP eps=4 |" in text
+    bench_privacy._replace_section(md, bench_privacy._markdown(payload))  # a rerun replaces, never appends
+    assert md.read_text().count(bench_privacy.SECTION_START) == 1

@@ -459,10 +459,9 @@ def train_examples(
     sampler = plan = None
     if tcfg.privacy.enabled:
         _check_private(config, settings, section, owners, num_examples)
-        sampler = privacy.UserSampler(owners, sampling_rate=0.0, capacity=0,
-                                      examples_per_user=tcfg.privacy.examples_per_user, seed=settings.seed)
+        private_users = int(np.unique(owners).size)
         # An epoch: as many steps as it takes to expect every user once.
-        steps_per_epoch = max(1, -(-sampler.num_users // tcfg.privacy.users_per_step))
+        steps_per_epoch = max(1, -(-private_users // tcfg.privacy.users_per_step))
     else:
         if settings.batch_size % n_dev:
             raise ConfigError(f"{section}.batch_size={settings.batch_size} must be divisible by the {n_dev} "
@@ -473,14 +472,17 @@ def train_examples(
         steps_per_epoch = num_examples // settings.batch_size
     total_steps = settings.epochs * steps_per_epoch
     stop_at = min(total_steps, tcfg.max_steps) if tcfg.max_steps else total_steps
-    if sampler is not None:
-        # The noise is calibrated for the steps this run plans (a longer run needs a new plan: the fingerprint).
-        plan = privacy.plan_privacy(tcfg.privacy, sampler.num_users, stop_at, num_devices=n_dev)
-        sampler.sampling_rate, sampler.capacity = plan.sampling_rate, plan.capacity
+    if tcfg.privacy.enabled:
+        # The noise is calibrated for the steps this run plans (a longer run is another run: the fingerprint).
+        plan = privacy.plan_privacy(tcfg.privacy, private_users, stop_at, num_devices=n_dev)
+        sampler = privacy.UserSampler(owners, sampling_rate=plan.sampling_rate, capacity=plan.capacity,
+                                      examples_per_user=plan.examples_per_user, seed=settings.seed)
 
     optimizer = make_optimizer(config)
     table_opt = table_optimizer(config)
     fingerprint = run_fingerprint(config, fields, num_users, num_items)
+    if plan is not None:  # the noise depends on the planned steps, which epochs and max_steps change
+        fingerprint["privacy_plan"] = {"steps": plan.steps, "noise_multiplier": plan.noise_multiplier}
     model = nnx.eval_shape(lambda: build_model(config, num_users, num_items, seed=settings.seed))
     graphdef, abstract = split_params(model)
     abstract_state = jax.eval_shape(lambda p: init_state(p, optimizer, table_opt), abstract)
@@ -586,12 +588,11 @@ def train_examples(
                     ranked = state.params if processes == 1 else _to_host(state.params)
                     record.update(validate(graphdef, ranked, validation, num_items))
                     score = record.get(f"val_ndcg@{min(VAL_K, num_items)}")
-                    if plan is not None:  # private: the last params are served (selection would leak)
-                        pass
-                    elif score is not None and score > best["ndcg"]:
+                    select = plan is None and score is not None  # private: the last params are served
+                    if select and score > best["ndcg"]:
                         best = {"ndcg": score, "epoch": epoch + 1, "since": 0}
                         best_params = copy_params(state.params)
-                    elif score is not None:
+                    elif select:
                         best["since"] += 1
                     stopped_early = bool(settings.patience and best["since"] >= settings.patience)
                 if plan is not None:
