@@ -374,3 +374,29 @@ def test_privacy_benchmark_writes_its_table(tmp_path):
     assert "kept" in text and text.count(bench_privacy.SECTION_START) == 1 and "| DP eps=4 |" in text
     bench_privacy._replace_section(md, bench_privacy._markdown(payload))  # a rerun replaces, never appends
     assert md.read_text().count(bench_privacy.SECTION_START) == 1
+
+
+@pytest.mark.slow
+def test_sequence_model_trains_privately_over_its_users_windows(tmp_path):
+    from conftest import make_log
+
+    from fgjax.data.sequences import build_sequences
+    from fgjax.data.split import leave_last_out
+    from fgjax.training import train
+
+    log = make_log(num_users=16, num_items=40, events_per_user=24)
+    split = leave_last_out(log.user, log.item, log.timestamp, log.num_users)
+    config = load_config(None, ["model.name=sasrec", "sequence.patience=0", "sequence.epochs=2", "sequence.dim=8",
+                                "sequence.heads=1", "sequence.layers=1", "sequence.max_len=4",
+                                "train.privacy.enabled=true", "train.privacy.users_per_step=4",
+                                "train.privacy.examples_per_user=2", "train.privacy.target_epsilon=2"])
+    sequences = build_sequences(log.user, log.item, log.timestamp, log.num_users, split.train_events)
+    owners = sequences.window_owners(4)
+    inputs, _, _ = sequences.training_windows(4, pad_item=log.num_items)
+    assert len(owners) == len(inputs) and np.array_equal(np.unique(owners), np.flatnonzero(sequences.lengths() > 1))
+    result = train(config, log, split, tmp_path / "ckpt", progress=False)
+    users = len(np.unique(owners))
+    assert result.steps == 2 * -(-users // 4) and result.privacy["users"] == users
+    assert 1.9 < result.privacy["epsilon"] <= 2.0
+    assert [r["epsilon"] for r in result.history] == sorted(r["epsilon"] for r in result.history)
+    assert all(math.isfinite(r["train_loss"]) for r in result.history)
