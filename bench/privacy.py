@@ -1,7 +1,7 @@
 """The price of privacy on real data: NDCG@10 and a membership-inference gap per epsilon.
 
     python -m bench.privacy --data ../shared/data/ml-100k --results-md bench/RESULTS.md
-    python -m bench privacy          (the suite's flags; data from --config's data.path)
+    python -m bench privacy --data ../shared/data/ml-100k   (through the suite: DIR/privacy.json)
 
 On MovieLens-100K under the field protocol (leave-last-out per user, full
 ranking over the catalog, the items known before the test item masked;
