@@ -16,7 +16,7 @@ users; the others are held out entirely) with
 
 For each run: test NDCG@10 / HitRate@10 over the member users, and a simple
 membership-inference check: each user's mean loss on its own training
-examples (``examples_per_user`` drawn with a fixed seed, fixed negatives),
+examples (``--mia-examples`` drawn with a fixed seed, fixed negatives),
 for members and for held-out users; the gap (held-out minus members) and
 the AUC of the attack "member if its loss is low" (0.5 = no better than a
 coin). Writes ``--out`` JSON (device, date, versions, config, every number)

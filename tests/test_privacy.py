@@ -295,6 +295,10 @@ def test_accountant_matches_dp_accounting_called_directly():
     assert calibrate_noise("rdp", math.inf, delta, q, steps) == 0.0
     # Capacity: a step can hold the binomial count's far tail.
     assert 10 < plan.capacity <= 200
+    from fgjax.errors import FgjaxWarning
+
+    with pytest.warns(FgjaxWarning, match="not below 1 / users"):
+        plan_privacy(PrivacyConfig(enabled=True, users_per_step=10, delta=0.01), 200, 5)
 
 
 def test_private_run_logs_the_epsilon_it_spent(private_run):

@@ -39,6 +39,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
+import warnings
 from typing import Any, Callable, Iterator, Mapping
 
 import jax
@@ -48,7 +49,7 @@ import optax
 from scipy import stats
 
 from fgjax.config import PrivacyConfig
-from fgjax.errors import ConfigError
+from fgjax.errors import ConfigError, FgjaxWarning
 
 #: Chance per step that Poisson sampling draws more users than a step holds (the surplus is then dropped).
 OVERFLOW_PROBABILITY = 1e-12
@@ -173,6 +174,11 @@ def plan_privacy(privacy: PrivacyConfig, users: int, steps: int, *, num_devices:
     """The plan for ``steps`` steps over ``users`` users, the noise calibrated to ``privacy.target_epsilon``."""
     if users < 1:
         raise ConfigError("train.privacy: no user has a training example")
+    if privacy.delta >= 1.0 / users:
+        # delta is the chance the guarantee fails; at 1 / users or more, one whole user could leak outright.
+        warnings.warn(f"train.privacy.delta={privacy.delta:g} is not below 1 / users = {1.0 / users:.3g}: the "
+                      "guarantee allows one user's data to leak with that chance; choose a smaller delta",
+                      FgjaxWarning, stacklevel=2)
     rate = min(1.0, privacy.users_per_step / users)
     capacity = min(users, int(stats.binom.isf(OVERFLOW_PROBABILITY, users, rate)) + 1)
     capacity = -(-capacity // num_devices) * num_devices
