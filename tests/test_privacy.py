@@ -22,7 +22,7 @@ import pytest
 
 from fgjax.config import load_config
 from fgjax.data.pseudonym import Pseudonymizer, read_secret
-from fgjax.errors import ConfigError
+from fgjax.errors import CheckpointError, ConfigError
 
 SECRET = "k3y-0f-the-t3st-9f2c1a"
 ENV = "FGJAX_TEST_PSEUDONYM_SECRET"
@@ -404,3 +404,34 @@ def test_sequence_model_trains_privately_over_its_users_windows(tmp_path):
     assert 1.9 < result.privacy["epsilon"] <= 2.0
     assert [r["epsilon"] for r in result.history] == sorted(r["epsilon"] for r in result.history)
     assert all(math.isfinite(r["train_loss"]) for r in result.history)
+
+
+@pytest.mark.slow
+def test_private_run_resumes_exactly(tmp_path):
+    from conftest import make_log
+
+    from fgjax.data.split import leave_last_out
+    from fgjax.training import train
+
+    log = make_log(num_users=20, num_items=16, events_per_user=12)
+    split = leave_last_out(log.user, log.item, log.timestamp, log.num_users)
+    config = load_config(None, ["train.epochs=3", "train.privacy.enabled=true", "train.privacy.users_per_step=5",
+                                "model.embed_dim=4", "model.hidden_dim=4"])
+    whole = train(config, log, split, tmp_path / "whole", progress=False)
+
+    def crash(record):
+        if record["epoch"] == 2:
+            raise KeyboardInterrupt  # after epoch 1's checkpoint, before epoch 2's
+
+    with pytest.raises(KeyboardInterrupt):
+        train(config, log, split, tmp_path / "cut", progress=False, on_epoch_end=[crash])
+    resumed = train(config, log, split, tmp_path / "cut", progress=False)
+    assert resumed.resumed_from == 4 and resumed.steps == whole.steps == 12
+    for a, b in zip(jax.tree.leaves(resumed.params), jax.tree.leaves(whole.params)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))  # the same users, examples and noise
+    assert resumed.privacy["epsilon"] == whole.privacy["epsilon"]
+    # A longer run is another mechanism (its noise is calibrated for more steps): not a resume.
+    longer = load_config(None, ["train.epochs=4", "train.privacy.enabled=true", "train.privacy.users_per_step=5",
+                                "model.embed_dim=4", "model.hidden_dim=4"])
+    with pytest.raises(CheckpointError, match="privacy_plan"):
+        train(longer, log, split, tmp_path / "cut", progress=False)
