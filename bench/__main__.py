@@ -7,6 +7,10 @@ every known benchmark; optional ones (e.g. ``quality``, another engineer's
 module) are skipped when their module is absent. Any other module under bench/
 that follows the same contract runs by name too.
 
+Flags the suite does not know go to the benchmarks named, e.g.
+``python -m bench privacy --data ../shared/data/ml-100k`` (refused without
+NAMEs: every benchmark would have to take them).
+
 Writes ``DIR/NAME.json`` per benchmark, ``DIR/suite.json`` (all of them,
 with device, date and versions), ``DIR/plots/*.png``, and prints a summary.
 """
@@ -26,7 +30,7 @@ from bench import _report
 #: Run by default, in this order.
 BENCHMARKS = ("kernels", "analysis_pass", "detector_update", "topk", "train", "pipeline", "memory", "scaling")
 #: Run when their module exists, skipped (and listed as skipped) otherwise.
-OPTIONAL = ("quality",)
+OPTIONAL = ("quality", "privacy")
 DEFAULT_OUT = "bench/results"
 
 
@@ -67,7 +71,10 @@ def _headline(payload: dict[str, Any]) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra and not args.names:
+        parser.error(f"unrecognized arguments: {' '.join(extra)} (flags of a benchmark need its NAME before them)")
     if args.list:
         for name in BENCHMARKS + OPTIONAL:
             state = "" if _load(name) is not None else " (module absent: skipped)"
@@ -94,6 +101,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         sub_argv = ["--scale", args.scale, "--out", str(out / f"{name}.json"), "--plots", str(out / "plots")]
         if args.no_torch:
             sub_argv.append("--no-torch")
+        sub_argv += extra
         print(f"== {name} ({args.scale})", flush=True)
         start = time.perf_counter()
         try:

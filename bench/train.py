@@ -12,6 +12,15 @@ large: 10M users x 1M items) and dense Adam on everything
 (``train.table_optimizer: dense``) vs row-wise Adagrad / lazy Adam
 (``train.table_optimizer: row_adagrad | lazy_adam``, ``fgjax.training.sparse``) that
 touch only the batch's rows, row-sharded: the same loop step with another optimizer state.
+
+``dp``: the EmbeddingMLP step under ``train.privacy`` (user-level DP-SGD,
+``fgjax.training.privacy``) beside the non-private step on the same model
+and the same number of positives per step (``batch / examples_per_user``
+expected users with ``examples_per_user`` positives each; the step holds
+``capacity`` users, padding masked): per-user gradients (``jax.vmap`` over
+users, each the size of every parameter, tables included), per-user
+clipping and Gaussian noise, then Adam. Not run at ``large``: per-user dense
+table gradients grow with capacity x table size.
 """
 
 from __future__ import annotations
@@ -69,6 +78,58 @@ def _jax_steps(s, timing, seed, kinds=("dense",)):
         out[kind] = _report.time_call(run, **timing)
         box.clear()  # drop the state before the next kind allocates its own
         del state
+    return out
+
+
+#: The dp case: positives per user per step, and each user's examples to draw them from.
+DP = {"smoke": {"examples_per_user": 8, "user_examples": 20}, "small": {"examples_per_user": 8, "user_examples": 20}}
+
+
+def _dp_steps(s, dp, timing, seed):
+    """The non-private step and the private one (``train.privacy``) on the same model and positives per step."""
+    import dataclasses
+
+    import jax
+
+    from fgjax.config import Config, ModelConfig, PrivacyConfig
+    from fgjax.models import build_model, split_params
+    from fgjax.training import privacy
+    from fgjax.training.loop import init_state, make_mesh, make_optimizer, make_train_step, state_shardings
+
+    mesh = make_mesh(1)
+    m = dp["examples_per_user"]
+    rng = np.random.default_rng(seed)
+    owners = np.repeat(np.arange(s["users"], dtype=np.int32), dp["user_examples"])
+    items = rng.integers(0, s["items"], len(owners)).astype(np.int32)
+    private = PrivacyConfig(enabled=True, target_epsilon=8.0, users_per_step=s["batch"] // m, examples_per_user=m)
+    config = dataclasses.replace(
+        Config(), model=ModelConfig(embed_dim=s["embed"], hidden_dim=s["hidden"]),
+        train=dataclasses.replace(Config().train, learning_rate=1e-3, negatives=s["negatives"], privacy=private))
+    plan = privacy.plan_privacy(private, s["users"], steps=1000)
+    sampler = privacy.UserSampler(owners, sampling_rate=plan.sampling_rate, capacity=plan.capacity,
+                                  examples_per_user=m, seed=seed)
+    idx, mask = sampler.indices(0)
+    batches = {"non_private": {"user": owners[:s["batch"]], "item": items[:s["batch"]]},
+               "dp": {"user": owners[idx], "item": items[idx], "mask": mask}}
+    out = {}
+    for kind, batch in batches.items():
+        graphdef, params = split_params(build_model(config, s["users"], s["items"], seed=seed))
+        adam = make_optimizer(config)
+        state = init_state(params, adam)
+        shardings = state_shardings(state, mesh)
+        box = [jax.device_put(state, shardings)]
+        step = make_train_step(graphdef, adam, mesh, shardings, seed=seed,
+                               privacy_plan=plan if kind == "dp" else None)
+
+        def run():
+            box[0], loss = step(box[0], batch)
+            return loss
+
+        out[kind] = _report.time_call(run, **timing)
+        box.clear()
+    out["plan"] = {"capacity": plan.capacity, "expected_users": plan.expected_users,
+                   "sampled_users": int(mask.sum()), "noise_multiplier": plan.noise_multiplier,
+                   "examples_per_user": m, "positives_per_step": s["batch"]}
     return out
 
 
@@ -158,6 +219,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     payload["summary"] = {"mlp_examples_per_s": payload["mlp"]["examples_per_s"],
                           "mlp_speedup_vs_torch": payload["mlp"].get("speedup_vs_torch"),
                           "row_adagrad_speedup_vs_dense_adam": payload["tables"]["row_adagrad_speedup_vs_dense_adam"]}
+    if args.scale in DP:
+        dp = _dp_steps(m, DP[args.scale], timing, args.seed)
+        td = {k: dp[k]["median_s"] for k in ("non_private", "dp")}
+        payload["dp"] = {"timings": {k: dp[k] for k in td}, "plan": dp["plan"],
+                         "dp_step_cost_vs_non_private": td["dp"] / td["non_private"]}
+        # The private step scores capacity x examples_per_user positives (padding included) with their negatives.
+        dp_pairs = dp["plan"]["capacity"] * dp["plan"]["examples_per_user"] * (1 + m["negatives"])
+        for name, sec in td.items():
+            rows.append({"what": f"EmbeddingMLP step {name.replace('_', '-')}", "ms": sec * 1e3,
+                         "examples_per_s": (pairs if name == "non_private" else dp_pairs) / sec})
+        payload["summary"]["dp_step_cost_vs_non_private"] = payload["dp"]["dp_step_cost_vs_non_private"]
     cols = [("what", "step", ""), ("ms", "ms", ".3f"), ("examples_per_s", "examples/s", ".3g")]
     return _report.finish(payload, args, rows, cols)
 

@@ -84,6 +84,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="comma-separated raw user IDs, or a Parquet/CSV file with a user_id column (default: all users)")
     p.add_argument("--k", type=_positive_int, default=10, help="items per user")
     p.add_argument("--no-forgetting", action="store_true", help="rank by the model alone")
+    p.add_argument("--pseudonyms", action="store_true",
+                   help="the --users IDs are pseudonyms (a checkpoint trained with data.pseudonymize): no secret "
+                        "needed; without it raw IDs are mapped with the secret its config names")
     p.add_argument("--out", required=True, type=Path, help="output Parquet file")
     p = sub.add_parser("evaluate", help="temporal leave-last-out evaluation of a checkpoint -> metrics.json; "
                                         "--detection: forgetting detection against synthetic ground truth")
@@ -220,7 +223,10 @@ def run(args) -> int:
 
         model = load(args.checkpoint)
         user_ids = _read_user_ids(args.users, model)
-        table = model.recommend(user_ids, k=args.k, use_forgetting=not args.no_forgetting)
+        given_pseudonyms = args.pseudonyms or args.users is None  # all users: the vocabulary's own IDs
+        if not given_pseudonyms:
+            user_ids = model.pseudonyms(user_ids)  # raw -> pseudonyms (unchanged unless data.pseudonymize)
+        table = model.recommend(user_ids, k=args.k, use_forgetting=not args.no_forgetting, pseudonyms=True)
         args.out.parent.mkdir(parents=True, exist_ok=True)
         if args.out.is_dir():
             raise ConfigError(f"--out '{args.out}' is a folder, expected a .parquet file to write")

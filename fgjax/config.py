@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import operator
+import re
 import types
 import typing
 from pathlib import Path
@@ -146,6 +147,12 @@ class DataConfig:
     # A user's events at the same timestamp: input order (a stable sort by time, RecBole's convention) | item index.
     # Decides the leave-last-out targets, the sequences and the masks (docs/data.md, "Evaluation protocol").
     tie_order: str = setting("input", choices=("input", "item"))
+    # Pseudonymous user IDs (fgjax.data.pseudonym): every user ID is replaced at ingest by HMAC-SHA256(secret, ID)
+    # (hex), so outputs and checkpoints hold pseudonyms only. The secret is read from pseudonym_secret_file when set,
+    # else from the environment variable pseudonym_secret_env; the config records where it is, never the secret.
+    pseudonymize: bool = False
+    pseudonym_secret_env: str = "FGJAX_PSEUDONYM_SECRET"
+    pseudonym_secret_file: str = ""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -277,6 +284,32 @@ class ModelConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class PrivacyConfig:
+    """User-level differentially private training (``train.privacy``; ``fgjax.training.privacy``).
+
+    Each step samples users (Poisson, each user independently with rate
+    ``users_per_step / users``), draws ``examples_per_user`` of each sampled
+    user's training examples (with replacement), takes each user's gradient of
+    the mean loss over them (``jax.vmap`` over users), clips it to
+    ``clip_norm``, sums, adds Gaussian noise of std ``noise_multiplier *
+    clip_norm`` and divides by ``users_per_step`` (optax's
+    ``differentially_private_aggregate``); the model's optimizer then applies
+    it. The noise multiplier is calibrated with dp-accounting so that the
+    planned steps spend at most ``target_epsilon`` at ``delta``; the epsilon
+    spent is logged per epoch. Covers the model's parameters, not the serving
+    state (which holds each user's items to serve them).
+    """
+
+    enabled: bool = False
+    target_epsilon: float = setting(8.0, gt=0, allow_inf=True)  # .inf: the same clipped, sampled steps without noise
+    delta: float = setting(1e-5, gt=0, lt=1)  # keep below 1 / users
+    clip_norm: float = setting(1.0, gt=0)  # C: bound on each user's gradient (L2 over every parameter)
+    users_per_step: int = setting(64, ge=1)  # expected users per step; an epoch = users / users_per_step steps
+    examples_per_user: int = setting(8, ge=1)  # a sampled user's examples per step (drawn with replacement)
+    accountant: str = setting("rdp", choices=("rdp", "pld"))  # dp-accounting's RDP or PLD accountant
+
+
+@dataclasses.dataclass(frozen=True)
 class TrainConfig:
     epochs: int = setting(10, ge=1)
     batch_size: int = setting(1024, ge=1)  # global batch of positives; split over the data axis
@@ -292,6 +325,7 @@ class TrainConfig:
     # embedding_mlp: dense (Adam) | row_adagrad | lazy_adam (row-sharded tables, row-sparse updates)
     table_optimizer: str = setting("dense", choices=("dense", "row_adagrad", "lazy_adam"))
     distributed: bool = False  # jax.distributed over processes (FGJAX_COORDINATOR/_NUM_PROCESSES/_PROCESS_ID)
+    privacy: PrivacyConfig = PrivacyConfig()  # user-level DP-SGD for every gradient-trained model
 
 
 @dataclasses.dataclass(frozen=True)
@@ -472,6 +506,9 @@ class Config:
     quality: QualityConfig = QualityConfig()
 
 
+_YAML11_EXPONENT = re.compile(r"[+-]?[0-9]+[eE][+-]?[0-9]+")
+
+
 def _coerce(value: Any, tp: Any, where: str, allow_inf: bool = False) -> Any:
     """Check ``value`` against the annotation ``tp``; int -> float is allowed."""
     origin = typing.get_origin(tp)
@@ -482,6 +519,8 @@ def _coerce(value: Any, tp: Any, where: str, allow_inf: bool = False) -> Any:
     if tp is float:
         if isinstance(value, str) and value.strip().lower() in ("inf", ".inf", "infinity"):
             value = math.inf
+        elif isinstance(value, str) and _YAML11_EXPONENT.fullmatch(value.strip()):
+            value = float(value)  # YAML 1.1 reads 1e-5 (no dot in the mantissa) as a string
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{where}: expected a number, got {value!r}")
         if math.isnan(value) or (math.isinf(value) and not allow_inf):

@@ -148,6 +148,8 @@ def fit(config: Config, prepared: Prepared, out: Path, report: Reporter = _quiet
         last = trained.history[-1]
         scores = ", ".join(f"{k} {v:.4f}" for k, v in last.items() if k.startswith(("train_loss", "val_")))
         report(f"trained {trained.steps} steps ({len(trained.history)} epochs) in {time.perf_counter() - t0:.1f}s: {scores}")
+    if trained.privacy is not None:
+        report(privacy_summary(trained.privacy))
     forgetting = weights = explanations = origin = None
     if has_categories(log):
         forgetting = analyze(config, log, progress=progress)
@@ -171,6 +173,15 @@ def fit(config: Config, prepared: Prepared, out: Path, report: Reporter = _quiet
     )
     serving.save(checkpoint)
     return Fitted(prepared, trained, forgetting, serving)
+
+
+def privacy_summary(spent: dict[str, Any]) -> str:
+    """One line on a private run (``TrainResult.privacy``): the epsilon spent and the mechanism behind it."""
+    return (f"privacy: epsilon {spent['epsilon']:.4g} spent at delta {spent['delta']:g} (target "
+            f"{spent['target_epsilon']:g}, {spent['accountant']} accountant) over {spent['steps_run']:,} steps: "
+            f"noise multiplier {spent['noise_multiplier']:.4g}, clip norm {spent['clip_norm']:g}, Poisson sampling "
+            f"of {spent['users']:,} users at rate {spent['sampling_rate']:.4g}, {spent['examples_per_user']} "
+            f"examples per sampled user")
 
 
 def has_categories(log: EventLog) -> bool:
@@ -224,8 +235,10 @@ def write_recommendations(config: Config, fitted: Fitted, path: Path) -> int:
     The same ranking as a service that loads the checkpoint (``ServingModel.recommend``).
     """
     rcfg = config.recommend
+    # The vocabulary's own IDs: already pseudonyms under data.pseudonymize (no secret needed to serve them).
     table = fitted.model(config).recommend(fitted.prepared.log.users.values, k=rcfg.k,
-                                           use_forgetting=rcfg.use_forgetting, exclude_seen=rcfg.exclude_seen)
+                                           use_forgetting=rcfg.use_forgetting, exclude_seen=rcfg.exclude_seen,
+                                           pseudonyms=True)
     pq.write_table(table, str(path))
     return table.num_rows
 
@@ -302,7 +315,8 @@ def _quickstart(config: Config, out: Path, stage: Path, report: Reporter, progre
                     plots / "forgetting.png")
     metrics = {
         "data": _relocated(dataclasses.asdict(prepared.log.report), stage, out),
-        "train": {"steps": fitted.trained.steps, "history": fitted.trained.history},
+        "train": {"steps": fitted.trained.steps, "history": fitted.trained.history,
+                  **({"privacy": fitted.trained.privacy} if fitted.trained.privacy is not None else {})},
         "forgetting": {"windows": fitted.forgetting.num_windows, "rows": rows, "final_states": counts},
         "evaluation": evaluation,
         "timings_s": {k: round(v, 3) for k, v in timings.items()},

@@ -138,6 +138,11 @@ def test_suite_dispatches_by_module_name_and_rejects_unknown(tmp_path, monkeypat
     data = suite.main(["quality", "--scale", "small", "--out", str(tmp_path)])
     assert calls == [["--scale", "small", "--out", str(tmp_path / "quality.json"), "--plots", str(tmp_path / "plots")]]
     assert data["benchmarks"]["quality"]["summary"] == {"ndcg": 0.5} and not data["skipped"]
+    calls.clear()
+    suite.main(["quality", "--out", str(tmp_path), "--data", "d/ml-100k"])  # its own flags pass through
+    assert calls[0][-2:] == ["--data", "d/ml-100k"]
+    with pytest.raises(SystemExit):
+        suite.main(["--data", "d/ml-100k", "--out", str(tmp_path)])  # not without the benchmark's name
     monkeypatch.delitem(sys.modules, "bench.quality")
     with pytest.raises(SystemExit) as exc:
         suite.main(["no_such_benchmark", "--out", str(tmp_path)])

@@ -54,6 +54,7 @@ import pyarrow.parquet as pq
 
 from fgjax.config import ColumnsConfig, DataConfig
 from fgjax.data import formats
+from fgjax.data.pseudonym import Pseudonymizer
 from fgjax.data.vocab import Vocabulary
 from fgjax.errors import DataError, SchemaError
 
@@ -634,9 +635,13 @@ class RejectsWriter:
     ``reason``, ``source_file`` (string) and ``source_row`` (int64).
     """
 
-    def __init__(self, path: str | None, columns: Sequence[str]):
+    def __init__(self, path: str | None, columns: Sequence[str], *, user_column: str = "",
+                 pseudonymizer: Pseudonymizer | None = None):
         self.path = path
         self.columns = list(columns)
+        # With data.pseudonymize the user column is written as pseudonyms (of the normalized ID), never raw.
+        self.user_column = user_column
+        self.pseudonymizer = pseudonymizer
         self.schema = pa.schema(
             [
                 *(pa.field(c, pa.string()) for c in self.columns),
@@ -658,7 +663,11 @@ class RejectsWriter:
         n = len(reason)
         arrays = []
         for c in self.columns:
-            if rows is not None and c in rows.schema.names:
+            if rows is not None and c in rows.schema.names and self.pseudonymizer is not None \
+                    and c == self.user_column:
+                ids, null = normalize_ids(rows.column(c))
+                arrays.append(self.pseudonymizer.apply(pc.if_else(pa.array(null), pa.nulls(n, ids.type), ids)))
+            elif rows is not None and c in rows.schema.names:
                 arrays.append(pc.cast(_plain(rows.column(c)), pa.string()))
             else:
                 arrays.append(pa.nulls(n, pa.string()))
@@ -838,18 +847,24 @@ def read_events(
     """Read, validate and index a behavior log (see the module docstring for the rules).
 
     ``path`` / ``items_path`` override ``config.path`` / ``config.items_path``.
-    Rejected rows go to ``rejects_path`` (Parquet) when given.
+    Rejected rows go to ``rejects_path`` (Parquet) when given. With ``config.pseudonymize`` every user ID
+    (in the log and in the rejects) is its pseudonym (``fgjax.data.pseudonym``).
+
+    Raises:
+      ConfigError: ``config.pseudonymize`` is on and its secret is missing or empty.
     """
     path = str(path) if path is not None else config.path
     if not path:
         raise DataError("no events path given; set data.path to a file, directory or glob")
+    pseudonymizer = Pseudonymizer.from_config(config)  # before any file is read: a missing secret stops at once
     sources, default_items = open_sources(path, config)
     plans = [check_schema(s, config.columns) for s in sources]  # every schema before any row
     check_id_kinds(sources, plans, config)
     items_path = items_path if items_path is not None else (config.items_path or default_items)
     item_table = read_items_table(items_path, config) if items_path else None
     reject_columns = [c for c in dataclasses.astuple(config.columns) if any(c in p.columns for p in plans)]
-    rejects = RejectsWriter(str(rejects_path) if rejects_path is not None else None, reject_columns)
+    rejects = RejectsWriter(str(rejects_path) if rejects_path is not None else None, reject_columns,
+                            user_column=config.columns.user_id, pseudonymizer=pseudonymizer)
     try:
         return _read_rows(sources, plans, item_table, config, rejects, path)
     finally:
@@ -987,6 +1002,8 @@ def _assemble(
     _check_text_ids(got.users, got.user_kinds, got.chunk_sources, sources, cols.user_id, config)
     _check_text_ids(got.items, got.item_kinds, got.chunk_sources, sources, cols.item_id, config)
     user_raw = unify_ids(got.users, got.user_kinds)
+    if rejects.pseudonymizer is not None:  # the only place raw user IDs become indices: pseudonyms from here on
+        user_raw = pa.chunked_array([rejects.pseudonymizer.apply(user_raw)], pa.string())
     item_chunks, item_kinds = list(got.items), list(got.item_kinds)
     if item_table is not None:
         item_chunks.append(item_table[0])

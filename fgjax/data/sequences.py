@@ -57,6 +57,11 @@ class Sequences:
         times[valid] = self.times[src[valid]]
         return items, times
 
+    def window_owners(self, max_len: int) -> np.ndarray:
+        """``(windows,)`` int64: the user of each of ``training_windows``' rows, in their order."""
+        chunks = -(-np.maximum(self.lengths() - 1, 0) // max_len)
+        return np.repeat(np.arange(self.num_users), chunks)
+
     def training_windows(self, max_len: int, *, pad_item: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Next-item training examples: every item after a user's first is a target once.
 
@@ -73,7 +78,7 @@ class Sequences:
         lengths = self.lengths()
         pairs = np.maximum(lengths - 1, 0)  # (input, target) positions per user
         chunks = -(-pairs // max_len)
-        owner = np.repeat(np.arange(self.num_users), chunks)
+        owner = self.window_owners(max_len)
         # Chunk j of a user (counted from the end) covers pair positions [end - (j+1)L, end - jL).
         j = np.arange(len(owner)) - np.repeat(np.cumsum(chunks) - chunks, chunks)
         stop = self.indptr[owner] + pairs[owner] - j * max_len  # exclusive end of the inputs

@@ -6,10 +6,16 @@ every model ``config.model.name`` names (EmbeddingMLP, time-aware SASRec, SASRec
 
     model = fgjax.load("runs/quickstart/checkpoint")
     table = model.recommend(["u1", "u2"], k=10)   # pyarrow.Table
+
+A checkpoint trained with ``data.pseudonymize`` knows users by pseudonym only:
+``recommend`` maps raw IDs through the same keyed hash, with the secret given
+to ``load(path, pseudonym_secret=...)`` or read from the file or environment
+variable its config names; its tables name users by pseudonym.
 """
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -19,8 +25,9 @@ import pyarrow as pa
 
 from fgjax.checkpoint import check_manifest, load_vocabularies, read_meta, read_params, verify_served
 from fgjax.config import Config, from_dict
+from fgjax.data.pseudonym import Pseudonymizer
 from fgjax.data.vocab import Vocabulary
-from fgjax.errors import CheckpointError, ConfigError, DataError, FgjaxError
+from fgjax.errors import CheckpointError, ConfigError, DataError, FgjaxError, FgjaxWarning
 from fgjax.models import abstract_params
 from fgjax.ranking.explain import recommendation_table
 from fgjax.ranking.topk import query_inputs, rank_items
@@ -35,16 +42,36 @@ class ServingModel:
       step: training step of the loaded params.
       config: the ``Config`` the model was trained with.
       state: the ``ServingState`` (seen items, popularity, forgetting, evidence, histories).
+      pseudonymized: whether ``users`` holds pseudonyms (``data.pseudonymize``).
     """
 
     def __init__(self, graphdef, params, users: Vocabulary, items: Vocabulary, categories: Vocabulary | None,
-                 config: Config, step: int, state: ServingState):
+                 config: Config, step: int, state: ServingState, *, pseudonymizer: Pseudonymizer | None = None):
         self._graphdef = graphdef
         self._params = params
         self.users, self.items, self.categories = users, items, categories
         self.config = config
         self.step = step
         self.state = state
+        self._pseudonymizer = pseudonymizer
+
+    @property
+    def pseudonymized(self) -> bool:
+        return self.config.data.pseudonymize
+
+    def pseudonyms(self, raw_user_ids: pa.Array) -> pa.Array:
+        """Raw user IDs -> the pseudonyms the checkpoint knows them by (the IDs unchanged without
+        ``data.pseudonymize``).
+
+        Raises:
+          ConfigError: the checkpoint is pseudonymized and no secret was given to ``load`` nor is in the
+            file / environment variable its config names.
+        """
+        if not self.pseudonymized:
+            return raw_user_ids
+        if self._pseudonymizer is None:
+            self._pseudonymizer = Pseudonymizer.from_config(self.config.data)
+        return self._pseudonymizer.apply(raw_user_ids)
 
     @property
     def graphdef(self):
@@ -83,6 +110,7 @@ class ServingModel:
         *,
         use_forgetting: bool = True,
         exclude_seen: bool = True,
+        pseudonyms: bool = False,
     ) -> pa.Table:
         """Top-k items per user as a long table, users in input order.
 
@@ -91,8 +119,12 @@ class ServingModel:
         Users unknown to the vocabulary get the most popular items
         (score = share of training users) and null explanations.
 
+        A pseudonymized checkpoint maps the raw IDs to pseudonyms first
+        (``pseudonyms``: the IDs given already are pseudonyms, no secret needed);
+        its table's ``user_id`` column holds the pseudonyms, in input order.
+
         Raises:
-          ConfigError: ``k`` is not a positive integer.
+          ConfigError: ``k`` is not a positive integer; or raw IDs for a pseudonymized checkpoint without its secret.
           DataError: IDs of a type the vocabulary cannot be matched against.
         """
         if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
@@ -107,7 +139,14 @@ class ServingModel:
                     from None
         if isinstance(ids, pa.ChunkedArray):
             ids = ids.combine_chunks()
-        dense = self.users.encode(ids)
+        if self.pseudonymized and not pseudonyms:
+            ids = self.pseudonyms(ids)
+            dense = self.users.encode(ids)
+            if len(dense) and not (dense >= 0).any():
+                warnings.warn(f"recommend: none of the {len(dense):,} user IDs is known to this pseudonymized "
+                              "checkpoint: is the secret the one it was trained with?", FgjaxWarning, stacklevel=2)
+        else:
+            dense = self.users.encode(ids)
         known = dense >= 0
         k = min(k, len(self.items))
         scores = np.full((len(dense), k), -np.inf, np.float32)
@@ -123,13 +162,17 @@ class ServingModel:
         return recommendation_table(ids, dense, scores, items, self.items, self.state.explanations(self.categories))
 
 
-def load(path: str | Path, *, step: int | None = None) -> ServingModel:
+def load(path: str | Path, *, step: int | None = None, pseudonym_secret: bytes | str | None = None) -> ServingModel:
     """Load an fgjax checkpoint directory for serving (latest step by default).
 
     Every file read is first checked against the checkpoint's manifest (size
     and sha256), the restored params must be finite, and the serving state
     must fit the vocabularies: a damaged or incomplete checkpoint is refused,
     never served half-configured.
+
+    ``pseudonym_secret``: for a checkpoint trained with ``data.pseudonymize``, the secret that maps raw user IDs
+    to its pseudonyms; without it, the file or environment variable its config names is read when raw IDs
+    are first given to ``recommend``.
 
     Raises:
       CheckpointError: not a checkpoint, another format version, a file
@@ -172,4 +215,5 @@ def load(path: str | Path, *, step: int | None = None) -> ServingModel:
         )
     if state.forgetting is not None:
         state.check_categories(len(categories), where)
-    return ServingModel(graphdef, params, users, items, categories, config, step, state)
+    pseudonymizer = Pseudonymizer(pseudonym_secret) if pseudonym_secret is not None else None
+    return ServingModel(graphdef, params, users, items, categories, config, step, state, pseudonymizer=pseudonymizer)

@@ -31,7 +31,12 @@ The rest is shared:
   ``state`` = the ``TrainState`` to resume, ``meta``), one JSON line per epoch
   in the metrics file, a tqdm bar, and ``on_epoch_end`` hooks;
 - ``train.distributed``: ``jax.distributed`` over processes; each process
-  takes its share of every global batch (``fgjax.training.distributed``).
+  takes its share of every global batch (``fgjax.training.distributed``);
+- ``train.privacy``: user-level DP-SGD (``fgjax.training.privacy``): each
+  step's batch is a Poisson sample of users with a few examples each, the
+  gradient is clipped per user and noised before the optimizer, an epoch is
+  ``users / users_per_step`` steps, the epsilon spent is logged per epoch,
+  and the last params are served (no selection, no early stopping).
 """
 
 from __future__ import annotations
@@ -60,7 +65,7 @@ from fgjax.data.split import ItemSets, TemporalSplit
 from fgjax.errors import CheckpointError, ConfigError
 from fgjax.models import CLOSED_FORM_MODELS, HISTORY_MODELS, SEQUENCE_MODELS, Params, build_model, split_params
 from fgjax.ranking.topk import query_inputs, rank_items
-from fgjax.training import distributed, sparse
+from fgjax.training import distributed, privacy, sparse
 
 DATA_AXIS = "data"
 #: Validation ranks this many items (capped at the catalog): NDCG@10 selects the model.
@@ -122,6 +127,7 @@ class TrainResult:
       best_epoch: epoch of ``params`` (0 if never validated).
       epochs: epochs completed in total; stopped_early: patience ran out.
       seconds: wall time of this call.
+      privacy: under ``train.privacy``, the ``PrivacyPlan`` (``to_json``) and ``epsilon`` spent; else None.
     """
 
     graphdef: nnx.GraphDef
@@ -134,6 +140,7 @@ class TrainResult:
     epochs: int = 0
     stopped_early: bool = False
     seconds: float = 0.0
+    privacy: dict[str, Any] | None = None
 
 
 def loop_settings(config: Config) -> LoopSettings:
@@ -206,6 +213,24 @@ def dense_update(graphdef: nnx.GraphDef, optimizer: optax.GradientTransformation
     return update
 
 
+def private_update(graphdef: nnx.GraphDef, optimizer: optax.GradientTransformation, plan: privacy.PrivacyPlan):
+    """``update(state, batch, key) -> (state, loss)``: per-user clipped, noised gradients
+    (``privacy.private_gradient``; ``batch`` fields ``(capacity, examples_per_user, ...)`` and ``mask``), then
+    ``optimizer``."""
+
+    def user_loss(params: Params, user_batch: Batch, key: jax.Array) -> jax.Array:
+        return nnx.merge(graphdef, params).loss(user_batch, key)
+
+    def update(state: TrainState, batch: Batch, key: jax.Array) -> tuple[TrainState, jax.Array]:
+        loss, grads = privacy.private_gradient(user_loss, state.params, batch, key, clip_norm=plan.clip_norm,
+                                               noise_multiplier=plan.noise_multiplier,
+                                               expected_users=plan.expected_users)
+        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+        return TrainState(optax.apply_updates(state.params, updates), opt_state, state.step + 1), loss
+
+    return update
+
+
 def make_train_step(
     graphdef: nnx.GraphDef,
     optimizer: optax.GradientTransformation,
@@ -214,15 +239,21 @@ def make_train_step(
     *,
     seed: int,
     table_opt: sparse.SparseRowOptimizer | None = None,
+    privacy_plan: privacy.PrivacyPlan | None = None,
 ) -> Callable[[TrainState, Batch], tuple[TrainState, jax.Array]]:
-    """The jitted step ``(state, batch) -> (state, loss)``; ``batch`` holds the model's ``batch_fields``.
+    """The jitted step ``(state, batch) -> (state, loss)``; ``batch`` holds the model's ``batch_fields``
+    (with ``privacy_plan``: each ``(capacity, examples_per_user, ...)``, and ``mask``).
 
     The step's key is ``fold_in(key(seed), state.step)``. ``in_shardings`` /
     ``out_shardings`` pin the layout (batch split along ``data``, the state
     as ``state_sharding``); ``state`` is donated.
     """
-    update = dense_update(graphdef, optimizer) if table_opt is None else sparse.sparse_update(graphdef, optimizer,
-                                                                                              table_opt)
+    if privacy_plan is not None:
+        update = private_update(graphdef, optimizer, privacy_plan)
+    elif table_opt is None:
+        update = dense_update(graphdef, optimizer)
+    else:
+        update = sparse.sparse_update(graphdef, optimizer, table_opt)
     base_key = jax.random.key(seed)
 
     def step(state: TrainState, batch: Batch) -> tuple[TrainState, jax.Array]:
@@ -289,7 +320,7 @@ def run_fingerprint(config: Config, examples: Batch, num_users: int, num_items: 
         architecture = {"name": "bpr", "dim": config.bpr.dim, "l2": config.bpr.l2, "negatives": config.bpr.negatives}
     else:
         architecture = {**to_dict(config.model), "negatives": config.train.negatives}
-    return {
+    fingerprint = {
         "model": config.model.name,
         "num_users": num_users,
         "num_items": num_items,
@@ -302,6 +333,9 @@ def run_fingerprint(config: Config, examples: Batch, num_users: int, num_items: 
         "table_optimizer": config.train.table_optimizer,
         "architecture": architecture,
     }
+    if config.train.privacy.enabled:  # only then: non-private checkpoints keep their fingerprint
+        fingerprint["privacy"] = to_dict(config.train.privacy)
+    return fingerprint
 
 
 def _to_host(tree: Any) -> Any:
@@ -358,8 +392,10 @@ def train(
                                     ties=split.ties)
     if config.model.name in SEQUENCE_MODELS:
         examples = window_examples(sequences, config.sequence.max_len, log.num_items)
+        owners = sequences.window_owners(config.sequence.max_len)
     else:
         examples = pair_examples(split)
+        owners = examples["user"]
     users = np.flatnonzero(split.val_target >= 0)
     if config.train.eval_users and len(users) > config.train.eval_users:
         rng = np.random.default_rng(loop_settings(config).seed)
@@ -374,7 +410,7 @@ def train(
 
     return train_examples(config, examples, validation, num_users=log.num_users, num_items=log.num_items,
                           checkpoint_dir=checkpoint_dir, metrics_path=metrics_path, progress=progress,
-                          on_epoch_end=on_epoch_end, on_ready=on_ready)
+                          on_epoch_end=on_epoch_end, on_ready=on_ready, owners=owners)
 
 
 def train_examples(
@@ -389,6 +425,7 @@ def train_examples(
     progress: bool = True,
     on_epoch_end: Sequence[EpochHook] = (),
     on_ready: Callable[[], None] | None = None,
+    owners: np.ndarray | None = None,
 ) -> TrainResult:
     """The loop on prepared examples (``train`` builds them from a log and split; benchmarks bring their own).
 
@@ -400,11 +437,15 @@ def train_examples(
       checkpoint_dir: Orbax checkpoints (resumes if present); None = none.
       on_epoch_end: called with each epoch's record (a dict) after it is logged.
       on_ready: called once the checkpoint directory is known to hold this run.
+      owners: ``(n,)`` the user of each example; needed by ``train.privacy`` (the unit of privacy).
     """
     t0 = time.perf_counter()
     if config.train.distributed:
         distributed.initialize()  # a no-op when the caller initialized it already
     if config.model.name in CLOSED_FORM_MODELS:
+        if config.train.privacy.enabled:
+            raise ConfigError(f"train.privacy.enabled applies to gradient-trained models, not the closed-form "
+                              f"{config.model.name!r}")
         return _fit_closed_form(config, examples, validation, num_users=num_users, num_items=num_items,
                                 checkpoint_dir=checkpoint_dir, metrics_path=metrics_path, on_epoch_end=on_epoch_end,
                                 on_ready=on_ready, t0=t0)
@@ -415,19 +456,33 @@ def train_examples(
     mesh = make_mesh(tcfg.num_devices)
     n_dev = mesh.devices.size
     section = "sequence" if config.model.name in SEQUENCE_MODELS else "bpr" if config.model.name == "bpr" else "train"
-    if settings.batch_size % n_dev:
-        raise ConfigError(f"{section}.batch_size={settings.batch_size} must be divisible by the {n_dev} devices "
-                          "of the mesh")
-    if num_examples < settings.batch_size:
-        raise ConfigError(f"{section}.batch_size={settings.batch_size} exceeds the {num_examples} training "
-                          f"{'windows' if section == 'sequence' else 'pairs'}")
-    steps_per_epoch = num_examples // settings.batch_size
+    sampler = plan = None
+    if tcfg.privacy.enabled:
+        _check_private(config, settings, section, owners, num_examples)
+        private_users = int(np.unique(owners).size)
+        # An epoch: as many steps as it takes to expect every user once.
+        steps_per_epoch = max(1, -(-private_users // tcfg.privacy.users_per_step))
+    else:
+        if settings.batch_size % n_dev:
+            raise ConfigError(f"{section}.batch_size={settings.batch_size} must be divisible by the {n_dev} "
+                              "devices of the mesh")
+        if num_examples < settings.batch_size:
+            raise ConfigError(f"{section}.batch_size={settings.batch_size} exceeds the {num_examples} training "
+                              f"{'windows' if section == 'sequence' else 'pairs'}")
+        steps_per_epoch = num_examples // settings.batch_size
     total_steps = settings.epochs * steps_per_epoch
     stop_at = min(total_steps, tcfg.max_steps) if tcfg.max_steps else total_steps
+    if tcfg.privacy.enabled:
+        # The noise is calibrated for the steps this run plans (a longer run is another run: the fingerprint).
+        plan = privacy.plan_privacy(tcfg.privacy, private_users, stop_at, num_devices=n_dev)
+        sampler = privacy.UserSampler(owners, sampling_rate=plan.sampling_rate, capacity=plan.capacity,
+                                      examples_per_user=plan.examples_per_user, seed=settings.seed)
 
     optimizer = make_optimizer(config)
     table_opt = table_optimizer(config)
     fingerprint = run_fingerprint(config, fields, num_users, num_items)
+    if plan is not None:  # the noise depends on the planned steps, which epochs and max_steps change
+        fingerprint["privacy_plan"] = {"steps": plan.steps, "noise_multiplier": plan.noise_multiplier}
     model = nnx.eval_shape(lambda: build_model(config, num_users, num_items, seed=settings.seed))
     graphdef, abstract = split_params(model)
     abstract_state = jax.eval_shape(lambda p: init_state(p, optimizer, table_opt), abstract)
@@ -470,7 +525,8 @@ def train_examples(
         on_ready()
     if callable(validation):
         validation = validation(graphdef, abstract)
-    step_fn = make_train_step(graphdef, optimizer, mesh, sharding, seed=settings.seed, table_opt=table_opt)
+    step_fn = make_train_step(graphdef, optimizer, mesh, sharding, seed=settings.seed, table_opt=table_opt,
+                              privacy_plan=plan)
     copy_params = jax.jit(lambda p: jax.tree.map(jnp.copy, p), out_shardings=sharding.params)
     processes, me = jax.process_count(), jax.process_index()
 
@@ -499,16 +555,20 @@ def train_examples(
             if stopped_early:
                 break
             epoch, offset = divmod(step, steps_per_epoch)
-            if epoch != order_epoch:
-                order_epoch, order = epoch, epoch_order(settings.seed, epoch, num_examples)
-            idx = order[offset * settings.batch_size : (offset + 1) * settings.batch_size]
-            if processes > 1:  # each process holds its share of the global batch
-                idx = idx.reshape(processes, -1)[me]
-                names = sorted(fields)
-                batch = dict(zip(names, distributed.global_batch(mesh, *(fields[n][idx] for n in names),
-                                                                 axis=DATA_AXIS)))
+            if sampler is not None:  # a Poisson sample of users, a few examples each (train.privacy)
+                idx, mask = sampler.indices(step)
+                batch = {name: x[idx] for name, x in fields.items()} | {"mask": mask}
             else:
-                batch = {name: x[idx] for name, x in fields.items()}
+                if epoch != order_epoch:
+                    order_epoch, order = epoch, epoch_order(settings.seed, epoch, num_examples)
+                idx = order[offset * settings.batch_size : (offset + 1) * settings.batch_size]
+                if processes > 1:  # each process holds its share of the global batch
+                    idx = idx.reshape(processes, -1)[me]
+                    names = sorted(fields)
+                    batch = dict(zip(names, distributed.global_batch(mesh, *(fields[n][idx] for n in names),
+                                                                     axis=DATA_AXIS)))
+                else:
+                    batch = {name: x[idx] for name, x in fields.items()}
             state, loss = step_fn(state, batch)
             losses.append(loss)
             pending.append(loss)
@@ -528,12 +588,15 @@ def train_examples(
                     ranked = state.params if processes == 1 else _to_host(state.params)
                     record.update(validate(graphdef, ranked, validation, num_items))
                     score = record.get(f"val_ndcg@{min(VAL_K, num_items)}")
-                    if score is not None and score > best["ndcg"]:
+                    select = plan is None and score is not None  # private: the last params are served
+                    if select and score > best["ndcg"]:
                         best = {"ndcg": score, "epoch": epoch + 1, "since": 0}
                         best_params = copy_params(state.params)
-                    elif score is not None:
+                    elif select:
                         best["since"] += 1
                     stopped_early = bool(settings.patience and best["since"] >= settings.patience)
+                if plan is not None:
+                    record["epsilon"] = plan.epsilon(done)
                 record["seconds"] = round(time.perf_counter() - t_epoch, 3)
                 history.append(record)
                 epoch_loss = [0.0, 0]
@@ -554,8 +617,24 @@ def train_examples(
             metrics_file.close()
     params = _to_host(state.params if best_params is None else best_params)
     step_losses = _scalars(losses)
+    spent = None if plan is None else {**plan.to_json(), "steps_run": int(done), "epsilon": plan.epsilon(int(done))}
     return TrainResult(graphdef, params, history, step_losses, int(done), resumed_from, int(best["epoch"]),
-                       len(history), stopped_early, time.perf_counter() - t0)
+                       len(history), stopped_early, time.perf_counter() - t0, spent)
+
+
+def _check_private(config: Config, settings: LoopSettings, section: str, owners: np.ndarray | None,
+                   num_examples: int) -> None:
+    """Refuse ``train.privacy`` where its guarantee or its batches would not hold."""
+    if owners is None or len(owners) != num_examples:
+        raise ConfigError("train.privacy.enabled: the examples' users are unknown (pass owners= to train_examples)")
+    if config.train.table_optimizer != "dense":
+        raise ConfigError(f"train.privacy.enabled needs train.table_optimizer=dense (row-sparse updates would "
+                          f"skip the noise on untouched rows), got {config.train.table_optimizer!r}")
+    if config.train.distributed:
+        raise ConfigError("train.privacy.enabled does not run with train.distributed yet")
+    if settings.patience:
+        raise ConfigError(f"train.privacy.enabled needs {section}.patience=0: early stopping on validation is a "
+                          "data-dependent choice the accountant does not cover")
 
 
 def _fit_closed_form(
