@@ -281,8 +281,11 @@ def log_silence_probability(silence: ArrayLike, model: SilenceModel, params: Det
     """
     s = jnp.asarray(silence, jnp.float32)
     d = model.dispersion
-    a = params.prior_events + model.events
-    b = params.prior_windows + model.exposure
+    # Quasi-likelihood: counts that vary D times more than Poisson ones carry 1 / D of the
+    # information about the rate, so the Gamma posterior is that of events / D over exposure / D
+    # (same mean, D times the variance).
+    a = params.prior_events + model.events / d
+    b = params.prior_windows + model.exposure / d
     c = jnp.where(d > 1.0 + 1e-3, jnp.log(d) / jnp.maximum(d - 1.0, 1e-3), 1.0)
     by_events = a * (jnp.log(b) - jnp.log(b + c * s))
     m = jnp.asarray(params.prior_strength, jnp.float32)

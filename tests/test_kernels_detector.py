@@ -28,7 +28,8 @@ def ref_log_silence(s, events, exposure, active, silent, gaps, dispersion, longe
     """float64 log P(s empty windows): max of the events model and (with enough gaps) the Markov model."""
     if s <= 0:
         return 0.0
-    a, b = p.prior_events + events, p.prior_windows + exposure
+    d = max(dispersion, 1.0)
+    a, b = p.prior_events + events / d, p.prior_windows + exposure / d  # quasi-likelihood posterior
     c = math.log(dispersion) / (dispersion - 1.0) if dispersion > 1.0 + 1e-3 else 1.0
     by_events = a * (math.log(b) - math.log(b + c * s))
     if gaps < p.min_gaps or s > p.markov_reach * max(longest, 1):
