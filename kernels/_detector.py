@@ -89,7 +89,7 @@ class DetectorParams(NamedTuple):
     prior_windows: ArrayLike  # ... over windows
     prior_strength: ArrayLike  # Beta priors of the window model's transitions: pseudo windows each way
     min_gaps: ArrayLike  # silences the interest came back from before the window model is used
-    markov_reach: ArrayLike  # the window model speaks for silences up to this many times the longest one seen
+    markov_reach: ArrayLike  # the window model's least reach, in times the longest silence seen (life budget may raise it)
     calibration_share: ArrayLike  # the tail share of the population's completed silences kappa matches
     calibration_prior: ArrayLike  # completed silences the prior kappa = 1 is worth
     degree_z: ArrayLike  # user F alarm: F > mean + degree_z * std of the user's own F
@@ -258,9 +258,10 @@ def history_dispersion(total: ArrayLike, sum_sq: ArrayLike, sum_lag: ArrayLike, 
 def log_silence_probability(silence: ArrayLike, model: SilenceModel, params: DetectorParams) -> Array:
     """log P(``silence`` empty windows in a row | the interest's history), the larger of two models.
 
-    - Events: the rate is ~ Gamma(prior_events + events, prior_windows +
-      exposure). A window of counts with mean lam and variance D lam
-      (negative binomial) is empty with probability ``exp(-c lam)``, ``c =
+    - Events: the rate is ~ Gamma(prior_events + events / D, prior_windows +
+      exposure / D) (quasi-likelihood: counts D times more variable than
+      Poisson ones carry 1 / D of the information about the rate). A window
+      of counts with mean lam and variance D lam (negative binomial) is empty with probability ``exp(-c lam)``, ``c =
       log(D) / (D - 1)`` (1 for Poisson counts, less for overdispersed ones),
       so s empty windows have the predictive probability ``(b / (b + c s)) **
       a``: an uncertain rate from a short history makes long silences
@@ -269,7 +270,8 @@ def log_silence_probability(silence: ArrayLike, model: SilenceModel, params: Det
       spells) leave longer silences than one window's spread says.
     - Windows, once the interest has come back from ``min_gaps`` silences:
       active and silent windows as a two-state Markov chain (trusted for
-      silences up to ``markov_reach`` times the longest one seen). A silence starts
+      silences up to a reach times the longest one seen: ``log(life_windows * starts /
+      false_alarm) / log(gaps + 1)``, at least ``markov_reach``). A silence starts
       after an active window with probability ``pi ~ Beta(prior_strength +
       gaps, prior_strength + active -> active)`` and goes on with probability
       ``theta ~ Beta(prior_strength + silent -> silent, prior_strength +
@@ -296,9 +298,12 @@ def log_silence_probability(silence: ArrayLike, model: SilenceModel, params: Det
     # difference of four gammaln values of thousands would not.
     by_windows = (jnp.log(start_on) - jnp.log(start_on + start_off)
                   + betaln(stay_on + jnp.maximum(s - 1.0, 0.0), stay_off) - betaln(stay_on, stay_off))
-    # Trusted within the range of silences the interest has shown: past markov_reach times its
-    # longest one, how long its silences run says nothing more, and its rate decides.
-    trusted = (gaps >= params.min_gaps) & (s <= params.markov_reach * jnp.maximum(model.longest_gap, 1.0))
+    # Trusted within reach times the longest silence seen; past it the rate decides. The reach is
+    # what the life budget needs: were the silences memoryless, one past x times the longest of
+    # n seen has a chance of about (n + 1) ** -x, and a loyal interest begins life_windows * starts
+    # of them, so x = log(life_windows * starts / false_alarm) / log(n + 1), at least markov_reach.
+    reach = jnp.maximum(params.markov_reach, _log_opportunities(model, params) / jnp.log(gaps + 1.0 + 1e-6))
+    trusted = (gaps >= params.min_gaps) & (s <= reach * jnp.maximum(model.longest_gap, 1.0))
     by_windows = jnp.where(trusted, by_windows, -jnp.inf)
     return jnp.where(s >= 1, jnp.maximum(by_events, by_windows), 0.0)
 
@@ -321,9 +326,15 @@ def silence_threshold(model: SilenceModel, params: DetectorParams) -> Array:
     (``calibration_scale``): 1 where the model's surprises are what the
     population's completed silences show.
     """
+    return model.kappa * _log_opportunities(model, params)
+
+
+def _log_opportunities(model: SilenceModel, params: DetectorParams) -> Array:
+    """``log(life_windows * starts / false_alarm)``: the life budget spread over the silences a loyal
+    interest begins (``starts = (gaps + 1) / (exposure + 2)`` per window)."""
     starts = (model.gaps + 1.0) / (model.exposure + 2.0)
     opportunities = jnp.maximum(params.life_windows * starts, 1.0)
-    return model.kappa * (jnp.log(opportunities) - jnp.log(jnp.asarray(params.false_alarm, jnp.float32)))
+    return jnp.log(opportunities) - jnp.log(jnp.asarray(params.false_alarm, jnp.float32))
 
 
 def silence_limit(model: SilenceModel, params: DetectorParams, *, max_limit: int = 1 << 16) -> Array:

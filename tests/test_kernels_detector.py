@@ -32,7 +32,9 @@ def ref_log_silence(s, events, exposure, active, silent, gaps, dispersion, longe
     a, b = p.prior_events + events / d, p.prior_windows + exposure / d  # quasi-likelihood posterior
     c = math.log(dispersion) / (dispersion - 1.0) if dispersion > 1.0 + 1e-3 else 1.0
     by_events = a * (math.log(b) - math.log(b + c * s))
-    if gaps < p.min_gaps or s > p.markov_reach * max(longest, 1):
+    # The window model's reach: what the life budget needs of memoryless silences, at least markov_reach.
+    reach = max(p.markov_reach, ref_threshold(gaps, exposure, p) / math.log(gaps + 1.0 + 1e-6))
+    if gaps < p.min_gaps or s > reach * max(longest, 1):
         return by_events
     m = p.prior_strength
     start_on, start_off = m + gaps, m + max(active - gaps, 0)
