@@ -23,7 +23,8 @@ and this interest*, and calibrates "unusual" on the population it runs on
   ``fade_confidence``), quasi-Poisson with the window-to-window dispersion.
 - **hysteresis**: a return from ``forgotten`` restarts the interest's history
   (counters, sums, the buffer's old windows), so it is judged on what it
-  does after the return.
+  does after the return; only the longest lull it came back from before the
+  pause is kept (the gap term), so a usual lull soon after is not unusual.
 
 States (``kernels.STATE_NAMES``): ``new`` for the first ``new_windows``
 windows, ``reactivated`` for ``new_windows`` windows after a return,
@@ -108,7 +109,7 @@ class DetectorState(NamedTuple):
       active_windows: windows with activity.
       silence: windows without activity since the last active one.
       gaps: silences it came back from (since it started or came back from forgotten).
-      longest_gap: longest silence the interest came back from.
+      longest_gap: longest silence the interest came back from (kept across a return from forgotten).
       surprise: float32 how surprising its current silence is (``silence_surprise``; 0 when active).
       since_return: windows since it came back from forgotten (large if never).
       last_active: index of the last active window (-1 = never).
@@ -644,12 +645,13 @@ def detector_update(
     was_seen = state.alive > 0
     # A return from forgotten starts the history again: the interest is judged
     # on what it does after the return, and nothing that covers the pause (its
-    # rate, its windows in the ring buffer, its gaps) counts any more.
+    # rate, its windows in the ring buffer, its gaps) counts any more; only the longest lull it
+    # came back from before the pause stays (the pause is no lull), so a usual lull is not unusual.
     back = active & (state.state == FORGOTTEN)
     alive = jnp.where(back, 1, state.alive + (was_seen | active))
     silence = jnp.where(active, 0, state.silence + was_seen)
     came_back = active & (state.silence > 0) & ~back
-    longest_gap = jnp.where(back, 0, jnp.where(came_back, jnp.maximum(state.longest_gap, state.silence),
+    longest_gap = jnp.where(back, state.longest_gap, jnp.where(came_back, jnp.maximum(state.longest_gap, state.silence),
                                                state.longest_gap))
     active_windows = jnp.where(back, 1, state.active_windows + active)
     gaps = jnp.where(back, 0, state.gaps + came_back)
