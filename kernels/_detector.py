@@ -262,8 +262,9 @@ def log_silence_probability(silence: ArrayLike, model: SilenceModel, params: Det
     - Events: the rate is ~ Gamma(prior_events + events / D, prior_windows +
       exposure / D) (quasi-likelihood: counts D times more variable than
       Poisson ones carry 1 / D of the information about the rate). A window
-      of counts with mean lam and variance D lam (negative binomial) is empty with probability ``exp(-c lam)``, ``c =
-      log(D) / (D - 1)`` (1 for Poisson counts, less for overdispersed ones),
+      of counts with mean lam and variance D lam (negative binomial) is
+      empty with probability ``exp(-c lam)``, ``c = log(D) / (D - 1)`` (1
+      for Poisson counts, less for overdispersed ones),
       so s empty windows have the predictive probability ``(b / (b + c s)) **
       a``: an uncertain rate from a short history makes long silences
       plausible. D is the counts' dispersion times ``(1 + rho) / (1 - rho)``,
@@ -651,8 +652,7 @@ def detector_update(
     alive = jnp.where(back, 1, state.alive + (was_seen | active))
     silence = jnp.where(active, 0, state.silence + was_seen)
     came_back = active & (state.silence > 0) & ~back
-    longest_gap = jnp.where(back, state.longest_gap, jnp.where(came_back, jnp.maximum(state.longest_gap, state.silence),
-                                               state.longest_gap))
+    longest_gap = jnp.where(came_back, jnp.maximum(state.longest_gap, state.silence), state.longest_gap)
     active_windows = jnp.where(back, 1, state.active_windows + active)
     gaps = jnp.where(back, 0, state.gaps + came_back)
     # Saturated like the ring buffer, so the drop test compares like with like.
