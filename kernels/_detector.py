@@ -259,9 +259,11 @@ def history_dispersion(total: ArrayLike, sum_sq: ArrayLike, sum_lag: ArrayLike, 
 def log_silence_probability(silence: ArrayLike, model: SilenceModel, params: DetectorParams) -> Array:
     """log P(``silence`` empty windows in a row | the interest's history), the larger of two models.
 
-    - Events: the rate is ~ Gamma(prior_events + events / D, prior_windows +
-      exposure / D) (quasi-likelihood: counts D times more variable than
-      Poisson ones carry 1 / D of the information about the rate). A window
+    - Events: the rate is ~ Gamma(prior_events + events / I, prior_windows +
+      exposure / I) (quasi-likelihood: counts I times more variable than
+      Poisson ones carry 1 / I of the information about the rate; I is
+      ``model.information``, the smaller of the runs and steps indices, so a
+      fade under way does not widen the posterior). A window
       of counts with mean lam and variance D lam (negative binomial) is
       empty with probability ``exp(-c lam)``, ``c = log(D) / (D - 1)`` (1
       for Poisson counts, less for overdispersed ones),
@@ -288,8 +290,9 @@ def log_silence_probability(silence: ArrayLike, model: SilenceModel, params: Det
     # Quasi-likelihood: counts that vary D times more than Poisson ones carry 1 / D of the
     # information about the rate, so the Gamma posterior is that of events / D over exposure / D
     # (same mean, D times the variance).
-    a = params.prior_events + model.events / d
-    b = params.prior_windows + model.exposure / d
+    info = d if model.information is None else model.information
+    a = params.prior_events + model.events / info
+    b = params.prior_windows + model.exposure / info
     c = jnp.where(d > 1.0 + 1e-3, jnp.log(d) / jnp.maximum(d - 1.0, 1e-3), 1.0)
     by_events = a * (jnp.log(b) - jnp.log(b + c * s))
     m = jnp.asarray(params.prior_strength, jnp.float32)
@@ -387,12 +390,16 @@ class SilenceModel(NamedTuple):
     gap_limit: Array  # ceil(gap_factor * expected gap): silences shorter than this never fire
     periodic: Array
     kappa: Array  # the population's calibration of surprises (calibration_scale)
+    # How much less than Poisson counts the history says about the rate (>= 1; None = dispersion):
+    # the smaller of the runs and steps indices (``history_dispersion``), so a fade under way,
+    # which inflates the first, does not pass for noise around a stable rate.
+    information: Array | None = None
 
 
 def silence_model(
     total: ArrayLike, alive: ArrayLike, silence: ArrayLike, active_windows: ArrayLike, gaps: ArrayLike,
     longest_gap: ArrayLike, period: ArrayLike, period_strength: ArrayLike, dispersion: ArrayLike,
-    kappa: ArrayLike, params: DetectorParams, buffer_windows: int,
+    kappa: ArrayLike, params: DetectorParams, buffer_windows: int, steps: ArrayLike | None = None,
 ) -> SilenceModel:
     """``SilenceModel`` from the counters after a window (elementwise, any shape).
 
@@ -400,7 +407,9 @@ def silence_model(
     windows the periodogram saw (``min(alive, buffer_windows)``): a trend or
     a step (a fade, a pause) would otherwise pass as a cycle of period T or T / 2.
     The expected gap is the longest silence the interest came back from, or
-    its period minus one when that is longer.
+    its period minus one when that is longer. ``dispersion`` and ``steps``
+    are ``history_dispersion``'s runs and steps indices; the rate posterior
+    uses the smaller (``information``; the runs index alone without ``steps``).
     """
     f32 = lambda x: jnp.asarray(x, jnp.float32)  # noqa: E731
     alive = f32(alive)
@@ -424,6 +433,8 @@ def silence_model(
         gap_limit=jnp.ceil(params.gap_factor * expected_gap - 1e-4),
         periodic=periodic,
         kappa=jnp.broadcast_to(f32(kappa), alive.shape),  # per pair: pair_kappa of the class kappas
+        information=None if steps is None else jnp.maximum(
+            jnp.minimum(jnp.broadcast_to(f32(dispersion), alive.shape), f32(steps)), 1.0),
     )
 
 
@@ -546,7 +557,7 @@ def _judge(series: Array, b: _Block, kappa: Array, params: DetectorParams, with_
     silence_dispersion, step_spread = history_dispersion(b.total, b.sum_sq, b.sum_lag, alive_before)
     exposure = jnp.maximum(alive_before - 1, 0)
     model = silence_model(b.total, b.alive, b.silence, b.active_windows, b.gaps, b.longest_gap, period, strength,
-                          silence_dispersion, pair_kappa(kappa, exposure), params, length)
+                          silence_dispersion, pair_kappa(kappa, exposure), params, length, step_spread)
     periodic = model.periodic
     limit = jnp.where(b.alive > 0, model_silence_limit(model, params), 0) if with_limits else None
     surprise = jnp.where(b.alive > 0, silence_surprise(b.silence, model, params), 0.0)

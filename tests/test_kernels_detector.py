@@ -24,11 +24,11 @@ P = DetectorConfig().kernel_params()  # the defaults live in the config
 PF = P._replace(calibration_prior=1e12)
 
 
-def ref_log_silence(s, events, exposure, active, silent, gaps, dispersion, longest=0, p=P):
+def ref_log_silence(s, events, exposure, active, silent, gaps, dispersion, longest=0, information=None, p=P):
     """float64 log P(s empty windows): max of the events model and (with enough gaps) the Markov model."""
     if s <= 0:
         return 0.0
-    d = max(dispersion, 1.0)
+    d = max(dispersion if information is None else information, 1.0)
     a, b = p.prior_events + events / d, p.prior_windows + exposure / d  # quasi-likelihood posterior
     c = math.log(dispersion) / (dispersion - 1.0) if dispersion > 1.0 + 1e-3 else 1.0
     by_events = a * (math.log(b) - math.log(b + c * s))
@@ -62,7 +62,7 @@ MAX_LIMIT = 1 << 16  # the kernel's cap
 
 def ref_limit(model, gap_limit, p=P):
     """The first s >= 1 whose float64 surprise reaches the threshold (bisection: it grows with s), then the gap and 2."""
-    events, exposure, active, silent, gaps, dispersion, longest = model
+    exposure, gaps = model[1], model[4]
     if exposure < p.min_history:
         return MAX_LIMIT
     threshold = ref_threshold(gaps, exposure, p)
@@ -151,7 +151,7 @@ def ref_detect(counts: np.ndarray, T: int, p=PF) -> dict[str, np.ndarray]:
             gap_limit = math.ceil(p.gap_factor * gap - 1e-4)
             dispersion, steps = ref_dispersion(hist[: last + 1])
             model = (max(total - 1, 0), max(alive_before - 1, 0), max(active_windows - 1, 0),
-                     max(alive_before - active_windows, 0), gaps, dispersion, longest)
+                     max(alive_before - active_windows, 0), gaps, dispersion, longest, max(min(dispersion, steps), 1.0))
             exposure = model[1]
             threshold = ref_threshold(gaps, exposure, p)
             surprise = ref_surprise(silence, *model, p=p)
