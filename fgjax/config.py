@@ -221,7 +221,9 @@ class DetectorConfig:
     prior_windows: float = setting(1.0, gt=0)  # ... over pseudo-windows
     prior_strength: float = setting(1.0, gt=0)  # Beta priors of the window model's transitions: pseudo windows each way
     min_gaps: float = setting(3.0, ge=0)  # silences an interest came back from before the window model is used
-    markov_reach: float = setting(3.0, gt=0)  # the window model speaks for silences up to this times the longest seen
+    # The window model speaks for silences up to max(this, log(life * starts / false_alarm) / log(gaps + 1))
+    # times the longest seen (docs/formulas.md).
+    markov_reach: float = setting(3.0, gt=0)
     calibration_share: float = setting(0.01, gt=0, lt=0.5)  # kappa matches this tail share of completed silences
     calibration_prior: float = setting(1000.0, ge=0)  # completed silences the prior kappa = 1 is worth
     degree_z: float = 2.0  # per-user F alarm: F > mean + degree_z * std of the user's own F

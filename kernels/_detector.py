@@ -23,7 +23,8 @@ and this interest*, and calibrates "unusual" on the population it runs on
   ``fade_confidence``), quasi-Poisson with the window-to-window dispersion.
 - **hysteresis**: a return from ``forgotten`` restarts the interest's history
   (counters, sums, the buffer's old windows), so it is judged on what it
-  does after the return.
+  does after the return; only the longest lull it came back from before the
+  pause is kept (the gap term), so a usual lull soon after is not unusual.
 
 States (``kernels.STATE_NAMES``): ``new`` for the first ``new_windows``
 windows, ``reactivated`` for ``new_windows`` windows after a return,
@@ -89,7 +90,7 @@ class DetectorParams(NamedTuple):
     prior_windows: ArrayLike  # ... over windows
     prior_strength: ArrayLike  # Beta priors of the window model's transitions: pseudo windows each way
     min_gaps: ArrayLike  # silences the interest came back from before the window model is used
-    markov_reach: ArrayLike  # the window model speaks for silences up to this many times the longest one seen
+    markov_reach: ArrayLike  # the window model's least reach, in times the longest silence seen (life budget may raise it)
     calibration_share: ArrayLike  # the tail share of the population's completed silences kappa matches
     calibration_prior: ArrayLike  # completed silences the prior kappa = 1 is worth
     degree_z: ArrayLike  # user F alarm: F > mean + degree_z * std of the user's own F
@@ -108,7 +109,7 @@ class DetectorState(NamedTuple):
       active_windows: windows with activity.
       silence: windows without activity since the last active one.
       gaps: silences it came back from (since it started or came back from forgotten).
-      longest_gap: longest silence the interest came back from.
+      longest_gap: longest silence the interest came back from (kept across a return from forgotten).
       surprise: float32 how surprising its current silence is (``silence_surprise``; 0 when active).
       since_return: windows since it came back from forgotten (large if never).
       last_active: index of the last active window (-1 = never).
@@ -258,10 +259,14 @@ def history_dispersion(total: ArrayLike, sum_sq: ArrayLike, sum_lag: ArrayLike, 
 def log_silence_probability(silence: ArrayLike, model: SilenceModel, params: DetectorParams) -> Array:
     """log P(``silence`` empty windows in a row | the interest's history), the larger of two models.
 
-    - Events: the rate is ~ Gamma(prior_events + events, prior_windows +
-      exposure). A window of counts with mean lam and variance D lam
-      (negative binomial) is empty with probability ``exp(-c lam)``, ``c =
-      log(D) / (D - 1)`` (1 for Poisson counts, less for overdispersed ones),
+    - Events: the rate is ~ Gamma(prior_events + events / I, prior_windows +
+      exposure / I) (quasi-likelihood: counts I times more variable than
+      Poisson ones carry 1 / I of the information about the rate; I is
+      ``model.information``, the smaller of the runs and steps indices, so a
+      fade under way does not widen the posterior). A window
+      of counts with mean lam and variance D lam (negative binomial) is
+      empty with probability ``exp(-c lam)``, ``c = log(D) / (D - 1)`` (1
+      for Poisson counts, less for overdispersed ones),
       so s empty windows have the predictive probability ``(b / (b + c s)) **
       a``: an uncertain rate from a short history makes long silences
       plausible. D is the counts' dispersion times ``(1 + rho) / (1 - rho)``,
@@ -269,7 +274,8 @@ def log_silence_probability(silence: ArrayLike, model: SilenceModel, params: Det
       spells) leave longer silences than one window's spread says.
     - Windows, once the interest has come back from ``min_gaps`` silences:
       active and silent windows as a two-state Markov chain (trusted for
-      silences up to ``markov_reach`` times the longest one seen). A silence starts
+      silences up to a reach times the longest one seen: ``log(life_windows * starts /
+      false_alarm) / log(gaps + 1)``, at least ``markov_reach``). A silence starts
       after an active window with probability ``pi ~ Beta(prior_strength +
       gaps, prior_strength + active -> active)`` and goes on with probability
       ``theta ~ Beta(prior_strength + silent -> silent, prior_strength +
@@ -281,8 +287,12 @@ def log_silence_probability(silence: ArrayLike, model: SilenceModel, params: Det
     """
     s = jnp.asarray(silence, jnp.float32)
     d = model.dispersion
-    a = params.prior_events + model.events
-    b = params.prior_windows + model.exposure
+    # Quasi-likelihood: counts that vary D times more than Poisson ones carry 1 / D of the
+    # information about the rate, so the Gamma posterior is that of events / D over exposure / D
+    # (same mean, D times the variance).
+    info = d if model.information is None else model.information
+    a = params.prior_events + model.events / info
+    b = params.prior_windows + model.exposure / info
     c = jnp.where(d > 1.0 + 1e-3, jnp.log(d) / jnp.maximum(d - 1.0, 1e-3), 1.0)
     by_events = a * (jnp.log(b) - jnp.log(b + c * s))
     m = jnp.asarray(params.prior_strength, jnp.float32)
@@ -293,9 +303,12 @@ def log_silence_probability(silence: ArrayLike, model: SilenceModel, params: Det
     # difference of four gammaln values of thousands would not.
     by_windows = (jnp.log(start_on) - jnp.log(start_on + start_off)
                   + betaln(stay_on + jnp.maximum(s - 1.0, 0.0), stay_off) - betaln(stay_on, stay_off))
-    # Trusted within the range of silences the interest has shown: past markov_reach times its
-    # longest one, how long its silences run says nothing more, and its rate decides.
-    trusted = (gaps >= params.min_gaps) & (s <= params.markov_reach * jnp.maximum(model.longest_gap, 1.0))
+    # Trusted within reach times the longest silence seen; past it the rate decides. The reach is
+    # what the life budget needs: were the silences memoryless, one past x times the longest of
+    # n seen has a chance of about (n + 1) ** -x, and a loyal interest begins life_windows * starts
+    # of them, so x = log(life_windows * starts / false_alarm) / log(n + 1), at least markov_reach.
+    reach = jnp.maximum(params.markov_reach, _log_opportunities(model, params) / jnp.log(gaps + 1.0 + 1e-6))
+    trusted = (gaps >= params.min_gaps) & (s <= reach * jnp.maximum(model.longest_gap, 1.0))
     by_windows = jnp.where(trusted, by_windows, -jnp.inf)
     return jnp.where(s >= 1, jnp.maximum(by_events, by_windows), 0.0)
 
@@ -318,9 +331,15 @@ def silence_threshold(model: SilenceModel, params: DetectorParams) -> Array:
     (``calibration_scale``): 1 where the model's surprises are what the
     population's completed silences show.
     """
+    return model.kappa * _log_opportunities(model, params)
+
+
+def _log_opportunities(model: SilenceModel, params: DetectorParams) -> Array:
+    """``log(life_windows * starts / false_alarm)``: the life budget spread over the silences a loyal
+    interest begins (``starts = (gaps + 1) / (exposure + 2)`` per window)."""
     starts = (model.gaps + 1.0) / (model.exposure + 2.0)
     opportunities = jnp.maximum(params.life_windows * starts, 1.0)
-    return model.kappa * (jnp.log(opportunities) - jnp.log(jnp.asarray(params.false_alarm, jnp.float32)))
+    return jnp.log(opportunities) - jnp.log(jnp.asarray(params.false_alarm, jnp.float32))
 
 
 def silence_limit(model: SilenceModel, params: DetectorParams, *, max_limit: int = 1 << 16) -> Array:
@@ -371,12 +390,16 @@ class SilenceModel(NamedTuple):
     gap_limit: Array  # ceil(gap_factor * expected gap): silences shorter than this never fire
     periodic: Array
     kappa: Array  # the population's calibration of surprises (calibration_scale)
+    # How much less than Poisson counts the history says about the rate (>= 1; None = dispersion):
+    # the smaller of the runs and steps indices (``history_dispersion``), so a fade under way,
+    # which inflates the first, does not pass for noise around a stable rate.
+    information: Array | None = None
 
 
 def silence_model(
     total: ArrayLike, alive: ArrayLike, silence: ArrayLike, active_windows: ArrayLike, gaps: ArrayLike,
     longest_gap: ArrayLike, period: ArrayLike, period_strength: ArrayLike, dispersion: ArrayLike,
-    kappa: ArrayLike, params: DetectorParams, buffer_windows: int,
+    kappa: ArrayLike, params: DetectorParams, buffer_windows: int, steps: ArrayLike | None = None,
 ) -> SilenceModel:
     """``SilenceModel`` from the counters after a window (elementwise, any shape).
 
@@ -384,7 +407,9 @@ def silence_model(
     windows the periodogram saw (``min(alive, buffer_windows)``): a trend or
     a step (a fade, a pause) would otherwise pass as a cycle of period T or T / 2.
     The expected gap is the longest silence the interest came back from, or
-    its period minus one when that is longer.
+    its period minus one when that is longer. ``dispersion`` and ``steps``
+    are ``history_dispersion``'s runs and steps indices; the rate posterior
+    uses the smaller (``information``; the runs index alone without ``steps``).
     """
     f32 = lambda x: jnp.asarray(x, jnp.float32)  # noqa: E731
     alive = f32(alive)
@@ -408,6 +433,8 @@ def silence_model(
         gap_limit=jnp.ceil(params.gap_factor * expected_gap - 1e-4),
         periodic=periodic,
         kappa=jnp.broadcast_to(f32(kappa), alive.shape),  # per pair: pair_kappa of the class kappas
+        information=None if steps is None else jnp.maximum(
+            jnp.minimum(jnp.broadcast_to(f32(dispersion), alive.shape), f32(steps)), 1.0),
     )
 
 
@@ -530,7 +557,7 @@ def _judge(series: Array, b: _Block, kappa: Array, params: DetectorParams, with_
     silence_dispersion, step_spread = history_dispersion(b.total, b.sum_sq, b.sum_lag, alive_before)
     exposure = jnp.maximum(alive_before - 1, 0)
     model = silence_model(b.total, b.alive, b.silence, b.active_windows, b.gaps, b.longest_gap, period, strength,
-                          silence_dispersion, pair_kappa(kappa, exposure), params, length)
+                          silence_dispersion, pair_kappa(kappa, exposure), params, length, step_spread)
     periodic = model.periodic
     limit = jnp.where(b.alive > 0, model_silence_limit(model, params), 0) if with_limits else None
     surprise = jnp.where(b.alive > 0, silence_surprise(b.silence, model, params), 0.0)
@@ -630,13 +657,13 @@ def detector_update(
     was_seen = state.alive > 0
     # A return from forgotten starts the history again: the interest is judged
     # on what it does after the return, and nothing that covers the pause (its
-    # rate, its windows in the ring buffer, its gaps) counts any more.
+    # rate, its windows in the ring buffer, its gaps) counts any more; only the longest lull it
+    # came back from before the pause stays (the pause is no lull), so a usual lull is not unusual.
     back = active & (state.state == FORGOTTEN)
     alive = jnp.where(back, 1, state.alive + (was_seen | active))
     silence = jnp.where(active, 0, state.silence + was_seen)
     came_back = active & (state.silence > 0) & ~back
-    longest_gap = jnp.where(back, 0, jnp.where(came_back, jnp.maximum(state.longest_gap, state.silence),
-                                               state.longest_gap))
+    longest_gap = jnp.where(came_back, jnp.maximum(state.longest_gap, state.silence), state.longest_gap)
     active_windows = jnp.where(back, 1, state.active_windows + active)
     gaps = jnp.where(back, 0, state.gaps + came_back)
     # Saturated like the ring buffer, so the drop test compares like with like.

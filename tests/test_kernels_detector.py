@@ -24,14 +24,17 @@ P = DetectorConfig().kernel_params()  # the defaults live in the config
 PF = P._replace(calibration_prior=1e12)
 
 
-def ref_log_silence(s, events, exposure, active, silent, gaps, dispersion, longest=0, p=P):
+def ref_log_silence(s, events, exposure, active, silent, gaps, dispersion, longest=0, information=None, p=P):
     """float64 log P(s empty windows): max of the events model and (with enough gaps) the Markov model."""
     if s <= 0:
         return 0.0
-    a, b = p.prior_events + events, p.prior_windows + exposure
+    d = max(dispersion if information is None else information, 1.0)
+    a, b = p.prior_events + events / d, p.prior_windows + exposure / d  # quasi-likelihood posterior
     c = math.log(dispersion) / (dispersion - 1.0) if dispersion > 1.0 + 1e-3 else 1.0
     by_events = a * (math.log(b) - math.log(b + c * s))
-    if gaps < p.min_gaps or s > p.markov_reach * max(longest, 1):
+    # The window model's reach: what the life budget needs of memoryless silences, at least markov_reach.
+    reach = max(p.markov_reach, ref_threshold(gaps, exposure, p) / math.log(gaps + 1.0 + 1e-6))
+    if gaps < p.min_gaps or s > reach * max(longest, 1):
         return by_events
     m = p.prior_strength
     start_on, start_off = m + gaps, m + max(active - gaps, 0)
@@ -59,7 +62,7 @@ MAX_LIMIT = 1 << 16  # the kernel's cap
 
 def ref_limit(model, gap_limit, p=P):
     """The first s >= 1 whose float64 surprise reaches the threshold (bisection: it grows with s), then the gap and 2."""
-    events, exposure, active, silent, gaps, dispersion, longest = model
+    exposure, gaps = model[1], model[4]
     if exposure < p.min_history:
         return MAX_LIMIT
     threshold = ref_threshold(gaps, exposure, p)
@@ -103,9 +106,12 @@ def ref_detect(counts: np.ndarray, T: int, p=PF) -> dict[str, np.ndarray]:
     for j in range(n):
         c = np.minimum(counts[:, j].astype(np.float64), 255)
         state, since_return, origin = NONE, 10**9, None  # origin: where the history starts (first event or return)
+        kept = 0  # the longest gap of the histories before returns (a return keeps it; the pause is no gap)
         for t in range(W):
             active_now = c[t] > 0
             if state == FORGOTTEN and active_now:
+                before = np.nonzero(c[origin:t] > 0)[0]
+                kept = max([kept] + [b - a - 1 for a, b in zip(before, before[1:])])
                 origin = t  # a return from forgotten starts the history again
             if origin is None and active_now:
                 origin = t
@@ -119,7 +125,7 @@ def ref_detect(counts: np.ndarray, T: int, p=PF) -> dict[str, np.ndarray]:
             total = hist.sum()
             active_windows = len(active_idx)
             gaps_list = [b - a - 1 for a, b in zip(active_idx, active_idx[1:]) if b - a > 1]
-            gaps, longest = len(gaps_list), max(gaps_list, default=0)
+            gaps, longest = len(gaps_list), max(gaps_list + [kept])
             alive_before = alive - silence
             rate = total / max(alive_before, 1)
             # The last T windows, oldest first (zeros before the first window).
@@ -145,7 +151,7 @@ def ref_detect(counts: np.ndarray, T: int, p=PF) -> dict[str, np.ndarray]:
             gap_limit = math.ceil(p.gap_factor * gap - 1e-4)
             dispersion, steps = ref_dispersion(hist[: last + 1])
             model = (max(total - 1, 0), max(alive_before - 1, 0), max(active_windows - 1, 0),
-                     max(alive_before - active_windows, 0), gaps, dispersion, longest)
+                     max(alive_before - active_windows, 0), gaps, dispersion, longest, max(min(dispersion, steps), 1.0))
             exposure = model[1]
             threshold = ref_threshold(gaps, exposure, p)
             surprise = ref_surprise(silence, *model, p=p)
@@ -418,6 +424,22 @@ def test_a_return_stays_reactivated():
     assert states[back] == REACTIVATED
     assert FORGOTTEN not in states[back:]
 
+
+
+def test_a_return_keeps_the_lulls_it_had_before_the_pause():
+    """Hysteresis: a return restarts the history (rate, sums, counters), but the longest lull the
+    interest came back from before its pause still counts (the pause itself is no lull), so a usual
+    lull soon after the return is not a new unusual silence. Before the pause: gaps of 1-6 windows;
+    after it: 8 busy windows, then a 6-window lull, which its own short history alone calls unusual."""
+    rng = np.random.default_rng(11)
+    before = np.concatenate([np.r_[rng.integers(2, 6), np.zeros(g)] for g in rng.integers(1, 7, size=40)])[:120]
+    after = np.r_[4, 3, 5, 4, 2, 3, 4, 3, np.zeros(6), 3, 4, 2, np.zeros(5), 4, 3, np.zeros(6), 5, 2, 3]
+    history = np.concatenate([before, np.zeros(40), after]).astype(np.float32)[:, None]
+    states = run_series(history, 64)[:, 0]
+    back = len(before) + 40
+    assert FORGOTTEN in states[len(before) : back]  # the pause is caught
+    assert states[back] == REACTIVATED
+    assert FORGOTTEN not in states[back:]
 
 def test_a_fade_is_judged_by_the_stated_definition():
     """fade_share is what forgotten means for a fade: a fade to 40 % of the former rate is not

@@ -177,6 +177,8 @@ class Counters(NamedTuple):
     """The detector's counters behind s* (``silence_limit``), shaped like the evidence they go with."""
 
     total: jax.Array
+    sum_sq: jax.Array  # with sum_lag: the running sums behind the steps index of the rate posterior
+    sum_lag: jax.Array
     alive: jax.Array
     active_windows: jax.Array
     gaps: jax.Array
@@ -207,10 +209,11 @@ def with_limits(evidence: Evidence, counts: Counters | None, params: WindowParam
     """``evidence`` with ``silence_limit`` (s*) from its counters; 0 where never active or without a detector."""
     if counts is None:
         return evidence._replace(silence_limit=jnp.zeros(evidence.silence.shape, jnp.int32))
+    _, steps = kernels.history_dispersion(counts.total, counts.sum_sq, counts.sum_lag, counts.alive - evidence.silence)
     model = kernels.silence_model(
         counts.total, counts.alive, evidence.silence, counts.active_windows, counts.gaps, counts.longest_gap,
         evidence.period, evidence.period_strength, evidence.dispersion, counts.kappa, params.detector,
-        spec.buffer_windows,
+        spec.buffer_windows, steps,
     )
     return evidence._replace(
         silence_limit=jnp.where(counts.alive > 0, kernels.model_silence_limit(model, params.detector), 0)
