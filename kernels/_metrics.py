@@ -7,6 +7,9 @@ left out of ``mean_metrics`` (as is standard).
 
 from __future__ import annotations
 
+import functools
+
+import jax
 import jax.numpy as jnp
 from jax import Array
 from jax.typing import ArrayLike
@@ -22,6 +25,8 @@ def hit_matrix(top_items: ArrayLike, targets: ArrayLike) -> Array:
     return jnp.any((top_items[:, :, None] == targets[:, None, :]) & valid[:, None, :], axis=-1)
 
 
+# Jitted: eagerly these ~40 small ops would each dispatch (and, per new shape, compile) on their own.
+@functools.partial(jax.jit, static_argnames="k")
 def ranking_metrics(top_items: ArrayLike, targets: ArrayLike, k: int) -> dict[str, Array]:
     """Precision, Recall, F1, NDCG, HitRate, MRR and MAP at ``k``, per user.
 
@@ -73,6 +78,7 @@ def ranking_metrics(top_items: ArrayLike, targets: ArrayLike, k: int) -> dict[st
     }
 
 
+@jax.jit
 def mean_metrics(per_user: dict[str, ArrayLike], targets: ArrayLike) -> dict[str, Array]:
     """Average per-user metrics over users that have at least one target."""
     has = jnp.sum(jnp.asarray(targets) >= 0, axis=-1) > 0

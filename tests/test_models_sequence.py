@@ -36,6 +36,13 @@ def train_sequence(config, sequences, num_items, *, val_users, val_targets, val_
                           progress=progress)
 
 
+# The network's methods compiled once per shape: called eagerly, each of their ~100 ops would compile alone.
+_hidden_states = nnx.jit(lambda model, items, times: model.hidden_states(items, times))
+_user_state = nnx.jit(lambda model, items, times: model.user_state(items, times))
+_loss = nnx.jit(lambda model, batch, key: model.loss(batch, key))
+_logits = nnx.jit(lambda model, items, times: model(items, times))
+
+
 def _model(encoding="interval", **kw):
     return TimeAwareSASRec(12, max_len=6, dim=8, heads=2, layers=2, time_encoding=encoding, dropout=0.0,
                            rngs=nnx.Rngs(0), **kw)
@@ -110,10 +117,10 @@ def test_attention_is_causal_and_ignores_padding(encoding):
     rng = np.random.default_rng(0)
     items = rng.integers(0, 12, (3, 6)).astype(np.int32)
     times = np.cumsum(rng.uniform(0, 1e5, (3, 6)), axis=1).astype(np.float32)
-    base = np.asarray(model.hidden_states(jnp.asarray(items), jnp.asarray(times)))
+    base = np.asarray(_hidden_states(model, jnp.asarray(items), jnp.asarray(times)))
     changed = items.copy()
     changed[:, 4] = (changed[:, 4] + 1) % 12
-    out = np.asarray(model.hidden_states(jnp.asarray(changed), jnp.asarray(times)))
+    out = np.asarray(_hidden_states(model, jnp.asarray(changed), jnp.asarray(times)))
     np.testing.assert_allclose(out[:, :4], base[:, :4], atol=1e-5)  # the past never sees the future
     assert not np.allclose(out[:, 4:], base[:, 4:], atol=1e-4)
     # More left padding (and arbitrary times there) leaves the state of the real items unchanged.
@@ -121,10 +128,10 @@ def test_attention_is_causal_and_ignores_padding(encoding):
     padded[:, :2] = 12
     ptimes = times.copy()
     ptimes[:, :2] = rng.uniform(-1e7, 1e7, (3, 2))
-    a = np.asarray(model.user_state(jnp.asarray(padded), jnp.asarray(ptimes)))
-    b = np.asarray(model.user_state(jnp.asarray(padded[:, 2:]), jnp.asarray(times[:, 2:])))
+    a = np.asarray(_user_state(model, jnp.asarray(padded), jnp.asarray(ptimes)))
+    b = np.asarray(_user_state(model, jnp.asarray(padded[:, 2:]), jnp.asarray(times[:, 2:])))
     np.testing.assert_allclose(a, b, atol=1e-5)
-    assert np.all(np.isfinite(np.asarray(model.hidden_states(jnp.full((2, 6), 12), jnp.zeros((2, 6))))))
+    assert np.all(np.isfinite(np.asarray(_hidden_states(model, jnp.full((2, 6), 12), jnp.zeros((2, 6))))))
 
 
 def test_time_encodings_use_the_gaps():
@@ -132,13 +139,13 @@ def test_time_encodings_use_the_gaps():
     t1 = jnp.asarray(np.array([[0, 60, 120, 180, 240, 300]], np.float32))
     t2 = jnp.asarray(np.array([[0, 1e5, 2e5, 3e5, 4e5, 5e5]], np.float32))
     plain = _model("none")
-    np.testing.assert_allclose(plain.user_state(items, t1), plain.user_state(items, t2), atol=1e-6)
+    np.testing.assert_allclose(_user_state(plain, items, t1), _user_state(plain, items, t2), atol=1e-6)
     decay = _model("decay")
-    assert not np.allclose(decay.user_state(items, t1), decay.user_state(items, t2), atol=1e-4)
+    assert not np.allclose(_user_state(decay, items, t1), _user_state(decay, items, t2), atol=1e-4)
     interval = _model("interval")
     for block in interval.blocks:
         block.time_bias[...] = jnp.asarray(np.random.default_rng(0).normal(size=block.time_bias.shape), jnp.float32)
-    assert not np.allclose(interval.user_state(items, t1), interval.user_state(items, t2), atol=1e-4)
+    assert not np.allclose(_user_state(interval, items, t1), _user_state(interval, items, t2), atol=1e-4)
     # The decay bias is -softplus(r) * log(1 + gap / unit) per head, exactly.
     block = decay.blocks[0]
     gaps = np.abs(np.asarray(t2)[0][:, None] - np.asarray(t2)[0][None, :])
@@ -159,15 +166,15 @@ def test_full_softmax_loss_matches_numpy_and_dropout_needs_a_key():
     times = np.cumsum(rng.uniform(0, 1e4, (4, 6)), axis=1).astype(np.float32)
     key = jax.random.key(0)
     batch = {"items": jnp.asarray(inputs), "times": jnp.asarray(times), "targets": jnp.asarray(targets)}
-    loss = float(model.loss(batch, key))
-    logits = np.asarray(model(jnp.asarray(inputs), jnp.asarray(times)), np.float64)
+    loss = float(_loss(model, batch, key))
+    logits = np.asarray(_logits(model, jnp.asarray(inputs), jnp.asarray(times)), np.float64)
     logp = logits - np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1, keepdims=True)) - logits.max(-1, keepdims=True)
     valid = targets >= 0
     want = -np.mean(np.take_along_axis(logp, np.maximum(targets, 0)[..., None], -1)[..., 0][valid])
     np.testing.assert_allclose(loss, want, rtol=1e-4)
     sampled_model = nnx.merge(graphdef, params)
     sampled_model.loss_kind, sampled_model.sampled_negatives = "sampled_softmax", 6
-    sampled = float(sampled_model.loss(batch, key))
+    sampled = float(_loss(sampled_model, batch, key))
     assert np.isfinite(sampled) and 0 < sampled < loss + 5
     dropped = TimeAwareSASRec(12, max_len=6, dim=8, heads=2, layers=1, dropout=0.5, rngs=nnx.Rngs(0))
     a = dropped.hidden_states(jnp.asarray(inputs), jnp.asarray(times))
