@@ -160,14 +160,12 @@ def test_reactivation_is_measured_against_the_new_level():
 
 
 def _state_history(config, log):
-    """State of (user 0, interest 0) after each window, by analyzing growing prefixes' snapshots."""
-    cut = np.full(log.num_users, np.inf)
-    states = []
+    """State of (user 0, interest 0) after each window, rebuilt from the analysis's change rows (that these
+    equal the window-by-window monitor is pinned by test_monitor_update_window_by_window_equals_the_batch_analysis)."""
+    from fgjax.analysis import state_series
+
     full = analyze(config, log, progress=False)
-    for t in range(full.num_windows):
-        cut[0] = full.window_start[t] + 1.0
-        states.append(int(analyze(config, log, snapshot_before=cut, progress=False).state[0, 0]))
-    return states
+    return state_series(full.changes, full.num_windows, log.num_users, len(log.categories))[:, 0, 0].tolist()
 
 
 def test_needs_categories():

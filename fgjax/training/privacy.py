@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import math
 import warnings
 from typing import Any, Callable, Iterator, Mapping
@@ -93,6 +94,8 @@ def epsilon_spent(accountant: str, sampling_rate: float, noise_multiplier: float
                      .get_epsilon(delta))
 
 
+# Pure in its arguments and about a second per call: a resumed or re-planned run asks the same question again.
+@functools.lru_cache(maxsize=64)
 def calibrate_noise(accountant: str, target_epsilon: float, delta: float, sampling_rate: float, steps: int) -> float:
     """The smallest noise multiplier (to 1e-4) whose ``steps`` steps spend at most ``target_epsilon`` at ``delta``
     (``dp_accounting.mechanism_calibration``); 0 for an infinite target."""
