@@ -34,7 +34,6 @@ import dataclasses
 import json
 import math
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -57,20 +56,6 @@ def _protocol(name: str, log, config):
                                 ties=config.data.tie_order)
 
 
-def _mlp_split(protocol, log):
-    """The ``TemporalSplit`` ``fgjax.training.loop.train`` expects; under a time cut-off its
-    validation target (selects the served epoch; no early stopping unless ``train.patience``)
-    is the user's first validation item."""
-    from fgjax.data.split import TemporalSplit
-
-    val_target = np.full(log.num_users, -1, np.int32)
-    val_target[protocol.validation.users] = protocol.validation.targets[:, 0]
-    test_target = np.full(log.num_users, -1, np.int32)
-    test_target[protocol.test.users] = protocol.test.targets[:, 0]
-    return TemporalSplit(protocol.train_events, protocol.test.known_events, val_target, test_target,
-                         protocol.test.at_time, protocol.train_items, protocol.test.seen, protocol.ties)
-
-
 def protocol_choices(name: str, config) -> str:
     """The protocol's choices in words, for the table header."""
     ties = {"input": "events at the same timestamp in input order (a stable sort by time)",
@@ -84,51 +69,126 @@ def protocol_choices(name: str, config) -> str:
             f"targets, every item had before it is known and masked; sequences with {ties}")
 
 
-def run_baselines(config, log, protocol, train_seq, test_seq, report) -> tuple[dict, dict, dict]:
-    """BPR-MF and ItemKNN (whole history, last ``quality.knn_last_items``) in the one loop on the protocol's
-    training pairs, validated on its validation stage -> ``(scores, training, histories)`` keyed by row name."""
+#: The rows of the report and what each trains: (model.name, dotted overrides of the run's config).
+#: ``itemknn_last`` takes its n from ``quality.knn_last_items``; the forgetting_sasrec rows need item categories.
+def row_models(config) -> dict[str, tuple[str, tuple[str, ...]]]:
+    q = config.quality
+    rows = {}
+    if q.baselines:
+        rows |= {"bpr": ("bpr", ()), "itemknn": ("itemknn", ()),
+                 f"itemknn_last{q.knn_last_items}": ("itemknn", (f"knn.history={q.knn_last_items}",))}
+    rows["embedding_mlp"] = ("embedding_mlp", ())
+    rows["time_sasrec"] = ("time_sasrec", ())
+    if q.sasrec_baseline:
+        rows["sasrec"] = ("sasrec", ())
+    if q.in_model_forgetting:
+        rows["forgetting_sasrec"] = ("forgetting_sasrec", ())
+        rows["forgetting_sasrec_nodecay"] = ("forgetting_sasrec", ("sequence.interest_decay=none",))
+    return rows
+
+
+def trial_overrides(config, row: str) -> list[tuple[str, ...]]:
+    """The row's tuning trials (``quality.tuning``), each a tuple of dotted overrides; one empty trial if none."""
+    trials = config.quality.tuning.get(row) or [""]
+    return [tuple(t.strip() for t in trial.split(";") if t.strip()) for trial in trials]
+
+
+def fit_row(config, log, protocol, row: str, model_name: str, changes: tuple[str, ...], inputs: dict,
+            report) -> dict[str, Any]:
+    """Train (or fit) one row's model on the protocol's training stage once per tuning trial; keep the trial with the
+    best validation NDCG@10 -> ``{"scores": {"val", "test"}, "training", "history"}``."""
+    from fgjax.config import override
     from fgjax.evaluation import quality as Q
+    from fgjax.models import HISTORY_MODELS, SEQUENCE_MODELS
     from fgjax.training.loop import train_examples, validation_from
 
     val, test = protocol.validation, protocol.test
-    sets = protocol.train_items
-    pairs = {"user": np.repeat(np.arange(sets.num_users, dtype=np.int32), sets.counts()),
-             "item": sets.items.astype(np.int32)}
-    knn = config.knn
-    variants = {
-        "bpr": ("bpr", config),
-        "itemknn": ("itemknn", config),
-        f"itemknn_last{config.quality.knn_last_items}": (
-            "itemknn", dataclasses.replace(config, knn=dataclasses.replace(knn, history=config.quality.knn_last_items))),
-    }
-    scores, training, histories = {}, {}, {}
-    for row, (model_name, cfg) in variants.items():
-        cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, name=model_name))
-        history_model = model_name == "itemknn"
-        validation = validation_from(val.users, val.targets, val.seen, train_seq if history_model else None,
-                                     num_items=log.num_items)
-        result = train_examples(cfg, pairs, validation, num_users=log.num_users, num_items=log.num_items,
-                                progress=False)
-        training[row] = {"train_seconds": round(result.seconds, 1), "epochs": result.epochs,
-                         "best_epoch": result.best_epoch}
-        if not history_model:
-            histories[row] = result.history
-            scores[row] = {"val": Q.mlp_scores(result.graphdef, result.params, val.users),
-                           "test": Q.mlp_scores(result.graphdef, result.params, test.users)}
+    sequences = inputs["categorized" if model_name == "forgetting_sasrec" else "plain"]
+    best = None
+    trials = trial_overrides(config, row)
+    for trial in trials:
+        cfg = override(config, (f"model.name={model_name}", *changes, *trial))
+        history_model = model_name in HISTORY_MODELS
+        if model_name in SEQUENCE_MODELS:
+            from fgjax.training.loop import window_examples
+
+            examples = window_examples(sequences["train"], cfg.sequence.max_len, log.num_items)
         else:
-            scores[row] = {
-                "val": Q.sequence_scores(result.graphdef, result.params, train_seq, val.users, log.num_items),
-                "test": Q.sequence_scores(result.graphdef, result.params, test_seq, test.users, log.num_items),
-            }
-        report(f"[{protocol.name}] {row}: {result.epochs} epochs (best {result.best_epoch}) in {result.seconds:.1f} s, "
-               f"val ndcg@10 {max(h.get('val_ndcg@10', 0.0) for h in result.history):.4f}")
-    return scores, training, histories
+            examples = inputs["pairs"]
+        validation = validation_from(val.users, val.targets, val.seen, sequences["train"] if history_model else None,
+                                     num_items=log.num_items)
+        result = train_examples(cfg, examples, validation, num_users=log.num_users, num_items=log.num_items,
+                                progress=False)
+        val_ndcg = max((h.get("val_ndcg@10", -1.0) for h in result.history), default=-1.0)
+        report(f"[{protocol.name}] {row} {'; '.join(trial) or '(as configured)'}: {result.epochs} epochs "
+               f"(best {result.best_epoch}) in {result.seconds:.1f} s, val ndcg@10 {val_ndcg:.4f}")
+        if best is None or val_ndcg > best[0]:
+            best = (val_ndcg, trial, result)
+    _, trial, result = best
+    if model_name in HISTORY_MODELS:
+        score = {stage: Q.sequence_scores(result.graphdef, result.params, sequences[stage], st.users, log.num_items)
+                 for stage, st in (("val", val), ("test", test))}
+    else:
+        score = {stage: Q.mlp_scores(result.graphdef, result.params, st.users) for stage, st in (("val", val),
+                                                                                                ("test", test))}
+    training = {"train_seconds": round(result.seconds, 1), "epochs": result.epochs, "best_epoch": result.best_epoch,
+                "trials": len(trials), "chosen": "; ".join(trial)}
+    if model_name in SEQUENCE_MODELS:
+        from fgjax.models.sequence import count_params
+
+        training["parameters"] = count_params(result.params)
+        training["stopped_early"] = result.stopped_early
+    return {"scores": score, "training": training, "history": result.history}
+
+
+def long_history_users(log, stage, days: float) -> np.ndarray:
+    """``(n,)`` bool: the stage's users whose known events span at least ``days`` days."""
+    user, ts = log.user[stage.known_events], log.timestamp[stage.known_events]
+    first = np.full(log.num_users, np.inf)
+    last = np.full(log.num_users, -np.inf)
+    np.minimum.at(first, user, ts)
+    np.maximum.at(last, user, ts)
+    return (last - first)[stage.users] >= days * 86400.0
+
+
+#: The paired comparisons the report makes, named before any run: (label, treatment, baseline).
+#: ``X+rerank`` is row X with the forgetting re-ranking chosen on validation.
+def planned_comparisons(rows: list[str]) -> list[tuple[str, str, str]]:
+    plan = [(f"re-ranking: {r}", f"{r}+rerank", r) for r in rows if r != "forgetting_sasrec_nodecay"]
+    last = [r for r in rows if r.startswith("itemknn_last")]
+    if last and "itemknn" in rows:
+        plan.append(("session recency: last items vs whole history", last[0], "itemknn"))
+    if "sasrec" in rows:
+        plan.append(("time encodings: time_sasrec vs sasrec", "time_sasrec", "sasrec"))
+    if "forgetting_sasrec" in rows:
+        plan += [("in-model forgetting vs none", "forgetting_sasrec", "time_sasrec"),
+                 ("in-model forgetting vs re-ranking", "forgetting_sasrec", "time_sasrec+rerank"),
+                 ("learned day-scale decay vs interest presence", "forgetting_sasrec", "forgetting_sasrec_nodecay")]
+    return plan
+
+
+def compare(per_user: dict[str, np.ndarray], plan, mask: np.ndarray, config) -> list[dict[str, Any]]:
+    """Each planned comparison on the users in ``mask``: paired bootstrap CI, Wilcoxon p, and the smallest
+    difference this many users could show (80 % power, two-sided 5 %: 2.8 standard errors of the paired mean)."""
+    from fgjax.evaluation.metrics import paired_comparison
+
+    out = []
+    for label, a, b in plan:
+        if a not in per_user or b not in per_user or not mask.any():
+            continue
+        diff = per_user[a][mask] - per_user[b][mask]
+        c = paired_comparison(per_user[a][mask], per_user[b][mask], seed=config.evaluate.bootstrap_seed,
+                              resamples=config.evaluate.bootstrap_resamples)
+        sd = float(diff.std(ddof=1)) if len(diff) > 1 else 0.0
+        out.append({"comparison": label, "treatment": a, "baseline": b, **c,
+                    "detectable_difference": 2.8 * sd / math.sqrt(len(diff))})
+    return out
 
 
 def run_protocol(config, log, name: str, out: Path, peer: Path | None, report) -> dict[str, Any]:
-    from fgjax.evaluation import quality as Q
     from fgjax.data.sequences import build_sequences
-    from fgjax.training.loop import train, train_examples, validation_from, window_examples
+    from fgjax.evaluation import quality as Q
+    from fgjax.evaluation.metrics import metrics_at, per_user_ndcg
 
     ks = sorted(config.evaluate.ks)
     t0 = time.perf_counter()
@@ -145,70 +205,62 @@ def run_protocol(config, log, name: str, out: Path, peer: Path | None, report) -
         "val": Q.popularity_scores(protocol.train_items, val.users, log.num_items),
         "test": Q.popularity_scores(protocol.train_items, test.users, log.num_items),
     }
-    training["popularity"] = {"train_seconds": 0.0, "epochs": 0}
-    train_seq = build_sequences(log.user, log.item, log.timestamp, log.num_users, protocol.train_events,
-                                ties=protocol.ties)
-    test_seq = build_sequences(log.user, log.item, log.timestamp, log.num_users, test.known_events, ties=protocol.ties)
-    if config.quality.baselines:
-        more = run_baselines(config, log, protocol, train_seq, test_seq, report)
-        for into, new in zip((scores, training, histories), more):
-            into.update(new)
+    training["popularity"] = {"train_seconds": 0.0, "epochs": 0, "trials": 1, "chosen": ""}
 
-    t = time.perf_counter()
-    mlp_config = dataclasses.replace(config, model=dataclasses.replace(config.model, name="embedding_mlp"))
-    with tempfile.TemporaryDirectory() as tmp:
-        mlp = train(mlp_config, log, _mlp_split(protocol, log), Path(tmp) / "ckpt", progress=False)
-    training["embedding_mlp"] = {"train_seconds": round(time.perf_counter() - t, 1), "epochs": len(mlp.history)}
-    histories["embedding_mlp"] = mlp.history
-    scores["embedding_mlp"] = {"val": Q.mlp_scores(mlp.graphdef, mlp.params, val.users),
-                               "test": Q.mlp_scores(mlp.graphdef, mlp.params, test.users)}
-    report(f"[{name}] embedding_mlp: {len(mlp.history)} epochs in {training['embedding_mlp']['train_seconds']} s")
+    def sequences(**categories):
+        return {stage: build_sequences(log.user, log.item, log.timestamp, log.num_users, events, ties=protocol.ties,
+                                       **categories)
+                for stage, events in (("train", protocol.train_events), ("val", val.known_events),
+                                      ("test", test.known_events))}
 
-    from fgjax.models.sequence import count_params
-
-    # The time-aware model, and (quality.sasrec_baseline) the same network without
-    # time encodings: plain SASRec, the established architecture, under this protocol.
-    # Both train in the one loop on this stage's windows, validated (early stopping) on its validation stage.
-    windows = window_examples(train_seq, config.sequence.max_len, log.num_items)
-    validation = validation_from(val.users, val.targets, val.seen, train_seq, num_items=log.num_items)
-    for model_name in ("time_sasrec", "sasrec") if config.quality.sasrec_baseline else ("time_sasrec",):
-        model_config = dataclasses.replace(config, model=dataclasses.replace(config.model, name=model_name))
-        seq = train_examples(model_config, windows, validation, num_users=log.num_users, num_items=log.num_items,
-                             progress=False)
-        training[model_name] = {"train_seconds": round(seq.seconds, 1), "epochs": seq.epochs,
-                                "best_epoch": seq.best_epoch, "stopped_early": seq.stopped_early,
-                                "parameters": count_params(seq.params)}
-        histories[model_name] = seq.history
-        scores[model_name] = {
-            "val": Q.sequence_scores(seq.graphdef, seq.params, train_seq, val.users, log.num_items),
-            "test": Q.sequence_scores(seq.graphdef, seq.params, test_seq, test.users, log.num_items),
-        }
-        report(f"[{name}] {model_name}: {seq.epochs} epochs (best {seq.best_epoch}) in {seq.seconds:.1f} s")
+    sets = protocol.train_items
+    inputs = {"plain": sequences(),
+              "pairs": {"user": np.repeat(np.arange(sets.num_users, dtype=np.int32), sets.counts()),
+                        "item": sets.items.astype(np.int32)}}
+    rows = row_models(config)
+    if any(m == "forgetting_sasrec" for m, _ in rows.values()):
+        inputs["categorized"] = sequences(item_category=log.item_category, num_categories=len(log.categories))
+    for row, (model_name, changes) in rows.items():
+        fitted = fit_row(config, log, protocol, row, model_name, changes, inputs, report)
+        scores[row], training[row], histories[row] = fitted["scores"], fitted["training"], fitted["history"]
 
     # Forgetting analyses: one per half-life and stage (alpha only changes p, recomputed from f).
     analyses = {stage: {hl: Q.stage_forgetting(config, log, st, hl) for hl in config.quality.sweep_half_life_windows}
                 for stage, st in (("val", val), ("test", test))}
     columns = Q.item_columns(log.item_category, len(log.categories))
-    rows, sweeps, ablations, diagnostics = [], {}, {}, {}
+    long_users = long_history_users(log, test, config.quality.long_history_days)
+    cut = ks[0]
+
+    def judge(ranked: np.ndarray) -> tuple[dict[str, float], np.ndarray]:
+        per_user = per_user_ndcg(ranked, test.targets, cut)
+        metrics = metrics_at(ranked, test.targets, ks)
+        metrics[f"ndcg@{cut}_long"] = float(per_user[long_users].mean()) if long_users.any() else math.nan
+        return metrics, per_user
+
+    rows_out, sweeps, ablations, diagnostics, per_user = [], {}, {}, {}, {}
+    k = max(ks)
     for model, s in scores.items():
         sweep = Q.sweep_forgetting(config, log, s["val"], exclude["val"], val, analyses["val"])
         sweeps[model] = {"best": sweep.best, "grid": sweep.rows}
-        off_test = Q.evaluate_stage(s["test"], exclude["test"], test, ks)
-        rows.append({"model": model, "forgetting": "off", **training[model], "val_ndcg@10": sweep.rows[0]["ndcg@10"],
-                     **off_test})
+        off_test, per_user[model] = judge(Q.top_k(s["test"], exclude["test"], k))
+        rows_out.append({"model": model, "forgetting": "off", **training[model],
+                         "val_ndcg@10": sweep.rows[0]["ndcg@10"], **off_test})
         best = sweep.best
         chosen = best if best["strength"] > 0 else max(sweep.rows[1:], key=lambda r: r["ndcg@10"])
         hl, alpha, strength = chosen["half_life_windows"], chosen["alpha"], chosen["strength"]
 
-        def rerank(stage_name, stage, *, alpha=alpha, hl=hl, state_weights=True):
-            weights = Q.interest_weights(analyses[stage_name][hl], config, log, alpha, state_weights=state_weights)
-            return Q.evaluate_stage(s[stage_name], exclude[stage_name], stage, ks, user_interest=weights,
-                                    item_column=columns, strength=strength)
+        def weights(stage_name, *, alpha=alpha, hl=hl, state_weights=True):
+            return Q.interest_weights(analyses[stage_name][hl], config, log, alpha, state_weights=state_weights)
 
-        on_test = rerank("test", test)
-        rows.append({"model": model, "forgetting": "on", **training[model], "val_ndcg@10": chosen["ndcg@10"],
-                     "half_life_windows": hl, "alpha": alpha, "strength": strength,
-                     "sweep_chose_off": best["strength"] == 0, **on_test})
+        def rerank(stage_name, stage, **change):
+            return Q.evaluate_stage(s[stage_name], exclude[stage_name], stage, ks, user_interest=weights(
+                stage_name, **change), item_column=columns, strength=strength)
+
+        on_test, per_user[f"{model}+rerank"] = judge(Q.top_k(s["test"], exclude["test"], k,
+                                                             weights("test")[test.users], columns, strength))
+        rows_out.append({"model": model, "forgetting": "on", **training[model], "val_ndcg@10": chosen["ndcg@10"],
+                         "half_life_windows": hl, "alpha": alpha, "strength": strength,
+                         "sweep_chose_off": best["strength"] == 0, **on_test})
         variants = {"chosen": {}, "no interest states": {"state_weights": False}, "alpha 0 (no forgetting in p)":
                     {"alpha": 0.0}, "no decay (half-life inf)": {"hl": math.inf}}
         ablations[model] = {}
@@ -221,11 +273,16 @@ def run_protocol(config, log, name: str, out: Path, peer: Path | None, report) -
         diagnostics[model] = Q.target_interest_states(analyses["test"][hl], log, test)
 
     if peer is not None and name == "leave_last_out":
-        rows.extend(_peer_rows(peer, val, test, ks, report))
+        rows_out.extend(_peer_rows(peer, val, test, ks, report))
+    plan = planned_comparisons(list(scores))
+    everyone = np.ones(len(test.users), bool)
     _plot_curves(histories, out / f"training_curves_{name}.png", name)
     return {"protocol": name, "choices": protocol_choices(name, config), "val_users": int(len(val.users)),
-            "test_users": int(len(test.users)),
-            "rows": rows, "sweeps": sweeps, "ablation": ablations, "target_states": diagnostics,
+            "test_users": int(len(test.users)), "long_history_days": config.quality.long_history_days,
+            "long_history_users": int(long_users.sum()),
+            "rows": rows_out, "sweeps": sweeps, "ablation": ablations, "target_states": diagnostics,
+            "comparisons": {"all": compare(per_user, plan, everyone, config),
+                            "long": compare(per_user, plan, long_users, config)},
             "histories": histories, "seconds": round(time.perf_counter() - t0, 1)}
 
 
@@ -270,47 +327,79 @@ def _plot_curves(histories: dict[str, list[dict[str, Any]]], path: Path, name: s
     plt.close(fig)
 
 
+def _protocol_markdown(result: dict[str, Any], ks: list[int]) -> list[str]:
+    long_days = result.get("long_history_days", 180)
+    lines = [f"#### {result['protocol']} ({result['test_users']} test users, {result.get('long_history_users', 0)} "
+             f"with a history of {long_days:g}+ days; full ranking, known items masked)", ""]
+    if "choices" in result:
+        lines += [f"Protocol: {result['choices']}. MAP as trec_eval (average precision over the first k ranks "
+                  "divided by the number of relevant items). Every model is tuned with the same budget "
+                  "(trials) and selected by validation NDCG@10.", ""]
+    head = (["model", "forgetting", "trials", "val NDCG@10"] + [f"{m}@{k}" for k in ks for m in METRICS]
+            + [f"NDCG@{ks[0]} {long_days:g}d+", "train s", "epochs"])
+    lines.append("| " + " | ".join(head) + " |")
+    lines.append("| --- | --- | " + " | ".join("---:" for _ in head[2:]) + " |")
+    for r in result["rows"]:
+        label = r["forgetting"]
+        if r["forgetting"] == "on":
+            label = f"on (hl {r['half_life_windows']:g}, α {r['alpha']:g}, s {r['strength']:g})"
+        epochs = str(r["epochs"]) + (f" (best {r['best_epoch']})" if r.get("best_epoch") and r["epochs"] > 1 else "")
+        trials = str(r.get("trials", 1)) + (f": {r['chosen']}" if r.get("chosen") and r["forgetting"] == "off" else "")
+        cells = [r["model"], label, trials, f"{r['val_ndcg@10']:.4f}"]
+        cells += [f"{r[f'{m}@{k}']:.4f}" for k in ks for m in METRICS]
+        cells += [f"{r.get(f'ndcg@{ks[0]}_long', math.nan):.4f}", f"{r['train_seconds']:.1f}", epochs]
+        lines.append("| " + " | ".join(cells) + " |")
+    for subset, title in (("all", "all test users"), ("long", f"users with a history of {long_days:g}+ days")):
+        rows = result.get("comparisons", {}).get(subset, [])
+        if not rows:
+            continue
+        lines += ["", f"Paired comparisons, test NDCG@{ks[0]}, {title} (named before the run; bootstrap 95 % CI of the "
+                  "mean difference, users resampled; Wilcoxon signed-rank with zero differences dropped; "
+                  "detectable = the smallest difference these users show with 80 % power):", "",
+                  "| comparison | treatment | baseline | users | Δ NDCG | 95 % CI | Wilcoxon p | better / worse / tied "
+                  "| detectable |", "| --- | --- | --- | ---: | ---: | --- | ---: | --- | ---: |"]
+        for c in rows:
+            lines.append(f"| {c['comparison']} | {c['treatment']} | {c['baseline']} | {c['users']} | "
+                         f"{c['mean_difference']:+.4f} | {c['ci_low']:+.4f} .. {c['ci_high']:+.4f} | "
+                         f"{c['wilcoxon_p']:.3g} | {c['better']} / {c['worse']} / {c['tied']} | "
+                         f"{c['detectable_difference']:.4f} |")
+    lines += ["", "Re-ranking ablation (NDCG@10, validation / test), at each model's chosen values:", ""]
+    labels = list(next(iter(result["ablation"].values())))
+    lines.append("| model | sweep chose | " + " | ".join(labels) + " |")
+    lines.append("| --- | --- | " + " | ".join("---" for _ in labels) + " |")
+    for model, variants in result["ablation"].items():
+        best = result["sweeps"][model]["best"]
+        chose = "off" if best["strength"] == 0 else "on"
+        cells = [f"{v['val_ndcg@10']:.4f} / {v['test_ndcg@10']:.4f}" for v in variants.values()]
+        lines.append(f"| {model} | {chose} | " + " | ".join(cells) + " |")
+    lines += ["", "Interest state of each test target's genre when judged (time_sasrec's chosen half-life):", ""]
+    states = result["target_states"]["time_sasrec"]
+    lines.append(", ".join(f"{k} {v:.1%}" for k, v in sorted(states["share_by_state"].items()))
+                 + f"; in the user's most probable interest: {states['share_in_top_interest']:.1%}.")
+    lines.append("")
+    return lines
+
+
 def markdown(payload: dict[str, Any]) -> str:
-    """The report's Markdown: one table per protocol, then sweeps, ablations and target states."""
-    ks = payload["config"]["evaluate"]["ks"]
+    """The report's Markdown: per dataset and protocol a table of every model, the paired comparisons (all users
+    and long histories), the re-ranking ablation and the target states."""
     lines = [f"Measured {payload['date']} on {payload['device']}; whole report {payload['seconds']:.0f} s wall.", ""]
-    for result in payload["protocols"]:
-        lines += [f"#### {result['protocol']} ({result['test_users']} test users, full ranking, known items masked)", ""]
-        if "choices" in result:
-            lines += [f"Protocol: {result['choices']}. MAP as trec_eval (average precision over the first k ranks "
-                      "divided by the number of relevant items).", ""]
-        head = ["model", "forgetting", "val NDCG@10"] + [f"{m}@{k}" for k in ks for m in METRICS] + ["train s", "epochs"]
-        lines.append("| " + " | ".join(head) + " |")
-        lines.append("| --- | --- | " + " | ".join("---:" for _ in head[2:]) + " |")
-        for r in result["rows"]:
-            label = r["forgetting"]
-            if r["forgetting"] == "on":
-                label = f"on (hl {r['half_life_windows']:g}, α {r['alpha']:g}, s {r['strength']:g})"
-            epochs = str(r["epochs"]) + (f" (best {r['best_epoch']})" if r.get("best_epoch") and r["epochs"] > 1 else "")
-            cells = [r["model"], label, f"{r['val_ndcg@10']:.4f}"] + [f"{r[f'{m}@{k}']:.4f}" for k in ks for m in METRICS]
-            cells += [f"{r['train_seconds']:.1f}", epochs]
-            lines.append("| " + " | ".join(cells) + " |")
-        lines += ["", "Re-ranking ablation (NDCG@10, validation / test), at each model's chosen values:", ""]
-        labels = list(next(iter(result["ablation"].values())))
-        lines.append("| model | sweep chose | " + " | ".join(labels) + " |")
-        lines.append("| --- | --- | " + " | ".join("---" for _ in labels) + " |")
-        for model, variants in result["ablation"].items():
-            best = result["sweeps"][model]["best"]
-            chose = "off" if best["strength"] == 0 else "on"
-            cells = [f"{v['val_ndcg@10']:.4f} / {v['test_ndcg@10']:.4f}" for v in variants.values()]
-            lines.append(f"| {model} | {chose} | " + " | ".join(cells) + " |")
-        lines += ["", "Interest state of each test target's genre when judged (time_sasrec's chosen half-life):", ""]
-        states = result["target_states"]["time_sasrec"]
-        lines.append(", ".join(f"{k} {v:.1%}" for k, v in sorted(states["share_by_state"].items()))
-                     + f"; in the user's most probable interest: {states['share_in_top_interest']:.1%}.")
-        lines.append("")
+    for dataset in payload["datasets"]:
+        ks = dataset["config"]["evaluate"]["ks"]
+        data = dataset["data"]
+        lines += [f"### {dataset['name']}", "",
+                  f"{data.get('rows_used', 0):,} events of {dataset['users']:,} users on {dataset['items']:,} items "
+                  f"({dataset['categories']} interests); config `{dataset['config_path']}`; {dataset['seconds']:.0f} s.",
+                  ""]
+        for result in dataset["protocols"]:
+            lines += _protocol_markdown(result, ks)
     return "\n".join(lines)
 
 
 def update_results(path: Path, text: str, command: str) -> None:
     """Replace (or append) the quality section of ``path``."""
-    section = (f"{SECTION_START}\n## quality — MovieLens-100K, every model x forgetting on/off\n\n```bash\n{command}\n```\n\n"
-               f"{text}\n{SECTION_END}")
+    section = (f"{SECTION_START}\n## quality — MovieLens, every model x forgetting (off, re-ranked, in the model)\n\n"
+               f"```bash\n{command}\n```\n\n{text}\n{SECTION_END}")
     old = path.read_text() if path.is_file() else "# Benchmark results\n"
     if SECTION_START in old and SECTION_END in old:
         head, rest = old.split(SECTION_START, 1)
@@ -320,17 +409,58 @@ def update_results(path: Path, text: str, command: str) -> None:
     path.write_text(new)
 
 
+def dataset_overrides(config_path: str, folder: str | None) -> list[str]:
+    """Point the config's data files into ``folder``: each of ``data.path`` / ``data.items_path`` is looked up in
+    it by its file name, else the folder itself is the path (a MovieLens or RecBole folder)."""
+    if folder is None:
+        return []
+    from fgjax.config import load_config
+
+    data = load_config(config_path).data
+    out = []
+    for key in ("path", "items_path"):
+        value = getattr(data, key)
+        if not value:
+            continue
+        inside = Path(folder) / Path(value).name
+        if inside.exists():
+            out.append(f"data.{key}={inside}")
+        elif key == "path":
+            out.append(f"data.path={folder}")
+    return out
+
+
+def run_dataset(config_path: str, overrides: list[str], out: Path, peer: Path | None, report) -> dict[str, Any]:
+    """Every protocol of one data set -> its part of ``quality.json``."""
+    from fgjax.config import load_config, to_dict
+    from fgjax.pipeline import read
+
+    t0 = time.perf_counter()
+    config = load_config(config_path, overrides)
+    name = Path(config_path).stem
+    log = read(config, out / name, report)
+    if log.categories is None or len(log.categories) == 0:
+        raise SystemExit(f"fgjax: error: {config_path}: the quality report needs item categories (an items table)")
+    protocols = [run_protocol(config, log, p, out / name, peer, report) for p in config.quality.protocols]
+    return {"name": name, "config_path": config_path, "data": dataclasses.asdict(log.report),
+            "users": int(log.num_users), "items": int(log.num_items), "categories": len(log.categories),
+            "config": to_dict(config), "protocols": protocols, "seconds": round(time.perf_counter() - t0, 1)}
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m bench.quality", description=__doc__.split("\n\n")[0])
-    p.add_argument("--config", default="configs/ml100k.yaml", help="YAML config (data, model, train, sequence, quality)")
+    p.add_argument("--dataset", action="append", default=[], metavar="CONFIG[=FOLDER]",
+                   help="a data set: its YAML config, and the folder holding its files (repeatable; the report "
+                        "covers every one). Without it: --config")
+    p.add_argument("--config", default="configs/ml100k.yaml", help="YAML config of one data set (without --dataset)")
     p.add_argument("--set", action="append", default=[], dest="overrides", metavar="KEY=VALUE",
-                   help="config override, repeatable (e.g. data.path=/data/ml-100k)")
+                   help="config override for every data set, repeatable (e.g. sequence.epochs=20)")
     p.add_argument("--out", default="bench/results/quality", help="output folder (JSON, Markdown, PNG)")
     p.add_argument("--peer", default=None, help="folder written by bench/recbole_peer.py (export + run)")
     p.add_argument("--results-md", default=None, help="also replace the quality section of this Markdown file")
     p.add_argument("--quiet", action="store_true")
     # Accepted so that the suite (python -m bench quality) can call it like any benchmark;
-    # the report has one size (MovieLens-100K), draws its curves into --out and uses no torch.
+    # the report has its own sizes (the data sets), draws its curves into --out and uses no torch.
     p.add_argument("--scale", choices=("smoke", "small", "large"), default="small", help=argparse.SUPPRESS)
     p.add_argument("--plots", default="", help=argparse.SUPPRESS)
     p.add_argument("--no-torch", action="store_true", help=argparse.SUPPRESS)
@@ -339,29 +469,24 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = build_parser().parse_args(argv)
-    from fgjax.config import load_config, to_dict
     from fgjax.errors import FgjaxError
-    from fgjax.pipeline import read
 
     report = (lambda _: None) if args.quiet else (lambda msg: print(msg, flush=True))
     out = Path(args.out)
     suite_json = None
     if out.suffix == ".json":  # called by the suite: --out DIR/quality.json
         suite_json, out = out, out.parent / "quality"
+    specs = [(spec.partition("=")[0], spec.partition("=")[2] or None) for spec in args.dataset] or [(args.config, None)]
     t0 = time.perf_counter()
     try:
-        config = load_config(args.config, args.overrides)
-        log = read(config, out, report)
-        if log.categories is None or len(log.categories) == 0:
-            raise SystemExit("fgjax: error: the quality report needs item categories (an items table)")
-        protocols = [run_protocol(config, log, name, out, Path(args.peer) if args.peer else None, report)
-                     for name in config.quality.protocols]
+        datasets = [run_dataset(path, dataset_overrides(path, folder) + args.overrides, out,
+                                Path(args.peer) if args.peer else None, report) for path, folder in specs]
     except FgjaxError as exc:
         print(f"fgjax: error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
     payload = {"benchmark": "quality", **_report.environment(), "seconds": round(time.perf_counter() - t0, 1),
                "command": "python -m bench.quality " + " ".join(argv if argv is not None else sys.argv[1:]),
-               "data": dataclasses.asdict(log.report), "config": to_dict(config), "protocols": protocols}
+               "datasets": datasets}
     _report.write_json(out / "quality.json", payload)
     if suite_json is not None:
         _report.write_json(suite_json, payload)
@@ -370,7 +495,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if args.results_md:
         update_results(Path(args.results_md), text, payload["command"])
     report(text)
-    report(f"wrote {out}/quality.json, quality.md, training_curves_*.png ({payload['seconds']:.0f} s)")
+    report(f"wrote {out}/quality.json, quality.md, */training_curves_*.png ({payload['seconds']:.0f} s)")
     return payload
 
 

@@ -405,6 +405,14 @@ class QualityConfig:
     sasrec_baseline: bool = True  # also train the same network without time encodings (plain SASRec)
     baselines: bool = True  # also BPR-MF (bpr section) and ItemKNN from the whole history and from the last n items
     knn_last_items: int = setting(5, ge=1)  # n of the last-n-items ItemKNN row
+    # The forgetting-aware sequence model (model.name forgetting_sasrec) and its no-decay ablation.
+    in_model_forgetting: bool = True
+    # Users whose known history spans at least this many days are also reported on their own.
+    long_history_days: float = setting(180.0, gt=0)
+    # The same tuning budget for every model: at most this many trials each, chosen by validation NDCG@10.
+    tuning_trials: int = setting(1, ge=1)
+    # Row name -> trials, each "key=value; key=value" (dotted config overrides); rows not named run as configured.
+    tuning: dict[str, list[str]] = setting({})
 
     def _check(self, where: str) -> None:
         q = self.cutoff_quantiles
@@ -420,6 +428,14 @@ class QualityConfig:
         for name in ("sweep_alpha", "sweep_half_life_windows", "sweep_strength"):
             if not getattr(self, name):
                 raise ConfigError(f"{where}.{name}: expected at least one value")
+        for row, trials in self.tuning.items():
+            if not 1 <= len(trials) <= self.tuning_trials:
+                raise ConfigError(f"{where}.tuning.{row}: {len(trials)} trials, expected 1 to "
+                                  f"{where}.tuning_trials={self.tuning_trials} (the same budget for every model)")
+            for trial in trials:
+                for text in trial.split(";"):
+                    if text.strip():
+                        parse_override(text)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -640,6 +656,15 @@ def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -
         if not isinstance(loaded, dict):
             raise ConfigError(f"config file '{path}': expected a mapping of sections at top level")
         tree = loaded
+    for text in overrides:
+        key, value = parse_override(text)
+        _set_dotted(tree, key, value)
+    return from_dict(tree)
+
+
+def override(config: Config, overrides: Sequence[str]) -> Config:
+    """``config`` with dotted ``overrides`` (``"sequence.dropout=0.5"``) applied and checked like a file's."""
+    tree = to_dict(config)
     for text in overrides:
         key, value = parse_override(text)
         _set_dotted(tree, key, value)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import types
 import math
 import sys
 from pathlib import Path
@@ -74,24 +75,105 @@ def test_quality_report_end_to_end(tmp_path):
         "--set", "sequence.batch_size=16", "--set", "sequence.max_len=8",
         "--set", "quality.sweep_alpha=[0,2]", "--set", "quality.sweep_half_life_windows=[4]",
         "--set", "quality.sweep_strength=[0,1]", "--set", "bpr.epochs=2", "--set", "bpr.batch_size=64",
-        "--set", "bpr.dim=8", "--set", "knn.neighbors=10",
+        "--set", "bpr.dim=8", "--set", "knn.neighbors=10", "--set", "quality.tuning_trials=2",
+        "--set", "quality.tuning={bpr: [bpr.learning_rate=0.001, bpr.learning_rate=0.01]}",
+        "--set", "quality.in_model_forgetting=false",
     ])
     data = json.loads((out / "quality.json").read_text())
     assert data["benchmark"] == "quality" and data["device"] and data["versions"]["jax"]
-    assert [r["protocol"] for r in data["protocols"]] == ["leave_last_out", "time_cutoff"]
-    for result in data["protocols"]:
+    (dataset,) = data["datasets"]
+    assert dataset["name"] == "quickstart" and dataset["categories"] > 0
+    assert [r["protocol"] for r in dataset["protocols"]] == ["leave_last_out", "time_cutoff"]
+    for result in dataset["protocols"]:
         models = {(r["model"], r["forgetting"]) for r in result["rows"]}
         names = ("popularity", "bpr", "itemknn", "itemknn_last5", "embedding_mlp", "time_sasrec", "sasrec")
         assert models == {(m, f) for m in names for f in ("off", "on")}
+        # The tuned row tried both trials and kept one; the others ran as configured.
+        bpr = next(r for r in result["rows"] if r["model"] == "bpr" and r["forgetting"] == "off")
+        assert bpr["trials"] == 2 and bpr["chosen"] in ("bpr.learning_rate=0.001", "bpr.learning_rate=0.01")
+        # Every planned comparison is reported on all users, with a CI around its mean difference.
+        labels = [c["comparison"] for c in result["comparisons"]["all"]]
+        assert "re-ranking: time_sasrec" in labels and "session recency: last items vs whole history" in labels
+        for c in result["comparisons"]["all"]:
+            assert c["ci_low"] <= c["mean_difference"] <= c["ci_high"] and c["users"] == result["test_users"]
+            assert c["better"] + c["worse"] + c["tied"] == c["users"] and c["detectable_difference"] >= 0
         assert result["choices"].startswith("leave-last-out" if result["protocol"] == "leave_last_out" else "global")
         for r in result["rows"]:
             for k in (10, 20):
                 for m in ("precision", "recall", "f1", "ndcg", "hit_rate", "mrr", "map"):
                     assert 0.0 <= r[f"{m}@{k}"] <= 1.0
-        assert (out / f"training_curves_{result['protocol']}.png").stat().st_size > 1000
+        assert (out / "quickstart" / f"training_curves_{result['protocol']}.png").stat().st_size > 1000
     text = md.read_text()
     assert "old text" in text and text.count(quality.SECTION_START) == 1 and "| time_sasrec | off |" in text and "| sasrec | off |" in text
     assert "| itemknn_last5 | off |" in text and "Protocol: leave-last-out per user: events at the same timestamp in input order" in text
     quality.update_results(md, "second", "cmd")  # replaced, not appended
     assert md.read_text().count(quality.SECTION_START) == 1 and "second" in md.read_text()
     assert payload["seconds"] > 0
+
+
+def test_long_history_users_match_a_loop():
+    from bench.quality import long_history_users
+    from fgjax.data.protocol import Stage
+    from fgjax.data.split import ItemSets
+
+    rng = np.random.default_rng(7)
+    n, users = 300, 12
+    user = rng.integers(0, users, n)
+    ts = rng.uniform(0, 400 * 86400.0, n)
+    known = rng.random(n) < 0.7
+    log = types.SimpleNamespace(user=user, timestamp=ts, num_users=users)
+    judged = np.array([0, 3, 5, 11], np.int32)
+    stage = Stage(judged, np.zeros((4, 1), np.int32), known, ItemSets(np.zeros(users + 1, np.int64),
+                                                                      np.zeros(0, np.int32)), np.zeros(users))
+    expect = []
+    for u in judged:
+        t = [ts[i] for i in range(n) if known[i] and user[i] == u]
+        expect.append(bool(t) and max(t) - min(t) >= 180 * 86400.0)
+    assert long_history_users(log, stage, 180.0).tolist() == expect
+
+
+def test_comparisons_are_paired_and_state_the_detectable_difference():
+    from bench.quality import compare, planned_comparisons
+
+    rows = ["bpr", "itemknn", "itemknn_last5", "time_sasrec", "sasrec", "forgetting_sasrec",
+            "forgetting_sasrec_nodecay"]
+    plan = planned_comparisons(rows)
+    labels = [p[0] for p in plan]
+    assert "re-ranking: forgetting_sasrec_nodecay" not in labels and len(labels) == len(set(labels))
+    assert ("in-model forgetting vs re-ranking", "forgetting_sasrec", "time_sasrec+rerank") in plan
+    rng = np.random.default_rng(0)
+    per_user = {name: rng.random(50) for name in rows + [f"{r}+rerank" for r in rows]}
+    config = types.SimpleNamespace(evaluate=types.SimpleNamespace(bootstrap_seed=0, bootstrap_resamples=500))
+    mask = np.arange(50) < 30
+    out = compare(per_user, plan, mask, config)
+    assert len(out) == len(plan)
+    for c, (_, a, b) in zip(out, plan):
+        diff = per_user[a][mask] - per_user[b][mask]
+        assert c["users"] == 30 and np.isclose(c["mean_difference"], diff.mean())
+        assert np.isclose(c["detectable_difference"], 2.8 * diff.std(ddof=1) / np.sqrt(30))
+    assert compare(per_user, plan, np.zeros(50, bool), config) == []
+
+
+def test_tuning_budget_is_the_same_for_every_model():
+    from bench.quality import trial_overrides
+    from fgjax.errors import ConfigError
+
+    config = load_config(None, ["quality.tuning_trials=2",
+                                "quality.tuning={bpr: ['bpr.learning_rate=0.01; bpr.dim=8', bpr.dim=16]}"])
+    assert trial_overrides(config, "bpr") == [("bpr.learning_rate=0.01", "bpr.dim=8"), ("bpr.dim=16",)]
+    assert trial_overrides(config, "itemknn") == [()]
+    with pytest.raises(ConfigError, match="quality.tuning.bpr: 3 trials, expected 1 to quality.tuning_trials=2"):
+        load_config(None, ["quality.tuning_trials=2", "quality.tuning={bpr: [bpr.dim=8, bpr.dim=9, bpr.dim=10]}"])
+    with pytest.raises(ConfigError, match="expected KEY=VALUE"):
+        load_config(None, ["quality.tuning={bpr: [nonsense]}"])
+
+
+def test_dataset_folder_points_the_config_at_its_files(tmp_path):
+    from bench.quality import dataset_overrides
+
+    (tmp_path / "ratings.csv").write_text("userId,movieId,rating,timestamp\n")
+    (tmp_path / "movies.csv").write_text("movieId,title,genres\n")
+    assert dataset_overrides(str(ROOT / "configs" / "ml_latest_small.yaml"), str(tmp_path)) == [
+        f"data.path={tmp_path / 'ratings.csv'}", f"data.items_path={tmp_path / 'movies.csv'}"]
+    assert dataset_overrides(str(ROOT / "configs" / "ml100k.yaml"), str(tmp_path)) == [f"data.path={tmp_path}"]
+    assert dataset_overrides(str(ROOT / "configs" / "ml100k.yaml"), None) == []
