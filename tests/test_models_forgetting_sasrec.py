@@ -207,6 +207,8 @@ SMALL = ["--set", "model.name=forgetting_sasrec", "--set", "sequence.epochs=2", 
 @pytest.mark.slow
 def test_cli_trains_forgetting_sasrec_and_load_serves_it(tmp_path, capsys):
     """`fgjax train` -> checkpoint -> `fgjax.load` recommends from the saved histories -> `fgjax evaluate`."""
+    import pyarrow.parquet as pq
+
     from fgjax.cli import main
     from fgjax.data.reader import read_events
 
@@ -227,6 +229,14 @@ def test_cli_trains_forgetting_sasrec_and_load_serves_it(tmp_path, capsys):
     inputs = query_inputs(model.graphdef, model.params, users, want, num_items=30)
     _, top = rank_items(model.graphdef, model.params, users, k=4, num_items=30, inputs=inputs, seen=model.state.seen)
     assert table.column("item_id").to_pylist() == model.items.decode(top.ravel()).to_pylist()
+    # `fgjax recommend` serves the same lists (every user; here with the forgetting re-weighting too).
+    assert main(["recommend", "--checkpoint", str(out / "checkpoint"), "--k", "4", "--no-forgetting",
+                 "--out", str(tmp_path / "rec.parquet")]) == 0, capsys.readouterr().err
+    served = pq.read_table(tmp_path / "rec.parquet").to_pylist()
+    by_user = {u: [r["item_id"] for r in served if r["user_id"] == u] for u in table.column("user_id").to_pylist()}
+    assert [i for u in dict.fromkeys(table.column("user_id").to_pylist()) for i in by_user[u]] \
+        == table.column("item_id").to_pylist()
+    assert model.recommend(model.users.decode(users), k=4).num_rows == 12
     # The checkpoint evaluates like any other (its histories rebuilt with the categories).
     assert main(["evaluate", "--out", str(tmp_path / "eval"), "--checkpoint", str(out / "checkpoint"), *data,
                  "--no-progress"]) == 0, capsys.readouterr().err

@@ -201,7 +201,9 @@ class TimeAwareSASRec(nnx.Module):
         """Mean next-item cross-entropy over the non-padding positions -> ``()``.
 
         ``batch``: ``items`` ``(B, L)`` left-padded inputs, ``times`` ``(B, L)``
-        relative seconds, ``targets`` ``(B, L)`` next items (-1 in the padding).
+        relative seconds, ``targets`` ``(B, L)`` next items (-1 in the padding)
+        (``ForgettingSASRec``: also ``interest_ages`` ``(B, L, K)``). The logits are
+        ``position_queries`` against ``item_rows``.
         ``key`` drives dropout and the sampled negatives. ``full_softmax``: over
         the whole catalog. ``sampled_softmax``: over the target and
         ``sampled_negatives`` uniform items shared by the batch (an accidental

@@ -2,7 +2,8 @@
 
 Needs only fgjax installed: no training code, optimizer or data files are
 imported or read. Works on CPU or GPU (arrays go to the default device), for
-every model ``config.model.name`` names (EmbeddingMLP, time-aware SASRec, SASRec).
+every model ``config.model.name`` names (EmbeddingMLP, time-aware SASRec, SASRec,
+forgetting_sasrec, BPR, ItemKNN).
 
     model = fgjax.load("runs/quickstart/checkpoint")
     table = model.recommend(["u1", "u2"], k=10)   # pyarrow.Table
