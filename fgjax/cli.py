@@ -70,7 +70,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("generate", help="write the synthetic behavior log (sharded Parquet + ground truth)")
     _add_common(p, out_help="output directory")
     p = sub.add_parser("train", help="read events (data.path), split by time, train the model model.name names "
-                                     "(embedding_mlp, time_sasrec, sasrec, bpr, itemknn), save a servable checkpoint")
+                                     "(embedding_mlp, time_sasrec, sasrec, forgetting_sasrec, bpr, itemknn), save a "
+                                     "servable checkpoint")
     _add_common(p, out_help="output directory (checkpoint/, metrics.jsonl, plots/)")
     p = sub.add_parser("analyze", help="windowed forgetting analysis of data.path -> forgetting.parquet, states.parquet")
     _add_common(p, out_help="output directory")

@@ -278,9 +278,11 @@ class ModelConfig:
     models take theirs and their training settings from ``sequence``, the
     baselines theirs from ``bpr`` and ``knn``)."""
 
-    # embedding_mlp | time_sasrec | sasrec (time_sasrec with time_encoding none) | bpr (BPR matrix factorization)
+    # embedding_mlp | time_sasrec | sasrec (time_sasrec with time_encoding none) | forgetting_sasrec (time_sasrec
+    # plus the user's learned per-interest forgetting; needs item categories) | bpr (BPR matrix factorization)
     # | itemknn (cosine item-item neighbours, closed form)
-    name: str = setting("embedding_mlp", choices=("embedding_mlp", "time_sasrec", "sasrec", "bpr", "itemknn"))
+    name: str = setting("embedding_mlp", choices=("embedding_mlp", "time_sasrec", "sasrec", "bpr", "itemknn",
+                                                  "forgetting_sasrec"))
     embed_dim: int = setting(32, ge=1)
     hidden_dim: int = setting(64, ge=1)
 
@@ -332,7 +334,7 @@ class TrainConfig:
 
 @dataclasses.dataclass(frozen=True)
 class SequenceConfig:
-    """The sequence models (``model.name`` time_sasrec / sasrec, ``fgjax.models.sequence``)
+    """The sequence models (``model.name`` time_sasrec / sasrec / forgetting_sasrec, ``fgjax.models.sequence``)
     and their training settings; mesh, checkpoint, ``max_steps`` and ``eval_users`` come from ``train``."""
 
     max_len: int = setting(50, ge=1)  # L: most recent items attended
@@ -347,6 +349,10 @@ class SequenceConfig:
     dropout: float = setting(0.2, ge=0, lt=1)
     loss: str = setting("full_softmax", choices=("full_softmax", "sampled_softmax"))
     sampled_negatives: int = setting(256, ge=1)  # uniform negatives per batch (sampled_softmax)
+    # forgetting_sasrec: g_k = [k seen] * (1 + age_k / unit) ** -rate_k per interest k, logit += g . A_item;
+    # learned (rate_k = softplus(rho_k), 0.5 at init) | none (rate 0: g = "interest ever seen", the ablation)
+    interest_decay: str = setting("learned", choices=("learned", "none"))
+    interest_time_unit_seconds: float = setting(86400.0, gt=0)  # unit of interest ages: a day (not session recency)
     epochs: int = setting(200, ge=1)  # at most; early stopping usually ends sooner
     batch_size: int = setting(128, ge=1)  # training windows per step (global; split over the data axis)
     learning_rate: float = setting(1e-3, gt=0)

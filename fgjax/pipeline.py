@@ -43,7 +43,7 @@ from fgjax.plots import plot_forgetting, plot_training_curves
 from fgjax.ranking.explain import Explanations
 from fgjax.ranking.strategy import ForgettingWeights, exploration_mask, forgetting_weights
 from fgjax.serving.model import ServingModel, load
-from fgjax.serving.state import ServingState, queries_history
+from fgjax.serving.state import ServingState, queries_history, queries_interest_ages
 from fgjax.training import TrainResult, train
 
 Reporter = Callable[[str], None]
@@ -165,7 +165,8 @@ def fit(config: Config, prepared: Prepared, out: Path, report: Reporter = _quiet
     history = None
     if queries_history(trained.graphdef, trained.params):
         # Every event: serve what comes next.
-        history = build_sequences(log.user, log.item, log.timestamp, log.num_users, ties=split.ties)
+        history = build_sequences(log.user, log.item, log.timestamp, log.num_users, ties=split.ties,
+                                  **_history_categories(trained.graphdef, trained.params, log))
     serving = ServingState.create(
         item_popularity(split, log.num_items), prepared.seen, forgetting=weights, explanations=explanations,
         window_origin=origin, window_seconds=None if origin is None else config.analysis.window_seconds,
@@ -210,7 +211,16 @@ def evaluation_history(graphdef, params, prepared: Prepared) -> Sequences | None
         return None
     log = prepared.log
     return build_sequences(log.user, log.item, log.timestamp, log.num_users, events=prepared.split.history_events,
-                           ties=prepared.split.ties)
+                           ties=prepared.split.ties, **_history_categories(graphdef, params, log))
+
+
+def _history_categories(graphdef, params, log: EventLog) -> dict[str, Any]:
+    """``build_sequences``' category arguments when the model reads interest ages (forgetting_sasrec), else ``{}``."""
+    if not queries_interest_ages(graphdef, params):
+        return {}
+    if not has_categories(log):
+        raise DataError("forgetting_sasrec needs item categories (data.items_path)")
+    return {"item_category": log.item_category, "num_categories": len(log.categories)}
 
 
 def report_evaluation(report: Reporter, evaluation: dict[str, Any]) -> None:

@@ -10,8 +10,8 @@ from flax import nnx
 
 from fgjax.config import Config, ModelConfig, SequenceConfig
 from fgjax.errors import ConfigError
-from fgjax.models import (BPRMF, MODEL_NAMES, SEQUENCE_MODELS, EmbeddingMLP, ItemKNN, Recommender, TimeAwareSASRec,
-                          abstract_params, build_model, split_params)
+from fgjax.models import (BPRMF, MODEL_NAMES, SEQUENCE_MODELS, EmbeddingMLP, ForgettingSASRec, ItemKNN, Recommender,
+                          TimeAwareSASRec, abstract_params, build_model, split_params)
 
 from test_models_mlp import numpy_forward
 
@@ -24,12 +24,12 @@ def _config(name: str) -> Config:
 @pytest.mark.parametrize("name", MODEL_NAMES)
 def test_every_name_builds_a_recommender_and_abstract_params_match(name):
     config = _config(name)
-    model = build_model(config, 7, 11, seed=0)
+    model = build_model(config, 7, 11, seed=0, num_categories=3)
     assert isinstance(model, Recommender)
-    kinds = {"embedding_mlp": EmbeddingMLP, "bpr": BPRMF, "itemknn": ItemKNN}
+    kinds = {"embedding_mlp": EmbeddingMLP, "bpr": BPRMF, "itemknn": ItemKNN, "forgetting_sasrec": ForgettingSASRec}
     assert isinstance(model, kinds.get(name, TimeAwareSASRec))
     graphdef, params = split_params(model)
-    abstract_graph, abstract = abstract_params(config, 7, 11)
+    abstract_graph, abstract = abstract_params(config, 7, 11, num_categories=3)
     assert abstract_graph == graphdef  # the same static graph: a restored model is the trained one
     assert jax.tree.map(lambda x: (x.shape, x.dtype), abstract) == jax.tree.map(lambda x: (x.shape, x.dtype), params)
     assert all(isinstance(x, jax.ShapeDtypeStruct) for x in jax.tree.leaves(abstract))
@@ -38,6 +38,8 @@ def test_every_name_builds_a_recommender_and_abstract_params_match(name):
     batch = {f: jnp.zeros((2,) + ((4,) if name in SEQUENCE_MODELS else ()), jnp.int32) for f in model.batch_fields}
     if name in SEQUENCE_MODELS:
         batch["times"] = jnp.zeros((2, 4), jnp.float32)
+    if "interest_ages" in model.batch_fields:
+        batch["interest_ages"] = jnp.zeros((2, 4, 3), jnp.float32)
     key = jax.random.key(0)
     assert float(restored.loss(batch, key)) == pytest.approx(float(model.loss(batch, key)), rel=1e-6)
 
@@ -54,6 +56,8 @@ def test_bad_names_are_config_errors():
         build_model(dataclasses.replace(Config(), model=ModelConfig(name="gru4rec")), 3, 3, seed=0)
     with pytest.raises(ConfigError, match="sized by the sequence section: pass the whole Config"):
         abstract_params(ModelConfig(name="time_sasrec"), 3, 3)
+    with pytest.raises(ConfigError, match=r"forgetting_sasrec needs item categories \(data.items_path\)"):
+        build_model(_config("forgetting_sasrec"), 3, 3, seed=0)
 
 
 def test_mlp_loss_is_bce_with_uniform_negatives_from_the_key():

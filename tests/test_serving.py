@@ -146,6 +146,8 @@ def _state_with_everything(users=5, items=7, interests=3, seed=0):
     # Epoch seconds with sub-second parts: float32 would lose them (1.7e9 has a 128 s float32 spacing).
     times = 1.7e9 + rng.uniform(0, 1e6, n) + 0.123456789
     last_active = np.where(rng.uniform(size=(users, interests)) < 0.3, np.nan, 1.7e9 + rng.uniform(0, 1e6, (users, interests)))
+    # forgetting_sasrec's interest ages: +inf = an interest the user has not had yet.
+    ages = np.where(rng.uniform(size=(n, interests)) < 0.3, np.inf, rng.uniform(0, 1e6, (n, interests))).astype(np.float32)
     return ServingState(
         popularity=rng.uniform(0, 9, items).astype(np.float32),
         seen=ItemSets(indptr, rng.integers(0, items, n).astype(np.int32)),
@@ -158,7 +160,7 @@ def _state_with_everything(users=5, items=7, interests=3, seed=0):
         explore=rng.uniform(size=(users, interests)) < 0.5,
         last_active=last_active,
         window_origin=1.7e9 + 0.5, window_seconds=86400.0,
-        history=Sequences(indptr.copy(), rng.integers(0, items, n).astype(np.int32), times),
+        history=Sequences(indptr.copy(), rng.integers(0, items, n).astype(np.int32), times, ages),
     )
 
 
@@ -255,6 +257,14 @@ def test_missing_or_damaged_serving_state_names_the_file(tmp_path, fitted):
     dataclasses.replace(state, f=gone).save(tmp_path / "fnan")
     with pytest.raises(CheckpointError, match=r"damaged serving state: f holds 1 NaN values"):
         ServingState.load(tmp_path / "fnan")
+    # Interest ages (forgetting_sasrec): +inf loads (never seen), NaN, negative or misshapen ages do not.
+    ages = state.history.interest_ages
+    for name, bad, match in (("agenan", np.where(np.isinf(ages), np.nan, ages), "history interest ages holds"),
+                             ("ageneg", -ages - 1, "history interest ages hold negative values"),
+                             ("ageshape", ages[1:], r"history interest ages have shape")):
+        dataclasses.replace(state, history=dataclasses.replace(state.history, interest_ages=bad)).save(tmp_path / name)
+        with pytest.raises(CheckpointError, match=match):
+            ServingState.load(tmp_path / name)
     state.save(copy)
     with pytest.raises(CheckpointError, match="serving state for 5 users and 7 items, expected"):
         fgjax.load(copy)

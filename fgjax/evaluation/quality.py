@@ -95,7 +95,8 @@ def mlp_scores(graphdef, params, users: np.ndarray, *, chunk: int = 256) -> np.n
 
 def sequence_scores(graphdef, params, sequences: Sequences, users: np.ndarray, num_items: int, *,
                     chunk: int = 256) -> np.ndarray:
-    """``(n, items)`` next-item probabilities from each user's last ``max_len`` items."""
+    """``(n, items)`` next-item probabilities from each user's last ``max_len`` items (forgetting_sasrec: and
+    their interest ages: ``sequences`` built with the item categories, else ``DataError``)."""
     return dense_scores(graphdef, params, query_inputs(graphdef, params, users, sequences, num_items=num_items),
                         chunk=chunk)
 

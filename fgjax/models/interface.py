@@ -15,7 +15,8 @@ A model is a ``flax.nnx.Module`` whose queries and item rows meet in
 - ``query(inputs)``: ``(n, h)`` user-side queries from a dict of ``(n, ...)``
   arrays whose keys are the model's ``query_fields`` (EmbeddingMLP:
   ``user``; sequence models: ``items``, ``times``: the user's last L items and
-  their times in seconds relative to the latest; ItemKNN: ``items``).
+  their times in seconds relative to the latest, and for forgetting_sasrec
+  ``interest_ages`` ``(n, L, K)``; ItemKNN: ``items``).
 - ``score(query, rows)``: ``(n, h)`` queries and ``(1 | n, C, h)`` item rows
   -> ``(n, C)`` logits.
 - ``normalization``: how logits become the relevance of SPEC.md's score:

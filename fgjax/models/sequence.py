@@ -21,6 +21,24 @@ interests I(u, t) of SPEC.md (``user_state``). Size scales with ``dim``,
 ``layers``, ``heads``, ``max_len`` and the catalog (the item table dominates).
 
 Dropout takes an explicit key; ``key=None`` is the deterministic (eval) pass.
+
+``ForgettingSASRec`` (``forgetting_sasrec``) is the same network with the
+user's day-scale interest forgetting as a second input, trained end to end.
+For each position and interest (item category) k, ``a_k`` is the seconds
+since the user's latest event in k (at or before that position, over the
+whole history; ``fgjax.data.sequences``), and
+
+    g_k = [k seen] * (1 + a_k / unit) ** (-softplus(rho_k))
+    logit(c) = h . E_c + g . A_c = [h, g] . [E_c, A_c]
+
+with ``unit = interest_time_unit`` (a day by default: within a session
+``a_k ~ 0`` and ``g_k ~ 1``, so this is forgetting over days, not session
+recency), ``rho_k`` a learned rate per interest (``softplus(rho) = 0.5`` at
+init) and ``A`` a learned ``(items, K)`` item-interest affinity. With
+``interest_decay: none`` the rate is 0 and ``g_k`` is "interest k ever
+seen": the ablation that separates forgetting from genre membership. The
+query is ``[h_last, g_last]`` and the item rows ``[E, A]``, so ranking,
+serving and the training loss see one dot product.
 """
 
 from __future__ import annotations
@@ -36,6 +54,9 @@ from jax import Array
 
 TIME_ENCODINGS = ("none", "interval", "decay")
 LOSSES = ("full_softmax", "sampled_softmax")
+INTEREST_DECAYS = ("learned", "none")
+#: softplus(_RATE_INIT) = 0.5: an interest silent for a week (unit a day) weighs (1 + 7) ** -0.5 ~ 0.35.
+_RATE_INIT = math.log(math.expm1(0.5))
 _NEG = -1e9  # finite: a fully masked row stays finite (never NaN)
 
 
@@ -180,15 +201,17 @@ class TimeAwareSASRec(nnx.Module):
         """Mean next-item cross-entropy over the non-padding positions -> ``()``.
 
         ``batch``: ``items`` ``(B, L)`` left-padded inputs, ``times`` ``(B, L)``
-        relative seconds, ``targets`` ``(B, L)`` next items (-1 in the padding).
+        relative seconds, ``targets`` ``(B, L)`` next items (-1 in the padding)
+        (``ForgettingSASRec``: also ``interest_ages`` ``(B, L, K)``). The logits are
+        ``position_queries`` against ``item_rows``.
         ``key`` drives dropout and the sampled negatives. ``full_softmax``: over
         the whole catalog. ``sampled_softmax``: over the target and
         ``sampled_negatives`` uniform items shared by the batch (an accidental
         hit of the target is masked out); uniform sampling needs no logQ correction.
         """
         k_drop, k_neg = jax.random.split(key)
-        hidden = self.hidden_states(batch["items"], batch["times"], k_drop if self.dropout > 0 else None)  # (B, L, d)
-        table = self.item_table()
+        hidden = self.position_queries(batch, k_drop if self.dropout > 0 else None)  # (B, L, h)
+        table = self.item_rows()
         targets = batch["targets"]
         valid = targets >= 0
         safe = jnp.where(valid, targets, 0)
@@ -202,6 +225,10 @@ class TimeAwareSASRec(nnx.Module):
             logits = jnp.concatenate([positive, negative], axis=-1)
             per_position = optax.softmax_cross_entropy_with_integer_labels(logits, jnp.zeros_like(safe))
         return jnp.sum(per_position * valid) / jnp.maximum(jnp.sum(valid), 1)
+
+    def position_queries(self, batch: Mapping[str, Array], key: Array | None = None) -> Array:
+        """``(B, L, h)``: the query at every position of a batch (what ``loss`` scores against ``item_rows``)."""
+        return self.hidden_states(batch["items"], batch["times"], key)
 
     def item_rows(self) -> Array:
         """``(items, dim)``: the output item table."""
@@ -224,6 +251,76 @@ class TimeAwareSASRec(nnx.Module):
     def __call__(self, items: Array, times: Array, key: Array | None = None) -> Array:
         """``(batch, L, items)`` next-item logits at every position."""
         return self.hidden_states(items, times, key) @ self.item_table().T
+
+
+def interest_gates(ages: Array, rate: Array | float, unit: float) -> Array:
+    """``g = [seen] * (1 + ages / unit) ** (-rate)``, ``(..., K)``; ``ages`` ``+inf`` (or NaN) = never seen -> 0.
+
+    ``rate`` ``(K,)`` (or a scalar; 0 gives the seen indicator). Finite gradients everywhere.
+    """
+    seen = jnp.isfinite(ages)
+    safe = jnp.where(seen, jnp.maximum(ages, 0.0), 0.0)
+    return jnp.where(seen, jnp.exp(-rate * jnp.log1p(safe / unit)), 0.0)
+
+
+class ForgettingSASRec(TimeAwareSASRec):
+    """``TimeAwareSASRec`` plus learned per-interest forgetting of the user's interests (module docstring).
+
+    Args (besides ``TimeAwareSASRec``'s):
+      num_interests: K, item categories (``interest_ages``' last axis).
+      interest_decay: ``learned`` (a rate ``softplus(rho_k)`` per interest) | ``none`` (rate 0: g = seen).
+      interest_time_unit: seconds per unit of interest age (a day by default).
+    """
+
+    batch_fields = ("items", "times", "interest_ages", "targets")
+    query_fields = ("items", "times", "interest_ages")
+
+    def __init__(self, num_items: int, *, num_interests: int, interest_decay: str = "learned",
+                 interest_time_unit: float = 86400.0, rngs: nnx.Rngs, **kwargs):
+        if num_interests < 1:
+            raise ValueError(f"num_interests={num_interests}: forgetting_sasrec needs item categories")
+        if interest_decay not in INTEREST_DECAYS:
+            raise ValueError(f"interest_decay={interest_decay!r}: expected one of {', '.join(INTEREST_DECAYS)}")
+        super().__init__(num_items, rngs=rngs, **kwargs)  # the same draws as TimeAwareSASRec first
+        self.num_interests = num_interests
+        self.interest_decay = interest_decay
+        self.interest_time_unit = interest_time_unit
+        if interest_decay == "learned":
+            self.interest_rate = nnx.Param(jnp.full((num_interests,), _RATE_INIT))
+        self.interest_affinity = nnx.Param(nnx.initializers.normal(0.01)(rngs.params(), (num_items, num_interests)))
+
+    def rates(self) -> Array:
+        """``(K,)`` forgetting rates ``softplus(rho)`` (zeros for ``interest_decay: none``)."""
+        if self.interest_decay == "learned":
+            return jax.nn.softplus(self.interest_rate[...])
+        return jnp.zeros((self.num_interests,))
+
+    def gates(self, interest_ages: Array) -> Array:
+        """``(..., K)`` interest ages (seconds) -> ``(..., K)`` gates g."""
+        return interest_gates(interest_ages, self.rates(), self.interest_time_unit)
+
+    def position_queries(self, batch: Mapping[str, Array], key: Array | None = None) -> Array:
+        """``(B, L, dim + K)``: ``[h, g]`` at every position."""
+        hidden = self.hidden_states(batch["items"], batch["times"], key)
+        return jnp.concatenate([hidden, self.gates(batch["interest_ages"])], axis=-1)
+
+    def item_rows(self) -> Array:
+        """``(items, dim + K)``: ``[E, A]``."""
+        return jnp.concatenate([self.item_table(), self.interest_affinity[...]], axis=-1)
+
+    def query(self, inputs) -> Array:
+        """``{"items", "times": (n, L), "interest_ages": (n, L, K)}`` -> ``(n, dim + K)``: ``[h_last, g_last]``."""
+        return jnp.concatenate([self.user_state(inputs["items"], inputs["times"]),
+                                self.gates(inputs["interest_ages"][:, -1])], axis=-1)
+
+    def score_all_items(self, items: Array, times: Array, interest_ages: Array) -> Array:
+        """``(batch, L)`` histories and ``(batch, L, K)`` ages -> ``(batch, items)`` next-item logits."""
+        return self.query({"items": items, "times": times, "interest_ages": interest_ages}) @ self.item_rows().T
+
+    def __call__(self, items: Array, times: Array, interest_ages: Array, key: Array | None = None) -> Array:
+        """``(batch, L, items)`` next-item logits at every position."""
+        batch = {"items": items, "times": times, "interest_ages": interest_ages}
+        return self.position_queries(batch, key) @ self.item_rows().T
 
 
 def count_params(params) -> int:

@@ -105,8 +105,13 @@ def query_inputs(graphdef: nnx.GraphDef, params: Any, users: np.ndarray, sequenc
     ``{"items": (n, L), "times": (n, L)}`` the ``query_fields`` they read: the
     users' last ``max_len`` items in ``sequences`` (left-padded with
     ``num_items``) and their times in seconds relative to the latest
-    (float32). ``params`` may be abstract (``ShapeDtypeStruct``): only the
-    model's static settings are read.
+    (float32); models that read ``interest_ages`` (forgetting_sasrec) also get
+    ``(n, L, K)`` float32 ages (``Sequences.last_interest_ages``). ``params``
+    may be abstract (``ShapeDtypeStruct``): only the model's static settings are read.
+
+    Raises:
+      DataError: no ``sequences`` for a model that queries histories, or no
+        interest ages in them for one that reads them.
     """
     model = nnx.merge(graphdef, params)
     users = np.asarray(users, np.int32)
@@ -118,6 +123,11 @@ def query_inputs(graphdef: nnx.GraphDef, params: Any, users: np.ndarray, sequenc
     out = {"items": items}
     if "times" in model.query_fields:
         out["times"] = relative_times(times, items, num_items)
+    if "interest_ages" in model.query_fields:
+        if sequences.interest_ages is None:
+            raise DataError("forgetting_sasrec needs item categories (data.items_path): these histories have no "
+                            "interest ages")
+        out["interest_ages"] = sequences.last_interest_ages(users, model.max_len)
     return out
 
 

@@ -2,7 +2,8 @@
 
 Needs only fgjax installed: no training code, optimizer or data files are
 imported or read. Works on CPU or GPU (arrays go to the default device), for
-every model ``config.model.name`` names (EmbeddingMLP, time-aware SASRec, SASRec).
+every model ``config.model.name`` names (EmbeddingMLP, time-aware SASRec, SASRec,
+forgetting_sasrec, BPR, ItemKNN).
 
     model = fgjax.load("runs/quickstart/checkpoint")
     table = model.recommend(["u1", "u2"], k=10)   # pyarrow.Table
@@ -31,7 +32,7 @@ from fgjax.errors import CheckpointError, ConfigError, DataError, FgjaxError, Fg
 from fgjax.models import abstract_params
 from fgjax.ranking.explain import recommendation_table
 from fgjax.ranking.topk import query_inputs, rank_items
-from fgjax.serving.state import ServingState, queries_history
+from fgjax.serving.state import ServingState, queries_history, queries_interest_ages
 
 
 class ServingModel:
@@ -185,7 +186,8 @@ def load(path: str | Path, *, step: int | None = None, pseudonym_secret: bytes |
     meta = read_meta(directory, step, verified=True)
     try:
         config = from_dict(meta["config"])
-        graphdef, abstract = abstract_params(config, len(users), len(items))
+        graphdef, abstract = abstract_params(config, len(users), len(items),
+                                             num_categories=0 if categories is None else len(categories))
     except (FgjaxError, TypeError, ValueError, KeyError) as exc:
         raise CheckpointError(f"'{directory / 'train' / str(step) / 'meta'}': the step's config does not build a "
                               f"model ({exc})") from None
@@ -201,6 +203,12 @@ def load(path: str | Path, *, step: int | None = None, pseudonym_secret: bytes |
     if state.history is None and queries_history(graphdef, params):
         raise CheckpointError(f"'{where}': no user histories, expected them for the sequence model "
                               f"{config.model.name!r} (its queries are each user's last items)")
+    if queries_interest_ages(graphdef, params):
+        ages = None if state.history is None else state.history.interest_ages
+        if ages is None or ages.shape[1] != len(categories):
+            raise CheckpointError(f"'{where}': the histories' interest ages do not cover the "
+                                  f"{len(categories)} item categories {config.model.name!r} reads; re-run the "
+                                  "command that wrote the checkpoint (same --out, data and config) to rebuild it")
     if state.forgetting is not None and categories is None:
         raise CheckpointError(
             f"'{directory / 'vocab' / 'categories.parquet'}' is missing: the serving state holds a forgetting "

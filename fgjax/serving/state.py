@@ -34,6 +34,11 @@ def queries_history(graphdef: nnx.GraphDef, params: Any) -> bool:
     return "items" in nnx.merge(graphdef, params).query_fields
 
 
+def queries_interest_ages(graphdef: nnx.GraphDef, params: Any) -> bool:
+    """Whether the model's queries also read the interest ages of a user's history (forgetting_sasrec)."""
+    return "interest_ages" in nnx.merge(graphdef, params).query_fields
+
+
 @dataclasses.dataclass(frozen=True)
 class ServingState:
     """The arrays behind ``ServingModel.recommend``, besides the params.
@@ -53,7 +58,8 @@ class ServingState:
       window_origin, window_seconds: start (epoch seconds) of the analysis's
         first window and the window length, or None without an analysis.
       history: each user's chronological items and times over every event:
-        the queries of sequence models (None for models that query by user).
+        the queries of sequence models (None for models that query by user),
+        with their interest ages for models that read them (forgetting_sasrec).
     """
 
     popularity: np.ndarray
@@ -123,6 +129,8 @@ class ServingState:
         if self.history is not None:
             arrays.update(history_indptr=self.history.indptr, history_items=self.history.items,
                           history_times=self.history.times)
+            if self.history.interest_ages is not None:
+                arrays["history_interest_ages"] = self.history.interest_ages
         meta = {"state_names": list(kernels.STATE_NAMES), "window_origin": self.window_origin,
                 "window_seconds": self.window_seconds}
         save_serving(directory, arrays, meta)
@@ -160,7 +168,7 @@ class ServingState:
             forgetting=None if weights is None else ForgettingWeights(*weights),
             window_origin=meta.get("window_origin"),
             window_seconds=meta.get("window_seconds"),
-            history=None if history is None else Sequences(*history),
+            history=None if history is None else Sequences(*history, arrays.get("history_interest_ages")),
             **{name: arrays.get(name) for name in _EVIDENCE},
         )
         state.check(where)
@@ -182,6 +190,9 @@ class ServingState:
                 problems.append(f"{name} offsets do not index its {n} items for {users} users")
         if self.history is not None and self.history.times.shape != self.history.items.shape:
             problems.append("history times and items differ in length")
+        ages = None if self.history is None else self.history.interest_ages
+        if ages is not None and (ages.ndim != 2 or len(ages) != len(self.history.items)):
+            problems.append(f"history interest ages have shape {ages.shape}, expected (history items, interests)")
         if self.forgetting is not None:
             fw = self.forgetting
             if fw.item_interest.shape != (items,) or fw.item_weight.shape != (items,) \
@@ -219,6 +230,10 @@ class ServingState:
         if self.history is not None:
             within("history items", self.history.items, 0, items + 1)
             finite("history times", self.history.times)
+            ages = self.history.interest_ages
+            finite("history interest ages", ages, inf_ok=True)  # +inf: an interest the user never had
+            if ages is not None and ages.size and np.nanmin(ages) < 0:
+                problems.append("history interest ages hold negative values")
         if self.forgetting is not None:
             fw = self.forgetting
             finite("forgetting user weights", fw.user_interest)

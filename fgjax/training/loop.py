@@ -62,8 +62,9 @@ from fgjax.config import Config, to_dict
 from fgjax.data.reader import EventLog
 from fgjax.data.sequences import Sequences, build_sequences, relative_times
 from fgjax.data.split import ItemSets, TemporalSplit
-from fgjax.errors import CheckpointError, ConfigError
-from fgjax.models import CLOSED_FORM_MODELS, HISTORY_MODELS, SEQUENCE_MODELS, Params, build_model, split_params
+from fgjax.errors import CheckpointError, ConfigError, DataError
+from fgjax.models import (CLOSED_FORM_MODELS, HISTORY_MODELS, INTEREST_MODELS, SEQUENCE_MODELS, Params, build_model,
+                          split_params)
 from fgjax.ranking.topk import query_inputs, rank_items
 from fgjax.training import distributed, privacy, sparse
 
@@ -284,9 +285,26 @@ def pair_examples(split: TemporalSplit) -> dict[str, np.ndarray]:
 
 def window_examples(sequences: Sequences, max_len: int, num_items: int) -> dict[str, np.ndarray]:
     """Sequence models' examples: next-item windows ``{"items", "times", "targets"}``, each ``(windows, max_len)``
-    (times in seconds relative to each window's latest item)."""
+    (times in seconds relative to each window's latest item), and ``"interest_ages"`` ``(windows, max_len, K)``
+    when the sequences carry them (built with item categories)."""
     items, times, targets = sequences.training_windows(max_len, pad_item=num_items)
-    return {"items": items, "times": relative_times(times, items, num_items), "targets": targets}
+    out = {"items": items, "times": relative_times(times, items, num_items), "targets": targets}
+    if sequences.interest_ages is not None:
+        out["interest_ages"] = sequences.window_interest_ages(max_len)
+    return out
+
+
+def history_categories(model_name: str, log: EventLog) -> dict[str, Any]:
+    """``build_sequences``' category arguments for the model ``model_name``: ``{}`` unless it reads interest ages.
+
+    Raises:
+      DataError: the model reads interest ages and the log has no item categories.
+    """
+    if model_name not in INTEREST_MODELS:
+        return {}
+    if log.item_category is None or log.categories is None or len(log.categories) == 0:
+        raise DataError(f"model.name={model_name}: forgetting_sasrec needs item categories (data.items_path)")
+    return {"item_category": log.item_category, "num_categories": len(log.categories)}
 
 
 def validate(graphdef: nnx.GraphDef, params: Params, validation: Validation, num_items: int) -> dict[str, float]:
@@ -314,6 +332,8 @@ def run_fingerprint(config: Config, examples: Batch, num_users: int, num_items: 
         architecture = {k: v for k, v in to_dict(config.sequence).items()
                         if k not in ("epochs", "patience", "eval_every", "batch_size", "learning_rate",
                                      "weight_decay", "seed")}
+        if config.model.name not in INTEREST_MODELS:  # the other models' fingerprints stay as they were
+            architecture = {k: v for k, v in architecture.items() if not k.startswith("interest_")}
     elif config.model.name == "itemknn":
         architecture = {"name": "itemknn", **to_dict(config.knn)}
     elif config.model.name == "bpr":
@@ -377,8 +397,9 @@ def train(
     """Train the model ``config.model.name`` names on the split's training events, resuming if a checkpoint exists.
 
     embedding_mlp and bpr train on the training ``(user, item)`` pairs (itemknn
-    is fitted on them in closed form); time_sasrec / sasrec on next-item
-    windows of the users' training sequences. All are validated on
+    is fitted on them in closed form); time_sasrec / sasrec / forgetting_sasrec on next-item
+    windows of the users' training sequences (forgetting_sasrec: with their interest ages, from the
+    log's item categories). All are validated on
     ``split.val_target`` (the training items masked; models that query
     histories read the training sequences, in the split's tie order). The checkpoint directory also gets
     the manifest and the vocabularies, so ``fgjax.load`` serves it. With
@@ -389,7 +410,7 @@ def train(
     sequences = None
     if config.model.name in HISTORY_MODELS:
         sequences = build_sequences(log.user, log.item, log.timestamp, log.num_users, split.train_events,
-                                    ties=split.ties)
+                                    ties=split.ties, **history_categories(config.model.name, log))
     if config.model.name in SEQUENCE_MODELS:
         examples = window_examples(sequences, config.sequence.max_len, log.num_items)
         owners = sequences.window_owners(config.sequence.max_len)
@@ -438,6 +459,8 @@ def train_examples(
       on_epoch_end: called with each epoch's record (a dict) after it is logged.
       on_ready: called once the checkpoint directory is known to hold this run.
       owners: ``(n,)`` the user of each example; needed by ``train.privacy`` (the unit of privacy).
+
+    The number of item categories a model reads (``forgetting_sasrec``) is the last axis of ``interest_ages``.
     """
     t0 = time.perf_counter()
     if config.train.distributed:
@@ -483,7 +506,9 @@ def train_examples(
     fingerprint = run_fingerprint(config, fields, num_users, num_items)
     if plan is not None:  # the noise depends on the planned steps, which epochs and max_steps change
         fingerprint["privacy_plan"] = {"steps": plan.steps, "noise_multiplier": plan.noise_multiplier}
-    model = nnx.eval_shape(lambda: build_model(config, num_users, num_items, seed=settings.seed))
+    num_categories = fields["interest_ages"].shape[-1] if "interest_ages" in fields else 0
+    model = nnx.eval_shape(lambda: build_model(config, num_users, num_items, seed=settings.seed,
+                                               num_categories=num_categories))
     graphdef, abstract = split_params(model)
     abstract_state = jax.eval_shape(lambda p: init_state(p, optimizer, table_opt), abstract)
     sharding = state_shardings(abstract_state, mesh)
@@ -519,7 +544,8 @@ def train_examples(
         stopped_early = bool(meta["stopped_early"])
         best_params = served if best["epoch"] > 0 else None
     else:
-        params = split_params(build_model(config, num_users, num_items, seed=settings.seed))[1]
+        params = split_params(build_model(config, num_users, num_items, seed=settings.seed,
+                                          num_categories=num_categories))[1]
         state = jax.device_put(init_state(params, optimizer, table_opt), sharding)
     if on_ready is not None:
         on_ready()
