@@ -77,7 +77,6 @@ def test_quality_report_end_to_end(tmp_path):
         "--set", "quality.sweep_strength=[0,1]", "--set", "bpr.epochs=2", "--set", "bpr.batch_size=64",
         "--set", "bpr.dim=8", "--set", "knn.neighbors=10", "--set", "quality.tuning_trials=2",
         "--set", "quality.tuning={bpr: [bpr.learning_rate=0.001, bpr.learning_rate=0.01]}",
-        "--set", "quality.in_model_forgetting=false",
     ])
     data = json.loads((out / "quality.json").read_text())
     assert data["benchmark"] == "quality" and data["device"] and data["versions"]["jax"]
@@ -86,7 +85,8 @@ def test_quality_report_end_to_end(tmp_path):
     assert [r["protocol"] for r in dataset["protocols"]] == ["leave_last_out", "time_cutoff"]
     for result in dataset["protocols"]:
         models = {(r["model"], r["forgetting"]) for r in result["rows"]}
-        names = ("popularity", "bpr", "itemknn", "itemknn_last5", "embedding_mlp", "time_sasrec", "sasrec")
+        names = ("popularity", "bpr", "itemknn", "itemknn_last5", "embedding_mlp", "time_sasrec", "sasrec",
+                 "forgetting_sasrec", "forgetting_sasrec_nodecay")
         assert models == {(m, f) for m in names for f in ("off", "on")}
         # The tuned row tried both trials and kept one; the others ran as configured.
         bpr = next(r for r in result["rows"] if r["model"] == "bpr" and r["forgetting"] == "off")
@@ -94,6 +94,8 @@ def test_quality_report_end_to_end(tmp_path):
         # Every planned comparison is reported on all users, with a CI around its mean difference.
         labels = [c["comparison"] for c in result["comparisons"]["all"]]
         assert "re-ranking: time_sasrec" in labels and "session recency: last items vs whole history" in labels
+        assert {"in-model forgetting vs none", "in-model forgetting vs re-ranking",
+                "learned day-scale decay vs interest presence"} <= set(labels)
         for c in result["comparisons"]["all"]:
             assert c["ci_low"] <= c["mean_difference"] <= c["ci_high"] and c["users"] == result["test_users"]
             assert c["better"] + c["worse"] + c["tied"] == c["users"] and c["detectable_difference"] >= 0
