@@ -1,29 +1,45 @@
-"""Recommendation quality on real data: every model x forgetting on/off x metric.
+"""Recommendation quality on real data: every model x forgetting (off, re-ranked, in the model) x metric.
 
-    python -m bench.quality --config configs/ml100k.yaml --out bench/results/quality \
-        [--peer runs/peer] [--results-md bench/RESULTS.md]
+    python -m bench.quality --dataset configs/ml100k.yaml=path/to/ml-100k \
+        --dataset configs/ml_latest_small.yaml=path/to/ml-latest-small-2016 \
+        --out bench/results/quality --results-md bench/RESULTS.md
 
-For each protocol of ``quality.protocols`` (leave-last-out per user; a
-global time cut-off), with full ranking over the catalog and the items known
-before each stage masked:
+(``--config CONFIG --set data.path=...`` runs one data set.) For each data set
+(``--dataset CONFIG=FOLDER``: the config's data files are looked up in FOLDER by
+their names) and each protocol of ``quality.protocols`` (leave-last-out per
+user; a global time cut-off), with full ranking over the catalog and the items
+known before each stage masked:
 
-- models: popularity; with ``quality.baselines`` BPR matrix factorization
-  (``bpr`` section, ``train`` settings, the best validated epoch) and cosine
-  ItemKNN (``knn`` section) from the whole history and from the last
-  ``quality.knn_last_items`` items, all in the one loop; the article's
-  EmbeddingMLP (``model``/``train`` sections); the time-aware sequence model
-  (``sequence`` section, early stopping on validation NDCG@10);
-- each without and with forgetting-aware re-ranking, whose alpha, half-life
-  and strength are swept on the validation stage only (``fgjax.evaluation.quality``);
+- rows: popularity; with ``quality.baselines`` BPR matrix factorization and
+  cosine ItemKNN from the whole history and from the last
+  ``quality.knn_last_items`` items; the article's EmbeddingMLP; the
+  time-aware sequence model and (``quality.sasrec_baseline``) plain SASRec;
+  with ``quality.in_model_forgetting`` ``forgetting_sasrec`` (the time-aware
+  model with the user's day-scale interest ages as input and a learned decay per
+  interest) and its ablation without decay (``sequence.interest_decay: none``:
+  only which interests the user ever had). All train in the one loop;
+- the same tuning budget for every row: at most ``quality.tuning_trials``
+  trials from ``quality.tuning``, the trial with the best validation NDCG@10 kept;
+- each row without and with forgetting-aware re-ranking, whose alpha,
+  half-life and strength are swept on the validation stage only
+  (``fgjax.evaluation.quality``);
 - Precision, Recall, F1, NDCG, HitRate, MRR, MAP at ``evaluate.ks`` on the
-  test stage, training time and epochs;
+  test stage, for every test user and NDCG for the users whose known history spans
+  ``quality.long_history_days`` or more;
+- the comparisons named before any run (``planned_comparisons``): re-ranking
+  vs none per row; session recency (ItemKNN from the last items vs the whole
+  history); time encodings (time_sasrec vs sasrec); in-model forgetting vs
+  none, vs re-ranking, and learned day-scale decay vs interest presence. Each
+  is paired per user: a bootstrap 95 % CI of the mean NDCG difference, the
+  Wilcoxon signed-rank p (zero differences dropped), win/loss/tie counts, and
+  the smallest difference the users could show (80 % power);
 - an ablation of the chosen re-ranking (no interest states, alpha 0, no
   decay) and the interest states of the test targets (why it helps or not);
 - with ``--peer DIR`` (see ``bench/recbole_peer.py``), RecBole's SASRec's
   top-20 lists scored by the same metric code (leave-last-out only).
 
-Writes ``OUT/quality.json`` (device, date, versions, config, everything),
-``OUT/quality.md`` and ``OUT/training_curves_<protocol>.png``; with
+Writes ``OUT/quality.json`` (device, date, versions, configs, everything),
+``OUT/quality.md`` and ``OUT/<data set>/training_curves_<protocol>.png``; with
 ``--results-md`` also replaces the quality section of that file.
 """
 
@@ -383,7 +399,9 @@ def _protocol_markdown(result: dict[str, Any], ks: list[int]) -> list[str]:
 def markdown(payload: dict[str, Any]) -> str:
     """The report's Markdown: per dataset and protocol a table of every model, the paired comparisons (all users
     and long histories), the re-ranking ablation and the target states."""
-    lines = [f"Measured {payload['date']} on {payload['device']}; whole report {payload['seconds']:.0f} s wall.", ""]
+    versions = ", ".join(f"{k} {v}" for k, v in payload.get("versions", {}).items() if v)
+    lines = [f"Measured {payload['date']} on {payload['device']} ({versions}); whole report "
+             f"{payload['seconds']:.0f} s wall.", ""]
     for dataset in payload["datasets"]:
         ks = dataset["config"]["evaluate"]["ks"]
         data = dataset["data"]
