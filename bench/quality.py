@@ -122,6 +122,7 @@ def fit_row(config, log, protocol, row: str, model_name: str, changes: tuple[str
     sequences = inputs["categorized" if model_name == "forgetting_sasrec" else "plain"]
     best = None
     trials = trial_overrides(config, row)
+    spent = 0.0
     for trial in trials:
         cfg = override(config, (f"model.name={model_name}", *changes, *trial))
         history_model = model_name in HISTORY_MODELS
@@ -135,6 +136,7 @@ def fit_row(config, log, protocol, row: str, model_name: str, changes: tuple[str
                                      num_items=log.num_items)
         result = train_examples(cfg, examples, validation, num_users=log.num_users, num_items=log.num_items,
                                 progress=False)
+        spent += result.seconds
         val_ndcg = max((h.get("val_ndcg@10", -1.0) for h in result.history), default=-1.0)
         report(f"[{protocol.name}] {row} {'; '.join(trial) or '(as configured)'}: {result.epochs} epochs "
                f"(best {result.best_epoch}) in {result.seconds:.1f} s, val ndcg@10 {val_ndcg:.4f}")
@@ -148,7 +150,7 @@ def fit_row(config, log, protocol, row: str, model_name: str, changes: tuple[str
         score = {stage: Q.mlp_scores(result.graphdef, result.params, st.users) for stage, st in (("val", val),
                                                                                                 ("test", test))}
     training = {"train_seconds": round(result.seconds, 1), "epochs": result.epochs, "best_epoch": result.best_epoch,
-                "trials": len(trials), "chosen": "; ".join(trial)}
+                "trials": len(trials), "chosen": "; ".join(trial), "tuning_seconds": round(spent, 1)}
     if model_name in SEQUENCE_MODELS:
         from fgjax.models.sequence import count_params
 

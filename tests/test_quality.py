@@ -95,6 +95,7 @@ def test_quality_report_end_to_end(tmp_path):
         # The tuned row tried both trials and kept one; the others ran as configured.
         bpr = next(r for r in result["rows"] if r["model"] == "bpr" and r["forgetting"] == "off")
         assert bpr["trials"] == 2 and bpr["chosen"] in ("bpr.learning_rate=0.001", "bpr.learning_rate=0.01")
+        assert bpr["tuning_seconds"] >= bpr["train_seconds"] > 0  # every trial's time, the kept one's included
         # Every planned comparison is reported on all users, with a CI around its mean difference.
         labels = [c["comparison"] for c in result["comparisons"]["all"]]
         assert "re-ranking: time_sasrec" in labels and "session recency: last items vs whole history" in labels
