@@ -33,7 +33,7 @@ from fgjax.analysis import (
 )
 from fgjax.config import Config, to_dict
 from fgjax.data.reader import EventLog, read_events
-from fgjax.data.sequences import Sequences, build_sequences
+from fgjax.data.sequences import Sequences, build_sequences, category_arguments
 from fgjax.data.split import ItemSets, TemporalSplit, leave_last_out
 from fgjax.data.synthetic import SyntheticPaths, generate
 from fgjax.errors import ConfigError, DataError
@@ -218,9 +218,7 @@ def _history_categories(graphdef, params, log: EventLog) -> dict[str, Any]:
     """``build_sequences``' category arguments when the model reads interest ages (forgetting_sasrec), else ``{}``."""
     if not queries_interest_ages(graphdef, params):
         return {}
-    if not has_categories(log):
-        raise DataError("forgetting_sasrec needs item categories (data.items_path)")
-    return {"item_category": log.item_category, "num_categories": len(log.categories)}
+    return category_arguments(log.item_category, log.categories)
 
 
 def report_evaluation(report: Reporter, evaluation: dict[str, Any]) -> None:

@@ -196,6 +196,18 @@ def interest_ages(indptr: np.ndarray, items: np.ndarray, times: np.ndarray, cate
     return out
 
 
+def category_arguments(item_category: np.ndarray | None, categories, *,
+                       model_name: str = "forgetting_sasrec") -> dict:
+    """``build_sequences``' category arguments from a log's items table, for a model that reads interest ages.
+
+    Raises:
+      DataError: the log has no item categories (no items table).
+    """
+    if item_category is None or categories is None or len(categories) == 0:
+        raise DataError(f"model.name={model_name}: forgetting_sasrec needs item categories (data.items_path)")
+    return {"item_category": item_category, "num_categories": len(categories)}
+
+
 def relative_times(times: np.ndarray, items: np.ndarray, pad_item: int) -> np.ndarray:
     """``(n, L)`` float64 epoch seconds -> float32 seconds before each row's latest item (0 in padding).
 

@@ -60,9 +60,9 @@ from fgjax import kernels
 from fgjax.checkpoint import FORMAT_VERSION, TrainCheckpoints, atomic_write_text, save_vocabularies
 from fgjax.config import Config, to_dict
 from fgjax.data.reader import EventLog
-from fgjax.data.sequences import Sequences, build_sequences, relative_times
+from fgjax.data.sequences import Sequences, build_sequences, category_arguments, relative_times
 from fgjax.data.split import ItemSets, TemporalSplit
-from fgjax.errors import CheckpointError, ConfigError, DataError
+from fgjax.errors import CheckpointError, ConfigError
 from fgjax.models import (CLOSED_FORM_MODELS, HISTORY_MODELS, INTEREST_MODELS, SEQUENCE_MODELS, Params, build_model,
                           split_params)
 from fgjax.ranking.topk import query_inputs, rank_items
@@ -302,9 +302,7 @@ def history_categories(model_name: str, log: EventLog) -> dict[str, Any]:
     """
     if model_name not in INTEREST_MODELS:
         return {}
-    if log.item_category is None or log.categories is None or len(log.categories) == 0:
-        raise DataError(f"model.name={model_name}: forgetting_sasrec needs item categories (data.items_path)")
-    return {"item_category": log.item_category, "num_categories": len(log.categories)}
+    return category_arguments(log.item_category, log.categories, model_name=model_name)
 
 
 def validate(graphdef: nnx.GraphDef, params: Params, validation: Validation, num_items: int) -> dict[str, float]:
