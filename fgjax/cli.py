@@ -201,7 +201,10 @@ def _read_user_ids(spec: str | None, model):
 
 
 def run(args) -> int:
-    from fgjax import pipeline
+    if args.command == "analyze":  # imports no training code: starts about 2 s sooner
+        from fgjax import analysis_job
+    else:
+        from fgjax import pipeline
 
     overwrite = getattr(args, "overwrite", False)
     if args.command == "quickstart":
@@ -213,8 +216,7 @@ def run(args) -> int:
         pipeline.train_model(_config(args), args.out, print, _progress(args), overwrite=overwrite)
         print(f"checkpoint: {args.out / 'checkpoint'}")
     elif args.command == "analyze":
-        config = _config(args)
-        rows, changes = pipeline.analyze_only(config, args.out, print, _progress(args), overwrite=overwrite)
+        rows, changes = analysis_job.analyze_log(_config(args), args.out, print, _progress(args), overwrite=overwrite)
         print(f"wrote {args.out / 'forgetting.parquet'} ({rows:,} rows), {args.out / 'states.parquet'} "
               f"({changes:,} state changes) and {args.out / 'plots' / 'forgetting.png'}")
     elif args.command == "recommend":

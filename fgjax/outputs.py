@@ -72,6 +72,11 @@ def versions() -> dict[str, str]:
     return found
 
 
+def shown_as_final(report: Callable[[str], None], stage: Path, out: Path) -> Callable[[str], None]:
+    """``report`` with the staging folder's paths shown as the final ones."""
+    return lambda message: report(message.replace(str(stage), str(out)))
+
+
 def staging_path(out: str | Path) -> Path:
     """Where a run into ``out`` stages its files: a hidden folder beside it."""
     out = Path(os.path.abspath(out))

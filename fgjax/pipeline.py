@@ -31,6 +31,7 @@ from fgjax.analysis import (
     write_forgetting,
     write_states,
 )
+from fgjax.analysis_job import analyze_log
 from fgjax.config import Config, to_dict
 from fgjax.data.reader import EventLog, read_events
 from fgjax.data.sequences import Sequences, build_sequences, category_arguments
@@ -38,7 +39,7 @@ from fgjax.data.split import ItemSets, TemporalSplit, leave_last_out
 from fgjax.data.synthetic import SyntheticPaths, generate
 from fgjax.errors import ConfigError, DataError
 from fgjax.evaluation.metrics import evaluate, item_popularity
-from fgjax.outputs import run_folder
+from fgjax.outputs import run_folder, shown_as_final
 from fgjax.plots import plot_forgetting, plot_training_curves
 from fgjax.ranking.explain import Explanations
 from fgjax.ranking.strategy import ForgettingWeights, exploration_mask, forgetting_weights
@@ -251,9 +252,7 @@ def write_recommendations(config: Config, fitted: Fitted, path: Path) -> int:
     return table.num_rows
 
 
-def _shown(report: Reporter, stage: Path, out: Path) -> Reporter:
-    """``report`` with the staging folder's paths shown as the final ones."""
-    return lambda message: report(message.replace(str(stage), str(out)))
+_shown = shown_as_final
 
 
 def _relocated(value: Any, stage: Path, out: Path) -> Any:
@@ -374,24 +373,13 @@ def _json_default(value: Any) -> Any:
 def analyze_only(
     config: Config, out: str | Path, report: Reporter = _quiet, progress: bool = True, *, overwrite: bool = False
 ) -> tuple[int, int]:
-    """Forgetting analysis of every event of ``config.data``.
+    """Forgetting analysis of every event of ``config.data``, streamed (``fgjax.analysis_job.analyze_log``).
 
     Writes ``out/forgetting.parquet`` (per user and window), ``out/states.parquet``
     (per state change, with evidence), ``out/rejects.parquet`` and a plot;
     returns both row counts.
     """
-    out = Path(out).absolute()
-    with run_folder(out, "analyze", to_dict(config), overwrite=overwrite) as stage:
-        shown = _shown(report, stage, out)
-        log = read(config, stage, shown)
-        forgetting = analyze(config, log, progress=progress)
-        rows = write_forgetting(forgetting, log, stage / "forgetting.parquet")
-        changes = write_states(forgetting, log, stage / "states.parquet")
-        (stage / "plots").mkdir(exist_ok=True)
-        plot_forgetting(degree_since_first_activity(forgetting), forgetting.window_start,
-                        stage / "plots" / "forgetting.png")
-        shown(f"forgetting: {forgetting.num_windows} windows; final states {state_counts(forgetting)}")
-    return rows, changes
+    return analyze_log(config, out, report, progress, overwrite=overwrite)
 
 
 def evaluate_checkpoint(config: Config, out: str | Path, checkpoint: str | Path, report: Reporter = _quiet,

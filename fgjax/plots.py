@@ -44,17 +44,20 @@ def plot_training_curves(history: Sequence[dict[str, Any]], path: str | Path) ->
     return _save(plt, fig, axes, path)
 
 
-def plot_forgetting(degree: np.ndarray, window_start: np.ndarray, path: str | Path) -> Path:
+def plot_forgetting(degree: np.ndarray, window_start: np.ndarray, path: str | Path, *, sample_note: str = "") -> Path:
     """Distribution of finite F over (user, window) and the median F per window.
 
     Args:
       degree: ``(windows, users)`` F (users with no history yet are NaN).
+      sample_note: said in the titles when ``degree`` holds a sample of the users (e.g. "50,000 sampled users").
     """
     plt = _pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     finite = degree[np.isfinite(degree)]
     axes[0].hist(finite, bins=50)
-    axes[0].set(title=f"F over (user, window), {np.isinf(degree).sum()} infinite", xlabel="F", ylabel="count", yscale="log")
+    note = f"; {sample_note}" if sample_note else ""
+    axes[0].set(title=f"F over (user, window), {np.isinf(degree).sum()} infinite{note}", xlabel="F", ylabel="count",
+                yscale="log")
     days = (window_start - window_start[0]) / 86400.0
     masked = np.where(np.isfinite(degree), degree, np.nan)
     with np.errstate(all="ignore"):

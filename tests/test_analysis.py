@@ -329,9 +329,9 @@ def test_reset_each_window_without_decay_is_the_seeds_per_window_indicator():
     np.testing.assert_allclose(result.previous, counts[-2], rtol=1e-6)
 
 
-def test_window_shapes_in_memory_and_streamed_and_the_gather_grows_by_fours(tmp_path):
+def test_window_shapes_in_memory_and_streamed_and_one_gather_size_per_run(tmp_path):
     """Windows of 3,000 and 10 events are padded alike (one step compilation per run); the changed-row
-    gather takes sizes 1024 * 4^j and never shrinks within a run."""
+    gather has one size per run, from the number of (user, interest) pairs."""
     from fgjax.analysis.run import MIN_BUCKET, gather_size, log_windows, padded_size
 
     counts = [3000, 10, 0, 700]
@@ -359,5 +359,6 @@ def test_window_shapes_in_memory_and_streamed_and_the_gather_grows_by_fours(tmp_
                    path)  # the same windows in reverse: small ones first, so the size grows once
     streamed = list(parquet_windows([path], item_category=np.zeros(1, np.int32), num_users=5, window_seconds=86400.0))
     assert [len(w.events.user) for w in streamed] == [1024, 1024, 1024, 4096]
-    assert [gather_size(c) for c in (1, 1024, 1025, 4096, 4097)] == [MIN_BUCKET, 1024, 4096, 4096, 16384]
-    assert gather_size(3, previous=16384) == 16384 and gather_size(20000, previous=4096) == 65536
+    # 1/16 of the pairs, a power of two, at least MIN_BUCKET but never past the pairs' own bucket.
+    assert [gather_size(p) for p in (1, 100, 16_384, 20_000 * 16, 10**6 * 32)] == [1, 128, MIN_BUCKET, 32_768,
+                                                                                     2_097_152]

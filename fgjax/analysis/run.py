@@ -25,7 +25,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 from pathlib import Path
-from typing import Iterable, Iterator, NamedTuple, Sequence
+from typing import Callable, Iterable, Iterator, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -40,6 +40,7 @@ from fgjax.analysis.window import (
     Counters,
     Evidence,
     WindowDetail,
+    WindowOutput,
     WindowParams,
     WindowSpec,
     counters,
@@ -55,6 +56,7 @@ from fgjax.analysis.window import (
 from fgjax.config import AnalysisConfig, Config
 from fgjax.data.prefetch import prefetch
 from fgjax.data.reader import EventLog
+from fgjax.data.stream import ScannedLog
 from fgjax.errors import DataError
 from fgjax.shapes import bucket_size
 
@@ -78,15 +80,12 @@ class Window(NamedTuple):
     events: kernels.WindowEvents  # padded to a bucket with rows of user ``num_users``
 
 
-def gather_size(changed: int, previous: int = 0) -> int:
-    """Rows the changed (user, interest) rows of a window are gathered into: ``MIN_BUCKET`` times a power
-    of 4, never below ``previous``. A run's sizes only grow, by 4x steps, so the gather (which carries
-    the silence limits, a costly compilation) compiles two or three times per run, not once per
-    power of two the change count visits; it pads by < 4x."""
-    size = MIN_BUCKET
-    while size < changed:
-        size *= 4
-    return max(size, previous)
+def gather_size(num_pairs: int) -> int:
+    """Rows of one gather of changed (user, interest) rows for ``num_pairs`` = users x K: a power of
+    two near 1/16 of the pairs, at least ``MIN_BUCKET`` (at most the pairs' bucket). One size per run,
+    so the gather (which carries the silence limits, a costly compilation) compiles once; a window
+    with more changes gathers them in several calls, each from where the last stopped."""
+    return min(max(bucket_size(max(num_pairs // 16, 1)), MIN_BUCKET), bucket_size(num_pairs))
 
 
 def _window(t: int, origin: float, window_seconds: float, num_users: int, user: np.ndarray, interest: np.ndarray,
@@ -119,6 +118,16 @@ def log_windows(user: np.ndarray, interest: np.ndarray, weight: np.ndarray, time
     for t in range(num_windows):
         sl = slice(bounds[t], bounds[t + 1])
         yield _window(t, origin, window_seconds, num_users, user[sl], interest[sl], weight[sl], timestamp[sl], size)
+
+
+def scanned_windows(scanned: ScannedLog, num_interests: int) -> Iterator[Window]:
+    """Every window of a scanned log (pass 2 of ``fgjax.data.stream``), each padded to the largest
+    window's bucket (known from pass 1): the window step compiles once per run."""
+    size = padded_size(int(scanned.window_rows.max(initial=0)))
+    for rows in scanned.windows():
+        interest = _interests(rows.item, scanned.item_category, num_interests)
+        yield _window(rows.index, scanned.origin, scanned.window_seconds, scanned.num_users, rows.user, interest,
+                      rows.weight, rows.seconds, size)
 
 
 def _record_batches(files: Sequence[str | Path], batch_rows: int) -> Iterator[tuple[str, dict[str, np.ndarray]]]:
@@ -237,14 +246,14 @@ def _final(snapshot: Snapshot, params: WindowParams, spec: WindowSpec) -> Snapsh
 @functools.partial(jax.jit, static_argnames=("spec", "size"))
 def _gather_changes(
     degree: jax.Array, detail: WindowDetail, detector: kernels.DetectorState, params: WindowParams, spec: WindowSpec,
-    *, size: int,
+    start: jax.Array, *, size: int,
 ) -> ChangeRows:
-    """The (user, interest) rows whose state changed in a window, padded to ``size``.
-
-    Row order is user-major; padding rows repeat row 0 and are trimmed by the caller.
-    """
+    """The first ``size`` (user, interest) rows whose state changed in a window, from flat index ``start``
+    (user-major) on; padding rows repeat row 0 and are trimmed by the caller."""
     num_interests = detail.state.shape[1]
-    (flat,) = jnp.nonzero((detail.state != detail.previous_state).ravel(), size=size, fill_value=0)
+    changed = (detail.state != detail.previous_state).ravel()
+    changed = changed & (jnp.arange(changed.shape[0]) >= start)
+    (flat,) = jnp.nonzero(changed, size=size, fill_value=0)
     user, interest = flat // num_interests, flat % num_interests
     take = lambda a: a.ravel()[flat]  # noqa: E731 - a local gather
     detection = detail.detection
@@ -326,6 +335,7 @@ def run_windows(
     prefetch_windows: int = 2,
     progress: bool = False,
     desc: str = "analyze",
+    sink: Callable[[int, float, WindowOutput, dict[str, np.ndarray] | None], None] | None = None,
 ) -> RunOutput:
     """Drive ``window_step`` over every window of ``source``.
 
@@ -338,6 +348,10 @@ def run_windows(
       final: compute ``RunOutput.final`` (at ``snapshot_window``, else after the last window).
       record_changes: gather the rows whose state changed, with their evidence.
       prefetch_windows: windows padded and copied to the device ahead in a thread; 0 = one after the other.
+      sink: optional ``sink(t, window_start, output, changed_rows)`` called with each window's host
+        outputs (``changed_rows`` the window's changed rows as columns, or None), in window order, while
+        the next window computes; with a sink nothing is collected (``degree`` and ``changes`` come back
+        empty), so memory does not grow with the windows.
     """
     num_users = carry.peak.shape[0]
 
@@ -349,16 +363,22 @@ def run_windows(
     starts: list[float] = []
     changes: list[dict[str, np.ndarray]] = []
     snapshot = detail = pending = None
-    gathered = 0  # the gather size so far (grows only)
+    gathered = gather_size(num_users * spec.num_interests)
     events = 0
 
-    def collect(t: int, kept, rows: ChangeRows | None, changed: int) -> None:
+    def collect(t: int, start: float, kept, rows: list[ChangeRows], changed: int) -> None:
+        window_rows = None
+        if rows:
+            parts = [r.columns() for r in rows]
+            window_rows = {name: np.concatenate([p[name] for p in parts])[:changed] for name in parts[0]}
+            window_rows["window"] = np.full(changed, t, np.int32)
+        if sink is not None:
+            sink(t, start, jax.tree.map(np.asarray, kept), window_rows)
+            return
         for name, value in kept._asdict().items():
             if value is not None:
                 series.put(t, name, value)
-        if rows is not None:
-            window_rows = {name: column[:changed] for name, column in rows.columns().items()}
-            window_rows["window"] = np.full(changed, t, np.int32)
+        if window_rows is not None:
             changes.append(window_rows)
 
     for window, count in tqdm(stream, total=num_windows, desc=desc, unit="window", disable=not progress, leave=False):
@@ -368,21 +388,24 @@ def run_windows(
             if snapshot is None:  # distinct buffers: the snapshot is donated
                 snapshot = jax.tree.map(jnp.zeros_like, _snapshot_of(detail, carry))
             snapshot = _keep_snapshot(snapshot, detail, carry, jnp.asarray(snapshot_window == t))
-        rows, changed = None, 0
+        rows, changed = [], 0
         if record_changes:
             # Only the changed rows leave the device; their count (a sync per window,
-            # one scalar) sizes the gather, so outputs overlap only the host work below.
-            changed = int(jnp.sum(detail.state != detail.previous_state))
-            if changed:
-                gathered = gather_size(changed, gathered)
-                rows = _gather_changes(out.degree, detail, carry.detector, params, spec, size=gathered)
+            # one scalar) says how many gathers of one fixed size take them all.
+            changed = int(detail.changed)
+            start = np.int32(0)
+            while len(rows) * gathered < changed:
+                rows.append(_gather_changes(out.degree, detail, carry.detector, params, spec, start, size=gathered))
+                if len(rows) * gathered < changed:  # the next gather starts after this one's last row
+                    last_user, last_interest = (int(np.asarray(a)[-1]) for a in (rows[-1].user, rows[-1].interest))
+                    start = np.int32(last_user * spec.num_interests + last_interest + 1)
         kept = out if keep_top else out._replace(top_interests=None, top_probs=None)
         # Fetch window t-1 while window t computes: outputs never pile up on the device.
         for leaf in jax.tree.leaves((kept, rows)):
             leaf.copy_to_host_async()
         if pending is not None:
             collect(*pending)
-        pending = (t, kept, rows, changed)
+        pending = (t, window.start, kept, rows, changed)
         starts.append(window.start)
         events += count
     if pending is not None:
@@ -557,3 +580,59 @@ def analyze_stream(
     run = run_windows(source, spec, window_params(config), init_carry(spec, num_users), keep_top=False,
                       prefetch_windows=prefetch_windows, desc="stream")
     return StreamResult(run.window_start, run.degree, jax.device_get(run.carry) if fetch_carry else run.carry, run.events)
+
+
+@dataclasses.dataclass(frozen=True)
+class ScannedResult:
+    """What ``analyze_scanned`` returns (the per-window outputs went to its sink).
+
+    Attributes:
+      window_start: ``(windows,)`` epoch seconds.
+      state: ``(users, K)`` int8 state codes after the last window.
+      events: events with a positive weight.
+      events_without_interest: events skipped because their item has no category.
+    """
+
+    window_start: np.ndarray
+    state: np.ndarray
+    events: int
+    events_without_interest: int
+
+
+def analyze_scanned(
+    config: Config,
+    scanned: ScannedLog,
+    sink: Callable[[int, float, WindowOutput, dict[str, np.ndarray] | None], None],
+    *,
+    progress: bool = True,
+) -> ScannedResult:
+    """``analyze`` window by window over a scanned log (``fgjax.data.stream.scan_log``), its outputs sent to
+    ``sink`` (see ``run_windows``) as each window completes: memory is bounded by the state, one window's
+    events and the windows in flight, whatever the number of events or windows.
+
+    On the same events it gives what ``analyze`` gives (tested): the same windows, F, top interests,
+    states and changed rows with their evidence.
+    """
+    acfg = config.analysis
+    if scanned.item_category is None or scanned.categories is None or len(scanned.categories) == 0:
+        raise DataError("the forgetting analysis needs item categories: set data.items_path to an items table")
+    num_interests = len(scanned.categories)
+    seen = {"events": 0, "without": 0}
+
+    def counted(windows: Iterator[Window]) -> Iterator[Window]:
+        for window in windows:
+            real = window.events.user < scanned.num_users
+            seen["events"] += int(real.sum())
+            seen["without"] += int(np.sum(real & (window.events.interest == num_interests)))
+            yield window
+
+    spec = window_spec(acfg, num_interests)
+    run = run_windows(counted(scanned_windows(scanned, num_interests)), spec, window_params(acfg),
+                      init_carry(spec, scanned.num_users), num_windows=scanned.num_windows, record_changes=True,
+                      progress=progress, sink=sink)
+    if seen["without"] == seen["events"]:
+        raise DataError(
+            f"none of the {seen['events']:,} events has an item with a category: "
+            "do the items table's item_id values match the events' item_id values?"
+        )
+    return ScannedResult(run.window_start, np.asarray(jax.device_get(run.carry.state)), run.events, seen["without"])

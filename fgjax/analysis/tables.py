@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -10,11 +12,32 @@ import pyarrow.parquet as pq
 from fgjax import kernels
 from fgjax.analysis.run import ForgettingResult
 from fgjax.data.reader import EventLog
+from fgjax.data.vocab import Vocabulary
 
 
 def degree_since_first_activity(result: ForgettingResult) -> np.ndarray:
     """``(windows, users)`` F, NaN before each user's first active window."""
     return np.where(result.started, result.degree, np.nan)
+
+
+def _timestamps(seconds: np.ndarray, mask: np.ndarray | None = None) -> pa.Array:
+    return pa.array((np.asarray(seconds) * 1e6).astype(np.int64), pa.timestamp("us", tz="UTC"), mask=mask)
+
+
+def _forgetting_rows(users: Vocabulary, categories: Vocabulary, win: np.ndarray, user: np.ndarray,
+                     start: np.ndarray, degree: np.ndarray, top_interests: np.ndarray, top_probs: np.ndarray) -> pa.Table:
+    """``forgetting.parquet`` rows from ``(rows,)`` window, user, window start and F and ``(rows, top)`` interests."""
+    top = top_interests.shape[-1]
+    return pa.table(
+        {
+            "user_id": users.decode(user),
+            "window": pa.array(win, pa.int32()),
+            "window_start": _timestamps(start),
+            "F": pa.array(degree, pa.float32()),
+            "top_interests": pa.FixedSizeListArray.from_arrays(categories.decode(top_interests.ravel()), top),
+            "top_p": pa.FixedSizeListArray.from_arrays(pa.array(top_probs.ravel(), pa.float32()), top),
+        }
+    )
 
 
 def forgetting_table(result: ForgettingResult, log: EventLog) -> pa.Table:
@@ -24,19 +47,8 @@ def forgetting_table(result: ForgettingResult, log: EventLog) -> pa.Table:
     (list<category>), top_p (list<float>).
     """
     win, user = np.nonzero(result.started)
-    top = result.top_interests.shape[-1]
-    interests = log.categories.decode(result.top_interests[win, user].ravel())
-    probs = pa.array(result.top_probs[win, user].ravel(), pa.float32())
-    return pa.table(
-        {
-            "user_id": log.users.decode(user),
-            "window": pa.array(win, pa.int32()),
-            "window_start": pa.array((result.window_start[win] * 1e6).astype(np.int64), pa.timestamp("us", tz="UTC")),
-            "F": pa.array(result.degree[win, user], pa.float32()),
-            "top_interests": pa.FixedSizeListArray.from_arrays(interests, top),
-            "top_p": pa.FixedSizeListArray.from_arrays(probs, top),
-        }
-    )
+    return _forgetting_rows(log.users, log.categories, win, user, result.window_start[win], result.degree[win, user],
+                            result.top_interests[win, user], result.top_probs[win, user])
 
 
 def write_forgetting(result: ForgettingResult, log: EventLog, path) -> int:
@@ -68,7 +80,13 @@ def states_table(result: ForgettingResult, log: EventLog) -> pa.Table:
     ``analysis.detector.kind: level`` no detector runs: the evidence columns
     are zeros and last_active is null.
     """
-    c = result.changes
+    return _state_rows(log.users, log.categories, result.changes, result.window_start)
+
+
+def _state_rows(users: Vocabulary, categories: Vocabulary, changes: dict[str, np.ndarray],
+                window_start: np.ndarray) -> pa.Table:
+    """``states.parquet`` rows from change rows (``ForgettingResult.changes``); ``window_start`` ``(windows,)``."""
+    c = changes
     if not c:
         c = {name: np.zeros(0, np.int32) for name in ("user", "interest", "window", "state", "previous_state", "last_active")}
         c.update({name: np.zeros(0, np.float32) for name in (
@@ -76,14 +94,13 @@ def states_table(result: ForgettingResult, log: EventLog) -> pa.Table:
             "dispersion", "period", "period_strength")})
         c["F_alarm"] = np.zeros(0, bool)
     names = pa.array(kernels.STATE_NAMES, pa.string())
-    timestamp = lambda seconds: pa.array((seconds * 1e6).astype(np.int64), pa.timestamp("us", tz="UTC"))  # noqa: E731
     last = np.asarray(c["last_active"])
     f32 = lambda name: pa.array(np.asarray(c[name], np.float32), pa.float32())  # noqa: E731
     return pa.table({
-        "user_id": log.users.decode(c["user"]),
-        "interest": log.categories.decode(c["interest"]),
+        "user_id": users.decode(c["user"]),
+        "interest": categories.decode(c["interest"]),
         "window": pa.array(c["window"], pa.int32()),
-        "window_start": timestamp(result.window_start[c["window"]]),
+        "window_start": _timestamps(window_start[c["window"]]),
         "state": names.take(pa.array(np.asarray(c["state"], np.int32))),
         "previous_state": names.take(pa.array(np.asarray(c["previous_state"], np.int32))),
         "F": f32("F"),
@@ -100,10 +117,7 @@ def states_table(result: ForgettingResult, log: EventLog) -> pa.Table:
         "dispersion": f32("dispersion"),
         "period": f32("period"),
         "period_strength": f32("period_strength"),
-        "last_active": pa.array(
-            (result.window_start[np.maximum(last, 0)] * 1e6).astype(np.int64), pa.timestamp("us", tz="UTC"),
-            mask=last < 0,
-        ),
+        "last_active": _timestamps(window_start[np.maximum(last, 0)], mask=last < 0),
     })
 
 
@@ -112,6 +126,64 @@ def write_states(result: ForgettingResult, log: EventLog, path) -> int:
     table = states_table(result, log)
     pq.write_table(table, str(path))
     return table.num_rows
+
+
+class TableWriters:
+    """``forgetting.parquet`` and ``states.parquet`` written window by window: a sink for
+    ``fgjax.analysis.analyze_scanned``, so the tables never sit in memory whole.
+
+    The rows, their order and their values are those of ``forgetting_table`` and ``states_table``
+    (one Parquet row group per window). For the plot it keeps F of a fixed random sample of at most
+    ``plot_users`` users (``plot_degree``).
+    """
+
+    def __init__(self, folder: str | Path, users: Vocabulary, categories: Vocabulary, window_start: np.ndarray,
+                 top: int, *, plot_users: int = 50_000, seed: int = 0):
+        self.folder = Path(folder)
+        self.users, self.categories, self.window_start = users, categories, np.asarray(window_start, np.float64)
+        self.started = np.zeros(len(users), bool)
+        self.top = top
+        self.rows = {"forgetting": 0, "states": 0}
+        self._writers: dict[str, pq.ParquetWriter] = {}
+        rng = np.random.default_rng(seed)
+        self.sample = np.sort(rng.choice(len(users), min(plot_users, len(users)), replace=False))
+        self._degree = np.full((len(self.window_start), len(self.sample)), np.nan, np.float32)
+
+    def _write(self, name: str, table: pa.Table) -> None:
+        if name not in self._writers:
+            self._writers[name] = pq.ParquetWriter(str(self.folder / f"{name}.parquet"), table.schema)
+        self._writers[name].write_table(table)
+        self.rows[name] += table.num_rows
+
+    def __call__(self, t: int, start: float, output, changed: dict[str, np.ndarray] | None) -> None:
+        """Write window ``t``: ``output`` its ``(users,)`` F and ``(users, top)`` top interests, ``changed``
+        its changed rows (or None)."""
+        self.started |= output.top_probs[:, 0] > 0
+        user = np.flatnonzero(self.started)
+        win = np.full(len(user), t, np.int64)
+        self._write("forgetting", _forgetting_rows(self.users, self.categories, win, user, self.window_start[win],
+                                                   output.degree[user], output.top_interests[user],
+                                                   output.top_probs[user]))
+        if changed:
+            self._write("states", _state_rows(self.users, self.categories, changed, self.window_start))
+        self._degree[t] = np.where(self.started[self.sample], output.degree[self.sample], np.nan)
+
+    def close(self) -> dict[str, int]:
+        """Finish both files (empty ones with their columns if no row came); returns the rows of each."""
+        empty = {"forgetting": lambda: _forgetting_rows(self.users, self.categories, *(np.zeros(0, np.int64),) * 2,
+                                                        np.zeros(0), np.zeros(0, np.float32),
+                                                        np.zeros((0, self.top), np.int32),
+                                                        np.zeros((0, self.top), np.float32)),
+                 "states": lambda: _state_rows(self.users, self.categories, {}, self.window_start)}
+        for name, table in empty.items():
+            if name not in self._writers:
+                self._write(name, table())
+            self._writers.pop(name).close()
+        return dict(self.rows)
+
+    def plot_degree(self) -> np.ndarray:
+        """``(windows, sampled users)`` F, NaN before each user's first active window."""
+        return self._degree
 
 
 def state_series(changes: dict[str, np.ndarray], num_windows: int, num_users: int, num_interests: int) -> np.ndarray:

@@ -94,7 +94,9 @@ def window_params(config: AnalysisConfig) -> WindowParams:
     """The numbers of ``config`` (``analysis``) as a pytree of float32 scalars."""
     # Python floats on the host (kernels.decay_factors validates the half-life); arrays from here on.
     decay, inv_tau = kernels.decay_factors(1.0, config.half_life_windows, reset_each_window=config.reset_each_window)
-    scalar = functools.partial(jnp.asarray, dtype=jnp.float32)
+    # NumPy scalars, not jnp ones: creating each jnp scalar would compile a conversion (a run then
+    # compiles only its window step and its gather).
+    scalar = functools.partial(np.asarray, dtype=np.float32)
     d = config.detector
     return WindowParams(
         alpha=scalar(config.alpha),
@@ -120,8 +122,9 @@ class AnalysisCarry(NamedTuple):
     detector: kernels.DetectorState  # activity ring buffer (users, K, T) and the detector's counters
 
 
+@functools.partial(jax.jit, static_argnums=(0, 1))
 def init_carry(spec: WindowSpec, num_users: int) -> AnalysisCarry:
-    """The state before any window."""
+    """The state before any window (one compiled program, not one per field)."""
     shape = (num_users, spec.num_interests)
     return AnalysisCarry(
         interest=kernels.interest_state_init(*shape),
@@ -148,6 +151,7 @@ class WindowDetail(NamedTuple):
     state: jax.Array  # int8 codes after the window
     previous_state: jax.Array  # int8 codes before it
     detection: kernels.DetectorOutput | None  # None under the level rule (no detector runs)
+    changed: jax.Array  # () int32 (user, interest) pairs whose state changed
 
 
 class Evidence(NamedTuple):
@@ -277,12 +281,18 @@ def window_step(
     peak = jnp.where(state == kernels.REACTIVATED, cur, peak)
     top_probs, top_interests = jax.lax.top_k(p, spec.top)
     new_carry = AnalysisCarry(interest, peak, state, ever, detector)
-    return new_carry, WindowOutput(degree, top_interests, top_probs), WindowDetail(f, p, state, carry.state, detection)
+    changed = jnp.sum(state != carry.state, dtype=jnp.int32)
+    detail = WindowDetail(f, p, state, carry.state, detection, changed)
+    return new_carry, WindowOutput(degree, top_interests, top_probs), detail
 
 
 def window_index(timestamp: np.ndarray, window_seconds: float, origin: float) -> np.ndarray:
-    """``(events,)`` window index of each timestamp, counted from ``origin``."""
-    return np.floor((timestamp - origin) / window_seconds).astype(np.int64)
+    """``(events,)`` window index of each timestamp, counted from ``origin`` (a multiple of ``window_seconds``).
+
+    Computed as the epoch-aligned window number minus the origin's, so a stream that groups events
+    by their window number before it knows the origin (``fgjax.data.stream``) cuts them identically.
+    """
+    return (np.floor(np.asarray(timestamp) / window_seconds) - np.rint(origin / window_seconds)).astype(np.int64)
 
 
 def pad_events(events: kernels.WindowEvents, size: int, pad_user: int) -> kernels.WindowEvents:

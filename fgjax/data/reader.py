@@ -42,7 +42,7 @@ import glob as globlib
 import types
 import urllib.parse
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Iterator, NamedTuple, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -871,6 +871,76 @@ def read_events(
         rejects.close()  # also on errors, so a partial rejects file is still readable
 
 
+class UsedRows(NamedTuple):
+    """One record batch's used rows (``scan_rows``), in read order."""
+
+    source: int  # index into the sources
+    user_kind: str  # "int" | "string" | "text" (``Plan``)
+    item_kind: str
+    user: pa.Array  # (n,) raw IDs
+    item: pa.Array
+    seconds: np.ndarray  # (n,) float64
+    event: np.ndarray  # (n,) int32 event type code
+    weight: np.ndarray  # (n,) float64
+    row: np.ndarray  # (n,) int64 row within the source
+
+
+@dataclasses.dataclass
+class ScanTally:
+    """What ``scan_rows`` counted: rows read, rejected by reason, event types met."""
+
+    config: DataConfig
+    counts: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(len(REASONS), dtype=np.int64))
+    rows_read: int = 0
+    event_types: "EventTypes" = dataclasses.field(default_factory=lambda: EventTypes())
+    unknown_types: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0, np.int64))
+    out_of_range: "_OutOfRange | None" = None
+
+    def __post_init__(self):
+        self.out_of_range = _OutOfRange(self.config)
+
+    def unknown(self) -> dict[str, int]:
+        """Rows per event type rejected as unknown."""
+        return {self.event_types.names[c]: int(n) for c, n in enumerate(self.unknown_types) if n}
+
+
+def scan_rows(sources: list[Source], plans: list[Plan], config: DataConfig, rejects: RejectsWriter,
+              tally: ScanTally) -> Iterator[UsedRows]:
+    """Every source's batches in read order: bad rows are counted in ``tally`` and written to ``rejects``
+    as they come; the used rows are yielded (every rule but ``duplicate``, which needs all rows)."""
+    for index, (source, plan) in enumerate(zip(sources, plans)):
+        offset = 0
+        try:
+            for batch in source.batches(plan.columns, config.batch_size):
+                clean = clean_batch(batch, plan, config, tally.event_types)
+                rows = np.arange(offset, offset + batch.num_rows)
+                offset += batch.num_rows
+                used = clean.reason < 0
+                tally.counts += np.bincount(clean.reason[~used], minlength=len(REASONS))
+                if not used.all():
+                    rejects.write(batch.filter(pa.array(~used)), clean.reason[~used], source.name, rows[~used])
+                tally.out_of_range.add(clean.seconds[clean.reason == _OUT_OF_RANGE])
+                if config.unknown_event_types != "keep":
+                    codes = clean.event[clean.reason == _UNKNOWN_TYPE]
+                    tally.unknown_types = _add_counts(
+                        tally.unknown_types, np.bincount(codes, minlength=len(tally.event_types.names)))
+                    if codes.size and config.unknown_event_types == "refuse":
+                        raise DataError(_refused_types(source.name, tally.event_types, tally.unknown_types))
+                keep = pa.array(used)
+                yield UsedRows(index, plan.user_kind, plan.item_kind, clean.user.filter(keep),
+                               clean.item.filter(keep), clean.seconds[used], clean.event[used], clean.weight[used],
+                               rows[used])
+        except pa.ArrowInvalid as exc:  # e.g. a CSV weight that is not a number
+            raise DataError(f"events '{source.name}': {str(exc).splitlines()[0]}") from None
+        tally.rows_read += offset
+        if source.ragged:  # CSV rows with another number of fields than the header: quarantined with their line
+            lines = np.array(sorted(source.ragged), dtype=np.int64)
+            tally.counts[_RAGGED] += len(lines)
+            tally.rows_read += len(lines)
+            rejects.write(None, np.full(len(lines), _RAGGED, np.int8), source.name, None,
+                          pa.array(lines, pa.int64(), mask=lines < 0))  # (a line pyarrow could not number: null)
+
+
 def _read_rows(
     sources: list[Source],
     plans: list[Plan],
@@ -880,51 +950,21 @@ def _read_rows(
     path: str,
 ) -> EventLog:
     """Stream every source's batches, reject bad rows as they come, then assemble."""
-    counts = np.zeros(len(REASONS), dtype=np.int64)
     got = _Collected()
-    event_types = EventTypes()
-    rows_read = 0
-    unknown_types = np.zeros(0, np.int64)  # rows per event type code rejected as unknown
-    out_of_range = _OutOfRange(config)
-    for index, (source, plan) in enumerate(zip(sources, plans)):
-        offset = 0
-        try:
-            for batch in source.batches(plan.columns, config.batch_size):
-                clean = clean_batch(batch, plan, config, event_types)
-                rows = np.arange(offset, offset + batch.num_rows)
-                offset += batch.num_rows
-                used = clean.reason < 0
-                counts += np.bincount(clean.reason[~used], minlength=len(REASONS))
-                rejects.write(batch.filter(pa.array(~used)), clean.reason[~used], source.name, rows[~used])
-                out_of_range.add(clean.seconds[clean.reason == _OUT_OF_RANGE])
-                if config.unknown_event_types != "keep":
-                    codes = clean.event[clean.reason == _UNKNOWN_TYPE]
-                    unknown_types = _add_counts(unknown_types, np.bincount(codes, minlength=len(event_types.names)))
-                    if codes.size and config.unknown_event_types == "refuse":
-                        raise DataError(_refused_types(source.name, event_types, unknown_types))
-                keep = pa.array(used)
-                got.users.append(clean.user.filter(keep))
-                got.user_kinds.append(plan.user_kind)
-                got.items.append(clean.item.filter(keep))
-                got.item_kinds.append(plan.item_kind)
-                got.seconds.append(clean.seconds[used])
-                got.events.append(clean.event[used])
-                got.weights.append(clean.weight[used])
-                got.source.append(np.full(used.sum(), index, dtype=np.int32))
-                got.row.append(rows[used])
-                got.chunk_sources.append(index)
-        except pa.ArrowInvalid as exc:  # e.g. a CSV weight that is not a number
-            raise DataError(f"events '{source.name}': {str(exc).splitlines()[0]}") from None
-        rows_read += offset
-        if source.ragged:  # CSV rows with another number of fields than the header: quarantined with their line
-            lines = np.array(sorted(source.ragged), dtype=np.int64)
-            counts[_RAGGED] += len(lines)
-            rows_read += len(lines)
-            rejects.write(None, np.full(len(lines), _RAGGED, np.int8), source.name, None,
-                          pa.array(lines, pa.int64(), mask=lines < 0))  # (a line pyarrow could not number: null)
-    unknown = {event_types.names[c]: int(n) for c, n in enumerate(unknown_types) if n}
-    return _assemble(got, item_table, config, sources, rejects, counts, rows_read, path, event_types, unknown,
-                     out_of_range)
+    tally = ScanTally(config)
+    for used in scan_rows(sources, plans, config, rejects, tally):
+        got.users.append(used.user)
+        got.user_kinds.append(used.user_kind)
+        got.items.append(used.item)
+        got.item_kinds.append(used.item_kind)
+        got.seconds.append(used.seconds)
+        got.events.append(used.event)
+        got.weights.append(used.weight)
+        got.source.append(np.full(len(used.row), used.source, dtype=np.int32))
+        got.row.append(used.row)
+        got.chunk_sources.append(used.source)
+    return _assemble(got, item_table, config, sources, rejects, tally.counts, tally.rows_read, path,
+                     tally.event_types, tally.unknown(), tally.out_of_range)
 
 
 def _add_counts(a: np.ndarray, b: np.ndarray) -> np.ndarray:

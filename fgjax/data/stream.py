@@ -1,0 +1,353 @@
+"""A behavior log in two passes, window by window, with memory bounded by a batch and a window.
+
+``scan_log`` is ``fgjax.data.reader.read_events`` for logs that do not fit in
+memory, or that should not be held there: the same rules, the same counts, the
+same rejects file, the same vocabularies, but the events come out one time
+window at a time instead of as one array.
+
+Pass 1 (``scan_log``) reads every source once, in record batches: every row
+rule but ``duplicate`` is applied as ``read_events`` applies it (bad rows are
+counted and written to the rejects file as they come); each batch's distinct
+user and item IDs are kept (they become the sorted vocabularies at the end,
+with the items table's IDs); the used rows are spilled to Arrow IPC files in a
+spill folder, each batch's rows grouped by window (a stable sort: read order
+within a window).
+
+Pass 2 (``ScannedLog.windows``) yields the windows in time order: for each, the
+rows of every spilled batch that fall in it (memory-mapped, zero-copy), in read
+order, with raw IDs encoded against the vocabularies. Duplicates (same user,
+item, timestamp and event type as an earlier row in read order) share a
+timestamp, hence a window: they are found there, counted and written to the
+rejects file with their original text at the end, as ``read_events`` does.
+
+Order rule: files and rows may come in any time order (shards by user, by day,
+or unsorted); windows are cut by timestamp, and the events of a window keep read
+order (files in sorted path order, rows in file order), the order
+``read_events`` keeps for equal timestamps. Nothing is late and nothing is
+dropped for its order.
+
+Memory: the vocabularies (unique IDs), one record batch in pass 1, one window's
+rows in pass 2. Disk: about 36 bytes per used event (more with string IDs) in
+the spill folder, removed by ``ScannedLog.close``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Iterator, NamedTuple
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.ipc as ipc
+
+from fgjax.config import DataConfig
+from fgjax.data import reader
+from fgjax.data.pseudonym import Pseudonymizer
+from fgjax.data.vocab import Vocabulary
+from fgjax.errors import DataError
+
+# A lookup table for integer IDs when their span is at most this many times the number of IDs (plus a floor).
+_TABLE_SPAN = 4
+_TABLE_FLOOR = 1 << 22
+
+
+def window_group(seconds: np.ndarray, window_seconds: float) -> np.ndarray:
+    """``(n,)`` int64 epoch-aligned window number of each time: ``floor(seconds / window_seconds)``."""
+    return np.floor(seconds / window_seconds).astype(np.int64)
+
+
+class _Encoder:
+    """Raw IDs of one column -> int32 vocabulary indices.
+
+    A lookup table for compact integer IDs, a binary search for other integers,
+    and for strings a hash lookup of each call's distinct values only.
+    """
+
+    def __init__(self, raw: pa.Array, index: np.ndarray):
+        self.type = raw.type
+        self.index = index.astype(np.int32)
+        self.table: np.ndarray | None = None
+        if pa.types.is_integer(raw.type):
+            self.values = raw.to_numpy(zero_copy_only=False).astype(np.int64)
+            if len(self.values):
+                low, span = int(self.values[0]), int(self.values[-1]) - int(self.values[0]) + 1
+                if span <= _TABLE_SPAN * len(self.values) + _TABLE_FLOOR:
+                    self.low = low
+                    self.table = np.full(span, -1, np.int32)
+                    self.table[self.values - low] = self.index
+        else:
+            self.raw = raw
+
+    def __call__(self, ids: pa.Array) -> np.ndarray:
+        if ids.type != self.type:
+            ids = ids.cast(self.type)
+        if pa.types.is_integer(self.type):
+            x = ids.to_numpy(zero_copy_only=False).astype(np.int64, copy=False)
+            if self.table is not None:
+                return self.table[x - self.low]
+            return self.index[np.searchsorted(self.values, x)]
+        encoded = pc.dictionary_encode(ids)
+        distinct = pc.index_in(encoded.dictionary, value_set=self.raw).to_numpy(zero_copy_only=False)
+        return self.index[distinct][encoded.indices.to_numpy(zero_copy_only=False)]
+
+
+class WindowRows(NamedTuple):
+    """One window's used events, in read order (``ScannedLog.windows``)."""
+
+    index: int  # window t, from 0 at the first event's window
+    user: np.ndarray  # (n,) int32 index into users
+    item: np.ndarray  # (n,) int32 index into items
+    seconds: np.ndarray  # (n,) float64 epoch seconds
+    weight: np.ndarray  # (n,) float32
+
+
+@dataclasses.dataclass(frozen=True)
+class _Spilled:
+    """Where one spilled batch's rows of each window are: file, batch, and row bounds per window."""
+
+    file: int
+    batch: int
+    groups: np.ndarray  # (g,) window numbers present, increasing
+    bounds: np.ndarray  # (g + 1,) row offsets
+
+
+class ScannedLog:
+    """The result of pass 1: vocabularies, the spilled rows, and pass 2 (``windows``).
+
+    Attributes:
+      users, items, item_category, categories: as in ``fgjax.data.reader.EventLog``.
+      first_group: epoch-aligned window number of the first event (``window_group``).
+      num_windows: windows from the first event's to the last's.
+      window_rows: ``(num_windows,)`` used rows per window before duplicates are removed.
+      report: the read report; final (duplicates counted) once ``windows`` has run to its end.
+    """
+
+    def __init__(self, *, users: Vocabulary, items: Vocabulary, item_category, categories, user_encoder: _Encoder,
+                 item_encoder: _Encoder, spill_dir: Path, files: list[Path],
+                 spilled: list[_Spilled], first_group: int, window_seconds: float, window_rows: np.ndarray,
+                 tally: reader.ScanTally, rejects: reader.RejectsWriter, sources: list[reader.Source],
+                 config: DataConfig, items_notes: dict[str, int]):
+        self.users, self.items = users, items
+        self.item_category, self.categories = item_category, categories
+        self._encode_user, self._encode_item = user_encoder, item_encoder
+        self._spill_dir, self._files, self._spilled = spill_dir, files, spilled
+        self.first_group, self.window_seconds = first_group, window_seconds
+        self.window_rows = window_rows
+        self._tally, self._rejects, self._sources, self._config = tally, rejects, sources, config
+        self._items_notes = items_notes
+        self._duplicates: list[tuple[np.ndarray, np.ndarray]] = []
+        self._kept_types = np.zeros(0, np.int64)
+        self._used = int(window_rows.sum())
+        self._done = False
+        self.report = self._report(rejects_path=None)
+
+    @property
+    def num_windows(self) -> int:
+        return len(self.window_rows)
+
+    @property
+    def num_users(self) -> int:
+        return len(self.users)
+
+    @property
+    def origin(self) -> float:
+        """Epoch seconds where window 0 starts."""
+        return self.first_group * self.window_seconds
+
+    def _report(self, rejects_path: str | None) -> reader.ReadReport:
+        tally = self._tally
+        unknown = tally.unknown()
+        if self._config.unknown_event_types == "keep":
+            unknown = {tally.event_types.names[c]: int(n) for c, n in enumerate(self._kept_types)
+                       if n and tally.event_types.unknown(self._config)[c]}
+        return reader.ReadReport(
+            rows_read=tally.rows_read,
+            rows_used=self._used,
+            rejected={reader.REASONS[i]: int(c) for i, c in enumerate(tally.counts) if c},
+            rejects_path=rejects_path,
+            files=len(self._sources),
+            items_table=self._items_notes,
+            unknown_event_types=unknown,
+            unknown_event_policy=self._config.unknown_event_types,
+        )
+
+    def windows(self) -> Iterator[WindowRows]:
+        """Pass 2: every window from the first event's to the last's, empty ones included (see the module)."""
+        if self._done:
+            raise RuntimeError("ScannedLog.windows runs once")
+        readers = [ipc.open_file(pa.memory_map(str(f))) for f in self._files]
+        by_group: dict[int, list[tuple[int, int, int, int]]] = {}
+        for s in self._spilled:
+            for g, lo, hi in zip(s.groups, s.bounds[:-1], s.bounds[1:]):
+                by_group.setdefault(int(g), []).append((s.file, s.batch, int(lo), int(hi)))
+        for t in range(self.num_windows):
+            parts = [readers[f].get_batch(b).slice(lo, hi - lo) for f, b, lo, hi in by_group.pop(self.first_group + t, [])]
+            yield self._window(t, parts)
+        self._finish()
+
+    def _window(self, t: int, parts: list[pa.RecordBatch]) -> WindowRows:
+        if not parts:
+            return WindowRows(t, np.zeros(0, np.int32), np.zeros(0, np.int32), np.zeros(0), np.zeros(0, np.float32))
+        user = np.concatenate([self._encode_user(p.column("user")) for p in parts])
+        item = np.concatenate([self._encode_item(p.column("item")) for p in parts])
+
+        def column(name: str) -> np.ndarray:
+            return np.concatenate([p.column(name).to_numpy() for p in parts])
+
+        seconds, weight, event = column("seconds"), column("weight"), column("event")
+        if self._config.drop_duplicates and len(user) > 1:
+            dup = reader.duplicate_mask(user, item, seconds, event)
+            if dup.any():
+                self._tally.counts[reader.REASONS.index("duplicate")] += int(dup.sum())
+                self._duplicates.append((column("source")[dup], column("row")[dup]))
+                self._used -= int(dup.sum())
+                keep = ~dup
+                user, item, seconds, weight, event = user[keep], item[keep], seconds[keep], weight[keep], event[keep]
+        if self._config.unknown_event_types == "keep":
+            self._kept_types = reader._add_counts(self._kept_types, np.bincount(event))
+        return WindowRows(t, user, item, seconds, weight)
+
+    def _finish(self) -> None:
+        if self._duplicates:
+            source = np.concatenate([s for s, _ in self._duplicates])
+            row = np.concatenate([r for _, r in self._duplicates])
+            reader._write_duplicates(self._rejects, self._sources, source, row)
+        self._done = True
+        self.report = self._report(self._rejects.close())
+
+    def close(self) -> None:
+        """Close the rejects file and remove the spill folder."""
+        self._rejects.close()
+        shutil.rmtree(self._spill_dir, ignore_errors=True)
+
+    def __enter__(self) -> "ScannedLog":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _spill_schema(user: pa.DataType, item: pa.DataType) -> pa.Schema:
+    return pa.schema([("user", user), ("item", item), ("seconds", pa.float64()), ("weight", pa.float32()),
+                      ("event", pa.int32()), ("source", pa.int32()), ("row", pa.int64())])
+
+
+def _grouped(groups: np.ndarray) -> np.ndarray:
+    """A stable order that groups rows by window (the identity when already in order)."""
+    if len(groups) < 2 or bool(np.all(groups[1:] >= groups[:-1])):
+        return np.arange(len(groups))
+    low = groups.min()
+    if groups.max() - low < (1 << 15):  # small keys: numpy's stable sort is a radix sort
+        return np.argsort((groups - low).astype(np.int16), kind="stable")
+    return np.argsort(groups, kind="stable")
+
+
+def scan_log(config: DataConfig, window_seconds: float, *, rejects_path: str | Path | None = None,
+             spill_parent: str | Path | None = None, path: str | Path | None = None) -> ScannedLog:
+    """Pass 1 over ``config.path`` (``path`` overrides it): see the module docstring.
+
+    Args:
+      window_seconds: the analysis window the spill is grouped by.
+      rejects_path: Parquet file for the rejected rows (as ``read_events``).
+      spill_parent: where the spill folder is made (default: the system's temporary folder); ``close``
+        removes it.
+
+    Raises:
+      DataError / SchemaError: as ``read_events``, with the same messages.
+    """
+    path = str(path) if path is not None else config.path
+    if not path:
+        raise DataError("no events path given; set data.path to a file, directory or glob")
+    pseudonymizer = Pseudonymizer.from_config(config)
+    sources, default_items = reader.open_sources(path, config)
+    plans = [reader.check_schema(s, config.columns) for s in sources]
+    reader.check_id_kinds(sources, plans, config)
+    items_path = config.items_path or default_items
+    item_table = reader.read_items_table(items_path, config) if items_path else None
+    reject_columns = [c for c in dataclasses.astuple(config.columns) if any(c in p.columns for p in plans)]
+    rejects = reader.RejectsWriter(str(rejects_path) if rejects_path is not None else None, reject_columns,
+                                   user_column=config.columns.user_id, pseudonymizer=pseudonymizer)
+    folder = Path(tempfile.mkdtemp(prefix=".fgjax-spill-", dir=spill_parent))
+    writers: dict[pa.Schema, tuple[int, ipc.RecordBatchFileWriter]] = {}
+    files: list[Path] = []
+    batches_in: list[int] = []
+    spilled: list[_Spilled] = []
+    got = reader._Collected()  # distinct IDs per batch, with their kinds and sources
+    rows_per_group: dict[int, int] = {}
+    tally = reader.ScanTally(config)
+    try:
+        for used in reader.scan_rows(sources, plans, config, rejects, tally):
+            if not len(used.row):
+                continue
+            for ids, values, kinds, kind in ((got.users, used.user, got.user_kinds, used.user_kind),
+                                             (got.items, used.item, got.item_kinds, used.item_kind)):
+                ids.append(pc.unique(values))
+                kinds.append(kind)
+            got.chunk_sources.append(used.source)
+            groups = window_group(used.seconds, window_seconds)
+            order = _grouped(groups)
+            groups = groups[order]
+            schema = _spill_schema(used.user.type, used.item.type)
+            if schema not in writers:
+                files.append(folder / f"spill-{len(files)}.arrow")
+                writers[schema] = (len(files) - 1, ipc.new_file(str(files[-1]), schema))
+                batches_in.append(0)
+            file, writer = writers[schema]
+            take = pa.array(order)
+            writer.write_batch(pa.record_batch([
+                used.user.take(take), used.item.take(take), used.seconds[order], used.weight[order].astype(np.float32),
+                used.event[order].astype(np.int32), np.full(len(order), used.source, np.int32), used.row[order],
+            ], schema=schema))
+            present, first = np.unique(groups, return_index=True)
+            spilled.append(_Spilled(file, batches_in[file], present, np.r_[first, len(groups)]))
+            batches_in[file] += 1
+            for g, n in zip(present.tolist(), np.diff(np.r_[first, len(groups)]).tolist()):
+                rows_per_group[g] = rows_per_group.get(g, 0) + n
+        for _, writer in writers.values():
+            writer.close()
+        if not rows_per_group:
+            report = reader.ReadReport(tally.rows_read, 0, {reader.REASONS[i]: int(c) for i, c in
+                                                            enumerate(tally.counts) if c}, rejects.close(),
+                                       len(sources))
+            raise DataError(f"events '{path}': no valid rows ({report.summary()})"
+                            f"{reader._units_hint(report, tally.out_of_range, config)}")
+        cols = config.columns
+        reader._check_text_ids(got.users, got.user_kinds, got.chunk_sources, sources, cols.user_id, config)
+        reader._check_text_ids(got.items, got.item_kinds, got.chunk_sources, sources, cols.item_id, config)
+        raw_users = Vocabulary.from_values(reader.unify_ids(got.users, got.user_kinds)).values
+        if pseudonymizer is not None:  # indices follow the sorted pseudonyms, as read_events gives them
+            pseudonyms = pseudonymizer.apply(raw_users)
+            users = Vocabulary.from_values(pseudonyms)
+            user_index = users.encode(pseudonyms)
+        else:
+            users, user_index = Vocabulary(raw_users), np.arange(len(raw_users))
+        item_chunks, item_kinds = list(got.items), list(got.item_kinds)
+        if item_table is not None:
+            item_chunks.append(item_table[0])
+            item_kinds.append(item_table[1])
+        items = Vocabulary.from_values(reader.unify_ids(item_chunks, item_kinds))
+        item_category, categories, notes = reader._categories(item_table, items)
+        first, last = min(rows_per_group), max(rows_per_group)
+        window_rows = np.zeros(last - first + 1, np.int64)
+        for g, n in rows_per_group.items():
+            window_rows[g - first] = n
+        return ScannedLog(
+            users=users, items=items, item_category=item_category, categories=categories,
+            user_encoder=_Encoder(raw_users, user_index), item_encoder=_Encoder(items.values, np.arange(len(items))),
+            spill_dir=folder, files=files, spilled=spilled, first_group=first,
+            window_seconds=window_seconds, window_rows=window_rows, tally=tally, rejects=rejects, sources=sources,
+            config=config, items_notes=notes,
+        )
+    except BaseException:
+        for _, writer in writers.values():
+            try:
+                writer.close()
+            except Exception:  # noqa: BLE001 - already failing; the original error matters
+                pass
+        rejects.close()
+        shutil.rmtree(folder, ignore_errors=True)
+        raise

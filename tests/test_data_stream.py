@@ -1,0 +1,160 @@
+"""The two-pass reader (``fgjax.data.stream``) equals ``read_events``; ``fgjax analyze`` streamed equals the
+in-memory analysis and compiles at most three programs."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+
+import jax
+import numpy as np
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+import pytest
+
+from fgjax.analysis import analyze, window_index, write_forgetting, write_states
+from fgjax.analysis_job import analyze_log
+from fgjax.config import DataConfig, SyntheticConfig, load_config
+from fgjax.data import synthetic
+from fgjax.data.reader import read_events
+from fgjax.data.stream import scan_log
+from fgjax.errors import DataError
+
+SMALL = SyntheticConfig(num_users=240, num_items=150, num_categories=6, num_days=30, users_per_shard=60, seed=5,
+                        bad_row_fraction=0.02)
+
+
+@pytest.fixture(scope="module")
+def generated(tmp_path_factory):
+    """Shards by user (every shard spans the whole time range), with duplicates and null rows mixed in."""
+    return synthetic.generate(SMALL, tmp_path_factory.mktemp("stream"))
+
+
+def _windows_of(log, window_seconds: float) -> list[set]:
+    """Per window, the multiset of (user ID, item ID, seconds, weight) of an in-memory log."""
+    origin = np.floor(log.timestamp.min() / window_seconds) * window_seconds
+    win = window_index(log.timestamp, window_seconds, origin)
+    users = np.asarray(log.users.values.to_pylist(), dtype=object)
+    items = np.asarray(log.items.values.to_pylist(), dtype=object)
+    out: list[list] = [[] for _ in range(int(win.max()) + 1)]
+    for w, u, i, s, x in zip(win, users[log.user], items[log.item], log.timestamp, log.weight):
+        out[w].append((u, i, float(s), float(x)))
+    return [sorted(rows) for rows in out]
+
+
+def _scanned_windows(scanned) -> list[list]:
+    users = np.asarray(scanned.users.values.to_pylist(), dtype=object)
+    items = np.asarray(scanned.items.values.to_pylist(), dtype=object)
+    return [sorted((u, i, float(s), float(x)) for u, i, s, x in
+                   zip(users[w.user], items[w.item], w.seconds, w.weight)) for w in scanned.windows()]
+
+
+@pytest.mark.parametrize("window_seconds", [86400.0, 7 * 86400.0])
+def test_two_passes_equal_read_events(generated, tmp_path, window_seconds):
+    """Same vocabularies, same report and rejects file, and each window holds exactly the events read_events
+    puts there, though the shards are by user (no time order across files)."""
+    config = DataConfig(path=str(generated.events_dir), items_path=str(generated.items_path), batch_size=500)
+    log = read_events(config, rejects_path=tmp_path / "memory.parquet")
+    with scan_log(config, window_seconds, rejects_path=tmp_path / "stream.parquet", spill_parent=tmp_path) as scanned:
+        assert scanned.users.values.equals(log.users.values) and scanned.items.values.equals(log.items.values)
+        np.testing.assert_array_equal(scanned.item_category, log.item_category)
+        assert scanned.categories.values.equals(log.categories.values)
+        got = _scanned_windows(scanned)
+        assert scanned.report == dataclasses.replace(log.report, rejects_path=str(tmp_path / "stream.parquet"))
+        spill = [p for p in tmp_path.iterdir() if p.name.startswith(".fgjax-spill-")]
+        assert len(spill) == 1 and any(spill[0].iterdir())
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".fgjax-spill-")], "close removes the spill"
+    assert log.report.rejected["duplicate"] > 0 and log.report.rejected["null user_id"] > 0
+    assert got == _windows_of(log, window_seconds)
+    assert pq.read_table(tmp_path / "stream.parquet").equals(pq.read_table(tmp_path / "memory.parquet"))
+
+
+def test_text_ids_unsorted_rows_and_pseudonyms(tmp_path, monkeypatch):
+    """CSV IDs (text that is all integers -> int64), rows in reverse time order inside a file, string items,
+    and pseudonymized users: the vocabularies and windows still equal read_events'."""
+    rng = np.random.default_rng(0)
+    n = 3000
+    seconds = np.sort(rng.uniform(1.6e9, 1.6e9 + 20 * 86400, n))[::-1].round(3)  # newest first
+    users = rng.integers(1, 90, n)
+    items = np.array([f"item-{i}" for i in rng.integers(0, 40, n)])
+    table = pa.table({"user_id": users.astype(str), "item_id": items, "timestamp": seconds})
+    (tmp_path / "events").mkdir()
+    pacsv.write_csv(table.slice(0, 1800), tmp_path / "events" / "a.csv")
+    pacsv.write_csv(table.slice(1800), tmp_path / "events" / "b.csv")
+    config = DataConfig(path=str(tmp_path / "events"), batch_size=256, pseudonymize=True,
+                        pseudonym_secret_env="FGJAX_TEST_SECRET")
+    monkeypatch.setenv("FGJAX_TEST_SECRET", "s3cret")
+    log = read_events(config)
+    assert log.users.type == pa.string() and log.num_users > 50  # pseudonyms
+    with scan_log(config, 86400.0) as scanned:
+        assert scanned.users.values.equals(log.users.values)
+        assert scanned.items.values.equals(log.items.values)
+        assert _scanned_windows(scanned) == _windows_of(log, 86400.0)
+
+
+def test_no_valid_rows_is_the_same_error(tmp_path):
+    path = tmp_path / "e.parquet"
+    pq.write_table(pa.table({"user_id": pa.array([None, None], pa.int64()), "item_id": [1, 2],
+                             "timestamp": [1.6e9, 1.6e9]}), path)
+    config = DataConfig(path=str(path))
+    with pytest.raises(DataError) as memory:
+        read_events(config)
+    with pytest.raises(DataError) as streamed:
+        scan_log(config, 86400.0, spill_parent=tmp_path)
+    assert str(streamed.value) == str(memory.value)
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".fgjax-spill-")]
+
+
+@pytest.mark.parametrize("detector", ["level", "adaptive"])
+def test_streamed_analyze_writes_the_in_memory_tables(generated, tmp_path, detector):
+    """``fgjax analyze`` (two passes, tables written window by window) writes what read_events -> analyze ->
+    write_forgetting / write_states writes."""
+    config = load_config(None, [f"data.path={generated.events_dir}", f"data.items_path={generated.items_path}",
+                                "data.batch_size=700", f"analysis.detector.kind={detector}"])
+    rows, changes = analyze_log(config, tmp_path / "out", progress=False)
+    log = read_events(config.data)
+    result = analyze(config, log, progress=False)
+    assert write_forgetting(result, log, tmp_path / "f.parquet") == rows
+    assert write_states(result, log, tmp_path / "s.parquet") == changes > 0
+    for mine, theirs in (("forgetting", "f"), ("states", "s")):
+        streamed, memory = (pq.read_table(p) for p in (tmp_path / "out" / f"{mine}.parquet",
+                                                         tmp_path / f"{theirs}.parquet"))
+        assert streamed.schema.equals(memory.schema)
+        for name in memory.column_names:
+            a, b = streamed.column(name), memory.column(name)
+            value_type = b.type.value_type if pa.types.is_fixed_size_list(b.type) else b.type
+            if pa.types.is_floating(value_type):
+                a, b = (np.asarray(c.to_pylist(), float) for c in (a, b))
+                # events of a window are summed in read order here, in time order there: float32 rounding
+                np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6, err_msg=name)
+            else:
+                assert a.equals(b), name
+    assert (tmp_path / "out" / "plots" / "forgetting.png").stat().st_size > 0
+    assert not list((tmp_path / "out").glob(".fgjax-spill-*"))
+
+
+def test_a_streamed_run_compiles_at_most_three_programs(generated, tmp_path):
+    """The window step, the changed-row gather and the initial state: no program per bucket, field or scalar."""
+    config = load_config(None, [f"data.path={generated.events_dir}", f"data.items_path={generated.items_path}",
+                                "analysis.window_seconds=43200"])  # shapes no other test compiles
+    compiled: list[str] = []
+
+    class Collect(logging.Handler):
+        def emit(self, record):
+            message = record.getMessage()
+            if message.startswith("Compiling "):
+                compiled.append(message.split(" with ")[0])
+
+    handler = Collect()
+    logger = logging.getLogger("jax._src.interpreters.pxla")
+    jax.clear_caches()
+    logger.addHandler(handler)
+    try:
+        with jax.log_compiles(True):
+            analyze_log(config, tmp_path / "out", progress=False)
+    finally:
+        logger.removeHandler(handler)
+    assert 1 <= len(compiled) <= 3, compiled
+    assert sorted(compiled) == ["Compiling jit(_gather_changes)", "Compiling jit(init_carry)",
+                                "Compiling jit(window_step)"]
