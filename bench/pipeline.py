@@ -26,9 +26,10 @@ The product path beside the script a user would write, on the same files:
   interest per user, one Parquet table per (user, window) from the user's first
   event; no detector, no states, no rejects;
 - ``cli_level`` / ``cli_adaptive``: ``fgjax analyze`` as the CLI runs it
-  (``fgjax.pipeline.analyze_only``: read with every data rule and rejects,
-  vocabularies, windows, compile, the fused step, ``forgetting.parquet`` and
-  ``states.parquet``), with the level rule and with the adaptive detector, each
+  (``fgjax.analysis_job.analyze_log``: two passes, the first reading with every
+  data rule and rejects and building the vocabularies, the second streaming the
+  windows through the compiled step and writing ``forgetting.parquet`` and
+  ``states.parquet`` window by window), with the level rule and with the adaptive detector, each
   in a fresh process (compilation included, as a user pays it).
 
 ``cli_*_vs_numpy`` = the CLI's seconds / the script's (1.0 = as fast).
@@ -153,10 +154,10 @@ def numpy_script(paths, item_category: np.ndarray, *, window_seconds: float, hal
 CLI_PROBE = """
 import json, resource, sys, time
 started = time.perf_counter()
-from fgjax import pipeline
+from fgjax import analysis_job
 from fgjax.config import load_config
 config = load_config(None, sys.argv[3:])
-rows = pipeline.analyze_only(config, sys.argv[1], progress=False)
+rows = analysis_job.analyze_log(config, sys.argv[1], progress=False)
 print("RESULT" + json.dumps({"seconds": time.perf_counter() - started, "rows": list(rows),
                              "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}))
 """

@@ -65,8 +65,10 @@ def analyze_log(
             window_start = scanned.origin + np.arange(scanned.num_windows) * window_seconds
             top = min(config.analysis.top_interests, len(scanned.categories or ()))
             writers = TableWriters(stage, scanned.users, scanned.categories, window_start, max(top, 1))
-            result = analyze_scanned(config, scanned, writers, progress=progress)
-            rows = writers.close()
+            try:
+                result = analyze_scanned(config, scanned, writers, progress=progress)
+            finally:  # the writer thread stops either way (a failed run's stage folder is discarded)
+                rows = writers.close()
             shown(scanned.report.summary())
         if result.events_without_interest:
             shown(f"analysis: {result.events_without_interest:,} events skipped, their items have no category")

@@ -82,10 +82,11 @@ class Window(NamedTuple):
 
 def gather_size(num_pairs: int) -> int:
     """Rows of one gather of changed (user, interest) rows for ``num_pairs`` = users x K: a power of
-    two near 1/16 of the pairs, at least ``MIN_BUCKET`` (at most the pairs' bucket). One size per run,
-    so the gather (which carries the silence limits, a costly compilation) compiles once; a window
-    with more changes gathers them in several calls, each from where the last stopped."""
-    return min(max(bucket_size(max(num_pairs // 16, 1)), MIN_BUCKET), bucket_size(num_pairs))
+    two near 1/64 of the pairs (about the changes of a usual window), at least ``MIN_BUCKET`` (at most
+    the pairs' bucket). One size per run, so the gather (which carries the silence limits, a costly
+    compilation) compiles once; a window with more changes gathers them in several calls, each from
+    where the last stopped."""
+    return min(max(bucket_size(max(num_pairs // 64, 1)), MIN_BUCKET), bucket_size(num_pairs))
 
 
 def _window(t: int, origin: float, window_seconds: float, num_users: int, user: np.ndarray, interest: np.ndarray,
