@@ -158,8 +158,13 @@ from fgjax import analysis_job
 from fgjax.config import load_config
 config = load_config(None, sys.argv[3:])
 rows = analysis_job.analyze_log(config, sys.argv[1], progress=False)
-print("RESULT" + json.dumps({"seconds": time.perf_counter() - started, "rows": list(rows),
-                             "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}))
+# VmHWM, not ru_maxrss: Linux carries ru_maxrss over fork + exec, so a child of a big parent would report the
+# parent's peak; VmHWM belongs to this process's own address space.
+with open("/proc/self/status") as status:
+    peak = next((int(line.split()[1]) * 1024 for line in status if line.startswith("VmHWM:")), None)
+if peak is None:
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+print("RESULT" + json.dumps({"seconds": time.perf_counter() - started, "rows": list(rows), "peak_rss_bytes": peak}))
 """
 
 
@@ -189,6 +194,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--users", type=int, default=0)
     parser.add_argument("--events", type=int, default=0)
     parser.add_argument("--items", type=int, default=0)
+    parser.add_argument("--days", type=int, default=0, help="days of events (one window per day; default by scale)")
+    parser.add_argument("--files", type=int, default=0, help="Parquet shards (default by scale)")
     parser.add_argument("--chunk", type=int, default=0, help="users per top-K call (default by scale)")
     parser.add_argument("--data", default="", help="folder for the generated shards (default: a temp folder)")
     args = parser.parse_args(argv)
@@ -198,7 +205,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     from fgjax.analysis import analyze_stream
 
     size = dict(SIZES[args.scale])
-    for key in ("users", "events", "items"):
+    for key in ("users", "events", "items", "days", "files"):
         if getattr(args, key):
             size[key] = getattr(args, key)
     chunk = args.chunk or (1024 if args.scale != "large" else 32768)
