@@ -179,14 +179,25 @@ class ScannedLog:
         """Pass 2: every window from the first event's to the last's, empty ones included (see the module)."""
         if self._done:
             raise RuntimeError("ScannedLog.windows runs once")
-        readers = [ipc.open_file(pa.memory_map(str(f))) for f in self._files]
         by_group: dict[int, list[tuple[int, int, int, int]]] = {}
         for s in self._spilled:
             for g, lo, hi in zip(s.groups, s.bounds[:-1], s.bounds[1:]):
                 by_group.setdefault(int(g), []).append((s.file, s.batch, int(lo), int(hi)))
         for t in range(self.num_windows):
-            parts = [readers[f].get_batch(b).slice(lo, hi - lo) for f, b, lo, hi in by_group.pop(self.first_group + t, [])]
-            yield self._window(t, parts)
+            # The spill is memory-mapped for one window at a time: the window's rows are copied out, and
+            # unmapping drops the pages read from this process's resident memory (a map kept open for the
+            # whole run would count every spilled page in the peak RSS, growing with the events).
+            maps = {f: pa.memory_map(str(self._files[f])) for f, *_ in by_group.get(self.first_group + t, [])}
+            try:
+                readers = {f: ipc.open_file(m) for f, m in maps.items()}
+                parts = [readers[f].get_batch(b).slice(lo, hi - lo)
+                         for f, b, lo, hi in by_group.pop(self.first_group + t, [])]
+                rows = self._window(t, parts)
+                del parts, readers
+            finally:
+                for m in maps.values():
+                    m.close()
+            yield rows
         self._finish()
 
     def _window(self, t: int, parts: list[pa.RecordBatch]) -> WindowRows:
@@ -195,7 +206,7 @@ class ScannedLog:
         user = np.concatenate([self._encode_user(p.column("user")) for p in parts])
         item = np.concatenate([self._encode_item(p.column("item")) for p in parts])
 
-        def column(name: str) -> np.ndarray:
+        def column(name: str) -> np.ndarray:  # a copy (concatenate always copies): nothing points into the map
             return np.concatenate([p.column(name).to_numpy() for p in parts])
 
         seconds, weight, event = column("seconds"), column("weight"), column("event")
