@@ -52,7 +52,7 @@ from fgjax.analysis.distributed import agree_scanned
 from fgjax.analysis.tables import part_name
 from fgjax.config import Config, to_dict
 from fgjax.data.stream import scan_log
-from fgjax.errors import ConfigError, FgjaxError
+from fgjax.errors import ConfigError
 from fgjax.outputs import run_folder, shared_run_folder, shown_as_final
 from fgjax.plots import plot_forgetting
 
@@ -136,7 +136,7 @@ def _analyze_processes(config: Config, out: Path, report: Reporter, progress: bo
                 scanned = stack.enter_context(scan_log(
                     config.data, window_seconds, rejects_path=stage / "rejects.parquet" / part_name(me),
                     spill_parent=stage, shard=(me, count)))
-            except FgjaxError as exc:
+            except Exception as exc:  # noqa: BLE001 - every process learns of it, then it is raised here
                 error = exc
             processes.agree(error, "pass 1 (reading its shards)")
             layout = agree_scanned(scanned)

@@ -11,11 +11,14 @@ A window then runs in two halves (``fgjax.analysis.window``):
 - ``event_sums``: each process turns its own events into ``(rows, K)`` sums for its
   own users, on its own device (a local jit). Every process has ``rows`` rows, the
   most users any process has; the padding users never have events.
-- ``close_window``: one SPMD jit over a mesh with one device per process, its
-  ``(users, ...)`` arrays sharded along the ``users`` axis in process order (process
-  ``i`` holds global rows ``i * rows ...``). Every value is per user but the adaptive
-  detector's calibration histogram, which XLA sums across processes: the states
-  equal one process's on every user (tested).
+- ``close_window``: one SPMD program (``shard_map`` under ``jit``) over a mesh with
+  one device per process, its ``(users, ...)`` arrays sharded along the ``users``
+  axis in process order (process ``i`` holds global rows ``i * rows ...``). Each
+  process closes the window for its own rows, as one process would for all (so
+  ``detector.user_block`` bounds the temporaries per process); every value is per
+  user but the adaptive detector's calibration histogram, whose window increment is
+  summed over the processes (``psum``, exact: counts), so every process judges with
+  the population's calibration and the states equal one process's (tested).
 
 Each process then reads its own rows of the outputs from its shard (no transfer)
 and gathers and writes its own changed rows.
@@ -123,13 +126,18 @@ def agree_scanned(scanned: ScannedLog) -> Layout:
     """
     categories = scanned.categories.values if scanned.categories is not None else None
     mine = np.concatenate([
-        np.array([scanned.num_users, scanned.first_group, scanned.last_group], np.int64),
+        np.array([scanned.num_users, scanned.first_group, scanned.last_group,
+                  pa.types.is_integer(scanned.users.type)], np.int64),
         _fingerprint(categories) if categories is not None else np.array([-1, 0], np.int64),
     ])
     every = allgather(mine)
-    if len({tuple(row[3:]) for row in every.tolist()}) > 1:
+    if len({tuple(row[4:]) for row in every.tolist()}) > 1:
         raise DataError("the processes read different item categories (data.items_path): every process must read "
                         "the same items table")
+    if len(set(every[:, 3].tolist())) > 1:
+        ints = ", ".join(str(i) for i in np.flatnonzero(every[:, 3]).tolist())
+        raise DataError(f"user IDs are integers in the shards of process {ints} and strings in the others': the "
+                        "shards must agree (one process would refuse the mix too)")
     check_disjoint_users(scanned.users.values)
     first, last = int(every[:, 1].min()), int(every[:, 2].max())
     scanned.align(first, last)
@@ -145,11 +153,11 @@ def user_mesh() -> Mesh:
     return Mesh(np.array([first[p] for p in range(jax.process_count())]), (AXIS,))
 
 
-def _shardings(make: Callable[[int], Any], mesh: Mesh) -> Any:
-    """Shardings of the pytree ``make(users)`` builds: leaves whose first axis is the users' along ``users``,
-    the rest replicated (found by building it for two user counts)."""
+def _specs(make: Callable[[int], Any]) -> Any:
+    """Partition specs of the pytree ``make(users)`` builds: leaves whose first axis is the users' along
+    ``users``, the rest replicated (found by building it for two user counts)."""
     a, b = jax.eval_shape(lambda: make(2)), jax.eval_shape(lambda: make(3))
-    return jax.tree.map(lambda x, y: NamedSharding(mesh, P(AXIS) if x.shape[:1] != y.shape[:1] else P()), a, b)
+    return jax.tree.map(lambda x, y: P(AXIS) if x.shape[:1] != y.shape[:1] else P(), a, b)
 
 
 def local(tree: Any) -> Any:
@@ -158,9 +166,15 @@ def local(tree: Any) -> Any:
     return jax.tree.map(lambda x: x.addressable_shards[0].data, tree)
 
 
-@jax.jit
-def _changed(state: jax.Array, previous: jax.Array) -> jax.Array:
-    return jnp.sum(state != previous, dtype=jnp.int32)
+def _close_shard(carry: AnalysisCarry, added: jax.Array, counts: jax.Array, params: WindowParams, *,
+                 spec: WindowSpec) -> tuple[AnalysisCarry, WindowOutput, WindowDetail]:
+    """``close_window`` on one process's rows, with the calibration histogram's increment summed over all."""
+    new, out, detail = close_window(carry, added, counts, params, spec)
+    if spec.detector == "adaptive":
+        before = carry.detector.calibration
+        calibration = before + jax.lax.psum(new.detector.calibration - before, AXIS)
+        new = new._replace(detector=new.detector._replace(calibration=calibration))
+    return new, out, detail._replace(changed=detail.changed[None])
 
 
 class ShardedStep:
@@ -179,19 +193,23 @@ class ShardedStep:
         k = spec.num_interests
         self.user_sharding = NamedSharding(self.mesh, P(AXIS))
         replicated = NamedSharding(self.mesh, P())
-        self.carry_sharding = _shardings(lambda n: init_carry(spec, n), self.mesh)
+        carry_specs = _specs(lambda n: init_carry(spec, n))
+        self.carry_sharding = jax.tree.map(lambda p: NamedSharding(self.mesh, p), carry_specs)
 
         def outputs(n: int):
             carry = jax.eval_shape(lambda: init_carry(spec, n))
             sums = jax.ShapeDtypeStruct((n, k), jnp.float32)
             return jax.eval_shape(lambda c, a, b: close_window(c, a, b, params, spec), carry, sums, sums)
 
+        carry_out, out_specs, detail_specs = _specs(outputs)
+        # Each process's own count of changed pairs, (1,) per process.
+        detail_specs = detail_specs._replace(changed=P(AXIS))
         self._params = jax.tree.map(
             lambda v: jax.make_array_from_callback((), replicated, lambda _, v=v: np.asarray(v)), params)
-        param_sharding = jax.tree.map(lambda _: replicated, params)
-        self._step = jax.jit(functools.partial(close_window, spec=spec),
-                             in_shardings=(self.carry_sharding, self.user_sharding, self.user_sharding, param_sharding),
-                             out_shardings=_shardings(outputs, self.mesh), donate_argnums=(0,))
+        body = jax.shard_map(functools.partial(_close_shard, spec=spec), mesh=self.mesh,
+                             in_specs=(carry_specs, P(AXIS), P(AXIS), jax.tree.map(lambda _: P(), params)),
+                             out_specs=(carry_out, out_specs, detail_specs))
+        self._step = jax.jit(body, donate_argnums=(0,))
 
     def init_carry(self) -> AnalysisCarry:
         """The global state before any window, each process's rows on its device."""
@@ -207,5 +225,4 @@ class ShardedStep:
         added, counts = event_sums(events, params, num_users=self.rows, num_interests=spec.num_interests)
         carry, out, detail = self._step(carry, self._global(added), self._global(counts), self._params)
         detail = local(detail)
-        detail = detail._replace(changed=_changed(detail.state, detail.previous_state))
-        return carry, local(out), detail, local(carry.detector)
+        return carry, local(out), detail._replace(changed=detail.changed[0]), local(carry.detector)
