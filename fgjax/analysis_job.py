@@ -12,23 +12,51 @@ it does not grow with the number of events or windows. The tables equal what
 the in-memory path (``read_events`` -> ``analyze`` -> ``write_forgetting`` /
 ``write_states``) writes for the same log (tested).
 
+Several processes (``analysis.distributed: true``): ``fgjax analyze`` runs as N
+``jax.distributed`` processes, started by one command each (one per accelerator,
+or per machine on CPUs)::
+
+    FGJAX_COORDINATOR=host0:12345 FGJAX_NUM_PROCESSES=2 FGJAX_PROCESS_ID=$i \
+        fgjax analyze --out runs/a --set analysis.distributed=true --set data.path=events/ \
+        --set data.items_path=items.parquet
+
+Process i reads every N-th file of ``data.path``'s sorted list from the i-th: the
+files must be partitioned by user (checked: a user in two processes' files stops
+every process with an error naming the rule). Each process runs pass 1 on its
+files; the window step runs as one SPMD program over one device per process,
+users sharded by process (``fgjax.analysis.distributed``), so the adaptive
+detector's population calibration covers every user and the tables equal one
+process's (tested with two processes on CPU). Each process writes its own users'
+rows: ``forgetting.parquet``, ``states.parquet`` and ``rejects.parquet`` are then
+folders of parts (``part-00000.parquet``, ...), one table to Parquet readers
+(``pyarrow.parquet.read_table(OUT / "forgetting.parquet")``, pandas, DuckDB,
+Spark); rows are ordered by window within each part. Process 0 plots a sample of
+every process's users and commits OUT (``fgjax.outputs.shared_run_folder``),
+which must be on a file system every process sees.
+
 This module imports no training code, so the command starts fast.
 """
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import Callable
 
+import jax
 import numpy as np
 
-from fgjax import kernels
+from fgjax import kernels, processes
 from fgjax.analysis import TableWriters, analyze_scanned
+from fgjax.analysis.distributed import agree_scanned
+from fgjax.analysis.tables import part_name
 from fgjax.config import Config, to_dict
 from fgjax.data.stream import scan_log
 from fgjax.errors import ConfigError
-from fgjax.outputs import run_folder, shown_as_final
+from fgjax.outputs import run_folder, shared_run_folder, shown_as_final
 from fgjax.plots import plot_forgetting
+
+PLOT_USERS = 50_000
 
 Reporter = Callable[[str], None]
 
@@ -50,11 +78,15 @@ def analyze_log(
 
     Writes ``out/forgetting.parquet`` (per user and window), ``out/states.parquet``
     (per state change, with evidence), ``out/rejects.parquet`` and ``out/plots/forgetting.png``;
-    returns the rows of the two tables.
+    returns the rows of the two tables (of every process with ``analysis.distributed``).
     """
     if not config.data.path:
         raise ConfigError("data.path is empty: set it with --set data.path=EVENTS (file, directory or glob)")
     out = Path(out).absolute()
+    if config.analysis.distributed:
+        processes.initialize()  # before any other JAX call; a no-op when the caller started it
+        if jax.process_count() > 1:
+            return _analyze_processes(config, out, report, progress, overwrite=overwrite)
     with run_folder(out, "analyze", to_dict(config), overwrite=overwrite) as stage:
         shown = shown_as_final(report, stage, out)
         window_seconds = config.analysis.window_seconds
@@ -78,3 +110,59 @@ def analyze_log(
                         sample_note="" if sampled == scanned.num_users else f"{sampled:,} sampled users")
         shown(f"forgetting: {scanned.num_windows} windows; final states {final_state_counts(result.state)}")
     return rows["forgetting"], rows["states"]
+
+
+def _plot_sample(writers: TableWriters) -> np.ndarray:
+    """``(windows, sampled users)`` F of every process's sample (process order)."""
+    degree = writers.plot_degree()
+    parts = processes.allgather_ragged(np.ascontiguousarray(degree.T).ravel())
+    return np.concatenate([p.reshape(-1, degree.shape[0]) for p in parts]).T
+
+
+def _analyze_processes(config: Config, out: Path, report: Reporter, progress: bool, *,
+                       overwrite: bool) -> tuple[int, int]:
+    """``analyze_log`` as one of ``jax.process_count()`` processes (see the module docstring)."""
+    count, me = jax.process_count(), jax.process_index()
+    window_seconds = config.analysis.window_seconds
+    with shared_run_folder(out, "analyze", to_dict(config), overwrite=overwrite) as stage:
+        shown_final = shown_as_final(report, stage, out)
+
+        def shown(message: str) -> None:
+            shown_final(f"process {me} of {count}: {message}")
+
+        with contextlib.ExitStack() as stack:
+            error = scanned = None
+            try:
+                scanned = stack.enter_context(scan_log(
+                    config.data, window_seconds, rejects_path=stage / "rejects.parquet" / part_name(me),
+                    spill_parent=stage, shard=(me, count)))
+            except Exception as exc:  # noqa: BLE001 - every process learns of it, then it is raised here
+                error = exc
+            processes.agree(error, "pass 1 (reading its shards)")
+            layout = agree_scanned(scanned)
+            shown(f"pass 1: {scanned.report.rows_read:,} rows read, {scanned.num_users:,} users "
+                  f"({sum(layout.process_users):,} in all), {len(scanned.items):,} items, "
+                  f"{scanned.num_windows:,} windows")
+            window_start = scanned.origin + np.arange(scanned.num_windows) * window_seconds
+            top = min(config.analysis.top_interests, len(scanned.categories or ()))
+            writers = TableWriters(stage, scanned.users, scanned.categories, window_start, max(top, 1),
+                                   plot_users=-(-PLOT_USERS // count), part=me)
+            try:
+                result = analyze_scanned(config, scanned, writers, progress=progress and me == 0, layout=layout)
+            finally:
+                rows = writers.close()
+            shown(scanned.report.summary())
+        if result.events_without_interest and me == 0:
+            shown(f"analysis: {result.events_without_interest:,} events skipped, their items have no category")
+        sample = _plot_sample(writers)
+        states = processes.allgather(np.bincount(np.asarray(result.state).ravel(),
+                                                 minlength=len(kernels.STATE_NAMES)).astype(np.int64)).sum(axis=0)
+        totals = processes.allgather(np.array([rows["forgetting"], rows["states"]], np.int64)).sum(axis=0)
+        if me == 0:
+            (stage / "plots").mkdir(exist_ok=True)
+            users = sum(layout.process_users)
+            plot_forgetting(sample, window_start, stage / "plots" / "forgetting.png",
+                            sample_note="" if sample.shape[1] == users else f"{sample.shape[1]:,} sampled users")
+            shown(f"forgetting: {scanned.num_windows} windows; final states "
+                  f"{ {n: int(c) for n, c in zip(kernels.STATE_NAMES, states) if n != 'none'} }")
+    return int(totals[0]), int(totals[1])

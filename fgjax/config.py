@@ -263,6 +263,9 @@ class AnalysisConfig:
     top_interests: int = setting(3, ge=1)  # interests written per (user, window) in forgetting.parquet
     level: LevelConfig = LevelConfig()
     detector: DetectorConfig = DetectorConfig()
+    # fgjax analyze as jax.distributed processes (FGJAX_COORDINATOR/_NUM_PROCESSES/_PROCESS_ID), users split by
+    # process: each reads every N-th file of data.path (shards by user); fgjax.analysis.distributed
+    distributed: bool = False
 
     # Keys that moved (old -> new, relative to this section): a config that
     # still uses one stops with the new name instead of "unknown key".

@@ -226,12 +226,27 @@ class RunFolder:
         runs[self.command] = {"config": self.config, "versions": versions(), "started": self.started,
                               "finished": _now(), "files": files}
         owned = _owned(previous)
+        # An output that was one file and is now a folder of parts (or the reverse, e.g. forgetting.parquet
+        # from one process, then from several): the earlier run's file or folder of files goes first.
+        in_the_way: set[Path] = set()
         for name in staged:  # checked before anything moves: a refused commit changes nothing
             target = out / name
-            if target.is_dir() or (target.exists() and name not in owned and not self.overwrite):
-                what = "a folder" if target.is_dir() else "a file fgjax did not write"
-                raise OutputError(f"'{target}' is {what}, where this run writes its {name}: move it away (or pass "
-                                  "--overwrite to replace files fgjax did not write)")
+            for parent in list(Path(name).parents)[:-1]:
+                if (out / parent).is_file():
+                    if parent.as_posix() not in stale - set(files):
+                        raise OutputError(f"'{out / parent}' is a file fgjax did not write, where this run writes "
+                                          f"its {parent.as_posix()}/ folder: move it away")
+                    in_the_way.add(out / parent)
+            if target.is_dir():
+                inside = {p.relative_to(out).as_posix() for p in target.rglob("*") if not p.is_dir()}
+                if not inside <= stale - set(files):
+                    raise OutputError(f"'{target}' is a folder, where this run writes its {name}: move it away")
+                in_the_way.add(target)
+            elif target.exists() and name not in owned and not self.overwrite:
+                raise OutputError(f"'{target}' is a file fgjax did not write, where this run writes its {name}: "
+                                  "move it away (or pass --overwrite to replace files fgjax did not write)")
+        for path in sorted(in_the_way):
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
         out.mkdir(parents=True, exist_ok=True)
         for name in staged:
             target = out / name
@@ -331,3 +346,55 @@ def run_folder(out: str | Path, command: str, config: dict[str, Any], *, overwri
         folder.discard()
         raise
     folder.commit()
+
+
+@contextlib.contextmanager
+def shared_run_folder(out: str | Path, command: str, config: dict[str, Any], *,
+                      overwrite: bool = False) -> Iterator[Path]:
+    """``run_folder`` for one job run by several ``jax.distributed`` processes; yields the staging folder.
+
+    Process 0 checks OUT and makes the staging folder (the others wait for it); every process writes its
+    own files there (parts, e.g. ``forgetting.parquet/part-00001.parquet``); once every process has
+    left the block, process 0 moves them all into OUT with one manifest, with the guarantees of
+    ``run_folder``. With processes on several machines OUT must be on a file system they share.
+
+    Every process calls it with the same arguments. An error raised by every process at the same point
+    (e.g. after ``fgjax.processes.agree``) discards the staging folder and OUT stays as it was; a process
+    that fails alone leaves the others waiting in their next collective until ``jax.distributed`` stops
+    them (its heartbeat), and the next run into OUT clears the staging folder.
+    """
+    import jax
+
+    from fgjax.processes import agree
+
+    lead = jax.process_index() == 0
+    folder = RunFolder(out, command, config, overwrite=overwrite)
+    error = None
+    if lead:
+        try:
+            folder.open()
+        except FgjaxError as exc:
+            error = exc
+    agree(error, f"to open the output folder '{folder.out}'")
+
+    def final(text: str) -> str:
+        return text.replace(str(folder.staging), str(folder.out))
+
+    try:
+        yield folder.staging
+    except FgjaxError as exc:
+        if lead:
+            folder.discard()
+        raise type(exc)(final(str(exc))) from None
+    except BaseException:
+        if lead:
+            folder.discard()
+        raise
+    agree(None, "before the commit")  # every process has written its files
+    if lead:
+        try:
+            folder.commit()
+        except FgjaxError as exc:
+            folder.discard()
+            error = exc
+    agree(error, f"to commit the outputs into '{folder.out}'")

@@ -37,7 +37,7 @@ LAYERS: tuple[tuple[frozenset[str], bool], ...] = (
     (frozenset({"analysis", "training"}), True),
     (frozenset({"ranking"}), False),
     (frozenset({"data", "models", "checkpoint"}), False),
-    (frozenset({"config", "errors", "shapes"}), False),
+    (frozenset({"config", "errors", "shapes", "processes"}), False),
     (frozenset({"kernels"}), False),
 )
 RANK = {group: len(LAYERS) - i for i, (groups, _) in enumerate(LAYERS) for group in groups}

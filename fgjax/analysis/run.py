@@ -53,11 +53,13 @@ from fgjax.analysis.window import (
     window_step,
     with_limits,
 )
+from fgjax.analysis.distributed import Layout, ShardedStep, local
 from fgjax.config import AnalysisConfig, Config
 from fgjax.data.prefetch import prefetch
 from fgjax.data.reader import EventLog
 from fgjax.data.stream import ScannedLog
 from fgjax.errors import DataError
+from fgjax.processes import allgather
 from fgjax.shapes import bucket_size
 
 COLUMNS = ("user", "item", "timestamp", "weight")
@@ -121,13 +123,15 @@ def log_windows(user: np.ndarray, interest: np.ndarray, weight: np.ndarray, time
         yield _window(t, origin, window_seconds, num_users, user[sl], interest[sl], weight[sl], timestamp[sl], size)
 
 
-def scanned_windows(scanned: ScannedLog, num_interests: int) -> Iterator[Window]:
+def scanned_windows(scanned: ScannedLog, num_interests: int, num_users: int | None = None) -> Iterator[Window]:
     """Every window of a scanned log (pass 2 of ``fgjax.data.stream``), each padded to the largest
-    window's bucket (known from pass 1): the window step compiles once per run."""
+    window's bucket (known from pass 1): the window step compiles once per run. Padding rows have user
+    ``num_users`` (default the log's users; more when the step's rows are padded)."""
     size = padded_size(int(scanned.window_rows.max(initial=0)))
+    pad_user = scanned.num_users if num_users is None else num_users
     for rows in scanned.windows():
         interest = _interests(rows.item, scanned.item_category, num_interests)
-        yield _window(rows.index, scanned.origin, scanned.window_seconds, scanned.num_users, rows.user, interest,
+        yield _window(rows.index, scanned.origin, scanned.window_seconds, pad_user, rows.user, interest,
                       rows.weight, rows.seconds, size)
 
 
@@ -337,6 +341,7 @@ def run_windows(
     progress: bool = False,
     desc: str = "analyze",
     sink: Callable[[int, float, WindowOutput, dict[str, np.ndarray] | None], None] | None = None,
+    step: Callable[..., tuple[AnalysisCarry, WindowOutput, WindowDetail, kernels.DetectorState]] | None = None,
 ) -> RunOutput:
     """Drive ``window_step`` over every window of ``source``.
 
@@ -353,8 +358,14 @@ def run_windows(
         outputs (``changed_rows`` the window's changed rows as columns, or None), in window order, while
         the next window computes; with a sink nothing is collected (``degree`` and ``changes`` come back
         empty), so memory does not grow with the windows.
+      step: another window step, ``step(carry, events, params, spec) -> (carry, output, detail, detector)``
+        with the output, detail and detector of ``step.rows`` users, e.g. one process's rows of a step
+        sharded over processes (``fgjax.analysis.distributed.ShardedStep``); not with ``snapshot_window``
+        or ``final``.
     """
-    num_users = carry.peak.shape[0]
+    if step is not None and (snapshot_window is not None or final):
+        raise ValueError("run_windows: a step of its own runs without snapshot_window and final")
+    num_users = carry.peak.shape[0] if step is None else step.rows
 
     def to_device(window: Window) -> tuple[Window, int]:
         return window._replace(events=jax.device_put(window.events)), int(np.sum(window.events.weight > 0))
@@ -384,7 +395,11 @@ def run_windows(
 
     for window, count in tqdm(stream, total=num_windows, desc=desc, unit="window", disable=not progress, leave=False):
         t = window.index
-        carry, out, detail = window_step(carry, window.events, params, spec)
+        if step is None:
+            carry, out, detail = window_step(carry, window.events, params, spec)
+            detector = carry.detector
+        else:
+            carry, out, detail, detector = step(carry, window.events, params, spec)
         if snapshot_window is not None:
             if snapshot is None:  # distinct buffers: the snapshot is donated
                 snapshot = jax.tree.map(jnp.zeros_like, _snapshot_of(detail, carry))
@@ -396,7 +411,7 @@ def run_windows(
             changed = int(detail.changed)
             start = np.int32(0)
             while len(rows) * gathered < changed:
-                rows.append(_gather_changes(out.degree, detail, carry.detector, params, spec, start, size=gathered))
+                rows.append(_gather_changes(out.degree, detail, detector, params, spec, start, size=gathered))
                 if len(rows) * gathered < changed:  # the next gather starts after this one's last row
                     last_user, last_interest = (int(np.asarray(a)[-1]) for a in (rows[-1].user, rows[-1].interest))
                     start = np.int32(last_user * spec.num_interests + last_interest + 1)
@@ -590,8 +605,8 @@ class ScannedResult:
     Attributes:
       window_start: ``(windows,)`` epoch seconds.
       state: ``(users, K)`` int8 state codes after the last window.
-      events: events with a positive weight.
-      events_without_interest: events skipped because their item has no category.
+      events: events with a positive weight (of every process, when several run).
+      events_without_interest: events skipped because their item has no category (of every process).
     """
 
     window_start: np.ndarray
@@ -606,6 +621,7 @@ def analyze_scanned(
     sink: Callable[[int, float, WindowOutput, dict[str, np.ndarray] | None], None],
     *,
     progress: bool = True,
+    layout: Layout | None = None,
 ) -> ScannedResult:
     """``analyze`` window by window over a scanned log (``fgjax.data.stream.scan_log``), its outputs sent to
     ``sink`` (see ``run_windows``) as each window completes: memory is bounded by the state, one window's
@@ -613,6 +629,10 @@ def analyze_scanned(
 
     On the same events it gives what ``analyze`` gives (tested): the same windows, F, top interests,
     states and changed rows with their evidence.
+
+    ``layout``: this process is one of several (``fgjax.analysis.distributed``; ``scanned`` is its shards,
+    aligned by ``agree_scanned``): the window step runs sharded over the processes, ``sink`` gets this
+    process's users only, and the result's ``state`` is theirs. Every process calls it.
     """
     acfg = config.analysis
     if scanned.item_category is None or scanned.categories is None or len(scanned.categories) == 0:
@@ -628,12 +648,28 @@ def analyze_scanned(
             yield window
 
     spec = window_spec(acfg, num_interests)
-    run = run_windows(counted(scanned_windows(scanned, num_interests)), spec, window_params(acfg),
-                      init_carry(spec, scanned.num_users), num_windows=scanned.num_windows, record_changes=True,
-                      progress=progress, sink=sink)
+    params = window_params(acfg)
+    if layout is None:
+        run = run_windows(counted(scanned_windows(scanned, num_interests)), spec, params,
+                          init_carry(spec, scanned.num_users), num_windows=scanned.num_windows, record_changes=True,
+                          progress=progress, sink=sink)
+        state = np.asarray(jax.device_get(run.carry.state))
+    else:
+        step = ShardedStep(spec, params, layout)
+        users = scanned.num_users
+
+        def own_rows(t: int, start: float, output: WindowOutput, changed: dict[str, np.ndarray] | None) -> None:
+            sink(t, start, WindowOutput(*(x[:users] for x in output)), changed)  # padding rows never change
+
+        run = run_windows(counted(scanned_windows(scanned, num_interests, step.rows)), spec, params,
+                          step.init_carry(), num_windows=scanned.num_windows, record_changes=True,
+                          progress=progress, sink=own_rows, step=step)
+        state = np.asarray(local(run.carry.state))[:users]
+        seen["events"], seen["without"], seen["weighted"] = (int(v) for v in allgather(
+            np.array([seen["events"], seen["without"], run.events], np.int64)).sum(axis=0))
     if seen["without"] == seen["events"]:
         raise DataError(
             f"none of the {seen['events']:,} events has an item with a category: "
             "do the items table's item_id values match the events' item_id values?"
         )
-    return ScannedResult(run.window_start, np.asarray(jax.device_get(run.carry.state)), run.events, seen["without"])
+    return ScannedResult(run.window_start, state, seen.get("weighted", run.events), seen["without"])

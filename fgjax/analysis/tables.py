@@ -150,13 +150,18 @@ class TableWriters:
     The rows, their order and their values are those of ``forgetting_table`` and ``states_table``
     (one Parquet row group per window). For the plot it keeps F of a fixed random sample of at most
     ``plot_users`` users (``plot_degree``).
+
+    ``part``: this writer is one process's of several (``fgjax.analysis.distributed``): each table is a
+    folder of parts, ``forgetting.parquet/part-0000{part}.parquet``, which Parquet readers read as one
+    table (``pyarrow.parquet.read_table``, ``pyarrow.dataset``, pandas, DuckDB, Spark).
     """
 
     IN_FLIGHT = 2
 
     def __init__(self, folder: str | Path, users: Vocabulary, categories: Vocabulary, window_start: np.ndarray,
-                 top: int, *, plot_users: int = 50_000, seed: int = 0):
+                 top: int, *, plot_users: int = 50_000, seed: int = 0, part: int | None = None):
         self.folder = Path(folder)
+        self.part = part
         self.users, self.categories, self.window_start = users, categories, np.asarray(window_start, np.float64)
         self.started = np.zeros(len(users), bool)
         self.top = top
@@ -170,10 +175,18 @@ class TableWriters:
 
     def _write(self, name: str, table: pa.Table) -> None:
         if name not in self._writers:
-            self._writers[name] = pq.ParquetWriter(str(self.folder / f"{name}.parquet"), table.schema,
+            self._writers[name] = pq.ParquetWriter(str(self.path(name)), table.schema,
                                                    use_dictionary=DICTIONARY_COLUMNS[name])
         self._writers[name].write_table(table)
         self.rows[name] += table.num_rows
+
+    def path(self, name: str) -> Path:
+        """Where table ``name`` (``forgetting`` or ``states``) is written."""
+        if self.part is None:
+            return self.folder / f"{name}.parquet"
+        path = self.folder / f"{name}.parquet" / part_name(self.part)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return path
 
     def __call__(self, t: int, start: float, output, changed: dict[str, np.ndarray] | None) -> None:
         """Write window ``t``: ``output`` its ``(users,)`` F and ``(users, top)`` top interests, ``changed``
@@ -218,6 +231,11 @@ class TableWriters:
     def plot_degree(self) -> np.ndarray:
         """``(windows, sampled users)`` F, NaN before each user's first active window."""
         return self._degree
+
+
+def part_name(part: int) -> str:
+    """The file name of one process's part of a table written by several: ``part-00001.parquet``."""
+    return f"part-{part:05d}.parquet"
 
 
 def state_series(changes: dict[str, np.ndarray], num_windows: int, num_users: int, num_interests: int) -> np.ndarray:

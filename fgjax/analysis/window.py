@@ -254,9 +254,34 @@ def window_step(
 
     Returns the new carry, the window's per-user output and its per-interest detail.
     """
-    num_users, num_interests = carry.peak.shape
+    added, counts = _event_sums(events, params, *carry.peak.shape)
+    return close_window(carry, added, counts, params, spec)
+
+
+def _event_sums(events: kernels.WindowEvents, params: WindowParams, num_users: int,
+                num_interests: int) -> tuple[jax.Array, jax.Array]:
     added = kernels.window_contributions(events, num_users, num_interests, inv_tau=params.inv_tau)
     counts = kernels.event_counts(events.user, events.interest, num_users, num_interests)
+    return added, counts
+
+
+@functools.partial(jax.jit, static_argnames=("num_users", "num_interests"))
+def event_sums(events: kernels.WindowEvents, params: WindowParams, *, num_users: int,
+               num_interests: int) -> tuple[jax.Array, jax.Array]:
+    """A window's events as ``(users, K)`` sums: the decayed contributions to I (``window_contributions``)
+    and the event counts (``event_counts``); the first half of ``window_step``, per user."""
+    return _event_sums(events, params, num_users, num_interests)
+
+
+def close_window(
+    carry: AnalysisCarry, added: jax.Array, counts: jax.Array, params: WindowParams, spec: WindowSpec
+) -> tuple[AnalysisCarry, WindowOutput, WindowDetail]:
+    """The rest of ``window_step`` from the window's ``(users, K)`` sums (``event_sums``); not jitted.
+
+    Every value is per user but the adaptive detector's calibration (a histogram over every user), so
+    under a jit whose ``(users, ...)`` arrays are sharded over processes (``fgjax.analysis.distributed``)
+    it gives what one process gives on all users: XLA sums the histogram across processes.
+    """
     interest = kernels.interest_state_apply(carry.interest, added, decay=params.decay)
     cur, prev = interest.current, interest.previous
     active_now = counts > 0

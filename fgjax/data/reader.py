@@ -337,8 +337,19 @@ def table_source(table: pa.Table, name: str) -> Source:
     return Source(name, table.schema, False, batches, take)
 
 
-def open_sources(path: str, config: DataConfig) -> tuple[list[Source], Path | formats.ZipMember | None]:
-    """The sources of ``path`` and, for RecBole/MovieLens (also in a zip), the items file beside."""
+def open_sources(path: str, config: DataConfig, shard: tuple[int, int] | None = None
+                 ) -> tuple[list[Source], Path | formats.ZipMember | None]:
+    """The sources of ``path`` and, for RecBole/MovieLens (also in a zip), the items file beside.
+
+    ``shard=(i, n)``: only every ``n``-th file of the sorted list from the ``i``-th (process ``i`` of
+    ``n``, ``fgjax.processes.process_files``); a single-file dataset cannot be split so.
+    """
+    if shard is not None and shard[1] > 1:
+        single = config.format in ("recbole", "movielens") or formats.is_zip(path) or (
+            config.format == "auto" and format_of(Path(path)) in ("recbole", "movielens"))
+        if single:
+            raise DataError(f"events '{path}': a RecBole/MovieLens dataset is one events file and cannot be split "
+                            f"between {shard[1]} processes; write it as several files partitioned by user")
     requested = config.format
     if requested in ("auto", "recbole", "movielens") and formats.is_zip(path):
         fmt, events, items = formats.find_zip_dataset(path)
@@ -356,7 +367,13 @@ def open_sources(path: str, config: DataConfig) -> tuple[list[Source], Path | fo
     fmt, files = detect_format(files, requested, path)
     if fmt in ("recbole", "movielens"):  # a directory or glob holding such files
         inner = path if Path(path).is_dir() else str(files[0])
-        return open_sources(inner, dataclasses.replace(config, format=fmt))
+        return open_sources(inner, dataclasses.replace(config, format=fmt), shard)
+    if shard is not None:
+        if len(files) < shard[1]:
+            raise DataError(f"events '{path}': {len(files)} file(s) for {shard[1]} processes; each process reads "
+                            "its own files (every N-th of the sorted list), so give at least one file per process, "
+                            "partitioned by user")
+        files = sorted(files, key=str)[shard[0]::shard[1]]
     cols = config.columns
     text_columns = (cols.user_id, cols.item_id, cols.timestamp, cols.event_type, cols.weight)
     filesystem = pafs.LocalFileSystem()

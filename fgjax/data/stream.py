@@ -158,6 +158,21 @@ class ScannedLog:
         """Epoch seconds where window 0 starts."""
         return self.first_group * self.window_seconds
 
+    @property
+    def last_group(self) -> int:
+        """Epoch-aligned window number of the last window."""
+        return self.first_group + self.num_windows - 1
+
+    def align(self, first_group: int, last_group: int) -> None:
+        """Make pass 2 run over windows ``first_group .. last_group`` (a range holding this log's own, e.g.
+        the range of every process's shards): the windows before and after this log's events come out empty."""
+        if first_group > self.first_group or last_group < self.last_group:
+            raise ValueError(f"windows {first_group}..{last_group} do not hold this log's "
+                             f"{self.first_group}..{self.last_group}")
+        rows = np.zeros(last_group - first_group + 1, np.int64)
+        rows[self.first_group - first_group:][:self.num_windows] = self.window_rows
+        self.first_group, self.window_rows = first_group, rows
+
     def _report(self, rejects_path: str | None) -> reader.ReadReport:
         tally = self._tally
         unknown = tally.unknown()
@@ -258,7 +273,8 @@ def _grouped(groups: np.ndarray) -> np.ndarray:
 
 
 def scan_log(config: DataConfig, window_seconds: float, *, rejects_path: str | Path | None = None,
-             spill_parent: str | Path | None = None, path: str | Path | None = None) -> ScannedLog:
+             spill_parent: str | Path | None = None, path: str | Path | None = None,
+             shard: tuple[int, int] | None = None) -> ScannedLog:
     """Pass 1 over ``config.path`` (``path`` overrides it): see the module docstring.
 
     Args:
@@ -266,6 +282,8 @@ def scan_log(config: DataConfig, window_seconds: float, *, rejects_path: str | P
       rejects_path: Parquet file for the rejected rows (as ``read_events``).
       spill_parent: where the spill folder is made (default: the system's temporary folder); ``close``
         removes it.
+      shard: ``(i, n)``: read only every ``n``-th file of the sorted list from the ``i``-th (process ``i``
+        of ``n``; ``fgjax.data.reader.open_sources``).
 
     Raises:
       DataError / SchemaError: as ``read_events``, with the same messages.
@@ -274,7 +292,7 @@ def scan_log(config: DataConfig, window_seconds: float, *, rejects_path: str | P
     if not path:
         raise DataError("no events path given; set data.path to a file, directory or glob")
     pseudonymizer = Pseudonymizer.from_config(config)
-    sources, default_items = reader.open_sources(path, config)
+    sources, default_items = reader.open_sources(path, config, shard)
     plans = [reader.check_schema(s, config.columns) for s in sources]
     reader.check_id_kinds(sources, plans, config)
     items_path = config.items_path or default_items

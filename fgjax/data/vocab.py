@@ -65,3 +65,37 @@ class Vocabulary:
         if not path.is_file():
             raise DataError(f"vocabulary file '{path}' does not exist")
         return cls(pq.read_table(str(path)).column("id"))
+
+
+def _mix(h: np.ndarray) -> np.ndarray:
+    """splitmix64's finalizer: every input bit moves every output bit."""
+    h = np.asarray(h, np.uint64)
+    with np.errstate(over="ignore"):
+        h = (h ^ (h >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        h = (h ^ (h >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return h ^ (h >> np.uint64(31))
+
+
+def id_hashes(values: pa.Array) -> np.ndarray:
+    """``(n,)`` uint64 hash of each raw ID (int64 or string), the same in every process and run: IDs are
+    compared across processes by it (a chance collision is about ``n**2 / 2**64``)."""
+    if isinstance(values, pa.ChunkedArray):
+        values = values.combine_chunks()
+    if pa.types.is_integer(values.type):
+        return _mix(values.to_numpy(zero_copy_only=False).astype(np.int64).view(np.uint64))
+    arr = values.cast(pa.large_binary())
+    n = len(arr)
+    offsets = np.frombuffer(arr.buffers()[1], np.int64)[arr.offset:arr.offset + n + 1]
+    data = arr.buffers()[2]
+    raw = np.frombuffer(data, np.uint8)[offsets[0]:offsets[-1]] if data is not None else np.zeros(0, np.uint8)
+    starts, lengths = offsets[:-1] - offsets[0], np.diff(offsets)
+    # A polynomial hash of the bytes (each byte + 1, so zeros count) by a vectorized sum per ID.
+    position = np.arange(len(raw)) - np.repeat(starts, lengths)
+    with np.errstate(over="ignore"):
+        powers = np.cumprod(np.full(int(lengths.max(initial=0)), 0x100000001B3, np.uint64))
+        terms = (raw.astype(np.uint64) + np.uint64(1)) * powers[position]
+    sums = np.zeros(n, np.uint64)
+    filled = lengths > 0
+    if filled.any():
+        sums[filled] = np.add.reduceat(terms, starts[filled])
+    return _mix(sums ^ _mix(lengths.astype(np.uint64)))

@@ -12,43 +12,19 @@ also reads SLURM / Open MPI environments itself when the arguments are left out)
 
     FGJAX_COORDINATOR=host0:12345 FGJAX_NUM_PROCESSES=4 FGJAX_PROCESS_ID=$i python train_script.py
 
-with ``initialize()`` called before any other JAX call in ``train_script.py``.
+with ``initialize()`` called before any other JAX call in ``train_script.py``
+(``initialize`` and ``process_files`` live in ``fgjax.processes``, which the analysis shares).
 """
 
 from __future__ import annotations
-
-import os
-from pathlib import Path
-from typing import Sequence
 
 import jax
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
+from fgjax.processes import initialize, process_files
 
-def initialize(coordinator: str | None = None, num_processes: int | None = None, process_id: int | None = None,
-               *, cpu_collectives: str = "gloo") -> None:
-    """``jax.distributed.initialize`` from arguments or ``FGJAX_COORDINATOR`` / ``FGJAX_NUM_PROCESSES`` /
-    ``FGJAX_PROCESS_ID``; on CPU, cross-process collectives use ``cpu_collectives`` (gloo).
-    Does nothing when ``jax.distributed`` is already initialized."""
-    if jax.distributed.is_initialized():
-        return
-    coordinator = coordinator or os.environ.get("FGJAX_COORDINATOR")
-    if num_processes is None and "FGJAX_NUM_PROCESSES" in os.environ:
-        num_processes = int(os.environ["FGJAX_NUM_PROCESSES"])
-    if process_id is None and "FGJAX_PROCESS_ID" in os.environ:
-        process_id = int(os.environ["FGJAX_PROCESS_ID"])
-    if cpu_collectives:
-        jax.config.update("jax_cpu_collectives_implementation", cpu_collectives)
-    jax.distributed.initialize(coordinator_address=coordinator, num_processes=num_processes, process_id=process_id)
-
-
-def process_files(files: Sequence[str | Path], process_index: int | None = None,
-                  process_count: int | None = None) -> list[str | Path]:
-    """This process's shards: every ``process_count``-th file of the sorted list, from ``process_index``."""
-    i = jax.process_index() if process_index is None else process_index
-    n = jax.process_count() if process_count is None else process_count
-    return sorted(files, key=str)[i::n]
+__all__ = ["global_batch", "initialize", "process_files"]
 
 
 def global_batch(mesh: jax.sharding.Mesh, *local: np.ndarray, axis: str = "data") -> list[jax.Array]:
