@@ -40,11 +40,13 @@ This module imports no training code, so the command starts fast.
 from __future__ import annotations
 
 import contextlib
+import time
 from pathlib import Path
 from typing import Callable
 
 import jax
 import numpy as np
+from jax._src import dispatch  # the compile events' names (jax.monitoring has no public constants)
 
 from fgjax import kernels, processes
 from fgjax.analysis import TableWriters, analyze_scanned
@@ -71,15 +73,47 @@ def final_state_counts(state: np.ndarray) -> dict[str, int]:
     return {name: int(c) for name, c in zip(kernels.STATE_NAMES, counts) if name != "none"}
 
 
+class _CompileClock:
+    """Seconds JAX spends tracing, lowering and compiling while active (``jax.monitoring`` events)."""
+
+    EVENTS = (dispatch.JAXPR_TRACE_EVENT, dispatch.JAXPR_TO_MLIR_MODULE_EVENT, dispatch.BACKEND_COMPILE_EVENT)
+
+    def __init__(self):
+        self.seconds = 0.0
+
+    def _listen(self, event: str, duration: float, **_) -> None:
+        if event in self.EVENTS:
+            self.seconds += duration
+
+    def __enter__(self) -> "_CompileClock":
+        jax.monitoring.register_event_duration_secs_listener(self._listen)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        jax.monitoring.unregister_event_duration_listener(self._listen)
+
+
+def stage_summary(times: dict[str, float]) -> str:
+    """The one line a run reports about where its time went."""
+    return (f"time: pass 1 {times['pass1_s']:.1f} s (read, row rules, vocabularies, spill); pass 2 "
+            f"{times['pass2_s']:.1f} s (compiling {times['compile_s']:.1f} s; beside the step, in threads: "
+            f"windows decoded {times['decode_s']:.1f} s, tables written {times['write_s']:.1f} s); "
+            f"plot {times['plot_s']:.1f} s")
+
+
 def analyze_log(
-    config: Config, out: str | Path, report: Reporter = _quiet, progress: bool = True, *, overwrite: bool = False
+    config: Config, out: str | Path, report: Reporter = _quiet, progress: bool = True, *, overwrite: bool = False,
+    timings: dict[str, float] | None = None,
 ) -> tuple[int, int]:
     """Forgetting analysis of every event of ``config.data`` (see the module docstring).
 
     Writes ``out/forgetting.parquet`` (per user and window), ``out/states.parquet``
     (per state change, with evidence), ``out/rejects.parquet`` and ``out/plots/forgetting.png``;
     returns the rows of the two tables (of every process with ``analysis.distributed``).
+    ``timings``, if given, receives the wall seconds per stage (``stage_summary``; one process's with
+    several).
     """
+    times = {} if timings is None else timings
     if not config.data.path:
         raise ConfigError("data.path is empty: set it with --set data.path=EVENTS (file, directory or glob)")
     out = Path(out).absolute()
@@ -90,25 +124,34 @@ def analyze_log(
     with run_folder(out, "analyze", to_dict(config), overwrite=overwrite) as stage:
         shown = shown_as_final(report, stage, out)
         window_seconds = config.analysis.window_seconds
+        clock = time.perf_counter()
         with scan_log(config.data, window_seconds, rejects_path=stage / "rejects.parquet",
                       spill_parent=stage) as scanned:
+            times["pass1_s"] = time.perf_counter() - clock
             shown(f"pass 1: {scanned.report.rows_read:,} rows read, {scanned.num_users:,} users, "
                   f"{len(scanned.items):,} items, {scanned.num_windows:,} windows")
             window_start = scanned.origin + np.arange(scanned.num_windows) * window_seconds
             top = min(config.analysis.top_interests, len(scanned.categories or ()))
             writers = TableWriters(stage, scanned.users, scanned.categories, window_start, max(top, 1))
-            try:
-                result = analyze_scanned(config, scanned, writers, progress=progress)
-            finally:  # the writer thread stops either way (a failed run's stage folder is discarded)
-                rows = writers.close()
+            clock = time.perf_counter()
+            with _CompileClock() as compiling:
+                try:
+                    result = analyze_scanned(config, scanned, writers, progress=progress)
+                finally:  # the writer thread stops either way (a failed run's stage folder is discarded)
+                    rows = writers.close()
+            times.update(pass2_s=time.perf_counter() - clock, compile_s=compiling.seconds,
+                         decode_s=scanned.decode_seconds, write_s=writers.seconds)
             shown(scanned.report.summary())
         if result.events_without_interest:
             shown(f"analysis: {result.events_without_interest:,} events skipped, their items have no category")
+        clock = time.perf_counter()
         (stage / "plots").mkdir(exist_ok=True)
         sampled = writers.plot_degree().shape[1]
         plot_forgetting(writers.plot_degree(), window_start, stage / "plots" / "forgetting.png",
                         sample_note="" if sampled == scanned.num_users else f"{sampled:,} sampled users")
+        times["plot_s"] = time.perf_counter() - clock
         shown(f"forgetting: {scanned.num_windows} windows; final states {final_state_counts(result.state)}")
+        shown(stage_summary(times))
     return rows["forgetting"], rows["states"]
 
 

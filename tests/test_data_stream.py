@@ -12,6 +12,8 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from fgjax.analysis import analyze, window_index, write_forgetting, write_states
 from fgjax.analysis_job import analyze_log
@@ -158,3 +160,18 @@ def test_a_streamed_run_compiles_at_most_three_programs(generated, tmp_path):
     assert 1 <= len(compiled) <= 3, compiled
     assert sorted(compiled) == ["Compiling jit(_gather_changes)", "Compiling jit(init_carry)",
                                 "Compiling jit(window_step)"]
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(0, 400), st.integers(1, 6), st.integers(0, 2**31 - 1))
+def test_window_duplicates_equal_the_readers_rule(n, spread, seed):
+    """The hashed duplicate check marks exactly the rows ``duplicate_mask`` marks (later copies, in read order),
+    with many collisions of some keys and none of others."""
+    from fgjax.data.reader import duplicate_mask
+    from fgjax.data.stream import _duplicates
+
+    rng = np.random.default_rng(seed)
+    user, item = rng.integers(0, spread, n).astype(np.int32), rng.integers(0, spread, n).astype(np.int32)
+    seconds = 1.7e9 + rng.integers(0, spread, n) * 0.5
+    event = rng.integers(0, 2, n).astype(np.int32)
+    np.testing.assert_array_equal(_duplicates(user, item, seconds, event), duplicate_mask(user, item, seconds, event))

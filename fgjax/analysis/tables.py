@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import collections
+import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
@@ -108,16 +109,22 @@ def _state_rows(users: Vocabulary, categories: Vocabulary, changes: dict[str, np
             "F", "F_threshold", "f_k", "p", "silence", "silence_limit", "rate", "recent", "expected_recent", "trend",
             "dispersion", "period", "period_strength")})
         c["F_alarm"] = np.zeros(0, bool)
+    # Plain strings (Parquet stores them as dictionary pages): Arrow dictionary columns would be cheaper
+    # to build, but pyarrow cannot sort a table by them, which users of this table do.
     names = pa.array(kernels.STATE_NAMES, pa.string())
+
+    def coded(codes, values: pa.Array) -> pa.Array:
+        return values.take(pa.array(np.asarray(codes, np.int32)))
+
     last = np.asarray(c["last_active"])
     f32 = lambda name: pa.array(np.asarray(c[name], np.float32), pa.float32())  # noqa: E731
     return pa.table({
         "user_id": users.decode(c["user"]),
-        "interest": categories.decode(c["interest"]),
+        "interest": coded(c["interest"], categories.values),
         "window": pa.array(c["window"], pa.int32()),
         "window_start": _timestamps(window_start[c["window"]]),
-        "state": names.take(pa.array(np.asarray(c["state"], np.int32))),
-        "previous_state": names.take(pa.array(np.asarray(c["previous_state"], np.int32))),
+        "state": coded(c["state"], names),
+        "previous_state": coded(c["previous_state"], names),
         "F": f32("F"),
         "F_threshold": f32("F_threshold"),
         "F_alarm": pa.array(np.asarray(c["F_alarm"], bool)),
@@ -170,6 +177,7 @@ class TableWriters:
         rng = np.random.default_rng(seed)
         self.sample = np.sort(rng.choice(len(users), min(plot_users, len(users)), replace=False))
         self._degree = np.full((len(self.window_start), len(self.sample)), np.nan, np.float32)
+        self.seconds = 0.0  # the writer thread's busy time
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fgjax-tables")
         self._pending: collections.deque[Future] = collections.deque()
 
@@ -200,6 +208,11 @@ class TableWriters:
             self._pending.popleft().result()  # bounded memory; a writer error surfaces here
 
     def _window(self, t: int, output, changed: dict[str, np.ndarray] | None) -> None:
+        started = time.perf_counter()
+        self._rows_of(t, output, changed)
+        self.seconds += time.perf_counter() - started
+
+    def _rows_of(self, t: int, output, changed: dict[str, np.ndarray] | None) -> None:
         self.started |= output.top_probs[:, 0] > 0
         user = np.flatnonzero(self.started)
         win = np.full(len(user), t, np.int64)

@@ -94,9 +94,13 @@ def window_params(config: AnalysisConfig) -> WindowParams:
     """The numbers of ``config`` (``analysis``) as a pytree of float32 scalars."""
     # Python floats on the host (kernels.decay_factors validates the half-life); arrays from here on.
     decay, inv_tau = kernels.decay_factors(1.0, config.half_life_windows, reset_each_window=config.reset_each_window)
-    # NumPy scalars, not jnp ones: creating each jnp scalar would compile a conversion (a run then
-    # compiles only its window step and its gather).
-    scalar = functools.partial(np.asarray, dtype=np.float32)
+    # Device arrays put from NumPy, not made by jnp: each jnp scalar would compile a conversion (a run then
+    # compiles only its window step and its gather), and plain NumPy leaves would make a jitted function
+    # compile again for a sweep that passes jnp values.
+
+    def scalar(value) -> jax.Array:
+        return jax.device_put(np.asarray(value, np.float32))
+
     d = config.detector
     return WindowParams(
         alpha=scalar(config.alpha),

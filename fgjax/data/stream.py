@@ -36,6 +36,7 @@ from __future__ import annotations
 import dataclasses
 import shutil
 import tempfile
+import time
 from pathlib import Path
 from typing import Iterator, NamedTuple
 
@@ -143,6 +144,7 @@ class ScannedLog:
         self._kept_types = np.zeros(0, np.int64)
         self._used = int(window_rows.sum())
         self._done = False
+        self.decode_seconds = 0.0  # pass 2's host work: mapping, encoding, duplicates (``windows``)
         self.report = self._report(rejects_path=None)
 
     @property
@@ -202,6 +204,7 @@ class ScannedLog:
             # The spill is memory-mapped for one window at a time: the window's rows are copied out, and
             # unmapping drops the pages read from this process's resident memory (a map kept open for the
             # whole run would count every spilled page in the peak RSS, growing with the events).
+            started = time.perf_counter()
             maps = {f: pa.memory_map(str(self._files[f])) for f, *_ in by_group.get(self.first_group + t, [])}
             try:
                 readers = {f: ipc.open_file(m) for f, m in maps.items()}
@@ -212,6 +215,7 @@ class ScannedLog:
             finally:
                 for m in maps.values():
                     m.close()
+            self.decode_seconds += time.perf_counter() - started
             yield rows
         self._finish()
 
@@ -226,7 +230,7 @@ class ScannedLog:
 
         seconds, weight, event = column("seconds"), column("weight"), column("event")
         if self._config.drop_duplicates and len(user) > 1:
-            dup = reader.duplicate_mask(user, item, seconds, event)
+            dup = _duplicates(user, item, seconds, event)
             if dup.any():
                 self._tally.counts[reader.REASONS.index("duplicate")] += int(dup.sum())
                 self._duplicates.append((column("source")[dup], column("row")[dup]))
@@ -255,6 +259,28 @@ class ScannedLog:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _duplicates(user: np.ndarray, item: np.ndarray, seconds: np.ndarray, event: np.ndarray) -> np.ndarray:
+    """``reader.duplicate_mask`` (True for a row equal on all four keys to an earlier row), 5-10x cheaper:
+    one sort of a 64-bit hash of the keys finds the few rows that could be duplicates, and only those go
+    through the exact four-key comparison (equal rows have equal hashes; collisions are sorted out there)."""
+    with np.errstate(over="ignore"):
+        h = (user.astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15)
+             ^ item.astype(np.uint64) * np.uint64(0xC2B2AE3D27D4EB4F)
+             ^ seconds.view(np.uint64) * np.uint64(0x165667B19E3779F9)
+             ^ event.astype(np.uint64) * np.uint64(0x27D4EB2F165667C5))
+    order = np.argsort(h)
+    same = h[order][1:] == h[order][:-1]
+    mask = np.zeros(len(h), bool)
+    if not same.any():
+        return mask
+    candidates = np.zeros(len(h), bool)
+    candidates[order[1:][same]] = True
+    candidates[order[:-1][same]] = True
+    where = np.flatnonzero(candidates)  # read order kept: the first of equal rows stays
+    mask[where] = reader.duplicate_mask(user[where], item[where], seconds[where], event[where])
+    return mask
 
 
 def _spill_schema(user: pa.DataType, item: pa.DataType) -> pa.Schema:
