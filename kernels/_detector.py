@@ -67,20 +67,23 @@ _NEVER = -1  # last_active before any activity
 CAL_BINS = 128  # the calibration histogram: surprise in [0, CAL_BINS * CAL_WIDTH)
 CAL_WIDTH = 0.25
 CAL_AGES = (4.0, 12.0, 36.0)  # calibration classes by windows of history: young interests are judged apart
-# On a CPU the (users, K, T) features are taken this many (user, interest, window) cells at a time: each
-# float32 temporary is then 4 MB, which stays in cache between the passes over it (measured on a 2-core
-# EPYC with a 32 MB L3 at 20k users x 16 x 64: 1024 users a block was about 2x faster than all at once).
-CPU_FEATURE_CELLS = 1 << 20
+# On a CPU users are judged this many (user, interest, window) cells at a time: a float32 (B, K, T)
+# temporary is then 4 MB, and a (B, K) one 64 KB, which stay in cache between the passes over them
+# (measured on a 2-core EPYC with a 32 MB L3 at 20k users x 16 x 64: the features alone, 1024 users a
+# block, about 2x faster than all at once).
+CPU_CACHE_CELLS = 1 << 20
 # Where the DFT product's periodogram is within rounding of a decision, rfft decides (``_series_features``),
 # as it did before the DFT product: a tie of two candidate peaks within _TIE of the peak's power, or a strength
 # within _NEAR of min_strength. Measured over 3M random series (T = 8, 16, 64; rates 0.1 to 200, periodic,
 # masked, rotated), the two differ by at most 1.7e-6 of the peak's power and 3e-7 in strength: 10x margins.
 _TIE = 2e-5
 _NEAR = 3e-6
-# Up to this many ambiguous (user, interest) rows in a block, rfft runs on those rows alone, gathered into
-# this many rows: XLA sums a row's periodogram in another order below 128 rows (on a CPU, jax 0.10), and the
-# rounding of the strength is what decides on the boundary, so the batch is as large as any block's.
-_FEW = 128
+# XLA (CPU, jax 0.10) sums a row's periodogram in another order in arrays of fewer than _ROWS rows than in
+# larger ones, and on the boundary that rounding is what decides. The rfft that decides ambiguous rows runs
+# where the one before ran: on the whole input when it has fewer rows (it is then one block), else on at
+# least _ROWS rows: the ambiguous ones alone, gathered into _FEW rows, or the whole block past _FEW of them.
+_ROWS = 128
+_FEW = 512
 
 
 class DetectorParams(NamedTuple):
@@ -560,7 +563,7 @@ def _in_blocks(part, rows: int, size: int):
 
 
 def _series_features(
-    counts: Array, age: Array, alive: Array, span: Array, min_strength: ArrayLike, periodogram: str,
+    counts: Array, age: Array, alive: Array, span: Array, min_strength: ArrayLike, periodogram: str, small: bool,
 ) -> tuple[Array, Array, Array, Array]:
     """What the judgment reads of the ring buffer, read as it lies (slot order, ages by index arithmetic).
 
@@ -576,6 +579,8 @@ def _series_features(
         rounding of ``min_strength``; those rows alone when there are at most ``_FEW`` in the block,
         else the whole block): there ``rfft``'s rounding decided before, so it still does, and the
         decisions are those of ``"fft"``.
+      small: the whole input has fewer than ``_ROWS`` rows (and is this block): ambiguous rows are
+        decided on the whole block, not gathered (``_ROWS``).
 
     Returns ``(recent, weighted, period, strength)``: the events of the recent
     span, the same weighted by their position (T - 1 - age, oldest first), and
@@ -612,9 +617,11 @@ def _series_features(
                 flat(strength).at[rows].set(s, mode="drop").reshape(strength.shape))
 
     def exact(_):
-        if cells <= _FEW:
+        if small:
             return by_fft(y, alive)
-        return lax.cond(count <= _FEW, few, lambda _: by_fft(y, alive), None)
+        if cells <= _FEW:
+            return few(None)
+        return lax.cond(count > _FEW, lambda _: by_fft(y, alive), few, None)
 
     period, strength = lax.cond(count > 0, exact, lambda _: (period, strength), None)
     return recent, weighted, period, strength
@@ -648,8 +655,8 @@ def _drop_tails(k: Array, mean: Array, fade_share: ArrayLike, may: Array, level:
 
 
 def _judge(
-    raw: Array, age: Array, b: _Block, kappa: Array, params: DetectorParams, with_limits: bool, feature_block: int,
-    periodogram: str,
+    raw: Array, age: Array, b: _Block, kappa: Array, params: DetectorParams, with_limits: bool, periodogram: str,
+    small: bool,
 ) -> dict[str, Array]:
     """The time-series features, both tests and the state machine for one block.
 
@@ -657,8 +664,7 @@ def _judge(
       raw: ``(B, K, T)`` uint8 the block's ring buffer slots (after this window's write).
       age: ``(T,)`` int32 age of each slot (0 = this window).
       kappa: ``(classes,)`` the population's calibration per class of history.
-      feature_block: users whose ``(K, T)`` features are taken at a time (cache-sized on a CPU).
-      periodogram: ``"dft"`` or ``"fft"`` (``_series_features``).
+      periodogram, small: how the dominant period is found (``_series_features``).
     """
     length = raw.shape[-1]
     active = b.counts > 0
@@ -669,11 +675,8 @@ def _judge(
     span = jnp.clip(jnp.ceil(params.drop_events / jnp.maximum(rate, 1e-3)), params.recent_windows, length // 2)
     span = span.astype(jnp.int32)
 
-    def features(start, size):
-        rows = lambda a: lax.dynamic_slice_in_dim(a, start, size, axis=0)  # noqa: E731
-        return _series_features(rows(raw), age, rows(b.alive), rows(span), params.min_strength, periodogram)
-
-    recent, weighted, period, strength = _in_blocks(features, raw.shape[0], feature_block)
+    recent, weighted, period, strength = _series_features(raw, age, b.alive, span, params.min_strength,
+                                                          periodogram, small)
     # The recent span is the last n windows (of those lived): its positions are consecutive, so the
     # least-squares slope needs only the sums of the counts and of the counts times their positions
     # (exact in float32: counts and positions are integers, the centre a multiple of 1/2).
@@ -765,7 +768,7 @@ def detector_update(
     *,
     user_block: int | None = None,
     with_limits: bool = True,
-    feature_block: int | None = None,
+    cache_block: int | None = None,
     periodogram: str | None = None,
 ) -> tuple[DetectorState, DetectorOutput]:
     """Close one window for every (user, interest).
@@ -778,11 +781,12 @@ def detector_update(
       user_block: judge this many users at a time (a ``fori_loop`` over
         blocks) so the temporaries are bounded by a block instead of growing
         with the users; None = all at once. Results do not depend on it.
-      feature_block: within a block, take the ``(K, T)`` features (the recent
-        span's sums and the periodogram, about 1 KB of temporaries per (user,
-        interest) at T = 64) this many users at a time; None = cache-sized
-        blocks on a CPU (``CPU_FEATURE_CELLS``), the whole block elsewhere.
-        Results do not depend on it.
+      cache_block: judge at most this many users at a time, also within a
+        user block, so that the temporaries (about 1 KB per (user,
+        interest) at T = 64: the ring's features, then the judgment's
+        dozens of per-pair values) stay in cache between the passes over
+        them; None = cache-sized blocks on a CPU (``CPU_CACHE_CELLS``), no
+        limit elsewhere. Results do not depend on it.
       periodogram: how the dominant period is found: ``"dft"`` (a DFT
         product over the ring as it lies, with ``rfft`` where a decision is
         within rounding; the default on a CPU, where it is cheaper) or
@@ -831,10 +835,11 @@ def detector_update(
 
     age = activity_buffer_ages(buffer)  # slot -> windows ago: the ring is read as it lies, never rolled
     size = num_users if user_block is None else min(user_block, num_users)
-    if feature_block is None:
+    small = size * num_interests < _ROWS  # few rows: one block, never split (see _ROWS)
+    if cache_block is None:
         cells = num_interests * length
-        feature_block = max(1, CPU_FEATURE_CELLS // cells) if jax.default_backend() == "cpu" else size
-    feature_block = min(feature_block, size)
+        cache_block = max(1, CPU_CACHE_CELLS // cells) if jax.default_backend() == "cpu" else size
+    size = size if small else min(cache_block, size)
     if periodogram is None:
         periodogram = "dft" if jax.default_backend() == "cpu" else "fft"
     if periodogram not in ("dft", "fft"):
@@ -843,7 +848,7 @@ def detector_update(
     def judge(start, size):
         rows = jax.tree.map(lambda a: lax.dynamic_slice_in_dim(a, start, size, axis=0), block)
         raw = lax.dynamic_slice_in_dim(buffer.counts, start, size, axis=0)  # (size, K, T) uint8
-        return _judge(raw, age, rows, kappa, params, with_limits, feature_block, periodogram)
+        return _judge(raw, age, rows, kappa, params, with_limits, periodogram, small)
 
     judged = _in_blocks(judge, num_users, size)
     code = judged["state"]

@@ -234,20 +234,20 @@ def _assert_same_period(new_period, old, series, alive, where):
 _STEPS: dict = {}
 
 
-def _steps(with_limits: bool, user_block: int | None, feature_block: int | None, periodogram: str | None):
+def _steps(with_limits: bool, user_block: int | None, cache_block: int | None, periodogram: str | None):
     """The jitted new and reference updates (params traced), compiled once per shape and options."""
-    key = (with_limits, user_block, feature_block, periodogram)
+    key = (with_limits, user_block, cache_block, periodogram)
     if key not in _STEPS:
         _STEPS[key] = (
             jax.jit(lambda s, c, d, p: kernels.detector_update(s, c, d, p, with_limits=with_limits,
-                                                               user_block=user_block, feature_block=feature_block,
+                                                               user_block=user_block, cache_block=cache_block,
                                                                periodogram=periodogram)),
             jax.jit(lambda s, c, d, p: reference_update(s, c, d, p, with_limits=with_limits)),
         )
     return _STEPS[key]
 
 
-def run_both(counts: np.ndarray, T: int, params=P, *, with_limits=True, user_block=None, feature_block=None,
+def run_both(counts: np.ndarray, T: int, params=P, *, with_limits=True, user_block=None, cache_block=None,
              periodogram=None, degree=None) -> set[int]:
     """Old and new side by side on the same inputs every window; outputs and states compared each window.
 
@@ -255,7 +255,7 @@ def run_both(counts: np.ndarray, T: int, params=P, *, with_limits=True, user_blo
     windows, users, interests = counts.shape
     new_state = kernels.detector_init(users, interests, T)
     old_state = kernels.detector_init(users, interests, T)
-    new_step, old_step = _steps(with_limits, user_block, feature_block, periodogram)
+    new_step, old_step = _steps(with_limits, user_block, cache_block, periodogram)
     seen: set[int] = set()
     for w in range(windows):
         d = None if degree is None else degree[w]
@@ -290,11 +290,12 @@ def test_same_answers_as_before_over_150_windows(seed):
 
 
 def test_same_answers_with_a_short_ring_ragged_blocks_and_the_degree_alarm():
-    """A 16-window ring (wraps every 16 windows), user blocks of 7 and feature blocks of 3 over 23 users."""
-    counts = mixed_histories(2, windows=120, users=23, interests=3)
-    degree = np.random.default_rng(2).uniform(0, 1, size=(120, 23)).astype(np.float32)
+    """A 16-window ring (wraps every 16 windows), user blocks of 20 and cache blocks of 7 users over 50
+    (ragged), the degree alarm, both periodogram modes."""
+    counts = mixed_histories(2, windows=120, users=50, interests=3)
+    degree = np.random.default_rng(2).uniform(0, 1, size=(120, 50)).astype(np.float32)
     for periodogram in ("dft", "fft"):
-        seen = run_both(counts, 16, with_limits=False, user_block=7, feature_block=3, periodogram=periodogram,
+        seen = run_both(counts, 16, with_limits=False, user_block=20, cache_block=7, periodogram=periodogram,
                         degree=degree)
         assert {FORGOTTEN, REACTIVATED} <= seen
 
@@ -307,7 +308,8 @@ def test_same_answers_with_a_short_ring_ragged_blocks_and_the_degree_alarm():
     st.integers(0, 2**31 - 1),
 )
 def test_same_answers_on_random_patterns(pairs, false_alarm, seed):
-    """Property: any mix of rates, stops, pauses, periodic bursts and late starts, 60 windows, T = 8."""
+    """Property: any mix of rates, stops, pauses, periodic bursts and late starts, 60 windows, T = 8
+    (8 pairs: fewer than _ROWS, so one block)."""
     rng = np.random.default_rng(seed)
     t = np.arange(60)
     columns = []
@@ -316,7 +318,7 @@ def test_same_answers_on_random_patterns(pairs, false_alarm, seed):
                 0.5 ** (np.maximum(t - change, 0) / 3.0), t >= change][kind]
         columns.append(rng.poisson(rate * mult))
     counts = np.stack(columns, axis=1).astype(np.float32).reshape(60, 4, 2)
-    run_both(counts, 8, P._replace(false_alarm=false_alarm), with_limits=False, feature_block=3)
+    run_both(counts, 8, P._replace(false_alarm=false_alarm), with_limits=False, cache_block=3)
 
 
 @pytest.mark.parametrize("T", [8, 9, 16, 64])
