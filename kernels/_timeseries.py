@@ -8,12 +8,17 @@ over the last axis measured 37x faster than over the first for 10k users x
 it is one byte per (user, interest) against the T bytes read anyway.
 
 - ``ActivityBuffer`` with ``activity_buffer_init`` / ``activity_buffer_update``
-  / ``activity_buffer_ordered``: the last T windows of per-window counts,
-  stored as saturating ``uint8`` (10M users x 32 interests x 64 windows is
-  20 GB, which fits on one 80 GB accelerator; float32 would not).
+  / ``activity_buffer_ordered`` / ``activity_buffer_ages``: the last T windows
+  of per-window counts, stored as saturating ``uint8`` (10M users x 32
+  interests x 64 windows is 20 GB, which fits on one 80 GB accelerator;
+  float32 would not). The detector reads the ring in slot order, with each
+  slot's age from index arithmetic (``activity_buffer_ages``), instead of an
+  ordered copy.
 - ``trend_slope``: least-squares slope over the last W windows, with a mask.
 - ``dominant_period``: dominant period and its strength from the periodogram
-  (``rfft`` along time).
+  (``rfft`` along time); ``dft_period``: the same by a DFT product, for any
+  rotation of the series (a ring buffer in slot order), with where two peaks
+  tie to float32 rounding.
 - ``RunningMoments`` with ``running_moments_init`` / ``running_moments_update``
   and ``adaptive_threshold``: Welford mean/variance of a user's own history
   and the threshold ``mean + z * std``.
@@ -21,6 +26,7 @@ it is one byte per (user, interest) against the T bytes read anyway.
 
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
 import jax.numpy as jnp
@@ -67,6 +73,17 @@ def activity_buffer_ordered(buffer: ActivityBuffer) -> Array:
     return jnp.roll(buffer.counts, -(buffer.windows % length), axis=-1).astype(jnp.float32)
 
 
+def activity_buffer_ages(buffer: ActivityBuffer) -> Array:
+    """``(T,)`` int32 age of each slot in windows: 0 = the newest window written, T - 1 = the oldest.
+
+    ``buffer.counts[..., s]`` is the count of ``age[s]`` windows ago, so masks
+    by age (the last n windows, the windows since first activity) apply to the
+    ring as it lies, without ``activity_buffer_ordered``'s copy.
+    """
+    length = buffer.counts.shape[-1]
+    return (buffer.windows - 1 - jnp.arange(length, dtype=jnp.int32)) % length
+
+
 def trend_slope(series: ArrayLike, valid: ArrayLike | None = None) -> Array:
     """Least-squares slope per step of ``series`` ``(..., W)`` along time (the last axis).
 
@@ -88,6 +105,19 @@ def trend_slope(series: ArrayLike, valid: ArrayLike | None = None) -> Array:
     sxx = (m * (x - mean_x) ** 2).sum(-1)
     sxy = (m * (x - mean_x) * (y - mean_y)).sum(-1)
     return jnp.where((n >= 2) & (sxx > 0), sxy / jnp.where(sxx > 0, sxx, 1.0), 0.0)
+
+
+def dft_basis(length: int) -> Array:
+    """``(T, 2 * (T // 2))`` float32 ``cos`` then ``sin`` of ``2 pi j t / T`` for t < T, j = 1 .. T // 2.
+
+    ``x @ dft_basis(T)`` is the real and the (negated) imaginary part of the
+    DFT of ``x`` at the non-zero frequencies ``rfft`` returns. A constant
+    (T is static): the angles are reduced modulo T in integers and their
+    sines and cosines taken in float64, then rounded to float32.
+    """
+    half = length // 2
+    angles = [[2.0 * math.pi * ((t * j) % length) / length for j in range(1, half + 1)] for t in range(length)]
+    return jnp.asarray([[math.cos(a) for a in row] + [math.sin(a) for a in row] for row in angles], jnp.float32)
 
 
 def dominant_period(series: ArrayLike, valid: ArrayLike | None = None, *, min_period: int = 2) -> tuple[Array, Array]:
@@ -123,6 +153,50 @@ def dominant_period(series: ArrayLike, valid: ArrayLike | None = None, *, min_pe
     period = jnp.where(has_power, length / j.astype(jnp.float32), 0.0)
     strength = jnp.where(has_power, peak / jnp.where(has_power, total, 1.0), 0.0)
     return period, strength
+
+
+def dft_period(
+    series: ArrayLike, valid: ArrayLike | None = None, *, min_period: int = 2, tie: float = 1e-4
+) -> tuple[Array, Array, Array]:
+    """``dominant_period`` by a DFT product instead of ``rfft``, for any rotation of the series.
+
+    The power ``|DFT|^2`` does not depend on where the T points start (a
+    rotation only turns each coefficient's phase), so a ring buffer can be
+    passed in slot order with its mask by age, without an ordered copy. The
+    DFT is one matrix product with ``dft_basis`` (at full float32 precision,
+    also on accelerators); on a CPU it costs less than ``rfft`` over T = 64
+    points. Its period and strength are ``dominant_period``'s to float32
+    rounding: the strength to about 1e-6 relative, and the period exactly
+    unless two candidate peaks tie to rounding (then either may be called the
+    peak, by ``rfft``'s rounding or by this one's).
+
+    Returns:
+      ``(period, strength, tied)``: ``tied`` (bool) where another candidate's
+      power is within ``tie`` (relative) of the peak's.
+    """
+    y = jnp.asarray(series, jnp.float32)
+    length = y.shape[-1]
+    if min_period < 2 or length < min_period:
+        raise ValueError(f"dft_period needs min_period >= 2 and T >= min_period; got T={length}, "
+                         f"min_period={min_period}")
+    if valid is None:
+        centered = y - y.sum(-1, keepdims=True) / length
+    else:
+        m = jnp.broadcast_to(jnp.asarray(valid, bool), y.shape)
+        mean = jnp.where(m, y, 0.0).sum(-1, keepdims=True) / jnp.maximum(m.sum(-1, keepdims=True), 1).astype(y.dtype)
+        centered = jnp.where(m, y - mean, 0.0)
+    half = length // 2
+    parts = jnp.matmul(centered, dft_basis(length), precision=lax.Precision.HIGHEST)  # (..., 2 * half)
+    power = parts[..., :half] ** 2 + parts[..., half:] ** 2  # frequencies 1 .. T // 2
+    total = power.sum(-1)
+    candidates = power[..., : length // min_period]
+    j = jnp.argmax(candidates, axis=-1) + 1
+    peak = jnp.max(candidates, axis=-1)
+    has_power = total > 1e-12 * jnp.maximum(1.0, (centered**2).sum(-1) * length)
+    period = jnp.where(has_power, length / j.astype(jnp.float32), 0.0)
+    strength = jnp.where(has_power, peak / jnp.where(has_power, total, 1.0), 0.0)
+    tied = has_power & (jnp.sum(candidates >= (1.0 - tie) * peak[..., None], axis=-1) > 1)
+    return period, strength, tied
 
 
 class RunningMoments(NamedTuple):
