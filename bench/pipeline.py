@@ -25,6 +25,8 @@ The product path beside the script a user would write, on the same files:
   category), the decayed state I (same half-life), the seed's F and the top
   interest per user, one Parquet table per (user, window) from the user's first
   event; no detector, no states, no rejects;
+- ``numpy_process``: the same script in a fresh process (interpreter and imports
+  included, as a user runs it), with its peak RSS;
 - ``cli_level`` / ``cli_adaptive``: ``fgjax analyze`` as the CLI runs it
   (``fgjax.analysis_job.analyze_log``: two passes, the first reading with every
   data rule and rejects and building the vocabularies, the second streaming the
@@ -32,7 +34,10 @@ The product path beside the script a user would write, on the same files:
   ``states.parquet`` window by window), with the level rule and with the adaptive detector, each
   in a fresh process (compilation included, as a user pays it).
 
-``cli_*_vs_numpy`` = the CLI's seconds / the script's (1.0 = as fast).
+``cli_*_vs_numpy`` = the CLI's seconds / the in-process script's (1.0 = as fast);
+``cli_*_vs_numpy_process`` and ``cli_*_rss_vs_numpy``: against the script in a
+fresh process, seconds and peak RSS (issue 14's targets: level <= 1x,
+adaptive <= 3x, RSS <= 1.5x).
 """
 
 from __future__ import annotations
@@ -151,6 +156,52 @@ def numpy_script(paths, item_category: np.ndarray, *, window_seconds: float, hal
     return rows
 
 
+NUMPY_PROBE = """
+import json, sys, time
+import numpy as np
+import pyarrow.parquet as pq
+from bench.pipeline import numpy_script, peak_rss_bytes
+items = pq.read_table(sys.argv[2])
+category = np.full(int(items.column("item_id").to_numpy().max()) + 1, -1, np.int32)
+category[items.column("item_id").to_numpy()] = items.column("category").to_numpy()
+started = time.perf_counter()
+rows = numpy_script(sorted(__import__("glob").glob(sys.argv[1] + "/*.parquet")), category,
+                    window_seconds=float(sys.argv[4]), half_life_windows=float(sys.argv[5]), out=sys.argv[3])
+print("RESULT" + json.dumps({"seconds": time.perf_counter() - started, "rows": rows, "peak_rss_bytes": peak_rss_bytes()}))
+"""
+
+
+def peak_rss_bytes() -> int:
+    """This process's peak resident memory: VmHWM, not ru_maxrss (Linux carries ru_maxrss over fork + exec,
+    so a child of a big parent would report the parent's peak)."""
+    import resource
+
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def numpy_process(folder: Path, items_path: Path, out: Path, window_seconds: float, half_life: float) -> dict:
+    """The NumPy script in a fresh process, as a user runs it: wall seconds (interpreter and imports
+    included), its own seconds, its peak RSS."""
+    import json
+    import subprocess
+    import sys
+
+    started = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-c", NUMPY_PROBE, str(folder), str(items_path), str(out),
+                           str(window_seconds), str(half_life)], capture_output=True, text=True, timeout=3600,
+                          cwd=str(Path(__file__).resolve().parent.parent))
+    wall = time.perf_counter() - started
+    if proc.returncode:
+        raise RuntimeError(f"the NumPy script failed: {proc.stderr[-2000:]}")
+    result = json.loads(proc.stdout.split("RESULT", 1)[1])
+    return {"wall_s": wall, "in_process_s": result["seconds"], "rows": result["rows"],
+            "peak_rss_bytes": result["peak_rss_bytes"]}
+
+
 CLI_PROBE = """
 import json, resource, sys, time
 started = time.perf_counter()
@@ -158,13 +209,9 @@ from fgjax import analysis_job
 from fgjax.config import load_config
 config = load_config(None, sys.argv[3:])
 rows = analysis_job.analyze_log(config, sys.argv[1], progress=False)
-# VmHWM, not ru_maxrss: Linux carries ru_maxrss over fork + exec, so a child of a big parent would report the
-# parent's peak; VmHWM belongs to this process's own address space.
-with open("/proc/self/status") as status:
-    peak = next((int(line.split()[1]) * 1024 for line in status if line.startswith("VmHWM:")), None)
-if peak is None:
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-print("RESULT" + json.dumps({"seconds": time.perf_counter() - started, "rows": list(rows), "peak_rss_bytes": peak}))
+from bench.pipeline import peak_rss_bytes
+print("RESULT" + json.dumps({"seconds": time.perf_counter() - started, "rows": list(rows),
+                             "peak_rss_bytes": peak_rss_bytes()}))
 """
 
 
@@ -180,7 +227,7 @@ def cli_analyze(folder: Path, items_path: Path, out: Path, detector: str, window
             f"analysis.window_seconds={window_seconds}", f"analysis.detector.kind={detector}"]
     started = time.perf_counter()
     proc = subprocess.run([sys.executable, "-c", CLI_PROBE, str(out), "-", *sets], capture_output=True, text=True,
-                          timeout=3600)
+                          timeout=3600, cwd=str(Path(__file__).resolve().parent.parent))
     wall = time.perf_counter() - started
     if proc.returncode:
         raise RuntimeError(f"fgjax analyze ({detector}) failed: {proc.stderr[-2000:]}")
@@ -253,6 +300,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                                  "category": item_category.astype(np.int64)}), items_path)
         # Smoke (the test suite) runs the level rule only: each fresh process compiles its whole run.
         kinds = ("level",) if args.scale == "smoke" else ("level", "adaptive")
+        numpy_fresh = numpy_process(paths[0].parent, items_path, Path(tmp) / "numpy_fresh.parquet",
+                                    cfg.window_seconds, cfg.half_life_windows)
         cli = {kind: cli_analyze(paths[0].parent, items_path, Path(tmp) / f"cli_{kind}", kind, cfg.window_seconds)
                for kind in kinds}
     total = analysis_s + recommend_s
@@ -263,15 +312,23 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "events_per_s": rows / total, "users_per_s": size["users"] / total,
         "vs_raw_scan": (rows / total) / (rows / raw_s), "analysis_vs_raw_scan": raw_s / analysis_s,
         "prefetch_speedup": unprefetched_s / analysis_s, "recommendations_shape": list(top.shape),
-        "numpy_script_s": numpy_s, "numpy_script_rows": numpy_rows, "cli": cli,
+        "numpy_script_s": numpy_s, "numpy_script_rows": numpy_rows, "numpy_process": numpy_fresh, "cli": cli,
         **{f"cli_{kind}_vs_numpy": run["wall_s"] / numpy_s for kind, run in cli.items()},
+        # Both in fresh processes, interpreter and imports included: the user's view.
+        **{f"cli_{kind}_vs_numpy_process": run["wall_s"] / numpy_fresh["wall_s"] for kind, run in cli.items()},
+        **{f"cli_{kind}_rss_vs_numpy": run["peak_rss_bytes"] / numpy_fresh["peak_rss_bytes"]
+           for kind, run in cli.items()},
         "memory": {"peak_host_rss_bytes": _report.peak_host_rss_bytes(), "device": _report.device_memory()},
     })
     payload["summary"] = {k: payload[k] for k in ("total_s", "events_per_s", "users_per_s", "vs_raw_scan",
                                                   "analysis_vs_raw_scan", "prefetch_speedup", "numpy_script_s")}
-    payload["summary"].update({f"cli_{kind}_vs_numpy": payload[f"cli_{kind}_vs_numpy"] for kind in cli})
-    print(f"numpy script {numpy_s:.2f}s; fgjax analyze in a fresh process: " + ", ".join(
-        f"{kind} {run['wall_s']:.2f}s ({payload[f'cli_{kind}_vs_numpy']:.1f}x)" for kind, run in cli.items()), flush=True)
+    payload["summary"].update({f"cli_{kind}_{what}": payload[f"cli_{kind}_{what}"] for kind in cli
+                               for what in ("vs_numpy", "vs_numpy_process", "rss_vs_numpy")})
+    print(f"numpy script {numpy_s:.2f}s (fresh process {numpy_fresh['wall_s']:.2f}s, "
+          f"{numpy_fresh['peak_rss_bytes'] / 1e9:.2f} GB); fgjax analyze in a fresh process: " + ", ".join(
+              f"{kind} {run['wall_s']:.2f}s ({payload[f'cli_{kind}_vs_numpy_process']:.1f}x), "
+              f"{run['peak_rss_bytes'] / 1e9:.2f} GB ({payload[f'cli_{kind}_rss_vs_numpy']:.1f}x)"
+              for kind, run in cli.items()), flush=True)
     row = {**payload, "users": size["users"]}
     cols = [("users", "users", ",d"), ("events", "events", ",d"), ("raw_scan_s", "raw scan s", ".3f"),
             ("analysis_s", "analysis s", ".3f"), ("analysis_unprefetched_s", "no prefetch s", ".3f"),
