@@ -183,27 +183,32 @@ def peak_rss_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
-def numpy_process(folder: Path, items_path: Path, out: Path, window_seconds: float, half_life: float) -> dict:
-    """The NumPy script in a fresh process, as a user runs it: wall seconds (interpreter and imports
-    included), its own seconds, its peak RSS."""
+def _fresh_process(code: str, args: list[str], what: str) -> dict[str, Any]:
+    """Run a probe (``code`` printing ``RESULT{json}``) in a fresh interpreter from the repository root:
+    wall seconds (interpreter and imports included), its own seconds, its rows and peak RSS."""
     import json
     import subprocess
     import sys
 
     started = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-c", NUMPY_PROBE, str(folder), str(items_path), str(out),
-                           str(window_seconds), str(half_life)], capture_output=True, text=True, timeout=3600,
+    proc = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=3600,
                           cwd=str(Path(__file__).resolve().parent.parent))
     wall = time.perf_counter() - started
     if proc.returncode:
-        raise RuntimeError(f"the NumPy script failed: {proc.stderr[-2000:]}")
+        raise RuntimeError(f"{what} failed: {proc.stderr[-2000:]}")
     result = json.loads(proc.stdout.split("RESULT", 1)[1])
     return {"wall_s": wall, "in_process_s": result["seconds"], "rows": result["rows"],
             "peak_rss_bytes": result["peak_rss_bytes"]}
 
 
+def numpy_process(folder: Path, items_path: Path, out: Path, window_seconds: float, half_life: float) -> dict:
+    """The NumPy script in a fresh process, as a user runs it (``_fresh_process``)."""
+    return _fresh_process(NUMPY_PROBE, [str(folder), str(items_path), str(out), str(window_seconds), str(half_life)],
+                          "the NumPy script")
+
+
 CLI_PROBE = """
-import json, resource, sys, time
+import json, sys, time
 started = time.perf_counter()
 from fgjax import analysis_job
 from fgjax.config import load_config
@@ -216,24 +221,11 @@ print("RESULT" + json.dumps({"seconds": time.perf_counter() - started, "rows": l
 
 
 def cli_analyze(folder: Path, items_path: Path, out: Path, detector: str, window_seconds: float) -> dict[str, Any]:
-    """``fgjax analyze`` on the shards in a fresh process: wall seconds (interpreter and imports included),
-    seconds from its first import, its peak RSS."""
-    import json
-    import subprocess
-    import sys
-
+    """``fgjax analyze`` on the shards in a fresh process (``_fresh_process``)."""
     sets = [f"data.path={folder}", f"data.items_path={items_path}", "data.format=parquet",
             "data.columns.user_id=user", "data.columns.item_id=item", "data.columns.weight=weight",
             f"analysis.window_seconds={window_seconds}", f"analysis.detector.kind={detector}"]
-    started = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-c", CLI_PROBE, str(out), "-", *sets], capture_output=True, text=True,
-                          timeout=3600, cwd=str(Path(__file__).resolve().parent.parent))
-    wall = time.perf_counter() - started
-    if proc.returncode:
-        raise RuntimeError(f"fgjax analyze ({detector}) failed: {proc.stderr[-2000:]}")
-    result = json.loads(proc.stdout.split("RESULT", 1)[1])
-    return {"wall_s": wall, "in_process_s": result["seconds"], "rows": result["rows"],
-            "peak_rss_bytes": result["peak_rss_bytes"]}
+    return _fresh_process(CLI_PROBE, [str(out), "-", *sets], f"fgjax analyze ({detector})")
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
