@@ -112,6 +112,9 @@ def test_whole_suite_at_smoke_scale_writes_every_benchmark(tmp_path, capsys):
     pipe = b["pipeline"]
     assert pipe["numpy_script_rows"] > 0 and pipe["numpy_script_s"] > 0
     assert pipe["cli"]["level"]["rows"][0] > 0 and pipe["cli_level_vs_numpy"] > 0
+    # The script in its own process and fgjax analyze write one row per (user, window) from the user's first event.
+    assert pipe["numpy_process"]["rows"] == pipe["numpy_script_rows"] == pipe["cli"]["level"]["rows"][0]
+    assert pipe["numpy_process"]["peak_rss_bytes"] > 0 and pipe["cli_level_rss_vs_numpy"] > 0
     assert b["memory"]["summary"]["growth_with_data"] < 1.5 < b["memory"]["summary"]["parquet_growth"]
     # Timings on a shared CI machine are noise: the suite test checks that the exponents were fitted, the
     # benchmark reports their values (bench/RESULTS.md), never a timed assertion.

@@ -138,8 +138,10 @@ def test_streamed_analyze_writes_the_in_memory_tables(generated, tmp_path, detec
 
 def test_a_streamed_run_compiles_at_most_three_programs(generated, tmp_path):
     """The window step, the changed-row gather and the initial state: no program per bucket, field or scalar."""
+    # A spec no other test compiles (top 2 interests), so every program of the run is compiled here
+    # without dropping the worker's other compiled programs (jax.clear_caches would).
     config = load_config(None, [f"data.path={generated.events_dir}", f"data.items_path={generated.items_path}",
-                                "analysis.window_seconds=43200"])  # shapes no other test compiles
+                                "analysis.window_seconds=43200", "analysis.top_interests=2"])
     compiled: list[str] = []
 
     class Collect(logging.Handler):
@@ -150,7 +152,6 @@ def test_a_streamed_run_compiles_at_most_three_programs(generated, tmp_path):
 
     handler = Collect()
     logger = logging.getLogger("jax._src.interpreters.pxla")
-    jax.clear_caches()
     logger.addHandler(handler)
     try:
         with jax.log_compiles(True):

@@ -266,8 +266,9 @@ def run_both(counts: np.ndarray, T: int, params=P, *, with_limits=True, user_blo
                 _assert_same_period(new_out.period, old_out, series, alive, f"window {w}")
             elif getattr(old_out, name) is not None:
                 _close(f"window {w} {name}", getattr(new_out, name), getattr(old_out, name))
-        for path, leaf in jax.tree_util.tree_leaves_with_path(new_state):
-            _close(f"window {w} state{jax.tree_util.keystr(path)}", leaf, _leaf(old_state, path))
+        if w % 4 == 3 or w == windows - 1:  # the outputs every window; the whole state (host copies) every 4th
+            for path, leaf in jax.tree_util.tree_leaves_with_path(new_state):
+                _close(f"window {w} state{jax.tree_util.keystr(path)}", leaf, _leaf(old_state, path))
         seen |= set(np.unique(np.asarray(new_out.state)).tolist())
     return seen
 
@@ -290,17 +291,17 @@ def test_same_answers_as_before_over_150_windows(seed):
 
 
 def test_same_answers_with_a_short_ring_ragged_blocks_and_the_degree_alarm():
-    """A 16-window ring (wraps every 16 windows), user blocks of 20 and cache blocks of 7 users over 50
+    """A 16-window ring (80 windows: it wraps five times), user blocks of 20 and cache blocks of 7 users over 50
     (ragged), the degree alarm, both periodogram modes."""
-    counts = mixed_histories(2, windows=120, users=50, interests=3)
-    degree = np.random.default_rng(2).uniform(0, 1, size=(120, 50)).astype(np.float32)
+    counts = mixed_histories(2, windows=80, users=50, interests=3)
+    degree = np.random.default_rng(2).uniform(0, 1, size=(80, 50)).astype(np.float32)
     for periodogram in ("dft", "fft"):
         seen = run_both(counts, 16, with_limits=False, user_block=20, cache_block=7, periodogram=periodogram,
                         degree=degree)
         assert {FORGOTTEN, REACTIVATED} <= seen
 
 
-@settings(max_examples=12, deadline=None)
+@settings(max_examples=6, deadline=None)
 @given(
     st.lists(st.tuples(st.sampled_from([0.1, 0.5, 1.0, 3.0, 10.0, 300.0]), st.integers(0, 5), st.integers(2, 9),
                        st.integers(0, 59), st.integers(1, 30)), min_size=8, max_size=8),
