@@ -109,6 +109,36 @@ def trial_overrides(config, row: str) -> list[tuple[str, ...]]:
     return [tuple(t.strip() for t in trial.split(";") if t.strip()) for trial in trials]
 
 
+class Pruner:
+    """An epoch hook that stops a trial once it falls behind the leading trial's validation curve.
+
+    At each validation from epoch ``after_epochs`` on, the trial stops if its best val NDCG@10 so far is below the
+    leader's best by the same epoch (the leader's first validation if it has none that early). ``after_epochs`` 0:
+    never. ``pruned_at``: the epoch it stopped the trial at, or None.
+    """
+
+    KEY = "val_ndcg@10"
+
+    def __init__(self, leader: list[dict[str, Any]], after_epochs: int):
+        self.leader = [(h["epoch"], h[self.KEY]) for h in leader if self.KEY in h]
+        self.after_epochs = after_epochs
+        self.best = -math.inf
+        self.pruned_at: int | None = None
+
+    def __call__(self, record: dict[str, Any]) -> bool:
+        if self.KEY not in record:
+            return False
+        self.best = max(self.best, record[self.KEY])
+        epoch = record["epoch"]
+        if not self.after_epochs or epoch < self.after_epochs or not self.leader:
+            return False
+        leader_best = max([v for e, v in self.leader if e <= epoch] or [self.leader[0][1]])
+        if self.best < leader_best:
+            self.pruned_at = epoch
+            return True
+        return False
+
+
 def fit_row(config, log, protocol, row: str, model_name: str, changes: tuple[str, ...], inputs: dict,
             report) -> dict[str, Any]:
     """Train (or fit) one row's model on the protocol's training stage once per tuning trial; keep the trial with the
@@ -123,6 +153,7 @@ def fit_row(config, log, protocol, row: str, model_name: str, changes: tuple[str
     best = None
     trials = trial_overrides(config, row)
     spent = 0.0
+    pruned = 0
     for trial in trials:
         cfg = override(config, (f"model.name={model_name}", *changes, *trial))
         history_model = model_name in HISTORY_MODELS
@@ -134,12 +165,15 @@ def fit_row(config, log, protocol, row: str, model_name: str, changes: tuple[str
             examples = inputs["pairs"]
         validation = validation_from(val.users, val.targets, val.seen, sequences["train"] if history_model else None,
                                      num_items=log.num_items)
+        pruner = None if best is None else Pruner(best[2].history, config.quality.prune_after_epochs)
         result = train_examples(cfg, examples, validation, num_users=log.num_users, num_items=log.num_items,
-                                progress=False)
+                                progress=False, on_epoch_end=[pruner] if pruner else [])
         spent += result.seconds
         val_ndcg = max((h.get("val_ndcg@10", -1.0) for h in result.history), default=-1.0)
         report(f"[{protocol.name}] {row} {'; '.join(trial) or '(as configured)'}: {result.epochs} epochs "
-               f"(best {result.best_epoch}) in {result.seconds:.1f} s, val ndcg@10 {val_ndcg:.4f}")
+               f"(best {result.best_epoch}) in {result.seconds:.1f} s, val ndcg@10 {val_ndcg:.4f}"
+               + (" (pruned: behind the leading trial)" if pruner and pruner.pruned_at else ""))
+        pruned += bool(pruner and pruner.pruned_at)
         if best is None or val_ndcg > best[0]:
             best = (val_ndcg, trial, result)
     _, trial, result = best
@@ -150,7 +184,8 @@ def fit_row(config, log, protocol, row: str, model_name: str, changes: tuple[str
         score = {stage: Q.mlp_scores(result.graphdef, result.params, st.users) for stage, st in (("val", val),
                                                                                                 ("test", test))}
     training = {"train_seconds": round(result.seconds, 1), "epochs": result.epochs, "best_epoch": result.best_epoch,
-                "trials": len(trials), "chosen": "; ".join(trial), "tuning_seconds": round(spent, 1)}
+                "trials": len(trials), "chosen": "; ".join(trial), "tuning_seconds": round(spent, 1),
+                "pruned_trials": pruned}
     if model_name in SEQUENCE_MODELS:
         from fgjax.models.sequence import count_params
 

@@ -57,6 +57,7 @@ from ._state import (
     interest_state_update,
     window_contributions,
 )
+from ._softmax import DEFAULT_CHUNK, softmax_cross_entropy
 from ._states import (
     ACTIVE,
     DECLINING,
@@ -94,6 +95,7 @@ __all__ = [
     "ChangepointParams",
     "CusumState",
     "DECLINING",
+    "DEFAULT_CHUNK",
     "DetectorOutput",
     "DetectorParams",
     "DetectorState",
@@ -154,6 +156,7 @@ __all__ = [
     "silence_surprise",
     "sticky_alarms",
     "silence_threshold",
+    "softmax_cross_entropy",
     "threshold_states",
     "trend_slope",
     "window_contributions",

@@ -174,6 +174,18 @@ def test_selection_serves_the_best_epoch_and_patience_stops(tmp_path, small_log)
     assert again.resumed_from == stopped.steps and len(again.step_losses) == 0 and again.epochs == first_drop
 
 
+def test_an_epoch_hook_that_returns_true_stops_the_run(tmp_path, small_log):
+    split = leave_last_out(small_log.user, small_log.item, small_log.timestamp, small_log.num_users)
+    overrides = {"train.epochs": 6, "train.learning_rate": 0.05, "train.batch_size": 32}
+    seen = []
+    stopped = train(config_for(**overrides), small_log, split, tmp_path / "hooked", progress=False,
+                    on_epoch_end=[seen.append, lambda record: record["epoch"] == 3])
+    assert stopped.stopped_early and stopped.epochs == 3 and [h["epoch"] for h in seen] == [1, 2, 3]
+    full = train(config_for(**overrides), small_log, split, tmp_path / "full", progress=False)
+    assert not full.stopped_early and full.epochs == 6
+    assert full.history[:3] == [{**h, "seconds": f["seconds"]} for h, f in zip(stopped.history, full.history)]
+
+
 def test_sparse_tables_are_for_the_embedding_mlp(tmp_path, small_log):
     split = leave_last_out(small_log.user, small_log.item, small_log.timestamp, small_log.num_users)
     with pytest.raises(ConfigError, match="train.table_optimizer='row_adagrad' applies to model.name=embedding_mlp"):

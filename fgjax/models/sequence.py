@@ -51,6 +51,7 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 from jax import Array
+from fgjax.kernels import softmax_cross_entropy
 
 TIME_ENCODINGS = ("none", "interval", "decay")
 LOSSES = ("full_softmax", "sampled_softmax")
@@ -216,7 +217,9 @@ class TimeAwareSASRec(nnx.Module):
         valid = targets >= 0
         safe = jnp.where(valid, targets, 0)
         if self.loss_kind == "full_softmax":
-            per_position = optax.softmax_cross_entropy_with_integer_labels(hidden @ table.T, safe)
+            # Chunked: the (B * L, items) logits never sit in memory (fgjax.kernels.softmax_cross_entropy).
+            per_position = softmax_cross_entropy(hidden.reshape(-1, hidden.shape[-1]), table,
+                                                 safe.reshape(-1)).reshape(safe.shape)
         else:
             negs = jax.random.randint(k_neg, (self.sampled_negatives,), 0, table.shape[0])
             positive = jnp.sum(hidden * table[safe], axis=-1, keepdims=True)  # (B, L, 1)

@@ -73,7 +73,9 @@ DATA_AXIS = "data"
 VAL_K = 10
 
 Batch = Mapping[str, np.ndarray]
-EpochHook = Callable[[dict[str, Any]], None]
+#: Called with each epoch's record; returning True stops the run after that epoch, as patience running out does
+#: (``stopped_early``): how a tuner prunes a trial that falls behind (bench.quality).
+EpochHook = Callable[[dict[str, Any]], "bool | None"]
 
 
 class TrainState(NamedTuple):
@@ -126,7 +128,7 @@ class TrainResult:
       steps: global step count reached.
       resumed_from: step restored from a checkpoint, or None.
       best_epoch: epoch of ``params`` (0 if never validated).
-      epochs: epochs completed in total; stopped_early: patience ran out.
+      epochs: epochs completed in total; stopped_early: patience ran out (or an epoch hook stopped the run).
       seconds: wall time of this call.
       privacy: under ``train.privacy``, the ``PrivacyPlan`` (``to_json``) and ``epsilon`` spent; else None.
     """
@@ -454,7 +456,8 @@ def train_examples(
       validation: a ``Validation``, a function of ``(graphdef, params)`` giving
         one (query inputs need the model), or None (no validation, no selection).
       checkpoint_dir: Orbax checkpoints (resumes if present); None = none.
-      on_epoch_end: called with each epoch's record (a dict) after it is logged.
+      on_epoch_end: called with each epoch's record (a dict) after it is logged; one that returns True stops
+        the run there (``stopped_early``, as when patience runs out).
       on_ready: called once the checkpoint directory is known to hold this run.
       owners: ``(n,)`` the user of each example; needed by ``train.privacy`` (the unit of privacy).
 
@@ -629,8 +632,8 @@ def train_examples(
                 if metrics_file:
                     metrics_file.write(json.dumps(record) + "\n")
                     metrics_file.flush()
-                for hook in on_epoch_end:
-                    hook(record)
+                if any([hook(record) for hook in on_epoch_end]):  # a list: every hook sees the record
+                    stopped_early = True
             if store is not None and (checkpoint_now or stopped_early):
                 save(done)
     finally:

@@ -1,0 +1,116 @@
+"""fgjax.kernels._softmax.softmax_cross_entropy against a float64 NumPy reference (loss and both gradients)."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from fgjax.kernels import softmax_cross_entropy
+
+SETTINGS = settings(max_examples=10, deadline=None, derandomize=True)
+
+
+def ref_ce(queries, table, labels, weights):
+    """float64: per-row losses and the gradients of ``sum(weights * losses)`` in queries and table."""
+    q = np.asarray(queries, np.float64)
+    t = np.asarray(table, np.float64)
+    w = np.asarray(weights, np.float64)
+    logits = q @ t.T
+    top = logits.max(axis=1, keepdims=True)
+    lse = top[:, 0] + np.log(np.exp(logits - top).sum(axis=1))
+    rows = np.arange(len(q))
+    losses = lse - logits[rows, labels]
+    soft = np.exp(logits - lse[:, None])
+    soft[rows, labels] -= 1.0
+    soft *= w[:, None]
+    return losses, soft @ t, soft.T @ q
+
+
+def kernel_ce(queries, table, labels, weights, chunk):
+    def total(q, t):
+        return jnp.sum(weights * softmax_cross_entropy(q, t, labels, chunk=chunk))
+
+    losses = softmax_cross_entropy(queries, table, labels, chunk=chunk)
+    d_q, d_t = jax.grad(total, argnums=(0, 1))(queries, table)
+    return np.asarray(losses), np.asarray(d_q), np.asarray(d_t)
+
+
+def _case(seed, rows, items, dim, scale=1.0):
+    rng = np.random.default_rng(seed)
+    q = (scale * rng.normal(size=(rows, dim))).astype(np.float32)
+    t = rng.normal(size=(items, dim)).astype(np.float32)
+    y = rng.integers(0, items, rows).astype(np.int32)
+    w = rng.random(rows).astype(np.float32)
+    return q, t, y, w
+
+
+def _close(got, want, tol):
+    for g, w in zip(got, want):
+        np.testing.assert_allclose(g, w, rtol=tol, atol=tol * max(1.0, float(np.abs(w).max(initial=0.0))))
+
+
+@pytest.mark.parametrize("rows, items, dim, chunk", [(37, 11, 8, 5), (64, 300, 16, 64), (7, 3, 4, 512),
+                                                      (100, 50, 8, 1)])
+def test_matches_float64_reference(rows, items, dim, chunk):
+    q, t, y, w = _case(rows + items, rows, items, dim)
+    _close(kernel_ce(q, t, y, w, chunk), ref_ce(q, t, y, w), 1e-5)
+
+
+@given(rows=st.integers(1, 40), items=st.integers(1, 30), dim=st.integers(1, 6), chunk=st.integers(1, 50),
+       seed=st.integers(0, 2**16), scale=st.sampled_from([0.0, 0.1, 1.0, 5.0]))
+@SETTINGS
+def test_property_any_shape_and_chunk(rows, items, dim, chunk, seed, scale):
+    q, t, y, w = _case(seed, rows, items, dim, scale)
+    _close(kernel_ce(q, t, y, w, chunk), ref_ce(q, t, y, w), 2e-5)
+
+
+def test_equals_autodiff_of_the_dense_loss_under_jit():
+    import optax
+
+    q, t, y, w = _case(3, 90, 40, 8)
+
+    def dense(q, t):
+        return jnp.sum(w * optax.softmax_cross_entropy_with_integer_labels(q @ t.T, y))
+
+    def chunked(q, t):
+        return jnp.sum(w * softmax_cross_entropy(q, t, y, chunk=16))
+
+    got = jax.jit(jax.value_and_grad(chunked, argnums=(0, 1)))(q, t)
+    want = jax.value_and_grad(dense, argnums=(0, 1))(q, t)
+    for g, v in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+        np.testing.assert_allclose(np.asarray(g), np.asarray(v), rtol=1e-5, atol=1e-5)
+
+
+def test_edge_cases():
+    # Zero queries: a uniform softmax, loss log(items) for every row.
+    t = np.random.default_rng(0).normal(size=(13, 4)).astype(np.float32)
+    losses = np.asarray(softmax_cross_entropy(np.zeros((6, 4), np.float32), t, np.arange(6) % 13, chunk=4))
+    np.testing.assert_allclose(losses, np.log(13.0), rtol=1e-6)
+    # One item: the loss and every gradient are zero.
+    q, _, _, w = _case(1, 9, 1, 3)
+    one = np.ones((1, 3), np.float32)
+    got = kernel_ce(q, one, np.zeros(9, np.int32), w, 4)
+    for x in got:
+        np.testing.assert_allclose(x, 0.0, atol=1e-6)
+    # Huge logits stay finite and match the float64 reference (log-sum-exp, never exp of a raw logit).
+    q, t, y, w = _case(2, 20, 30, 4, scale=200.0)
+    got = kernel_ce(q, t, y, w, 8)
+    assert all(np.isfinite(x).all() for x in got)
+    _close(got, ref_ce(q, t, y, w), 1e-4)
+    # No rows: an empty result, and a zero gradient.
+    empty = softmax_cross_entropy(np.zeros((0, 4), np.float32), t, np.zeros(0, np.int32))
+    assert empty.shape == (0,)
+
+
+def test_bad_shapes_raise():
+    q, t, y, _ = _case(0, 5, 7, 3)
+    with pytest.raises(ValueError, match="share dim"):
+        softmax_cross_entropy(q, t[:, :2], y)
+    with pytest.raises(ValueError, match="labels"):
+        softmax_cross_entropy(q, t, y[:3])
+    with pytest.raises(ValueError, match="chunk"):
+        softmax_cross_entropy(q, t, y, chunk=0)
