@@ -359,6 +359,8 @@ class SequenceConfig:
     epochs: int = setting(200, ge=1)  # at most; early stopping usually ends sooner
     batch_size: int = setting(128, ge=1)  # training windows per step (global; split over the data axis)
     learning_rate: float = setting(1e-3, gt=0)
+    # constant, or cosine: one epoch of linear warm-up, then a cosine decay to 0 at the last of `epochs`
+    lr_schedule: str = setting("constant", choices=("constant", "cosine"))
     weight_decay: float = setting(0.0, ge=0)
     patience: int = setting(10, ge=0)  # validations without a better val NDCG@10 before stopping (0 = run all epochs)
     eval_every: int = setting(1, ge=1)  # epochs between validations

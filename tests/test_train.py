@@ -50,6 +50,31 @@ def test_epoch_order_is_a_pure_permutation():
     assert not np.array_equal(a, epoch_order(0, 4, 100))
 
 
+@pytest.mark.parametrize("schedule", ["constant", "cosine"])
+def test_sequence_learning_rate_schedule(schedule):
+    from fgjax.training.loop import make_optimizer
+
+    steps_per_epoch, epochs, peak = 5, 4, 0.01
+    config = load_config(None, ["model.name=time_sasrec", f"sequence.lr_schedule={schedule}",
+                                f"sequence.epochs={epochs}", f"sequence.learning_rate={peak}"])
+    opt = make_optimizer(config, steps_per_epoch)
+    params = {"w": jnp.zeros(3)}
+    state = opt.init(params)
+    sizes = []
+    for _ in range(epochs * steps_per_epoch):
+        # A constant gradient: Adam's step is the learning rate itself (m / sqrt(v) = 1).
+        updates, state = opt.update({"w": jnp.ones(3)}, state, params)
+        sizes.append(float(-updates["w"][0]))
+    total = epochs * steps_per_epoch
+    if schedule == "constant":
+        want = [peak] * total
+    else:  # linear warm-up over the first epoch, then half a cosine to 0 at the last step
+        warm = [peak * t / steps_per_epoch for t in range(steps_per_epoch)]
+        decay = [peak * 0.5 * (1 + np.cos(np.pi * t / (total - steps_per_epoch))) for t in range(total - steps_per_epoch)]
+        want = warm + decay
+    np.testing.assert_allclose(sizes, want, rtol=1e-4, atol=1e-7)
+
+
 def test_training_learns_the_users_category(tmp_path, small_log):
     split = leave_last_out(small_log.user, small_log.item, small_log.timestamp, small_log.num_users)
     result = train(config_for(**{"train.epochs": 8}), small_log, split, tmp_path / "ck",

@@ -166,15 +166,23 @@ def make_mesh(num_devices: int = 0) -> jax.sharding.Mesh:
     return jax.make_mesh((n,), (DATA_AXIS,), axis_types=(jax.sharding.AxisType.Auto,), devices=available[:n])
 
 
-def make_optimizer(config: Config) -> optax.GradientTransformation:
+def make_optimizer(config: Config, steps_per_epoch: int = 1) -> optax.GradientTransformation:
     """The optimizer chain of the config's model (for embedding_mlp with a table optimizer: of the dense layers).
 
     embedding_mlp, bpr: Adam (``train.learning_rate``, ``bpr.learning_rate``). Sequence models: global-norm
-    clipping at 5 then AdamW (``sequence.learning_rate``, ``weight_decay``).
+    clipping at 5 then AdamW (``sequence.learning_rate``, ``weight_decay``), at a constant rate or, with
+    ``sequence.lr_schedule: cosine``, warmed up linearly over the first epoch and decayed along a cosine to 0 at
+    the last of ``sequence.epochs`` (``steps_per_epoch`` steps each).
     """
     s = loop_settings(config)
     if config.model.name in SEQUENCE_MODELS:
-        return optax.chain(optax.clip_by_global_norm(5.0), optax.adamw(s.learning_rate, weight_decay=s.weight_decay))
+        rate: float | optax.Schedule = s.learning_rate
+        if config.sequence.lr_schedule == "cosine":
+            total = max(s.epochs * steps_per_epoch, 2)
+            rate = optax.warmup_cosine_decay_schedule(0.0, s.learning_rate, warmup_steps=min(steps_per_epoch,
+                                                                                              total - 1),
+                                                      decay_steps=total, end_value=0.0)
+        return optax.chain(optax.clip_by_global_norm(5.0), optax.adamw(rate, weight_decay=s.weight_decay))
     return optax.adam(s.learning_rate)
 
 
@@ -502,7 +510,7 @@ def train_examples(
         sampler = privacy.UserSampler(owners, sampling_rate=plan.sampling_rate, capacity=plan.capacity,
                                       examples_per_user=plan.examples_per_user, seed=settings.seed)
 
-    optimizer = make_optimizer(config)
+    optimizer = make_optimizer(config, steps_per_epoch)
     table_opt = table_optimizer(config)
     fingerprint = run_fingerprint(config, fields, num_users, num_items)
     if plan is not None:  # the noise depends on the planned steps, which epochs and max_steps change
