@@ -110,17 +110,20 @@ def trial_overrides(config, row: str) -> list[tuple[str, ...]]:
 
 
 class Pruner:
-    """An epoch hook that stops a trial once it falls behind the leading trial's validation curve.
+    """An epoch hook that stops a trial that cannot catch the leading trial in the leader's own time.
 
-    At each validation from epoch ``after_epochs`` on, the trial stops if its best val NDCG@10 so far is below the
-    leader's best by the same epoch (the leader's first validation if it has none that early). ``after_epochs`` 0:
-    never. ``pruned_at``: the epoch it stopped the trial at, or None.
+    The leader reached its best validation NDCG@10 at some epoch. Once a later trial has trained that many epochs
+    (and at least ``after_epochs``) without matching the leader's best, it stops at its next validation: every
+    trial gets the epochs the leader needed, and a trial that starts slowly is judged on them, not on its first
+    epochs. ``after_epochs`` 0: never prune. ``pruned_at``: the epoch the trial stopped at, or None.
     """
 
     KEY = "val_ndcg@10"
 
     def __init__(self, leader: list[dict[str, Any]], after_epochs: int):
-        self.leader = [(h["epoch"], h[self.KEY]) for h in leader if self.KEY in h]
+        scored = [(h[self.KEY], -h["epoch"]) for h in leader if self.KEY in h]
+        best, neg_epoch = max(scored) if scored else (-math.inf, 0)  # no leader curve: never prune
+        self.leader_best, self.leader_epoch = best, -neg_epoch  # the first epoch with the leader's best
         self.after_epochs = after_epochs
         self.best = -math.inf
         self.pruned_at: int | None = None
@@ -130,13 +133,10 @@ class Pruner:
             return False
         self.best = max(self.best, record[self.KEY])
         epoch = record["epoch"]
-        if not self.after_epochs or epoch < self.after_epochs or not self.leader:
+        if not self.after_epochs or epoch < max(self.after_epochs, self.leader_epoch) or self.best >= self.leader_best:
             return False
-        leader_best = max([v for e, v in self.leader if e <= epoch] or [self.leader[0][1]])
-        if self.best < leader_best:
-            self.pruned_at = epoch
-            return True
-        return False
+        self.pruned_at = epoch
+        return True
 
 
 def fit_row(config, log, protocol, row: str, model_name: str, changes: tuple[str, ...], inputs: dict,

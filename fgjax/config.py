@@ -424,8 +424,8 @@ class QualityConfig:
     tuning_trials: int = setting(1, ge=1)
     # Row name -> trials, each "key=value; key=value" (dotted config overrides); rows not named run as configured.
     tuning: dict[str, list[str]] = setting({})
-    # Pruning (a median-stopping rule for two trials): a later trial stops at its first validation from this epoch
-    # on where its best val NDCG@10 so far is below the leading trial's best by the same epoch; 0 = never prune.
+    # Pruning: a later trial that has trained as many epochs as the leading trial took to reach its best val
+    # NDCG@10 (and at least this many) without matching that best stops at its next validation; 0 = never prune.
     prune_after_epochs: int = setting(4, ge=0)
 
     def _check(self, where: str) -> None:

@@ -175,10 +175,11 @@ def test_tuning_budget_is_the_same_for_every_model():
         load_config(None, ["quality.tuning={bpr: [nonsense]}"])
 
 
-def test_a_trial_behind_the_leading_curve_is_pruned():
+def test_a_trial_is_pruned_only_after_the_epochs_the_leader_needed():
     from bench.quality import Pruner
 
-    leader = [{"epoch": e, "val_ndcg@10": v} for e, v in ((2, 0.02), (4, 0.05), (6, 0.07), (8, 0.06))]
+    # The leader peaked at 0.07 in epoch 6 (and again in 10: the first epoch counts).
+    leader = [{"epoch": e, "val_ndcg@10": v} for e, v in ((2, 0.02), (4, 0.05), (6, 0.07), (8, 0.06), (10, 0.07))]
     leader.insert(1, {"epoch": 3, "train_loss": 1.0})  # epochs without validation are skipped
 
     def run(curve, after=4):
@@ -188,12 +189,13 @@ def test_a_trial_behind_the_leading_curve_is_pruned():
                 break
         return pruner.pruned_at
 
-    assert run([(2, 0.001), (4, 0.05), (6, 0.071), (8, 0.07), (10, 0.0)]) is None  # ahead or level: never pruned
-    assert run([(2, 0.001), (4, 0.049)]) == 4  # behind at the first epoch it may be judged
-    assert run([(2, 0.03), (4, 0.06), (6, 0.065)]) == 6  # its best so far (0.065) trails the leader's (0.07)
-    assert run([(2, 0.001), (4, 0.0)], after=6) is None  # not before after_epochs
-    assert run([(2, 0.0), (4, 0.0), (6, 0.0)], after=0) is None  # 0: never
-    assert run([(12, 0.069)]) == 12  # past the leader's end: judged against its overall best
+    # A slow starter is not judged on its first epochs: behind at 2 and 4, level by 6.
+    assert run([(2, 0.0), (4, 0.0), (6, 0.07), (8, 0.0), (20, 0.0)]) is None
+    assert run([(2, 0.0), (4, 0.0), (6, 0.069)]) == 6  # not level with the leader's best in the leader's epochs
+    assert run([(2, 0.0), (4, 0.0), (5, 0.0), (7, 0.0)]) == 7  # validated on other epochs: the first from 6 on
+    assert run([(2, 0.0), (4, 0.0), (6, 0.0), (8, 0.0)], after=8) == 8  # and never before after_epochs
+    assert run([(2, 0.0), (4, 0.0), (6, 0.0), (8, 0.0)], after=0) is None  # 0: never
+    assert Pruner([], 4)({"epoch": 50, "val_ndcg@10": 0.0}) is False  # a leader without validations: never
 
 
 def test_dataset_folder_points_the_config_at_its_files(tmp_path):
