@@ -20,6 +20,8 @@ known before each stage masked:
   only which interests the user ever had). All train in the one loop;
 - the same tuning budget for every row: at most ``quality.tuning_trials``
   trials from ``quality.tuning``, the trial with the best validation NDCG@10 kept;
+  a later trial that has trained the epochs the leading trial needed for its
+  best without matching it is stopped there (``Pruner``);
 - each row without and with forgetting-aware re-ranking, whose alpha,
   half-life and strength are swept on the validation stage only
   (``fgjax.evaluation.quality``);
@@ -389,7 +391,7 @@ def _protocol_markdown(result: dict[str, Any], ks: list[int]) -> list[str]:
                   "divided by the number of relevant items). Every model is tuned with the same budget "
                   "(trials) and selected by validation NDCG@10.", ""]
     head = (["model", "forgetting", "trials", "val NDCG@10"] + [f"{m}@{k}" for k in ks for m in METRICS]
-            + [f"NDCG@{ks[0]} {long_days:g}d+", "train s", "epochs"])
+            + [f"NDCG@{ks[0]} {long_days:g}d+", "train s", "all trials s", "epochs"])
     lines.append("| " + " | ".join(head) + " |")
     lines.append("| --- | --- | " + " | ".join("---:" for _ in head[2:]) + " |")
     for r in result["rows"]:
@@ -397,10 +399,12 @@ def _protocol_markdown(result: dict[str, Any], ks: list[int]) -> list[str]:
         if r["forgetting"] == "on":
             label = f"on (hl {r['half_life_windows']:g}, α {r['alpha']:g}, s {r['strength']:g})"
         epochs = str(r["epochs"]) + (f" (best {r['best_epoch']})" if r.get("best_epoch") and r["epochs"] > 1 else "")
-        trials = str(r.get("trials", 1)) + (f": {r['chosen']}" if r.get("chosen") and r["forgetting"] == "off" else "")
+        trials = str(r.get("trials", 1)) + (f" ({r['pruned_trials']} pruned)" if r.get("pruned_trials") else "")
+        trials += f": {r['chosen']}" if r.get("chosen") and r["forgetting"] == "off" else ""
         cells = [r["model"], label, trials, f"{r['val_ndcg@10']:.4f}"]
         cells += [f"{r[f'{m}@{k}']:.4f}" for k in ks for m in METRICS]
-        cells += [f"{r.get(f'ndcg@{ks[0]}_long', math.nan):.4f}", f"{r['train_seconds']:.1f}", epochs]
+        cells += [f"{r.get(f'ndcg@{ks[0]}_long', math.nan):.4f}", f"{r['train_seconds']:.1f}",
+                  f"{r.get('tuning_seconds', r['train_seconds']):.1f}", epochs]
         lines.append("| " + " | ".join(cells) + " |")
     for subset, title in (("all", "all test users"), ("long", f"users with a history of {long_days:g}+ days")):
         rows = result.get("comparisons", {}).get(subset, [])

@@ -96,6 +96,7 @@ def test_quality_report_end_to_end(tmp_path):
         bpr = next(r for r in result["rows"] if r["model"] == "bpr" and r["forgetting"] == "off")
         assert bpr["trials"] == 2 and bpr["chosen"] in ("bpr.learning_rate=0.001", "bpr.learning_rate=0.01")
         assert bpr["tuning_seconds"] >= bpr["train_seconds"] > 0  # every trial's time, the kept one's included
+        assert bpr["pruned_trials"] in (0, 1)  # only a later trial can be pruned
         # Every planned comparison is reported on all users, with a CI around its mean difference.
         labels = [c["comparison"] for c in result["comparisons"]["all"]]
         assert "re-ranking: time_sasrec" in labels and "session recency: last items vs whole history" in labels
@@ -112,6 +113,7 @@ def test_quality_report_end_to_end(tmp_path):
         assert (out / "quickstart" / f"training_curves_{result['protocol']}.png").stat().st_size > 1000
     text = md.read_text()
     assert "old text" in text and text.count(quality.SECTION_START) == 1 and "| time_sasrec | off |" in text and "| sasrec | off |" in text
+    assert "| train s | all trials s | epochs |" in text
     assert "| itemknn_last5 | off |" in text and "Protocol: leave-last-out per user: events at the same timestamp in input order" in text
     quality.update_results(md, "second", "cmd")  # replaced, not appended
     assert md.read_text().count(quality.SECTION_START) == 1 and "second" in md.read_text()
