@@ -4,8 +4,9 @@ A next-item model scores each position's query against every item:
 ``logits = queries @ table.T``, then a softmax cross-entropy. With tens of
 thousands of positions a batch and thousands of items, the logits and their
 gradient are hundreds of MB that are written, read back and written again;
-on a CPU that traffic, not the multiplications, is most of a training step
-(``bench.train``). This kernel computes the same loss in row chunks: the
+on a CPU that traffic costs as much as the multiplications (2 cores, 6,400
+rows x 9,067 items x 64: loss and gradients 0.48 s with the logits in memory,
+0.28 s in chunks of 512, measured 2026-12-03). This kernel computes the same loss in row chunks: the
 forward keeps only each row's log-sum-exp, and the backward recomputes one
 chunk's logits at a time (one more ``(chunk, items)`` product than autodiff,
 in exchange for data that stays in cache).
