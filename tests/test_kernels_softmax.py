@@ -31,12 +31,15 @@ def ref_ce(queries, table, labels, weights):
 
 
 def kernel_ce(queries, table, labels, weights, chunk):
-    def total(q, t):
-        return jnp.sum(weights * softmax_cross_entropy(q, t, labels, chunk=chunk))
+    # One jitted program per case: op-by-op dispatch would compile every scan and custom-VJP piece apart.
+    @jax.jit
+    def run(q, t, y, w):
+        def total(q, t):
+            return jnp.sum(w * softmax_cross_entropy(q, t, y, chunk=chunk))
 
-    losses = softmax_cross_entropy(queries, table, labels, chunk=chunk)
-    d_q, d_t = jax.grad(total, argnums=(0, 1))(queries, table)
-    return np.asarray(losses), np.asarray(d_q), np.asarray(d_t)
+        return softmax_cross_entropy(q, t, y, chunk=chunk), *jax.grad(total, argnums=(0, 1))(q, t)
+
+    return tuple(np.asarray(a) for a in run(queries, table, labels, weights))
 
 
 def _case(seed, rows, items, dim, scale=1.0):
