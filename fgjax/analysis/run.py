@@ -248,22 +248,21 @@ def _final(snapshot: Snapshot, params: WindowParams, spec: WindowSpec) -> Snapsh
     return snapshot._replace(evidence=with_limits(snapshot.evidence, snapshot.counters, params, spec), counters=None)
 
 
-@functools.partial(jax.jit, static_argnames=("spec", "size"))
+@functools.partial(jax.jit, static_argnames=("spec",))
 def _gather_changes(
     degree: jax.Array, detail: WindowDetail, detector: kernels.DetectorState, params: WindowParams, spec: WindowSpec,
-    start: jax.Array, *, size: int,
+    flat: jax.Array,
 ) -> ChangeRows:
-    """The first ``size`` (user, interest) rows whose state changed in a window, from flat index ``start``
-    (user-major) on; padding rows repeat row 0 and are trimmed by the caller."""
+    """The rows of the (user, interest) pairs at ``flat`` (``(rows,)`` int32 user-major flat indices, chosen
+    on the host: the pairs whose state changed in a window); padding indices repeat a real row and are
+    trimmed by the caller. Its cost is the rows', not the pairs' (users x K)."""
     num_interests = detail.state.shape[1]
-    changed = (detail.state != detail.previous_state).ravel()
-    changed = changed & (jnp.arange(changed.shape[0]) >= start)
-    (flat,) = jnp.nonzero(changed, size=size, fill_value=0)
     user, interest = flat // num_interests, flat % num_interests
     take = lambda a: a.ravel()[flat]  # noqa: E731 - a local gather
     detection = detail.detection
     evidence = jax.tree.map(take, observed_evidence(detail))
     counts = None if detection is None else jax.tree.map(take, counters(detector, detection.kappa))
+    size = flat.shape[0]
     return ChangeRows(
         user=user.astype(jnp.int32),
         interest=interest.astype(jnp.int32),
@@ -276,6 +275,15 @@ def _gather_changes(
         p=take(detail.p),
         evidence=with_limits(evidence, counts, params, spec),
     )
+
+
+def _changed_pairs(detail: WindowDetail) -> np.ndarray:
+    """``(changed,)`` int32 user-major flat indices of the pairs whose state changed, ascending.
+
+    Chosen on the host from the two ``(users, K)`` int8 code arrays (a few MB): a device ``nonzero``
+    scans every pair once per fixed-size gather, several times a window when many rows change."""
+    state, previous = np.asarray(detail.state), np.asarray(detail.previous_state)
+    return np.flatnonzero((state != previous).ravel()).astype(np.int32)
 
 
 class _Series:
@@ -406,15 +414,14 @@ def run_windows(
             snapshot = _keep_snapshot(snapshot, detail, carry, jnp.asarray(snapshot_window == t))
         rows, changed = [], 0
         if record_changes:
-            # Only the changed rows leave the device; their count (a sync per window,
-            # one scalar) says how many gathers of one fixed size take them all.
-            changed = int(detail.changed)
-            start = np.int32(0)
-            while len(rows) * gathered < changed:
-                rows.append(_gather_changes(out.degree, detail, detector, params, spec, start, size=gathered))
-                if len(rows) * gathered < changed:  # the next gather starts after this one's last row
-                    last_user, last_interest = (int(np.asarray(a)[-1]) for a in (rows[-1].user, rows[-1].interest))
-                    start = np.int32(last_user * spec.num_interests + last_interest + 1)
+            # Only the changed rows leave the device, in gathers of one fixed size (one compilation);
+            # which rows is read from the state codes (a sync per window).
+            flat = _changed_pairs(detail)
+            changed = len(flat)
+            if changed:
+                flat = np.pad(flat, (0, -changed % gathered), mode="edge")
+                rows = [_gather_changes(out.degree, detail, detector, params, spec, flat[lo:lo + gathered])
+                        for lo in range(0, len(flat), gathered)]
         kept = out if keep_top else out._replace(top_interests=None, top_probs=None)
         # Fetch window t-1 while window t computes: outputs never pile up on the device.
         for leaf in jax.tree.leaves((kept, rows)):
