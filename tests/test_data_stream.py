@@ -176,3 +176,38 @@ def test_window_duplicates_equal_the_readers_rule(n, spread, seed):
     seconds = 1.7e9 + rng.integers(0, spread, n) * 0.5
     event = rng.integers(0, 2, n).astype(np.int32)
     np.testing.assert_array_equal(_duplicates(user, item, seconds, event), duplicate_mask(user, item, seconds, event))
+
+
+def test_table_writers_keep_window_order_and_surface_a_thread_error(tmp_path):
+    """Two writer threads (one per table): each file's row groups come in window order, and an error in
+    either thread reaches the caller instead of being lost with its thread."""
+    from fgjax.analysis import TableWriters
+    from fgjax.analysis.window import WindowOutput
+    from fgjax.data.vocab import Vocabulary
+
+    users, categories = Vocabulary(pa.array([10, 11, 12], pa.int64())), Vocabulary(pa.array(["a", "b"]))
+    windows = 6
+    writers = TableWriters(tmp_path, users, categories, np.arange(windows) * 86400.0, 2)
+    rng = np.random.default_rng(0)
+    for t in range(windows):
+        probs = rng.random((3, 2)).astype(np.float32)
+        output = WindowOutput(degree=rng.random(3).astype(np.float32), top_interests=np.tile([1, 0], (3, 1)),
+                              top_probs=probs)
+        changed = {name: np.zeros(2, np.int32) for name in ("user", "interest", "state", "previous_state",
+                                                              "last_active")}
+        changed.update({name: np.zeros(2, np.float32) for name in (
+            "F", "F_threshold", "f_k", "p", "silence", "silence_limit", "rate", "recent", "expected_recent", "trend",
+            "dispersion", "period", "period_strength")})
+        changed.update(user=np.array([0, 2], np.int32), window=np.full(2, t, np.int32), F_alarm=np.zeros(2, bool))
+        writers(t, t * 86400.0, output, changed)
+    assert writers.close() == {"forgetting": 3 * windows, "states": 2 * windows}
+    for name in ("forgetting", "states"):
+        assert pq.read_table(tmp_path / f"{name}.parquet").column("window").to_pylist() == sorted(
+            pq.read_table(tmp_path / f"{name}.parquet").column("window").to_pylist())
+    broken = TableWriters(tmp_path / "b", users, categories, np.arange(windows) * 86400.0, 2)
+    (tmp_path / "b").mkdir()
+    bad = {"user": np.array([0], np.int32)}  # a changed row without its columns: the states thread fails
+    with pytest.raises(KeyError):
+        for t in range(windows):
+            broken(t, t * 86400.0, output, bad)
+        broken.close()

@@ -177,8 +177,10 @@ class TableWriters:
         rng = np.random.default_rng(seed)
         self.sample = np.sort(rng.choice(len(users), min(plot_users, len(users)), replace=False))
         self._degree = np.full((len(self.window_start), len(self.sample)), np.nan, np.float32)
-        self.seconds = 0.0  # the writer thread's busy time
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fgjax-tables")
+        self._busy = {"forgetting": 0.0, "states": 0.0}  # each writer thread's busy seconds (its own entry)
+        # One thread per table: each file's row groups stay in window order, and the two encode side by side.
+        self._executors = {name: ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"fgjax-{name}")
+                           for name in ("forgetting", "states")}
         self._pending: collections.deque[Future] = collections.deque()
 
     def _write(self, name: str, table: pa.Table) -> None:
@@ -200,28 +202,36 @@ class TableWriters:
         """Write window ``t``: ``output`` its ``(users,)`` F and ``(users, top)`` top interests, ``changed``
         its changed rows (or None).
 
-        The rows are built and written by one background thread (Parquet encoding releases the GIL),
-        at most ``IN_FLIGHT`` windows behind, so writing overlaps the next windows' work.
+        The rows are built and written by two background threads, one per table (Parquet encoding
+        releases the GIL), at most ``IN_FLIGHT`` windows behind, so writing overlaps the next windows' work.
         """
-        self._pending.append(self._executor.submit(self._window, t, output, changed))
-        while len(self._pending) > self.IN_FLIGHT:
+        self._pending.append(self._executors["forgetting"].submit(self._timed, "forgetting", self._forgetting_of, t, output))
+        if changed:
+            self._pending.append(self._executors["states"].submit(self._timed, "states", self._states_of, changed))
+        while len(self._pending) > 2 * self.IN_FLIGHT:
             self._pending.popleft().result()  # bounded memory; a writer error surfaces here
 
-    def _window(self, t: int, output, changed: dict[str, np.ndarray] | None) -> None:
+    def _timed(self, name: str, work, *args) -> None:
         started = time.perf_counter()
-        self._rows_of(t, output, changed)
-        self.seconds += time.perf_counter() - started
+        work(*args)
+        self._busy[name] += time.perf_counter() - started
 
-    def _rows_of(self, t: int, output, changed: dict[str, np.ndarray] | None) -> None:
+    @property
+    def seconds(self) -> float:
+        """The writer threads' busy seconds, summed."""
+        return sum(self._busy.values())
+
+    def _forgetting_of(self, t: int, output) -> None:
         self.started |= output.top_probs[:, 0] > 0
         user = np.flatnonzero(self.started)
         win = np.full(len(user), t, np.int64)
         self._write("forgetting", _forgetting_rows(self.users, self.categories, win, user, self.window_start[win],
                                                    output.degree[user], output.top_interests[user],
                                                    output.top_probs[user]))
-        if changed:
-            self._write("states", _state_rows(self.users, self.categories, changed, self.window_start))
         self._degree[t] = np.where(self.started[self.sample], output.degree[self.sample], np.nan)
+
+    def _states_of(self, changed: dict[str, np.ndarray]) -> None:
+        self._write("states", _state_rows(self.users, self.categories, changed, self.window_start))
 
     def close(self) -> dict[str, int]:
         """Finish both files (empty ones with their columns if no row came); returns the rows of each."""
@@ -229,7 +239,8 @@ class TableWriters:
             while self._pending:
                 self._pending.popleft().result()
         finally:
-            self._executor.shutdown(wait=True, cancel_futures=True)
+            for executor in self._executors.values():
+                executor.shutdown(wait=True, cancel_futures=True)
         empty = {"forgetting": lambda: _forgetting_rows(self.users, self.categories, *(np.zeros(0, np.int64),) * 2,
                                                         np.zeros(0), np.zeros(0, np.float32),
                                                         np.zeros((0, self.top), np.int32),

@@ -617,10 +617,9 @@ def clean_batch(batch: pa.RecordBatch, plan: Plan, config: DataConfig, event_typ
     seconds, ts_null, ts_bad = epoch_seconds(batch.column(cols.timestamp))
     in_range = (seconds >= config.min_timestamp) & (seconds <= config.max_timestamp)
     if plan.has_event_type:
-        event_type = pc.fill_null(_plain(batch.column(cols.event_type)), config.default_event_type)
-    else:
-        event_type = pa.array([config.default_event_type] * n, pa.string())
-    event = event_types.encode(event_type)
+        event = event_types.encode(pc.fill_null(_plain(batch.column(cols.event_type)), config.default_event_type))
+    else:  # every row has the default type: one code, not a string per row
+        event = np.full(n, event_types.encode(pa.array([config.default_event_type], pa.string()))[0], np.int32)
     weight = event_weights(event_types.names, config)[event]
     weight_bad = np.zeros(n, bool)
     if plan.has_weight:
