@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from fgjax.analysis import analyze, window_index, write_forgetting, write_states
 from fgjax.analysis_job import analyze_log
 from fgjax.config import DataConfig, SyntheticConfig, load_config
-from fgjax.data import synthetic
+from fgjax.data import stream, synthetic
 from fgjax.data.reader import read_events
 from fgjax.data.stream import scan_log
 from fgjax.errors import DataError
@@ -53,9 +53,11 @@ def _scanned_windows(scanned) -> list[list]:
 
 
 @pytest.mark.parametrize("window_seconds", [86400.0, 7 * 86400.0])
-def test_two_passes_equal_read_events(generated, tmp_path, window_seconds):
+def test_two_passes_equal_read_events(generated, tmp_path, window_seconds, monkeypatch):
     """Same vocabularies, same report and rejects file, and each window holds exactly the events read_events
-    puts there, though the shards are by user (no time order across files)."""
+    puts there, though the shards are by user (no time order across files); the distinct IDs of the
+    batches are merged every few batches (bounded memory) without changing the vocabularies."""
+    monkeypatch.setattr(stream, "COMPACT_CHUNKS", 3)
     config = DataConfig(path=str(generated.events_dir), items_path=str(generated.items_path), batch_size=500)
     log = read_events(config, rejects_path=tmp_path / "memory.parquet")
     with scan_log(config, window_seconds, rejects_path=tmp_path / "stream.parquet", spill_parent=tmp_path) as scanned:
@@ -87,6 +89,7 @@ def test_text_ids_unsorted_rows_and_pseudonyms(tmp_path, monkeypatch):
     config = DataConfig(path=str(tmp_path / "events"), batch_size=256, pseudonymize=True,
                         pseudonym_secret_env="FGJAX_TEST_SECRET")
     monkeypatch.setenv("FGJAX_TEST_SECRET", "s3cret")
+    monkeypatch.setattr(stream, "COMPACT_CHUNKS", 2)  # text IDs merged batch by batch too
     log = read_events(config)
     assert log.users.type == pa.string() and log.num_users > 50  # pseudonyms
     with scan_log(config, 86400.0) as scanned:

@@ -298,6 +298,31 @@ def _grouped(groups: np.ndarray) -> np.ndarray:
     return np.argsort(groups, kind="stable")
 
 
+#: Distinct-ID chunks kept per column before they are merged into one (``_compact_ids``).
+COMPACT_CHUNKS = 32
+
+
+def _compact_ids(got: reader._Collected) -> None:
+    """Merge the per-batch distinct user and item IDs into one chunk each, every ``COMPACT_CHUNKS`` batches.
+
+    Each batch's distinct IDs are kept for the vocabularies; without merging they add up to about the
+    events (every batch repeats most users), so memory would grow with the log. Only while every chunk
+    has one ID kind: then the kind checks and ``unify_ids`` read just the values and that kind, while
+    mixed kinds need each chunk's source for their error message.
+    """
+    if len(got.chunk_sources) < COMPACT_CHUNKS:
+        return
+    if len(set(got.user_kinds)) > 1 or len(set(got.item_kinds)) > 1:
+        return
+    if any(len({chunk.type for chunk in ids}) > 1 for ids in (got.users, got.items)):
+        return  # e.g. string and large_string from different files: unify_ids casts them at the end
+    for ids in (got.users, got.items):
+        merged = pc.unique(pa.chunked_array(ids).combine_chunks())
+        ids[:] = [merged]
+    got.user_kinds[:], got.item_kinds[:] = got.user_kinds[:1], got.item_kinds[:1]
+    got.chunk_sources[:] = got.chunk_sources[:1]
+
+
 def scan_log(config: DataConfig, window_seconds: float, *, rejects_path: str | Path | None = None,
              spill_parent: str | Path | None = None, path: str | Path | None = None,
              shard: tuple[int, int] | None = None) -> ScannedLog:
@@ -343,6 +368,7 @@ def scan_log(config: DataConfig, window_seconds: float, *, rejects_path: str | P
                 ids.append(pc.unique(values))
                 kinds.append(kind)
             got.chunk_sources.append(used.source)
+            _compact_ids(got)
             groups = window_group(used.seconds, window_seconds)
             order = _grouped(groups)
             groups = groups[order]
