@@ -97,7 +97,7 @@ def stage_summary(times: dict[str, float]) -> str:
     """The one line a run reports about where its time went."""
     return (f"time: pass 1 {times['pass1_s']:.1f} s (read, row rules, vocabularies, spill); pass 2 "
             f"{times['pass2_s']:.1f} s (compiling {times['compile_s']:.1f} s; beside the step, in threads: "
-            f"windows decoded {times['decode_s']:.1f} s, tables written {times['write_s']:.1f} s); "
+            f"windows decoded {times['decode_s']:.1f} s, tables written {times['write_s']:.1f} s by two threads); "
             f"plot {times['plot_s']:.1f} s")
 
 
