@@ -210,7 +210,10 @@ def mixed_histories(seed: int, windows: int = 150, users: int = 48, interests: i
 def _close(name, new, old):
     new, old = np.asarray(new), np.asarray(old)
     if np.issubdtype(new.dtype, np.floating):
-        np.testing.assert_allclose(new, old, rtol=1e-5, atol=1e-6, err_msg=name)
+        # float32 evidence from running sums against the frozen code's sums over the buffer: a variance
+        # from sum_sq - sum**2 / n cancels, so a few tens of ulps (1.2e-5 seen for a dispersion of 7.18);
+        # the states and every integer compare exactly.
+        np.testing.assert_allclose(new, old, rtol=5e-5, atol=1e-6, err_msg=name)
     else:
         np.testing.assert_array_equal(new, old, err_msg=name)
 
@@ -301,7 +304,7 @@ def test_same_answers_with_a_short_ring_ragged_blocks_and_the_degree_alarm():
         assert {FORGOTTEN, REACTIVATED} <= seen
 
 
-@settings(max_examples=6, deadline=None)
+@settings(max_examples=6, deadline=None, derandomize=True)  # the same examples in every CI run
 @given(
     st.lists(st.tuples(st.sampled_from([0.1, 0.5, 1.0, 3.0, 10.0, 300.0]), st.integers(0, 5), st.integers(2, 9),
                        st.integers(0, 59), st.integers(1, 30)), min_size=8, max_size=8),
