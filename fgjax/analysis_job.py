@@ -137,7 +137,7 @@ def analyze_log(
             with _CompileClock() as compiling:
                 try:
                     result = analyze_scanned(config, scanned, writers, progress=progress)
-                finally:  # the writer thread stops either way (a failed run's stage folder is discarded)
+                finally:  # the writer threads stop either way (a failed run's stage folder is discarded)
                     rows = writers.close()
             times.update(pass2_s=time.perf_counter() - clock, compile_s=compiling.seconds,
                          decode_s=scanned.decode_seconds, write_s=writers.seconds)
