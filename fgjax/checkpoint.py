@@ -46,7 +46,6 @@ from typing import Any, Iterable, Iterator
 
 import jax
 import numpy as np
-import orbax.checkpoint as ocp
 
 from fgjax.data.vocab import Vocabulary
 from fgjax.errors import CheckpointError, CheckpointWarning, DataError
@@ -55,6 +54,19 @@ FORMAT_VERSION = 3  # 3: fgjax.json lists every file's size and sha256; 2: train
 _MANIFEST = "fgjax.json"
 _REBUILD = "re-run the command that wrote it (fgjax train or quickstart, same --out, data and config): " \
            "it resumes from the last undamaged step and rewrites the rest"
+
+
+class _Orbax:
+    """``orbax.checkpoint``, imported on first use: commands that only write run folders (``fgjax analyze``
+    uses this module's file helpers) start without its import (about 0.25 s)."""
+
+    def __getattr__(self, name: str) -> Any:
+        import orbax.checkpoint
+
+        return getattr(orbax.checkpoint, name)
+
+
+ocp = _Orbax()
 
 
 # ---------------------------------------------------------------- files and the manifest

@@ -36,3 +36,11 @@ def test_kernels_import_nothing_from_fgjax():
         source = importlib.util.find_spec(f"fgjax.kernels.{info.name}").origin
         text = open(source).read()
         assert "import fgjax" not in text and "from fgjax" not in text and "flax" not in text, info.name
+
+
+def test_the_analyze_command_imports_no_training_or_checkpoint_library():
+    """``fgjax analyze`` starts without Flax, Optax, Orbax or the training code (about 1.5 s of imports)."""
+    code = ("import sys, fgjax.analysis_job; print(sorted(m for m in ('flax', 'optax', 'orbax.checkpoint', "
+            "'fgjax.training', 'fgjax.models') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
