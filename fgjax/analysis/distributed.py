@@ -174,7 +174,7 @@ def _close_shard(carry: AnalysisCarry, added: jax.Array, counts: jax.Array, para
         before = carry.detector.calibration
         calibration = before + jax.lax.psum(new.detector.calibration - before, AXIS)
         new = new._replace(detector=new.detector._replace(calibration=calibration))
-    return new, out, detail._replace(changed=detail.changed[None])
+    return new, out, detail
 
 
 class ShardedStep:
@@ -202,8 +202,6 @@ class ShardedStep:
             return jax.eval_shape(lambda c, a, b: close_window(c, a, b, params, spec), carry, sums, sums)
 
         carry_out, out_specs, detail_specs = _specs(outputs)
-        # Each process's own count of changed pairs, (1,) per process.
-        detail_specs = detail_specs._replace(changed=P(AXIS))
         self._params = jax.tree.map(
             lambda v: jax.make_array_from_callback((), replicated, lambda _, v=v: np.asarray(v)), params)
         body = jax.shard_map(functools.partial(_close_shard, spec=spec), mesh=self.mesh,
@@ -224,5 +222,4 @@ class ShardedStep:
         events = jax.device_put(events, device)
         added, counts = event_sums(events, params, num_users=self.rows, num_interests=spec.num_interests)
         carry, out, detail = self._step(carry, self._global(added), self._global(counts), self._params)
-        detail = local(detail)
-        return carry, local(out), detail._replace(changed=detail.changed[0]), local(carry.detector)
+        return carry, local(out), local(detail), local(carry.detector)

@@ -155,7 +155,6 @@ class WindowDetail(NamedTuple):
     state: jax.Array  # int8 codes after the window
     previous_state: jax.Array  # int8 codes before it
     detection: kernels.DetectorOutput | None  # None under the level rule (no detector runs)
-    changed: jax.Array  # () int32 (user, interest) pairs whose state changed
 
 
 class Evidence(NamedTuple):
@@ -310,8 +309,7 @@ def close_window(
     peak = jnp.where(state == kernels.REACTIVATED, cur, peak)
     top_probs, top_interests = jax.lax.top_k(p, spec.top)
     new_carry = AnalysisCarry(interest, peak, state, ever, detector)
-    changed = jnp.sum(state != carry.state, dtype=jnp.int32)
-    detail = WindowDetail(f, p, state, carry.state, detection, changed)
+    detail = WindowDetail(f, p, state, carry.state, detection)
     return new_carry, WindowOutput(degree, top_interests, top_probs), detail
 
 
