@@ -214,3 +214,28 @@ def test_table_writers_keep_window_order_and_surface_a_thread_error(tmp_path):
         for t in range(windows):
             broken(t, t * 86400.0, output, bad)
         broken.close()
+
+
+
+def test_merged_ids_keep_every_value_and_the_files_of_each_kind():
+    """Merging the batches' distinct IDs (one chunk per kind and type) keeps every value and kind, and the
+    mixed-ID error still names every file that gave each kind."""
+    import types
+
+    from fgjax.data import reader
+    from fgjax.errors import SchemaError
+
+    got = reader._Collected()
+    batches = [(pa.array([1, 2, 3]), "int", 0), (pa.array(["u1", "x"]), "text", 1), (pa.array([3, 4]), "int", 2),
+               (pa.array(["x", "u2"]), "text", 1), (pa.array([5]), "int", 0)]
+    for users, kind, source in batches:
+        got.add_ids(users, kind, pa.array([7]), "int", source)
+    stream._compact_ids(got)
+    assert sorted(got.user_kinds) == ["int", "text"] and len(got.users) == 2
+    merged = {k: sorted(c.to_pylist()) for c, k in zip(got.users, got.user_kinds)}
+    assert merged == {"int": [1, 2, 3, 4, 5], "text": ["u1", "u2", "x"]}
+    assert got.items[0].to_pylist() == [7] and got.item_kinds == ["int"]
+    sources = [types.SimpleNamespace(name=n) for n in ("a.parquet", "b.csv", "c.parquet")]
+    with pytest.raises(SchemaError, match=r"integers in 2 files \('a.parquet', 'c.parquet'\) and non-integer text "
+                                          r"in 1 file \('b.csv'\)"):
+        reader._check_text_ids(got.users, got.user_kinds, got.user_kind_sources, sources, "user_id", DataConfig())

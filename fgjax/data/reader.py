@@ -754,16 +754,18 @@ def check_id_kinds(sources: list[Source], plans: list[Plan], config: DataConfig)
             raise _mixed_ids(column, ints, strings)
 
 
-def _check_text_ids(chunks: list[pa.Array], kinds: list[str], chunk_sources: list[int], sources: list[Source],
-                    column: str, config: DataConfig) -> None:
-    """Refuse text IDs (CSV) that are not all integers beside integer-typed sources (``check_id_kinds``'s rule)."""
+def _check_text_ids(chunks: list[pa.Array], kinds: list[str], kind_sources: dict[str, set[int]],
+                    sources: list[Source], column: str, config: DataConfig) -> None:
+    """Refuse text IDs (CSV) that are not all integers beside integer-typed sources (``check_id_kinds``'s rule).
+
+    ``kinds`` is each chunk's ID kind; ``kind_sources`` the sources that gave each kind (``_Collected``)."""
     if config.mixed_id_types == "string" or "int" not in kinds or "text" not in kinds or "string" in kinds:
         return
     text = pa.chunked_array([c for c, k in zip(chunks, kinds) if k == "text"], pa.string())
     if formats.as_int_ids(text) is not None:
         return
-    ints = sorted({sources[i].name for i, k in zip(chunk_sources, kinds) if k == "int"})
-    strings = sorted({sources[i].name for i, k in zip(chunk_sources, kinds) if k == "text"})
+    ints = sorted(sources[i].name for i in kind_sources["int"])
+    strings = sorted(sources[i].name for i in kind_sources["text"])
     raise _mixed_ids(column, ints, strings, "non-integer text")
 
 
@@ -846,7 +848,17 @@ class _Collected:
     weights: list[np.ndarray] = dataclasses.field(default_factory=list)
     source: list[np.ndarray] = dataclasses.field(default_factory=list)  # index into sources
     row: list[np.ndarray] = dataclasses.field(default_factory=list)  # row within that source
-    chunk_sources: list[int] = dataclasses.field(default_factory=list)  # the source of each chunk above
+    # For the mixed-ID error: which sources gave each ID kind, per column ({kind: {source index}}).
+    user_kind_sources: dict[str, set[int]] = dataclasses.field(default_factory=dict)
+    item_kind_sources: dict[str, set[int]] = dataclasses.field(default_factory=dict)
+
+    def add_ids(self, user: pa.Array, user_kind: str, item: pa.Array, item_kind: str, source: int) -> None:
+        """One batch's user and item IDs (all of them, or its distinct ones), their kinds and their source."""
+        for ids, kinds, by_kind, values, kind in ((self.users, self.user_kinds, self.user_kind_sources, user, user_kind),
+                                                  (self.items, self.item_kinds, self.item_kind_sources, item, item_kind)):
+            ids.append(values)
+            kinds.append(kind)
+            by_kind.setdefault(kind, set()).add(source)
 
 
 def _concat(parts: list[np.ndarray], dtype) -> np.ndarray:
@@ -969,16 +981,12 @@ def _read_rows(
     got = _Collected()
     tally = ScanTally(config)
     for used in scan_rows(sources, plans, config, rejects, tally):
-        got.users.append(used.user)
-        got.user_kinds.append(used.user_kind)
-        got.items.append(used.item)
-        got.item_kinds.append(used.item_kind)
+        got.add_ids(used.user, used.user_kind, used.item, used.item_kind, used.source)
         got.seconds.append(used.seconds)
         got.events.append(used.event)
         got.weights.append(used.weight)
         got.source.append(np.full(len(used.row), used.source, dtype=np.int32))
         got.row.append(used.row)
-        got.chunk_sources.append(used.source)
     return _assemble(got, item_table, config, sources, rejects, tally.counts, tally.rows_read, path,
                      tally.event_types, tally.unknown(), tally.out_of_range)
 
@@ -1055,8 +1063,8 @@ def _assemble(
 ) -> EventLog:
     """Vocabularies, duplicate removal, sort: the used rows become an ``EventLog``."""
     cols = config.columns
-    _check_text_ids(got.users, got.user_kinds, got.chunk_sources, sources, cols.user_id, config)
-    _check_text_ids(got.items, got.item_kinds, got.chunk_sources, sources, cols.item_id, config)
+    _check_text_ids(got.users, got.user_kinds, got.user_kind_sources, sources, cols.user_id, config)
+    _check_text_ids(got.items, got.item_kinds, got.item_kind_sources, sources, cols.item_id, config)
     user_raw = unify_ids(got.users, got.user_kinds)
     if rejects.pseudonymizer is not None:  # the only place raw user IDs become indices: pseudonyms from here on
         user_raw = pa.chunked_array([rejects.pseudonymizer.apply(user_raw)], pa.string())

@@ -298,29 +298,24 @@ def _grouped(groups: np.ndarray) -> np.ndarray:
     return np.argsort(groups, kind="stable")
 
 
-#: Distinct-ID chunks kept per column before they are merged into one (``_compact_ids``).
+#: Distinct-ID chunks kept per column before they are merged, one per ID kind and type (``_compact_ids``).
 COMPACT_CHUNKS = 32
 
 
 def _compact_ids(got: reader._Collected) -> None:
-    """Merge the per-batch distinct user and item IDs into one chunk each, every ``COMPACT_CHUNKS`` batches.
+    """Merge the distinct user and item IDs kept per batch into one chunk per ID kind and Arrow type.
 
-    Each batch's distinct IDs are kept for the vocabularies; without merging they add up to about the
-    events (every batch repeats most users), so memory would grow with the log. Only while every chunk
-    has one ID kind: then the kind checks and ``unify_ids`` read just the values and that kind, while
-    mixed kinds need each chunk's source for their error message.
+    Each batch's distinct IDs are kept for the vocabularies; unmerged they add up to about the events
+    (every batch repeats most users), so memory would grow with the log. The kind checks and
+    ``unify_ids`` read only the values and kinds; the sources of each kind are kept apart
+    (``_Collected``), so a mixed-ID error still names every file.
     """
-    if len(got.chunk_sources) < COMPACT_CHUNKS:
-        return
-    if len(set(got.user_kinds)) > 1 or len(set(got.item_kinds)) > 1:
-        return
-    if any(len({chunk.type for chunk in ids}) > 1 for ids in (got.users, got.items)):
-        return  # e.g. string and large_string from different files: unify_ids casts them at the end
-    for ids in (got.users, got.items):
-        merged = pc.unique(pa.chunked_array(ids).combine_chunks())
-        ids[:] = [merged]
-    got.user_kinds[:], got.item_kinds[:] = got.user_kinds[:1], got.item_kinds[:1]
-    got.chunk_sources[:] = got.chunk_sources[:1]
+    for ids, kinds in ((got.users, got.user_kinds), (got.items, got.item_kinds)):
+        groups: dict[tuple[str, pa.DataType], list[pa.Array]] = {}
+        for chunk, kind in zip(ids, kinds):
+            groups.setdefault((kind, chunk.type), []).append(chunk)
+        ids[:] = [pc.unique(pa.chunked_array(chunks).combine_chunks()) for chunks in groups.values()]
+        kinds[:] = [kind for kind, _ in groups]
 
 
 def scan_log(config: DataConfig, window_seconds: float, *, rejects_path: str | Path | None = None,
@@ -363,12 +358,9 @@ def scan_log(config: DataConfig, window_seconds: float, *, rejects_path: str | P
         for used in reader.scan_rows(sources, plans, config, rejects, tally):
             if not len(used.row):
                 continue
-            for ids, values, kinds, kind in ((got.users, used.user, got.user_kinds, used.user_kind),
-                                             (got.items, used.item, got.item_kinds, used.item_kind)):
-                ids.append(pc.unique(values))
-                kinds.append(kind)
-            got.chunk_sources.append(used.source)
-            _compact_ids(got)
+            got.add_ids(pc.unique(used.user), used.user_kind, pc.unique(used.item), used.item_kind, used.source)
+            if len(got.users) >= COMPACT_CHUNKS:
+                _compact_ids(got)
             groups = window_group(used.seconds, window_seconds)
             order = _grouped(groups)
             groups = groups[order]
@@ -397,8 +389,8 @@ def scan_log(config: DataConfig, window_seconds: float, *, rejects_path: str | P
             raise DataError(f"events '{path}': no valid rows ({report.summary()})"
                             f"{reader._units_hint(report, tally.out_of_range, config)}")
         cols = config.columns
-        reader._check_text_ids(got.users, got.user_kinds, got.chunk_sources, sources, cols.user_id, config)
-        reader._check_text_ids(got.items, got.item_kinds, got.chunk_sources, sources, cols.item_id, config)
+        reader._check_text_ids(got.users, got.user_kinds, got.user_kind_sources, sources, cols.user_id, config)
+        reader._check_text_ids(got.items, got.item_kinds, got.item_kind_sources, sources, cols.item_id, config)
         raw_users = Vocabulary.from_values(reader.unify_ids(got.users, got.user_kinds)).values
         if pseudonymizer is not None:  # indices follow the sorted pseudonyms, as read_events gives them
             pseudonyms = pseudonymizer.apply(raw_users)
