@@ -20,8 +20,10 @@ known before each stage masked:
   only which interests the user ever had). All train in the one loop;
 - the same tuning budget for every row: at most ``quality.tuning_trials``
   trials from ``quality.tuning``, the trial with the best validation NDCG@10 kept;
-  a later trial that has trained the epochs the leading trial needed for its
-  best without matching it is stopped there (``Pruner``);
+  a later trial whose best so far is behind the leading trial's at the same
+  epoch is stopped there, after a grace of ``quality.prune_after_epochs``
+  (``Pruner``). The trials run under the data set's first protocol; the
+  others train the trial it chose once (``quality.retune_per_protocol``);
 - each row without and with forgetting-aware re-ranking, whose alpha,
   half-life and strength are swept on the validation stage only
   (``fgjax.evaluation.quality``);
@@ -112,39 +114,46 @@ def trial_overrides(config, row: str) -> list[tuple[str, ...]]:
 
 
 class Pruner:
-    """An epoch hook that stops a trial that cannot catch the leading trial in the leader's own time.
+    """An epoch hook that stops a later trial once it is behind the leading trial at the same epoch.
 
-    The leader reached its best validation NDCG@10 at some epoch. Once a later trial has trained that many epochs
-    (and at least ``after_epochs``) without matching the leader's best, it stops at its next validation: every
-    trial gets the epochs the leader needed, and a trial that starts slowly is judged on them, not on its first
-    epochs. ``after_epochs`` 0: never prune. ``pruned_at``: the epoch the trial stopped at, or None.
+    The median stopping rule (Golovin et al. 2017, Google Vizier) with one finished trial: at a validation at epoch
+    ``e >= after_epochs``, the trial stops when its best validation NDCG@10 so far is below the leader's best up to
+    epoch ``e`` (past the leader's last validation: the leader's best). ``after_epochs`` is the grace a slow starter
+    gets; 0 = never prune. ``pruned_at``: the epoch the trial stopped at, or None.
     """
 
     KEY = "val_ndcg@10"
 
     def __init__(self, leader: list[dict[str, Any]], after_epochs: int):
-        scored = [(h[self.KEY], -h["epoch"]) for h in leader if self.KEY in h]
-        best, neg_epoch = max(scored) if scored else (-math.inf, 0)  # no leader curve: never prune
-        self.leader_best, self.leader_epoch = best, -neg_epoch  # the first epoch with the leader's best
+        self.leader = sorted((h["epoch"], h[self.KEY]) for h in leader if self.KEY in h)
         self.after_epochs = after_epochs
         self.best = -math.inf
         self.pruned_at: int | None = None
+
+    def leader_best(self, epoch: int) -> float:
+        """The leader's best validation NDCG@10 up to ``epoch`` (-inf before its first validation)."""
+        return max((v for e, v in self.leader if e <= epoch), default=-math.inf)
 
     def __call__(self, record: dict[str, Any]) -> bool:
         if self.KEY not in record:
             return False
         self.best = max(self.best, record[self.KEY])
         epoch = record["epoch"]
-        if not self.after_epochs or epoch < max(self.after_epochs, self.leader_epoch) or self.best >= self.leader_best:
+        if not self.after_epochs or not self.leader or epoch < self.after_epochs:
+            return False
+        if self.best >= self.leader_best(epoch):
             return False
         self.pruned_at = epoch
         return True
 
 
 def fit_row(config, log, protocol, row: str, model_name: str, changes: tuple[str, ...], inputs: dict,
-            report) -> dict[str, Any]:
+            report, carried: tuple[str, ...] | None = None) -> dict[str, Any]:
     """Train (or fit) one row's model on the protocol's training stage once per tuning trial; keep the trial with the
-    best validation NDCG@10 -> ``{"scores": {"val", "test"}, "training", "history"}``."""
+    best validation NDCG@10 -> ``{"scores": {"val", "test"}, "training", "history", "trial"}``.
+
+    ``carried``: the trial another protocol chose, trained once instead of the tuning trials.
+    """
     from fgjax.config import override
     from fgjax.evaluation import quality as Q
     from fgjax.models import HISTORY_MODELS, SEQUENCE_MODELS
@@ -153,7 +162,7 @@ def fit_row(config, log, protocol, row: str, model_name: str, changes: tuple[str
     val, test = protocol.validation, protocol.test
     sequences = inputs["categorized" if model_name == "forgetting_sasrec" else "plain"]
     best = None
-    trials = trial_overrides(config, row)
+    trials = trial_overrides(config, row) if carried is None else [carried]
     spent = 0.0
     pruned = 0
     for trial in trials:
@@ -187,13 +196,13 @@ def fit_row(config, log, protocol, row: str, model_name: str, changes: tuple[str
                                                                                                 ("test", test))}
     training = {"train_seconds": round(result.seconds, 1), "epochs": result.epochs, "best_epoch": result.best_epoch,
                 "trials": len(trials), "chosen": "; ".join(trial), "tuning_seconds": round(spent, 1),
-                "pruned_trials": pruned}
+                "pruned_trials": pruned, "carried": carried is not None}
     if model_name in SEQUENCE_MODELS:
         from fgjax.models.sequence import count_params
 
         training["parameters"] = count_params(result.params)
         training["stopped_early"] = result.stopped_early
-    return {"scores": score, "training": training, "history": result.history}
+    return {"scores": score, "training": training, "history": result.history, "trial": trial}
 
 
 def long_history_users(log, stage, days: float) -> np.ndarray:
@@ -240,7 +249,10 @@ def compare(per_user: dict[str, np.ndarray], plan, mask: np.ndarray, config) -> 
     return out
 
 
-def run_protocol(config, log, name: str, out: Path, peer: Path | None, report) -> dict[str, Any]:
+def run_protocol(config, log, name: str, out: Path, peer: Path | None, report,
+                 trials: dict[str, tuple[str, ...]] | None = None) -> dict[str, Any]:
+    """One protocol's rows, comparisons and ablations. ``trials``: row -> the trial to train once instead of tuning
+    (another protocol's choice); an empty dict is filled with this protocol's choices; None: tune, keep nothing."""
     from fgjax.data.sequences import build_sequences
     from fgjax.evaluation import quality as Q
     from fgjax.evaluation.metrics import metrics_at, per_user_ndcg
@@ -275,8 +287,12 @@ def run_protocol(config, log, name: str, out: Path, peer: Path | None, report) -
     rows = row_models(config)
     if any(m == "forgetting_sasrec" for m, _ in rows.values()):
         inputs["categorized"] = sequences(item_category=log.item_category, num_categories=len(log.categories))
+    carry = dict(trials) if trials else None
     for row, (model_name, changes) in rows.items():
-        fitted = fit_row(config, log, protocol, row, model_name, changes, inputs, report)
+        fitted = fit_row(config, log, protocol, row, model_name, changes, inputs, report,
+                         carried=None if carry is None else carry.get(row, ()))
+        if trials is not None and carry is None:
+            trials[row] = fitted["trial"]
         scores[row], training[row], histories[row] = fitted["scores"], fitted["training"], fitted["history"]
 
     # Forgetting analyses: one per half-life and stage (alpha only changes p, recomputed from f).
@@ -387,9 +403,12 @@ def _protocol_markdown(result: dict[str, Any], ks: list[int]) -> list[str]:
     lines = [f"#### {result['protocol']} ({result['test_users']} test users, {result.get('long_history_users', 0)} "
              f"with a history of {long_days:g}+ days; full ranking, known items masked)", ""]
     if "choices" in result:
+        tuning = ("Every model is tuned with the same budget (trials) and selected by validation NDCG@10."
+                  if not result.get("tuned_on") else
+                  f"Every model trains once with the trial its tuning under {result['tuned_on']} chose (the same "
+                  "budget for every model there); epochs are selected by this protocol's validation NDCG@10.")
         lines += [f"Protocol: {result['choices']}. MAP as trec_eval (average precision over the first k ranks "
-                  "divided by the number of relevant items). Every model is tuned with the same budget "
-                  "(trials) and selected by validation NDCG@10.", ""]
+                  f"divided by the number of relevant items). {tuning}", ""]
     head = (["model", "forgetting", "trials", "val NDCG@10"] + [f"{m}@{k}" for k in ks for m in METRICS]
             + [f"NDCG@{ks[0]} {long_days:g}d+", "train s", "all trials s", "epochs"])
     lines.append("| " + " | ".join(head) + " |")
@@ -400,6 +419,8 @@ def _protocol_markdown(result: dict[str, Any], ks: list[int]) -> list[str]:
             label = f"on (hl {r['half_life_windows']:g}, α {r['alpha']:g}, s {r['strength']:g})"
         epochs = str(r["epochs"]) + (f" (best {r['best_epoch']})" if r.get("best_epoch") and r["epochs"] > 1 else "")
         trials = str(r.get("trials", 1)) + (f" ({r['pruned_trials']} pruned)" if r.get("pruned_trials") else "")
+        if r.get("carried"):
+            trials = "1, carried"
         trials += f": {r['chosen']}" if r.get("chosen") and r["forgetting"] == "off" else ""
         cells = [r["model"], label, trials, f"{r['val_ndcg@10']:.4f}"]
         cells += [f"{r[f'{m}@{k}']:.4f}" for k in ks for m in METRICS]
@@ -500,7 +521,12 @@ def run_dataset(config_path: str, overrides: list[str], out: Path, peer: Path | 
     log = read(config, out / name, report)
     if log.categories is None or len(log.categories) == 0:
         raise SystemExit(f"fgjax: error: {config_path}: the quality report needs item categories (an items table)")
-    protocols = [run_protocol(config, log, p, out / name, peer, report) for p in config.quality.protocols]
+    trials: dict[str, tuple[str, ...]] | None = None if config.quality.retune_per_protocol else {}
+    protocols = []
+    for p in config.quality.protocols:
+        protocols.append(run_protocol(config, log, p, out / name, peer, report, trials))
+        if trials is not None and len(protocols) > 1:
+            protocols[-1]["tuned_on"] = config.quality.protocols[0]
     return {"name": name, "config_path": config_path, "data": dataclasses.asdict(log.report),
             "users": int(log.num_users), "items": int(log.num_items), "categories": len(log.categories),
             "config": to_dict(config), "protocols": protocols, "seconds": round(time.perf_counter() - t0, 1)}
@@ -528,7 +554,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = build_parser().parse_args(argv)
+    from fgjax.cli import use_compile_cache
     from fgjax.errors import FgjaxError
+
+    # As the CLI does (FGJAX_COMPILE_CACHE): the trials and protocols of a data set share their step's shapes, so
+    # a program compiled once is loaded after (a fresh cache folder measures a first run).
+    use_compile_cache()
 
     report = (lambda _: None) if args.quiet else (lambda msg: print(msg, flush=True))
     out = Path(args.out)

@@ -424,9 +424,12 @@ class QualityConfig:
     tuning_trials: int = setting(1, ge=1)
     # Row name -> trials, each "key=value; key=value" (dotted config overrides); rows not named run as configured.
     tuning: dict[str, list[str]] = setting({})
-    # Pruning: a later trial that has trained as many epochs as the leading trial took to reach its best val
-    # NDCG@10 (and at least this many) without matching that best stops at its next validation; 0 = never prune.
+    # Pruning: from this epoch on, a later trial whose best val NDCG@10 so far is below the leading trial's best up
+    # to the same epoch stops there (the median stopping rule with one finished trial); 0 = never prune.
     prune_after_epochs: int = setting(4, ge=0)
+    # false: the trials run under the first of ``protocols``; the others train the trial it chose, once (knobs
+    # chosen on one split, reported on another). true: every protocol tunes anew.
+    retune_per_protocol: bool = False
 
     def _check(self, where: str) -> None:
         q = self.cutoff_quantiles

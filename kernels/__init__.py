@@ -57,7 +57,7 @@ from ._state import (
     interest_state_update,
     window_contributions,
 )
-from ._softmax import DEFAULT_CHUNK, softmax_cross_entropy
+from ._softmax import DEFAULT_CHUNK, FUSED_CHUNK, softmax_cross_entropy, weighted_softmax_cross_entropy
 from ._states import (
     ACTIVE,
     DECLINING,
@@ -96,6 +96,7 @@ __all__ = [
     "CusumState",
     "DECLINING",
     "DEFAULT_CHUNK",
+    "FUSED_CHUNK",
     "DetectorOutput",
     "DetectorParams",
     "DetectorState",
@@ -157,6 +158,7 @@ __all__ = [
     "sticky_alarms",
     "silence_threshold",
     "softmax_cross_entropy",
+    "weighted_softmax_cross_entropy",
     "threshold_states",
     "trend_slope",
     "window_contributions",

@@ -10,6 +10,13 @@ rows x 9,067 items x 64: loss and gradients 0.48 s with the logits in memory,
 forward keeps only each row's log-sum-exp, and the backward recomputes one
 chunk's logits at a time (one more ``(chunk, items)`` product than autodiff,
 in exchange for data that stays in cache).
+
+``weighted_softmax_cross_entropy`` is the training loss: a weighted sum whose
+weights (the padding mask over the number of real positions) are known before
+the backward pass. Its forward under ``jax.grad`` computes both gradients in
+the same pass over each chunk's logits: three ``(chunk, items)`` products
+instead of four, one ``exp`` pass instead of two (2 cores, 6,400 rows x 9,066
+items x 64: 242 -> 178 ms for the loss and its gradients, measured 2026-12-03).
 """
 
 from __future__ import annotations
@@ -23,6 +30,8 @@ from jax.typing import ArrayLike
 
 #: Rows per chunk: 512 rows x 10,000 items is 20 MB of float32, about an L2-sized working set per core.
 DEFAULT_CHUNK = 512
+#: Rows per chunk of the fused loss, which holds the exponentials beside the logits (fastest of 64-512, above).
+FUSED_CHUNK = 256
 
 
 def softmax_cross_entropy(queries: ArrayLike, table: ArrayLike, labels: ArrayLike, *,
@@ -40,6 +49,84 @@ def softmax_cross_entropy(queries: ArrayLike, table: ArrayLike, labels: ArrayLik
       ``optax.softmax_cross_entropy_with_integer_labels(queries @ table.T, labels)``
       up to float rounding).
     """
+    queries, table, labels = _checked(queries, table, labels, chunk)
+    rows = queries.shape[0]
+    if rows == 0:
+        return jnp.zeros((0,), jnp.result_type(queries, table))
+    chunk = min(chunk, rows)
+    pad = -rows % chunk
+    # Padding rows (zero queries, label 0) get a zero cotangent and are cut off.
+    padded_q = jnp.pad(queries, ((0, pad), (0, 0)))
+    padded_y = jnp.pad(labels, (0, pad))
+    return _chunked_ce(chunk, padded_q, table, padded_y)[:rows]
+
+
+def weighted_softmax_cross_entropy(queries: ArrayLike, table: ArrayLike, labels: ArrayLike, weights: ArrayLike, *,
+                                   chunk: int = FUSED_CHUNK) -> Array:
+    """``sum_r weights_r * (logsumexp(queries_r @ table.T) - queries_r . table[labels_r])`` -> ``()``.
+
+    Args:
+      queries: ``(rows, dim)`` float.
+      table: ``(items, dim)`` float, ``items >= 1``.
+      labels: ``(rows,)`` int, each in ``[0, items)``.
+      weights: ``(rows,)`` float, e.g. ``mask / mask.sum()`` for a mean over the real rows (0 drops a row).
+      chunk: rows whose logits are in memory at once.
+
+    Differentiable in ``queries``, ``table`` and ``weights``. Under ``jax.grad`` the forward computes the
+    gradients with the loss (module docstring); without it, only the log-sum-exp. Equal to
+    ``jnp.sum(weights * softmax_cross_entropy(queries, table, labels))`` up to float rounding.
+    """
+    queries, table, labels = _checked(queries, table, labels, chunk)
+    weights = jnp.asarray(weights, jnp.result_type(queries, table))
+    if weights.shape != labels.shape:
+        raise ValueError(f"weights must be (rows,) = {labels.shape}, got {weights.shape}")
+    rows = queries.shape[0]
+    if rows == 0:
+        return jnp.zeros((), weights.dtype)
+    chunk = min(chunk, rows)
+    pad = -rows % chunk
+    # Padding rows weigh 0: no loss, no gradient.
+    return _fused_ce(chunk, jnp.pad(queries, ((0, pad), (0, 0))), table, jnp.pad(labels, (0, pad)),
+                     jnp.pad(weights, (0, pad)))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _fused_ce(chunk: int, queries: Array, table: Array, labels: Array, weights: Array) -> Array:
+    losses = _row_lse(chunk, queries, table) - jnp.sum(queries * table[labels], axis=-1)
+    return jnp.sum(weights * losses)
+
+
+def _fused_ce_fwd(chunk, queries, table, labels, weights):
+    dim = queries.shape[1]
+
+    def block(d_table, xs):
+        q, w = xs
+        logits = q @ table.T  # (chunk, items)
+        top = jnp.max(logits, axis=-1, keepdims=True)
+        exps = jnp.exp(logits - top)
+        total = jnp.sum(exps, axis=-1, keepdims=True)
+        soft = exps * (w[:, None] / total)  # weight x softmax
+        return d_table + soft.T @ q, (top[:, 0] + jnp.log(total[:, 0]), soft @ table)
+
+    xs = (queries.reshape(-1, chunk, dim), weights.reshape(-1, chunk))
+    d_table, (lse, d_queries) = jax.lax.scan(block, jnp.zeros_like(table), xs)
+    label_rows = table[labels]
+    losses = lse.reshape(-1) - jnp.sum(queries * label_rows, axis=-1)
+    # The label term: -w * table[label] for the query, -w * query for the label's row.
+    d_queries = d_queries.reshape(queries.shape) - weights[:, None] * label_rows
+    d_table = d_table.at[labels].add(-weights[:, None] * queries)
+    return jnp.sum(weights * losses), (d_queries, d_table, losses)
+
+
+def _fused_ce_bwd(chunk, residuals, g):
+    d_queries, d_table, losses = residuals
+    return g * d_queries, g * d_table, None, g * losses
+
+
+_fused_ce.defvjp(_fused_ce_fwd, _fused_ce_bwd)
+
+
+def _checked(queries: ArrayLike, table: ArrayLike, labels: ArrayLike, chunk: int) -> tuple[Array, Array, Array]:
     queries = jnp.asarray(queries)
     table = jnp.asarray(table)
     labels = jnp.asarray(labels, jnp.int32)
@@ -52,15 +139,7 @@ def softmax_cross_entropy(queries: ArrayLike, table: ArrayLike, labels: ArrayLik
         raise ValueError("table needs at least one item")
     if chunk < 1:
         raise ValueError(f"chunk must be >= 1, got {chunk}")
-    rows = queries.shape[0]
-    if rows == 0:
-        return jnp.zeros((0,), jnp.result_type(queries, table))
-    chunk = min(chunk, rows)
-    pad = -rows % chunk
-    # Padding rows (zero queries, label 0) get a zero cotangent and are cut off.
-    padded_q = jnp.pad(queries, ((0, pad), (0, 0)))
-    padded_y = jnp.pad(labels, (0, pad))
-    return _chunked_ce(chunk, padded_q, table, padded_y)[:rows]
+    return queries, table, labels
 
 
 def _row_lse(chunk: int, queries: Array, table: Array) -> Array:

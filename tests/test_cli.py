@@ -203,7 +203,7 @@ def test_the_cli_keeps_compiled_programs_between_runs(tmp_path):
     assert compile_cache_dir({"FGJAX_COMPILE_CACHE": str(tmp_path)}) == str(tmp_path)
     assert compile_cache_dir({"FGJAX_COMPILE_CACHE": "off"}) is None
     assert compile_cache_dir({"FGJAX_COMPILE_CACHE": str(tmp_path), "JAX_COMPILATION_CACHE_DIR": "/j"}) is None
-    probe = ("import jax; from fgjax.cli import _use_compile_cache; _use_compile_cache(); "
+    probe = ("import jax; from fgjax.cli import use_compile_cache; use_compile_cache(); "
              "print(jax.config.jax_compilation_cache_dir)")
     env = {k: v for k, v in os.environ.items() if k != "JAX_COMPILATION_CACHE_DIR"}
     for setting, want in ((str(tmp_path / "xla"), str(tmp_path / "xla")), ("off", "None")):

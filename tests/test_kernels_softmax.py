@@ -1,4 +1,5 @@
-"""fgjax.kernels._softmax.softmax_cross_entropy against a float64 NumPy reference (loss and both gradients)."""
+"""fgjax.kernels._softmax against a float64 NumPy reference: softmax_cross_entropy (loss and both gradients) and
+the fused training loss weighted_softmax_cross_entropy (loss and its three gradients)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fgjax.kernels import softmax_cross_entropy
+from fgjax.kernels import softmax_cross_entropy, weighted_softmax_cross_entropy
 
 SETTINGS = settings(max_examples=10, deadline=None, derandomize=True)
 
@@ -117,3 +118,76 @@ def test_bad_shapes_raise():
         softmax_cross_entropy(q, t, y[:3])
     with pytest.raises(ValueError, match="chunk"):
         softmax_cross_entropy(q, t, y, chunk=0)
+
+
+def fused_ce(queries, table, labels, weights, chunk):
+    """The fused kernel under one jit: its value, and its gradients in queries, table and weights."""
+
+    @jax.jit
+    def run(q, t, y, w):
+        return jax.value_and_grad(lambda q, t, w: weighted_softmax_cross_entropy(q, t, y, w, chunk=chunk),
+                                  argnums=(0, 1, 2))(q, t, w)
+
+    value, grads = run(queries, table, labels, weights)
+    return (np.asarray(value), *(np.asarray(g) for g in grads))
+
+
+def ref_fused(queries, table, labels, weights):
+    losses, d_q, d_t = ref_ce(queries, table, labels, weights)
+    return np.sum(np.asarray(weights, np.float64) * losses), d_q, d_t, losses
+
+
+@pytest.mark.parametrize("rows, items, dim, chunk", [(37, 11, 8, 5), (64, 300, 16, 64), (7, 3, 4, 256),
+                                                      (100, 50, 8, 1)])
+def test_fused_matches_float64_reference(rows, items, dim, chunk):
+    q, t, y, w = _case(rows * items, rows, items, dim)
+    _close(fused_ce(q, t, y, w, chunk), ref_fused(q, t, y, w), 1e-5)
+
+
+@given(rows=st.integers(1, 40), items=st.integers(1, 30), dim=st.integers(1, 6), chunk=st.integers(1, 50),
+       seed=st.integers(0, 2**16), scale=st.sampled_from([0.0, 0.1, 1.0, 5.0]))
+@SETTINGS
+def test_fused_property_any_shape_and_chunk(rows, items, dim, chunk, seed, scale):
+    q, t, y, w = _case(seed, rows, items, dim, scale)
+    w[::3] = 0.0  # masked rows, as the padding of a sequence batch
+    _close(fused_ce(q, t, y, w, chunk), ref_fused(q, t, y, w), 2e-5)
+
+
+def test_fused_value_without_grad_equals_the_per_row_kernel():
+    q, t, y, w = _case(5, 50, 20, 6)
+    fused = float(jax.jit(lambda q, t: weighted_softmax_cross_entropy(q, t, y, w, chunk=7))(q, t))
+    per_row = float(jnp.sum(w * softmax_cross_entropy(q, t, y, chunk=7)))
+    np.testing.assert_allclose(fused, per_row, rtol=1e-6)
+
+
+def test_fused_edge_cases():
+    # Zero queries: every row's loss is log(items); the value is sum(w) * log(items).
+    t = np.random.default_rng(0).normal(size=(13, 4)).astype(np.float32)
+    w = np.full(6, 0.5, np.float32)
+    got = fused_ce(np.zeros((6, 4), np.float32), t, np.arange(6) % 13, w, 4)
+    np.testing.assert_allclose(got[0], 3.0 * np.log(13.0), rtol=1e-6)
+    np.testing.assert_allclose(got[3], np.log(13.0), rtol=1e-6)  # d/dw = each row's loss
+    # One item: the loss and every gradient are zero.
+    q, _, _, w = _case(1, 9, 1, 3)
+    for x in fused_ce(q, np.ones((1, 3), np.float32), np.zeros(9, np.int32), w, 4):
+        np.testing.assert_allclose(x, 0.0, atol=1e-6)
+    # Huge logits stay finite and match the reference.
+    q, t, y, w = _case(2, 20, 30, 4, scale=200.0)
+    got = fused_ce(q, t, y, w, 8)
+    assert all(np.isfinite(x).all() for x in got)
+    _close(got, ref_fused(q, t, y, w), 1e-4)
+    # Every weight 0 (a batch of padding): a zero loss and zero gradients.
+    for x in fused_ce(q, t, y, np.zeros_like(w), 8)[:3]:
+        np.testing.assert_allclose(x, 0.0, atol=1e-6)
+    assert float(weighted_softmax_cross_entropy(np.zeros((0, 4), np.float32), t, np.zeros(0, np.int32),
+                                                np.zeros(0, np.float32))) == 0.0
+
+
+def test_fused_bad_shapes_raise():
+    q, t, y, w = _case(0, 5, 7, 3)
+    with pytest.raises(ValueError, match="share dim"):
+        weighted_softmax_cross_entropy(q, t[:, :2], y, w)
+    with pytest.raises(ValueError, match="weights"):
+        weighted_softmax_cross_entropy(q, t, y, w[:2])
+    with pytest.raises(ValueError, match="chunk"):
+        weighted_softmax_cross_entropy(q, t, y, w, chunk=0)

@@ -177,10 +177,10 @@ def test_tuning_budget_is_the_same_for_every_model():
         load_config(None, ["quality.tuning={bpr: [nonsense]}"])
 
 
-def test_a_trial_is_pruned_only_after_the_epochs_the_leader_needed():
+def test_a_trial_is_pruned_when_behind_the_leader_at_the_same_epoch():
     from bench.quality import Pruner
 
-    # The leader peaked at 0.07 in epoch 6 (and again in 10: the first epoch counts).
+    # The leader: 0.02 at epoch 2, 0.05 at 4, 0.07 at 6, then no better.
     leader = [{"epoch": e, "val_ndcg@10": v} for e, v in ((2, 0.02), (4, 0.05), (6, 0.07), (8, 0.06), (10, 0.07))]
     leader.insert(1, {"epoch": 3, "train_loss": 1.0})  # epochs without validation are skipped
 
@@ -191,12 +191,14 @@ def test_a_trial_is_pruned_only_after_the_epochs_the_leader_needed():
                 break
         return pruner.pruned_at
 
-    # A slow starter is not judged on its first epochs: behind at 2 and 4, level by 6.
-    assert run([(2, 0.0), (4, 0.0), (6, 0.07), (8, 0.0), (20, 0.0)]) is None
-    assert run([(2, 0.0), (4, 0.0), (6, 0.069)]) == 6  # not level with the leader's best in the leader's epochs
-    assert run([(2, 0.0), (4, 0.0), (5, 0.0), (7, 0.0)]) == 7  # validated on other epochs: the first from 6 on
-    assert run([(2, 0.0), (4, 0.0), (6, 0.0), (8, 0.0)], after=8) == 8  # and never before after_epochs
-    assert run([(2, 0.0), (4, 0.0), (6, 0.0), (8, 0.0)], after=0) is None  # 0: never
+    # Level with the leader's curve all along (its best so far counts, not its last value): never pruned.
+    assert run([(2, 0.0), (4, 0.05), (6, 0.07), (8, 0.0), (30, 0.0)]) is None
+    assert run([(2, 0.0), (4, 0.049)]) == 4  # behind the leader's 0.05 at epoch 4
+    assert run([(2, 0.0), (4, 0.0), (6, 0.07)], after=6) is None  # the grace: a slow starter judged from epoch 6
+    assert run([(2, 0.0), (4, 0.05), (6, 0.069)]) == 6
+    assert run([(5, 0.05), (7, 0.06)]) == 7  # other epochs: the leader's best up to that epoch (0.05, then 0.07)
+    assert run([(2, 0.0), (4, 0.05), (6, 0.07), (40, 0.07)]) is None  # past the leader's end: its best
+    assert run([(2, 0.0), (4, 0.0), (6, 0.0)], after=0) is None  # 0: never
     assert Pruner([], 4)({"epoch": 50, "val_ndcg@10": 0.0}) is False  # a leader without validations: never
 
 

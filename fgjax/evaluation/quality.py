@@ -105,7 +105,7 @@ def stage_forgetting(config: Config, log: EventLog, stage: Stage, half_life_wind
     """The forgetting analysis of what the stage knows, each user read at its own judging time."""
     analysis = dataclasses.replace(config.analysis, half_life_windows=half_life_windows)
     return analyze(dataclasses.replace(config, analysis=analysis), log, events=stage.known_events,
-                   snapshot_before=stage.at_time, progress=False)
+                   snapshot_before=stage.at_time, record_changes=False, progress=False)
 
 
 def interest_weights(result: ForgettingResult, config: Config, log: EventLog, alpha: float, *,

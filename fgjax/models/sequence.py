@@ -51,7 +51,7 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 from jax import Array
-from fgjax.kernels import softmax_cross_entropy
+from fgjax.kernels import weighted_softmax_cross_entropy
 
 TIME_ENCODINGS = ("none", "interval", "decay")
 LOSSES = ("full_softmax", "sampled_softmax")
@@ -217,16 +217,17 @@ class TimeAwareSASRec(nnx.Module):
         valid = targets >= 0
         safe = jnp.where(valid, targets, 0)
         if self.loss_kind == "full_softmax":
-            # Chunked: the (B * L, items) logits never sit in memory (fgjax.kernels.softmax_cross_entropy).
-            per_position = softmax_cross_entropy(hidden.reshape(-1, hidden.shape[-1]), table,
-                                                 safe.reshape(-1)).reshape(safe.shape)
-        else:
-            negs = jax.random.randint(k_neg, (self.sampled_negatives,), 0, table.shape[0])
-            positive = jnp.sum(hidden * table[safe], axis=-1, keepdims=True)  # (B, L, 1)
-            negative = hidden @ table[negs].T  # (B, L, S)
-            negative = jnp.where(negs[None, None, :] == safe[..., None], _NEG, negative)
-            logits = jnp.concatenate([positive, negative], axis=-1)
-            per_position = optax.softmax_cross_entropy_with_integer_labels(logits, jnp.zeros_like(safe))
+            # Chunked, gradients with the forward: the (B * L, items) logits never sit in memory
+            # (fgjax.kernels.weighted_softmax_cross_entropy); the weights are the mean over real positions.
+            weights = valid / jnp.maximum(jnp.sum(valid), 1)
+            return weighted_softmax_cross_entropy(hidden.reshape(-1, hidden.shape[-1]), table, safe.reshape(-1),
+                                                  weights.reshape(-1))
+        negs = jax.random.randint(k_neg, (self.sampled_negatives,), 0, table.shape[0])
+        positive = jnp.sum(hidden * table[safe], axis=-1, keepdims=True)  # (B, L, 1)
+        negative = hidden @ table[negs].T  # (B, L, S)
+        negative = jnp.where(negs[None, None, :] == safe[..., None], _NEG, negative)
+        logits = jnp.concatenate([positive, negative], axis=-1)
+        per_position = optax.softmax_cross_entropy_with_integer_labels(logits, jnp.zeros_like(safe))
         return jnp.sum(per_position * valid) / jnp.maximum(jnp.sum(valid), 1)
 
     def position_queries(self, batch: Mapping[str, Array], key: Array | None = None) -> Array:
