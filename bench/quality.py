@@ -117,9 +117,10 @@ class Pruner:
     """An epoch hook that stops a later trial once it is behind the leading trial at the same epoch.
 
     The median stopping rule (Golovin et al. 2017, Google Vizier) with one finished trial: at a validation at epoch
-    ``e >= after_epochs``, the trial stops when its best validation NDCG@10 so far is below the leader's best up to
-    epoch ``e`` (past the leader's last validation: the leader's best). ``after_epochs`` is the grace a slow starter
-    gets; 0 = never prune. ``pruned_at``: the epoch the trial stopped at, or None.
+    ``e``, the trial stops when its best validation NDCG@10 so far is below the leader's best up to epoch ``e`` (past
+    the leader's last validation: the leader's best). A slow starter gets a grace: no trial is judged before
+    ``after_epochs`` nor before half the epochs the leader needed for its best (a model of 40 cheap epochs is not
+    judged on its first 4). ``after_epochs`` 0 = never prune. ``pruned_at``: the epoch the trial stopped at, or None.
     """
 
     KEY = "val_ndcg@10"
@@ -127,6 +128,9 @@ class Pruner:
     def __init__(self, leader: list[dict[str, Any]], after_epochs: int):
         self.leader = sorted((h["epoch"], h[self.KEY]) for h in leader if self.KEY in h)
         self.after_epochs = after_epochs
+        best = max((v for _, v in self.leader), default=-math.inf)
+        best_epoch = min((e for e, v in self.leader if v == best), default=0)  # the first epoch at its best
+        self.grace = max(after_epochs, -(-best_epoch // 2))
         self.best = -math.inf
         self.pruned_at: int | None = None
 
@@ -139,7 +143,7 @@ class Pruner:
             return False
         self.best = max(self.best, record[self.KEY])
         epoch = record["epoch"]
-        if not self.after_epochs or not self.leader or epoch < self.after_epochs:
+        if not self.after_epochs or not self.leader or epoch < self.grace:
             return False
         if self.best >= self.leader_best(epoch):
             return False

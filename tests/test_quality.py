@@ -120,6 +120,44 @@ def test_quality_report_end_to_end(tmp_path):
     assert payload["seconds"] > 0
 
 
+def test_later_protocols_train_the_trial_the_first_one_chose(tmp_path):
+    from bench import quality
+    from fgjax.data.synthetic import generate
+
+    cfg = load_config(None, ["synthetic.num_users=50", "synthetic.num_items=40", "synthetic.num_days=30",
+                             "synthetic.bad_row_fraction=0"])
+    paths = generate(cfg.synthetic, tmp_path / "data")
+    overrides = [
+        f"data.path={paths.events_dir}", f"data.items_path={tmp_path / 'data' / 'items.parquet'}",
+        "data.format=parquet", "train.epochs=2", "train.batch_size=64", "sequence.epochs=1", "sequence.dim=8",
+        "sequence.layers=1", "sequence.batch_size=16", "sequence.max_len=8", "quality.baselines=false",
+        "quality.sasrec_baseline=false", "quality.in_model_forgetting=false", "quality.sweep_alpha=[0]",
+        "quality.sweep_half_life_windows=[4]", "quality.sweep_strength=[0,1]", "analysis.detector.kind=level",
+        "quality.tuning_trials=2", "quality.prune_after_epochs=0",
+        "quality.tuning={embedding_mlp: [train.learning_rate=0.001, train.learning_rate=0.05]}",
+    ]
+    data = quality.run_dataset(str(ROOT / "configs" / "quickstart.yaml"), overrides, tmp_path / "q", None,
+                               lambda _: None)
+    first, second = data["protocols"]
+    assert "tuned_on" not in first and second["tuned_on"] == "leave_last_out"
+
+    def row(result):
+        return next(r for r in result["rows"] if r["model"] == "embedding_mlp" and r["forgetting"] == "off")
+
+    tuned, carried = row(first), row(second)
+    assert tuned["trials"] == 2 and not tuned["carried"]
+    assert carried["trials"] == 1 and carried["carried"] and carried["chosen"] == tuned["chosen"]
+    assert carried["tuning_seconds"] == carried["train_seconds"]  # one trial: nothing else was trained
+    assert "trains once with the trial its tuning under leave_last_out chose" in "\n".join(
+        quality._protocol_markdown(second, [10, 20]))
+    assert "| embedding_mlp | off | 1, carried: train.learning_rate=" in "\n".join(
+        quality._protocol_markdown(second, [10, 20]))
+    # retune_per_protocol: every protocol tunes anew.
+    again = quality.run_dataset(str(ROOT / "configs" / "quickstart.yaml"),
+                                overrides + ["quality.retune_per_protocol=true"], tmp_path / "q2", None, lambda _: None)
+    assert [row(r)["trials"] for r in again["protocols"]] == [2, 2] and "tuned_on" not in again["protocols"][1]
+
+
 def test_long_history_users_match_a_loop():
     from bench.quality import long_history_users
     from fgjax.data.protocol import Stage
@@ -197,6 +235,11 @@ def test_a_trial_is_pruned_when_behind_the_leader_at_the_same_epoch():
     assert run([(2, 0.0), (4, 0.0), (6, 0.07)], after=6) is None  # the grace: a slow starter judged from epoch 6
     assert run([(2, 0.0), (4, 0.05), (6, 0.069)]) == 6
     assert run([(5, 0.05), (7, 0.06)]) == 7  # other epochs: the leader's best up to that epoch (0.05, then 0.07)
+    # The grace is also half the epochs the leader needed: a leader at its best in epoch 40 judges from 20 on.
+    late = [{"epoch": e, "val_ndcg@10": e / 1000} for e in range(2, 41, 2)]
+    pruner = Pruner(late, 4)
+    assert not any(pruner({"epoch": e, "val_ndcg@10": 0.0}) for e in range(2, 20, 2)) and pruner.grace == 20
+    assert pruner({"epoch": 20, "val_ndcg@10": 0.0}) and pruner.pruned_at == 20
     assert run([(2, 0.0), (4, 0.05), (6, 0.07), (40, 0.07)]) is None  # past the leader's end: its best
     assert run([(2, 0.0), (4, 0.0), (6, 0.0)], after=0) is None  # 0: never
     assert Pruner([], 4)({"epoch": 50, "val_ndcg@10": 0.0}) is False  # a leader without validations: never
