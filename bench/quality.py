@@ -51,6 +51,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import math
 import sys
@@ -119,8 +120,8 @@ class Pruner:
     The median stopping rule (Golovin et al. 2017, Google Vizier) with one finished trial: at a validation at epoch
     ``e``, the trial stops when its best validation NDCG@10 so far is below the leader's best up to epoch ``e`` (past
     the leader's last validation: the leader's best). A slow starter gets a grace: no trial is judged before
-    ``after_epochs`` nor before half the epochs the leader needed for its best (a model of 40 cheap epochs is not
-    judged on its first 4). ``after_epochs`` 0 = never prune. ``pruned_at``: the epoch the trial stopped at, or None.
+    ``after_epochs`` nor before a third of the epochs the leader needed for its best (a model that peaks after 40
+    cheap epochs is not judged on its first 4). ``after_epochs`` 0 = never prune. ``pruned_at``: the epoch the trial stopped at, or None.
     """
 
     KEY = "val_ndcg@10"
@@ -130,7 +131,7 @@ class Pruner:
         self.after_epochs = after_epochs
         best = max((v for _, v in self.leader), default=-math.inf)
         best_epoch = min((e for e, v in self.leader if v == best), default=0)  # the first epoch at its best
-        self.grace = max(after_epochs, -(-best_epoch // 2))
+        self.grace = max(after_epochs, -(-best_epoch // 3))
         self.best = -math.inf
         self.pruned_at: int | None = None
 
@@ -299,8 +300,9 @@ def run_protocol(config, log, name: str, out: Path, peer: Path | None, report,
             trials[row] = fitted["trial"]
         scores[row], training[row], histories[row] = fitted["scores"], fitted["training"], fitted["history"]
 
-    # Forgetting analyses: one per half-life and stage (alpha only changes p, recomputed from f).
-    analyses = {stage: {hl: Q.stage_forgetting(config, log, st, hl) for hl in config.quality.sweep_half_life_windows}
+    # Forgetting analyses: one per half-life and stage, run when first read (alpha only changes p, recomputed
+    # from f): validation sweeps every half-life, test reads only those a model chose (and the ablations').
+    analyses = {stage: _Analyses(functools.partial(Q.stage_forgetting, config, log, st))
                 for stage, st in (("val", val), ("test", test))}
     columns = Q.item_columns(log.item_category, len(log.categories))
     long_users = long_history_users(log, test, config.quality.long_history_days)
@@ -340,9 +342,6 @@ def run_protocol(config, log, name: str, out: Path, peer: Path | None, report,
                     {"alpha": 0.0}, "no decay (half-life inf)": {"hl": math.inf}}
         ablations[model] = {}
         for label, change in variants.items():
-            if change.get("hl") is not None and change["hl"] not in analyses["val"]:
-                for stage_name, st in (("val", val), ("test", test)):
-                    analyses[stage_name][change["hl"]] = Q.stage_forgetting(config, log, st, change["hl"])
             ablations[model][label] = {"val_ndcg@10": rerank("val", val, **change)["ndcg@10"],
                                        "test_ndcg@10": rerank("test", test, **change)["ndcg@10"]}
         diagnostics[model] = Q.target_interest_states(analyses["test"][hl], log, test)
@@ -359,6 +358,18 @@ def run_protocol(config, log, name: str, out: Path, peer: Path | None, report,
             "comparisons": {"all": compare(per_user, plan, everyone, config),
                             "long": compare(per_user, plan, long_users, config)},
             "histories": histories, "seconds": round(time.perf_counter() - t0, 1)}
+
+
+class _Analyses(dict):
+    """half-life -> one stage's forgetting analysis, run on first read (``run(half_life)``)."""
+
+    def __init__(self, run):
+        super().__init__()
+        self._run = run
+
+    def __missing__(self, half_life: float):
+        self[half_life] = result = self._run(half_life)
+        return result
 
 
 def _peer_rows(peer: Path, val, test, ks, report) -> list[dict[str, Any]]:

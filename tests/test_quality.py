@@ -235,11 +235,11 @@ def test_a_trial_is_pruned_when_behind_the_leader_at_the_same_epoch():
     assert run([(2, 0.0), (4, 0.0), (6, 0.07)], after=6) is None  # the grace: a slow starter judged from epoch 6
     assert run([(2, 0.0), (4, 0.05), (6, 0.069)]) == 6
     assert run([(5, 0.05), (7, 0.06)]) == 7  # other epochs: the leader's best up to that epoch (0.05, then 0.07)
-    # The grace is also half the epochs the leader needed: a leader at its best in epoch 40 judges from 20 on.
-    late = [{"epoch": e, "val_ndcg@10": e / 1000} for e in range(2, 41, 2)]
+    # The grace is also a third of the epochs the leader needed: a leader at its best in epoch 42 judges from 14.
+    late = [{"epoch": e, "val_ndcg@10": e / 1000} for e in range(2, 43, 2)]
     pruner = Pruner(late, 4)
-    assert not any(pruner({"epoch": e, "val_ndcg@10": 0.0}) for e in range(2, 20, 2)) and pruner.grace == 20
-    assert pruner({"epoch": 20, "val_ndcg@10": 0.0}) and pruner.pruned_at == 20
+    assert not any(pruner({"epoch": e, "val_ndcg@10": 0.0}) for e in range(2, 14, 2)) and pruner.grace == 14
+    assert pruner({"epoch": 14, "val_ndcg@10": 0.0}) and pruner.pruned_at == 14
     assert run([(2, 0.0), (4, 0.05), (6, 0.07), (40, 0.07)]) is None  # past the leader's end: its best
     assert run([(2, 0.0), (4, 0.0), (6, 0.0)], after=0) is None  # 0: never
     assert Pruner([], 4)({"epoch": 50, "val_ndcg@10": 0.0}) is False  # a leader without validations: never
