@@ -50,6 +50,7 @@ Writes ``OUT/quality.json`` (device, date, versions, configs, everything),
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import dataclasses
 import functools
 import json
@@ -300,10 +301,13 @@ def run_protocol(config, log, name: str, out: Path, peer: Path | None, report,
             trials[row] = fitted["trial"]
         scores[row], training[row], histories[row] = fitted["scores"], fitted["training"], fitted["history"]
 
-    # Forgetting analyses: one per half-life and stage, run when first read (alpha only changes p, recomputed
-    # from f): validation sweeps every half-life, test reads only those a model chose (and the ablations').
-    analyses = {stage: _Analyses(functools.partial(Q.stage_forgetting, config, log, st))
+    # Forgetting analyses: one per half-life and stage (alpha only changes p, recomputed from f). Each runs a
+    # window at a time, mostly one core's dispatch work: two run side by side on a 2-core machine.
+    pool = concurrent.futures.ThreadPoolExecutor(2, thread_name_prefix="quality-analysis")
+    analyses = {stage: _Analyses(functools.partial(Q.stage_forgetting, config, log, st), pool)
                 for stage, st in (("val", val), ("test", test))}
+    for stage_analyses in analyses.values():
+        stage_analyses.start(config.quality.sweep_half_life_windows)
     columns = Q.item_columns(log.item_category, len(log.categories))
     long_users = long_history_users(log, test, config.quality.long_history_days)
     cut = ks[0]
@@ -346,6 +350,7 @@ def run_protocol(config, log, name: str, out: Path, peer: Path | None, report,
                                        "test_ndcg@10": rerank("test", test, **change)["ndcg@10"]}
         diagnostics[model] = Q.target_interest_states(analyses["test"][hl], log, test)
 
+    pool.shutdown()
     if peer is not None and name == "leave_last_out":
         rows_out.extend(_peer_rows(peer, val, test, ks, report))
     plan = planned_comparisons(list(scores))
@@ -361,14 +366,24 @@ def run_protocol(config, log, name: str, out: Path, peer: Path | None, report,
 
 
 class _Analyses(dict):
-    """half-life -> one stage's forgetting analysis, run on first read (``run(half_life)``)."""
+    """half-life -> one stage's forgetting analysis (``run(half_life)``), started ahead on ``pool`` or run when
+    first read."""
 
-    def __init__(self, run):
+    def __init__(self, run, pool: concurrent.futures.Executor | None = None):
         super().__init__()
         self._run = run
+        self._pool = pool
+        self._futures: dict[float, concurrent.futures.Future] = {}
+
+    def start(self, half_lives) -> None:
+        """Run these half-lives' analyses on the pool, ahead of their first read."""
+        for half_life in half_lives:
+            if self._pool is not None and half_life not in self and half_life not in self._futures:
+                self._futures[half_life] = self._pool.submit(self._run, half_life)
 
     def __missing__(self, half_life: float):
-        self[half_life] = result = self._run(half_life)
+        future = self._futures.pop(half_life, None)
+        self[half_life] = result = future.result() if future is not None else self._run(half_life)
         return result
 
 
