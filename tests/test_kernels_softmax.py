@@ -43,6 +43,27 @@ def kernel_ce(queries, table, labels, weights, chunk):
     return tuple(np.asarray(a) for a in run(queries, table, labels, weights))
 
 
+def fused_ce(queries, table, labels, weights, chunk):
+    """The fused kernel under one jit: its value, and its gradients in queries, table and weights."""
+
+    @jax.jit
+    def run(q, t, y, w):
+        return jax.value_and_grad(lambda q, t, w: weighted_softmax_cross_entropy(q, t, y, w, chunk=chunk),
+                                  argnums=(0, 1, 2))(q, t, w)
+
+    value, grads = run(queries, table, labels, weights)
+    return (np.asarray(value), *(np.asarray(g) for g in grads))
+
+
+def ref_fused(queries, table, labels, weights):
+    losses, d_q, d_t = ref_ce(queries, table, labels, weights)
+    return np.sum(np.asarray(weights, np.float64) * losses), d_q, d_t, losses
+
+
+#: kernel under test -> (run it under jit, its float64 reference), both returning the same tuple.
+KERNELS = {"per_row": (kernel_ce, ref_ce), "fused": (fused_ce, ref_fused)}
+
+
 def _case(seed, rows, items, dim, scale=1.0):
     rng = np.random.default_rng(seed)
     q = (scale * rng.normal(size=(rows, dim))).astype(np.float32)
@@ -57,19 +78,24 @@ def _close(got, want, tol):
         np.testing.assert_allclose(g, w, rtol=tol, atol=tol * max(1.0, float(np.abs(w).max(initial=0.0))))
 
 
+@pytest.mark.parametrize("kind", KERNELS)
 @pytest.mark.parametrize("rows, items, dim, chunk", [(37, 11, 8, 5), (64, 300, 16, 64), (7, 3, 4, 512),
                                                       (100, 50, 8, 1)])
-def test_matches_float64_reference(rows, items, dim, chunk):
+def test_matches_float64_reference(kind, rows, items, dim, chunk):
+    run, reference = KERNELS[kind]
     q, t, y, w = _case(rows + items, rows, items, dim)
-    _close(kernel_ce(q, t, y, w, chunk), ref_ce(q, t, y, w), 1e-5)
+    _close(run(q, t, y, w, chunk), reference(q, t, y, w), 1e-5)
 
 
+@pytest.mark.parametrize("kind", KERNELS)
 @given(rows=st.integers(1, 40), items=st.integers(1, 30), dim=st.integers(1, 6), chunk=st.integers(1, 50),
        seed=st.integers(0, 2**16), scale=st.sampled_from([0.0, 0.1, 1.0, 5.0]))
 @SETTINGS
-def test_property_any_shape_and_chunk(rows, items, dim, chunk, seed, scale):
+def test_property_any_shape_and_chunk(kind, rows, items, dim, chunk, seed, scale):
+    run, reference = KERNELS[kind]
     q, t, y, w = _case(seed, rows, items, dim, scale)
-    _close(kernel_ce(q, t, y, w, chunk), ref_ce(q, t, y, w), 2e-5)
+    w[::3] = 0.0  # masked rows, as the padding of a sequence batch
+    _close(run(q, t, y, w, chunk), reference(q, t, y, w), 2e-5)
 
 
 def test_equals_autodiff_of_the_dense_loss_under_jit():
@@ -119,38 +145,6 @@ def test_bad_shapes_raise():
     with pytest.raises(ValueError, match="chunk"):
         softmax_cross_entropy(q, t, y, chunk=0)
 
-
-def fused_ce(queries, table, labels, weights, chunk):
-    """The fused kernel under one jit: its value, and its gradients in queries, table and weights."""
-
-    @jax.jit
-    def run(q, t, y, w):
-        return jax.value_and_grad(lambda q, t, w: weighted_softmax_cross_entropy(q, t, y, w, chunk=chunk),
-                                  argnums=(0, 1, 2))(q, t, w)
-
-    value, grads = run(queries, table, labels, weights)
-    return (np.asarray(value), *(np.asarray(g) for g in grads))
-
-
-def ref_fused(queries, table, labels, weights):
-    losses, d_q, d_t = ref_ce(queries, table, labels, weights)
-    return np.sum(np.asarray(weights, np.float64) * losses), d_q, d_t, losses
-
-
-@pytest.mark.parametrize("rows, items, dim, chunk", [(37, 11, 8, 5), (64, 300, 16, 64), (7, 3, 4, 256),
-                                                      (100, 50, 8, 1)])
-def test_fused_matches_float64_reference(rows, items, dim, chunk):
-    q, t, y, w = _case(rows * items, rows, items, dim)
-    _close(fused_ce(q, t, y, w, chunk), ref_fused(q, t, y, w), 1e-5)
-
-
-@given(rows=st.integers(1, 40), items=st.integers(1, 30), dim=st.integers(1, 6), chunk=st.integers(1, 50),
-       seed=st.integers(0, 2**16), scale=st.sampled_from([0.0, 0.1, 1.0, 5.0]))
-@SETTINGS
-def test_fused_property_any_shape_and_chunk(rows, items, dim, chunk, seed, scale):
-    q, t, y, w = _case(seed, rows, items, dim, scale)
-    w[::3] = 0.0  # masked rows, as the padding of a sequence batch
-    _close(fused_ce(q, t, y, w, chunk), ref_fused(q, t, y, w), 2e-5)
 
 
 def test_fused_value_without_grad_equals_the_per_row_kernel():
