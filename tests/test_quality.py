@@ -120,7 +120,7 @@ def test_quality_report_end_to_end(tmp_path):
     assert payload["seconds"] > 0
 
 
-def test_later_protocols_train_the_trial_the_first_one_chose(tmp_path):
+def test_later_protocols_train_the_trial_the_first_one_chose(tmp_path, monkeypatch):
     from bench import quality
     from fgjax.data.synthetic import generate
 
@@ -152,10 +152,18 @@ def test_later_protocols_train_the_trial_the_first_one_chose(tmp_path):
         quality._protocol_markdown(second, [10, 20]))
     assert "| embedding_mlp | off | 1, carried: train.learning_rate=" in "\n".join(
         quality._protocol_markdown(second, [10, 20]))
-    # retune_per_protocol: every protocol tunes anew.
+    # retune_per_protocol: every protocol is asked to tune (no trials handed over), and none is marked carried.
+    asked = []
+
+    def record(config, log, name, out, peer, report, trials=None):
+        asked.append((name, trials))
+        return {"protocol": name}
+
+    monkeypatch.setattr(quality, "run_protocol", record)
     again = quality.run_dataset(str(ROOT / "configs" / "quickstart.yaml"),
                                 overrides + ["quality.retune_per_protocol=true"], tmp_path / "q2", None, lambda _: None)
-    assert [row(r)["trials"] for r in again["protocols"]] == [2, 2] and "tuned_on" not in again["protocols"][1]
+    assert asked == [("leave_last_out", None), ("time_cutoff", None)]
+    assert all("tuned_on" not in r for r in again["protocols"])
 
 
 def test_long_history_users_match_a_loop():
