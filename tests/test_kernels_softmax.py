@@ -60,8 +60,25 @@ def ref_fused(queries, table, labels, weights):
     return np.sum(np.asarray(weights, np.float64) * losses), d_q, d_t, losses
 
 
+def fused_ce_constant_weights(queries, table, labels, weights, chunk):
+    """The fused kernel with the weights held constant (the training loss): rows of weight 0 are skipped."""
+
+    @jax.jit
+    def run(q, t, y):
+        return jax.value_and_grad(lambda q, t: weighted_softmax_cross_entropy(q, t, y, weights, chunk=chunk),
+                                  argnums=(0, 1))(q, t)
+
+    value, grads = run(queries, table, labels)
+    return (np.asarray(value), *(np.asarray(g) for g in grads))
+
+
+def ref_fused_constant_weights(queries, table, labels, weights):
+    return ref_fused(queries, table, labels, weights)[:3]
+
+
 #: kernel under test -> (run it under jit, its float64 reference), both returning the same tuple.
-KERNELS = {"per_row": (kernel_ce, ref_ce), "fused": (fused_ce, ref_fused)}
+KERNELS = {"per_row": (kernel_ce, ref_ce), "fused": (fused_ce, ref_fused),
+           "fused_constant_weights": (fused_ce_constant_weights, ref_fused_constant_weights)}
 
 
 def _case(seed, rows, items, dim, scale=1.0):
@@ -145,6 +162,21 @@ def test_bad_shapes_raise():
     with pytest.raises(ValueError, match="chunk"):
         softmax_cross_entropy(q, t, y, chunk=0)
 
+
+
+@pytest.mark.parametrize("zero_rows", [slice(0, 0), slice(None, None, 2), slice(3, None), slice(None, -5), slice(None)])
+def test_zero_weight_rows_are_skipped_exactly(zero_rows):
+    # Weighted rows first, zero rows anywhere: value and gradients as if every row were computed, with chunk
+    # boundaries inside and between the weighted rows (37 rows, chunks of 8).
+    q, t, y, w = _case(11, 37, 23, 5)
+    w[zero_rows] = 0.0
+    want = ref_fused(q, t, y, w)
+    _close(fused_ce_constant_weights(q, t, y, w, 8), want[:3], 1e-5)
+    # Differentiated in the weights, the zero rows' losses are computed: d/dw is every row's loss.
+    _close(fused_ce(q, t, y, w, 8), want, 1e-5)
+    # Without grad the value is the same.
+    value = jax.jit(lambda q, t: weighted_softmax_cross_entropy(q, t, y, w, chunk=8))(q, t)
+    np.testing.assert_allclose(float(value), want[0], rtol=1e-5)
 
 
 def test_fused_value_without_grad_equals_the_per_row_kernel():
