@@ -57,6 +57,7 @@ from ._state import (
     interest_state_update,
     window_contributions,
 )
+from ._random import bernoulli_mask, fmix32, hashed_bits
 from ._softmax import DEFAULT_CHUNK, FUSED_CHUNK, softmax_cross_entropy, weighted_softmax_cross_entropy
 from ._states import (
     ACTIVE,
@@ -119,6 +120,7 @@ __all__ = [
     "activity_buffer_update",
     "adaptive_threshold",
     "age_class",
+    "bernoulli_mask",
     "blocked_top_k",
     "calibration_add",
     "calibration_scale",
@@ -133,7 +135,9 @@ __all__ = [
     "dft_period",
     "dominant_period",
     "event_counts",
+    "fmix32",
     "forgetting_degree",
+    "hashed_bits",
     "history_dispersion",
     "hit_matrix",
     "interest_forgetting",
