@@ -17,7 +17,9 @@ known before each stage masked:
   with ``quality.in_model_forgetting`` ``forgetting_sasrec`` (the time-aware
   model with the user's day-scale interest ages as input and a learned decay per
   interest) and its ablation without decay (``sequence.interest_decay: none``:
-  only which interests the user ever had). All train in the one loop;
+  only which interests the user ever had; trained once with the trial
+  ``forgetting_sasrec`` chose, and under the first protocol only unless
+  ``quality.ablations_every_protocol``). All train in the one loop;
 - the same tuning budget for every row: at most ``quality.tuning_trials``
   trials from ``quality.tuning``, the trial with the best validation NDCG@10 kept;
   a later trial whose best so far is behind the leading trial's at the same
@@ -93,7 +95,13 @@ def protocol_choices(name: str, config) -> str:
 
 #: The rows of the report and what each trains: (model.name, dotted overrides of the run's config).
 #: ``itemknn_last`` takes its n from ``quality.knn_last_items``; the forgetting_sasrec rows need item categories.
-def row_models(config) -> dict[str, tuple[str, tuple[str, ...]]]:
+#: Ablation row -> the row it ablates: it trains once with the trial that row chose (one change at a time).
+ABLATION_OF = {"forgetting_sasrec_nodecay": "forgetting_sasrec"}
+
+
+def row_models(config, *, first_protocol: bool = True) -> dict[str, tuple[str, tuple[str, ...]]]:
+    """Row name -> (model name, config overrides). The ablation rows (``ABLATION_OF``) are trained under the
+    first protocol only, unless ``quality.ablations_every_protocol``."""
     q = config.quality
     rows = {}
     if q.baselines:
@@ -105,7 +113,8 @@ def row_models(config) -> dict[str, tuple[str, tuple[str, ...]]]:
         rows["sasrec"] = ("sasrec", ())
     if q.in_model_forgetting:
         rows["forgetting_sasrec"] = ("forgetting_sasrec", ())
-        rows["forgetting_sasrec_nodecay"] = ("forgetting_sasrec", ("sequence.interest_decay=none",))
+        if first_protocol or q.ablations_every_protocol:
+            rows["forgetting_sasrec_nodecay"] = ("forgetting_sasrec", ("sequence.interest_decay=none",))
     return rows
 
 
@@ -158,7 +167,8 @@ def fit_row(config, log, protocol, row: str, model_name: str, changes: tuple[str
     """Train (or fit) one row's model on the protocol's training stage once per tuning trial; keep the trial with the
     best validation NDCG@10 -> ``{"scores": {"val", "test"}, "training", "history", "trial"}``.
 
-    ``carried``: the trial another protocol chose, trained once instead of the tuning trials.
+    ``carried``: the trial another protocol (or, for an ablation, the ablated row) chose, trained once instead of
+    the tuning trials.
     """
     from fgjax.config import override
     from fgjax.evaluation import quality as Q
@@ -290,16 +300,22 @@ def run_protocol(config, log, name: str, out: Path, peer: Path | None, report,
     inputs = {"plain": sequences(),
               "pairs": {"user": np.repeat(np.arange(sets.num_users, dtype=np.int32), sets.counts()),
                         "item": sets.items.astype(np.int32)}}
-    rows = row_models(config)
+    carry = dict(trials) if trials else None
+    rows = row_models(config, first_protocol=name == config.quality.protocols[0])
     if any(m == "forgetting_sasrec" for m, _ in rows.values()):
         inputs["categorized"] = sequences(item_category=log.item_category, num_categories=len(log.categories))
-    carry = dict(trials) if trials else None
+    chosen: dict[str, tuple[str, ...]] = {}
     for row, (model_name, changes) in rows.items():
-        fitted = fit_row(config, log, protocol, row, model_name, changes, inputs, report,
-                         carried=None if carry is None else carry.get(row, ()))
+        if carry is not None:
+            carried = carry.get(row, ())
+        else:
+            carried = chosen.get(ABLATION_OF.get(row, ""))  # an ablation: its row's trial; else None: tune
+        fitted = fit_row(config, log, protocol, row, model_name, changes, inputs, report, carried=carried)
+        chosen[row] = fitted["trial"]
         if trials is not None and carry is None:
             trials[row] = fitted["trial"]
         scores[row], training[row], histories[row] = fitted["scores"], fitted["training"], fitted["history"]
+        training[row]["carried_from"] = ABLATION_OF[row] if row in ABLATION_OF and carry is None else None
 
     # Forgetting analyses: one per half-life and stage (alpha only changes p, recomputed from f). Each runs a
     # window at a time, mostly one core's dispatch work: two run side by side on a 2-core machine.
@@ -450,7 +466,7 @@ def _protocol_markdown(result: dict[str, Any], ks: list[int]) -> list[str]:
         epochs = str(r["epochs"]) + (f" (best {r['best_epoch']})" if r.get("best_epoch") and r["epochs"] > 1 else "")
         trials = str(r.get("trials", 1)) + (f" ({r['pruned_trials']} pruned)" if r.get("pruned_trials") else "")
         if r.get("carried"):
-            trials = "1, carried"
+            trials = f"1, as {r['carried_from']}" if r.get("carried_from") else "1, carried"
         trials += f": {r['chosen']}" if r.get("chosen") and r["forgetting"] == "off" else ""
         cells = [r["model"], label, trials, f"{r['val_ndcg@10']:.4f}"]
         cells += [f"{r[f'{m}@{k}']:.4f}" for k in ks for m in METRICS]

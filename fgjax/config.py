@@ -430,6 +430,9 @@ class QualityConfig:
     # false: the trials run under the first of ``protocols``; the others train the trial it chose, once (knobs
     # chosen on one split, reported on another). true: every protocol tunes anew.
     retune_per_protocol: bool = False
+    # The ablation rows (forgetting_sasrec without decay) train with the trial of the row they ablate; false: under
+    # the first of ``protocols`` only (where the paired tests have the users to show a difference), true: every one.
+    ablations_every_protocol: bool = False
 
     def _check(self, where: str) -> None:
         q = self.cutoff_quantiles

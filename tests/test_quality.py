@@ -76,7 +76,8 @@ def test_quality_report_end_to_end(tmp_path):
         "--set", "quality.sweep_alpha=[0,2]", "--set", "quality.sweep_half_life_windows=[4]",
         "--set", "quality.sweep_strength=[0,1]", "--set", "bpr.epochs=2", "--set", "bpr.batch_size=64",
         "--set", "bpr.dim=8", "--set", "knn.neighbors=10", "--set", "quality.tuning_trials=2",
-        "--set", "quality.tuning={bpr: [bpr.learning_rate=0.001, bpr.learning_rate=0.01]}",
+        "--set", "quality.tuning={bpr: [bpr.learning_rate=0.001, bpr.learning_rate=0.01], "
+                 "forgetting_sasrec: [sequence.dropout=0.1, sequence.dropout=0.3]}",
         "--set", "analysis.detector.kind=level",  # the harness is under test here, not the detector (tested apart)
         # One protocol: the time cut-off's stages are tested in test_protocol, its header below.
         "--set", "quality.protocols=[leave_last_out]",
@@ -97,6 +98,13 @@ def test_quality_report_end_to_end(tmp_path):
         assert bpr["trials"] == 2 and bpr["chosen"] in ("bpr.learning_rate=0.001", "bpr.learning_rate=0.01")
         assert bpr["tuning_seconds"] >= bpr["train_seconds"] > 0  # every trial's time, the kept one's included
         assert bpr["pruned_trials"] in (0, 1)  # only a later trial can be pruned
+        # The no-decay ablation trains once, with the trial forgetting_sasrec chose: one change at a time.
+        off = {r["model"]: r for r in result["rows"] if r["forgetting"] == "off"}
+        ablation, ablated = off["forgetting_sasrec_nodecay"], off["forgetting_sasrec"]
+        assert ablated["trials"] == 2 and not ablated["carried"]
+        assert ablation["trials"] == 1 and ablation["carried"] and ablation["carried_from"] == "forgetting_sasrec"
+        assert ablation["chosen"] == ablated["chosen"] in ("sequence.dropout=0.1", "sequence.dropout=0.3")
+        assert f"| forgetting_sasrec_nodecay | off | 1, as forgetting_sasrec: {ablated['chosen']} |" in md.read_text()
         # Every planned comparison is reported on all users, with a CI around its mean difference.
         labels = [c["comparison"] for c in result["comparisons"]["all"]]
         assert "re-ranking: time_sasrec" in labels and "session recency: last items vs whole history" in labels
@@ -164,6 +172,17 @@ def test_later_protocols_train_the_trial_the_first_one_chose(tmp_path, monkeypat
                                 overrides + ["quality.retune_per_protocol=true"], tmp_path / "q2", None, lambda _: None)
     assert asked == [("leave_last_out", None), ("time_cutoff", None)]
     assert all("tuned_on" not in r for r in again["protocols"])
+
+
+def test_ablation_rows_train_under_the_first_protocol_unless_asked():
+    from bench.quality import ABLATION_OF, row_models
+
+    config = load_config(None)
+    assert "forgetting_sasrec_nodecay" in row_models(config)
+    later = row_models(config, first_protocol=False)
+    assert not set(ABLATION_OF) & set(later) and "forgetting_sasrec" in later
+    every = load_config(None, ["quality.ablations_every_protocol=true"])
+    assert "forgetting_sasrec_nodecay" in row_models(every, first_protocol=False)
 
 
 def test_long_history_users_match_a_loop():
