@@ -322,51 +322,53 @@ def run_protocol(config, log, name: str, out: Path, peer: Path | None, report,
     pool = concurrent.futures.ThreadPoolExecutor(2, thread_name_prefix="quality-analysis")
     analyses = {stage: _Analyses(functools.partial(Q.stage_forgetting, config, log, st), pool)
                 for stage, st in (("val", val), ("test", test))}
-    for stage_analyses in analyses.values():
-        stage_analyses.start(config.quality.sweep_half_life_windows)
-    columns = Q.item_columns(log.item_category, len(log.categories))
-    long_users = long_history_users(log, test, config.quality.long_history_days)
-    cut = ks[0]
+    try:  # a failure cancels the queued analyses instead of running them before the error surfaces
+        for stage_analyses in analyses.values():
+            stage_analyses.start(config.quality.sweep_half_life_windows)
+        columns = Q.item_columns(log.item_category, len(log.categories))
+        long_users = long_history_users(log, test, config.quality.long_history_days)
+        cut = ks[0]
 
-    def judge(ranked: np.ndarray) -> tuple[dict[str, float], np.ndarray]:
-        per_user = per_user_ndcg(ranked, test.targets, cut)
-        metrics = metrics_at(ranked, test.targets, ks)
-        metrics[f"ndcg@{cut}_long"] = float(per_user[long_users].mean()) if long_users.any() else math.nan
-        return metrics, per_user
+        def judge(ranked: np.ndarray) -> tuple[dict[str, float], np.ndarray]:
+            per_user = per_user_ndcg(ranked, test.targets, cut)
+            metrics = metrics_at(ranked, test.targets, ks)
+            metrics[f"ndcg@{cut}_long"] = float(per_user[long_users].mean()) if long_users.any() else math.nan
+            return metrics, per_user
 
-    rows_out, sweeps, ablations, diagnostics, per_user = [], {}, {}, {}, {}
-    k = max(ks)
-    for model, s in scores.items():
-        sweep = Q.sweep_forgetting(config, log, s["val"], exclude["val"], val, analyses["val"])
-        sweeps[model] = {"best": sweep.best, "grid": sweep.rows}
-        off_test, per_user[model] = judge(Q.top_k(s["test"], exclude["test"], k))
-        rows_out.append({"model": model, "forgetting": "off", **training[model],
-                         "val_ndcg@10": sweep.rows[0]["ndcg@10"], **off_test})
-        best = sweep.best
-        chosen = best if best["strength"] > 0 else max(sweep.rows[1:], key=lambda r: r["ndcg@10"])
-        hl, alpha, strength = chosen["half_life_windows"], chosen["alpha"], chosen["strength"]
+        rows_out, sweeps, ablations, diagnostics, per_user = [], {}, {}, {}, {}
+        k = max(ks)
+        for model, s in scores.items():
+            sweep = Q.sweep_forgetting(config, log, s["val"], exclude["val"], val, analyses["val"])
+            sweeps[model] = {"best": sweep.best, "grid": sweep.rows}
+            off_test, per_user[model] = judge(Q.top_k(s["test"], exclude["test"], k))
+            rows_out.append({"model": model, "forgetting": "off", **training[model],
+                             "val_ndcg@10": sweep.rows[0]["ndcg@10"], **off_test})
+            best = sweep.best
+            chosen = best if best["strength"] > 0 else max(sweep.rows[1:], key=lambda r: r["ndcg@10"])
+            hl, alpha, strength = chosen["half_life_windows"], chosen["alpha"], chosen["strength"]
 
-        def weights(stage_name, *, alpha=alpha, hl=hl, state_weights=True):
-            return Q.interest_weights(analyses[stage_name][hl], config, log, alpha, state_weights=state_weights)
+            def weights(stage_name, *, alpha=alpha, hl=hl, state_weights=True):
+                return Q.interest_weights(analyses[stage_name][hl], config, log, alpha, state_weights=state_weights)
 
-        def rerank(stage_name, stage, **change):
-            return Q.evaluate_stage(s[stage_name], exclude[stage_name], stage, ks, user_interest=weights(
-                stage_name, **change), item_column=columns, strength=strength)
+            def rerank(stage_name, stage, **change):
+                return Q.evaluate_stage(s[stage_name], exclude[stage_name], stage, ks, user_interest=weights(
+                    stage_name, **change), item_column=columns, strength=strength)
 
-        on_test, per_user[f"{model}+rerank"] = judge(Q.top_k(s["test"], exclude["test"], k,
-                                                             weights("test")[test.users], columns, strength))
-        rows_out.append({"model": model, "forgetting": "on", **training[model], "val_ndcg@10": chosen["ndcg@10"],
-                         "half_life_windows": hl, "alpha": alpha, "strength": strength,
-                         "sweep_chose_off": best["strength"] == 0, **on_test})
-        variants = {"chosen": {}, "no interest states": {"state_weights": False}, "alpha 0 (no forgetting in p)":
-                    {"alpha": 0.0}, "no decay (half-life inf)": {"hl": math.inf}}
-        ablations[model] = {}
-        for label, change in variants.items():
-            ablations[model][label] = {"val_ndcg@10": rerank("val", val, **change)["ndcg@10"],
-                                       "test_ndcg@10": rerank("test", test, **change)["ndcg@10"]}
-        diagnostics[model] = Q.target_interest_states(analyses["test"][hl], log, test)
+            on_test, per_user[f"{model}+rerank"] = judge(Q.top_k(s["test"], exclude["test"], k,
+                                                                 weights("test")[test.users], columns, strength))
+            rows_out.append({"model": model, "forgetting": "on", **training[model], "val_ndcg@10": chosen["ndcg@10"],
+                             "half_life_windows": hl, "alpha": alpha, "strength": strength,
+                             "sweep_chose_off": best["strength"] == 0, **on_test})
+            variants = {"chosen": {}, "no interest states": {"state_weights": False}, "alpha 0 (no forgetting in p)":
+                        {"alpha": 0.0}, "no decay (half-life inf)": {"hl": math.inf}}
+            ablations[model] = {}
+            for label, change in variants.items():
+                ablations[model][label] = {"val_ndcg@10": rerank("val", val, **change)["ndcg@10"],
+                                           "test_ndcg@10": rerank("test", test, **change)["ndcg@10"]}
+            diagnostics[model] = Q.target_interest_states(analyses["test"][hl], log, test)
 
-    pool.shutdown()
+    finally:
+        pool.shutdown(cancel_futures=True)
     if peer is not None and name == "leave_last_out":
         rows_out.extend(_peer_rows(peer, val, test, ks, report))
     plan = planned_comparisons(list(scores))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import time
 import types
 import math
 import sys
@@ -172,6 +173,53 @@ def test_later_protocols_train_the_trial_the_first_one_chose(tmp_path, monkeypat
                                 overrides + ["quality.retune_per_protocol=true"], tmp_path / "q2", None, lambda _: None)
     assert asked == [("leave_last_out", None), ("time_cutoff", None)]
     assert all("tuned_on" not in r for r in again["protocols"])
+
+
+def test_a_failing_report_cancels_its_queued_forgetting_analyses(tmp_path, monkeypatch):
+    import threading
+
+    from bench import quality
+    from fgjax.data.synthetic import generate
+    from fgjax.evaluation import quality as Q
+
+    cfg = load_config(None, ["synthetic.num_users=40", "synthetic.num_items=30", "synthetic.num_days=20",
+                             "synthetic.bad_row_fraction=0"])
+    paths = generate(cfg.synthetic, tmp_path / "data")
+    overrides = [
+        f"data.path={paths.events_dir}", f"data.items_path={tmp_path / 'data' / 'items.parquet'}",
+        "data.format=parquet", "train.epochs=1", "train.batch_size=32", "quality.baselines=false",
+        "quality.sasrec_baseline=false", "sequence.batch_size=8",
+        "quality.in_model_forgetting=false", "sequence.epochs=1", "sequence.dim=8", "sequence.layers=1",
+        "sequence.max_len=8", "quality.protocols=[leave_last_out]", "quality.sweep_half_life_windows=[1, 2, 4, 8]",
+    ]
+    ran, release = [], threading.Event()
+
+    def slow_analysis(*args):
+        ran.append(args[-1])
+        release.wait(5)  # the two workers hold here until the sweep has failed
+        raise RuntimeError("not read")
+
+    def failing_sweep(*args, **kwargs):
+        raise RuntimeError("sweep failed")
+
+    monkeypatch.setattr(Q, "stage_forgetting", slow_analysis)
+    monkeypatch.setattr(Q, "sweep_forgetting", failing_sweep)
+    monkeypatch.setattr(quality.concurrent.futures.ThreadPoolExecutor, "shutdown",
+                        _releasing(quality.concurrent.futures.ThreadPoolExecutor.shutdown, release))
+    with pytest.raises(RuntimeError, match="sweep failed"):
+        quality.run_dataset(str(ROOT / "configs" / "quickstart.yaml"), overrides, tmp_path / "q", None,
+                            lambda _: None)
+    release.set()  # were any queued analysis left, the freed workers would now run it
+    time.sleep(0.5)
+    assert len(ran) == 2  # 8 analyses queued (4 half-lives x 2 stages), 2 running: the other 6 cancelled
+
+
+def _releasing(shutdown, event):
+    def wrapped(self, *args, **kwargs):
+        event.set()
+        return shutdown(self, *args, **kwargs)
+
+    return wrapped
 
 
 def test_ablation_rows_train_under_the_first_protocol_unless_asked():
