@@ -265,11 +265,30 @@ def compare(per_user: dict[str, np.ndarray], plan, mask: np.ndarray, config) -> 
     return out
 
 
+def protocol_inputs(config, log, protocol, model_names: list[str]) -> dict[str, Any]:
+    """What ``fit_row`` trains on under ``protocol``: the stages' sequences (``"plain"``; ``"categorized"`` with the
+    items' interests, when a ``forgetting_sasrec`` is among ``model_names``) and the training (user, item) pairs."""
+    from fgjax.data.sequences import build_sequences
+
+    def sequences(**categories):
+        return {stage: build_sequences(log.user, log.item, log.timestamp, log.num_users, events, ties=protocol.ties,
+                                       **categories)
+                for stage, events in (("train", protocol.train_events), ("val", protocol.validation.known_events),
+                                      ("test", protocol.test.known_events))}
+
+    sets = protocol.train_items
+    inputs = {"plain": sequences(),
+              "pairs": {"user": np.repeat(np.arange(sets.num_users, dtype=np.int32), sets.counts()),
+                        "item": sets.items.astype(np.int32)}}
+    if "forgetting_sasrec" in model_names:
+        inputs["categorized"] = sequences(item_category=log.item_category, num_categories=len(log.categories))
+    return inputs
+
+
 def run_protocol(config, log, name: str, out: Path, peer: Path | None, report,
                  trials: dict[str, tuple[str, ...]] | None = None) -> dict[str, Any]:
     """One protocol's rows, comparisons and ablations. ``trials``: row -> the trial to train once instead of tuning
     (another protocol's choice); an empty dict is filled with this protocol's choices; None: tune, keep nothing."""
-    from fgjax.data.sequences import build_sequences
     from fgjax.evaluation import quality as Q
     from fgjax.evaluation.metrics import metrics_at, per_user_ndcg
 
@@ -290,20 +309,9 @@ def run_protocol(config, log, name: str, out: Path, peer: Path | None, report,
     }
     training["popularity"] = {"train_seconds": 0.0, "epochs": 0, "trials": 1, "chosen": ""}
 
-    def sequences(**categories):
-        return {stage: build_sequences(log.user, log.item, log.timestamp, log.num_users, events, ties=protocol.ties,
-                                       **categories)
-                for stage, events in (("train", protocol.train_events), ("val", val.known_events),
-                                      ("test", test.known_events))}
-
-    sets = protocol.train_items
-    inputs = {"plain": sequences(),
-              "pairs": {"user": np.repeat(np.arange(sets.num_users, dtype=np.int32), sets.counts()),
-                        "item": sets.items.astype(np.int32)}}
     carry = dict(trials) if trials else None
     rows = row_models(config, first_protocol=name == config.quality.protocols[0])
-    if any(m == "forgetting_sasrec" for m, _ in rows.values()):
-        inputs["categorized"] = sequences(item_category=log.item_category, num_categories=len(log.categories))
+    inputs = protocol_inputs(config, log, protocol, [m for m, _ in rows.values()])
     chosen: dict[str, tuple[str, ...]] = {}
     for row, (model_name, changes) in rows.items():
         if carry is not None:

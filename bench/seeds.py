@@ -1,0 +1,243 @@
+"""Seed replicates: is a difference between sequence models larger than what a training seed moves?
+
+    python -m bench.seeds --dataset configs/ml100k.yaml=path/to/ml-100k \
+        --dataset configs/ml_latest_small.yaml=path/to/ml-latest-small-2016 \
+        --seeds 0,1,2 --out bench/results/seeds --results-md bench/RESULTS.md
+
+The quality report (``bench.quality``) trains each model once: its paired
+tests resample users, so their intervals say nothing about the randomness of
+training (initialization, dropout masks, the order of the examples), which
+moves a sequence model's test NDCG@10 by about 0.01 on MovieLens. Here each
+row of ``--rows`` (default: time_sasrec, forgetting_sasrec and its no-decay
+ablation) trains once per ``sequence.seed`` in ``--seeds``, as configured
+(the configs' defaults are the trials the report chooses), under
+leave-last-out (``--protocol``), and is scored without re-ranking. For every
+comparison the report names among these rows:
+
+- per seed: the paired mean difference over users with its bootstrap 95 % CI
+  (as the report gives it);
+- across seeds: the mean of the per-seed differences, their standard
+  deviation and a t interval (seeds as the replicates);
+- on the seed-averaged scores: each user's NDCG@10 averaged over the seeds,
+  then the report's paired test (bootstrap CI over users, Wilcoxon): the
+  comparison with training noise averaged out rather than resampled.
+
+Writes ``OUT/seeds.json`` (device, date, versions, every figure) and
+``OUT/seeds.md``; with ``--results-md`` also replaces the seeds section of
+that file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bench import _report
+
+SECTION_START = "<!-- seeds:start -->"
+SECTION_END = "<!-- seeds:end -->"
+DEFAULT_ROWS = ("time_sasrec", "forgetting_sasrec", "forgetting_sasrec_nodecay")
+
+
+def across_seeds(differences: list[float], confidence: float = 0.95) -> dict[str, float]:
+    """Mean, standard deviation and a t interval of per-seed differences (the seeds are the replicates)."""
+    from scipy import stats
+
+    d = np.asarray(differences, np.float64)
+    n = len(d)
+    if n == 0:
+        raise ValueError("across_seeds: no seeds")
+    mean = float(d.mean())
+    if n < 2:
+        return {"seeds": n, "mean": mean, "sd": math.nan, "ci_low": math.nan, "ci_high": math.nan}
+    sd = float(d.std(ddof=1))
+    half = float(stats.t.ppf(0.5 + confidence / 2.0, n - 1)) * sd / math.sqrt(n)
+    return {"seeds": n, "mean": mean, "sd": sd, "ci_low": mean - half, "ci_high": mean + half}
+
+
+def seed_comparisons(per_seed: dict[int, dict[str, np.ndarray]], plan, config) -> list[dict[str, Any]]:
+    """Each planned comparison ``(label, treatment, baseline)`` whose rows were trained: per seed (users resampled),
+    across seeds (t interval) and on the per-user scores averaged over the seeds (users resampled)."""
+    from fgjax.evaluation.metrics import paired_comparison
+
+    seeds = sorted(per_seed)
+    out = []
+    for label, a, b in plan:
+        if not all(a in per_seed[s] and b in per_seed[s] for s in seeds):
+            continue
+        kw = {"seed": config.evaluate.bootstrap_seed, "resamples": config.evaluate.bootstrap_resamples}
+        each = {s: paired_comparison(per_seed[s][a], per_seed[s][b], **kw) for s in seeds}
+        mean_a = np.mean([per_seed[s][a] for s in seeds], axis=0)
+        mean_b = np.mean([per_seed[s][b] for s in seeds], axis=0)
+        averaged = paired_comparison(mean_a, mean_b, **kw)
+        out.append({"comparison": label, "treatment": a, "baseline": b,
+                    "per_seed": {str(s): each[s] for s in seeds},
+                    "across_seeds": across_seeds([each[s]["mean_difference"] for s in seeds]),
+                    "seed_averaged": averaged})
+    return out
+
+
+def run_dataset(config_path: str, overrides: list[str], seeds: list[int], rows: list[str], protocol_name: str,
+                out: Path, report) -> dict[str, Any]:
+    """Every row x seed of one data set -> its part of ``seeds.json``."""
+    from bench.quality import _protocol, fit_row, planned_comparisons, protocol_inputs, row_models
+    from fgjax.config import load_config, override
+    from fgjax.evaluation import quality as Q
+    from fgjax.evaluation.metrics import per_user_ndcg
+    from fgjax.pipeline import read
+
+    t0 = time.perf_counter()
+    config = load_config(config_path, overrides)
+    name = Path(config_path).stem
+    log = read(config, out / name, report)  # rejected rows, if any, to OUT/<data set>/rejects.parquet
+    known = row_models(override(config, ("quality.baselines=true", "quality.sasrec_baseline=true",
+                                         "quality.in_model_forgetting=true")))
+    unknown = sorted(set(rows) - set(known))
+    if unknown:
+        raise SystemExit(f"fgjax: error: --rows: unknown {', '.join(unknown)}; expected some of {', '.join(known)}")
+    protocol = _protocol(protocol_name, log, config)
+    test = protocol.test
+    exclude = Q.exclusion_matrix(test, log.num_items)
+    cut = sorted(config.evaluate.ks)[0]
+    inputs = protocol_inputs(config, log, protocol, [known[r][0] for r in rows])
+    per_seed: dict[int, dict[str, np.ndarray]] = {}
+    runs = []
+    for seed in seeds:
+        seeded = override(config, (f"sequence.seed={seed}", f"train.seed={seed}", f"bpr.seed={seed}"))
+        per_seed[seed] = {}
+        for row in rows:
+            model_name, changes = known[row]
+            fitted = fit_row(seeded, log, protocol, row, model_name, changes, inputs, report, carried=())
+            ranked = Q.top_k(fitted["scores"]["test"], exclude, cut)
+            per_seed[seed][row] = per_user_ndcg(ranked, test.targets, cut)
+            val_ndcg = max((h.get("val_ndcg@10", -1.0) for h in fitted["history"]), default=-1.0)
+            first_loss = fitted["history"][0].get("train_loss") if fitted["history"] else None
+            runs.append({"seed": seed, "row": row, "val_ndcg@10": val_ndcg, "first_epoch_loss": first_loss,
+                         f"test_ndcg@{cut}": float(per_seed[seed][row].mean()), **fitted["training"]})
+            report(f"[{name} seed {seed}] {row}: test ndcg@{cut} {per_seed[seed][row].mean():.4f}")
+    summary = {}
+    for row in rows:
+        values = [float(per_seed[s][row].mean()) for s in seeds]
+        summary[row] = {"mean": float(np.mean(values)), "sd": float(np.std(values, ddof=1)) if len(values) > 1
+                        else math.nan, "min": min(values), "max": max(values)}
+    plan = [p for p in planned_comparisons(rows) if "+rerank" not in p[1] + p[2]]
+    return {"name": name, "config_path": config_path, "protocol": protocol_name, "test_users": int(len(test.users)),
+            "cut": cut, "seeds": seeds, "rows": rows, "runs": runs, "summary": summary,
+            "comparisons": seed_comparisons(per_seed, plan, config), "seconds": round(time.perf_counter() - t0, 1)}
+
+
+def markdown(payload: dict[str, Any]) -> str:
+    versions = ", ".join(f"{k} {v}" for k, v in payload.get("versions", {}).items() if v)
+    lines = [f"Measured {payload['date']} on {payload['device']} ({versions}); {payload['seconds']:.0f} s wall.", ""]
+    for d in payload["datasets"]:
+        cut, seeds = d["cut"], d["seeds"]
+        lines += [f"### {d['name']} ({d['protocol']}, {d['test_users']} test users, seeds "
+                  f"{', '.join(map(str, seeds))})", "",
+                  "| row | " + " | ".join(f"seed {s}: val / test NDCG@{cut}" for s in seeds)
+                  + " | test mean | test sd |",
+                  "| --- | " + " | ".join("---" for _ in seeds) + " | ---: | ---: |"]
+        for row in d["rows"]:
+            cells = []
+            for s in seeds:
+                run = next(r for r in d["runs"] if r["seed"] == s and r["row"] == row)
+                cells.append(f"{run['val_ndcg@10']:.4f} / {run[f'test_ndcg@{cut}']:.4f} ({run['epochs']} ep, "
+                             f"best {run['best_epoch']})")
+            sm = d["summary"][row]
+            lines.append(f"| {row} | " + " | ".join(cells) + f" | {sm['mean']:.4f} | {sm['sd']:.4f} |")
+        lines += ["", "| comparison | per seed: Δ (95 % CI over users) | across seeds: mean Δ ± sd (95 % t CI) | "
+                  "seed-averaged scores: Δ (95 % CI over users), Wilcoxon p, better / worse / tied |",
+                  "| --- | --- | --- | --- |"]
+        for c in d["comparisons"]:
+            each = "; ".join(f"{v['mean_difference']:+.4f} ({v['ci_low']:+.4f} .. {v['ci_high']:+.4f})"
+                             for v in c["per_seed"].values())
+            a, m = c["across_seeds"], c["seed_averaged"]
+            lines.append(f"| {c['comparison']} ({c['treatment']} - {c['baseline']}) | {each} | "
+                         f"{a['mean']:+.4f} ± {a['sd']:.4f} ({a['ci_low']:+.4f} .. {a['ci_high']:+.4f}) | "
+                         f"{m['mean_difference']:+.4f} ({m['ci_low']:+.4f} .. {m['ci_high']:+.4f}), p "
+                         f"{m['wilcoxon_p']:.3g}, {m['better']} / {m['worse']} / {m['tied']} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def update_results(path: Path, text: str, command: str) -> None:
+    """Replace (or append) the seeds section of ``path``."""
+    section = (f"{SECTION_START}\n## Seed replicates — sequence models, one configuration trained with several seeds"
+               f"\n\n```bash\n{command}\n```\n\n{text}\n{SECTION_END}")
+    old = path.read_text() if path.is_file() else "# Benchmark results\n"
+    if SECTION_START in old and SECTION_END in old:
+        head, rest = old.split(SECTION_START, 1)
+        new = head + section + rest.split(SECTION_END, 1)[1]
+    else:
+        new = old.rstrip("\n") + "\n\n" + section + "\n"
+    path.write_text(new)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m bench.seeds", description=__doc__.split("\n\n")[0])
+    p.add_argument("--dataset", action="append", default=[], metavar="CONFIG[=FOLDER]",
+                   help="a data set: its YAML config and the folder holding its files (repeatable)")
+    p.add_argument("--config", default="configs/ml100k.yaml", help="YAML config of one data set (without --dataset)")
+    p.add_argument("--set", action="append", default=[], dest="overrides", metavar="KEY=VALUE",
+                   help="config override for every data set, repeatable")
+    p.add_argument("--seeds", default="0,1,2", help="comma-separated training seeds (sequence.seed)")
+    p.add_argument("--rows", default=",".join(DEFAULT_ROWS), help="comma-separated rows of the quality report")
+    p.add_argument("--protocol", default="leave_last_out", choices=("leave_last_out", "time_cutoff"))
+    p.add_argument("--out", default="bench/results/seeds", help="output folder (JSON, Markdown)")
+    p.add_argument("--results-md", default=None, help="also replace the seeds section of this Markdown file")
+    p.add_argument("--quiet", action="store_true")
+    # Accepted so that the suite (python -m bench seeds) can call it like any benchmark; the data sets set the sizes.
+    p.add_argument("--scale", choices=("smoke", "small", "large"), default="small", help=argparse.SUPPRESS)
+    p.add_argument("--plots", default="", help=argparse.SUPPRESS)
+    p.add_argument("--no-torch", action="store_true", help=argparse.SUPPRESS)
+    return p
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    from bench.quality import dataset_overrides
+    from fgjax.cli import use_compile_cache
+    from fgjax.errors import FgjaxError
+
+    args = build_parser().parse_args(argv)
+    try:
+        seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+    except ValueError:
+        raise SystemExit(f"fgjax: error: --seeds: expected comma-separated integers, got {args.seeds!r}") from None
+    rows = [r.strip() for r in args.rows.split(",") if r.strip()]
+    if not seeds or not rows:
+        raise SystemExit("fgjax: error: --seeds and --rows need at least one value each")
+    use_compile_cache()
+    report = (lambda _: None) if args.quiet else (lambda msg: print(msg, flush=True))
+    out = Path(args.out)
+    suite_json = None
+    if out.suffix == ".json":  # called by the suite: --out DIR/seeds.json
+        suite_json, out = out, out.parent / "seeds"
+    specs = [(spec.partition("=")[0], spec.partition("=")[2] or None) for spec in args.dataset] or [(args.config, None)]
+    t0 = time.perf_counter()
+    try:
+        datasets = [run_dataset(path, dataset_overrides(path, folder) + args.overrides, seeds, rows, args.protocol,
+                                out, report) for path, folder in specs]
+    except FgjaxError as exc:
+        print(f"fgjax: error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    payload = {"benchmark": "seeds", **_report.environment(), "seconds": round(time.perf_counter() - t0, 1),
+               "command": "python -m bench.seeds " + " ".join(argv if argv is not None else sys.argv[1:]),
+               "datasets": datasets}
+    _report.write_json(out / "seeds.json", payload)
+    if suite_json is not None:
+        _report.write_json(suite_json, payload)
+    text = markdown(payload)
+    (out / "seeds.md").write_text(text + "\n")
+    if args.results_md:
+        update_results(Path(args.results_md), text, payload["command"])
+    report(text)
+    return payload
+
+
+if __name__ == "__main__":
+    main()

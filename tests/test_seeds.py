@@ -1,0 +1,100 @@
+"""bench.seeds: seed replicates of the sequence models and the comparisons across them."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fgjax.config import load_config
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_across_seeds_is_a_t_interval_over_the_seeds():
+    from bench.seeds import across_seeds
+
+    rng = np.random.default_rng()
+    d = rng.normal(0.01, 0.01, size=3)
+    got = across_seeds(list(d))
+    sd = math.sqrt(sum((x - d.mean()) ** 2 for x in d) / 2)
+    half = 4.302652729911275 * sd / math.sqrt(3)  # Student's t, 2 degrees of freedom, 97.5 % (tables)
+    assert got["seeds"] == 3
+    assert got["mean"] == pytest.approx(d.mean(), rel=1e-12)
+    assert got["sd"] == pytest.approx(sd, rel=1e-12)
+    assert (got["ci_low"], got["ci_high"]) == pytest.approx((d.mean() - half, d.mean() + half), rel=1e-9)
+    one = across_seeds([0.02])
+    assert one["mean"] == 0.02 and math.isnan(one["sd"]) and math.isnan(one["ci_low"])
+    with pytest.raises(ValueError, match="no seeds"):
+        across_seeds([])
+
+
+def test_seed_comparisons_pair_users_per_seed_and_on_the_seed_average():
+    from bench.seeds import seed_comparisons
+
+    rng = np.random.default_rng()
+    users = 200
+    per_seed = {s: {"a": rng.random(users) * (rng.random(users) < 0.2), "b": rng.random(users) * (rng.random(users) < 0.2)}
+                for s in (0, 1, 2)}
+    config = load_config(None, ["evaluate.bootstrap_resamples=200"])
+    plan = [("a vs b", "a", "b"), ("a vs missing", "a", "c")]
+    (c,) = seed_comparisons(per_seed, plan, config)  # the comparison with an untrained row is left out
+    assert (c["comparison"], c["treatment"], c["baseline"]) == ("a vs b", "a", "b")
+    for s in (0, 1, 2):
+        each = c["per_seed"][str(s)]
+        assert each["mean_difference"] == pytest.approx(float(np.mean(per_seed[s]["a"] - per_seed[s]["b"])))
+        assert each["ci_low"] <= each["mean_difference"] <= each["ci_high"]
+    differences = [float(np.mean(per_seed[s]["a"] - per_seed[s]["b"])) for s in (0, 1, 2)]
+    assert c["across_seeds"]["mean"] == pytest.approx(np.mean(differences))
+    assert c["across_seeds"]["sd"] == pytest.approx(np.std(differences, ddof=1))
+    # On the seed-averaged scores: each user's mean over seeds, then the paired test over users.
+    mean_a = sum(per_seed[s]["a"] for s in (0, 1, 2)) / 3
+    mean_b = sum(per_seed[s]["b"] for s in (0, 1, 2)) / 3
+    averaged = c["seed_averaged"]
+    assert averaged["mean_difference"] == pytest.approx(float(np.mean(mean_a - mean_b)))
+    assert averaged["better"] == int(np.sum(mean_a > mean_b)) and averaged["worse"] == int(np.sum(mean_a < mean_b))
+    assert averaged["users"] == users
+
+
+@pytest.mark.slow
+def test_seed_replicates_end_to_end(tmp_path):
+    from bench import seeds
+    from fgjax.data.synthetic import generate
+
+    cfg = load_config(None, ["synthetic.num_users=60", "synthetic.num_items=60", "synthetic.num_days=30",
+                             "synthetic.bad_row_fraction=0"])
+    paths = generate(cfg.synthetic, tmp_path / "data")
+    out = tmp_path / "s"
+    md = tmp_path / "RESULTS.md"
+    md.write_text("# Benchmark results\n\nold text\n")
+    args = ["--config", str(ROOT / "configs" / "quickstart.yaml"), "--out", str(out), "--results-md", str(md),
+            "--quiet", "--seeds", "0,1", "--rows", "time_sasrec,forgetting_sasrec",
+            "--set", f"data.path={paths.events_dir}", "--set", f"data.items_path={tmp_path / 'data' / 'items.parquet'}",
+            "--set", "data.format=parquet", "--set", "sequence.epochs=2", "--set", "sequence.dim=8",
+            "--set", "sequence.layers=1", "--set", "sequence.batch_size=16", "--set", "sequence.max_len=8"]
+    payload = seeds.main(args)
+    data = json.loads((out / "seeds.json").read_text())
+    assert data["benchmark"] == "seeds" and data["device"] and data["versions"]["jax"]
+    (dataset,) = data["datasets"]
+    assert dataset["seeds"] == [0, 1] and dataset["rows"] == ["time_sasrec", "forgetting_sasrec"]
+    assert {(r["seed"], r["row"]) for r in dataset["runs"]} == {(s, r) for s in (0, 1) for r in dataset["rows"]}
+    assert all(r["trials"] == 1 and r["epochs"] >= 1 for r in dataset["runs"])
+    # Each seed trains its own network (initialization, dropout, example order): the first epoch's loss differs.
+    losses = {r["seed"]: r["first_epoch_loss"] for r in dataset["runs"] if r["row"] == "time_sasrec"}
+    assert set(losses) == {0, 1} and losses[0] != losses[1]
+    (c,) = dataset["comparisons"]
+    assert c["comparison"] == "in-model forgetting vs none" and set(c["per_seed"]) == {"0", "1"}
+    summary = dataset["summary"]["time_sasrec"]
+    tests = [r["test_ndcg@10"] for r in dataset["runs"] if r["row"] == "time_sasrec"]
+    assert summary["mean"] == pytest.approx(np.mean(tests)) and summary["min"] == min(tests)
+    text = md.read_text()
+    assert "old text" in text and text.count(seeds.SECTION_START) == 1 and "| time_sasrec |" in text
+    assert "| in-model forgetting vs none (forgetting_sasrec - time_sasrec) |" in text
+    seeds.update_results(md, "second", "cmd")  # replaced, not appended
+    assert md.read_text().count(seeds.SECTION_START) == 1 and "second" in md.read_text()
+    assert payload["seconds"] > 0
+    with pytest.raises(SystemExit, match="unknown nope"):
+        seeds.main([*args, "--rows", "nope"])
