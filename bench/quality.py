@@ -312,14 +312,14 @@ def run_protocol(config, log, name: str, out: Path, peer: Path | None, report,
     carry = dict(trials) if trials else None
     rows = row_models(config, first_protocol=name == config.quality.protocols[0])
     inputs = protocol_inputs(config, log, protocol, [m for m, _ in rows.values()])
-    chosen: dict[str, tuple[str, ...]] = {}
+    chosen_trials: dict[str, tuple[str, ...]] = {}
     for row, (model_name, changes) in rows.items():
         if carry is not None:
             carried = carry.get(row, ())
         else:
-            carried = chosen.get(ABLATION_OF.get(row, ""))  # an ablation: its row's trial; else None: tune
+            carried = chosen_trials.get(ABLATION_OF.get(row, ""))  # an ablation: its row's trial; else None: tune
         fitted = fit_row(config, log, protocol, row, model_name, changes, inputs, report, carried=carried)
-        chosen[row] = fitted["trial"]
+        chosen_trials[row] = fitted["trial"]
         if trials is not None and carry is None:
             trials[row] = fitted["trial"]
         scores[row], training[row], histories[row] = fitted["scores"], fitted["training"], fitted["history"]

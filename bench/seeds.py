@@ -19,8 +19,10 @@ comparison the report names among these rows:
 - across seeds: the mean of the per-seed differences, their standard
   deviation and a t interval (seeds as the replicates);
 - on the seed-averaged scores: each user's NDCG@10 averaged over the seeds,
-  then the report's paired test (bootstrap CI over users, Wilcoxon): the
-  comparison with training noise averaged out rather than resampled.
+  then the report's paired test (bootstrap CI over users, Wilcoxon). Only
+  users are resampled, so this interval is conditional on these seeds: the
+  training noise is averaged (smaller), not accounted for. Whether a
+  difference holds across seeds is what the t interval says.
 
 Writes ``OUT/seeds.json`` (device, date, versions, every figure) and
 ``OUT/seeds.md``; with ``--results-md`` also replaces the seeds section of
@@ -96,6 +98,8 @@ def run_dataset(config_path: str, overrides: list[str], seeds: list[int], rows: 
     config = load_config(config_path, overrides)
     name = Path(config_path).stem
     log = read(config, out / name, report)  # rejected rows, if any, to OUT/<data set>/rejects.parquet
+    if log.categories is None or len(log.categories) == 0:
+        raise SystemExit(f"fgjax: error: {config_path}: seed replicates need item categories (an items table)")
     known = row_models(override(config, ("quality.baselines=true", "quality.sasrec_baseline=true",
                                          "quality.in_model_forgetting=true")))
     unknown = sorted(set(rows) - set(known))
@@ -139,7 +143,7 @@ def markdown(payload: dict[str, Any]) -> str:
         cut, seeds = d["cut"], d["seeds"]
         lines += [f"### {d['name']} ({d['protocol']}, {d['test_users']} test users, seeds "
                   f"{', '.join(map(str, seeds))})", "",
-                  "| row | " + " | ".join(f"seed {s}: val / test NDCG@{cut}" for s in seeds)
+                  "| row | " + " | ".join(f"seed {s}: val NDCG@10 / test NDCG@{cut}" for s in seeds)
                   + " | test mean | test sd |",
                   "| --- | " + " | ".join("---" for _ in seeds) + " | ---: | ---: |"]
         for row in d["rows"]:
@@ -150,8 +154,9 @@ def markdown(payload: dict[str, Any]) -> str:
                              f"best {run['best_epoch']})")
             sm = d["summary"][row]
             lines.append(f"| {row} | " + " | ".join(cells) + f" | {sm['mean']:.4f} | {sm['sd']:.4f} |")
-        lines += ["", "| comparison | per seed: Δ (95 % CI over users) | across seeds: mean Δ ± sd (95 % t CI) | "
-                  "seed-averaged scores: Δ (95 % CI over users), Wilcoxon p, better / worse / tied |",
+        lines += ["", "| comparison | per seed: Δ (95 % CI over users) | across seeds: mean Δ ± sd (95 % t CI over "
+                  "seeds) | seed-averaged scores: Δ (95 % CI over users, given these seeds), Wilcoxon p, better / "
+                  "worse / tied |",
                   "| --- | --- | --- | --- |"]
         for c in d["comparisons"]:
             each = "; ".join(f"{v['mean_difference']:+.4f} ({v['ci_low']:+.4f} .. {v['ci_high']:+.4f})"
@@ -211,6 +216,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     rows = [r.strip() for r in args.rows.split(",") if r.strip()]
     if not seeds or not rows:
         raise SystemExit("fgjax: error: --seeds and --rows need at least one value each")
+    for flag, values in (("--seeds", seeds), ("--rows", rows)):
+        if len(set(values)) != len(values):
+            raise SystemExit(f"fgjax: error: {flag}: each value once, got {','.join(map(str, values))}")
     use_compile_cache()
     report = (lambda _: None) if args.quiet else (lambda msg: print(msg, flush=True))
     out = Path(args.out)

@@ -123,28 +123,31 @@ def _fused_pass(chunk: int, queries: Array, table: Array, labels: Array, weights
         top = jnp.max(logits, axis=-1, keepdims=True)
         exps = jnp.exp(logits - top)
         total = jnp.sum(exps, axis=-1, keepdims=True)
-        lse = jax.lax.dynamic_update_slice_in_dim(lse, top[:, 0] + jnp.log(total[:, 0]), start, 0)
-        if gradients:
+        lse = jax.lax.dynamic_update_slice_in_dim(lse, (top[:, 0] + jnp.log(total[:, 0])).astype(lse.dtype), start, 0)
+        if gradients:  # the carries keep their inputs' dtypes (mixed precision: bf16 queries, f32 table)
             soft = exps * (w[:, None] / total)  # weight x softmax
-            d_table = d_table + soft.T @ q
-            d_queries = jax.lax.dynamic_update_slice_in_dim(d_queries, soft @ table, start, 0)
+            d_table = (d_table + soft.T @ q).astype(d_table.dtype)
+            d_queries = jax.lax.dynamic_update_slice_in_dim(d_queries, (soft @ table).astype(d_queries.dtype), start, 0)
         return d_table, lse, d_queries
 
     d_table = jnp.zeros_like(table) if gradients else jnp.zeros((0, dim), table.dtype)
     d_sorted = jnp.zeros_like(queries) if gradients else jnp.zeros((0, dim), queries.dtype)
+    lse_dtype = jnp.result_type(queries, table)
     d_table, lse_sorted, d_sorted = jax.lax.fori_loop(0, blocks, block,
-                                                      (d_table, jnp.zeros((rows,), queries.dtype), d_sorted))
+                                                      (d_table, jnp.zeros((rows,), lse_dtype), d_sorted))
     # Back to input order: position order[j] holds sorted row j.
     lse = jnp.zeros_like(lse_sorted).at[order].set(lse_sorted, unique_indices=True)
     label_rows = table[labels]
-    losses = jnp.where(zero & ~every_row, 0.0, lse - jnp.sum(queries * label_rows, axis=-1))
+    losses = lse - jnp.sum(queries * label_rows, axis=-1)
+    if not every_row:  # skipped rows' lse was never computed
+        losses = jnp.where(zero, 0.0, losses)
     value = jnp.sum(weights * losses)
     if not gradients:
         return value, d_sorted, d_table, losses
     # The label term: -w * table[label] for the query, -w * query for the label's row.
     d_queries = jnp.zeros_like(d_sorted).at[order].set(d_sorted, unique_indices=True) - weights[:, None] * label_rows
-    d_table = d_table.at[labels].add(-weights[:, None] * queries)
-    return value, d_queries, d_table, losses
+    d_table = d_table.at[labels].add((-weights[:, None] * queries).astype(d_table.dtype))
+    return value, d_queries.astype(queries.dtype), d_table, losses
 
 
 def _fused_ce_fwd(chunk, queries, table, labels, weights):
@@ -158,7 +161,7 @@ def _fused_ce_bwd(chunk, residuals, g):
     d_queries, d_table, losses = residuals
     if isinstance(g, SymbolicZero):  # the loss does not reach the output being differentiated
         return None, None, None, None
-    return g * d_queries, g * d_table, None, g * losses
+    return (g * d_queries).astype(d_queries.dtype), (g * d_table).astype(d_table.dtype), None, g * losses
 
 
 _fused_ce.defvjp(_fused_ce_fwd, _fused_ce_bwd, symbolic_zeros=True)

@@ -179,6 +179,22 @@ def test_zero_weight_rows_are_skipped_exactly(zero_rows):
     np.testing.assert_allclose(float(value), want[0], rtol=1e-5)
 
 
+@pytest.mark.parametrize("query_dtype, table_dtype", [(jnp.bfloat16, jnp.float32), (jnp.float32, jnp.bfloat16)])
+def test_fused_mixed_precision_keeps_each_input_dtype(query_dtype, table_dtype):
+    # bf16 queries with an f32 table (or the reverse): the value as the float64 reference of the rounded inputs,
+    # each gradient in its input's dtype.
+    q, t, y, w = _case(7, 29, 17, 6)
+    w[::3] = 0.0
+    q_low, t_low = jnp.asarray(q, query_dtype), jnp.asarray(t, table_dtype)
+    value, (d_q, d_t) = jax.jit(jax.value_and_grad(
+        lambda q, t: weighted_softmax_cross_entropy(q, t, y, w, chunk=8), argnums=(0, 1)))(q_low, t_low)
+    assert d_q.dtype == query_dtype and d_t.dtype == table_dtype
+    want = ref_fused(np.asarray(q_low, np.float32), np.asarray(t_low, np.float32), y, w)
+    np.testing.assert_allclose(float(value), want[0], rtol=1e-5)
+    for got, ref in ((d_q, want[1]), (d_t, want[2])):
+        np.testing.assert_allclose(np.asarray(got, np.float32), ref, rtol=2e-2, atol=2e-2 * np.abs(ref).max())
+
+
 def test_fused_value_without_grad_equals_the_per_row_kernel():
     q, t, y, w = _case(5, 50, 20, 6)
     fused = float(jax.jit(lambda q, t: weighted_softmax_cross_entropy(q, t, y, w, chunk=7))(q, t))

@@ -215,7 +215,11 @@ def test_a_failing_report_cancels_its_queued_forgetting_analyses(tmp_path, monke
 
 
 def _releasing(shutdown, event):
+    # The caller's own cancel_futures (the behavior under test) empties the queue first, without waiting; only then
+    # are the workers freed (were they freed first, one could take a queued analysis before the cancel), then the
+    # caller's shutdown as called.
     def wrapped(self, *args, **kwargs):
+        shutdown(self, wait=False, cancel_futures=kwargs.get("cancel_futures", False))
         event.set()
         return shutdown(self, *args, **kwargs)
 

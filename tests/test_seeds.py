@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_across_seeds_is_a_t_interval_over_the_seeds():
     from bench.seeds import across_seeds
 
-    rng = np.random.default_rng()
+    rng = np.random.default_rng(3)
     d = rng.normal(0.01, 0.01, size=3)
     got = across_seeds(list(d))
     sd = math.sqrt(sum((x - d.mean()) ** 2 for x in d) / 2)
@@ -25,7 +25,7 @@ def test_across_seeds_is_a_t_interval_over_the_seeds():
     assert got["seeds"] == 3
     assert got["mean"] == pytest.approx(d.mean(), rel=1e-12)
     assert got["sd"] == pytest.approx(sd, rel=1e-12)
-    assert (got["ci_low"], got["ci_high"]) == pytest.approx((d.mean() - half, d.mean() + half), rel=1e-9)
+    assert (got["ci_low"], got["ci_high"]) == pytest.approx((d.mean() - half, d.mean() + half), rel=1e-9, abs=1e-12)
     one = across_seeds([0.02])
     assert one["mean"] == 0.02 and math.isnan(one["sd"]) and math.isnan(one["ci_low"])
     with pytest.raises(ValueError, match="no seeds"):
@@ -35,7 +35,7 @@ def test_across_seeds_is_a_t_interval_over_the_seeds():
 def test_seed_comparisons_pair_users_per_seed_and_on_the_seed_average():
     from bench.seeds import seed_comparisons
 
-    rng = np.random.default_rng()
+    rng = np.random.default_rng(5)
     users = 200
     per_seed = {s: {"a": rng.random(users) * (rng.random(users) < 0.2), "b": rng.random(users) * (rng.random(users) < 0.2)}
                 for s in (0, 1, 2)}
@@ -98,3 +98,5 @@ def test_seed_replicates_end_to_end(tmp_path):
     assert payload["seconds"] > 0
     with pytest.raises(SystemExit, match="unknown nope"):
         seeds.main([*args, "--rows", "nope"])
+    with pytest.raises(SystemExit, match="--seeds: each value once"):
+        seeds.main([*args, "--seeds", "0,0"])
