@@ -309,3 +309,16 @@ def finish(payload: dict[str, Any], args, rows: Sequence[dict[str, Any]], column
     if args.out:
         print(f"wrote {write_json(args.out, payload)}")
     return payload
+
+
+def replace_section(path: Path, start: str, end: str, body: str) -> None:
+    """Replace the text between the markers ``start`` and ``end`` of the Markdown file ``path`` (markers kept) with
+    ``body``; append it, with its markers, when they are absent (or the file is)."""
+    section = f"{start}\n{body}\n{end}"
+    old = path.read_text() if path.is_file() else "# Benchmark results\n"
+    if start in old and end in old:
+        head, rest = old.split(start, 1)
+        new = head + section + rest.split(end, 1)[1]
+    else:
+        new = old.rstrip("\n") + "\n\n" + section + "\n"
+    path.write_text(new)

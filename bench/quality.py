@@ -534,15 +534,9 @@ def markdown(payload: dict[str, Any]) -> str:
 
 def update_results(path: Path, text: str, command: str) -> None:
     """Replace (or append) the quality section of ``path``."""
-    section = (f"{SECTION_START}\n## quality — MovieLens, every model x forgetting (off, re-ranked, in the model)\n\n"
-               f"```bash\n{command}\n```\n\n{text}\n{SECTION_END}")
-    old = path.read_text() if path.is_file() else "# Benchmark results\n"
-    if SECTION_START in old and SECTION_END in old:
-        head, rest = old.split(SECTION_START, 1)
-        new = head + section + rest.split(SECTION_END, 1)[1]
-    else:
-        new = old.rstrip("\n") + "\n\n" + section + "\n"
-    path.write_text(new)
+    _report.replace_section(path, SECTION_START, SECTION_END,
+                            "## quality — MovieLens, every model x forgetting (off, re-ranked, in the model)\n\n"
+                            f"```bash\n{command}\n```\n\n{text}")
 
 
 def dataset_overrides(config_path: str, folder: str | None) -> list[str]:

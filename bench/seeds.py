@@ -172,15 +172,9 @@ def markdown(payload: dict[str, Any]) -> str:
 
 def update_results(path: Path, text: str, command: str) -> None:
     """Replace (or append) the seeds section of ``path``."""
-    section = (f"{SECTION_START}\n## Seed replicates — sequence models, one configuration trained with several seeds"
-               f"\n\n```bash\n{command}\n```\n\n{text}\n{SECTION_END}")
-    old = path.read_text() if path.is_file() else "# Benchmark results\n"
-    if SECTION_START in old and SECTION_END in old:
-        head, rest = old.split(SECTION_START, 1)
-        new = head + section + rest.split(SECTION_END, 1)[1]
-    else:
-        new = old.rstrip("\n") + "\n\n" + section + "\n"
-    path.write_text(new)
+    _report.replace_section(path, SECTION_START, SECTION_END,
+                            "## Seed replicates — sequence models, one configuration trained with several seeds\n\n"
+                            f"```bash\n{command}\n```\n\n{text}")
 
 
 def build_parser() -> argparse.ArgumentParser:
