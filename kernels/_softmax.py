@@ -124,15 +124,15 @@ def _fused_pass(chunk: int, queries: Array, table: Array, labels: Array, weights
         exps = jnp.exp(logits - top)
         total = jnp.sum(exps, axis=-1, keepdims=True)
         lse = jax.lax.dynamic_update_slice_in_dim(lse, (top[:, 0] + jnp.log(total[:, 0])).astype(lse.dtype), start, 0)
-        if gradients:  # the carries keep their inputs' dtypes (mixed precision: bf16 queries, f32 table)
+        if gradients:  # mixed precision (bf16 queries, f32 table): d_table sums in the wider dtype, cast at the end
             soft = exps * (w[:, None] / total)  # weight x softmax
-            d_table = (d_table + soft.T @ q).astype(d_table.dtype)
+            d_table = d_table + (soft.T @ q).astype(d_table.dtype)
             d_queries = jax.lax.dynamic_update_slice_in_dim(d_queries, (soft @ table).astype(d_queries.dtype), start, 0)
         return d_table, lse, d_queries
 
-    d_table = jnp.zeros_like(table) if gradients else jnp.zeros((0, dim), table.dtype)
-    d_sorted = jnp.zeros_like(queries) if gradients else jnp.zeros((0, dim), queries.dtype)
     lse_dtype = jnp.result_type(queries, table)
+    d_table = jnp.zeros(table.shape, lse_dtype) if gradients else jnp.zeros((0, dim), lse_dtype)
+    d_sorted = jnp.zeros_like(queries) if gradients else jnp.zeros((0, dim), queries.dtype)
     d_table, lse_sorted, d_sorted = jax.lax.fori_loop(0, blocks, block,
                                                       (d_table, jnp.zeros((rows,), lse_dtype), d_sorted))
     # Back to input order: position order[j] holds sorted row j.
@@ -147,7 +147,7 @@ def _fused_pass(chunk: int, queries: Array, table: Array, labels: Array, weights
     # The label term: -w * table[label] for the query, -w * query for the label's row.
     d_queries = jnp.zeros_like(d_sorted).at[order].set(d_sorted, unique_indices=True) - weights[:, None] * label_rows
     d_table = d_table.at[labels].add((-weights[:, None] * queries).astype(d_table.dtype))
-    return value, d_queries.astype(queries.dtype), d_table, losses
+    return value, d_queries.astype(queries.dtype), d_table.astype(table.dtype), losses
 
 
 def _fused_ce_fwd(chunk, queries, table, labels, weights):
