@@ -584,22 +584,27 @@ def run_dataset(config_path: str, overrides: list[str], out: Path, peer: Path | 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m bench.quality", description=__doc__.split("\n\n")[0])
+    dataset_arguments(p)
+    p.add_argument("--out", default="bench/results/quality", help="output folder (JSON, Markdown, PNG)")
+    p.add_argument("--peer", default=None, help="folder written by bench/recbole_peer.py (export + run)")
+    p.add_argument("--results-md", default=None, help="also replace the quality section of this Markdown file")
+    p.add_argument("--quiet", action="store_true")
+    return p
+
+
+def dataset_arguments(p: argparse.ArgumentParser) -> None:
+    """The data-set flags of the MovieLens reports (this one and ``bench.seeds``), and the suite's own flags."""
     p.add_argument("--dataset", action="append", default=[], metavar="CONFIG[=FOLDER]",
                    help="a data set: its YAML config, and the folder holding its files (repeatable; the report "
                         "covers every one). Without it: --config")
     p.add_argument("--config", default="configs/ml100k.yaml", help="YAML config of one data set (without --dataset)")
     p.add_argument("--set", action="append", default=[], dest="overrides", metavar="KEY=VALUE",
                    help="config override for every data set, repeatable (e.g. sequence.epochs=20)")
-    p.add_argument("--out", default="bench/results/quality", help="output folder (JSON, Markdown, PNG)")
-    p.add_argument("--peer", default=None, help="folder written by bench/recbole_peer.py (export + run)")
-    p.add_argument("--results-md", default=None, help="also replace the quality section of this Markdown file")
-    p.add_argument("--quiet", action="store_true")
-    # Accepted so that the suite (python -m bench quality) can call it like any benchmark;
-    # the report has its own sizes (the data sets), draws its curves into --out and uses no torch.
+    # Accepted so that the suite (python -m bench NAME) can call the report like any benchmark;
+    # the report has its own sizes (the data sets), draws into --out and uses no torch.
     p.add_argument("--scale", choices=("smoke", "small", "large"), default="small", help=argparse.SUPPRESS)
     p.add_argument("--plots", default="", help=argparse.SUPPRESS)
     p.add_argument("--no-torch", action="store_true", help=argparse.SUPPRESS)
-    return p
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:

@@ -178,22 +178,16 @@ def update_results(path: Path, text: str, command: str) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from bench.quality import dataset_arguments
+
     p = argparse.ArgumentParser(prog="python -m bench.seeds", description=__doc__.split("\n\n")[0])
-    p.add_argument("--dataset", action="append", default=[], metavar="CONFIG[=FOLDER]",
-                   help="a data set: its YAML config and the folder holding its files (repeatable)")
-    p.add_argument("--config", default="configs/ml100k.yaml", help="YAML config of one data set (without --dataset)")
-    p.add_argument("--set", action="append", default=[], dest="overrides", metavar="KEY=VALUE",
-                   help="config override for every data set, repeatable")
+    dataset_arguments(p)
     p.add_argument("--seeds", default="0,1,2", help="comma-separated training seeds (sequence.seed)")
     p.add_argument("--rows", default=",".join(DEFAULT_ROWS), help="comma-separated rows of the quality report")
     p.add_argument("--protocol", default="leave_last_out", choices=("leave_last_out", "time_cutoff"))
     p.add_argument("--out", default="bench/results/seeds", help="output folder (JSON, Markdown)")
     p.add_argument("--results-md", default=None, help="also replace the seeds section of this Markdown file")
     p.add_argument("--quiet", action="store_true")
-    # Accepted so that the suite (python -m bench seeds) can call it like any benchmark; the data sets set the sizes.
-    p.add_argument("--scale", choices=("smoke", "small", "large"), default="small", help=argparse.SUPPRESS)
-    p.add_argument("--plots", default="", help=argparse.SUPPRESS)
-    p.add_argument("--no-torch", action="store_true", help=argparse.SUPPRESS)
     return p
 
 
