@@ -25,8 +25,9 @@ comparison the report names among these rows:
   difference holds across seeds is what the t interval says.
 
 Writes ``OUT/seeds.json`` (device, date, versions, every figure) and
-``OUT/seeds.md``; with ``--results-md`` also replaces the seeds section of
-that file.
+``OUT/seeds.md``; with ``--results-md`` also replaces, in the seeds section
+of that file, the subsection of each data set run (each with its command and
+date; the other data sets' subsections stay as they are).
 """
 
 from __future__ import annotations
@@ -136,45 +137,61 @@ def run_dataset(config_path: str, overrides: list[str], seeds: list[int], rows: 
             "comparisons": seed_comparisons(per_seed, plan, config), "seconds": round(time.perf_counter() - t0, 1)}
 
 
-def markdown(payload: dict[str, Any]) -> str:
+def dataset_markdown(d: dict[str, Any], payload: dict[str, Any]) -> str:
+    """One data set's subsection: what was run, when and where, its rows per seed and its comparisons."""
     versions = ", ".join(f"{k} {v}" for k, v in payload.get("versions", {}).items() if v)
-    lines = [f"Measured {payload['date']} on {payload['device']} ({versions}); {payload['seconds']:.0f} s wall.", ""]
-    for d in payload["datasets"]:
-        cut, seeds = d["cut"], d["seeds"]
-        lines += [f"### {d['name']} ({d['protocol']}, {d['test_users']} test users, seeds "
-                  f"{', '.join(map(str, seeds))})", "",
-                  "| row | " + " | ".join(f"seed {s}: val NDCG@10 / test NDCG@{cut}" for s in seeds)
-                  + " | test mean | test sd |",
-                  "| --- | " + " | ".join("---" for _ in seeds) + " | ---: | ---: |"]
-        for row in d["rows"]:
-            cells = []
-            for s in seeds:
-                run = next(r for r in d["runs"] if r["seed"] == s and r["row"] == row)
-                cells.append(f"{run['val_ndcg@10']:.4f} / {run[f'test_ndcg@{cut}']:.4f} ({run['epochs']} ep, "
-                             f"best {run['best_epoch']})")
-            sm = d["summary"][row]
-            lines.append(f"| {row} | " + " | ".join(cells) + f" | {sm['mean']:.4f} | {sm['sd']:.4f} |")
-        lines += ["", "| comparison | per seed: Δ (95 % CI over users) | across seeds: mean Δ ± sd (95 % t CI over "
-                  "seeds) | seed-averaged scores: Δ (95 % CI over users, given these seeds), Wilcoxon p, better / "
-                  "worse / tied |",
-                  "| --- | --- | --- | --- |"]
-        for c in d["comparisons"]:
-            each = "; ".join(f"{v['mean_difference']:+.4f} ({v['ci_low']:+.4f} .. {v['ci_high']:+.4f})"
-                             for v in c["per_seed"].values())
-            a, m = c["across_seeds"], c["seed_averaged"]
-            lines.append(f"| {c['comparison']} ({c['treatment']} - {c['baseline']}) | {each} | "
-                         f"{a['mean']:+.4f} ± {a['sd']:.4f} ({a['ci_low']:+.4f} .. {a['ci_high']:+.4f}) | "
-                         f"{m['mean_difference']:+.4f} ({m['ci_low']:+.4f} .. {m['ci_high']:+.4f}), p "
-                         f"{m['wilcoxon_p']:.3g}, {m['better']} / {m['worse']} / {m['tied']} |")
-        lines.append("")
+    cut, seeds = d["cut"], d["seeds"]
+    lines = [f"### {d['name']} ({d['protocol']}, {d['test_users']} test users, seeds {', '.join(map(str, seeds))})",
+             "", f"Measured {payload['date']} on {payload['device']} ({versions}); {d['seconds']:.0f} s for this "
+             "data set, by:", "", f"```bash\n{payload['command']}\n```", "",
+             "| row | " + " | ".join(f"seed {s}: val NDCG@10 / test NDCG@{cut}" for s in seeds)
+             + " | test mean | test sd |",
+             "| --- | " + " | ".join("---" for _ in seeds) + " | ---: | ---: |"]
+    for row in d["rows"]:
+        cells = []
+        for s in seeds:
+            run = next(r for r in d["runs"] if r["seed"] == s and r["row"] == row)
+            cells.append(f"{run['val_ndcg@10']:.4f} / {run[f'test_ndcg@{cut}']:.4f} ({run['epochs']} ep, "
+                         f"best {run['best_epoch']})")
+        sm = d["summary"][row]
+        lines.append(f"| {row} | " + " | ".join(cells) + f" | {sm['mean']:.4f} | {sm['sd']:.4f} |")
+    lines += ["", "| comparison | per seed: Δ (95 % CI over users) | across seeds: mean Δ ± sd (95 % t CI over "
+              "seeds) | seed-averaged scores: Δ (95 % CI over users, given these seeds), Wilcoxon p, better / "
+              "worse / tied |",
+              "| --- | --- | --- | --- |"]
+    for c in d["comparisons"]:
+        each = "; ".join(f"{v['mean_difference']:+.4f} ({v['ci_low']:+.4f} .. {v['ci_high']:+.4f})"
+                         for v in c["per_seed"].values())
+        a, m = c["across_seeds"], c["seed_averaged"]
+        lines.append(f"| {c['comparison']} ({c['treatment']} - {c['baseline']}) | {each} | "
+                     f"{a['mean']:+.4f} ± {a['sd']:.4f} ({a['ci_low']:+.4f} .. {a['ci_high']:+.4f}) | "
+                     f"{m['mean_difference']:+.4f} ({m['ci_low']:+.4f} .. {m['ci_high']:+.4f}), p "
+                     f"{m['wilcoxon_p']:.3g}, {m['better']} / {m['worse']} / {m['tied']} |")
     return "\n".join(lines)
 
 
-def update_results(path: Path, text: str, command: str) -> None:
-    """Replace (or append) the seeds section of ``path``."""
-    _report.replace_section(path, SECTION_START, SECTION_END,
-                            "## Seed replicates — sequence models, one configuration trained with several seeds\n\n"
-                            f"```bash\n{command}\n```\n\n{text}")
+def markdown(payload: dict[str, Any]) -> str:
+    """The whole run: every data set's subsection."""
+    return "\n\n".join(dataset_markdown(d, payload) for d in payload["datasets"]) + "\n"
+
+
+SECTION_TITLE = "## Seed replicates — sequence models, one configuration trained with several seeds"
+
+
+def update_results(path: Path, payload: dict[str, Any]) -> None:
+    """Replace (or add) each of the payload's data sets' subsections in the seeds section of ``path``, each between
+    its own markers: a run over one data set leaves the others' subsections (and their commands) as they are."""
+    for d in payload["datasets"]:
+        start, end = f"<!-- seeds:{d['name']}:start -->", f"<!-- seeds:{d['name']}:end -->"
+        block = f"{start}\n{dataset_markdown(d, payload)}\n{end}"
+        text = path.read_text() if path.is_file() else "# Benchmark results\n"
+        if SECTION_START not in text or SECTION_END not in text:
+            _report.replace_section(path, SECTION_START, SECTION_END, f"{SECTION_TITLE}\n\n{block}\n")
+        elif start in text and end in text:
+            _report.replace_section(path, start, end, dataset_markdown(d, payload))
+        else:  # a data set new to the section: last in it
+            head, rest = text.split(SECTION_END, 1)
+            path.write_text(f"{head.rstrip()}\n\n{block}\n\n{SECTION_END}{rest}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -228,9 +245,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if suite_json is not None:
         _report.write_json(suite_json, payload)
     text = markdown(payload)
-    (out / "seeds.md").write_text(text + "\n")
+    (out / "seeds.md").write_text(text)
     if args.results_md:
-        update_results(Path(args.results_md), text, payload["command"])
+        update_results(Path(args.results_md), payload)
     report(text)
     return payload
 

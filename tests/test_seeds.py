@@ -93,8 +93,18 @@ def test_seed_replicates_end_to_end(tmp_path):
     text = md.read_text()
     assert "old text" in text and text.count(seeds.SECTION_START) == 1 and "| time_sasrec |" in text
     assert "| in-model forgetting vs none (forgetting_sasrec - time_sasrec) |" in text
-    seeds.update_results(md, "second", "cmd")  # replaced, not appended
-    assert md.read_text().count(seeds.SECTION_START) == 1 and "second" in md.read_text()
+    # Each data set has its own subsection: a run over another one adds its own and keeps this one; a rerun
+    # of this one replaces its subsection only.
+    other = {**payload, "command": "python -m bench.seeds OTHER", "datasets": [{**dataset, "name": "other"}]}
+    seeds.update_results(md, other)
+    text = md.read_text()
+    assert text.count(seeds.SECTION_START) == 1 and text.count("### other (") == 1
+    assert text.count(f"### {dataset['name']} (") == 1 and text.index(f"### {dataset['name']} (") < text.index("### other (")
+    rerun = {**payload, "command": "python -m bench.seeds AGAIN"}
+    seeds.update_results(md, rerun)
+    text = md.read_text()
+    assert text.count(f"### {dataset['name']} (") == 1 and "python -m bench.seeds AGAIN" in text
+    assert "python -m bench.seeds OTHER" in text and text.index("### other (") < text.index(seeds.SECTION_END)
     assert payload["seconds"] > 0
     with pytest.raises(SystemExit, match="unknown nope"):
         seeds.main([*args, "--rows", "nope"])
