@@ -17,15 +17,19 @@ comparison the report names among these rows:
 - per seed: the paired mean difference over users with its bootstrap 95 % CI
   (as the report gives it);
 - across seeds: the mean of the per-seed differences, their standard
-  deviation and a t interval (seeds as the replicates);
+  deviation and a t interval (seeds as the replicates), and how many seeds
+  put the treatment ahead (an exact sign test);
+- seeds and users resampled together (a two-level bootstrap): the interval
+  that covers both the training randomness and the test sample, the primary
+  measure of whether a difference is real;
 - on the seed-averaged scores: each user's NDCG@10 averaged over the seeds,
   then the report's paired test (bootstrap CI over users, Wilcoxon). Only
   users are resampled, so this interval is conditional on these seeds: the
-  training noise is averaged (smaller), not accounted for. Whether a
-  difference holds across seeds is what the t interval says.
+  training noise is averaged (smaller), not accounted for.
 
-Writes ``OUT/seeds.json`` (device, date, versions, every figure) and
-``OUT/seeds.md``; with ``--results-md`` also replaces, in the seeds section
+Writes ``OUT/seeds.json`` (device, date, versions, every figure),
+``OUT/seeds.md`` and ``OUT/<data set>/per_user_ndcg.npz`` (every row's test
+NDCG@10 per user and seed); with ``--results-md`` also replaces, in the seeds section
 of that file, the subsection of each data set run (each with its command and
 date; the other data sets' subsections stay as they are).
 """
@@ -64,9 +68,49 @@ def across_seeds(differences: list[float], confidence: float = 0.95) -> dict[str
     return {"seeds": n, "mean": mean, "sd": sd, "ci_low": mean - half, "ci_high": mean + half}
 
 
+def two_level_bootstrap(differences: np.ndarray, *, resamples: int = 2000, seed: int = 0,
+                        confidence: float = 0.95) -> dict[str, float]:
+    """Percentile interval of the mean of ``(seeds, users)`` paired differences with seeds *and* users resampled.
+
+    Each resample draws the seeds with replacement (the training randomness) and, independently, the users with
+    replacement (the test sample), and takes the mean difference over both: the interval covers both sources of
+    noise, which the per-seed intervals (users only) and the t interval (seeds only) each leave out. With few
+    seeds it is coarse (S seeds give at most C(2S - 1, S) distinct seed draws). ``share_at_or_below_zero``: the
+    resamples whose mean is <= 0.
+    """
+    d = np.asarray(differences, np.float64)
+    if d.ndim != 2 or 0 in d.shape:
+        raise ValueError(f"two_level_bootstrap: expected (seeds, users) differences, got shape {d.shape}")
+    num_seeds, num_users = d.shape
+    rng = np.random.default_rng(seed)
+    picked = rng.integers(0, num_seeds, size=(resamples, num_seeds))
+    # A resample's seeds as weights: the mean over the drawn seeds of each user's difference.
+    weights = np.stack([np.bincount(row, minlength=num_seeds) for row in picked]) / num_seeds
+    users = rng.integers(0, num_users, size=(resamples, num_users))
+    means = np.take_along_axis(weights @ d, users, axis=1).mean(axis=1)
+    tail = (1.0 - confidence) / 2.0 * 100.0
+    low, high = np.percentile(means, [tail, 100.0 - tail])
+    return {"mean_difference": float(d.mean()), "ci_low": float(low), "ci_high": float(high),
+            "confidence": confidence, "share_at_or_below_zero": float(np.mean(means <= 0.0)),
+            "resamples": resamples, "seed": seed}
+
+
+def sign_test(differences: list[float]) -> dict[str, float | int]:
+    """How many seeds put the treatment ahead, behind or level, and the exact two-sided sign test's p (ties
+    dropped): with 5 seeds, 5 of 5 ahead gives p = 0.0625, the least 5 seeds can give."""
+    from scipy import stats
+
+    ahead = sum(v > 0 for v in differences)
+    behind = sum(v < 0 for v in differences)
+    n = ahead + behind
+    p = float(stats.binomtest(ahead, n, 0.5).pvalue) if n else 1.0
+    return {"ahead": int(ahead), "behind": int(behind), "level": len(differences) - n, "p": p}
+
+
 def seed_comparisons(per_seed: dict[int, dict[str, np.ndarray]], plan, config) -> list[dict[str, Any]]:
     """Each planned comparison ``(label, treatment, baseline)`` whose rows were trained: per seed (users resampled),
-    across seeds (t interval) and on the per-user scores averaged over the seeds (users resampled)."""
+    across seeds (t interval, sign test), with seeds and users resampled together (``two_level_bootstrap``) and on
+    the per-user scores averaged over the seeds (users resampled)."""
     from fgjax.evaluation.metrics import paired_comparison
 
     seeds = sorted(per_seed)
@@ -79,9 +123,12 @@ def seed_comparisons(per_seed: dict[int, dict[str, np.ndarray]], plan, config) -
         mean_a = np.mean([per_seed[s][a] for s in seeds], axis=0)
         mean_b = np.mean([per_seed[s][b] for s in seeds], axis=0)
         averaged = paired_comparison(mean_a, mean_b, **kw)
+        differences = np.stack([per_seed[s][a] - per_seed[s][b] for s in seeds])
+        means = [each[s]["mean_difference"] for s in seeds]
         out.append({"comparison": label, "treatment": a, "baseline": b,
                     "per_seed": {str(s): each[s] for s in seeds},
-                    "across_seeds": across_seeds([each[s]["mean_difference"] for s in seeds]),
+                    "across_seeds": across_seeds(means) | {"sign_test": sign_test(means)},
+                    "seeds_and_users": two_level_bootstrap(differences, **kw),
                     "seed_averaged": averaged})
     return out
 
@@ -126,6 +173,11 @@ def run_dataset(config_path: str, overrides: list[str], seeds: list[int], rows: 
             runs.append({"seed": seed, "row": row, "val_ndcg@10": val_ndcg, "first_epoch_loss": first_loss,
                          f"test_ndcg@{cut}": float(per_seed[seed][row].mean()), **fitted["training"]})
             report(f"[{name} seed {seed}] {row}: test ndcg@{cut} {per_seed[seed][row].mean():.4f}")
+    # Every per-user score, so other comparisons can be drawn later without training again.
+    (out / name).mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(out / name / "per_user_ndcg.npz",
+                        **{f"{row}/seed{s}": per_seed[s][row] for s in seeds for row in rows},
+                        test_users=np.asarray(test.users))
     summary = {}
     for row in rows:
         values = [float(per_seed[s][row].mean()) for s in seeds]
@@ -156,15 +208,18 @@ def dataset_markdown(d: dict[str, Any], payload: dict[str, Any]) -> str:
         sm = d["summary"][row]
         lines.append(f"| {row} | " + " | ".join(cells) + f" | {sm['mean']:.4f} | {sm['sd']:.4f} |")
     lines += ["", "| comparison | per seed: Δ (95 % CI over users) | across seeds: mean Δ ± sd (95 % t CI over "
-              "seeds) | seed-averaged scores: Δ (95 % CI over users, given these seeds), Wilcoxon p, better / "
+              "seeds); seeds ahead / behind (sign test p) | seeds and users resampled: 95 % CI (share of resamples "
+              "<= 0) | seed-averaged scores: Δ (95 % CI over users, given these seeds), Wilcoxon p, better / "
               "worse / tied |",
-              "| --- | --- | --- | --- |"]
+              "| --- | --- | --- | --- | --- |"]
     for c in d["comparisons"]:
         each = "; ".join(f"{v['mean_difference']:+.4f} ({v['ci_low']:+.4f} .. {v['ci_high']:+.4f})"
                          for v in c["per_seed"].values())
-        a, m = c["across_seeds"], c["seed_averaged"]
+        a, m, both, sign = c["across_seeds"], c["seed_averaged"], c["seeds_and_users"], c["across_seeds"]["sign_test"]
         lines.append(f"| {c['comparison']} ({c['treatment']} - {c['baseline']}) | {each} | "
-                     f"{a['mean']:+.4f} ± {a['sd']:.4f} ({a['ci_low']:+.4f} .. {a['ci_high']:+.4f}) | "
+                     f"{a['mean']:+.4f} ± {a['sd']:.4f} ({a['ci_low']:+.4f} .. {a['ci_high']:+.4f}); "
+                     f"{sign['ahead']} / {sign['behind']} (p {sign['p']:.3g}) | "
+                     f"{both['ci_low']:+.4f} .. {both['ci_high']:+.4f} ({both['share_at_or_below_zero']:.3f}) | "
                      f"{m['mean_difference']:+.4f} ({m['ci_low']:+.4f} .. {m['ci_high']:+.4f}), p "
                      f"{m['wilcoxon_p']:.3g}, {m['better']} / {m['worse']} / {m['tied']} |")
     return "\n".join(lines)

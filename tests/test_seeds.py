@@ -59,6 +59,41 @@ def test_seed_comparisons_pair_users_per_seed_and_on_the_seed_average():
     assert averaged["users"] == users
 
 
+def test_two_level_bootstrap_resamples_seeds_and_users_like_a_plain_loop():
+    from bench.seeds import two_level_bootstrap
+
+    rng = np.random.default_rng(8)
+    d = rng.normal(0.0, 0.05, size=(4, 60)) + rng.normal(0.01, 0.01, size=(4, 1))  # seed effects + user noise
+    got = two_level_bootstrap(d, resamples=300, seed=11)
+    # The same draws, one resample at a time: seeds with replacement, then users with replacement.
+    draw = np.random.default_rng(11)
+    picked = draw.integers(0, 4, size=(300, 4))
+    users = draw.integers(0, 60, size=(300, 60))
+    means = np.array([np.mean([d[s][users[b]].mean() for s in picked[b]]) for b in range(300)])
+    assert (got["ci_low"], got["ci_high"]) == pytest.approx(tuple(np.percentile(means, [2.5, 97.5])), rel=1e-12)
+    assert got["share_at_or_below_zero"] == pytest.approx(np.mean(means <= 0))
+    assert got["mean_difference"] == pytest.approx(d.mean())
+    # Wider than resampling users alone on the seed-averaged differences: the seeds' spread is in it.
+    avg = d.mean(axis=0)
+    users_only = np.percentile(avg[np.random.default_rng(0).integers(0, 60, size=(2000, 60))].mean(axis=1), [2.5, 97.5])
+    wide = two_level_bootstrap(d + np.array([[-0.05], [0.05], [-0.05], [0.05]]), resamples=2000)
+    assert wide["ci_high"] - wide["ci_low"] > users_only[1] - users_only[0]
+    # One seed: the users' bootstrap alone.
+    one = two_level_bootstrap(d[:1], resamples=200, seed=1)
+    assert one["ci_low"] <= d[0].mean() <= one["ci_high"]
+    with pytest.raises(ValueError, match="seeds, users"):
+        two_level_bootstrap(np.zeros(5))
+
+
+def test_sign_test_counts_the_seeds_and_gives_the_exact_binomial_p():
+    from bench.seeds import sign_test
+
+    assert sign_test([0.01, 0.02, 0.003, 0.004, 0.005]) == {"ahead": 5, "behind": 0, "level": 0, "p": 0.0625}
+    got = sign_test([0.01, -0.02, 0.0, 0.004])
+    assert (got["ahead"], got["behind"], got["level"]) == (2, 1, 1) and got["p"] == pytest.approx(1.0)
+    assert sign_test([0.0, 0.0])["p"] == 1.0
+
+
 @pytest.mark.slow
 def test_seed_replicates_end_to_end(tmp_path):
     from bench import seeds
@@ -87,6 +122,14 @@ def test_seed_replicates_end_to_end(tmp_path):
     assert set(losses) == {0, 1} and losses[0] != losses[1]
     (c,) = dataset["comparisons"]
     assert c["comparison"] == "in-model forgetting vs none" and set(c["per_seed"]) == {"0", "1"}
+    both = c["seeds_and_users"]
+    assert both["ci_low"] <= both["mean_difference"] <= both["ci_high"] and 0 <= both["share_at_or_below_zero"] <= 1
+    assert c["across_seeds"]["sign_test"]["ahead"] + c["across_seeds"]["sign_test"]["behind"] <= 2
+    saved = np.load(out / dataset["name"] / "per_user_ndcg.npz")
+    per_user = {r["seed"]: float(saved[f"time_sasrec/seed{r['seed']}"].mean()) for r in dataset["runs"]
+                if r["row"] == "time_sasrec"}
+    assert per_user == pytest.approx({r["seed"]: r["test_ndcg@10"] for r in dataset["runs"] if r["row"] == "time_sasrec"})
+    assert len(saved["test_users"]) == dataset["test_users"]
     summary = dataset["summary"]["time_sasrec"]
     tests = [r["test_ndcg@10"] for r in dataset["runs"] if r["row"] == "time_sasrec"]
     assert summary["mean"] == pytest.approx(np.mean(tests)) and summary["min"] == min(tests)
