@@ -29,7 +29,9 @@ comparison the report names among these rows:
 
 Writes ``OUT/seeds.json`` (device, date, versions, every figure),
 ``OUT/seeds.md`` and ``OUT/<data set>/per_user_ndcg.npz`` (every row's test
-NDCG@10 per user and seed); with ``--results-md`` also replaces, in the seeds section
+NDCG@10 per user and seed, with a fingerprint of what they depend on: a
+later run with ``--reuse OUT`` takes them instead of training again, so seeds
+can be added to a run); with ``--results-md`` also replaces, in the seeds section
 of that file, the subsection of each data set run (each with its command and
 date; the other data sets' subsections stay as they are).
 """
@@ -37,6 +39,8 @@ date; the other data sets' subsections stay as they are).
 from __future__ import annotations
 
 import argparse
+import hashlib
+import json
 import math
 import sys
 import time
@@ -133,9 +137,42 @@ def seed_comparisons(per_seed: dict[int, dict[str, np.ndarray]], plan, config) -
     return out
 
 
+def fingerprint(config, protocol_name: str, log) -> str:
+    """What a row's scores at a seed depend on besides that seed: the configuration (its seeds left out), the
+    protocol, the events (a hash) and the library versions. Two runs of the same code with equal fingerprints
+    train the same networks at the same seed (training is deterministic given its seed)."""
+    from fgjax.config import to_dict
+
+    cfg = to_dict(config)
+    for section in ("sequence", "train", "bpr"):
+        cfg.get(section, {}).pop("seed", None)
+    events = hashlib.sha256()
+    for column in (log.user, log.item, log.timestamp):
+        events.update(np.ascontiguousarray(column).tobytes())
+    return json.dumps({"config": cfg, "protocol": protocol_name, "events": events.hexdigest(),
+                       "versions": _report.environment()["versions"]}, sort_keys=True, default=str)
+
+
+def reused_runs(folder: Path, name: str, expected: str) -> dict[tuple[int, str], tuple[np.ndarray, dict[str, Any]]]:
+    """``(seed, row) -> (per-user test NDCG, run record)`` of a folder an earlier ``--out`` wrote for data set
+    ``name``; exits with a one-line error when it is missing or was made from another configuration or data."""
+    scores, meta = folder / name / "per_user_ndcg.npz", folder / "seeds.json"
+    if not scores.is_file() or not meta.is_file():
+        raise SystemExit(f"fgjax: error: --reuse {folder}: expected {meta} and {scores} (a folder written by "
+                         f"python -m bench.seeds --out) for data set {name}")
+    saved = np.load(scores)
+    if "fingerprint" not in saved.files or str(saved["fingerprint"]) != expected:
+        raise SystemExit(f"fgjax: error: --reuse {scores}: made with another configuration, protocol, data or "
+                         "library versions than this run (seeds aside); run without --reuse")
+    runs = [r for d in json.loads(meta.read_text())["datasets"] if d["name"] == name for r in d["runs"]]
+    return {(r["seed"], r["row"]): (saved[f"{r['row']}/seed{r['seed']}"], r) for r in runs
+            if f"{r['row']}/seed{r['seed']}" in saved.files}
+
+
 def run_dataset(config_path: str, overrides: list[str], seeds: list[int], rows: list[str], protocol_name: str,
-                out: Path, report) -> dict[str, Any]:
-    """Every row x seed of one data set -> its part of ``seeds.json``."""
+                out: Path, report, reuse: Path | None = None) -> dict[str, Any]:
+    """Every row x seed of one data set -> its part of ``seeds.json``. ``reuse``: an earlier ``--out`` folder
+    whose (row, seed) scores are taken instead of training again (``reused_runs``)."""
     from bench.quality import _protocol, fit_row, planned_comparisons, protocol_inputs, row_models
     from fgjax.config import load_config, override
     from fgjax.evaluation import quality as Q
@@ -160,10 +197,17 @@ def run_dataset(config_path: str, overrides: list[str], seeds: list[int], rows: 
     inputs = protocol_inputs(config, log, protocol, [known[r][0] for r in rows])
     per_seed: dict[int, dict[str, np.ndarray]] = {}
     runs = []
+    stamp = fingerprint(config, protocol_name, log)
+    earlier = reused_runs(reuse, name, stamp) if reuse is not None else {}
     for seed in seeds:
         seeded = override(config, (f"sequence.seed={seed}", f"train.seed={seed}", f"bpr.seed={seed}"))
         per_seed[seed] = {}
         for row in rows:
+            if (seed, row) in earlier:
+                per_seed[seed][row], run = earlier[seed, row]
+                runs.append(run | {"reused": True})
+                report(f"[{name} seed {seed}] {row}: test ndcg@{cut} {per_seed[seed][row].mean():.4f} (reused)")
+                continue
             model_name, changes = known[row]
             fitted = fit_row(seeded, log, protocol, row, model_name, changes, inputs, report, carried=())
             ranked = Q.top_k(fitted["scores"]["test"], exclude, cut)
@@ -171,13 +215,14 @@ def run_dataset(config_path: str, overrides: list[str], seeds: list[int], rows: 
             val_ndcg = max((h.get("val_ndcg@10", -1.0) for h in fitted["history"]), default=-1.0)
             first_loss = fitted["history"][0].get("train_loss") if fitted["history"] else None
             runs.append({"seed": seed, "row": row, "val_ndcg@10": val_ndcg, "first_epoch_loss": first_loss,
-                         f"test_ndcg@{cut}": float(per_seed[seed][row].mean()), **fitted["training"]})
+                         f"test_ndcg@{cut}": float(per_seed[seed][row].mean()), **fitted["training"],
+                         "reused": False})
             report(f"[{name} seed {seed}] {row}: test ndcg@{cut} {per_seed[seed][row].mean():.4f}")
     # Every per-user score, so other comparisons can be drawn later without training again.
     (out / name).mkdir(parents=True, exist_ok=True)
     np.savez_compressed(out / name / "per_user_ndcg.npz",
                         **{f"{row}/seed{s}": per_seed[s][row] for s in seeds for row in rows},
-                        test_users=np.asarray(test.users))
+                        test_users=np.asarray(test.users), fingerprint=np.array(stamp))
     summary = {}
     for row in rows:
         values = [float(per_seed[s][row].mean()) for s in seeds]
@@ -204,7 +249,7 @@ def dataset_markdown(d: dict[str, Any], payload: dict[str, Any]) -> str:
         for s in seeds:
             run = next(r for r in d["runs"] if r["seed"] == s and r["row"] == row)
             cells.append(f"{run['val_ndcg@10']:.4f} / {run[f'test_ndcg@{cut}']:.4f} ({run['epochs']} ep, "
-                         f"best {run['best_epoch']})")
+                         f"best {run['best_epoch']}{', reused' if run.get('reused') else ''})")
         sm = d["summary"][row]
         lines.append(f"| {row} | " + " | ".join(cells) + f" | {sm['mean']:.4f} | {sm['sd']:.4f} |")
     lines += ["", "| comparison | per seed: Δ (95 % CI over users) | across seeds: mean Δ ± sd (95 % t CI over "
@@ -259,6 +304,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--protocol", default="leave_last_out", choices=("leave_last_out", "time_cutoff"))
     p.add_argument("--out", default="bench/results/seeds", help="output folder (JSON, Markdown)")
     p.add_argument("--results-md", default=None, help="also replace the seeds section of this Markdown file")
+    p.add_argument("--reuse", default=None, type=Path,
+                   help="an earlier --out folder: its (row, seed) scores are taken instead of training again, when "
+                        "it was made from the same configuration, data and library versions (add seeds to a run)")
     p.add_argument("--quiet", action="store_true")
     return p
 
@@ -289,7 +337,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     t0 = time.perf_counter()
     try:
         datasets = [run_dataset(path, dataset_overrides(path, folder) + args.overrides, seeds, rows, args.protocol,
-                                out, report) for path, folder in specs]
+                                out, report, args.reuse) for path, folder in specs]
     except FgjaxError as exc:
         print(f"fgjax: error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None

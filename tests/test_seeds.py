@@ -130,6 +130,20 @@ def test_seed_replicates_end_to_end(tmp_path):
                 if r["row"] == "time_sasrec"}
     assert per_user == pytest.approx({r["seed"]: r["test_ndcg@10"] for r in dataset["runs"] if r["row"] == "time_sasrec"})
     assert len(saved["test_users"]) == dataset["test_users"]
+    # Adding a seed to that run: seeds 0 and 1 are taken from it, only seed 2 trains; a changed configuration
+    # is refused.
+    grown = seeds.main([*args, "--seeds", "0,1,2", "--reuse", str(out), "--out", str(tmp_path / "grown"),
+                        "--results-md", str(tmp_path / "other.md")])
+    (g,) = grown["datasets"]
+    assert {(r["seed"], r["row"]): r["reused"] for r in g["runs"]} == {
+        (s, r): s < 2 for s in (0, 1, 2) for r in dataset["rows"]}
+    before = {(r["seed"], r["row"]): r["test_ndcg@10"] for r in dataset["runs"]}
+    assert all(r["test_ndcg@10"] == before[r["seed"], r["row"]] for r in g["runs"] if r["reused"])
+    assert "reused)" in (tmp_path / "grown" / "seeds.md").read_text()
+    with pytest.raises(SystemExit, match="another configuration"):
+        seeds.main([*args, "--reuse", str(out), "--out", str(tmp_path / "x"), "--set", "sequence.dim=16"])
+    with pytest.raises(SystemExit, match="expected .*seeds.json"):
+        seeds.main([*args, "--reuse", str(tmp_path / "nowhere"), "--out", str(tmp_path / "y")])
     summary = dataset["summary"]["time_sasrec"]
     tests = [r["test_ndcg@10"] for r in dataset["runs"] if r["row"] == "time_sasrec"]
     assert summary["mean"] == pytest.approx(np.mean(tests)) and summary["min"] == min(tests)
