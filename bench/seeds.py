@@ -139,8 +139,9 @@ def seed_comparisons(per_seed: dict[int, dict[str, np.ndarray]], plan, config) -
 
 def fingerprint(config, protocol_name: str, log) -> str:
     """What a row's scores at a seed depend on besides that seed: the configuration (its seeds left out), the
-    protocol, the events (a hash) and the library versions. Two runs of the same code with equal fingerprints
-    train the same networks at the same seed (training is deterministic given its seed)."""
+    protocol, the events (a hash), the library versions and the device (float32 sums in another order on
+    another instruction set can move a model). Two runs of the same code with equal fingerprints train the same
+    networks at the same seed (training is deterministic given its seed)."""
     from fgjax.config import to_dict
 
     cfg = to_dict(config)
@@ -149,8 +150,10 @@ def fingerprint(config, protocol_name: str, log) -> str:
     events = hashlib.sha256()
     for column in (log.user, log.item, log.timestamp):
         events.update(np.ascontiguousarray(column).tobytes())
+    environment = _report.environment()
     return json.dumps({"config": cfg, "protocol": protocol_name, "events": events.hexdigest(),
-                       "versions": _report.environment()["versions"]}, sort_keys=True, default=str)
+                       "versions": environment["versions"], "device": environment["device"]},
+                      sort_keys=True, default=str)
 
 
 def reused_runs(folder: Path, name: str, expected: str) -> dict[tuple[int, str], tuple[np.ndarray, dict[str, Any]]]:
@@ -162,8 +165,8 @@ def reused_runs(folder: Path, name: str, expected: str) -> dict[tuple[int, str],
                          f"python -m bench.seeds --out) for data set {name}")
     saved = np.load(scores)
     if "fingerprint" not in saved.files or str(saved["fingerprint"]) != expected:
-        raise SystemExit(f"fgjax: error: --reuse {scores}: made with another configuration, protocol, data or "
-                         "library versions than this run (seeds aside); run without --reuse")
+        raise SystemExit(f"fgjax: error: --reuse {scores}: made with another configuration, protocol, data, "
+                         "library versions or device than this run (seeds aside); run without --reuse")
     runs = [r for d in json.loads(meta.read_text())["datasets"] if d["name"] == name for r in d["runs"]]
     return {(r["seed"], r["row"]): (saved[f"{r['row']}/seed{r['seed']}"], r) for r in runs
             if f"{r['row']}/seed{r['seed']}" in saved.files}
@@ -306,7 +309,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--results-md", default=None, help="also replace the seeds section of this Markdown file")
     p.add_argument("--reuse", default=None, type=Path,
                    help="an earlier --out folder: its (row, seed) scores are taken instead of training again, when "
-                        "it was made from the same configuration, data and library versions (add seeds to a run)")
+                        "it was made from the same configuration, data, library versions and device (add seeds to a run)")
     p.add_argument("--quiet", action="store_true")
     return p
 
