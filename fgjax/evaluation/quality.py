@@ -154,7 +154,9 @@ def sweep_forgetting(config: Config, log: EventLog, scores: np.ndarray, exclude:
     """
     q = config.quality
     k = int(metric.split("@")[1])
-    columns = item_columns(log.item_category, len(log.categories))
+    columns = jnp.asarray(item_columns(log.item_category, len(log.categories)))
+    # Copied to the device once: every grid point re-ranks the same (users, items) scores and mask.
+    scores, exclude = jnp.asarray(scores, jnp.float32), jnp.asarray(exclude)
     base = metrics_at(top_k(scores, exclude, k), stage.targets, [k])[metric]
     rows = [{"half_life_windows": math.nan, "alpha": math.nan, "strength": 0.0, metric: base}]
     for hl, alpha in itertools.product(q.sweep_half_life_windows, q.sweep_alpha):
