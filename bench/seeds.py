@@ -306,7 +306,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rows", default=",".join(DEFAULT_ROWS), help="comma-separated rows of the quality report")
     p.add_argument("--protocol", default="leave_last_out", choices=("leave_last_out", "time_cutoff"))
     p.add_argument("--out", default="bench/results/seeds", help="output folder (JSON, Markdown)")
-    p.add_argument("--results-md", default=None, help="also replace the seeds section of this Markdown file")
+    p.add_argument("--results-md", default=None,
+                   help="also replace, in the seeds section of this Markdown file, the subsection of each data set run")
     p.add_argument("--reuse", default=None, type=Path,
                    help="an earlier --out folder: its (row, seed) scores are taken instead of training again, when "
                         "it was made from the same configuration, data, library versions and device (add seeds to a run)")
