@@ -1,0 +1,140 @@
+"""``fgjax analyze`` at scale as a user runs it: fresh processes over generated Parquet shards.
+
+    python -m bench cli_scale --users 10000000 --events 60000000 --days 60 --files 60 \
+        --kinds level,adaptive,numpy --limit 150 --out OUT/cli_scale.json
+
+Issue 14's GPU target is 10M users x 60 daily windows from Parquet in under 60 s; its CPU target
+1M users x 60 windows (~87M events) in under 3 min and 6 GB. Each run is a fresh interpreter
+(imports and compilation included, no persistent compilation cache), killed after ``--limit``
+seconds (then reported as not finished, not dropped):
+
+- ``level`` / ``adaptive``: ``fgjax.analysis_job.analyze_log`` (what ``fgjax analyze`` runs) with that
+  detector; reports wall seconds, peak RSS, its rows and its stage split (pass 1, pass 2, compile,
+  decode, write, plot);
+- ``numpy``: the plain NumPy + pyarrow script of ``bench.pipeline`` (core formulas, no detector), the
+  peer the ratios are taken against.
+
+Runs go in the order given, so the most important comes first when time is short.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from bench import _data, _report
+from bench.pipeline import NUMPY_PROBE
+
+SIZES = {
+    "smoke": {"users": 2_000, "events": 20_000, "days": 7, "files": 7},
+    "small": {"users": 100_000, "events": 2_000_000, "days": 60, "files": 20},
+    "large": {"users": 10_000_000, "events": 60_000_000, "days": 60, "files": 60},
+}
+KINDS = ("level", "adaptive", "numpy")
+
+CLI_PROBE = """
+import json, sys, time
+started = time.perf_counter()
+from fgjax import analysis_job
+from fgjax.config import load_config
+config = load_config(None, sys.argv[2:])
+timings = {}
+rows = analysis_job.analyze_log(config, sys.argv[1], progress=False, timings=timings)
+from bench.pipeline import peak_rss_bytes
+print("RESULT" + json.dumps({"seconds": time.perf_counter() - started, "rows": list(rows),
+                             "peak_rss_bytes": peak_rss_bytes(), "stages": timings}))
+"""
+
+
+def _run(code: str, args: list[str], limit: float) -> dict[str, Any]:
+    """A probe in a fresh interpreter, killed after ``limit`` s: wall seconds plus what it printed."""
+    started = time.perf_counter()
+    env = {**os.environ, "FGJAX_COMPILE_CACHE": "off"}
+    try:
+        proc = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=limit,
+                              cwd=str(Path(__file__).resolve().parent.parent), env=env)
+    except subprocess.TimeoutExpired:
+        return {"finished": False, "wall_s": None, "limit_s": limit}
+    wall = time.perf_counter() - started
+    if proc.returncode:
+        return {"finished": False, "wall_s": wall, "error": proc.stderr[-1500:]}
+    return {"finished": True, "wall_s": wall, **json.loads(proc.stdout.split("RESULT", 1)[1])}
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = _report.suite_parser("python -m bench cli_scale", __doc__.split("\n\n")[0])
+    for key in ("users", "events", "days", "files"):
+        parser.add_argument(f"--{key}", type=int, default=0, help=f"default by --scale ({SIZES['large'][key]:,} large)")
+    parser.add_argument("--items", type=int, default=100_000)
+    parser.add_argument("--categories", type=int, default=32)
+    parser.add_argument("--kinds", default=",".join(KINDS), help=f"runs in order, from {', '.join(KINDS)}")
+    parser.add_argument("--limit", type=float, default=600.0, help="seconds before a run is killed")
+    parser.add_argument("--data", default="", help="folder for the shards (kept, and reused if present)")
+    args = parser.parse_args(argv)
+    kinds = [k for k in args.kinds.split(",") if k]
+    if unknown := sorted(set(kinds) - set(KINDS)):
+        parser.error(f"--kinds: unknown {', '.join(unknown)}; expected some of {', '.join(KINDS)}")
+    size = {key: getattr(args, key) or SIZES[args.scale][key] for key in SIZES["large"]}
+    size.update(items=args.items, categories=args.categories)
+    payload: dict[str, Any] = {"benchmark": "cli_scale", **_report.environment(),
+                               "config": {**size, "scale": args.scale, "kinds": kinds, "limit_s": args.limit}}
+    print(f"cli_scale on {payload['device']}: {size}", flush=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(args.data or tmp) / "events"
+        t0 = time.perf_counter()
+        if args.data and any(folder.glob("part-*.parquet")):
+            paths, _ = _data.list_events(folder)
+            item_category = np.random.default_rng(args.seed).integers(0, size["categories"], size["items"])
+        else:
+            paths, item_category = _data.write_events(folder, users=size["users"], items=size["items"],
+                                                      events=size["events"], days=size["days"],
+                                                      categories=size["categories"], files=size["files"],
+                                                      seed=args.seed)
+        payload["generate_s"] = time.perf_counter() - t0
+        payload["parquet_bytes"] = sum(p.stat().st_size for p in paths)
+        items_path = Path(tmp) / "items.parquet"
+        pq.write_table(pa.table({"item_id": np.arange(len(item_category), dtype=np.int64),
+                                 "category": np.asarray(item_category, np.int64)}), items_path)
+        runs: dict[str, Any] = {}
+        for kind in kinds:
+            out = Path(tmp) / f"out_{kind}"
+            if kind == "numpy":
+                run = _run(NUMPY_PROBE, [str(folder), str(items_path), str(out) + ".parquet", "86400", "7"],
+                           args.limit)
+            else:
+                sets = [f"data.path={folder}", f"data.items_path={items_path}", "data.format=parquet",
+                        "data.columns.user_id=user", "data.columns.item_id=item", "data.columns.weight=weight",
+                        "analysis.window_seconds=86400", f"analysis.detector.kind={kind}"]
+                run = _run(CLI_PROBE, [str(out), *sets], args.limit)
+            runs[kind] = run
+            wall = f"{run['wall_s']:.1f} s" if run["finished"] else f"not finished ({run.get('error', 'killed')!s:.200})"
+            print(f"{kind}: {wall}" + (f", {run['peak_rss_bytes'] / 1e9:.2f} GB" if run["finished"] else ""),
+                  flush=True)
+    payload["runs"] = runs
+    numpy_s = runs.get("numpy", {}).get("wall_s") if runs.get("numpy", {}).get("finished") else None
+    rows = []
+    for kind, run in runs.items():
+        ratio = run["wall_s"] / numpy_s if (numpy_s and run["finished"]) else None
+        rows.append({"kind": kind, "wall_s": run["wall_s"] if run["finished"] else None,
+                     "rss_gb": run["peak_rss_bytes"] / 1e9 if run["finished"] else None, "vs_numpy": ratio,
+                     **{k: run.get("stages", {}).get(k) for k in ("pass1_s", "pass2_s", "compile_s", "write_s")}})
+    payload["summary"] = {f"{r['kind']}_s": r["wall_s"] for r in rows} | {
+        f"{r['kind']}_vs_numpy": r["vs_numpy"] for r in rows if r["kind"] != "numpy"}
+    cols = [("kind", "run", "s"), ("wall_s", "wall s", ".1f"), ("rss_gb", "peak RSS GB", ".2f"),
+            ("vs_numpy", "vs NumPy", ".2f"), ("pass1_s", "pass 1 s", ".1f"), ("pass2_s", "pass 2 s", ".1f"),
+            ("compile_s", "compile s", ".1f"), ("write_s", "write s", ".1f")]
+    return _report.finish(payload, args, rows, cols)
+
+
+if __name__ == "__main__":
+    main()
