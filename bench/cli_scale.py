@@ -33,7 +33,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from bench import _data, _report
-from bench.pipeline import NUMPY_PROBE
+from bench.pipeline import CLI_PROBE, NUMPY_PROBE
 
 SIZES = {
     "smoke": {"users": 2_000, "events": 20_000, "days": 7, "files": 7},
@@ -41,19 +41,6 @@ SIZES = {
     "large": {"users": 10_000_000, "events": 60_000_000, "days": 60, "files": 60},
 }
 KINDS = ("level", "adaptive", "numpy")
-
-CLI_PROBE = """
-import json, sys, time
-started = time.perf_counter()
-from fgjax import analysis_job
-from fgjax.config import load_config
-config = load_config(None, sys.argv[2:])
-timings = {}
-rows = analysis_job.analyze_log(config, sys.argv[1], progress=False, timings=timings)
-from bench.pipeline import peak_rss_bytes
-print("RESULT" + json.dumps({"seconds": time.perf_counter() - started, "rows": list(rows),
-                             "peak_rss_bytes": peak_rss_bytes(), "stages": timings}))
-"""
 
 
 def _run(code: str, args: list[str], limit: float) -> dict[str, Any]:
@@ -115,7 +102,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 sets = [f"data.path={folder}", f"data.items_path={items_path}", "data.format=parquet",
                         "data.columns.user_id=user", "data.columns.item_id=item", "data.columns.weight=weight",
                         "analysis.window_seconds=86400", f"analysis.detector.kind={kind}"]
-                run = _run(CLI_PROBE, [str(out), *sets], args.limit)
+                run = _run(CLI_PROBE, [str(out), "-", *sets], args.limit)
             runs[kind] = run
             wall = f"{run['wall_s']:.1f} s" if run["finished"] else f"not finished ({run.get('error', 'killed')!s:.200})"
             print(f"{kind}: {wall}" + (f", {run['peak_rss_bytes'] / 1e9:.2f} GB" if run["finished"] else ""),

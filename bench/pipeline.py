@@ -213,10 +213,11 @@ started = time.perf_counter()
 from fgjax import analysis_job
 from fgjax.config import load_config
 config = load_config(None, sys.argv[3:])
-rows = analysis_job.analyze_log(config, sys.argv[1], progress=False)
+timings = {}
+rows = analysis_job.analyze_log(config, sys.argv[1], progress=False, timings=timings)
 from bench.pipeline import peak_rss_bytes
 print("RESULT" + json.dumps({"seconds": time.perf_counter() - started, "rows": list(rows),
-                             "peak_rss_bytes": peak_rss_bytes()}))
+                             "peak_rss_bytes": peak_rss_bytes(), "stages": timings}))
 """
 
 

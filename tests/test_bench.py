@@ -158,3 +158,25 @@ def test_fgjax_bench_runs_the_suite(capsys):
     assert cli_main(["bench", "--list"]) == 0
     listed = capsys.readouterr().out.split()
     assert set(suite.BENCHMARKS) <= set(listed)
+
+
+def test_cli_scale_runs_fresh_processes_and_reports_a_killed_run(tmp_path, capsys):
+    from bench import cli_scale
+
+    out = tmp_path / "cli_scale.json"
+    data = cli_scale.main(["--scale", "smoke", "--kinds", "level,numpy", "--limit", "300", "--out", str(out),
+                           "--data", str(tmp_path / "shards")])
+    level, numpy_run = data["runs"]["level"], data["runs"]["numpy"]
+    assert level["finished"] and numpy_run["finished"]
+    # Both write one row per (user, window) from the user's first event, on the same shards.
+    assert level["rows"][0] == numpy_run["rows"] > 0
+    assert set(level["stages"]) >= {"pass1_s", "pass2_s", "compile_s", "write_s"}
+    assert data["summary"]["level_vs_numpy"] == pytest.approx(level["wall_s"] / numpy_run["wall_s"])
+    assert json.loads(out.read_text())["benchmark"] == "cli_scale"
+    # The shards are reused, and a run past its limit is reported as not finished, not dropped.
+    killed = cli_scale.main(["--scale", "smoke", "--kinds", "level", "--limit", "0.2", "--data",
+                             str(tmp_path / "shards")])
+    assert killed["runs"]["level"] == {"finished": False, "wall_s": None, "limit_s": 0.2}
+    assert killed["generate_s"] < data["generate_s"] and "not finished" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        cli_scale.main(["--kinds", "level,gpu"])
