@@ -220,6 +220,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         r = bench_size(n, timing=timing, seed=args.seed, use_torch=not args.no_torch)
         payload["results"].append(r)
         rows.append({**r, **{f"{k}_ms": v["median_s"] * 1e3 for k, v in r["timings"].items()}})
+        # Each size as it completes: a run killed at its limit (the device script's) still leaves these.
+        print(_report.format_table(rows[-1:], COLUMNS).splitlines()[-1], flush=True)
     last = payload["results"][-1]
     payload["summary"] = {k: last.get(k) for k in ("fused_vs_copy", "fusion_speedup", "speedup_vs_numpy",
                                                    "speedup_vs_torch", "users_per_s")}

@@ -206,6 +206,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         payload["results"].append(r)
         for name, row in r["kernels"].items():
             rows.append({**row, "name": name, "users": n, "ms": row["kernel"]["median_s"] * 1e3})
+            # Each size as it completes: a run killed at its limit (the device script's) still leaves these.
+            print(_report.format_table(rows[-1:], COLUMNS).splitlines()[-1], flush=True)
     largest = payload["results"][-1]["kernels"]
     payload["summary"] = {f"{name}_vs_copy": row["kernel_vs_copy"] for name, row in largest.items()}
     payload["summary"].update({f"{name}_x_numpy": row["speedup_vs_numpy"] for name, row in largest.items()})
