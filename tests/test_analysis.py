@@ -7,6 +7,8 @@ import dataclasses
 import numpy as np
 import pyarrow as pa
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from fgjax import kernels
 from fgjax.analysis import analyze, forgetting_table
@@ -332,14 +334,15 @@ def test_reset_each_window_without_decay_is_the_seeds_per_window_indicator():
 def test_window_shapes_in_memory_and_streamed_and_one_gather_size_per_run(tmp_path):
     """Windows of 3,000 and 10 events are padded alike (one step compilation per run); the changed-row
     gather has one size per run, from the number of (user, interest) pairs."""
-    from fgjax.analysis.run import MIN_BUCKET, gather_size, log_windows, padded_size
+    from fgjax.analysis.run import MIN_BUCKET, gather_size, log_windows, run_size
 
     counts = [3000, 10, 0, 700]
     timestamp = np.concatenate([np.full(n, 86400.0 * w + 10.0) for w, n in enumerate(counts)])
     n = len(timestamp)
     windows = list(log_windows(np.zeros(n, np.int32), np.zeros(n, np.int32), np.ones(n, np.float32), timestamp,
                                origin=0.0, window_seconds=86400.0, num_windows=4, num_users=5))
-    assert {len(w.events.user) for w in windows} == {padded_size(3000)} == {4096}
+    # Sizes known up front: every window padded to the largest one's run size (3,000 -> 3,072, not 4,096).
+    assert {len(w.events.user) for w in windows} == {run_size(3000)} == {3072}
     for w, count in zip(windows, counts):  # the real rows first, then padding rows of user num_users
         assert (w.events.user[:count] == 0).all() and (w.events.user[count:] == 5).all()
         assert (w.events.weight[count:] == 0).all()
@@ -362,3 +365,16 @@ def test_window_shapes_in_memory_and_streamed_and_one_gather_size_per_run(tmp_pa
     # 1/64 of the pairs, a power of two, at least MIN_BUCKET but never past the pairs' own bucket.
     assert [gather_size(p) for p in (1, 100, 16_384, 20_000 * 16, 10**6 * 32)] == [1, 128, MIN_BUCKET, 8_192,
                                                                                      524_288]
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.integers(0, 1 << 27))
+def test_run_size_pads_at_most_a_quarter_with_four_shapes_per_octave(n):
+    from fgjax.analysis.run import MIN_BUCKET, run_size
+
+    size = run_size(n)
+    assert size >= max(n, MIN_BUCKET) and size <= max(1.25 * n, MIN_BUCKET)
+    # 2^j x (1, 1.25, 1.5, 1.75): few distinct shapes for the compilation cache to share between runs.
+    j = size.bit_length() - 1
+    assert size in {(1 << j) * m // 4 for m in (4, 5, 6, 7)} or size == MIN_BUCKET
+    assert run_size(size) == size  # a size is its own run size

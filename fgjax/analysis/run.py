@@ -1,8 +1,10 @@
 """Window sources and the one run loop: ``analyze`` (an in-memory log) and ``analyze_stream`` (Parquet files).
 
 A source yields ``Window(index, start, events)``, each window's events
-padded to a power-of-two bucket of at least ``MIN_BUCKET`` rows (few shapes
-to compile, little padding):
+padded to at least ``MIN_BUCKET`` rows (few shapes to compile, little
+padding): a source that knows its window sizes up front pads every window to
+the largest one's ``run_size`` (one shape per run), a stream to power-of-two
+buckets that only grow:
 ``log_windows`` slices a time-sorted in-memory log, ``parquet_windows``
 cuts time-ordered Parquet record batches. ``run_windows`` drives
 ``window_step`` over any source: a prefetch thread (``fgjax.data.prefetch``)
@@ -74,6 +76,18 @@ def padded_size(n: int) -> int:
     return max(bucket_size(n), MIN_BUCKET)
 
 
+def run_size(n: int) -> int:
+    """Rows every window of a run is padded to when its largest window has ``n`` events (known up front):
+    the smallest of 2^j x (1, 1.25, 1.5, 1.75) >= ``n``, at least ``MIN_BUCKET``. One shape for the
+    whole run, as a power of two would be, with at most 25 % padding instead of up to 100 % (the padded
+    windows in flight grow with it), and still few distinct shapes for the persistent compilation cache
+    to share between runs."""
+    n = max(int(n), MIN_BUCKET)
+    half = bucket_size(n) // 2  # n lies in (half, 2 * half]
+    quarter = max(half // 4, 1)
+    return half + -(-(n - half) // quarter) * quarter
+
+
 class Window(NamedTuple):
     """One closed window of a source."""
 
@@ -113,11 +127,11 @@ def log_windows(user: np.ndarray, interest: np.ndarray, weight: np.ndarray, time
                 window_seconds: float, num_windows: int, num_users: int) -> Iterator[Window]:
     """Windows ``0 .. num_windows - 1`` from ``origin`` of in-memory events sorted by ``timestamp``.
 
-    Every window is padded to the largest one's bucket: the sizes are known up front, so the window
-    step compiles once per run (a stream, which cannot know them, pads each window to its own bucket).
+    Every window is padded to the largest one's size (``run_size``): the sizes are known up front, so the
+    window step compiles once per run (a stream, which cannot know them, pads each window to its own bucket).
     """
     bounds = np.searchsorted(window_index(timestamp, window_seconds, origin), np.arange(num_windows + 1))
-    size = padded_size(int(np.diff(bounds).max(initial=0)))
+    size = run_size(int(np.diff(bounds).max(initial=0)))
     for t in range(num_windows):
         sl = slice(bounds[t], bounds[t + 1])
         yield _window(t, origin, window_seconds, num_users, user[sl], interest[sl], weight[sl], timestamp[sl], size)
@@ -125,9 +139,9 @@ def log_windows(user: np.ndarray, interest: np.ndarray, weight: np.ndarray, time
 
 def scanned_windows(scanned: ScannedLog, num_interests: int, num_users: int | None = None) -> Iterator[Window]:
     """Every window of a scanned log (pass 2 of ``fgjax.data.stream``), each padded to the largest
-    window's bucket (known from pass 1): the window step compiles once per run. Padding rows have user
+    window's size (``run_size``, known from pass 1): the window step compiles once per run. Padding rows have user
     ``num_users`` (default the log's users; more when the step's rows are padded)."""
-    size = padded_size(int(scanned.window_rows.max(initial=0)))
+    size = run_size(int(scanned.window_rows.max(initial=0)))
     pad_user = scanned.num_users if num_users is None else num_users
     for rows in scanned.windows():
         interest = _interests(rows.item, scanned.item_category, num_interests)
