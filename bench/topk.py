@@ -6,7 +6,9 @@
 ``users @ items.T``. Measured in one run:
 
 - ``matmul``: the score matmul alone, ``(U, N)`` written to memory: the floor
-  any full-matrix selection starts from;
+  any full-matrix selection starts from (full float32 products,
+  ``Precision.HIGHEST``, like every exact path here and like PyTorch's
+  default, which keeps TF32 off);
 - ``full_top_k``: ``jax.lax.top_k`` of that full matrix (matmul included);
 - ``groups``: ``fgjax.kernels.matmul_top_k(method="groups")``, exact float32,
   no ``(U, N)`` matrix (group maxima over item blocks, then the k best groups);
@@ -57,9 +59,11 @@ def bench_size(users: int, items: int, dim: int, *, timing, seed: int, use_torch
     k_np = rng.normal(size=(items, dim)).astype(np.float32)
     q, keys = jax.device_put(q_np), jax.device_put(k_np)
 
+    # Full float32 products everywhere exact is claimed (the default would let XLA use TF32 on a GPU).
+    exact_matmul = partial(jnp.matmul, precision=jax.lax.Precision.HIGHEST)
     fns = {
-        "matmul": jax.jit(lambda a, b: a @ b.T),
-        "full_top_k": jax.jit(lambda a, b: jax.lax.top_k(a @ b.T, K)),
+        "matmul": jax.jit(lambda a, b: exact_matmul(a, b.T)),
+        "full_top_k": jax.jit(lambda a, b: jax.lax.top_k(exact_matmul(a, b.T), K)),
         "groups": jax.jit(partial(matmul_top_k, k=K, block_size=block, method="groups")),
         "merge": jax.jit(partial(matmul_top_k, k=K, block_size=block, method="merge")),
         "groups_bf16": jax.jit(partial(matmul_top_k, k=K, block_size=block, method="groups",
