@@ -66,6 +66,10 @@ else CLI_SIZE="--limit 120"; fi
 bench cli_scale 290 --kinds adaptive,level,numpy $CLI_SIZE
 bench topk 60
 bench detector_update 60
+# The update at 2 % of the copy bandwidth on an H200 with 65,536-user blocks (2026-12-04): the same with
+# 1M-user blocks (fewer, larger kernels per window).
+[ "$SCALE" = large ] && step detector_block 60 python -m bench.detector_update --scale large \
+  --users 1000000,10000000 --user-block 1048576 --out "$RES/detector_block/detector_update.json"
 bench train 50
 bench kernels 120      # killed at 60 s on an H200 (2026-12-04): its NumPy references at 10M users are slow
 bench analysis_pass 90 # likewise at 45 s
