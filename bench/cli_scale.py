@@ -79,7 +79,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(args.data or tmp) / "events"
         t0 = time.perf_counter()
-        if args.data and any(folder.glob("part-*.parquet")):
+        payload["reused"] = bool(args.data and any(folder.glob("part-*.parquet")))
+        if payload["reused"]:  # the sizes are the files', not the flags': the events are counted below
             paths, _ = _data.list_events(folder)
             item_category = np.random.default_rng(args.seed).integers(0, size["categories"], size["items"])
         else:
@@ -89,6 +90,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                                                       seed=args.seed)
         payload["generate_s"] = time.perf_counter() - t0
         payload["parquet_bytes"] = sum(p.stat().st_size for p in paths)
+        payload["events"] = sum(pq.ParquetFile(p).metadata.num_rows for p in paths)
         items_path = Path(tmp) / "items.parquet"
         pq.write_table(pa.table({"item_id": np.arange(len(item_category), dtype=np.int64),
                                  "category": np.asarray(item_category, np.int64)}), items_path)

@@ -178,5 +178,6 @@ def test_cli_scale_runs_fresh_processes_and_reports_a_killed_run(tmp_path, capsy
                              str(tmp_path / "shards")])
     assert killed["runs"]["level"] == {"finished": False, "wall_s": None, "limit_s": 0.2}
     assert killed["generate_s"] < data["generate_s"] and "not finished" in capsys.readouterr().out
+    assert killed["reused"] and not data["reused"] and killed["events"] == data["events"] == 20_000
     with pytest.raises(SystemExit):
         cli_scale.main(["--kinds", "level,gpu"])
