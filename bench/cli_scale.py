@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -44,18 +45,48 @@ KINDS = ("level", "adaptive", "numpy")
 
 
 def _run(code: str, args: list[str], limit: float) -> dict[str, Any]:
-    """A probe in a fresh interpreter, killed after ``limit`` s: wall seconds plus what it printed."""
+    """A probe in a fresh interpreter (its own process group, killed whole after ``limit`` s, with no
+    persistent compilation cache): wall seconds plus what it printed."""
     started = time.perf_counter()
-    env = {**os.environ, "FGJAX_COMPILE_CACHE": "off"}
+    env = {k: v for k, v in os.environ.items() if k != "JAX_COMPILATION_CACHE_DIR"}
+    env.update(FGJAX_COMPILE_CACHE="off", JAX_ENABLE_COMPILATION_CACHE="false")
+    proc = subprocess.Popen([sys.executable, "-c", code, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, cwd=str(Path(__file__).resolve().parent.parent), env=env,
+                            start_new_session=True)
     try:
-        proc = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=limit,
-                              cwd=str(Path(__file__).resolve().parent.parent), env=env)
+        stdout, stderr = proc.communicate(timeout=limit)
     except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)  # the interpreter and anything it started
+        proc.communicate()
         return {"finished": False, "wall_s": None, "limit_s": limit}
     wall = time.perf_counter() - started
-    if proc.returncode:
-        return {"finished": False, "wall_s": wall, "error": proc.stderr[-1500:]}
-    return {"finished": True, "wall_s": wall, **json.loads(proc.stdout.split("RESULT", 1)[1])}
+    if proc.returncode:  # negative: killed by that signal (e.g. -9 when out of memory)
+        return {"finished": False, "wall_s": wall, "returncode": proc.returncode, "error": stderr[-1500:]}
+    return {"finished": True, "wall_s": wall, **json.loads(stdout.split("RESULT", 1)[1])}
+
+
+def _shards(folder: Path, size: dict[str, int], seed: int) -> tuple[list[Path], Path, bool]:
+    """The shards and items table of ``size`` in ``folder``: reused when its ``meta.json`` says they are
+    those (written last, so an interrupted generation is never taken for a complete one), else written.
+    Returns ``(paths, items_path, reused)``; raises ``ValueError`` for shards of other sizes."""
+    meta_path, items_path = folder / "meta.json", folder / "items.parquet"
+    want = {**size, "seed": seed}
+    if meta_path.exists():
+        have = json.loads(meta_path.read_text())
+        if have != want:
+            differ = ", ".join(f"{k} {have.get(k)} (asked {v})" for k, v in want.items() if have.get(k) != v)
+            raise ValueError(f"{folder} holds shards of other sizes: {differ}; use another --data folder")
+        return _data.list_events(folder / "events")[0], items_path, True
+    if any(folder.glob("events/part-*.parquet")):
+        raise ValueError(f"{folder}/events holds shards without {meta_path.name} (an interrupted or foreign "
+                         "generation): remove them or use another --data folder")
+    paths, item_category = _data.write_events(folder / "events", users=size["users"], items=size["items"],
+                                              events=size["events"], days=size["days"],
+                                              categories=size["categories"], files=size["files"], seed=seed)
+    pq.write_table(pa.table({"item_id": np.arange(len(item_category), dtype=np.int64),
+                             "category": item_category.astype(np.int64)}), items_path)
+    meta_path.write_text(json.dumps(want))
+    return paths, items_path, False
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -66,7 +97,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--categories", type=int, default=32)
     parser.add_argument("--kinds", default=",".join(KINDS), help=f"runs in order, from {', '.join(KINDS)}")
     parser.add_argument("--limit", type=float, default=600.0, help="seconds before a run is killed")
-    parser.add_argument("--data", default="", help="folder for the shards (kept, and reused if present)")
+    parser.add_argument("--data", default="", help="folder for the shards and items table (kept; reused by a run of the same sizes and seed, refused for others)")
     args = parser.parse_args(argv)
     kinds = [k for k in args.kinds.split(",") if k]
     if unknown := sorted(set(kinds) - set(KINDS)):
@@ -77,23 +108,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                                "config": {**size, "scale": args.scale, "kinds": kinds, "limit_s": args.limit}}
     print(f"cli_scale on {payload['device']}: {size}", flush=True)
     with tempfile.TemporaryDirectory() as tmp:
-        folder = Path(args.data or tmp) / "events"
         t0 = time.perf_counter()
-        payload["reused"] = bool(args.data and any(folder.glob("part-*.parquet")))
-        if payload["reused"]:  # the sizes are the files', not the flags': the events are counted below
-            paths, _ = _data.list_events(folder)
-            item_category = np.random.default_rng(args.seed).integers(0, size["categories"], size["items"])
-        else:
-            paths, item_category = _data.write_events(folder, users=size["users"], items=size["items"],
-                                                      events=size["events"], days=size["days"],
-                                                      categories=size["categories"], files=size["files"],
-                                                      seed=args.seed)
+        try:
+            paths, items_path, payload["reused"] = _shards(Path(args.data or tmp), size, args.seed)
+        except ValueError as exc:
+            parser.error(f"--data: {exc}")
+        folder = Path(args.data or tmp) / "events"
         payload["generate_s"] = time.perf_counter() - t0
         payload["parquet_bytes"] = sum(p.stat().st_size for p in paths)
         payload["events"] = sum(pq.ParquetFile(p).metadata.num_rows for p in paths)
-        items_path = Path(tmp) / "items.parquet"
-        pq.write_table(pa.table({"item_id": np.arange(len(item_category), dtype=np.int64),
-                                 "category": np.asarray(item_category, np.int64)}), items_path)
         runs: dict[str, Any] = {}
         for kind in kinds:
             out = Path(tmp) / f"out_{kind}"

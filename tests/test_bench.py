@@ -181,3 +181,7 @@ def test_cli_scale_runs_fresh_processes_and_reports_a_killed_run(tmp_path, capsy
     assert killed["reused"] and not data["reused"] and killed["events"] == data["events"] == 20_000
     with pytest.raises(SystemExit):
         cli_scale.main(["--kinds", "level,gpu"])
+    # Shards of other sizes are refused, not analyzed as if they were the ones asked for.
+    with pytest.raises(SystemExit):
+        cli_scale.main(["--scale", "smoke", "--users", "3000", "--kinds", "numpy", "--data", str(tmp_path / "shards")])
+    assert "holds shards of other sizes: users 2000 (asked 3000)" in capsys.readouterr().err
