@@ -69,7 +69,8 @@ def _sorted(table: pa.Table, keys: list[str]) -> pa.Table:
 
 
 @pytest.mark.slow
-def test_two_processes_write_the_tables_of_one(tmp_path):
+@pytest.mark.parametrize("detector", ["adaptive", "level"])
+def test_two_processes_write_the_tables_of_one(tmp_path, detector):
     paths = synthetic.generate(UNEVEN, tmp_path / "data")
     for shard in sorted(paths.events_dir.glob("*.parquet"))[1::2]:
         table = pq.read_table(shard)
@@ -77,7 +78,8 @@ def test_two_processes_write_the_tables_of_one(tmp_path):
         later = pc.min(time).as_py() + dt.timedelta(days=3)
         pq.write_table(table.filter(pc.or_kleene(pc.is_null(time), pc.greater_equal(time, pa.scalar(later, time.type)))),
                        shard)
-    settings = _settings(paths.events_dir, paths.items_path)
+    # The level rule's carry holds no per-pair detector state (a users-free stub, replicated across processes).
+    settings = _settings(paths.events_dir, paths.items_path, detector)
     done = _two_processes(tmp_path / "multi", settings)
     _skip_without_collectives(done)
     assert all(d.returncode == 0 for d in done), "\n".join(d.stderr[-3000:] for d in done)
@@ -104,7 +106,7 @@ def test_two_processes_write_the_tables_of_one(tmp_path):
                 np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6, err_msg=f"{name}.{column}")
             else:
                 assert x.equals(y), f"{name}.{column}"
-    # The adaptive detector's states, calibration included, are those of one process on every user.
+    # The detector's states (the adaptive one's calibration included) are those of one process on every user.
     states = pq.read_table(multi / "states.parquet").column("state").to_pylist()
     assert "forgotten" in states
     rejects = pq.read_table(multi / "rejects.parquet")

@@ -55,6 +55,12 @@ class WindowSpec:
         """Windows of the carry's ring buffer: the level rule keeps a one-window stub (same carry structure)."""
         return self.buffer_windows if self.detector == "adaptive" else 1
 
+    def detector_users(self, num_users: int) -> int:
+        """Rows of the carry's detector state: every user's for the adaptive detector; none for the level
+        rule, which never reads it (a per-pair state there would be about 48 bytes a (user, interest) pair,
+        3/4 of its carry, copied through every window step)."""
+        return num_users if self.detector == "adaptive" else 0
+
 
 class WindowParams(NamedTuple):
     """The numbers of the window step, scalar float32 arrays (traced: new values do not recompile).
@@ -123,7 +129,7 @@ class AnalysisCarry(NamedTuple):
     peak: jax.Array  # running max of I
     state: jax.Array  # int8 codes, kernels.STATE_NAMES
     ever: jax.Array  # bool, the user ever had the interest
-    detector: kernels.DetectorState  # activity ring buffer (users, K, T) and the detector's counters
+    detector: kernels.DetectorState  # ring buffer (users, K, T) and counters; no users under the level rule
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1))
@@ -135,7 +141,7 @@ def init_carry(spec: WindowSpec, num_users: int) -> AnalysisCarry:
         peak=jnp.zeros(shape, jnp.float32),
         state=jnp.zeros(shape, jnp.int8),
         ever=jnp.zeros(shape, bool),
-        detector=kernels.detector_init(*shape, spec.ring_windows),
+        detector=kernels.detector_init(spec.detector_users(num_users), spec.num_interests, spec.ring_windows),
     )
 
 
