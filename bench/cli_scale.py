@@ -20,10 +20,6 @@ Runs go in the order given, so the most important comes first when time is short
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -34,7 +30,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from bench import _data, _report
-from bench.pipeline import CLI_PROBE, NUMPY_PROBE
+from bench.pipeline import CLI_PROBE, NUMPY_PROBE, run_probe
 
 SIZES = {
     "smoke": {"users": 2_000, "events": 20_000, "days": 7, "files": 7},
@@ -42,27 +38,6 @@ SIZES = {
     "large": {"users": 10_000_000, "events": 60_000_000, "days": 60, "files": 60},
 }
 KINDS = ("level", "adaptive", "numpy")
-
-
-def _run(code: str, args: list[str], limit: float) -> dict[str, Any]:
-    """A probe in a fresh interpreter (its own process group, killed whole after ``limit`` s, with no
-    persistent compilation cache): wall seconds plus what it printed."""
-    started = time.perf_counter()
-    env = {k: v for k, v in os.environ.items() if k != "JAX_COMPILATION_CACHE_DIR"}
-    env.update(FGJAX_COMPILE_CACHE="off", JAX_ENABLE_COMPILATION_CACHE="false")
-    proc = subprocess.Popen([sys.executable, "-c", code, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, cwd=str(Path(__file__).resolve().parent.parent), env=env,
-                            start_new_session=True)
-    try:
-        stdout, stderr = proc.communicate(timeout=limit)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)  # the interpreter and anything it started
-        proc.communicate()
-        return {"finished": False, "wall_s": None, "limit_s": limit}
-    wall = time.perf_counter() - started
-    if proc.returncode:  # negative: killed by that signal (e.g. -9 when out of memory)
-        return {"finished": False, "wall_s": wall, "returncode": proc.returncode, "error": stderr[-1500:]}
-    return {"finished": True, "wall_s": wall, **json.loads(stdout.split("RESULT", 1)[1])}
 
 
 def _shards(folder: Path, size: dict[str, int], seed: int) -> tuple[list[Path], Path, bool]:
@@ -121,13 +96,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         for kind in kinds:
             out = Path(tmp) / f"out_{kind}"
             if kind == "numpy":
-                run = _run(NUMPY_PROBE, [str(folder), str(items_path), str(out) + ".parquet", "86400", "7"],
+                run = run_probe(NUMPY_PROBE, [str(folder), str(items_path), str(out) + ".parquet", "86400", "7"],
                            args.limit)
             else:
                 sets = [f"data.path={folder}", f"data.items_path={items_path}", "data.format=parquet",
                         "data.columns.user_id=user", "data.columns.item_id=item", "data.columns.weight=weight",
                         "analysis.window_seconds=86400", f"analysis.detector.kind={kind}"]
-                run = _run(CLI_PROBE, [str(out), "-", *sets], args.limit)
+                run = run_probe(CLI_PROBE, [str(out), "-", *sets], args.limit)
             runs[kind] = run
             wall = f"{run['wall_s']:.1f} s" if run["finished"] else f"not finished ({run.get('error', 'killed')!s:.200})"
             print(f"{kind}: {wall}" + (f", {run['peak_rss_bytes'] / 1e9:.2f} GB" if run["finished"] else ""),

@@ -183,22 +183,42 @@ def peak_rss_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
-def _fresh_process(code: str, args: list[str], what: str) -> dict[str, Any]:
-    """Run a probe (``code`` printing ``RESULT{json}``) in a fresh interpreter from the repository root:
-    wall seconds (interpreter and imports included), its own seconds, its rows and peak RSS."""
+def run_probe(code: str, args: list[str], limit: float = 3600.0) -> dict[str, Any]:
+    """A probe (``code`` printing ``RESULT{json}``) in a fresh interpreter from the repository root, as a
+    user runs it: imports and compilation included (no persistent compilation cache), in its own process
+    group, killed whole after ``limit`` s. Returns ``finished``, the wall seconds and what it printed, or
+    why it did not finish (``limit_s``; ``returncode``, negative for a signal, and ``error``)."""
     import json
+    import os
+    import signal
     import subprocess
     import sys
 
+    env = {k: v for k, v in os.environ.items() if k != "JAX_COMPILATION_CACHE_DIR"}
+    env.update(FGJAX_COMPILE_CACHE="off", JAX_ENABLE_COMPILATION_CACHE="false")
     started = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=3600,
-                          cwd=str(Path(__file__).resolve().parent.parent))
+    proc = subprocess.Popen([sys.executable, "-c", code, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, cwd=str(Path(__file__).resolve().parent.parent), env=env,
+                            start_new_session=True)
+    try:
+        stdout, stderr = proc.communicate(timeout=limit)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)  # the interpreter and anything it started
+        proc.communicate()
+        return {"finished": False, "wall_s": None, "limit_s": limit}
     wall = time.perf_counter() - started
     if proc.returncode:
-        raise RuntimeError(f"{what} failed: {proc.stderr[-2000:]}")
-    result = json.loads(proc.stdout.split("RESULT", 1)[1])
-    return {"wall_s": wall, "in_process_s": result["seconds"], "rows": result["rows"],
-            "peak_rss_bytes": result["peak_rss_bytes"]}
+        return {"finished": False, "wall_s": wall, "returncode": proc.returncode, "error": stderr[-1500:]}
+    return {"finished": True, "wall_s": wall, **json.loads(stdout.split("RESULT", 1)[1])}
+
+
+def _fresh_process(code: str, args: list[str], what: str) -> dict[str, Any]:
+    """``run_probe`` that must finish: wall seconds, its own seconds, its rows and peak RSS."""
+    run = run_probe(code, args)
+    if not run["finished"]:
+        raise RuntimeError(f"{what} failed: {run.get('error') or 'past its limit'}")
+    return {"wall_s": run["wall_s"], "in_process_s": run["seconds"], "rows": run["rows"],
+            "peak_rss_bytes": run["peak_rss_bytes"]}
 
 
 def numpy_process(folder: Path, items_path: Path, out: Path, window_seconds: float, half_life: float) -> dict:

@@ -378,3 +378,25 @@ def test_run_size_pads_at_most_a_quarter_with_four_shapes_per_octave(n):
     j = size.bit_length() - 1
     assert size in {(1 << j) * m // 4 for m in (4, 5, 6, 7)} or size == MIN_BUCKET
     assert run_size(size) == size  # a size is its own run size
+
+
+def test_the_level_rule_carries_no_per_pair_detector_state():
+    """Under the level rule the detector never runs: its carry holds no bytes per user (the adaptive one's ring
+    buffer and counters are about 100 bytes a (user, interest) pair at T = 64), and the structure is the same."""
+    import jax
+
+    from fgjax.analysis.window import init_carry, window_spec
+
+    config = load_config(None, [])
+    sizes = {}
+    for kind in ("level", "adaptive"):
+        analysis = dataclasses.replace(config.analysis, detector=dataclasses.replace(config.analysis.detector,
+                                                                                      kind=kind))
+        spec = window_spec(analysis, 8)
+        carries = [jax.eval_shape(lambda n=n: init_carry(spec, n)) for n in (100, 200)]
+        detector_bytes = [sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(c.detector)) for c in carries]
+        sizes[kind] = (detector_bytes[1] - detector_bytes[0]) / (100 * 8)  # bytes per added (user, interest)
+        assert jax.tree.structure(carries[0]) == jax.tree.structure(
+            jax.eval_shape(lambda: init_carry(window_spec(config.analysis, 8), 100)))
+    assert sizes["level"] == 0
+    assert sizes["adaptive"] >= 64 + 40  # the uint8 ring of T = 64 windows and the float32/int32 counters

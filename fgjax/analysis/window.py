@@ -50,15 +50,10 @@ class WindowSpec:
     user_block: int | None = None
     buffer_windows: int = 64
 
-    @property
-    def ring_windows(self) -> int:
-        """Windows of the carry's ring buffer: the level rule keeps a one-window stub (same carry structure)."""
-        return self.buffer_windows if self.detector == "adaptive" else 1
-
     def detector_users(self, num_users: int) -> int:
         """Rows of the carry's detector state: every user's for the adaptive detector; none for the level
-        rule, which never reads it (a per-pair state there would be about 48 bytes a (user, interest) pair,
-        3/4 of its carry, copied through every window step)."""
+        rule, which never reads it but keeps the carry's structure (a per-pair state there would be about
+        48 bytes a (user, interest) pair, 3/4 of its carry, copied through every window step)."""
         return num_users if self.detector == "adaptive" else 0
 
 
@@ -141,7 +136,7 @@ def init_carry(spec: WindowSpec, num_users: int) -> AnalysisCarry:
         peak=jnp.zeros(shape, jnp.float32),
         state=jnp.zeros(shape, jnp.int8),
         ever=jnp.zeros(shape, bool),
-        detector=kernels.detector_init(spec.detector_users(num_users), spec.num_interests, spec.ring_windows),
+        detector=kernels.detector_init(spec.detector_users(num_users), spec.num_interests, spec.buffer_windows),
     )
 
 
