@@ -40,7 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
                                 epilog=f"known: {', '.join(BENCHMARKS)}; optional: {', '.join(OPTIONAL)}")
     p.add_argument("names", nargs="*", help="benchmarks to run (default: all known)")
     p.add_argument("--scale", choices=_report.SCALES, default="small", help="small: seconds on a CPU; large: an H100")
-    p.add_argument("--out", default=DEFAULT_OUT, help=f"results folder (default {DEFAULT_OUT})")
+    p.add_argument("--out", default=DEFAULT_OUT, help=f"results folder (default {DEFAULT_OUT}; '' = write nothing)")
     p.add_argument("--no-torch", action="store_true", help="skip the PyTorch references")
     p.add_argument("--keep-going", action="store_true", help="record a failing benchmark and go on")
     p.add_argument("--list", action="store_true", help="list the known benchmarks and exit")
@@ -98,7 +98,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                 suite["skipped"][name] = f"bench/{name}.py is absent"
                 print(f"== {name}: skipped (bench/{name}.py is absent)", flush=True)
                 continue
-        sub_argv = ["--scale", args.scale, "--out", str(out / f"{name}.json"), "--plots", str(out / "plots")]
+        # --out '' writes nothing, as each benchmark's own --out '' (not files in the working folder).
+        sub_argv = ["--scale", args.scale, "--out", str(out / f"{name}.json") if args.out else "",
+                    "--plots", str(out / "plots") if args.out else ""]
         if args.no_torch:
             sub_argv.append("--no-torch")
         sub_argv += extra
@@ -118,8 +120,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
              for n, why in suite["failed"].items()]
     print()
     print(_report.format_table(rows, [("name", "benchmark", ""), ("seconds", "s", ".1f"), ("headline", "headline", "")]))
-    path = _report.write_json(out / "suite.json", suite)
-    print(f"wrote {path} and {out / 'plots'}")
+    if args.out:
+        path = _report.write_json(out / "suite.json", suite)
+        print(f"wrote {path} and {out / 'plots'}")
     return suite
 
 

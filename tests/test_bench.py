@@ -146,6 +146,13 @@ def test_suite_dispatches_by_module_name_and_rejects_unknown(tmp_path, monkeypat
     assert calls[0][-2:] == ["--data", "d/ml-100k"]
     with pytest.raises(SystemExit):
         suite.main(["--data", "d/ml-100k", "--out", str(tmp_path)])  # not without the benchmark's name
+    # --out '' writes nothing (no suite.json in the working folder), as a benchmark's own --out ''.
+    calls.clear()
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    monkeypatch.chdir(empty)
+    suite.main(["quality", "--out", ""])
+    assert calls == [["--scale", "small", "--out", "", "--plots", ""]] and not list(Path.cwd().iterdir())
     monkeypatch.delitem(sys.modules, "bench.quality")
     with pytest.raises(SystemExit) as exc:
         suite.main(["no_such_benchmark", "--out", str(tmp_path)])
