@@ -37,7 +37,14 @@ SIZES = {
     "small": {"users": 100_000, "events": 2_000_000, "days": 60, "files": 20},
     "large": {"users": 10_000_000, "events": 60_000_000, "days": 60, "files": 60},
 }
-KINDS = ("level", "adaptive", "numpy")
+# fgjax runs by their config overrides; adaptive_every_window takes every periodogram every window (the
+# detector before analysis.detector.period_every), for the side-by-side ratio.
+CLI_KINDS = {
+    "level": ["analysis.detector.kind=level"],
+    "adaptive": ["analysis.detector.kind=adaptive"],
+    "adaptive_every_window": ["analysis.detector.kind=adaptive", "analysis.detector.period_every=1"],
+}
+KINDS = (*CLI_KINDS, "numpy")
 
 
 def _shards(folder: Path, size: dict[str, int], seed: int) -> tuple[list[Path], Path, bool]:
@@ -101,7 +108,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             else:
                 sets = [f"data.path={folder}", f"data.items_path={items_path}", "data.format=parquet",
                         "data.columns.user_id=user", "data.columns.item_id=item", "data.columns.weight=weight",
-                        "analysis.window_seconds=86400", f"analysis.detector.kind={kind}"]
+                        "analysis.window_seconds=86400", *CLI_KINDS[kind]]
                 run = run_probe(CLI_PROBE, [str(out), "-", *sets], args.limit)
             runs[kind] = run
             wall = f"{run['wall_s']:.1f} s" if run["finished"] else f"not finished ({run.get('error', 'killed')!s:.200})"

@@ -61,7 +61,8 @@ def _stats(compiled: Any, pairs: int) -> dict[str, float]:
     return out
 
 
-def _compiled_update(num_users: int, num_interests: int, buffer_windows: int, user_block: int | None) -> Any:
+def _compiled_update(num_users: int, num_interests: int, buffer_windows: int, user_block: int | None,
+                     period_every: int = 1) -> Any:
     """The donated update as the analysis calls it (s* only where rows are written), compiled for (N, K, T)."""
     import jax
     import jax.numpy as jnp
@@ -71,7 +72,7 @@ def _compiled_update(num_users: int, num_interests: int, buffer_windows: int, us
 
     params = DetectorConfig().kernel_params()  # the defaults, from the one place they live
     update = functools.partial(kernels.detector_update, degree=None, params=params, user_block=user_block,
-                               with_limits=False)
+                               with_limits=False, period_every=period_every)
     state = jax.eval_shape(lambda: kernels.detector_init(num_users, num_interests, buffer_windows))
     counts = jax.ShapeDtypeStruct((num_users, num_interests), jnp.float32)
     return jax.jit(update, donate_argnums=0).lower(state, counts).compile()
@@ -83,7 +84,7 @@ def memory_per_pair(num_users: int, num_interests: int, buffer_windows: int, use
 
 
 def bench_one(num_users: int, num_interests: int, buffer_windows: int, user_block: int | None, *, repeats: int,
-              warmup: int, min_time: float, seed: int) -> dict[str, Any]:
+              warmup: int, min_time: float, seed: int, period_every: int = 1) -> dict[str, Any]:
     import jax
     import jax.numpy as jnp
 
@@ -92,7 +93,7 @@ def bench_one(num_users: int, num_interests: int, buffer_windows: int, user_bloc
     rng = np.random.default_rng(seed)
     counts = jax.device_put(rng.poisson(1.0, size=(num_users, num_interests)).astype(np.float32))
     # One compilation serves the timing and the memory analysis.
-    update = _compiled_update(num_users, num_interests, buffer_windows, user_block)
+    update = _compiled_update(num_users, num_interests, buffer_windows, user_block, period_every)
     holder = [kernels.detector_init(num_users, num_interests, buffer_windows)]
     for _ in range(3):  # some history, so every branch has data
         holder[0], _ = update(holder[0], counts)
@@ -124,6 +125,7 @@ def bench_one(num_users: int, num_interests: int, buffer_windows: int, user_bloc
         "interests": num_interests,
         "buffer_windows": buffer_windows,
         "user_block": user_block,
+        "period_every": period_every,
         "memory": memory,
         "timings": timings,
         "update_ms": timings["update"]["median_s"] * 1e3,
@@ -168,6 +170,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--buffer-windows", type=int, default=None, help="T, windows in the ring buffer (default 64; 8 at smoke)")
     p.add_argument("--user-block", type=int, default=None,
                    help="users judged at a time; 0 = all at once (default 65536; 128 at smoke)")
+    p.add_argument("--period-every", type=_int_list, default=[1, 4],
+                   help="comma-separated windows between a user's periodograms, each timed side by side "
+                        "(default 1,4: every window, and the analysis default)")
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--min-time", type=float, default=0.05)
     p.add_argument("--probe-users", type=int, default=None,
@@ -178,11 +183,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 COLUMNS = [
     ("users", "N", ",d"),
+    ("period_every", "periodogram every", "d"),
     ("update_ms", "update ms", ".2f"),
     ("ns_per_pair", "ns/(user,interest)", ".2f"),
     ("update_gbps", "update GB/s", ".2f"),
     ("copy_gbps", "copy GB/s", ".2f"),
     ("update_vs_copy_bandwidth", "update/copy", ".2f"),
+    ("vs_every_window", "time vs every window", ".2f"),
 ]
 
 
@@ -202,7 +209,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         **_report.environment(),
         "config": {
             "users": users, "interests": args.interests, "buffer_windows": args.buffer_windows, "scale": args.scale,
-            "user_block": block, "repeats": repeats, "warmup": args.warmup, "min_time_s": args.min_time,
+            "user_block": block, "period_every": args.period_every, "repeats": repeats, "warmup": args.warmup, "min_time_s": args.min_time,
             "seed": args.seed,
         },
         "notes": "update GB/s = (compiled argument + output bytes) / median time; copy = donated x + 1 over the "
@@ -213,25 +220,33 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     print(f"detector_update on {payload['device']}, K={args.interests}, T={args.buffer_windows}, "
           f"user_block={block}, jax {payload['versions']['jax']}", flush=True)
     for n in users:
-        payload["results"].append(bench_one(n, args.interests, args.buffer_windows, block, repeats=repeats,
-                                            warmup=args.warmup, min_time=args.min_time, seed=args.seed))
+        rows = [bench_one(n, args.interests, args.buffer_windows, block, repeats=repeats, warmup=args.warmup,
+                          min_time=args.min_time, seed=args.seed, period_every=every) for every in args.period_every]
+        base = next((r["update_ms"] for r in rows if r["period_every"] == 1), None)
+        for r in rows:  # the ratio to taking every periodogram every window, measured in this run
+            r["vs_every_window"] = r["update_ms"] / base if base else None
+        payload["results"].extend(rows)
     payload["projection"] = projection(args.interests, args.buffer_windows, block, args.probe_users)
     p = payload["projection"]
     last = payload["results"][-1]
     payload["summary"] = {
         "users": last["users"], "update_vs_copy": last["update_vs_copy_bandwidth"],
         "projected_10M_GB": p["projected_bytes"] / 1e9, "fits_80GB": p["fits_80GB"],
+        "period_every": last["period_every"], "vs_every_window": last["vs_every_window"],
     }
     plots = _report.plots_dir(args)
     if plots:
-        xs = [r["users"] for r in payload["results"]]
+        shown = [r for r in payload["results"] if r["period_every"] == args.period_every[-1]]
+        xs = [r["users"] for r in shown]
         payload["plots"] = [str(_report.plot_scaling(
             plots / "detector_update.png", xs,
-            {"update (ms/window)": [r["update_ms"] for r in payload["results"]],
+            {"update (ms/window)": [r["update_ms"] for r in shown],
              "copy of the same bytes (ms)": [r["timings"]["copy_inplace"]["median_s"] * 1e3
                                              * r["memory"]["argument"] * 2 / r["timings"]["copy_inplace"]["bytes"]
-                                             for r in payload["results"]]},
-            xlabel="users N", ylabel="ms", title=f"detector update, K={args.interests}, T={args.buffer_windows}"))]
+                                             for r in shown]},
+            xlabel="users N", ylabel="ms",
+            title=f"detector update, K={args.interests}, T={args.buffer_windows}, "
+                  f"periodogram every {args.period_every[-1]}"))]
     out = _report.finish(payload, args, payload["results"], COLUMNS)
     print(f"projected footprint of {p['users']:,} users x {p['interests']} x T={p['buffer_windows']}: "
           f"{p['projected_bytes'] / 1e9:.1f} GB ({p['bytes_per_user']:.0f} B/user); fits 80 GB: {p['fits_80GB']}")

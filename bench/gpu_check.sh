@@ -59,23 +59,24 @@ step checks 80 python -m pytest -q -p no:cacheprovider -x -m "not slow" -n 8 \
   tests/test_kernels_topk.py tests/test_sparse.py tests/test_stream.py tests/test_scoring.py \
   tests/test_kernels_detector.py tests/test_kernels_timeseries.py \
   --junitxml="$OUT/checks.xml"
-# 2. Benchmarks, most important first (targets in bench/RESULTS.md). cli_scale: `fgjax analyze` in fresh
-#    processes (issue 14), 1M users x 60 daily windows, with the detector, the level rule and the NumPy peer.
+# 2. Benchmarks, most important first (targets in bench/RESULTS.md).
+#    detector_update: the periodogram every window against every 4th (analysis.detector.period_every), side by side;
+#    at 2 % of the copy bandwidth on an H200 with 65,536-user blocks (2026-12-04), so also with 1M-user blocks.
+bench detector_update 110
+[ "$SCALE" = large ] && step detector_block 70 python -m bench detector_update --scale large --keep-going \
+  --out "$RES/detector_block" --users 1000000,10000000 --user-block 1048576 --period-every 4
+bench kernels 120      # killed at 60 s on an H200 (2026-12-04): its NumPy references at 10M users are slow
+bench analysis_pass 90 # likewise at 45 s
+# cli_scale: `fgjax analyze` in fresh processes (issue 14), 1M users x 60 daily windows, with the detector (and
+# every periodogram every window), the level rule and the NumPy peer (0.79-0.81x of it on an H200, 2026-12-04).
 if [ "$SCALE" = large ]; then CLI_SIZE="--users 1000000 --events 30000000 --days 60 --files 60 --limit 75"
 else CLI_SIZE="--limit 120"; fi
 # shellcheck disable=SC2086
-bench cli_scale 290 --kinds adaptive,level,numpy $CLI_SIZE
-bench topk 60
-bench detector_update 60
-# The update at 2 % of the copy bandwidth on an H200 with 65,536-user blocks (2026-12-04): the same with
-# 1M-user blocks (fewer, larger kernels per window).
-[ "$SCALE" = large ] && step detector_block 60 python -m bench detector_update --scale large --keep-going \
-  --out "$RES/detector_block" --users 1000000,10000000 --user-block 1048576
-bench train 50
-bench kernels 120      # killed at 60 s on an H200 (2026-12-04): its NumPy references at 10M users are slow
-bench analysis_pass 90 # likewise at 45 s
+bench cli_scale 330 --kinds adaptive,adaptive_every_window,level,numpy $CLI_SIZE
 bench scaling 70
 bench memory 90
+bench topk 60
+bench train 50
 bench pipeline 150 $( [ "$SCALE" = large ] && echo --users 1000000 --events 30000000 )
 
 python - "$OUT" "${DONE[*]:-}" "${SKIPPED[*]:-}" "${FAILED[*]:-}" "$RES" <<'PY'

@@ -206,6 +206,9 @@ class DetectorConfig:
     kind: str = setting("adaptive", choices=("adaptive", "level"))  # level: analysis.level's rule on I_k alone
     buffer_windows: int = setting(64, ge=3)  # T: windows of per-interest activity kept for trend and periodicity
     user_block: int = setting(65536, ge=0)  # users judged at a time: bounds the temporaries (0 = all at once)
+    # Each interest's periodogram (most of the update's arithmetic) is taken every this many windows, a user's
+    # turns staggered, and kept between (1 = every window; kernels.detector_update's period_every).
+    period_every: int = setting(4, ge=1)
     false_alarm: float = setting(0.01, gt=0, lt=1)  # chance a loyal interest is ever called forgotten in life_days
     life_days: float = setting(200.0, gt=0)  # the life false_alarm covers (in windows: life_days / window length)
     gap_factor: float = setting(1.5, ge=0)  # a silence must exceed this times the longest gap / period it came back from

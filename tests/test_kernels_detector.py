@@ -512,3 +512,66 @@ def run_series(counts: np.ndarray, T: int, p=P) -> np.ndarray:
 
     _, states = jax.jit(lambda c: jax.lax.scan(step, kernels.detector_init(c.shape[1], 1, T), c))(counts)
     return np.asarray(states)
+
+
+def _ref_periodogram(series: np.ndarray, lived: int) -> tuple[int, float, bool]:
+    """float64 ``(j, strength, tied)`` of a T-window series (oldest first) whose last ``lived`` windows count:
+    centred over those, the rest 0, |rfft|^2 over j = 1 .. T // 2; j = 0 without power."""
+    T = len(series)
+    m = np.arange(T) >= T - lived
+    y = np.where(m, series - series[m].mean(), 0.0) if lived else np.zeros(T)
+    power = np.abs(np.fft.rfft(y)[1: T // 2 + 1]) ** 2
+    if power.sum() <= 1e-12 * max(1.0, (y ** 2).sum() * T):
+        return 0, 0.0, False
+    order = np.sort(power)
+    return int(np.argmax(power)) + 1, float(power.max() / power.sum()), bool(order[-2] >= (1 - 1e-3) * order[-1])
+
+
+@pytest.mark.parametrize("every", [3, 4])
+def test_period_every_takes_a_users_periodogram_on_its_turn_and_keeps_it_between(every):
+    """With ``period_every=P`` user u's periodogram is that of the ring at its last turn w' <= w (w' % P ==
+    u % P), float64 rfft of the lived windows, or 0 when the interest came back from forgotten since;
+    and it does not depend on the user blocks (13 users in ragged blocks of 5, cache blocks of 2)."""
+    W, n, K, T = 70, 13, 3, 16
+    counts = np.stack([random_histories(s, W=W, n=n) for s in range(K)], axis=-1)  # (W, n, K)
+    p = P._replace(false_alarm=0.05)  # more alarms, so more returns from forgotten
+    runs = []
+    for block, cache in ((None, None), (5, 2)):
+        step = jax.jit(lambda s, c, block=block, cache=cache: kernels.detector_update(
+            s, c, None, p, user_block=block, cache_block=cache, period_every=every, with_limits=False))
+        state = kernels.detector_init(n, K, T)
+        rows = []
+        for w in range(W):
+            before = np.asarray(state.state)
+            state, out = step(state, counts[w])
+            rows.append((before, np.asarray(state.alive), np.asarray(state.period_index),
+                         np.asarray(out.period_strength), np.asarray(out.period)))
+        runs.append(rows)
+    for a, b in zip(*runs):
+        for x, y in zip(a, b):
+            _assert_same(x, y)
+    rows = runs[0]
+    saturated = np.minimum(counts, 255.0)
+    padded = np.concatenate([np.zeros((T - 1, n, K)), saturated])  # window w's ring: padded[w : w + T]
+    checked = returns = 0
+    for w in range(W):
+        for u in range(n):
+            turn = w - (w - u) % every  # the last window <= w with turn % P == u % P
+            for k in range(K):
+                came_back = [r for r in range(max(turn, 0), w + 1)
+                             if rows[r][0][u, k] == FORGOTTEN and counts[r, u, k] > 0]
+                index, strength = rows[w][2][u, k], rows[w][3][u, k]
+                if came_back or turn < 0:
+                    returns += bool(came_back)
+                    if not (turn >= 0 and came_back == [turn]):  # a return on its turn is taken after the reset
+                        assert (index, strength) == (0, 0.0), (w, u, k, turn, came_back)
+                        continue
+                j, s, tied = _ref_periodogram(padded[turn: turn + T, u, k], min(rows[turn][1][u, k], T))
+                assert strength == pytest.approx(s, abs=1e-5), (w, u, k)
+                if not tied:  # j, kept where it can count (0 below min_strength; either within rounding of it)
+                    assert index in ((j,) if s > p.min_strength + 1e-5 else (0,) if s < p.min_strength - 1e-5
+                                     else (0, j)), (w, u, k)
+                    period = rows[w][4][u, k]
+                    assert period in (0.0, np.float32(T / j) if j else 0.0)
+                checked += 1
+    assert checked > 1000 and returns > 0

@@ -40,6 +40,7 @@ class WindowSpec:
       normalize: ``current`` | ``max`` (``kernels.forgetting_degree``).
       user_block: users judged at a time by the detector; None = all at once.
       buffer_windows: T, windows of per-interest activity the adaptive detector keeps.
+      period_every: windows between a user's periodograms (``kernels.detector_update``).
     """
 
     num_interests: int
@@ -49,6 +50,7 @@ class WindowSpec:
     normalize: str = "current"
     user_block: int | None = None
     buffer_windows: int = 64
+    period_every: int = 1
 
     def detector_users(self, num_users: int) -> int:
         """Rows of the carry's detector state: every user's for the adaptive detector; none for the level
@@ -88,6 +90,7 @@ def window_spec(config: AnalysisConfig, num_interests: int, *, top: int | None =
         normalize=config.normalize,
         user_block=config.detector.user_block or None,
         buffer_windows=config.detector.buffer_windows,
+        period_every=config.detector.period_every,
     )
 
 
@@ -238,7 +241,8 @@ def detector_step(
       degree: optional ``(users,)`` F(u, t) for the per-user F alarm.
     """
     return kernels.detector_update(
-        detector, counts, degree, params.detector, user_block=spec.user_block, with_limits=False
+        detector, counts, degree, params.detector, user_block=spec.user_block, with_limits=False,
+        period_every=spec.period_every,
     )
 
 
