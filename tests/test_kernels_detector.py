@@ -527,8 +527,8 @@ def _ref_periodogram(series: np.ndarray, lived: int) -> tuple[int, float, bool]:
     return int(np.argmax(power)) + 1, float(power.max() / power.sum()), bool(order[-2] >= (1 - 1e-3) * order[-1])
 
 
-@pytest.mark.parametrize("every", [3, 4])
-def test_period_every_takes_a_users_periodogram_on_its_turn_and_keeps_it_between(every):
+@pytest.mark.parametrize(("every", "periodogram"), [(3, "dft"), (4, "fft")])
+def test_period_every_takes_a_users_periodogram_on_its_turn_and_keeps_it_between(every, periodogram):
     """With ``period_every=P`` user u's periodogram is that of the ring at its last turn w' <= w (w' % P ==
     u % P), float64 rfft of the lived windows, or 0 when the interest came back from forgotten since;
     and it does not depend on the user blocks (13 users in ragged blocks of 5, cache blocks of 2)."""
@@ -538,7 +538,8 @@ def test_period_every_takes_a_users_periodogram_on_its_turn_and_keeps_it_between
     runs = []
     for block, cache in ((None, None), (5, 2)):
         step = jax.jit(lambda s, c, block=block, cache=cache: kernels.detector_update(
-            s, c, None, p, user_block=block, cache_block=cache, period_every=every, with_limits=False))
+            s, c, None, p, user_block=block, cache_block=cache, period_every=every, with_limits=False,
+            periodogram=periodogram))
         state = kernels.detector_init(n, K, T)
         rows = []
         for w in range(W):
