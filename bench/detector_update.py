@@ -225,6 +225,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         base = next((r["update_ms"] for r in rows if r["period_every"] == 1), None)
         for r in rows:  # the ratio to taking every periodogram every window, measured in this run
             r["vs_every_window"] = r["update_ms"] / base if base else None
+            # Each row as it completes: a run stopped at its limit still shows the sizes it finished.
+            print(_report.format_table([r], COLUMNS).splitlines()[-1], flush=True)
         payload["results"].extend(rows)
     payload["projection"] = projection(args.interests, args.buffer_windows, block, args.probe_users)
     p = payload["projection"]
