@@ -242,6 +242,28 @@ def test_states_table_has_one_row_per_change_with_its_evidence():
     np.testing.assert_array_equal(codes[-1], result.state)
 
 
+def test_states_parquet_reads_back_as_the_states_table(tmp_path):
+    """Written with dictionary-encoded names and no stored Arrow schema, the file reads back as the in-memory
+    table: plain strings (sortable), UTC timestamps, the same values; statistics only on the key columns."""
+    import pyarrow.parquet as pq
+
+    from fgjax.analysis import states_table, write_states
+    from fgjax.analysis.tables import STATISTICS_COLUMNS
+
+    log = make_log(num_users=12, num_items=20, events_per_user=25, seed=4)
+    result = analyze(load_config(None, []), log, progress=False)
+    rows = write_states(result, log, tmp_path / "states.parquet")
+    back, table = pq.read_table(tmp_path / "states.parquet"), states_table(result, log)
+    assert rows == table.num_rows > 0
+    assert back.schema.equals(table.schema), (back.schema, table.schema)
+    assert back.equals(table)
+    assert back.sort_by([("state", "ascending"), ("interest", "ascending")]).num_rows == rows
+    assert str(back.schema.field("window_start").type) == "timestamp[us, tz=UTC]"
+    group = pq.ParquetFile(tmp_path / "states.parquet").metadata.row_group(0)
+    with_stats = {group.column(i).path_in_schema for i in range(group.num_columns) if group.column(i).is_stats_set}
+    assert with_stats == set(STATISTICS_COLUMNS["states"])
+
+
 def test_priorities_and_exploration_follow_the_strategy():
     from fgjax.ranking.strategy import exploration_mask, interest_priorities
 
