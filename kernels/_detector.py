@@ -690,24 +690,29 @@ def _drop_tails(k: Array, mean: Array, fade_share: ArrayLike, may: Array, level:
     ``< fade_confidence``, and only where ``may``. Where ``floor(k) >= mean`` the first is at least 1/2
     (a Poisson variable's median is below its mean + 1/3, Choi 1994), which passes neither test while
     ``sqrt(level) < 0.45``. So they are computed only for the rest, gathered (``gammaincc`` iterates
-    until its slowest element converges, over every element): when those are at most a quarter of the
-    rows, else for every row as before. Elementwise, each computed value is the same either way; the
-    others are 1.
+    until its slowest element converges, over every element) in chunks of a quarter of the rows.
+    Elementwise, each computed value is the same as over all rows; the others are 1. (One chunk's code
+    serves every count: a second copy over every row, past a quarter of them, made the update's
+    compilation 0.7 s longer at 100k users, 3.9 against 3.2 s, for the same speed.)
     """
     need = ((may & (jnp.floor(k) < mean)) | (level >= 0.2)).ravel()
     cells = need.shape[0]
     capacity = max(1, cells // 4)
+    order = jnp.nonzero(need, size=cells, fill_value=cells)[0]  # the needed rows first
+    flat_k, flat_mean = k.ravel(), mean.ravel()
+    share = jnp.asarray(fade_share, jnp.float32)
 
-    def tails(k, mean):
-        return poisson_cdf(k, mean), poisson_cdf(k, fade_share * mean)
+    def chunk(i, tails):
+        # `capacity` needed rows (the last chunk may start earlier and repeat some: the same values again).
+        rows = lax.dynamic_slice_in_dim(order, i * capacity, capacity)
+        kk = flat_k.at[rows].get(mode="fill", fill_value=0.0)
+        mm = flat_mean.at[rows].get(mode="fill", fill_value=0.0)
+        both = (poisson_cdf(kk, mm), poisson_cdf(kk, share * mm))
+        return tuple(t.at[rows].set(v, mode="drop") for t, v in zip(tails, both))
 
-    def few(_):
-        rows = jnp.nonzero(need, size=capacity, fill_value=cells)[0]
-        got = tails(k.ravel().at[rows].get(mode="fill", fill_value=0.0),
-                    mean.ravel().at[rows].get(mode="fill", fill_value=0.0))
-        return tuple(jnp.ones((cells,), jnp.float32).at[rows].set(v, mode="drop").reshape(k.shape) for v in got)
-
-    return lax.cond(jnp.sum(need) <= capacity, few, lambda _: tails(k, mean), None)
+    ones = jnp.ones((cells,), jnp.float32)
+    first, second = lax.fori_loop(0, (jnp.sum(need) + capacity - 1) // capacity, chunk, (ones, ones))
+    return first.reshape(k.shape), second.reshape(k.shape)
 
 
 def _judge(

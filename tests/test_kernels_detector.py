@@ -576,3 +576,24 @@ def test_period_every_takes_a_users_periodogram_on_its_turn_and_keeps_it_between
                     assert period in (0.0, np.float32(T / j) if j else 0.0)
                 checked += 1
     assert checked > 1000 and returns > 0
+
+
+@pytest.mark.parametrize("share_needed", [0.1, 0.6, 1.0])
+def test_drop_tails_in_chunks_equal_the_tails_of_every_needed_row(share_needed):
+    """The drop test's two Poisson tails, taken in chunks of a quarter of the rows (one chunk to every needed
+    row at 0.6 and 1.0, ragged), equal ``poisson_cdf`` over all rows where needed, and are 1 elsewhere."""
+    from fgjax.kernels import _detector as kd
+
+    rng = np.random.default_rng(int(share_needed * 10))
+    n = 1003
+    mean = rng.uniform(0.5, 40.0, n).astype(np.float32)
+    below = rng.random(n) < share_needed
+    k = np.where(below, np.floor(mean * rng.uniform(0.0, 0.9, n)), mean + 3.0).astype(np.float32)
+    may = rng.random(n) < 0.95
+    first, second = jax.jit(lambda k, m, w: kd._drop_tails(k, m, 0.25, w, 0.001))(k, mean, may)
+    need = may & (np.floor(k) < mean)
+    assert need.sum() > (n // 4 if share_needed > 0.5 else 0)
+    whole = jax.jit(lambda k, m: (kd.poisson_cdf(k, m), kd.poisson_cdf(k, 0.25 * m)))(k, mean)
+    for got, want in zip((first, second), whole):
+        np.testing.assert_array_equal(np.asarray(got)[need], np.asarray(want)[need])
+        assert np.all(np.asarray(got)[~need] == 1.0)
