@@ -136,9 +136,10 @@ class DetectorState(NamedTuple):
       calibration: ``(len(CAL_AGES) + 1, CAL_BINS)`` float32 the population's completed silences by the
         interest's history (``CAL_AGES``) and the surprise they reached.
       degree_moments: ``(users,)`` running moments of F(u, t) since the user's first activity.
-      period_index: int16 the dominant frequency j of the last periodogram taken (period T / j; 0 = none, or
-        its strength is below ``min_strength``), and period_strength: float32 the peak's strength. Refreshed every window with ``period_every=1``; with
-        ``period_every=P`` a user's at the windows ``w`` with ``w % P == user % P`` (and reset by a return).
+      period_index: int16 the dominant frequency j of the last periodogram taken (period T / j; 0 = none,
+        or its strength is below ``min_strength``); period_strength: float32 the peak's strength. Taken
+        every window with ``period_every=1``; with ``period_every=P``, a user's at the windows ``w`` with
+        ``w % P == user % P``. A return from forgotten resets both.
     """
 
     buffer: ActivityBuffer
