@@ -711,7 +711,9 @@ def _drop_tails(k: Array, mean: Array, fade_share: ArrayLike, may: Array, level:
         both = (poisson_cdf(kk, mm), poisson_cdf(kk, share * mm))
         return tuple(t.at[rows].set(v, mode="drop") for t, v in zip(tails, both))
 
-    ones = jnp.ones((cells,), jnp.float32)
+    # Ones computed from the rows, so that under shard_map the loop's carry varies over the users as its
+    # updates do (a constant would not, and the loop would not type-check).
+    ones = jnp.ones_like(flat_mean)
     first, second = lax.fori_loop(0, (jnp.sum(need) + capacity - 1) // capacity, chunk, (ones, ones))
     return first.reshape(k.shape), second.reshape(k.shape)
 
