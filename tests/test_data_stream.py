@@ -16,6 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fgjax.analysis import analyze, window_index, write_forgetting, write_states
+from fgjax.analysis.tables import STATE_COLUMNS
 from fgjax.analysis_job import analyze_log
 from fgjax.config import DataConfig, SyntheticConfig, load_config
 from fgjax.data import stream, synthetic
@@ -137,6 +138,15 @@ def test_streamed_analyze_writes_the_in_memory_tables(generated, tmp_path, detec
                 assert a.equals(b), name
     assert (tmp_path / "out" / "plots" / "forgetting.png").stat().st_size > 0
     assert not list((tmp_path / "out").glob(".fgjax-spill-*"))
+    # The level rule runs no detector: its columns are null (no evidence), not zeros; the schema is the same.
+    states = pq.read_table(tmp_path / "out" / "states.parquet")
+    detector_columns = ("F_threshold", "F_alarm", *STATE_COLUMNS[STATE_COLUMNS.index("silence"):])
+    nulls = {name: states.column(name).null_count for name in detector_columns}
+    if detector == "level":
+        assert nulls == dict.fromkeys(detector_columns, states.num_rows)
+    else:
+        assert all(nulls[name] == 0 for name in detector_columns if name != "last_active"), nulls
+    assert states.column("f_k").null_count == states.column("p").null_count == 0
 
 
 def test_a_streamed_run_compiles_at_most_three_programs(generated, tmp_path):

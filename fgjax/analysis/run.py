@@ -233,16 +233,18 @@ class ChangeRows(NamedTuple):
     state: jax.Array
     previous_state: jax.Array
     F: jax.Array
-    F_threshold: jax.Array
-    F_alarm: jax.Array
+    F_threshold: jax.Array | None  # None (and the evidence too) under the level rule: no detector ran
+    F_alarm: jax.Array | None
     f_k: jax.Array
     p: jax.Array
-    evidence: Evidence
+    evidence: Evidence | None
 
     def columns(self) -> dict[str, np.ndarray]:
-        """Host columns: the fields, with the evidence's spread out."""
+        """Host columns: the fields, with the evidence's spread out; the detector's absent under the level rule
+        (``states.parquet`` holds them as nulls)."""
         fields = {name: getattr(self, name) for name in self._fields if name != "evidence"}
-        return {name: np.asarray(a) for name, a in {**fields, **self.evidence._asdict()}.items()}
+        evidence = {} if self.evidence is None else self.evidence._asdict()
+        return {name: np.asarray(a) for name, a in {**fields, **evidence}.items() if a is not None}
 
 
 def _snapshot_of(detail: WindowDetail, carry: AnalysisCarry) -> Snapshot:
@@ -274,21 +276,15 @@ def _gather_changes(
     user, interest = flat // num_interests, flat % num_interests
     take = lambda a: a.ravel()[flat]  # noqa: E731 - a local gather
     detection = detail.detection
+    rows = ChangeRows(user=user.astype(jnp.int32), interest=interest.astype(jnp.int32), state=take(detail.state),
+                      previous_state=take(detail.previous_state), F=degree[user], F_threshold=None, F_alarm=None,
+                      f_k=take(detail.f), p=take(detail.p), evidence=None)
+    if detection is None:  # the level rule: no evidence to gather, copy or write
+        return rows
     evidence = jax.tree.map(take, observed_evidence(detail))
-    counts = None if detection is None else jax.tree.map(take, counters(detector, detection.kappa))
-    size = flat.shape[0]
-    return ChangeRows(
-        user=user.astype(jnp.int32),
-        interest=interest.astype(jnp.int32),
-        state=take(detail.state),
-        previous_state=take(detail.previous_state),
-        F=degree[user],
-        F_threshold=detection.degree_threshold[user] if detection else jnp.zeros(size),
-        F_alarm=detection.degree_alarm[user] if detection else jnp.zeros(size, bool),
-        f_k=take(detail.f),
-        p=take(detail.p),
-        evidence=with_limits(evidence, counts, params, spec),
-    )
+    counts = jax.tree.map(take, counters(detector, detection.kappa))
+    return rows._replace(F_threshold=detection.degree_threshold[user], F_alarm=detection.degree_alarm[user],
+                         evidence=with_limits(evidence, counts, params, spec))
 
 
 def _changed_pairs(detail: WindowDetail) -> np.ndarray:

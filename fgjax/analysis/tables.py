@@ -114,8 +114,8 @@ def states_table(result: ForgettingResult, log: EventLog) -> pa.Table:
     silence, >= 1), period (windows; 0 = none)
     with period_strength, last_active (start of the last active window).
     Rows are ordered by window, then user, then interest. Under
-    ``analysis.detector.kind: level`` no detector runs: the evidence columns
-    are zeros and last_active is null.
+    ``analysis.detector.kind: level`` no detector runs: F_threshold, F_alarm
+    and the evidence columns are null.
     """
     return _state_rows(log.users, log.categories, result.changes, result.window_start)
 
@@ -141,8 +141,18 @@ def _state_rows(users: Vocabulary, categories: Vocabulary, changes: dict[str, np
         indices = pa.array(np.asarray(codes, np.int32))
         return pa.DictionaryArray.from_arrays(indices, values) if encoded else values.take(indices)
 
-    last = np.asarray(c["last_active"])
-    f32 = lambda name: pa.array(np.asarray(c[name], np.float32), pa.float32())  # noqa: E731
+    rows = len(c["user"])
+
+    def column(name: str, dtype, arrow_type: pa.DataType) -> pa.Array:
+        # A column the run did not produce (the detector's, under the level rule) is null: no evidence, not a
+        # zero that reads as "silent 0 windows" (and nulls cost next to nothing to write).
+        if name not in c:
+            return pa.nulls(rows, arrow_type)
+        return pa.array(np.asarray(c[name], dtype), arrow_type)
+
+    f32 = lambda name: column(name, np.float32, pa.float32())  # noqa: E731
+    i32 = lambda name: column(name, np.int32, pa.int32())  # noqa: E731
+    last = np.asarray(c.get("last_active", np.full(rows, -1, np.int32)))
     return pa.table({
         "user_id": users.decode(c["user"]),
         "interest": coded(c["interest"], categories.values),
@@ -152,11 +162,11 @@ def _state_rows(users: Vocabulary, categories: Vocabulary, changes: dict[str, np
         "previous_state": coded(c["previous_state"], names),
         "F": f32("F"),
         "F_threshold": f32("F_threshold"),
-        "F_alarm": pa.array(np.asarray(c["F_alarm"], bool)),
+        "F_alarm": column("F_alarm", bool, pa.bool_()),
         "f_k": f32("f_k"),
         "p": f32("p"),
-        "silence": pa.array(np.asarray(c["silence"], np.int32), pa.int32()),
-        "silence_limit": pa.array(np.asarray(c["silence_limit"], np.int32), pa.int32()),
+        "silence": i32("silence"),
+        "silence_limit": i32("silence_limit"),
         "events_per_window": f32("rate"),
         "recent_events": f32("recent"),
         "expected_recent_events": f32("expected_recent"),
