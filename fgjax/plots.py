@@ -29,10 +29,15 @@ def _pyplot() -> _Figures:
     return _Figures()
 
 
-def _save(plt, fig, axes, path: str | Path) -> Path:
+def _save(plt, fig, axes, path: str | Path, *, margins: dict[str, float] | None = None) -> Path:
+    """Grid, layout and write. ``margins``: fixed ``Figure.subplots_adjust`` fractions instead of
+    ``tight_layout``, which measures every text and costs about 0.3 s a figure (felt by a run that plots)."""
     for ax in axes:
         ax.grid(alpha=0.3)
-    fig.tight_layout()
+    if margins is None:
+        fig.tight_layout()
+    else:
+        fig.subplots_adjust(**margins)
     path = Path(path)
     fig.savefig(path, dpi=100)
     plt.close(fig)
@@ -79,7 +84,11 @@ def plot_forgetting(degree: np.ndarray, window_start: np.ndarray, path: str | Pa
     axes[1].plot(days, q90, label="90th percentile")
     axes[1].set(title="forgetting degree per window", xlabel="days since first window", ylabel="F")
     axes[1].legend()
-    return _save(plt, fig, axes, path)
+    for ax in axes:
+        ax.title.set_fontsize("medium")
+    # Fixed margins for the two panels (tight_layout's text measuring is most of the plot's cost in a run).
+    return _save(plt, fig, axes, path, margins={"left": 0.07, "right": 0.985, "bottom": 0.13, "top": 0.91,
+                                                "wspace": 0.22})
 
 
 def plot_detection_pr(curves: dict[str, list[dict[str, Any]]], chosen: dict[str, Any], path: str | Path) -> Path:
