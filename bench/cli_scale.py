@@ -112,8 +112,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 run = run_probe(CLI_PROBE, [str(out), "-", *sets], args.limit)
             runs[kind] = run
             wall = f"{run['wall_s']:.1f} s" if run["finished"] else f"not finished ({run.get('error', 'killed')!s:.200})"
-            print(f"{kind}: {wall}" + (f", {run['peak_rss_bytes'] / 1e9:.2f} GB" if run["finished"] else ""),
-                  flush=True)
+            slowest = ", ".join(f"{k[8:]} {v:.1f} s" for k, v in run.get("stages", {}).items()
+                                if k.startswith("compile:"))
+            print(f"{kind}: {wall}" + (f", {run['peak_rss_bytes'] / 1e9:.2f} GB" if run["finished"] else "")
+                  + (f"; slowest to compile: {slowest}" if slowest else ""), flush=True)
     payload["runs"] = runs
     numpy_s = runs.get("numpy", {}).get("wall_s") if runs.get("numpy", {}).get("finished") else None
     rows = []

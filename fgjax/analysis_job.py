@@ -80,10 +80,18 @@ class _CompileClock:
 
     def __init__(self):
         self.seconds = 0.0
+        self.backend: dict[str, float] = {}  # XLA's compile seconds per program (``fun_name``), summed
 
-    def _listen(self, event: str, duration: float, **_) -> None:
+    def _listen(self, event: str, duration: float, fun_name: str = "?", **_) -> None:
         if event in self.EVENTS:
             self.seconds += duration
+        if event == dispatch.BACKEND_COMPILE_EVENT:
+            self.backend[fun_name] = self.backend.get(fun_name, 0.0) + duration
+
+    def slowest(self, count: int = 3) -> dict[str, float]:
+        """``{"compile:<program>": seconds}`` of the ``count`` programs XLA took longest to compile."""
+        ranked = sorted(self.backend.items(), key=lambda kv: -kv[1])[:count]
+        return {f"compile:{name}": seconds for name, seconds in ranked}
 
     def __enter__(self) -> "_CompileClock":
         jax.monitoring.register_event_duration_secs_listener(self._listen)
@@ -111,7 +119,7 @@ def analyze_log(
     (per state change, with evidence), ``out/rejects.parquet`` and ``out/plots/forgetting.png``;
     returns the rows of the two tables (of every process with ``analysis.distributed``).
     ``timings``, if given, receives the wall seconds per stage (``stage_summary``; one process's with
-    several).
+    several) and, as ``compile:<program>``, XLA's compile seconds of the three slowest programs to compile.
     """
     times = {} if timings is None else timings
     if not config.data.path:
@@ -140,7 +148,7 @@ def analyze_log(
                 finally:  # the writer threads stop either way (a failed run's stage folder is discarded)
                     rows = writers.close()
             times.update(pass2_s=time.perf_counter() - clock, compile_s=compiling.seconds,
-                         decode_s=scanned.decode_seconds, write_s=writers.seconds)
+                         decode_s=scanned.decode_seconds, write_s=writers.seconds, **compiling.slowest())
             shown(scanned.report.summary())
         if result.events_without_interest:
             shown(f"analysis: {result.events_without_interest:,} events skipped, their items have no category")

@@ -177,7 +177,10 @@ def test_cli_scale_runs_fresh_processes_and_reports_a_killed_run(tmp_path, capsy
     assert level["finished"] and numpy_run["finished"]
     # Both write one row per (user, window) from the user's first event, on the same shards.
     assert level["rows"][0] == numpy_run["rows"] > 0
-    assert set(level["stages"]) >= {"pass1_s", "pass2_s", "compile_s", "write_s"}
+    assert set(level["stages"]) >= {"pass1_s", "pass2_s", "compile_s", "write_s", "compile:jit(window_step)"}
+    slowest = {k: v for k, v in level["stages"].items() if k.startswith("compile:")}
+    assert 0 < len(slowest) <= 3 and 0 < sum(slowest.values()) <= level["stages"]["compile_s"]
+    assert "slowest to compile: jit(window_step)" in capsys.readouterr().out
     assert data["summary"]["level_vs_numpy"] == pytest.approx(level["wall_s"] / numpy_run["wall_s"])
     assert json.loads(out.read_text())["benchmark"] == "cli_scale"
     # The shards are reused, and a run past its limit is reported as not finished, not dropped.
