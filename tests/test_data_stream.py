@@ -249,3 +249,24 @@ def test_merged_ids_keep_every_value_and_the_files_of_each_kind():
     with pytest.raises(SchemaError, match=r"integers in 2 files \('a.parquet', 'c.parquet'\) and non-integer text "
                                           r"in 1 file \('b.csv'\)"):
         reader._check_text_ids(got.users, got.user_kinds, got.user_kind_sources, sources, "user_id", DataConfig())
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.sampled_from(["int8", "int32", "int64", "uint16", "uint64"]), st.integers(1, 3000),
+       st.sampled_from([1, 50, 1 << 14, 1 << 40]), st.integers(0, 2**32 - 1), st.booleans())
+def test_distinct_ids_are_numpys_unique(dtype, n, span, seed, at_the_top):
+    """Both paths (the table of seen flags for a small span, hashing for a wide one) give ``np.unique``'s
+    values, at the dtype's ends too (no overflow in ``values - lo``)."""
+    info = np.iinfo(dtype)
+    rng = np.random.default_rng(seed)
+    span = min(span, int(info.max) - int(info.min))
+    lo = int(info.max) - span if at_the_top else int(info.min)
+    values = (lo + rng.integers(0, span + 1, n, dtype=np.uint64).astype(object)).astype(dtype)
+    got = stream.distinct_ids(pa.array(values))
+    assert got.type == pa.from_numpy_dtype(np.dtype(dtype))
+    np.testing.assert_array_equal(np.sort(got.to_numpy()), np.unique(values))
+
+
+def test_distinct_ids_of_text_and_empty_batches():
+    assert sorted(stream.distinct_ids(pa.array(["b", "a", "b"])).to_pylist()) == ["a", "b"]
+    assert len(stream.distinct_ids(pa.array([], pa.int64()))) == 0
