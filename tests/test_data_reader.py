@@ -697,3 +697,30 @@ def test_items_table_rows_not_used_as_given_are_counted(tmp_path):
     names = log.categories.decode(log.item_category[log.items.encode([10, 12])]).to_pylist()
     assert names == ["a", "d"]  # first row wins; item 12 is in the catalog though never seen
     assert log.item_category[log.items.encode([11])[0]] == -1
+
+
+def test_batches_read_ahead_in_order_and_the_thread_stops_with_the_caller(tmp_path):
+    """Pass 1's batches are decoded by a thread ahead of the row rules: every source's rows still come in read
+    order with their own row numbers, a CSV's ragged lines still count, and the thread ends when the caller
+    stops early."""
+    import threading
+
+    from fgjax.data import reader
+
+    for i in range(4):
+        write(tmp_path / "d" / f"{i}.csv", events([i] * 5, list(range(5)), [T0 + 10 * i + r for r in range(5)]))
+    (tmp_path / "d" / "4.csv").write_text(f'"user_id","item_id","timestamp"\n9,1,{T0}\n9,2\n9,3,{T0 + 1}\n')
+    config = dataclasses.replace(CFG, batch_size=2)
+    sources, _ = reader.open_sources(str(tmp_path / "d"), config)
+    plans = [reader.check_schema(s, config.columns) for s in sources]
+    tally = reader.ScanTally(config)
+    rows = list(reader.scan_rows(sources, plans, config, reader.RejectsWriter(None, ["user_id"]), tally))
+    got = [(u.source, int(r)) for u in rows for r in u.row]
+    assert got == [(s, r) for s in range(4) for r in range(5)] + [(4, 0), (4, 1)]  # rows of the parsed ones
+    assert [int(x) for u in rows for x in u.user.to_pylist()] == [s for s in range(4) for _ in range(5)] + [9, 9]
+    assert tally.rows_read == 23 and tally.counts[REASONS.index("ragged row")] == 1
+
+    early = reader.scan_rows(sources, plans, config, reader.RejectsWriter(None, ["user_id"]), reader.ScanTally(config))
+    next(early)
+    early.close()
+    assert not [t for t in threading.enumerate() if t.name == "fgjax-prefetch" and t.is_alive()]

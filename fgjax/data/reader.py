@@ -54,6 +54,7 @@ import pyarrow.parquet as pq
 
 from fgjax.config import ColumnsConfig, DataConfig
 from fgjax.data import formats
+from fgjax.data.prefetch import prefetch
 from fgjax.data.pseudonym import Pseudonymizer
 from fgjax.data.vocab import Vocabulary
 from fgjax.errors import DataError, SchemaError
@@ -932,14 +933,41 @@ class ScanTally:
         return {self.event_types.names[c]: int(n) for c, n in enumerate(self.unknown_types) if n}
 
 
+#: Record batches decoded ahead of the row rules, by a background thread (decoding releases the GIL, so it
+#: runs beside the rules on a second core); each holds at most ``data.batch_size`` rows.
+READ_AHEAD = 2
+
+
+def _source_batches(sources: list[Source], plans: list[Plan], batch_size: int) -> Iterator[tuple[int, pa.RecordBatch | None]]:
+    """``(source index, batch)`` of every source in order, ``(index, None)`` after each source's last batch
+    (its ``ragged`` lines are then complete). A read error is raised at its place, naming the file."""
+    for index, (source, plan) in enumerate(zip(sources, plans)):
+        try:
+            for batch in source.batches(plan.columns, batch_size):
+                yield index, batch
+        except pa.ArrowInvalid as exc:
+            raise DataError(f"events '{source.name}': {str(exc).splitlines()[0]}") from None
+        yield index, None
+
+
 def scan_rows(sources: list[Source], plans: list[Plan], config: DataConfig, rejects: RejectsWriter,
               tally: ScanTally) -> Iterator[UsedRows]:
     """Every source's batches in read order: bad rows are counted in ``tally`` and written to ``rejects``
-    as they come; the used rows are yielded (every rule but ``duplicate``, which needs all rows)."""
+    as they come; the used rows are yielded (every rule but ``duplicate``, which needs all rows). The
+    batches are decoded ``READ_AHEAD`` ahead by a thread."""
+    ahead = prefetch(_source_batches(sources, plans, config.batch_size), READ_AHEAD)
+    try:
+        yield from _used_rows(ahead, sources, plans, config, rejects, tally)
+    finally:  # stops the reading thread when the caller stops early
+        ahead.close()
+
+
+def _used_rows(ahead: Iterator[tuple[int, pa.RecordBatch | None]], sources: list[Source], plans: list[Plan],
+               config: DataConfig, rejects: RejectsWriter, tally: ScanTally) -> Iterator[UsedRows]:
     for index, (source, plan) in enumerate(zip(sources, plans)):
         offset = 0
         try:
-            for batch in source.batches(plan.columns, config.batch_size):
+            for batch in iter(lambda: next(ahead)[1], None):  # this source's batches, up to its end marker
                 clean = clean_batch(batch, plan, config, tally.event_types)
                 rows = np.arange(offset, offset + batch.num_rows)
                 offset += batch.num_rows
