@@ -270,3 +270,26 @@ def test_distinct_ids_are_numpys_unique(dtype, n, span, seed, at_the_top):
 def test_distinct_ids_of_text_and_empty_batches():
     assert sorted(stream.distinct_ids(pa.array(["b", "a", "b"])).to_pylist()) == ["a", "b"]
     assert len(stream.distinct_ids(pa.array([], pa.int64()))) == 0
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.sampled_from(["int8", "int64", "uint16", "uint64"]), st.lists(st.integers(0, 400), min_size=1, max_size=8),
+       st.sampled_from([3, 1000, 1 << 20, 1 << 40]), st.integers(0, 2**32 - 1), st.booleans())
+def test_seen_ids_over_batches_are_numpys_unique(dtype, sizes, span, seed, rising):
+    """A pass's table of seen flags, with the batches it declines hashed instead, gives ``np.unique`` of every
+    batch: batches that widen the span (rising shards) grow the table; too wide a span is declined."""
+    info = np.iinfo(dtype)
+    rng = np.random.default_rng(seed)
+    span = min(span, int(info.max) - int(info.min))
+    table, declined, every = stream.SeenIds(), [], []
+    for i, n in enumerate(sizes):
+        base = int(info.min) + (span * i // len(sizes) if rising else 0)
+        values = (base + rng.integers(0, span // (len(sizes) if rising else 1) + 1, n, dtype=np.uint64)
+                  .astype(object)).astype(dtype)
+        every.append(values)
+        if not table.add(pa.array(values)):
+            declined.append(stream.distinct_ids(pa.array(values)).to_numpy())
+    got = np.concatenate([table.values().to_numpy().astype(dtype), *declined])
+    np.testing.assert_array_equal(np.unique(got), np.unique(np.concatenate(every)))
+    assert table.flags is None or len(table.flags) <= max(32 * table.marked, 1 << 16)
+    assert not table.add(pa.array(["7"])) and not table.add(pa.array([1, None], pa.int64()))

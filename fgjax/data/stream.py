@@ -77,6 +77,54 @@ def distinct_ids(ids: pa.Array) -> pa.Array:
     return pc.unique(ids)
 
 
+class SeenIds:
+    """The distinct integer IDs of one column and type over a whole pass: each batch's IDs are marked in one
+    table of flags over their span (a few ns an ID, no per-batch table to read back), read out once by
+    ``values``. ``add`` declines a batch (returns False) that is not integers without nulls, or that would
+    make the span wider than ``_DISTINCT_SPAN`` times the IDs marked (plus a floor): hash those
+    (``distinct_ids``).
+    """
+
+    def __init__(self):
+        self.lo = 0
+        self.flags: np.ndarray | None = None
+        self.type: pa.DataType | None = None
+        self.marked = 0
+
+    def add(self, ids: pa.Array) -> bool:
+        if not pa.types.is_integer(ids.type) or ids.null_count or (self.type is not None and ids.type != self.type):
+            return False
+        if not len(ids):
+            return True
+        values = ids.to_numpy()
+        lo, hi = int(values.min()), int(values.max())
+        if self.flags is not None:
+            lo, hi = min(lo, self.lo), max(hi, self.lo + len(self.flags) - 1)
+        limit = max(_DISTINCT_SPAN * (self.marked + len(values)), _DISTINCT_FLOOR)
+        if hi - lo >= limit:
+            return False
+        if self.flags is None or lo < self.lo or hi >= self.lo + len(self.flags):
+            # Grown with room above (IDs often rise from shard to shard), within the limit and the type.
+            top = min(hi + (hi - lo + 1), lo + limit - 1, int(np.iinfo(values.dtype).max))
+            grown = np.zeros(top - lo + 1, bool)
+            if self.flags is not None:
+                grown[self.lo - lo:self.lo - lo + len(self.flags)] = self.flags
+            self.flags, self.lo, self.type = grown, lo, ids.type
+        # Offsets in 64 bits (an int8 span can exceed int8); they fit there, so wrapping cannot hurt them.
+        wide = np.dtype(np.int64 if np.issubdtype(values.dtype, np.signedinteger) else np.uint64)
+        self.flags[values.astype(wide) - wide.type(self.lo)] = True
+        self.marked += len(values)
+        return True
+
+    def values(self) -> pa.Array:
+        """The distinct IDs marked, ascending (empty, of no type, when none were)."""
+        if self.flags is None:
+            return pa.array([], pa.int64())
+        dtype = self.type.to_pandas_dtype()
+        wide = np.dtype(np.int64 if np.issubdtype(dtype, np.signedinteger) else np.uint64)
+        return pa.array((np.flatnonzero(self.flags).astype(wide) + wide.type(self.lo)).astype(dtype), self.type)
+
+
 def window_group(seconds: np.ndarray, window_seconds: float) -> np.ndarray:
     """``(n,)`` int64 epoch-aligned window number of each time: ``floor(seconds / window_seconds)``."""
     return np.floor(seconds / window_seconds).astype(np.int64)
@@ -373,13 +421,21 @@ def scan_log(config: DataConfig, window_seconds: float, *, rejects_path: str | P
     batches_in: list[int] = []
     spilled: list[_Spilled] = []
     got = reader._Collected()  # distinct IDs per batch, with their kinds and sources
+    # Integer IDs of a small span are marked in one table per (column, kind, type), added to ``got`` at the end.
+    seen: dict[tuple[int, str, pa.DataType], SeenIds] = {}
+
+    def distinct(column: int, ids: pa.Array, kind: str) -> pa.Array:
+        table = seen.setdefault((column, kind, ids.type), SeenIds())
+        return ids.slice(0, 0) if table.add(ids) else distinct_ids(ids)
+
     rows_per_group: dict[int, int] = {}
     tally = reader.ScanTally(config)
     try:
         for used in reader.scan_rows(sources, plans, config, rejects, tally):
             if not len(used.row):
                 continue
-            got.add_ids(distinct_ids(used.user), used.user_kind, distinct_ids(used.item), used.item_kind, used.source)
+            got.add_ids(distinct(0, used.user, used.user_kind), used.user_kind,
+                        distinct(1, used.item, used.item_kind), used.item_kind, used.source)
             if len(got.users) >= COMPACT_CHUNKS:
                 _compact_ids(got)
             groups = window_group(used.seconds, window_seconds)
@@ -409,6 +465,10 @@ def scan_log(config: DataConfig, window_seconds: float, *, rejects_path: str | P
                                        len(sources))
             raise DataError(f"events '{path}': no valid rows ({report.summary()})"
                             f"{reader._units_hint(report, tally.out_of_range, config)}")
+        for (column, kind, _), table in seen.items():
+            if table.flags is not None:
+                (got.items if column else got.users).append(table.values())
+                (got.item_kinds if column else got.user_kinds).append(kind)
         cols = config.columns
         reader._check_text_ids(got.users, got.user_kinds, got.user_kind_sources, sources, cols.user_id, config)
         reader._check_text_ids(got.items, got.item_kinds, got.item_kind_sources, sources, cols.item_id, config)
