@@ -56,6 +56,7 @@ from fgjax.config import Config, to_dict
 from fgjax.data.stream import scan_log
 from fgjax.errors import ConfigError
 from fgjax.outputs import run_folder, shared_run_folder, shown_as_final
+from fgjax.plots import import_in_background as plots_import_in_background
 from fgjax.plots import plot_forgetting
 
 PLOT_USERS = 50_000
@@ -142,6 +143,7 @@ def analyze_log(
             top = min(config.analysis.top_interests, len(scanned.categories or ()))
             writers = TableWriters(stage, scanned.users, scanned.categories, window_start, max(top, 1))
             clock = time.perf_counter()
+            plots_import_in_background()  # ready for the plot at the end, imported while pass 2 runs
             with _CompileClock() as compiling:
                 try:
                     result = analyze_scanned(config, scanned, writers, progress=progress)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib
+import threading
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -27,6 +29,16 @@ class _Figures:
 
 def _pyplot() -> _Figures:
     return _Figures()
+
+
+def import_in_background() -> threading.Thread:
+    """Import matplotlib's figure module in a daemon thread, for a job that plots at its end: the import (about
+    half a second) then runs while the job's main thread mostly waits on its device work. A plot that comes
+    first waits for it (Python's import lock)."""
+    thread = threading.Thread(target=importlib.import_module, args=("matplotlib.figure",), name="fgjax-plots-import",
+                              daemon=True)
+    thread.start()
+    return thread
 
 
 def _save(plt, fig, axes, path: str | Path, *, margins: dict[str, float] | None = None) -> Path:
