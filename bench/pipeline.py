@@ -231,7 +231,9 @@ CLI_PROBE = """
 import json, sys, time
 started = time.perf_counter()
 from fgjax import analysis_job
+from fgjax.cli import return_freed_memory
 from fgjax.config import load_config
+return_freed_memory()  # as `fgjax analyze` does (fgjax.cli.main), without its compilation cache
 config = load_config(None, sys.argv[3:])
 timings = {}
 rows = analysis_job.analyze_log(config, sys.argv[1], progress=False, timings=timings)
