@@ -7,6 +7,7 @@ without guessing.
 
 from __future__ import annotations
 
+import argparse
 import datetime as _dt
 import json
 import math
@@ -181,6 +182,17 @@ def format_table(rows: Sequence[dict[str, Any]], columns: Sequence[tuple[str, st
 #: where a trend is not the point, so it compiles little);
 #: ``small`` runs in seconds on a CPU; ``large`` fills an H100.
 SCALES = ("smoke", "small", "large")
+
+
+def int_list(text: str) -> list[int]:
+    """``argparse`` type: comma-separated positive integers (``1e6`` allowed)."""
+    try:
+        values = [int(float(v)) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
+    return values
 
 
 def suite_parser(prog: str, description: str):

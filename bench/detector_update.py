@@ -43,16 +43,6 @@ SIZES = {"smoke": [500], "small": [1_000, 4_000], "large": [100_000, 1_000_000, 
 SHAPES = {"smoke": (4, 8, 128, 256), "small": (32, 64, 65536, 8192), "large": (32, 64, 65536, 8192)}
 
 
-def _int_list(text: str) -> list[int]:
-    try:
-        values = [int(float(v)) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
-    if not values or min(values) < 1:
-        raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
-    return values
-
-
 def _stats(compiled: Any, pairs: int) -> dict[str, float]:
     """Argument/output/alias/temp bytes of a compiled update, and per (user, interest)."""
     stats = compiled.memory_analysis()
@@ -165,12 +155,12 @@ def projection(num_interests: int, buffer_windows: int, user_block: int | None, 
 
 def build_parser() -> argparse.ArgumentParser:
     p = _report.suite_parser("python -m bench detector_update", __doc__.split("\n\n")[0])
-    p.add_argument("--users", type=_int_list, default=None, help="comma-separated N (users); default by --scale")
+    p.add_argument("--users", type=_report.int_list, default=None, help="comma-separated N (users); default by --scale")
     p.add_argument("--interests", type=int, default=None, help="K (default 32; 4 at --scale smoke)")
     p.add_argument("--buffer-windows", type=int, default=None, help="T, windows in the ring buffer (default 64; 8 at smoke)")
     p.add_argument("--user-block", type=int, default=None,
                    help="users judged at a time; 0 = all at once (default 65536; 128 at smoke)")
-    p.add_argument("--period-every", type=_int_list, default=[1, 4],
+    p.add_argument("--period-every", type=_report.int_list, default=[1, 4],
                    help="comma-separated windows between a user's periodograms, each timed side by side "
                         "(default 1,4: every window, and the analysis default)")
     p.add_argument("--warmup", type=int, default=1)

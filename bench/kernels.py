@@ -192,8 +192,11 @@ COLUMNS = [
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    args = _report.suite_parser("python -m bench kernels", __doc__.split("\n\n")[0]).parse_args(argv)
-    sizes = SIZES[args.scale]
+    parser = _report.suite_parser("python -m bench kernels", __doc__.split("\n\n")[0])
+    parser.add_argument("--users", type=_report.int_list, default=None,
+                        help="comma-separated N (users); default by --scale")
+    args = parser.parse_args(argv)
+    sizes = args.users or SIZES[args.scale]
     repeats = args.repeats or (3 if args.scale != "large" else 7)
     timing = {"repeats": repeats, "warmup": 1, "min_time": 0.0 if args.scale != "large" else 0.05}
     payload: dict[str, Any] = {"benchmark": "kernels", **_report.environment(),

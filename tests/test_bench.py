@@ -195,3 +195,15 @@ def test_cli_scale_runs_fresh_processes_and_reports_a_killed_run(tmp_path, capsy
     with pytest.raises(SystemExit):
         cli_scale.main(["--scale", "smoke", "--users", "3000", "--kinds", "numpy", "--data", str(tmp_path / "shards")])
     assert "holds shards of other sizes: users 2000 (asked 3000)" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name", ["kernels", "analysis_pass"])
+def test_users_flag_chooses_the_sizes(name):
+    """``--users`` replaces the scale's sizes (gpu_check.sh keeps the GPU runs at 100k and 1M users)."""
+    import importlib
+
+    module = importlib.import_module(f"bench.{name}")
+    payload = module.main(["--scale", "smoke", "--users", "300", "--no-torch", "--repeats", "1"])
+    assert [r["n"] if "n" in r else r.get("users") for r in payload["results"]] == [300]
+    with pytest.raises(SystemExit):
+        module.main(["--users", "0"])
