@@ -152,7 +152,6 @@ def _state_rows(users: Vocabulary, categories: Vocabulary, changes: dict[str, np
 
     f32 = lambda name: column(name, np.float32, pa.float32())  # noqa: E731
     i32 = lambda name: column(name, np.int32, pa.int32())  # noqa: E731
-    last = np.asarray(c.get("last_active", np.full(rows, -1, np.int32)))
     return pa.table({
         "user_id": users.decode(c["user"]),
         "interest": coded(c["interest"], categories.values),
@@ -174,7 +173,8 @@ def _state_rows(users: Vocabulary, categories: Vocabulary, changes: dict[str, np
         "dispersion": f32("dispersion"),
         "period": f32("period"),
         "period_strength": f32("period_strength"),
-        "last_active": _timestamps(window_start[np.maximum(last, 0)], mask=last < 0),
+        "last_active": pa.nulls(rows, pa.timestamp("us", tz="UTC")) if "last_active" not in c
+        else _timestamps(window_start[np.maximum(c["last_active"], 0)], mask=np.asarray(c["last_active"]) < 0),
     })
 
 

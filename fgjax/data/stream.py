@@ -62,21 +62,6 @@ _DISTINCT_SPAN = 32
 _DISTINCT_FLOOR = 1 << 16
 
 
-def distinct_ids(ids: pa.Array) -> pa.Array:
-    """The distinct values of ``ids`` (no nulls), in any order: integers of a small span by a table of seen
-    flags (``_DISTINCT_SPAN``; sorted), anything else by ``pyarrow.compute.unique``."""
-    if pa.types.is_integer(ids.type) and len(ids) and not ids.null_count:
-        values = ids.to_numpy()
-        lo, hi = int(values.min()), int(values.max())
-        if hi - lo < max(_DISTINCT_SPAN * len(values), _DISTINCT_FLOOR):
-            # Offsets in 64 bits (an int8 span can exceed int8); they fit there, so wrapping cannot hurt them.
-            wide = np.dtype(np.int64 if np.issubdtype(values.dtype, np.signedinteger) else np.uint64)
-            seen = np.zeros(hi - lo + 1, bool)
-            seen[values.astype(wide) - wide.type(lo)] = True
-            return pa.array((np.flatnonzero(seen).astype(wide) + wide.type(lo)).astype(values.dtype), ids.type)
-    return pc.unique(ids)
-
-
 class SeenIds:
     """The distinct integer IDs of one column and type over a whole pass: each batch's IDs are marked in one
     table of flags over their span (a few ns an ID, no per-batch table to read back), read out once by
@@ -117,12 +102,19 @@ class SeenIds:
         return True
 
     def values(self) -> pa.Array:
-        """The distinct IDs marked, ascending (empty, of no type, when none were)."""
+        """The distinct IDs marked, ascending (an empty int64 array when none were)."""
         if self.flags is None:
             return pa.array([], pa.int64())
         dtype = self.type.to_pandas_dtype()
         wide = np.dtype(np.int64 if np.issubdtype(dtype, np.signedinteger) else np.uint64)
         return pa.array((np.flatnonzero(self.flags).astype(wide) + wide.type(self.lo)).astype(dtype), self.type)
+
+
+def distinct_ids(ids: pa.Array) -> pa.Array:
+    """The distinct values of one array of IDs (no nulls), in any order: integers of a small span by a table of
+    seen flags (``SeenIds``; ascending), anything else by ``pyarrow.compute.unique``."""
+    table = SeenIds()
+    return table.values() if len(ids) and table.add(ids) else pc.unique(ids)
 
 
 def window_group(seconds: np.ndarray, window_seconds: float) -> np.ndarray:
