@@ -204,6 +204,6 @@ def test_users_flag_chooses_the_sizes(name):
 
     module = importlib.import_module(f"bench.{name}")
     payload = module.main(["--scale", "smoke", "--users", "300", "--no-torch", "--repeats", "1"])
-    assert [r["n"] if "n" in r else r.get("users") for r in payload["results"]] == [300]
+    assert [r["users"] for r in payload["results"]] == [300]
     with pytest.raises(SystemExit):
         module.main(["--users", "0"])
