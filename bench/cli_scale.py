@@ -9,8 +9,9 @@ Issue 14's GPU target is 10M users x 60 daily windows from Parquet in under 60 s
 seconds (then reported as not finished, not dropped):
 
 - ``level`` / ``adaptive``: ``fgjax.analysis_job.analyze_log`` (what ``fgjax analyze`` runs) with that
-  detector; reports wall seconds, peak RSS, its rows and its stage split (pass 1, pass 2, compile,
-  decode, write, plot);
+  detector; reports wall seconds, the process's CPU seconds (user + system, all threads: against the wall,
+  how many cores it kept busy), peak RSS, its rows and its stage split (pass 1, pass 2, compile, decode,
+  write, plot);
 - ``numpy``: the plain NumPy + pyarrow script of ``bench.pipeline`` (core formulas, no detector), the
   peer the ratios are taken against.
 
@@ -121,12 +122,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     rows = []
     for kind, run in runs.items():
         ratio = run["wall_s"] / numpy_s if (numpy_s and run["finished"]) else None
-        rows.append({"kind": kind, "wall_s": run["wall_s"] if run["finished"] else None,
+        rows.append({"kind": kind, "wall_s": run["wall_s"] if run["finished"] else None, "cpu_s": run.get("cpu_s"),
                      "rss_gb": run["peak_rss_bytes"] / 1e9 if run["finished"] else None, "vs_numpy": ratio,
                      **{k: run.get("stages", {}).get(k) for k in ("pass1_s", "pass2_s", "compile_s", "write_s")}})
     payload["summary"] = {f"{r['kind']}_s": r["wall_s"] for r in rows} | {
         f"{r['kind']}_vs_numpy": r["vs_numpy"] for r in rows if r["kind"] != "numpy"}
-    cols = [("kind", "run", "s"), ("wall_s", "wall s", ".1f"), ("rss_gb", "peak RSS GB", ".2f"),
+    cols = [("kind", "run", "s"), ("wall_s", "wall s", ".1f"), ("cpu_s", "CPU s", ".1f"), ("rss_gb", "peak RSS GB", ".2f"),
             ("vs_numpy", "vs NumPy", ".2f"), ("pass1_s", "pass 1 s", ".1f"), ("pass2_s", "pass 2 s", ".1f"),
             ("compile_s", "compile s", ".1f"), ("write_s", "write s", ".1f")]
     return _report.finish(payload, args, rows, cols)

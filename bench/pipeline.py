@@ -167,7 +167,8 @@ category[items.column("item_id").to_numpy()] = items.column("category").to_numpy
 started = time.perf_counter()
 rows = numpy_script(sorted(__import__("glob").glob(sys.argv[1] + "/*.parquet")), category,
                     window_seconds=float(sys.argv[4]), half_life_windows=float(sys.argv[5]), out=sys.argv[3])
-print("RESULT" + json.dumps({"seconds": time.perf_counter() - started, "rows": rows, "peak_rss_bytes": peak_rss_bytes()}))
+print("RESULT" + json.dumps({"seconds": time.perf_counter() - started, "rows": rows, "peak_rss_bytes": peak_rss_bytes(),
+                             "cpu_s": time.process_time()}))
 """
 
 
@@ -239,7 +240,7 @@ timings = {}
 rows = analysis_job.analyze_log(config, sys.argv[1], progress=False, timings=timings)
 from bench.pipeline import peak_rss_bytes
 print("RESULT" + json.dumps({"seconds": time.perf_counter() - started, "rows": list(rows),
-                             "peak_rss_bytes": peak_rss_bytes(), "stages": timings}))
+                             "peak_rss_bytes": peak_rss_bytes(), "stages": timings, "cpu_s": time.process_time()}))
 """
 
 

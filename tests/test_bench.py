@@ -177,6 +177,7 @@ def test_cli_scale_runs_fresh_processes_and_reports_a_killed_run(tmp_path, capsy
     assert level["finished"] and numpy_run["finished"]
     # Both write one row per (user, window) from the user's first event, on the same shards.
     assert level["rows"][0] == numpy_run["rows"] > 0
+    assert level["cpu_s"] > 0 and numpy_run["cpu_s"] > 0  # the process's CPU seconds, beside its wall
     assert set(level["stages"]) >= {"pass1_s", "pass2_s", "compile_s", "write_s", "compile:jit(window_step)"}
     slowest = {k: v for k, v in level["stages"].items() if k.startswith("compile:")}
     assert 0 < len(slowest) <= 3 and 0 < sum(slowest.values()) <= level["stages"]["compile_s"]
