@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 
 from fgjax.analysis import analyze, window_index, write_forgetting, write_states
 from fgjax.analysis.tables import STATE_COLUMNS
+from fgjax.analysis.window import add_event_sums
 from fgjax.analysis_job import analyze_log
 from fgjax.config import DataConfig, SyntheticConfig, load_config
 from fgjax.data import stream, synthetic
@@ -75,6 +76,32 @@ def test_two_passes_equal_read_events(generated, tmp_path, window_seconds, monke
     assert pq.read_table(tmp_path / "stream.parquet").equals(pq.read_table(tmp_path / "memory.parquet"))
 
 
+@pytest.mark.parametrize("chunk", [3, 64])
+def test_windows_in_pieces_are_the_whole_windows(generated, tmp_path, chunk):
+    """Pieces of at most ``chunk`` rows, in read order, the last one closing its window: joined they are the
+    whole windows, with the same duplicates dropped (found over the whole window, whichever piece holds
+    them), the same report and the same rejects file."""
+    config = DataConfig(path=str(generated.events_dir), items_path=str(generated.items_path), batch_size=500)
+    results = {}
+    for size in (0, chunk):
+        rejects = tmp_path / f"rejects-{size}.parquet"
+        with scan_log(config, 86400.0, rejects_path=rejects, spill_parent=tmp_path) as scanned:
+            pieces = list(scanned.windows(size))
+            results[size] = (pieces, scanned.report, pq.read_table(rejects))
+    whole, report, rejects = results[0]
+    pieces, chunk_report, chunk_rejects = results[chunk]
+    assert all(len(p.user) <= chunk for p in pieces)
+    assert [p.index for p in pieces if p.closes] == [w.index for w in whole] == list(range(len(whole)))
+    for w in whole:
+        mine = [p for p in pieces if p.index == w.index]
+        assert [p.closes for p in mine] == [False] * (len(mine) - 1) + [True]
+        for name in ("user", "item", "seconds", "weight"):
+            np.testing.assert_array_equal(np.concatenate([getattr(p, name) for p in mine]), getattr(w, name))
+    assert report.rejected["duplicate"] > 0
+    assert dataclasses.replace(chunk_report, rejects_path=None) == dataclasses.replace(report, rejects_path=None)
+    assert chunk_rejects.equals(rejects)
+
+
 def test_text_ids_unsorted_rows_and_pseudonyms(tmp_path, monkeypatch):
     """CSV IDs (text that is all integers -> int64), rows in reverse time order inside a file, string items,
     and pseudonymized users: the vocabularies and windows still equal read_events'."""
@@ -112,12 +139,16 @@ def test_no_valid_rows_is_the_same_error(tmp_path):
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".fgjax-spill-")]
 
 
-@pytest.mark.parametrize("detector", ["level", "adaptive"])
-def test_streamed_analyze_writes_the_in_memory_tables(generated, tmp_path, detector):
+@pytest.mark.parametrize(("detector", "chunk"), [("level", 0), ("adaptive", 0), ("adaptive", 40)])
+def test_streamed_analyze_writes_the_in_memory_tables(generated, tmp_path, detector, chunk):
     """``fgjax analyze`` (two passes, tables written window by window) writes what read_events -> analyze ->
-    write_forgetting / write_states writes."""
+    write_forgetting / write_states writes, also when every window comes in chunks of ``chunk`` events."""
     config = load_config(None, [f"data.path={generated.events_dir}", f"data.items_path={generated.items_path}",
-                                "data.batch_size=700", f"analysis.detector.kind={detector}"])
+                                "data.batch_size=700", f"analysis.detector.kind={detector}",
+                                f"analysis.window_chunk={chunk}"])
+    windows = scan_log(config.data, config.analysis.window_seconds, spill_parent=tmp_path)
+    with windows:
+        assert not chunk or windows.window_rows.max() > 2 * chunk  # several chunks a window
     rows, changes = analyze_log(config, tmp_path / "out", progress=False)
     log = read_events(config.data)
     result = analyze(config, log, progress=False)
@@ -149,13 +180,17 @@ def test_streamed_analyze_writes_the_in_memory_tables(generated, tmp_path, detec
     assert states.column("f_k").null_count == states.column("p").null_count == 0
 
 
-def test_a_streamed_run_compiles_at_most_three_programs(generated, tmp_path):
-    """The window step, the changed-row gather and the initial state: no program per bucket, field or scalar."""
-    # A spec no other test compiles (top 2 interests), so every program of the run is compiled here
+@pytest.mark.parametrize("chunk", [0, 30])
+def test_a_streamed_run_compiles_at_most_three_programs(generated, tmp_path, chunk):
+    """The window step, the changed-row gather and the initial state: no program per bucket, field or scalar;
+    windows in chunks add one, the chunks' sums."""
+    # A spec no other test compiles (top 2 or 4 interests), so every program of the run is compiled here
     # without dropping the worker's other compiled programs (jax.clear_caches would).
     config = load_config(None, [f"data.path={generated.events_dir}", f"data.items_path={generated.items_path}",
-                                "analysis.window_seconds=43200", "analysis.top_interests=2"])
+                                "analysis.window_seconds=43200", f"analysis.top_interests={4 if chunk else 2}",
+                                f"analysis.window_chunk={chunk}"])
     compiled: list[str] = []
+    add_event_sums.clear_cache()  # takes no spec: another test's run may have compiled it for these shapes
 
     class Collect(logging.Handler):
         def emit(self, record):
@@ -171,9 +206,8 @@ def test_a_streamed_run_compiles_at_most_three_programs(generated, tmp_path):
             analyze_log(config, tmp_path / "out", progress=False)
     finally:
         logger.removeHandler(handler)
-    assert 1 <= len(compiled) <= 3, compiled
-    assert sorted(compiled) == ["Compiling jit(_gather_changes)", "Compiling jit(init_carry)",
-                                "Compiling jit(window_step)"]
+    step = ["Compiling jit(add_event_sums)", "Compiling jit(window_step_sums)"] if chunk else ["Compiling jit(window_step)"]
+    assert sorted(compiled) == sorted(["Compiling jit(_gather_changes)", "Compiling jit(init_carry)", *step])
 
 
 @settings(max_examples=60, deadline=None)
@@ -191,15 +225,17 @@ def test_window_duplicates_equal_the_readers_rule(n, spread, seed):
     np.testing.assert_array_equal(_duplicates(user, item, seconds, event), duplicate_mask(user, item, seconds, event))
 
 
-def test_table_writers_keep_window_order_and_surface_a_thread_error(tmp_path):
-    """Two writer threads (one per table): each file's row groups come in window order, and an error in
-    either thread reaches the caller instead of being lost with its thread."""
+def test_table_writers_keep_window_order_and_surface_a_thread_error(tmp_path, monkeypatch):
+    """Two writer threads (one per table): each file's row groups come in window order, a window's changed
+    rows may come in pieces, and an error in either thread reaches the caller instead of being lost with its
+    thread."""
     from fgjax.analysis import TableWriters
     from fgjax.analysis.window import WindowOutput
     from fgjax.data.vocab import Vocabulary
 
     users, categories = Vocabulary(pa.array([10, 11, 12], pa.int64())), Vocabulary(pa.array(["a", "b"]))
     windows = 6
+    monkeypatch.setattr(TableWriters, "ROWS_IN_FLIGHT", 3)  # the changed-rows bound waits too
     writers = TableWriters(tmp_path, users, categories, np.arange(windows) * 86400.0, 2)
     rng = np.random.default_rng(0)
     for t in range(windows):
@@ -212,7 +248,7 @@ def test_table_writers_keep_window_order_and_surface_a_thread_error(tmp_path):
             "F", "F_threshold", "f_k", "p", "silence", "silence_limit", "rate", "recent", "expected_recent", "trend",
             "dispersion", "period", "period_strength")})
         changed.update(user=np.array([0, 2], np.int32), window=np.full(2, t, np.int32), F_alarm=np.zeros(2, bool))
-        writers(t, t * 86400.0, output, changed)
+        writers(t, t * 86400.0, output, [{k: v[:1] for k, v in changed.items()}, {k: v[1:] for k, v in changed.items()}])
     assert writers.close() == {"forgetting": 3 * windows, "states": 2 * windows}
     for name in ("forgetting", "states"):
         assert pq.read_table(tmp_path / f"{name}.parquet").column("window").to_pylist() == sorted(
@@ -222,7 +258,7 @@ def test_table_writers_keep_window_order_and_surface_a_thread_error(tmp_path):
     bad = {"user": np.array([0], np.int32)}  # a changed row without its columns: the states thread fails
     with pytest.raises(KeyError):
         for t in range(windows):
-            broken(t, t * 86400.0, output, bad)
+            broken(t, t * 86400.0, output, [bad])
         broken.close()
 
 

@@ -48,11 +48,12 @@ from fgjax.analysis.window import (
     counters,
     init_carry,
     observed_evidence,
-    pad_events,
     window_index,
     window_params,
+    add_event_sums,
     window_spec,
     window_step,
+    window_step_sums,
     with_limits,
 )
 from fgjax.analysis.distributed import Layout, ShardedStep, local
@@ -89,11 +90,12 @@ def run_size(n: int) -> int:
 
 
 class Window(NamedTuple):
-    """One closed window of a source."""
+    """One closed window of a source, or one chunk of it (``closes`` False for every chunk but its last)."""
 
     index: int
     start: float  # epoch seconds
     events: kernels.WindowEvents  # padded to a bucket with rows of user ``num_users``
+    closes: bool = True  # the window's last (or only) chunk: the step closes the window after it
 
 
 def gather_size(num_pairs: int) -> int:
@@ -106,15 +108,17 @@ def gather_size(num_pairs: int) -> int:
 
 
 def _window(t: int, origin: float, window_seconds: float, num_users: int, user: np.ndarray, interest: np.ndarray,
-            weight: np.ndarray, timestamp: np.ndarray, size: int | None = None) -> Window:
+            weight: np.ndarray, timestamp: np.ndarray, size: int | None = None, closes: bool = True) -> Window:
     """Window ``t``'s events (interest ``K`` = no category), ``age`` in windows from the window's end, padded
-    to ``size`` rows (default: their own bucket)."""
+    to ``size`` rows (default: their own bucket), written straight into the padded arrays (no copy between)."""
+    n = len(user)
+    size = size or padded_size(n)
     end = origin + (t + 1) * window_seconds
-    events = kernels.WindowEvents(
-        user.astype(np.int32), interest.astype(np.int32), weight.astype(np.float32),
-        ((end - timestamp) / window_seconds).astype(np.float32),
-    )
-    return Window(t, origin + t * window_seconds, pad_events(events, size or padded_size(len(events.user)), num_users))
+    padded = kernels.WindowEvents(np.full(size, num_users, np.int32), np.zeros(size, np.int32),
+                                  np.zeros(size, np.float32), np.zeros(size, np.float32))
+    padded.user[:n], padded.interest[:n], padded.weight[:n] = user, interest, weight
+    np.divide(end - timestamp, window_seconds, out=padded.age[:n], casting="same_kind")
+    return Window(t, origin + t * window_seconds, padded, closes)
 
 
 def _interests(item: np.ndarray, item_category: np.ndarray, num_interests: int) -> np.ndarray:
@@ -137,16 +141,28 @@ def log_windows(user: np.ndarray, interest: np.ndarray, weight: np.ndarray, time
         yield _window(t, origin, window_seconds, num_users, user[sl], interest[sl], weight[sl], timestamp[sl], size)
 
 
-def scanned_windows(scanned: ScannedLog, num_interests: int, num_users: int | None = None) -> Iterator[Window]:
+def chunk_rows(window_rows: np.ndarray, chunk: int = 0) -> int:
+    """Rows of every window (or chunk) of a run whose windows have ``window_rows`` events: the largest
+    window's ``run_size``, or with ``chunk`` > 0 (``analysis.window_chunk``) at most ``run_size(chunk)``."""
+    largest = int(np.max(window_rows, initial=0))
+    return run_size(min(largest, chunk) if chunk > 0 else largest)
+
+
+def scanned_windows(scanned: ScannedLog, num_interests: int, num_users: int | None = None,
+                    chunk: int = 0) -> Iterator[Window]:
     """Every window of a scanned log (pass 2 of ``fgjax.data.stream``), each padded to the largest
     window's size (``run_size``, known from pass 1): the window step compiles once per run. Padding rows have user
-    ``num_users`` (default the log's users; more when the step's rows are padded)."""
-    size = run_size(int(scanned.window_rows.max(initial=0)))
+    ``num_users`` (default the log's users; more when the step's rows are padded).
+
+    ``chunk`` > 0: a window of more events comes as chunks of at most ``chunk`` events, each padded to
+    ``chunk_rows`` rows (``Window.closes`` False but on the last), so the events padded and in flight are bounded by the chunk whatever the window
+    (``run_windows(..., chunked=True)`` sums them on the device)."""
+    size = chunk_rows(scanned.window_rows, chunk)
     pad_user = scanned.num_users if num_users is None else num_users
-    for rows in scanned.windows():
+    for rows in scanned.windows(chunk):  # with a chunk, pieces of at most `chunk` rows, decoded one at a time
         interest = _interests(rows.item, scanned.item_category, num_interests)
         yield _window(rows.index, scanned.origin, scanned.window_seconds, pad_user, rows.user, interest,
-                      rows.weight, rows.seconds, size)
+                      rows.weight, rows.seconds, size, closes=rows.closes)
 
 
 def _record_batches(files: Sequence[str | Path], batch_rows: int) -> Iterator[tuple[str, dict[str, np.ndarray]]]:
@@ -358,8 +374,9 @@ def run_windows(
     prefetch_windows: int = 2,
     progress: bool = False,
     desc: str = "analyze",
-    sink: Callable[[int, float, WindowOutput, dict[str, np.ndarray] | None], None] | None = None,
+    sink: Callable[[int, float, WindowOutput, list[dict[str, np.ndarray]] | None], None] | None = None,
     step: Callable[..., tuple[AnalysisCarry, WindowOutput, WindowDetail, kernels.DetectorState]] | None = None,
+    chunked: bool = False,
 ) -> RunOutput:
     """Drive ``window_step`` over every window of ``source``.
 
@@ -371,18 +388,27 @@ def run_windows(
       snapshot_window: optional ``(users,)`` window index at which ``final`` reads each user.
       final: compute ``RunOutput.final`` (at ``snapshot_window``, else after the last window).
       record_changes: gather the rows whose state changed, with their evidence.
-      prefetch_windows: windows padded and copied to the device ahead in a thread; 0 = one after the other.
+      prefetch_windows: windows (or chunks) padded and copied to the device ahead in a thread; 0 = one after
+        the other.
       sink: optional ``sink(t, window_start, output, changed_rows)`` called with each window's host
-        outputs (``changed_rows`` the window's changed rows as columns, or None), in window order, while
+        outputs (``changed_rows`` the window's changed rows as a list of pieces in row order, each a dict
+        of columns, or None), in window order, while
         the next window computes; with a sink nothing is collected (``degree`` and ``changes`` come back
         empty), so memory does not grow with the windows.
       step: another window step, ``step(carry, events, params, spec) -> (carry, output, detail, detector)``
         with the output, detail and detector of ``step.rows`` users, e.g. one process's rows of a step
         sharded over processes (``fgjax.analysis.distributed.ShardedStep``); not with ``snapshot_window``
         or ``final``.
+      chunked: ``source`` may cut a window into chunks (``Window.closes``; ``scanned_windows`` with a
+        ``chunk``): every chunk is summed on the device (``add_event_sums``) and the window closed by
+        ``window_step_sums`` after its last one, so every window runs the same two programs. The sums are
+        added in a different order than one window's, so F may differ from an unchunked run's in the last
+        float32 bits. Not with a ``step`` of its own.
     """
     if step is not None and (snapshot_window is not None or final):
         raise ValueError("run_windows: a step of its own runs without snapshot_window and final")
+    if step is not None and chunked:
+        raise ValueError("run_windows: a step of its own runs whole windows, not chunks")
     num_users = carry.peak.shape[0] if step is None else step.rows
 
     def to_device(window: Window) -> tuple[Window, int]:
@@ -395,25 +421,41 @@ def run_windows(
     snapshot = detail = pending = None
     gathered = gather_size(num_users * spec.num_interests)
     events = 0
+    sums = None
+    if chunked:  # one pair of (users, K) sums for the run, donated through every chunk and window
+        shape = carry.peak.shape  # zeros from the host: an eager jnp.zeros would compile a program of its own
+        sums = tuple(jax.device_put(np.zeros(shape, np.float32)) for _ in range(2))
+    bar = tqdm(total=num_windows, desc=desc, unit="window", disable=not progress, leave=False)
 
     def collect(t: int, start: float, kept, rows: list[ChangeRows], changed: int) -> None:
-        window_rows = None
-        if rows:
-            parts = [r.columns() for r in rows]
-            window_rows = {name: np.concatenate([p[name] for p in parts])[:changed] for name in parts[0]}
-            window_rows["window"] = np.full(changed, t, np.int32)
+        # The window's changed rows as the pieces they were gathered in, not joined: a window where many
+        # interests change at once (the first windows of a busy log) would otherwise hold them twice.
+        pieces = []
+        for lo, r in zip(range(0, changed, gathered), rows):
+            piece = {name: a[:changed - lo] for name, a in r.columns().items()}
+            piece["window"] = np.full(len(piece["user"]), t, np.int32)
+            pieces.append(piece)
         if sink is not None:
-            sink(t, start, jax.tree.map(np.asarray, kept), window_rows)
+            sink(t, start, jax.tree.map(np.asarray, kept), pieces or None)
             return
         for name, value in kept._asdict().items():
             if value is not None:
                 series.put(t, name, value)
-        if window_rows is not None:
-            changes.append(window_rows)
+        changes.extend(pieces)
 
-    for window, count in tqdm(stream, total=num_windows, desc=desc, unit="window", disable=not progress, leave=False):
+    for window, count in stream:
         t = window.index
-        if step is None:
+        events += count
+        if not window.closes:
+            if not chunked:
+                raise ValueError(f"run_windows: window {t} came in chunks; pass chunked=True")
+            sums = add_event_sums(sums, window.events, params)
+            continue
+        bar.update()
+        if chunked:
+            carry, out, detail, sums = window_step_sums(carry, window.events, sums, params, spec)
+            detector = carry.detector
+        elif step is None:
             carry, out, detail = window_step(carry, window.events, params, spec)
             detector = carry.detector
         else:
@@ -440,7 +482,7 @@ def run_windows(
             collect(*pending)
         pending = (t, window.start, kept, rows, changed)
         starts.append(window.start)
-        events += count
+    bar.close()
     if pending is not None:
         collect(*pending)
     last = None
@@ -635,7 +677,7 @@ class ScannedResult:
 def analyze_scanned(
     config: Config,
     scanned: ScannedLog,
-    sink: Callable[[int, float, WindowOutput, dict[str, np.ndarray] | None], None],
+    sink: Callable[[int, float, WindowOutput, list[dict[str, np.ndarray]] | None], None],
     *,
     progress: bool = True,
     layout: Layout | None = None,
@@ -667,15 +709,17 @@ def analyze_scanned(
     spec = window_spec(acfg, num_interests)
     params = window_params(acfg)
     if layout is None:
-        run = run_windows(counted(scanned_windows(scanned, num_interests)), spec, params,
+        # Windows of more events than window_chunk come in chunks (one process: ShardedStep runs whole windows).
+        chunk = acfg.window_chunk if int(np.max(scanned.window_rows, initial=0)) > acfg.window_chunk > 0 else 0
+        run = run_windows(counted(scanned_windows(scanned, num_interests, chunk=chunk)), spec, params,
                           init_carry(spec, scanned.num_users), num_windows=scanned.num_windows, record_changes=True,
-                          progress=progress, sink=sink)
+                          progress=progress, sink=sink, chunked=chunk > 0)
         state = np.asarray(jax.device_get(run.carry.state))
     else:
         step = ShardedStep(spec, params, layout)
         users = scanned.num_users
 
-        def own_rows(t: int, start: float, output: WindowOutput, changed: dict[str, np.ndarray] | None) -> None:
+        def own_rows(t: int, start: float, output: WindowOutput, changed: list[dict[str, np.ndarray]] | None) -> None:
             sink(t, start, WindowOutput(*(x[:users] for x in output)), changed)  # padding rows never change
 
         run = run_windows(counted(scanned_windows(scanned, num_interests, step.rows)), spec, params,

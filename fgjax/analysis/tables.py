@@ -198,7 +198,8 @@ class TableWriters:
     table (``pyarrow.parquet.read_table``, ``pyarrow.dataset``, pandas, DuckDB, Spark).
     """
 
-    IN_FLIGHT = 2
+    IN_FLIGHT = 2  # windows queued per writer thread
+    ROWS_IN_FLIGHT = 1 << 19  # changed rows queued (about 80 bytes each on the host), one window's at least
 
     def __init__(self, folder: str | Path, users: Vocabulary, categories: Vocabulary, window_start: np.ndarray,
                  top: int, *, plot_users: int = 50_000, seed: int = 0, part: int | None = None):
@@ -216,7 +217,7 @@ class TableWriters:
         # One thread per table: each file's row groups stay in window order, and the two encode side by side.
         self._executors = {name: ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"fgjax-{name}")
                            for name in ("forgetting", "states")}
-        self._pending: collections.deque[Future] = collections.deque()
+        self._pending: collections.deque[tuple[Future, int]] = collections.deque()  # with changed rows
 
     def _write(self, name: str, table: pa.Table) -> None:
         if name not in self._writers:
@@ -232,18 +233,24 @@ class TableWriters:
         path.parent.mkdir(parents=True, exist_ok=True)
         return path
 
-    def __call__(self, t: int, start: float, output, changed: dict[str, np.ndarray] | None) -> None:
+    def __call__(self, t: int, start: float, output, changed: list[dict[str, np.ndarray]] | None) -> None:
         """Write window ``t``: ``output`` its ``(users,)`` F and ``(users, top)`` top interests, ``changed``
-        its changed rows (or None).
+        its changed rows as pieces of columns in row order (``run_windows``), or None.
 
         The rows are built and written by two background threads, one per table (Parquet encoding
         releases the GIL), at most ``IN_FLIGHT`` windows behind, so writing overlaps the next windows' work.
         """
-        self._pending.append(self._executors["forgetting"].submit(self._timed, "forgetting", self._forgetting_of, t, output))
+        forgetting = self._executors["forgetting"].submit(self._timed, "forgetting", self._forgetting_of, t, output)
+        self._pending.append((forgetting, 0))
         if changed:
-            self._pending.append(self._executors["states"].submit(self._timed, "states", self._states_of, changed))
-        while len(self._pending) > 2 * self.IN_FLIGHT:
-            self._pending.popleft().result()  # bounded memory; a writer error surfaces here
+            rows = sum(len(piece["user"]) for piece in changed)
+            self._pending.append((self._executors["states"].submit(self._timed, "states", self._states_of, changed),
+                                  rows))
+        # Bounded memory (a writer error surfaces here): a window where many interests change at once (the
+        # first windows of a busy log) waits for the rows before it, so the rows in flight do not grow with it.
+        while len(self._pending) > 2 * self.IN_FLIGHT or (
+                len(self._pending) > 1 and sum(rows for _, rows in self._pending) > self.ROWS_IN_FLIGHT):
+            self._pending.popleft()[0].result()
 
     def _timed(self, name: str, work, *args) -> None:
         started = time.perf_counter()
@@ -264,14 +271,16 @@ class TableWriters:
                                                    output.top_probs[user]))
         self._degree[t] = np.where(self.started[self.sample], output.degree[self.sample], np.nan)
 
-    def _states_of(self, changed: dict[str, np.ndarray]) -> None:
-        self._write("states", _state_rows(self.users, self.categories, changed, self.window_start, encoded=True))
+    def _states_of(self, changed: list[dict[str, np.ndarray]]) -> None:
+        # One row group per window, its columns in the pieces' chunks (concat_tables copies nothing).
+        self._write("states", pa.concat_tables([_state_rows(self.users, self.categories, piece, self.window_start,
+                                                            encoded=True) for piece in changed]))
 
     def close(self) -> dict[str, int]:
         """Finish both files (empty ones with their columns if no row came); returns the rows of each."""
         try:
             while self._pending:
-                self._pending.popleft().result()
+                self._pending.popleft()[0].result()
         finally:
             for executor in self._executors.values():
                 executor.shutdown(wait=True, cancel_futures=True)

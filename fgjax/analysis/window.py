@@ -266,6 +266,33 @@ def window_step(
     return close_window(carry, added, counts, params, spec)
 
 
+@functools.partial(jax.jit, static_argnames=("spec",), donate_argnums=(0, 2))
+def window_step_sums(
+    carry: AnalysisCarry, events: kernels.WindowEvents, sums: tuple[jax.Array, jax.Array], params: WindowParams,
+    spec: WindowSpec,
+) -> tuple[AnalysisCarry, WindowOutput, WindowDetail, tuple[jax.Array, jax.Array]]:
+    """``window_step`` for a window that came in chunks: ``sums`` are its earlier chunks' ``(added, counts)``
+    (``add_event_sums``; zeros for a window of one chunk), ``events`` its last chunk.
+
+    Returns what ``window_step`` returns and the sums zeroed for the next window (``sums`` is donated, so
+    its buffers are reused: one pair of ``(users, K)`` sums for the whole run).
+    """
+    added, counts = _event_sums(events, params, *carry.peak.shape)
+    carry, out, detail = close_window(carry, added + sums[0], counts + sums[1], params, spec)
+    return carry, out, detail, (jnp.zeros_like(sums[0]), jnp.zeros_like(sums[1]))
+
+
+@functools.partial(jax.jit, donate_argnums=(0,))
+def add_event_sums(
+    sums: tuple[jax.Array, jax.Array], events: kernels.WindowEvents, params: WindowParams
+) -> tuple[jax.Array, jax.Array]:
+    """``sums`` ``(added, counts)``, each ``(users, K)``, plus one chunk of a window's events (donated: updated
+    in place). A window of more events than ``analysis.window_chunk`` comes as chunks of at most that many,
+    so the events in flight are bounded by the chunk, not by the window (``fgjax.analysis.run``)."""
+    added, counts = _event_sums(events, params, *sums[0].shape)
+    return sums[0] + added, sums[1] + counts
+
+
 def _event_sums(events: kernels.WindowEvents, params: WindowParams, num_users: int,
                 num_interests: int) -> tuple[jax.Array, jax.Array]:
     added = kernels.window_contributions(events, num_users, num_interests, inv_tau=params.inv_tau)

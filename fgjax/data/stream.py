@@ -165,6 +165,7 @@ class WindowRows(NamedTuple):
     item: np.ndarray  # (n,) int32 index into items
     seconds: np.ndarray  # (n,) float64 epoch seconds
     weight: np.ndarray  # (n,) float32
+    closes: bool = True  # the window's last (or only) piece (``ScannedLog.windows`` with a ``chunk``)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -253,8 +254,14 @@ class ScannedLog:
             unknown_event_policy=self._config.unknown_event_types,
         )
 
-    def windows(self) -> Iterator[WindowRows]:
-        """Pass 2: every window from the first event's to the last's, empty ones included (see the module)."""
+    def windows(self, chunk: int = 0) -> Iterator[WindowRows]:
+        """Pass 2: every window from the first event's to the last's, empty ones included (see the module).
+
+        ``chunk`` > 0: a window of more used rows comes as pieces of at most ``chunk`` rows, in read order
+        (``WindowRows.closes`` on the last), decoded one at a time, so pass 2's memory does not grow with the
+        window: duplicates are found over the whole window first from a 64-bit hash of each row's keys
+        (8 bytes a row), and dropped from the pieces they fall in.
+        """
         if self._done:
             raise RuntimeError("ScannedLog.windows runs once")
         by_group: dict[int, list[tuple[int, int, int, int]]] = {}
@@ -262,39 +269,84 @@ class ScannedLog:
             for g, lo, hi in zip(s.groups, s.bounds[:-1], s.bounds[1:]):
                 by_group.setdefault(int(g), []).append((s.file, s.batch, int(lo), int(hi)))
         for t in range(self.num_windows):
-            # The spill is memory-mapped for one window at a time: the window's rows are copied out, and
-            # unmapping drops the pages read from this process's resident memory (a map kept open for the
-            # whole run would count every spilled page in the peak RSS, growing with the events).
             started = time.perf_counter()
-            maps = {f: pa.memory_map(str(self._files[f])) for f, *_ in by_group.get(self.first_group + t, [])}
-            try:
-                readers = {f: ipc.open_file(m) for f, m in maps.items()}
-                parts = [readers[f].get_batch(b).slice(lo, hi - lo)
-                         for f, b, lo, hi in by_group.pop(self.first_group + t, [])]
-                rows = self._window(t, parts)
-                del parts, readers
-            finally:
-                for m in maps.values():
-                    m.close()
-            self.decode_seconds += time.perf_counter() - started
-            yield rows
+            entries = by_group.pop(self.first_group + t, [])
+            if chunk <= 0 or sum(hi - lo for *_, lo, hi in entries) <= chunk:
+                pieces = iter([self._window(t, entries)])
+            else:
+                pieces = self._pieces(t, entries, chunk)
+            for piece in pieces:
+                self.decode_seconds += time.perf_counter() - started
+                yield piece
+                started = time.perf_counter()
         self._finish()
 
-    def _window(self, t: int, parts: list[pa.RecordBatch]) -> WindowRows:
-        if not parts:
+    def _columns(self, entries: list[tuple[int, int, int, int]], names: tuple[str, ...]) -> dict[str, np.ndarray]:
+        """Columns ``names`` of the spilled rows ``entries`` ``(file, batch, lo, hi)``, concatenated (copies;
+        ``user`` and ``item`` encoded to vocabulary indices)."""
+        # The spill is memory-mapped for these reads only: the rows are copied out, and unmapping drops the
+        # pages read from this process's resident memory (a map kept open for the whole run would count every
+        # spilled page in the peak RSS, growing with the events).
+        maps = {f: pa.memory_map(str(self._files[f])) for f, *_ in entries}
+        try:
+            readers = {f: ipc.open_file(m) for f, m in maps.items()}
+            parts = [readers[f].get_batch(b).slice(lo, hi - lo) for f, b, lo, hi in entries]
+            encode = {"user": self._encode_user, "item": self._encode_item}
+            # concatenate always copies: nothing points into the map once it is closed
+            return {name: np.concatenate([encode[name](p.column(name)) if name in encode
+                                          else p.column(name).to_numpy() for p in parts]) for name in names}
+        finally:
+            for m in maps.values():
+                m.close()
+
+    def _pieces(self, t: int, entries: list[tuple[int, int, int, int]], chunk: int) -> Iterator[WindowRows]:
+        """Window ``t`` as pieces of at most ``chunk`` rows (``windows``)."""
+        pieces = _split(entries, chunk)
+        drop = np.zeros(0, np.int64)  # positions in the window (read order) of the duplicates
+        if self._config.drop_duplicates:
+            keys = ("user", "item", "seconds", "event")
+            h = np.concatenate([_key_hash(*self._columns(p, keys).values()) for p in pieces])
+            ordered = np.sort(h)
+            if (ordered[1:] == ordered[:-1]).any():  # rare: only then are the candidates' keys read again
+                del ordered
+                candidates = _equal_hash_rows(h)
+                del h
+                found = []
+                for p, lo in zip(pieces, _starts(pieces)):
+                    mine = candidates[(candidates >= lo) & (candidates < lo + _rows(p))]
+                    if len(mine):
+                        c = self._columns(p, keys)
+                        found.append((mine, *(c[k][mine - lo] for k in keys)))
+                where, user, item, seconds, event = (np.concatenate(x) for x in zip(*found))
+                drop = where[reader.duplicate_mask(user, item, seconds, event)]
+        for p, lo in zip(pieces, _starts(pieces)):
+            mine = drop[(drop >= lo) & (drop < lo + _rows(p))] - lo
+            names = ("user", "item", "seconds", "weight", "event") + (("source", "row") if len(mine) else ())
+            c = self._columns(p, names)
+            if len(mine):
+                self._tally.counts[reader.REASONS.index("duplicate")] += len(mine)
+                self._duplicates.append((c["source"][mine], c["row"][mine]))
+                self._used -= len(mine)
+                keep = np.ones(_rows(p), bool)
+                keep[mine] = False
+                c = {name: c[name][keep] for name in names}
+            if self._config.unknown_event_types == "keep":
+                self._kept_types = reader._add_counts(self._kept_types, np.bincount(c["event"]))
+            yield WindowRows(t, c["user"], c["item"], c["seconds"], c["weight"], closes=p is pieces[-1])
+
+    def _window(self, t: int, entries: list[tuple[int, int, int, int]]) -> WindowRows:
+        if not entries:
             return WindowRows(t, np.zeros(0, np.int32), np.zeros(0, np.int32), np.zeros(0), np.zeros(0, np.float32))
-        user = np.concatenate([self._encode_user(p.column("user")) for p in parts])
-        item = np.concatenate([self._encode_item(p.column("item")) for p in parts])
-
-        def column(name: str) -> np.ndarray:  # a copy (concatenate always copies): nothing points into the map
-            return np.concatenate([p.column(name).to_numpy() for p in parts])
-
-        seconds, weight, event = column("seconds"), column("weight"), column("event")
+        c = self._columns(entries, ("user", "item", "seconds", "weight", "event"))
+        user, item, seconds, weight, event = c["user"], c["item"], c["seconds"], c["weight"], c["event"]
+        del c
         if self._config.drop_duplicates and len(user) > 1:
+            # After the map is closed: the duplicates' temporaries do not add to the mapped pages.
             dup = _duplicates(user, item, seconds, event)
             if dup.any():
                 self._tally.counts[reader.REASONS.index("duplicate")] += int(dup.sum())
-                self._duplicates.append((column("source")[dup], column("row")[dup]))
+                where = self._columns(entries, ("source", "row"))  # rare: read again for the rejects file
+                self._duplicates.append((where["source"][dup], where["row"][dup]))
                 self._used -= int(dup.sum())
                 keep = ~dup
                 user, item, seconds, weight, event = user[keep], item[keep], seconds[keep], weight[keep], event[keep]
@@ -322,26 +374,65 @@ class ScannedLog:
         self.close()
 
 
+def _rows(entries: list[tuple[int, int, int, int]]) -> int:
+    return sum(hi - lo for *_, lo, hi in entries)
+
+
+def _starts(pieces: list[list[tuple[int, int, int, int]]]) -> list[int]:
+    """The window position of each piece's first row."""
+    return np.cumsum([0] + [_rows(p) for p in pieces[:-1]]).tolist()
+
+
+def _split(entries: list[tuple[int, int, int, int]], chunk: int) -> list[list[tuple[int, int, int, int]]]:
+    """Spilled rows ``(file, batch, lo, hi)`` in read order, cut into pieces of at most ``chunk`` rows."""
+    pieces, piece, room = [], [], chunk
+    for f, b, lo, hi in entries:
+        while lo < hi:
+            take = min(hi - lo, room)
+            piece.append((f, b, lo, lo + take))
+            lo, room = lo + take, room - take
+            if room == 0:
+                pieces.append(piece)
+                piece, room = [], chunk
+    return pieces + [piece] if piece or not pieces else pieces
+
+
+def _equal_hash_rows(h: np.ndarray) -> np.ndarray:
+    """Increasing positions of the rows whose hash another row shares: the only rows that can be duplicates."""
+    order = np.argsort(h)
+    same = h[order][1:] == h[order][:-1]
+    candidates = np.zeros(len(h), bool)
+    candidates[order[1:][same]] = True
+    candidates[order[:-1][same]] = True
+    return np.flatnonzero(candidates)
+
+
 def _duplicates(user: np.ndarray, item: np.ndarray, seconds: np.ndarray, event: np.ndarray) -> np.ndarray:
     """``reader.duplicate_mask`` (True for a row equal on all four keys to an earlier row), 5-10x cheaper:
     one sort of a 64-bit hash of the keys finds the few rows that could be duplicates, and only those go
     through the exact four-key comparison (equal rows have equal hashes; collisions are sorted out there)."""
-    with np.errstate(over="ignore"):
-        h = (user.astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15)
-             ^ item.astype(np.uint64) * np.uint64(0xC2B2AE3D27D4EB4F)
-             ^ seconds.view(np.uint64) * np.uint64(0x165667B19E3779F9)
-             ^ event.astype(np.uint64) * np.uint64(0x27D4EB2F165667C5))
-    order = np.argsort(h)
-    same = h[order][1:] == h[order][:-1]
+    h = _key_hash(user, item, seconds, event)
     mask = np.zeros(len(h), bool)
-    if not same.any():
+    ordered = np.sort(h)
+    if not (ordered[1:] == ordered[:-1]).any():  # no two hashes equal: no duplicates (the usual case)
         return mask
-    candidates = np.zeros(len(h), bool)
-    candidates[order[1:][same]] = True
-    candidates[order[:-1][same]] = True
-    where = np.flatnonzero(candidates)  # read order kept: the first of equal rows stays
+    del ordered
+    where = _equal_hash_rows(h)  # read order kept: the first of equal rows stays
     mask[where] = reader.duplicate_mask(user[where], item[where], seconds[where], event[where])
     return mask
+
+
+def _key_hash(user: np.ndarray, item: np.ndarray, seconds: np.ndarray, event: np.ndarray) -> np.ndarray:
+    """``(n,)`` uint64 hash of each row's duplicate keys (user and item indices, float64 seconds, event)."""
+    # In place, two 64-bit arrays at a time: these are per-event temporaries of the largest window.
+    h, term = user.astype(np.uint64), np.empty(len(user), np.uint64)
+    h *= np.uint64(0x9E3779B97F4A7C15)
+    for column, factor in ((item, 0xC2B2AE3D27D4EB4F), (seconds.view(np.uint64), 0x165667B19E3779F9),
+                           (event, 0x27D4EB2F165667C5)):
+        term[:] = column
+        term *= np.uint64(factor)
+        h ^= term
+    return h
 
 
 def _spill_schema(user: pa.DataType, item: pa.DataType) -> pa.Schema:
