@@ -683,8 +683,9 @@ def analyze_scanned(
     layout: Layout | None = None,
 ) -> ScannedResult:
     """``analyze`` window by window over a scanned log (``fgjax.data.stream.scan_log``), its outputs sent to
-    ``sink`` (see ``run_windows``) as each window completes: memory is bounded by the state, one window's
-    events and the windows in flight, whatever the number of events or windows.
+    ``sink`` (see ``run_windows``) as each window completes: memory is bounded by the state, a chunk of
+    events (``analysis.window_chunk``; one process) and the windows in flight, whatever the number of events
+    or windows.
 
     On the same events it gives what ``analyze`` gives (tested): the same windows, F, top interests,
     states and changed rows with their evidence.

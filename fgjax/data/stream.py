@@ -27,7 +27,8 @@ order (files in sorted path order, rows in file order), the order
 dropped for its order.
 
 Memory: the vocabularies (unique IDs), one record batch in pass 1, one window's
-rows in pass 2. Disk: about 36 bytes per used event (more with string IDs) in
+rows in pass 2, or with a ``chunk`` (``ScannedLog.windows``) one piece of at most
+that many rows and an 8-byte hash per row of the window. Disk: about 36 bytes per used event (more with string IDs) in
 the spill folder, removed by ``ScannedLog.close``.
 """
 
