@@ -400,8 +400,8 @@ def run_windows(
         sharded over processes (``fgjax.analysis.distributed.ShardedStep``); not with ``snapshot_window``
         or ``final``.
       chunked: ``source`` may cut a window into chunks (``Window.closes``; ``scanned_windows`` with a
-        ``chunk``): every chunk is summed on the device (``add_event_sums``) and the window closed by
-        ``window_step_sums`` after its last one, so every window runs the same two programs. The sums are
+        ``chunk``): every chunk is summed on the device (``add_event_sums``) and the window closed from the
+        sums by ``window_step_sums`` after its last one, so every window runs the same two programs. The sums are
         added in a different order than one window's, so F may differ from an unchunked run's in the last
         float32 bits. Not with a ``step`` of its own.
     """
@@ -446,14 +446,15 @@ def run_windows(
     for window, count in stream:
         t = window.index
         events += count
-        if not window.closes:
-            if not chunked:
-                raise ValueError(f"run_windows: window {t} came in chunks; pass chunked=True")
+        if chunked:
             sums = add_event_sums(sums, window.events, params)
-            continue
+            if not window.closes:
+                continue
+        elif not window.closes:
+            raise ValueError(f"run_windows: window {t} came in chunks; pass chunked=True")
         bar.update()
         if chunked:
-            carry, out, detail, sums = window_step_sums(carry, window.events, sums, params, spec)
+            carry, out, detail, sums = window_step_sums(carry, sums, params, spec)
             detector = carry.detector
         elif step is None:
             carry, out, detail = window_step(carry, window.events, params, spec)

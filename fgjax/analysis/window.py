@@ -266,19 +266,18 @@ def window_step(
     return close_window(carry, added, counts, params, spec)
 
 
-@functools.partial(jax.jit, static_argnames=("spec",), donate_argnums=(0, 2))
+@functools.partial(jax.jit, static_argnames=("spec",), donate_argnums=(0, 1))
 def window_step_sums(
-    carry: AnalysisCarry, events: kernels.WindowEvents, sums: tuple[jax.Array, jax.Array], params: WindowParams,
-    spec: WindowSpec,
+    carry: AnalysisCarry, sums: tuple[jax.Array, jax.Array], params: WindowParams, spec: WindowSpec
 ) -> tuple[AnalysisCarry, WindowOutput, WindowDetail, tuple[jax.Array, jax.Array]]:
-    """``window_step`` for a window that came in chunks: ``sums`` are its earlier chunks' ``(added, counts)``
-    (``add_event_sums``; zeros for a window of one chunk), ``events`` its last chunk.
+    """``window_step`` from a window's ``(users, K)`` sums ``(added, counts)``, its events summed chunk by
+    chunk (``add_event_sums``) when it came in chunks.
 
-    Returns what ``window_step`` returns and the sums zeroed for the next window (``sums`` is donated, so
-    its buffers are reused: one pair of ``(users, K)`` sums for the whole run).
+    Returns what ``window_step`` returns and the sums zeroed for the next window: ``sums`` is donated and
+    its buffers come back, so a run holds one pair of sums and no other copy of them (the step reads them
+    where ``window_step`` makes its own).
     """
-    added, counts = _event_sums(events, params, *carry.peak.shape)
-    carry, out, detail = close_window(carry, added + sums[0], counts + sums[1], params, spec)
+    carry, out, detail = close_window(carry, sums[0], sums[1], params, spec)
     return carry, out, detail, (jnp.zeros_like(sums[0]), jnp.zeros_like(sums[1]))
 
 
