@@ -264,8 +264,9 @@ class AnalysisConfig:
     normalize: str = setting("current", choices=("current", "max"))  # current (seed formula) | max (bounded in [0, 2])
     eps: float = setting(1e-8, gt=0)
     top_interests: int = setting(3, ge=1)  # interests written per (user, window) in forgetting.parquet
-    # fgjax analyze feeds a window of more events than this to the step in chunks of at most this many (summed
-    # on the device), so the events in flight do not grow with the window (0 = whole windows)
+    # fgjax analyze feeds a window of more events than this (and than 1/8 of the users x interests) to the step
+    # in chunks of at most that many (summed on the device), so the events in flight do not grow with the
+    # window (0 = whole windows; fgjax.analysis.run.run_chunk)
     window_chunk: int = setting(1 << 18, ge=0)
     level: LevelConfig = LevelConfig()
     detector: DetectorConfig = DetectorConfig()

@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 
 from fgjax.analysis import analyze, window_index, write_forgetting, write_states
 from fgjax.analysis.tables import STATE_COLUMNS
+from fgjax.analysis.run import run_chunk
 from fgjax.analysis.window import add_event_sums
 from fgjax.analysis_job import analyze_log
 from fgjax.config import DataConfig, SyntheticConfig, load_config
@@ -148,7 +149,8 @@ def test_streamed_analyze_writes_the_in_memory_tables(generated, tmp_path, detec
                                 f"analysis.window_chunk={chunk}"])
     windows = scan_log(config.data, config.analysis.window_seconds, spill_parent=tmp_path)
     with windows:
-        assert not chunk or windows.window_rows.max() > 2 * chunk  # several chunks a window
+        size = run_chunk(chunk, windows.window_rows, windows.num_users * len(windows.categories))
+        assert (size == 0) if not chunk else windows.window_rows.max() > 2 * size  # several chunks a window
     rows, changes = analyze_log(config, tmp_path / "out", progress=False)
     log = read_events(config.data)
     result = analyze(config, log, progress=False)
@@ -223,6 +225,18 @@ def test_window_duplicates_equal_the_readers_rule(n, spread, seed):
     seconds = 1.7e9 + rng.integers(0, spread, n) * 0.5
     event = rng.integers(0, 2, n).astype(np.int32)
     np.testing.assert_array_equal(_duplicates(user, item, seconds, event), duplicate_mask(user, item, seconds, event))
+
+
+def test_run_chunk_only_where_chunks_save_memory():
+    """Chunks of window_chunk events, at least 1/8 of the (user, interest) pairs (the sums cost 8 bytes a
+    pair), and none when every window fits in one or the knob is 0."""
+    rows = np.array([10, 5000, 300])
+    assert run_chunk(0, rows, 80) == 0
+    assert run_chunk(1000, rows, 80) == 1000
+    assert run_chunk(1000, rows, 16_000) == 2000
+    assert run_chunk(1000, rows, 40_000) == 0  # 40,000 pairs / 8 = 5,000 >= the largest window: whole windows
+    assert run_chunk(5000, rows, 80) == 0 and run_chunk(4999, rows, 80) == 4999
+    assert run_chunk(1000, np.zeros(0, np.int64), 80) == 0
 
 
 def test_table_writers_keep_window_order_and_surface_a_thread_error(tmp_path, monkeypatch):

@@ -148,6 +148,20 @@ def chunk_rows(window_rows: np.ndarray, chunk: int = 0) -> int:
     return run_size(min(largest, chunk) if chunk > 0 else largest)
 
 
+def run_chunk(window_chunk: int, window_rows: np.ndarray, num_pairs: int) -> int:
+    """Events per chunk of a run (0 = whole windows): ``window_chunk`` (``analysis.window_chunk``), at least
+    1/8 of the (user, interest) pairs, when the largest window has more events than that.
+
+    Chunks need one pair of ``(users, K)`` float32 sums for the run, 8 bytes a pair: about what pairs / 8
+    events take in flight (decoded, padded, on the device: 64 bytes or more an event), so smaller chunks
+    would not save memory (at 1M users x 16 they would cost about 0.1 GB more than whole windows).
+    """
+    if window_chunk <= 0:
+        return 0
+    chunk = max(window_chunk, num_pairs // 8)
+    return chunk if int(np.max(window_rows, initial=0)) > chunk else 0
+
+
 def scanned_windows(scanned: ScannedLog, num_interests: int, num_users: int | None = None,
                     chunk: int = 0) -> Iterator[Window]:
     """Every window of a scanned log (pass 2 of ``fgjax.data.stream``), each padded to the largest
@@ -711,8 +725,8 @@ def analyze_scanned(
     spec = window_spec(acfg, num_interests)
     params = window_params(acfg)
     if layout is None:
-        # Windows of more events than window_chunk come in chunks (one process: ShardedStep runs whole windows).
-        chunk = acfg.window_chunk if int(np.max(scanned.window_rows, initial=0)) > acfg.window_chunk > 0 else 0
+        # Windows of more events than the chunk come in chunks (one process: ShardedStep runs whole windows).
+        chunk = run_chunk(acfg.window_chunk, scanned.window_rows, scanned.num_users * num_interests)
         run = run_windows(counted(scanned_windows(scanned, num_interests, chunk=chunk)), spec, params,
                           init_carry(spec, scanned.num_users), num_windows=scanned.num_windows, record_changes=True,
                           progress=progress, sink=sink, chunked=chunk > 0)
