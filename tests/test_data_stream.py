@@ -208,7 +208,8 @@ def test_a_streamed_run_compiles_at_most_three_programs(generated, tmp_path, chu
             analyze_log(config, tmp_path / "out", progress=False)
     finally:
         logger.removeHandler(handler)
-    step = ["Compiling jit(add_event_sums)", "Compiling jit(window_step_sums)"] if chunk else ["Compiling jit(window_step)"]
+    step = (["Compiling jit(add_event_sums)", "Compiling jit(window_step_sums)"] if chunk
+            else ["Compiling jit(window_step)"])
     assert sorted(compiled) == sorted(["Compiling jit(_gather_changes)", "Compiling jit(init_carry)", *step])
 
 
@@ -262,7 +263,8 @@ def test_table_writers_keep_window_order_and_surface_a_thread_error(tmp_path, mo
             "F", "F_threshold", "f_k", "p", "silence", "silence_limit", "rate", "recent", "expected_recent", "trend",
             "dispersion", "period", "period_strength")})
         changed.update(user=np.array([0, 2], np.int32), window=np.full(2, t, np.int32), F_alarm=np.zeros(2, bool))
-        writers(t, t * 86400.0, output, [{k: v[:1] for k, v in changed.items()}, {k: v[1:] for k, v in changed.items()}])
+        pieces = [{k: v[:1] for k, v in changed.items()}, {k: v[1:] for k, v in changed.items()}]
+        writers(t, t * 86400.0, output, pieces)
     assert writers.close() == {"forgetting": 3 * windows, "states": 2 * windows}
     for name in ("forgetting", "states"):
         assert pq.read_table(tmp_path / f"{name}.parquet").column("window").to_pylist() == sorted(

@@ -45,12 +45,12 @@ from fgjax.analysis.window import (
     WindowOutput,
     WindowParams,
     WindowSpec,
+    add_event_sums,
     counters,
     init_carry,
     observed_evidence,
     window_index,
     window_params,
-    add_event_sums,
     window_spec,
     window_step,
     window_step_sums,
@@ -169,8 +169,8 @@ def scanned_windows(scanned: ScannedLog, num_interests: int, num_users: int | No
     ``num_users`` (default the log's users; more when the step's rows are padded).
 
     ``chunk`` > 0: a window of more events comes as chunks of at most ``chunk`` events, each padded to
-    ``chunk_rows`` rows (``Window.closes`` False but on the last), so the events padded and in flight are bounded by the chunk whatever the window
-    (``run_windows(..., chunked=True)`` sums them on the device)."""
+    ``chunk_rows`` rows (``Window.closes`` False but on the last), so the events padded and in flight are
+    bounded by the chunk whatever the window (``run_windows(..., chunked=True)`` sums them on the device)."""
     size = chunk_rows(scanned.window_rows, chunk)
     pad_user = scanned.num_users if num_users is None else num_users
     for rows in scanned.windows(chunk):  # with a chunk, pieces of at most `chunk` rows, decoded one at a time
@@ -414,10 +414,10 @@ def run_windows(
         sharded over processes (``fgjax.analysis.distributed.ShardedStep``); not with ``snapshot_window``
         or ``final``.
       chunked: ``source`` may cut a window into chunks (``Window.closes``; ``scanned_windows`` with a
-        ``chunk``): every chunk is summed on the device (``add_event_sums``) and the window closed from the
-        sums by ``window_step_sums`` after its last one, so every window runs the same two programs. The sums are
-        added in a different order than one window's, so F may differ from an unchunked run's in the last
-        float32 bits. Not with a ``step`` of its own.
+        ``chunk``): every chunk is summed on the device (``add_event_sums``) and the window closed from
+        the sums by ``window_step_sums`` after its last one, so every window runs the same two programs.
+        The sums are added in a different order than one window's, so F may differ from an unchunked
+        run's in the last float32 bits. Not with a ``step`` of its own.
     """
     if step is not None and (snapshot_window is not None or final):
         raise ValueError("run_windows: a step of its own runs without snapshot_window and final")

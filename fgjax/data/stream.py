@@ -28,8 +28,9 @@ dropped for its order.
 
 Memory: the vocabularies (unique IDs), one record batch in pass 1, one window's
 rows in pass 2, or with a ``chunk`` (``ScannedLog.windows``) one piece of at most
-that many rows and an 8-byte hash per row of the window. Disk: about 36 bytes per used event (more with string IDs) in
-the spill folder, removed by ``ScannedLog.close``.
+that many rows and an 8-byte hash per row of the window. Disk: about 36 bytes per
+used event (more with string IDs) in the spill folder, removed by
+``ScannedLog.close``.
 """
 
 from __future__ import annotations
