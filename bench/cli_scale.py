@@ -16,6 +16,12 @@ seconds (then reported as not finished, not dropped):
   peer the ratios are taken against.
 
 Runs go in the order given, so the most important comes first when time is short.
+
+``--grow N``: each fgjax run again on shards of N times the events for the same users, days and files
+(``--data`` + ``_xN``), reporting the peak RSS growth (issue 14: at most 10 % at 4x the events)::
+
+    python -m bench cli_scale --users 100000 --events 8750000 --days 60 --files 200 --items 1000 \
+        --categories 16 --kinds level --grow 4 --data DIR
 """
 
 from __future__ import annotations
@@ -80,6 +86,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--categories", type=int, default=32)
     parser.add_argument("--kinds", default=",".join(KINDS), help=f"runs in order, from {', '.join(KINDS)}")
     parser.add_argument("--limit", type=float, default=600.0, help="seconds before a run is killed")
+    parser.add_argument("--grow", type=int, default=0,
+                        help="also run each fgjax kind on N times the events (same users) and report the RSS growth")
     parser.add_argument("--data", default="", help="folder for the shards and items table (kept; reused by a run of the same sizes and seed, refused for others)")
     args = parser.parse_args(argv)
     kinds = [k for k in args.kinds.split(",") if k]
@@ -100,37 +108,56 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         payload["generate_s"] = time.perf_counter() - t0
         payload["parquet_bytes"] = sum(p.stat().st_size for p in paths)
         payload["events"] = sum(pq.ParquetFile(p).metadata.num_rows for p in paths)
-        runs: dict[str, Any] = {}
-        for kind in kinds:
-            out = Path(tmp) / f"out_{kind}"
-            if kind == "numpy":
-                run = run_probe(NUMPY_PROBE, [str(folder), str(items_path), str(out) + ".parquet", "86400", "7"],
-                           args.limit)
-            else:
-                sets = [f"data.path={folder}", f"data.items_path={items_path}", "data.format=parquet",
-                        "data.columns.user_id=user", "data.columns.item_id=item", "data.columns.weight=weight",
-                        "analysis.window_seconds=86400", *CLI_KINDS[kind]]
-                run = run_probe(CLI_PROBE, [str(out), "-", *sets], args.limit)
-            runs[kind] = run
-            wall = f"{run['wall_s']:.1f} s" if run["finished"] else f"not finished ({run.get('error', 'killed')!s:.200})"
-            slowest = ", ".join(f"{k[8:]} {v:.1f} s" for k, v in run.get("stages", {}).items()
-                                if k.startswith("compile:"))
-            print(f"{kind}: {wall}" + (f", {run['peak_rss_bytes'] / 1e9:.2f} GB" if run["finished"] else "")
-                  + (f"; slowest to compile: {slowest}" if slowest else ""), flush=True)
+        runs: dict[str, Any] = {kind: _run(kind, folder, items_path, Path(tmp) / f"out_{kind}", args.limit)
+                                for kind in kinds}
+        grown: dict[str, Any] = {}
+        if args.grow and (fgjax_kinds := [k for k in kinds if k in CLI_KINDS]):
+            more = {**size, "events": size["events"] * args.grow}
+            data = Path(f"{args.data.rstrip('/')}_x{args.grow}" if args.data else Path(tmp) / f"x{args.grow}")
+            try:
+                _, items_more, _ = _shards(data, more, args.seed)
+            except ValueError as exc:
+                parser.error(f"--grow: {exc}")
+            grown = {kind: _run(kind, data / "events", items_more, Path(tmp) / f"out_{kind}_x{args.grow}",
+                                args.limit, label=f"{kind} at {args.grow}x the events") for kind in fgjax_kinds}
     payload["runs"] = runs
+    payload["grown"] = grown
     numpy_s = runs.get("numpy", {}).get("wall_s") if runs.get("numpy", {}).get("finished") else None
     rows = []
     for kind, run in runs.items():
         ratio = run["wall_s"] / numpy_s if (numpy_s and run["finished"]) else None
+        more = grown.get(kind, {})
+        growth = (more["peak_rss_bytes"] / run["peak_rss_bytes"] - 1.0) if (
+            more.get("finished") and run["finished"]) else None
         rows.append({"kind": kind, "wall_s": run["wall_s"] if run["finished"] else None, "cpu_s": run.get("cpu_s"),
                      "rss_gb": run["peak_rss_bytes"] / 1e9 if run["finished"] else None, "vs_numpy": ratio,
-                     **{k: run.get("stages", {}).get(k) for k in ("pass1_s", "pass2_s", "compile_s", "write_s")}})
+                     **{k: run.get("stages", {}).get(k) for k in ("pass1_s", "pass2_s", "compile_s", "write_s")},
+                     "rss_growth": growth})
     payload["summary"] = {f"{r['kind']}_s": r["wall_s"] for r in rows} | {
-        f"{r['kind']}_vs_numpy": r["vs_numpy"] for r in rows if r["kind"] != "numpy"}
+        f"{r['kind']}_vs_numpy": r["vs_numpy"] for r in rows if r["kind"] != "numpy"} | {
+        f"{r['kind']}_rss_growth_x{args.grow}": r["rss_growth"] for r in rows if r["rss_growth"] is not None}
     cols = [("kind", "run", "s"), ("wall_s", "wall s", ".1f"), ("cpu_s", "CPU s", ".1f"), ("rss_gb", "peak RSS GB", ".2f"),
             ("vs_numpy", "vs NumPy", ".2f"), ("pass1_s", "pass 1 s", ".1f"), ("pass2_s", "pass 2 s", ".1f"),
             ("compile_s", "compile s", ".1f"), ("write_s", "write s", ".1f")]
+    if grown:
+        cols.append(("rss_growth", f"RSS at {args.grow}x events", "+.1%"))
     return _report.finish(payload, args, rows, cols)
+
+
+def _run(kind: str, folder: Path, items_path: Path, out: Path, limit: float, label: str = "") -> dict[str, Any]:
+    """One run of ``kind`` over the shards in ``folder`` in a fresh process; prints its line."""
+    if kind == "numpy":
+        run = run_probe(NUMPY_PROBE, [str(folder), str(items_path), str(out) + ".parquet", "86400", "7"], limit)
+    else:
+        sets = [f"data.path={folder}", f"data.items_path={items_path}", "data.format=parquet",
+                "data.columns.user_id=user", "data.columns.item_id=item", "data.columns.weight=weight",
+                "analysis.window_seconds=86400", *CLI_KINDS[kind]]
+        run = run_probe(CLI_PROBE, [str(out), "-", *sets], limit)
+    wall = f"{run['wall_s']:.1f} s" if run["finished"] else f"not finished ({run.get('error', 'killed')!s:.200})"
+    slowest = ", ".join(f"{k[8:]} {v:.1f} s" for k, v in run.get("stages", {}).items() if k.startswith("compile:"))
+    print(f"{label or kind}: {wall}" + (f", {run['peak_rss_bytes'] / 1e9:.2f} GB" if run["finished"] else "")
+          + (f"; slowest to compile: {slowest}" if slowest else ""), flush=True)
+    return run
 
 
 if __name__ == "__main__":

@@ -172,16 +172,24 @@ def test_cli_scale_runs_fresh_processes_and_reports_a_killed_run(tmp_path, capsy
 
     out = tmp_path / "cli_scale.json"
     data = cli_scale.main(["--scale", "smoke", "--kinds", "level,numpy", "--limit", "300", "--out", str(out),
-                           "--data", str(tmp_path / "shards")])
+                           "--data", str(tmp_path / "shards"), "--grow", "2"])
     level, numpy_run = data["runs"]["level"], data["runs"]["numpy"]
     assert level["finished"] and numpy_run["finished"]
+    # --grow 2: the level run again on twice the events for the same users (its own shards), the RSS growth
+    grown = data["grown"]
+    assert set(grown) == {"level"} and grown["level"]["finished"]
+    assert json.loads((tmp_path / "shards_x2" / "meta.json").read_text())["events"] == 2 * 20_000
+    assert data["summary"]["level_rss_growth_x2"] == pytest.approx(
+        grown["level"]["peak_rss_bytes"] / level["peak_rss_bytes"] - 1.0)
+    printed = capsys.readouterr().out
+    assert "level at 2x the events:" in printed and "RSS at 2x events" in printed
     # Both write one row per (user, window) from the user's first event, on the same shards.
     assert level["rows"][0] == numpy_run["rows"] > 0
     assert level["cpu_s"] > 0 and numpy_run["cpu_s"] > 0  # the process's CPU seconds, beside its wall
     assert set(level["stages"]) >= {"pass1_s", "pass2_s", "compile_s", "write_s", "compile:jit(window_step)"}
     slowest = {k: v for k, v in level["stages"].items() if k.startswith("compile:")}
     assert 0 < len(slowest) <= 3 and 0 < sum(slowest.values()) <= level["stages"]["compile_s"]
-    assert "slowest to compile: jit(window_step)" in capsys.readouterr().out
+    assert "slowest to compile: jit(window_step)" in printed
     assert data["summary"]["level_vs_numpy"] == pytest.approx(level["wall_s"] / numpy_run["wall_s"])
     assert json.loads(out.read_text())["benchmark"] == "cli_scale"
     # The shards are reused, and a run past its limit is reported as not finished, not dropped.

@@ -251,6 +251,7 @@ def test_table_writers_keep_window_order_and_surface_a_thread_error(tmp_path, mo
     users, categories = Vocabulary(pa.array([10, 11, 12], pa.int64())), Vocabulary(pa.array(["a", "b"]))
     windows = 6
     monkeypatch.setattr(TableWriters, "ROWS_IN_FLIGHT", 3)  # the changed-rows bound waits too
+    monkeypatch.setattr(TableWriters, "ROW_GROUP_ROWS", 1)  # and a window's pieces go in row groups of their own
     writers = TableWriters(tmp_path, users, categories, np.arange(windows) * 86400.0, 2)
     rng = np.random.default_rng(0)
     for t in range(windows):
@@ -266,6 +267,7 @@ def test_table_writers_keep_window_order_and_surface_a_thread_error(tmp_path, mo
         pieces = [{k: v[:1] for k, v in changed.items()}, {k: v[1:] for k, v in changed.items()}]
         writers(t, t * 86400.0, output, pieces)
     assert writers.close() == {"forgetting": 3 * windows, "states": 2 * windows}
+    assert pq.ParquetFile(tmp_path / "states.parquet").metadata.num_row_groups == 2 * windows
     for name in ("forgetting", "states"):
         assert pq.read_table(tmp_path / f"{name}.parquet").column("window").to_pylist() == sorted(
             pq.read_table(tmp_path / f"{name}.parquet").column("window").to_pylist())

@@ -67,9 +67,9 @@ DICTIONARY_COLUMNS = {
 }
 
 
-# Column statistics (min / max per row group) only where a reader filters: a row group is one window, so the
-# evidence's floats span their whole range in each and their statistics would skip nothing (writing them
-# costs about 15 % of encoding states.parquet).
+# Column statistics (min / max per row group) only where a reader filters: a row group is one window (or a part
+# of one, TableWriters.ROW_GROUP_ROWS), so the evidence's floats span their whole range in each and their
+# statistics would skip nothing (writing them costs about 15 % of encoding states.parquet).
 STATISTICS_COLUMNS = {
     "forgetting": ["user_id", "window", "window_start"],
     "states": ["user_id", "interest", "window", "window_start", "state", "previous_state"],
@@ -200,6 +200,7 @@ class TableWriters:
 
     IN_FLIGHT = 2  # windows queued per writer thread
     ROWS_IN_FLIGHT = 1 << 19  # changed rows queued (about 80 bytes each on the host), one window's at least
+    ROW_GROUP_ROWS = 1 << 17  # a window's changed rows are written in row groups of about this many, or one
 
     def __init__(self, folder: str | Path, users: Vocabulary, categories: Vocabulary, window_start: np.ndarray,
                  top: int, *, plot_users: int = 50_000, seed: int = 0, part: int | None = None):
@@ -272,9 +273,17 @@ class TableWriters:
         self._degree[t] = np.where(self.started[self.sample], output.degree[self.sample], np.nan)
 
     def _states_of(self, changed: list[dict[str, np.ndarray]]) -> None:
-        # One row group per window, its columns in the pieces' chunks (concat_tables copies nothing).
-        self._write("states", pa.concat_tables([_state_rows(self.users, self.categories, piece, self.window_start,
-                                                            encoded=True) for piece in changed]))
+        # The pieces as row groups of about ROW_GROUP_ROWS rows (usually one a window), each built and written
+        # before the next is built: a window where many interests change at once is not held twice in Arrow.
+        group: list[dict[str, np.ndarray]] = []
+        rows = 0
+        for i, piece in enumerate(changed):
+            group.append(piece)
+            rows += len(piece["user"])
+            if i == len(changed) - 1 or rows >= self.ROW_GROUP_ROWS:
+                self._write("states", pa.concat_tables([_state_rows(self.users, self.categories, p, self.window_start,
+                                                                    encoded=True) for p in group]))
+                group, rows = [], 0
 
     def close(self) -> dict[str, int]:
         """Finish both files (empty ones with their columns if no row came); returns the rows of each."""
