@@ -29,8 +29,9 @@ from typing import NamedTuple
 
 import jax.numpy as jnp
 from jax import Array, lax
-from jax.scipy.special import gammaln
 from jax.typing import ArrayLike
+
+from ._special import lgamma
 
 
 class ChangepointParams(NamedTuple):
@@ -72,7 +73,7 @@ def bocpd_update(state: BocpdState, counts: ArrayLike, params: ChangepointParams
     a = params.prior_events + state.events
     b = params.prior_windows + state.windows
     # Negative-binomial predictive of x under each run length's Gamma posterior.
-    log_pred = gammaln(a + x) - gammaln(a) - gammaln(x + 1.0) + a * jnp.log(b / (b + 1.0)) - x * jnp.log(b + 1.0)
+    log_pred = lgamma(a + x) - lgamma(a) - lgamma(x + 1.0) + a * jnp.log(b / (b + 1.0)) - x * jnp.log(b + 1.0)
     joint = state.prob * jnp.exp(log_pred - log_pred.max(-1, keepdims=True))
     change = params.hazard * joint.sum(-1)
     grown = joint * (1.0 - params.hazard)

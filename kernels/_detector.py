@@ -45,9 +45,10 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 from jax import Array, lax
-from jax.scipy.special import betaln, gammaincc
+from jax.scipy.special import gammaincc
 from jax.typing import ArrayLike
 
+from ._special import betaln
 from ._states import ACTIVE, DECLINING, FORGOTTEN, NEW, NONE, REACTIVATED
 from ._timeseries import (
     COUNT_MAX,
