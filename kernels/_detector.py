@@ -44,6 +44,7 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import Array, lax
 from jax.scipy.special import gammaincc
 from jax.typing import ArrayLike
@@ -467,8 +468,12 @@ def silence_model(
 
 
 def age_class(exposure: ArrayLike) -> Array:
-    """The calibration class (int32) of an interest with ``exposure`` windows of history (``CAL_AGES``)."""
-    return jnp.searchsorted(jnp.asarray(CAL_AGES, jnp.float32), jnp.asarray(exposure, jnp.float32), side="right")
+    """The calibration class (int32) of an interest with ``exposure`` windows of history (``CAL_AGES``):
+    ``searchsorted(CAL_AGES, exposure, side="right")`` (NaN past the last), as a count of the ages reached
+    (elementwise: a search is a loop per element on a CPU)."""
+    exposure = jnp.asarray(exposure, jnp.float32)
+    reached = sum((exposure >= np.float32(age)).astype(jnp.int32) for age in CAL_AGES)
+    return jnp.where(jnp.isnan(exposure), len(CAL_AGES), reached).astype(jnp.int32)
 
 
 def pair_kappa(kappa: ArrayLike, exposure: ArrayLike) -> Array:

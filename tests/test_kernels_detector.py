@@ -597,3 +597,17 @@ def test_drop_tails_in_chunks_equal_the_tails_of_every_needed_row(share_needed):
     for got, want in zip((first, second), whole):
         np.testing.assert_array_equal(np.asarray(got)[need], np.asarray(want)[need])
         assert np.all(np.asarray(got)[~need] == 1.0)
+
+
+def test_age_class_is_searchsorted_over_the_calibration_ages():
+    """The class count equals NumPy's ``searchsorted(side="right")``, on the ages themselves, next to them,
+    fresh random exposures, infinities and NaN (past the last class, as NumPy sorts it)."""
+    from fgjax.kernels import _detector as kd
+
+    ages = np.asarray(kd.CAL_AGES, np.float32)
+    rng = np.random.default_rng()
+    x = np.concatenate([ages, np.nextafter(ages, -np.inf), np.nextafter(ages, np.inf), rng.uniform(-5, 100, 1000),
+                        [0.0, np.inf, -np.inf, np.nan]]).astype(np.float32)
+    got = np.asarray(jax.jit(kd.age_class)(x))
+    assert got.dtype == np.int32
+    np.testing.assert_array_equal(got, np.searchsorted(ages, x, side="right"))
