@@ -39,6 +39,7 @@ import shutil
 import socket
 import sys
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from importlib import metadata
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -206,7 +207,9 @@ class RunFolder:
         out, staging = self.out, self.staging
         staged = sorted(p.relative_to(staging).as_posix() for p in staging.rglob("*")
                         if p.is_file() and p.name != _MARKER and p.relative_to(staging).parts[0] != _CHECKPOINT)
-        files: dict[str, Any] = {name: file_digest(staging / name) for name in staged}
+        # The digests in threads (hashlib lets go of the GIL): a run's tables are read back once, side by side.
+        with ThreadPoolExecutor(max(1, min(len(staged), os.cpu_count() or 1)), "fgjax-digest") as pool:
+            files: dict[str, Any] = dict(zip(staged, pool.map(lambda name: file_digest(staging / name), staged)))
         has_checkpoint = (staging / _CHECKPOINT).is_dir()
         if has_checkpoint:
             files[f"{_CHECKPOINT}/"] = {"manifest": file_digest(staging / _CHECKPOINT / "fgjax.json")}
