@@ -7,13 +7,15 @@ the function's cost there (5.4 against 1.1 ns an element on the 2-core Xeon this
 The detector's silence test takes two ``betaln`` (three ``lgamma`` each) per (user, interest) per window,
 of Beta parameters that are prior pseudo-counts plus counts: at least 1/2 whenever the priors are. So
 ``betaln`` here checks that on the whole input (one reduction) and then runs the Lanczos branch alone
-(``lax.cond``), else XLA's ``lgamma`` as before.
+(``lax.cond``), else XLA's ``lgamma`` as before. Only on a CPU: elsewhere ``sin`` is cheap, and a
+conditional can cost the device a round trip, so there both are XLA's and jax's own.
 """
 
 from __future__ import annotations
 
 import math
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import Array, lax
@@ -50,6 +52,8 @@ def lgamma(x: ArrayLike) -> Array:
     """``lax.lgamma(x)`` (``jax.scipy.special.gammaln``, float32), bit for bit; the Lanczos branch alone
     (``lgamma_from_half``) when every ``x`` is at least 1/2 (checked here, over the whole input)."""
     x = jnp.asarray(x, jnp.float32)
+    if jax.default_backend() != "cpu":
+        return lax.lgamma(x)
     from_half = jnp.min(x, initial=jnp.inf) >= 0.5  # NaN fails it: XLA's lgamma then
     return lax.cond(from_half, lgamma_from_half, lax.lgamma, x)
 
@@ -89,6 +93,8 @@ def betaln(a: ArrayLike, b: ArrayLike) -> Array:
     reflection formula's cost when every ``a`` and ``b`` is at least 1/2 (checked here, over the whole input).
     """
     a, b = jnp.broadcast_arrays(jnp.asarray(a, jnp.float32), jnp.asarray(b, jnp.float32))
+    if jax.default_backend() != "cpu":
+        return _betaln_with(lax.lgamma, a, b)
     # NaN anywhere fails the test (a NaN comparison is false): XLA's lgamma then, as jax's betaln.
     from_half = jnp.min(jnp.minimum(a, b), initial=jnp.inf) >= 0.5
     return lax.cond(from_half, lambda a, b: _betaln_with(lgamma_from_half, a, b),

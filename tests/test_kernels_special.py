@@ -85,3 +85,18 @@ def test_lgamma_is_gammaln_bit_for_bit(below_half):
         x[::7] = rng.uniform(-3.5, 0.5, len(x[::7])).astype(np.float32)  # the reflection, poles included
         x[3] = -2.0
     np.testing.assert_array_equal(_bits(jax.jit(special.lgamma)(x)), _bits(jax.jit(gammaln)(x)))
+
+
+def test_elsewhere_than_a_cpu_both_are_xla_and_jax_own(monkeypatch):
+    """Off a CPU (no scalar ``sin`` to avoid, and a conditional may cost a device round trip) no ``lax.cond``:
+    the same values from XLA's ``lgamma``. (Shapes no other test uses: traces are cached by shape, not by
+    backend.)"""
+    monkeypatch.setattr(special.jax, "default_backend", lambda: "gpu")
+    rng = np.random.default_rng()
+    a = np.exp(rng.uniform(math.log(0.1), math.log(1e4), 10_007)).astype(np.float32)
+    b = np.exp(rng.uniform(math.log(0.5), math.log(1e4), 10_007)).astype(np.float32)
+    assert "cond" not in str(jax.make_jaxpr(special.betaln)(a, b)) + str(jax.make_jaxpr(special.lgamma)(a))
+    np.testing.assert_array_equal(_bits(jax.jit(special.betaln)(a, b)), _bits(jax.jit(jax_betaln)(a, b)))
+    np.testing.assert_array_equal(_bits(jax.jit(special.lgamma)(a)), _bits(jax.jit(lax.lgamma)(a)))
+    monkeypatch.undo()
+    assert "cond" in str(jax.make_jaxpr(special.betaln)(a[:1003], b[:1003]))
