@@ -369,6 +369,9 @@ class SequenceConfig:
     # constant, or cosine: one epoch of linear warm-up, then a cosine decay to 0 at the last of `epochs`
     lr_schedule: str = setting("constant", choices=("constant", "cosine"))
     weight_decay: float = setting(0.0, ge=0)
+    # Validate, select and serve an exponential moving average of the params with this decay per step instead of
+    # the last step's params (fgjax.training.averaging); 0 = off.
+    params_ema: float = setting(0.0, ge=0, lt=1)
     patience: int = setting(10, ge=0)  # validations without a better val NDCG@10 before stopping (0 = run all epochs)
     eval_every: int = setting(1, ge=1)  # epochs between validations
     seed: int = 0

@@ -66,7 +66,7 @@ from fgjax.errors import CheckpointError, ConfigError
 from fgjax.models import (CLOSED_FORM_MODELS, HISTORY_MODELS, INTEREST_MODELS, SEQUENCE_MODELS, Params, build_model,
                           split_params)
 from fgjax.ranking.topk import query_inputs, rank_items
-from fgjax.training import distributed, privacy, sparse
+from fgjax.training import averaging, distributed, privacy, sparse
 
 DATA_AXIS = "data"
 #: Validation ranks this many items (capped at the catalog): NDCG@10 selects the model.
@@ -172,7 +172,8 @@ def make_optimizer(config: Config, steps_per_epoch: int = 1) -> optax.GradientTr
     embedding_mlp, bpr: Adam (``train.learning_rate``, ``bpr.learning_rate``). Sequence models: global-norm
     clipping at 5 then AdamW (``sequence.learning_rate``, ``weight_decay``), at a constant rate or, with
     ``sequence.lr_schedule: cosine``, warmed up linearly over the first epoch and decayed along a cosine to 0 at
-    the last of ``sequence.epochs`` (``steps_per_epoch`` steps each).
+    the last of ``sequence.epochs`` (``steps_per_epoch`` steps each); with ``sequence.params_ema`` last an average
+    of the params (``averaging.params_ema``), which validation, selection and serving then use (``served_params``).
     """
     s = loop_settings(config)
     if config.model.name in SEQUENCE_MODELS:
@@ -182,7 +183,10 @@ def make_optimizer(config: Config, steps_per_epoch: int = 1) -> optax.GradientTr
             rate = optax.warmup_cosine_decay_schedule(0.0, s.learning_rate, warmup_steps=min(steps_per_epoch,
                                                                                               total - 1),
                                                       decay_steps=total, end_value=0.0)
-        return optax.chain(optax.clip_by_global_norm(5.0), optax.adamw(rate, weight_decay=s.weight_decay))
+        chain = [optax.clip_by_global_norm(5.0), optax.adamw(rate, weight_decay=s.weight_decay)]
+        if config.sequence.params_ema:
+            chain.append(averaging.params_ema(config.sequence.params_ema))
+        return optax.chain(*chain)
     return optax.adam(s.learning_rate)
 
 
@@ -339,7 +343,7 @@ def run_fingerprint(config: Config, examples: Batch, num_users: int, num_items: 
     if config.model.name in SEQUENCE_MODELS:
         architecture = {k: v for k, v in to_dict(config.sequence).items()
                         if k not in ("epochs", "patience", "eval_every", "batch_size", "learning_rate",
-                                     "weight_decay", "seed")}
+                                     "weight_decay", "seed", "params_ema")}
         if config.model.name not in INTEREST_MODELS:  # the other models' fingerprints stay as they were
             architecture = {k: v for k, v in architecture.items() if not k.startswith("interest_")}
     elif config.model.name == "itemknn":
@@ -361,9 +365,18 @@ def run_fingerprint(config: Config, examples: Batch, num_users: int, num_items: 
         "table_optimizer": config.train.table_optimizer,
         "architecture": architecture,
     }
+    if config.model.name in SEQUENCE_MODELS and config.sequence.params_ema:  # only then, as privacy below
+        fingerprint["params_ema"] = config.sequence.params_ema
     if config.train.privacy.enabled:  # only then: non-private checkpoints keep their fingerprint
         fingerprint["privacy"] = to_dict(config.train.privacy)
     return fingerprint
+
+
+def served_params(state: TrainState) -> Params:
+    """The params a state validates and serves: the ``params_ema`` average when the optimizer keeps one, else
+    the last step's."""
+    averaged = averaging.averaged_params(state.opt_state, state.params)
+    return state.params if averaged is None else averaged
 
 
 def _to_host(tree: Any) -> Any:
@@ -570,7 +583,7 @@ def train_examples(
                 "step": step, "epoch": step // steps_per_epoch, "batch_in_epoch": step % steps_per_epoch,
                 "steps_per_epoch": steps_per_epoch, "run": fingerprint, "history": history,
                 "epoch_loss": epoch_loss, "best": best, "stopped_early": stopped_early}
-        store.save(step, state.params if best_params is None else best_params, state, meta)
+        store.save(step, served_params(state) if best_params is None else best_params, state, meta)
 
     metrics_file = None
     if metrics_path and me == 0:
@@ -620,13 +633,13 @@ def train_examples(
                 record: dict[str, Any] = {"epoch": epoch + 1, "step": done,
                                           "train_loss": epoch_loss[0] / max(epoch_loss[1], 1)}
                 if validation is not None and ((epoch + 1) % settings.eval_every == 0 or epoch + 1 == settings.epochs):
-                    ranked = state.params if processes == 1 else _to_host(state.params)
+                    ranked = served_params(state) if processes == 1 else _to_host(served_params(state))
                     record.update(validate(graphdef, ranked, validation, num_items))
                     score = record.get(f"val_ndcg@{min(VAL_K, num_items)}")
                     select = plan is None and score is not None  # private: the last params are served
                     if select and score > best["ndcg"]:
                         best = {"ndcg": score, "epoch": epoch + 1, "since": 0}
-                        best_params = copy_params(state.params)
+                        best_params = copy_params(served_params(state))
                     elif select:
                         best["since"] += 1
                     stopped_early = bool(settings.patience and best["since"] >= settings.patience)
@@ -650,7 +663,7 @@ def train_examples(
             store.close()
         if metrics_file:
             metrics_file.close()
-    params = _to_host(state.params if best_params is None else best_params)
+    params = _to_host(served_params(state) if best_params is None else best_params)
     step_losses = _scalars(losses)
     spent = None if plan is None else {**plan.to_json(), "steps_run": int(done), "epsilon": plan.epsilon(int(done))}
     return TrainResult(graphdef, params, history, step_losses, int(done), resumed_from, int(best["epoch"]),
