@@ -59,6 +59,12 @@ def ref_threshold(gaps, exposure, p=P):
 
 MAX_LIMIT = 1 << 16  # the kernel's cap
 
+# Jitted once: called eagerly, the kernels' control flow (lax.cond, the bisection's loop) would compile anew at
+# every call. The params are traced, so another false_alarm is not another compilation.
+log_silence_probability = jax.jit(kernels._detector.log_silence_probability)
+silence_surprise = jax.jit(kernels.silence_surprise)
+silence_limit = jax.jit(kernels.silence_limit)
+
 
 def ref_limit(model, gap_limit, p=P):
     """The first s >= 1 whose float64 surprise reaches the threshold (bisection: it grows with s), then the gap and 2."""
@@ -284,14 +290,14 @@ def test_silence_probability_falls_and_the_surprise_grows():
                                      np.float32(silent), np.float32(gaps), np.float32(longest),
                                      np.float32(dispersion), gap_limit=np.float32(0), periodic=np.bool_(False),
                                      kappa=np.float32(1))
-        logs = [float(kernels._detector.log_silence_probability(s, model, P)) for s in range(8)]
+        logs = [float(log_silence_probability(np.float32(s), model, P)) for s in range(8)]
         assert logs[0] == 0.0
         refs = [ref_log_silence(s, *values) for s in range(8)]
         np.testing.assert_allclose(logs, refs, rtol=1e-4, atol=1e-4)
-        surprise = [float(kernels.silence_surprise(s, model, P)) for s in range(8)]
+        surprise = [float(silence_surprise(np.float32(s), model, P)) for s in range(8)]
         assert surprise[:2] == [0.0, 0.0] and all(a <= b + 1e-5 for a, b in zip(surprise, surprise[1:]))
         # s* is the first silence whose surprise reaches the threshold (and at least 2 windows).
-        limit = int(kernels.silence_limit(model, P))
+        limit = int(silence_limit(model, P))
         if exposure < P.min_history:
             assert limit == MAX_LIMIT
         else:
@@ -309,14 +315,14 @@ def test_the_surprise_grows_with_the_silence_and_the_limit_is_its_first_crossing
     values = (events, exposure, active, silent, gaps, dispersion, longest)
     model = kernels.SilenceModel(*(np.float32(v) for v in values[:5]), np.float32(longest), np.float32(dispersion),
                                  gap_limit=np.float32(0), periodic=np.bool_(False), kappa=np.float32(1))
-    surprise = np.asarray(kernels.silence_surprise(np.arange(40, dtype=np.float32), model, p))
+    surprise = np.asarray(silence_surprise(np.arange(40, dtype=np.float32), model, p))
     assert surprise[0] == 0 and surprise[1] == 0
     # Where the window model's reach ends exactly on a whole silence, float32 and float64 may put that
     # silence on either side of it (a jump between the two models): that silence is left out.
     edge = max(p.markov_reach, ref_threshold(gaps, exposure, p) / math.log(gaps + 1.0 + 1e-6)) * max(longest, 1)
     keep = [s for s in range(40) if abs(s - edge) > 1e-4 * edge] if abs(1 - edge) > 1e-4 * edge else [0]
     np.testing.assert_allclose(surprise[keep], [ref_surprise(s, *values, p=p) for s in keep], rtol=1e-3, atol=1e-3)
-    limit = int(kernels.silence_limit(model, p))
+    limit = int(silence_limit(model, p))
     want = ref_limit(values, 0, p)
     # float32 against float64 at an exact boundary may move the first crossing by one window.
     assert abs(limit - want) <= 1 or (limit == want == MAX_LIMIT)
@@ -333,8 +339,9 @@ def test_degree_alarm_uses_each_users_own_history():
     counts = np.ones((num_users, 1), np.float32)
     degrees = [np.array([0.1, 0.5]), np.array([0.12, 0.6]), np.array([0.11, 0.55]), np.array([0.5, 0.58])]
     alarms = []
+    step = jax.jit(lambda s, c, d: kernels.detector_update(s, c, d, P))
     for d in degrees:
-        state, out = kernels.detector_update(state, counts, d.astype(np.float32), P)
+        state, out = step(state, counts, d.astype(np.float32))
         alarms.append(np.asarray(out.degree_alarm).tolist())
     # The last F of 0.5 is an alarm for user 0 (history ~0.11) but not for user 1 (history ~0.55).
     assert alarms[-1] == [True, False]
