@@ -370,7 +370,8 @@ class SequenceConfig:
     lr_schedule: str = setting("constant", choices=("constant", "cosine"))
     weight_decay: float = setting(0.0, ge=0)
     # Validate, select and serve an exponential moving average of the params with this decay per step instead of
-    # the last step's params (fgjax.training.averaging); 0 = off.
+    # the last step's params (fgjax.training.averaging); 0 = off. Sequence models only (the others ignore it);
+    # refused with train.privacy, which serves the last step's params.
     params_ema: float = setting(0.0, ge=0, lt=1)
     patience: int = setting(10, ge=0)  # validations without a better val NDCG@10 before stopping (0 = run all epochs)
     eval_every: int = setting(1, ge=1)  # epochs between validations

@@ -82,6 +82,12 @@ def test_bad_decay_and_missing_params_are_errors():
         transform.update({"w": jnp.ones(2)}, state)
     with pytest.raises(ConfigError, match="params_ema"):
         load_config(None, ["sequence.params_ema=1.0"])
+    from fgjax.training.loop import LoopSettings, _check_private
+
+    private = load_config(None, ["model.name=time_sasrec", "train.privacy.enabled=true", "sequence.patience=0",
+                                 "sequence.params_ema=0.9"])
+    with pytest.raises(ConfigError, match="serves the last step's params: set sequence.params_ema=0"):
+        _check_private(private, LoopSettings(1, 1, 0.1, 0.0, 0, 0, 1), "sequence", np.zeros(4), 4)
     assert averaged_params(optax.adam(0.1).init({"w": jnp.ones(2)}), {"w": jnp.ones(2)}) is None
     assert isinstance(state, ParamsEmaState)
 

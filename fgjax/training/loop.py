@@ -25,7 +25,8 @@ The rest is shared:
   batches and the update rule) refuses to resume another run;
 - validation NDCG@10 / HitRate@10 through ``fgjax.ranking.rank_items`` (full
   catalog, known items masked) every ``eval_every`` epochs; the best epoch's
-  params are the ones served; ``patience`` validations without improvement
+  params are the ones served (with ``sequence.params_ema``, the params'
+  moving average at that epoch, ``averaging``); ``patience`` validations without improvement
   stop the run (0 = run every epoch);
 - Orbax checkpoints (``DIR/train/<step>``: ``params`` = the params to serve,
   ``state`` = the ``TrainState`` to resume, ``meta``), one JSON line per epoch
@@ -122,7 +123,8 @@ class TrainResult:
 
     Attributes:
       graphdef, params: the model to serve: the params of the best validated
-        epoch (the last params if never validated), on the host.
+        epoch (the last params if never validated), on the host; with
+        ``sequence.params_ema``, their moving average at that epoch.
       history: one dict per epoch (also written as JSONL).
       step_losses: ``(steps run in this call,)`` float32 training losses.
       steps: global step count reached.
@@ -683,6 +685,9 @@ def _check_private(config: Config, settings: LoopSettings, section: str, owners:
     if settings.patience:
         raise ConfigError(f"train.privacy.enabled needs {section}.patience=0: early stopping on validation is a "
                           "data-dependent choice the accountant does not cover")
+    if section == "sequence" and config.sequence.params_ema:
+        raise ConfigError(f"train.privacy.enabled serves the last step's params: set sequence.params_ema=0 "
+                          f"(got {config.sequence.params_ema})")
 
 
 def _fit_closed_form(
