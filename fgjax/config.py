@@ -359,6 +359,10 @@ class SequenceConfig:
     dropout: float = setting(0.2, ge=0, lt=1)
     loss: str = setting("full_softmax", choices=("full_softmax", "sampled_softmax"))
     sampled_negatives: int = setting(256, ge=1)  # uniform negatives per batch (sampled_softmax)
+    # Leave each position's known items (the distinct earlier items of its training window, never its target) out
+    # of the training softmax, as evaluation masks a user's known items; full_softmax only. For catalogs a user
+    # consumes once (ratings); off where users repeat items.
+    mask_known: bool = False
     # forgetting_sasrec: g_k = [k seen] * (1 + age_k / unit) ** -rate_k per interest k, logit += g . A_item;
     # learned (rate_k = softplus(rho_k), 0.5 at init) | none (rate 0: g = "interest ever seen", the ablation)
     interest_decay: str = setting("learned", choices=("learned", "none"))
@@ -380,6 +384,8 @@ class SequenceConfig:
     def _check(self, where: str) -> None:
         if self.dim % self.heads:
             raise ConfigError(f"{where}.dim={self.dim}: expected a multiple of {where}.heads={self.heads}")
+        if self.mask_known and self.loss != "full_softmax":
+            raise ConfigError(f"{where}.mask_known=true: expected {where}.loss=full_softmax, got {self.loss!r}")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -7,18 +7,19 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 from flax import nnx
 
-from fgjax.config import Config, ModelConfig, SequenceConfig
+from fgjax.config import Config, ModelConfig, SequenceConfig, load_config
 from fgjax.data.sequences import build_sequences
 from fgjax.data.split import ItemSets, leave_last_out
-from fgjax.errors import CheckpointError
+from fgjax.errors import CheckpointError, ConfigError
 from fgjax.models import build_model, split_params
 from fgjax.models.sequence import TimeAwareSASRec, count_params, time_buckets
 from fgjax.data.sequences import relative_times
 from fgjax.ranking.topk import query_inputs, rank_items
-from fgjax.training.loop import train_examples, validation_from, window_examples
+from fgjax.training.loop import run_fingerprint, train_examples, validation_from, window_examples
 
 
 def build_sequence_model(seq: SequenceConfig, num_items: int, *, seed: int):
@@ -182,6 +183,77 @@ def test_full_softmax_loss_matches_numpy_and_dropout_needs_a_key():
     assert not np.allclose(a, dropped.hidden_states(jnp.asarray(inputs), jnp.asarray(times), jax.random.key(1)))
 
 
+def _known_masked_reference(logits, inputs, targets, pad):
+    """float64 mean cross-entropy with each position's known items (distinct earlier inputs, not the target) left out."""
+    losses = []
+    for b, t in zip(*np.nonzero(targets >= 0)):
+        known = {int(i) for i in inputs[b, : t + 1] if i != pad} - {int(targets[b, t])}
+        keep = np.ones(logits.shape[-1], bool)
+        keep[sorted(known)] = False
+        row = logits[b, t]
+        top = row[keep].max()
+        losses.append(top + np.log(np.exp(row[keep] - top).sum()) - row[targets[b, t]])
+    return np.mean(losses)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_mask_known_loss_matches_numpy(seed):
+    """Padding, a repeated input, a target that is among its position's inputs: each as the float64 reference."""
+    rng = np.random.default_rng(seed)
+    model = _model("interval", mask_known=True)
+    inputs = rng.integers(0, 12, (4, 6)).astype(np.int32)
+    inputs[0, :2] = 12  # padding
+    targets = rng.integers(0, 12, (4, 6)).astype(np.int32)
+    targets[0, :2] = -1
+    inputs[1, 4] = inputs[1, 1]  # a repeat counts once
+    targets[2, 3] = inputs[2, 1]  # a known item as the target stays in its softmax
+    times = np.cumsum(rng.uniform(0, 1e4, (4, 6)), axis=1).astype(np.float32)
+    batch = {"items": jnp.asarray(inputs), "times": jnp.asarray(times), "targets": jnp.asarray(targets)}
+    loss = float(_loss(model, batch, jax.random.key(0)))
+    logits = np.asarray(_logits(model, jnp.asarray(inputs), jnp.asarray(times)), np.float64)
+    np.testing.assert_allclose(loss, _known_masked_reference(logits, inputs, targets, 12), rtol=1e-5)
+    plain = _model("interval")  # the same draws: masking only removes terms from each log-sum-exp
+    assert loss < float(_loss(plain, batch, jax.random.key(0)))
+
+
+def test_mask_known_gradients_match_autodiff_of_dense_logits():
+    """The chunked masked loss differentiates like the same loss on the dense (B, L, items) logits."""
+    rng = np.random.default_rng(7)
+    model = _model("interval", mask_known=True)
+    inputs = rng.integers(0, 12, (3, 6)).astype(np.int32)
+    inputs[0, :3] = 12
+    targets = rng.integers(0, 12, (3, 6)).astype(np.int32)
+    targets[0, :3] = -1
+    times = np.cumsum(rng.uniform(0, 1e4, (3, 6)), axis=1).astype(np.float32)
+    batch = {"items": jnp.asarray(inputs), "times": jnp.asarray(times), "targets": jnp.asarray(targets)}
+    earlier = np.tril(np.ones((6, 6), bool))
+    first = np.array([[row[s] not in row[:s] for s in range(6)] for row in inputs])
+    known = np.zeros((3, 6, 12), bool)
+    for b in range(3):
+        for t in range(6):
+            for s in range(6):
+                if earlier[t, s] and first[b, s] and inputs[b, s] != 12 and inputs[b, s] != targets[b, t]:
+                    known[b, t, inputs[b, s]] = True
+    valid = targets >= 0
+
+    def dense(m):
+        logits = jnp.where(known, -jnp.inf, m(batch["items"], batch["times"]))
+        ce = optax.softmax_cross_entropy_with_integer_labels(logits, jnp.maximum(batch["targets"], 0))
+        return jnp.sum(jnp.where(valid, ce, 0.0)) / valid.sum()
+
+    got = nnx.jit(nnx.grad(lambda m: m.loss(batch, jax.random.key(0))))(model)
+    want = nnx.jit(nnx.grad(dense))(model)
+    for a, b in zip(jax.tree.leaves(nnx.state(got)), jax.tree.leaves(nnx.state(want))):
+        np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-6)
+
+
+def test_mask_known_needs_the_full_softmax():
+    with pytest.raises(ValueError, match="mask_known needs loss='full_softmax'"):
+        _model("interval", mask_known=True, loss="sampled_softmax")
+    with pytest.raises(ConfigError, match="sequence.mask_known=true: expected sequence.loss=full_softmax"):
+        load_config(overrides=["sequence.mask_known=true", "sequence.loss=sampled_softmax"])
+
+
 def test_relative_times_are_float32_safe():
     items = np.array([[9, 1, 2], [9, 9, 9]])
     times = np.array([[0.0, 1.7e9, 1.7e9 + 1.0], [0.0, 0.0, 0.0]])
@@ -297,3 +369,14 @@ def test_eight_devices_train_like_one(tmp_path):
     # batch barely uses) into steps of up to lr = 1e-3, so params agree to ~lr.
     for a, b in zip(out["1"]["params"], out["8"]["params"]):
         np.testing.assert_allclose(b, a, rtol=1e-3, atol=5e-3)
+
+
+def test_mask_known_enters_the_run_fingerprint_only_when_on():
+    """Checkpoints written before the setting existed keep their fingerprint; a masked run is another run."""
+    examples = {"items": np.zeros((2, 3), np.int32)}
+    config = dataclasses.replace(Config(), model=ModelConfig(name="time_sasrec"))
+    off = run_fingerprint(config, examples, 4, 5)
+    on = run_fingerprint(dataclasses.replace(config, sequence=SequenceConfig(mask_known=True)), examples, 4, 5)
+    assert "mask_known" not in off["architecture"]
+    assert on["architecture"]["mask_known"] is True
+    assert {k: v for k, v in on["architecture"].items() if k != "mask_known"} == off["architecture"]

@@ -78,7 +78,7 @@ def build_model(config: Config | ModelConfig, num_users: int, num_items: int, *,
             max_len=seq.max_len, dim=seq.dim, heads=seq.heads, layers=seq.layers, ffn_mult=seq.ffn_mult,
             time_encoding="none" if name == "sasrec" else seq.time_encoding, time_unit=seq.time_unit_seconds,
             num_buckets=seq.time_buckets, dropout=seq.dropout, loss=seq.loss,
-            sampled_negatives=seq.sampled_negatives, rngs=nnx.Rngs(seed),
+            sampled_negatives=seq.sampled_negatives, mask_known=seq.mask_known, rngs=nnx.Rngs(seed),
         )
         if name in INTEREST_MODELS:
             if num_categories < 1:

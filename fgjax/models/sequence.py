@@ -51,7 +51,7 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 from jax import Array
-from fgjax.kernels import bernoulli_mask, weighted_softmax_cross_entropy
+from fgjax.kernels import bernoulli_mask, softmax_cross_entropy, weighted_softmax_cross_entropy
 
 TIME_ENCODINGS = ("none", "interval", "decay")
 LOSSES = ("full_softmax", "sampled_softmax")
@@ -140,6 +140,9 @@ class TimeAwareSASRec(nnx.Module):
       dropout: rate on embeddings, attention weights and residual branches.
       loss: ``full_softmax`` | ``sampled_softmax`` (``loss``); sampled_negatives:
         uniform negatives shared by a batch (``sampled_softmax``).
+      mask_known: leave each position's known items (the distinct earlier items of its
+        window, never its own target) out of the training softmax, as evaluation masks
+        a user's known items (``full_softmax`` only; for catalogs consumed once).
     """
 
     batch_fields = ("items", "times", "targets")
@@ -148,12 +151,16 @@ class TimeAwareSASRec(nnx.Module):
 
     def __init__(self, num_items: int, *, max_len: int = 50, dim: int = 64, heads: int = 2, layers: int = 2,
                  ffn_mult: int = 4, time_encoding: str = "interval", time_unit: float = 60.0, num_buckets: int = 32,
-                 dropout: float = 0.2, loss: str = "full_softmax", sampled_negatives: int = 256, rngs: nnx.Rngs):
+                 dropout: float = 0.2, loss: str = "full_softmax", sampled_negatives: int = 256,
+                 mask_known: bool = False, rngs: nnx.Rngs):
         if time_encoding not in TIME_ENCODINGS:
             raise ValueError(f"time_encoding={time_encoding!r}: expected one of {', '.join(TIME_ENCODINGS)}")
         if loss not in LOSSES:
             raise ValueError(f"loss={loss!r}: expected one of {', '.join(LOSSES)}")
+        if mask_known and loss != "full_softmax":
+            raise ValueError(f"mask_known needs loss='full_softmax', got loss={loss!r}")
         self.num_items = num_items
+        self.mask_known = mask_known
         self.loss_kind = loss
         self.sampled_negatives = sampled_negatives
         self.max_len = max_len
@@ -217,6 +224,9 @@ class TimeAwareSASRec(nnx.Module):
         targets = batch["targets"]
         valid = targets >= 0
         safe = jnp.where(valid, targets, 0)
+        if self.mask_known:
+            return jnp.sum(self._known_masked_losses(hidden, table, batch["items"], targets) * valid) / jnp.maximum(
+                jnp.sum(valid), 1)
         if self.loss_kind == "full_softmax":
             # Chunked, gradients with the forward: the (B * L, items) logits never sit in memory
             # (fgjax.kernels.weighted_softmax_cross_entropy); the weights are the mean over real positions.
@@ -230,6 +240,30 @@ class TimeAwareSASRec(nnx.Module):
         logits = jnp.concatenate([positive, negative], axis=-1)
         per_position = optax.softmax_cross_entropy_with_integer_labels(logits, jnp.zeros_like(safe))
         return jnp.sum(per_position * valid) / jnp.maximum(jnp.sum(valid), 1)
+
+    def _known_masked_losses(self, hidden: Array, table: Array, items: Array, targets: Array) -> Array:
+        """``(B, L)`` cross-entropies over the catalog less each position's known items.
+
+        The known items of position t are the distinct non-padding inputs at positions <= t other than its
+        target. With ``lse`` the full log-sum-exp and ``x`` the share of its mass on the known items,
+        ``logsumexp`` over the rest is ``lse + log1p(-x)``: one ``(B, L, L)`` product beside the full loss,
+        whose logits stay chunked (``fgjax.kernels.softmax_cross_entropy``).
+        """
+        batch, length = items.shape
+        safe_targets = jnp.maximum(targets, 0)
+        full = softmax_cross_entropy(hidden.reshape(-1, hidden.shape[-1]), table,
+                                     safe_targets.reshape(-1)).reshape(batch, length)
+        lse = full + jnp.sum(hidden * table[safe_targets], axis=-1)  # (B, L)
+        real = items != self.num_items
+        earlier = jnp.tril(jnp.ones((length, length), bool), -1)  # [s, s'] = s' < s
+        repeat = jnp.any((items[:, :, None] == items[:, None, :]) & earlier[None], axis=-1)  # (B, L): seen before
+        known = (jnp.tril(jnp.ones((length, length), bool))[None]  # [t, s] = s <= t
+                 & (real & ~repeat)[:, None, :] & (items[:, None, :] != targets[:, :, None]))
+        rows = table[jnp.where(real, items, 0)]  # (B, L, h)
+        prefix = jnp.einsum("btd,bsd->bts", hidden, rows)  # logits of the inputs at every position
+        share = jnp.sum(jnp.where(known, jnp.exp(prefix - lse[..., None]), 0.0), axis=-1)
+        # The target keeps some mass, so share < 1 up to rounding: the clip keeps log1p finite.
+        return full + jnp.log1p(-jnp.minimum(share, 1.0 - 1e-6))
 
     def position_queries(self, batch: Mapping[str, Array], key: Array | None = None) -> Array:
         """``(B, L, h)``: the query at every position of a batch (what ``loss`` scores against ``item_rows``)."""

@@ -346,6 +346,8 @@ def run_fingerprint(config: Config, examples: Batch, num_users: int, num_items: 
         architecture = {k: v for k, v in to_dict(config.sequence).items()
                         if k not in ("epochs", "patience", "eval_every", "batch_size", "learning_rate",
                                      "weight_decay", "seed", "params_ema")}
+        if not config.sequence.mask_known:  # only when on: older checkpoints keep their fingerprint
+            architecture.pop("mask_known")
         if config.model.name not in INTEREST_MODELS:  # the other models' fingerprints stay as they were
             architecture = {k: v for k, v in architecture.items() if not k.startswith("interest_")}
     elif config.model.name == "itemknn":
