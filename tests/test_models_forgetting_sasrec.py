@@ -145,6 +145,18 @@ def test_logits_are_h_dot_e_plus_g_dot_a(decay):
     valid = targets >= 0
     assert loss == pytest.approx(-np.mean(np.take_along_axis(log_p, np.where(valid, targets, 0)[..., None], -1)[..., 0][valid]),
                                  rel=1e-4)
+    # Known items out of the softmax (sequence.mask_known): the same gated logits, each position's distinct
+    # earlier inputs other than its target left out of its log-sum-exp.
+    model.mask_known = True
+    masked = float(_loss(model, {**inputs, "targets": jnp.asarray(targets)}, jax.random.key(0)))
+    want_masked = []
+    for b, t in zip(*np.nonzero(valid)):
+        known = sorted({int(i) for i in items[b, : t + 1] if i != 12} - {int(targets[b, t])})
+        row = np.delete(want[b, t], known)
+        top = row.max()
+        want_masked.append(top + np.log(np.exp(row - top).sum()) - want[b, t, targets[b, t]])
+    assert masked == pytest.approx(np.mean(want_masked), rel=1e-4)
+    assert masked < loss
 
 
 def test_initial_rate_is_one_half():
