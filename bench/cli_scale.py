@@ -15,7 +15,11 @@ seconds (then reported as not finished, not dropped):
 - ``numpy``: the plain NumPy + pyarrow script of ``bench.pipeline`` (core formulas, no detector), the
   peer the ratios are taken against.
 
-Runs go in the order given, so the most important comes first when time is short.
+Runs go in the order given, so the most important comes first when time is short. ``--repeat N`` runs
+every kind N times, in turn, and reports each kind's median run (with the range of its walls): on a shared
+2-core machine one run of the NumPy script took 3.2 s or 8.8 s on the same files, depending on what ran
+just before. Every run starts after an ``os.sync()``, so the pages the run before wrote are not flushed
+during it.
 
 ``--grow N``: each fgjax run again on shards of N times the events for the same users, days and files
 (``--data`` + ``_xN``), reporting the peak RSS growth (issue 14: at most 10 % at 4x the events)::
@@ -27,6 +31,7 @@ Runs go in the order given, so the most important comes first when time is short
 from __future__ import annotations
 
 import json
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -86,17 +91,23 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--categories", type=int, default=32)
     parser.add_argument("--kinds", default=",".join(KINDS), help=f"runs in order, from {', '.join(KINDS)}")
     parser.add_argument("--limit", type=float, default=600.0, help="seconds before a run is killed")
+    parser.add_argument("--repeat", type=int, default=1,
+                        help="rounds of every kind, in turn; each row reports its median run (walls on a shared "
+                             "2-core machine move by 2x from run to run, most with what ran just before)")
     parser.add_argument("--grow", type=int, default=0,
                         help="also run each fgjax kind on N times the events (same users) and report the RSS growth")
     parser.add_argument("--data", default="", help="folder for the shards and items table (kept; reused by a run of the same sizes and seed, refused for others)")
     args = parser.parse_args(argv)
     kinds = [k for k in args.kinds.split(",") if k]
+    if args.repeat < 1:
+        parser.error(f"--repeat {args.repeat}: expected at least 1")
     if unknown := sorted(set(kinds) - set(KINDS)):
         parser.error(f"--kinds: unknown {', '.join(unknown)}; expected some of {', '.join(KINDS)}")
     size = {key: getattr(args, key) or SIZES[args.scale][key] for key in SIZES["large"]}
     size.update(items=args.items, categories=args.categories)
     payload: dict[str, Any] = {"benchmark": "cli_scale", **_report.environment(),
-                               "config": {**size, "scale": args.scale, "kinds": kinds, "limit_s": args.limit}}
+                               "config": {**size, "scale": args.scale, "kinds": kinds, "limit_s": args.limit,
+                                          "repeat": args.repeat}}
     print(f"cli_scale on {payload['device']}: {size}", flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
@@ -108,8 +119,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         payload["generate_s"] = time.perf_counter() - t0
         payload["parquet_bytes"] = sum(p.stat().st_size for p in paths)
         payload["events"] = sum(pq.ParquetFile(p).metadata.num_rows for p in paths)
-        runs: dict[str, Any] = {kind: _run(kind, folder, items_path, Path(tmp) / f"out_{kind}", args.limit)
-                                for kind in kinds}
+        rounds: dict[str, list[dict[str, Any]]] = {kind: [] for kind in kinds}
+        for r in range(args.repeat):  # kinds in turn, so that drift over the minutes falls on every kind alike
+            for kind in kinds:
+                label = f"{kind} (round {r + 1} of {args.repeat})" if args.repeat > 1 else ""
+                rounds[kind].append(_run(kind, folder, items_path, Path(tmp) / f"out_{kind}_{r}", args.limit, label))
+        runs = {kind: _median_run(done) for kind, done in rounds.items()}
         grown: dict[str, Any] = {}
         if args.grow and (fgjax_kinds := [k for k in kinds if k in CLI_KINDS]):
             more = {**size, "events": size["events"] * args.grow}
@@ -121,6 +136,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             grown = {kind: _run(kind, data / "events", items_more, Path(tmp) / f"out_{kind}_x{args.grow}",
                                 args.limit, label=f"{kind} at {args.grow}x the events") for kind in fgjax_kinds}
     payload["runs"] = runs
+    payload["rounds"] = rounds if args.repeat > 1 else {}
     payload["grown"] = grown
     numpy_s = runs.get("numpy", {}).get("wall_s") if runs.get("numpy", {}).get("finished") else None
     rows = []
@@ -129,7 +145,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         more = grown.get(kind, {})
         growth = (more["peak_rss_bytes"] / run["peak_rss_bytes"] - 1.0) if (
             more.get("finished") and run["finished"]) else None
+        walls = [x["wall_s"] for x in rounds[kind] if x["finished"]]
         rows.append({"kind": kind, "wall_s": run["wall_s"] if run["finished"] else None, "cpu_s": run.get("cpu_s"),
+                     "wall_range": f"{min(walls):.1f}-{max(walls):.1f}" if walls else None,
                      "rss_gb": run["peak_rss_bytes"] / 1e9 if run["finished"] else None, "vs_numpy": ratio,
                      **{k: run.get("stages", {}).get(k) for k in ("pass1_s", "pass2_s", "compile_s", "write_s")},
                      "rss_growth": growth})
@@ -139,13 +157,22 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     cols = [("kind", "run", "s"), ("wall_s", "wall s", ".1f"), ("cpu_s", "CPU s", ".1f"), ("rss_gb", "peak RSS GB", ".2f"),
             ("vs_numpy", "vs NumPy", ".2f"), ("pass1_s", "pass 1 s", ".1f"), ("pass2_s", "pass 2 s", ".1f"),
             ("compile_s", "compile s", ".1f"), ("write_s", "write s", ".1f")]
+    if args.repeat > 1:
+        cols.insert(2, ("wall_range", f"walls of {args.repeat} rounds", "s"))
     if grown:
         cols.append(("rss_growth", f"RSS at {args.grow}x events", "+.1%"))
     return _report.finish(payload, args, rows, cols)
 
 
+def _median_run(done: list[dict[str, Any]]) -> dict[str, Any]:
+    """The run of median wall among the finished ones (the lower middle of an even count), else the first."""
+    finished = sorted((x for x in done if x["finished"]), key=lambda x: x["wall_s"])
+    return finished[(len(finished) - 1) // 2] if finished else done[0]
+
+
 def _run(kind: str, folder: Path, items_path: Path, out: Path, limit: float, label: str = "") -> dict[str, Any]:
     """One run of ``kind`` over the shards in ``folder`` in a fresh process; prints its line."""
+    os.sync()  # the run before's written pages go to disk now, not during this run
     if kind == "numpy":
         run = run_probe(NUMPY_PROBE, [str(folder), str(items_path), str(out) + ".parquet", "86400", "7"], limit)
     else:
