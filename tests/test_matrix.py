@@ -39,10 +39,11 @@ def test_every_cell_has_every_method_and_the_knobs_are_chosen_as_stated(tiny):
             for window, by_method in by_window.items():
                 grid = report.grid[share]
                 assert set(by_method) == set(M.METHODS)
-                # The silence rule: its best N on this very cell.
-                points = grid[story][window]["silence"]
-                best = max(range(len(points)), key=lambda i: points[i]["f1"] or 0.0)
-                assert by_method["silence"]["knob"] == knobs["silence"][best]
+                # The silence rule and the ceiling: their best knob on this very cell.
+                for method in M.ON_THE_CELL:
+                    points = grid[story][window][method]
+                    best = max(range(len(points)), key=lambda i: points[i]["f1"] or 0.0)
+                    assert by_method[method]["knob"] == knobs[method][best]
                 # The detector and the anchors: the knob with the best mean F1 on the *other* stories.
                 for method in ("detector", "bocpd", "cusum"):
                     others = [s for s in by_story if s != story]
@@ -53,6 +54,22 @@ def test_every_cell_has_every_method_and_the_knobs_are_chosen_as_stated(tiny):
                 assert by_method["detector_default"]["knob"] == config.analysis.detector.false_alarm
     text = M.format_summary(report)
     assert text.count("| classic | daily |") == 2 and "silence rule: N, F1, delay, loyal" in text
+    assert "ceiling: oracle F1, delay, loyal" in text
+
+
+def test_the_ceiling_reads_the_fade_definition_and_is_above_the_methods_on_classic(tiny):
+    """The oracle knows the rates: on the classic story's cells it is at least as good as every method."""
+    config, report = tiny
+    days = M.story_days(config, "classic")
+    posteriors = M.oracle_posteriors(config, days)
+    assert not np.array_equal(posteriors[0.25], posteriors[0.05])
+    counts = M.windowed(days, 7)
+    flags = M.method_alarms(config, counts, 0.25, 7, days, posteriors[0.25])["oracle"](0.9)
+    assert flags.shape == counts.shape and flags.any()
+    for share in ("0.25", "0.05"):
+        for window, by_method in report.cells[share]["classic"].items():
+            best_other = max(by_method[m]["f1"] or 0.0 for m in M.METHODS if m != "oracle")
+            assert by_method["oracle"]["f1"] >= best_other - 0.05, (share, window)
 
 
 def test_the_detector_reads_the_fade_definition_and_the_others_do_not(tiny):

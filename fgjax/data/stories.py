@@ -54,8 +54,10 @@ from fgjax.data.synthetic import (
     STABLE,
     STOPPED,
     StoryDraw,
+    TrueRates,
     _Catalog,
     draw_interests,
+    poisson_rates,
     start_epoch_us,
 )
 
@@ -119,7 +121,8 @@ def _draw_pairs(rng: np.random.Generator, config: SyntheticConfig, catalog: _Cat
     return (user, category, kind, *_timeline(rng, config, len(user)))
 
 
-def draw_seasonal(rng: np.random.Generator, config: SyntheticConfig, catalog: _Catalog, num_users: int) -> StoryDraw:
+def draw_seasonal(rng: np.random.Generator, config: SyntheticConfig, catalog: _Catalog, num_users: int, *,
+                        with_rates: bool = False) -> StoryDraw:
     d = config.num_days
     user, category, kind, start, change, resume = _draw_pairs(rng, config, catalog, num_users, config.periodic_fraction)
     n = len(user)
@@ -135,13 +138,17 @@ def draw_seasonal(rng: np.random.Generator, config: SyntheticConfig, catalog: _C
     mult = _multiplier(kind, start, change, resume, floor, half_life, d)
     day = np.arange(d)[None, :]
     on_day = ((day - phase[:, None]) % period[:, None]) == 0
-    mult = np.where((kind == PERIODIC)[:, None], on_day * period[:, None] * (day >= start[:, None]), mult)
+    unchanged = np.where((kind == PERIODIC)[:, None], on_day * period[:, None], 1.0) * (day >= start[:, None])
+    mult = np.where((kind == PERIODIC)[:, None], unchanged, mult)
     seasonal = PROFILES[profile[user]][:, _weekday(config)]  # (pairs, days)
-    rate = config.events_per_interest_per_day * (activity[user] * share)[:, None] * seasonal * mult
-    return StoryDraw(user, category, kind, start, change, resume, period, floor, half_life, rng.poisson(rate))
+    scale = config.events_per_interest_per_day * (activity[user] * share)[:, None] * seasonal
+    counts = rng.poisson(scale * mult)
+    rates = poisson_rates(counts, scale * unchanged) if with_rates else None
+    return StoryDraw(user, category, kind, start, change, resume, period, floor, half_life, counts, rates)
 
 
-def draw_hawkes(rng: np.random.Generator, config: SyntheticConfig, catalog: _Catalog, num_users: int) -> StoryDraw:
+def draw_hawkes(rng: np.random.Generator, config: SyntheticConfig, catalog: _Catalog, num_users: int, *,
+                      with_rates: bool = False) -> StoryDraw:
     d = config.num_days
     user, category, kind, start, change, resume = _draw_pairs(rng, config, catalog, num_users)
     n = len(user)
@@ -156,16 +163,26 @@ def draw_hawkes(rng: np.random.Generator, config: SyntheticConfig, catalog: _Cat
     mu = HAWKES_RATE * config.events_per_interest_per_day * activity * (1.0 - branching) / session
     excited = np.zeros(n)
     counts = np.zeros((n, d), np.int64)
+    sessions_by_day = np.zeros((n, d), np.int64) if with_rates else None
+    excited_by_day = np.zeros((n, d)) if with_rates else None
     for t in range(d):  # a loop over days, vectorized over pairs
         sessions = rng.poisson(mu * mult[:, t] + branching * (1.0 - decay) * excited)
         # A session holds 1 + Geometric events: the sum of s of them is s + NegBin(s, 1 / mean) extra.
         extra = rng.negative_binomial(np.maximum(sessions, 1), 1.0 / session)
         counts[:, t] = sessions + np.where(sessions > 0, extra, 0)
+        if with_rates:
+            sessions_by_day[:, t], excited_by_day[:, t] = sessions, branching * (1.0 - decay) * excited
         excited = decay * excited + sessions
-    return StoryDraw(user, category, kind, start, change, resume, np.zeros(n, np.int64), floor, half_life, counts)
+    rates = None
+    if with_rates:
+        started = np.arange(d)[None, :] >= start[:, None]
+        rates = TrueRates(sessions_by_day, mu[:, None] * started, excited_by_day)
+    return StoryDraw(user, category, kind, start, change, resume, np.zeros(n, np.int64), floor, half_life, counts,
+                     rates)
 
 
-def draw_engaged(rng: np.random.Generator, config: SyntheticConfig, catalog: _Catalog, num_users: int) -> StoryDraw:
+def draw_engaged(rng: np.random.Generator, config: SyntheticConfig, catalog: _Catalog, num_users: int, *,
+                       with_rates: bool = False) -> StoryDraw:
     d = config.num_days
     user, category, kind, start, change, resume = _draw_pairs(rng, config, catalog, num_users)
     n = len(user)
@@ -193,7 +210,11 @@ def draw_engaged(rng: np.random.Generator, config: SyntheticConfig, catalog: _Ca
     mean_level = (back + quiet * leave) / (back + leave)
     rate = config.events_per_interest_per_day * rng.lognormal(-0.5 * 0.6**2, 0.6, size=n) / mean_level[user]
     counts = rng.poisson(rate[:, None] * level * mult)
-    return StoryDraw(user, category, kind, start, change, resume, np.zeros(n, np.int64), floor, half_life, counts)
+    rates = None
+    if with_rates:  # engaged days known; a churner's shared stop day is not (each pair is judged alone)
+        rates = poisson_rates(counts, rate[:, None] * level * (np.arange(d)[None, :] >= start[:, None]))
+    return StoryDraw(user, category, kind, start, change, resume, np.zeros(n, np.int64), floor, half_life, counts,
+                     rates)
 
 
 STORIES = {"seasonal": draw_seasonal, "hawkes": draw_hawkes, "engaged": draw_engaged}

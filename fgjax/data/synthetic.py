@@ -235,6 +235,21 @@ class _Pairs:
 
 
 @dataclasses.dataclass(frozen=True)
+class TrueRates:
+    """What generated a story's counts, per (user, interest) and day: for the Bayes ceiling of detection
+    (``fgjax.evaluation.oracle``), which knows them and has to find only the change. All ``(pairs, days)``.
+
+    The series ``observed`` is Poisson with mean ``base * m + excited`` on each day, where ``m`` is the
+    change's multiplier (1 before it; 0 once stopped or paused; a fade's ``floor + (1 - floor) * 0.5 **
+    (days / half_life)``) and 0 before the interest starts.
+    """
+
+    observed: np.ndarray  # int64: the counts, or for hawkes the sessions (each holds one or more events)
+    base: np.ndarray  # float64: the mean the change multiplies (had the interest never changed)
+    excited: np.ndarray  # float64: a mean no change touches (hawkes: sessions excited by earlier ones; else 0)
+
+
+@dataclasses.dataclass(frozen=True)
 class StoryDraw:
     """What a story drew for one shard: the ground truth per (user, interest) and its daily counts.
 
@@ -251,26 +266,43 @@ class StoryDraw:
     fade_floor: np.ndarray  # fading: the share of the former rate the fade tends to (0 = to nothing)
     fade_half_life: np.ndarray  # fading: days for the rate's excess over the floor to halve
     counts: np.ndarray  # (pairs, days) int64 events per day
+    rates: TrueRates | None = None  # what generated the counts (``draw_story(with_rates=True)``), else None
 
 
-def draw_classic(rng: np.random.Generator, config: SyntheticConfig, catalog: _Catalog, num_users: int) -> StoryDraw:
+def poisson_rates(counts: np.ndarray, base: np.ndarray) -> TrueRates:
+    """``TrueRates`` of Poisson counts whose no-change mean is ``base`` (nothing excited)."""
+    return TrueRates(counts, np.asarray(base, np.float64), np.zeros(counts.shape))
+
+
+def draw_classic(rng: np.random.Generator, config: SyntheticConfig, catalog: _Catalog, num_users: int, *,
+                 with_rates: bool = False) -> StoryDraw:
     """The ``classic`` story: the kinds of this module's docstring, Poisson counts per day."""
     pairs = draw_pairs(rng, config, catalog, num_users)
     counts = rng.poisson(daily_rates(pairs, config))
     n = len(pairs.user)
+    rates = None
+    if with_rates:  # the same interests with their changes left out (periodic and bursty ones as they are)
+        changes = np.isin(pairs.kind, (FADING, STOPPED, REACTIVATED))
+        rates = poisson_rates(counts, daily_rates(dataclasses.replace(pairs, kind=np.where(changes, STABLE, pairs.kind)),
+                                                  config))
     return StoryDraw(
         pairs.user, pairs.category, pairs.kind, pairs.start_day, pairs.change_day, pairs.resume_day, pairs.period,
-        np.zeros(n), np.full(n, config.fade_half_life_days, np.float64), counts,
+        np.zeros(n), np.full(n, config.fade_half_life_days, np.float64), counts, rates,
     )
 
 
-def draw_story(rng: np.random.Generator, config: SyntheticConfig, catalog: _Catalog, num_users: int) -> StoryDraw:
-    """The shard's draw under ``config.story`` (``classic`` here; the others in ``fgjax.data.stories``)."""
+def draw_story(rng: np.random.Generator, config: SyntheticConfig, catalog: _Catalog, num_users: int, *,
+               with_rates: bool = False) -> StoryDraw:
+    """The shard's draw under ``config.story`` (``classic`` here; the others in ``fgjax.data.stories``).
+
+    ``with_rates``: also return what generated the counts (``StoryDraw.rates``), from the same draws (the
+    counts do not change).
+    """
     if config.story == "classic":
-        return draw_classic(rng, config, catalog, num_users)
+        return draw_classic(rng, config, catalog, num_users, with_rates=with_rates)
     from fgjax.data.stories import STORIES  # the other stories build on this module
 
-    return STORIES[config.story](rng, config, catalog, num_users)
+    return STORIES[config.story](rng, config, catalog, num_users, with_rates=with_rates)
 
 
 def draw_pairs(rng: np.random.Generator, config: SyntheticConfig, catalog: _Catalog, num_users: int) -> _Pairs:

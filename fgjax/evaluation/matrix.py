@@ -15,7 +15,10 @@ of ``evaluate.detection_window_days`` (daily, weekly), and scores, per
   for a drop to ``evaluate.cusum_ratio`` of the rate), the anchors of
   ``kernels/_changepoint.py``, their thresholds chosen leave-one-story-out too;
 - **silence rule**: "forgotten after N silent windows" at its best N *per
-  cell*, chosen on the very answers it is scored on (which favors it).
+  cell*, chosen on the very answers it is scored on (which favors it);
+- **oracle** (the ceiling): ``fgjax.evaluation.oracle``, the Bayes
+  posterior of "forgotten" from the story's true rates, alarming past a
+  threshold chosen on the cell itself: about the best F1 the cell allows.
 
 Per cell and method: F1, precision, recall and median delay of the first
 alarm (``detection.score``: an alarm counts from one window before the
@@ -54,10 +57,13 @@ from fgjax import kernels
 from fgjax.analysis import window_params, window_spec
 from fgjax.config import Config, to_dict
 from fgjax.data import synthetic
+from fgjax.evaluation import oracle
 from fgjax.evaluation.detection import Truth, detect_series, fade_forgotten_days, first_alarm, score, silence_alarms
 
 LOYAL = tuple(synthetic.KINDS.index(k) for k in ("stable", "periodic", "bursty"))
-METHODS = ("detector", "detector_default", "bocpd", "cusum", "silence")
+METHODS = ("detector", "detector_default", "bocpd", "cusum", "silence", "oracle")
+# Methods whose knob is chosen on the scored cell itself (a favor to a baseline; the ceiling's definition).
+ON_THE_CELL = ("silence", "oracle")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,6 +80,7 @@ class StoryDays:
     resume: np.ndarray
     fade_floor: np.ndarray
     fade_half_life: np.ndarray
+    rates: synthetic.TrueRates | None = None  # what generated each pair's counts, ``(pairs, days)`` (the oracle's)
 
 
 def story_days(config: Config, story: str) -> StoryDays:
@@ -86,11 +93,12 @@ def story_days(config: Config, story: str) -> StoryDays:
     counts = np.zeros((syn.num_days, syn.num_users, slots), np.float32)
     parts: dict[str, list[np.ndarray]] = {k: [] for k in ("user", "slot", "kind", "start", "change", "resume",
                                                           "fade_floor", "fade_half_life")}
+    rates: dict[str, list[np.ndarray]] = {f.name: [] for f in dataclasses.fields(synthetic.TrueRates)}
     for shard in range(-(-syn.num_users // syn.users_per_shard)):
         rng = np.random.default_rng([syn.seed, shard])
         first = shard * syn.users_per_shard
         num = min(syn.users_per_shard, syn.num_users - first)
-        draw = synthetic.draw_story(rng, syn, catalog, num)
+        draw = synthetic.draw_story(rng, syn, catalog, num, with_rates=True)
         # A user's pairs are grouped: its k-th pair goes to slot k.
         starts = np.searchsorted(draw.user, draw.user, side="left")
         slot = np.arange(len(draw.user)) - starts
@@ -100,7 +108,21 @@ def story_days(config: Config, story: str) -> StoryDays:
                             ("change", draw.change_day), ("resume", draw.resume_day),
                             ("fade_floor", draw.fade_floor), ("fade_half_life", draw.fade_half_life)):
             parts[name].append(np.asarray(value))
-    return StoryDays(story, counts, **{k: np.concatenate(v) for k, v in parts.items()})
+        for name in rates:
+            rates[name].append(getattr(draw.rates, name))
+    return StoryDays(story, counts, **{k: np.concatenate(v) for k, v in parts.items()},
+                     rates=synthetic.TrueRates(**{k: np.concatenate(v) for k, v in rates.items()}))
+
+
+def oracle_posteriors(config: Config, days: StoryDays) -> dict[float, np.ndarray]:
+    """``oracle.forgotten_posterior`` of the story's pairs at every share of ``evaluate.fade_shares``."""
+    if days.rates is None:
+        raise ValueError(f"story {days.story!r} was drawn without its rates (story_days draws them)")
+    syn = config.synthetic
+    return oracle.forgotten_posterior(days.rates, days.start, days.fade_floor, days.fade_half_life,
+                                      [float(s) for s in config.evaluate.fade_shares],
+                                      stop_prior=syn.stop_fraction + syn.reactivate_fraction,
+                                      fade_prior=syn.fade_fraction)
 
 
 def windowed(days: StoryDays, window_days: int) -> np.ndarray:
@@ -217,14 +239,18 @@ def sweeps(config: Config) -> dict[str, list[float]]:
         "bocpd": list(e.bocpd_threshold_sweep),
         "cusum": list(e.cusum_threshold_sweep),
         "silence": [float(n) for n in e.silence_sweep],
+        "oracle": list(e.oracle_sweep),
     }
 
 
-def method_alarms(config: Config, counts: np.ndarray, share: float,
-                  window_days: int = 1) -> dict[str, Callable[[float], np.ndarray]]:
+def method_alarms(config: Config, counts: np.ndarray, share: float, window_days: int = 1,
+                  days: StoryDays | None = None,
+                  posterior: np.ndarray | None = None) -> dict[str, Callable[[float], np.ndarray]]:
     """``knob -> (W, users, slots) bool forgotten`` per method, on one cell's counts (windows of ``window_days``).
 
-    The anchors' scores are computed once; each threshold only replays the sticky rule.
+    The anchors' scores are computed once; each threshold only replays the sticky rule. The oracle
+    needs the story (``days``) and its daily posterior at this share (``oracle_posteriors``): a window
+    is flagged when the posterior at its last day passes the knob.
     """
     acfg = dataclasses.replace(config.analysis, window_seconds=window_days * 86400.0,
                                detector=dataclasses.replace(config.analysis.detector, fade_share=share))
@@ -240,13 +266,23 @@ def method_alarms(config: Config, counts: np.ndarray, share: float,
                                                        config.evaluate.bocpd_run_lengths)),
         "cusum": functools.cache(lambda: _cusum_scores(device, _changepoint_params(config))),
     }
-    return {
+    methods = {
         "detector": detector,
         "detector_default": detector,
         "bocpd": lambda th: np.asarray(_sticky(scores["bocpd"](), jnp.float32(th))),
         "cusum": lambda th: np.asarray(_sticky(scores["cusum"](), jnp.float32(th))),
         "silence": lambda n: silence_alarms(counts, int(n)),
     }
+    if posterior is not None and days is not None:
+        at_window_end = posterior[:, window_days - 1: counts.shape[0] * window_days: window_days]  # (pairs, W)
+
+        def ceiling(q: float) -> np.ndarray:
+            flags = np.zeros(counts.shape, bool)
+            flags[:, days.user, days.slot] = (at_window_end > q).T
+            return flags
+
+        methods["oracle"] = ceiling
+    return methods
 
 
 @dataclasses.dataclass(frozen=True)
@@ -274,18 +310,19 @@ def evaluate_matrix(config: Config, report: Callable[[str], None] = lambda _: No
     shares = [str(s) for s in e.fade_shares]
     for story in e.detection_stories:
         days = story_days(config, story)
+        posteriors = oracle_posteriors(config, days)
         for wd in e.detection_window_days:
             counts = windowed(days, int(wd))
             window = _label(int(wd))
             truths = {s: story_truth(days, counts, int(wd), float(s), e.matrix_margin_days,
                                   e.min_expected_events) for s in shares}
             rows = {s: grid.setdefault(s, {}).setdefault(story, {}).setdefault(window, {}) for s in shares}
-            alarms = {s: method_alarms(config, counts, float(s), int(wd)) for s in shares}
+            alarms = {s: method_alarms(config, counts, float(s), int(wd), days, posteriors[float(s)]) for s in shares}
             for method, values in knobs.items():
                 for s in shares:
                     rows[s][method] = []
-                # Only the detector reads the fade definition; the others' alarms serve every share.
-                per_share = method.startswith("detector")
+                # Only the detector and the oracle read the fade definition; the others' alarms serve every share.
+                per_share = method.startswith("detector") or method == "oracle"
                 for v in values:
                     shared = None if per_share else alarms[shares[0]][method](v)
                     for s in shares:
@@ -298,8 +335,8 @@ def evaluate_matrix(config: Config, report: Callable[[str], None] = lambda _: No
             for window, by_method in by_window.items():
                 out = cells.setdefault(share_text, {}).setdefault(story, {}).setdefault(window, {})
                 for method, points in by_method.items():
-                    if method == "silence":
-                        i = int(np.argmax([p["f1"] or 0.0 for p in points]))  # best N on this very cell
+                    if method in ON_THE_CELL:
+                        i = int(np.argmax([p["f1"] or 0.0 for p in points]))  # best knob on this very cell
                     elif len(points) == 1:
                         i = 0
                     else:  # leave one story out: the best mean F1 on the other stories
@@ -328,6 +365,7 @@ METHOD_NAMES = {
     "bocpd": "BOCPD Poisson-Gamma (LOSO)",
     "cusum": "CUSUM quasi-Poisson (LOSO)",
     "silence": "silence rule, best N per cell",
+    "oracle": "oracle: Bayes posterior with the true rates, best q per cell (the ceiling)",
 }
 
 
@@ -357,20 +395,22 @@ def format_summary(matrix: MatrixReport) -> str:
     lines = []
     for share, by_story in matrix.cells.items():
         lines += [f"Fades forgotten below {float(share):.0%} of their former rate; detector knob (false_alarm) "
-                  "chosen on the other stories, silence rule's N on the cell itself.", "",
+                  "chosen on the other stories, silence rule's N and the oracle's threshold on the cell itself.", "",
                   "| story | windows | detector F1 (P / R) | delay | loyal ever flagged | flagged again "
-                  "| silence rule: N, F1, delay, loyal | BOCPD F1 | CUSUM F1 | detector at defaults: F1, loyal |",
-                  "| --- | --- | --- | ---: | ---: | ---: | --- | ---: | ---: | --- |"]
+                  "| silence rule: N, F1, delay, loyal | BOCPD F1 | CUSUM F1 | detector at defaults: F1, loyal "
+                  "| ceiling: oracle F1, delay, loyal |",
+                  "| --- | --- | --- | ---: | ---: | ---: | --- | ---: | ---: | --- | --- |"]
         for story, by_window in by_story.items():
             for window, m in by_window.items():
-                d, sil, dd = m["detector"], m["silence"], m["detector_default"]
+                d, sil, dd, top = m["detector"], m["silence"], m["detector_default"], m["oracle"]
                 lines.append(
                     f"| {story} | {window} | {_fmt(d['f1'])} ({_fmt(d['precision'], '.2f')} / "
                     f"{_fmt(d['recall'], '.2f')}) | {_fmt(d['median_delay'], '.0f')} "
                     f"| {_fmt(d['loyal_ever_flagged'])} | {_fmt(d['reactivated_flagged_again'])} "
                     f"| N={sil['knob']:g}: {_fmt(sil['f1'])}, {_fmt(sil['median_delay'], '.0f')}, "
                     f"{_fmt(sil['loyal_ever_flagged'])} | {_fmt(m['bocpd']['f1'])} | {_fmt(m['cusum']['f1'])} "
-                    f"| {_fmt(dd['f1'])}, {_fmt(dd['loyal_ever_flagged'])} |")
+                    f"| {_fmt(dd['f1'])}, {_fmt(dd['loyal_ever_flagged'])} "
+                    f"| {_fmt(top['f1'])}, {_fmt(top['median_delay'], '.0f')}, {_fmt(top['loyal_ever_flagged'])} |")
         lines.append("")
     return "\n".join(lines)
 
