@@ -223,6 +223,10 @@ class DetectorConfig:
     prior_events: float = setting(1.0, gt=0)  # Gamma prior on an interest's event rate: pseudo-events ...
     prior_windows: float = setting(1.0, gt=0)  # ... over pseudo-windows
     prior_strength: float = setting(1.0, gt=0)  # Beta priors of the window model's transitions: pseudo windows each way
+    # The window model's prior on how silences go on: this many pseudo windows at the population's share of
+    # silent windows followed by a silent one (empirical Bayes; 0 = prior_strength each way). Chosen on the
+    # classic story alone (4, 10, 30, 100, 300), reported on the others (bench/RESULTS.md, issue 10).
+    population_strength: float = setting(30.0, ge=0)
     min_gaps: float = setting(3.0, ge=0)  # silences an interest came back from before the window model is used
     # The window model speaks for silences up to max(this, log(life * starts / false_alarm) / log(gaps + 1))
     # times the longest seen (docs/formulas.md).

@@ -110,6 +110,7 @@ class DetectorParams(NamedTuple):
     prior_events: ArrayLike  # Gamma prior on the event rate: events ...
     prior_windows: ArrayLike  # ... over windows
     prior_strength: ArrayLike  # Beta priors of the window model's transitions: pseudo windows each way
+    population_strength: ArrayLike  # the silences' continuation prior: pseudo windows at the population's share (0 = prior_strength each way)
     min_gaps: ArrayLike  # silences the interest came back from before the window model is used
     markov_reach: ArrayLike  # the window model's least reach, in times the longest silence seen (life budget may raise it)
     calibration_share: ArrayLike  # the tail share of the population's completed silences kappa matches
@@ -137,6 +138,8 @@ class DetectorState(NamedTuple):
       state: int8 codes.
       calibration: ``(len(CAL_AGES) + 1, CAL_BINS)`` float32 the population's completed silences by the
         interest's history (``CAL_AGES``) and the surprise they reached.
+      silence_totals: ``(2,)`` float32 the population's completed silences: their silent windows followed by
+        another silent one, and all their silent windows (``population_stay_share``).
       degree_moments: ``(users,)`` running moments of F(u, t) since the user's first activity.
       period_index: int16 the dominant frequency j of the last periodogram taken (period T / j; 0 = none,
         or its strength is below ``min_strength``); period_strength: float32 the peak's strength. Taken
@@ -162,6 +165,7 @@ class DetectorState(NamedTuple):
     degree_moments: RunningMoments
     period_index: Array
     period_strength: Array
+    silence_totals: Array
 
 
 class DetectorOutput(NamedTuple):
@@ -181,6 +185,8 @@ class DetectorOutput(NamedTuple):
       dispersion: float32 var / mean (>= 1) of the counts before the current silence.
       kappa: ``(len(CAL_AGES) + 1,)`` float32 the population's calibration of the silence test per
         class of history (``calibration_scale``).
+      stay_share: ``()`` float32 the population's share of silent windows followed by a silent one
+        (``population_stay_share``), the window model's prior.
       degree_threshold: ``(users,)`` float32 the user's adaptive F threshold.
       degree_alarm: ``(users,)`` bool F(u, t) above it.
     """
@@ -199,6 +205,7 @@ class DetectorOutput(NamedTuple):
     kappa: Array
     degree_threshold: Array
     degree_alarm: Array
+    stay_share: Array
 
 
 def detector_init(num_users: int, num_interests: int, buffer_windows: int = 64) -> DetectorState:
@@ -224,6 +231,7 @@ def detector_init(num_users: int, num_interests: int, buffer_windows: int = 64) 
         degree_moments=running_moments_init((num_users,)),
         period_index=jnp.zeros(shape, jnp.int16),
         period_strength=jnp.zeros(shape, jnp.float32),
+        silence_totals=jnp.zeros((2,), jnp.float32),
     )
 
 
@@ -310,7 +318,13 @@ def log_silence_probability(silence: ArrayLike, model: SilenceModel, params: Det
       ``theta ~ Beta(prior_strength + silent -> silent, prior_strength +
       gaps)``, so ``P(s) = E[pi] E[theta ** (s - 1)]`` (beta-binomial): the
       lengths of the silences the interest came back from say how long its
-      silences run (sessions, weekday habits, disengaged spells).
+      silences run (sessions, weekday habits, disengaged spells). With
+      ``population_strength`` n > 0, theta's prior is ``Beta(n q, n (1 - q))``
+      instead, q the population's share of silent windows followed by a silent
+      one (``model.stay_share``): a short history borrows how silences run in
+      the population it is judged in (empirical Bayes), rather than a flat
+      prior whose heavy tail makes every long silence of a young interest plausible
+      and whose mean 1/2 makes it implausible in the same breath.
 
     1 at s = 0.
     """
@@ -327,7 +341,10 @@ def log_silence_probability(silence: ArrayLike, model: SilenceModel, params: Det
     m = jnp.asarray(params.prior_strength, jnp.float32)
     gaps = model.gaps
     start_on, start_off = m + gaps, m + jnp.maximum(model.active_windows - gaps, 0.0)
-    stay_on, stay_off = m + jnp.maximum(model.silent_windows - gaps, 0.0), m + gaps
+    n = jnp.asarray(params.population_strength, jnp.float32)
+    share = 0.5 if model.stay_share is None else model.stay_share
+    prior_on, prior_off = jnp.where(n > 0, n * share, m), jnp.where(n > 0, n * (1.0 - share), m)
+    stay_on, stay_off = prior_on + jnp.maximum(model.silent_windows - gaps, 0.0), prior_off + gaps
     # log B(on + s - 1, off) - log B(on, off); betaln stays accurate in float32 where a
     # difference of four gammaln values of thousands would not.
     by_windows = (jnp.log(start_on) - jnp.log(start_on + start_off)
@@ -423,12 +440,16 @@ class SilenceModel(NamedTuple):
     # the smaller of the runs and steps indices (``history_dispersion``), so a fade under way,
     # which inflates the first, does not pass for noise around a stable rate.
     information: Array | None = None
+    # The population's share of silent windows followed by a silent one (``population_stay_share``), the window
+    # model's prior with ``population_strength`` > 0; None = 1/2.
+    stay_share: Array | None = None
 
 
 def silence_model(
     total: ArrayLike, alive: ArrayLike, silence: ArrayLike, active_windows: ArrayLike, gaps: ArrayLike,
     longest_gap: ArrayLike, period: ArrayLike, period_strength: ArrayLike, dispersion: ArrayLike,
     kappa: ArrayLike, params: DetectorParams, buffer_windows: int, steps: ArrayLike | None = None,
+    stay_share: ArrayLike | None = None,
 ) -> SilenceModel:
     """``SilenceModel`` from the counters after a window (elementwise, any shape).
 
@@ -438,7 +459,8 @@ def silence_model(
     The expected gap is the longest silence the interest came back from, or
     its period minus one when that is longer. ``dispersion`` and ``steps``
     are ``history_dispersion``'s runs and steps indices; the rate posterior
-    uses the smaller (``information``; the runs index alone without ``steps``).
+    uses the smaller (``information``; the runs index alone without ``steps``). ``stay_share``: the
+    population's (``population_stay_share``; None = 1/2).
     """
     f32 = lambda x: jnp.asarray(x, jnp.float32)  # noqa: E731
     alive = f32(alive)
@@ -464,6 +486,7 @@ def silence_model(
         kappa=jnp.broadcast_to(f32(kappa), alive.shape),  # per pair: pair_kappa of the class kappas
         information=None if steps is None else jnp.maximum(
             jnp.minimum(jnp.broadcast_to(f32(dispersion), alive.shape), f32(steps)), 1.0),
+        stay_share=None if stay_share is None else jnp.broadcast_to(f32(stay_share), alive.shape),
     )
 
 
@@ -515,6 +538,20 @@ def calibration_add(histogram: Array, surprise: ArrayLike, exposure: ArrayLike, 
     cls = jnp.broadcast_to(age_class(exposure), index.shape)
     return jnp.asarray(histogram).at[cls.ravel(), index.astype(jnp.int32).ravel()].add(
         jnp.asarray(done, jnp.float32).ravel())
+
+
+def population_stay_share(totals: ArrayLike) -> Array:
+    """The population's share of silent windows followed by another silent one, ``(stays + 1) / (silent + 2)``
+    from ``DetectorState.silence_totals`` (1/2 before any silence ended), kept in [0.05, 0.95]."""
+    totals = jnp.asarray(totals, jnp.float32)
+    return jnp.clip((totals[0] + 1.0) / (totals[1] + 2.0), 0.05, 0.95)
+
+
+def silence_totals_add(totals: Array, silence: ArrayLike, done: ArrayLike) -> Array:
+    """``totals`` with the completed silences (``done``, of ``silence`` windows each) added: ``silence - 1``
+    silent windows followed by a silent one, ``silence`` silent windows."""
+    s = jnp.where(jnp.asarray(done, bool), jnp.asarray(silence, jnp.float32), 0.0)
+    return jnp.asarray(totals, jnp.float32) + jnp.stack([jnp.sum(jnp.maximum(s - 1.0, 0.0)), jnp.sum(s)])
 
 
 def window_level(params: DetectorParams) -> Array:
@@ -725,7 +762,7 @@ def _drop_tails(k: Array, mean: Array, fade_share: ArrayLike, may: Array, level:
 
 
 def _judge(
-    raw: Array, age: Array, b: _Block, kappa: Array, params: DetectorParams, with_limits: bool, periodogram: str,
+    raw: Array, age: Array, b: _Block, kappa: Array, stay_share: Array, params: DetectorParams, with_limits: bool, periodogram: str,
     small: bool, window: Array, start: Array, period_every: int,
 ) -> dict[str, Array]:
     """The time-series features, both tests and the state machine for one block.
@@ -734,6 +771,7 @@ def _judge(
       raw: ``(B, K, T)`` uint8 the block's ring buffer slots (after this window's write).
       age: ``(T,)`` int32 age of each slot (0 = this window).
       kappa: ``(classes,)`` the population's calibration per class of history.
+      stay_share: ``()`` the population's share of silent windows followed by a silent one.
       periodogram, small: how the dominant period is found (``_series_features``).
       window, start, period_every: whose periodogram is taken anew (``_periodogram``).
     """
@@ -764,7 +802,7 @@ def _judge(
     silence_dispersion, step_spread = history_dispersion(b.total, b.sum_sq, b.sum_lag, alive_before)
     exposure = jnp.maximum(alive_before - 1, 0)
     model = silence_model(b.total, b.alive, b.silence, b.active_windows, b.gaps, b.longest_gap, period, strength,
-                          silence_dispersion, pair_kappa(kappa, exposure), params, length, step_spread)
+                          silence_dispersion, pair_kappa(kappa, exposure), params, length, step_spread, stay_share)
     periodic = model.periodic
     limit = jnp.where(b.alive > 0, model_silence_limit(model, params), 0) if with_limits else None
     surprise = jnp.where(b.alive > 0, silence_surprise(b.silence, model, params), 0.0)
@@ -910,6 +948,7 @@ def detector_update(
     buffer = activity_buffer_update(state.buffer, counts)
     # The population's calibration from the silences completed before this window.
     kappa = calibration_scale(state.calibration, params)
+    stay_share = population_stay_share(state.silence_totals)
     # A returned interest's history starts again, and so does its period (a one-window history has none).
     block = _Block(counts, alive, silence, total, sum_sq, sum_lag, active_windows, gaps, longest_gap,
                    state.since_return, state.state, jnp.where(back, 0, state.period_index).astype(jnp.int16),
@@ -932,7 +971,7 @@ def detector_update(
     def judge(start, size):
         rows = jax.tree.map(lambda a: lax.dynamic_slice_in_dim(a, start, size, axis=0), block)
         raw = lax.dynamic_slice_in_dim(buffer.counts, start, size, axis=0)  # (size, K, T) uint8
-        return _judge(raw, age, rows, kappa, params, with_limits, periodogram, small, state.window, start,
+        return _judge(raw, age, rows, kappa, stay_share, params, with_limits, periodogram, small, state.window, start,
                       period_every)
 
     judged = _in_blocks(judge, num_users, size)
@@ -942,6 +981,7 @@ def detector_update(
     ended = came_back
     calibration = calibration_add(state.calibration, state.surprise,
                                   jnp.maximum(state.alive - state.silence - 1, 0), ended)
+    silence_totals = silence_totals_add(state.silence_totals, state.silence, ended)
 
     # Per-user F alarm against the user's own history (before this window).
     started = jnp.any(alive > 0, axis=1)
@@ -974,6 +1014,7 @@ def detector_update(
         degree_moments=moments,
         period_index=judged["period_index"],
         period_strength=judged["period_strength"],
+        silence_totals=silence_totals,
     )
     output = DetectorOutput(
         state=code,
@@ -990,5 +1031,6 @@ def detector_update(
         kappa=kappa,
         degree_threshold=threshold,
         degree_alarm=alarm,
+        stay_share=stay_share,
     )
     return new_state, output

@@ -21,10 +21,13 @@ from fgjax.kernels import ACTIVE, DECLINING, FORGOTTEN, NEW, NONE, REACTIVATED
 
 P = DetectorConfig().kernel_params()  # the defaults live in the config
 # The reference leaves the population's calibration out (kappa = 1): a prior worth 1e12 silences pins it.
-PF = P._replace(calibration_prior=1e12)
+# The population's calibration and prior off: the from-scratch reference judges each pair alone (the two
+# population terms are tested apart, below).
+PF = P._replace(calibration_prior=1e12, population_strength=0.0)
 
 
-def ref_log_silence(s, events, exposure, active, silent, gaps, dispersion, longest=0, information=None, p=P):
+def ref_log_silence(s, events, exposure, active, silent, gaps, dispersion, longest=0, information=None, p=P,
+                    stay_share=0.5):
     """float64 log P(s empty windows): max of the events model and (with enough gaps) the Markov model."""
     if s <= 0:
         return 0.0
@@ -38,7 +41,9 @@ def ref_log_silence(s, events, exposure, active, silent, gaps, dispersion, longe
         return by_events
     m = p.prior_strength
     start_on, start_off = m + gaps, m + max(active - gaps, 0)
-    stay_on, stay_off = m + max(silent - gaps, 0), m + gaps
+    n = p.population_strength  # theta's prior: the population's share, or prior_strength each way
+    prior_on, prior_off = (n * stay_share, n * (1 - stay_share)) if n > 0 else (m, m)
+    stay_on, stay_off = prior_on + max(silent - gaps, 0), prior_off + gaps
     log_start = math.log(start_on / (start_on + start_off))
     k = s - 1  # E[theta ** k] = B(on + k, off) / B(on, off)
     log_stay = (math.lgamma(stay_on + k) - math.lgamma(stay_on)
@@ -46,10 +51,11 @@ def ref_log_silence(s, events, exposure, active, silent, gaps, dispersion, longe
     return max(by_events, log_start + log_stay)
 
 
-def ref_surprise(s, *model, p=P):
+def ref_surprise(s, *model, p=P, stay_share=0.5):
     if s < 1:
         return 0.0
-    return max(ref_log_silence(1, *model, p=p) - ref_log_silence(s, *model, p=p), 0.0)
+    return max(ref_log_silence(1, *model, p=p, stay_share=stay_share)
+               - ref_log_silence(s, *model, p=p, stay_share=stay_share), 0.0)
 
 
 def ref_threshold(gaps, exposure, p=P):
@@ -618,3 +624,42 @@ def test_age_class_is_searchsorted_over_the_calibration_ages():
     got = np.asarray(jax.jit(kd.age_class)(x))
     assert got.dtype == np.int32
     np.testing.assert_array_equal(got, np.searchsorted(ages, x, side="right"))
+
+
+@pytest.mark.parametrize("share", [0.1, 0.5, 0.85])
+def test_the_window_models_prior_is_the_populations_share(share):
+    """With population_strength n, theta ~ Beta(n q + stays, n (1 - q) + gaps): against float64, and a
+    population whose silences run on makes the same silence less surprising."""
+    values = (60, 50, 30, 20, 8, 1.5, 4)  # eight gaps: the window model speaks
+    model = kernels.SilenceModel(*(np.float32(v) for v in values[:5]), np.float32(values[6]), np.float32(values[5]),
+                                 gap_limit=np.float32(0), periodic=np.bool_(False), kappa=np.float32(1),
+                                 stay_share=np.float32(share))
+    logs = [float(log_silence_probability(np.float32(s), model, P)) for s in range(1, 14)]
+    refs = [ref_log_silence(s, *values, stay_share=share) for s in range(1, 14)]
+    np.testing.assert_allclose(logs, refs, rtol=1e-4, atol=1e-4)
+    flat = [ref_log_silence(s, *values, p=P._replace(population_strength=0.0)) for s in range(1, 14)]
+    assert refs != flat  # the prior matters here
+    surprise = lambda q: [ref_surprise(s, *values, stay_share=q) for s in range(2, 14)]  # noqa: E731
+    assert all(a <= b + 1e-12 for a, b in zip(surprise(0.95), surprise(share)))
+
+
+def test_population_totals_count_completed_silences_but_not_returns():
+    """silence_totals adds (silence - 1, silence) per silence that ended with activity; a return from forgotten
+    (a pause) is left out; each window's stay_share is (stays + 1) / (silent + 2) of the totals before it."""
+    W = 40
+    busy = np.full(W, 3.0)
+    busy[[10, 11, 12]] = 0.0  # a 3-window silence, ended at window 13: (2, 3)
+    busy[[20]] = 0.0  # a 1-window silence, ended at window 21: (0, 1)
+    paused = np.where(np.arange(W) < 8, 5.0, 0.0)
+    paused[30:] = 5.0  # forgotten long before window 30: its return is no silence of the population's
+    state = kernels.detector_init(2, 1, 16)
+    update = jax.jit(kernels.detector_update)
+    seen = []
+    for t in range(W):
+        before = np.asarray(state.silence_totals).tolist()
+        state, out = update(state, np.stack([busy[t], paused[t]])[:, None].astype(np.float32), None, P)
+        seen.append(np.asarray(state.silence_totals).tolist())
+        want = min(max((before[0] + 1) / (before[1] + 2), 0.05), 0.95)
+        assert float(out.stay_share) == pytest.approx(want, rel=1e-6)
+    assert seen[12] == [0.0, 0.0] and seen[13] == [2.0, 3.0] and seen[21] == [2.0, 4.0]
+    assert seen[-1] == [2.0, 4.0]

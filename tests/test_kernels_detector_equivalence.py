@@ -27,7 +27,9 @@ from fgjax.config import DetectorConfig
 from fgjax.kernels import ACTIVE, DECLINING, FORGOTTEN, NEW, NONE, REACTIVATED
 from fgjax.kernels import _detector as kd
 
-P = DetectorConfig().kernel_params()
+# The frozen reference predates the window model's population prior: compared with it off (tested apart in
+# tests/test_kernels_detector.py), the same answers.
+P = DetectorConfig().kernel_params()._replace(population_strength=0.0)
 
 
 # ---- frozen reference: kernels/_detector.py and kernels/_timeseries.py at a8d0a9e ----------------------------------
@@ -167,12 +169,14 @@ def reference_update(state, counts, degree, params, *, with_limits=True):
         calibration=calibration, degree_moments=moments,
         # Stored by the new update only (period_every); its outputs (period, strength) are compared.
         period_index=state.period_index, period_strength=state.period_strength,
+        silence_totals=kd.silence_totals_add(state.silence_totals, state.silence, came_back),
     )
     output = kernels.DetectorOutput(
         state=code, silence=silence, silence_limit=judged.get("silence_limit"), rate=judged["rate"],
         recent=judged["recent"], expected_recent=judged["expected_recent"], trend=judged["trend"],
         dispersion=judged["dispersion"], period=judged["period"], period_strength=judged["period_strength"],
         last_active=last_active, kappa=kappa, degree_threshold=threshold, degree_alarm=alarm,
+        stay_share=kd.population_stay_share(state.silence_totals),
     )
     return new_state, output, series, alive
 

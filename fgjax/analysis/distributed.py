@@ -17,7 +17,8 @@ A window then runs in two halves (``fgjax.analysis.window``):
   process closes the window for its own rows, as one process would for all (so
   ``detector.user_block`` bounds the temporaries per process); every value is per
   user but the adaptive detector's calibration histogram, whose window increment is
-  summed over the processes (``psum``, exact: counts), so every process judges with
+  summed over the processes (``psum``, exact: counts; so are the completed silences' totals
+  behind the window model's prior), so every process judges with
   the population's calibration and the states equal one process's (tested).
 
 Each process then reads its own rows of the outputs from its shard (no transfer)
@@ -168,12 +169,15 @@ def local(tree: Any) -> Any:
 
 def _close_shard(carry: AnalysisCarry, added: jax.Array, counts: jax.Array, params: WindowParams, *,
                  spec: WindowSpec) -> tuple[AnalysisCarry, WindowOutput, WindowDetail]:
-    """``close_window`` on one process's rows, with the calibration histogram's increment summed over all."""
+    """``close_window`` on one process's rows, with the population's increments (the calibration histogram,
+    the completed silences' totals) summed over all."""
     new, out, detail = close_window(carry, added, counts, params, spec)
     if spec.detector == "adaptive":
-        before = carry.detector.calibration
-        calibration = before + jax.lax.psum(new.detector.calibration - before, AXIS)
-        new = new._replace(detector=new.detector._replace(calibration=calibration))
+        summed = {}
+        for name in ("calibration", "silence_totals"):
+            before = getattr(carry.detector, name)
+            summed[name] = before + jax.lax.psum(getattr(new.detector, name) - before, AXIS)
+        new = new._replace(detector=new.detector._replace(**summed))
     return new, out, detail
 
 

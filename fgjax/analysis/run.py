@@ -279,7 +279,8 @@ class ChangeRows(NamedTuple):
 
 def _snapshot_of(detail: WindowDetail, carry: AnalysisCarry) -> Snapshot:
     return Snapshot(detail.f, detail.p, detail.state, carry.ever, observed_evidence(detail),
-                    None if detail.detection is None else counters(carry.detector, detail.detection.kappa))
+                    None if detail.detection is None else counters(carry.detector, detail.detection.kappa,
+                                                                 detail.detection.stay_share))
 
 
 @functools.partial(jax.jit, donate_argnums=(0,))
@@ -312,7 +313,7 @@ def _gather_changes(
     if detection is None:  # the level rule: no evidence to gather, copy or write
         return rows
     evidence = jax.tree.map(take, observed_evidence(detail))
-    counts = jax.tree.map(take, counters(detector, detection.kappa))
+    counts = jax.tree.map(take, counters(detector, detection.kappa, detection.stay_share))
     return rows._replace(F_threshold=detection.degree_threshold[user], F_alarm=detection.degree_alarm[user],
                          evidence=with_limits(evidence, counts, params, spec))
 

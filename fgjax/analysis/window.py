@@ -195,6 +195,7 @@ class Counters(NamedTuple):
     gaps: jax.Array
     longest_gap: jax.Array
     kappa: jax.Array  # each interest's calibration (kernels.pair_kappa of the window's class kappas)
+    stay_share: jax.Array  # the window's population share of silences going on (DetectorOutput.stay_share)
 
 
 def observed_evidence(detail: WindowDetail) -> Evidence:
@@ -209,11 +210,13 @@ def observed_evidence(detail: WindowDetail) -> Evidence:
     })
 
 
-def counters(detector: kernels.DetectorState, kappa: jax.Array) -> Counters:
-    """The ``(users, K)`` counters of a detector state, with the window's calibration ``kappa`` (its output's)."""
+def counters(detector: kernels.DetectorState, kappa: jax.Array, stay_share: jax.Array) -> Counters:
+    """The ``(users, K)`` counters of a detector state, with the window's calibration ``kappa`` and population
+    ``stay_share`` (its output's)."""
     exposure = jnp.maximum(detector.alive - detector.silence - 1, 0)
-    return Counters(*(getattr(detector, name) for name in Counters._fields[:-1]),
-                    kappa=kernels.pair_kappa(kappa, exposure))
+    return Counters(*(getattr(detector, name) for name in Counters._fields[:-2]),
+                    kappa=kernels.pair_kappa(kappa, exposure),
+                    stay_share=jnp.broadcast_to(jnp.asarray(stay_share, jnp.float32), exposure.shape))
 
 
 def with_limits(evidence: Evidence, counts: Counters | None, params: WindowParams, spec: WindowSpec) -> Evidence:
@@ -224,7 +227,7 @@ def with_limits(evidence: Evidence, counts: Counters | None, params: WindowParam
     model = kernels.silence_model(
         counts.total, counts.alive, evidence.silence, counts.active_windows, counts.gaps, counts.longest_gap,
         evidence.period, evidence.period_strength, evidence.dispersion, counts.kappa, params.detector,
-        spec.buffer_windows, steps,
+        spec.buffer_windows, steps, counts.stay_share,
     )
     return evidence._replace(
         silence_limit=jnp.where(counts.alive > 0, kernels.model_silence_limit(model, params.detector), 0)
