@@ -321,7 +321,7 @@ def log_silence_probability(silence: ArrayLike, model: SilenceModel, params: Det
       silences run (sessions, weekday habits, disengaged spells). With
       ``population_strength`` n > 0, theta's prior is ``Beta(n q, n (1 - q))``
       instead, q the population's share of silent windows followed by a silent
-      one (``model.stay_share``): a short history borrows how silences run in
+      one (``model.stay_prior``, from ``window_model_prior``): a short history borrows how silences run in
       the population it is judged in (empirical Bayes), rather than a flat
       prior whose heavy tail makes every long silence of a young interest plausible
       and whose mean 1/2 makes it implausible in the same breath.
@@ -341,7 +341,7 @@ def log_silence_probability(silence: ArrayLike, model: SilenceModel, params: Det
     m = jnp.asarray(params.prior_strength, jnp.float32)
     gaps = model.gaps
     start_on, start_off = m + gaps, m + jnp.maximum(model.active_windows - gaps, 0.0)
-    prior_on, prior_off = window_model_prior(params, 0.5 if model.stay_share is None else model.stay_share)
+    prior_on, prior_off = (m, m) if model.stay_prior is None else model.stay_prior
     stay_on, stay_off = prior_on + jnp.maximum(model.silent_windows - gaps, 0.0), prior_off + gaps
     # log B(on + s - 1, off) - log B(on, off); betaln stays accurate in float32 where a
     # difference of four gammaln values of thousands would not.
@@ -438,16 +438,18 @@ class SilenceModel(NamedTuple):
     # the smaller of the runs and steps indices (``history_dispersion``), so a fade under way,
     # which inflates the first, does not pass for noise around a stable rate.
     information: Array | None = None
-    # The population's share of silent windows followed by a silent one (``population_stay_share``), the window
-    # model's prior with ``population_strength`` > 0; None = 1/2.
-    stay_share: Array | None = None
+    # theta's Beta prior ``(on, off)`` (``window_model_prior`` of the population's share); None = prior_strength
+    # each way. Computed once a window, outside the per-interest arithmetic: as an expression of the knobs in
+    # it, XLA recomputed it in every fusion that reads it (the analysis' step 11 % slower, 390 against 350 ms a
+    # window at 100k x 16).
+    stay_prior: tuple[Array, Array] | None = None
 
 
 def silence_model(
     total: ArrayLike, alive: ArrayLike, silence: ArrayLike, active_windows: ArrayLike, gaps: ArrayLike,
     longest_gap: ArrayLike, period: ArrayLike, period_strength: ArrayLike, dispersion: ArrayLike,
     kappa: ArrayLike, params: DetectorParams, buffer_windows: int, steps: ArrayLike | None = None,
-    stay_share: ArrayLike | None = None,
+    stay_prior: tuple[ArrayLike, ArrayLike] | None = None,
 ) -> SilenceModel:
     """``SilenceModel`` from the counters after a window (elementwise, any shape).
 
@@ -457,8 +459,8 @@ def silence_model(
     The expected gap is the longest silence the interest came back from, or
     its period minus one when that is longer. ``dispersion`` and ``steps``
     are ``history_dispersion``'s runs and steps indices; the rate posterior
-    uses the smaller (``information``; the runs index alone without ``steps``). ``stay_share``: the
-    population's (``population_stay_share``; None = 1/2).
+    uses the smaller (``information``; the runs index alone without ``steps``). ``stay_prior``: theta's
+    prior (``window_model_prior``; None = ``prior_strength`` each way).
     """
     f32 = lambda x: jnp.asarray(x, jnp.float32)  # noqa: E731
     alive = f32(alive)
@@ -484,7 +486,7 @@ def silence_model(
         kappa=jnp.broadcast_to(f32(kappa), alive.shape),  # per pair: pair_kappa of the class kappas
         information=None if steps is None else jnp.maximum(
             jnp.minimum(jnp.broadcast_to(f32(dispersion), alive.shape), f32(steps)), 1.0),
-        stay_share=None if stay_share is None else f32(stay_share),  # a scalar (the window's) or per interest
+        stay_prior=None if stay_prior is None else (f32(stay_prior[0]), f32(stay_prior[1])),
     )
 
 
@@ -540,9 +542,7 @@ def calibration_add(histogram: Array, surprise: ArrayLike, exposure: ArrayLike, 
 
 def window_model_prior(params: DetectorParams, stay_share: ArrayLike) -> tuple[Array, Array]:
     """theta's Beta prior ``(on, off)``: ``population_strength * (q, 1 - q)`` for the population's ``stay_share``
-    q, or ``prior_strength`` each way when ``population_strength`` is 0. Arithmetic, not a select: computed on
-    a scalar ``stay_share`` once per window, it stays out of the per-interest arithmetic (a select on the
-    traced knob there made the analysis' step about 8 % slower)."""
+    q, or ``prior_strength`` each way when ``population_strength`` is 0 (``SilenceModel.stay_prior``)."""
     n = jnp.asarray(params.population_strength, jnp.float32)
     m = jnp.asarray(params.prior_strength, jnp.float32)
     use = (n > 0).astype(jnp.float32)
@@ -776,7 +776,7 @@ def _drop_tails(k: Array, mean: Array, fade_share: ArrayLike, may: Array, level:
 
 
 def _judge(
-    raw: Array, age: Array, b: _Block, kappa: Array, stay_share: Array, params: DetectorParams, with_limits: bool, periodogram: str,
+    raw: Array, age: Array, b: _Block, kappa: Array, stay_prior: tuple[Array, Array], params: DetectorParams, with_limits: bool, periodogram: str,
     small: bool, window: Array, start: Array, period_every: int,
 ) -> dict[str, Array]:
     """The time-series features, both tests and the state machine for one block.
@@ -785,7 +785,7 @@ def _judge(
       raw: ``(B, K, T)`` uint8 the block's ring buffer slots (after this window's write).
       age: ``(T,)`` int32 age of each slot (0 = this window).
       kappa: ``(classes,)`` the population's calibration per class of history.
-      stay_share: ``()`` the population's share of silent windows followed by a silent one.
+      stay_prior: theta's prior, two scalars (``window_model_prior``).
       periodogram, small: how the dominant period is found (``_series_features``).
       window, start, period_every: whose periodogram is taken anew (``_periodogram``).
     """
@@ -816,7 +816,7 @@ def _judge(
     silence_dispersion, step_spread = history_dispersion(b.total, b.sum_sq, b.sum_lag, alive_before)
     exposure = jnp.maximum(alive_before - 1, 0)
     model = silence_model(b.total, b.alive, b.silence, b.active_windows, b.gaps, b.longest_gap, period, strength,
-                          silence_dispersion, pair_kappa(kappa, exposure), params, length, step_spread, stay_share)
+                          silence_dispersion, pair_kappa(kappa, exposure), params, length, step_spread, stay_prior)
     periodic = model.periodic
     limit = jnp.where(b.alive > 0, model_silence_limit(model, params), 0) if with_limits else None
     surprise = jnp.where(b.alive > 0, silence_surprise(b.silence, model, params), 0.0)
@@ -963,6 +963,7 @@ def detector_update(
     # The population's calibration from the silences completed before this window.
     kappa = calibration_scale(state.calibration, params)
     stay_share = population_stay_share(state.silence_totals)
+    stay_prior = window_model_prior(params, stay_share)
     # A returned interest's history starts again, and so does its period (a one-window history has none).
     block = _Block(counts, alive, silence, total, sum_sq, sum_lag, active_windows, gaps, longest_gap,
                    state.since_return, state.state, jnp.where(back, 0, state.period_index).astype(jnp.int16),
@@ -985,7 +986,7 @@ def detector_update(
     def judge(start, size):
         rows = jax.tree.map(lambda a: lax.dynamic_slice_in_dim(a, start, size, axis=0), block)
         raw = lax.dynamic_slice_in_dim(buffer.counts, start, size, axis=0)  # (size, K, T) uint8
-        return _judge(raw, age, rows, kappa, stay_share, params, with_limits, periodogram, small, state.window, start,
+        return _judge(raw, age, rows, kappa, stay_prior, params, with_limits, periodogram, small, state.window, start,
                       period_every)
 
     judged = _in_blocks(judge, num_users, size)

@@ -212,7 +212,8 @@ def test_monitor_update_window_by_window_equals_the_batch_analysis():
     _, steps = kernels.history_dispersion(d.total, d.sum_sq, d.sum_lag, np.asarray(d.alive) - np.asarray(o.silence))
     model = kernels.silence_model(d.total, d.alive, o.silence, d.active_windows, d.gaps, d.longest_gap, o.period,
                                   o.period_strength, o.dispersion, kappa, params,
-                                  config.analysis.detector.buffer_windows, steps, o.stay_share)
+                                  config.analysis.detector.buffer_windows, steps,
+                                  kernels.window_model_prior(params, o.stay_share))
     limit = np.where(np.asarray(d.alive) > 0, np.asarray(kernels.model_silence_limit(model, params)), 0)
     np.testing.assert_array_equal(limit, batch.evidence["silence_limit"])
     assert detail.detection.silence_limit is None  # not computed in the hot loop

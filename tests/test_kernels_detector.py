@@ -27,7 +27,7 @@ PF = P._replace(calibration_prior=1e12, population_strength=0.0)
 
 
 def ref_log_silence(s, events, exposure, active, silent, gaps, dispersion, longest=0, information=None, p=P,
-                    stay_share=0.5):
+                    stay_share=None):
     """float64 log P(s empty windows): max of the events model and (with enough gaps) the Markov model."""
     if s <= 0:
         return 0.0
@@ -41,8 +41,10 @@ def ref_log_silence(s, events, exposure, active, silent, gaps, dispersion, longe
         return by_events
     m = p.prior_strength
     start_on, start_off = m + gaps, m + max(active - gaps, 0)
-    n = p.population_strength  # theta's prior: the population's share, or prior_strength each way
-    prior_on, prior_off = (n * stay_share, n * (1 - stay_share)) if n > 0 else (m, m)
+    # theta's prior: the population's share q (SilenceModel.stay_prior = window_model_prior(p, q)), or
+    # prior_strength each way (no share given, or population_strength 0).
+    n = p.population_strength
+    prior_on, prior_off = (n * stay_share, n * (1 - stay_share)) if n > 0 and stay_share is not None else (m, m)
     stay_on, stay_off = prior_on + max(silent - gaps, 0), prior_off + gaps
     log_start = math.log(start_on / (start_on + start_off))
     k = s - 1  # E[theta ** k] = B(on + k, off) / B(on, off)
@@ -51,7 +53,7 @@ def ref_log_silence(s, events, exposure, active, silent, gaps, dispersion, longe
     return max(by_events, log_start + log_stay)
 
 
-def ref_surprise(s, *model, p=P, stay_share=0.5):
+def ref_surprise(s, *model, p=P, stay_share=None):
     if s < 1:
         return 0.0
     return max(ref_log_silence(1, *model, p=p, stay_share=stay_share)
@@ -633,7 +635,7 @@ def test_the_window_models_prior_is_the_populations_share(share):
     values = (60, 50, 30, 20, 8, 1.5, 4)  # eight gaps: the window model speaks
     model = kernels.SilenceModel(*(np.float32(v) for v in values[:5]), np.float32(values[6]), np.float32(values[5]),
                                  gap_limit=np.float32(0), periodic=np.bool_(False), kappa=np.float32(1),
-                                 stay_share=np.float32(share))
+                                 stay_prior=kernels.window_model_prior(P, np.float32(share)))
     logs = [float(log_silence_probability(np.float32(s), model, P)) for s in range(1, 14)]
     refs = [ref_log_silence(s, *values, stay_share=share) for s in range(1, 14)]
     np.testing.assert_allclose(logs, refs, rtol=1e-4, atol=1e-4)

@@ -227,7 +227,7 @@ def with_limits(evidence: Evidence, counts: Counters | None, params: WindowParam
     model = kernels.silence_model(
         counts.total, counts.alive, evidence.silence, counts.active_windows, counts.gaps, counts.longest_gap,
         evidence.period, evidence.period_strength, evidence.dispersion, counts.kappa, params.detector,
-        spec.buffer_windows, steps, counts.stay_share,
+        spec.buffer_windows, steps, kernels.window_model_prior(params.detector, counts.stay_share),
     )
     return evidence._replace(
         silence_limit=jnp.where(counts.alive > 0, kernels.model_silence_limit(model, params.detector), 0)
