@@ -313,7 +313,8 @@ def _gather_changes(
     if detection is None:  # the level rule: no evidence to gather, copy or write
         return rows
     evidence = jax.tree.map(take, observed_evidence(detail))
-    counts = jax.tree.map(take, counters(detector, detection.kappa, detection.stay_share))
+    counts = counters(detector, detection.kappa, detection.stay_share)
+    counts = jax.tree.map(take, counts._replace(stay_share=jnp.broadcast_to(counts.stay_share, counts.kappa.shape)))
     return rows._replace(F_threshold=detection.degree_threshold[user], F_alarm=detection.degree_alarm[user],
                          evidence=with_limits(evidence, counts, params, spec))
 

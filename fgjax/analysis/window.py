@@ -195,7 +195,9 @@ class Counters(NamedTuple):
     gaps: jax.Array
     longest_gap: jax.Array
     kappa: jax.Array  # each interest's calibration (kernels.pair_kappa of the window's class kappas)
-    stay_share: jax.Array  # the window's population share of silences going on (DetectorOutput.stay_share)
+    # The window's population share of silences going on (DetectorOutput.stay_share), ``(users, 1)``: one value a
+    # window, kept per user (a snapshot holds each user's own window), not per pair.
+    stay_share: jax.Array
 
 
 def observed_evidence(detail: WindowDetail) -> Evidence:
@@ -216,7 +218,7 @@ def counters(detector: kernels.DetectorState, kappa: jax.Array, stay_share: jax.
     exposure = jnp.maximum(detector.alive - detector.silence - 1, 0)
     return Counters(*(getattr(detector, name) for name in Counters._fields[:-2]),
                     kappa=kernels.pair_kappa(kappa, exposure),
-                    stay_share=jnp.broadcast_to(jnp.asarray(stay_share, jnp.float32), exposure.shape))
+                    stay_share=jnp.broadcast_to(jnp.asarray(stay_share, jnp.float32), (exposure.shape[0], 1)))
 
 
 def with_limits(evidence: Evidence, counts: Counters | None, params: WindowParams, spec: WindowSpec) -> Evidence:
