@@ -227,6 +227,11 @@ class DetectorConfig:
     # silent windows followed by a silent one (empirical Bayes; 0 = prior_strength each way). Chosen on the
     # classic story alone (4, 10, 30, 100, 300), reported on the others (bench/RESULTS.md, issue 10).
     population_strength: float = setting(30.0, ge=0)
+    # The silence test's dispersion indices: each interest's own, with this many pseudo windows of the
+    # population's (the geometric mean over interests with 4+ windows of history; empirical Bayes; 0 = its own
+    # alone). The value chosen leave-one-story-out most often among 0, 3, 10, 30, 100, 300 (6 of the 16 cells;
+    # classic alone would choose 100), bench/RESULTS.md, issue 10.
+    dispersion_strength: float = setting(10.0, ge=0)
     min_gaps: float = setting(3.0, ge=0)  # silences an interest came back from before the window model is used
     # The window model speaks for silences up to max(this, log(life * starts / false_alarm) / log(gaps + 1))
     # times the longest seen (docs/formulas.md).

@@ -111,6 +111,7 @@ class DetectorParams(NamedTuple):
     prior_windows: ArrayLike  # ... over windows
     prior_strength: ArrayLike  # Beta priors of the window model's transitions: pseudo windows each way
     population_strength: ArrayLike  # the silences' continuation prior: pseudo windows at the population's share (0 = prior_strength each way)
+    dispersion_strength: ArrayLike  # pseudo windows of the population's dispersion in each interest's (0 = its own alone)
     min_gaps: ArrayLike  # silences the interest came back from before the window model is used
     markov_reach: ArrayLike  # the window model's least reach, in times the longest silence seen (life budget may raise it)
     calibration_share: ArrayLike  # the tail share of the population's completed silences kappa matches
@@ -140,6 +141,9 @@ class DetectorState(NamedTuple):
         interest's history (``CAL_AGES``) and the surprise they reached.
       silence_totals: ``(2,)`` float32 the population's completed silences: their silent windows followed by
         another silent one, and all their silent windows (``population_stay_share``).
+      dispersion_sums: ``(3,)`` float32 this window's population of interests with at least ``CAL_AGES[0]``
+        windows of history: the sums of the logs of their own runs and steps indices, and their number
+        (``population_dispersion``; not cumulative: each window's replaces the one before).
       degree_moments: ``(users,)`` running moments of F(u, t) since the user's first activity.
       period_index: int16 the dominant frequency j of the last periodogram taken (period T / j; 0 = none,
         or its strength is below ``min_strength``); period_strength: float32 the peak's strength. Taken
@@ -166,6 +170,7 @@ class DetectorState(NamedTuple):
     period_index: Array
     period_strength: Array
     silence_totals: Array
+    dispersion_sums: Array
 
 
 class DetectorOutput(NamedTuple):
@@ -187,6 +192,8 @@ class DetectorOutput(NamedTuple):
         class of history (``calibration_scale``).
       stay_share: ``()`` float32 the population's share of silent windows followed by a silent one
         (``population_stay_share``), the window model's prior.
+      population_dispersion: ``(2,)`` float32 the population's runs and steps indices (geometric means,
+        ``population_dispersion``) each interest's own are shrunk toward.
       degree_threshold: ``(users,)`` float32 the user's adaptive F threshold.
       degree_alarm: ``(users,)`` bool F(u, t) above it.
     """
@@ -206,6 +213,7 @@ class DetectorOutput(NamedTuple):
     degree_threshold: Array
     degree_alarm: Array
     stay_share: Array
+    population_dispersion: Array
 
 
 def detector_init(num_users: int, num_interests: int, buffer_windows: int = 64) -> DetectorState:
@@ -232,6 +240,7 @@ def detector_init(num_users: int, num_interests: int, buffer_windows: int = 64) 
         period_index=jnp.zeros(shape, jnp.int16),
         period_strength=jnp.zeros(shape, jnp.float32),
         silence_totals=jnp.zeros((2,), jnp.float32),
+        dispersion_sums=jnp.zeros((3,), jnp.float32),
     )
 
 
@@ -568,6 +577,54 @@ def silence_totals_add(totals: Array, silence: ArrayLike, done: ArrayLike) -> Ar
     return jnp.asarray(totals, jnp.float32) + jnp.stack([windows - ended, windows])
 
 
+def population_dispersion(sums: ArrayLike) -> Array:
+    """The population's runs and steps indices ``(2,)``: the geometric means of the interests' own, from
+    ``DetectorState.dispersion_sums``, with one interest at 1 (Poisson) as a prior (1 before any window)."""
+    sums = jnp.asarray(sums, jnp.float32)
+    return jnp.exp(sums[:2] / (sums[2] + 1.0))
+
+
+def dispersion_sums(runs: ArrayLike, steps: ArrayLike, exposure: ArrayLike) -> Array:
+    """``(3,)`` the sums of ``log runs`` and ``log steps`` (each interest's own indices, ``history_dispersion``)
+    over the interests with ``exposure >= CAL_AGES[0]`` windows of history, and their number
+    (``DetectorState.dispersion_sums``); ``(users, K)`` each, summed over the interests, then the users."""
+    # Flat sums of each user's (XLA:CPU reduces a 2-D float32 array far slower inside the update; silence_totals_add).
+    return jnp.stack([jnp.sum(rows) for rows in _dispersion_rows(runs, steps, exposure)])
+
+
+def _dispersion_rows(runs: Array, steps: Array, exposure: Array) -> tuple[Array, Array, Array]:
+    """``dispersion_sums`` of each user's interests, three ``(users,)``."""
+    use = jnp.asarray(exposure, jnp.float32) >= np.float32(CAL_AGES[0])
+    parts = (jnp.where(use, jnp.log(jnp.asarray(runs, jnp.float32)), 0.0),
+             jnp.where(use, jnp.log(jnp.asarray(steps, jnp.float32)), 0.0), use.astype(jnp.float32))
+    return tuple(jnp.sum(a, axis=-1) for a in parts)
+
+
+def dispersion_prior(params: DetectorParams, population: ArrayLike) -> tuple[Array, Array, Array]:
+    """``(m, m (P_runs - 1), m (P_steps - 1))``: the pseudo windows ``m = dispersion_strength`` and the pull
+    of the population's indices ``population`` ``(..., 2)`` (``population_dispersion``), computed once a window
+    outside the per-interest arithmetic (``shrink_dispersion``; see ``SilenceModel.stay_prior``)."""
+    m = jnp.asarray(params.dispersion_strength, jnp.float32)
+    population = jnp.asarray(population, jnp.float32)
+    return m, m * (population[..., 0] - 1.0), m * (population[..., 1] - 1.0)
+
+
+def shrink_dispersion(index: ArrayLike, exposure: ArrayLike, strength: ArrayLike, pull: ArrayLike) -> Array:
+    """An interest's dispersion index with the population's worth ``strength`` windows beside its own
+    ``exposure``: ``1 + (n (I - 1) + m (P - 1)) / (n + m)`` (``pull = m (P - 1)``, ``dispersion_prior``);
+    ``index`` itself when ``strength`` is 0.
+
+    A short history reads as Poisson (``history_dispersion`` takes the noise of a short sample off), so
+    without the population's an interest of a bursty population is judged as if its lulls were a steady
+    rate's until it has lived many of them."""
+    index = jnp.asarray(index, jnp.float32)
+    n = jnp.asarray(exposure, jnp.float32)
+    m = jnp.asarray(strength, jnp.float32)
+    weight = n + m
+    shrunk = 1.0 + (n * (index - 1.0) + pull) / jnp.where(weight > 0, weight, 1.0)
+    return jnp.where(m > 0, shrunk, index)
+
+
 def window_level(params: DetectorParams) -> Array:
     """The drop test's level: ``false_alarm / life_windows`` (the life's budget spread over its windows)."""
     return jnp.asarray(params.false_alarm, jnp.float32) / jnp.asarray(params.life_windows, jnp.float32)
@@ -776,7 +833,8 @@ def _drop_tails(k: Array, mean: Array, fade_share: ArrayLike, may: Array, level:
 
 
 def _judge(
-    raw: Array, age: Array, b: _Block, kappa: Array, stay_prior: tuple[Array, Array], params: DetectorParams, with_limits: bool, periodogram: str,
+    raw: Array, age: Array, b: _Block, kappa: Array, stay_prior: tuple[Array, Array],
+    spread_prior: tuple[Array, Array, Array], params: DetectorParams, with_limits: bool, periodogram: str,
     small: bool, window: Array, start: Array, period_every: int,
 ) -> dict[str, Array]:
     """The time-series features, both tests and the state machine for one block.
@@ -786,6 +844,7 @@ def _judge(
       age: ``(T,)`` int32 age of each slot (0 = this window).
       kappa: ``(classes,)`` the population's calibration per class of history.
       stay_prior: theta's prior, two scalars (``window_model_prior``).
+      spread_prior: the population's dispersion, three scalars (``dispersion_prior``).
       periodogram, small: how the dominant period is found (``_series_features``).
       window, start, period_every: whose periodogram is taken anew (``_periodogram``).
     """
@@ -813,8 +872,13 @@ def _judge(
     trend = jnp.where(n >= 2, moment / jnp.maximum(spread, 1e-6), 0.0)
     # The counts' dispersion before the current silence (the silence is what is being judged).
     # The counts' spread over the history before the current silence (the silence is what is judged).
-    silence_dispersion, step_spread = history_dispersion(b.total, b.sum_sq, b.sum_lag, alive_before)
+    own_runs, own_steps = history_dispersion(b.total, b.sum_sq, b.sum_lag, alive_before)
     exposure = jnp.maximum(alive_before - 1, 0)
+    # Each interest's indices with the population's beside them (empirical Bayes, ``shrink_dispersion``);
+    # the population's are of the interests' own (the next window's prior: ``dispersion_sums``).
+    spread_strength, pull_runs, pull_steps = spread_prior
+    silence_dispersion = shrink_dispersion(own_runs, exposure, spread_strength, pull_runs)
+    step_spread = shrink_dispersion(own_steps, exposure, spread_strength, pull_steps)
     model = silence_model(b.total, b.alive, b.silence, b.active_windows, b.gaps, b.longest_gap, period, strength,
                           silence_dispersion, pair_kappa(kappa, exposure), params, length, step_spread, stay_prior)
     periodic = model.periodic
@@ -831,8 +895,9 @@ def _judge(
     expected_recent = earlier_rate * recent_n
     enough = (earlier_n >= params.min_history) & (earlier_n >= recent_n)
     # Quasi-Poisson: bursty and periodic counts vary far more than Poisson
-    # ones, so both sides are divided by the earlier windows' dispersion.
-    dispersion = step_spread
+    # ones, so both sides are divided by the earlier windows' dispersion (the interest's own: the drop test
+    # needs min_history windows, and the population's is for the silence test's short histories).
+    dispersion = own_steps
     # Below the definition with confidence: the recent events are unlikely even at fade_share
     # of the earlier rate (a fade still at 40 % is not yet below 25 % by chance alone).
     # The two Poisson tails (iterative, the most costly arithmetic here) are taken only where a test
@@ -881,7 +946,10 @@ def _judge(
         "expected_recent": expected_recent, "trend": trend, "dispersion": silence_dispersion,
         "surprise": surprise,
         # The period is evidence only where it counts: 0 = none (weak, or fewer than three cycles seen).
-        "period": jnp.where(periodic, period, 0.0), "period_strength": strength, "period_index": period_index,
+        "period": jnp.where(periodic, period, 0.0), "period_strength": strength,
+        "period_index": period_index,
+        # This block's part of the population's dispersion, summed over each user's interests here.
+        "dispersion_rows": _dispersion_rows(own_runs, own_steps, exposure),
     } | ({"silence_limit": limit} if with_limits else {})
 
 
@@ -964,6 +1032,8 @@ def detector_update(
     kappa = calibration_scale(state.calibration, params)
     stay_share = population_stay_share(state.silence_totals)
     stay_prior = window_model_prior(params, stay_share)
+    population = population_dispersion(state.dispersion_sums)
+    spread_prior = dispersion_prior(params, population)
     # A returned interest's history starts again, and so does its period (a one-window history has none).
     block = _Block(counts, alive, silence, total, sum_sq, sum_lag, active_windows, gaps, longest_gap,
                    state.since_return, state.state, jnp.where(back, 0, state.period_index).astype(jnp.int16),
@@ -986,8 +1056,8 @@ def detector_update(
     def judge(start, size):
         rows = jax.tree.map(lambda a: lax.dynamic_slice_in_dim(a, start, size, axis=0), block)
         raw = lax.dynamic_slice_in_dim(buffer.counts, start, size, axis=0)  # (size, K, T) uint8
-        return _judge(raw, age, rows, kappa, stay_prior, params, with_limits, periodogram, small, state.window, start,
-                      period_every)
+        return _judge(raw, age, rows, kappa, stay_prior, spread_prior, params, with_limits, periodogram, small,
+                      state.window, start, period_every)
 
     judged = _in_blocks(judge, num_users, size)
     code = judged["state"]
@@ -997,6 +1067,7 @@ def detector_update(
     calibration = calibration_add(state.calibration, state.surprise,
                                   jnp.maximum(state.alive - state.silence - 1, 0), ended)
     silence_totals = silence_totals_add(state.silence_totals, state.silence, ended)
+    spread_sums = jnp.stack([jnp.sum(rows) for rows in judged["dispersion_rows"]])  # flat sums (dispersion_sums)
 
     # Per-user F alarm against the user's own history (before this window).
     started = jnp.any(alive > 0, axis=1)
@@ -1030,6 +1101,7 @@ def detector_update(
         period_index=judged["period_index"],
         period_strength=judged["period_strength"],
         silence_totals=silence_totals,
+        dispersion_sums=spread_sums,
     )
     output = DetectorOutput(
         state=code,
@@ -1047,5 +1119,6 @@ def detector_update(
         degree_threshold=threshold,
         degree_alarm=alarm,
         stay_share=stay_share,
+        population_dispersion=population,
     )
     return new_state, output

@@ -209,7 +209,10 @@ def test_monitor_update_window_by_window_equals_the_batch_analysis():
     params = window_params(config.analysis).detector
     d, o = state.detector, detail.detection
     kappa = kernels.pair_kappa(o.kappa, np.maximum(np.asarray(d.alive) - np.asarray(o.silence) - 1, 0))
-    _, steps = kernels.history_dispersion(d.total, d.sum_sq, d.sum_lag, np.asarray(d.alive) - np.asarray(o.silence))
+    alive_before = np.asarray(d.alive) - np.asarray(o.silence)
+    _, own_steps = kernels.history_dispersion(d.total, d.sum_sq, d.sum_lag, alive_before)
+    strength, _, pull_steps = kernels.dispersion_prior(params, o.population_dispersion)
+    steps = kernels.shrink_dispersion(own_steps, np.maximum(alive_before - 1, 0), strength, pull_steps)
     model = kernels.silence_model(d.total, d.alive, o.silence, d.active_windows, d.gaps, d.longest_gap, o.period,
                                   o.period_strength, o.dispersion, kappa, params,
                                   config.analysis.detector.buffer_windows, steps,

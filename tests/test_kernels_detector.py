@@ -21,9 +21,9 @@ from fgjax.kernels import ACTIVE, DECLINING, FORGOTTEN, NEW, NONE, REACTIVATED
 
 P = DetectorConfig().kernel_params()  # the defaults live in the config
 # The reference leaves the population's calibration out (kappa = 1): a prior worth 1e12 silences pins it.
-# The population's calibration and prior off: the from-scratch reference judges each pair alone (the two
-# population terms are tested apart, below).
-PF = P._replace(calibration_prior=1e12, population_strength=0.0)
+# The population's calibration and priors off: the from-scratch reference judges each pair alone (the
+# population terms are tested apart, below; the dispersion's with the reference told the population's).
+PF = P._replace(calibration_prior=1e12, population_strength=0.0, dispersion_strength=0.0)
 
 
 def ref_log_silence(s, events, exposure, active, silent, gaps, dispersion, longest=0, information=None, p=P,
@@ -112,10 +112,20 @@ def ref_dispersion(history):
     return d * (1 + rho) / (1 - rho), steps
 
 
-def ref_detect(counts: np.ndarray, T: int, p=PF) -> dict[str, np.ndarray]:
-    """Float64 per-(window, pair) features and states for ``counts`` ``(W, pairs)``, from each history."""
+def ref_shrink(index, exposure, population, m):
+    """float64 ``shrink_dispersion``: the population's index worth m windows beside the interest's own."""
+    return index if m <= 0 else 1.0 + (exposure * (index - 1.0) + m * (population - 1.0)) / (exposure + m)
+
+
+def ref_detect(counts: np.ndarray, T: int, p=PF, population=None) -> dict[str, np.ndarray]:
+    """Float64 per-(window, pair) features and states for ``counts`` ``(W, pairs)``, from each history.
+
+    ``population``: ``(W, 2)`` the population's runs and steps indices each window (with
+    ``p.dispersion_strength`` > 0); the interests' own indices and histories are returned with the rest
+    (``own_runs``, ``own_steps``, ``exposure``) so that the population can be checked against them."""
     W, n = counts.shape
     out = {name: np.zeros((W, n)) for name in ("silence", "limit", "rate", "recent", "expected", "period", "strength")}
+    out |= {"own_runs": np.ones((W, n)), "own_steps": np.ones((W, n)), "exposure": np.zeros((W, n))}
     out["state"] = np.zeros((W, n), np.int8)
     for j in range(n):
         c = np.minimum(counts[:, j].astype(np.float64), 255)
@@ -164,6 +174,12 @@ def ref_detect(counts: np.ndarray, T: int, p=PF) -> dict[str, np.ndarray]:
             gap = max(longest, period - 1 if periodic else 0)
             gap_limit = math.ceil(p.gap_factor * gap - 1e-4)
             dispersion, steps = ref_dispersion(hist[: last + 1])
+            out["own_runs"][t, j], out["own_steps"][t, j] = dispersion, steps
+            out["exposure"][t, j] = max(alive_before - 1, 0)
+            own_steps = steps  # the drop test's (the population's is the silence test's)
+            if population is not None:
+                dispersion = ref_shrink(dispersion, max(alive_before - 1, 0), population[t][0], p.dispersion_strength)
+                steps = ref_shrink(steps, max(alive_before - 1, 0), population[t][1], p.dispersion_strength)
             model = (max(total - 1, 0), max(alive_before - 1, 0), max(active_windows - 1, 0),
                      max(alive_before - active_windows, 0), gaps, dispersion, longest, max(min(dispersion, steps), 1.0))
             exposure = model[1]
@@ -173,7 +189,7 @@ def ref_detect(counts: np.ndarray, T: int, p=PF) -> dict[str, np.ndarray]:
             earlier_n = alive - recent_n
             expected = max(total - recent - 1, 0) / max(earlier_n, 1) * recent_n
             enough = earlier_n >= p.min_history and earlier_n >= recent_n
-            disp = steps
+            disp = own_steps
             tail = ref_poisson_cdf(recent / disp, expected / disp)
             level = p.false_alarm / p.life_windows
             below = ref_poisson_cdf(recent / disp, p.fade_share * expected / disp)
@@ -214,10 +230,12 @@ def run_kernel(counts: np.ndarray, T: int, p=P) -> dict[str, np.ndarray]:
     fields = {"state": "state", "silence": "silence", "limit": "silence_limit", "rate": "rate", "recent": "recent",
               "expected": "expected_recent", "period": "period", "strength": "period_strength"}
     out = {name: np.zeros((W, n)) for name in fields}
+    out["population"] = np.zeros((W, 2))
     for t in range(W):
         state, o = update(state, counts[t][:, None].astype(np.float32), None, p)
         for name, attr in fields.items():
             out[name][t] = np.asarray(getattr(o, attr))[:, 0]
+        out["population"][t] = np.asarray(o.population_dispersion)
     return out
 
 
@@ -665,3 +683,71 @@ def test_population_totals_count_completed_silences_but_not_returns():
         assert float(out.stay_share) == pytest.approx(want, rel=1e-6)
     assert seen[12] == [0.0, 0.0] and seen[13] == [2.0, 3.0] and seen[21] == [2.0, 4.0]
     assert seen[-1] == [2.0, 4.0]
+
+
+def bursty_histories(seed: int, W: int = 40, n: int = 60) -> np.ndarray:
+    """``random_histories`` with a third of the pairs in sessions (a geometric burst of events on a few days),
+    so that the population's dispersion is well above 1."""
+    rng = np.random.default_rng(seed)
+    counts = random_histories(seed, W, n)
+    bursty = rng.random(n) < 1 / 3
+    sessions = (rng.random((W, n)) < 0.25) * rng.geometric(0.15, size=(W, n))
+    return np.where(bursty[None, :], sessions, counts).astype(np.float32)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_population_dispersion_against_float64(seed):
+    """With dispersion_strength m, each window's population indices are the geometric means (one Poisson
+    interest as a prior) of the interests' own indices after the window before, over those with 4+ windows of
+    history; each interest's indices are shrunk toward them, ``1 + (n (I - 1) + m (P - 1)) / (n + m)``:
+    against a float64 recomputation told the kernel's population, which is itself checked against the
+    reference's own indices."""
+    counts = bursty_histories(seed)
+    T, m = 16, 10.0
+    p = PF._replace(false_alarm=0.0023, dispersion_strength=m)
+    got = run_kernel(counts, T, p)
+    ref = ref_detect(counts, T, p, population=got["population"])
+    np.testing.assert_array_equal(got["population"][0], [1.0, 1.0])  # before any window: Poisson
+    for t in range(1, counts.shape[0]):
+        use = ref["exposure"][t - 1] >= 4
+        want = [math.exp(np.log(ref[f"own_{k}"][t - 1][use]).sum() / (use.sum() + 1)) for k in ("runs", "steps")]
+        np.testing.assert_allclose(got["population"][t], want, rtol=1e-5, err_msg=f"window {t}")
+    assert got["population"][-1].min() > 1.3  # the sessions make it matter
+    seen = ref["state"] != NONE
+    np.testing.assert_allclose(got["rate"][seen], ref["rate"][seen], rtol=1e-5)
+    assert np.mean(got["limit"][seen] == ref["limit"][seen]) > 0.99
+    assert np.mean(got["state"] == ref["state"]) > 0.998
+    # The prior changes answers here: without it (m = 0) the reference flags other windows.
+    alone = ref_detect(counts, T, p._replace(dispersion_strength=0.0))
+    assert np.mean(alone["limit"][seen] != ref["limit"][seen]) > 0.05
+
+
+# m off, or pseudo windows that float32 holds as normal numbers with their pull (a subnormal pull flushes to 0).
+@given(st.floats(1.0, 50.0), st.floats(1.0, 50.0), st.floats(0.0, 500.0), st.one_of(st.just(0.0), st.floats(1e-3, 100.0)))
+@settings(max_examples=200, deadline=None)
+def test_shrunk_dispersion_lies_between_the_interests_and_the_populations(index, population, exposure, m):
+    """``shrink_dispersion``: against float64; between the two indices; the interest's own with m = 0, the
+    population's with no history."""
+    strength, pull, _ = kernels.dispersion_prior(P._replace(dispersion_strength=m),
+                                                 np.float32([population, population]))
+    got = float(kernels.shrink_dispersion(np.float32(index), np.float32(exposure), strength, pull))
+    want = ref_shrink(float(np.float32(index)), float(np.float32(exposure)), float(np.float32(population)),
+                      float(np.float32(m)))
+    assert got == pytest.approx(want, rel=1e-5, abs=1e-5)
+    assert min(index, population) * (1 - 1e-5) <= got <= max(index, population) * (1 + 1e-5)
+    if m == 0:
+        assert got == np.float32(index)  # exactly: the old model
+    elif exposure == 0:
+        assert got == pytest.approx(np.float32(population), rel=1e-5)
+
+
+def test_population_dispersion_sums_leave_out_young_and_unseen_interests():
+    """``dispersion_sums`` counts interests with 4+ windows of history only; ``population_dispersion`` is 1
+    for an empty population and the geometric mean otherwise."""
+    runs = np.float32([[2.0, 8.0, 5.0], [1.0, 4.0, 3.0]])
+    steps = np.float32([[1.0, 2.0, 9.0], [1.0, 1.0, 1.0]])
+    exposure = np.float32([[4, 3.99, 0], [10, 100, 2]])
+    sums = np.asarray(kernels.dispersion_sums(runs, steps, exposure))
+    np.testing.assert_allclose(sums, [math.log(2.0) + 0.0 + math.log(4.0), 0.0, 3.0], rtol=1e-6)
+    np.testing.assert_allclose(kernels.population_dispersion(sums), [math.exp(math.log(8.0) / 4), 1.0], rtol=1e-6)
+    np.testing.assert_array_equal(kernels.population_dispersion(np.zeros(3, np.float32)), [1.0, 1.0])

@@ -19,7 +19,9 @@ A window then runs in two halves (``fgjax.analysis.window``):
   user but the adaptive detector's calibration histogram, whose window increment is
   summed over the processes (``psum``, exact: counts; so are the completed silences' totals
   behind the window model's prior), so every process judges with
-  the population's calibration and the states equal one process's (tested).
+  the population's calibration and the states equal one process's (tested). The
+  population's dispersion (``kernels.population_dispersion``: sums of logs) is summed
+  too, in another order than one process sums it: the same to float32 rounding.
 
 Each process then reads its own rows of the outputs from its shard (no transfer)
 and gathers and writes its own changed rows.
@@ -177,6 +179,8 @@ def _close_shard(carry: AnalysisCarry, added: jax.Array, counts: jax.Array, para
         for name in ("calibration", "silence_totals"):
             before = getattr(carry.detector, name)
             summed[name] = before + jax.lax.psum(getattr(new.detector, name) - before, AXIS)
+        # This window's population dispersion replaces the last (not an increment): summed as it is.
+        summed["dispersion_sums"] = jax.lax.psum(new.detector.dispersion_sums, AXIS)
         new = new._replace(detector=new.detector._replace(**summed))
     return new, out, detail
 

@@ -279,8 +279,7 @@ class ChangeRows(NamedTuple):
 
 def _snapshot_of(detail: WindowDetail, carry: AnalysisCarry) -> Snapshot:
     return Snapshot(detail.f, detail.p, detail.state, carry.ever, observed_evidence(detail),
-                    None if detail.detection is None else counters(carry.detector, detail.detection.kappa,
-                                                                 detail.detection.stay_share))
+                    None if detail.detection is None else counters(carry.detector, detail.detection))
 
 
 @functools.partial(jax.jit, donate_argnums=(0,))
@@ -313,8 +312,10 @@ def _gather_changes(
     if detection is None:  # the level rule: no evidence to gather, copy or write
         return rows
     evidence = jax.tree.map(take, observed_evidence(detail))
-    counts = counters(detector, detection.kappa, detection.stay_share)
-    counts = jax.tree.map(take, counts._replace(stay_share=jnp.broadcast_to(counts.stay_share, counts.kappa.shape)))
+    counts = counters(detector, detection)
+    per_pair = lambda a: jnp.broadcast_to(a, counts.kappa.shape)  # noqa: E731 - (users, 1) -> (users, K)
+    counts = jax.tree.map(take, counts._replace(stay_share=per_pair(counts.stay_share),
+                                                population_steps=per_pair(counts.population_steps)))
     return rows._replace(F_threshold=detection.degree_threshold[user], F_alarm=detection.degree_alarm[user],
                          evidence=with_limits(evidence, counts, params, spec))
 

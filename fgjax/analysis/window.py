@@ -198,6 +198,10 @@ class Counters(NamedTuple):
     # The window's population share of silences going on (DetectorOutput.stay_share), ``(users, 1)``: one value a
     # window, kept per user (a snapshot holds each user's own window), not per pair.
     stay_share: jax.Array
+    # The window's population steps index (DetectorOutput.population_dispersion's second), ``(users, 1)`` like
+    # stay_share: s* needs it to shrink the interest's own steps index as the update did (the runs index comes
+    # shrunk, as the evidence's ``dispersion``).
+    population_steps: jax.Array
 
 
 def observed_evidence(detail: WindowDetail) -> Evidence:
@@ -212,20 +216,26 @@ def observed_evidence(detail: WindowDetail) -> Evidence:
     })
 
 
-def counters(detector: kernels.DetectorState, kappa: jax.Array, stay_share: jax.Array) -> Counters:
+def counters(detector: kernels.DetectorState, detection: kernels.DetectorOutput) -> Counters:
     """The ``(users, K)`` counters of a detector state, with the window's calibration ``kappa`` and population
-    ``stay_share`` (its output's)."""
+    ``stay_share`` and steps index (its output ``detection``'s)."""
     exposure = jnp.maximum(detector.alive - detector.silence - 1, 0)
-    return Counters(*(getattr(detector, name) for name in Counters._fields[:-2]),
-                    kappa=kernels.pair_kappa(kappa, exposure),
-                    stay_share=jnp.broadcast_to(jnp.asarray(stay_share, jnp.float32), (exposure.shape[0], 1)))
+    per_user = lambda a: jnp.broadcast_to(jnp.asarray(a, jnp.float32), (exposure.shape[0], 1))  # noqa: E731
+    return Counters(*(getattr(detector, name) for name in Counters._fields[:-3]),
+                    kappa=kernels.pair_kappa(detection.kappa, exposure),
+                    stay_share=per_user(detection.stay_share),
+                    population_steps=per_user(detection.population_dispersion[1]))
 
 
 def with_limits(evidence: Evidence, counts: Counters | None, params: WindowParams, spec: WindowSpec) -> Evidence:
     """``evidence`` with ``silence_limit`` (s*) from its counters; 0 where never active or without a detector."""
     if counts is None:
         return evidence._replace(silence_limit=jnp.zeros(evidence.silence.shape, jnp.int32))
-    _, steps = kernels.history_dispersion(counts.total, counts.sum_sq, counts.sum_lag, counts.alive - evidence.silence)
+    alive_before = counts.alive - evidence.silence
+    _, own_steps = kernels.history_dispersion(counts.total, counts.sum_sq, counts.sum_lag, alive_before)
+    strength = jnp.asarray(params.detector.dispersion_strength, jnp.float32)
+    steps = kernels.shrink_dispersion(own_steps, jnp.maximum(alive_before - 1, 0), strength,
+                                      strength * (counts.population_steps - 1.0))
     model = kernels.silence_model(
         counts.total, counts.alive, evidence.silence, counts.active_windows, counts.gaps, counts.longest_gap,
         evidence.period, evidence.period_strength, evidence.dispersion, counts.kappa, params.detector,
