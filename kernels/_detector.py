@@ -667,17 +667,20 @@ class _Block(NamedTuple):
     period_strength: Array
 
 
-def _in_blocks(part, rows: int, size: int):
+def _in_blocks(part, rows: int, size: int, like: Array):
     """``part(start, size)`` over blocks of ``size`` rows (a ``fori_loop``), assembled into ``rows`` rows.
 
     ``part`` returns a pytree of arrays with ``size`` rows first; the last
     block may overlap the one before (those rows are computed twice,
-    identically).
+    identically). ``like``: one of the inputs the parts are computed from.
     """
     if size >= rows:
         return part(0, rows)
     shapes = jax.eval_shape(lambda: part(0, size))
-    init = jax.tree.map(lambda s: jnp.zeros((rows, *s.shape[1:]), s.dtype), shapes)
+    # Zeros made like an input: under shard_map (one process's users of many) they then vary over the users as
+    # the blocks written into them do, as a fori_loop's carry must (plain zeros would not, and the loop would
+    # not type-check whenever a process judges more than one block).
+    init = jax.tree.map(lambda s: jnp.zeros_like(like, shape=(rows, *s.shape[1:]), dtype=s.dtype), shapes)
 
     def body(i, acc):
         start = jnp.minimum(i * size, rows - size)
@@ -1059,7 +1062,7 @@ def detector_update(
         return _judge(raw, age, rows, kappa, stay_prior, spread_prior, params, with_limits, periodogram, small,
                       state.window, start, period_every)
 
-    judged = _in_blocks(judge, num_users, size)
+    judged = _in_blocks(judge, num_users, size, like=counts)
     code = judged["state"]
     # Every silence the interest came back from, at the surprise it had reached. A return
     # from forgotten is left out: it is a pause (or a fade's trickle), not a loyal silence.
