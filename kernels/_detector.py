@@ -873,7 +873,6 @@ def _judge(
     spread = n * (n * n - 1.0) / 12.0
     moment = weighted - centre * recent
     trend = jnp.where(n >= 2, moment / jnp.maximum(spread, 1e-6), 0.0)
-    # The counts' dispersion before the current silence (the silence is what is being judged).
     # The counts' spread over the history before the current silence (the silence is what is judged).
     own_runs, own_steps = history_dispersion(b.total, b.sum_sq, b.sum_lag, alive_before)
     exposure = jnp.maximum(alive_before - 1, 0)
