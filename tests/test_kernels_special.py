@@ -32,7 +32,9 @@ def test_lgamma_from_half_is_xla_lgamma_bit_for_bit_and_lgamma():
     np.testing.assert_array_equal(_bits(got), _bits(jax.jit(lax.lgamma)(x)))
     finite = np.isfinite(x) & (x < 1e30)
     want = np.array([math.lgamma(float(v)) for v in x[finite][::50]])
-    np.testing.assert_allclose(got[finite][::50], want, rtol=2e-6, atol=2e-6)
+    # XLA's float32 lgamma is off by up to 2.4e-6 absolute near its roots (x in [0.5, 2.5], 2M draws against
+    # float64; 2.0e-6 at the 99.99th percentile), so 2e-6 failed one draw in a few runs.
+    np.testing.assert_allclose(got[finite][::50], want, rtol=2e-6, atol=5e-6)
 
 
 @pytest.mark.parametrize("below_half", [False, True])
