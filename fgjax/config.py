@@ -229,14 +229,16 @@ class DetectorConfig:
     population_strength: float = setting(30.0, ge=0)
     # The silence test's dispersion indices: each interest's own, with this many pseudo windows of the
     # population's (the geometric mean over interests with 4+ windows of history; empirical Bayes; 0 = its own
-    # alone). The value chosen leave-one-story-out most often among 0, 3, 10, 30, 100, 300 (6 of the 16 cells;
-    # classic alone would choose 100), bench/RESULTS.md, issue 10.
-    dispersion_strength: float = setting(10.0, ge=0)
+    # alone). Off by default: 10 lifts the detection matrix (15 of 16 cells at least the silence rule; hawkes'
+    # loyal flags down) but costs a 60-day run of the classic generator 0.01-0.06 F1 at every budget (young
+    # interests of a mixed population judged more slowly); for populations of bursty interests with long
+    # histories (bench/RESULTS.md, issue 10).
+    dispersion_strength: float = setting(0.0, ge=0)
     min_gaps: float = setting(3.0, ge=0)  # silences an interest came back from before the window model is used
     # The window model speaks for silences up to max(this, log(life * starts / false_alarm) / log(gaps + 1))
-    # times the longest seen (docs/formulas.md). Chosen on the classic story alone (3, 6, 12, 100: 6, 12 and 100
-    # tie; the smallest), reported on the others (bench/RESULTS.md, issue 10); 3 before the population priors.
-    markov_reach: float = setting(6.0, gt=0)
+    # times the longest seen (docs/formulas.md). 6 lifts the detection matrix (all 16 cells at least the silence
+    # rule) but costs a 60-day run of the classic generator 0.03-0.11 F1 (bench/RESULTS.md, issue 10): 3 stays.
+    markov_reach: float = setting(3.0, gt=0)
     calibration_share: float = setting(0.01, gt=0, lt=0.5)  # kappa matches this tail share of completed silences
     calibration_prior: float = setting(1000.0, ge=0)  # completed silences the prior kappa = 1 is worth
     degree_z: float = 2.0  # per-user F alarm: F > mean + degree_z * std of the user's own F

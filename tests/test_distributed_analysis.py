@@ -38,9 +38,11 @@ def _free_port() -> int:
 
 def _settings(events, items, detector: str = "adaptive") -> list[str]:
     # Users judged 32 at a time: each process judges its 110-120 users in several blocks (a fori_loop under
-    # shard_map), as a process of a real run does (1,024 users a block on a CPU).
+    # shard_map), as a process of a real run does (1,024 users a block on a CPU). The population's dispersion on
+    # (off by default), so that its sums across processes count.
     return [f"data.path={events}", f"data.items_path={items}", "data.batch_size=700",
-            f"analysis.detector.kind={detector}", "analysis.detector.user_block=32"]
+            f"analysis.detector.kind={detector}", "analysis.detector.user_block=32",
+            "analysis.detector.dispersion_strength=10"]
 
 
 def _two_processes(out, settings: list[str]) -> list[subprocess.CompletedProcess]:
