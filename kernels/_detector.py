@@ -588,8 +588,13 @@ def dispersion_sums(runs: ArrayLike, steps: ArrayLike, exposure: ArrayLike) -> A
     """``(3,)`` the sums of ``log runs`` and ``log steps`` (each interest's own indices, ``history_dispersion``)
     over the interests with ``exposure >= CAL_AGES[0]`` windows of history, and their number
     (``DetectorState.dispersion_sums``); ``(users, K)`` each, summed over the interests, then the users."""
+    return _total_rows(_dispersion_rows(runs, steps, exposure))
+
+
+def _total_rows(rows: tuple[Array, Array, Array]) -> Array:
+    """``(3,)`` the sums of ``_dispersion_rows``' three ``(users,)``."""
     # Flat sums of each user's (XLA:CPU reduces a 2-D float32 array far slower inside the update; silence_totals_add).
-    return jnp.stack([jnp.sum(rows) for rows in _dispersion_rows(runs, steps, exposure)])
+    return jnp.stack([jnp.sum(r) for r in rows])
 
 
 def _dispersion_rows(runs: Array, steps: Array, exposure: Array) -> tuple[Array, Array, Array]:
@@ -1069,7 +1074,7 @@ def detector_update(
     calibration = calibration_add(state.calibration, state.surprise,
                                   jnp.maximum(state.alive - state.silence - 1, 0), ended)
     silence_totals = silence_totals_add(state.silence_totals, state.silence, ended)
-    spread_sums = jnp.stack([jnp.sum(rows) for rows in judged["dispersion_rows"]])  # flat sums (dispersion_sums)
+    spread_sums = _total_rows(judged["dispersion_rows"])
 
     # Per-user F alarm against the user's own history (before this window).
     started = jnp.any(alive > 0, axis=1)
