@@ -3,6 +3,8 @@
     python -m bench detector_update --scale small|large
     python -m bench.detector_update --users 10000,100000 --interests 32 --buffer-windows 64 \
         --user-block 65536 --out bench/results/detector_update.json
+    python -m bench.detector_update --users 100000 --interests 16 --period-every 4 \
+        --seen 0.2 --rate 0.5 --count-arrays 8 --history 12 --hold-outputs    # as in an analysis
 
 For each N, in the same run, on the same (N, K) state with a T-window ring buffer:
 
@@ -74,22 +76,33 @@ def memory_per_pair(num_users: int, num_interests: int, buffer_windows: int, use
 
 
 def bench_one(num_users: int, num_interests: int, buffer_windows: int, user_block: int | None, *, repeats: int,
-              warmup: int, min_time: float, seed: int, period_every: int = 1) -> dict[str, Any]:
+              warmup: int, min_time: float, seed: int, period_every: int = 1, seen: float = 1.0, rate: float = 1.0,
+              count_arrays: int = 1, history: int = 3, hold_outputs: bool = False) -> dict[str, Any]:
+    """One N: ``history`` windows first, then each timed call one window. The counts are Poisson(``rate``) on a
+    fixed random share ``seen`` of the pairs (0 elsewhere: interests the user never has), ``count_arrays``
+    draws used in turn (1: the same counts every window, every pair seen active in each). ``hold_outputs``:
+    each window's outputs stay alive until the next window's are made, as the analysis's writers hold them
+    (their buffers then cannot be reused for the next window's)."""
     import jax
     import jax.numpy as jnp
 
     from fgjax import kernels
 
     rng = np.random.default_rng(seed)
-    counts = jax.device_put(rng.poisson(1.0, size=(num_users, num_interests)).astype(np.float32))
+    shape = (num_users, num_interests)
+    mask = np.ones(shape, np.float32) if seen >= 1 else (rng.random(shape) < seen).astype(np.float32)
+    pool = [jax.device_put((rng.poisson(rate, size=shape) * mask).astype(np.float32)) for _ in range(count_arrays)]
     # One compilation serves the timing and the memory analysis.
     update = _compiled_update(num_users, num_interests, buffer_windows, user_block, period_every)
-    holder = [kernels.detector_init(num_users, num_interests, buffer_windows)]
-    for _ in range(3):  # some history, so every branch has data
-        holder[0], _ = update(holder[0], counts)
+    holder = [kernels.detector_init(num_users, num_interests, buffer_windows), 0, None]
+    for w in range(history):  # some history, so every branch has data
+        holder[0], _ = update(holder[0], pool[w % count_arrays])
+    holder[1] = history
 
     def one_window():
-        holder[0], out = update(holder[0], counts)
+        holder[0], out = update(holder[0], pool[holder[1] % count_arrays])
+        holder[1] += 1
+        holder[2] = out if hold_outputs else None
         return out.state
 
     memory = _stats(update, num_users * num_interests)
@@ -116,6 +129,7 @@ def bench_one(num_users: int, num_interests: int, buffer_windows: int, user_bloc
         "buffer_windows": buffer_windows,
         "user_block": user_block,
         "period_every": period_every,
+        "seen": seen, "rate": rate, "count_arrays": count_arrays, "history": history, "hold_outputs": hold_outputs,
         "memory": memory,
         "timings": timings,
         "update_ms": timings["update"]["median_s"] * 1e3,
@@ -163,6 +177,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--period-every", type=_report.int_list, default=[1, 4],
                    help="comma-separated windows between a user's periodograms, each timed side by side "
                         "(default 1,4: every window, and the analysis default)")
+    p.add_argument("--seen", type=float, default=1.0,
+                   help="share of the (user, interest) pairs that ever have events (default 1: all)")
+    p.add_argument("--rate", type=float, default=1.0, help="Poisson mean of a seen pair's count a window (default 1)")
+    p.add_argument("--count-arrays", type=int, default=1,
+                   help="count draws used in turn (default 1: the same every window; 8: interests fall silent "
+                        "and return as in an analysis)")
+    p.add_argument("--history", type=int, default=3, help="windows before the timed ones (default 3)")
+    p.add_argument("--hold-outputs", action="store_true",
+                   help="keep each window's outputs until the next window's are made, as the analysis does")
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--min-time", type=float, default=0.05)
     p.add_argument("--probe-users", type=int, default=None,
@@ -192,6 +215,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             setattr(args, name, value)
     if args.interests < 1 or args.buffer_windows < 3 or repeats < 1 or args.user_block < 0:
         raise SystemExit("detector_update: --interests >= 1, --buffer-windows >= 3, --repeats >= 1, --user-block >= 0")
+    if not 0 < args.seen <= 1 or args.rate <= 0 or args.count_arrays < 1 or args.history < 0:
+        raise SystemExit("detector_update: 0 < --seen <= 1, --rate > 0, --count-arrays >= 1, --history >= 0")
     users = args.users or SIZES[args.scale]
     block = args.user_block or None
     payload: dict[str, Any] = {
@@ -200,7 +225,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "config": {
             "users": users, "interests": args.interests, "buffer_windows": args.buffer_windows, "scale": args.scale,
             "user_block": block, "period_every": args.period_every, "repeats": repeats, "warmup": args.warmup, "min_time_s": args.min_time,
-            "seed": args.seed,
+            "seed": args.seed, "seen": args.seen, "rate": args.rate, "count_arrays": args.count_arrays,
+            "history": args.history, "hold_outputs": args.hold_outputs,
         },
         "notes": "update GB/s = (compiled argument + output bytes) / median time; copy = donated x + 1 over the "
                  "argument bytes, at most 4 GB (read + write). No NumPy or PyTorch peer: no such detector exists "
@@ -211,7 +237,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
           f"user_block={block}, jax {payload['versions']['jax']}", flush=True)
     for n in users:
         rows = [bench_one(n, args.interests, args.buffer_windows, block, repeats=repeats, warmup=args.warmup,
-                          min_time=args.min_time, seed=args.seed, period_every=every) for every in args.period_every]
+                          min_time=args.min_time, seed=args.seed, period_every=every, seen=args.seen, rate=args.rate,
+                          count_arrays=args.count_arrays, history=args.history, hold_outputs=args.hold_outputs)
+                for every in args.period_every]
         base = next((r["update_ms"] for r in rows if r["period_every"] == 1), None)
         for r in rows:  # the ratio to taking every periodogram every window, measured in this run
             r["vs_every_window"] = r["update_ms"] / base if base else None

@@ -171,3 +171,12 @@ def test_users_flag_chooses_the_sizes(name):
     assert [r["users"] for r in payload["results"]] == [300]
     with pytest.raises(SystemExit):
         module.main(["--users", "0"])
+
+
+def test_detector_update_refuses_histories_it_cannot_draw():
+    from bench import detector_update
+
+    for flags in (["--seen", "0"], ["--seen", "1.5"], ["--rate", "0"], ["--count-arrays", "0"], ["--history", "-1"]):
+        with pytest.raises(SystemExit) as exc:
+            detector_update.main([*flags, "--out", ""])
+        assert "0 < --seen <= 1, --rate > 0, --count-arrays >= 1, --history >= 0" in str(exc.value), flags
