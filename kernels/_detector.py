@@ -216,7 +216,13 @@ class DetectorOutput(NamedTuple):
 
 
 def detector_init(num_users: int, num_interests: int, buffer_windows: int = 64) -> DetectorState:
-    """The state before any window: nothing seen, every interest ``none``."""
+    """The state before any window: nothing seen, every interest ``none``.
+
+    ``buffer_windows`` (T) must be at least 2: the periodogram needs two windows, and the update reads the
+    last window's count from the ring slot beside the one it writes.
+    """
+    if buffer_windows < 2:
+        raise ValueError(f"buffer_windows must be at least 2 (the ring's windows), got {buffer_windows}")
     shape = (num_users, num_interests)
     # Distinct buffers for every field: the state is donated to jitted steps.
     return DetectorState(
@@ -1076,11 +1082,8 @@ def detector_update(
         x = jnp.minimum(c, COUNT_MAX)
         total = jnp.where(back, 0.0, old.total) + x
         # Last window's counts (0 before any window, and before a return: it was silent): the slot before this
-        # window's, which its write left as it was (T >= 2; with T = 1 the write replaced it: read before).
-        if length > 1:
-            previous = lax.dynamic_index_in_dim(ring, (windows - 1) % length, axis=-1, keepdims=False)
-        else:
-            previous = take(state.buffer.counts)[..., 0]
+        # window's, which its write left as it was (T >= 2, as the periodogram needs).
+        previous = lax.dynamic_index_in_dim(ring, (windows - 1) % length, axis=-1, keepdims=False)
         previous = jnp.where(windows > 0, previous.astype(jnp.float32), 0.0)
         sum_sq = jnp.where(back, 0.0, old.sum_sq) + x * x
         sum_lag = jnp.where(back, 0.0, old.sum_lag) + x * previous

@@ -379,6 +379,12 @@ def test_event_counts_drop_padding_and_uncategorized():
     np.testing.assert_array_equal(np.asarray(counts), [[0, 2, 0], [1, 0, 0]])
 
 
+def test_a_ring_of_one_window_is_refused():
+    """T = 1 has no periodogram and no slot beside this window's: a clear error, not a wrong previous count."""
+    with pytest.raises(ValueError, match="buffer_windows must be at least 2"):
+        kernels.detector_init(3, 2, 1)
+
+
 def test_user_blocks_give_the_same_results():
     counts = random_histories(3, W=24, n=23)  # 23 users: blocks of 5 leave a ragged last block
     params = P
