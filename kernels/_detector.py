@@ -678,7 +678,8 @@ class _Block(NamedTuple):
 
 
 class _Pairs(NamedTuple):
-    """The per-(user, interest) part of ``DetectorState`` but its ring buffer, ``(users, K)`` each."""
+    """The per-(user, interest) part of ``DetectorState`` but its ring buffer, ``(users, K)`` each (the same
+    names: the update reads and replaces them by name)."""
 
     total: Array
     sum_sq: Array
@@ -1123,9 +1124,7 @@ def detector_update(
     outputs = {k: jnp.zeros_like(counts) for k in output_names}
     if with_limits:
         outputs["silence_limit"] = jnp.zeros_like(counts, dtype=jnp.int32)
-    before = _Pairs(state.total, state.sum_sq, state.sum_lag, state.alive, state.active_windows,
-                    state.gaps, state.silence, state.longest_gap, state.surprise, state.since_return,
-                    state.last_active, state.state, state.period_index, state.period_strength)
+    before = _Pairs(*(getattr(state, name) for name in _Pairs._fields))
     carry = _Carry(
         ring=state.buffer.counts,
         pairs=jax.tree.map(lambda a: jnp.zeros_like(counts, shape=a.shape, dtype=a.dtype), before),
@@ -1160,27 +1159,9 @@ def detector_update(
     alarm = started & (degree_value > threshold)
 
     out = carry.outputs
-    new_state = DetectorState(
-        buffer=buffer,
-        window=state.window + 1,
-        total=pairs.total,
-        sum_sq=pairs.sum_sq,
-        sum_lag=pairs.sum_lag,
-        alive=alive,
-        active_windows=pairs.active_windows,
-        gaps=pairs.gaps,
-        silence=pairs.silence,
-        longest_gap=pairs.longest_gap,
-        surprise=pairs.surprise,
-        since_return=pairs.since_return,
-        last_active=pairs.last_active,
-        state=pairs.state,
-        calibration=carry.calibration,
-        degree_moments=moments,
-        period_index=pairs.period_index,
-        period_strength=pairs.period_strength,
-        silence_totals=carry.silence_totals,
-        dispersion_sums=carry.dispersion_sums,
+    new_state = state._replace(
+        buffer=buffer, window=state.window + 1, calibration=carry.calibration, degree_moments=moments,
+        silence_totals=carry.silence_totals, dispersion_sums=carry.dispersion_sums, **pairs._asdict(),
     )
     output = DetectorOutput(
         state=pairs.state,
