@@ -1062,7 +1062,8 @@ def detector_update(
         c = take(counts)
         # This window's slot, written into the ring in place (the same value again on rows not fresh) just
         # before the block is read: the write touches every row's cache line, so it is done while they are
-        # read anyway (a pass of its own over the whole ring cost more than a tenth of the update).
+        # read anyway (as a pass of its own over the whole ring, about a tenth of the update, the update took
+        # 5 % longer).
         slot = jnp.clip(c, 0, COUNT_MAX).astype(jnp.uint8)[..., None]
         whole = lax.dynamic_update_slice(carry.ring, slot, (start, jnp.int32(0), windows % length))
         ring = take(whole)  # (size, K, T) uint8
