@@ -677,24 +677,10 @@ class _Block(NamedTuple):
     period_strength: Array
 
 
-class _Pairs(NamedTuple):
-    """The per-(user, interest) part of ``DetectorState`` but its ring buffer, ``(users, K)`` each (the same
-    names: the update reads and replaces them by name)."""
-
-    total: Array
-    sum_sq: Array
-    sum_lag: Array
-    alive: Array
-    active_windows: Array
-    gaps: Array
-    silence: Array
-    longest_gap: Array
-    surprise: Array
-    since_return: Array
-    last_active: Array
-    state: Array
-    period_index: Array
-    period_strength: Array
+# The per-(user, interest) fields of DetectorState but its ring buffer, (users, K) each: the update reads them
+# from the state and replaces them in it by name.
+_NOT_PER_PAIR = ("buffer", "window", "calibration", "degree_moments", "silence_totals", "dispersion_sums")
+_Pairs = NamedTuple("_Pairs", [(name, Array) for name in DetectorState._fields if name not in _NOT_PER_PAIR])
 
 
 class _Carry(NamedTuple):
@@ -1096,9 +1082,10 @@ def detector_update(
                        jnp.where(back, 0.0, old.period_strength))
         judged = _judge(ring, age, block, kappa, stay_prior, spread_prior, params, with_limits, periodogram, small,
                         state.window, start, period_every)
-        pairs = _Pairs(total, sum_sq, sum_lag, alive, active_windows, gaps, silence, longest_gap,
-                       judged["surprise"], judged["since_return"], last_active, judged["state"],
-                       judged["period_index"], judged["period_strength"])
+        pairs = _Pairs(total=total, sum_sq=sum_sq, sum_lag=sum_lag, alive=alive, active_windows=active_windows,
+                       gaps=gaps, silence=silence, longest_gap=longest_gap, surprise=judged["surprise"],
+                       since_return=judged["since_return"], last_active=last_active, state=judged["state"],
+                       period_index=judged["period_index"], period_strength=judged["period_strength"])
         # Every silence the interest came back from, at the surprise it had reached. A return
         # from forgotten is left out: it is a pause (or a fade's trickle), not a loyal silence.
         ended = came_back if fresh is None else came_back & fresh[:, None]
