@@ -75,6 +75,14 @@ def memory_per_pair(num_users: int, num_interests: int, buffer_windows: int, use
     return _stats(_compiled_update(num_users, num_interests, buffer_windows, user_block), num_users * num_interests)
 
 
+def draw_counts(rng: np.random.Generator, shape: tuple[int, int], *, seen: float = 1.0, rate: float = 1.0,
+                count_arrays: int = 1) -> list[np.ndarray]:
+    """``count_arrays`` float32 ``(users, K)`` Poisson(``rate``) draws, zero outside one fixed random share ``seen``
+    of the pairs (the interests a user never has). ``seen >= 1`` draws no mask (the benchmark's draws as before)."""
+    mask = np.ones(shape, np.float32) if seen >= 1 else (rng.random(shape) < seen).astype(np.float32)
+    return [(rng.poisson(rate, size=shape) * mask).astype(np.float32) for _ in range(count_arrays)]
+
+
 def bench_one(num_users: int, num_interests: int, buffer_windows: int, user_block: int | None, *, repeats: int,
               warmup: int, min_time: float, seed: int, period_every: int = 1, seen: float = 1.0, rate: float = 1.0,
               count_arrays: int = 1, history: int = 3, hold_outputs: bool = False) -> dict[str, Any]:
@@ -88,10 +96,8 @@ def bench_one(num_users: int, num_interests: int, buffer_windows: int, user_bloc
 
     from fgjax import kernels
 
-    rng = np.random.default_rng(seed)
-    shape = (num_users, num_interests)
-    mask = np.ones(shape, np.float32) if seen >= 1 else (rng.random(shape) < seen).astype(np.float32)
-    pool = [jax.device_put((rng.poisson(rate, size=shape) * mask).astype(np.float32)) for _ in range(count_arrays)]
+    pool = [jax.device_put(c) for c in draw_counts(np.random.default_rng(seed), (num_users, num_interests), seen=seen,
+                                                   rate=rate, count_arrays=count_arrays)]
     # One compilation serves the timing and the memory analysis.
     update = _compiled_update(num_users, num_interests, buffer_windows, user_block, period_every)
     holder = [kernels.detector_init(num_users, num_interests, buffer_windows), 0, None]

@@ -7,6 +7,7 @@ import math
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -180,3 +181,19 @@ def test_detector_update_refuses_histories_it_cannot_draw():
         with pytest.raises(SystemExit) as exc:
             detector_update.main([*flags, "--out", ""])
         assert "0 < --seen <= 1, --rate > 0, --count-arrays >= 1, --history >= 0" in str(exc.value), flags
+
+
+def test_detector_update_draws_counts_on_a_fixed_share_of_the_pairs():
+    from bench.detector_update import draw_counts
+
+    draws = draw_counts(np.random.default_rng(0), (4000, 8), seen=0.2, rate=3.0, count_arrays=4)
+    assert len(draws) == 4 and all(d.dtype == np.float32 and d.shape == (4000, 8) for d in draws)
+    ever = np.any(np.stack(draws) > 0, axis=0)
+    # One mask for every draw: the pairs ever active are the mask (a masked pair is silent in every draw, an
+    # unmasked one silent in all four with chance e^-12 at rate 3), about a fifth of them.
+    assert 0.18 < ever.mean() < 0.22
+    assert all(np.all((d > 0) <= ever) for d in draws)
+    assert abs(np.mean([d[ever].mean() for d in draws]) - 3.0) < 0.1
+    # seen = 1 draws no mask: the same stream as the benchmark's single draw before the flag existed.
+    (one,) = draw_counts(np.random.default_rng(5), (50, 3))
+    np.testing.assert_array_equal(one, np.random.default_rng(5).poisson(1.0, size=(50, 3)).astype(np.float32))
