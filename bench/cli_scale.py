@@ -50,11 +50,14 @@ SIZES = {
     "large": {"users": 10_000_000, "events": 60_000_000, "days": 60, "files": 60},
 }
 # fgjax runs by their config overrides; adaptive_every_window takes every periodogram every window (the
-# detector before analysis.detector.period_every), for the side-by-side ratio.
+# detector before analysis.detector.period_every), and the *_one_device kinds run on one CPU device (before
+# analysis.cpu_devices), for the side-by-side ratios.
 CLI_KINDS = {
     "level": ["analysis.detector.kind=level"],
     "adaptive": ["analysis.detector.kind=adaptive"],
     "adaptive_every_window": ["analysis.detector.kind=adaptive", "analysis.detector.period_every=1"],
+    "level_one_device": ["analysis.detector.kind=level", "analysis.cpu_devices=0"],
+    "adaptive_one_device": ["analysis.detector.kind=adaptive", "analysis.cpu_devices=0"],
 }
 KINDS = (*CLI_KINDS, "numpy")
 

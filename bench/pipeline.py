@@ -236,6 +236,7 @@ from fgjax.cli import return_freed_memory
 from fgjax.config import load_config
 return_freed_memory()  # as `fgjax analyze` does (fgjax.cli.main), without its compilation cache
 config = load_config(None, sys.argv[3:])
+analysis_job.split_cpu(config.analysis.cpu_devices)  # as fgjax analyze does, before JAX starts
 timings = {}
 rows = analysis_job.analyze_log(config, sys.argv[1], progress=False, timings=timings)
 from bench.pipeline import peak_rss_bytes

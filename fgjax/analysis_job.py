@@ -40,6 +40,7 @@ This module imports no training code, so the command starts fast.
 from __future__ import annotations
 
 import contextlib
+import os
 import time
 from pathlib import Path
 from typing import Callable
@@ -50,7 +51,7 @@ from jax._src import dispatch  # the compile events' names (jax.monitoring has n
 
 from fgjax import kernels, processes
 from fgjax.analysis import TableWriters, analyze_scanned
-from fgjax.analysis.distributed import agree_scanned
+from fgjax.analysis.distributed import agree_scanned, user_mesh
 from fgjax.analysis.tables import part_name
 from fgjax.config import Config, to_dict
 from fgjax.data.stream import scan_log
@@ -66,6 +67,31 @@ Reporter = Callable[[str], None]
 
 def _quiet(_: str) -> None:
     pass
+
+
+def split_cpu(count: int) -> int:
+    """Give JAX ``count`` CPU devices (``jax_num_cpu_devices``, at most one per core) for ``fgjax analyze``,
+    which splits its users between them (``analysis.cpu_devices``; ``fgjax.analysis.distributed``).
+
+    Left as it is when ``count`` is 0, when the user chose (``JAX_NUM_CPU_DEVICES``, or XLA_FLAGS'
+    ``--xla_force_host_platform_device_count``) or when JAX has started in this process (its devices are
+    fixed then). Only the CPU's devices change: on a GPU the analysis runs on the GPUs as before. Returns
+    the CPU devices set, 0 when left.
+    """
+    count = min(count, os.cpu_count() or 1)
+    chosen = jax.config.jax_num_cpu_devices >= 0 or "xla_force_host_platform_device_count" in os.environ.get(
+        "XLA_FLAGS", "")
+    if count <= 1 or chosen:
+        return 0
+    try:
+        jax.config.update("jax_num_cpu_devices", count)
+    except RuntimeError:  # JAX already ran something here (an API caller's process): its devices stay
+        return 0
+    return count
+
+
+def _on_devices(devices: int) -> str:
+    return f", users split between {devices} {jax.devices()[0].platform} devices" if devices > 1 else ""
 
 
 def final_state_counts(state: np.ndarray) -> dict[str, int]:
@@ -130,6 +156,7 @@ def analyze_log(
         processes.initialize()  # before any other JAX call; a no-op when the caller started it
         if jax.process_count() > 1:
             return _analyze_processes(config, out, report, progress, overwrite=overwrite)
+    user_mesh(config.analysis.devices)  # too many devices asked for: said before pass 1 reads anything
     with run_folder(out, "analyze", to_dict(config), overwrite=overwrite) as stage:
         shown = shown_as_final(report, stage, out)
         window_seconds = config.analysis.window_seconds
@@ -160,7 +187,8 @@ def analyze_log(
         plot_forgetting(writers.plot_degree(), window_start, stage / "plots" / "forgetting.png",
                         sample_note="" if sampled == scanned.num_users else f"{sampled:,} sampled users")
         times["plot_s"] = time.perf_counter() - clock
-        shown(f"forgetting: {scanned.num_windows} windows; final states {final_state_counts(result.state)}")
+        shown(f"forgetting: {scanned.num_windows} windows{_on_devices(result.devices)}; final states "
+              f"{final_state_counts(result.state)}")
         shown(stage_summary(times))
     return rows["forgetting"], rows["states"]
 
@@ -216,6 +244,6 @@ def _analyze_processes(config: Config, out: Path, report: Reporter, progress: bo
             users = sum(layout.process_users)
             plot_forgetting(sample, window_start, stage / "plots" / "forgetting.png",
                             sample_note="" if sample.shape[1] == users else f"{sample.shape[1]:,} sampled users")
-            shown(f"forgetting: {scanned.num_windows} windows; final states "
+            shown(f"forgetting: {scanned.num_windows} windows{_on_devices(result.devices)}; final states "
                   f"{ {n: int(c) for n, c in zip(kernels.STATE_NAMES, states) if n != 'none'} }")
     return int(totals[0]), int(totals[1])

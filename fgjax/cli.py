@@ -218,7 +218,9 @@ def run(args) -> int:
         pipeline.train_model(_config(args), args.out, print, _progress(args), overwrite=overwrite)
         print(f"checkpoint: {args.out / 'checkpoint'}")
     elif args.command == "analyze":
-        rows, changes = analysis_job.analyze_log(_config(args), args.out, print, _progress(args), overwrite=overwrite)
+        config = _config(args)
+        analysis_job.split_cpu(config.analysis.cpu_devices)  # before JAX starts
+        rows, changes = analysis_job.analyze_log(config, args.out, print, _progress(args), overwrite=overwrite)
         print(f"wrote {args.out / 'forgetting.parquet'} ({rows:,} rows), {args.out / 'states.parquet'} "
               f"({changes:,} state changes) and {args.out / 'plots' / 'forgetting.png'}")
     elif args.command == "recommend":

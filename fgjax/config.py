@@ -285,6 +285,13 @@ class AnalysisConfig:
     # fgjax analyze as jax.distributed processes (FGJAX_COORDINATOR/_NUM_PROCESSES/_PROCESS_ID), users split by
     # process: each reads every N-th file of data.path (shards by user); fgjax.analysis.distributed
     distributed: bool = False
+    # Devices of each process the window step splits the users over (0 = all; fgjax.analysis.distributed). A run
+    # whose windows come in chunks (window_chunk) runs on one device of one process.
+    devices: int = setting(0, ge=0)
+    # fgjax analyze on a CPU: the CPU devices it splits the users over (jax_num_cpu_devices, set before JAX
+    # starts; 0 = leave JAX's setting). Each runs its own loop over user blocks: on 2 cores, 2 devices judge a
+    # window about 15 % faster than one (bench/RESULTS.md).
+    cpu_devices: int = setting(2, ge=0)
 
     # Keys that moved (old -> new, relative to this section): a config that
     # still uses one stops with the new name instead of "unknown key".

@@ -50,6 +50,13 @@ if "FGJAX_TESTS_XLA_FLAGS" not in os.environ:
     os.environ["XLA_FLAGS"] = os.environ["FGJAX_TESTS_XLA_FLAGS"] = _fast_compile_xla_flags(os.environ.get("XLA_FLAGS", ""))
 
 
+# One CPU device in the test processes, whatever ran first: `fgjax analyze` run in process (tests of the CLI)
+# would otherwise split the CPU (analysis.cpu_devices) for every test after it in that worker.
+import jax  # noqa: E402 - after the environment above
+
+jax.config.update("jax_num_cpu_devices", 1)
+
+
 def make_log(num_users: int = 64, num_items: int = 40, num_categories: int = 4, events_per_user: int = 30, seed: int = 0):
     """An ``EventLog`` where each user sticks to one category (so a model can learn it).
 

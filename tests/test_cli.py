@@ -213,6 +213,27 @@ def test_the_cli_keeps_compiled_programs_between_runs(tmp_path):
         assert out.strip() == want
 
 
+def test_fgjax_analyze_splits_the_cpu_unless_the_user_chose_or_jax_started():
+    """``split_cpu`` (what ``fgjax analyze`` runs before JAX starts): N CPU devices, at most one per core; left
+    alone for 0, for the user's JAX_NUM_CPU_DEVICES or XLA flag, and once JAX has run."""
+    probe = ("import os, jax; from fgjax.analysis_job import split_cpu\n"
+             "set_zero = split_cpu(0)\n"
+             "set_many = split_cpu(64)\n"
+             "devices = len(jax.devices())\n"
+             "print(set_zero, set_many, devices, split_cpu(2), len(jax.devices()), os.cpu_count())\n")
+    base = {k: v for k, v in os.environ.items() if k != "JAX_NUM_CPU_DEVICES"}
+    flags = base.get("XLA_FLAGS", "")
+    runs = {name: subprocess.Popen([sys.executable, "-c", probe], env=env, stdout=subprocess.PIPE, text=True)
+            for name, env in (("default", base), ("jax_env", {**base, "JAX_NUM_CPU_DEVICES": "1"}),
+                              ("xla_flag", {**base, "XLA_FLAGS": f"{flags} --xla_force_host_platform_device_count=1"}))}
+    out = {name: p.communicate(timeout=120)[0].split() for name, p in runs.items()}
+    cores = int(out["default"][-1])
+    split = cores if cores > 1 else 0
+    # 0 leaves it; 64 gives one device per core; once JAX runs, a second call changes nothing.
+    assert out["default"][:5] == ["0", str(split), str(max(split, 1)), "0", str(max(split, 1))]
+    assert out["jax_env"][:5] == out["xla_flag"][:5] == ["0", "0", "1", "0", "1"]
+
+
 @pytest.mark.skipif(not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc", reason="glibc only")
 def test_the_cli_returns_freed_blocks_to_the_system():
     """Without fixed thresholds glibc keeps a freed 16 MB block in its heap once one was freed (RSS stays up);

@@ -45,17 +45,23 @@ def _settings(events, items, detector: str = "adaptive") -> list[str]:
             "analysis.detector.dispersion_strength=10"]
 
 
-def _two_processes(out, settings: list[str]) -> list[subprocess.CompletedProcess]:
-    """``fgjax analyze`` started twice, as the README says (FGJAX_* variables, analysis.distributed)."""
+def _cli(out, settings: list[str], env: dict[str, str]) -> subprocess.Popen:
+    command = [sys.executable, "-m", "fgjax.cli", "analyze", "--out", str(out), "--no-progress",
+               *(a for s in settings for a in ("--set", s))]
+    return subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _two_processes(out, settings: list[str], devices: int = 1, beside: list[subprocess.Popen] = ()
+                   ) -> list[subprocess.CompletedProcess]:
+    """``fgjax analyze`` started twice, as the README says (FGJAX_* variables, analysis.distributed), each
+    process with ``devices`` CPU devices; then waited for, with the runs ``beside`` after them."""
     port = _free_port()
     base = dict(os.environ, JAX_PLATFORMS="cpu", FGJAX_COORDINATOR=f"localhost:{port}", FGJAX_NUM_PROCESSES="2",
-                XLA_FLAGS=f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count=1")
-    command = [sys.executable, "-m", "fgjax.cli", "analyze", "--out", str(out), "--no-progress",
-               "--set", "analysis.distributed=true", *(a for s in settings for a in ("--set", s))]
-    procs = [subprocess.Popen(command, env=dict(base, FGJAX_PROCESS_ID=str(i)), stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True) for i in range(2)]
+                XLA_FLAGS=f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={devices}")
+    procs = [_cli(out, ["analysis.distributed=true", *settings], dict(base, FGJAX_PROCESS_ID=str(i)))
+             for i in range(2)]
     done = []
-    for p in procs:
+    for p in [*procs, *beside]:
         stdout, stderr = p.communicate(timeout=240)
         done.append(subprocess.CompletedProcess(p.args, p.returncode, stdout, stderr))
     return done
@@ -72,28 +78,9 @@ def _sorted(table: pa.Table, keys: list[str]) -> pa.Table:
     return table.sort_by([(k, "ascending") for k in keys])
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("detector", ["adaptive", "level"])
-def test_two_processes_write_the_tables_of_one(tmp_path, detector):
-    paths = synthetic.generate(UNEVEN, tmp_path / "data")
-    for shard in sorted(paths.events_dir.glob("*.parquet"))[1::2]:
-        table = pq.read_table(shard)
-        time = table.column("timestamp")
-        later = pc.min(time).as_py() + dt.timedelta(days=3)
-        pq.write_table(table.filter(pc.or_kleene(pc.is_null(time), pc.greater_equal(time, pa.scalar(later, time.type)))),
-                       shard)
-    # The level rule's carry holds no per-pair detector state (a users-free stub, replicated across processes).
-    settings = _settings(paths.events_dir, paths.items_path, detector)
-    done = _two_processes(tmp_path / "multi", settings)
-    _skip_without_collectives(done)
-    assert all(d.returncode == 0 for d in done), "\n".join(d.stderr[-3000:] for d in done)
-    assert "process 1 of 2: pass 1" in done[1].stdout
-
-    rows, changes = analyze_log(load_config(None, settings), tmp_path / "single", progress=False)
-    multi, single = tmp_path / "multi", tmp_path / "single"
-    # One table per name from a folder of parts, one part per process.
-    assert sorted(p.name for p in (multi / "forgetting.parquet").iterdir()) == ["part-00000.parquet",
-                                                                                 "part-00001.parquet"]
+def _same_tables(multi, single, rows: int, changes: int) -> None:
+    """The tables of ``multi`` are ``single``'s: the same rows, the floats to float32 rounding (the population's
+    dispersion is summed in another order across devices)."""
     for name, keys, count in (("forgetting", ["window", "user_id"], rows),
                               ("states", ["window", "user_id", "interest"], changes)):
         one = pq.read_table(single / f"{name}.parquet")
@@ -110,6 +97,39 @@ def test_two_processes_write_the_tables_of_one(tmp_path, detector):
                 np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6, err_msg=f"{name}.{column}")
             else:
                 assert x.equals(y), f"{name}.{column}"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("detector", ["adaptive", "level"])
+def test_two_processes_write_the_tables_of_one(tmp_path, detector):
+    paths = synthetic.generate(UNEVEN, tmp_path / "data")
+    for shard in sorted(paths.events_dir.glob("*.parquet"))[1::2]:
+        table = pq.read_table(shard)
+        time = table.column("timestamp")
+        later = pc.min(time).as_py() + dt.timedelta(days=3)
+        pq.write_table(table.filter(pc.or_kleene(pc.is_null(time), pc.greater_equal(time, pa.scalar(later, time.type)))),
+                       shard)
+    # The level rule's carry holds no per-pair detector state (a users-free stub, replicated across processes).
+    settings = _settings(paths.events_dir, paths.items_path, detector)
+    # The adaptive detector's processes have two CPU devices each (users split four ways); beside them one
+    # process splits its users between the two CPU devices fgjax analyze gives it by default.
+    devices = 2 if detector == "adaptive" else 1
+    beside = [_cli(tmp_path / "devices", settings, dict(os.environ, JAX_PLATFORMS="cpu"))] if devices > 1 else []
+    done = _two_processes(tmp_path / "multi", settings, devices, beside)
+    _skip_without_collectives(done)
+    assert all(d.returncode == 0 for d in done), "\n".join(d.stderr[-3000:] for d in done)
+    assert "process 1 of 2: pass 1" in done[1].stdout
+    assert devices == 1 or "users split between 4 cpu devices" in done[0].stdout  # process 0 reports
+    assert all("users split between 2 cpu devices" in d.stdout for d in done[2:])
+
+    rows, changes = analyze_log(load_config(None, settings), tmp_path / "single", progress=False)
+    single = tmp_path / "single"
+    for multi in [tmp_path / "multi", *(tmp_path / "devices" for _ in beside)]:
+        _same_tables(multi, single, rows, changes)
+    multi = tmp_path / "multi"
+    # One table per name from a folder of parts, one part per process.
+    assert sorted(p.name for p in (multi / "forgetting.parquet").iterdir()) == ["part-00000.parquet",
+                                                                                 "part-00001.parquet"]
     # The detector's states (the adaptive one's calibration included) are those of one process on every user.
     states = pq.read_table(multi / "states.parquet").column("state").to_pylist()
     assert "forgotten" in states
@@ -166,3 +186,14 @@ def test_an_output_can_change_from_one_file_to_a_folder_of_parts_and_back(tmp_pa
         analyze("forgetting.parquet")
     assert (out / "forgetting.parquet" / "mine.txt").is_file()
     assert (out / "forgetting.parquet" / "part-00000.parquet").is_file()
+
+
+def test_more_devices_than_a_process_has_is_a_config_error(tmp_path):
+    """``analysis.devices`` past the process's devices: one line naming the key and what there is."""
+    from fgjax.errors import ConfigError
+
+    paths = synthetic.generate(SMALL, tmp_path / "data")
+    settings = [*_settings(paths.events_dir, paths.items_path), "analysis.devices=3"]
+    with pytest.raises(ConfigError, match=r"analysis.devices=3, but a process has only 1 cpu device\(s\)"):
+        analyze_log(load_config(None, settings), tmp_path / "out", progress=False)
+    assert not (tmp_path / "out").exists()  # said before pass 1 read anything

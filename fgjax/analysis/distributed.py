@@ -1,30 +1,43 @@
-"""The forgetting analysis over several ``jax.distributed`` processes, users partitioned by process.
+"""The forgetting analysis with the users split between devices: several devices of one process
+(``analysis.devices``), several ``jax.distributed`` processes (users partitioned by process), or both.
 
 Each process scans its own shards (``fgjax.data.stream.scan_log(shard=...)``); the
 shards must be partitioned by user (every user's events in one process's files),
 which ``agree_scanned`` checks, exactly, by comparing 64-bit hashes of the user IDs
 across processes. It also makes every process step the same windows: the range from
-the earliest first window to the latest last one over all processes.
+the earliest first window to the latest last one over all processes. One process
+alone needs none of this: its layout is its own users.
 
 A window then runs in two halves (``fgjax.analysis.window``):
 
 - ``event_sums``: each process turns its own events into ``(rows, K)`` sums for its
-  own users, on its own device (a local jit). Every process has ``rows`` rows, the
-  most users any process has; the padding users never have events.
-- ``close_window``: one SPMD program (``shard_map`` under ``jit``) over a mesh with
-  one device per process, its ``(users, ...)`` arrays sharded along the ``users``
-  axis in process order (process ``i`` holds global rows ``i * rows ...``). Each
-  process closes the window for its own rows, as one process would for all (so
-  ``detector.user_block`` bounds the temporaries per process); every value is per
+  own users, on its own devices (a local jit, split by user). Every process has
+  ``rows`` rows, the most users any process has rounded up to a multiple of its
+  devices; the padding users never have events.
+- ``close_window``: one SPMD program (``shard_map`` under ``jit``) over a mesh of the
+  same number of devices of each process, its ``(users, ...)`` arrays sharded along
+  the ``users`` axis in process order (process ``i`` holds global rows ``i * rows
+  ...``). Each device closes the window for its own rows, as one device would for all (so
+  ``detector.user_block`` bounds the temporaries per device); every value is per
   user but the adaptive detector's calibration histogram, whose window increment is
-  summed over the processes (``psum``, exact: counts; so are the completed silences' totals
-  behind the window model's prior), so every process judges with
-  the population's calibration and the states equal one process's (tested). The
+  summed over the devices (``psum``, exact: counts; so are the completed silences' totals
+  behind the window model's prior), so every device judges with
+  the population's calibration and the states equal one device's (tested). The
   population's dispersion (``kernels.population_dispersion``: sums of logs) is summed
-  too, in another order than one process sums it: the same to float32 rounding.
+  too, in another order than one device sums it: the same to float32 rounding. The
+  detector takes a user's periodogram in turn by its row on its device (every
+  ``period_every`` windows): each device's rows are a multiple of ``period_every``, so
+  one process's users keep their turns on any number of its devices; across processes a
+  user keeps the turn it has in one process when its row there is the same modulo
+  ``period_every`` (not in general: a period may then be refreshed up to
+  ``period_every - 1`` windows apart from one process's, and a state may differ).
 
-Each process then reads its own rows of the outputs from its shard (no transfer)
-and gathers and writes its own changed rows.
+Each process then reads its own rows of the outputs from its devices' shards (no
+transfer) and gathers and writes its own changed rows.
+
+On a CPU, several devices of one process are the CPU split in parts (``jax_num_cpu_devices``,
+set by ``fgjax analyze`` from ``analysis.cpu_devices``): each runs its own loop over user
+blocks, which keeps both cores of a 2-core machine busier than one loop's operations do.
 """
 
 from __future__ import annotations
@@ -52,7 +65,7 @@ from fgjax.analysis.window import (
 )
 from fgjax.data.stream import ScannedLog
 from fgjax.data.vocab import id_hashes
-from fgjax.errors import DataError
+from fgjax.errors import ConfigError, DataError
 from fgjax.processes import allgather, allgather_ragged
 
 AXIS = "users"
@@ -148,12 +161,21 @@ def agree_scanned(scanned: ScannedLog) -> Layout:
     return Layout(users=scanned.num_users, rows=max(users), process_users=users, first_group=first, last_group=last)
 
 
-def user_mesh() -> Mesh:
-    """A 1-D mesh over one device per process (each process's first local device), in process order."""
-    first: dict[int, jax.Device] = {}
+def user_mesh(devices_per_process: int = 1) -> Mesh:
+    """A 1-D mesh over ``devices_per_process`` devices of each process (its first ones by id; 0 = as many as
+    the process with the fewest has), in process order: process ``i``'s rows are the mesh's ``i``-th group.
+
+    Raises ``ConfigError`` when a process has fewer devices than asked for.
+    """
+    by_process: dict[int, list[jax.Device]] = {}
     for device in sorted(jax.devices(), key=lambda d: d.id):
-        first.setdefault(device.process_index, device)
-    return Mesh(np.array([first[p] for p in range(jax.process_count())]), (AXIS,))
+        by_process.setdefault(device.process_index, []).append(device)
+    fewest = min(len(d) for d in by_process.values())
+    per = devices_per_process or fewest
+    if per > fewest:
+        raise ConfigError(f"analysis.devices={devices_per_process}, but a process has only {fewest} "
+                          f"{jax.devices()[0].platform} device(s) (0 = all of them)")
+    return Mesh(np.array([d for p in range(jax.process_count()) for d in by_process[p][:per]]), (AXIS,))
 
 
 def _specs(make: Callable[[int], Any]) -> Any:
@@ -161,12 +183,6 @@ def _specs(make: Callable[[int], Any]) -> Any:
     ``users``, the rest replicated (found by building it for two user counts)."""
     a, b = jax.eval_shape(lambda: make(2)), jax.eval_shape(lambda: make(3))
     return jax.tree.map(lambda x, y: P(AXIS) if x.shape[:1] != y.shape[:1] else P(), a, b)
-
-
-def local(tree: Any) -> Any:
-    """This process's part of each array of ``tree``: its own rows of a sharded array, a replicated one whole
-    (one device per process: the data of its one addressable shard, no copy)."""
-    return jax.tree.map(lambda x: x.addressable_shards[0].data, tree)
 
 
 def _close_shard(carry: AnalysisCarry, added: jax.Array, counts: jax.Array, params: WindowParams, *,
@@ -186,20 +202,32 @@ def _close_shard(carry: AnalysisCarry, added: jax.Array, counts: jax.Array, para
 
 
 class ShardedStep:
-    """The window step of one process of many, for ``fgjax.analysis.run.run_windows(step=...)``.
+    """The window step over the users split between devices, for ``fgjax.analysis.run.run_windows(step=...)``:
+    one or several devices of each of one or several processes (``user_mesh``).
 
     ``step(carry, events, params, spec)`` takes this process's padded window events (user indices into its
     own users) and the global carry, and returns the new global carry with this process's rows of the
-    output, of the detail (``changed`` counted on them) and of the detector.
+    output, of the detail (``changed`` counted on them) and of the detector (``local``).
+
+    Attributes:
+      rows: this process's rows: the most users any process has, rounded up so that each of its devices has
+        a multiple of ``spec.period_every`` (the padding users never have events).
+      num_users: the rows of every process (``rows`` x processes).
     """
 
     def __init__(self, spec: WindowSpec, params: WindowParams, layout: Layout, mesh: Mesh | None = None):
         self.spec, self.layout = spec, layout
         self.mesh = mesh or user_mesh()
-        self.rows = layout.rows
-        self.num_users = layout.rows * layout.processes
+        per = self.mesh.size // layout.processes
+        # Each device's rows a multiple of period_every: the detector takes a user's periodogram in turn by its
+        # row on the device (kernels.detector_update), so a process's rows keep their turns on any of its devices.
+        device_rows = -(-layout.rows // (per * spec.period_every)) * spec.period_every
+        self.rows = device_rows * per
+        self.num_users = self.rows * layout.processes
         k = spec.num_interests
         self.user_sharding = NamedSharding(self.mesh, P(AXIS))
+        mine = [d for d in self.mesh.devices.flat if d.process_index == jax.process_index()]
+        self.local_sharding = NamedSharding(Mesh(np.array(mine), (AXIS,)), P(AXIS))
         replicated = NamedSharding(self.mesh, P())
         carry_specs = _specs(lambda n: init_carry(spec, n))
         self.carry_sharding = jax.tree.map(lambda p: NamedSharding(self.mesh, p), carry_specs)
@@ -212,22 +240,51 @@ class ShardedStep:
         carry_out, out_specs, detail_specs = _specs(outputs)
         self._params = jax.tree.map(
             lambda v: jax.make_array_from_callback((), replicated, lambda _, v=v: np.asarray(v)), params)
+        # This process's sums on its own devices, split by user as the step reads them (no transfer between
+        # processes: each scatters its own events).
+        self._sums = jax.jit(functools.partial(event_sums, num_users=self.rows, num_interests=k),
+                             out_shardings=(self.local_sharding, self.local_sharding))
         body = jax.shard_map(functools.partial(_close_shard, spec=spec), mesh=self.mesh,
                              in_specs=(carry_specs, P(AXIS), P(AXIS), jax.tree.map(lambda _: P(), params)),
                              out_specs=(carry_out, out_specs, detail_specs))
-        self._step = jax.jit(body, donate_argnums=(0,))
+
+        def sharded_window_step(carry, added, counts, params):  # the name XLA's compile events report
+            return body(carry, added, counts, params)
+
+        self._step = jax.jit(sharded_window_step, donate_argnums=(0,))
 
     def init_carry(self) -> AnalysisCarry:
-        """The global state before any window, each process's rows on its device."""
-        return jax.jit(lambda: init_carry(self.spec, self.num_users), out_shardings=self.carry_sharding)()
+        """The global state before any window, each process's rows on its devices."""
+
+        def sharded_init_carry():
+            return init_carry(self.spec, self.num_users)
+
+        return jax.jit(sharded_init_carry, out_shardings=self.carry_sharding)()
+
+    def _shards(self, x: jax.Array) -> list[jax.Array]:
+        at = {s.device: s.data for s in x.addressable_shards}
+        return [at[d] for d in self.local_sharding.mesh.devices.flat]
 
     def _global(self, x: jax.Array) -> jax.Array:
-        return jax.make_array_from_single_device_arrays((self.num_users, *x.shape[1:]), self.user_sharding, [x])
+        return jax.make_array_from_single_device_arrays((self.num_users, *x.shape[1:]), self.user_sharding,
+                                                        self._shards(x))
+
+    def local(self, tree: Any) -> Any:
+        """This process's part of each array of ``tree``, on its devices alone (no copy): its own rows of an
+        array split by user, a replicated one whole."""
+
+        replicated = NamedSharding(self.local_sharding.mesh, P())
+
+        def part(x: jax.Array) -> jax.Array:
+            if isinstance(x.sharding, NamedSharding) and x.sharding.spec[:1] == (AXIS,):
+                return jax.make_array_from_single_device_arrays((self.rows, *x.shape[1:]), self.local_sharding,
+                                                                self._shards(x))
+            return jax.make_array_from_single_device_arrays(x.shape, replicated, self._shards(x))
+
+        return jax.tree.map(part, tree)
 
     def __call__(self, carry: AnalysisCarry, events: kernels.WindowEvents, params: WindowParams, spec: WindowSpec
                  ) -> tuple[AnalysisCarry, WindowOutput, WindowDetail, kernels.DetectorState]:
-        device = self.mesh.devices[jax.process_index()]
-        events = jax.device_put(events, device)
-        added, counts = event_sums(events, params, num_users=self.rows, num_interests=spec.num_interests)
+        added, counts = self._sums(events, params)
         carry, out, detail = self._step(carry, self._global(added), self._global(counts), self._params)
-        return carry, local(out), local(detail), local(carry.detector)
+        return carry, self.local(out), self.local(detail), self.local(carry.detector)

@@ -56,7 +56,7 @@ from fgjax.analysis.window import (
     window_step_sums,
     with_limits,
 )
-from fgjax.analysis.distributed import Layout, ShardedStep, local
+from fgjax.analysis.distributed import Layout, ShardedStep, user_mesh
 from fgjax.config import AnalysisConfig, Config
 from fgjax.data.prefetch import prefetch
 from fgjax.data.reader import EventLog
@@ -684,12 +684,14 @@ class ScannedResult:
       state: ``(users, K)`` int8 state codes after the last window.
       events: events with a positive weight (of every process, when several run).
       events_without_interest: events skipped because their item has no category (of every process).
+      devices: the devices the window step split the users over (of every process).
     """
 
     window_start: np.ndarray
     state: np.ndarray
     events: int
     events_without_interest: int
+    devices: int = 1
 
 
 def analyze_scanned(
@@ -727,15 +729,21 @@ def analyze_scanned(
 
     spec = window_spec(acfg, num_interests)
     params = window_params(acfg)
+    mesh = user_mesh(acfg.devices)
+    chunk = 0
     if layout is None:
-        # Windows of more events than the chunk come in chunks (one process: ShardedStep runs whole windows).
+        # Windows of more events than the chunk come in chunks, on one device (ShardedStep runs whole windows).
         chunk = run_chunk(acfg.window_chunk, scanned.window_rows, scanned.num_users * num_interests)
+        if chunk == 0 and mesh.size > 1:  # one process, its users split between its devices
+            layout = Layout(users=scanned.num_users, rows=scanned.num_users, process_users=(scanned.num_users,),
+                            first_group=scanned.first_group, last_group=scanned.last_group)
+    if layout is None:
         run = run_windows(counted(scanned_windows(scanned, num_interests, chunk=chunk)), spec, params,
                           init_carry(spec, scanned.num_users), num_windows=scanned.num_windows, record_changes=True,
                           progress=progress, sink=sink, chunked=chunk > 0)
         state = np.asarray(jax.device_get(run.carry.state))
     else:
-        step = ShardedStep(spec, params, layout)
+        step = ShardedStep(spec, params, layout, mesh)
         users = scanned.num_users
 
         def own_rows(t: int, start: float, output: WindowOutput, changed: list[dict[str, np.ndarray]] | None) -> None:
@@ -744,12 +752,14 @@ def analyze_scanned(
         run = run_windows(counted(scanned_windows(scanned, num_interests, step.rows)), spec, params,
                           step.init_carry(), num_windows=scanned.num_windows, record_changes=True,
                           progress=progress, sink=own_rows, step=step)
-        state = np.asarray(local(run.carry.state))[:users]
-        seen["events"], seen["without"], seen["weighted"] = (int(v) for v in allgather(
-            np.array([seen["events"], seen["without"], run.events], np.int64)).sum(axis=0))
+        state = np.asarray(step.local(run.carry.state))[:users]
+        if layout.processes > 1:
+            seen["events"], seen["without"], seen["weighted"] = (int(v) for v in allgather(
+                np.array([seen["events"], seen["without"], run.events], np.int64)).sum(axis=0))
     if seen["without"] == seen["events"]:
         raise DataError(
             f"none of the {seen['events']:,} events has an item with a category: "
             "do the items table's item_id values match the events' item_id values?"
         )
-    return ScannedResult(run.window_start, state, seen.get("weighted", run.events), seen["without"])
+    return ScannedResult(run.window_start, state, seen.get("weighted", run.events), seen["without"],
+                         1 if layout is None else step.mesh.size)
