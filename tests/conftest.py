@@ -50,11 +50,13 @@ if "FGJAX_TESTS_XLA_FLAGS" not in os.environ:
     os.environ["XLA_FLAGS"] = os.environ["FGJAX_TESTS_XLA_FLAGS"] = _fast_compile_xla_flags(os.environ.get("XLA_FLAGS", ""))
 
 
-# One CPU device in the test processes, whatever ran first: `fgjax analyze` run in process (tests of the CLI)
-# would otherwise split the CPU (analysis.cpu_devices) for every test after it in that worker.
-import jax  # noqa: E402 - after the environment above
+def pytest_configure(config):
+    """One CPU device in pytest's processes, whatever ran first: `fgjax analyze` run in process (tests of the
+    CLI) would otherwise split the CPU (analysis.cpu_devices) for every test after it in that worker. A hook,
+    not an import-time call: subprocesses that import this module (for make_log) choose their own devices."""
+    import jax
 
-jax.config.update("jax_num_cpu_devices", 1)
+    jax.config.update("jax_num_cpu_devices", 1)
 
 
 def make_log(num_users: int = 64, num_items: int = 40, num_categories: int = 4, events_per_user: int = 30, seed: int = 0):
