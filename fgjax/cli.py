@@ -300,7 +300,9 @@ def use_compile_cache() -> None:
 # size of each such block freed (up to 32 MB), so the windows' host arrays of a long run end up kept in its
 # heaps for the process's life: 0.2-0.6 GB of `fgjax analyze`'s peak RSS with the detector at 100k users
 # (1.52-1.88 GB against 1.29-1.36 GB with these fixed thresholds, no change in time; bench/RESULTS.md).
-MALLOC_MMAP_THRESHOLD = 4 << 20  # blocks of 4 MB and more come from mmap and go back when freed
+# 2 MB, not 4: with the users split between two CPU devices a (users, K) float32 output at 100k x 16 is two
+# 3.2 MB shards, which below the threshold stayed in the heaps (+0.16-0.21 GB of peak RSS).
+MALLOC_MMAP_THRESHOLD = 2 << 20  # blocks of 2 MB and more come from mmap and go back when freed
 MALLOC_TRIM_THRESHOLD = 64 << 20  # free memory at the top of a heap beyond this goes back
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # mallopt's parameter numbers (malloc.h)
 
