@@ -29,6 +29,7 @@ from __future__ import annotations
 import math
 from typing import NamedTuple
 
+import numpy as np
 import jax.numpy as jnp
 from jax import Array, lax
 from jax.typing import ArrayLike
@@ -174,24 +175,36 @@ def dft_period(
       ``(period, strength, tied)``: ``tied`` (bool) where another candidate's
       power is within ``tie`` (relative) of the peak's.
     """
-    y = jnp.asarray(series, jnp.float32)
+    series = jnp.asarray(series)
+    y = series.astype(jnp.float32)
     length = y.shape[-1]
     if min_period < 2 or length < min_period:
         raise ValueError(f"dft_period needs min_period >= 2 and T >= min_period; got T={length}, "
                          f"min_period={min_period}")
-    if valid is None:
-        centered = y - y.sum(-1, keepdims=True) / length
+    m = jnp.ones(y.shape, bool) if valid is None else jnp.broadcast_to(jnp.asarray(valid, bool), y.shape)
+    if jnp.issubdtype(series.dtype, jnp.integer) and series.dtype.itemsize == 1 and length < 1 << 16:
+        # Byte counts (a ring buffer): their sum is an integer below 2 ** 24, the same in int32 as in float32,
+        # and XLA:CPU takes it with the mask's count in one vectorized loop (a float32 sum it does apart).
+        total_y, count = lax.reduce((jnp.where(m, series, 0).astype(jnp.int32), m.astype(jnp.int32)),
+                                    (np.int32(0), np.int32(0)), lambda a, b: (a[0] + b[0], a[1] + b[1]), (y.ndim - 1,))
+        total_y = total_y.astype(jnp.float32)[..., None]
+        count = count[..., None]
     else:
-        m = jnp.broadcast_to(jnp.asarray(valid, bool), y.shape)
-        mean = jnp.where(m, y, 0.0).sum(-1, keepdims=True) / jnp.maximum(m.sum(-1, keepdims=True), 1).astype(y.dtype)
-        centered = jnp.where(m, y - mean, 0.0)
+        total_y, count = jnp.where(m, y, 0.0).sum(-1, keepdims=True), m.sum(-1, keepdims=True)
+    if valid is None:
+        centered = y - total_y / length
+    else:
+        centered = jnp.where(m, y - total_y / jnp.maximum(count, 1).astype(y.dtype), 0.0)
     half = length // 2
     parts = jnp.matmul(centered, dft_basis(length), precision=lax.Precision.HIGHEST)  # (..., 2 * half)
     power = parts[..., :half] ** 2 + parts[..., half:] ** 2  # frequencies 1 .. T // 2
     total = power.sum(-1)
     candidates = power[..., : length // min_period]
-    j = jnp.argmax(candidates, axis=-1) + 1
     peak = jnp.max(candidates, axis=-1)
+    # argmax as the first index of the peak (or of a NaN, as argmax): an integer minimum XLA:CPU vectorizes,
+    # where its argmax is a (value, index) reduction element by element.
+    first = (candidates == peak[..., None]) | jnp.isnan(candidates)
+    j = jnp.min(jnp.where(first, jnp.arange(candidates.shape[-1], dtype=jnp.int32), candidates.shape[-1]), axis=-1) + 1
     has_power = total > 1e-12 * jnp.maximum(1.0, (centered**2).sum(-1) * length)
     period = jnp.where(has_power, length / j.astype(jnp.float32), 0.0)
     strength = jnp.where(has_power, peak / jnp.where(has_power, total, 1.0), 0.0)

@@ -617,25 +617,37 @@ def test_period_every_takes_a_users_periodogram_on_its_turn_and_keeps_it_between
     assert checked > 1000 and returns > 0
 
 
-@pytest.mark.parametrize("share_needed", [0.1, 0.6, 1.0])
-def test_drop_tails_in_chunks_equal_the_tails_of_every_needed_row(share_needed):
-    """The drop test's two Poisson tails, taken in chunks of a quarter of the rows (one chunk to every needed
-    row at 0.6 and 1.0, ragged), equal ``poisson_cdf`` over all rows where needed, and are 1 elsewhere."""
+@pytest.mark.parametrize("share_needed, level, capacity", [(0.1, 0.001, 97), (0.6, 0.001, 97), (1.0, 0.001, None),
+                                                       (0.6, 0.3, 211)])
+def test_drop_verdicts_in_chunks_equal_the_drop_test_over_every_pair(share_needed, level, capacity):
+    """The drop test decided after the block loop, its Poisson tails taken only where a flagged pair can pass
+    (in several chunks at 97 and 211 pairs, ragged; every pair at 0.3, where the shortcut does not hold), gives
+    the states the test over every pair gives: forgotten where a pair may drop, declining where an active pair
+    may sag, the silence test's state elsewhere."""
     from fgjax.kernels import _detector as kd
 
-    rng = np.random.default_rng(int(share_needed * 10))
+    rng = np.random.default_rng(int(share_needed * 10) + int(level * 10))
     n = 1003
     mean = rng.uniform(0.5, 40.0, n).astype(np.float32)
     below = rng.random(n) < share_needed
-    k = np.where(below, np.floor(mean * rng.uniform(0.0, 0.9, n)), mean + 3.0).astype(np.float32)
-    may = rng.random(n) < 0.95
-    first, second = jax.jit(lambda k, m, w: kd._drop_tails(k, m, 0.25, w, 0.001))(k, mean, may)
-    need = may & (np.floor(k) < mean)
-    assert need.sum() > (n // 4 if share_needed > 0.5 else 0)
-    whole = jax.jit(lambda k, m: (kd.poisson_cdf(k, m), kd.poisson_cdf(k, 0.25 * m)))(k, mean)
-    for got, want in zip((first, second), whole):
-        np.testing.assert_array_equal(np.asarray(got)[need], np.asarray(want)[need])
-        assert np.all(np.asarray(got)[~need] == 1.0)
+    k = np.where(below, np.floor(mean * rng.uniform(0.0, 0.9, n)), mean + rng.uniform(0.0, 3.0, n)).astype(np.float32)
+    flags = rng.choice(np.array([0, kd._MAY_DROP, kd._MAY_SAG, kd._MAY_DROP | kd._MAY_SAG], np.int8), n)
+    code = rng.integers(0, len(kernels.STATE_NAMES), n).astype(np.int8)
+    params = DetectorConfig().kernel_params()._replace(fade_share=0.25, fade_confidence=0.05)
+    got = jax.jit(lambda c, k, m, f: kd._drop_verdicts(c, k, m, f, params, np.float32(level), capacity=capacity))(
+        code.reshape(17, 59), k.reshape(17, 59), mean.reshape(17, 59), flags.reshape(17, 59))
+    tail = np.array([ref_poisson_cdf(a, b) for a, b in zip(k, mean)])
+    below_share = np.array([ref_poisson_cdf(a, 0.25 * b) for a, b in zip(k, mean)])
+    dropped = ((flags & kd._MAY_DROP) != 0) & (below_share < 0.05) & (tail < level)
+    sagging = ((flags & kd._MAY_SAG) != 0) & (tail < np.sqrt(level))
+    want = np.where(dropped, FORGOTTEN, np.where(sagging, DECLINING, code))
+    # Compared where the tails are clear of float32 rounding at the thresholds (the reference's are float64).
+    clear = np.ones(n, bool)
+    for value, edge in ((tail, level), (below_share, 0.05), (tail, np.sqrt(level))):
+        clear &= np.abs(value - edge) > 1e-4 * edge
+    assert clear.mean() > 0.97
+    np.testing.assert_array_equal(np.asarray(got).ravel()[clear], want[clear])
+    assert dropped[clear].sum() > 0 and sagging[clear].sum() > 0 and (want != code).sum() < n
 
 
 def test_age_class_is_searchsorted_over_the_calibration_ages():

@@ -336,6 +336,23 @@ def test_same_answers_on_random_patterns(pairs, false_alarm, seed):
     run_both(counts, 8, P._replace(false_alarm=false_alarm), with_limits=False, cache_block=3)
 
 
+@pytest.mark.parametrize("T", [2, 9, 64])
+def test_dft_period_of_byte_counts_equals_their_float32_one(T):
+    """A ring buffer's uint8 counts (summed in int32) give the float32 series' period, strength and tie, bit for
+    bit, with a mask and without, fresh random counts up to 255 (a whole row of them: the largest sum)."""
+    rng = np.random.default_rng()
+    n = 2000
+    y = rng.poisson(rng.choice([0.2, 3.0, 60.0], size=(n, 1)), size=(n, T)).clip(0, 255).astype(np.uint8)
+    y[:50] = 255
+    valid = np.arange(T)[None, :] >= rng.integers(0, T, size=(n, 1))
+    for mask in (valid, None):
+        got = jax.jit(kernels.dft_period)(y, mask)
+        want = jax.jit(kernels.dft_period)(y.astype(np.float32), mask)
+        for a, b in zip(got, want):
+            np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    assert np.asarray(got[0]).any()
+
+
 @pytest.mark.parametrize("T", [8, 9, 16, 64])
 def test_dft_period_of_any_rotation_is_the_rfft_one(T):
     """The DFT product on a rotated series (a ring in slot order) against ``rfft`` on the ordered one."""
