@@ -342,7 +342,27 @@ def log_silence_probability(silence: ArrayLike, model: SilenceModel, params: Det
 
     1 at s = 0.
     """
-    s = jnp.asarray(silence, jnp.float32)
+    return _log_probability(silence, _silence_terms(model, params))
+
+
+class _SilenceTerms(NamedTuple):
+    """What ``log_silence_probability`` computes from the model alone, for any silence: taken once where it is
+    evaluated at many silences (``silence_surprise``, and ``silence_limit``'s bisection, where each betaln
+    also scans its whole input), then ``_log_probability`` does the same operations on the same values."""
+
+    a: Array  # the rate's Gamma posterior (events model)
+    b: Array
+    c: Array
+    log_b: Array
+    start_share: Array  # log E[pi] (window model)
+    stay_on: Array  # theta's Beta posterior
+    stay_off: Array
+    stay_beta: Array  # betaln(stay_on, stay_off)
+    windows_from: Array  # bool: the interest came back from min_gaps silences
+    reach: Array  # the window model is trusted up to this silence
+
+
+def _silence_terms(model: SilenceModel, params: DetectorParams) -> _SilenceTerms:
     d = model.dispersion
     # Quasi-likelihood: counts that vary D times more than Poisson ones carry 1 / D of the
     # information about the rate, so the Gamma posterior is that of events / D over exposure / D
@@ -351,31 +371,43 @@ def log_silence_probability(silence: ArrayLike, model: SilenceModel, params: Det
     a = params.prior_events + model.events / info
     b = params.prior_windows + model.exposure / info
     c = jnp.where(d > 1.0 + 1e-3, jnp.log(d) / jnp.maximum(d - 1.0, 1e-3), 1.0)
-    by_events = a * (jnp.log(b) - jnp.log(b + c * s))
     m = jnp.asarray(params.prior_strength, jnp.float32)
     gaps = model.gaps
     start_on, start_off = m + gaps, m + jnp.maximum(model.active_windows - gaps, 0.0)
     prior_on, prior_off = (m, m) if model.stay_prior is None else model.stay_prior
     stay_on, stay_off = prior_on + jnp.maximum(model.silent_windows - gaps, 0.0), prior_off + gaps
-    # log B(on + s - 1, off) - log B(on, off); betaln stays accurate in float32 where a
-    # difference of four gammaln values of thousands would not.
-    by_windows = (jnp.log(start_on) - jnp.log(start_on + start_off)
-                  + betaln(stay_on + jnp.maximum(s - 1.0, 0.0), stay_off) - betaln(stay_on, stay_off))
     # Trusted within reach times the longest silence seen; past it the rate decides. The reach is
     # what the life budget needs: were the silences memoryless, one past x times the longest of
     # n seen has a chance of about (n + 1) ** -x, and a loyal interest begins life_windows * starts
     # of them, so x = log(life_windows * starts / false_alarm) / log(n + 1), at least markov_reach.
     reach = jnp.maximum(params.markov_reach, _log_opportunities(model, params) / jnp.log(gaps + 1.0 + 1e-6))
-    trusted = (gaps >= params.min_gaps) & (s <= reach * jnp.maximum(model.longest_gap, 1.0))
-    by_windows = jnp.where(trusted, by_windows, -jnp.inf)
+    return _SilenceTerms(a=a, b=b, c=c, log_b=jnp.log(b), start_share=jnp.log(start_on) - jnp.log(start_on + start_off),
+                         stay_on=stay_on, stay_off=stay_off, stay_beta=betaln(stay_on, stay_off),
+                         windows_from=gaps >= params.min_gaps, reach=reach * jnp.maximum(model.longest_gap, 1.0))
+
+
+def _log_probability(silence: ArrayLike, terms: _SilenceTerms) -> Array:
+    """``log_silence_probability`` from its ``_SilenceTerms``."""
+    s = jnp.asarray(silence, jnp.float32)
+    by_events = terms.a * (terms.log_b - jnp.log(terms.b + terms.c * s))
+    # log B(on + s - 1, off) - log B(on, off); betaln stays accurate in float32 where a
+    # difference of four gammaln values of thousands would not.
+    by_windows = terms.start_share + betaln(terms.stay_on + jnp.maximum(s - 1.0, 0.0), terms.stay_off) - terms.stay_beta
+    by_windows = jnp.where(terms.windows_from & (s <= terms.reach), by_windows, -jnp.inf)
     return jnp.where(s >= 1, jnp.maximum(by_events, by_windows), 0.0)
+
+
+def _surprise(silence: ArrayLike, terms: _SilenceTerms, one: Array) -> Array:
+    """``silence_surprise`` from the ``_SilenceTerms`` and ``one`` = log P(1)."""
+    s = jnp.asarray(silence, jnp.float32)
+    return jnp.where(s >= 1, jnp.maximum(one - _log_probability(s, terms), 0.0), 0.0)
 
 
 def silence_surprise(silence: ArrayLike, model: SilenceModel, params: DetectorParams) -> Array:
     """How surprising a silence is once it has begun: ``log P(1) - log P(silence)`` (>= 0; 0 at s <= 1)."""
     s = jnp.asarray(silence, jnp.float32)
-    one = log_silence_probability(jnp.ones_like(s), model, params)
-    return jnp.where(s >= 1, jnp.maximum(one - log_silence_probability(s, model, params), 0.0), 0.0)
+    terms = _silence_terms(model, params)
+    return _surprise(s, terms, _log_probability(jnp.ones_like(s), terms))
 
 
 def silence_threshold(model: SilenceModel, params: DetectorParams) -> Array:
@@ -409,9 +441,11 @@ def silence_limit(model: SilenceModel, params: DetectorParams, *, max_limit: int
     """
     threshold = silence_threshold(model, params)
     shape = model.events.shape
+    terms = _silence_terms(model, params)  # once, not in every step of the bisection
+    one = _log_probability(jnp.ones(shape, jnp.float32), terms)
 
     def unlikely(s):
-        return silence_surprise(s, model, params) >= threshold
+        return _surprise(s, terms, one) >= threshold
 
     lo = jnp.ones(shape, jnp.float32)  # not unlikely: one silent window is never surprising
     hi = jnp.full(shape, float(max_limit), jnp.float32)
