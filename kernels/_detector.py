@@ -851,50 +851,63 @@ _MAY_SAG = 2  # it is active and the looser drop test may call it declining
 _TAIL_ROWS = 4096
 
 
-def _drop_verdicts(code: Array, k: Array, mean: Array, flags: Array, params: DetectorParams, level: Array,
-                   *, capacity: int | None = None) -> Array:
+def _drop_verdicts(code: Array, recent: Array, expected: Array, dispersion: Array, flags: Array,
+                   params: DetectorParams, level: Array, *, capacity: int | None = None) -> Array:
     """The states after the drop test, from the states ``code`` that the silence test alone gave.
 
     The drop test needs two Poisson tails, ``poisson_cdf(k, mean)`` and ``poisson_cdf(k, fade_share *
-    mean)`` (``gammaincc``, iterative: its loop runs until the slowest element converges, over every
-    element), and they decide only the pairs ``flags`` marks (``_MAY_DROP``: forgotten when the first is
-    below ``level`` and the second below ``fade_confidence``; ``_MAY_SAG``: declining when the first is
-    below ``sqrt(level)``). Where ``floor(k) >= mean`` the first is at least 1/2 (a Poisson variable's
-    median is below its mean + 1/3, Choi 1994), which passes neither test while ``sqrt(level) < 0.45``.
-    So the tails are taken only for the rest, gathered ``capacity`` pairs at a time (``_TAIL_ROWS``, or
-    1/256 of the pairs), once a window over all users: in the judgment's cache blocks each block paid the
-    loop's iterations for the few of its pairs that needed them (about 0.2 % in an analysis; the update
-    was 14 % faster without the loops at 100k users x 16). Elementwise, each tail is what it was over
-    every pair.
+    mean)`` of ``k = recent / dispersion`` and ``mean = expected / dispersion`` (``gammaincc``,
+    iterative: its loop runs until the slowest element converges, over every element), and they decide
+    only the pairs ``flags`` marks (``_MAY_DROP``: forgotten when the first is below ``level`` and the
+    second below ``fade_confidence``; ``_MAY_SAG``: declining when the first is below ``sqrt(level)``).
+    ``_judge`` marks only the pairs where a tail can pass (``_drop_flags``). They are taken for those,
+    gathered ``capacity`` pairs at a time (``_TAIL_ROWS``, or 1/256 of the pairs), once a window over all
+    users: in the judgment's cache blocks each block paid the loop's iterations for the few of its pairs
+    that needed them (about 0.2 % in an analysis; the update was 14 % faster without the loops at 100k
+    users x 16). Elementwise, each tail is what it was over every pair.
 
     Args:
-      code: int8 states, any shape; k, mean: float32 the recent events and what the earlier rate
-        predicts for them, both over the dispersion; flags: int8 ``_MAY_DROP | _MAY_SAG`` bits.
+      code: int8 states, any shape; recent, expected, dispersion: float32 the recent span's events, what
+        the earlier rate predicts for them, and the counts' dispersion (steps index) both are divided by;
+        flags: int8 ``_MAY_DROP | _MAY_SAG`` bits.
     """
     shape = code.shape
-    code, k, mean, flags = (jnp.asarray(a).ravel() for a in (code, k, mean, flags))
+    code, recent, expected, dispersion, flags = (jnp.asarray(a).ravel()
+                                                 for a in (code, recent, expected, dispersion, flags))
     cells = code.shape[0]
     capacity = min(cells, max(_TAIL_ROWS, cells // 256) if capacity is None else capacity)
-    need = (flags != 0) & ((jnp.floor(k) < mean) | (level >= 0.2))
     share = jnp.asarray(params.fade_share, jnp.float32)
 
     def chunk(_, carry):
         # The first `capacity` pairs still needed (past the count, indices out of range: filled, then dropped).
         code, need = carry
         rows = jnp.nonzero(need, size=capacity, fill_value=cells)[0]
-        kk = k.at[rows].get(mode="fill", fill_value=0.0)
-        mm = mean.at[rows].get(mode="fill", fill_value=0.0)
-        may = flags.at[rows].get(mode="fill", fill_value=0)
-        drop_tail, below_share = poisson_cdf(kk, mm), poisson_cdf(kk, share * mm)
+        take = lambda a, fill: a.at[rows].get(mode="fill", fill_value=fill)  # noqa: E731
+        spread = take(dispersion, 1.0)
+        k, mean = take(recent, 0.0) / spread, take(expected, 0.0) / spread  # as _judge divided them
+        may = take(flags, 0)
+        drop_tail, below_share = poisson_cdf(k, mean), poisson_cdf(k, share * mean)
         dropped = ((may & _MAY_DROP) != 0) & (below_share < params.fade_confidence) & (drop_tail < level)
         sagging = ((may & _MAY_SAG) != 0) & (drop_tail < jnp.sqrt(level))
-        before = code.at[rows].get(mode="fill", fill_value=0)
+        before = take(code, 0)
         after = jnp.where(dropped, FORGOTTEN, jnp.where(sagging, DECLINING, before)).astype(code.dtype)
         return code.at[rows].set(after, mode="drop"), need.at[rows].set(False, mode="drop")
 
+    need = flags != 0
     count = jnp.sum(need.astype(jnp.int32))
     code, _ = lax.fori_loop(0, (count + capacity - 1) // capacity, chunk, (code, need))
     return code.reshape(shape)
+
+
+def _drop_flags(may_drop: Array, may_sag: Array, k: Array, mean: Array, level: Array) -> Array:
+    """int8 ``_MAY_DROP | _MAY_SAG`` bits of the pairs whose Poisson tails ``_drop_verdicts`` must take.
+
+    Where ``floor(k) >= mean`` the first tail is at least 1/2 (a Poisson variable's median is below its
+    mean + 1/3, Choi 1994), which passes neither test while ``sqrt(level) < 0.45``: those are left out.
+    """
+    needed = (jnp.floor(k) < mean) | (level >= 0.2)
+    bits = may_drop.astype(jnp.int8) * _MAY_DROP + may_sag.astype(jnp.int8) * _MAY_SAG
+    return jnp.where(needed, bits, 0).astype(jnp.int8)
 
 
 def _judge(
@@ -990,10 +1003,10 @@ def _judge(
                 & (prev != NONE) & (prev != FORGOTTEN))
     may_sag = (enough & ~periodic & (trend <= 0) & (recent < params.declining_ratio * expected_recent)
                & (code == ACTIVE))
-    drop_flags = (may_drop.astype(jnp.int8) * _MAY_DROP + may_sag.astype(jnp.int8) * _MAY_SAG).astype(jnp.int8)
+    drop_flags = _drop_flags(may_drop, may_sag, recent / dispersion, expected_recent / dispersion, window_level(params))
     return {
         "state": code, "since_return": since_return, "rate": rate, "recent": recent,
-        "drop_k": recent / dispersion, "drop_mean": expected_recent / dispersion, "drop_flags": drop_flags,
+        "drop_dispersion": dispersion, "drop_flags": drop_flags,
         "expected_recent": expected_recent, "trend": trend, "dispersion": silence_dispersion,
         "surprise": surprise,
         # The period is evidence only where it counts: 0 = none (weak, or fewer than three cycles seen).
@@ -1150,7 +1163,7 @@ def detector_update(
     # varies over the users as the blocks written into it do, as a fori_loop's carry must (plain zeros would
     # not, and the loop would not type-check whenever a process judges more than one block).
     vary = lambda a: a + jnp.zeros_like(counts, shape=a.shape, dtype=a.dtype)  # noqa: E731
-    output_names = ("rate", "recent", "expected_recent", "trend", "dispersion", "period", "drop_k", "drop_mean")
+    output_names = ("rate", "recent", "expected_recent", "trend", "dispersion", "period", "drop_dispersion")
     outputs = {k: jnp.zeros_like(counts) for k in output_names}
     outputs["drop_flags"] = jnp.zeros_like(counts, dtype=jnp.int8)
     if with_limits:
@@ -1174,8 +1187,9 @@ def detector_update(
 
         carry = lax.fori_loop(0, -(-num_users // size), body, carry)
     out = carry.outputs
-    pairs = carry.pairs._replace(state=_drop_verdicts(carry.pairs.state, out["drop_k"], out["drop_mean"],
-                                                      out["drop_flags"], params, window_level(params)))
+    pairs = carry.pairs._replace(state=_drop_verdicts(carry.pairs.state, out["recent"], out["expected_recent"],
+                                                      out["drop_dispersion"], out["drop_flags"], params,
+                                                      window_level(params)))
     buffer = ActivityBuffer(carry.ring, windows + 1)
     alive = pairs.alive
 

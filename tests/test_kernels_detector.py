@@ -620,26 +620,35 @@ def test_period_every_takes_a_users_periodogram_on_its_turn_and_keeps_it_between
 @pytest.mark.parametrize("share_needed, level, capacity", [(0.1, 0.001, 97), (0.6, 0.001, 97), (1.0, 0.001, None),
                                                        (0.6, 0.3, 211)])
 def test_drop_verdicts_in_chunks_equal_the_drop_test_over_every_pair(share_needed, level, capacity):
-    """The drop test decided after the block loop, its Poisson tails taken only where a flagged pair can pass
-    (in several chunks at 97 and 211 pairs, ragged; every pair at 0.3, where the shortcut does not hold), gives
-    the states the test over every pair gives: forgotten where a pair may drop, declining where an active pair
-    may sag, the silence test's state elsewhere."""
+    """The drop test decided after the block loop, its Poisson tails taken only where ``_drop_flags`` says a
+    flagged pair can pass (in several chunks at 97 and 211 pairs, ragged; every flagged pair at level 0.3,
+    where the shortcut does not hold), gives the states the test over every pair gives: forgotten where a
+    pair may drop, declining where an active pair may sag, the silence test's state elsewhere."""
     from fgjax.kernels import _detector as kd
 
     rng = np.random.default_rng(int(share_needed * 10) + int(level * 10))
     n = 1003
+    dispersion = rng.choice(np.array([1.0, 1.0, 1.7, 3.25], np.float32), n)
     mean = rng.uniform(0.5, 40.0, n).astype(np.float32)
     below = rng.random(n) < share_needed
     k = np.where(below, np.floor(mean * rng.uniform(0.0, 0.9, n)), mean + rng.uniform(0.0, 3.0, n)).astype(np.float32)
-    flags = rng.choice(np.array([0, kd._MAY_DROP, kd._MAY_SAG, kd._MAY_DROP | kd._MAY_SAG], np.int8), n)
+    recent, expected = k * dispersion, mean * dispersion
+    k, mean = recent / dispersion, expected / dispersion  # as the kernel divides them (float32)
+    may_drop, may_sag = rng.random(n) < 0.5, rng.random(n) < 0.5
     code = rng.integers(0, len(kernels.STATE_NAMES), n).astype(np.int8)
     params = DetectorConfig().kernel_params()._replace(fade_share=0.25, fade_confidence=0.05)
-    got = jax.jit(lambda c, k, m, f: kd._drop_verdicts(c, k, m, f, params, np.float32(level), capacity=capacity))(
-        code.reshape(17, 59), k.reshape(17, 59), mean.reshape(17, 59), flags.reshape(17, 59))
+    shaped = lambda a: a.reshape(17, 59)  # noqa: E731
+
+    def verdicts(code, recent, expected, dispersion, may_drop, may_sag):
+        flags = kd._drop_flags(may_drop, may_sag, recent / dispersion, expected / dispersion, np.float32(level))
+        return kd._drop_verdicts(code, recent, expected, dispersion, flags, params, np.float32(level),
+                                 capacity=capacity)
+
+    got = jax.jit(verdicts)(*map(shaped, (code, recent, expected, dispersion, may_drop, may_sag)))
     tail = np.array([ref_poisson_cdf(a, b) for a, b in zip(k, mean)])
     below_share = np.array([ref_poisson_cdf(a, 0.25 * b) for a, b in zip(k, mean)])
-    dropped = ((flags & kd._MAY_DROP) != 0) & (below_share < 0.05) & (tail < level)
-    sagging = ((flags & kd._MAY_SAG) != 0) & (tail < np.sqrt(level))
+    dropped = may_drop & (below_share < 0.05) & (tail < level)
+    sagging = may_sag & (tail < np.sqrt(level))
     want = np.where(dropped, FORGOTTEN, np.where(sagging, DECLINING, code))
     # Compared where the tails are clear of float32 rounding at the thresholds (the reference's are float64).
     clear = np.ones(n, bool)
