@@ -90,7 +90,7 @@ from ._timeseries import (
     running_moments_update,
     trend_slope,
 )
-from ._topk import TOPK_METHODS, blocked_top_k, masked_top_k, matmul_top_k
+from ._topk import TOPK_METHODS, blocked_top_k, few_top_k, masked_top_k, matmul_top_k
 
 __all__ = [
     "ACTIVE",
@@ -141,6 +141,7 @@ __all__ = [
     "dft_period",
     "dominant_period",
     "event_counts",
+    "few_top_k",
     "fmix32",
     "forgetting_degree",
     "hashed_bits",

@@ -263,3 +263,88 @@ def test_matmul_top_k_multiplies_at_full_float32_precision_unless_asked_for_bflo
         fast = dot_precisions(functools.partial(matmul_top_k, k=3, block_size=64, method=method,
                                                 compute_dtype=jnp.bfloat16), q, keys)
         assert fast and all(p != highest for p in fast), (method, fast)
+
+
+# ---------------------------------------------------------------------------
+# few_top_k: lax.top_k's answer bit for bit, and a total-order sort's.
+# ---------------------------------------------------------------------------
+
+import math  # noqa: E402
+
+from fgjax.kernels import few_top_k  # noqa: E402
+from fgjax.kernels._topk import FEW_TOP_K_COLUMNS  # noqa: E402
+
+few_jit = jax.jit(few_top_k, static_argnums=1)
+
+
+def _total_order(value):
+    """IEEE total order as a Python sort key: -NaN, -inf .. -0.0, 0.0 .. inf, NaN."""
+    negative = math.copysign(1.0, value) < 0
+    if math.isnan(value):
+        return (0,) if negative else (2,)
+    return (1, value, 0 if negative else 1)
+
+
+def ref_total_top_k(x, k):
+    """Largest first in total order, ties (equal keys) to the lower index: a stable sort per row."""
+    x = np.asarray(x)
+    values = np.empty(x.shape[:-1] + (k,), x.dtype)
+    indices = np.empty(x.shape[:-1] + (k,), np.int64)
+    for row in np.ndindex(x.shape[:-1]):
+        key = [tuple(-v for v in _total_order(float(v))) for v in x[row]]  # largest first
+        order = sorted(range(x.shape[-1]), key=lambda i: (key[i], i))[:k]
+        indices[row] = order
+        values[row] = x[row][order]
+    return values, indices
+
+
+def _same_bits(got, want):
+    got_v, got_i = (np.asarray(a) for a in got)
+    want_v, want_i = (np.asarray(a) for a in want)
+    np.testing.assert_array_equal(got_i, want_i)
+    np.testing.assert_array_equal(got_v.view(f"u{got_v.itemsize}"), want_v.view(f"u{want_v.itemsize}"))
+
+
+SPECIAL = np.array([0.0, -0.0, 1.0, -1.0, np.inf, -np.inf, np.nan, -np.nan, 0.5], np.float32)
+
+
+@pytest.mark.parametrize("columns", [1, 2, 3, 16, 17])
+@pytest.mark.parametrize("batch", [(), (40,), (4, 9)])
+def test_few_top_k_equals_lax_top_k_and_a_total_order_sort(columns, batch):
+    rng = np.random.default_rng(columns * 100 + len(batch))
+    shape = batch + (columns,)
+    x = rng.normal(size=shape).astype(np.float32)
+    x[rng.random(shape) < 0.3] = 0.0  # ties at zero, as masked interests are
+    special = rng.random(shape) < 0.2
+    x[special] = rng.choice(SPECIAL, size=int(special.sum()))
+    for k in sorted({1, min(3, columns), columns}):
+        got = few_jit(x, k)
+        assert got[0].shape == batch + (k,) and got[1].dtype == jnp.int32
+        _same_bits(got, jax.lax.top_k(jnp.asarray(x), k))
+        _same_bits(got, ref_total_top_k(x, k))
+
+
+@pytest.mark.parametrize("dtype", [np.int32, np.uint8, jnp.bfloat16, np.float16])
+def test_few_top_k_other_dtypes_equal_lax_top_k(dtype):
+    rng = np.random.default_rng(7)
+    x = jnp.asarray(rng.integers(0, 5, (50, 12)).astype(np.float32)).astype(dtype)  # many ties
+    for k in (1, 4, 12):
+        _same_bits(few_jit(x, k), jax.lax.top_k(x, k))
+
+
+@SETTINGS
+@given(st.integers(0, 2**31 - 1), st.integers(1, 20), st.integers(1, 30), st.booleans())
+def test_property_few_top_k_equals_lax_top_k(seed, columns, rows, ties):
+    rng = np.random.default_rng(seed)
+    shape = (rows, columns)
+    x = (rng.choice(SPECIAL, size=shape) if ties else rng.normal(size=shape)).astype(np.float32)
+    k = int(rng.integers(1, columns + 1))
+    _same_bits(few_jit(x, k), jax.lax.top_k(jnp.asarray(x), k))
+
+
+def test_few_top_k_past_its_columns_is_lax_top_k_and_checks_k():
+    x = np.random.default_rng(3).normal(size=(5, FEW_TOP_K_COLUMNS + 1)).astype(np.float32)
+    _same_bits(few_jit(x, 4), jax.lax.top_k(jnp.asarray(x), 4))
+    for k in (0, 4):
+        with pytest.raises(ValueError, match="k must be"):
+            few_top_k(jnp.zeros((2, 3)), k)
