@@ -68,14 +68,14 @@ _NEVER = -1  # last_active before any activity
 CAL_BINS = 128  # the calibration histogram: surprise in [0, CAL_BINS * CAL_WIDTH)
 CAL_WIDTH = 0.25
 CAL_AGES = (4.0, 12.0, 36.0)  # calibration classes by windows of history: young interests are judged apart
-# On a CPU users are judged this many (user, interest, window) cells at a time: 4,096 users x 16 x 64. The
-# ring's bytes of a block (4 MB) and its (B, K) temporaries (256 KB each in float32) are read from cache
-# between the passes over them, and the block's fixed cost (about 200 XLA thunks each) is spread over enough
-# pairs. Measured on the detector's update of real counts (2-vCPU Xeon, 2 MB L2 a core, 2026-12-05): 2,144
-# -> 1,983-2,008 ms a window at 1M users x 16 against 1,024-user blocks (213 -> 191-196 ms at 100k), slower
-# again at 8,192 (215 ms at 100k). An earlier design, which made float32 (B, K, T) copies, was fastest at
-# 2 ** 20 cells on a 2-core EPYC.
-CPU_CACHE_CELLS = 1 << 22
+# On a CPU users are judged this many (user, interest, window) cells at a time: 1,024 users x 16 x 64, so the
+# ring's bytes of a block (1 MB) and its (B, K) temporaries stay in a core's cache between the passes over them
+# (measured on a 2-core EPYC with a 32 MB L3 at 20k users x 16 x 64, in an earlier design that made float32
+# (B, K, T) copies: about 2x faster than all at once). The best size depends on the threads a device has. The
+# update alone on one device (both cores on each block) was 7 % faster with 4,096-user blocks at 1M users x 16
+# on a 2-vCPU Xeon (2 MB L2 a core, 2026-12-05), but `fgjax analyze`, which runs a device per core, was slower
+# with them: 21.5 against 19.7 s of window steps at 100k users, 214 against 199 s in all at 1M.
+CPU_CACHE_CELLS = 1 << 20
 # Where the DFT product's periodogram is within rounding of a decision, rfft decides (``_series_features``),
 # as it did before the DFT product: a tie of two candidate peaks within _TIE of the peak's power, or a strength
 # within _NEAR of min_strength. Measured over 3M random series (T = 8, 16, 64; rates 0.1 to 200, periodic,
