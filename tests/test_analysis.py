@@ -426,3 +426,27 @@ def test_the_level_rule_carries_no_per_pair_detector_state():
             jax.eval_shape(lambda: init_carry(window_spec(config.analysis, 8), 100)))
     assert sizes["level"] == 0
     assert sizes["adaptive"] >= 64 + 40  # the uint8 ring of T = 64 windows and the float32/int32 counters
+
+
+def test_cpu_tuned_jit_compiles_with_its_options_on_a_cpu_and_equals_jax_jit(monkeypatch):
+    import jax
+    import jax.numpy as jnp
+
+    from fgjax.analysis import window
+
+    def scaled(x, *, times):
+        return jnp.log1p(x) * times
+
+    tuned = window.cpu_tuned_jit(scaled, static_argnames=("times",))
+    x = jnp.asarray(np.random.default_rng(0).random(1000), jnp.float32)
+    np.testing.assert_array_equal(tuned(x, times=3), jax.jit(scaled, static_argnames=("times",))(x, times=3))
+    assert tuned.__name__ == "scaled" and tuned._cache_size() == 1  # the jitted function's attributes
+    assert window.window_step.__name__ == "window_step"
+    # The options reach XLA on a CPU: an unknown one fails the compilation (the backend is read at the first call).
+    monkeypatch.setattr(window, "CPU_COMPILER_OPTIONS", {"xla_no_such_option": 2})
+    fresh = window.cpu_tuned_jit(scaled, static_argnames=("times",))
+    if jax.default_backend() == "cpu":
+        with pytest.raises(Exception, match="xla_no_such_option"):
+            fresh(x, times=3)
+    else:
+        np.testing.assert_array_equal(fresh(x, times=3), tuned(x, times=3))

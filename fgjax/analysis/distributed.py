@@ -60,6 +60,7 @@ from fgjax.analysis.window import (
     WindowParams,
     WindowSpec,
     close_window,
+    cpu_tuned_jit,
     event_sums,
     init_carry,
 )
@@ -242,7 +243,7 @@ class ShardedStep:
             lambda v: jax.make_array_from_callback((), replicated, lambda _, v=v: np.asarray(v)), params)
         # This process's sums on its own devices, split by user as the step reads them (no transfer between
         # processes: each scatters its own events).
-        self._sums = jax.jit(functools.partial(event_sums, num_users=self.rows, num_interests=k),
+        self._sums = cpu_tuned_jit(functools.partial(event_sums, num_users=self.rows, num_interests=k),
                              out_shardings=(self.local_sharding, self.local_sharding))
         body = jax.shard_map(functools.partial(_close_shard, spec=spec), mesh=self.mesh,
                              in_specs=(carry_specs, P(AXIS), P(AXIS), jax.tree.map(lambda _: P(), params)),
@@ -251,7 +252,7 @@ class ShardedStep:
         def sharded_window_step(carry, added, counts, params):  # the name XLA's compile events report
             return body(carry, added, counts, params)
 
-        self._step = jax.jit(sharded_window_step, donate_argnums=(0,))
+        self._step = cpu_tuned_jit(sharded_window_step, donate_argnums=(0,))
 
     def init_carry(self) -> AnalysisCarry:
         """The global state before any window, each process's rows on its devices."""

@@ -47,6 +47,7 @@ from fgjax.analysis.window import (
     WindowSpec,
     add_event_sums,
     counters,
+    cpu_tuned_jit,
     init_carry,
     observed_evidence,
     window_index,
@@ -282,19 +283,19 @@ def _snapshot_of(detail: WindowDetail, carry: AnalysisCarry) -> Snapshot:
                     None if detail.detection is None else counters(carry.detector, detail.detection))
 
 
-@functools.partial(jax.jit, donate_argnums=(0,))
+@functools.partial(cpu_tuned_jit, donate_argnums=(0,))
 def _keep_snapshot(snapshot: Snapshot, detail: WindowDetail, carry: AnalysisCarry, take: jax.Array) -> Snapshot:
     """Replace the rows of ``take`` ``(users,)`` by this window's values."""
     return jax.tree.map(lambda old, new: jnp.where(take[:, None], new, old), snapshot, _snapshot_of(detail, carry))
 
 
-@functools.partial(jax.jit, static_argnames=("spec",))
+@functools.partial(cpu_tuned_jit, static_argnames=("spec",))
 def _final(snapshot: Snapshot, params: WindowParams, spec: WindowSpec) -> Snapshot:
     """The snapshot with s* computed, its counters dropped."""
     return snapshot._replace(evidence=with_limits(snapshot.evidence, snapshot.counters, params, spec), counters=None)
 
 
-@functools.partial(jax.jit, static_argnames=("spec",))
+@functools.partial(cpu_tuned_jit, static_argnames=("spec",))
 def _gather_changes(
     degree: jax.Array, detail: WindowDetail, detector: kernels.DetectorState, params: WindowParams, spec: WindowSpec,
     flat: jax.Array,
