@@ -439,7 +439,9 @@ def test_cpu_tuned_jit_compiles_with_its_options_on_a_cpu_and_equals_jax_jit(mon
 
     tuned = window.cpu_tuned_jit(scaled, static_argnames=("times",))
     x = jnp.asarray(np.random.default_rng(0).random(1000), jnp.float32)
-    np.testing.assert_array_equal(tuned(x, times=3), jax.jit(scaled, static_argnames=("times",))(x, times=3))
+    # The same arithmetic, compiled otherwise: equal to rounding (log1p differed by an ulp in 1 of these 1,000).
+    np.testing.assert_allclose(tuned(x, times=3), jax.jit(scaled, static_argnames=("times",))(x, times=3),
+                               rtol=2e-7, atol=0)
     assert tuned.__name__ == "scaled" and tuned._cache_size() == 1  # the jitted function's attributes
     assert window.window_step.__name__ == "window_step"
     # The options reach XLA on a CPU: an unknown one fails the compilation (the backend is read at the first call).
@@ -449,4 +451,4 @@ def test_cpu_tuned_jit_compiles_with_its_options_on_a_cpu_and_equals_jax_jit(mon
         with pytest.raises(Exception, match="xla_no_such_option"):
             fresh(x, times=3)
     else:
-        np.testing.assert_array_equal(fresh(x, times=3), tuned(x, times=3))
+        np.testing.assert_allclose(fresh(x, times=3), tuned(x, times=3), rtol=2e-7, atol=0)

@@ -30,8 +30,9 @@ from fgjax.config import AnalysisConfig
 
 # The analysis' per-window programs are compiled by LLVM at -O2 on a CPU, not at XLA's default -O3: the detector's
 # update of real counts (100k users x 16, 2-vCPU Xeon, jax 0.10.2, 2026-12-05) took 186-192 against 211-213 ms a
-# window, and `fgjax analyze`'s window steps 17.1 against 19.2 s at 100k users, with bit-identical tables (-O1:
-# 17.3 s; -O0: 59.8 s). Other backends keep XLA's defaults (not measured there).
+# window, and `fgjax analyze`'s window steps 17.1 against 19.2 s at 100k users, its tables there bit for bit
+# the same (-O1: 17.3 s; -O0: 59.8 s). The arithmetic is the same but its code is not, so results may differ in
+# the last bit (log1p did in 1 of 1,000 random values). Other backends keep XLA's defaults (not measured there).
 CPU_COMPILER_OPTIONS = {"xla_backend_optimization_level": 2}
 
 
