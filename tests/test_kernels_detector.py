@@ -777,3 +777,56 @@ def test_population_dispersion_sums_leave_out_young_and_unseen_interests():
     np.testing.assert_allclose(sums, [math.log(2.0) + 0.0 + math.log(4.0), 0.0, 3.0], rtol=1e-6)
     np.testing.assert_allclose(kernels.population_dispersion(sums), [math.exp(math.log(8.0) / 4), 1.0], rtol=1e-6)
     np.testing.assert_array_equal(kernels.population_dispersion(np.zeros(3, np.float32)), [1.0, 1.0])
+
+
+def _random_models(rng, n):
+    """``n`` silence models over the ranges an analysis meets, both models' priors and calibrations included."""
+    exposure = rng.integers(0, 200, n).astype(np.float32)
+    active = np.floor(exposure * rng.random(n)).astype(np.float32)
+    gaps = np.floor(np.minimum(active, exposure - active) * rng.random(n)).astype(np.float32)
+    runs = (1.0 + rng.exponential(1.0, n)).astype(np.float32)
+    return kernels.SilenceModel(
+        events=(active * rng.gamma(1.0, 3.0, n)).astype(np.float32), exposure=exposure, active_windows=active,
+        silent_windows=exposure - active, gaps=gaps, longest_gap=np.ceil(rng.exponential(4.0, n) * (gaps > 0)),
+        dispersion=runs, gap_limit=np.zeros(n, np.float32), periodic=np.zeros(n, bool),
+        kappa=(1.0 + rng.exponential(0.5, n)).astype(np.float32),
+        information=np.maximum(runs * rng.uniform(0.5, 1.5, n), 1.0).astype(np.float32),
+        stay_prior=(np.float32(20.0 * 0.7), np.float32(20.0 * 0.3)) if rng.random() < 0.5 else None)
+
+
+def _full_range_limit(model, p, max_limit=MAX_LIMIT):
+    """s* by the bisection over the whole range [1, max_limit] in 17 steps, as before its bracket."""
+    from fgjax.kernels import _detector as detector
+
+    threshold = kernels.silence_threshold(model, p)
+    terms = detector._silence_terms(model, p)
+    one = detector._log_probability(np.ones(model.events.shape, np.float32), terms)
+    lo, hi = np.ones(model.events.shape, np.float32), np.full(model.events.shape, float(max_limit), np.float32)
+
+    def bisect(_, bounds):
+        mid = jax.numpy.floor((bounds[0] + bounds[1]) / 2.0)
+        found = detector._surprise(mid, terms, one) >= threshold
+        return jax.numpy.where(found, bounds[0], mid), jax.numpy.where(found, mid, bounds[1])
+
+    _, by_chance = jax.lax.fori_loop(0, max_limit.bit_length(), bisect, (lo, hi))
+    return jax.numpy.where(model.exposure >= p.min_history, jax.numpy.maximum(by_chance, 2.0), float(max_limit))
+
+
+@pytest.mark.parametrize("false_alarm", [1e-4, 0.01, 0.3])
+def test_the_bracketed_limit_is_the_full_range_bisections_and_its_bracket_holds(false_alarm):
+    from fgjax.kernels import _detector as detector
+
+    p = P._replace(false_alarm=false_alarm)
+    model = _random_models(np.random.default_rng(int(false_alarm * 1e4)), 20000)
+    want = np.asarray(jax.jit(_full_range_limit, static_argnums=1)(model, p)).astype(np.int32)
+    np.testing.assert_array_equal(np.asarray(silence_limit(model, p)), want)
+    # The events model's bracket holds by itself (the whole range is only the fallback): its low end is not
+    # unlikely, its high end is (or is the cap), and it leaves a few bisection steps, not 17.
+    threshold = kernels.silence_threshold(model, p)
+    terms = detector._silence_terms(model, p)
+    one = detector._log_probability(np.ones(20000, np.float32), terms)
+    lo, hi = (np.asarray(a) for a in detector._limit_bracket(terms, one, threshold, float(MAX_LIMIT)))
+    surprise = lambda s: np.asarray(detector._surprise(s, terms, one))  # noqa: E731
+    assert np.all((lo == 1) | (surprise(lo) < threshold))
+    assert np.all((hi == MAX_LIMIT) | (surprise(hi) >= threshold))
+    assert np.all((lo < hi) | (lo == MAX_LIMIT)) and np.median(np.log2(np.maximum(hi - lo, 1))) <= 4
