@@ -345,6 +345,8 @@ def test_property_few_top_k_equals_lax_top_k(seed, columns, rows, ties):
 def test_few_top_k_past_its_columns_is_lax_top_k_and_checks_k():
     x = np.random.default_rng(3).normal(size=(5, FEW_TOP_K_COLUMNS + 1)).astype(np.float32)
     _same_bits(few_jit(x, 4), jax.lax.top_k(jnp.asarray(x), 4))
+    row = np.array([0.5, -0.0, np.nan, 0.5, 0.0, 2.0], np.float32)  # one row: no batch axis
+    _same_bits(few_top_k(row, 4), jax.lax.top_k(jnp.asarray(row), 4))
     for k in (0, 4):
         with pytest.raises(ValueError, match="k must be"):
             few_top_k(jnp.zeros((2, 3)), k)
