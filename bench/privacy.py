@@ -226,7 +226,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     epochs = 2 if args.scale == "smoke" else args.private_epochs
     for eps in epsilons:
         privacy = dataclasses.replace(base.train.privacy, enabled=True, target_epsilon=eps)
-        config = dataclasses.replace(base, train=dataclasses.replace(base.train, privacy=privacy, epochs=epochs))
+        # No early stopping in a private run: choosing the epoch on validation is a data-dependent choice the
+        # accountant does not cover (train refuses it); the config's patience holds for the non-private run.
+        config = dataclasses.replace(base, train=dataclasses.replace(base.train, privacy=privacy, epochs=epochs,
+                                                                     patience=0))
         row = _run(f"DP eps={eps:g}", config, log, split, member, owners_items, args)
         results.append(row)
         print(f"  {row['run']}: epsilon spent {row['epsilon']:.3f}, noise {row['noise_multiplier']:.3f}, NDCG@10 "

@@ -362,7 +362,9 @@ def test_privacy_benchmark_writes_its_table(tmp_path):
     events, _ = _write_log(tmp_path / "input")
     md = tmp_path / "RESULTS.md"
     md.write_text("# Results\n\nkept\n")
+    # With early stopping in the config (as configs/ml100k.yaml has): the private runs go without it.
     payload = bench_privacy.main(["--config", "", "--data", str(events), "--scale", "smoke", "--epsilons", "4,inf",
+                                  "--set", "train.patience=2",
                                   "--out", str(tmp_path / "privacy.json"), "--results-md", str(md)])
     runs = {r["run"]: r for r in payload["results"]}
     assert list(runs) == ["non-private", "DP eps=4", "DP eps=inf"]
