@@ -74,7 +74,7 @@ CAL_AGES = (4.0, 12.0, 36.0)  # calibration classes by windows of history: young
 # (B, K, T) copies: about 2x faster than all at once). The best size depends on the threads a device has. The
 # update alone on one device (both cores on each block) was 7 % faster with 4,096-user blocks at 1M users x 16
 # on a 2-vCPU Xeon (2 MB L2 a core, 2026-12-05), but `fgjax analyze`, which runs a device per core, was slower
-# with them: 21.5 against 19.7 s of window steps at 100k users, 214 against 199 s in all at 1M.
+# with them: 21.5 against 19.7 s of window steps at 100k users, 214.3 against 201.6 s in all at 1M.
 CPU_CACHE_CELLS = 1 << 20
 # Where the DFT product's periodogram is within rounding of a decision, rfft decides (``_series_features``),
 # as it did before the DFT product: a tie of two candidate peaks within _TIE of the peak's power, or a strength
