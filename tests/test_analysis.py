@@ -452,3 +452,18 @@ def test_cpu_tuned_jit_compiles_with_its_options_on_a_cpu_and_equals_jax_jit(mon
             fresh(x, times=3)
     else:
         np.testing.assert_allclose(fresh(x, times=3), tuned(x, times=3), rtol=2e-7, atol=0)
+
+
+def test_cpu_tuned_jit_runs_inside_other_transforms():
+    # JAX refuses compiler options on a jit inside another trace: there it is the plain jax.jit.
+    import jax
+    import jax.numpy as jnp
+
+    from fgjax.analysis import window
+
+    tuned = window.cpu_tuned_jit(lambda x: jnp.log1p(x) * 2.0)
+    x = jnp.arange(5, dtype=jnp.float32)
+    np.testing.assert_allclose(jax.jit(lambda v: tuned(v) + 1.0)(x), tuned(x) + 1.0, rtol=2e-7)
+    assert jax.eval_shape(tuned, x).shape == (5,)
+    _, ys = jax.lax.scan(lambda c, v: (c, tuned(v)), 0.0, x)
+    np.testing.assert_allclose(ys, tuned(x), rtol=2e-7)

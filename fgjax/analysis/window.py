@@ -40,21 +40,28 @@ class cpu_tuned_jit:  # noqa: N801 - used as jax.jit is
     """``jax.jit(fun, **jit_kwargs)``, with ``CPU_COMPILER_OPTIONS`` when JAX's default backend is a CPU.
 
     The backend is read at the first call, not at import: a CLI run sets the CPU's devices before JAX starts
-    (``fgjax.analysis_job.split_cpu``). Attributes (``lower``, ``_cache_size``, ``clear_cache``) are the
-    jitted function's.
+    (``fgjax.analysis_job.split_cpu``). Called inside another transform (``jax.jit``, ``lax.scan``,
+    ``jax.eval_shape``, ...), where JAX refuses compiler options, it is the plain ``jax.jit``: the caller's
+    compilation decides. Attributes (``lower``, ``_cache_size``, ``clear_cache``) are the top-level jitted
+    function's. For functions, not methods (no ``__get__``).
     """
 
     def __init__(self, fun, **jit_kwargs):
         functools.update_wrapper(self, fun)
         self._fun, self._jit_kwargs, self._jitted = fun, jit_kwargs, None
+        self._plain = jax.jit(fun, **jit_kwargs)
 
     def _get(self):
         if self._jitted is None:
-            options = CPU_COMPILER_OPTIONS if jax.default_backend() == "cpu" else None
-            self._jitted = jax.jit(self._fun, compiler_options=options, **self._jit_kwargs)
+            if jax.default_backend() == "cpu":
+                self._jitted = jax.jit(self._fun, compiler_options=CPU_COMPILER_OPTIONS, **self._jit_kwargs)
+            else:
+                self._jitted = self._plain
         return self._jitted
 
     def __call__(self, *args, **kwargs):
+        if any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree.leaves((args, kwargs))):
+            return self._plain(*args, **kwargs)
         return self._get()(*args, **kwargs)
 
     def __getattr__(self, name):
