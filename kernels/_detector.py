@@ -440,7 +440,10 @@ def silence_limit(model: SilenceModel, params: DetectorParams, *, max_limit: int
 
     The smallest s whose surprise reaches ``silence_threshold`` (found by
     bisection: the surprise grows with s), raised to the gap term
-    ``model.gap_limit``; capped at ``max_limit``.
+    ``model.gap_limit``; capped at ``max_limit``. The bisection starts from the events model's bracket
+    (``_limit_bracket``), so it is the full range's wherever the float32 surprise grows with s; with
+    extreme histories (hundreds of thousands of gaps) rounding can make it step back, and the two may stop
+    at different crossings a window or two apart.
     """
     threshold = silence_threshold(model, params)
     shape = model.events.shape
@@ -458,14 +461,19 @@ def silence_limit(model: SilenceModel, params: DetectorParams, *, max_limit: int
     held &= (hi == top) | unlikely(hi)
     lo, hi = jnp.where(held, lo, 1.0), jnp.where(held, hi, top)
 
-    def bisect(bounds):
-        lo, hi = bounds
+    def bisect(carry):
+        step, lo, hi = carry
         mid = jnp.floor((lo + hi) / 2.0)
         found = unlikely(mid)
-        return jnp.where(found, lo, mid), jnp.where(found, mid, hi)
+        return step + 1, jnp.where(found, lo, mid), jnp.where(found, mid, hi)
 
-    # Until every bracket is two neighbours (a bracket that is already keeps them: mid = lo is not unlikely).
-    _, by_chance = lax.while_loop(lambda bounds: jnp.any(bounds[1] - bounds[0] > 1.0), bisect, (lo, hi))
+    def open_(carry):
+        # Until every bracket is two neighbours (a bracket that is already keeps them: mid = lo is not unlikely),
+        # and at most the steps of the whole range (past 2 ** 24 float32 midpoints stop halving a bracket).
+        step, lo, hi = carry
+        return (step < max_limit.bit_length()) & jnp.any(hi - lo > 1.0)
+
+    _, _, by_chance = lax.while_loop(open_, bisect, (jnp.int32(0), lo, hi))
     limit = jnp.maximum(jnp.maximum(by_chance, model.gap_limit), 2.0)
     # Too little history for the test to judge: no silence is unusual yet.
     limit = jnp.where(model.exposure >= params.min_history, limit, top)
@@ -474,7 +482,7 @@ def silence_limit(model: SilenceModel, params: DetectorParams, *, max_limit: int
 
 def _limit_bracket(terms: _SilenceTerms, one: Array, threshold: Array, top: float) -> tuple[Array, Array]:
     """``(lo, hi)`` float32 around s* before the gap term: ``lo`` not unlikely, ``hi`` unlikely (or ``top``),
-    from the events model alone, for ``silence_limit``'s bisection to narrow (some 3 to 10 steps, not 17).
+    from the events model alone, for ``silence_limit``'s bisection to narrow (3 to 8 steps here, not 17).
 
     log P(s) is the larger of the two models' (``_log_probability``), so the surprise is at most
     ``one - by_events(s)``, which reaches the threshold at ``s_events = b expm1((threshold - one) / a) / c``:
@@ -1085,8 +1093,9 @@ def detector_update(
         T = 64), and a period changes slowly. 1 = every window, as before
         (``DetectorState.period_index``). A return from forgotten resets it.
       with_limits: also compute ``silence_limit`` (s*, by bisection in a
-        bracket: some 5 to 10 surprise evaluations per (user, interest), a
-        large share of the update's arithmetic). The states never need it; without it the output's
+        bracket: 2 checks and 3 to 8 steps of surprise evaluations per
+        (user, interest), as many steps as its widest bracket needs; a large
+        share of the update's arithmetic). The states never need it; without it the output's
         ``silence_limit`` is None, and ``model_silence_limit`` gives it for
         the rows that need it.
 

@@ -830,3 +830,10 @@ def test_the_bracketed_limit_is_the_full_range_bisections_and_its_bracket_holds(
     assert np.all((lo == 1) | (surprise(lo) < threshold))
     assert np.all((hi == MAX_LIMIT) | (surprise(hi) >= threshold))
     assert np.all((lo < hi) | (lo == MAX_LIMIT)) and np.median(np.log2(np.maximum(hi - lo, 1))) <= 4
+
+
+def test_the_limit_ends_past_float32s_whole_numbers():
+    # Past 2 ** 24 a float32 midpoint stops halving a bracket: the bisection stops after the whole range's steps.
+    model = _random_models(np.random.default_rng(0), 4)._replace(kappa=np.full(4, 10.0, np.float32))
+    limit = np.asarray(jax.jit(kernels.silence_limit, static_argnames="max_limit")(model, P, max_limit=1 << 26))
+    assert np.all((limit >= 1) & (limit <= 1 << 26))
