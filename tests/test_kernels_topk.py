@@ -324,7 +324,7 @@ def test_few_top_k_equals_lax_top_k_and_a_total_order_sort(columns, batch):
         _same_bits(got, ref_total_top_k(x, k))
 
 
-@pytest.mark.parametrize("dtype", [np.int32, np.uint8, jnp.bfloat16, np.float16])
+@pytest.mark.parametrize("dtype", [np.int32, np.uint8, jnp.bfloat16, np.float16, np.bool_])
 def test_few_top_k_other_dtypes_equal_lax_top_k(dtype):
     rng = np.random.default_rng(7)
     x = jnp.asarray(rng.integers(0, 5, (50, 12)).astype(np.float32)).astype(dtype)  # many ties
