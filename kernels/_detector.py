@@ -467,13 +467,13 @@ def silence_limit(model: SilenceModel, params: DetectorParams, *, max_limit: int
         found = unlikely(mid)
         return step + 1, jnp.where(found, lo, mid), jnp.where(found, mid, hi)
 
-    def open_(carry):
+    def still_open(carry):
         # Until every bracket is two neighbours (a bracket that is already keeps them: mid = lo is not unlikely),
         # and at most the steps of the whole range (past 2 ** 24 float32 midpoints stop halving a bracket).
         step, lo, hi = carry
         return (step < max_limit.bit_length()) & jnp.any(hi - lo > 1.0)
 
-    _, _, by_chance = lax.while_loop(open_, bisect, (jnp.int32(0), lo, hi))
+    _, _, by_chance = lax.while_loop(still_open, bisect, (jnp.int32(0), lo, hi))
     limit = jnp.maximum(jnp.maximum(by_chance, model.gap_limit), 2.0)
     # Too little history for the test to judge: no silence is unusual yet.
     limit = jnp.where(model.exposure >= params.min_history, limit, top)
