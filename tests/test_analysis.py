@@ -444,8 +444,13 @@ def test_cpu_tuned_jit_compiles_with_its_options_on_a_cpu_and_equals_jax_jit(mon
                                rtol=2e-7, atol=0)
     assert tuned.__name__ == "scaled" and tuned._cache_size() == 1  # the jitted function's attributes
     assert window.window_step.__name__ == "window_step"
-    # The options reach XLA on a CPU: an unknown one fails the compilation (the backend is read at the first call).
+    # The options reach XLA on a CPU: an unknown one fails the compilation (the backend and XLA_FLAGS are read
+    # at the first call).
     monkeypatch.setattr(window, "CPU_COMPILER_OPTIONS", {"xla_no_such_option": 2})
+    monkeypatch.setenv("XLA_FLAGS", "--xla_backend_optimization_level=0")  # the suite's own setting (conftest)
+    leveled = window.cpu_tuned_jit(scaled, static_argnames=("times",))
+    np.testing.assert_allclose(leveled(x, times=3), tuned(x, times=3), rtol=2e-7, atol=0)  # the flags' level wins
+    monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_enable_fast_math=false")  # flags that leave the level alone
     fresh = window.cpu_tuned_jit(scaled, static_argnames=("times",))
     if jax.default_backend() == "cpu":
         with pytest.raises(Exception, match="xla_no_such_option"):

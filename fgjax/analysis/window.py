@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import os
 from typing import NamedTuple
 
 import jax
@@ -32,7 +33,8 @@ from fgjax.config import AnalysisConfig
 # update of real counts (100k users x 16, 2-vCPU Xeon, jax 0.10.2, 2026-12-05) took 186-192 against 211-213 ms a
 # window, and `fgjax analyze`'s window steps 17.1 against 19.2 s at 100k users, its tables there bit for bit
 # the same (-O1: 17.3 s; -O0: 59.8 s). The arithmetic is the same but its code is not, so results may differ in
-# the last bit (log1p did in 1 of 1,000 random values). Other backends keep XLA's defaults (not measured there).
+# the last bit (log1p did in 1 of 1,000 random values). Other backends keep XLA's defaults (not measured there),
+# and so does a process whose XLA_FLAGS set the level itself (the test suite compiles at -O0: it checks values).
 CPU_COMPILER_OPTIONS = {"xla_backend_optimization_level": 2}
 
 
@@ -43,7 +45,8 @@ class cpu_tuned_jit:  # noqa: N801 - used as jax.jit is
     (``fgjax.analysis_job.split_cpu``). Called inside another transform (``jax.jit``, ``lax.scan``,
     ``jax.eval_shape``, ...), where JAX refuses compiler options, it is the plain ``jax.jit``: the caller's
     compilation decides. Attributes (``lower``, ``_cache_size``, ``clear_cache``) are the top-level jitted
-    function's. For functions, not methods (no ``__get__``).
+    function's. For functions, not methods (no ``__get__``). Where ``XLA_FLAGS`` sets
+    ``xla_backend_optimization_level``, that setting wins: the options are not passed.
     """
 
     def __init__(self, fun, **jit_kwargs):
@@ -53,7 +56,8 @@ class cpu_tuned_jit:  # noqa: N801 - used as jax.jit is
 
     def _get(self):
         if self._jitted is None:
-            if jax.default_backend() == "cpu":
+            level_set = "xla_backend_optimization_level" in os.environ.get("XLA_FLAGS", "")
+            if jax.default_backend() == "cpu" and not level_set:
                 self._jitted = jax.jit(self._fun, compiler_options=CPU_COMPILER_OPTIONS, **self._jit_kwargs)
             else:
                 self._jitted = self._plain
