@@ -50,7 +50,7 @@ import numpy as np
 from jax._src import dispatch  # the compile events' names (jax.monitoring has no public constants)
 
 from fgjax import kernels, processes
-from fgjax.analysis import TableWriters, analyze_scanned
+from fgjax.analysis import TableWriters, analyze_scanned, require_categories
 from fgjax.analysis.distributed import agree_scanned, user_mesh
 from fgjax.analysis.tables import part_name
 from fgjax.config import Config, to_dict
@@ -162,10 +162,11 @@ def analyze_log(
         window_seconds = config.analysis.window_seconds
         clock = time.perf_counter()
         with scan_log(config.data, window_seconds, rejects_path=stage / "rejects.parquet",
-                      spill_parent=stage) as scanned:
+                      spill_parent=stage, max_windows=config.analysis.max_windows) as scanned:
             times["pass1_s"] = time.perf_counter() - clock
             shown(f"pass 1: {scanned.report.rows_read:,} rows read, {scanned.num_users:,} users, "
                   f"{len(scanned.items):,} items, {scanned.num_windows:,} windows")
+            require_categories(scanned)  # before the writers, which name the categories' columns
             window_start = scanned.origin + np.arange(scanned.num_windows) * window_seconds
             top = min(config.analysis.top_interests, len(scanned.categories or ()))
             writers = TableWriters(stage, scanned.users, scanned.categories, window_start, max(top, 1))
@@ -216,7 +217,7 @@ def _analyze_processes(config: Config, out: Path, report: Reporter, progress: bo
             try:
                 scanned = stack.enter_context(scan_log(
                     config.data, window_seconds, rejects_path=stage / "rejects.parquet" / part_name(me),
-                    spill_parent=stage, shard=(me, count)))
+                    spill_parent=stage, shard=(me, count), max_windows=config.analysis.max_windows))
             except Exception as exc:  # noqa: BLE001 - every process learns of it, then it is raised here
                 error = exc
             processes.agree(error, "pass 1 (reading its shards)")
@@ -224,6 +225,7 @@ def _analyze_processes(config: Config, out: Path, report: Reporter, progress: bo
             shown(f"pass 1: {scanned.report.rows_read:,} rows read, {scanned.num_users:,} users "
                   f"({sum(layout.process_users):,} in all), {len(scanned.items):,} items, "
                   f"{scanned.num_windows:,} windows")
+            require_categories(scanned)  # before the writers, which name the categories' columns
             window_start = scanned.origin + np.arange(scanned.num_windows) * window_seconds
             top = min(config.analysis.top_interests, len(scanned.categories or ()))
             writers = TableWriters(stage, scanned.users, scanned.categories, window_start, max(top, 1),

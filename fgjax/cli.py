@@ -199,6 +199,13 @@ def _read_user_ids(spec: str | None, model):
             bad = next(s for s in raw if not s.lstrip("+-").isdigit())
             raise ConfigError(f"--users: {bad!r} is not an integer, and the checkpoint's user IDs are integers "
                               "(pass comma-separated IDs, or a .parquet/.csv file with a user_id column)") from None
+        except (OverflowError, pa.ArrowInvalid):  # no user of an integer vocabulary can have it
+            import numpy as np
+
+            info = np.iinfo(model.users.type.to_pandas_dtype())
+            bad = next(s for s in raw if not info.min <= int(s) <= info.max)
+            raise ConfigError(f"--users: {bad} is outside the checkpoint's {model.users.type} user IDs "
+                              f"({info.min:,} to {info.max:,})") from None
     return pa.array(raw, model.users.type)
 
 

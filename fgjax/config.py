@@ -269,6 +269,9 @@ class AnalysisConfig:
     """Windowed interest state and forgetting (docs/formulas.md)."""
 
     window_seconds: float = setting(86400.0, gt=0)
+    # More windows than this between the first event and the last is refused before anything is allocated:
+    # usually a window given in seconds where days were meant (--window 7 is 7 seconds; 7d is a week)
+    max_windows: int = setting(100_000, ge=1)
     half_life_windows: float = setting(7.0, gt=0, allow_inf=True)  # decay half-life in windows; .inf = no decay
     reset_each_window: bool = False  # True with half_life .inf = the seed's per-window indicator
     alpha: float = setting(2.0, ge=0)  # softmax temperature of p(k|u,t) = softmax(-alpha * f_k)

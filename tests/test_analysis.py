@@ -45,6 +45,22 @@ def reference_states(log, config):
     return I, prev, np.array(degrees)
 
 
+def test_a_window_count_past_max_windows_is_refused_before_anything_is_allocated():
+    from fgjax.config import load_config
+    from fgjax.errors import ConfigError
+
+    log = make_log(num_users=4, events_per_user=5)  # events over 19.9 of 20 days
+    with pytest.raises(ConfigError, match=r"window_seconds=1 gives 1,7\d\d,\d\d\d windows over the log's 19\.9 days, "
+                                          r"more than analysis.max_windows=100,000"):
+        analyze(load_config(None, ["analysis.window_seconds=1"]), log, progress=False)
+    # Raised, it runs: about 20 days in hourly windows, from the first event's hour to the last's.
+    hourly = analyze(load_config(None, ["analysis.window_seconds=3600", "analysis.max_windows=500"]), log, progress=False)
+    hours = int(log.timestamp.max() // 3600 - log.timestamp.min() // 3600) + 1
+    assert len(hourly.window_start) == hours and 400 < hours <= 481
+    with pytest.raises(ConfigError, match="max_windows=400"):
+        analyze(load_config(None, ["analysis.window_seconds=3600", "analysis.max_windows=400"]), log, progress=False)
+
+
 def test_matches_numpy_reference():
     log = make_log(num_users=12, num_items=20, events_per_user=25, seed=4)
     # Make user 0 stop its interest after day 8 so states and F move.

@@ -59,6 +59,11 @@ def test_console_script_is_installed():
         (["analyze", "--out", "{tmp}/o", "--set", "data.path={tmp}/few.parquet", "--set", "data.items_path={tmp}/items.parquet"],
          "none of the 4 events has an item with a category"),
         (["train", "--out", "{tmp}/afile/o", "--set", "data.path={tmp}/few.parquet"], "afile"),
+        (["analyze", "--out", "{tmp}/o", "--set", "data.path={tmp}/few.parquet"],
+         "the forgetting analysis needs item categories: set data.items_path"),
+        (["analyze", "--out", "{tmp}/o", "--set", "data.path={tmp}/few.parquet", "--set",
+          "data.items_path={tmp}/items.parquet", "--window", "1e-4"],
+         "analysis.window_seconds=0.0001 gives 200,001 windows over the log's 20 seconds, more than analysis.max_windows"),
     ],
 )
 def test_errors_are_one_line_with_exit_2(tmp_path, capsys, args, message):
@@ -121,6 +126,11 @@ def test_quickstart_then_every_subcommand(tmp_path, capsys):
                                  "--k", 3, "--out", tmp_path / "r.parquet"], capsys)
     assert code == 0, err
     assert pq.read_table(tmp_path / "r.parquet").num_rows == 6
+    # An ID no int64 user can have is refused in one line (it raised OverflowError before).
+    for huge in ("99999999999999999999", "-99999999999999999999"):
+        code, stdout, err = run_cli(["recommend", "--checkpoint", out / "checkpoint", f"--users=1,{huge}",
+                                     "--out", tmp_path / "r2.parquet"], capsys)
+        assert code == 2 and err.count("\n") == 1 and f"--users: {huge} is outside the checkpoint's int64" in err
 
     # analyze and evaluate the generated data through their own subcommands
     data_args = ["--set", f"data.path={out}/data/events", "--set", f"data.items_path={out}/data/items.parquet", *SMALL]

@@ -18,6 +18,7 @@ from fgjax.analysis.run import (
     analyze_stream,
     log_windows,
     parquet_windows,
+    require_categories,
     run_windows,
 )
 from fgjax.analysis.tables import (
@@ -77,6 +78,7 @@ __all__ = [
     "monitor_update",
     "pad_events",
     "parquet_windows",
+    "require_categories",
     "run_windows",
     "state_series",
     "states_table",

@@ -61,7 +61,7 @@ from fgjax.analysis.distributed import Layout, ShardedStep, user_mesh
 from fgjax.config import AnalysisConfig, Config
 from fgjax.data.prefetch import prefetch
 from fgjax.data.reader import EventLog
-from fgjax.data.stream import ScannedLog
+from fgjax.data.stream import ScannedLog, check_window_count
 from fgjax.errors import DataError
 from fgjax.processes import allgather
 from fgjax.shapes import bucket_size
@@ -605,7 +605,7 @@ def analyze(
     order = np.argsort(ts, kind="stable")
     ws = acfg.window_seconds
     origin = float(np.floor(log.timestamp.min() / ws) * ws)
-    num_windows = int(window_index(log.timestamp.max(), ws, origin)) + 1
+    num_windows = check_window_count(0, window_index(log.timestamp.max(), ws, origin), ws, acfg.max_windows)
     snap_window = None
     if snapshot_before is not None:
         # Times past the log (inf included) read the last window; times before it, the first.
@@ -695,6 +695,12 @@ class ScannedResult:
     devices: int = 1
 
 
+def require_categories(scanned: ScannedLog) -> None:
+    """Raises ``DataError`` unless ``scanned`` has item categories (the interests the analysis follows)."""
+    if scanned.item_category is None or scanned.categories is None or len(scanned.categories) == 0:
+        raise DataError("the forgetting analysis needs item categories: set data.items_path to an items table")
+
+
 def analyze_scanned(
     config: Config,
     scanned: ScannedLog,
@@ -716,8 +722,7 @@ def analyze_scanned(
     process's users only, and the result's ``state`` is theirs. Every process calls it.
     """
     acfg = config.analysis
-    if scanned.item_category is None or scanned.categories is None or len(scanned.categories) == 0:
-        raise DataError("the forgetting analysis needs item categories: set data.items_path to an items table")
+    require_categories(scanned)
     num_interests = len(scanned.categories)
     seen = {"events": 0, "without": 0}
 

@@ -51,7 +51,7 @@ from fgjax.config import DataConfig
 from fgjax.data import reader
 from fgjax.data.pseudonym import Pseudonymizer
 from fgjax.data.vocab import Vocabulary
-from fgjax.errors import DataError
+from fgjax.errors import ConfigError, DataError
 
 # A lookup table for integer IDs when their span is at most this many times the number of IDs (plus a floor).
 _TABLE_SPAN = 4
@@ -472,9 +472,23 @@ def _compact_ids(got: reader._Collected) -> None:
         kinds[:] = [kind for kind, _ in groups]
 
 
+def check_window_count(first_window: int, last_window: int, window_seconds: float, max_windows: int | None) -> int:
+    """The windows from ``first_window`` to ``last_window`` (inclusive); ``ConfigError`` past ``max_windows``
+    (``analysis.max_windows``; None = no limit), before anything of that size is allocated."""
+    count = int(last_window) - int(first_window) + 1
+    if max_windows is not None and count > max_windows:
+        span = count * window_seconds
+        span_text = f"{span / 86400.0:,.1f} days" if span >= 86400.0 else f"{span:,.0f} seconds"
+        raise ConfigError(
+            f"analysis.window_seconds={window_seconds:g} gives {count:,} windows over the log's {span_text}, "
+            f"more than analysis.max_windows={max_windows:,}: is the window in seconds where days were "
+            "meant (--window 7d is a week)? Raise analysis.max_windows to run it anyway")
+    return count
+
+
 def scan_log(config: DataConfig, window_seconds: float, *, rejects_path: str | Path | None = None,
              spill_parent: str | Path | None = None, path: str | Path | None = None,
-             shard: tuple[int, int] | None = None) -> ScannedLog:
+             shard: tuple[int, int] | None = None, max_windows: int | None = None) -> ScannedLog:
     """Pass 1 over ``config.path`` (``path`` overrides it): see the module docstring.
 
     Args:
@@ -484,6 +498,7 @@ def scan_log(config: DataConfig, window_seconds: float, *, rejects_path: str | P
         removes it.
       shard: ``(i, n)``: read only every ``n``-th file of the sorted list from the ``i``-th (process ``i``
         of ``n``; ``fgjax.data.reader.open_sources``).
+      max_windows: ``check_window_count``'s limit on the windows from the first event to the last.
 
     Raises:
       DataError / SchemaError: as ``read_events``, with the same messages.
@@ -571,7 +586,7 @@ def scan_log(config: DataConfig, window_seconds: float, *, rejects_path: str | P
         items = Vocabulary.from_values(reader.unify_ids(item_chunks, item_kinds))
         item_category, categories, notes = reader._categories(item_table, items)
         first, last = min(rows_per_group), max(rows_per_group)
-        window_rows = np.zeros(last - first + 1, np.int64)
+        window_rows = np.zeros(check_window_count(first, last, window_seconds, max_windows), np.int64)
         for g, n in rows_per_group.items():
             window_rows[g - first] = n
         return ScannedLog(
