@@ -143,6 +143,9 @@ class DataConfig:
     batch_size: int = setting(65536, ge=1)  # rows per Arrow record batch while streaming
     min_timestamp: float = 0.0  # epoch seconds; rows outside [min, max] are rejected
     max_timestamp: float = 4102444800.0  # 2100-01-01T00:00:00Z
+    # Rows whose weight is above this are rejected ("weight too large"): the analysis sums weights and their
+    # squares in float32, where weights of 1e20 made F NaN (a weight of 1e9 leaves ten orders of magnitude)
+    max_weight: float = setting(1e9, gt=0)
     drop_duplicates: bool = True  # identical (user, item, timestamp, event_type) rows
     # A user's events at the same timestamp: input order (a stable sort by time, RecBole's convention) | item index.
     # Decides the leave-last-out targets, the sequences and the masks (docs/data.md, "Evaluation protocol").

@@ -191,6 +191,15 @@ def test_non_finite_weight_rows_are_rejected(tmp_path):
     assert log.weight.tolist() == [1.0]
 
 
+def test_weights_past_max_weight_are_rejected(tmp_path):
+    table = events([1, 2, 3, 4], [1, 1, 1, 1], [T0] * 4, weight=[1e9, 1e20, 2e9, float("inf")])
+    log, rejected, _ = _read_with_rejects(tmp_path, table)
+    # The bound is inclusive; inf is non-finite first (the rule order).
+    assert log.report.rejected == {"weight too large": 2, "non-finite weight": 1}
+    assert log.weight.tolist() == [1e9]
+    assert sorted(r["weight"] for r in rejected if r["reason"] == "weight too large") == ["1e+20", "2000000000"]
+
+
 def test_duplicates_keep_the_first(tmp_path):
     table = events(
         [1, 1, 1, 1, 2],
@@ -455,6 +464,20 @@ def test_csv_ids_with_leading_zeros_stay_strings(tmp_path):
     log = read(f)
     assert log.users.type == pa.string() and log.users.values.to_pylist() == ["007", "7"]
     assert log.items.type == pa.int64()
+
+
+def test_csv_text_like_na_or_null_is_an_id_and_only_an_empty_cell_is_null(tmp_path):
+    # pyarrow's default CSV null markers would read these IDs as null and lose their text in the rejects.
+    f = tmp_path / "e.csv"
+    f.write_text("user_id,item_id,timestamp,weight\nNA,1,1767225600,1\nnull,1,1767225600,1\nN/A,1,1767225600,1\n"
+                 "u1,NULL,1767225600,1\n,1,1767225600,1\nu2,1,1767225600,nan\nu3,1,1767225600,\n")
+    log = read(f, rejects_path=tmp_path / "r.parquet")
+    assert sorted(log.users.values.to_pylist()) == ["N/A", "NA", "null", "u1", "u3"]
+    assert sorted(log.items.values.to_pylist()) == ["1", "NULL"]
+    assert log.report.rejected == {"null user_id": 1, "unparseable weight": 1}  # "nan" is no longer a null, repaired
+    assert [(r["user_id"], r["weight"], r["reason"]) for r in pq.read_table(tmp_path / "r.parquet").to_pylist()] == [
+        (None, "1", "null user_id"), ("u2", "nan", "unparseable weight")]
+    assert log.weight.tolist().count(1.0) == 5  # u3's empty weight is the event type's (1.0), a repair
 
 
 def test_csv_unparseable_weight_is_a_rejected_row(tmp_path):

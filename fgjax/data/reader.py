@@ -11,7 +11,7 @@ Row rule: a row is dropped for the first reason that applies, in this order
 
     ragged row (CSV: another number of fields than the header), null user_id,
     null item_id, null timestamp, unparseable timestamp, timestamp out of
-    range, unparseable weight, negative weight, non-finite weight, unknown
+    range, unparseable weight, negative weight, non-finite weight, weight too large, unknown
     event_type (``config.unknown_event_types``: quarantine), duplicate
 
 (an empty or all-blank string counts as null; a NaN epoch timestamp counts as
@@ -69,6 +69,7 @@ REASONS = (
     "unparseable weight",
     "negative weight",
     "non-finite weight",
+    "weight too large",
     "unknown event_type",
     "duplicate",
 )
@@ -289,8 +290,10 @@ def file_format(fmt: str, text_columns: Sequence[str] = (), ragged: dict[int, st
                 return "skip"
 
             parse = pacsv.ParseOptions(invalid_row_handler=skip)
-        return ds.CsvFileFormat(parse_options=parse,
-                                convert_options=pacsv.ConvertOptions(column_types=types, strings_can_be_null=True))
+        # Only an empty cell is null: pyarrow's default null markers ("NA", "null", "N/A", "nan", ...) would turn
+        # such IDs into nulls and lose their text in rejects.parquet ("NA" is a name, and an ID like any other).
+        convert = pacsv.ConvertOptions(column_types=types, strings_can_be_null=True, null_values=[""])
+        return ds.CsvFileFormat(parse_options=parse, convert_options=convert)
     raise DataError(f"data.format '{fmt}' is not a file format the reader streams")
 
 
@@ -637,7 +640,7 @@ def clean_batch(batch: pa.RecordBatch, plan: Plan, config: DataConfig, event_typ
         unknown = event_types.unknown(config)[event]
     with np.errstate(invalid="ignore"):
         conditions = [user_null, item_null, ts_null, ts_bad, ~in_range, weight_bad, weight < 0, ~np.isfinite(weight),
-                      unknown]
+                      weight > config.max_weight, unknown]
     reason = np.select(conditions, _ROW_REASONS, -1).astype(np.int8)
     return CleanBatch(reason, user, item, seconds, event, weight)
 
