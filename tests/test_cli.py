@@ -62,6 +62,8 @@ def test_console_script_is_installed():
         (["analyze", "--out", "{tmp}/o", "--set", "data.path={tmp}/few.parquet"],
          "the forgetting analysis needs item categories: set data.items_path"),
         (["analyze", "--out", "{tmp}/o", "--set", "data.path={tmp}/few.parquet", "--set",
+          "data.items_path={tmp}/items0.csv"], "items0.csv': the table has no rows"),
+        (["analyze", "--out", "{tmp}/o", "--set", "data.path={tmp}/few.parquet", "--set",
           "data.items_path={tmp}/items.parquet", "--window", "1e-4"],
          "analysis.window_seconds=0.0001 gives 200,001 windows over the log's 20 seconds, more than analysis.max_windows"),
     ],
@@ -70,6 +72,7 @@ def test_errors_are_one_line_with_exit_2(tmp_path, capsys, args, message):
     pq.write_table(pa.table({"user_id": [1, 1, 2, 2], "item_id": [1, 2, 1, 3],
                              "timestamp": [1.7e9, 1.7e9 + 5, 1.7e9 + 9, 1.7e9 + 20]}), tmp_path / "few.parquet")
     pq.write_table(pa.table({"item_id": [100, 200], "category": ["a", "b"]}), tmp_path / "items.parquet")
+    (tmp_path / "items0.csv").write_text("item_id,category\n")
     (tmp_path / "afile").write_text("a file where a folder is expected")
     code, out, err = run_cli([a.format(tmp=tmp_path) for a in args], capsys)
     assert code == 2

@@ -480,6 +480,19 @@ def test_csv_text_like_na_or_null_is_an_id_and_only_an_empty_cell_is_null(tmp_pa
     assert log.weight.tolist().count(1.0) == 5  # u3's empty weight is the event type's (1.0), a repair
 
 
+def test_zero_byte_csv_parts_are_skipped_as_spark_writes_them(tmp_path):
+    write(tmp_path / "d" / "part-0000.csv", events([1, 2], [1, 1], [T0, T0 + 1]))
+    (tmp_path / "d" / "part-0001.csv").write_bytes(b"")  # an empty partition
+    (tmp_path / "d" / "_SUCCESS").write_bytes(b"")
+    log = read(tmp_path / "d")
+    assert (log.report.rows_read, log.report.rows_used) == (2, 2)
+    (tmp_path / "e").mkdir()
+    for name in ("part-0000.csv", "part-0001.csv"):
+        (tmp_path / "e" / name).write_bytes(b"")
+    with pytest.raises(DataError, match="part-0000.csv"):  # nothing but empty files: refused, naming one
+        read(tmp_path / "e")
+
+
 def test_csv_unparseable_weight_is_a_rejected_row(tmp_path):
     f = tmp_path / "e.csv"
     # The bad value sits past the first block, where type inference would have crashed.

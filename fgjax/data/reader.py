@@ -369,6 +369,10 @@ def open_sources(path: str, config: DataConfig, shard: tuple[int, int] | None = 
         return [table_source(formats.read_movielens_udata(data), str(data))], item
     files, base = list_files(path)
     fmt, files = detect_format(files, requested, path)
+    if fmt == "csv" and len(files) > 1:
+        # A 0-byte CSV file has no rows and not even a header (Spark writes one per empty partition): skipped,
+        # where pyarrow would refuse it ("Empty CSV file"). A dataset of only such files is still refused.
+        files = [f for f in files if f.stat().st_size > 0] or files[:1]
     if fmt in ("recbole", "movielens"):  # a directory or glob holding such files
         inner = path if Path(path).is_dir() else str(files[0])
         return open_sources(inner, dataclasses.replace(config, format=fmt), shard)
@@ -833,6 +837,8 @@ def read_items_table(path: str | Path, config: DataConfig) -> tuple[pa.Array, st
                                   f"has type {cells.type}, expected strings")
             first = pc.list_element(pc.split_pattern(cells, pattern=config.item_category_separator), 0)
             table = table.set_column(1, column, first)
+    if table.num_rows == 0:  # else the analysis would ask for the items table it was given
+        raise DataError(f"items '{path}': the table has no rows (expected one row per item: {id_column}, {column})")
     ids, null = normalize_ids(_plain(table.column("item_id")))
     kind = "int" if pa.types.is_integer(ids.type) else ("text" if format_of(path) == "csv" else "string")
     keep = pa.array(~null)
