@@ -160,6 +160,7 @@ def _progress(args) -> bool:
 
 def _read_user_ids(spec: str | None, model):
     import pyarrow as pa
+    import pyarrow.compute as pc
 
     if spec is None:
         return model.users.values
@@ -188,10 +189,20 @@ def _read_user_ids(spec: str | None, model):
             raise ConfigError(f"--users file '{path}': {ids.null_count} empty user_id values")
         if len(ids) == 0:
             raise ConfigError(f"--users file '{path}': no user IDs")
-        return ids
+        want = model.users.type
+        same_kind = (pa.types.is_integer(ids.type) and pa.types.is_integer(want)) or (
+            pa.types.is_string(want) and (pa.types.is_string(ids.type) or pa.types.is_large_string(ids.type)))
+        if not same_kind:  # 1.0 or True would otherwise be served as user 1, under a user_id of their own type
+            raise ConfigError(f"--users file '{path}': user_id holds {ids.type} values, the checkpoint's user IDs "
+                              f"are {want}")
+        try:
+            return pc.unique(ids.cast(want))  # each user once, in the order first given
+        except pa.ArrowInvalid:
+            raise ConfigError(f"--users file '{path}': a user_id is outside the checkpoint's {want} user IDs") from None
     raw = [s.strip() for s in spec.split(",") if s.strip()]
     if not raw:
         raise ConfigError(f"--users: no user IDs in {spec!r} (comma-separated IDs or a .parquet/.csv file)")
+    raw = list(dict.fromkeys(raw))  # each user once, in the order first given
     if pa.types.is_integer(model.users.type):
         try:
             return pa.array([int(s) for s in raw], model.users.type)

@@ -145,6 +145,9 @@ class RunFolder:
         out = self.out
         if out.exists() and not out.is_dir():
             raise OutputError(f"--out '{out}' is a file, expected a folder")
+        blocking = next((p for p in out.parents if p.exists() and not p.is_dir()), None)
+        if blocking is not None:  # else the staging folder's mkdir names its own path, not the user's
+            raise OutputError(f"--out '{out}': '{blocking}' is a file, so no folder can be made under it")
         previous = read_run_manifest(out) if out.is_dir() else None
         if out.is_dir() and any(out.iterdir()) and not self.overwrite:
             if previous is None:

@@ -58,7 +58,8 @@ def test_console_script_is_installed():
         (["train", "--out", "{tmp}/o", "--set", "data.path={tmp}/few.parquet"], "no user of the 2 has 3 or more distinct items"),
         (["analyze", "--out", "{tmp}/o", "--set", "data.path={tmp}/few.parquet", "--set", "data.items_path={tmp}/items.parquet"],
          "none of the 4 events has an item with a category"),
-        (["train", "--out", "{tmp}/afile/o", "--set", "data.path={tmp}/few.parquet"], "afile"),
+        (["train", "--out", "{tmp}/afile/o", "--set", "data.path={tmp}/few.parquet"],
+         "afile' is a file, so no folder can be made under it"),
         (["analyze", "--out", "{tmp}/o", "--set", "data.path={tmp}/few.parquet"],
          "the forgetting analysis needs item categories: set data.items_path"),
         (["analyze", "--out", "{tmp}/o", "--set", "data.path={tmp}/few.parquet", "--set",
@@ -129,6 +130,19 @@ def test_quickstart_then_every_subcommand(tmp_path, capsys):
                                  "--k", 3, "--out", tmp_path / "r.parquet"], capsys)
     assert code == 0, err
     assert pq.read_table(tmp_path / "r.parquet").num_rows == 6
+    # A user given twice is served once, from a list or a file; a file of another ID type is refused.
+    code, stdout, err = run_cli(["recommend", "--checkpoint", out / "checkpoint", "--users", f"{some[0]},{some[0]}",
+                                 "--k", 3, "--out", tmp_path / "r1.parquet"], capsys)
+    assert code == 0 and pq.read_table(tmp_path / "r1.parquet").num_rows == 3, err
+    pq.write_table(pa.table({"user_id": pa.array([some[1], some[0], some[1]], pa.int32())}), tmp_path / "u.parquet")
+    code, stdout, err = run_cli(["recommend", "--checkpoint", out / "checkpoint", "--users", tmp_path / "u.parquet",
+                                 "--k", 3, "--out", tmp_path / "r1.parquet"], capsys)
+    assert code == 0, err
+    assert pq.read_table(tmp_path / "r1.parquet")["user_id"].to_pylist() == [some[1]] * 3 + [some[0]] * 3
+    pq.write_table(pa.table({"user_id": [float(some[0])]}), tmp_path / "u.parquet")
+    code, stdout, err = run_cli(["recommend", "--checkpoint", out / "checkpoint", "--users", tmp_path / "u.parquet",
+                                 "--out", tmp_path / "r1.parquet"], capsys)
+    assert code == 2 and "user_id holds double values, the checkpoint's user IDs are int64" in err
     # An ID no int64 user can have is refused in one line (it raised OverflowError before).
     for huge in ("99999999999999999999", "-99999999999999999999"):
         code, stdout, err = run_cli(["recommend", "--checkpoint", out / "checkpoint", f"--users=1,{huge}",
