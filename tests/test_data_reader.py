@@ -474,10 +474,20 @@ def test_csv_text_like_na_or_null_is_an_id_and_only_an_empty_cell_is_null(tmp_pa
     log = read(f, rejects_path=tmp_path / "r.parquet")
     assert sorted(log.users.values.to_pylist()) == ["N/A", "NA", "null", "u1", "u3"]
     assert sorted(log.items.values.to_pylist()) == ["1", "NULL"]
-    assert log.report.rejected == {"null user_id": 1, "unparseable weight": 1}  # "nan" is no longer a null, repaired
+    assert log.report.rejected == {"null user_id": 1, "non-finite weight": 1}  # as a NaN weight in Parquet
     assert [(r["user_id"], r["weight"], r["reason"]) for r in pq.read_table(tmp_path / "r.parquet").to_pylist()] == [
-        (None, "1", "null user_id"), ("u2", "nan", "unparseable weight")]
+        (None, "1", "null user_id"), ("u2", "nan", "non-finite weight")]
     assert log.weight.tolist().count(1.0) == 5  # u3's empty weight is the event type's (1.0), a repair
+
+
+def test_csv_inf_and_nan_weights_are_non_finite_as_in_parquet(tmp_path):
+    f = tmp_path / "e.csv"
+    weights = ["inf", "-Infinity", "NaN", "1e400", "+inf", "2.5", "infinite"]
+    f.write_text("user_id,item_id,timestamp,weight\n" + "".join(f"{i},1,1767225600,{w}\n" for i, w in enumerate(weights)))
+    log = read(f)
+    # -Infinity is negative first (the rule order, as in Parquet); "infinite" is no number.
+    assert log.report.rejected == {"non-finite weight": 4, "negative weight": 1, "unparseable weight": 1}
+    assert log.weight.tolist() == [2.5]
 
 
 def test_zero_byte_csv_parts_are_skipped_as_spark_writes_them(tmp_path):

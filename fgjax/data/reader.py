@@ -93,7 +93,9 @@ _EXTENSION_FORMATS = types.MappingProxyType({
 })
 _COMPRESSION_SUFFIXES = (".gz", ".bz2", ".zst", ".lz4")
 _TIMESTAMP_EXPECTED = "an Arrow timestamp, epoch seconds (int/float) or ISO-8601 strings"
-_NUMERIC_TEXT = r"^[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?$"
+# A number as text; inf, infinity and nan (any case) too, so that they are rejected as a non-finite weight in
+# CSV as they are in Parquet, not as unparseable text.
+_NUMERIC_TEXT = r"^[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?$|^[+-]?(?i:inf|infinity|nan)$"
 _UNIT_PER_SECOND = types.MappingProxyType({"s": 1, "ms": 1_000, "us": 1_000_000, "ns": 1_000_000_000})
 
 
