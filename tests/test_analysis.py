@@ -192,6 +192,37 @@ def test_needs_categories():
         analyze(load_config(), log, progress=False)
 
 
+def test_monitor_update_refuses_events_outside_its_ranges():
+    from fgjax.analysis import monitor_init, monitor_update
+    from fgjax.config import load_config
+    from fgjax.errors import DataError
+
+    config = load_config(None, [])
+
+    def events(user=0, interest=0, weight=1.0, age=0.5):
+        return kernels.WindowEvents(np.array([0, user], np.int32), np.array([1, interest], np.int32),
+                                    np.array([1.0, weight], np.float32), np.array([0.5, age], np.float32))
+
+    # The padding user (== users) and the no-interest index (== K) are accepted, and change nothing.
+    state, out, _ = monitor_update(monitor_init(4, 3, config), events(user=0, interest=3), config)
+    reference, ref_out, _ = monitor_update(monitor_init(4, 3, config), events(user=4), config)
+    np.testing.assert_array_equal(np.asarray(state.interest.current), np.asarray(reference.interest.current))
+    np.testing.assert_array_equal(np.asarray(state.ever), np.asarray(reference.ever))
+    np.testing.assert_array_equal(np.asarray(out.degree), np.asarray(ref_out.degree))
+    for bad, message in [
+        (dict(user=-1), r"events.user\[1\] = -1, expected a dense user index in \[0, 4\]"),
+        (dict(user=5), r"events.user\[1\] = 5"),
+        (dict(interest=-1), r"events.interest\[1\] = -1, expected an interest index in \[0, 3\]"),
+        (dict(interest=4), r"events.interest\[1\] = 4"),
+        (dict(weight=np.nan), r"events.weight\[1\] = nan, expected a finite weight >= 0"),
+        (dict(weight=-1.0), r"events.weight\[1\] = -1.0"),
+        (dict(age=-0.5), r"events.age\[1\] = -0.5, expected a finite age >= 0"),
+        (dict(age=np.inf), r"events.age\[1\] = inf"),
+    ]:
+        with pytest.raises(DataError, match=message):
+            monitor_update(monitor_init(4, 3, config), events(**bad), config)
+
+
 def test_monitor_update_window_by_window_equals_the_batch_analysis():
     """A service calling monitor_update as each window closes gets what analyze computes over the whole log."""
     from fgjax.analysis import monitor_init, monitor_update, pad_events, state_series, window_index

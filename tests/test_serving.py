@@ -105,6 +105,38 @@ def test_in_process_load_matches_and_excludes_seen(fitted):
     assert (np.diff(scores, axis=1) <= 0).all()
 
 
+def test_recommend_refuses_ids_it_would_serve_as_someone_else(fitted):
+    from fgjax.errors import ConfigError, DataError
+
+    out, _, result = fitted
+    model = fgjax.load(out / "checkpoint")
+    for bad, message in [
+        ("1000", r"got the single str '1000': pass \['1000'\]"),  # was served as users 1, 0, 0, 0
+        (b"1000", "got the single bytes"),
+        ([1000.0], "user IDs of type double, the checkpoint's are int64"),  # was served as user 1000
+        ([True], "user IDs of type bool"),  # was served as user 1
+        ([1000, None], "1 null user IDs"),
+        ([2**64], "past int64"),  # was a bare OverflowError
+    ]:
+        with pytest.raises(DataError, match=message):
+            model.recommend(bad, k=3)
+    empty = model.recommend([], k=3)
+    assert empty.num_rows == 0 and empty.schema.field("user_id").type == pa.int64()
+    # Unknown users: the most popular items, scored by the share of training users who had them.
+    unknown = model.recommend([424242], k=3, use_forgetting=False)
+    popularity = model.state.popularity
+    np.testing.assert_allclose(np.array(unknown["score"]), np.sort(popularity)[::-1][:3] / len(model.users), rtol=1e-6)
+    # rank() takes dense indices: out of range is a typed error, not an IndexError.
+    n_users, n_items = len(model.users), len(model.items)
+    for users in ([-1], [n_users], [0.5]):
+        with pytest.raises(DataError, match=rf"rank: users are dense indices in \[0, {n_users}\)"):
+            model.rank(np.array(users), 3)
+    for k in (0, n_items + 1, True):
+        with pytest.raises(ConfigError, match=rf"rank: k={k!r}, expected an integer in \[1, {n_items}\]"):
+            model.rank(np.array([0]), k)
+    assert model.rank(np.array([0, n_users - 1]), n_items)[1].shape == (2, n_items)
+
+
 def test_serving_state_covers_every_event(fitted):
     """What a service loads is the state after the whole log, not the evaluation history."""
     from fgjax.analysis import analyze
@@ -365,7 +397,8 @@ def test_cli_trains_time_sasrec_and_another_process_serves_it(tmp_path, capsys):
             assert r["f_k"] == pytest.approx(float(model.state.f[u, interest]))
             assert r["trend"] is not None and r["period"] is not None and r["explore"] is False
     popularity = model.state.popularity
-    assert [r["score"] for r in rows[3 * k :]] == pytest.approx(np.sort(popularity)[::-1][:k] / popularity.max())
+    # Unknown users: the most popular items, scored by the share of training users who had them.
+    assert [r["score"] for r in rows[3 * k :]] == pytest.approx(np.sort(popularity)[::-1][:k] / len(model.users))
 
     # The product path around it: evaluate and recommend through the CLI.
     # (config.model of the command line is ignored: the results are named after the checkpoint's model.)

@@ -94,8 +94,18 @@ class ServingModel:
         """``(scores, items)``, each ``(len(users), k)``, for dense user indices (``rank_items``).
 
         Sequence models query with each user's last items of the saved history.
+
+        Raises:
+          DataError: an index outside ``[0, users)``. ConfigError: ``k`` outside ``[1, items]``.
         """
-        users = np.asarray(users, np.int32)
+        users = np.asarray(users)
+        if users.size and (not np.issubdtype(users.dtype, np.integer) or users.min() < 0
+                           or users.max() >= len(self.users)):
+            raise DataError(f"rank: users are dense indices in [0, {len(self.users)}), got {users.dtype} values "
+                            f"from {users.min()} to {users.max()} (recommend() takes raw IDs)")
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= len(self.items):
+            raise ConfigError(f"rank: k={k!r}, expected an integer in [1, {len(self.items)}] (the catalog's items)")
+        users = users.astype(np.int32)
         inputs = query_inputs(self._graphdef, self._params, users, self.state.history, num_items=len(self.items))
         return rank_items(
             self._graphdef, self._params, users, k=k, num_items=len(self.items), inputs=inputs,
@@ -118,7 +128,7 @@ class ServingModel:
         Columns: user_id, rank, item_id, score, and with forgetting also
         interest, interest_state, f_k, last_active, trend, period, explore.
         Users unknown to the vocabulary get the most popular items
-        (score = share of training users) and null explanations.
+        (score = the share of training users who had the item) and null explanations.
 
         A pseudonymized checkpoint maps the raw IDs to pseudonyms first
         (``pseudonyms``: the IDs given already are pseudonyms, no secret needed);
@@ -126,20 +136,27 @@ class ServingModel:
 
         Raises:
           ConfigError: ``k`` is not a positive integer; or raw IDs for a pseudonymized checkpoint without its secret.
-          DataError: IDs of a type the vocabulary cannot be matched against.
+          DataError: a single str or bytes instead of a sequence; null IDs; floats or booleans (1.0 or True
+            would be served as user 1); IDs of a type the vocabulary cannot be matched against.
         """
         if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
             raise ConfigError(f"recommend: k={k!r}, expected a positive integer (items per user)")
+        if isinstance(raw_user_ids, (str, bytes)):  # else each character would be served as a user
+            raise DataError(f"recommend: user IDs are a sequence (a list, array or Arrow array), got the single "
+                            f"{type(raw_user_ids).__name__} {raw_user_ids!r}: pass [{raw_user_ids!r}]")
         if isinstance(raw_user_ids, (pa.Array, pa.ChunkedArray)):
             ids = raw_user_ids
         else:
             try:
                 ids = pa.array(raw_user_ids)
-            except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError) as exc:
-                raise DataError(f"recommend: user IDs of mixed or unsupported types ({str(exc).splitlines()[0]})") \
-                    from None
+            except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, OverflowError) as exc:
+                raise DataError(f"recommend: user IDs of mixed or unsupported types, or past int64 "
+                                f"({str(exc).splitlines()[0]})") from None
         if isinstance(ids, pa.ChunkedArray):
             ids = ids.combine_chunks()
+        if len(ids) == 0:
+            ids = pa.array([], self.users.values.type)
+        check_id_type(ids, self.users.values.type)
         if self.pseudonymized and not pseudonyms:
             ids = self.pseudonyms(ids)
             dense = self.users.encode(ids)
@@ -158,9 +175,20 @@ class ServingModel:
         if (~known).any():
             popularity = self.state.popularity
             order = np.argsort(-popularity, kind="stable")[:k]
-            scores[~known] = popularity[order] / max(float(popularity.max(initial=0.0)), 1.0)
+            scores[~known] = popularity[order] / max(self.state.num_users, 1)
             items[~known] = order
         return recommendation_table(ids, dense, scores, items, self.items, self.state.explanations(self.categories))
+
+
+def check_id_type(ids: pa.Array, vocabulary_type: pa.DataType) -> None:
+    """Raises ``DataError`` for null IDs and for floats or booleans (an integer or text vocabulary would read
+    1.0 or True as user 1); integers and text are matched as ``Vocabulary.encode`` casts them."""
+    if ids.null_count:
+        raise DataError(f"recommend: {ids.null_count:,} null user IDs")
+    kind = ids.type.value_type if pa.types.is_dictionary(ids.type) else ids.type
+    if pa.types.is_floating(kind) or pa.types.is_boolean(kind) or pa.types.is_decimal(kind):
+        raise DataError(f"recommend: user IDs of type {ids.type}, the checkpoint's are {vocabulary_type} "
+                        "(pass integers or text)")
 
 
 def load(path: str | Path, *, step: int | None = None, pseudonym_secret: bytes | str | None = None) -> ServingModel:
