@@ -116,9 +116,13 @@ def read_manifest(directory: str | Path) -> dict[str, Any]:
     Raises:
       CheckpointError: no manifest (not a checkpoint), unreadable, or another format version.
     """
+    if not isinstance(directory, (str, Path)):
+        raise CheckpointError(f"a checkpoint is a folder path (str or Path), got {type(directory).__name__}")
     directory = Path(directory).absolute()
     path = directory / _MANIFEST
     if not path.is_file():
+        if directory.is_file():
+            raise CheckpointError(f"'{directory}' is a file, not an fgjax checkpoint folder")
         if directory.is_dir() and any(directory.iterdir()):
             raise CheckpointError(f"'{directory}' is not an fgjax checkpoint (no {_MANIFEST})")
         raise CheckpointError(f"'{directory}' is not an fgjax checkpoint (no {_MANIFEST}; the folder is "
@@ -361,9 +365,11 @@ def _require_listed(directory: Path, step: int, manifest: dict[str, Any]) -> Non
 
 def _listed_step(directory: str | Path, step: int | None) -> tuple[Path, dict[str, Any], int, str]:
     """(absolute directory, manifest, step, its part name) of a listed step (the latest by default)."""
-    directory = Path(directory).absolute()
     manifest = read_manifest(directory)
-    step = latest_step(directory, manifest) if step is None else step
+    directory = Path(directory).absolute()
+    if step is not None and (isinstance(step, bool) or not isinstance(step, (int, np.integer))):
+        raise CheckpointError(f"step={step!r}: a training step is an integer (the latest if not given)")
+    step = latest_step(directory, manifest) if step is None else int(step)
     _require_listed(directory, step, manifest)
     return directory, manifest, step, _step_part(step)
 

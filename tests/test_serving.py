@@ -157,7 +157,15 @@ def test_serving_state_covers_every_event(fitted):
 def test_refuses_what_is_not_a_checkpoint(tmp_path, fitted):
     with pytest.raises(CheckpointError, match="not an fgjax checkpoint"):
         fgjax.load(tmp_path)
+    (tmp_path / "a.py").write_text("")
+    with pytest.raises(CheckpointError, match="a.py' is a file, not an fgjax checkpoint folder"):
+        fgjax.load(tmp_path / "a.py")
+    with pytest.raises(CheckpointError, match="a checkpoint is a folder path"):
+        fgjax.load(None)
     out, _, _ = fitted
+    for step in ("1", 1.0, True):  # were a lookup of another step's name or a missing folder
+        with pytest.raises(CheckpointError, match=rf"step={step!r}: a training step is an integer"):
+            fgjax.load(out / "checkpoint", step=step)
     import shutil
 
     copy = tmp_path / "copy"
