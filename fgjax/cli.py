@@ -16,7 +16,7 @@ import warnings
 from pathlib import Path
 from typing import Sequence
 
-from fgjax.errors import ConfigError, FgjaxError, FgjaxWarning
+from fgjax.errors import ConfigError, DataError, FgjaxError, FgjaxWarning
 
 EPILOG = """examples:
   fgjax quickstart --out runs/quickstart
@@ -162,6 +162,8 @@ def _read_user_ids(spec: str | None, model):
     import pyarrow as pa
     import pyarrow.compute as pc
 
+    from fgjax.serving.model import check_id_type
+
     if spec is None:
         return model.users.values
     path = Path(spec)
@@ -189,16 +191,15 @@ def _read_user_ids(spec: str | None, model):
             raise ConfigError(f"--users file '{path}': {ids.null_count} empty user_id values")
         if len(ids) == 0:
             raise ConfigError(f"--users file '{path}': no user IDs")
-        want = model.users.type
-        same_kind = (pa.types.is_integer(ids.type) and pa.types.is_integer(want)) or (
-            pa.types.is_string(want) and (pa.types.is_string(ids.type) or pa.types.is_large_string(ids.type)))
-        if not same_kind:  # 1.0 or True would otherwise be served as user 1, under a user_id of their own type
-            raise ConfigError(f"--users file '{path}': user_id holds {ids.type} values, the checkpoint's user IDs "
-                              f"are {want}")
+        try:  # 1.0 or True would otherwise be served as user 1, under a user_id of their own type
+            check_id_type(ids, model.users.type, what=f"--users file '{path}'")
+        except DataError as exc:
+            raise ConfigError(str(exc)) from None
         try:
-            return pc.unique(ids.cast(want))  # each user once, in the order first given
-        except pa.ArrowInvalid:
-            raise ConfigError(f"--users file '{path}': a user_id is outside the checkpoint's {want} user IDs") from None
+            return pc.unique(ids.cast(model.users.type))  # each user once, in the order first given
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            raise ConfigError(f"--users file '{path}': user_id values of type {ids.type} that are not the "
+                              f"checkpoint's {model.users.type} user IDs") from None
     raw = [s.strip() for s in spec.split(",") if s.strip()]
     if not raw:
         raise ConfigError(f"--users: no user IDs in {spec!r} (comma-separated IDs or a .parquet/.csv file)")

@@ -180,14 +180,15 @@ class ServingModel:
         return recommendation_table(ids, dense, scores, items, self.items, self.state.explanations(self.categories))
 
 
-def check_id_type(ids: pa.Array, vocabulary_type: pa.DataType) -> None:
-    """Raises ``DataError`` for null IDs and for floats or booleans (an integer or text vocabulary would read
-    1.0 or True as user 1); integers and text are matched as ``Vocabulary.encode`` casts them."""
+def check_id_type(ids: pa.Array, vocabulary_type: pa.DataType, what: str = "recommend") -> None:
+    """Raises ``DataError`` (starting with ``what``) for null IDs and for floats or booleans (an integer or
+    text vocabulary would read 1.0 or True as user 1); integers and text are matched as ``Vocabulary.encode``
+    casts them."""
     if ids.null_count:
-        raise DataError(f"recommend: {ids.null_count:,} null user IDs")
+        raise DataError(f"{what}: {ids.null_count:,} null user IDs")
     kind = ids.type.value_type if pa.types.is_dictionary(ids.type) else ids.type
     if pa.types.is_floating(kind) or pa.types.is_boolean(kind) or pa.types.is_decimal(kind):
-        raise DataError(f"recommend: user IDs of type {ids.type}, the checkpoint's are {vocabulary_type} "
+        raise DataError(f"{what}: user IDs of type {ids.type}, the checkpoint's are {vocabulary_type} "
                         "(pass integers or text)")
 
 
