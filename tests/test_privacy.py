@@ -169,6 +169,10 @@ def test_load_recommends_by_raw_ids_with_the_secret_and_refuses_without(private_
     assert model.recommend(expected[:2], k=3, pseudonyms=True).equals(by_pseudonym)  # pseudonyms need no secret
     with pytest.warns(fgjax.errors.FgjaxWarning, match="is the secret the one"):
         fgjax.load(checkpoint, pseudonym_secret="a wrong secret").recommend(raw[:2], k=3)
+    with pytest.warns(fgjax.errors.FgjaxWarning, match=r"are they pseudonyms \(pseudonyms=True\)"):
+        model.recommend(raw[:2], k=3, pseudonyms=True)  # raw IDs passed as pseudonyms: none known
+    with pytest.raises(ConfigError, match="the pseudonym secret is bytes or str, got int"):
+        fgjax.load(checkpoint, pseudonym_secret=5)  # bytes(5) would have been five zero bytes
 
 
 def test_cli_without_the_secret_stops_with_one_line(tmp_path, monkeypatch, capsys):

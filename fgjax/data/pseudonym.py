@@ -84,6 +84,8 @@ class Pseudonymizer:
     """
 
     def __init__(self, secret: bytes | str):
+        if not isinstance(secret, (bytes, bytearray, str)):  # bytes(5) would be a key of five zero bytes
+            raise ConfigError(f"the pseudonym secret is bytes or str, got {type(secret).__name__}")
         if isinstance(secret, str):
             secret = secret.encode("utf-8")
         if not secret:

@@ -159,12 +159,12 @@ class ServingModel:
         check_id_type(ids, self.users.values.type)
         if self.pseudonymized and not pseudonyms:
             ids = self.pseudonyms(ids)
-            dense = self.users.encode(ids)
-            if len(dense) and not (dense >= 0).any():
-                warnings.warn(f"recommend: none of the {len(dense):,} user IDs is known to this pseudonymized "
-                              "checkpoint: is the secret the one it was trained with?", FgjaxWarning, stacklevel=2)
-        else:
-            dense = self.users.encode(ids)
+        dense = self.users.encode(ids)
+        if self.pseudonymized and len(dense) and not (dense >= 0).any():
+            hint = ("are they pseudonyms (pseudonyms=True)?" if pseudonyms
+                    else "is the secret the one it was trained with?")
+            warnings.warn(f"recommend: none of the {len(dense):,} user IDs is known to this pseudonymized "
+                          f"checkpoint: {hint}", FgjaxWarning, stacklevel=2)
         known = dense >= 0
         k = min(k, len(self.items))
         scores = np.full((len(dense), k), -np.inf, np.float32)
@@ -208,6 +208,7 @@ def load(path: str | Path, *, step: int | None = None, pseudonym_secret: bytes |
       CheckpointError: not a checkpoint, another format version, a file
         missing or damaged (named), no serving state, or parts that do not
         fit together (e.g. a forgetting analysis without its categories).
+      ConfigError: a ``pseudonym_secret`` that is empty or not bytes or str.
     """
     directory = check_manifest(path)
     step = verify_served(directory, step)  # every file read below, before any is opened
