@@ -47,18 +47,19 @@ def reference_states(log, config):
 
 def test_a_window_count_past_max_windows_is_refused_before_anything_is_allocated():
     from fgjax.config import load_config
+    from fgjax.data.stream import check_window_count
     from fgjax.errors import ConfigError
 
     log = make_log(num_users=4, events_per_user=5)  # events over 19.9 of 20 days
     with pytest.raises(ConfigError, match=r"window_seconds=1 gives 1,7\d\d,\d\d\d windows over the log's 19\.9 days, "
                                           r"more than analysis.max_windows=100,000"):
         analyze(load_config(None, ["analysis.window_seconds=1"]), log, progress=False)
-    # Raised, it runs: about 20 days in hourly windows, from the first event's hour to the last's.
-    hourly = analyze(load_config(None, ["analysis.window_seconds=3600", "analysis.max_windows=500"]), log, progress=False)
-    hours = int(log.timestamp.max() // 3600 - log.timestamp.min() // 3600) + 1
-    assert len(hourly.window_start) == hours and 400 < hours <= 481
     with pytest.raises(ConfigError, match="max_windows=400"):
         analyze(load_config(None, ["analysis.window_seconds=3600", "analysis.max_windows=400"]), log, progress=False)
+    # The limit is inclusive: the count from the first window to the last is returned up to it.
+    assert check_window_count(10, 509, 3600.0, 500) == 500 and check_window_count(10, 10**9, 1.0, None) == 10**9 - 9
+    with pytest.raises(ConfigError, match="gives 501 windows over the log's 20.9 days, more than analysis.max_windows=500"):
+        check_window_count(10, 510, 3600.0, 500)
 
 
 def test_matches_numpy_reference():
