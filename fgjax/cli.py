@@ -187,11 +187,9 @@ def _read_user_ids(spec: str | None, model):
         if "user_id" not in table.column_names:
             raise ConfigError(f"--users file '{path}': no user_id column (columns: {', '.join(table.column_names)})")
         ids = table.column("user_id").combine_chunks()
-        if ids.null_count:
-            raise ConfigError(f"--users file '{path}': {ids.null_count} empty user_id values")
         if len(ids) == 0:
             raise ConfigError(f"--users file '{path}': no user IDs")
-        try:  # 1.0 or True would otherwise be served as user 1, under a user_id of their own type
+        try:  # nulls; 1.0 or True would otherwise be served as user 1, under a user_id of their own type
             check_id_type(ids, model.users.type, what=f"--users file '{path}'")
         except DataError as exc:
             raise ConfigError(str(exc)) from None

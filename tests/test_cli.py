@@ -143,6 +143,10 @@ def test_quickstart_then_every_subcommand(tmp_path, capsys):
     code, stdout, err = run_cli(["recommend", "--checkpoint", out / "checkpoint", "--users", tmp_path / "u.parquet",
                                  "--out", tmp_path / "r1.parquet"], capsys)
     assert code == 2 and "u.parquet': user IDs of type double, the checkpoint's are int64" in err
+    pq.write_table(pa.table({"user_id": pa.array([some[0], None], pa.int64())}), tmp_path / "u.parquet")
+    code, stdout, err = run_cli(["recommend", "--checkpoint", out / "checkpoint", "--users", tmp_path / "u.parquet",
+                                 "--out", tmp_path / "r1.parquet"], capsys)
+    assert code == 2 and err.count("\n") == 1 and "u.parquet': 1 null user IDs" in err
     # An ID no int64 user can have is refused in one line (it raised OverflowError before).
     for huge in ("99999999999999999999", "-99999999999999999999"):
         code, stdout, err = run_cli(["recommend", "--checkpoint", out / "checkpoint", f"--users=1,{huge}",
