@@ -14,6 +14,8 @@ from fgjax.evaluation.detection import (
     Truth,
     detect_series,
     first_alarm,
+    loyal_false_positive_rate,
+    matched_rows,
     score,
     seed_threshold_alarms,
     silence_alarms,
@@ -134,6 +136,40 @@ def test_detector_beats_both_baselines_on_weekly_ground_truth(tmp_path):
         assert ours["f1"] > baseline["overall"]["f1"]
     assert report["new_interests"]["first_state_new"] == 1.0
     assert report["reactivation"]["recall"] > 0.9
+
+
+def test_each_method_is_also_scored_at_the_others_loyal_false_positive_rate():
+    """Two stable, one periodic and one stopped pair; a rule that flags by silence length N, a detector by knob."""
+    t = truth(kinds=["stable", "stable", "periodic", "stopped"], start=[0, 0, 0, 0], onset=[-1, -1, -1, 5],
+              forgotten=[-1, -1, -1, 6], resume=[-1, -1, -1, -1])
+    # First alarms per knob: the stop is caught at window 6 by every knob; loyal pairs are flagged by loose knobs.
+    rule_alarms = {1: [3, 4, 2, 6], 2: [-1, 4, -1, 6], 3: [-1, -1, -1, 6]}
+    detector_alarms = {0.1: [3, -1, 2, 6], 0.01: [-1, -1, -1, 6], 0.001: [-1, -1, -1, -1]}
+
+    def scorer(alarms):
+        return lambda knob: score(np.array(alarms[knob]), t)
+
+    def curve(alarms):
+        return [{"knob": k, "f1": scorer(alarms)(k)["overall"]["f1"],
+                 "loyal_false_positive_rate": loyal_false_positive_rate(scorer(alarms)(k))} for k in alarms]
+
+    assert loyal_false_positive_rate(score(np.array(rule_alarms[1]), t)) == 1.0
+    assert loyal_false_positive_rate(score(np.array(rule_alarms[2]), t)) == pytest.approx(1 / 3)
+    # The detector at its default 0.1 flags 2 of 3 loyal pairs; the rule's best N (1: all) flags all three.
+    detector, rule = scorer(detector_alarms)(0.1), scorer(rule_alarms)(1)
+    out = matched_rows(detector, rule, curve(detector_alarms), curve(rule_alarms), scorer(detector_alarms),
+                       scorer(rule_alarms))
+    # The rule under the detector's 2/3: N=2 (1/3 flagged) and N=3 (none) qualify; N=3 has the better F1.
+    assert out["no_activity_windows_at_fgjax_rate"]["knob"] == 3
+    assert out["no_activity_windows_at_fgjax_rate"]["overall"]["f1"] == 1.0
+    assert out["no_activity_windows_at_fgjax_rate"]["loyal_cap"] == pytest.approx(2 / 3)
+    # The detector under the rule's share (all): every knob qualifies; 0.01 is its best.
+    assert out["fgjax_at_no_activity_rate"]["knob"] == 0.01
+    # A cap no knob meets leaves the entry out.
+    strict = {1: [3, 4, 2, 6], 2: [3, 4, -1, 6]}
+    out = matched_rows(scorer(detector_alarms)(0.01), rule, curve(detector_alarms), curve(strict),
+                       scorer(detector_alarms), scorer(strict))
+    assert "no_activity_windows_at_fgjax_rate" not in out and "fgjax_at_no_activity_rate" in out
 
 
 def test_changes_the_log_cannot_reveal_are_not_judged():

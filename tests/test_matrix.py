@@ -38,7 +38,7 @@ def test_every_cell_has_every_method_and_the_knobs_are_chosen_as_stated(tiny):
             assert set(by_window) == {"daily", "weekly"}
             for window, by_method in by_window.items():
                 grid = report.grid[share]
-                assert set(by_method) == set(M.METHODS)
+                assert set(M.METHODS) <= set(by_method) <= set(M.METHODS) | {e for e, _, _ in M.MATCHED}
                 # The silence rule and the ceiling: their best knob on this very cell.
                 for method in M.ON_THE_CELL:
                     points = grid[story][window][method]
@@ -54,7 +54,41 @@ def test_every_cell_has_every_method_and_the_knobs_are_chosen_as_stated(tiny):
                 assert by_method["detector_default"]["knob"] == config.analysis.detector.false_alarm
     text = M.format_summary(report)
     assert text.count("| classic | daily |") == 2 and "silence rule: N, F1, delay, loyal" in text
+    assert "rule at the detector's loyal share: N, F1" in text
     assert "ceiling: oracle F1, delay, loyal" in text
+
+
+def test_each_method_at_the_others_loyal_share_is_its_best_knob_under_that_cap(tiny):
+    """The matched entries: the best F1 among knobs flagging at most the other method's share of loyal pairs."""
+    config, report = tiny
+    knobs = M.sweeps(config)
+    seen = 0
+    for share, by_story in report.cells.items():
+        for story, by_window in by_story.items():
+            for window, by_method in by_window.items():
+                for entry, method, capped_by in M.MATCHED:
+                    points = report.grid[share][story][window][method]
+                    cap = by_method[capped_by]["loyal_ever_flagged"]
+                    allowed = [i for i, p in enumerate(points) if p["loyal_ever_flagged"] <= cap]
+                    if not allowed:
+                        assert entry not in by_method
+                        continue
+                    seen += 1
+                    got = by_method[entry]
+                    assert got["loyal_ever_flagged"] <= cap
+                    assert got["f1"] == max(points[i]["f1"] or 0.0 for i in allowed) or got["f1"] is None
+                    assert got["knob"] in [knobs[method][i] for i in allowed]
+    assert seen  # some cell has a knob under its cap: the check above is not vacuous
+
+
+def test_best_under_loyal_picks_the_best_f1_within_the_cap_and_none_without_one():
+    points = [{"f1": 0.9, "loyal_ever_flagged": 0.2}, {"f1": 0.7, "loyal_ever_flagged": 0.01},
+              {"f1": 0.8, "loyal_ever_flagged": 0.05}, {"f1": None, "loyal_ever_flagged": None}]
+    assert M.best_under_loyal(points, 0.05) == 2
+    assert M.best_under_loyal(points, 0.01) == 1
+    assert M.best_under_loyal(points, 1.0) == 0
+    assert M.best_under_loyal(points, 0.001) is None
+    assert M.best_under_loyal(points, None) is None
 
 
 def test_the_ceiling_reads_the_fade_definition_and_is_above_the_methods_on_classic(tiny):

@@ -28,7 +28,9 @@ Two baselines run beside it on the same windows: a fixed threshold on the
 seed's F (per-window indicator, F(u, t) >= theta, charged to the interests
 that declined in that window) and "no activity for N windows"; each is
 reported at its best F1 over its sweep (tuned on the very data it is scored
-on, which favors the baselines). The detector's own precision-recall curve
+on, which favors the baselines). The detector and "no activity" are also
+compared at one operating point (``matched_rows``): each at its best knob
+among those flagging at most the other's share of loyal pairs. The detector's own precision-recall curve
 comes from sweeping ``analysis.detector.false_alarm`` through
 ``detect_series``, the same kernel in one ``lax.scan``.
 """
@@ -323,6 +325,12 @@ def new_interest_summary(codes: np.ndarray, truth: Truth) -> dict[str, Any]:
     return {"pairs": len(sel), "appeared": len(first), "first_state_new": _ratio(int(np.sum(first == kernels.NEW)), len(first))}
 
 
+def loyal_false_positive_rate(scored: dict[str, Any]) -> float | None:
+    """The share of judged loyal pairs (``NEGATIVE_KINDS``, pooled) with an alarm, from ``score``'s cases."""
+    loyal = [scored["cases"][kind] for kind in NEGATIVE_KINDS if kind in scored["cases"]]
+    return _ratio(sum(c["false_positives"] for c in loyal), sum(c["pairs"] - c["positives"] for c in loyal))
+
+
 def _curve(knobs: list[float], alarms_for: Callable[[float], np.ndarray], truth: Truth,
            early_windows: int) -> list[dict[str, Any]]:
     points = []
@@ -330,12 +338,17 @@ def _curve(knobs: list[float], alarms_for: Callable[[float], np.ndarray], truth:
         scored = score(first_alarm(alarms_for(knob), truth), truth, early_windows)
         overall, periodic = scored["overall"], scored["cases"].get("periodic", {})
         points.append({"knob": knob, **{k: overall[k] for k in ("precision", "recall", "f1", "median_delay")},
-                       "periodic_false_positive_rate": periodic.get("false_positive_rate")})
+                       "periodic_false_positive_rate": periodic.get("false_positive_rate"),
+                       "loyal_false_positive_rate": loyal_false_positive_rate(scored)})
     return points
 
 
-def _best(points: list[dict[str, Any]]) -> dict[str, Any]:
-    return max(points, key=lambda p: p["f1"] or 0.0)
+def _best(points: list[dict[str, Any]], loyal_cap: float | None = None) -> dict[str, Any] | None:
+    """The best-F1 point; with ``loyal_cap``, among those flagging at most that share of loyal pairs (None if none)."""
+    if loyal_cap is not None:
+        points = [p for p in points if p["loyal_false_positive_rate"] is not None
+                  and p["loyal_false_positive_rate"] <= loyal_cap]
+    return max(points, key=lambda p: p["f1"] or 0.0) if points else None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -348,6 +361,8 @@ class DetectionReport:
     reactivation: dict[str, Any]
     new_interests: dict[str, Any]
     setup: dict[str, Any]
+    # Each of the detector and the silence rule at the other's loyal false-positive rate (``matched_rows``).
+    matched: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -388,9 +403,12 @@ def evaluate_detection_on(
     baselines = {
         "seed_F_threshold": {"knob": best_seed["knob"], **score(
             first_alarm(seed_threshold_alarms(counts, best_seed["knob"]), truth), truth, early)},
-        "no_activity_windows": {"knob": best_silence["knob"], **score(
-            first_alarm(silence_alarms(counts, int(best_silence["knob"])), truth), truth, early)},
     }
+    silence_alarm = first_alarm(silence_alarms(counts, int(best_silence["knob"])), truth)
+    baselines["no_activity_windows"] = {"knob": best_silence["knob"], **score(silence_alarm, truth, early)}
+    matched = matched_rows(detector, baselines["no_activity_windows"], detector_curve, silence_curve,
+                           lambda q: score(first_alarm(sweep_alarms(q), truth), truth, early),
+                           lambda n: score(first_alarm(silence_alarms(counts, int(n)), truth), truth, early))
     setup = {
         "windows": result.num_windows,
         "window_seconds": acfg.window_seconds,
@@ -409,8 +427,29 @@ def evaluate_detection_on(
         reactivation=reactivation_summary(codes, truth, detector_alarm),
         new_interests=new_interest_summary(codes, truth),
         setup=setup,
+        matched=matched,
     )
     return report, result, codes, truth
+
+
+def matched_rows(detector: dict[str, Any], rule: dict[str, Any], detector_curve: list[dict[str, Any]],
+                 rule_curve: list[dict[str, Any]], score_detector: Callable[[float], dict[str, Any]],
+                 score_rule: Callable[[float], dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """The silence rule at the detector's loyal false-positive rate, and the detector at the rule's.
+
+    ``detector`` / ``rule``: ``score`` of each at its own knob (the detector's default, the rule's best N);
+    each curve holds its method's sweep. Each entry is the other method's best-F1 knob among those flagging
+    at most the same share of judged loyal pairs, scored; absent when no knob of the sweep flags so few.
+    """
+    out = {}
+    for name, curve, cap, scorer in (
+        ("no_activity_windows_at_fgjax_rate", rule_curve, loyal_false_positive_rate(detector), score_rule),
+        ("fgjax_at_no_activity_rate", detector_curve, loyal_false_positive_rate(rule), score_detector),
+    ):
+        best = _best(curve, cap) if cap is not None else None
+        if best is not None:
+            out[name] = {"knob": best["knob"], "loyal_cap": cap, **scorer(best["knob"])}
+    return out
 
 
 def _codes_from_table(table: pa.Table, log: EventLog, num_windows: int) -> np.ndarray:
@@ -428,6 +467,9 @@ def format_report(report: DetectionReport) -> str:
     rows = [("fgjax adaptive", report.detector)] + [
         (f"{name} (best knob {b['knob']:g})", b) for name, b in report.baselines.items()
     ]
+    matched_names = {"no_activity_windows_at_fgjax_rate": "no_activity_windows at fgjax's loyal FPR (N={:g})",
+                     "fgjax_at_no_activity_rate": "fgjax adaptive at no_activity's loyal FPR (false_alarm {:g})"}
+    rows += [(matched_names[name].format(m["knob"]), m) for name, m in report.matched.items()]
     fmt = lambda v, spec=".3f": "-" if v is None else format(v, spec)  # noqa: E731
     lines = [
         "| detector | precision | recall | F1 | median delay | FPR periodic | FPR stable | FPR bursty |",

@@ -16,6 +16,11 @@ of ``evaluate.detection_window_days`` (daily, weekly), and scores, per
   ``kernels/_changepoint.py``, their thresholds chosen leave-one-story-out too;
 - **silence rule**: "forgotten after N silent windows" at its best N *per
   cell*, chosen on the very answers it is scored on (which favors it);
+- **at one operating point** (``MATCHED``): the silence rule at its best N
+  among those flagging at most the detector's share of loyal interests, and
+  the detector at its best knob on the cell among those flagging at most the
+  rule's (best N) share: a rule that waits longer flags fewer loyal
+  interests, so each method's own best F1 alone compares two trade-offs;
 - **oracle** (the ceiling): ``fgjax.evaluation.oracle``, the Bayes
   posterior of "forgotten" from the story's true rates, alarming past a
   threshold chosen on the cell itself: about the best F1 the cell allows.
@@ -64,6 +69,10 @@ LOYAL = tuple(synthetic.KINDS.index(k) for k in ("stable", "periodic", "bursty")
 METHODS = ("detector", "detector_default", "bocpd", "cusum", "silence", "oracle")
 # Methods whose knob is chosen on the scored cell itself (a favor to a baseline; the ceiling's definition).
 ON_THE_CELL = ("silence", "oracle")
+# Each method at the other's false-alarm rate: (entry, method scored, method whose loyal share caps it). The
+# knob is the best F1 on the cell among those flagging at most that share of loyal interests (absent when none
+# does), so the two are compared at one operating point as well as each at its own best.
+MATCHED = (("silence_at_detector_loyal", "silence", "detector"), ("detector_at_silence_loyal", "detector", "silence"))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -297,6 +306,13 @@ class MatrixReport:
         return dataclasses.asdict(self)
 
 
+def best_under_loyal(points: list[dict[str, Any]], cap: float | None) -> int | None:
+    """Index of the best-F1 point among those with ``loyal_ever_flagged <= cap``; None when none (or no cap)."""
+    allowed = [i for i, p in enumerate(points)
+               if cap is not None and p["loyal_ever_flagged"] is not None and p["loyal_ever_flagged"] <= cap]
+    return max(allowed, key=lambda i: points[i]["f1"] or 0.0) if allowed else None
+
+
 def _label(window_days: int) -> str:
     return {1: "daily", 7: "weekly"}.get(window_days, f"{window_days}d")
 
@@ -345,6 +361,10 @@ def evaluate_matrix(config: Config, report: Callable[[str], None] = lambda _: No
                                    for j in range(len(points))]
                         i = int(np.argmax(mean_f1))
                     out[method] = {"knob": knobs[method][i], **points[i]}
+                for entry, method, capped_by in MATCHED:
+                    i = best_under_loyal(by_method[method], out[capped_by]["loyal_ever_flagged"])
+                    if i is not None:
+                        out[entry] = {"knob": knobs[method][i], **by_method[method][i]}
     setup = {
         "stories": list(e.detection_stories), "window_days": list(e.detection_window_days),
         "users": e.matrix_users, "days": e.matrix_days, "fade_shares": list(e.fade_shares),
@@ -366,6 +386,8 @@ METHOD_NAMES = {
     "cusum": "CUSUM quasi-Poisson (LOSO)",
     "silence": "silence rule, best N per cell",
     "oracle": "oracle: Bayes posterior with the true rates, best q per cell (the ceiling)",
+    "silence_at_detector_loyal": "silence rule, best N flagging at most the detector's (LOSO) share of loyal",
+    "detector_at_silence_loyal": "detector, best knob on the cell flagging at most the silence rule's share of loyal",
 }
 
 
@@ -398,11 +420,14 @@ def format_summary(matrix: MatrixReport) -> str:
                   "chosen on the other stories, silence rule's N and the oracle's threshold on the cell itself.", "",
                   "| story | windows | detector F1 (P / R) | delay | loyal ever flagged | flagged again "
                   "| silence rule: N, F1, delay, loyal | BOCPD F1 | CUSUM F1 | detector at defaults: F1, loyal "
-                  "| ceiling: oracle F1, delay, loyal |",
-                  "| --- | --- | --- | ---: | ---: | ---: | --- | ---: | ---: | --- | --- |"]
+                  "| ceiling: oracle F1, delay, loyal | rule at the detector's loyal share: N, F1 "
+                  "| detector at the rule's: F1 |",
+                  "| --- | --- | --- | ---: | ---: | ---: | --- | ---: | ---: | --- | --- | --- | ---: |"]
         for story, by_window in by_story.items():
             for window, m in by_window.items():
                 d, sil, dd, top = m["detector"], m["silence"], m["detector_default"], m["oracle"]
+                rule_at, detector_at = m.get("silence_at_detector_loyal"), m.get("detector_at_silence_loyal")
+                rule_text = f"N={rule_at['knob']:g}: {_fmt(rule_at['f1'])}" if rule_at else "none flags so few"
                 lines.append(
                     f"| {story} | {window} | {_fmt(d['f1'])} ({_fmt(d['precision'], '.2f')} / "
                     f"{_fmt(d['recall'], '.2f')}) | {_fmt(d['median_delay'], '.0f')} "
@@ -410,7 +435,9 @@ def format_summary(matrix: MatrixReport) -> str:
                     f"| N={sil['knob']:g}: {_fmt(sil['f1'])}, {_fmt(sil['median_delay'], '.0f')}, "
                     f"{_fmt(sil['loyal_ever_flagged'])} | {_fmt(m['bocpd']['f1'])} | {_fmt(m['cusum']['f1'])} "
                     f"| {_fmt(dd['f1'])}, {_fmt(dd['loyal_ever_flagged'])} "
-                    f"| {_fmt(top['f1'])}, {_fmt(top['median_delay'], '.0f')}, {_fmt(top['loyal_ever_flagged'])} |")
+                    f"| {_fmt(top['f1'])}, {_fmt(top['median_delay'], '.0f')}, {_fmt(top['loyal_ever_flagged'])} "
+                    f"| {rule_text} "
+                    f"| {_fmt(detector_at['f1']) if detector_at else '-'} |")
         lines.append("")
     return "\n".join(lines)
 
