@@ -423,7 +423,7 @@ def evaluate_detection(config: Config, out: str | Path, report: Reporter = _quie
     ``detection.md`` and the plots ``out/plots/{detection_pr,forgetting,interest_timeline}.png``).
     """
     from fgjax.evaluation.detection import evaluate_detection_on, format_report, write_report
-    from fgjax.evaluation.matrix import evaluate_matrix, format_summary, write_matrix
+    from fgjax.evaluation.matrix import evaluate_matrix, format_summary, format_targets, target_checks, write_matrix
     from fgjax.plots import plot_detection_pr, plot_interest_timeline
 
     out = Path(out).absolute()
@@ -437,6 +437,7 @@ def evaluate_detection(config: Config, out: str | Path, report: Reporter = _quie
                   f"{e.matrix_days} days each")
             matrix = evaluate_matrix(config, shown)
             shown(format_summary(matrix))
+            shown(format_targets(target_checks(matrix)))
             write_matrix(matrix, config, stage)
             shown(f"wrote {out / 'matrix.json'} and {out / 'matrix.md'} ({matrix.setup['seconds']:.0f}s)")
         paths = generate(config.synthetic, stage / "data")

@@ -201,6 +201,7 @@ def test_evaluate_detection_writes_the_report_and_plots(tmp_path, capsys):
     # The matrix story x window comes first, and is written beside the single run.
     assert stdout.index("| classic | daily |") < stdout.index("| fgjax adaptive |")
     assert "| seasonal | weekly |" in stdout and "silence rule: N, F1, delay, loyal" in stdout
+    assert stdout.index("| met | | |") < stdout.index("| fgjax adaptive |")  # the targets, after the matrix
     matrix = json.loads((out / "matrix.json").read_text())["matrix"]
     assert set(matrix["cells"]["0.25"]) == {"classic", "seasonal"}
     assert (out / "matrix.md").read_text().startswith("Fades forgotten below 25% of their former rate")
@@ -208,6 +209,9 @@ def test_evaluate_detection_writes_the_report_and_plots(tmp_path, capsys):
     overall = report["detector"]["overall"]
     assert overall["true_positives"] > 0 and 0 <= overall["precision"] <= 1 and 0 <= overall["recall"] <= 1
     assert [p["knob"] for p in report["curves"]["detector"]] == [0.0001, 0.002, 0.05]
+    # Each of the detector and the rule at the other's loyal share, when a knob of the sweep flags so few.
+    for row in report["matched"].values():
+        assert row["knob"] is not None and row["overall"]["pairs"] == overall["pairs"]
     assert set(report["detector"]["cases"]) >= {"stable", "fading", "stopped", "periodic", "reactivated", "bursty", "new"}
     assert (out / "detection.md").read_text().startswith("| detector |")
     assert pq.read_table(out / "states.parquet").num_rows > 0

@@ -81,6 +81,45 @@ def test_each_method_at_the_others_loyal_share_is_its_best_knob_under_that_cap(t
     assert seen  # some cell has a knob under its cap: the check above is not vacuous
 
 
+def _cell(f1, delay, loyal, again, rule_f1, rule_delay, ceiling_f1):
+    metrics = lambda f, d, loy, ag: {"f1": f, "median_delay": d, "loyal_ever_flagged": loy,  # noqa: E731
+                                     "reactivated_flagged_again": ag}
+    return {"detector": metrics(f1, delay, loyal, again), "silence": metrics(rule_f1, rule_delay, 0.05, 0.3),
+            "oracle": metrics(ceiling_f1, 1.0, 0.0, 0.0)}
+
+
+def test_target_checks_say_which_cell_meets_which_target():
+    cells = {"0.25": {"a": {"daily": _cell(0.96, 10.0, 0.005, 0.0, 0.90, 12.0, 0.99),
+                            "weekly": _cell(0.94, 2.0, 0.02, 0.03, 0.94, 2.0, 0.93)}},
+             "0.05": {"a": {"daily": _cell(None, None, None, None, 0.5, 20.0, None)}}}
+    checks = M.target_checks(M.MatrixReport(cells=cells, grid={}, setup={}))
+    assert checks["cells"]["0.25"]["a"]["daily"] == {"f1": True, "ceiling_allows": True, "beats_rule": True,
+                                                     "earlier_than_rule": True, "loyal": True, "flagged_again": True}
+    # Equal F1 is at least the rule's; an equal delay is not earlier; 2 % loyal and 3 % flagged again miss.
+    assert checks["cells"]["0.25"]["a"]["weekly"] == {"f1": False, "ceiling_allows": False, "beats_rule": True,
+                                                      "earlier_than_rule": False, "loyal": False,
+                                                      "flagged_again": False}
+    # No alarm at all: no F1, no delay, nothing to flag again.
+    assert checks["cells"]["0.05"]["a"]["daily"] == {"f1": False, "ceiling_allows": False, "beats_rule": False,
+                                                     "earlier_than_rule": False, "loyal": False, "flagged_again": True}
+    assert checks["of"] == 3 and checks["met"] == {"f1": 1, "ceiling_allows": 1, "beats_rule": 2,
+                                                   "earlier_than_rule": 1, "loyal": 1, "flagged_again": 2}
+    text = M.format_targets(checks)
+    assert "| 25% | a | weekly | **no** | **no** | yes | **no** | **no** | **no** |" in text
+    assert "| met | | | 1 / 3 | 1 / 3 | 2 / 3 | 1 / 3 | 1 / 3 | 2 / 3 |" in text
+
+
+def test_the_matrix_files_hold_the_targets(tiny, tmp_path):
+    import json
+
+    config, report = tiny
+    M.write_matrix(report, config, tmp_path)
+    written = json.loads((tmp_path / "matrix.json").read_text())
+    assert written["targets"] == json.loads(json.dumps(M.target_checks(report)))
+    assert written["targets"]["of"] == 12  # 2 shares x 3 stories x 2 windows
+    assert "| met | | |" in (tmp_path / "matrix.md").read_text()
+
+
 def test_best_under_loyal_picks_the_best_f1_within_the_cap_and_none_without_one():
     points = [{"f1": 0.9, "loyal_ever_flagged": 0.2}, {"f1": 0.7, "loyal_ever_flagged": 0.01},
               {"f1": 0.8, "loyal_ever_flagged": 0.05}, {"f1": None, "loyal_ever_flagged": None}]

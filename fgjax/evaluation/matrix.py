@@ -442,10 +442,71 @@ def format_summary(matrix: MatrixReport) -> str:
     return "\n".join(lines)
 
 
+@dataclasses.dataclass(frozen=True)
+class Targets:
+    """What a cell of the matrix asks of the detector (issue 10's targets; ``target_checks``)."""
+
+    f1: float = 0.95  # F1 at least this
+    loyal_ever_flagged: float = 0.01  # loyal interests ever flagged at most this share
+    flagged_again: float = 0.02  # returned interests flagged again at most this share
+
+
+def target_checks(matrix: MatrixReport, targets: Targets = Targets()) -> dict[str, Any]:
+    """Per cell, whether the detector (knob leave-one-story-out) meets each target, and the count over cells.
+
+    ``cells[share][story][window]``: ``f1`` (F1 >= ``targets.f1``) with ``ceiling_allows`` (the oracle's F1
+    reaches it: otherwise no detector of the counts can), ``beats_rule`` (F1 at least the silence rule's at its
+    best N), ``earlier_than_rule`` (median delay below the rule's), ``loyal`` and ``flagged_again``. ``met``:
+    cells meeting each target, out of ``cells``.
+    """
+    cells: dict[str, Any] = {}
+    for share, by_story in matrix.cells.items():
+        for story, by_window in by_story.items():
+            for window, m in by_window.items():
+                d, rule, top = m["detector"], m["silence"], m["oracle"]
+                delay, rule_delay = d["median_delay"], rule["median_delay"]
+                again = d["reactivated_flagged_again"]
+                cells.setdefault(share, {}).setdefault(story, {})[window] = {
+                    "f1": (d["f1"] or 0.0) >= targets.f1,
+                    "ceiling_allows": (top["f1"] or 0.0) >= targets.f1,
+                    "beats_rule": (d["f1"] or 0.0) >= (rule["f1"] or 0.0),
+                    "earlier_than_rule": delay is not None and (rule_delay is None or delay < rule_delay),
+                    "loyal": d["loyal_ever_flagged"] is not None and d["loyal_ever_flagged"] <= targets.loyal_ever_flagged,
+                    "flagged_again": again is None or again <= targets.flagged_again,
+                }
+    flat = [c for by_story in cells.values() for by_window in by_story.values() for c in by_window.values()]
+    met = {key: sum(c[key] for c in flat) for key in (flat[0] if flat else {})}
+    return {"targets": dataclasses.asdict(targets), "cells": cells, "met": met, "of": len(flat)}
+
+
+def format_targets(checks: dict[str, Any]) -> str:
+    """Markdown: which cells meet which target, and the counts."""
+    t, n = checks["targets"], checks["of"]
+    mark = lambda ok: "yes" if ok else "**no**"  # noqa: E731
+    lines = [f"Targets (the detector, knob leave-one-story-out): F1 >= {t['f1']:g} (and whether the ceiling allows "
+             f"it), at least the silence rule's best F1, an earlier median delay, loyal ever flagged <= "
+             f"{t['loyal_ever_flagged']:.0%}, flagged again <= {t['flagged_again']:.0%}.", "",
+             "| share | story | windows | F1 | ceiling allows F1 | >= rule | earlier | loyal | flagged again |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    keys = ("f1", "ceiling_allows", "beats_rule", "earlier_than_rule", "loyal", "flagged_again")
+    for share, by_story in checks["cells"].items():
+        for story, by_window in by_story.items():
+            for window, c in by_window.items():
+                lines.append(f"| {float(share):.0%} | {story} | {window} | "
+                             + " | ".join(mark(c[k]) for k in keys) + " |")
+    met = checks["met"]
+    lines.append("| met | | | " + " | ".join(f"{met.get(k, 0)} / {n}" for k in keys) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def write_matrix(matrix: MatrixReport, config: Config, out: Path) -> Path:
-    """``out/matrix.json`` (every cell, every knob, the config) and ``out/matrix.md`` (summary and details)."""
+    """``out/matrix.json`` (every cell, every knob, the targets met, the config) and ``out/matrix.md`` (summary,
+    targets and details)."""
     out.mkdir(parents=True, exist_ok=True)
     path = out / "matrix.json"
-    path.write_text(json.dumps({"matrix": matrix.to_json(), "config": to_dict(config)}, indent=2) + "\n")
-    (out / "matrix.md").write_text(format_summary(matrix) + "\n" + format_matrix(matrix) + "\n")
+    checks = target_checks(matrix)
+    path.write_text(json.dumps({"matrix": matrix.to_json(), "targets": checks, "config": to_dict(config)},
+                               indent=2) + "\n")
+    (out / "matrix.md").write_text(format_summary(matrix) + "\n" + format_targets(checks) + "\n"
+                                   + format_matrix(matrix) + "\n")
     return path
