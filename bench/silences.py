@@ -1,0 +1,254 @@
+"""Does an interest's silence say on a real log what it says on ours? (issue 10: data we did not generate)
+
+    python -m bench.silences --dataset configs/ml_latest_small.yaml=path/to/ml-latest-small-2016 \\
+        --dataset configs/ml100k.yaml=path/to/ml-100k --synthetic classic --out bench/results/silences
+
+Real logs have no ground truth of forgetting, so this asks what a log can answer by itself: of the
+silences of an interest that have lasted ``--age-days`` (the interest had ``--min-events`` events or more
+before it), which ones last ``--horizon-days`` from their start although the user was still seen afterwards
+("gone"), and which end sooner ("back")? Silences that neither end within the horizon nor have the user
+seen after it cannot be told apart and are left out. Per data set, in windows of ``--window-days``:
+
+- **base rate**: the share gone. It is the precision of "forgotten after N silent windows" at N = the age;
+- **the detector** (``analysis.detector`` of the data set's config, through the analysis' own step,
+  ``fgjax.evaluation.detection.detect_series``): the share of these silences it calls forgotten by that age,
+  and the share gone among those (its precision, beside the base rate);
+- **what tells gone from back** (ROC AUC, ties counted half; above 0.5: higher means gone): the interest's
+  events per window before the silence (at a fixed age it ranks silences as the expected events they missed,
+  what the detector's silence test weighs), its active windows before it, its share of the user's events
+  before it, and the user's events in other interests during the silence.
+
+On the project's own generator (``--synthetic STORY``, a log of ``--synthetic-days`` days generated here)
+a busy interest's silence is the evidence the detector is built on; the report shows whether a real log agrees.
+Writes ``OUT/silences.json`` (device, date, versions, every figure) and ``OUT/silences.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from bench import _report
+from bench.quality import dataset_overrides
+
+DAY = 86400.0
+
+
+class Silences(NamedTuple):
+    """Silences that reached the age, one row each (``(n,)`` arrays)."""
+
+    user: np.ndarray
+    interest: np.ndarray
+    start: np.ndarray  # first silent window
+    length: np.ndarray  # silent windows until the interest's next event (or the log's end)
+    returned: np.ndarray  # bool: the interest had an event after it
+
+
+def silences(counts: np.ndarray, min_events: float, age: int) -> Silences:
+    """Every silence of ``(windows, users, interests)`` counts that lasted ``age`` windows or more.
+
+    A silence starts in the window after an active one, once the interest has ``min_events`` events in all
+    (counted to that active window), and runs to its next active window (or the end).
+    """
+    windows = counts.shape[0]
+    flat = counts.reshape(windows, -1)
+    active = flat > 0
+    seen = np.cumsum(flat, axis=0)
+    rows = []
+    for pair in np.flatnonzero(active.any(axis=0)):
+        on = np.flatnonzero(active[:, pair])
+        next_on = np.append(on[1:], windows)
+        for t, nxt in zip(on, next_on):
+            length = nxt - t - 1
+            if length >= age and seen[t, pair] >= min_events:
+                rows.append((pair, t + 1, length, nxt < windows))
+    if not rows:
+        empty = np.zeros(0, np.int64)
+        return Silences(empty, empty, empty, empty, np.zeros(0, bool))
+    pair, start, length, returned = (np.asarray(c) for c in zip(*rows))
+    num_interests = counts.shape[2]
+    return Silences(pair // num_interests, pair % num_interests, start, length, returned.astype(bool))
+
+
+def outcomes(found: Silences, user_last_window: np.ndarray, horizon: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(gone, decided)``: gone = silent for ``horizon`` windows from its start and the user seen after that;
+    decided = gone, or back within the horizon."""
+    gone = (found.length >= horizon) & (user_last_window[found.user] >= found.start + horizon)
+    back = found.returned & (found.length < horizon)
+    return gone, gone | back
+
+
+def roc_auc(score: np.ndarray, label: np.ndarray) -> float | None:
+    """P(score of a positive > score of a negative) + half the ties (the Mann-Whitney U); None without both."""
+    score, label = np.asarray(score, np.float64), np.asarray(label, bool)
+    n_pos, n_neg = int(label.sum()), int((~label).sum())
+    if not n_pos or not n_neg:
+        return None
+    order = np.argsort(score, kind="stable")
+    ranks = np.empty(len(score), np.float64)
+    sorted_scores = score[order]
+    # Average ranks over ties.
+    _, first, counts = np.unique(sorted_scores, return_index=True, return_counts=True)
+    average = first + (counts + 1) / 2.0
+    ranks[order] = np.repeat(average, counts)
+    return float((ranks[label].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
+
+
+def features(counts: np.ndarray, found: Silences, age: int) -> dict[str, np.ndarray]:
+    """What each silence looked like at its age: ``(n,)`` per feature."""
+    total = np.cumsum(counts, axis=0)  # (windows, users, interests)
+    user_total = total.sum(axis=2)  # (windows, users)
+    active = counts > 0
+    first = active.argmax(axis=0)  # (users, interests)
+    last_active = found.start - 1
+    events = total[last_active, found.user, found.interest]
+    exposure = (found.start - first[found.user, found.interest]).astype(np.float64)
+    rate = events / np.maximum(exposure, 1.0)
+    at_age = found.start + age - 1
+    elsewhere = (user_total[at_age, found.user] - user_total[last_active, found.user]
+                 - (total[at_age, found.user, found.interest] - events))
+    return {
+        "events per window before": rate,  # at a fixed age, ranks as the expected events the silence missed
+        "active windows before": np.cumsum(active, axis=0)[last_active, found.user, found.interest].astype(np.float64),
+        "share of the user's events before": events / np.maximum(user_total[last_active, found.user], 1.0),
+        "user's events elsewhere during it": elsewhere,
+    }
+
+
+def window_counts_of(log, window_seconds: float) -> np.ndarray:
+    from fgjax.evaluation.detection import window_counts
+
+    origin = float(np.floor(log.timestamp.min() / DAY) * DAY)
+    num_windows = int((log.timestamp.max() - origin) // window_seconds) + 1
+    return window_counts(log, origin, window_seconds, num_windows)
+
+
+def detector_codes(config, counts: np.ndarray, window_seconds: float) -> np.ndarray:
+    """``(windows, users, interests)`` detector states with the config's knobs in windows of ``window_seconds``."""
+    import dataclasses
+
+    import jax.numpy as jnp
+
+    from fgjax.analysis import window_params, window_spec
+    from fgjax.evaluation.detection import detect_series
+
+    acfg = dataclasses.replace(config.analysis, window_seconds=window_seconds)
+    return np.asarray(detect_series(jnp.asarray(counts), window_params(acfg), window_spec(acfg, counts.shape[2])))
+
+
+def study(name: str, config, log, args) -> dict[str, Any]:
+    """One data set's row of the report."""
+    from fgjax import kernels
+
+    window_seconds = args.window_days * DAY
+    age = max(int(round(args.age_days / args.window_days)), 1)
+    horizon = max(int(round(args.horizon_days / args.window_days)), age + 1)
+    counts = window_counts_of(log, window_seconds)
+    user_active = (counts > 0).any(axis=2)
+    user_last = np.where(user_active.any(axis=0), counts.shape[0] - 1 - user_active[::-1].argmax(axis=0), -1)
+    found = silences(counts, args.min_events, age)
+    gone, decided = outcomes(found, user_last, horizon)
+    found = Silences(*(c[decided] for c in found))
+    gone = gone[decided]
+    codes = detector_codes(config, counts, window_seconds)
+    flagged = codes[found.start + age - 1, found.user, found.interest] == kernels.FORGOTTEN
+    aucs = {key: roc_auc(value, gone) for key, value in features(counts, found, age).items()}
+    return {
+        "name": name, "users": int(log.num_users), "interests": int(counts.shape[2]), "events": int(len(log.user)),
+        "windows": int(counts.shape[0]), "window_days": args.window_days, "age_windows": age,
+        "horizon_windows": horizon, "silences": int(len(gone)), "gone": int(gone.sum()),
+        "base_rate": float(gone.mean()) if len(gone) else None,
+        "detector_flagged": float(flagged.mean()) if len(gone) else None,
+        "detector_precision": float(gone[flagged].mean()) if flagged.any() else None,
+        "auc": aucs,
+    }
+
+
+def markdown(payload: dict[str, Any]) -> str:
+    rows = payload["datasets"]
+    if not rows:
+        return "no data sets"
+    keys = list(rows[0]["auc"])
+    fmt = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
+    a = payload["setup"]
+    lines = [f"Silences of {a['age_days']:g} days (interests with {a['min_events']:g}+ events before), windows of "
+             f"{a['window_days']:g} days; gone = silent {a['horizon_days']:g} days from the start while the user "
+             "was seen after.", "",
+             "| data set | silences decided | gone (= the rule's precision at N = age) | detector: flagged by then "
+             "| detector: precision | " + " | ".join(f"AUC: {k}" for k in keys) + " |",
+             "| --- | ---: | ---: | ---: | ---: | " + " | ".join("---:" for _ in keys) + " |"]
+    for r in rows:
+        lines.append(f"| {r['name']} | {r['silences']:,} | {fmt(r['base_rate'])} | {fmt(r['detector_flagged'])} "
+                     f"| {fmt(r['detector_precision'])} | " + " | ".join(fmt(r["auc"][k]) for k in keys) + " |")
+    return "\n".join(lines)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from bench.quality import dataset_arguments
+
+    p = argparse.ArgumentParser(prog="python -m bench.silences", description=__doc__.split("\n\n")[0])
+    dataset_arguments(p)
+    p.add_argument("--synthetic", action="append", default=[], metavar="STORY",
+                   help="also a log of this synthetic.story, generated here (repeatable)")
+    p.add_argument("--synthetic-days", type=int, default=364)
+    p.add_argument("--synthetic-users", type=int, default=2000)
+    p.add_argument("--window-days", type=float, default=7.0)
+    p.add_argument("--age-days", type=float, default=28.0, help="silences that lasted this long are judged")
+    p.add_argument("--horizon-days", type=float, default=91.0, help="gone: silent this long from the start")
+    p.add_argument("--min-events", type=float, default=3.0, help="events of the interest before the silence")
+    p.add_argument("--out", default="bench/results/silences", help="output folder")
+    return p
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    args = build_parser().parse_args(argv)
+    from fgjax.config import load_config
+    from fgjax.data.reader import read_events
+    from fgjax.data.synthetic import generate
+    from fgjax.errors import FgjaxError
+
+    out = Path(args.out)
+    suite_json = None
+    if out.suffix == ".json":  # called by the suite: --out DIR/silences.json
+        suite_json, out = out, out.parent / "silences"
+    t0 = time.perf_counter()
+    rows = []
+    try:
+        for spec in args.dataset:
+            path, _, folder = spec.partition("=")
+            config = load_config(path, dataset_overrides(path, folder or None) + args.overrides)
+            rows.append(study(Path(path).stem, config, read_events(config.data), args))
+            print(f"{rows[-1]['name']}: {time.perf_counter() - t0:.0f}s", flush=True)
+        for story in args.synthetic:
+            config = load_config(None, [f"synthetic.story={story}", f"synthetic.num_days={args.synthetic_days}",
+                                        f"synthetic.num_users={args.synthetic_users}", "synthetic.bad_row_fraction=0",
+                                        *args.overrides])
+            with tempfile.TemporaryDirectory() as tmp:
+                paths = generate(config.synthetic, tmp)
+                log = read_events(config.data, path=str(paths.events_dir), items_path=paths.items_path)
+            rows.append(study(f"synthetic {story}", config, log, args))
+            print(f"{rows[-1]['name']}: {time.perf_counter() - t0:.0f}s", flush=True)
+    except FgjaxError as exc:
+        print(f"fgjax: error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    setup = {k: getattr(args, k) for k in ("window_days", "age_days", "horizon_days", "min_events")}
+    payload = {"benchmark": "silences", **_report.environment(), "seconds": round(time.perf_counter() - t0, 1),
+               "command": "python -m bench.silences " + " ".join(argv if argv is not None else sys.argv[1:]),
+               "setup": setup, "datasets": rows}
+    _report.write_json(out / "silences.json", payload)
+    if suite_json is not None:
+        _report.write_json(suite_json, payload)
+    text = markdown(payload)
+    (out / "silences.md").write_text(text + "\n")
+    print(text)
+    return payload
+
+
+if __name__ == "__main__":
+    main()
