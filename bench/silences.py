@@ -159,8 +159,10 @@ def study(name: str, config, log, args) -> dict[str, Any]:
     codes = detector_codes(config, counts, window_seconds)
     flagged = codes[found.start + age - 1, found.user, found.interest] == kernels.FORGOTTEN
     aucs = {key: roc_auc(value, gone) for key, value in features(counts, found, age).items()}
+    report = log.report
     return {
         "name": name, "users": int(log.num_users), "interests": int(counts.shape[2]), "events": int(len(log.user)),
+        "rows_read": int(report.rows_read), "rows_rejected": dict(report.rejected),
         "windows": int(counts.shape[0]), "window_days": args.window_days, "age_windows": age,
         "horizon_windows": horizon, "silences": int(len(gone)), "gone": int(gone.sum()),
         "base_rate": float(gone.mean()) if len(gone) else None,
@@ -224,7 +226,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             path, _, folder = spec.partition("=")
             config = load_config(path, dataset_overrides(path, folder or None) + args.overrides)
             rows.append(study(Path(path).stem, config, read_events(config.data), args))
-            print(f"{rows[-1]['name']}: {time.perf_counter() - t0:.0f}s", flush=True)
+            print(f"{rows[-1]['name']}: {rows[-1]['rows_read']:,} rows read, rejected {rows[-1]['rows_rejected'] or 0}; "
+                  f"{time.perf_counter() - t0:.0f}s", flush=True)
         for story in args.synthetic:
             config = load_config(None, [f"synthetic.story={story}", f"synthetic.num_days={args.synthetic_days}",
                                         f"synthetic.num_users={args.synthetic_users}", "synthetic.bad_row_fraction=0",

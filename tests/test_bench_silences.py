@@ -89,6 +89,7 @@ def test_the_report_on_a_generated_log(tmp_path, capsys):
                       "--set", "synthetic.users_per_shard=80", "--out", str(tmp_path)])
     (row,) = payload["datasets"]
     assert row["name"] == "synthetic classic" and row["silences"] > 0 and row["age_windows"] == 4
+    assert row["rows_read"] == row["events"] + sum(row["rows_rejected"].values())  # no row lost unseen
     assert 0 <= row["base_rate"] <= 1 and 0 <= row["detector_flagged"] <= 1
     assert set(row["auc"]) == {"events per window before", "active windows before",
                                "share of the user's events before", "user's events elsewhere during it"}
