@@ -57,23 +57,15 @@ def silences(counts: np.ndarray, min_events: float, age: int) -> Silences:
     (counted to that active window), and runs to its next active window (or the end).
     """
     windows = counts.shape[0]
-    flat = counts.reshape(windows, -1)
-    active = flat > 0
-    seen = np.cumsum(flat, axis=0)
-    rows = []
-    for pair in np.flatnonzero(active.any(axis=0)):
-        on = np.flatnonzero(active[:, pair])
-        next_on = np.append(on[1:], windows)
-        for t, nxt in zip(on, next_on):
-            length = nxt - t - 1
-            if length >= age and seen[t, pair] >= min_events:
-                rows.append((pair, t + 1, length, nxt < windows))
-    if not rows:
-        empty = np.zeros(0, np.int64)
-        return Silences(empty, empty, empty, empty, np.zeros(0, bool))
-    pair, start, length, returned = (np.asarray(c) for c in zip(*rows))
-    num_interests = counts.shape[2]
-    return Silences(pair // num_interests, pair % num_interests, start, length, returned.astype(bool))
+    flat = counts.reshape(windows, -1).T  # (pairs, windows)
+    pair, t = np.nonzero(flat > 0)  # active windows, by pair then time
+    following = np.append(t[1:], windows)
+    following[np.append(pair[1:] != pair[:-1], True)] = windows  # a pair's last active window: to the end
+    length = following - t - 1
+    seen = np.cumsum(flat, axis=1)[pair, t]
+    keep = (length >= age) & (seen >= min_events)
+    pair, num_interests = pair[keep], counts.shape[2]
+    return Silences(pair // num_interests, pair % num_interests, t[keep] + 1, length[keep], following[keep] < windows)
 
 
 def outcomes(found: Silences, user_last_window: np.ndarray, horizon: int) -> tuple[np.ndarray, np.ndarray]:
@@ -85,19 +77,15 @@ def outcomes(found: Silences, user_last_window: np.ndarray, horizon: int) -> tup
 
 
 def roc_auc(score: np.ndarray, label: np.ndarray) -> float | None:
-    """P(score of a positive > score of a negative) + half the ties (the Mann-Whitney U); None without both."""
+    """P(score of a positive > score of a negative) + half the ties (Mann-Whitney U over both counts); None
+    without both."""
+    from scipy import stats
+
     score, label = np.asarray(score, np.float64), np.asarray(label, bool)
-    n_pos, n_neg = int(label.sum()), int((~label).sum())
-    if not n_pos or not n_neg:
+    if label.all() or not label.any():
         return None
-    order = np.argsort(score, kind="stable")
-    ranks = np.empty(len(score), np.float64)
-    sorted_scores = score[order]
-    # Average ranks over ties.
-    _, first, counts = np.unique(sorted_scores, return_index=True, return_counts=True)
-    average = first + (counts + 1) / 2.0
-    ranks[order] = np.repeat(average, counts)
-    return float((ranks[label].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
+    u = stats.mannwhitneyu(score[label], score[~label], alternative="two-sided").statistic
+    return float(u / (label.sum() * (~label).sum()))
 
 
 def features(counts: np.ndarray, found: Silences, age: int) -> dict[str, np.ndarray]:

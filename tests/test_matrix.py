@@ -120,14 +120,16 @@ def test_the_matrix_files_hold_the_targets(tiny, tmp_path):
     assert "| met | | |" in (tmp_path / "matrix.md").read_text()
 
 
-def test_best_under_loyal_picks_the_best_f1_within_the_cap_and_none_without_one():
+def test_best_index_picks_the_best_f1_within_the_cap_and_none_without_one():
+    from fgjax.evaluation.detection import best_index
+
     points = [{"f1": 0.9, "loyal_ever_flagged": 0.2}, {"f1": 0.7, "loyal_ever_flagged": 0.01},
               {"f1": 0.8, "loyal_ever_flagged": 0.05}, {"f1": None, "loyal_ever_flagged": None}]
-    assert M.best_under_loyal(points, 0.05) == 2
-    assert M.best_under_loyal(points, 0.01) == 1
-    assert M.best_under_loyal(points, 1.0) == 0
-    assert M.best_under_loyal(points, 0.001) is None
-    assert M.best_under_loyal(points, None) is None
+    assert best_index(points, 0.05, "loyal_ever_flagged") == 2
+    assert best_index(points, 0.01, "loyal_ever_flagged") == 1
+    assert best_index(points, 1.0, "loyal_ever_flagged") == 0
+    assert best_index(points, 0.001, "loyal_ever_flagged") is None
+    assert best_index(points) == 0  # no cap: the best F1 of all
 
 
 def test_the_ceiling_reads_the_fade_definition_and_is_above_the_methods_on_classic(tiny):

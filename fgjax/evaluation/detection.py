@@ -343,12 +343,16 @@ def _curve(knobs: list[float], alarms_for: Callable[[float], np.ndarray], truth:
     return points
 
 
-def _best(points: list[dict[str, Any]], loyal_cap: float | None = None) -> dict[str, Any] | None:
-    """The best-F1 point; with ``loyal_cap``, among those flagging at most that share of loyal pairs (None if none)."""
-    if loyal_cap is not None:
-        points = [p for p in points if p["loyal_false_positive_rate"] is not None
-                  and p["loyal_false_positive_rate"] <= loyal_cap]
-    return max(points, key=lambda p: p["f1"] or 0.0) if points else None
+def best_index(points: list[dict[str, Any]], cap: float | None = None,
+               loyal: str = "loyal_false_positive_rate") -> int | None:
+    """Index of the best-F1 point; with ``cap``, among those whose share of loyal pairs flagged (``loyal``)
+    is at most ``cap`` (None when none is)."""
+    allowed = [i for i, p in enumerate(points) if cap is None or (p[loyal] is not None and p[loyal] <= cap)]
+    return max(allowed, key=lambda i: points[i]["f1"] or 0.0) if allowed else None
+
+
+def _best(points: list[dict[str, Any]]) -> dict[str, Any]:
+    return points[best_index(points)]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -446,9 +450,9 @@ def matched_rows(detector: dict[str, Any], rule: dict[str, Any], detector_curve:
         ("no_activity_windows_at_fgjax_rate", rule_curve, loyal_false_positive_rate(detector), score_rule),
         ("fgjax_at_no_activity_rate", detector_curve, loyal_false_positive_rate(rule), score_detector),
     ):
-        best = _best(curve, cap) if cap is not None else None
+        best = best_index(curve, cap) if cap is not None else None
         if best is not None:
-            out[name] = {"knob": best["knob"], "loyal_cap": cap, **scorer(best["knob"])}
+            out[name] = {"knob": curve[best]["knob"], "loyal_cap": cap, **scorer(curve[best]["knob"])}
     return out
 
 

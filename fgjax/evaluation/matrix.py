@@ -63,7 +63,8 @@ from fgjax.analysis import window_params, window_spec
 from fgjax.config import Config, to_dict
 from fgjax.data import synthetic
 from fgjax.evaluation import oracle
-from fgjax.evaluation.detection import Truth, detect_series, fade_forgotten_days, first_alarm, score, silence_alarms
+from fgjax.evaluation.detection import (Truth, best_index, detect_series, fade_forgotten_days, first_alarm, score,
+                                        silence_alarms)
 
 LOYAL = tuple(synthetic.KINDS.index(k) for k in ("stable", "periodic", "bursty"))
 METHODS = ("detector", "detector_default", "bocpd", "cusum", "silence", "oracle")
@@ -306,13 +307,6 @@ class MatrixReport:
         return dataclasses.asdict(self)
 
 
-def best_under_loyal(points: list[dict[str, Any]], cap: float | None) -> int | None:
-    """Index of the best-F1 point among those with ``loyal_ever_flagged <= cap``; None when none (or no cap)."""
-    allowed = [i for i, p in enumerate(points)
-               if cap is not None and p["loyal_ever_flagged"] is not None and p["loyal_ever_flagged"] <= cap]
-    return max(allowed, key=lambda i: points[i]["f1"] or 0.0) if allowed else None
-
-
 def _label(window_days: int) -> str:
     return {1: "daily", 7: "weekly"}.get(window_days, f"{window_days}d")
 
@@ -362,7 +356,8 @@ def evaluate_matrix(config: Config, report: Callable[[str], None] = lambda _: No
                         i = int(np.argmax(mean_f1))
                     out[method] = {"knob": knobs[method][i], **points[i]}
                 for entry, method, capped_by in MATCHED:
-                    i = best_under_loyal(by_method[method], out[capped_by]["loyal_ever_flagged"])
+                    cap = out[capped_by]["loyal_ever_flagged"]
+                    i = None if cap is None else best_index(by_method[method], cap, "loyal_ever_flagged")
                     if i is not None:
                         out[entry] = {"knob": knobs[method][i], **by_method[method][i]}
     setup = {
