@@ -397,6 +397,7 @@ def evaluate_detection_on(
     device_counts = jnp.asarray(counts)
     params, spec = window_params(acfg), window_spec(acfg, len(log.categories))
 
+    @functools.cache  # the matched row scores a knob of the sweep again: one scan per knob
     def sweep_alarms(q: float) -> np.ndarray:
         knobs = params._replace(detector=params.detector._replace(false_alarm=jnp.asarray(q, jnp.float32)))
         return np.asarray(detect_series(device_counts, knobs, spec)) == kernels.FORGOTTEN
