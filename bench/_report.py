@@ -277,6 +277,35 @@ def device_memory() -> dict[str, int] | None:
     return {k: int(v) for k, v in stats.items() if k in ("bytes_in_use", "peak_bytes_in_use", "bytes_limit")}
 
 
+def is_out_of_memory(error: BaseException) -> bool:
+    """An allocation the device or host could not make: XLA's ``RESOURCE_EXHAUSTED`` (also as the text of a
+    probe process's error), or ``MemoryError``."""
+    return isinstance(error, MemoryError) or "RESOURCE_EXHAUSTED" in str(error)
+
+
+def each_size_that_fits(sizes: Sequence[int], measure: Callable[[int], Any], payload: dict[str, Any]) -> list[Any]:
+    """``measure(n)`` for each of ``sizes`` (ascending) until one runs out of memory.
+
+    The sizes after it are not tried (they need more); the one that did not fit, its error and those left out go
+    to ``payload["out_of_memory"]``, so a card smaller than the scale was made for still reports the sizes it
+    holds. Out of memory at the first size, or any other error, is raised.
+    """
+    done: list[Any] = []
+    for i, n in enumerate(sizes):
+        try:
+            done.append(measure(n))
+        except Exception as error:  # noqa: BLE001 - re-raised unless it is out of memory past the first size
+            if not done or not is_out_of_memory(error):
+                raise
+            first = next((line for line in str(error).splitlines() if "RESOURCE_EXHAUSTED" in line),
+                         str(error).splitlines()[0] if str(error) else type(error).__name__)
+            payload["out_of_memory"] = {"users": n, "error": first.strip()[:300], "not_tried": list(sizes[i + 1:])}
+            print(f"!! {n:,} users do not fit in memory ({first.strip()[:160]}); not tried: "
+                  f"{', '.join(f'{m:,}' for m in sizes[i + 1:]) or 'none'}", flush=True)
+            break
+    return done
+
+
 def fit_exponent(sizes: Sequence[float], seconds: Sequence[float]) -> float | None:
     """Least-squares slope of log(seconds) against log(size): 1.0 = linear growth."""
     import numpy as np
@@ -317,6 +346,8 @@ def plot_scaling(path: str | Path, x: Sequence[float], series: dict[str, Sequenc
 
 def finish(payload: dict[str, Any], args, rows: Sequence[dict[str, Any]], columns) -> dict[str, Any]:
     """Print the table, write the JSON (when ``--out``), return the payload."""
+    if "out_of_memory" in payload and isinstance(payload.get("summary"), dict):  # each_size_that_fits stopped
+        payload["summary"]["out_of_memory_at_users"] = payload["out_of_memory"]["users"]
     print(format_table(rows, columns), flush=True)
     if args.out:
         print(f"wrote {write_json(args.out, payload)}")

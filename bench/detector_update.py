@@ -243,7 +243,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     }
     print(f"detector_update on {payload['device']}, K={args.interests}, T={args.buffer_windows}, "
           f"user_block={block}, jax {payload['versions']['jax']}", flush=True)
-    for n in users:
+    def measure(n: int) -> list[dict[str, Any]]:
         rows = [bench_one(n, args.interests, args.buffer_windows, block, repeats=repeats, warmup=args.warmup,
                           min_time=args.min_time, seed=args.seed, period_every=every, seen=args.seen, rate=args.rate,
                           count_arrays=args.count_arrays, history=args.history, hold_outputs=args.hold_outputs)
@@ -253,6 +253,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             r["vs_every_window"] = r["update_ms"] / base if base else None
             # Each row as it completes: a run stopped at its limit still shows the sizes it finished.
             print(_report.format_table([r], COLUMNS).splitlines()[-1], flush=True)
+        return rows
+
+    for rows in _report.each_size_that_fits(users, measure, payload):
         payload["results"].extend(rows)
     payload["projection"] = projection(args.interests, args.buffer_windows, block, args.probe_users)
     p = payload["projection"]

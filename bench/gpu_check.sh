@@ -92,6 +92,12 @@ for path in sorted(pathlib.Path(sys.argv[5]).glob("*/suite.json")):
     data = json.loads(path.read_text())
     for name, payload in data.get("benchmarks", {}).items():  # keyed by step where a step reruns a benchmark
         summary["headlines"][name if path.parent.name == name else path.parent.name] = payload.get("summary")
+    # --keep-going exits 0 when a benchmark fails (it writes the suite file): such a step is failed, not done.
+    for name, error in data.get("failed", {}).items():
+        step = path.parent.name
+        summary["failed"].append(f"{step}:{error.splitlines()[0][:200] if error else 'failed'}")
+        if step in summary["done"]:
+            summary["done"].remove(step)
     summary.setdefault("device", data.get("device"))
 (out / "summary.json").write_text(json.dumps(summary, indent=2))
 print(json.dumps(summary, indent=2))

@@ -65,8 +65,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     payload: dict[str, Any] = {"benchmark": "memory", **_report.environment(),
                                "config": {**size, "scale": args.scale, "categories": CATEGORIES}, "results": []}
     print(f"memory on {payload['device']}", flush=True)
-    rows = []
-    for n in size["users"]:
+
+    def measure(n: int) -> dict[str, Any]:
         small, big = probe(n, size["events"]), probe(n, 4 * size["events"])
         state = n * CATEGORIES * (4 + 4 + 4 + 1 + 1)
 
@@ -77,8 +77,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
              "peak_1x_bytes": peak(small), "peak_4x_bytes": peak(big), "growth_with_data": peak(big) / peak(small),
              "parquet_growth": big["parquet_bytes"] / small["parquet_bytes"],
              "peak_over_state": peak(small) / state, "measure": "device" if small["device"] else "host_rss"}
-        payload["results"].append(r)
-        rows.append(r)
+        return r
+
+    rows = _report.each_size_that_fits(size["users"], measure, payload)
+    payload["results"] = rows
     payload["summary"] = {"growth_with_data": max(r["growth_with_data"] for r in rows),
                           "parquet_growth": rows[-1]["parquet_growth"]}
     plots = _report.plots_dir(args)

@@ -73,11 +73,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                                "config": {**size, "scale": args.scale, "interests": K_INTERESTS, "dim": DIM},
                                "results": []}
     print(f"scaling on {payload['device']}", flush=True)
-    for n in size["users"]:
+    def measure(n: int) -> dict[str, Any]:
         a = time_analysis(n, timing)
         t = time_topk(n, size["items"], size["chunk"], timing)
-        payload["results"].append({"users": n, "analysis_s": a, "topk_s": t, "analysis_ns_per_user": a / n * 1e9,
-                                   "topk_us_per_user": t / n * 1e6})
+        return {"users": n, "analysis_s": a, "topk_s": t, "analysis_ns_per_user": a / n * 1e9,
+                "topk_us_per_user": t / n * 1e6}
+
+    payload["results"] = _report.each_size_that_fits(size["users"], measure, payload)
     upper = payload["results"][1:]
     x = [r["users"] for r in upper]
     payload["analysis_exponent"] = _report.fit_exponent(x, [r["analysis_s"] for r in upper])
@@ -93,7 +95,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     cols = [("users", "N", ",d"), ("analysis_s", "analysis s", ".4g"), ("analysis_ns_per_user", "ns/user", ".1f"),
             ("topk_s", "top-10 s", ".4g"), ("topk_us_per_user", "us/user", ".2f")]
     out = _report.finish(payload, args, payload["results"], cols)
-    print(f"exponents: analysis {payload['analysis_exponent']:.2f}, top-k {payload['topk_exponent']:.2f} (1.0 = linear)")
+    def shown(exponent: float | None) -> str:
+        return "-" if exponent is None else f"{exponent:.2f}"
+
+    print(f"exponents: analysis {shown(payload['analysis_exponent'])}, top-k {shown(payload['topk_exponent'])} "
+          "(1.0 = linear)")
     return out
 
 

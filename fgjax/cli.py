@@ -334,6 +334,33 @@ def return_freed_memory() -> bool:
                 and libc.mallopt(_M_TRIM_THRESHOLD, MALLOC_TRIM_THRESHOLD))
 
 
+# What lowers a run's memory, by command (the rest: the generic advice).
+_MEMORY_ADVICE = {
+    "analyze": "split the users over more devices or processes (analysis.devices, analysis.distributed), keep fewer "
+               "windows per interest (analysis.detector.buffer_windows) or analyze fewer users per run",
+}
+
+
+def out_of_memory_message(exc: BaseException, command: str | None = None) -> str | None:
+    """The one-line error for an allocation the device or host could not make (XLA's ``RESOURCE_EXHAUSTED``,
+    ``MemoryError``), here or in what caused it; None for any other error."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        text = str(seen)
+        if "RESOURCE_EXHAUSTED" in text:
+            line = next(line for line in text.splitlines() if "RESOURCE_EXHAUSTED" in line).strip()
+            what = line[line.index("RESOURCE_EXHAUSTED"):].split("[", 1)[0].strip().rstrip(".")
+            break
+        if isinstance(seen, MemoryError):
+            what = f"out of host memory{': ' + text if text else ''}"
+            break
+        seen = seen.__cause__ or seen.__context__
+    else:
+        return None
+    advice = _MEMORY_ADVICE.get(command or "", "give the run fewer users or items, or a device with more memory")
+    return f"{what}: this run does not fit in memory; {advice}"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -357,6 +384,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("fgjax: interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:
+        message = out_of_memory_message(exc, args.command)
+        if message is None:
+            raise
+        print(f"fgjax: error: {message}", file=sys.stderr)
+        return 2
     finally:
         warnings.showwarning = _python_show_warning
 

@@ -201,3 +201,47 @@ def test_detector_update_draws_counts_on_a_fixed_share_of_the_pairs():
     # seen = 1 draws no mask: the same stream as the benchmark's single draw before the flag existed.
     (one,) = draw_counts(np.random.default_rng(5), (50, 3))
     np.testing.assert_array_equal(one, np.random.default_rng(5).poisson(1.0, size=(50, 3)).astype(np.float32))
+
+
+def test_each_size_that_fits_stops_at_the_first_size_out_of_memory(capsys):
+    """A card smaller than the scale was made for (10M users on an 80 GB H100) reports the sizes it holds."""
+    import jax
+
+    def measure(n):
+        if n >= 300:
+            raise jax.errors.JaxRuntimeError(
+                "RESOURCE_EXHAUSTED: Out of memory while trying to allocate 13.76GiB with allocator GPU_0_bfc")
+        return {"users": n, "ms": n / 100}
+
+    payload = {"summary": {"users": 200}}
+    rows = _report.each_size_that_fits([100, 200, 300, 400], measure, payload)
+    assert rows == [{"users": 100, "ms": 1.0}, {"users": 200, "ms": 2.0}]
+    assert payload["out_of_memory"]["users"] == 300 and payload["out_of_memory"]["not_tried"] == [400]
+    assert payload["out_of_memory"]["error"].startswith("RESOURCE_EXHAUSTED: Out of memory")
+    assert "300 users do not fit in memory" in capsys.readouterr().out
+    # The probe processes' errors arrive as text (bench.memory's RuntimeError holds their stderr).
+    probe = {}
+    text = RuntimeError("memory probe failed: Traceback ...\njax.errors.JaxRuntimeError: RESOURCE_EXHAUSTED: Out of")
+    assert _report.each_size_that_fits([1, 2], lambda n: (_ for _ in ()).throw(text) if n == 2 else n, probe) == [1]
+    assert probe["out_of_memory"]["error"].startswith("jax.errors.JaxRuntimeError: RESOURCE_EXHAUSTED")
+    # The summary names where the sizes stopped.
+    _report.finish(payload, types.SimpleNamespace(out=None), rows, [("users", "N", ",d")])
+    assert payload["summary"]["out_of_memory_at_users"] == 300
+
+
+def test_each_size_that_fits_raises_what_is_not_a_later_size_out_of_memory():
+    def out_of_memory(n):
+        raise MemoryError("host")
+
+    with pytest.raises(MemoryError):  # nothing measured: the benchmark fails, as before
+        _report.each_size_that_fits([1, 2], out_of_memory, {})
+
+    def broken(n):
+        if n == 2:
+            raise ValueError("a bug, not a size")
+        return n
+
+    payload = {}
+    with pytest.raises(ValueError, match="a bug"):
+        _report.each_size_that_fits([1, 2, 3], broken, payload)
+    assert "out_of_memory" not in payload

@@ -285,3 +285,42 @@ def test_the_cli_returns_freed_blocks_to_the_system():
     kept = {mode: float(subprocess.run([sys.executable, "-c", code, mode], check=True, capture_output=True,
                                        text=True, timeout=120).stdout) for mode in ("off", "on")}
     assert kept["off"] > 8 and kept["on"] < 4, kept
+
+
+def test_out_of_memory_is_one_line_with_exit_2(tmp_path, monkeypatch, capsys):
+    """A run too large for the device (10M users x 32 on an 80 GB H100, 2026-12-05) is an error, not a traceback."""
+    import jax
+
+    from fgjax import cli
+
+    oom = jax.errors.JaxRuntimeError("RESOURCE_EXHAUSTED: Out of memory while trying to allocate 13.76GiB with "
+                                     "allocator GPU_0_bfc on device 0. [executable_name='jit_window_step']")
+
+    def raises(error):
+        def run(args):
+            raise error
+        return run
+
+    monkeypatch.setattr(cli, "run", raises(oom))
+    assert cli.main(["analyze", "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("fgjax: error: RESOURCE_EXHAUSTED: Out of memory while trying to "
+                                                   "allocate 13.76GiB with allocator GPU_0_bfc on device 0: this run ")
+    assert "analysis.devices" in err and "executable_name" not in err
+    # Raised while handling it elsewhere (a writer's error, say): the cause is found.
+    try:
+        raise oom
+    except jax.errors.JaxRuntimeError as cause:
+        wrapped = RuntimeError("the writer thread failed")
+        wrapped.__cause__ = cause
+    monkeypatch.setattr(cli, "run", raises(wrapped))
+    assert cli.main(["train", "--out", str(tmp_path / "t")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Out of memory" in err and "fewer users or items" in err
+    monkeypatch.setattr(cli, "run", raises(MemoryError()))
+    assert cli.main(["train", "--out", str(tmp_path / "t")]) == 2
+    assert capsys.readouterr().err.startswith("fgjax: error: out of host memory: this run does not fit in memory")
+    # Any other error is not hidden.
+    monkeypatch.setattr(cli, "run", raises(ZeroDivisionError("a bug")))
+    with pytest.raises(ZeroDivisionError):
+        cli.main(["train", "--out", str(tmp_path / "t")])
