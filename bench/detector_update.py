@@ -246,6 +246,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     }
     print(f"detector_update on {payload['device']}, K={args.interests}, T={args.buffer_windows}, "
           f"user_block={block}, jax {payload['versions']['jax']}", flush=True)
+
     def measure(n: int) -> list[dict[str, Any]]:
         rows = [bench_one(n, args.interests, args.buffer_windows, block, repeats=repeats, warmup=args.warmup,
                           min_time=args.min_time, seed=args.seed, period_every=every, seen=args.seen, rate=args.rate,

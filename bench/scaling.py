@@ -73,6 +73,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                                "config": {**size, "scale": args.scale, "interests": K_INTERESTS, "dim": DIM},
                                "results": []}
     print(f"scaling on {payload['device']}", flush=True)
+
     def measure(n: int) -> dict[str, Any]:
         a = time_analysis(n, timing)
         t = time_topk(n, size["items"], size["chunk"], timing)
@@ -95,6 +96,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     cols = [("users", "N", ",d"), ("analysis_s", "analysis s", ".4g"), ("analysis_ns_per_user", "ns/user", ".1f"),
             ("topk_s", "top-10 s", ".4g"), ("topk_us_per_user", "us/user", ".2f")]
     out = _report.finish(payload, args, payload["results"], cols)
+
     def shown(exponent: float | None) -> str:
         return "-" if exponent is None else f"{exponent:.2f}"
 

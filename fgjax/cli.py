@@ -345,7 +345,9 @@ def out_of_memory_message(exc: BaseException, command: str | None = None) -> str
     """The one-line error for an allocation the device or host could not make (XLA's ``RESOURCE_EXHAUSTED``,
     ``MemoryError``), here or in what caused it; None for any other error."""
     seen: BaseException | None = exc
-    while seen is not None:
+    chain: set[int] = set()  # a chain of causes can loop back (an exception raised again while handled)
+    while seen is not None and id(seen) not in chain:
+        chain.add(id(seen))
         text = str(seen)
         if "RESOURCE_EXHAUSTED" in text:
             line = next(line for line in text.splitlines() if "RESOURCE_EXHAUSTED" in line).strip()
