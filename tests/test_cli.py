@@ -320,7 +320,10 @@ def test_out_of_memory_is_one_line_with_exit_2(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(cli, "run", raises(MemoryError()))
     assert cli.main(["train", "--out", str(tmp_path / "t")]) == 2
     assert capsys.readouterr().err.startswith("fgjax: error: out of host memory: this run does not fit in memory")
-    # Any other error is not hidden.
+    # Any other error is not hidden, also where its chain of causes loops back on itself.
+    first, second = ValueError("a"), KeyError("b")
+    first.__context__, second.__context__ = second, first
+    assert cli.out_of_memory_message(first, "analyze") is None
     monkeypatch.setattr(cli, "run", raises(ZeroDivisionError("a bug")))
     with pytest.raises(ZeroDivisionError):
         cli.main(["train", "--out", str(tmp_path / "t")])
