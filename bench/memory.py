@@ -73,11 +73,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         def peak(p):
             return (p["device"] or {}).get("peak_bytes_in_use") or p["peak_host_rss_bytes"]
 
-        r = {"users": n, "events": size["events"], "state_bytes": state, "probe_1x": small, "probe_4x": big,
-             "peak_1x_bytes": peak(small), "peak_4x_bytes": peak(big), "growth_with_data": peak(big) / peak(small),
-             "parquet_growth": big["parquet_bytes"] / small["parquet_bytes"],
-             "peak_over_state": peak(small) / state, "measure": "device" if small["device"] else "host_rss"}
-        return r
+        return {"users": n, "events": size["events"], "state_bytes": state, "probe_1x": small, "probe_4x": big,
+                "peak_1x_bytes": peak(small), "peak_4x_bytes": peak(big), "growth_with_data": peak(big) / peak(small),
+                "parquet_growth": big["parquet_bytes"] / small["parquet_bytes"],
+                "peak_over_state": peak(small) / state, "measure": "device" if small["device"] else "host_rss"}
 
     rows = _report.each_size_that_fits(size["users"], measure, payload)
     payload["results"] = rows

@@ -220,9 +220,13 @@ def test_each_size_that_fits_stops_at_the_first_size_out_of_memory(capsys):
     assert payload["out_of_memory"]["error"].startswith("RESOURCE_EXHAUSTED: Out of memory")
     assert "300 users do not fit in memory" in capsys.readouterr().out
     # The probe processes' errors arrive as text (bench.memory's RuntimeError holds their stderr).
+    def probe_process(n):
+        if n == 2:
+            raise RuntimeError("memory probe failed: Traceback ...\njax.errors.JaxRuntimeError: RESOURCE_EXHAUSTED: Out")
+        return n
+
     probe = {}
-    text = RuntimeError("memory probe failed: Traceback ...\njax.errors.JaxRuntimeError: RESOURCE_EXHAUSTED: Out of")
-    assert _report.each_size_that_fits([1, 2], lambda n: (_ for _ in ()).throw(text) if n == 2 else n, probe) == [1]
+    assert _report.each_size_that_fits([1, 2], probe_process, probe) == [1]
     assert probe["out_of_memory"]["error"].startswith("jax.errors.JaxRuntimeError: RESOURCE_EXHAUSTED")
     # The summary names where the sizes stopped.
     _report.finish(payload, types.SimpleNamespace(out=None), rows, [("users", "N", ",d")])
