@@ -54,6 +54,21 @@ def test_every_cell_has_every_method_and_the_knobs_are_chosen_as_stated(tiny):
                 assert by_method["detector_default"]["knob"] == config.analysis.detector.false_alarm
     text = M.format_summary(report)
     assert text.count("| classic | daily |") == 2 and "silence rule: N, F1, delay, loyal" in text
+    errors = M.format_errors(report)
+    assert errors.count("| hawkes | weekly |") == 2 and "late: paused" in errors
+    d = report.cells["0.25"]["classic"]["daily"]["detector"]
+    for share, by_story in report.grid.items():  # every knob of every method: the errors are the score's
+        for by_window in by_story.values():
+            for by_method in by_window.values():
+                for points in by_method.values():
+                    for m in points:
+                        total = {error: sum(by_kind.values()) for error, by_kind in m["errors"].items()}
+                        assert total["early"] + total["late"] + total["false_alarm"] == m["false_positives"]
+                        assert total["missed"] + total["early"] + total["late"] == (m["positives"]
+                                                                                   - m["true_positives"])
+    row = next(line for line in errors.splitlines() if line.startswith("| classic | daily |"))
+    assert row.split(" | ")[2] == ", ".join(str(d["errors"]["missed"].get(k, 0))
+                                           for k in ("stopped", "reactivated", "fading"))
     assert "rule at the detector's loyal share: N, F1" in text
     assert "ceiling: oracle F1, delay, loyal" in text
 
@@ -183,6 +198,29 @@ def test_cell_metrics_count_loyal_flags_flips_after_a_return_and_fade_spells():
     assert m["returns"] == 2 and m["reactivated_flagged_again"] == 0.5
     assert m["fades_with_two_spells"] == 1.0
     assert m["true_positives"] == 3 and m["false_positives"] == 1 and m["recall"] == 1.0
+    assert m["errors"]["false_alarm"] == {"stable": 1, "fading": 0, "reactivated": 0}
+    assert all(not any(by_kind.values()) for error, by_kind in m["errors"].items() if error != "false_alarm")
+
+
+def test_error_counts_say_which_interests_were_missed_early_late_or_flagged_though_loyal():
+    """Each error where it happened, by kind, from hand-placed first alarms; unjudged pairs count nowhere."""
+    STOP, PAUSE, FADE, STABLE = synthetic.STOPPED, synthetic.REACTIVATED, synthetic.FADING, synthetic.STABLE
+    #                    stop: caught, missed, early | pause: late, in time | fade: early, loyal-floor flagged | stable x2
+    kind = np.array([STOP, STOP, STOP, PAUSE, PAUSE, FADE, FADE, STABLE, STABLE, STOP])
+    forgotten = np.array([5, 5, 5, 5, 5, 8, -1, -1, -1, 5])
+    resume = np.array([-1, -1, -1, 9, 9, -1, -1, -1, -1, -1])
+    judged = np.array([True] * 9 + [False])  # the last stop is too near the end: not judged
+    alarm = np.array([5, -1, 3, 10, 9, 6, 4, 7, -1, -1])
+    errors = M.error_counts(alarm, _truth(kind=kind, forgotten=forgotten, resume=resume, judged=judged), early=1)
+    assert errors == {
+        "missed": {"stable": 0, "fading": 0, "stopped": 1, "reactivated": 0},
+        "early": {"stable": 0, "fading": 1, "stopped": 1, "reactivated": 0},  # 3 < 5 - 1 and 6 < 8 - 1
+        "late": {"stable": 0, "fading": 0, "stopped": 0, "reactivated": 1},  # flagged at 10, back at 9
+        "false_alarm": {"stable": 1, "fading": 1, "stopped": 0, "reactivated": 0},
+    }
+    # One window early is within the tolerance (detection.score's in-time alarm): no error.
+    assert M.error_counts(np.array([4]), _truth(kind=np.array([STOP]), forgotten=np.array([5])), 1)["early"] == {
+        "stopped": 0}
 
 
 def test_story_truth_judges_what_the_log_can_reveal():

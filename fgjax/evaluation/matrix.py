@@ -31,7 +31,9 @@ interest is forgotten until a paused one comes back), **loyal ever
 flagged** (the share of judged loyal pairs, stable / periodic / bursty,
 late-starting ones included, with any alarm in their life) and
 **reactivated flagged again** (of pauses caught in time that came back, the
-share called forgotten again after the return was seen). A fade is
+share called forgotten again after the return was seen), and **where the
+errors are** (``error_counts``: forgotten interests missed, flagged early or
+after their return, and interests never forgotten flagged, by kind). A fade is
 forgotten once its rate is below ``evaluate.fade_forgotten_share`` of the
 former rate (``detection.fade_forgotten_days``); the matrix is scored at
 every share of ``evaluate.fade_shares`` (5 % and 25 %), and the detector's
@@ -207,7 +209,37 @@ def cell_metrics(forgotten: np.ndarray, truth: Truth, early: int) -> dict[str, A
         "returns": int(back.sum()),
         "reactivated_flagged_again": float(np.mean(again[back])) if back.any() else None,
         "fades_with_two_spells": float(np.mean(spells[fades] >= 2)) if fades.any() else None,
+        "errors": error_counts(alarm, truth, early),
     }
+
+
+# The kinds of error, each counted per kind of interest (``error_counts``).
+ERRORS = ("missed", "early", "late", "false_alarm")
+
+
+def error_counts(alarm: np.ndarray, truth: Truth, early: int) -> dict[str, dict[str, int]]:
+    """Where a method's errors are: judged pairs per error and kind of interest (``synthetic.KINDS``).
+
+    - ``missed``: a forgotten interest never flagged;
+    - ``early``: one first flagged more than ``early`` windows before it was forgotten (a false alarm and a miss
+      at once, as ``detection.score`` counts it), e.g. a fade flagged before its rate fell below the share;
+    - ``late``: a pause first flagged only after it came back;
+    - ``false_alarm``: an interest that was never forgotten, flagged (loyal kinds, and fades whose floor stays
+      at or above the share).
+
+    Args:
+      alarm: ``(pairs,)`` each pair's first alarm (``detection.first_alarm``; -1 = none).
+    """
+    judged, positive, flagged = truth.judged, truth.positive, alarm >= 0
+    kinds = {
+        "missed": judged & positive & ~flagged,
+        "early": judged & positive & flagged & (alarm < truth.forgotten - early),
+        "late": judged & positive & flagged & (truth.resume >= 0) & (alarm > truth.resume),
+        "false_alarm": judged & ~positive & flagged,
+    }
+    present = np.unique(truth.kind[judged])
+    return {error: {synthetic.KINDS[k]: int(np.sum(sel & (truth.kind == k))) for k in present}
+            for error, sel in kinds.items()}
 
 
 @functools.partial(jax.jit, static_argnames=("run_lengths",))
@@ -437,6 +469,31 @@ def format_summary(matrix: MatrixReport) -> str:
     return "\n".join(lines)
 
 
+def format_errors(matrix: MatrixReport, method: str = "detector") -> str:
+    """Markdown: where ``method``'s errors are per cell (``error_counts`` at its chosen knob), one table per
+    fade share: forgotten interests missed, flagged early or late (by kind), interests never forgotten flagged."""
+    lines = []
+    for share, by_story in matrix.cells.items():
+        lines += [f"Where the errors of the {METHOD_NAMES[method]} are, fades forgotten below {float(share):.0%} "
+                  "(judged pairs): forgotten interests missed, flagged early or flagged after their return, and "
+                  "interests never forgotten that were flagged.", "",
+                  "| story | windows | missed: stopped, paused, fading | early: stopped, paused, fading "
+                  "| late: paused | false alarms: stable, periodic, bursty, fading (floor at or above the share) |",
+                  "| --- | --- | --- | --- | ---: | --- |"]
+        for story, by_window in by_story.items():
+            for window, m in by_window.items():
+                errors = m[method].get("errors")
+                if errors is None:
+                    continue
+                count = lambda error, kinds: ", ".join(str(errors[error].get(k, 0)) for k in kinds)  # noqa: E731
+                changed = ("stopped", "reactivated", "fading")
+                lines.append(f"| {story} | {window} | {count('missed', changed)} | {count('early', changed)} "
+                             f"| {count('late', ('reactivated',))} "
+                             f"| {count('false_alarm', ('stable', 'periodic', 'bursty', 'fading'))} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
 @dataclasses.dataclass(frozen=True)
 class Targets:
     """What a cell of the matrix asks of the detector (issue 10's targets; ``target_checks``)."""
@@ -496,12 +553,12 @@ def format_targets(checks: dict[str, Any]) -> str:
 
 def write_matrix(matrix: MatrixReport, config: Config, out: Path) -> Path:
     """``out/matrix.json`` (every cell, every knob, the targets met, the config) and ``out/matrix.md`` (summary,
-    targets and details)."""
+    targets, where the detector's errors are, and details)."""
     out.mkdir(parents=True, exist_ok=True)
     path = out / "matrix.json"
     checks = target_checks(matrix)
     path.write_text(json.dumps({"matrix": matrix.to_json(), "targets": checks, "config": to_dict(config)},
                                indent=2) + "\n")
     (out / "matrix.md").write_text(format_summary(matrix) + "\n" + format_targets(checks) + "\n"
-                                   + format_matrix(matrix) + "\n")
+                                   + format_errors(matrix) + "\n" + format_matrix(matrix) + "\n")
     return path
