@@ -213,10 +213,6 @@ def cell_metrics(forgotten: np.ndarray, truth: Truth, early: int) -> dict[str, A
     }
 
 
-# The kinds of error, each counted per kind of interest (``error_counts``).
-ERRORS = ("missed", "early", "late", "false_alarm")
-
-
 def error_counts(alarm: np.ndarray, truth: Truth, early: int) -> dict[str, dict[str, int]]:
     """Where a method's errors are: judged pairs per error and kind of interest (``synthetic.KINDS``).
 
@@ -482,9 +478,7 @@ def format_errors(matrix: MatrixReport, method: str = "detector") -> str:
                   "| --- | --- | --- | --- | ---: | --- |"]
         for story, by_window in by_story.items():
             for window, m in by_window.items():
-                errors = m[method].get("errors")
-                if errors is None:
-                    continue
+                errors = m[method]["errors"]
                 count = lambda error, kinds: ", ".join(str(errors[error].get(k, 0)) for k in kinds)  # noqa: E731
                 changed = ("stopped", "reactivated", "fading")
                 lines.append(f"| {story} | {window} | {count('missed', changed)} | {count('early', changed)} "
