@@ -15,7 +15,7 @@ from ._changepoint import (
     sticky_alarms,
 )
 from ._detector import (
-    CAL_GAPS,
+    CAL_AGES,
     CAL_BINS,
     CAL_WIDTH,
     DetectorOutput,
@@ -23,7 +23,7 @@ from ._detector import (
     DetectorState,
     SilenceModel,
     detector_init,
-    calibration_class,
+    age_class,
     calibration_add,
     calibration_scale,
     detector_update,
@@ -94,7 +94,7 @@ from ._topk import TOPK_METHODS, blocked_top_k, few_top_k, masked_top_k, matmul_
 
 __all__ = [
     "ACTIVE",
-    "CAL_GAPS",
+    "CAL_AGES",
     "CAL_BINS",
     "CAL_WIDTH",
     "ActivityBuffer",
@@ -125,7 +125,7 @@ __all__ = [
     "activity_buffer_ordered",
     "activity_buffer_update",
     "adaptive_threshold",
-    "calibration_class",
+    "age_class",
     "bernoulli_mask",
     "blocked_top_k",
     "calibration_add",

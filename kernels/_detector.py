@@ -12,7 +12,7 @@ and this interest*, and calibrates "unusual" on the population it runs on
   from ``min_gaps`` silences), against ``kappa * log(life_windows * starts /
   false_alarm)``: ``false_alarm`` is the chance a loyal interest is *ever*
   flagged over its life, spread over the silences it begins. ``kappa`` (>= 1,
-  per class of silences come back from) is the population's calibration: how much more
+  per class of history) is the population's calibration: how much more
   surprising the silences interests came back from were than the model
   said. The silence must also be at least ``gap_factor`` times the longest
   gap the interest came back from (or its period), and the interest needs
@@ -67,14 +67,7 @@ from ._timeseries import (
 _NEVER = -1  # last_active before any activity
 CAL_BINS = 128  # the calibration histogram: surprise in [0, CAL_BINS * CAL_WIDTH)
 CAL_WIDTH = 0.25
-# Calibration classes by the silences an interest came back from (``gaps``): an interest that has come back from
-# few is judged apart, however long it has lived, since its longest gap and its window model rest on those few
-# (a long busy spell is many windows but few silences). Issue 10: classes by windows of history (4, 12, 36) put
-# hawkes' young interests of one busy spell with the old ones; by silences, mean F1 over the matrix 0.8845 ->
-# 0.8854, hawkes daily at 25 % 0.767 -> 0.780 (bench/RESULTS.md).
-CAL_GAPS = (2.0, 6.0, 18.0)
-# The population's dispersion is of the interests with at least this many windows of history.
-DISPERSION_HISTORY = 4.0
+CAL_AGES = (4.0, 12.0, 36.0)  # calibration classes by windows of history: young interests are judged apart
 # On a CPU users are judged this many (user, interest, window) cells at a time: 1,024 users x 16 x 64, so the
 # ring's bytes of a block (1 MB) and its (B, K) temporaries stay in a core's cache between the passes over them
 # (measured on a 2-core EPYC with a 32 MB L3 at 20k users x 16 x 64, in an earlier design that made float32
@@ -146,11 +139,11 @@ class DetectorState(NamedTuple):
       since_return: windows since it came back from forgotten (large if never).
       last_active: index of the last active window (-1 = never).
       state: int8 codes.
-      calibration: ``(len(CAL_GAPS) + 1, CAL_BINS)`` float32 the population's completed silences by the
-        silences the interest had come back from before (``CAL_GAPS``) and the surprise they reached.
+      calibration: ``(len(CAL_AGES) + 1, CAL_BINS)`` float32 the population's completed silences by the
+        interest's history (``CAL_AGES``) and the surprise they reached.
       silence_totals: ``(2,)`` float32 the population's completed silences: their silent windows followed by
         another silent one, and all their silent windows (``population_stay_share``).
-      dispersion_sums: ``(3,)`` float32 this window's population of interests with at least ``DISPERSION_HISTORY``
+      dispersion_sums: ``(3,)`` float32 this window's population of interests with at least ``CAL_AGES[0]``
         windows of history: the sums of the logs of their own runs and steps indices, and their number
         (``population_dispersion``; not cumulative: each window's replaces the one before).
       degree_moments: ``(users,)`` running moments of F(u, t) since the user's first activity.
@@ -197,8 +190,8 @@ class DetectorOutput(NamedTuple):
         ``min_strength`` or fewer than three cycles fit in the windows seen) and the periodogram peak's strength.
       last_active: int32 index of the last active window (-1 = never).
       dispersion: float32 var / mean (>= 1) of the counts before the current silence.
-      kappa: ``(len(CAL_GAPS) + 1,)`` float32 the population's calibration of the silence test per
-        class of silences come back from (``calibration_scale``).
+      kappa: ``(len(CAL_AGES) + 1,)`` float32 the population's calibration of the silence test per
+        class of history (``calibration_scale``).
       stay_share: ``()`` float32 the population's share of silent windows followed by a silent one
         (``population_stay_share``), the window model's prior.
       population_dispersion: ``(2,)`` float32 the population's runs and steps indices (geometric means,
@@ -250,7 +243,7 @@ def detector_init(num_users: int, num_interests: int, buffer_windows: int = 64) 
         since_return=jnp.full(shape, jnp.iinfo(jnp.int32).max // 2, jnp.int32),
         last_active=jnp.full(shape, _NEVER, jnp.int32),
         state=jnp.zeros(shape, jnp.int8),
-        calibration=jnp.zeros((len(CAL_GAPS) + 1, CAL_BINS), jnp.float32),
+        calibration=jnp.zeros((len(CAL_AGES) + 1, CAL_BINS), jnp.float32),
         degree_moments=running_moments_init((num_users,)),
         period_index=jnp.zeros(shape, jnp.int16),
         period_strength=jnp.zeros(shape, jnp.float32),
@@ -581,26 +574,26 @@ def silence_model(
     )
 
 
-def calibration_class(gaps: ArrayLike) -> Array:
-    """The calibration class (int32) of an interest that came back from ``gaps`` silences (``CAL_GAPS``):
-    ``searchsorted(CAL_GAPS, gaps, side="right")`` (NaN past the last), as a count of the bounds reached
+def age_class(exposure: ArrayLike) -> Array:
+    """The calibration class (int32) of an interest with ``exposure`` windows of history (``CAL_AGES``):
+    ``searchsorted(CAL_AGES, exposure, side="right")`` (NaN past the last), as a count of the ages reached
     (elementwise: a search is a loop per element on a CPU)."""
-    gaps = jnp.asarray(gaps, jnp.float32)
-    reached = sum((gaps >= np.float32(bound)).astype(jnp.int32) for bound in CAL_GAPS)
-    return jnp.where(jnp.isnan(gaps), len(CAL_GAPS), reached).astype(jnp.int32)
+    exposure = jnp.asarray(exposure, jnp.float32)
+    reached = sum((exposure >= np.float32(age)).astype(jnp.int32) for age in CAL_AGES)
+    return jnp.where(jnp.isnan(exposure), len(CAL_AGES), reached).astype(jnp.int32)
 
 
-def pair_kappa(kappa: ArrayLike, gaps: ArrayLike) -> Array:
-    """Each interest's calibration: ``kappa`` ``(classes,)`` at its ``calibration_class`` of ``gaps``."""
-    return jnp.asarray(kappa, jnp.float32)[calibration_class(gaps)]
+def pair_kappa(kappa: ArrayLike, exposure: ArrayLike) -> Array:
+    """Each interest's calibration: ``kappa`` ``(classes,)`` at its ``age_class``."""
+    return jnp.asarray(kappa, jnp.float32)[age_class(exposure)]
 
 
 def calibration_scale(histogram: ArrayLike, params: DetectorParams) -> Array:
-    """``kappa`` per calibration class: how much more surprising completed silences are than the model says.
+    """``kappa`` per class of history: how much more surprising completed silences are than the model says.
 
     ``histogram`` ``(classes, CAL_BINS)`` counts the silences that ended
-    with activity by the silences the interest had come back from before
-    (``calibration_class``) and the surprise they had reached (``silence_surprise``, bins of
+    with activity by the history the interest had (``age_class``) and the
+    surprise they had reached (``silence_surprise``, bins of
     ``CAL_WIDTH``). If the model were exact, a share ``q`` of them
     (``calibration_share``) would pass ``log(1 / q)``; kappa is their actual
     ``1 - q`` quantile over ``log(1 / q)``, shrunk toward 1 by
@@ -623,11 +616,10 @@ def calibration_scale(histogram: ArrayLike, params: DetectorParams) -> Array:
     return jnp.clip(kappa, 1.0, 8.0)
 
 
-def calibration_add(histogram: Array, surprise: ArrayLike, gaps: ArrayLike, done: ArrayLike) -> Array:
-    """``histogram`` with the completed silences (``done``) counted at their class (``calibration_class`` of the
-    ``gaps`` come back from before them) and ``surprise``."""
+def calibration_add(histogram: Array, surprise: ArrayLike, exposure: ArrayLike, done: ArrayLike) -> Array:
+    """``histogram`` with the completed silences (``done``) counted at their history class and ``surprise``."""
     index = jnp.clip(jnp.floor(jnp.asarray(surprise, jnp.float32) / CAL_WIDTH), 0, histogram.shape[-1] - 1)
-    cls = jnp.broadcast_to(calibration_class(gaps), index.shape)
+    cls = jnp.broadcast_to(age_class(exposure), index.shape)
     return jnp.asarray(histogram).at[cls.ravel(), index.astype(jnp.int32).ravel()].add(
         jnp.asarray(done, jnp.float32).ravel())
 
@@ -669,7 +661,7 @@ def population_dispersion(sums: ArrayLike) -> Array:
 
 def dispersion_sums(runs: ArrayLike, steps: ArrayLike, exposure: ArrayLike) -> Array:
     """``(3,)`` the sums of ``log runs`` and ``log steps`` (each interest's own indices, ``history_dispersion``)
-    over the interests with ``exposure >= DISPERSION_HISTORY`` windows of history, and their number
+    over the interests with ``exposure >= CAL_AGES[0]`` windows of history, and their number
     (``DetectorState.dispersion_sums``); ``(users, K)`` each, summed over the interests, then the users."""
     return _total_rows(_dispersion_rows(runs, steps, exposure))
 
@@ -682,7 +674,7 @@ def _total_rows(rows: tuple[Array, Array, Array]) -> Array:
 
 def _dispersion_rows(runs: Array, steps: Array, exposure: Array) -> tuple[Array, Array, Array]:
     """``dispersion_sums`` of each user's interests, three ``(users,)``."""
-    use = jnp.asarray(exposure, jnp.float32) >= np.float32(DISPERSION_HISTORY)
+    use = jnp.asarray(exposure, jnp.float32) >= np.float32(CAL_AGES[0])
     parts = (jnp.where(use, jnp.log(jnp.asarray(runs, jnp.float32)), 0.0),
              jnp.where(use, jnp.log(jnp.asarray(steps, jnp.float32)), 0.0), use.astype(jnp.float32))
     return tuple(jnp.sum(a, axis=-1) for a in parts)
@@ -964,7 +956,7 @@ def _judge(
     Args:
       raw: ``(B, K, T)`` uint8 the block's ring buffer slots (after this window's write).
       age: ``(T,)`` int32 age of each slot (0 = this window).
-      kappa: ``(classes,)`` the population's calibration per class of silences come back from.
+      kappa: ``(classes,)`` the population's calibration per class of history.
       stay_prior: theta's prior, two scalars (``window_model_prior``).
       spread_prior: the population's dispersion, three scalars (``dispersion_prior``).
       periodogram, small: how the dominant period is found (``_series_features``).
@@ -1001,7 +993,7 @@ def _judge(
     silence_dispersion = shrink_dispersion(own_runs, exposure, spread_strength, pull_runs)
     step_spread = shrink_dispersion(own_steps, exposure, spread_strength, pull_steps)
     model = silence_model(b.total, b.alive, b.silence, b.active_windows, b.gaps, b.longest_gap, period, strength,
-                          silence_dispersion, pair_kappa(kappa, b.gaps), params, length, step_spread, stay_prior)
+                          silence_dispersion, pair_kappa(kappa, exposure), params, length, step_spread, stay_prior)
     periodic = model.periodic
     limit = jnp.where(b.alive > 0, model_silence_limit(model, params), 0) if with_limits else None
     surprise = jnp.where(b.alive > 0, silence_surprise(b.silence, model, params), 0.0)
@@ -1198,7 +1190,8 @@ def detector_update(
             ring=whole,
             pairs=jax.tree.map(put, carry.pairs, pairs),
             outputs={k: put(v, judged[k]) for k, v in carry.outputs.items()},
-            calibration=calibration_add(carry.calibration, old.surprise, old.gaps, ended),
+            calibration=calibration_add(carry.calibration, old.surprise, jnp.maximum(old.alive - old.silence - 1, 0),
+                                        ended),
             silence_totals=silence_totals_add(carry.silence_totals, old.silence, ended),
             dispersion_sums=carry.dispersion_sums + _total_rows(spread_rows),
         )

@@ -256,7 +256,7 @@ def test_monitor_update_window_by_window_equals_the_batch_analysis():
 
     params = window_params(config.analysis).detector
     d, o = state.detector, detail.detection
-    kappa = kernels.pair_kappa(o.kappa, d.gaps)
+    kappa = kernels.pair_kappa(o.kappa, np.maximum(np.asarray(d.alive) - np.asarray(o.silence) - 1, 0))
     alive_before = np.asarray(d.alive) - np.asarray(o.silence)
     _, own_steps = kernels.history_dispersion(d.total, d.sum_sq, d.sum_lag, alive_before)
     strength, _, pull_steps = kernels.dispersion_prior(params, o.population_dispersion)

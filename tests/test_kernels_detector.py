@@ -538,33 +538,9 @@ def test_calibration_learns_how_surprising_loyal_silences_are():
         kappas.append(np.asarray(out.kappa))
     assert np.all(kappas[0] >= 1.0) and np.all(kappas[0] < 1.2)
     assert kappas[1].max() > 1.5
-    hist = np.zeros((len(kernels.CAL_GAPS) + 1, kernels.CAL_BINS), np.float32)
+    hist = np.zeros((len(kernels.CAL_AGES) + 1, kernels.CAL_BINS), np.float32)
     hist = kernels.calibration_add(hist, np.array([0.1, 5.0, 5.0]), np.array([1.0, 50.0, 50.0]), np.array([1, 1, 0]))
     assert float(hist.sum()) == 2 and float(hist[0, 0]) == 1 and float(hist[-1, int(5 / kernels.CAL_WIDTH)]) == 1
-
-
-def test_silences_are_calibrated_by_the_silences_come_back_from_not_by_age():
-    """A silence ends after 40 busy windows without one (class 0: no silence come back from, however long the
-    history), another after 40 windows that alternate (20 silences: the last class). Each is counted in
-    its class's row of the histogram, and each interest's kappa is its class's (``pair_kappa`` of ``gaps``)."""
-    W = 44
-    busy = np.r_[np.full(40, 1.0), [0.0, 0.0], [1.0, 1.0]]
-    alternating = np.r_[np.tile([2.0, 0.0], 20), [2.0, 0.0, 0.0, 2.0]]
-    counts = np.stack([busy, alternating], axis=1)[:, :, None].astype(np.float32)  # (W, users, 1)
-    state = kernels.detector_init(2, 1, 64)
-    update = jax.jit(kernels.detector_update, static_argnames=("with_limits",))
-    for w in range(W):
-        before = state
-        state, out = update(state, counts[w], None, P, with_limits=False)
-        added = np.asarray(state.calibration).sum(-1) - np.asarray(before.calibration).sum(-1)
-        if w in (42, 43):  # the busy interest, then the alternating one, came back from two silent windows
-            gaps = np.asarray(before.gaps)[w - 42, 0]
-            assert gaps == (0 if w == 42 else 20)
-            np.testing.assert_array_equal(added, [1, 0, 0, 0] if w == 42 else [0, 0, 0, 1])
-    classes = np.asarray(kernels.calibration_class(np.asarray(state.gaps)))
-    assert classes[0, 0] == 0 and classes[1, 0] == len(kernels.CAL_GAPS)  # 1 silence and 21
-    kappa = np.array([3.0, 2.0, 1.5, 1.0], np.float32)
-    np.testing.assert_array_equal(np.asarray(kernels.pair_kappa(kappa, state.gaps))[:, 0], kappa[classes[:, 0]])
 
 
 def run_series(counts: np.ndarray, T: int, p=P) -> np.ndarray:
@@ -683,16 +659,16 @@ def test_drop_verdicts_in_chunks_equal_the_drop_test_over_every_pair(share_neede
     assert dropped[clear].sum() > 0 and sagging[clear].sum() > 0 and (want != code).sum() < n
 
 
-def test_calibration_class_is_searchsorted_over_the_calibration_bounds():
-    """The class count equals NumPy's ``searchsorted(side="right")``, on the bounds themselves, next to them,
-    fresh random gap counts, infinities and NaN (past the last class, as NumPy sorts it)."""
+def test_age_class_is_searchsorted_over_the_calibration_ages():
+    """The class count equals NumPy's ``searchsorted(side="right")``, on the ages themselves, next to them,
+    fresh random exposures, infinities and NaN (past the last class, as NumPy sorts it)."""
     from fgjax.kernels import _detector as kd
 
-    ages = np.asarray(kd.CAL_GAPS, np.float32)
+    ages = np.asarray(kd.CAL_AGES, np.float32)
     rng = np.random.default_rng()
     x = np.concatenate([ages, np.nextafter(ages, -np.inf), np.nextafter(ages, np.inf), rng.uniform(-5, 100, 1000),
                         [0.0, np.inf, -np.inf, np.nan]]).astype(np.float32)
-    got = np.asarray(jax.jit(kd.calibration_class)(x))
+    got = np.asarray(jax.jit(kd.age_class)(x))
     assert got.dtype == np.int32
     np.testing.assert_array_equal(got, np.searchsorted(ages, x, side="right"))
 

@@ -80,8 +80,9 @@ def _reference_judge(series, b, kappa, params, with_limits):
     trend = jnp.where(n >= 2, moment / jnp.maximum(spread, 1e-6), 0.0)
     period, strength = reference_dominant_period(series, lived)
     silence_dispersion, step_spread = kd.history_dispersion(b["total"], b["sum_sq"], b["sum_lag"], alive_before)
+    exposure = jnp.maximum(alive_before - 1, 0)
     model = kd.silence_model(b["total"], b["alive"], b["silence"], b["active_windows"], b["gaps"], b["longest_gap"],
-                             period, strength, silence_dispersion, kd.pair_kappa(kappa, b["gaps"]), params, length,
+                             period, strength, silence_dispersion, kd.pair_kappa(kappa, exposure), params, length,
                              step_spread)
     periodic = model.periodic
     limit = jnp.where(b["alive"] > 0, kd.model_silence_limit(model, params), 0) if with_limits else None
@@ -149,7 +150,8 @@ def reference_update(state, counts, degree, params, *, with_limits=True):
     series = jnp.roll(buffer.counts, -(buffer.windows % length), axis=-1).astype(jnp.float32)
     judged = _reference_judge(series, block, kappa, params, with_limits)
     code = judged["state"]
-    calibration = kd.calibration_add(state.calibration, state.surprise, state.gaps, came_back)
+    calibration = kd.calibration_add(state.calibration, state.surprise,
+                                     jnp.maximum(state.alive - state.silence - 1, 0), came_back)
     started = jnp.any(alive > 0, axis=1)
     if degree is None:
         degree_value = jnp.zeros(started.shape, jnp.float32)

@@ -265,9 +265,10 @@ def observed_evidence(detail: WindowDetail) -> Evidence:
 def counters(detector: kernels.DetectorState, detection: kernels.DetectorOutput) -> Counters:
     """The ``(users, K)`` counters of a detector state, with the window's calibration ``kappa`` and population
     ``stay_share`` and steps index (its output ``detection``'s)."""
-    per_user = lambda a: jnp.broadcast_to(jnp.asarray(a, jnp.float32), (detector.gaps.shape[0], 1))  # noqa: E731
+    exposure = jnp.maximum(detector.alive - detector.silence - 1, 0)
+    per_user = lambda a: jnp.broadcast_to(jnp.asarray(a, jnp.float32), (exposure.shape[0], 1))  # noqa: E731
     return Counters(*(getattr(detector, name) for name in Counters._fields[:-3]),
-                    kappa=kernels.pair_kappa(detection.kappa, detector.gaps),
+                    kappa=kernels.pair_kappa(detection.kappa, exposure),
                     stay_share=per_user(detection.stay_share),
                     population_steps=per_user(detection.population_dispersion[1]))
 
