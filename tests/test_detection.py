@@ -129,8 +129,11 @@ def test_detector_beats_both_baselines_on_weekly_ground_truth(tmp_path):
     ])
     report = evaluate_detection(config, tmp_path, progress=False)
     ours = report["detector"]["overall"]
-    # At the default budget (1 % of loyal interests ever flagged in 200 days, 29 weekly windows).
-    assert ours["f1"] >= 0.9 and ours["median_delay"] <= 3
+    # At the default budget (1 % of loyal interests ever flagged in 200 days, 29 weekly windows). 0.982 here
+    # (2026-12-05); kappa calibrated by the silences come back from instead of windows of history scored 0.970
+    # (0.887 at configs/detection.yaml's 2,000 users): busy interests that never had a silent week were judged
+    # with the first lulls of periodic ones, and their stops called weeks late (bench/RESULTS.md).
+    assert ours["f1"] >= 0.975 and ours["median_delay"] <= 3
     assert report["detector"]["cases"]["periodic"]["false_positive_rate"] <= 0.05
     for baseline in report["baselines"].values():
         assert ours["f1"] > baseline["overall"]["f1"]
