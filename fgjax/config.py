@@ -230,13 +230,12 @@ class DetectorConfig:
     # silent windows followed by a silent one (empirical Bayes; 0 = prior_strength each way). Chosen on the
     # classic story alone (4, 10, 30, 100, 300), reported on the others (bench/RESULTS.md, issue 10).
     population_strength: float = setting(30.0, ge=0)
-    # The silence test's dispersion indices: each interest's own, with this many pseudo windows of the
-    # population's (the geometric mean over interests with 4+ windows of history; empirical Bayes; 0 = its own
-    # alone). Off by default: 10 lifts the detection matrix (15 of 16 cells at least the silence rule; hawkes'
-    # loyal flags down) but costs a 60-day run of the classic generator 0.01-0.06 F1 at every budget (young
-    # interests of a mixed population judged more slowly); for populations of bursty interests with long
-    # histories (bench/RESULTS.md, issue 10).
-    dispersion_strength: float = setting(0.0, ge=0)
+    # The silence test's dispersion indices: each interest's own, raised toward the population's (the median over
+    # interests with 4+ windows of history) by this many pseudo windows of it (empirical Bayes; 0 = its own
+    # alone). Where most interests read as Poisson the median is 1 and nothing changes (the classic, seasonal
+    # and engaged stories, bit for bit); where most come in sessions (hawkes) a young interest is judged as the
+    # typical one is. 10 as measured with the geometric mean in place of the median (bench/RESULTS.md, issue 10).
+    dispersion_strength: float = setting(10.0, ge=0)
     min_gaps: float = setting(3.0, ge=0)  # silences an interest came back from before the window model is used
     # The window model speaks for silences up to max(this, log(life * starts / false_alarm) / log(gaps + 1))
     # times the longest seen (docs/formulas.md). 6 lifts the detection matrix (all 16 cells at least the silence

@@ -113,8 +113,27 @@ def ref_dispersion(history):
 
 
 def ref_shrink(index, exposure, population, m):
-    """float64 ``shrink_dispersion``: the population's index worth m windows beside the interest's own."""
-    return index if m <= 0 else 1.0 + (exposure * (index - 1.0) + m * (population - 1.0)) / (exposure + m)
+    """float64 ``shrink_dispersion``: the population's index worth m windows beside the interest's own, never
+    below the interest's own."""
+    return index if m <= 0 else max(index, 1.0 + (exposure * (index - 1.0) + m * (population - 1.0)) / (exposure + m))
+
+
+def ref_population_median(indices) -> float:
+    """float64 ``population_dispersion`` of one index kind: the median of the log-indices, one Poisson interest
+    added as a prior, from a histogram with the Poisson ones (index 1) apart and bins of ``DISPERSION_WIDTH``
+    in the log-index above, interpolated linearly within the median's bin; ``exp`` of it."""
+    width, bins = kernels.DISPERSION_WIDTH, kernels.DISPERSION_BINS
+    logs = np.log(np.maximum(np.asarray(indices, np.float64), 1.0))
+    hist = np.zeros(bins)
+    hist[0] = 1.0 + np.sum(logs <= 0)
+    above = logs[logs > 0]
+    np.add.at(hist, np.clip(1 + np.floor(above / width).astype(int), 1, bins - 1), 1.0)
+    half = hist.sum() / 2
+    below = np.cumsum(hist) - hist
+    j = int(np.sum(below < half)) - 1
+    if j == 0:
+        return 1.0
+    return math.exp((j - 1 + min(max((half - below[j]) / hist[j], 0.0), 1.0)) * width)
 
 
 def ref_detect(counts: np.ndarray, T: int, p=PF, population=None) -> dict[str, np.ndarray]:
@@ -712,23 +731,23 @@ def test_population_totals_count_completed_silences_but_not_returns():
     assert seen[-1] == [2.0, 4.0]
 
 
-def bursty_histories(seed: int, W: int = 40, n: int = 60) -> np.ndarray:
-    """``random_histories`` with a third of the pairs in sessions (a geometric burst of events on a few days),
-    so that the population's dispersion is well above 1."""
+def bursty_histories(seed: int, W: int = 40, n: int = 60, share: float = 1 / 3) -> np.ndarray:
+    """``random_histories`` with a ``share`` of the pairs in sessions (a geometric burst of events on a few
+    days), so that the population's dispersion is well above 1 where most are."""
     rng = np.random.default_rng(seed)
     counts = random_histories(seed, W, n)
-    bursty = rng.random(n) < 1 / 3
+    bursty = rng.random(n) < share
     sessions = (rng.random((W, n)) < 0.25) * rng.geometric(0.15, size=(W, n))
     return np.where(bursty[None, :], sessions, counts).astype(np.float32)
 
 
 def test_population_dispersion_against_float64():
-    """With dispersion_strength m, each window's population indices are the geometric means (one Poisson
-    interest as a prior) of the interests' own indices after the window before, over those with 4+ windows of
-    history; each interest's indices are shrunk toward them, ``1 + (n (I - 1) + m (P - 1)) / (n + m)``:
-    against a float64 recomputation told the kernel's population, which is itself checked against the
-    reference's own indices."""
-    counts = bursty_histories(0)
+    """With dispersion_strength m, each window's population indices are the medians (one Poisson interest as a
+    prior) of the interests' own indices after the window before, over those with 4+ windows of history; each
+    interest's indices are raised toward them, ``max(I, 1 + (n (I - 1) + m (P - 1)) / (n + m))``: against a
+    float64 recomputation told the kernel's population, which is itself checked against the reference's own
+    indices."""
+    counts = bursty_histories(0, share=0.8)
     T, m = 16, 10.0
     p = PF._replace(false_alarm=0.0023, dispersion_strength=m)
     got = run_kernel(counts, T, p)
@@ -736,9 +755,9 @@ def test_population_dispersion_against_float64():
     np.testing.assert_array_equal(got["population"][0], [1.0, 1.0])  # before any window: Poisson
     for t in range(1, counts.shape[0]):
         use = ref["exposure"][t - 1] >= 4
-        want = [math.exp(np.log(ref[f"own_{k}"][t - 1][use]).sum() / (use.sum() + 1)) for k in ("runs", "steps")]
+        want = [ref_population_median(ref[f"own_{k}"][t - 1][use]) for k in ("runs", "steps")]
         np.testing.assert_allclose(got["population"][t], want, rtol=1e-5, err_msg=f"window {t}")
-    assert got["population"][-1].min() > 1.3  # the sessions make it matter
+    assert got["population"][-1].min() > 1.3  # most interests come in sessions: the median is above 1
     seen = ref["state"] != NONE
     np.testing.assert_allclose(got["rate"][seen], ref["rate"][seen], rtol=1e-5)
     assert np.mean(got["limit"][seen] == ref["limit"][seen]) > 0.99
@@ -752,31 +771,55 @@ def test_population_dispersion_against_float64():
 @given(st.floats(1.0, 50.0), st.floats(1.0, 50.0), st.floats(0.0, 500.0), st.one_of(st.just(0.0), st.floats(1e-3, 100.0)))
 @settings(max_examples=100, deadline=None)
 def test_shrunk_dispersion_lies_between_the_interests_and_the_populations(index, population, exposure, m):
-    """``shrink_dispersion``: against float64; between the two indices; the interest's own with m = 0, the
-    population's with no history."""
+    """``shrink_dispersion``: against float64; between the two indices and never below the interest's own;
+    the interest's own with m = 0, the larger of the two with no history."""
     strength, pull, _ = kernels.dispersion_prior(P._replace(dispersion_strength=m),
                                                  np.float32([population, population]))
     got = float(kernels.shrink_dispersion(np.float32(index), np.float32(exposure), strength, pull))
     want = ref_shrink(float(np.float32(index)), float(np.float32(exposure)), float(np.float32(population)),
                       float(np.float32(m)))
     assert got == pytest.approx(want, rel=1e-5, abs=1e-5)
-    assert min(index, population) * (1 - 1e-5) <= got <= max(index, population) * (1 + 1e-5)
+    assert np.float32(index) <= got <= max(index, population) * (1 + 1e-5)
     if m == 0:
-        assert got == np.float32(index)  # exactly: the old model
+        assert got == np.float32(index)  # exactly: the interest's own
+    elif population <= index:
+        assert got == pytest.approx(np.float32(index), rel=1e-6)  # never pulled down (float32 rounding at most)
     elif exposure == 0:
         assert got == pytest.approx(np.float32(population), rel=1e-5)
 
 
-def test_population_dispersion_sums_leave_out_young_and_unseen_interests():
-    """``dispersion_sums`` counts interests with 4+ windows of history only; ``population_dispersion`` is 1
-    for an empty population and the geometric mean otherwise."""
-    runs = np.float32([[2.0, 8.0, 5.0], [1.0, 4.0, 3.0]])
+def test_population_dispersion_histogram_leaves_out_young_and_unseen_interests():
+    """``dispersion_histogram`` counts interests with 4+ windows of history only, the Poisson ones (index 1) in
+    bin 0; ``population_dispersion`` is 1 for an empty population or one mostly Poisson, else the median."""
+    runs = np.float32([[2.0, 8.0, 5.0], [4.0, 1.0, 3.0]])
     steps = np.float32([[1.0, 2.0, 9.0], [1.0, 1.0, 1.0]])
-    exposure = np.float32([[4, 3.99, 0], [10, 100, 2]])
-    sums = np.asarray(kernels.dispersion_sums(runs, steps, exposure))
-    np.testing.assert_allclose(sums, [math.log(2.0) + 0.0 + math.log(4.0), 0.0, 3.0], rtol=1e-6)
-    np.testing.assert_allclose(kernels.population_dispersion(sums), [math.exp(math.log(8.0) / 4), 1.0], rtol=1e-6)
-    np.testing.assert_array_equal(kernels.population_dispersion(np.zeros(3, np.float32)), [1.0, 1.0])
+    exposure = np.float32([[4, 3.99, 0], [100, 3, 2]])
+    hist = np.asarray(kernels.dispersion_histogram(runs, steps, exposure))
+    assert hist.shape == (2, kernels.DISPERSION_BINS) and hist.sum(-1).tolist() == [2.0, 2.0]
+    bin_of = lambda x: 1 + int(math.log(x) / kernels.DISPERSION_WIDTH)  # noqa: E731
+    assert hist[0, bin_of(2.0)] == 1 and hist[0, bin_of(4.0)] == 1 and hist[0, 0] == 0
+    assert hist[1, 0] == 2
+    # Runs: 1 (the prior), 2, 4: the median is half-way into 2's bin; steps: all Poisson.
+    want = math.exp((bin_of(2.0) - 1 + 0.5) * kernels.DISPERSION_WIDTH)
+    np.testing.assert_allclose(kernels.population_dispersion(hist), [want, 1.0], rtol=1e-6)
+    assert kernels.population_dispersion(hist)[0] == pytest.approx(2.0, rel=kernels.DISPERSION_WIDTH)
+    empty = np.zeros((2, kernels.DISPERSION_BINS), np.float32)
+    np.testing.assert_array_equal(kernels.population_dispersion(empty), [1.0, 1.0])
+    assert kernels.dispersion_bins(np.float32(1e6)) == kernels.DISPERSION_BINS - 1  # the last bin holds the rest
+
+
+@given(st.lists(st.floats(1.0, 45.0), min_size=1, max_size=40))  # below the last bin (about 48)
+@settings(max_examples=60, deadline=None)
+def test_population_dispersion_is_the_float64_median(indices):
+    """``population_dispersion`` of any population against the float64 reference median, and within one bin of
+    the middle values of the log-indices (the Poisson prior included)."""
+    values = np.float32(indices)
+    hist = np.asarray(kernels.dispersion_histogram(values, values, np.full(values.shape, 10.0, np.float32)))
+    got = float(kernels.population_dispersion(hist)[0])
+    assert got == pytest.approx(ref_population_median(values.astype(np.float64)), rel=1e-5)
+    logs = np.sort(np.log(np.concatenate([[1.0], values.astype(np.float64)])))
+    lower, upper = logs[(logs.size - 1) // 2], logs[logs.size // 2]  # the middle values (one when odd)
+    assert lower - kernels.DISPERSION_WIDTH - 1e-6 <= math.log(got) <= upper + kernels.DISPERSION_WIDTH + 1e-6
 
 
 def _random_models(rng, n):

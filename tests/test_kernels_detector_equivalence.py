@@ -170,8 +170,8 @@ def reference_update(state, counts, degree, params, *, with_limits=True):
         # Stored by the new update only (period_every); its outputs (period, strength) are compared.
         period_index=state.period_index, period_strength=state.period_strength,
         silence_totals=kd.silence_totals_add(state.silence_totals, state.silence, came_back),
-        dispersion_sums=kd.dispersion_sums(*kd.history_dispersion(total, sum_sq, sum_lag, alive - silence),
-                                           jnp.maximum(alive - silence - 1, 0)),
+        dispersion_histogram=kd.dispersion_histogram(*kd.history_dispersion(total, sum_sq, sum_lag, alive - silence),
+                                                     jnp.maximum(alive - silence - 1, 0)),
     )
     output = kernels.DetectorOutput(
         state=code, silence=silence, silence_limit=judged.get("silence_limit"), rate=judged["rate"],
@@ -179,7 +179,7 @@ def reference_update(state, counts, degree, params, *, with_limits=True):
         dispersion=judged["dispersion"], period=judged["period"], period_strength=judged["period_strength"],
         last_active=last_active, kappa=kappa, degree_threshold=threshold, degree_alarm=alarm,
         stay_share=kd.population_stay_share(state.silence_totals),
-        population_dispersion=kd.population_dispersion(state.dispersion_sums),
+        population_dispersion=kd.population_dispersion(state.dispersion_histogram),
     )
     return new_state, output, series, alive
 

@@ -23,8 +23,8 @@ A window then runs in two halves (``fgjax.analysis.window``):
   summed over the devices (``psum``, exact: counts; so are the completed silences' totals
   behind the window model's prior), so every device judges with
   the population's calibration and the states equal one device's (tested). The
-  population's dispersion (``kernels.population_dispersion``: sums of logs) is summed
-  too, in another order than one device sums it: the same to float32 rounding. The
+  population's dispersion (``kernels.population_dispersion``: a histogram of counts) is
+  summed too, exactly. The
   detector takes a user's periodogram in turn by its row on its device (every
   ``period_every`` windows): each device's rows are a multiple of ``period_every``, so
   one process's users keep their turns on any number of its devices; across processes a
@@ -197,7 +197,7 @@ def _close_shard(carry: AnalysisCarry, added: jax.Array, counts: jax.Array, para
             before = getattr(carry.detector, name)
             summed[name] = before + jax.lax.psum(getattr(new.detector, name) - before, AXIS)
         # This window's population dispersion replaces the last (not an increment): summed as it is.
-        summed["dispersion_sums"] = jax.lax.psum(new.detector.dispersion_sums, AXIS)
+        summed["dispersion_histogram"] = jax.lax.psum(new.detector.dispersion_histogram, AXIS)
         new = new._replace(detector=new.detector._replace(**summed))
     return new, out, detail
 
