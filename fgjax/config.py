@@ -232,9 +232,10 @@ class DetectorConfig:
     population_strength: float = setting(30.0, ge=0)
     # The silence test's dispersion indices: each interest's own, raised toward the population's (the median over
     # interests with 4+ windows of history) by this many pseudo windows of it (empirical Bayes; 0 = its own
-    # alone). Where most interests read as Poisson the median is 1 and nothing changes (the classic, seasonal
-    # and engaged stories, bit for bit); where most come in sessions (hawkes) a young interest is judged as the
-    # typical one is. 10 as measured with the geometric mean in place of the median (bench/RESULTS.md, issue 10).
+    # alone). Where most interests read as Poisson the median is 1 and little changes (the classic, seasonal and
+    # engaged stories: F1 within 0.006 at every budget); where most come in sessions (hawkes) a young interest is
+    # judged as the typical one is. 10: the value the matrix chose most often for the earlier geometric-mean prior (bench/RESULTS.md,
+    # issue 10).
     dispersion_strength: float = setting(10.0, ge=0)
     min_gaps: float = setting(3.0, ge=0)  # silences an interest came back from before the window model is used
     # The window model speaks for silences up to max(this, log(life * starts / false_alarm) / log(gaps + 1))

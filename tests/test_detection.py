@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -101,9 +103,11 @@ def test_detect_series_equals_the_streaming_update():
     counts[10:, 0] = 0  # a stop
     config = load_config(None, ["analysis.detector.buffer_windows=8", "analysis.detector.user_block=2"])
     params = window_params(config.analysis)
-    codes = np.asarray(detect_series(counts, params, window_spec(config.analysis, 3)))
+    spec = window_spec(config.analysis, 3)
+    codes = np.asarray(detect_series(counts, params, spec))
     state = kernels.detector_init(5, 3, 8)
-    update = jax.jit(kernels.detector_update)
+    # As the analysis runs it: each user's periodogram (and its part of the population's dispersion) in turn.
+    update = jax.jit(functools.partial(kernels.detector_update, period_every=spec.period_every))
     for t in range(20):
         state, out = update(state, counts[t], None, params.detector)
         np.testing.assert_array_equal(codes[t], np.asarray(out.state))
