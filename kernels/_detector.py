@@ -1075,7 +1075,7 @@ def _judge(
         # The period is evidence only where it counts: 0 = none (weak, or fewer than three cycles seen).
         "period": jnp.where(periodic, period, 0.0), "period_strength": strength,
         "period_index": period_index,
-        # This block's part of the population's dispersion, summed over each user's interests here.
+        # The interests' own indices and whether they count (4+ windows of history): the population's dispersion.
         "dispersion_own": (own_runs, own_steps, (exposure >= np.float32(CAL_AGES[0])).astype(jnp.float32)),
     } | ({"silence_limit": limit} if with_limits else {})
 
@@ -1209,9 +1209,9 @@ def detector_update(
         # from forgotten is left out: it is a pause (or a fade's trickle), not a loyal silence.
         ended = came_back if fresh is None else came_back & fresh[:, None]
         # This block's part of the population's dispersion: the users whose periodogram turn it is (a rotating
-        # 1 / period_every of them, so one process's users count alike on any number of its devices); all of them
-        # every window would cost the update about a tenth more (the histogram's scatter), for a median that a
-        # quarter of a population estimates as well.
+        # 1 / period_every of them, so one process's users count alike on any number of its devices). All of them
+        # every window cost the update about a tenth more in one measurement (the histogram's scatter;
+        # bench/RESULTS.md), for a median that a quarter of a population estimates as well.
         own_runs, own_steps, counted = judged["dispersion_own"]
         if fresh is not None:
             counted = jnp.where(fresh[:, None], counted, 0.0)
