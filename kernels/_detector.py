@@ -69,10 +69,11 @@ CAL_BINS = 128  # the calibration histogram: surprise in [0, CAL_BINS * CAL_WIDT
 CAL_WIDTH = 0.25
 CAL_AGES = (4.0, 12.0, 36.0)  # calibration classes by windows of history: young interests are judged apart
 # The population's dispersion indices as a histogram of their logs (``population_dispersion``): bin 0 holds the
-# interests that read as Poisson (index exactly 1), bin j >= 1 a log-index in ((j - 1) w, j w], the last bin all
+# interests that read as Poisson (index 1, to _POISSON), bin j >= 1 a log-index in ((j - 1) w, j w], the last bin all
 # past it (an index of e ** (62 * 0.0625), about 48, or more).
 DISPERSION_BINS = 64
 DISPERSION_WIDTH = 0.0625
+_POISSON = 1e-4  # a log-index this small reads as 1 (bin 0)
 # On a CPU users are judged this many (user, interest, window) cells at a time: 1,024 users x 16 x 64, so the
 # ring's bytes of a block (1 MB) and its (B, K) temporaries stay in a core's cache between the passes over them
 # (measured on a 2-core EPYC with a 32 MB L3 at 20k users x 16 x 64, in an earlier design that made float32
@@ -681,12 +682,13 @@ def population_dispersion(histogram: ArrayLike) -> Array:
 
 
 def dispersion_bins(index: ArrayLike) -> Array:
-    """The ``dispersion_histogram`` bin (int32) of a dispersion index (>= 1): 0 for exactly 1 (Poisson, as
-    ``history_dispersion`` reads every history whose spread noise explains), else ``1 + floor(log(index) /
-    DISPERSION_WIDTH)``, the last bin holding everything past it."""
+    """The ``dispersion_histogram`` bin (int32) of a dispersion index (>= 1): 0 for 1 (Poisson, as
+    ``history_dispersion`` reads every history whose spread noise explains; to ``_POISSON`` in the log, so that
+    float32 rounding of a 1 does not decide), else ``1 + floor(log(index) / DISPERSION_WIDTH)``, the last bin
+    holding everything past it."""
     log_index = jnp.log(jnp.maximum(jnp.asarray(index, jnp.float32), 1.0))
     inner = 1 + jnp.floor(log_index / DISPERSION_WIDTH).astype(jnp.int32)
-    return jnp.where(log_index > 0, jnp.clip(inner, 1, DISPERSION_BINS - 1), 0)
+    return jnp.where(log_index > _POISSON, jnp.clip(inner, 1, DISPERSION_BINS - 1), 0)
 
 
 def dispersion_histogram(runs: ArrayLike, steps: ArrayLike, exposure: ArrayLike) -> Array:

@@ -125,8 +125,9 @@ def ref_population_median(indices) -> float:
     width, bins = kernels.DISPERSION_WIDTH, kernels.DISPERSION_BINS
     logs = np.log(np.maximum(np.asarray(indices, np.float64), 1.0))
     hist = np.zeros(bins)
-    hist[0] = 1.0 + np.sum(logs <= 0)
-    above = logs[logs > 0]
+    poisson = logs <= 1e-4  # reads as 1 (kernels' _POISSON)
+    hist[0] = 1.0 + np.sum(poisson)
+    above = logs[~poisson]
     np.add.at(hist, np.clip(1 + np.floor(above / width).astype(int), 1, bins - 1), 1.0)
     half = hist.sum() / 2
     below = np.cumsum(hist) - hist
@@ -883,3 +884,32 @@ def test_the_limit_ends_past_float32s_whole_numbers():
     want = np.asarray(jax.jit(_full_range_limit, static_argnums=(1, 2))(model, P, 1 << 26)).astype(np.int64)
     assert np.sum(want > 1 << 24) > 100
     np.testing.assert_array_equal(limit, want)
+
+
+# Blocks of 40 and 32 users x 4 interests (at least _ROWS rows, so the update splits them): 0, 40, 50 and 0, 32, 58.
+@pytest.mark.parametrize("period_every, user_block", [(1, None), (4, None), (4, 40), (3, 32)])
+def test_population_dispersion_counts_the_users_whose_turn_it_is(period_every, user_block):
+    """Each window's ``dispersion_histogram`` counts the interests (4+ windows of history) of the users ``u`` with
+    ``u % period_every == window % period_every``, each once, whatever the user blocks (the last one overlaps
+    the one before): as many as the state after the window says there are (late starts make the number differ
+    from turn to turn), and in the bins of their own indices but where float32 rounding decides."""
+    rng = np.random.default_rng(3)
+    users, interests = 90, 4
+    counts = rng.poisson(rng.gamma(0.7, 2.0, (users, interests)), size=(16, users, interests)).astype(np.float32)
+    counts[:, :, 0] *= rng.random((16, users)) < 0.5  # some sessions: indices above 1
+    counts *= np.arange(16)[:, None, None] >= rng.integers(0, 12, (1, users, interests))  # late starts
+    state = kernels.detector_init(users, interests, 8)
+    for t in range(16):
+        state, _ = kernels.detector_update(state, counts[t], None, P, user_block=user_block, period_every=period_every,
+                                           with_limits=False)
+        history = np.asarray(state.alive - state.silence)
+        runs, steps = kernels.history_dispersion(state.total, state.sum_sq, state.sum_lag, history)
+        turn = (np.arange(users) % period_every) == (t % period_every)
+        exposure = np.where(turn[:, None], np.maximum(history - 1, 0), 0).astype(np.float32)
+        want = np.asarray(kernels.dispersion_histogram(runs, steps, exposure))
+        got = np.asarray(state.dispersion_histogram)
+        np.testing.assert_array_equal(got.sum(-1), want.sum(-1), err_msg=f"window {t}")  # the same interests
+        # In the same bins, but where the update's fused arithmetic rounds the variance's cancellation (sum x^2 -
+        # n mean^2) to the other side of a bin's edge: a few interests at most.
+        assert np.abs(got - want).sum() <= 2 * max(1, round(0.05 * want[0].sum())), f"window {t}"
+    assert want.sum() > 0 and want[0, 1:].sum() > 0  # the check saw counted interests, some above 1
