@@ -202,7 +202,7 @@ class DetectorOutput(NamedTuple):
       stay_share: ``()`` float32 the population's share of silent windows followed by a silent one
         (``population_stay_share``), the window model's prior.
       population_dispersion: ``(2,)`` float32 the population's runs and steps indices (medians,
-        ``population_dispersion``) each interest's own are shrunk toward.
+        ``population_dispersion``) each interest's own are raised toward (``shrink_dispersion``).
       degree_threshold: ``(users,)`` float32 the user's adaptive F threshold.
       degree_alarm: ``(users,)`` bool F(u, t) above it.
     """
