@@ -899,9 +899,10 @@ def test_population_dispersion_counts_the_users_whose_turn_it_is(period_every, u
     counts[:, :, 0] *= rng.random((16, users)) < 0.5  # some sessions: indices above 1
     counts *= np.arange(16)[:, None, None] >= rng.integers(0, 12, (1, users, interests))  # late starts
     state = kernels.detector_init(users, interests, 8)
+    update = jax.jit(lambda s, c: kernels.detector_update(s, c, None, P, user_block=user_block,
+                                                          period_every=period_every, with_limits=False)[0])
     for t in range(16):
-        state, _ = kernels.detector_update(state, counts[t], None, P, user_block=user_block, period_every=period_every,
-                                           with_limits=False)
+        state = update(state, counts[t])
         history = np.asarray(state.alive - state.silence)
         runs, steps = kernels.history_dispersion(state.total, state.sum_sq, state.sum_lag, history)
         turn = (np.arange(users) % period_every) == (t % period_every)
