@@ -234,8 +234,8 @@ class DetectorConfig:
     # interests with 4+ windows of history) by this many pseudo windows of it (empirical Bayes; 0 = its own
     # alone). Where most interests read as Poisson the median is 1 and little changes (the classic, seasonal and
     # engaged stories: F1 within 0.006 at every budget); where most come in sessions (hawkes) a young interest is
-    # judged as the typical one is. 10: the value the matrix chose most often for the earlier geometric-mean prior (bench/RESULTS.md,
-    # issue 10).
+    # judged as the typical one is. 10: the value the matrix chose most often for the earlier geometric-mean
+    # prior (bench/RESULTS.md, issue 10).
     dispersion_strength: float = setting(10.0, ge=0)
     min_gaps: float = setting(3.0, ge=0)  # silences an interest came back from before the window model is used
     # The window model speaks for silences up to max(this, log(life * starts / false_alarm) / log(gaps + 1))
