@@ -410,7 +410,10 @@ def _log_probability(silence: ArrayLike, terms: _SilenceTerms) -> Array:
 def _surprise(silence: ArrayLike, terms: _SilenceTerms, one: Array) -> Array:
     """``silence_surprise`` from the ``_SilenceTerms`` and ``one`` = log P(1)."""
     s = jnp.asarray(silence, jnp.float32)
-    return jnp.where(s >= 1, jnp.maximum(one - _log_probability(s, terms), 0.0), 0.0)
+    # 0 at s <= 1 by definition, not by subtraction: ``one`` and log P(s) at s = 1 may be computed by differently
+    # compiled code (a scalar and a vectorized loop), and then differ in the last bit (4.8e-7 with XLA's default
+    # CPU flags).
+    return jnp.where(s > 1, jnp.maximum(one - _log_probability(s, terms), 0.0), 0.0)
 
 
 def silence_surprise(silence: ArrayLike, model: SilenceModel, params: DetectorParams) -> Array:

@@ -7,7 +7,11 @@ not by the kernel's recursion, then runs the same state rules.
 
 from __future__ import annotations
 
+import json
 import math
+import os
+import subprocess
+import sys
 
 import jax
 import numpy as np
@@ -354,6 +358,7 @@ def test_silence_probability_falls_and_the_surprise_grows():
 @given(st.integers(0, 300), st.integers(0, 80), st.integers(0, 80), st.integers(0, 80), st.integers(0, 10),
        st.floats(1.0, 6.0), st.integers(0, 12), st.floats(1e-4, 0.2))
 @example(events=4, exposure=0, active=0, silent=0, gaps=9, dispersion=1.0, longest=0, false_alarm=1e-4)  # reach 7 - 3e-7
+@example(events=26, exposure=0, active=0, silent=0, gaps=0, dispersion=1.0, longest=0, false_alarm=0.125)  # see below
 def test_the_surprise_grows_with_the_silence_and_the_limit_is_its_first_crossing(
     events, exposure, active, silent, gaps, dispersion, longest, false_alarm
 ):
@@ -372,6 +377,27 @@ def test_the_surprise_grows_with_the_silence_and_the_limit_is_its_first_crossing
     want = ref_limit(values, 0, p)
     # float32 against float64 at an exact boundary may move the first crossing by one window.
     assert abs(limit - want) <= 1 or (limit == want == MAX_LIMIT)
+
+
+def test_the_surprise_of_one_silent_window_is_exactly_zero_under_xlas_default_flags():
+    """The suite compiles with fast-compile flags (tests/conftest.py); users do not. Under XLA's default CPU
+    flags the jitted, vectorized log P(1) differed from the scalar one by 4.8e-7 at this example (hypothesis
+    found it), so the surprise of a one-window silence was not 0, as its definition says."""
+    code = (
+        "import json; import jax; import numpy as np; from fgjax import kernels; from fgjax.config import DetectorConfig\n"
+        "p = DetectorConfig().kernel_params()._replace(false_alarm=0.125)\n"
+        "m = kernels.SilenceModel(*(np.float32(v) for v in (26, 0, 0, 0, 0, 0, 1)), gap_limit=np.float32(0),"
+        " periodic=np.bool_(False), kappa=np.float32(1))\n"
+        "surprise = jax.jit(kernels.silence_surprise)(np.arange(40, dtype=np.float32), m, p)\n"
+        "print(json.dumps(np.asarray(surprise)[:4].tolist()))"
+    )
+    env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "FGJAX_TESTS_XLA_FLAGS")}
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    surprise = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert surprise[:2] == [0.0, 0.0]
+    # 26 events over 1 pseudo window: log P(s) = 27 log(1 / (1 + s)), so the surprise is 27 log((1 + s) / 2).
+    np.testing.assert_allclose(surprise[2:], [27 * math.log(3 / 2), 27 * math.log(4 / 2)], rtol=1e-5)
 
 
 def test_poisson_cdf_matches_reference_and_edge_cases():
