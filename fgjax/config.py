@@ -567,6 +567,15 @@ class EvaluateConfig:
     bocpd_threshold_sweep: list[float] = setting([0.5, 0.8, 0.9, 0.95, 0.99, 0.999], gt=0, lt=1)
     cusum_ratio: float = setting(0.1, gt=0, lt=1)  # CUSUM anchor: the drop it looks for, a share of the rate
     cusum_threshold_sweep: list[float] = setting([3.0, 5.0, 8.0, 12.0, 18.0, 27.0, 40.0], gt=0)
+    # The learned verdict (fgjax.evaluation.verdict): a logistic model over the detector's evidence, fitted on the
+    # other stories of each cell (leave-one-story-out), its log-odds threshold chosen on them too.
+    verdict: bool = True  # score the learned verdict in the matrix
+    verdict_threshold_sweep: list[float] = setting([-1.0, 0.0, 0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 4.0])
+    verdict_steps: int = setting(400, ge=1)  # full-batch Adam steps of the fit
+    verdict_learning_rate: float = setting(0.03, gt=0)
+    verdict_rows_per_story: int = setting(200_000, ge=1)  # silent (window, interest) rows each story lends the fit
+    verdict_recent_windows: int = setting(16, ge=1)  # span of the recent-rate feature
+    verdict_seed: int = 0  # which rows are drawn when a story has more than verdict_rows_per_story
 
     def _check(self, where: str) -> None:
         if not self.ks:

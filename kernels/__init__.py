@@ -56,6 +56,13 @@ from ._forgetting import (
     interest_probs,
     recommendation_score,
 )
+from ._verdict import (
+    VERDICT_FEATURES,
+    VerdictParams,
+    verdict_features,
+    verdict_forgotten,
+    verdict_logit,
+)
 from ._metrics import METRIC_NAMES, hit_matrix, mean_metrics, ranking_metrics
 from ._state import (
     InterestState,
@@ -180,6 +187,11 @@ __all__ = [
     "silence_surprise",
     "sticky_alarms",
     "silence_threshold",
+    "VERDICT_FEATURES",
+    "VerdictParams",
+    "verdict_features",
+    "verdict_forgotten",
+    "verdict_logit",
     "softmax_cross_entropy",
     "weighted_softmax_cross_entropy",
     "threshold_states",

@@ -64,12 +64,12 @@ from fgjax import kernels
 from fgjax.analysis import window_params, window_spec
 from fgjax.config import Config, to_dict
 from fgjax.data import synthetic
-from fgjax.evaluation import oracle
+from fgjax.evaluation import oracle, verdict
 from fgjax.evaluation.detection import (Truth, best_index, detect_series, fade_forgotten_days, first_alarm, score,
                                         silence_alarms)
 
 LOYAL = tuple(synthetic.KINDS.index(k) for k in ("stable", "periodic", "bursty"))
-METHODS = ("detector", "detector_default", "bocpd", "cusum", "silence", "oracle")
+METHODS = ("detector", "detector_default", "bocpd", "cusum", "silence", "oracle", "learned")
 # Methods whose knob is chosen on the scored cell itself (a favor to a baseline; the ceiling's definition).
 ON_THE_CELL = ("silence", "oracle")
 # Each method at the other's false-alarm rate: (entry, method scored, method whose loyal share caps it). The
@@ -346,6 +346,7 @@ def evaluate_matrix(config: Config, report: Callable[[str], None] = lambda _: No
     knobs = sweeps(config)
     grid: dict[str, Any] = {}  # share -> story -> window -> method -> [metrics per knob]
     shares = [str(s) for s in e.fade_shares]
+    evidence: dict[tuple[str, str], dict[str, verdict.VerdictRows]] = {}  # (share, window) -> story -> rows
     for story in e.detection_stories:
         days = story_days(config, story)
         posteriors = oracle_posteriors(config, days)
@@ -366,14 +367,34 @@ def evaluate_matrix(config: Config, report: Callable[[str], None] = lambda _: No
                     for s in shares:
                         flags = alarms[s][method](v) if per_share else shared
                         rows[s][method].append(cell_metrics(flags, truths[s], e.detection_early_windows))
+            if e.verdict:
+                for s in shares:
+                    evidence.setdefault((s, window), {})[story] = verdict.verdict_rows(config, counts, truths[s],
+                                                                                       float(s), int(wd))
             report(f"  {story} {window}: {time.perf_counter() - started:.0f}s")
+    # The learned verdict: fitted and thresholded on the other stories of each cell, so its whole model is
+    # chosen leave-one-story-out (its grid is each story's under the model that did not see it).
+    learned_index: dict[tuple[str, str, str], int] = {}
+    if e.verdict:
+        knobs["learned"] = list(e.verdict_threshold_sweep)
+
+        def metrics(flags: np.ndarray, truth: Truth) -> dict[str, Any]:
+            return cell_metrics(flags, truth, e.detection_early_windows)
+
+        for (s, window), by_story in evidence.items():
+            for story, (chosen, points, _) in verdict.held_out_verdicts(config, by_story, metrics).items():
+                grid[s][story][window]["learned"] = points
+                learned_index[(s, story, window)] = chosen
+        report(f"  learned verdict: {time.perf_counter() - started:.0f}s")
     cells: dict[str, Any] = {}
     for share_text, by_story in grid.items():
         for story, by_window in by_story.items():
             for window, by_method in by_window.items():
                 out = cells.setdefault(share_text, {}).setdefault(story, {}).setdefault(window, {})
                 for method, points in by_method.items():
-                    if method in ON_THE_CELL:
+                    if method == "learned":
+                        i = learned_index[(share_text, story, window)]
+                    elif method in ON_THE_CELL:
                         i = int(np.argmax([p["f1"] or 0.0 for p in points]))  # best knob on this very cell
                     elif len(points) == 1:
                         i = 0
@@ -409,6 +430,7 @@ METHOD_NAMES = {
     "cusum": "CUSUM quasi-Poisson (LOSO)",
     "silence": "silence rule, best N per cell",
     "oracle": "oracle: Bayes posterior with the true rates, best q per cell (the ceiling)",
+    "learned": "learned verdict over the detector's evidence (fitted and thresholded leave-one-story-out)",
     "silence_at_detector_loyal": "silence rule, best N flagging at most the detector's (LOSO) share of loyal",
     "detector_at_silence_loyal": "detector, best knob on the cell flagging at most the silence rule's share of loyal",
 }
@@ -444,13 +466,16 @@ def format_summary(matrix: MatrixReport) -> str:
                   "| story | windows | detector F1 (P / R) | delay | loyal ever flagged | flagged again "
                   "| silence rule: N, F1, delay, loyal | BOCPD F1 | CUSUM F1 | detector at defaults: F1, loyal "
                   "| ceiling: oracle F1, delay, loyal | rule at the detector's loyal share: N, F1 "
-                  "| detector at the rule's: F1 |",
-                  "| --- | --- | --- | ---: | ---: | ---: | --- | ---: | ---: | --- | --- | --- | ---: |"]
+                  "| detector at the rule's: F1 | learned verdict: F1, delay, loyal |",
+                  "| --- | --- | --- | ---: | ---: | ---: | --- | ---: | ---: | --- | --- | --- | ---: | --- |"]
         for story, by_window in by_story.items():
             for window, m in by_window.items():
                 d, sil, dd, top = m["detector"], m["silence"], m["detector_default"], m["oracle"]
                 rule_at, detector_at = m.get("silence_at_detector_loyal"), m.get("detector_at_silence_loyal")
                 rule_text = f"N={rule_at['knob']:g}: {_fmt(rule_at['f1'])}" if rule_at else "none flags so few"
+                learned = m.get("learned")
+                learned_text = (f"{_fmt(learned['f1'])}, {_fmt(learned['median_delay'], '.0f')}, "
+                                f"{_fmt(learned['loyal_ever_flagged'])}") if learned else "-"
                 lines.append(
                     f"| {story} | {window} | {_fmt(d['f1'])} ({_fmt(d['precision'], '.2f')} / "
                     f"{_fmt(d['recall'], '.2f')}) | {_fmt(d['median_delay'], '.0f')} "
@@ -460,7 +485,7 @@ def format_summary(matrix: MatrixReport) -> str:
                     f"| {_fmt(dd['f1'])}, {_fmt(dd['loyal_ever_flagged'])} "
                     f"| {_fmt(top['f1'])}, {_fmt(top['median_delay'], '.0f')}, {_fmt(top['loyal_ever_flagged'])} "
                     f"| {rule_text} "
-                    f"| {_fmt(detector_at['f1']) if detector_at else '-'} |")
+                    f"| {_fmt(detector_at['f1']) if detector_at else '-'} | {learned_text} |")
         lines.append("")
     return "\n".join(lines)
 

@@ -1,0 +1,162 @@
+"""The learned verdict's fit and its leave-one-story-out score in the detection matrix.
+
+``kernels.verdict_features`` reads the detector's state after each window as a row of evidence per
+(user, interest); a logistic model over those rows (``kernels.verdict_logit``) calls a silent interest
+forgotten. Here the model is fitted by weighted logistic regression (full-batch Adam) on the rows of
+the stories a cell does not score, its threshold chosen on them as well, and scored on the held-out
+story: the same leave-one-story-out rule as every other method's knob, applied to the weights too.
+
+A row is a silent window of a judged (user, interest) pair. Its label is 1 from the window the pair
+counts as forgotten (less ``detection_early_windows``, the early alarms ``detection.score`` still
+counts) until its return, else 0. Each pair's rows weigh 1 / its rows in all, so a loyal interest's
+hundred quiet days weigh what one stopped interest's do.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from fgjax import kernels
+from fgjax.analysis import detector_step, window_params, window_spec
+from fgjax.config import Config
+from fgjax.evaluation.detection import Truth
+
+
+@dataclasses.dataclass(frozen=True)
+class VerdictRows:
+    """One (story, window length, fade share)'s evidence on its pairs.
+
+    Attributes:
+      features: ``(windows, pairs, len(kernels.VERDICT_FEATURES))`` float32.
+      silent: ``(windows, pairs)`` bool, the rows a verdict may flag (silent after activity).
+      truth: the pairs' ground truth (``pairs`` in ``truth.user`` / ``truth.interest`` order).
+      shape: ``(windows, users, slots)`` of the counts, to write flags back.
+    """
+
+    features: np.ndarray
+    silent: np.ndarray
+    truth: Truth
+    shape: tuple[int, int, int]
+
+
+def verdict_rows(config: Config, counts: np.ndarray, truth: Truth, share: float, window_days: int) -> VerdictRows:
+    """Run the detector (its default knobs, fades at ``share``) over ``(windows, users, slots)`` counts and keep
+    each window's ``kernels.verdict_features`` on ``truth``'s pairs."""
+    acfg = dataclasses.replace(config.analysis, window_seconds=window_days * 86400.0,
+                               detector=dataclasses.replace(config.analysis.detector, fade_share=share))
+    params, spec = window_params(acfg), window_spec(acfg, counts.shape[-1])
+    recent = config.evaluate.verdict_recent_windows
+    user, slot = jnp.asarray(truth.user), jnp.asarray(truth.interest)
+
+    def step(state, window_counts):
+        state, out = detector_step(state, window_counts, None, params, spec)
+        pairs = kernels.verdict_features(state, out, recent)[user, slot]
+        silent = ((state.alive > 0) & (state.silence > 0))[user, slot]
+        return state, (pairs, silent)
+
+    @jax.jit
+    def series(c):
+        init = kernels.detector_init(c.shape[1], c.shape[2], spec.buffer_windows)
+        return jax.lax.scan(step, init, c)[1]
+
+    features, silent = series(jnp.asarray(counts, jnp.float32))
+    return VerdictRows(np.asarray(features), np.asarray(silent), truth, tuple(counts.shape))
+
+
+def verdict_labels(rows: VerdictRows, early: int) -> np.ndarray:
+    """``(windows, pairs)`` bool: the pair counts as forgotten at the window (less ``early``) and has not returned."""
+    truth = rows.truth
+    t = np.arange(rows.features.shape[0])[:, None]
+    return (truth.positive[None, :] & (t >= truth.forgotten[None, :] - early)
+            & ((truth.resume[None, :] < 0) | (t <= truth.resume[None, :])))
+
+
+def training_set(stories: list[VerdictRows], early: int, rows_per_story: int,
+                 rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Features ``(n, F)``, labels ``(n,)`` and weights ``(n,)`` of the judged pairs' silent rows, each story's
+    drawn down to ``rows_per_story`` (uniformly, the weights rescaled so a story keeps its total)."""
+    xs, ys, ws = [], [], []
+    for rows in stories:
+        keep = rows.silent & rows.truth.judged[None, :]
+        per_pair = np.broadcast_to(1.0 / np.maximum(keep.sum(axis=0), 1), keep.shape)
+        x, y, w = rows.features[keep], verdict_labels(rows, early)[keep], per_pair[keep]
+        if len(y) > rows_per_story:
+            pick = rng.choice(len(y), rows_per_story, replace=False)
+            x, y, w = x[pick], y[pick], w[pick] * (len(y) / rows_per_story)
+        xs.append(x)
+        ys.append(y)
+        ws.append(w)
+    return np.concatenate(xs), np.concatenate(ys).astype(np.float32), np.concatenate(ws).astype(np.float32)
+
+
+def fit_verdict(features: np.ndarray, labels: np.ndarray, weights: np.ndarray, steps: int = 400,
+                learning_rate: float = 0.03) -> kernels.VerdictParams:
+    """Weighted logistic regression of ``labels`` ``(n,)`` on standardized ``features`` ``(n, F)`` (full-batch Adam).
+
+    A feature constant over the rows gets scale 1 (it standardizes to 0 and its weight stays 0).
+    """
+    if len(labels) == 0:
+        raise ValueError("the learned verdict has no rows to fit: no judged interest had a silent window")
+    mean = features.mean(axis=0, dtype=np.float64).astype(np.float32)
+    scale = features.std(axis=0, dtype=np.float64).astype(np.float32)
+    scale = np.where(scale > 1e-6, scale, 1.0).astype(np.float32)
+    x = jnp.asarray((features - mean) / scale)
+    y, w = jnp.asarray(labels, jnp.float32), jnp.asarray(weights, jnp.float32)
+    opt = optax.adam(learning_rate)
+
+    def loss(p):
+        logit = x @ p[0] + p[1]
+        return jnp.sum(w * optax.sigmoid_binary_cross_entropy(logit, y)) / jnp.sum(w)
+
+    def step(carry, _):
+        p, opt_state = carry
+        grads = jax.grad(loss)(p)
+        updates, opt_state = opt.update(grads, opt_state, p)
+        return (optax.apply_updates(p, updates), opt_state), None
+
+    start = (jnp.zeros(features.shape[1], jnp.float32), jnp.zeros((), jnp.float32))
+    (weights_fit, bias), _ = jax.jit(lambda c: jax.lax.scan(step, c, None, length=steps))((start, opt.init(start)))[0]
+    return kernels.VerdictParams(mean=jnp.asarray(mean), scale=jnp.asarray(scale), weights=weights_fit, bias=bias)
+
+
+def verdict_flags(rows: VerdictRows, params: kernels.VerdictParams, threshold: float) -> np.ndarray:
+    """``(windows, users, slots)`` bool forgotten: silent rows whose log-odds exceed ``threshold``."""
+    logit = np.asarray(kernels.verdict_logit(rows.features, params))
+    flags = np.zeros(rows.shape, bool)
+    flags[:, rows.truth.user, rows.truth.interest] = rows.silent & (logit > threshold)
+    return flags
+
+
+def held_out_verdicts(config: Config, by_story: dict[str, VerdictRows],
+                      metrics: Any) -> dict[str, tuple[float, list[dict[str, Any]], kernels.VerdictParams]]:
+    """Per held-out story: the model fitted on the others, every threshold's metrics on the held-out story, and
+    the threshold with the best mean F1 on the others.
+
+    Args:
+      by_story: one cell row's (same window length and share) ``VerdictRows`` per story.
+      metrics: ``(flags, truth) -> dict`` with an ``"f1"`` entry (``matrix.cell_metrics`` at the cell's ``early``).
+
+    Returns:
+      ``story -> (chosen threshold index, [metrics per threshold on the story], params)``.
+    """
+    e = config.evaluate
+    thresholds = list(e.verdict_threshold_sweep)
+    out = {}
+    for held in by_story:
+        others = [s for s in by_story if s != held] or [held]
+        rng = np.random.default_rng([e.verdict_seed, sorted(by_story).index(held)])
+        x, y, w = training_set([by_story[s] for s in others], e.detection_early_windows, e.verdict_rows_per_story,
+                               rng)
+        params = fit_verdict(x, y, w, e.verdict_steps, e.verdict_learning_rate)
+        on_others = [[metrics(verdict_flags(by_story[s], params, th), by_story[s].truth)["f1"] or 0.0
+                      for th in thresholds] for s in others]
+        chosen = int(np.argmax(np.mean(on_others, axis=0)))
+        points = [metrics(verdict_flags(by_story[held], params, th), by_story[held].truth) for th in thresholds]
+        out[held] = (chosen, points, params)
+    return out
