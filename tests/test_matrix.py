@@ -52,6 +52,9 @@ def test_every_cell_has_every_method_and_the_knobs_are_chosen_as_stated(tiny):
                     assert by_method[method]["knob"] == knobs[method][int(np.argmax(means))]
                     assert by_method[method]["f1"] == grid[story][window][method][int(np.argmax(means))]["f1"]
                 assert by_method["detector_default"]["knob"] == config.analysis.detector.false_alarm
+                # The learned verdict: its knob (a log-odds threshold) is the held-out model's grid point.
+                chosen = knobs["learned"].index(by_method["learned"]["knob"])
+                assert by_method["learned"]["f1"] == grid[story][window]["learned"][chosen]["f1"]
     text = M.format_summary(report)
     assert text.count("| classic | daily |") == 2 and "silence rule: N, F1, delay, loyal" in text
     errors = M.format_errors(report)
@@ -71,6 +74,7 @@ def test_every_cell_has_every_method_and_the_knobs_are_chosen_as_stated(tiny):
                                            for k in ("stopped", "reactivated", "fading"))
     assert "rule at the detector's loyal share: N, F1" in text
     assert "ceiling: oracle F1, delay, loyal" in text
+    assert "learned verdict: F1, delay, loyal" in text
 
 
 def test_each_method_at_the_others_loyal_share_is_its_best_knob_under_that_cap(tiny):

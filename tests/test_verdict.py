@@ -1,0 +1,138 @@
+"""The learned verdict's fit, its rows and labels, and its leave-one-story-out choice."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+from fgjax import kernels
+from fgjax.config import load_config
+from fgjax.data import synthetic
+from fgjax.evaluation import matrix as M
+from fgjax.evaluation import verdict as V
+from fgjax.evaluation.detection import Truth
+
+F = len(kernels.VERDICT_FEATURES)
+
+
+def _truth(kind, forgotten, resume, judged=None) -> Truth:
+    n = len(kind)
+    return Truth(user=np.arange(n), interest=np.zeros(n, np.int64), kind=np.asarray(kind), start=np.zeros(n, np.int64),
+                 onset=np.asarray(forgotten), forgotten=np.asarray(forgotten), resume=np.asarray(resume),
+                 judged=np.ones(n, bool) if judged is None else np.asarray(judged))
+
+
+def test_the_fit_recovers_a_logistic_rule_and_leaves_a_constant_feature_alone():
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(4000, F)).astype(np.float32) * 2 + 1
+    x[:, 5] = 7.0  # constant: standardizes to 0
+    logit = 3.0 * (x[:, 0] - 1) / 2 - 2.0 * (x[:, 3] - 1) / 2 + 0.5
+    y = (rng.random(4000) < 1 / (1 + np.exp(-logit))).astype(np.float32)
+    params = V.fit_verdict(x, y, np.ones(4000, np.float32), steps=600, learning_rate=0.05)
+    w = np.asarray(params.weights)
+    assert np.asarray(params.scale)[5] == 1.0 and w[5] == 0.0
+    assert w[0] == pytest.approx(3.0, abs=0.35) and w[3] == pytest.approx(-2.0, abs=0.35)
+    assert np.abs(np.delete(w, [0, 3])).max() < 0.3
+    assert float(params.bias) == pytest.approx(0.5, abs=0.25)
+    # The kernel's logit with the fitted params is the model's.
+    got = np.asarray(kernels.verdict_logit(x, params))
+    want = ((x - np.asarray(params.mean)) / np.asarray(params.scale)) @ w + float(params.bias)
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+
+
+def test_the_fit_weighs_rows_by_their_weights():
+    """Duplicating a row and halving both weights is the same fit."""
+    rng = np.random.default_rng(4)
+    x = rng.normal(size=(300, F)).astype(np.float32)
+    y = (x[:, 1] > 0).astype(np.float32)
+    a = V.fit_verdict(x, y, np.ones(300, np.float32), steps=50)
+    b = V.fit_verdict(np.concatenate([x, x[:1]]), np.concatenate([y, y[:1]]),
+                      np.concatenate([np.ones(300, np.float32), [0.0]]).astype(np.float32), steps=50)
+    np.testing.assert_allclose(np.asarray(a.weights), np.asarray(b.weights), atol=0.05)
+    with pytest.raises(ValueError, match="no rows"):
+        V.fit_verdict(np.zeros((0, F), np.float32), np.zeros(0, np.float32), np.zeros(0, np.float32))
+
+
+def test_labels_run_from_the_forgotten_window_less_early_until_the_return():
+    truth = _truth([synthetic.STABLE, synthetic.STOPPED, synthetic.REACTIVATED], [-1, 4, 2], [-1, -1, 5])
+    rows = V.VerdictRows(np.zeros((8, 3, F), np.float32), np.ones((8, 3), bool), truth, (8, 3, 1))
+    labels = V.verdict_labels(rows, early=1)
+    assert labels[:, 0].tolist() == [False] * 8
+    assert labels[:, 1].tolist() == [False, False, False, True, True, True, True, True]
+    assert labels[:, 2].tolist() == [False, True, True, True, True, True, False, False]
+
+
+def test_the_training_set_weighs_each_pair_once_and_draws_a_story_down_keeping_its_weight():
+    truth = _truth([synthetic.STABLE, synthetic.STOPPED, synthetic.STABLE], [-1, 3, -1], [-1, -1, -1],
+                   judged=[True, True, False])
+    silent = np.zeros((10, 3), bool)
+    silent[:, 0] = True  # 10 silent rows
+    silent[5:, 1] = True  # 5
+    silent[:, 2] = True  # not judged: no rows
+    features = np.arange(30, dtype=np.float32).reshape(10, 3, 1).repeat(F, axis=2)
+    rows = V.VerdictRows(features, silent, truth, (10, 3, 1))
+    x, y, w = V.training_set([rows], early=1, rows_per_story=100, rng=np.random.default_rng(0))
+    assert len(y) == 15 and w.sum() == pytest.approx(2.0) and y.sum() == 5
+    assert set(x[:, 0].astype(int) % 3) == {0, 1}
+    x, y, w = V.training_set([rows], early=1, rows_per_story=6, rng=np.random.default_rng(0))
+    assert len(y) == 6 and w.sum() == pytest.approx(2.0, rel=0.5)
+    assert w.sum() == pytest.approx(np.sum(np.where(x[:, 0] % 3 == 0, 0.1, 0.2)) * 15 / 6)
+
+
+@pytest.fixture(scope="module")
+def two_stories():
+    config = load_config(None, ["evaluate.matrix_users=60", "evaluate.matrix_days=70", "synthetic.users_per_shard=60",
+                                "evaluate.verdict_steps=100"])
+    out = {}
+    for story in ("classic", "hawkes", "engaged"):
+        days = M.story_days(config, story)
+        counts = M.windowed(days, 7)
+        truth = M.story_truth(days, counts, 7, 0.25, config.evaluate.matrix_margin_days,
+                              config.evaluate.min_expected_events)
+        out[story] = V.verdict_rows(config, counts, truth, 0.25, 7)
+    return config, out
+
+
+def test_the_rows_are_the_kernels_features_on_the_pairs_and_silent_where_the_pair_is(two_stories):
+    config, by_story = two_stories
+    rows = by_story["classic"]
+    w, pairs = rows.silent.shape
+    assert rows.features.shape == (w, pairs, F) and np.isfinite(rows.features).all()
+    counts = M.windowed(M.story_days(config, "classic"), 7)
+    series = counts[:, rows.truth.user, rows.truth.interest]
+    seen = np.cumsum(series > 0, axis=0) > 0
+    np.testing.assert_array_equal(rows.silent, seen & (series == 0))
+    run = np.zeros(pairs)
+    for t in range(w):  # the silence, from the raw counts
+        run = np.where(series[t] > 0, 0, run + seen[t])
+        got = np.expm1(rows.features[t, :, kernels.VERDICT_FEATURES.index("log_silence")])
+        np.testing.assert_allclose(got, run, rtol=1e-5)
+
+
+def test_the_held_out_story_never_shapes_its_own_model_or_threshold(two_stories):
+    """Replacing the held-out story's rows changes neither its fitted params nor its chosen threshold."""
+    config, by_story = two_stories
+
+    def metrics(flags, truth):
+        return M.cell_metrics(flags, truth, config.evaluate.detection_early_windows)
+
+    first = V.held_out_verdicts(config, by_story, metrics)
+    scrambled = dict(by_story)
+    rows = by_story["hawkes"]
+    scrambled["hawkes"] = dataclasses.replace(rows, features=rows.features[::-1].copy())
+    second = V.held_out_verdicts(config, scrambled, metrics)
+    chosen, points, params = first["hawkes"]
+    chosen2, points2, params2 = second["hawkes"]
+    assert chosen == chosen2
+    np.testing.assert_array_equal(np.asarray(params.weights), np.asarray(params2.weights))
+    # ... while the other stories' models, which saw it, change.
+    assert not np.array_equal(np.asarray(first["classic"][2].weights), np.asarray(second["classic"][2].weights))
+    assert len(points) == len(config.evaluate.verdict_threshold_sweep)
+    # The chosen threshold is the best mean F1 on the other stories under the held-out model.
+    thresholds = config.evaluate.verdict_threshold_sweep
+    others = [s for s in by_story if s != "hawkes"]
+    means = [np.mean([metrics(V.verdict_flags(by_story[s], params, th), by_story[s].truth)["f1"] or 0.0
+                      for s in others]) for th in thresholds]
+    assert chosen == int(np.argmax(means))
