@@ -244,6 +244,11 @@ class DetectorConfig:
     markov_reach: float = setting(3.0, gt=0)
     calibration_share: float = setting(0.01, gt=0, lt=0.5)  # kappa matches this tail share of completed silences
     calibration_prior: float = setting(1000.0, ge=0)  # completed silences the prior kappa = 1 is worth
+    # A learned verdict (fgjax.analysis.verdict; docs/formulas.md section 7d) decides which silent interests are
+    # forgotten: the verdict.json that `fgjax evaluate --detection` writes, its fit for this window length and
+    # fade_share. Empty: the detector's own verdict.
+    verdict_file: str = ""
+    verdict_recent_windows: int = setting(16, ge=1)  # span of the verdict's recent-rate feature (fit and use alike)
     degree_z: float = 2.0  # per-user F alarm: F > mean + degree_z * std of the user's own F
     degree_fallback: float = 1.0  # F alarm threshold before a user has two F values
 
@@ -574,7 +579,6 @@ class EvaluateConfig:
     verdict_steps: int = setting(400, ge=1)  # full-batch Adam steps of the fit
     verdict_learning_rate: float = setting(0.03, gt=0)
     verdict_rows_per_story: int = setting(200_000, ge=1)  # silent (window, interest) rows each story lends the fit
-    verdict_recent_windows: int = setting(16, ge=1)  # span of the recent-rate feature
     verdict_seed: int = 0  # which rows are drawn when a story has more than verdict_rows_per_story
 
     def _check(self, where: str) -> None:

@@ -67,9 +67,22 @@ def test_console_script_is_installed():
         (["analyze", "--out", "{tmp}/o", "--set", "data.path={tmp}/few.parquet", "--set",
           "data.items_path={tmp}/items.parquet", "--window", "1e-4"],
          "analysis.window_seconds=0.0001 gives 200,001 windows over the log's 20 seconds, more than analysis.max_windows"),
+        (["analyze", "--out", "{tmp}/o", "--set", "data.path={tmp}/few.parquet", "--set",
+          "data.items_path={tmp}/items_ok.parquet", "--set", "analysis.detector.verdict_file={tmp}/none.json"],
+         "none.json': no such file (`fgjax evaluate --detection` writes verdict.json)"),
+        (["analyze", "--out", "{tmp}/o", "--set", "data.path={tmp}/few.parquet", "--set",
+          "data.items_path={tmp}/items_ok.parquet", "--set", "analysis.detector.verdict_file={tmp}/weekly.json"],
+         "no fit for windows of 1 days and fade_share 0.25 (it has: 7 d at 0.25)"),
     ],
 )
 def test_errors_are_one_line_with_exit_2(tmp_path, capsys, args, message):
+    from fgjax.analysis.verdict import VerdictFit, save_verdicts
+    from fgjax.kernels import VERDICT_FEATURES, VerdictParams
+
+    n = len(VERDICT_FEATURES)
+    weekly = VerdictParams(np.zeros(n, np.float32), np.ones(n, np.float32), np.zeros(n, np.float32), np.float32(0))
+    save_verdicts([VerdictFit(7.0, 0.25, 16, weekly, 0.0)], tmp_path / "weekly.json")
+    pq.write_table(pa.table({"item_id": [1, 2, 3], "category": ["a", "b", "a"]}), tmp_path / "items_ok.parquet")
     pq.write_table(pa.table({"user_id": [1, 1, 2, 2], "item_id": [1, 2, 1, 3],
                              "timestamp": [1.7e9, 1.7e9 + 5, 1.7e9 + 9, 1.7e9 + 20]}), tmp_path / "few.parquet")
     pq.write_table(pa.table({"item_id": [100, 200], "category": ["a", "b"]}), tmp_path / "items.parquet")

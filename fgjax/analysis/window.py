@@ -26,7 +26,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from fgjax import kernels
+from fgjax.analysis.verdict import load_verdict
 from fgjax.config import AnalysisConfig
+from fgjax.errors import ConfigError
 
 
 # The analysis' per-window programs are compiled by LLVM at -O2 on a CPU, not at XLA's default -O3: the detector's
@@ -87,6 +89,8 @@ class WindowSpec:
       user_block: users judged at a time by the detector; None = all at once.
       buffer_windows: T, windows of per-interest activity the adaptive detector keeps.
       period_every: windows between a user's periodograms (``kernels.detector_update``).
+      verdict_recent_windows: the learned verdict's recent span (``kernels.verdict_features``); 0 = no learned
+        verdict (``WindowParams.verdict`` is then None).
     """
 
     num_interests: int
@@ -97,6 +101,7 @@ class WindowSpec:
     user_block: int | None = None
     buffer_windows: int = 64
     period_every: int = 1
+    verdict_recent_windows: int = 0
 
     def detector_users(self, num_users: int) -> int:
         """Rows of the carry's detector state: every user's for the adaptive detector; none for the level
@@ -115,6 +120,8 @@ class WindowParams(NamedTuple):
       inv_tau: 1 / tau per window, the decay of an event within its window.
       declining_ratio, forgotten_ratio: the level rule's shares of the peak.
       detector: the adaptive detector's knobs.
+      verdict, verdict_threshold: the learned verdict's fit and its log-odds threshold (``analysis.detector.
+        verdict_file``); None without one.
     """
 
     alpha: jax.Array
@@ -124,6 +131,8 @@ class WindowParams(NamedTuple):
     declining_ratio: jax.Array
     forgotten_ratio: jax.Array
     detector: kernels.DetectorParams
+    verdict: kernels.VerdictParams | None = None
+    verdict_threshold: jax.Array | None = None
 
 
 def window_spec(config: AnalysisConfig, num_interests: int, *, top: int | None = None) -> WindowSpec:
@@ -137,6 +146,7 @@ def window_spec(config: AnalysisConfig, num_interests: int, *, top: int | None =
         user_block=config.detector.user_block or None,
         buffer_windows=config.detector.buffer_windows,
         period_every=config.detector.period_every,
+        verdict_recent_windows=config.detector.verdict_recent_windows if config.detector.verdict_file else 0,
     )
 
 
@@ -152,6 +162,14 @@ def window_params(config: AnalysisConfig) -> WindowParams:
         return jax.device_put(np.asarray(value, np.float32))
 
     d = config.detector
+    verdict = threshold = None
+    if d.verdict_file:
+        if d.kind != "adaptive":
+            raise ConfigError("analysis.detector.verdict_file: the learned verdict reads the adaptive detector's "
+                              f"state; analysis.detector.kind is {d.kind!r}")
+        fit = load_verdict(d.verdict_file, config.window_seconds / 86400.0, d.fade_share, d.verdict_recent_windows)
+        verdict = kernels.VerdictParams(*(scalar(v) for v in fit.params))
+        threshold = scalar(fit.threshold)
     return WindowParams(
         alpha=scalar(config.alpha),
         eps=scalar(config.eps),
@@ -160,6 +178,8 @@ def window_params(config: AnalysisConfig) -> WindowParams:
         declining_ratio=scalar(config.level.declining_ratio),
         forgotten_ratio=scalar(config.level.forgotten_ratio),
         detector=kernels.DetectorParams(*(scalar(v) for v in d.kernel_params(config.window_seconds))),
+        verdict=verdict,
+        verdict_threshold=threshold,
     )
 
 
@@ -387,6 +407,8 @@ def close_window(
     p = kernels.interest_probs(f, params.alpha, mask=ever)
     if spec.detector == "adaptive":
         detector, detection = detector_step(carry.detector, counts, degree, params, spec)
+        if spec.verdict_recent_windows:
+            detection = detection._replace(state=learned_states(detector, detection, params, spec))
         state = detection.state
     else:
         # The level rule alone: no detector work, and its evidence reads as zeros.
@@ -405,6 +427,21 @@ def close_window(
     new_carry = AnalysisCarry(interest, peak, state, ever, detector)
     detail = WindowDetail(f, p, state, carry.state, detection)
     return new_carry, WindowOutput(degree, top_interests, top_probs), detail
+
+
+def learned_states(detector: kernels.DetectorState, detection: kernels.DetectorOutput, params: WindowParams,
+                   spec: WindowSpec) -> jax.Array:
+    """``(users, K)`` int8 codes with the learned verdict deciding which silent interests are forgotten.
+
+    The detector's own forgotten calls the verdict overrules read as declining (silent and suspect); every
+    other code is the detector's. The detector's carry keeps its own codes, which its next update and the
+    verdict's ``detector_forgotten`` feature read, so the verdict sees what it was fitted on.
+    """
+    features = kernels.verdict_features(detector, detection, spec.verdict_recent_windows)
+    forgotten = kernels.verdict_forgotten(detector, features, params.verdict, params.verdict_threshold)
+    own = detection.state
+    return jnp.where(forgotten, jnp.int8(kernels.FORGOTTEN),
+                     jnp.where(own == kernels.FORGOTTEN, jnp.int8(kernels.DECLINING), own)).astype(own.dtype)
 
 
 def window_index(timestamp: np.ndarray, window_seconds: float, origin: float) -> np.ndarray:

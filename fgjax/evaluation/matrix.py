@@ -62,6 +62,7 @@ import numpy as np
 
 from fgjax import kernels
 from fgjax.analysis import window_params, window_spec
+from fgjax.analysis.verdict import VerdictFit, save_verdicts
 from fgjax.config import Config, to_dict
 from fgjax.data import synthetic
 from fgjax.evaluation import oracle, verdict
@@ -269,7 +270,8 @@ def _changepoint_params(config: Config) -> kernels.ChangepointParams:
 
 
 def sweeps(config: Config) -> dict[str, list[float]]:
-    """Each method's knob values (the detector's ``false_alarm``, the anchors' thresholds, N)."""
+    """Each method's knob values (the detector's ``false_alarm``, the anchors' thresholds, N, the learned
+    verdict's log-odds threshold)."""
     e = config.evaluate
     return {
         "detector": list(e.false_alarm_sweep),
@@ -278,6 +280,7 @@ def sweeps(config: Config) -> dict[str, list[float]]:
         "cusum": list(e.cusum_threshold_sweep),
         "silence": [float(n) for n in e.silence_sweep],
         "oracle": list(e.oracle_sweep),
+        **({"learned": list(e.verdict_threshold_sweep)} if e.verdict else {}),
     }
 
 
@@ -330,9 +333,11 @@ class MatrixReport:
     cells: dict[str, Any]
     grid: dict[str, Any]
     setup: dict[str, Any]
+    # The learned verdict fitted on every story, per (window length, share): verdict.json (``write_matrix``).
+    verdicts: tuple[VerdictFit, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        return {"cells": self.cells, "grid": self.grid, "setup": self.setup}
 
 
 def _label(window_days: int) -> str:
@@ -358,6 +363,8 @@ def evaluate_matrix(config: Config, report: Callable[[str], None] = lambda _: No
             rows = {s: grid.setdefault(s, {}).setdefault(story, {}).setdefault(window, {}) for s in shares}
             alarms = {s: method_alarms(config, counts, float(s), int(wd), days, posteriors[float(s)]) for s in shares}
             for method, values in knobs.items():
+                if method == "learned":  # fitted across stories, after them all
+                    continue
                 for s in shares:
                     rows[s][method] = []
                 # Only the detector and the oracle read the fade definition; the others' alarms serve every share.
@@ -375,9 +382,8 @@ def evaluate_matrix(config: Config, report: Callable[[str], None] = lambda _: No
     # The learned verdict: fitted and thresholded on the other stories of each cell, so its whole model is
     # chosen leave-one-story-out (its grid is each story's under the model that did not see it).
     learned_index: dict[tuple[str, str, str], int] = {}
+    fits: list[VerdictFit] = []
     if e.verdict:
-        knobs["learned"] = list(e.verdict_threshold_sweep)
-
         def metrics(flags: np.ndarray, truth: Truth) -> dict[str, Any]:
             return cell_metrics(flags, truth, e.detection_early_windows)
 
@@ -385,6 +391,8 @@ def evaluate_matrix(config: Config, report: Callable[[str], None] = lambda _: No
             for story, (chosen, points, _) in verdict.held_out_verdicts(config, by_story, metrics).items():
                 grid[s][story][window]["learned"] = points
                 learned_index[(s, story, window)] = chosen
+            window_days = next(float(wd) for wd in e.detection_window_days if _label(int(wd)) == window)
+            fits.append(verdict.verdict_for_analysis(config, by_story, metrics, window_days, float(s)))
         report(f"  learned verdict: {time.perf_counter() - started:.0f}s")
     cells: dict[str, Any] = {}
     for share_text, by_story in grid.items():
@@ -416,7 +424,7 @@ def evaluate_matrix(config: Config, report: Callable[[str], None] = lambda _: No
         "categories": config.synthetic.num_categories, "seed": config.synthetic.seed, "sweeps": knobs,
         "seconds": time.perf_counter() - started,
     }
-    return MatrixReport(cells=cells, grid=grid, setup=setup)
+    return MatrixReport(cells=cells, grid=grid, setup=setup, verdicts=tuple(fits))
 
 
 def _fmt(v: Any, spec: str = ".3f") -> str:
@@ -571,13 +579,16 @@ def format_targets(checks: dict[str, Any]) -> str:
 
 
 def write_matrix(matrix: MatrixReport, config: Config, out: Path) -> Path:
-    """``out/matrix.json`` (every cell, every knob, the targets met, the config) and ``out/matrix.md`` (summary,
-    targets, where the detector's errors are, and details)."""
+    """``out/matrix.json`` (every cell, every knob, the targets met, the config), ``out/matrix.md`` (summary,
+    targets, where the detector's errors are, and details) and, when the learned verdict ran, ``out/verdict.json``
+    (its fit on every story per window length and share, for ``analysis.detector.verdict_file``)."""
     out.mkdir(parents=True, exist_ok=True)
     path = out / "matrix.json"
     checks = target_checks(matrix)
     path.write_text(json.dumps({"matrix": matrix.to_json(), "targets": checks, "config": to_dict(config)},
                                indent=2) + "\n")
+    if matrix.verdicts:
+        save_verdicts(list(matrix.verdicts), out / "verdict.json")
     (out / "matrix.md").write_text(format_summary(matrix) + "\n" + format_targets(checks) + "\n"
                                    + format_errors(matrix) + "\n" + format_matrix(matrix) + "\n")
     return path

@@ -24,6 +24,7 @@ import optax
 
 from fgjax import kernels
 from fgjax.analysis import detector_step, window_params, window_spec
+from fgjax.analysis.verdict import VerdictFit
 from fgjax.config import Config
 from fgjax.evaluation.detection import Truth
 
@@ -51,7 +52,7 @@ def verdict_rows(config: Config, counts: np.ndarray, truth: Truth, share: float,
     acfg = dataclasses.replace(config.analysis, window_seconds=window_days * 86400.0,
                                detector=dataclasses.replace(config.analysis.detector, fade_share=share))
     params, spec = window_params(acfg), window_spec(acfg, counts.shape[-1])
-    recent = config.evaluate.verdict_recent_windows
+    recent = config.analysis.detector.verdict_recent_windows
     user, slot = jnp.asarray(truth.user), jnp.asarray(truth.interest)
 
     def step(state, window_counts):
@@ -133,8 +134,21 @@ def verdict_flags(rows: VerdictRows, params: kernels.VerdictParams, threshold: f
     return flags
 
 
+def fit_and_threshold(config: Config, stories: list[VerdictRows], metrics: Any,
+                      seed: int) -> tuple[kernels.VerdictParams, int]:
+    """The verdict fitted on ``stories`` and the index in ``evaluate.verdict_threshold_sweep`` of the threshold
+    with the best mean F1 on them (``metrics``: ``(flags, truth) -> dict`` with ``"f1"``); ``seed`` draws rows."""
+    e = config.evaluate
+    rng = np.random.default_rng([e.verdict_seed, seed])
+    x, y, w = training_set(stories, e.detection_early_windows, e.verdict_rows_per_story, rng)
+    params = fit_verdict(x, y, w, e.verdict_steps, e.verdict_learning_rate)
+    f1 = [[metrics(verdict_flags(rows, params, th), rows.truth)["f1"] or 0.0 for th in e.verdict_threshold_sweep]
+          for rows in stories]
+    return params, int(np.argmax(np.mean(f1, axis=0)))
+
+
 def held_out_verdicts(config: Config, by_story: dict[str, VerdictRows],
-                      metrics: Any) -> dict[str, tuple[float, list[dict[str, Any]], kernels.VerdictParams]]:
+                      metrics: Any) -> dict[str, tuple[int, list[dict[str, Any]], kernels.VerdictParams]]:
     """Per held-out story: the model fitted on the others, every threshold's metrics on the held-out story, and
     the threshold with the best mean F1 on the others.
 
@@ -145,18 +159,23 @@ def held_out_verdicts(config: Config, by_story: dict[str, VerdictRows],
     Returns:
       ``story -> (chosen threshold index, [metrics per threshold on the story], params)``.
     """
-    e = config.evaluate
-    thresholds = list(e.verdict_threshold_sweep)
     out = {}
     for held in by_story:
         others = [s for s in by_story if s != held] or [held]
-        rng = np.random.default_rng([e.verdict_seed, sorted(by_story).index(held)])
-        x, y, w = training_set([by_story[s] for s in others], e.detection_early_windows, e.verdict_rows_per_story,
-                               rng)
-        params = fit_verdict(x, y, w, e.verdict_steps, e.verdict_learning_rate)
-        on_others = [[metrics(verdict_flags(by_story[s], params, th), by_story[s].truth)["f1"] or 0.0
-                      for th in thresholds] for s in others]
-        chosen = int(np.argmax(np.mean(on_others, axis=0)))
-        points = [metrics(verdict_flags(by_story[held], params, th), by_story[held].truth) for th in thresholds]
+        params, chosen = fit_and_threshold(config, [by_story[s] for s in others], metrics,
+                                           sorted(by_story).index(held))
+        points = [metrics(verdict_flags(by_story[held], params, th), by_story[held].truth)
+                  for th in config.evaluate.verdict_threshold_sweep]
         out[held] = (chosen, points, params)
     return out
+
+
+def verdict_for_analysis(config: Config, by_story: dict[str, VerdictRows], metrics: Any, window_days: float,
+                         share: float) -> VerdictFit:
+    """The verdict fitted on every story of ``by_story`` and thresholded on them all: what ``verdict.json`` holds
+    for ``fgjax analyze`` at this window length and share (no story is held out: it scores none)."""
+    params, chosen = fit_and_threshold(config, list(by_story.values()), metrics, len(by_story))
+    return VerdictFit(window_days=float(window_days), fade_share=float(share),
+                      recent_windows=config.analysis.detector.verdict_recent_windows, params=params,
+                      threshold=float(config.evaluate.verdict_threshold_sweep[chosen]), stories=tuple(by_story),
+                      false_alarm=float(config.analysis.detector.false_alarm))

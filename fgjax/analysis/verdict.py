@@ -1,0 +1,111 @@
+"""The learned verdict's file: fitted ``kernels.VerdictParams`` per window length and fade definition.
+
+``fgjax evaluate --detection`` writes ``verdict.json`` (``save_verdicts``); ``fgjax analyze`` with
+``analysis.detector.verdict_file`` set reads the fit for its own window length and ``fade_share``
+(``load_verdict``) and lets it decide which silent interests are forgotten (``window.close_window``).
+The format (``VERDICT_FORMAT``)::
+
+    {"format": "fgjax-verdict/1", "features": [the kernels.VERDICT_FEATURES names],
+     "fits": [{"window_days": 7.0, "fade_share": 0.25, "recent_windows": 16, "mean": [...], "scale": [...],
+               "weights": [...], "bias": b, "threshold": t, "stories": [...], "false_alarm": q}, ...]}
+
+``mean`` / ``scale`` / ``weights`` are in ``features`` order; ``threshold`` is on the log-odds.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fgjax import kernels
+from fgjax.errors import ConfigError
+
+VERDICT_FORMAT = "fgjax-verdict/1"
+_VECTORS = ("mean", "scale", "weights")
+
+
+@dataclasses.dataclass(frozen=True)
+class VerdictFit:
+    """One fitted verdict: ``kernels.VerdictParams`` and its log-odds ``threshold``, for windows of ``window_days``
+    days and fades forgotten below ``fade_share``; ``recent_windows`` is the span its features were computed with."""
+
+    window_days: float
+    fade_share: float
+    recent_windows: int
+    params: kernels.VerdictParams
+    threshold: float
+    stories: tuple[str, ...] = ()
+    false_alarm: float | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        vectors = {name: [float(v) for v in np.asarray(getattr(self.params, name))] for name in _VECTORS}
+        return {"window_days": self.window_days, "fade_share": self.fade_share, "recent_windows": self.recent_windows,
+                **vectors, "bias": float(np.asarray(self.params.bias)), "threshold": self.threshold,
+                "stories": list(self.stories), "false_alarm": self.false_alarm}
+
+
+def save_verdicts(fits: list[VerdictFit], path: Path) -> Path:
+    """Write ``fits`` as a verdict file (the module docstring's format) at ``path``."""
+    doc = {"format": VERDICT_FORMAT, "features": list(kernels.VERDICT_FEATURES), "fits": [f.to_json() for f in fits]}
+    path = Path(path)
+    path.write_text(json.dumps(doc, indent=1) + "\n")
+    return path
+
+
+def load_verdict(path: str | Path, window_days: float, fade_share: float, recent_windows: int) -> VerdictFit:
+    """The fit in verdict file ``path`` for windows of ``window_days`` days and ``fade_share``.
+
+    Raises ``ConfigError`` (one line naming the file) when the file is missing or not a verdict file, its
+    features are not this version's, or it has no fit for this window length and share, or one computed
+    with another ``recent_windows``.
+    """
+    where = f"analysis.detector.verdict_file {str(path)!r}"
+    try:
+        doc = json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{where}: no such file (`fgjax evaluate --detection` writes verdict.json)") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ConfigError(f"{where}: not a readable JSON verdict file ({err})") from None
+    if not isinstance(doc, dict) or doc.get("format") != VERDICT_FORMAT:
+        raise ConfigError(f"{where}: expected format {VERDICT_FORMAT!r}, got {doc.get('format') if isinstance(doc, dict) else type(doc).__name__!r}")
+    if doc.get("features") != list(kernels.VERDICT_FEATURES):
+        raise ConfigError(f"{where}: its features {doc.get('features')} are not this version's "
+                          f"{list(kernels.VERDICT_FEATURES)}; fit it again with `fgjax evaluate --detection`")
+    fits = doc.get("fits") or []
+    for i, fit in enumerate(fits):
+        try:
+            days, share = float(fit["window_days"]), float(fit["fade_share"])
+        except (KeyError, TypeError, ValueError):
+            raise ConfigError(f"{where}: fits[{i}] has no numeric window_days and fade_share") from None
+        if math.isclose(days, window_days, rel_tol=1e-6) and math.isclose(share, fade_share, rel_tol=1e-6):
+            if int(fit.get("recent_windows", -1)) != recent_windows:
+                raise ConfigError(f"{where}: fits[{i}] was computed with recent_windows={fit.get('recent_windows')}, "
+                                  f"analysis.detector.verdict_recent_windows is {recent_windows}")
+            return _fit_from_json(fit, where, i)
+    have = ", ".join(f"{float(f.get('window_days', 'nan')):g} d at {float(f.get('fade_share', 'nan')):g}" for f in fits)
+    raise ConfigError(f"{where}: no fit for windows of {window_days:g} days and fade_share {fade_share:g} "
+                      f"(it has: {have or 'none'})")
+
+
+def _fit_from_json(fit: dict[str, Any], where: str, i: int) -> VerdictFit:
+    n = len(kernels.VERDICT_FEATURES)
+    try:
+        vectors = {name: np.asarray(fit[name], np.float32) for name in _VECTORS}
+        bias, threshold = float(fit["bias"]), float(fit["threshold"])
+    except (KeyError, TypeError, ValueError) as err:
+        raise ConfigError(f"{where}: fits[{i}] lacks a numeric {err}") from None
+    for name, v in vectors.items():
+        if v.shape != (n,) or not np.isfinite(v).all():
+            raise ConfigError(f"{where}: fits[{i}].{name} must hold {n} finite numbers, got shape {v.shape}")
+    if not (vectors["scale"] > 0).all() or not (math.isfinite(bias) and math.isfinite(threshold)):
+        raise ConfigError(f"{where}: fits[{i}] needs a positive scale and a finite bias and threshold")
+    params = kernels.VerdictParams(mean=vectors["mean"], scale=vectors["scale"], weights=vectors["weights"],
+                                   bias=np.float32(bias))
+    return VerdictFit(window_days=float(fit["window_days"]), fade_share=float(fit["fade_share"]),
+                      recent_windows=int(fit["recent_windows"]), params=params, threshold=threshold,
+                      stories=tuple(fit.get("stories") or ()), false_alarm=fit.get("false_alarm"))

@@ -1,0 +1,102 @@
+"""The learned verdict in the analysis: its file (save, load, clear errors) and the states it decides."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+
+from fgjax import kernels
+from fgjax.analysis import analyze, state_series
+from fgjax.analysis.verdict import VERDICT_FORMAT, VerdictFit, load_verdict, save_verdicts
+from fgjax.config import load_config
+from fgjax.errors import ConfigError
+
+from conftest import make_log
+
+F = len(kernels.VERDICT_FEATURES)
+
+
+def _constant(bias: float) -> kernels.VerdictParams:
+    """A verdict whose log-odds are ``bias`` for every row."""
+    return kernels.VerdictParams(np.zeros(F, np.float32), np.ones(F, np.float32), np.zeros(F, np.float32),
+                                 np.float32(bias))
+
+
+def test_a_saved_fit_loads_back_for_its_window_and_share(tmp_path):
+    rng = np.random.default_rng(0)
+    params = kernels.VerdictParams(*(rng.normal(size=F).astype(np.float32) for _ in range(2)),
+                                   rng.normal(size=F).astype(np.float32), np.float32(0.7))
+    params = params._replace(scale=np.abs(params.scale) + 0.1)
+    fits = [VerdictFit(7.0, 0.25, 16, _constant(1.0), 2.0, ("a",), 0.01), VerdictFit(1.0, 0.05, 16, params, 1.5)]
+    path = save_verdicts(fits, tmp_path / "verdict.json")
+    got = load_verdict(path, 1.0, 0.05, 16)
+    assert got.threshold == 1.5 and (got.window_days, got.fade_share) == (1.0, 0.05)
+    for name in ("mean", "scale", "weights", "bias"):
+        np.testing.assert_array_equal(np.asarray(getattr(got.params, name)), np.asarray(getattr(params, name)))
+    assert load_verdict(path, 7.0, 0.25, 16).stories == ("a",)
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda d: d.update(format="other/1"), "expected format 'fgjax-verdict/1'"),
+    (lambda d: d.update(features=d["features"][:-1]), "are not this version's"),
+    (lambda d: d["fits"][0].update(weights=[1.0] * (F - 1)), "fits[0].weights must hold 16 finite numbers"),
+    (lambda d: d["fits"][0].update(scale=[0.0] * F), "needs a positive scale"),
+    (lambda d: d["fits"][0].update(recent_windows=8), "was computed with recent_windows=8"),
+    (lambda d: d["fits"][0].update(window_days=7.0), "no fit for windows of 1 days and fade_share 0.25 (it has: 7 d"),
+    (lambda d: d["fits"][0].pop("bias"), "lacks a numeric 'bias'"),
+])
+def test_a_bad_verdict_file_is_one_clear_config_error(tmp_path, edit, message):
+    path = save_verdicts([VerdictFit(1.0, 0.25, 16, _constant(0.0), 0.0)], tmp_path / "v.json")
+    doc = json.loads(path.read_text())
+    assert doc["format"] == VERDICT_FORMAT
+    edit(doc)
+    path.write_text(json.dumps(doc))
+    with pytest.raises(ConfigError, match="v.json") as info:
+        load_verdict(path, 1.0, 0.25, 16)
+    assert message in str(info.value) and "\n" not in str(info.value)
+    path.write_text("{not json")
+    with pytest.raises(ConfigError, match="not a readable JSON verdict file"):
+        load_verdict(path, 1.0, 0.25, 16)
+
+
+def _busy_then_silent():
+    """One interest: 4 events a day for 10 days, silent 40 days, one event on day 50, the log to day 52."""
+    base = make_log(num_users=1, num_items=4, events_per_user=1)
+    day, t0 = 86400.0, 1.7e9
+    ts = np.concatenate([t0 + np.arange(10) * day + 100, [t0 + 50 * day + 100], [t0 + 52 * day + 100]])
+    weight = np.concatenate([np.full(10, 4.0), [0.5], [0.0]]).astype(np.float32)
+    return dataclasses.replace(base, user=np.zeros(12, np.int32), item=np.zeros(12, np.int32), timestamp=ts,
+                               weight=weight)
+
+
+def _history(config, log):
+    result = analyze(config, log, progress=False)
+    return [kernels.STATE_NAMES[s] for s in
+            state_series(result.changes, result.num_windows, log.num_users, len(log.categories))[:, 0, 0]]
+
+
+def test_the_verdict_decides_which_silent_interests_are_forgotten(tmp_path):
+    log = _busy_then_silent()
+    own = _history(load_config(), log)
+    assert own[49] == "forgotten" and own[10] != "forgotten"
+    # A verdict that calls every silence forgotten: from the first silent window, until the event on day 50.
+    always = save_verdicts([VerdictFit(1.0, 0.25, 16, _constant(5.0), 0.0)], tmp_path / "always.json")
+    learned = _history(load_config(None, [f"analysis.detector.verdict_file={always}"]), log)
+    assert learned[10:50] == ["forgotten"] * 40
+    assert learned[50] == own[50] and learned[:10] == own[:10]  # activity: the detector's codes
+    # One that never does: the detector's forgotten windows read as declining, the rest are the detector's.
+    never = save_verdicts([VerdictFit(1.0, 0.25, 16, _constant(-5.0), 0.0)], tmp_path / "never.json")
+    quiet = _history(load_config(None, [f"analysis.detector.verdict_file={never}"]), log)
+    assert "forgotten" not in quiet
+    assert [q for q, o in zip(quiet, own) if o == "forgotten"] == ["declining"] * own.count("forgotten")
+    assert [q for q, o in zip(quiet, own) if o != "forgotten"] == [o for o in own if o != "forgotten"]
+
+
+def test_the_verdict_needs_the_adaptive_detector(tmp_path):
+    path = save_verdicts([VerdictFit(1.0, 0.25, 16, _constant(0.0), 0.0)], tmp_path / "v.json")
+    config = load_config(None, [f"analysis.detector.verdict_file={path}", "analysis.detector.kind=level"])
+    with pytest.raises(ConfigError, match="reads the adaptive detector's state; analysis.detector.kind is 'level'"):
+        analyze(config, _busy_then_silent(), progress=False)
