@@ -5,11 +5,15 @@
         --user-block 65536 --out bench/results/detector_update.json
     python -m bench.detector_update --users 100000 --interests 16 --period-every 4 \
         --seen 0.2 --rate 0.5 --count-arrays 8 --history 12 --hold-outputs    # as in an analysis
+    python -m bench.detector_update --scale small --period-every 4 --verdict    # and with the learned verdict
 
 For each N, in the same run, on the same (N, K) state with a T-window ring buffer:
 
 - ``update``: ``jax.jit(kernels.detector_update)`` with the state donated,
   called window after window on random counts (one window = one call);
+- ``update_with_verdict`` (with ``--verdict``): the same update followed by the learned verdict
+  (``kernels.verdict_features`` and ``verdict_forgotten``), as ``fgjax analyze`` runs it with
+  ``analysis.detector.verdict_file``, on its own state from the same history;
 - ``copy_inplace``: a donated ``x -> x + 1`` over a float32 array of the
   same bytes as the update's inputs (state + counts; at most 4 GB, so 10M
   users still fit beside it): the device's read + write bandwidth, with no
@@ -54,8 +58,9 @@ def _stats(compiled: Any, pairs: int) -> dict[str, float]:
 
 
 def _compiled_update(num_users: int, num_interests: int, buffer_windows: int, user_block: int | None,
-                     period_every: int = 1) -> Any:
-    """The donated update as the analysis calls it (s* only where rows are written), compiled for (N, K, T)."""
+                     period_every: int = 1, verdict: bool = False) -> Any:
+    """The donated update as the analysis calls it (s* only where rows are written), compiled for (N, K, T);
+    ``verdict``: followed by the learned verdict (a bias-only fit: the arithmetic does not depend on the weights)."""
     import jax
     import jax.numpy as jnp
 
@@ -65,6 +70,15 @@ def _compiled_update(num_users: int, num_interests: int, buffer_windows: int, us
     params = DetectorConfig().kernel_params()  # the defaults, from the one place they live
     update = functools.partial(kernels.detector_update, degree=None, params=params, user_block=user_block,
                                with_limits=False, period_every=period_every)
+    if verdict:
+        size = len(kernels.VERDICT_FEATURES)
+        fit = kernels.VerdictParams(jnp.zeros(size), jnp.ones(size), jnp.full(size, 0.1), jnp.float32(0.0))
+        plain = update
+
+        def update(state, counts):  # noqa: F811  the same update, then the verdict
+            state, out = plain(state, counts)
+            flags = kernels.verdict_forgotten(state, kernels.verdict_features(state, out), fit, jnp.float32(0.0))
+            return state, out._replace(state=flags.astype(out.state.dtype))
     state = jax.eval_shape(lambda: kernels.detector_init(num_users, num_interests, buffer_windows))
     counts = jax.ShapeDtypeStruct((num_users, num_interests), jnp.float32)
     return jax.jit(update, donate_argnums=0).lower(state, counts).compile()
@@ -85,7 +99,8 @@ def draw_counts(rng: np.random.Generator, shape: tuple[int, int], *, seen: float
 
 def bench_one(num_users: int, num_interests: int, buffer_windows: int, user_block: int | None, *, repeats: int,
               warmup: int, min_time: float, seed: int, period_every: int = 1, seen: float = 1.0, rate: float = 1.0,
-              count_arrays: int = 1, history: int = 3, hold_outputs: bool = False) -> dict[str, Any]:
+              count_arrays: int = 1, history: int = 3, hold_outputs: bool = False,
+              verdict: bool = False) -> dict[str, Any]:
     """One N: ``history`` windows first, then each timed call one window. The counts are Poisson(``rate``) on a
     fixed random share ``seen`` of the pairs (0 elsewhere: interests the user never has), ``count_arrays``
     draws used in turn (1: the same counts every window, every pair seen active in each). ``hold_outputs``:
@@ -124,6 +139,20 @@ def bench_one(num_users: int, num_interests: int, buffer_windows: int, user_bloc
 
     timing = {"repeats": repeats, "warmup": warmup, "min_time": min_time}
     timings = {"update": _report.time_call(one_window, **timing), "copy_inplace": _report.time_call(copy_inplace, **timing)}
+    if verdict:
+        with_verdict = _compiled_update(num_users, num_interests, buffer_windows, user_block, period_every, True)
+        vholder = [kernels.detector_init(num_users, num_interests, buffer_windows), 0]
+        for w in range(history):
+            vholder[0], _ = with_verdict(vholder[0], pool[w % count_arrays])
+        vholder[1] = history
+
+        def one_verdict_window():
+            vholder[0], out = with_verdict(vholder[0], pool[vholder[1] % count_arrays])
+            vholder[1] += 1
+            return out.state
+
+        timings["update_with_verdict"] = _report.time_call(one_verdict_window, **timing)
+        timings["update_with_verdict"]["bytes"] = moved
     timings["update"]["bytes"] = moved
     timings["copy_inplace"]["bytes"] = 2 * copy_words * 4
     for t in timings.values():
@@ -143,6 +172,8 @@ def bench_one(num_users: int, num_interests: int, buffer_windows: int, user_bloc
         "copy_gbps": timings["copy_inplace"]["gbps"],
         "update_vs_copy_bandwidth": timings["update"]["gbps"] / timings["copy_inplace"]["gbps"],
         "ns_per_pair": timings["update"]["median_s"] / pairs * 1e9,
+        "verdict_vs_update": (timings["update_with_verdict"]["median_s"] / timings["update"]["median_s"]
+                              if verdict else None),
     }
 
 
@@ -196,6 +227,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--history", type=int, default=3, help="windows before the timed ones (default 3)")
     p.add_argument("--hold-outputs", action="store_true",
                    help="keep each window's outputs until the next window's are made, as the analysis does")
+    p.add_argument("--verdict", action="store_true",
+                   help="also time the update followed by the learned verdict, side by side")
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--min-time", type=float, default=0.05)
     p.add_argument("--probe-users", type=int, default=None,
@@ -213,6 +246,7 @@ COLUMNS = [
     ("copy_gbps", "copy GB/s", ".2f"),
     ("update_vs_copy_bandwidth", "update/copy", ".2f"),
     ("vs_every_window", "time vs every window", ".2f"),
+    ("verdict_vs_update", "with verdict / update", ".2f"),
 ]
 
 
@@ -237,7 +271,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "users": users, "interests": args.interests, "buffer_windows": args.buffer_windows, "scale": args.scale,
             "user_block": block, "period_every": args.period_every, "repeats": repeats, "warmup": args.warmup, "min_time_s": args.min_time,
             "seed": args.seed, "seen": args.seen, "rate": args.rate, "count_arrays": args.count_arrays,
-            "history": args.history, "hold_outputs": args.hold_outputs,
+            "history": args.history, "hold_outputs": args.hold_outputs, "verdict": args.verdict,
         },
         "notes": "update GB/s = (compiled argument + output bytes) / median time; copy = donated x + 1 over the "
                  "argument bytes, at most 4 GB (read + write). No NumPy or PyTorch peer: no such detector exists "
@@ -250,7 +284,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     def measure(n: int) -> list[dict[str, Any]]:
         rows = [bench_one(n, args.interests, args.buffer_windows, block, repeats=repeats, warmup=args.warmup,
                           min_time=args.min_time, seed=args.seed, period_every=every, seen=args.seen, rate=args.rate,
-                          count_arrays=args.count_arrays, history=args.history, hold_outputs=args.hold_outputs)
+                          count_arrays=args.count_arrays, history=args.history, hold_outputs=args.hold_outputs,
+                          verdict=args.verdict)
                 for every in args.period_every]
         base = next((r["update_ms"] for r in rows if r["period_every"] == 1), None)
         for r in rows:  # the ratio to taking every periodogram every window, measured in this run

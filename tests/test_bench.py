@@ -249,3 +249,14 @@ def test_each_size_that_fits_raises_what_is_not_a_later_size_out_of_memory():
     with pytest.raises(ValueError, match="a bug"):
         _report.each_size_that_fits([1, 2, 3], broken, payload)
     assert "out_of_memory" not in payload
+
+
+def test_detector_update_times_the_learned_verdict_beside_the_update(capsys):
+    from bench import detector_update
+
+    payload = detector_update.main(["--scale", "smoke", "--verdict", "--repeats", "1", "--min-time", "0",
+                                    "--out", ""])
+    r = payload["results"][0]
+    assert payload["config"]["verdict"] is True
+    assert r["timings"]["update_with_verdict"]["median_s"] > 0 and r["verdict_vs_update"] > 0
+    assert "with verdict / update" in capsys.readouterr().out
