@@ -136,3 +136,16 @@ def test_the_held_out_story_never_shapes_its_own_model_or_threshold(two_stories)
     means = [np.mean([metrics(V.verdict_flags(by_story[s], params, th), by_story[s].truth)["f1"] or 0.0
                       for s in others]) for th in thresholds]
     assert chosen == int(np.argmax(means))
+
+
+def test_the_matrix_scores_the_detectors_own_verdict_whatever_verdict_file_the_config_names(two_stories, tmp_path):
+    """A config pointing at a verdict file (for its single run) must not change, or break, the matrix's detector."""
+    config, by_story = two_stories
+    named = load_config(None, ["evaluate.matrix_users=60", "evaluate.matrix_days=70", "synthetic.users_per_shard=60",
+                               f"analysis.detector.verdict_file={tmp_path / 'missing.json'}"])
+    days = M.story_days(named, "classic")
+    counts = M.windowed(days, 7)
+    plain = M.method_alarms(config, counts, 0.25, 7)["detector"](0.01)
+    np.testing.assert_array_equal(M.method_alarms(named, counts, 0.25, 7)["detector"](0.01), plain)
+    rows = V.verdict_rows(named, counts, by_story["classic"].truth, 0.25, 7)
+    np.testing.assert_array_equal(rows.features, by_story["classic"].features)

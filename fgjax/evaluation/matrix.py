@@ -294,7 +294,8 @@ def method_alarms(config: Config, counts: np.ndarray, share: float, window_days:
     is flagged when the posterior at its last day passes the knob.
     """
     acfg = dataclasses.replace(config.analysis, window_seconds=window_days * 86400.0,
-                               detector=dataclasses.replace(config.analysis.detector, fade_share=share))
+                               detector=dataclasses.replace(config.analysis.detector, fade_share=share,
+                                                            verdict_file=""))  # the detector's own verdict
     device = jnp.asarray(counts)
     params, spec = window_params(acfg), window_spec(acfg, counts.shape[-1])
 

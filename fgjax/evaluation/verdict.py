@@ -50,7 +50,8 @@ def verdict_rows(config: Config, counts: np.ndarray, truth: Truth, share: float,
     """Run the detector (its default knobs, fades at ``share``) over ``(windows, users, slots)`` counts and keep
     each window's ``kernels.verdict_features`` on ``truth``'s pairs."""
     acfg = dataclasses.replace(config.analysis, window_seconds=window_days * 86400.0,
-                               detector=dataclasses.replace(config.analysis.detector, fade_share=share))
+                               detector=dataclasses.replace(config.analysis.detector, fade_share=share,
+                                                            verdict_file=""))  # the detector's own verdict
     params, spec = window_params(acfg), window_spec(acfg, counts.shape[-1])
     recent = config.analysis.detector.verdict_recent_windows
     user, slot = jnp.asarray(truth.user), jnp.asarray(truth.interest)
