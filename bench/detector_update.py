@@ -152,7 +152,8 @@ def bench_one(num_users: int, num_interests: int, buffer_windows: int, user_bloc
             return out.state
 
         timings["update_with_verdict"] = _report.time_call(one_verdict_window, **timing)
-        timings["update_with_verdict"]["bytes"] = moved
+        verdict_memory = _stats(with_verdict, num_users * num_interests)
+        timings["update_with_verdict"]["bytes"] = verdict_memory["argument"] + verdict_memory["output"]
     timings["update"]["bytes"] = moved
     timings["copy_inplace"]["bytes"] = 2 * copy_words * 4
     for t in timings.values():

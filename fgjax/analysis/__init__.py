@@ -31,6 +31,7 @@ from fgjax.analysis.tables import (
     write_forgetting,
     write_states,
 )
+from fgjax.analysis.verdict import VERDICT_FORMAT, VerdictFit, load_verdict, save_verdicts
 from fgjax.analysis.window import (
     EVIDENCE_FIELDS,
     AnalysisCarry,
@@ -42,6 +43,7 @@ from fgjax.analysis.window import (
     WindowSpec,
     detector_step,
     init_carry,
+    learned_states,
     pad_events,
     window_index,
     window_params,
@@ -61,6 +63,8 @@ __all__ = [
     "ScannedResult",
     "StreamResult",
     "TableWriters",
+    "VERDICT_FORMAT",
+    "VerdictFit",
     "Window",
     "WindowDetail",
     "WindowOutput",
@@ -73,6 +77,8 @@ __all__ = [
     "detector_step",
     "forgetting_table",
     "init_carry",
+    "learned_states",
+    "load_verdict",
     "log_windows",
     "monitor_init",
     "monitor_update",
@@ -80,6 +86,7 @@ __all__ = [
     "parquet_windows",
     "require_categories",
     "run_windows",
+    "save_verdicts",
     "state_series",
     "states_table",
     "window_index",
