@@ -423,7 +423,8 @@ def evaluate_detection(config: Config, out: str | Path, report: Reporter = _quie
     ``detection.md`` and the plots ``out/plots/{detection_pr,forgetting,interest_timeline}.png``).
     """
     from fgjax.evaluation.detection import evaluate_detection_on, format_report, write_report
-    from fgjax.evaluation.matrix import evaluate_matrix, format_summary, format_targets, target_checks, write_matrix
+    from fgjax.evaluation.matrix import (evaluate_matrix, format_summary, format_targets, learned_target_checks,
+                                        target_checks, write_matrix)
     from fgjax.plots import plot_detection_pr, plot_interest_timeline
 
     out = Path(out).absolute()
@@ -438,6 +439,9 @@ def evaluate_detection(config: Config, out: str | Path, report: Reporter = _quie
             matrix = evaluate_matrix(config, shown)
             shown(format_summary(matrix))
             shown(format_targets(target_checks(matrix)))
+            learned = learned_target_checks(matrix)
+            if learned:
+                shown(format_targets(learned))
             write_matrix(matrix, config, stage)
             written = ["matrix.json", "matrix.md"] + (["verdict.json"] if matrix.verdicts else [])
             shown(f"wrote {', '.join(str(out / name) for name in written)} ({matrix.setup['seconds']:.0f}s)")

@@ -230,6 +230,16 @@ def test_evaluate_detection_writes_the_report_and_plots(tmp_path, capsys):
     assert pq.read_table(out / "states.parquet").num_rows > 0
     for png in ("detection_pr.png", "forgetting.png", "interest_timeline.png"):
         assert (out / "plots" / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # The learned verdict: its targets printed, its fit written, and that fit judging the single run's analysis.
+    assert "Targets (the learned verdict, fitted leave-one-story-out)" in stdout
+    fits = json.loads((out / "verdict.json").read_text())["fits"]
+    assert {(f["window_days"], f["fade_share"]) for f in fits} == {(1.0, 0.25), (1.0, 0.05), (7.0, 0.25), (7.0, 0.05)}
+    code, stdout, err = run_cli(["evaluate", "--detection", "--out", tmp_path / "det_v", *small, "--set",
+                                 "evaluate.detection_stories=[]", "--set",
+                                 f"analysis.detector.verdict_file={out / 'verdict.json'}"], capsys)
+    assert code == 0, err
+    own, learned = (pq.read_table(p / "states.parquet") for p in (out, tmp_path / "det_v"))
+    assert "forgotten" in learned["state"].to_pylist() and not learned.equals(own)
 
 
 @pytest.mark.parametrize("window", ["0d", "-3", "7x", "soon", "inf"])

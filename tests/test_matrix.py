@@ -137,6 +137,27 @@ def test_the_matrix_files_hold_the_targets(tiny, tmp_path):
     assert written["targets"] == json.loads(json.dumps(M.target_checks(report)))
     assert written["targets"]["of"] == 12  # 2 shares x 3 stories x 2 windows
     assert "| met | | |" in (tmp_path / "matrix.md").read_text()
+    # The learned verdict's targets beside the detector's, each from its own cells.
+    learned = written["learned_targets"]
+    assert learned["method"] == "learned" and learned["of"] == 12
+    assert learned == json.loads(json.dumps(M.learned_target_checks(report)))
+    for share, by_story in report.cells.items():
+        for story, by_window in by_story.items():
+            for window, m in by_window.items():
+                got = learned["cells"][share][story][window]["beats_rule"]
+                assert got == ((m["learned"]["f1"] or 0.0) >= (m["silence"]["f1"] or 0.0))
+    text = (tmp_path / "matrix.md").read_text()
+    assert "Targets (the learned verdict, fitted leave-one-story-out)" in text
+    assert "Targets (the detector, knob leave-one-story-out)" in text
+    assert (tmp_path / "verdict.json").exists()
+    # Without the learned verdict: no learned targets and no verdict.json.
+    bare = M.MatrixReport(cells={s: {k: {w: {n: v for n, v in m.items() if n != "learned"} for w, m in bw.items()}
+                                     for k, bw in bs.items()} for s, bs in report.cells.items()},
+                          grid={}, setup={})
+    assert M.learned_target_checks(bare) is None
+    M.write_matrix(bare, config, tmp_path / "bare")
+    assert "learned_targets" not in json.loads((tmp_path / "bare" / "matrix.json").read_text())
+    assert not (tmp_path / "bare" / "verdict.json").exists()
 
 
 def test_best_index_picks_the_best_f1_within_the_cap_and_none_without_one():

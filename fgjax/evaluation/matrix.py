@@ -531,8 +531,9 @@ class Targets:
     flagged_again: float = 0.02  # returned interests flagged again at most this share
 
 
-def target_checks(matrix: MatrixReport, targets: Targets = Targets()) -> dict[str, Any]:
-    """Per cell, whether the detector (knob leave-one-story-out) meets each target, and the count over cells.
+def target_checks(matrix: MatrixReport, targets: Targets = Targets(), method: str = "detector") -> dict[str, Any]:
+    """Per cell, whether ``method`` (the detector, knob leave-one-story-out, unless named: ``learned`` for the
+    learned verdict) meets each target, and the count over cells.
 
     ``cells[share][story][window]``: ``f1`` (F1 >= ``targets.f1``) with ``ceiling_allows`` (the oracle's F1
     reaches it: otherwise no detector of the counts can), ``beats_rule`` (F1 at least the silence rule's at its
@@ -543,7 +544,7 @@ def target_checks(matrix: MatrixReport, targets: Targets = Targets()) -> dict[st
     for share, by_story in matrix.cells.items():
         for story, by_window in by_story.items():
             for window, m in by_window.items():
-                d, rule, top = m["detector"], m["silence"], m["oracle"]
+                d, rule, top = m[method], m["silence"], m["oracle"]
                 delay, rule_delay = d["median_delay"], rule["median_delay"]
                 again = d["reactivated_flagged_again"]
                 cells.setdefault(share, {}).setdefault(story, {})[window] = {
@@ -556,14 +557,23 @@ def target_checks(matrix: MatrixReport, targets: Targets = Targets()) -> dict[st
                 }
     flat = [c for by_story in cells.values() for by_window in by_story.values() for c in by_window.values()]
     met = {key: sum(c[key] for c in flat) for key in (flat[0] if flat else {})}
-    return {"targets": dataclasses.asdict(targets), "cells": cells, "met": met, "of": len(flat)}
+    return {"targets": dataclasses.asdict(targets), "method": method, "cells": cells, "met": met, "of": len(flat)}
+
+
+def learned_target_checks(matrix: MatrixReport, targets: Targets = Targets()) -> dict[str, Any] | None:
+    """``target_checks`` of the learned verdict; None when the matrix did not score it."""
+    scored = all("learned" in m for by_story in matrix.cells.values() for by_window in by_story.values()
+                 for m in by_window.values())
+    return target_checks(matrix, targets, "learned") if matrix.cells and scored else None
 
 
 def format_targets(checks: dict[str, Any]) -> str:
     """Markdown: which cells meet which target, and the counts."""
     t, n = checks["targets"], checks["of"]
     mark = lambda ok: "yes" if ok else "**no**"  # noqa: E731
-    lines = [f"Targets (the detector, knob leave-one-story-out): F1 >= {t['f1']:g} (and whether the ceiling allows "
+    who = {"detector": "the detector, knob leave-one-story-out",
+           "learned": "the learned verdict, fitted leave-one-story-out"}.get(checks.get("method"), checks.get("method"))
+    lines = [f"Targets ({who}): F1 >= {t['f1']:g} (and whether the ceiling allows "
              f"it), at least the silence rule's best F1, an earlier median delay, loyal ever flagged <= "
              f"{t['loyal_ever_flagged']:.0%}, flagged again <= {t['flagged_again']:.0%}.", "",
              "| share | story | windows | F1 | ceiling allows F1 | >= rule | earlier | loyal | flagged again |",
@@ -586,10 +596,12 @@ def write_matrix(matrix: MatrixReport, config: Config, out: Path) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     path = out / "matrix.json"
     checks = target_checks(matrix)
-    path.write_text(json.dumps({"matrix": matrix.to_json(), "targets": checks, "config": to_dict(config)},
-                               indent=2) + "\n")
+    learned = learned_target_checks(matrix)
+    path.write_text(json.dumps({"matrix": matrix.to_json(), "targets": checks, "config": to_dict(config),
+                                **({"learned_targets": learned} if learned else {})}, indent=2) + "\n")
     if matrix.verdicts:
         save_verdicts(list(matrix.verdicts), out / "verdict.json")
     (out / "matrix.md").write_text(format_summary(matrix) + "\n" + format_targets(checks) + "\n"
+                                   + (format_targets(learned) + "\n" if learned else "")
                                    + format_errors(matrix) + "\n" + format_matrix(matrix) + "\n")
     return path
