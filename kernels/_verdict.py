@@ -18,8 +18,8 @@ before it, ``r`` the events per window before it):
 - ``silence_over_longest_gap``: log((s + 1) / (longest gap it came back from + 1));
 - ``log_gaps``: log(1 + silences it came back from);
 - ``active_share``: active windows / h;
-- ``log_recent_expected_in_silence``: log(1 + r' s), r' the events per lived window of the last
-  ``recent_windows`` windows (0 once the silence covers them all);
+- ``log_recent_expected_in_silence``: log(1 + r' s), r' the events of the last ``recent_windows`` lived windows
+  per window of them before the silence (0 once the silence covers them all);
 - ``log_user_events_in_silence``: log(1 + the user's events in its other interests during the silence),
   read from the activity buffer (at most its ``T`` windows);
 - ``log_user_expected_in_silence``: log(1 + max(R - r, 1e-3) s), R the user's events per window of
@@ -84,6 +84,9 @@ class VerdictParams(NamedTuple):
 
 def verdict_features(state: DetectorState, output: DetectorOutput, recent_windows: int = 16) -> Array:
     """``(users, K, len(VERDICT_FEATURES))`` float32: the module docstring's features after one window's update.
+
+    All users at once (not in the detector's ``user_block`` blocks): its two buffer sums are one fused
+    reduction, so no ``(users, K, T)`` temporary is written on XLA:CPU.
 
     Args:
       state: the detector state after the window (``detector_update``'s first result).
