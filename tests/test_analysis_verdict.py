@@ -45,6 +45,7 @@ def test_a_saved_fit_loads_back_for_its_window_and_share(tmp_path):
     (lambda d: d["fits"][0].update(weights=[1.0] * (F - 1)), f"fits[0].weights must hold {F} finite numbers"),
     (lambda d: d["fits"][0].update(scale=[0.0] * F), "needs a positive scale"),
     (lambda d: d["fits"][0].update(recent_windows=8), "was computed with recent_windows=8"),
+    (lambda d: d["fits"][0].update(recent_windows="many"), "was computed with recent_windows=many"),
     (lambda d: d["fits"][0].update(window_days=7.0), "no fit for windows of 1 days and fade_share 0.25 (it has: 7 d"),
     (lambda d: d["fits"][0].pop("bias"), "lacks a numeric 'bias'"),
 ])

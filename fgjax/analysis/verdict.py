@@ -83,7 +83,7 @@ def load_verdict(path: str | Path, window_days: float, fade_share: float, recent
         except (KeyError, TypeError, ValueError):
             raise ConfigError(f"{where}: fits[{i}] has no numeric window_days and fade_share") from None
         if math.isclose(days, window_days, rel_tol=1e-6) and math.isclose(share, fade_share, rel_tol=1e-6):
-            if int(fit.get("recent_windows", -1)) != recent_windows:
+            if fit.get("recent_windows") != recent_windows:
                 raise ConfigError(f"{where}: fits[{i}] was computed with recent_windows={fit.get('recent_windows')}, "
                                   f"analysis.detector.verdict_recent_windows is {recent_windows}")
             return _fit_from_json(fit, where, i)
@@ -107,5 +107,5 @@ def _fit_from_json(fit: dict[str, Any], where: str, i: int) -> VerdictFit:
     params = kernels.VerdictParams(mean=vectors["mean"], scale=vectors["scale"], weights=vectors["weights"],
                                    bias=np.float32(bias))
     return VerdictFit(window_days=float(fit["window_days"]), fade_share=float(fit["fade_share"]),
-                      recent_windows=int(fit["recent_windows"]), params=params, threshold=threshold,
+                      recent_windows=fit["recent_windows"], params=params, threshold=threshold,
                       stories=tuple(fit.get("stories") or ()), false_alarm=fit.get("false_alarm"))

@@ -129,7 +129,17 @@ def fit_verdict(features: np.ndarray, labels: np.ndarray, weights: np.ndarray, s
 
 def verdict_flags(rows: VerdictRows, params: kernels.VerdictParams, threshold: float) -> np.ndarray:
     """``(windows, users, slots)`` bool forgotten: silent rows whose log-odds exceed ``threshold``."""
+    return _flags(rows, np.asarray(kernels.verdict_logit(rows.features, params)), threshold)
+
+
+def threshold_points(rows: VerdictRows, params: kernels.VerdictParams, thresholds: list[float],
+                     metrics: Any) -> list[dict[str, Any]]:
+    """``metrics(flags, truth)`` at each threshold; the log-odds are computed once for the whole sweep."""
     logit = np.asarray(kernels.verdict_logit(rows.features, params))
+    return [metrics(_flags(rows, logit, th), rows.truth) for th in thresholds]
+
+
+def _flags(rows: VerdictRows, logit: np.ndarray, threshold: float) -> np.ndarray:
     flags = np.zeros(rows.shape, bool)
     flags[:, rows.truth.user, rows.truth.interest] = rows.silent & (logit > threshold)
     return flags
@@ -143,7 +153,7 @@ def fit_and_threshold(config: Config, stories: list[VerdictRows], metrics: Any,
     rng = np.random.default_rng([e.verdict_seed, seed])
     x, y, w = training_set(stories, e.detection_early_windows, e.verdict_rows_per_story, rng)
     params = fit_verdict(x, y, w, e.verdict_steps, e.verdict_learning_rate)
-    f1 = [[metrics(verdict_flags(rows, params, th), rows.truth)["f1"] or 0.0 for th in e.verdict_threshold_sweep]
+    f1 = [[p["f1"] or 0.0 for p in threshold_points(rows, params, e.verdict_threshold_sweep, metrics)]
           for rows in stories]
     return params, int(np.argmax(np.mean(f1, axis=0)))
 
@@ -165,8 +175,7 @@ def held_out_verdicts(config: Config, by_story: dict[str, VerdictRows],
         others = [s for s in by_story if s != held] or [held]
         params, chosen = fit_and_threshold(config, [by_story[s] for s in others], metrics,
                                            sorted(by_story).index(held))
-        points = [metrics(verdict_flags(by_story[held], params, th), by_story[held].truth)
-                  for th in config.evaluate.verdict_threshold_sweep]
+        points = threshold_points(by_story[held], params, config.evaluate.verdict_threshold_sweep, metrics)
         out[held] = (chosen, points, params)
     return out
 
