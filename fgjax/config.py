@@ -580,10 +580,22 @@ class EvaluateConfig:
     verdict_learning_rate: float = setting(0.03, gt=0)
     verdict_rows_per_story: int = setting(200_000, ge=1)  # silent (window, interest) rows each story lends the fit
     verdict_seed: int = 0  # which rows are drawn when a story has more than verdict_rows_per_story
+    # The fit's family: each story is drawn again this many times (other users) with periods and pauses drawn from
+    # the wide ranges below, and those draws join the fit and the threshold's choice (never the scored cells; a
+    # held-out story's own draws stay out of its fit). A fitted model knows only the stories it saw: the matrix's
+    # draws alone (period_days 5-14) taught it that a busy young interest silent for three weeks is gone, which a
+    # monthly shopper is not. 0 = the matrix's draws only.
+    verdict_family_draws: int = setting(1, ge=0)
+    verdict_period_days: list[int] = setting([2, 42], ge=2)  # [min, max] of a periodic interest's period there
+    verdict_pause_days: list[int] = setting([14, 63], ge=1)  # [min, max] of a reactivated interest's pause there
 
     def _check(self, where: str) -> None:
         if not self.ks:
             raise ConfigError(f"{where}.ks: expected at least one cut-off, e.g. [10, 20]")
+        for name in ("verdict_period_days", "verdict_pause_days"):
+            span = getattr(self, name)
+            if len(span) != 2 or span[0] > span[1]:
+                raise ConfigError(f"{where}.{name}: expected [min, max] with min <= max, got {span!r}")
 
 
 @dataclasses.dataclass(frozen=True)

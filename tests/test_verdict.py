@@ -9,6 +9,7 @@ import pytest
 
 from fgjax import kernels
 from fgjax.config import load_config
+from fgjax.errors import ConfigError
 from fgjax.data import synthetic
 from fgjax.evaluation import matrix as M
 from fgjax.evaluation import verdict as V
@@ -151,3 +152,51 @@ def test_the_matrix_scores_the_detectors_own_verdict_whatever_verdict_file_the_c
     np.testing.assert_array_equal(M.method_alarms(named, counts, 0.25, 7)["detector"](0.01), plain)
     rows = V.verdict_rows(named, counts, by_story["classic"].truth, 0.25, 7)
     np.testing.assert_array_equal(rows.features, by_story["classic"].features)
+
+
+def test_a_storys_family_draws_train_the_other_stories_models_never_its_own(two_stories):
+    """``evaluate.verdict_family_draws``: a story's extra draws join every other story's fit and threshold, and
+    the fit that verdict.json holds, but never the fit of the story they were drawn from."""
+    config, by_story = two_stories
+
+    def metrics(flags, truth):
+        return M.cell_metrics(flags, truth, config.evaluate.detection_early_windows)
+
+    def draw(story):
+        days = M.story_days(M.family_config(config, 0), story)
+        counts = M.windowed(days, 7)
+        truth = M.story_truth(days, counts, 7, 0.25, config.evaluate.matrix_margin_days,
+                              config.evaluate.min_expected_events)
+        return V.verdict_rows(config, counts, truth, 0.25, 7)
+
+    family = {"classic": [draw("classic")], "hawkes": [draw("hawkes")]}
+    plain = V.held_out_verdicts(config, by_story, metrics)
+    first = V.held_out_verdicts(config, by_story, metrics, family)
+
+    def weights(out, story):
+        return np.asarray(out[story][2].weights)
+
+    assert not np.array_equal(weights(plain, "hawkes"), weights(first, "hawkes"))  # classic's draw joined it
+    own = dict(family, hawkes=[dataclasses.replace(r, features=r.features[::-1].copy()) for r in family["hawkes"]])
+    second = V.held_out_verdicts(config, by_story, metrics, own)
+    np.testing.assert_array_equal(weights(first, "hawkes"), weights(second, "hawkes"))
+    assert first["hawkes"][0] == second["hawkes"][0]
+    assert not np.array_equal(weights(first, "classic"), weights(second, "classic"))
+    fit = V.verdict_for_analysis(config, by_story, metrics, 7, 0.25, family)
+    assert fit.stories == ("classic", "hawkes", "engaged", "classic (family draw 1)", "hawkes (family draw 1)")
+
+
+def test_the_family_draws_other_users_with_the_wide_periods_and_pauses():
+    config = load_config(None, ["evaluate.matrix_users=60", "evaluate.matrix_days=70", "synthetic.users_per_shard=60",
+                                "evaluate.verdict_period_days=[20, 30]", "evaluate.verdict_pause_days=[15, 16]"])
+    drawn = M.family_config(config, 1)
+    syn = drawn.synthetic
+    assert (syn.period_days_min, syn.period_days_max, syn.pause_days_min, syn.pause_days_max) == (20, 30, 15, 16)
+    assert syn.seed == config.synthetic.seed + 2 * M.FAMILY_SEED_STRIDE and drawn.evaluate == config.evaluate
+    days = M.story_days(drawn, "classic")
+    reactivated = days.kind == synthetic.REACTIVATED
+    assert reactivated.any() and set((days.resume - days.change)[reactivated]) <= {15, 16}
+    assert not np.array_equal(days.counts, M.story_days(config, "classic").counts)
+    for bad in ("[30, 20]", "[20]"):
+        with pytest.raises(ConfigError, match=r"evaluate\.verdict_period_days: expected \[min, max\]"):
+            load_config(None, [f"evaluate.verdict_period_days={bad}"])

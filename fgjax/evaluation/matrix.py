@@ -127,6 +127,20 @@ def story_days(config: Config, story: str) -> StoryDays:
                      rates=synthetic.TrueRates(**{k: np.concatenate(v) for k, v in rates.items()}))
 
 
+FAMILY_SEED_STRIDE = 10_000  # the verdict's family draw d uses synthetic.seed + stride * (d + 1): other users
+
+
+def family_config(config: Config, draw: int) -> Config:
+    """The config of the learned verdict's family draw ``draw`` (0-based): the same stories, other users (another
+    seed), a periodic interest's period and a pause drawn from ``evaluate.verdict_period_days`` /
+    ``verdict_pause_days``."""
+    e = config.evaluate
+    syn = dataclasses.replace(config.synthetic, seed=config.synthetic.seed + FAMILY_SEED_STRIDE * (draw + 1),
+                              period_days_min=e.verdict_period_days[0], period_days_max=e.verdict_period_days[1],
+                              pause_days_min=e.verdict_pause_days[0], pause_days_max=e.verdict_pause_days[1])
+    return dataclasses.replace(config, synthetic=syn)
+
+
 def oracle_posteriors(config: Config, days: StoryDays) -> dict[float, np.ndarray]:
     """``oracle.forgotten_posterior`` of the story's pairs at every share of ``evaluate.fade_shares``."""
     if days.rates is None:
@@ -353,6 +367,7 @@ def evaluate_matrix(config: Config, report: Callable[[str], None] = lambda _: No
     grid: dict[str, Any] = {}  # share -> story -> window -> method -> [metrics per knob]
     shares = [str(s) for s in e.fade_shares]
     evidence: dict[tuple[str, str], dict[str, verdict.VerdictRows]] = {}  # (share, window) -> story -> rows
+    family: dict[tuple[str, str], dict[str, list[verdict.VerdictRows]]] = {}  # the same, the fit's extra draws
     for story in e.detection_stories:
         days = story_days(config, story)
         posteriors = oracle_posteriors(config, days)
@@ -380,6 +395,15 @@ def evaluate_matrix(config: Config, report: Callable[[str], None] = lambda _: No
                     evidence.setdefault((s, window), {})[story] = verdict.verdict_rows(config, counts, truths[s],
                                                                                        float(s), int(wd))
             report(f"  {story} {window}: {time.perf_counter() - started:.0f}s")
+        for draw in range(e.verdict_family_draws if e.verdict else 0):
+            drawn = story_days(family_config(config, draw), story)
+            for wd in e.detection_window_days:
+                counts = windowed(drawn, int(wd))
+                for s in shares:
+                    truth = story_truth(drawn, counts, int(wd), float(s), e.matrix_margin_days, e.min_expected_events)
+                    family.setdefault((s, _label(int(wd))), {}).setdefault(story, []).append(
+                        verdict.verdict_rows(config, counts, truth, float(s), int(wd)))
+            report(f"  {story}, the verdict's family draw {draw + 1}: {time.perf_counter() - started:.0f}s")
     # The learned verdict: fitted and thresholded on the other stories of each cell, so its whole model is
     # chosen leave-one-story-out (its grid is each story's under the model that did not see it).
     learned_index: dict[tuple[str, str, str], int] = {}
@@ -389,11 +413,12 @@ def evaluate_matrix(config: Config, report: Callable[[str], None] = lambda _: No
             return cell_metrics(flags, truth, e.detection_early_windows)
 
         for (s, window), by_story in evidence.items():
-            for story, (chosen, points, _) in verdict.held_out_verdicts(config, by_story, metrics).items():
+            extra = family.get((s, window), {})
+            for story, (chosen, points, _) in verdict.held_out_verdicts(config, by_story, metrics, extra).items():
                 grid[s][story][window]["learned"] = points
                 learned_index[(s, story, window)] = chosen
             window_days = next(float(wd) for wd in e.detection_window_days if _label(int(wd)) == window)
-            fits.append(verdict.verdict_for_analysis(config, by_story, metrics, window_days, float(s)))
+            fits.append(verdict.verdict_for_analysis(config, by_story, metrics, window_days, float(s), extra))
         report(f"  learned verdict: {time.perf_counter() - started:.0f}s")
     cells: dict[str, Any] = {}
     for share_text, by_story in grid.items():
@@ -423,6 +448,8 @@ def evaluate_matrix(config: Config, report: Callable[[str], None] = lambda _: No
         "users": e.matrix_users, "days": e.matrix_days, "fade_shares": list(e.fade_shares),
         "interests_per_user": [config.synthetic.min_interests, config.synthetic.max_interests],
         "categories": config.synthetic.num_categories, "seed": config.synthetic.seed, "sweeps": knobs,
+        "verdict_family": ({"draws": e.verdict_family_draws, "period_days": list(e.verdict_period_days),
+                            "pause_days": list(e.verdict_pause_days)} if e.verdict else None),
         "seconds": time.perf_counter() - started,
     }
     return MatrixReport(cells=cells, grid=grid, setup=setup, verdicts=tuple(fits))

@@ -15,6 +15,7 @@ hundred quiet days weigh what one stopped interest's do.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any
 
 import jax
@@ -23,7 +24,7 @@ import numpy as np
 import optax
 
 from fgjax import kernels
-from fgjax.analysis import detector_step, window_params, window_spec
+from fgjax.analysis import WindowParams, WindowSpec, detector_step, window_params, window_spec
 from fgjax.analysis.verdict import VerdictFit
 from fgjax.config import Config
 from fgjax.evaluation.detection import Truth
@@ -46,6 +47,22 @@ class VerdictRows:
     shape: tuple[int, int, int]
 
 
+@functools.partial(jax.jit, static_argnames=("spec", "recent_windows"))
+def _evidence_series(counts: jax.Array, params: WindowParams, spec: WindowSpec,
+                     recent_windows: int) -> tuple[jax.Array, jax.Array]:
+    """``(windows, users, K, F)`` verdict features and ``(windows, users, K)`` silent rows over a count series.
+
+    Module-level and of every user (not gathered to a story's pairs) so that one compile serves every story and
+    fade share of a window length: the matrix calls it 16 times and more, and each compile costs seconds.
+    """
+    def step(state, window_counts):
+        state, out = detector_step(state, window_counts, None, params, spec)
+        return state, (kernels.verdict_features(state, out, recent_windows), (state.alive > 0) & (state.silence > 0))
+
+    init = kernels.detector_init(counts.shape[1], counts.shape[2], spec.buffer_windows)
+    return jax.lax.scan(step, init, counts)[1]
+
+
 def verdict_rows(config: Config, counts: np.ndarray, truth: Truth, share: float, window_days: int) -> VerdictRows:
     """Run the detector (its default knobs, fades at ``share``) over ``(windows, users, slots)`` counts and keep
     each window's ``kernels.verdict_features`` on ``truth``'s pairs."""
@@ -53,22 +70,10 @@ def verdict_rows(config: Config, counts: np.ndarray, truth: Truth, share: float,
                                detector=dataclasses.replace(config.analysis.detector, fade_share=share,
                                                             verdict_file=""))  # the detector's own verdict
     params, spec = window_params(acfg), window_spec(acfg, counts.shape[-1])
-    recent = config.analysis.detector.verdict_recent_windows
-    user, slot = jnp.asarray(truth.user), jnp.asarray(truth.interest)
-
-    def step(state, window_counts):
-        state, out = detector_step(state, window_counts, None, params, spec)
-        pairs = kernels.verdict_features(state, out, recent)[user, slot]
-        silent = ((state.alive > 0) & (state.silence > 0))[user, slot]
-        return state, (pairs, silent)
-
-    @jax.jit
-    def series(c):
-        init = kernels.detector_init(c.shape[1], c.shape[2], spec.buffer_windows)
-        return jax.lax.scan(step, init, c)[1]
-
-    features, silent = series(jnp.asarray(counts, jnp.float32))
-    return VerdictRows(np.asarray(features), np.asarray(silent), truth, tuple(counts.shape))
+    features, silent = _evidence_series(jnp.asarray(counts, jnp.float32), params, spec,
+                                        config.analysis.detector.verdict_recent_windows)
+    pairs = (slice(None), truth.user, truth.interest)
+    return VerdictRows(np.asarray(features)[pairs], np.asarray(silent)[pairs], truth, tuple(counts.shape))
 
 
 def verdict_labels(rows: VerdictRows, early: int) -> np.ndarray:
@@ -158,34 +163,43 @@ def fit_and_threshold(config: Config, stories: list[VerdictRows], metrics: Any,
     return params, int(np.argmax(np.mean(f1, axis=0)))
 
 
-def held_out_verdicts(config: Config, by_story: dict[str, VerdictRows],
-                      metrics: Any) -> dict[str, tuple[int, list[dict[str, Any]], kernels.VerdictParams]]:
+def held_out_verdicts(config: Config, by_story: dict[str, VerdictRows], metrics: Any,
+                      family: dict[str, list[VerdictRows]] | None = None,
+                      ) -> dict[str, tuple[int, list[dict[str, Any]], kernels.VerdictParams]]:
     """Per held-out story: the model fitted on the others, every threshold's metrics on the held-out story, and
     the threshold with the best mean F1 on the others.
 
     Args:
       by_story: one cell row's (same window length and share) ``VerdictRows`` per story.
       metrics: ``(flags, truth) -> dict`` with an ``"f1"`` entry (``matrix.cell_metrics`` at the cell's ``early``).
+      family: more draws of each story (``evaluate.verdict_family_draws``): they join the fit and the threshold's
+        choice of every held-out story but their own, and are never scored.
 
     Returns:
       ``story -> (chosen threshold index, [metrics per threshold on the story], params)``.
     """
+    family = family or {}
     out = {}
     for held in by_story:
         others = [s for s in by_story if s != held] or [held]
-        params, chosen = fit_and_threshold(config, [by_story[s] for s in others], metrics,
-                                           sorted(by_story).index(held))
+        training = [by_story[s] for s in others] + [r for s in others for r in family.get(s, [])]
+        params, chosen = fit_and_threshold(config, training, metrics, sorted(by_story).index(held))
         points = threshold_points(by_story[held], params, config.evaluate.verdict_threshold_sweep, metrics)
         out[held] = (chosen, points, params)
     return out
 
 
 def verdict_for_analysis(config: Config, by_story: dict[str, VerdictRows], metrics: Any, window_days: float,
-                         share: float) -> VerdictFit:
-    """The verdict fitted on every story of ``by_story`` and thresholded on them all: what ``verdict.json`` holds
-    for ``fgjax analyze`` at this window length and share (no story is held out: it scores none)."""
-    params, chosen = fit_and_threshold(config, list(by_story.values()), metrics, len(by_story))
+                         share: float, family: dict[str, list[VerdictRows]] | None = None) -> VerdictFit:
+    """The verdict fitted on every story of ``by_story`` (and every draw of ``family``) and thresholded on them
+    all: what ``verdict.json`` holds for ``fgjax analyze`` at this window length and share (no story is held out:
+    it scores none)."""
+    family = family or {}
+    extra = [(f"{story} (family draw {i + 1})", rows) for story in by_story for i, rows in enumerate(family.get(story, []))]
+    params, chosen = fit_and_threshold(config, list(by_story.values()) + [rows for _, rows in extra], metrics,
+                                       len(by_story))
     return VerdictFit(window_days=float(window_days), fade_share=float(share),
                       recent_windows=config.analysis.detector.verdict_recent_windows, params=params,
-                      threshold=float(config.evaluate.verdict_threshold_sweep[chosen]), stories=tuple(by_story),
+                      threshold=float(config.evaluate.verdict_threshold_sweep[chosen]),
+                      stories=tuple(by_story) + tuple(name for name, _ in extra),
                       false_alarm=float(config.analysis.detector.false_alarm))
