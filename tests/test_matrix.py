@@ -149,7 +149,11 @@ def test_the_matrix_files_hold_the_targets(tiny, tmp_path):
     text = (tmp_path / "matrix.md").read_text()
     assert "Targets (the learned verdict, fitted leave-one-story-out)" in text
     assert "Targets (the detector, knob leave-one-story-out)" in text
-    assert (tmp_path / "verdict.json").exists()
+    # verdict.json's fits saw every story and each story's family draw; the setup says what the family was.
+    fits = json.loads((tmp_path / "verdict.json").read_text())["fits"]
+    assert len(fits) == 4 and all(f["stories"] == ["classic", "hawkes", "engaged", "classic (family draw 1)",
+                                                   "hawkes (family draw 1)", "engaged (family draw 1)"] for f in fits)
+    assert written["matrix"]["setup"]["verdict_family"] == {"draws": 1, "period_days": [2, 42], "pause_days": [14, 63]}
     # Without the learned verdict: no learned targets and no verdict.json.
     bare = M.MatrixReport(cells={s: {k: {w: {n: v for n, v in m.items() if n != "learned"} for w, m in bw.items()}
                                      for k, bw in bs.items()} for s, bs in report.cells.items()},
