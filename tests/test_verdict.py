@@ -182,7 +182,7 @@ def test_a_storys_family_draws_train_the_other_stories_models_never_its_own(two_
     np.testing.assert_array_equal(weights(first, "hawkes"), weights(second, "hawkes"))
     assert first["hawkes"][0] == second["hawkes"][0]
     assert not np.array_equal(weights(first, "classic"), weights(second, "classic"))
-    fit = V.verdict_for_analysis(config, by_story, metrics, 7, 0.25, family)
+    fit = V.verdict_for_analysis(config, by_story, 7, 0.25, family)
     assert fit.stories == ("classic", "hawkes", "engaged", "classic (family draw 1)", "hawkes (family draw 1)")
 
 
@@ -200,3 +200,18 @@ def test_the_family_draws_other_users_with_the_wide_periods_and_pauses():
     for bad in ("[30, 20]", "[20]"):
         with pytest.raises(ConfigError, match=r"evaluate\.verdict_period_days: expected \[min, max\]"):
             load_config(None, [f"evaluate.verdict_period_days={bad}"])
+
+
+def test_the_threshold_choices_f1_is_the_cell_metrics_f1(two_stories):
+    """``threshold_f1`` (first alarms per pair, no (windows, users, slots) flags) gives ``cell_metrics``' F1 at
+    every threshold, on every story and under a fit that makes the sweep span no flags to many."""
+    config, by_story = two_stories
+    e = config.evaluate
+    x, y, w = V.training_set(list(by_story.values()), e.detection_early_windows, 10_000, np.random.default_rng(0))
+    params = V.fit_verdict(x, y, w, steps=100)
+    thresholds = [-30.0, *e.verdict_threshold_sweep, 30.0]
+    for rows in by_story.values():
+        want = [p["f1"] or 0.0 for p in V.threshold_points(
+            rows, params, thresholds, lambda f, t: M.cell_metrics(f, t, e.detection_early_windows))]
+        assert V.threshold_f1(rows, params, thresholds, e.detection_early_windows) == want
+        assert len(set(want)) > 3  # the sweep moves the score

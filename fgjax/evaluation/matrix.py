@@ -418,7 +418,7 @@ def evaluate_matrix(config: Config, report: Callable[[str], None] = lambda _: No
                 grid[s][story][window]["learned"] = points
                 learned_index[(s, story, window)] = chosen
             window_days = next(float(wd) for wd in e.detection_window_days if _label(int(wd)) == window)
-            fits.append(verdict.verdict_for_analysis(config, by_story, metrics, window_days, float(s), extra))
+            fits.append(verdict.verdict_for_analysis(config, by_story, window_days, float(s), extra))
         report(f"  learned verdict: {time.perf_counter() - started:.0f}s")
     cells: dict[str, Any] = {}
     for share_text, by_story in grid.items():

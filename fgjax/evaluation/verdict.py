@@ -27,7 +27,7 @@ from fgjax import kernels
 from fgjax.analysis import WindowParams, WindowSpec, detector_step, window_params, window_spec
 from fgjax.analysis.verdict import VerdictFit
 from fgjax.config import Config
-from fgjax.evaluation.detection import Truth
+from fgjax.evaluation.detection import Truth, score
 
 
 @dataclasses.dataclass(frozen=True)
@@ -150,16 +150,32 @@ def _flags(rows: VerdictRows, logit: np.ndarray, threshold: float) -> np.ndarray
     return flags
 
 
-def fit_and_threshold(config: Config, stories: list[VerdictRows], metrics: Any,
-                      seed: int) -> tuple[kernels.VerdictParams, int]:
+def threshold_f1(rows: VerdictRows, params: kernels.VerdictParams, thresholds: list[float], early: int) -> list[float]:
+    """The F1 (``detection.score``'s, 0 for none) of the verdict at each threshold, from first alarms per pair.
+
+    What ``threshold_points`` gives under ``matrix.cell_metrics`` for ``"f1"``, without writing a
+    ``(windows, users, slots)`` array and scoring every error class per threshold: the fit's threshold choice
+    reads nothing else, on every story it is fitted on (most of the matrix's time for the verdict otherwise).
+    """
+    logit = np.asarray(kernels.verdict_logit(rows.features, params))
+    truth = rows.truth
+    live = rows.silent & (np.arange(logit.shape[0])[:, None] >= truth.start[None, :])  # as first_alarm reads
+    f1 = []
+    for th in thresholds:
+        hit = live & (logit > th)
+        alarm = np.where(hit.any(axis=0), hit.argmax(axis=0), -1)
+        f1.append(score(alarm, truth, early)["overall"]["f1"] or 0.0)
+    return f1
+
+
+def fit_and_threshold(config: Config, stories: list[VerdictRows], seed: int) -> tuple[kernels.VerdictParams, int]:
     """The verdict fitted on ``stories`` and the index in ``evaluate.verdict_threshold_sweep`` of the threshold
-    with the best mean F1 on them (``metrics``: ``(flags, truth) -> dict`` with ``"f1"``); ``seed`` draws rows."""
+    with the best mean F1 on them (``threshold_f1``); ``seed`` draws rows."""
     e = config.evaluate
     rng = np.random.default_rng([e.verdict_seed, seed])
     x, y, w = training_set(stories, e.detection_early_windows, e.verdict_rows_per_story, rng)
     params = fit_verdict(x, y, w, e.verdict_steps, e.verdict_learning_rate)
-    f1 = [[p["f1"] or 0.0 for p in threshold_points(rows, params, e.verdict_threshold_sweep, metrics)]
-          for rows in stories]
+    f1 = [threshold_f1(rows, params, e.verdict_threshold_sweep, e.detection_early_windows) for rows in stories]
     return params, int(np.argmax(np.mean(f1, axis=0)))
 
 
@@ -183,21 +199,20 @@ def held_out_verdicts(config: Config, by_story: dict[str, VerdictRows], metrics:
     for held in by_story:
         others = [s for s in by_story if s != held] or [held]
         training = [by_story[s] for s in others] + [r for s in others for r in family.get(s, [])]
-        params, chosen = fit_and_threshold(config, training, metrics, sorted(by_story).index(held))
+        params, chosen = fit_and_threshold(config, training, sorted(by_story).index(held))
         points = threshold_points(by_story[held], params, config.evaluate.verdict_threshold_sweep, metrics)
         out[held] = (chosen, points, params)
     return out
 
 
-def verdict_for_analysis(config: Config, by_story: dict[str, VerdictRows], metrics: Any, window_days: float,
-                         share: float, family: dict[str, list[VerdictRows]] | None = None) -> VerdictFit:
+def verdict_for_analysis(config: Config, by_story: dict[str, VerdictRows], window_days: float, share: float,
+                         family: dict[str, list[VerdictRows]] | None = None) -> VerdictFit:
     """The verdict fitted on every story of ``by_story`` (and every draw of ``family``) and thresholded on them
     all: what ``verdict.json`` holds for ``fgjax analyze`` at this window length and share (no story is held out:
     it scores none)."""
     family = family or {}
     extra = [(f"{story} (family draw {i + 1})", rows) for story in by_story for i, rows in enumerate(family.get(story, []))]
-    params, chosen = fit_and_threshold(config, list(by_story.values()) + [rows for _, rows in extra], metrics,
-                                       len(by_story))
+    params, chosen = fit_and_threshold(config, list(by_story.values()) + [rows for _, rows in extra], len(by_story))
     return VerdictFit(window_days=float(window_days), fade_share=float(share),
                       recent_windows=config.analysis.detector.verdict_recent_windows, params=params,
                       threshold=float(config.evaluate.verdict_threshold_sweep[chosen]),
