@@ -50,7 +50,7 @@ import numpy as np
 from jax._src import dispatch  # the compile events' names (jax.monitoring has no public constants)
 
 from fgjax import kernels, processes
-from fgjax.analysis import TableWriters, analyze_scanned, require_categories
+from fgjax.analysis import TableWriters, analyze_scanned, load_verdict, require_categories, window_params
 from fgjax.analysis.distributed import agree_scanned, user_mesh
 from fgjax.analysis.tables import part_name
 from fgjax.config import Config, to_dict
@@ -157,8 +157,11 @@ def analyze_log(
         if jax.process_count() > 1:
             return _analyze_processes(config, out, report, progress, overwrite=overwrite)
     user_mesh(config.analysis.devices)  # too many devices asked for: said before pass 1 reads anything
+    verdict = learned_verdict_note(config)  # a bad verdict_file too
     with run_folder(out, "analyze", to_dict(config), overwrite=overwrite) as stage:
         shown = shown_as_final(report, stage, out)
+        if verdict:
+            shown(verdict)
         window_seconds = config.analysis.window_seconds
         clock = time.perf_counter()
         with scan_log(config.data, window_seconds, rejects_path=stage / "rejects.parquet",
@@ -192,6 +195,19 @@ def analyze_log(
               f"{final_state_counts(result.state)}")
         shown(stage_summary(times))
     return rows["forgetting"], rows["states"]
+
+
+def learned_verdict_note(config: Config) -> str:
+    """What ``analysis.detector.verdict_file`` lends the run, in one line ("" without one); a bad file raises its
+    one-line ``ConfigError`` here, before pass 1 reads the log, not after it."""
+    d = config.analysis.detector
+    if not d.verdict_file:
+        return ""
+    window_params(config.analysis)  # every check the run makes of the file and the detector's kind
+    fit = load_verdict(d.verdict_file, config.analysis.window_seconds / 86400.0, d.fade_share, d.verdict_recent_windows)
+    return (f"learned verdict: {d.verdict_file}, its fit for {fit.window_days:g}-day windows and fades below "
+            f"{fit.fade_share:.0%}, log-odds threshold {fit.threshold:g}, fitted on {len(fit.stories)} stories and "
+            f"draws ({', '.join(fit.stories) or 'not named'})")
 
 
 def _plot_sample(writers: TableWriters) -> np.ndarray:

@@ -31,7 +31,7 @@ from fgjax.analysis import (
     write_forgetting,
     write_states,
 )
-from fgjax.analysis_job import analyze_log
+from fgjax.analysis_job import analyze_log, learned_verdict_note
 from fgjax.config import Config, to_dict
 from fgjax.data.reader import EventLog, read_events
 from fgjax.data.sequences import Sequences, build_sequences, category_arguments
@@ -428,6 +428,7 @@ def evaluate_detection(config: Config, out: str | Path, report: Reporter = _quie
     from fgjax.plots import plot_detection_pr, plot_interest_timeline
 
     out = Path(out).absolute()
+    verdict = learned_verdict_note(config)  # a bad verdict_file fails now, not after the matrix
     with run_folder(out, "detection", to_dict(config), overwrite=overwrite) as stage:
         shown = _shown(report, stage, out)
         matrix = None
@@ -448,6 +449,8 @@ def evaluate_detection(config: Config, out: str | Path, report: Reporter = _quie
         paths = generate(config.synthetic, stage / "data")
         log = read(with_generated_data(config, stage), stage, shown)
         config = with_generated_data(config, out)
+        if verdict:
+            shown(verdict)
         started = time.perf_counter()
         detection, result, codes, truth = evaluate_detection_on(config, log, paths.truth_path, stage,
                                                                 progress=progress)

@@ -95,6 +95,14 @@ def test_errors_are_one_line_with_exit_2(tmp_path, capsys, args, message):
     assert "Traceback" not in err
 
 
+def test_a_bad_verdict_file_fails_before_the_detection_matrix_runs(tmp_path, capsys):
+    code, out, err = run_cli(["evaluate", "--detection", "--out", tmp_path / "o", "--set", "evaluate.matrix_users=20",
+                              "--set", "evaluate.detection_stories=[classic]", "--set", "synthetic.num_users=20",
+                              "--set", f"analysis.detector.verdict_file={tmp_path / 'none.json'}"], capsys)
+    assert code == 2 and err.count("\n") == 1 and "none.json': no such file" in err
+    assert "detection matrix" not in out and not (tmp_path / "o").exists()
+
+
 @pytest.mark.parametrize(
     "args, message",
     [
@@ -238,6 +246,8 @@ def test_evaluate_detection_writes_the_report_and_plots(tmp_path, capsys):
                                  "evaluate.detection_stories=[]", "--set",
                                  f"analysis.detector.verdict_file={out / 'verdict.json'}"], capsys)
     assert code == 0, err
+    assert (f"learned verdict: {out / 'verdict.json'}, its fit for 7-day windows and fades below 25%, log-odds "
+            "threshold ") in stdout and "fitted on 4 stories and draws (classic, seasonal, classic (family" in stdout
     own, learned = (pq.read_table(p / "states.parquet") for p in (out, tmp_path / "det_v"))
     assert "forgotten" in learned["state"].to_pylist() and not learned.equals(own)
 
