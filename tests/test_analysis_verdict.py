@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from fgjax import kernels
-from fgjax.analysis import analyze, state_series
+from fgjax.analysis import analyze, state_series, states_table
 from fgjax.analysis.verdict import VERDICT_FORMAT, VerdictFit, load_verdict, save_verdicts
 from fgjax.config import load_config
 from fgjax.errors import ConfigError
@@ -101,3 +101,26 @@ def test_the_verdict_needs_the_adaptive_detector(tmp_path):
     config = load_config(None, [f"analysis.detector.verdict_file={path}", "analysis.detector.kind=level"])
     with pytest.raises(ConfigError, match="reads the adaptive detector's state; analysis.detector.kind is 'level'"):
         analyze(config, _busy_then_silent(), progress=False)
+
+
+def test_states_parquet_holds_the_verdicts_log_odds_where_it_judged(tmp_path):
+    """``verdict``: log(1 + silence) - 2 under a verdict that reads only the silence, on the silent rows; null on
+    an active interest's rows and everywhere without a verdict file; forgotten exactly where it is above 0."""
+    log = _busy_then_silent()
+    weights = np.zeros(F, np.float32)
+    weights[kernels.VERDICT_FEATURES.index("log_silence")] = 1.0
+    params = kernels.VerdictParams(np.zeros(F, np.float32), np.ones(F, np.float32), weights, np.float32(-2.0))
+    path = save_verdicts([VerdictFit(1.0, 0.25, 16, params, 0.0)], tmp_path / "silence.json")
+    config = load_config(None, [f"analysis.detector.verdict_file={path}"])
+    table = states_table(analyze(config, log, progress=False), log).to_pydict()
+    silent = [s > 0 for s in table["silence"]]
+    assert any(silent) and not all(silent)
+    for is_silent, silence, verdict, state in zip(silent, table["silence"], table["verdict"], table["state"]):
+        if not is_silent:
+            assert verdict is None
+            continue
+        assert verdict == pytest.approx(np.log1p(silence) - 2.0, abs=1e-5)
+        assert (state == "forgotten") == (verdict > 0.0)
+    assert "forgotten" in table["state"] and table["silence"][table["state"].index("forgotten")] == 7
+    own = states_table(analyze(load_config(), log, progress=False), log)
+    assert own.num_rows > 0 and own["verdict"].null_count == own.num_rows

@@ -192,6 +192,29 @@ def test_quickstart_then_every_subcommand(tmp_path, capsys):
     weekly = pq.read_table(tmp_path / "an7" / "forgetting.parquet")
     starts = np.unique(np.array(weekly["window_start"].cast("int64")))
     assert set(np.diff(starts).tolist()) == {7 * 86400 * 10**6}
+    # A learned verdict that reads only the silence, through the streamed analysis: its log-odds in states.parquet.
+    from fgjax.analysis.verdict import VerdictFit, save_verdicts
+    from fgjax.kernels import VERDICT_FEATURES, VerdictParams
+
+    n = len(VERDICT_FEATURES)
+    weights = np.zeros(n, np.float32)
+    weights[VERDICT_FEATURES.index("log_silence")] = 1.0
+    verdict = save_verdicts([VerdictFit(7.0, 0.25, 16, VerdictParams(np.zeros(n, np.float32), np.ones(n, np.float32),
+                                                                     weights, np.float32(-1.0)), 0.0)],
+                            tmp_path / "silence.json")
+    code, stdout, err = run_cli(["analyze", "--out", tmp_path / "an7v", "--events", f"{out}/data/events", "--items",
+                                 f"{out}/data/items.parquet", "--window", "7d", *SMALL, "--set",
+                                 f"analysis.detector.verdict_file={verdict}"], capsys)
+    assert code == 0, err
+    assert "log-odds threshold 0, fitted on 0 stories and draws (not named)" in stdout
+    own = pq.read_table(tmp_path / "an7" / "states.parquet")
+    assert own["verdict"].null_count == own.num_rows  # no verdict file: null
+    judged = pq.read_table(tmp_path / "an7v" / "states.parquet").to_pydict()
+    silent = np.array(judged["silence"]) > 0
+    assert silent.any() and not silent.all()
+    assert all(v is None for v, s in zip(judged["verdict"], silent) if not s)
+    np.testing.assert_allclose([v for v, s in zip(judged["verdict"], silent) if s],
+                               np.log1p(np.array(judged["silence"])[silent]) - 1.0, atol=1e-5)
     code, stdout, err = run_cli(["evaluate", "--out", tmp_path / "ev", "--checkpoint", out / "checkpoint",
                                  *data_args], capsys)
     assert code == 0, err

@@ -630,7 +630,8 @@ def analyze(
         state=np.asarray(final.state),
         ever=np.asarray(final.ever),
         # Under the level rule no detector ran: no evidence (not zeros that read as "never active").
-        evidence={name: np.asarray(getattr(final.evidence, name)) for name in EVIDENCE_FIELDS}
+        evidence={name: np.asarray(getattr(final.evidence, name)) for name in EVIDENCE_FIELDS
+                  if getattr(final.evidence, name) is not None}
         if spec.detector == "adaptive" else {},
         changes=run.changes,
         events_without_interest=without_interest,

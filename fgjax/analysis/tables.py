@@ -98,7 +98,7 @@ def write_forgetting(result: ForgettingResult, log: EventLog, path) -> int:
 STATE_COLUMNS = (
     "user_id", "interest", "window", "window_start", "state", "previous_state", "F", "F_threshold", "F_alarm", "f_k",
     "p", "silence", "silence_limit", "events_per_window", "recent_events", "expected_recent_events", "trend",
-    "dispersion", "period", "period_strength", "last_active",
+    "dispersion", "period", "period_strength", "last_active", "verdict",
 )
 
 
@@ -112,7 +112,10 @@ def states_table(result: ForgettingResult, log: EventLog) -> pa.Table:
     the silence, recent_events against expected_recent_events (the drop
     test), trend (events per window per window), dispersion (var / mean of the counts before the
     silence, >= 1), period (windows; 0 = none)
-    with period_strength, last_active (start of the last active window).
+    with period_strength, last_active (start of the last active window),
+    and verdict: the learned verdict's log-odds that a silent interest is
+    forgotten (``analysis.detector.verdict_file``; null without one, and on
+    rows of an active interest, which it does not judge).
     Rows are ordered by window, then user, then interest. Under
     ``analysis.detector.kind: level`` no detector runs: F_threshold, F_alarm
     and the evidence columns are null.
@@ -175,6 +178,9 @@ def _state_rows(users: Vocabulary, categories: Vocabulary, changes: dict[str, np
         "period_strength": f32("period_strength"),
         "last_active": pa.nulls(rows, pa.timestamp("us", tz="UTC")) if "last_active" not in c
         else _timestamps(window_start[np.maximum(c["last_active"], 0)], mask=np.asarray(c["last_active"]) < 0),
+        # NaN where the verdict judged nothing (an active interest): null, as where there is no verdict at all.
+        "verdict": pa.nulls(rows, pa.float32()) if "verdict" not in c
+        else pa.array(np.asarray(c["verdict"], np.float32), pa.float32(), mask=np.isnan(np.asarray(c["verdict"]))),
     })
 
 

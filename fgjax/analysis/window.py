@@ -225,6 +225,7 @@ class WindowDetail(NamedTuple):
     state: jax.Array  # int8 codes after the window
     previous_state: jax.Array  # int8 codes before it
     detection: kernels.DetectorOutput | None  # None under the level rule (no detector runs)
+    verdict: jax.Array | None = None  # float32 learned verdict's log-odds (``verdict_log_odds``); None without one
 
 
 class Evidence(NamedTuple):
@@ -244,6 +245,7 @@ class Evidence(NamedTuple):
     period: jax.Array
     period_strength: jax.Array
     last_active: jax.Array  # int32 window index, -1 = never
+    verdict: jax.Array | None = None  # float32 learned verdict's log-odds where silent, NaN elsewhere; None without
 
 
 EVIDENCE_FIELDS = Evidence._fields
@@ -272,9 +274,10 @@ class Counters(NamedTuple):
 
 def observed_evidence(detail: WindowDetail) -> Evidence:
     """A window's evidence without s*; defaults (-1 for last_active, else 0) when no detector ran."""
-    observed = [name for name in EVIDENCE_FIELDS if name != "silence_limit"]
+    observed = [name for name in EVIDENCE_FIELDS if name not in ("silence_limit", "verdict")]
     if detail.detection is not None:
-        return Evidence(silence_limit=None, **{name: getattr(detail.detection, name) for name in observed})
+        return Evidence(silence_limit=None, verdict=detail.verdict,
+                        **{name: getattr(detail.detection, name) for name in observed})
     shape = detail.state.shape
     return Evidence(silence_limit=None, **{
         name: jnp.full(shape, -1 if name == "last_active" else 0, jnp.int32 if name in _INT_EVIDENCE else jnp.float32)
@@ -407,8 +410,10 @@ def close_window(
     p = kernels.interest_probs(f, params.alpha, mask=ever)
     if spec.detector == "adaptive":
         detector, detection = detector_step(carry.detector, counts, degree, params, spec)
+        verdict = None
         if spec.verdict_recent_windows:
-            detection = detection._replace(state=learned_states(detector, detection, params, spec))
+            verdict = verdict_log_odds(detector, detection, params, spec)
+            detection = detection._replace(state=learned_states(detector, detection, params, spec, verdict))
         state = detection.state
     else:
         # The level rule alone: no detector work, and its evidence reads as zeros.
@@ -417,7 +422,7 @@ def close_window(
             declining_ratio=params.declining_ratio, forgotten_ratio=params.forgotten_ratio,
         )
         detector = carry.detector
-        detection = None
+        detection = verdict = None
     # A reactivated interest is measured against its new level, not the old
     # peak; otherwise one quiet window sends it straight back to forgotten.
     peak = jnp.where(state == kernels.REACTIVATED, cur, peak)
@@ -425,20 +430,31 @@ def close_window(
     # 22.0 -> 18.3 ms a window at 100k users on two CPU devices (the detector's step the same either way).
     top_probs, top_interests = kernels.few_top_k(p, spec.top)
     new_carry = AnalysisCarry(interest, peak, state, ever, detector)
-    detail = WindowDetail(f, p, state, carry.state, detection)
+    detail = WindowDetail(f, p, state, carry.state, detection, verdict)
     return new_carry, WindowOutput(degree, top_interests, top_probs), detail
 
 
+def verdict_log_odds(detector: kernels.DetectorState, detection: kernels.DetectorOutput, params: WindowParams,
+                     spec: WindowSpec) -> jax.Array:
+    """``(users, K)`` float32 log-odds that the learned verdict gives each silent interest (a silence of one window
+    or more after activity); NaN elsewhere, where it judges nothing (``kernels.verdict_forgotten``'s rows)."""
+    features = kernels.verdict_features(detector, detection, spec.verdict_recent_windows)
+    silent = (detector.alive > 0) & (detector.silence > 0)
+    return jnp.where(silent, kernels.verdict_logit(features, params.verdict), jnp.nan)
+
+
 def learned_states(detector: kernels.DetectorState, detection: kernels.DetectorOutput, params: WindowParams,
-                   spec: WindowSpec) -> jax.Array:
-    """``(users, K)`` int8 codes with the learned verdict deciding which silent interests are forgotten.
+                   spec: WindowSpec, log_odds: jax.Array | None = None) -> jax.Array:
+    """``(users, K)`` int8 codes with the learned verdict deciding which silent interests are forgotten: those whose
+    ``verdict_log_odds`` (computed here unless given) exceed ``params.verdict_threshold``.
 
     The detector's own forgotten calls the verdict overrules read as declining (silent and suspect); every
     other code is the detector's. The detector's carry keeps its own codes, which its next update and the
     verdict's ``detector_forgotten`` feature read, so the verdict sees what it was fitted on.
     """
-    features = kernels.verdict_features(detector, detection, spec.verdict_recent_windows)
-    forgotten = kernels.verdict_forgotten(detector, features, params.verdict, params.verdict_threshold)
+    if log_odds is None:
+        log_odds = verdict_log_odds(detector, detection, params, spec)
+    forgotten = log_odds > params.verdict_threshold  # NaN (not silent) is never above it
     own = detection.state
     return jnp.where(forgotten, jnp.int8(kernels.FORGOTTEN),
                      jnp.where(own == kernels.FORGOTTEN, jnp.int8(kernels.DECLINING), own)).astype(own.dtype)
