@@ -197,3 +197,33 @@ def test_more_devices_than_a_process_has_is_a_config_error(tmp_path):
     with pytest.raises(ConfigError, match=r"analysis.devices=3, but a process has only 1 cpu device\(s\)"):
         analyze_log(load_config(None, settings), tmp_path / "out", progress=False)
     assert not (tmp_path / "out").exists()  # said before pass 1 read anything
+
+
+@pytest.mark.slow
+def test_a_learned_verdict_on_two_devices_decides_what_it_does_on_one(tmp_path):
+    """The users split over two CPU devices (``analysis.cpu_devices``): the learned verdict's vectors reach the
+    sharded step replicated (they were placed as scalars and failed), and its states and log-odds are one
+    device's."""
+    from fgjax import kernels
+    from fgjax.analysis.verdict import VerdictFit, save_verdicts
+
+    paths = synthetic.generate(SMALL, tmp_path / "data")
+    n = len(kernels.VERDICT_FEATURES)
+    weights = np.zeros(n, np.float32)
+    weights[kernels.VERDICT_FEATURES.index("log_silence")] = 1.0
+    weights[kernels.VERDICT_FEATURES.index("log_rate")] = 0.5
+    params = kernels.VerdictParams(np.zeros(n, np.float32), np.ones(n, np.float32), weights, np.float32(-2.0))
+    verdict = save_verdicts([VerdictFit(1.0, 0.25, 16, params, 0.0)], tmp_path / "verdict.json")
+    settings = [*_settings(paths.events_dir, paths.items_path), f"analysis.detector.verdict_file={verdict}"]
+    analyze_log(load_config(None, settings), tmp_path / "one", progress=False)
+    done = subprocess.run([sys.executable, "-m", "fgjax.cli", "analyze", "--out", str(tmp_path / "two"),
+                           "--no-progress", *(a for s in [*settings, "analysis.cpu_devices=2", "analysis.devices=2"]
+                                              for a in ("--set", s))],
+                          env=dict(os.environ, JAX_PLATFORMS="cpu"), capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "users split between 2 cpu devices" in done.stdout
+    one, two = (pq.read_table(tmp_path / name / "states.parquet") for name in ("one", "two"))
+    assert one.num_rows > 0 and "forgotten" in one["state"].to_pylist()
+    assert one["verdict"].null_count < one.num_rows
+    for column in ("user_id", "interest", "window", "state", "previous_state", "silence", "verdict"):
+        assert one[column].equals(two[column]), column

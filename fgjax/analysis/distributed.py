@@ -239,8 +239,9 @@ class ShardedStep:
             return jax.eval_shape(lambda c, a, b: close_window(c, a, b, params, spec), carry, sums, sums)
 
         carry_out, out_specs, detail_specs = _specs(outputs)
+        # Replicated whatever their shape: the knobs are scalars, a learned verdict's vectors are (features,).
         self._params = jax.tree.map(
-            lambda v: jax.make_array_from_callback((), replicated, lambda _, v=v: np.asarray(v)), params)
+            lambda v: jax.make_array_from_callback(np.shape(v), replicated, lambda i, v=v: np.asarray(v)[i]), params)
         # This process's sums on its own devices, split by user as the step reads them (no transfer between
         # processes: each scatters its own events).
         self._sums = cpu_tuned_jit(functools.partial(event_sums, num_users=self.rows, num_interests=k),
