@@ -61,7 +61,9 @@ from ._verdict import (
     VerdictParams,
     verdict_features,
     verdict_forgotten,
+    verdict_log_odds,
     verdict_logit,
+    verdict_silent,
 )
 from ._metrics import METRIC_NAMES, hit_matrix, mean_metrics, ranking_metrics
 from ._state import (
@@ -191,7 +193,9 @@ __all__ = [
     "VerdictParams",
     "verdict_features",
     "verdict_forgotten",
+    "verdict_log_odds",
     "verdict_logit",
+    "verdict_silent",
     "softmax_cross_entropy",
     "weighted_softmax_cross_entropy",
     "threshold_states",

@@ -150,9 +150,19 @@ def verdict_logit(features: ArrayLike, params: VerdictParams) -> Array:
                            (((standard.ndim - 1,), (0,)), ((), ()))) + params.bias
 
 
+def verdict_silent(state: DetectorState) -> Array:
+    """``(users, K)`` bool: the interests the verdict judges, silent for one window or more after activity."""
+    return (state.alive > 0) & (state.silence > 0)
+
+
+def verdict_log_odds(state: DetectorState, features: ArrayLike, params: VerdictParams) -> Array:
+    """``(users, K)`` float32 ``verdict_logit`` of the interests ``verdict_silent`` judges; NaN elsewhere (an active
+    or never active interest: no verdict, which reads as null in ``states.parquet``)."""
+    return jnp.where(verdict_silent(state), verdict_logit(features, params), jnp.nan)
+
+
 def verdict_forgotten(state: DetectorState, features: ArrayLike, params: VerdictParams,
                       threshold: ArrayLike) -> Array:
-    """``(users, K)`` bool: silent interests (a silence of one window or more after activity) whose
-    ``verdict_logit`` exceeds ``threshold``; activity ends the verdict."""
-    silent = (state.alive > 0) & (state.silence > 0)
-    return silent & (verdict_logit(features, params) > threshold)
+    """``(users, K)`` bool: silent interests whose ``verdict_log_odds`` exceed ``threshold`` (NaN never does);
+    activity ends the verdict."""
+    return verdict_log_odds(state, features, params) > threshold

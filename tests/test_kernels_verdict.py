@@ -133,6 +133,13 @@ def test_the_verdict_flags_only_silent_interests_and_activity_ends_it():
     always = kernels.VerdictParams(mean=jnp.zeros(F), scale=jnp.ones(F), weights=jnp.zeros(F), bias=jnp.float32(5.0))
     assert np.asarray(kernels.verdict_forgotten(state, features, always, 0.0)).tolist() == [[False, True, False]]
     assert not np.asarray(kernels.verdict_forgotten(state, features, always, 6.0)).any()
+    # The log-odds the analysis writes: the logit where silent, NaN (no verdict) on the active and never active.
+    assert np.asarray(kernels.verdict_silent(state)).tolist() == [[False, True, False]]
+    params = kernels.VerdictParams(mean=jnp.zeros(F), scale=jnp.ones(F), weights=jnp.full(F, 0.1),
+                                   bias=jnp.float32(-1.0))
+    odds = np.asarray(kernels.verdict_log_odds(state, features, params))
+    assert np.isnan(odds[0, [0, 2]]).all()
+    assert odds[0, 1] == pytest.approx(float(np.asarray(features)[0, 1].sum()) * 0.1 - 1.0, rel=1e-5)
 
 
 @settings(max_examples=25, deadline=None)

@@ -436,11 +436,10 @@ def close_window(
 
 def verdict_log_odds(detector: kernels.DetectorState, detection: kernels.DetectorOutput, params: WindowParams,
                      spec: WindowSpec) -> jax.Array:
-    """``(users, K)`` float32 log-odds that the learned verdict gives each silent interest (a silence of one window
-    or more after activity); NaN elsewhere, where it judges nothing (``kernels.verdict_forgotten``'s rows)."""
+    """``(users, K)`` float32 ``kernels.verdict_log_odds`` of the window's state under ``params.verdict``: the
+    learned verdict's log-odds of each silent interest, NaN where it judges nothing."""
     features = kernels.verdict_features(detector, detection, spec.verdict_recent_windows)
-    silent = (detector.alive > 0) & (detector.silence > 0)
-    return jnp.where(silent, kernels.verdict_logit(features, params.verdict), jnp.nan)
+    return kernels.verdict_log_odds(detector, features, params.verdict)
 
 
 def learned_states(detector: kernels.DetectorState, detection: kernels.DetectorOutput, params: WindowParams,
@@ -454,7 +453,7 @@ def learned_states(detector: kernels.DetectorState, detection: kernels.DetectorO
     """
     if log_odds is None:
         log_odds = verdict_log_odds(detector, detection, params, spec)
-    forgotten = log_odds > params.verdict_threshold  # NaN (not silent) is never above it
+    forgotten = log_odds > params.verdict_threshold  # as kernels.verdict_forgotten: NaN is never above it
     own = detection.state
     return jnp.where(forgotten, jnp.int8(kernels.FORGOTTEN),
                      jnp.where(own == kernels.FORGOTTEN, jnp.int8(kernels.DECLINING), own)).astype(own.dtype)

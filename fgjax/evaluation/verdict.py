@@ -57,7 +57,7 @@ def _evidence_series(counts: jax.Array, params: WindowParams, spec: WindowSpec,
     """
     def step(state, window_counts):
         state, out = detector_step(state, window_counts, None, params, spec)
-        return state, (kernels.verdict_features(state, out, recent_windows), (state.alive > 0) & (state.silence > 0))
+        return state, (kernels.verdict_features(state, out, recent_windows), kernels.verdict_silent(state))
 
     init = kernels.detector_init(counts.shape[1], counts.shape[2], spec.buffer_windows)
     return jax.lax.scan(step, init, counts)[1]
