@@ -588,6 +588,9 @@ class EvaluateConfig:
     verdict_family_draws: int = setting(1, ge=0)
     verdict_period_days: list[int] = setting([2, 42], ge=2)  # [min, max] of a periodic interest's period there
     verdict_pause_days: list[int] = setting([14, 63], ge=1)  # [min, max] of a reactivated interest's pause there
+    # More draws of each story at synthetic's own periods and pauses (other users), after the wide ones: the
+    # fit then sees the log's own kind of cycle beside the wide family's.
+    verdict_own_draws: int = setting(0, ge=0)
 
     def _check(self, where: str) -> None:
         if not self.ks:

@@ -153,7 +153,8 @@ def test_the_matrix_files_hold_the_targets(tiny, tmp_path):
     fits = json.loads((tmp_path / "verdict.json").read_text())["fits"]
     assert len(fits) == 4 and all(f["stories"] == ["classic", "hawkes", "engaged", "classic (family draw 1)",
                                                    "hawkes (family draw 1)", "engaged (family draw 1)"] for f in fits)
-    assert written["matrix"]["setup"]["verdict_family"] == {"draws": 1, "period_days": [2, 42], "pause_days": [14, 63]}
+    assert written["matrix"]["setup"]["verdict_family"] == {"draws": 1, "period_days": [2, 42], "pause_days": [14, 63],
+                                                         "own_draws": 0}
     # Without the learned verdict: no learned targets and no verdict.json.
     bare = M.MatrixReport(cells={s: {k: {w: {n: v for n, v in m.items() if n != "learned"} for w, m in bw.items()}
                                      for k, bw in bs.items()} for s, bs in report.cells.items()},

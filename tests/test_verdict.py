@@ -197,6 +197,12 @@ def test_the_family_draws_other_users_with_the_wide_periods_and_pauses():
     reactivated = days.kind == synthetic.REACTIVATED
     assert reactivated.any() and set((days.resume - days.change)[reactivated]) <= {15, 16}
     assert not np.array_equal(days.counts, M.story_days(config, "classic").counts)
+    # evaluate.verdict_own_draws: other users again, at synthetic's own periods and pauses.
+    own = M.family_config(config, 2, own_ranges=True).synthetic
+    assert (own.period_days_min, own.period_days_max, own.pause_days_min, own.pause_days_max) == (
+        config.synthetic.period_days_min, config.synthetic.period_days_max, config.synthetic.pause_days_min,
+        config.synthetic.pause_days_max)
+    assert own.seed == config.synthetic.seed + 3 * M.FAMILY_SEED_STRIDE
     for bad in ("[30, 20]", "[20]"):
         with pytest.raises(ConfigError, match=r"evaluate\.verdict_period_days: expected \[min, max\]"):
             load_config(None, [f"evaluate.verdict_period_days={bad}"])

@@ -130,14 +130,16 @@ def story_days(config: Config, story: str) -> StoryDays:
 FAMILY_SEED_STRIDE = 10_000  # the verdict's family draw d uses synthetic.seed + stride * (d + 1): other users
 
 
-def family_config(config: Config, draw: int) -> Config:
+def family_config(config: Config, draw: int, own_ranges: bool = False) -> Config:
     """The config of the learned verdict's family draw ``draw`` (0-based): the same stories, other users (another
     seed), a periodic interest's period and a pause drawn from ``evaluate.verdict_period_days`` /
-    ``verdict_pause_days``."""
+    ``verdict_pause_days``, or with ``own_ranges`` from ``synthetic``'s own (``evaluate.verdict_own_draws``)."""
     e = config.evaluate
-    syn = dataclasses.replace(config.synthetic, seed=config.synthetic.seed + FAMILY_SEED_STRIDE * (draw + 1),
-                              period_days_min=e.verdict_period_days[0], period_days_max=e.verdict_period_days[1],
-                              pause_days_min=e.verdict_pause_days[0], pause_days_max=e.verdict_pause_days[1])
+    syn = dataclasses.replace(config.synthetic, seed=config.synthetic.seed + FAMILY_SEED_STRIDE * (draw + 1))
+    if not own_ranges:
+        syn = dataclasses.replace(syn, period_days_min=e.verdict_period_days[0],
+                                  period_days_max=e.verdict_period_days[1],
+                                  pause_days_min=e.verdict_pause_days[0], pause_days_max=e.verdict_pause_days[1])
     return dataclasses.replace(config, synthetic=syn)
 
 
@@ -395,8 +397,10 @@ def evaluate_matrix(config: Config, report: Callable[[str], None] = lambda _: No
                     evidence.setdefault((s, window), {})[story] = verdict.verdict_rows(config, counts, truths[s],
                                                                                        float(s), int(wd))
             report(f"  {story} {window}: {time.perf_counter() - started:.0f}s")
-        for draw in range(e.verdict_family_draws if e.verdict else 0):
-            drawn = story_days(family_config(config, draw), story)
+        # The wide draws first, then those at synthetic's own ranges; each its own seed.
+        draws = [False] * e.verdict_family_draws + [True] * e.verdict_own_draws if e.verdict else []
+        for draw, own_ranges in enumerate(draws):
+            drawn = story_days(family_config(config, draw, own_ranges), story)
             for wd in e.detection_window_days:
                 counts = windowed(drawn, int(wd))
                 for s in shares:
@@ -449,7 +453,8 @@ def evaluate_matrix(config: Config, report: Callable[[str], None] = lambda _: No
         "interests_per_user": [config.synthetic.min_interests, config.synthetic.max_interests],
         "categories": config.synthetic.num_categories, "seed": config.synthetic.seed, "sweeps": knobs,
         "verdict_family": ({"draws": e.verdict_family_draws, "period_days": list(e.verdict_period_days),
-                            "pause_days": list(e.verdict_pause_days)} if e.verdict else None),
+                            "pause_days": list(e.verdict_pause_days), "own_draws": e.verdict_own_draws}
+                           if e.verdict else None),
         "seconds": time.perf_counter() - started,
     }
     return MatrixReport(cells=cells, grid=grid, setup=setup, verdicts=tuple(fits))

@@ -1,0 +1,274 @@
+"""Forgetting detection on a log we did not write: ``python -m bench.blind`` (issue 10)
+
+    python -m bench.blind --out bench/results/blind --verdict runs/detection/verdict.json
+
+The stories of the detection matrix (``fgjax evaluate --detection``) were written by the engineers who tuned
+the detector, so leaving one story out still leaves their ideas in. ``bench/blind_story.py`` was written from
+issue 10's prose description of the generator its filer used (120 daily windows, 3,000 users, 3-6 interests
+among 24 categories; steady, periodic, stopped, fading, late and paused interests) by a helper that did not
+read the project's generators or detector; no knob of fgjax is chosen on it. This script:
+
+1. generates it as Parquet shards, an items table and the truth (``--users`` x ``--days``, ``--seed``);
+2. runs ``fgjax analyze`` on it as a user would (a subprocess: the CLI reads the shards, windows of 1 and 7
+   days, writes ``states.parquet``), once per window length and fade definition
+   (``analysis.detector.fade_share`` 25 % and 5 %, as the matrix does), and again with the learned verdict
+   (``--verdict``, the ``verdict.json`` that ``fgjax evaluate --detection`` writes) when given;
+3. scores what ``states.parquet`` says against the truth with the matrix's definitions
+   (``fgjax.evaluation.matrix.story_truth`` and ``cell_metrics``: changes judged at least
+   ``evaluate.matrix_margin_days`` before the end whose former rate predicts ``evaluate.min_expected_events``
+   events after them; loyal = steady, periodic and late), beside "forgotten after N silent windows" at its best
+   N on this log itself (a favor to the rule), the rule at the detector's share of loyal interests flagged,
+   and the detector (the same kernels in process, ``evaluate.false_alarm_sweep``) at the rule's.
+
+Writes ``OUT/blind.json`` (device, date, versions, every figure) and ``OUT/blind.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bench import _report
+
+DAY = 86400.0
+# The blind story's kinds as the matrix's (fgjax.data.synthetic.KINDS); a late interest is a loyal one that
+# starts late, as in the matrix's stories.
+KIND_NAMES = {"steady": "stable", "late": "stable", "periodic": "periodic", "stop": "stopped", "fade": "fading",
+              "pause": "reactivated"}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m bench.blind", description=__doc__.split("\n\n")[0])
+    p.add_argument("--out", default="bench/results/blind", help="output folder")
+    p.add_argument("--users", type=int, default=3000)
+    p.add_argument("--days", type=int, default=120)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--windows", type=_report.int_list, default=[1, 7], help="window lengths in days (1,7)")
+    p.add_argument("--shares", type=lambda t: [float(v) for v in t.split(",")], default=[0.25, 0.05],
+                   help="fade definitions: shares of the former rate (0.25,0.05)")
+    p.add_argument("--verdict", default="", help="verdict.json of `fgjax evaluate --detection` ('' = detector only)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="config override for every fgjax analyze run and the scoring (repeatable)")
+    return p
+
+
+def load_story(data: Path, origin: float) -> Any:
+    """The generated log as ``fgjax.evaluation.matrix.StoryDays``, day 0 the day that starts at ``origin``.
+
+    Pairs are the truth's rows; a user's k-th row is slot k. Events of a (user, category) the truth does not
+    name are an error (the generator and this reading disagree).
+    """
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    from bench import blind_story
+    from fgjax.data import synthetic
+    from fgjax.evaluation.matrix import StoryDays
+
+    truth = pq.read_table(data / "truth.parquet")
+    user_ids = truth["user_id"].to_numpy()
+    users = np.unique(user_ids)
+    user = np.searchsorted(users, user_ids)
+    order = np.argsort(user, kind="stable")
+    slot = np.empty_like(user)
+    slot[order] = np.arange(len(user)) - np.searchsorted(user[order], user[order], side="left")
+    categories = sorted(set(truth["interest"].to_pylist()))
+    interest = np.array([categories.index(c) for c in truth["interest"].to_pylist()])
+    slot_of = np.full((len(users), len(categories)), -1, np.int64)
+    slot_of[user, interest] = slot
+
+    items = pq.read_table(data / "items.parquet")
+    events = pq.read_table(data / "events", columns=["user_id", "item_id", "timestamp"])
+    item_index = pc.index_in(events["item_id"], items["item_id"]).to_numpy(zero_copy_only=False)
+    item_category = np.array([categories.index(c) if c in categories else -1 for c in items["category"].to_pylist()])
+    ev_category = item_category[item_index]
+    ev_user = np.searchsorted(users, events["user_id"].to_numpy())
+    ev_slot = slot_of[ev_user, np.maximum(ev_category, 0)]
+    if np.any(ev_category < 0) or np.any(ev_slot < 0):
+        raise SystemExit(f"{data}: events in a (user, category) the truth does not name")
+    seconds = events["timestamp"].cast("int64").to_numpy() / _unit_per_second(events.schema.field("timestamp").type)
+    day = np.floor((seconds - origin) / DAY).astype(np.int64)
+    kind = np.array([synthetic.KINDS.index(KIND_NAMES[k]) for k in truth["kind"].to_pylist()])
+    num_days = int(day.max()) + 1
+    counts = np.zeros((num_days, len(users), int(slot.max()) + 1), np.float32)
+    np.add.at(counts, (day, ev_user, ev_slot), 1.0)
+
+    shift = int(round((blind_story.START_EPOCH_S - origin) / DAY))  # the truth's day 0 as a day of this log
+
+    def days_of(column: str, missing: float) -> np.ndarray:
+        v = truth[column].to_numpy(zero_copy_only=False).astype(np.float64)
+        return np.where(np.isfinite(v), v + shift, missing)
+
+    never = float(num_days)
+    change = days_of("change_day", never)
+    return StoryDays(
+        story="blind", counts=counts, user=user, slot=slot, kind=kind,
+        start=truth["start_day"].to_numpy().astype(np.int64) + shift,
+        change=change.astype(np.int64), resume=days_of("return_day", -1.0).astype(np.int64),
+        fade_floor=np.zeros(len(user)), fade_half_life=truth["half_life_days"].to_numpy(zero_copy_only=False))
+
+
+def _unit_per_second(arrow_type: Any) -> float:
+    return {"s": 1.0, "ms": 1e3, "us": 1e6, "ns": 1e9}[arrow_type.unit]
+
+
+def run_analyze(data: Path, out: Path, window_days: int, share: float, verdict: str,
+                overrides: list[str]) -> float:
+    """``fgjax analyze`` on the generated log, as a user runs it; returns its wall seconds."""
+    sets = [f"analysis.detector.fade_share={share}", *overrides]
+    if verdict:
+        sets.append(f"analysis.detector.verdict_file={verdict}")
+    cmd = [sys.executable, "-m", "fgjax.cli", "analyze", "--events", str(data / "events"),
+           "--items", str(data / "items.parquet"), "--window", f"{window_days}d", "--out", str(out),
+           "--no-progress", "--overwrite", *[a for s in sets for a in ("--set", s)]]
+    t0 = time.perf_counter()
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise SystemExit(f"fgjax analyze failed ({' '.join(cmd)}):\n{done.stderr.strip()}")
+    return time.perf_counter() - t0
+
+
+def states_forgotten(path: Path, days: Any, data: Path, num_windows: int) -> np.ndarray:
+    """``(windows, users, slots)`` bool: the pair's state in ``states.parquet`` is ``forgotten``."""
+    import pyarrow.parquet as pq
+
+    from fgjax import kernels
+    from fgjax.analysis.tables import state_series
+
+    truth = pq.read_table(data / "truth.parquet", columns=["user_id", "interest"])
+    users = np.unique(truth["user_id"].to_numpy())
+    slot_of = {(int(u), c): int(s) for u, c, s in zip(truth["user_id"].to_numpy(), truth["interest"].to_pylist(),
+                                                      days.slot)}
+    table = pq.read_table(path, columns=["user_id", "interest", "window", "state"])
+    window = table["window"].to_numpy()
+    keep = window < num_windows
+    user = np.searchsorted(users, table["user_id"].to_numpy())
+    slot = np.array([slot_of[(int(u), c)] for u, c in zip(table["user_id"].to_numpy(), table["interest"].to_pylist())],
+                    np.int64)
+    state = np.array([kernels.STATE_NAMES.index(n) for n in table["state"].to_pylist()], np.int8)
+    changes = {"user": user[keep], "interest": slot[keep], "window": window[keep], "state": state[keep]}
+    codes = state_series(changes, num_windows, days.counts.shape[1], days.counts.shape[2])
+    return codes == kernels.FORGOTTEN
+
+
+def _metrics(flags: np.ndarray, truth: Any, early: int) -> dict[str, Any]:
+    from fgjax.evaluation.matrix import cell_metrics
+
+    m = cell_metrics(flags, truth, early)
+    m.pop("errors")
+    return m
+
+
+def _best(points: list[dict[str, Any]], cap: float | None = None) -> dict[str, Any] | None:
+    allowed = [p for p in points if cap is None or (p["loyal_ever_flagged"] is not None
+                                                     and p["loyal_ever_flagged"] <= cap)]
+    return max(allowed, key=lambda p: p["f1"] or 0.0) if allowed else None
+
+
+def score_cell(config: Any, days: Any, data: Path, out: Path, window_days: int, share: float,
+               verdict: str, overrides: list[str]) -> dict[str, Any]:
+    """One (window length, fade share) cell: the product path's answers and the rule's beside them."""
+    from fgjax.evaluation.matrix import method_alarms, story_truth, windowed
+
+    e = config.evaluate
+    counts = windowed(days, window_days)
+    truth = story_truth(days, counts, window_days, share, e.matrix_margin_days, e.min_expected_events)
+    early = e.detection_early_windows
+    cell: dict[str, Any] = {"window_days": window_days, "share": share, "windows": int(counts.shape[0]),
+                            "judged_pairs": int(truth.judged.sum()),
+                            "positives": int((truth.judged & truth.positive).sum())}
+    runs = {"detector": ""} | ({"learned": verdict} if verdict else {})
+    for name, vfile in runs.items():
+        folder = out / f"analyze_{name}_{window_days}d_{int(share * 100)}"
+        seconds = run_analyze(data, folder, window_days, share, vfile, overrides)
+        flags = states_forgotten(folder / "states.parquet", days, data, counts.shape[0])
+        cell[name] = {**_metrics(flags, truth, early), "analyze_seconds": round(seconds, 1)}
+    methods = method_alarms(config, counts, share, window_days)
+    rule = [{"knob": n, **_metrics(methods["silence"](n), truth, early)} for n in e.silence_sweep]
+    detector = [{"knob": q, **_metrics(methods["detector"](q), truth, early)} for q in e.false_alarm_sweep]
+    # The in-process kernels at the product's budget: the same answers as fgjax analyze (a check of this script).
+    in_process = _metrics(methods["detector"](config.analysis.detector.false_alarm), truth, early)
+    cell["in_process_matches_analyze"] = all(in_process[k] == cell["detector"][k]
+                                             for k in ("true_positives", "false_positives", "loyal_ever_flagged"))
+    cell["silence_best"] = _best(rule)
+    cell["silence_at_detector_loyal"] = _best(rule, cell["detector"]["loyal_ever_flagged"])
+    cell["detector_at_silence_loyal"] = _best(detector, cell["silence_best"]["loyal_ever_flagged"])
+    cell["detector_sweep"] = detector
+    cell["silence_sweep"] = rule
+    return cell
+
+
+def _f(v: Any, spec: str = ".3f") -> str:
+    return "-" if v is None else format(v, spec)
+
+
+def markdown(payload: dict[str, Any]) -> str:
+    lines = ["| windows | share | judged (positives) | detector: F1, P, R, delay, loyal, again | "
+             "learned verdict: F1, loyal, again | rule at its best N: N, F1, delay, loyal | "
+             "rule at the detector's loyal share: N, F1 | detector at the rule's loyal share: false_alarm, F1 |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for c in payload["cells"]:
+        d, s, lv = c["detector"], c["silence_best"], c.get("learned")
+        sm, dm = c["silence_at_detector_loyal"], c["detector_at_silence_loyal"]
+        window = "daily" if c["window_days"] == 1 else "%d-day" % c["window_days"]
+        detector = ", ".join([_f(d["f1"]), _f(d["precision"]), _f(d["recall"]), _f(d["median_delay"], ".0f"),
+                              _f(d["loyal_ever_flagged"]), _f(d["reactivated_flagged_again"])])
+        learned = "-" if lv is None else ", ".join(
+            [_f(lv["f1"]), _f(lv["loyal_ever_flagged"]), _f(lv["reactivated_flagged_again"])])
+        rule = ", ".join([str(s["knob"]), _f(s["f1"]), _f(s["median_delay"], ".0f"), _f(s["loyal_ever_flagged"])])
+        rule_matched = "none" if sm is None else "%s, %s" % (sm["knob"], _f(sm["f1"]))
+        detector_matched = "none" if dm is None else "%g, %s" % (dm["knob"], _f(dm["f1"]))
+        lines.append(f"| {window} | {c['share']:.0%} | {c['judged_pairs']:,} ({c['positives']:,}) | {detector} "
+                     f"| {learned} | {rule} | {rule_matched} | {detector_matched} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    args = build_parser().parse_args(argv)
+    from bench import blind_story
+    from fgjax.config import load_config
+
+    out = Path(args.out)
+    suite_json = None
+    if out.suffix == ".json":  # called by the suite: --out DIR/blind.json
+        suite_json, out = out, out.parent / "blind"
+    t0 = time.perf_counter()
+    data = out / "data"
+    generated = blind_story.generate(data, users=args.users, days=args.days, seed=args.seed)
+    config = load_config(None, list(args.overrides))
+    cells = []
+    for window_days in args.windows:
+        # fgjax analyze's first window starts at the first event's time floored to a whole window since 1970.
+        origin = np.floor(blind_story.START_EPOCH_S / (window_days * DAY)) * window_days * DAY
+        days = load_story(data, origin)
+        for share in args.shares:
+            cells.append(score_cell(config, days, data, out, window_days, share, args.verdict, args.overrides))
+            c = cells[-1]
+            print(f"{window_days}d {share:.0%}: detector F1 {_f(c['detector']['f1'])}, rule best "
+                  f"N={c['silence_best']['knob']} F1 {_f(c['silence_best']['f1'])}; "
+                  f"{time.perf_counter() - t0:.0f}s", flush=True)
+    payload = {"benchmark": "blind", **_report.environment(), "seconds": round(time.perf_counter() - t0, 1),
+               "command": "python -m bench.blind " + " ".join(argv if argv is not None else sys.argv[1:]),
+               "setup": {"users": args.users, "days": args.days, "seed": args.seed, "verdict": args.verdict,
+                         "windows": args.windows, "shares": args.shares,
+                         "overrides": args.overrides, "events": generated.get("n_events"),
+                         "evaluate": dataclasses.asdict(config.evaluate)},
+               "cells": cells}
+    _report.write_json(out / "blind.json", payload)
+    if suite_json is not None:
+        _report.write_json(suite_json, payload)
+    text = markdown(payload)
+    (out / "blind.md").write_text(text + "\n")
+    print(text)
+    return payload
+
+
+if __name__ == "__main__":
+    main()

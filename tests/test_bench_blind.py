@@ -1,0 +1,109 @@
+"""bench/blind_story.py (the generator written blind) and bench/blind.py (its scoring through fgjax analyze)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from bench import blind, blind_story
+from fgjax import kernels
+from fgjax.data import synthetic
+
+DAY = 86400
+
+
+@pytest.fixture(scope="module")
+def small_log(tmp_path_factory):
+    out = tmp_path_factory.mktemp("blind") / "data"
+    blind_story.generate(out, users=200, days=70, seed=3, shards=2)
+    return out
+
+
+def _events(data):
+    events = pq.read_table(data / "events").to_pydict()
+    items = pq.read_table(data / "items.parquet").to_pydict()
+    category = dict(zip(items["item_id"], items["category"]))
+    day = [int((t.timestamp() - blind_story.START_EPOCH_S) // DAY) for t in events["timestamp"]]
+    return list(zip(events["user_id"], [category[i] for i in events["item_id"]], day))
+
+
+def test_the_story_keeps_its_kinds_promises(small_log):
+    """No event after a stop, inside a pause or before a late start; every event is in one of the user's interests;
+    fades and stops change after day 20; 3-6 interests a user."""
+    truth = pq.read_table(small_log / "truth.parquet").to_pylist()
+    by_pair = {(r["user_id"], r["interest"]): r for r in truth}
+    events = _events(small_log)
+    assert all((u, c) in by_pair for u, c, _ in events)
+    for u, c, d in events:
+        r = by_pair[(u, c)]
+        if r["kind"] == "stop":
+            assert d < r["change_day"]
+        if r["kind"] == "pause":
+            assert not r["change_day"] <= d < r["return_day"]
+        if r["kind"] == "late":
+            assert d >= r["start_day"]
+    per_user = np.bincount([r["user_id"] for r in truth])[1:]
+    assert per_user.min() >= 3 and per_user.max() <= 6
+    assert {r["kind"] for r in truth} == set(blind_story.KINDS)
+    assert all(r["change_day"] >= 20 for r in truth if r["kind"] in ("stop", "fade", "pause"))
+
+
+def test_load_story_counts_every_event_in_its_users_slot_on_its_day(small_log):
+    """``load_story``'s daily counts against a plain count of the events, at day 0 and at an origin one day earlier
+    (a window grid that starts before the story: every day shifts by one)."""
+    truth = pq.read_table(small_log / "truth.parquet").to_pylist()
+    slot, seen = {}, {}
+    for r in truth:
+        slot[(r["user_id"], r["interest"])] = seen.get(r["user_id"], 0)
+        seen[r["user_id"]] = seen.get(r["user_id"], 0) + 1
+    for shift in (0, 1):
+        days = blind.load_story(small_log, blind_story.START_EPOCH_S - shift * DAY)
+        want = np.zeros_like(days.counts)
+        for u, c, d in _events(small_log):
+            want[d + shift, u - 1, slot[(u, c)]] += 1
+        np.testing.assert_array_equal(days.counts, want)
+        kinds = [blind.KIND_NAMES[r["kind"]] for r in truth]
+        assert [synthetic.KINDS[k] for k in days.kind] == kinds
+        stops = [i for i, r in enumerate(truth) if r["kind"] == "stop"]
+        assert [days.change[i] for i in stops] == [r["change_day"] + shift for r in (truth[i] for i in stops)]
+        assert all(days.change[i] == days.counts.shape[0] for i, r in enumerate(truth) if r["kind"] == "steady")
+
+
+def test_states_forgotten_holds_each_state_until_its_next_change(small_log, tmp_path):
+    """``states.parquet`` holds change rows: a pair is forgotten from its forgotten row until its next change, and
+    rows past the scored windows are dropped."""
+    truth = pq.read_table(small_log / "truth.parquet").to_pylist()
+    days = blind.load_story(small_log, blind_story.START_EPOCH_S)
+    first = [r for r in truth if r["user_id"] == 1]
+    rows = {"user_id": [1, 1, 1, 1, 2], "interest": [first[1]["interest"]] * 3 + [first[0]["interest"]] * 2,
+            "window": [0, 3, 6, 1, 9], "state": ["new", "forgotten", "reactivated", "forgotten", "forgotten"]}
+    rows["interest"][4] = next(r for r in truth if r["user_id"] == 2)["interest"]
+    path = tmp_path / "states.parquet"
+    pq.write_table(pa.table(rows), path)
+    flags = blind.states_forgotten(path, days, small_log, 8)
+    assert flags.shape == (8, *days.counts.shape[1:])
+    assert np.nonzero(flags[:, 0, 1])[0].tolist() == [3, 4, 5]
+    assert np.nonzero(flags[:, 0, 0])[0].tolist() == [1, 2, 3, 4, 5, 6, 7]
+    assert not flags[:, 1].any()  # its only change is past the 8 windows scored
+    assert int(flags.sum()) == 10 and kernels.STATE_NAMES.index("forgotten") == kernels.FORGOTTEN
+
+
+@pytest.mark.slow
+def test_the_report_runs_fgjax_analyze_and_scores_what_it_wrote(tmp_path, capsys):
+    """End to end on a small log (one window length, one share): fgjax analyze's states.parquet gives the same
+    answers as the detector's kernels in process, the rule's best N is the best of its sweep, and the JSON and
+    Markdown are written."""
+    out = tmp_path / "blind"
+    payload = blind.main(["--out", str(out), "--users", "150", "--days", "63", "--windows", "7", "--shares", "0.25"])
+    (cell,) = payload["cells"]
+    assert cell["window_days"] == 7 and cell["windows"] == 9 and cell["positives"] > 0
+    assert cell["in_process_matches_analyze"]
+    assert cell["silence_best"]["f1"] == max(p["f1"] or 0.0 for p in cell["silence_sweep"])
+    assert 0.0 <= cell["detector"]["loyal_ever_flagged"] <= 1.0
+    assert (out / "analyze_detector_7d_25" / "states.parquet").exists()
+    assert json.loads((out / "blind.json").read_text())["cells"][0]["detector"] == cell["detector"]
+    assert "| 7-day | 25% |" in (out / "blind.md").read_text() and "7-day" in capsys.readouterr().out
