@@ -1,6 +1,6 @@
 """Forgetting detection on a log we did not write: ``python -m bench.blind`` (issue 10)
 
-    python -m bench.blind --out bench/results/blind --verdict runs/detection/verdict.json
+    python -m bench.blind --out bench/results/blind [--verdict runs/detection/verdict.json]
 
 The stories of the detection matrix (``fgjax evaluate --detection``) were written by the engineers who tuned
 the detector, so leaving one story out still leaves their ideas in. ``bench/blind_story.py`` was written from
@@ -11,8 +11,10 @@ read the project's generators or detector; no knob of fgjax is chosen on it. Thi
 1. generates it as Parquet shards, an items table and the truth (``--users`` x ``--days``, ``--seed``);
 2. runs ``fgjax analyze`` on it as a user would (a subprocess: the CLI reads the shards, windows of 1 and 7
    days, writes ``states.parquet``), once per window length and fade definition
-   (``analysis.detector.fade_share`` 25 % and 5 %, as the matrix does), and again with the learned verdict
-   (``--verdict``, the ``verdict.json`` that ``fgjax evaluate --detection`` writes) when given;
+   (``analysis.detector.fade_share`` 25 % and 5 %, as the matrix does): at the config's
+   ``analysis.detector.verdict_file`` (``auto``: the shipped verdict in weekly windows), with the detector's own
+   verdict (``verdict_file`` empty; the same run where the default uses no verdict), and with ``--verdict`` (a
+   ``verdict.json`` that ``fgjax evaluate --detection`` writes) when given;
 3. scores what ``states.parquet`` says against the truth with the matrix's definitions
    (``fgjax.evaluation.matrix.story_truth`` and ``cell_metrics``: changes judged at least
    ``evaluate.matrix_margin_days`` before the end whose former rate predicts ``evaluate.min_expected_events``
@@ -119,11 +121,15 @@ def _unit_per_second(arrow_type: Any) -> float:
     return {"s": 1.0, "ms": 1e3, "us": 1e6, "ns": 1e9}[arrow_type.unit]
 
 
-def run_analyze(data: Path, out: Path, window_days: int, share: float, verdict: str,
+def run_analyze(data: Path, out: Path, window_days: int, share: float, verdict: str | None,
                 overrides: list[str]) -> float:
-    """``fgjax analyze`` on the generated log, as a user runs it; returns its wall seconds."""
+    """``fgjax analyze`` on the generated log, as a user runs it; returns its wall seconds.
+
+    ``verdict``: None leaves ``analysis.detector.verdict_file`` at the config's (the product's default, ``auto``);
+    "" is the detector's own verdict; a path is that file.
+    """
     sets = [f"analysis.detector.fade_share={share}", *overrides]
-    if verdict:
+    if verdict is not None:
         sets.append(f"analysis.detector.verdict_file={verdict}")
     cmd = [sys.executable, "-m", "fgjax.cli", "analyze", "--events", str(data / "events"),
            "--items", str(data / "items.parquet"), "--window", f"{window_days}d", "--out", str(out),
@@ -175,6 +181,7 @@ def _best(points: list[dict[str, Any]], cap: float | None = None) -> dict[str, A
 def score_cell(config: Any, days: Any, data: Path, out: Path, window_days: int, share: float,
                verdict: str, overrides: list[str]) -> dict[str, Any]:
     """One (window length, fade share) cell: the product path's answers and the rule's beside them."""
+    from fgjax.analysis import verdict_file
     from fgjax.evaluation.matrix import method_alarms, story_truth, windowed
 
     e = config.evaluate
@@ -184,12 +191,20 @@ def score_cell(config: Any, days: Any, data: Path, out: Path, window_days: int, 
     cell: dict[str, Any] = {"window_days": window_days, "share": share, "windows": int(counts.shape[0]),
                             "judged_pairs": int(truth.judged.sum()),
                             "positives": int((truth.judged & truth.positive).sum())}
-    runs = {"detector": ""} | ({"learned": verdict} if verdict else {})
+    # The product as a user runs it (verdict_file as configured: auto lends weekly windows the shipped fit), the
+    # detector's own verdict, and the --verdict file. Where the default resolves to no verdict it is the detector.
+    analysis = dataclasses.replace(config.analysis, window_seconds=window_days * DAY,
+                                   detector=dataclasses.replace(config.analysis.detector, fade_share=share))
+    default_file = verdict_file(analysis)
+    cell["default_verdict"] = "" if not default_file else config.analysis.detector.verdict_file
+    runs: dict[str, str | None] = {"detector": ""} | ({"default": None} if default_file else {})
+    runs |= {"learned": verdict} if verdict else {}
     for name, vfile in runs.items():
         folder = out / f"analyze_{name}_{window_days}d_{int(share * 100)}"
         seconds = run_analyze(data, folder, window_days, share, vfile, overrides)
         flags = states_forgotten(folder / "states.parquet", days, data, counts.shape[0])
         cell[name] = {**_metrics(flags, truth, early), "analyze_seconds": round(seconds, 1)}
+    cell.setdefault("default", cell["detector"])
     methods = method_alarms(config, counts, share, window_days)
     rule = [{"knob": n, **_metrics(methods["silence"](n), truth, early)} for n in e.silence_sweep]
     detector = [{"knob": q, **_metrics(methods["detector"](q), truth, early)} for q in e.false_alarm_sweep]
@@ -210,23 +225,29 @@ def _f(v: Any, spec: str = ".3f") -> str:
 
 
 def markdown(payload: dict[str, Any]) -> str:
-    lines = ["| windows | share | judged (positives) | detector: F1, P, R, delay, loyal, again | "
-             "learned verdict: F1, loyal, again | rule at its best N: N, F1, delay, loyal | "
-             "rule at the detector's loyal share: N, F1 | detector at the rule's loyal share: false_alarm, F1 |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    lines = ["| windows | share | judged (positives) | fgjax analyze as run (verdict): F1, loyal, again "
+             "| the detector alone: F1, P, R, delay, loyal, again | --verdict: F1, loyal, again "
+             "| rule at its best N: N, F1, delay, loyal | rule at the detector's loyal share: N, F1 "
+             "| detector at the rule's loyal share: false_alarm, F1 |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+
+    def short(m: dict[str, Any] | None) -> str:
+        if m is None:
+            return "-"
+        return ", ".join([_f(m["f1"]), _f(m["loyal_ever_flagged"]), _f(m["reactivated_flagged_again"])])
+
     for c in payload["cells"]:
-        d, s, lv = c["detector"], c["silence_best"], c.get("learned")
+        d, s = c["detector"], c["silence_best"]
         sm, dm = c["silence_at_detector_loyal"], c["detector_at_silence_loyal"]
         window = "daily" if c["window_days"] == 1 else "%d-day" % c["window_days"]
+        default = "%s (%s)" % (short(c["default"]), c["default_verdict"] or "the detector")
         detector = ", ".join([_f(d["f1"]), _f(d["precision"]), _f(d["recall"]), _f(d["median_delay"], ".0f"),
                               _f(d["loyal_ever_flagged"]), _f(d["reactivated_flagged_again"])])
-        learned = "-" if lv is None else ", ".join(
-            [_f(lv["f1"]), _f(lv["loyal_ever_flagged"]), _f(lv["reactivated_flagged_again"])])
         rule = ", ".join([str(s["knob"]), _f(s["f1"]), _f(s["median_delay"], ".0f"), _f(s["loyal_ever_flagged"])])
         rule_matched = "none" if sm is None else "%s, %s" % (sm["knob"], _f(sm["f1"]))
         detector_matched = "none" if dm is None else "%g, %s" % (dm["knob"], _f(dm["f1"]))
-        lines.append(f"| {window} | {c['share']:.0%} | {c['judged_pairs']:,} ({c['positives']:,}) | {detector} "
-                     f"| {learned} | {rule} | {rule_matched} | {detector_matched} |")
+        lines.append(f"| {window} | {c['share']:.0%} | {c['judged_pairs']:,} ({c['positives']:,}) | {default} "
+                     f"| {detector} | {short(c.get('learned'))} | {rule} | {rule_matched} | {detector_matched} |")
     return "\n".join(lines)
 
 
@@ -251,7 +272,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         for share in args.shares:
             cells.append(score_cell(config, days, data, out, window_days, share, args.verdict, args.overrides))
             c = cells[-1]
-            print(f"{window_days}d {share:.0%}: detector F1 {_f(c['detector']['f1'])}, rule best "
+            print(f"{window_days}d {share:.0%}: as run F1 {_f(c['default']['f1'])}, detector alone "
+                  f"{_f(c['detector']['f1'])}, rule best "
                   f"N={c['silence_best']['knob']} F1 {_f(c['silence_best']['f1'])}; "
                   f"{time.perf_counter() - t0:.0f}s", flush=True)
     payload = {"benchmark": "blind", **_report.environment(), "seconds": round(time.perf_counter() - t0, 1),

@@ -50,7 +50,9 @@ import numpy as np
 from jax._src import dispatch  # the compile events' names (jax.monitoring has no public constants)
 
 from fgjax import kernels, processes
-from fgjax.analysis import TableWriters, analyze_scanned, load_verdict, require_categories, window_params
+from fgjax.analysis import (TableWriters, analyze_scanned, load_verdict, require_categories, verdict_file,
+                            window_params)
+from fgjax.analysis.verdict import AUTO, BUILTIN
 from fgjax.analysis.distributed import agree_scanned, user_mesh
 from fgjax.analysis.tables import part_name
 from fgjax.config import Config, to_dict
@@ -201,11 +203,13 @@ def learned_verdict_note(config: Config) -> str:
     """What ``analysis.detector.verdict_file`` lends the run, in one line ("" without one); a bad file raises its
     one-line ``ConfigError`` here, before pass 1 reads the log, not after it."""
     d = config.analysis.detector
-    if not d.verdict_file:
+    path = verdict_file(config.analysis)
+    if not path:
         return ""
     window_params(config.analysis)  # every check the run makes of the file and the detector's kind
-    fit = load_verdict(d.verdict_file, config.analysis.window_seconds / 86400.0, d.fade_share, d.verdict_recent_windows)
-    return (f"learned verdict: {d.verdict_file}, its fit for {fit.window_days:g}-day windows and fades below "
+    fit = load_verdict(path, config.analysis.window_seconds / 86400.0, d.fade_share, d.verdict_recent_windows)
+    shown = f"the built-in fit ({d.verdict_file})" if d.verdict_file in (BUILTIN, AUTO) else path
+    return (f"learned verdict: {shown}, its fit for {fit.window_days:g}-day windows and fades below "
             f"{fit.fade_share:.0%}, log-odds threshold {fit.threshold:g}, fitted on {len(fit.stories)} stories and "
             f"draws ({', '.join(fit.stories) or 'not named'})")
 

@@ -246,8 +246,10 @@ class DetectorConfig:
     calibration_prior: float = setting(1000.0, ge=0)  # completed silences the prior kappa = 1 is worth
     # A learned verdict (fgjax.analysis.verdict; docs/formulas.md section 7d) decides which silent interests are
     # forgotten: the verdict.json that `fgjax evaluate --detection` writes, its fit for this window length and
-    # fade_share. Empty: the detector's own verdict.
-    verdict_file: str = ""
+    # fade_share. "builtin": the fit fgjax ships (that file at the defaults); "auto": the shipped fit in weekly
+    # windows, where it was measured better than the detector (bench/RESULTS.md, issue 10), the detector's own
+    # verdict elsewhere; empty: the detector's own verdict everywhere.
+    verdict_file: str = "auto"
     verdict_recent_windows: int = setting(16, ge=1)  # span of the verdict's recent-rate feature (fit and use alike)
     degree_z: float = 2.0  # per-user F alarm: F > mean + degree_z * std of the user's own F
     degree_fallback: float = 1.0  # F alarm threshold before a user has two F values

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from fgjax import kernels
-from fgjax.analysis import analyze, state_series, states_table
+from fgjax.analysis import analyze, state_series, states_table, window_params
 from fgjax.analysis.verdict import VERDICT_FORMAT, VerdictFit, load_verdict, save_verdicts
 from fgjax.config import load_config
 from fgjax.errors import ConfigError
@@ -124,3 +124,46 @@ def test_states_parquet_holds_the_verdicts_log_odds_where_it_judged(tmp_path):
     assert "forgotten" in table["state"] and table["silence"][table["state"].index("forgotten")] == 7
     own = states_table(analyze(load_config(), log, progress=False), log)
     assert own.num_rows > 0 and own["verdict"].null_count == own.num_rows
+
+
+def test_auto_lends_the_shipped_fit_to_weekly_windows_only():
+    """``verdict_file``: ``auto`` (the default) is the shipped file in weekly windows where it has a fit for the share
+    and feature span, the detector's own verdict ("") elsewhere; ``builtin`` is the shipped file anywhere; "" is
+    none; a path is itself."""
+    from fgjax.analysis import BUILTIN_PATH, verdict_file, verdict_path
+
+    shipped = str(BUILTIN_PATH)
+    assert verdict_path("auto", 7.0, 0.25, 16) == shipped and verdict_path("auto", 7.0, 0.05, 16) == shipped
+    assert verdict_path("auto", 1.0, 0.25, 16) == ""  # daily: the detector decides
+    assert verdict_path("auto", 7.0, 0.3, 16) == ""  # no shipped fit for this fade definition
+    assert verdict_path("auto", 7.0, 0.25, 8) == ""  # ... nor for this feature span
+    assert verdict_path("builtin", 1.0, 0.25, 16) == shipped
+    assert verdict_path("", 7.0, 0.25, 16) == "" and verdict_path("my/v.json", 7.0, 0.25, 16) == "my/v.json"
+    weekly = load_config(None, ["analysis.window_seconds=604800"])
+    assert weekly.analysis.detector.verdict_file == "auto" and verdict_file(weekly.analysis) == shipped
+    assert verdict_file(load_config(None, []).analysis) == ""
+    # The level rule keeps no state for a verdict: auto leaves it alone, an explicit file is an error.
+    level = load_config(None, ["analysis.window_seconds=604800", "analysis.detector.kind=level"])
+    assert verdict_file(level.analysis) == "" and window_params(level.analysis).verdict is None
+    named = load_config(None, ["analysis.detector.verdict_file=builtin", "analysis.detector.kind=level"])
+    with pytest.raises(ConfigError, match="reads the adaptive detector's state"):
+        window_params(named.analysis)
+
+
+def test_the_shipped_fit_covers_both_windows_and_shares_and_names_its_stories():
+    """The shipped file is this version's format and features, with a fit per window length and fade share of the
+    detection matrix, each fitted on the four stories and their family draws (``fgjax evaluate --detection``)."""
+    from fgjax.analysis import BUILTIN_PATH
+
+    config = load_config(None, [])
+    e, d = config.evaluate, config.analysis.detector
+    for days in e.detection_window_days:
+        for share in e.fade_shares:
+            fit = load_verdict(BUILTIN_PATH, float(days), float(share), d.verdict_recent_windows)
+            assert fit.stories == (*e.detection_stories,
+                                   *(f"{s} (family draw 1)" for s in e.detection_stories))
+            assert np.isfinite(fit.threshold) and float(np.abs(np.asarray(fit.params.weights)).sum()) > 0
+    weekly = window_params(load_config(None, ["analysis.window_seconds=604800"]).analysis)
+    fit = load_verdict(BUILTIN_PATH, 7.0, d.fade_share, d.verdict_recent_windows)
+    np.testing.assert_array_equal(np.asarray(weekly.verdict.weights), np.asarray(fit.params.weights))
+    assert float(weekly.verdict_threshold) == fit.threshold

@@ -94,14 +94,17 @@ def test_states_forgotten_holds_each_state_until_its_next_change(small_log, tmp_
 
 @pytest.mark.slow
 def test_the_report_runs_fgjax_analyze_and_scores_what_it_wrote(tmp_path, capsys):
-    """End to end on a small log (one window length, one share): fgjax analyze's states.parquet gives the same
-    answers as the detector's kernels in process, the rule's best N is the best of its sweep, and the JSON and
+    """End to end on a small log (one window length, one share): fgjax analyze's states.parquet with the detector's
+    own verdict gives the same answers as its kernels in process, the rule's best N is the best of its sweep, and the JSON and
     Markdown are written."""
     out = tmp_path / "blind"
     payload = blind.main(["--out", str(out), "--users", "150", "--days", "63", "--windows", "7", "--shares", "0.25"])
     (cell,) = payload["cells"]
     assert cell["window_days"] == 7 and cell["windows"] == 9 and cell["positives"] > 0
     assert cell["in_process_matches_analyze"]
+    # Weekly windows: the product's default lends them the shipped verdict, so it runs beside the detector alone.
+    assert cell["default_verdict"] == "auto" and (out / "analyze_default_7d_25" / "states.parquet").exists()
+    assert cell["default"]["loyal_ever_flagged"] is not None and "(auto)" in (out / "blind.md").read_text()
     assert cell["silence_best"]["f1"] == max(p["f1"] or 0.0 for p in cell["silence_sweep"])
     assert 0.0 <= cell["detector"]["loyal_ever_flagged"] <= 1.0
     assert (out / "analyze_detector_7d_25" / "states.parquet").exists()

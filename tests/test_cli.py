@@ -189,6 +189,9 @@ def test_quickstart_then_every_subcommand(tmp_path, capsys):
     code, stdout, err = run_cli(["analyze", "--out", tmp_path / "an7", "--events", f"{out}/data/events", "--items",
                                  f"{out}/data/items.parquet", "--window", "7d", *SMALL], capsys)
     assert code == 0, err
+    # verdict_file: auto (the default) lends weekly windows the shipped fit and leaves daily ones to the detector.
+    assert "learned verdict: the built-in fit (auto), its fit for 7-day windows and fades below 25%" in stdout
+    assert states["verdict"].null_count == states.num_rows  # daily: no verdict, null
     weekly = pq.read_table(tmp_path / "an7" / "forgetting.parquet")
     starts = np.unique(np.array(weekly["window_start"].cast("int64")))
     assert set(np.diff(starts).tolist()) == {7 * 86400 * 10**6}
@@ -207,8 +210,8 @@ def test_quickstart_then_every_subcommand(tmp_path, capsys):
                                  f"analysis.detector.verdict_file={verdict}"], capsys)
     assert code == 0, err
     assert "log-odds threshold 0, fitted on 0 stories and draws (not named)" in stdout
-    own = pq.read_table(tmp_path / "an7" / "states.parquet")
-    assert own["verdict"].null_count == own.num_rows  # no verdict file: null
+    shipped = pq.read_table(tmp_path / "an7" / "states.parquet").to_pydict()
+    assert all((v is not None) == (s > 0) for v, s in zip(shipped["verdict"], shipped["silence"]))
     judged = pq.read_table(tmp_path / "an7v" / "states.parquet").to_pydict()
     silent = np.array(judged["silence"]) > 0
     assert silent.any() and not silent.all()

@@ -25,6 +25,7 @@ def test_wheel_ships_fgjax_kernels(tmp_path):
     assert "fgjax/kernels/__init__.py" in names and "fgjax/kernels/_forgetting.py" in names
     assert not any(n.startswith("kernels/") for n in names)
     assert any(n.endswith("entry_points.txt") for n in names)
+    assert "fgjax/analysis/verdict_builtin.json" in names  # the shipped verdict (analysis.detector.verdict_file: auto)
     # Install the wheel (not the source tree) into its own folder and import from there.
     target = tmp_path / "site"
     install = subprocess.run(

@@ -31,7 +31,15 @@ from fgjax.analysis.tables import (
     write_forgetting,
     write_states,
 )
-from fgjax.analysis.verdict import VERDICT_FORMAT, VerdictFit, load_verdict, save_verdicts
+from fgjax.analysis.verdict import (
+    AUTO_WINDOW_DAYS,
+    BUILTIN_PATH,
+    VERDICT_FORMAT,
+    VerdictFit,
+    load_verdict,
+    save_verdicts,
+    verdict_path,
+)
 from fgjax.analysis.window import (
     EVIDENCE_FIELDS,
     AnalysisCarry,
@@ -45,6 +53,7 @@ from fgjax.analysis.window import (
     init_carry,
     learned_states,
     pad_events,
+    verdict_file,
     window_index,
     window_params,
     window_spec,
@@ -53,7 +62,9 @@ from fgjax.analysis.window import (
 )
 
 __all__ = [
+    "AUTO_WINDOW_DAYS",
     "AnalysisCarry",
+    "BUILTIN_PATH",
     "Counters",
     "EVIDENCE_FIELDS",
     "Evidence",
@@ -89,6 +100,8 @@ __all__ = [
     "save_verdicts",
     "state_series",
     "states_table",
+    "verdict_file",
+    "verdict_path",
     "window_index",
     "window_params",
     "window_spec",

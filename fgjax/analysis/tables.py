@@ -114,7 +114,8 @@ def states_table(result: ForgettingResult, log: EventLog) -> pa.Table:
     silence, >= 1), period (windows; 0 = none)
     with period_strength, last_active (start of the last active window),
     and verdict: the learned verdict's log-odds that a silent interest is
-    forgotten (``analysis.detector.verdict_file``; null without one, and on
+    forgotten (``analysis.detector.verdict_file``: by default the shipped fit in weekly
+    windows; null without a verdict, and on
     rows of an active interest, which it does not judge).
     Rows are ordered by window, then user, then interest. Under
     ``analysis.detector.kind: level`` no detector runs: F_threshold, F_alarm

@@ -10,6 +10,13 @@ The format (``VERDICT_FORMAT``)::
                "weights": [...], "bias": b, "threshold": t, "stories": [...], "false_alarm": q}, ...]}
 
 ``mean`` / ``scale`` / ``weights`` are in ``features`` order; ``threshold`` is on the log-odds.
+
+fgjax ships one (``BUILTIN_PATH``): the ``verdict.json`` of ``fgjax evaluate --detection`` at the default
+config. ``verdict_file: builtin`` names it; ``auto`` (the default) uses it only where it was measured better
+than the detector's own verdict, in weekly windows (``AUTO_WINDOW_DAYS``; ``verdict_path``). When the
+detector or the verdict's features change, fit it again and replace it::
+
+    fgjax evaluate --detection --out runs/detection && cp runs/detection/verdict.json fgjax/analysis/verdict_builtin.json
 """
 
 from __future__ import annotations
@@ -27,6 +34,33 @@ from fgjax.errors import ConfigError
 
 VERDICT_FORMAT = "fgjax-verdict/1"
 _VECTORS = ("mean", "scale", "weights")
+BUILTIN = "builtin"  # analysis.detector.verdict_file naming the fit fgjax ships
+AUTO = "auto"  # ... the shipped fit in the windows where it was measured better than the detector, else none
+BUILTIN_PATH = Path(__file__).with_name("verdict_builtin.json")
+# Window lengths (days) where ``auto`` uses the shipped fit: in weekly windows it beat the detector in the matrix
+# (6 of 8 cells), the 30-week single run and the log written blind (bench/RESULTS.md, issue 10); in daily windows
+# it lost to the detector on 60-day logs of three of the four stories, so there the detector decides.
+AUTO_WINDOW_DAYS = (7.0,)
+
+
+def verdict_path(verdict_file: str, window_days: float, fade_share: float, recent_windows: int) -> str:
+    """The verdict file a run reads for ``analysis.detector.verdict_file`` ("" = the detector's own verdict).
+
+    ``builtin`` is ``BUILTIN_PATH``; ``auto`` is ``BUILTIN_PATH`` where ``window_days`` is one of
+    ``AUTO_WINDOW_DAYS`` and the shipped file has a fit for ``fade_share`` and ``recent_windows``, and "" elsewhere;
+    any other value is a path, returned as given.
+    """
+    if verdict_file == BUILTIN:
+        return str(BUILTIN_PATH)
+    if verdict_file != AUTO:
+        return verdict_file
+    if not any(math.isclose(window_days, d, rel_tol=1e-6) for d in AUTO_WINDOW_DAYS):
+        return ""
+    try:
+        load_verdict(BUILTIN_PATH, window_days, fade_share, recent_windows)
+    except ConfigError:  # no shipped fit for this share or feature span: the detector decides, as in daily windows
+        return ""
+    return str(BUILTIN_PATH)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -26,7 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from fgjax import kernels
-from fgjax.analysis.verdict import load_verdict
+from fgjax.analysis.verdict import AUTO, load_verdict, verdict_path
 from fgjax.config import AnalysisConfig
 from fgjax.errors import ConfigError
 
@@ -146,8 +146,17 @@ def window_spec(config: AnalysisConfig, num_interests: int, *, top: int | None =
         user_block=config.detector.user_block or None,
         buffer_windows=config.detector.buffer_windows,
         period_every=config.detector.period_every,
-        verdict_recent_windows=config.detector.verdict_recent_windows if config.detector.verdict_file else 0,
+        verdict_recent_windows=config.detector.verdict_recent_windows if verdict_file(config) else 0,
     )
+
+
+def verdict_file(config: AnalysisConfig) -> str:
+    """The verdict file ``config`` (``analysis``) reads: ``detector.verdict_file`` resolved for its window length
+    and fade share (``fgjax.analysis.verdict.verdict_path``; "" = the detector's own verdict)."""
+    d = config.detector
+    if d.verdict_file == AUTO and d.kind != "adaptive":  # the level rule keeps no state for a verdict to read
+        return ""
+    return verdict_path(d.verdict_file, config.window_seconds / 86400.0, d.fade_share, d.verdict_recent_windows)
 
 
 def window_params(config: AnalysisConfig) -> WindowParams:
@@ -163,11 +172,12 @@ def window_params(config: AnalysisConfig) -> WindowParams:
 
     d = config.detector
     verdict = threshold = None
-    if d.verdict_file:
+    path = verdict_file(config)
+    if path:
         if d.kind != "adaptive":
             raise ConfigError("analysis.detector.verdict_file: the learned verdict reads the adaptive detector's "
                               f"state; analysis.detector.kind is {d.kind!r}")
-        fit = load_verdict(d.verdict_file, config.window_seconds / 86400.0, d.fade_share, d.verdict_recent_windows)
+        fit = load_verdict(path, config.window_seconds / 86400.0, d.fade_share, d.verdict_recent_windows)
         verdict = kernels.VerdictParams(*(scalar(v) for v in fit.params))
         threshold = scalar(fit.threshold)
     return WindowParams(
