@@ -163,6 +163,23 @@ def write_json(path: str | os.PathLike[str], payload: dict[str, Any]) -> Path:
     return path
 
 
+def report_folder(out: str | os.PathLike[str], name: str) -> tuple[Path, Path | None]:
+    """A study's ``--out``: a folder, or as the suite passes it ``DIR/NAME.json`` (then the folder ``DIR/NAME``
+    and that file, which gets the payload too). Returns ``(folder, suite_json or None)``."""
+    out = Path(out)
+    if out.suffix == ".json":
+        return out.parent / name, out
+    return out, None
+
+
+def write_study(folder: Path, name: str, payload: dict[str, Any], text: str, suite_json: Path | None) -> None:
+    """``folder/NAME.json`` (and ``suite_json``) with ``payload``, ``folder/NAME.md`` with ``text``."""
+    write_json(folder / f"{name}.json", payload)
+    if suite_json is not None:
+        write_json(suite_json, payload)
+    (folder / f"{name}.md").write_text(text if text.endswith("\n") else text + "\n")
+
+
 def format_table(rows: Sequence[dict[str, Any]], columns: Sequence[tuple[str, str, str]]) -> str:
     """A plain-text table; ``columns`` are ``(key, header, format spec)``."""
     cells = [[header for _, header, _ in columns]]

@@ -182,6 +182,7 @@ def score_cell(config: Any, days: Any, data: Path, out: Path, window_days: int, 
                verdict: str, overrides: list[str]) -> dict[str, Any]:
     """One (window length, fade share) cell: the product path's answers and the rule's beside them."""
     from fgjax.analysis import verdict_file
+    from fgjax.evaluation.detection import silence_alarms
     from fgjax.evaluation.matrix import method_alarms, story_truth, windowed
 
     e = config.evaluate
@@ -205,11 +206,17 @@ def score_cell(config: Any, days: Any, data: Path, out: Path, window_days: int, 
         flags = states_forgotten(folder / "states.parquet", days, data, counts.shape[0])
         cell[name] = {**_metrics(flags, truth, early), "analyze_seconds": round(seconds, 1)}
     cell.setdefault("default", cell["detector"])
-    methods = method_alarms(config, counts, share, window_days)
-    rule = [{"knob": n, **_metrics(methods["silence"](n), truth, early)} for n in e.silence_sweep]
-    detector = [{"knob": q, **_metrics(methods["detector"](q), truth, early)} for q in e.false_alarm_sweep]
+    # The detector in process over every window fgjax analyze saw (a last, partial window included: the life
+    # budget is capped at the log's windows), scored on the whole ones.
+    whole = counts.shape[0]
+    days_seen = -(-days.counts.shape[0] // window_days) * window_days
+    seen = np.zeros((days_seen, *days.counts.shape[1:]), np.float32)
+    seen[: days.counts.shape[0]] = days.counts
+    methods = method_alarms(config, seen.reshape(-1, window_days, *seen.shape[1:]).sum(axis=1), share, window_days)
+    rule = [{"knob": n, **_metrics(silence_alarms(counts, n), truth, early)} for n in e.silence_sweep]
+    detector = [{"knob": q, **_metrics(methods["detector"](q)[:whole], truth, early)} for q in e.false_alarm_sweep]
     # The in-process kernels at the product's budget: the same answers as fgjax analyze (a check of this script).
-    in_process = _metrics(methods["detector"](config.analysis.detector.false_alarm), truth, early)
+    in_process = _metrics(methods["detector"](config.analysis.detector.false_alarm)[:whole], truth, early)
     cell["in_process_matches_analyze"] = all(in_process[k] == cell["detector"][k]
                                              for k in ("true_positives", "false_positives", "loyal_ever_flagged"))
     cell["silence_best"] = _best(rule)
@@ -256,10 +263,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     from bench import blind_story
     from fgjax.config import load_config
 
-    out = Path(args.out)
-    suite_json = None
-    if out.suffix == ".json":  # called by the suite: --out DIR/blind.json
-        suite_json, out = out, out.parent / "blind"
+    out, suite_json = _report.report_folder(args.out, "blind")  # the suite passes DIR/blind.json
     t0 = time.perf_counter()
     data = out / "data"
     generated = blind_story.generate(data, users=args.users, days=args.days, seed=args.seed)
@@ -283,11 +287,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                          "overrides": args.overrides, "events": generated.get("n_events"),
                          "evaluate": dataclasses.asdict(config.evaluate)},
                "cells": cells}
-    _report.write_json(out / "blind.json", payload)
-    if suite_json is not None:
-        _report.write_json(suite_json, payload)
     text = markdown(payload)
-    (out / "blind.md").write_text(text + "\n")
+    _report.write_study(out, "blind", payload, text, suite_json)
     print(text)
     return payload
 

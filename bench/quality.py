@@ -617,10 +617,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     use_compile_cache()
 
     report = (lambda _: None) if args.quiet else (lambda msg: print(msg, flush=True))
-    out = Path(args.out)
-    suite_json = None
-    if out.suffix == ".json":  # called by the suite: --out DIR/quality.json
-        suite_json, out = out, out.parent / "quality"
+    out, suite_json = _report.report_folder(args.out, "quality")  # the suite passes DIR/quality.json
     specs = [(spec.partition("=")[0], spec.partition("=")[2] or None) for spec in args.dataset] or [(args.config, None)]
     t0 = time.perf_counter()
     try:
@@ -632,11 +629,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     payload = {"benchmark": "quality", **_report.environment(), "seconds": round(time.perf_counter() - t0, 1),
                "command": "python -m bench.quality " + " ".join(argv if argv is not None else sys.argv[1:]),
                "datasets": datasets}
-    _report.write_json(out / "quality.json", payload)
-    if suite_json is not None:
-        _report.write_json(suite_json, payload)
     text = markdown(payload)
-    (out / "quality.md").write_text(text + "\n")
+    _report.write_study(out, "quality", payload, text, suite_json)
     if args.results_md:
         update_results(Path(args.results_md), text, payload["command"])
     report(text)

@@ -333,10 +333,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             raise SystemExit(f"fgjax: error: {flag}: each value once, got {','.join(map(str, values))}")
     use_compile_cache()
     report = (lambda _: None) if args.quiet else (lambda msg: print(msg, flush=True))
-    out = Path(args.out)
-    suite_json = None
-    if out.suffix == ".json":  # called by the suite: --out DIR/seeds.json
-        suite_json, out = out, out.parent / "seeds"
+    out, suite_json = _report.report_folder(args.out, "seeds")  # the suite passes DIR/seeds.json
     specs = [(spec.partition("=")[0], spec.partition("=")[2] or None) for spec in args.dataset] or [(args.config, None)]
     t0 = time.perf_counter()
     try:
@@ -348,11 +345,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     payload = {"benchmark": "seeds", **_report.environment(), "seconds": round(time.perf_counter() - t0, 1),
                "command": "python -m bench.seeds " + " ".join(argv if argv is not None else sys.argv[1:]),
                "datasets": datasets}
-    _report.write_json(out / "seeds.json", payload)
-    if suite_json is not None:
-        _report.write_json(suite_json, payload)
     text = markdown(payload)
-    (out / "seeds.md").write_text(text)
+    _report.write_study(out, "seeds", payload, text, suite_json)
     if args.results_md:
         update_results(Path(args.results_md), payload)
     report(text)

@@ -127,7 +127,8 @@ def detector_codes(config, counts: np.ndarray, window_seconds: float) -> np.ndar
     from fgjax.evaluation.detection import detect_series
 
     acfg = dataclasses.replace(config.analysis, window_seconds=window_seconds)
-    return np.asarray(detect_series(jnp.asarray(counts), window_params(acfg), window_spec(acfg, counts.shape[2])))
+    return np.asarray(detect_series(jnp.asarray(counts), window_params(acfg, counts.shape[0]),
+                                    window_spec(acfg, counts.shape[2])))
 
 
 def study(name: str, config, log, args) -> dict[str, Any]:
@@ -203,10 +204,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     from fgjax.data.synthetic import generate
     from fgjax.errors import FgjaxError
 
-    out = Path(args.out)
-    suite_json = None
-    if out.suffix == ".json":  # called by the suite: --out DIR/silences.json
-        suite_json, out = out, out.parent / "silences"
+    out, suite_json = _report.report_folder(args.out, "silences")  # the suite passes DIR/silences.json
     t0 = time.perf_counter()
     rows = []
     try:
@@ -232,11 +230,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     payload = {"benchmark": "silences", **_report.environment(), "seconds": round(time.perf_counter() - t0, 1),
                "command": "python -m bench.silences " + " ".join(argv if argv is not None else sys.argv[1:]),
                "setup": setup, "datasets": rows}
-    _report.write_json(out / "silences.json", payload)
-    if suite_json is not None:
-        _report.write_json(suite_json, payload)
     text = markdown(payload)
-    (out / "silences.md").write_text(text + "\n")
+    _report.write_study(out, "silences", payload, text, suite_json)
     print(text)
     return payload
 

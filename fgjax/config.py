@@ -213,7 +213,10 @@ class DetectorConfig:
     # turns staggered, and kept between (1 = every window; kernels.detector_update's period_every).
     period_every: int = setting(4, ge=1)
     false_alarm: float = setting(0.01, gt=0, lt=1)  # chance a loyal interest is ever called forgotten in life_days
-    life_days: float = setting(200.0, gt=0)  # the life false_alarm covers (in windows: life_days / window length)
+    # The life false_alarm covers (in windows: life_days / window length), at most the log's span where the run
+    # knows it (fgjax analyze, the evaluations; not the window-by-window monitor): in a 60-day log no interest is
+    # loyal for 200 days, and a budget spread over 200 cost the 60-day runs 0.08-0.11 F1 (bench/RESULTS.md).
+    life_days: float = setting(200.0, gt=0)
     gap_factor: float = setting(1.5, ge=0)  # a silence must exceed this times the longest gap / period it came back from
     min_strength: float = setting(0.25, ge=0)  # periodogram peak share that counts as periodic
     recent_windows: int = setting(3, ge=1)  # fewest windows of the drop test and of the trend
@@ -257,13 +260,17 @@ class DetectorConfig:
     # The drop test's ratio became the fade definition; the life budget is counted in days.
     _RENAMED = MappingProxyType({"forgotten_ratio": "fade_share"})
 
-    def kernel_params(self, window_seconds: float = 86400.0) -> kernels.DetectorParams:
+    def kernel_params(self, window_seconds: float = 86400.0, log_windows: int | None = None) -> kernels.DetectorParams:
         """These knobs as ``fgjax.kernels.DetectorParams`` of Python scalars for windows of
-        ``window_seconds`` (``life_days`` becomes ``life_windows``; imports jax)."""
+        ``window_seconds`` (``life_days`` becomes ``life_windows``, at most ``log_windows``, the windows of the
+        log analyzed, where it is known; imports jax)."""
         from fgjax.kernels import DetectorParams  # lazily: loading a config must not import jax
 
         knobs = {name: getattr(self, name) for name in DetectorParams._fields if name != "life_windows"}
-        return DetectorParams(**knobs, life_windows=max(self.life_days * 86400.0 / window_seconds, 1.0))
+        life = self.life_days * 86400.0 / window_seconds
+        if log_windows is not None:
+            life = min(life, float(log_windows))
+        return DetectorParams(**knobs, life_windows=max(life, 1.0))
 
 
 @dataclasses.dataclass(frozen=True)

@@ -121,6 +121,43 @@ def test_detect_series_equals_the_streaming_update():
     assert low <= mid <= high and low < high
 
 
+def test_the_life_budget_covers_at_most_the_log_analyzed():
+    """``life_days`` in windows, capped at the log's windows where a run knows them: ``fgjax analyze`` of a 40-day
+    log judges with a 40-window life (an earlier call than the 200-day budget makes), as ``detect_series`` does
+    with the same cap."""
+    import dataclasses
+
+    from conftest import make_log
+    from fgjax.analysis import analyze, state_series
+
+    d = load_config().analysis.detector
+    assert d.kernel_params(86400.0, 60).life_windows == 60 and d.kernel_params(86400.0, 1000).life_windows == 200
+    assert d.kernel_params(7 * 86400.0, 10).life_windows == 10 and d.kernel_params(86400.0, 0).life_windows == 1.0
+    assert d.kernel_params(7 * 86400.0).life_windows == pytest.approx(200 / 7)
+    config = load_config(None, ["analysis.detector.verdict_file="])
+    assert float(window_params(config.analysis, 30).detector.life_windows) == 30
+    # One interest: an event a day for 20 days, then silent to day 40 (a weightless event marks the log's end).
+    day, t0 = 86400.0, 1.7e9
+    base = make_log(num_users=1, num_items=4, events_per_user=1)
+    ts = np.concatenate([t0 + np.arange(20) * day + 100, [t0 + 39 * day + 100]])
+    log = dataclasses.replace(base, user=np.zeros(21, np.int32), item=np.zeros(21, np.int32), timestamp=ts,
+                              weight=np.concatenate([np.ones(20), [0.0]]).astype(np.float32))
+    result = analyze(config, log, progress=False)
+    assert result.num_windows == 40
+    codes = state_series(result.changes, 40, 1, len(log.categories))[:, 0, 0]
+    counts = np.zeros((40, 1, len(log.categories)), np.float32)
+    counts[:20, 0, 0] = 1.0
+    spec = window_spec(config.analysis, len(log.categories))
+    capped = np.asarray(detect_series(counts, window_params(config.analysis, 40), spec))[:, 0, 0]
+    uncapped = np.asarray(detect_series(counts, window_params(config.analysis), spec))[:, 0, 0]
+    np.testing.assert_array_equal(codes[:39], capped[:39])  # the analysis sees the end marker on day 39
+
+    def first_forgotten(c):
+        return int(np.argmax(c == kernels.FORGOTTEN)) if (c == kernels.FORGOTTEN).any() else 40
+
+    assert first_forgotten(capped) < first_forgotten(uncapped)
+
+
 @pytest.mark.slow
 def test_detector_beats_both_baselines_on_weekly_ground_truth(tmp_path):
     from fgjax.pipeline import evaluate_detection

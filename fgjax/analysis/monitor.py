@@ -2,7 +2,10 @@
 
 A service calls ``monitor_update`` as each window closes, with that window's
 events; the state is the ``AnalysisCarry`` NamedTuple. The results equal what
-``analyze`` computes for the same window over the whole log (tested).
+``analyze`` computes for the same window over the whole log (tested) once the
+log is at least ``analysis.detector.life_days`` long: a live log has no end, so
+the monitor's life budget is ``life_days``, where ``analyze`` caps it at the
+windows of the log it is given.
 """
 
 from __future__ import annotations

@@ -614,7 +614,8 @@ def analyze(
     source = log_windows(log.user[keep][order], interest[order], log.weight[keep][order], ts[order], origin=origin,
                          window_seconds=ws, num_windows=num_windows, num_users=log.num_users)
     spec = window_spec(acfg, num_interests)
-    run = run_windows(source, spec, window_params(acfg), init_carry(spec, log.num_users), num_windows=num_windows,
+    run = run_windows(source, spec, window_params(acfg, num_windows), init_carry(spec, log.num_users),
+                      num_windows=num_windows,
                       snapshot_window=snap_window, final=True, record_changes=record_changes, progress=progress)
     last = jax.device_get(run.carry)
     final = run.final
@@ -735,7 +736,7 @@ def analyze_scanned(
             yield window
 
     spec = window_spec(acfg, num_interests)
-    params = window_params(acfg)
+    params = window_params(acfg, scanned.num_windows)
     mesh = user_mesh(acfg.devices)
     chunk = 0
     if layout is None:

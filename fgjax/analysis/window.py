@@ -159,8 +159,9 @@ def verdict_file(config: AnalysisConfig) -> str:
     return verdict_path(d.verdict_file, config.window_seconds / 86400.0, d.fade_share, d.verdict_recent_windows)
 
 
-def window_params(config: AnalysisConfig) -> WindowParams:
-    """The numbers of ``config`` (``analysis``) as a pytree of float32 scalars."""
+def window_params(config: AnalysisConfig, log_windows: int | None = None) -> WindowParams:
+    """The numbers of ``config`` (``analysis``) as a pytree of float32 scalars; ``log_windows``, the windows of the
+    log analyzed where known, caps the detector's life budget (``DetectorConfig.kernel_params``)."""
     # Python floats on the host (kernels.decay_factors validates the half-life); arrays from here on.
     decay, inv_tau = kernels.decay_factors(1.0, config.half_life_windows, reset_each_window=config.reset_each_window)
     # Device arrays put from NumPy, not made by jnp: each jnp scalar would compile a conversion (a run then
@@ -187,7 +188,7 @@ def window_params(config: AnalysisConfig) -> WindowParams:
         inv_tau=scalar(inv_tau),
         declining_ratio=scalar(config.level.declining_ratio),
         forgotten_ratio=scalar(config.level.forgotten_ratio),
-        detector=kernels.DetectorParams(*(scalar(v) for v in d.kernel_params(config.window_seconds))),
+        detector=kernels.DetectorParams(*(scalar(v) for v in d.kernel_params(config.window_seconds, log_windows))),
         verdict=verdict,
         verdict_threshold=threshold,
     )

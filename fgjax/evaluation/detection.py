@@ -395,7 +395,7 @@ def evaluate_detection_on(
     silence_curve = _curve([float(n) for n in ecfg.silence_sweep], lambda n: silence_alarms(counts, int(n)), truth,
                            early)
     device_counts = jnp.asarray(counts)
-    params, spec = window_params(acfg), window_spec(acfg, len(log.categories))
+    params, spec = window_params(acfg, counts.shape[0]), window_spec(acfg, len(log.categories))
 
     @functools.cache  # the matched row scores a knob of the sweep again: one scan per knob
     def sweep_alarms(q: float) -> np.ndarray:

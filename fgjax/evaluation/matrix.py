@@ -313,7 +313,7 @@ def method_alarms(config: Config, counts: np.ndarray, share: float, window_days:
                                detector=dataclasses.replace(config.analysis.detector, fade_share=share,
                                                             verdict_file=""))  # the detector's own verdict
     device = jnp.asarray(counts)
-    params, spec = window_params(acfg), window_spec(acfg, counts.shape[-1])
+    params, spec = window_params(acfg, counts.shape[0]), window_spec(acfg, counts.shape[-1])
 
     def detector(q: float) -> np.ndarray:
         knobs = params._replace(detector=params.detector._replace(false_alarm=jnp.asarray(q, jnp.float32)))

@@ -69,7 +69,7 @@ def verdict_rows(config: Config, counts: np.ndarray, truth: Truth, share: float,
     acfg = dataclasses.replace(config.analysis, window_seconds=window_days * 86400.0,
                                detector=dataclasses.replace(config.analysis.detector, fade_share=share,
                                                             verdict_file=""))  # the detector's own verdict
-    params, spec = window_params(acfg), window_spec(acfg, counts.shape[-1])
+    params, spec = window_params(acfg, counts.shape[0]), window_spec(acfg, counts.shape[-1])
     features, silent = _evidence_series(jnp.asarray(counts, jnp.float32), params, spec,
                                         config.analysis.detector.verdict_recent_windows)
     pairs = (slice(None), truth.user, truth.interest)
