@@ -172,6 +172,16 @@ def report_folder(out: str | os.PathLike[str], name: str) -> tuple[Path, Path | 
     return out, None
 
 
+def study_payload(name: str, started: float, argv: Sequence[str] | None, **fields: Any) -> dict[str, Any]:
+    """A study's JSON: its name, where it ran (``environment``), its seconds since ``started`` (perf_counter), the
+    command that ran it (``python -m bench.NAME`` and ``argv``, or the process's own arguments) and ``fields``."""
+    import sys
+
+    args = list(argv) if argv is not None else sys.argv[1:]
+    return {"benchmark": name, **environment(), "seconds": round(time.perf_counter() - started, 1),
+            "command": f"python -m bench.{name} " + " ".join(args), **fields}
+
+
 def write_study(folder: Path, name: str, payload: dict[str, Any], text: str, suite_json: Path | None) -> None:
     """``folder/NAME.json`` (and ``suite_json``) with ``payload``, ``folder/NAME.md`` with ``text``."""
     write_json(folder / f"{name}.json", payload)

@@ -280,13 +280,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                   f"{_f(c['detector']['f1'])}, rule best "
                   f"N={c['silence_best']['knob']} F1 {_f(c['silence_best']['f1'])}; "
                   f"{time.perf_counter() - t0:.0f}s", flush=True)
-    payload = {"benchmark": "blind", **_report.environment(), "seconds": round(time.perf_counter() - t0, 1),
-               "command": "python -m bench.blind " + " ".join(argv if argv is not None else sys.argv[1:]),
-               "setup": {"users": args.users, "days": args.days, "seed": args.seed, "verdict": args.verdict,
-                         "windows": args.windows, "shares": args.shares,
-                         "overrides": args.overrides, "events": generated.get("n_events"),
-                         "evaluate": dataclasses.asdict(config.evaluate)},
-               "cells": cells}
+    setup = {"users": args.users, "days": args.days, "seed": args.seed, "verdict": args.verdict,
+             "windows": args.windows, "shares": args.shares, "overrides": args.overrides,
+             "events": generated.get("n_events"), "evaluate": dataclasses.asdict(config.evaluate)}
+    payload = _report.study_payload("blind", t0, argv, setup=setup, cells=cells)
     text = markdown(payload)
     _report.write_study(out, "blind", payload, text, suite_json)
     print(text)

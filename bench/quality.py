@@ -626,9 +626,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     except FgjaxError as exc:
         print(f"fgjax: error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
-    payload = {"benchmark": "quality", **_report.environment(), "seconds": round(time.perf_counter() - t0, 1),
-               "command": "python -m bench.quality " + " ".join(argv if argv is not None else sys.argv[1:]),
-               "datasets": datasets}
+    payload = _report.study_payload("quality", t0, argv, datasets=datasets)
     text = markdown(payload)
     _report.write_study(out, "quality", payload, text, suite_json)
     if args.results_md:

@@ -227,9 +227,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         print(f"fgjax: error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
     setup = {k: getattr(args, k) for k in ("window_days", "age_days", "horizon_days", "min_events")}
-    payload = {"benchmark": "silences", **_report.environment(), "seconds": round(time.perf_counter() - t0, 1),
-               "command": "python -m bench.silences " + " ".join(argv if argv is not None else sys.argv[1:]),
-               "setup": setup, "datasets": rows}
+    payload = _report.study_payload("silences", t0, argv, setup=setup, datasets=rows)
     text = markdown(payload)
     _report.write_study(out, "silences", payload, text, suite_json)
     print(text)
