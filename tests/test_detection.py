@@ -180,6 +180,13 @@ def test_detector_beats_both_baselines_on_weekly_ground_truth(tmp_path):
         assert ours["f1"] > baseline["overall"]["f1"]
     assert report["new_interests"]["first_state_new"] == 1.0
     assert report["reactivation"]["recall"] > 0.9
+    # Weekly windows: the shipped verdict decided the states (verdict_file: auto), and the report says so.
+    from fgjax.evaluation.detection import DetectionReport, format_report
+
+    assert report["setup"]["verdict"] == "auto"
+    text = format_report(DetectionReport(**report))
+    assert "| fgjax adaptive + learned verdict (auto) |" in text
+    assert "| case (fgjax adaptive + learned verdict (auto)) |" in text
 
 
 def test_each_method_is_also_scored_at_the_others_loyal_false_positive_rate():

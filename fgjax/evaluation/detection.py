@@ -58,6 +58,7 @@ from fgjax.analysis import (
     analyze,
     detector_step,
     state_series,
+    verdict_file,
     window_params,
     window_spec,
     write_states,
@@ -424,6 +425,9 @@ def evaluate_detection_on(
         "pairs_not_judged": int((~truth.judged).sum()),
         "fade_forgotten_share": ecfg.fade_forgotten_share,
         "early_windows": early,
+        # The learned verdict that decided the states ("" = the detector's own): the sweeps and the matched row
+        # are the detector's alone.
+        "verdict": acfg.detector.verdict_file if verdict_file(acfg) else "",
     }
     report = DetectionReport(
         detector={"knob": acfg.detector.false_alarm, **detector},
@@ -469,11 +473,14 @@ def _codes_from_table(table: pa.Table, log: EventLog, num_windows: int) -> np.nd
 
 def format_report(report: DetectionReport) -> str:
     """A Markdown table of the detector and both baselines, overall and per case."""
-    rows = [("fgjax adaptive", report.detector)] + [
+    verdict = report.setup.get("verdict")
+    headline = f"fgjax adaptive + learned verdict ({verdict})" if verdict else "fgjax adaptive"
+    rows = [(headline, report.detector)] + [
         (f"{name} (best knob {b['knob']:g})", b) for name, b in report.baselines.items()
     ]
+    alone = "fgjax adaptive, the detector alone," if verdict else "fgjax adaptive"
     matched_names = {"no_activity_windows_at_fgjax_rate": "no_activity_windows at fgjax's loyal FPR (N={:g})",
-                     "fgjax_at_no_activity_rate": "fgjax adaptive at no_activity's loyal FPR (false_alarm {:g})"}
+                     "fgjax_at_no_activity_rate": alone + " at no_activity's loyal FPR (false_alarm {:g})"}
     rows += [(matched_names[name].format(m["knob"]), m) for name, m in report.matched.items()]
     fmt = lambda v, spec=".3f": "-" if v is None else format(v, spec)  # noqa: E731
     lines = [
@@ -487,7 +494,7 @@ def format_report(report: DetectionReport) -> str:
             f"| {name} | {fmt(o['precision'])} | {fmt(o['recall'])} | {fmt(o['f1'])} | {fmt(o['median_delay'], '.1f')} "
             f"| {fpr('periodic')} | {fpr('stable')} | {fpr('bursty')} |"
         )
-    lines += ["", "| case (fgjax adaptive) | pairs | recall | precision | F1 | median delay | p90 delay | FPR |",
+    lines += ["", f"| case ({headline}) | pairs | recall | precision | F1 | median delay | p90 delay | FPR |",
               "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for case, c in report.detector["cases"].items():
         lines.append(
