@@ -203,6 +203,9 @@ def test_the_family_draws_other_users_with_the_wide_periods_and_pauses():
         config.synthetic.period_days_min, config.synthetic.period_days_max, config.synthetic.pause_days_min,
         config.synthetic.pause_days_max)
     assert own.seed == config.synthetic.seed + 3 * M.FAMILY_SEED_STRIDE
+    short = load_config(None, ["evaluate.matrix_days=70", "evaluate.verdict_own_days=30"])  # verdict_own_days
+    assert M.family_config(short, 0, own_ranges=True).evaluate.matrix_days == 30
+    assert M.family_config(short, 0).evaluate.matrix_days == 70  # the wide draws keep the matrix's days
     for bad in ("[30, 20]", "[20]"):
         with pytest.raises(ConfigError, match=r"evaluate\.verdict_period_days: expected \[min, max\]"):
             load_config(None, [f"evaluate.verdict_period_days={bad}"])

@@ -133,13 +133,16 @@ FAMILY_SEED_STRIDE = 10_000  # the verdict's family draw d uses synthetic.seed +
 def family_config(config: Config, draw: int, own_ranges: bool = False) -> Config:
     """The config of the learned verdict's family draw ``draw`` (0-based): the same stories, other users (another
     seed), a periodic interest's period and a pause drawn from ``evaluate.verdict_period_days`` /
-    ``verdict_pause_days``, or with ``own_ranges`` from ``synthetic``'s own (``evaluate.verdict_own_draws``)."""
+    ``verdict_pause_days``, or with ``own_ranges`` from ``synthetic``'s own (``evaluate.verdict_own_draws``), over
+    ``evaluate.verdict_own_days`` days where set."""
     e = config.evaluate
     syn = dataclasses.replace(config.synthetic, seed=config.synthetic.seed + FAMILY_SEED_STRIDE * (draw + 1))
     if not own_ranges:
         syn = dataclasses.replace(syn, period_days_min=e.verdict_period_days[0],
                                   period_days_max=e.verdict_period_days[1],
                                   pause_days_min=e.verdict_pause_days[0], pause_days_max=e.verdict_pause_days[1])
+    elif e.verdict_own_days:
+        return dataclasses.replace(config, synthetic=syn, evaluate=dataclasses.replace(e, matrix_days=e.verdict_own_days))
     return dataclasses.replace(config, synthetic=syn)
 
 
