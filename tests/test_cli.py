@@ -244,11 +244,14 @@ def test_evaluate_detection_writes_the_report_and_plots(tmp_path, capsys):
              "--set", "evaluate.detection_stories=[classic,seasonal]", "--set", "evaluate.silence_sweep=[2,4]"]
     code, stdout, err = run_cli(["evaluate", "--detection", "--out", out, *small], capsys)
     assert code == 0, err
-    assert "| fgjax adaptive |" in stdout and "seed_F_threshold" in stdout and "no_activity_windows" in stdout
+    # Weekly windows: the shipped verdict decides the single run's states (verdict_file: auto), and it says so.
+    headline = "| fgjax adaptive + learned verdict (auto) |"
+    assert headline in stdout and "seed_F_threshold" in stdout and "no_activity_windows" in stdout
+    assert "learned verdict: the built-in fit (auto)" in stdout
     # The matrix story x window comes first, and is written beside the single run.
-    assert stdout.index("| classic | daily |") < stdout.index("| fgjax adaptive |")
+    assert stdout.index("| classic | daily |") < stdout.index(headline)
     assert "| seasonal | weekly |" in stdout and "silence rule: N, F1, delay, loyal" in stdout
-    assert stdout.index("| met | | |") < stdout.index("| fgjax adaptive |")  # the targets, after the matrix
+    assert stdout.index("| met | | |") < stdout.index(headline)  # the targets, after the matrix
     matrix = json.loads((out / "matrix.json").read_text())["matrix"]
     assert set(matrix["cells"]["0.25"]) == {"classic", "seasonal"}
     assert (out / "matrix.md").read_text().startswith("Fades forgotten below 25% of their former rate")
