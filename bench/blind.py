@@ -61,6 +61,22 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def pair_slots(truth: Any) -> tuple[np.ndarray, list[str], np.ndarray, np.ndarray, np.ndarray]:
+    """The truth table's pairs as dense indices: ``(users, categories, user, slot, slot_of)``, ``users`` the sorted
+    user IDs, ``categories`` the sorted interest names, ``user`` / ``slot`` each row's user index and slot (a user's
+    k-th row is slot k) and ``slot_of`` ``(users, categories)`` the slot of each pair (-1: none)."""
+    users = np.unique(truth["user_id"].to_numpy())
+    user = np.searchsorted(users, truth["user_id"].to_numpy())
+    order = np.argsort(user, kind="stable")
+    slot = np.empty_like(user)
+    slot[order] = np.arange(len(user)) - np.searchsorted(user[order], user[order], side="left")
+    names = truth["interest"].to_pylist()
+    categories = sorted(set(names))
+    slot_of = np.full((len(users), len(categories)), -1, np.int64)
+    slot_of[user, np.searchsorted(categories, names)] = slot
+    return users, categories, user, slot, slot_of
+
+
 def load_story(data: Path, origin: float) -> Any:
     """The generated log as ``fgjax.evaluation.matrix.StoryDays``, day 0 the day that starts at ``origin``.
 
@@ -75,16 +91,7 @@ def load_story(data: Path, origin: float) -> Any:
     from fgjax.evaluation.matrix import StoryDays
 
     truth = pq.read_table(data / "truth.parquet")
-    user_ids = truth["user_id"].to_numpy()
-    users = np.unique(user_ids)
-    user = np.searchsorted(users, user_ids)
-    order = np.argsort(user, kind="stable")
-    slot = np.empty_like(user)
-    slot[order] = np.arange(len(user)) - np.searchsorted(user[order], user[order], side="left")
-    categories = sorted(set(truth["interest"].to_pylist()))
-    interest = np.array([categories.index(c) for c in truth["interest"].to_pylist()])
-    slot_of = np.full((len(users), len(categories)), -1, np.int64)
-    slot_of[user, interest] = slot
+    users, categories, user, slot, slot_of = pair_slots(truth)
 
     items = pq.read_table(data / "items.parquet")
     events = pq.read_table(data / "events", columns=["user_id", "item_id", "timestamp"])
@@ -143,22 +150,21 @@ def run_analyze(data: Path, out: Path, window_days: int, share: float, verdict: 
 
 def states_forgotten(path: Path, days: Any, data: Path, num_windows: int) -> np.ndarray:
     """``(windows, users, slots)`` bool: the pair's state in ``states.parquet`` is ``forgotten``."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
     from fgjax import kernels
     from fgjax.analysis.tables import state_series
 
-    truth = pq.read_table(data / "truth.parquet", columns=["user_id", "interest"])
-    users = np.unique(truth["user_id"].to_numpy())
-    slot_of = {(int(u), c): int(s) for u, c, s in zip(truth["user_id"].to_numpy(), truth["interest"].to_pylist(),
-                                                      days.slot)}
+    users, categories, _, _, slot_of = pair_slots(pq.read_table(data / "truth.parquet", columns=["user_id", "interest"]))
     table = pq.read_table(path, columns=["user_id", "interest", "window", "state"])
     window = table["window"].to_numpy()
     keep = window < num_windows
     user = np.searchsorted(users, table["user_id"].to_numpy())
-    slot = np.array([slot_of[(int(u), c)] for u, c in zip(table["user_id"].to_numpy(), table["interest"].to_pylist())],
-                    np.int64)
-    state = np.array([kernels.STATE_NAMES.index(n) for n in table["state"].to_pylist()], np.int8)
+    slot = slot_of[user, np.searchsorted(categories, table["interest"].to_pylist())]
+    state = pc.index_in(table["state"], value_set=pa.array(kernels.STATE_NAMES)).to_numpy(zero_copy_only=False)
+    state = state.astype(np.int8)
     changes = {"user": user[keep], "interest": slot[keep], "window": window[keep], "state": state[keep]}
     codes = state_series(changes, num_windows, days.counts.shape[1], days.counts.shape[2])
     return codes == kernels.FORGOTTEN

@@ -22,6 +22,7 @@ detector or the verdict's features change, fit it again and replace it::
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 from pathlib import Path
@@ -56,11 +57,16 @@ def verdict_path(verdict_file: str, window_days: float, fade_share: float, recen
         return verdict_file
     if not any(math.isclose(window_days, d, rel_tol=1e-6) for d in AUTO_WINDOW_DAYS):
         return ""
+    return str(BUILTIN_PATH) if _shipped_fit_exists(window_days, fade_share, recent_windows) else ""
+
+
+@functools.cache  # the shipped file does not change while fgjax runs; a run resolves its verdict a few times
+def _shipped_fit_exists(window_days: float, fade_share: float, recent_windows: int) -> bool:
     try:
         load_verdict(BUILTIN_PATH, window_days, fade_share, recent_windows)
     except ConfigError:  # no shipped fit for this share or feature span: the detector decides, as in daily windows
-        return ""
-    return str(BUILTIN_PATH)
+        return False
+    return True
 
 
 @dataclasses.dataclass(frozen=True)
