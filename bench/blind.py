@@ -179,9 +179,12 @@ def _metrics(flags: np.ndarray, truth: Any, early: int) -> dict[str, Any]:
 
 
 def _best(points: list[dict[str, Any]], cap: float | None = None) -> dict[str, Any] | None:
-    allowed = [p for p in points if cap is None or (p["loyal_ever_flagged"] is not None
-                                                     and p["loyal_ever_flagged"] <= cap)]
-    return max(allowed, key=lambda p: p["f1"] or 0.0) if allowed else None
+    """The best-F1 point, with ``cap`` among those flagging at most that share of loyal interests (the matrix's
+    ``detection.best_index``)."""
+    from fgjax.evaluation.detection import best_index
+
+    i = best_index(points, cap, "loyal_ever_flagged")
+    return None if i is None else points[i]
 
 
 def score_cell(config: Any, days: Any, data: Path, out: Path, window_days: int, share: float,
