@@ -162,8 +162,6 @@ def analyze_log(
     verdict = learned_verdict_note(config)  # a bad verdict_file too
     with run_folder(out, "analyze", to_dict(config), overwrite=overwrite) as stage:
         shown = shown_as_final(report, stage, out)
-        if verdict:
-            shown(verdict)
         window_seconds = config.analysis.window_seconds
         clock = time.perf_counter()
         with scan_log(config.data, window_seconds, rejects_path=stage / "rejects.parquet",
@@ -171,6 +169,8 @@ def analyze_log(
             times["pass1_s"] = time.perf_counter() - clock
             shown(f"pass 1: {scanned.report.rows_read:,} rows read, {scanned.num_users:,} users, "
                   f"{len(scanned.items):,} items, {scanned.num_windows:,} windows")
+            if verdict:  # named now that the log's span (which picks the fit) is known
+                shown(learned_verdict_note(config, scanned.num_windows))
             require_categories(scanned)  # before the writers, which name the categories' columns
             window_start = scanned.origin + np.arange(scanned.num_windows) * window_seconds
             top = min(config.analysis.top_interests, len(scanned.categories or ()))
@@ -199,17 +199,20 @@ def analyze_log(
     return rows["forgetting"], rows["states"]
 
 
-def learned_verdict_note(config: Config) -> str:
-    """What ``analysis.detector.verdict_file`` lends the run, in one line ("" without one); a bad file raises its
-    one-line ``ConfigError`` here, before pass 1 reads the log, not after it."""
+def learned_verdict_note(config: Config, log_windows: int | None = None) -> str:
+    """What ``analysis.detector.verdict_file`` lends the run, in one line ("" without one), for a log of
+    ``log_windows`` windows where known (the fit for that span); a bad file raises its one-line ``ConfigError``
+    here, before pass 1 reads the log, not after it."""
     d = config.analysis.detector
     path = verdict_file(config.analysis)
     if not path:
         return ""
-    window_params(config.analysis)  # every check the run makes of the file and the detector's kind
-    fit = load_verdict(path, config.analysis.window_seconds / 86400.0, d.fade_share, d.verdict_recent_windows)
+    window_params(config.analysis, log_windows)  # every check the run makes of the file and the detector's kind
+    fit = load_verdict(path, config.analysis.window_seconds / 86400.0, d.fade_share, d.verdict_recent_windows,
+                       log_windows)
     shown = f"the built-in fit ({d.verdict_file})" if d.verdict_file in (BUILTIN, AUTO) else path
-    return (f"learned verdict: {shown}, its fit for {fit.window_days:g}-day windows and fades below "
+    span = f" of logs of {fit.log_windows} windows" if fit.log_windows else ""
+    return (f"learned verdict: {shown}, its fit for {fit.window_days:g}-day windows{span} and fades below "
             f"{fit.fade_share:.0%}, log-odds threshold {fit.threshold:g}, fitted on {len(fit.stories)} stories and "
             f"draws ({', '.join(fit.stories) or 'not named'})")
 

@@ -423,8 +423,8 @@ def evaluate_detection(config: Config, out: str | Path, report: Reporter = _quie
     ``detection.md`` and the plots ``out/plots/{detection_pr,forgetting,interest_timeline}.png``).
     """
     from fgjax.evaluation.detection import evaluate_detection_on, format_report, write_report
-    from fgjax.evaluation.matrix import (evaluate_matrix, format_summary, format_targets, learned_target_checks,
-                                        target_checks, write_matrix)
+    from fgjax.evaluation.matrix import (evaluate_matrix, format_short, format_summary, format_targets,
+                                        learned_target_checks, target_checks, write_matrix)
     from fgjax.plots import plot_detection_pr, plot_interest_timeline
 
     out = Path(out).absolute()
@@ -443,17 +443,19 @@ def evaluate_detection(config: Config, out: str | Path, report: Reporter = _quie
             learned = learned_target_checks(matrix)
             if learned:
                 shown(format_targets(learned))
+            if matrix.short:
+                shown(format_short(matrix))
             write_matrix(matrix, config, stage)
             written = ["matrix.json", "matrix.md"] + (["verdict.json"] if matrix.verdicts else [])
             shown(f"wrote {', '.join(str(out / name) for name in written)} ({matrix.setup['seconds']:.0f}s)")
         paths = generate(config.synthetic, stage / "data")
         log = read(with_generated_data(config, stage), stage, shown)
         config = with_generated_data(config, out)
-        if verdict:
-            shown(verdict)
         started = time.perf_counter()
         detection, result, codes, truth = evaluate_detection_on(config, log, paths.truth_path, stage,
                                                                 progress=progress)
+        if verdict:  # the fit for this log's span
+            shown(learned_verdict_note(config, detection.setup["windows"]))
         shown(f"detection: {detection.setup['windows']} windows of {config.analysis.window_seconds / 86400:g} days, "
               f"{detection.setup['pairs_judged']:,} (user, interest) pairs judged, {time.perf_counter() - started:.1f}s")
         shown(format_report(detection))

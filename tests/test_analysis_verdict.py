@@ -48,6 +48,9 @@ def test_a_saved_fit_loads_back_for_its_window_and_share(tmp_path):
     (lambda d: d["fits"][0].update(recent_windows="many"), "was computed with recent_windows=many"),
     (lambda d: d["fits"][0].update(window_days=7.0), "no fit for windows of 1 days and fade_share 0.25 (it has: 7 d"),
     (lambda d: d["fits"][0].pop("bias"), "lacks a numeric 'bias'"),
+    (lambda d: d["fits"][0].update(log_windows=0), "fits[0].log_windows must be at least 1, got 0"),
+    (lambda d: d["fits"][0].update(log_windows="long"), "fits[0] has no numeric window_days and fade_share (or a "
+                                                         "non-integer log_windows)"),
 ])
 def test_a_bad_verdict_file_is_one_clear_config_error(tmp_path, edit, message):
     path = save_verdicts([VerdictFit(1.0, 0.25, 16, _constant(0.0), 0.0)], tmp_path / "v.json")
@@ -61,6 +64,24 @@ def test_a_bad_verdict_file_is_one_clear_config_error(tmp_path, edit, message):
     path.write_text("{not json")
     with pytest.raises(ConfigError, match="not a readable JSON verdict file"):
         load_verdict(path, 1.0, 0.25, 16)
+
+
+def test_a_file_with_fits_for_two_spans_lends_each_log_the_nearest(tmp_path):
+    """``log_windows``: the fit whose span is nearest the log's (in ratio; 60 and 168 part at about 100), the
+    longest for a log with no known end; a fit with no span serves any log, after those that name one."""
+    def fit(name, span):
+        return VerdictFit(1.0, 0.25, 16, _constant(0.0), 0.0, (name,), 0.01, log_windows=span)
+
+    path = save_verdicts([fit("long", 168), fit("short", 60), VerdictFit(7.0, 0.25, 16, _constant(0.0), 0.0)],
+                         tmp_path / "v.json")
+    for windows, want in ((8, "short"), (60, "short"), (95, "short"), (105, "long"), (168, "long"), (900, "long"),
+                          (None, "long")):
+        assert load_verdict(path, 1.0, 0.25, 16, windows).stories == (want,), windows
+    assert load_verdict(path, 1.0, 0.25, 16, 60).log_windows == 60
+    assert load_verdict(path, 7.0, 0.25, 16, 9).log_windows is None  # the only weekly fit, whatever the span
+    path = save_verdicts([fit("any", None), fit("short", 60)], tmp_path / "w.json")
+    assert load_verdict(path, 1.0, 0.25, 16, 600).stories == ("short",)
+    assert load_verdict(path, 1.0, 0.25, 16, None).stories == ("short",)
 
 
 def _busy_then_silent():
@@ -94,6 +115,20 @@ def test_the_verdict_decides_which_silent_interests_are_forgotten(tmp_path):
     assert "forgotten" not in quiet
     assert [q for q, o in zip(quiet, own) if o == "forgotten"] == ["declining"] * own.count("forgotten")
     assert [q for q, o in zip(quiet, own) if o != "forgotten"] == [o for o in own if o != "forgotten"]
+
+
+def test_the_run_reads_the_fit_for_its_logs_span(tmp_path):
+    """``analyze`` hands the log's windows (52 daily here) to the verdict file: the fit nearest that span decides."""
+    log = _busy_then_silent()
+
+    def history(always_span, never_span):
+        fits = [VerdictFit(1.0, 0.25, 16, _constant(5.0), 0.0, log_windows=always_span),
+                VerdictFit(1.0, 0.25, 16, _constant(-5.0), 0.0, log_windows=never_span)]
+        path = save_verdicts(fits, tmp_path / f"{always_span}-{never_span}.json")
+        return _history(load_config(None, [f"analysis.detector.verdict_file={path}"]), log)
+
+    assert history(always_span=50, never_span=200)[10:50] == ["forgotten"] * 40
+    assert "forgotten" not in history(always_span=10, never_span=60)
 
 
 def test_the_verdict_needs_the_adaptive_detector(tmp_path):

@@ -10,6 +10,7 @@ import pytest
 
 from fgjax import kernels
 from fgjax.config import Config, load_config
+from fgjax.errors import ConfigError
 from fgjax.data import synthetic
 from fgjax.evaluation import matrix as M
 from fgjax.evaluation.detection import Truth
@@ -18,7 +19,7 @@ TINY = [
     "evaluate.matrix_users=80", "evaluate.matrix_days=84", "evaluate.detection_stories=[classic,hawkes,engaged]",
     "evaluate.false_alarm_sweep=[0.003,0.03,0.3]", "evaluate.bocpd_threshold_sweep=[0.5,0.99]",
     "evaluate.cusum_threshold_sweep=[4,12]", "evaluate.silence_sweep=[2,5,10]", "evaluate.fade_shares=[0.25,0.05]",
-    "synthetic.users_per_shard=80",
+    "synthetic.users_per_shard=80", "evaluate.verdict_short_days=28",
 ]
 
 
@@ -151,8 +152,12 @@ def test_the_matrix_files_hold_the_targets(tiny, tmp_path):
     assert "Targets (the detector, knob leave-one-story-out)" in text
     # verdict.json's fits saw every story and each story's family draw; the setup says what the family was.
     fits = json.loads((tmp_path / "verdict.json").read_text())["fits"]
-    assert len(fits) == 4 and all(f["stories"] == ["classic", "hawkes", "engaged", "classic (family draw 1)",
+    # Two fits per (window, share): the matrix's 84-day logs and the 28-day short ones, each naming its span.
+    assert len(fits) == 8 and all(f["stories"] == ["classic", "hawkes", "engaged", "classic (family draw 1)",
                                                    "hawkes (family draw 1)", "engaged (family draw 1)"] for f in fits)
+    spans = sorted((f["window_days"], f["fade_share"], f["log_windows"]) for f in fits)
+    assert spans == sorted((d, s, n // int(d)) for d in (1.0, 7.0) for s in (0.25, 0.05) for n in (84, 28))
+    assert "Logs of 28 days (each story's short draw) against the matrix's 84 days" in text
     assert written["matrix"]["setup"]["verdict_family"] == {"draws": 1, "period_days": [2, 42], "pause_days": [14, 63],
                                                          "own_draws": 0}
     # Without the learned verdict: no learned targets and no verdict.json.
@@ -163,6 +168,52 @@ def test_the_matrix_files_hold_the_targets(tiny, tmp_path):
     M.write_matrix(bare, config, tmp_path / "bare")
     assert "learned_targets" not in json.loads((tmp_path / "bare" / "matrix.json").read_text())
     assert not (tmp_path / "bare" / "verdict.json").exists()
+
+
+def test_the_short_span_verdict_is_scored_on_each_storys_short_draw(tiny):
+    """``evaluate.verdict_short_days``: every cell's short draw holds the rule at its best N there, the detector at
+    its defaults and both spans' verdicts, and the short-span verdict on the long cell; their F1 is each method's
+    own on that draw."""
+    config, report = tiny
+    e = config.evaluate
+    assert report.setup["short_days"] == 28 and set(report.short) == {"0.25", "0.05"}
+    days = M.story_days(M.short_config(config, 0), "hawkes")
+    assert days.counts.shape[0] == 28
+    for share, by_story in report.short.items():
+        assert set(by_story) == {"classic", "hawkes", "engaged"}
+        for story, by_window in by_story.items():
+            assert set(by_window) == {"daily", "weekly"}
+            for window, m in by_window.items():
+                assert set(m) == {"silence", "detector_default", "learned", "learned_long", "short_fit_on_long"}
+                assert m["learned"]["knob"] in e.verdict_threshold_sweep
+    counts = M.windowed(days, 7)
+    truth = M.story_truth(days, counts, 7, 0.25, e.matrix_margin_days, e.min_expected_events)
+    alarms = M.method_alarms(config, counts, 0.25, 7)
+    rule = [M.cell_metrics(alarms["silence"](n), truth, e.detection_early_windows)["f1"] or 0.0
+            for n in e.silence_sweep]
+    cell = report.short["0.25"]["hawkes"]["weekly"]
+    assert cell["silence"]["f1"] == pytest.approx(max(rule))
+    detector = M.cell_metrics(alarms["detector_default"](config.analysis.detector.false_alarm), truth,
+                              e.detection_early_windows)
+    assert cell["detector_default"]["f1"] == detector["f1"]
+    assert "short-span fit" in M.format_short(report)
+    assert M.format_short(dataclasses.replace(report, short={})) == ""
+
+
+def test_the_short_span_draws_are_other_users_over_the_short_days():
+    config = load_config(None, ["evaluate.matrix_days=70", "evaluate.verdict_short_days=30",
+                                "evaluate.verdict_period_days=[20, 30]"])
+    own, wide = M.short_config(config, 0), M.short_config(config, 1)
+    assert own.evaluate.matrix_days == wide.evaluate.matrix_days == 30 and M.short_span_days(config) == 30
+    assert own.synthetic.period_days_min == config.synthetic.period_days_min  # the scored draw: the story's own
+    assert wide.synthetic.period_days_min == 20  # its family: the wide ranges
+    seeds = {config.synthetic.seed, own.synthetic.seed, wide.synthetic.seed,
+             *(M.family_config(config, d).synthetic.seed for d in range(3))}
+    assert len(seeds) == 6  # other users than the matrix's and the long fit's family
+    assert M.short_span_days(load_config(None, ["evaluate.matrix_days=30", "evaluate.verdict_short_days=30"])) == 0
+    assert M.short_span_days(load_config(None, ["evaluate.verdict=false"])) == 0
+    with pytest.raises(ConfigError, match=r"evaluate\.verdict_short_days: expected 0 \(none\) or at least 14"):
+        load_config(None, ["evaluate.verdict_short_days=7"])
 
 
 def test_best_index_picks_the_best_f1_within_the_cap_and_none_without_one():

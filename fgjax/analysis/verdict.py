@@ -7,9 +7,13 @@ The format (``VERDICT_FORMAT``)::
 
     {"format": "fgjax-verdict/1", "features": [the kernels.VERDICT_FEATURES names],
      "fits": [{"window_days": 7.0, "fade_share": 0.25, "recent_windows": 16, "mean": [...], "scale": [...],
-               "weights": [...], "bias": b, "threshold": t, "stories": [...], "false_alarm": q}, ...]}
+               "weights": [...], "bias": b, "threshold": t, "stories": [...], "false_alarm": q,
+               "log_windows": n}, ...]}
 
-``mean`` / ``scale`` / ``weights`` are in ``features`` order; ``threshold`` is on the log-odds.
+``mean`` / ``scale`` / ``weights`` are in ``features`` order; ``threshold`` is on the log-odds. ``log_windows``
+(optional) is the span, in windows, of the logs a fit was fitted on: a file may hold fits of one window length
+and share for logs of different spans (``fgjax evaluate --detection`` writes one for the matrix's logs and one
+for ``evaluate.verdict_short_days``), and a run reads the one nearest its own log's span (``load_verdict``).
 
 fgjax ships one (``BUILTIN_PATH``): the ``verdict.json`` of ``fgjax evaluate --detection`` at the default
 config. ``verdict_file: builtin`` names it; ``auto`` (the default) uses it only where it was measured better
@@ -81,12 +85,13 @@ class VerdictFit:
     threshold: float
     stories: tuple[str, ...] = ()
     false_alarm: float | None = None
+    log_windows: int | None = None  # the span of the logs it was fitted on, in windows (None: not recorded)
 
     def to_json(self) -> dict[str, Any]:
         vectors = {name: [float(v) for v in np.asarray(getattr(self.params, name))] for name in _VECTORS}
         return {"window_days": self.window_days, "fade_share": self.fade_share, "recent_windows": self.recent_windows,
                 **vectors, "bias": float(np.asarray(self.params.bias)), "threshold": self.threshold,
-                "stories": list(self.stories), "false_alarm": self.false_alarm}
+                "stories": list(self.stories), "false_alarm": self.false_alarm, "log_windows": self.log_windows}
 
 
 def save_verdicts(fits: list[VerdictFit], path: Path) -> Path:
@@ -97,8 +102,12 @@ def save_verdicts(fits: list[VerdictFit], path: Path) -> Path:
     return path
 
 
-def load_verdict(path: str | Path, window_days: float, fade_share: float, recent_windows: int) -> VerdictFit:
+def load_verdict(path: str | Path, window_days: float, fade_share: float, recent_windows: int,
+                 log_windows: int | None = None) -> VerdictFit:
     """The fit in verdict file ``path`` for windows of ``window_days`` days and ``fade_share``.
+
+    Where the file holds several such fits, for logs of different spans, the one whose ``log_windows`` is nearest
+    (in ratio) the analyzed log's ``log_windows``; without a span (a live log has no end) the longest-span fit.
 
     Raises ``ConfigError`` (one line naming the file) when the file is missing or not a verdict file, its
     features are not this version's, or it has no fit for this window length and share, or one computed
@@ -117,19 +126,39 @@ def load_verdict(path: str | Path, window_days: float, fade_share: float, recent
         raise ConfigError(f"{where}: its features {doc.get('features')} are not this version's "
                           f"{list(kernels.VERDICT_FEATURES)}; fit it again with `fgjax evaluate --detection`")
     fits = doc.get("fits") or []
+    matching = []
     for i, fit in enumerate(fits):
         try:
             days, share = float(fit["window_days"]), float(fit["fade_share"])
+            span = fit.get("log_windows")
+            span = None if span is None else int(span)
         except (KeyError, TypeError, ValueError):
-            raise ConfigError(f"{where}: fits[{i}] has no numeric window_days and fade_share") from None
+            raise ConfigError(f"{where}: fits[{i}] has no numeric window_days and fade_share "
+                              "(or a non-integer log_windows)") from None
+        if span is not None and span < 1:
+            raise ConfigError(f"{where}: fits[{i}].log_windows must be at least 1, got {span}")
         if math.isclose(days, window_days, rel_tol=1e-6) and math.isclose(share, fade_share, rel_tol=1e-6):
-            if fit.get("recent_windows") != recent_windows:
-                raise ConfigError(f"{where}: fits[{i}] was computed with recent_windows={fit.get('recent_windows')}, "
-                                  f"analysis.detector.verdict_recent_windows is {recent_windows}")
-            return _fit_from_json(fit, where, i)
-    have = ", ".join(f"{float(f.get('window_days', 'nan')):g} d at {float(f.get('fade_share', 'nan')):g}" for f in fits)
-    raise ConfigError(f"{where}: no fit for windows of {window_days:g} days and fade_share {fade_share:g} "
-                      f"(it has: {have or 'none'})")
+            matching.append((i, fit, span))
+    if not matching:
+        have = ", ".join(f"{float(f.get('window_days', 'nan')):g} d at {float(f.get('fade_share', 'nan')):g}"
+                         for f in fits)
+        raise ConfigError(f"{where}: no fit for windows of {window_days:g} days and fade_share {fade_share:g} "
+                          f"(it has: {have or 'none'})")
+    i, fit, _ = min(matching, key=lambda m: _span_distance(m[2], log_windows))
+    if fit.get("recent_windows") != recent_windows:
+        raise ConfigError(f"{where}: fits[{i}] was computed with recent_windows={fit.get('recent_windows')}, "
+                          f"analysis.detector.verdict_recent_windows is {recent_windows}")
+    return _fit_from_json(fit, where, i)
+
+
+def _span_distance(fit_windows: int | None, log_windows: int | None) -> tuple[float, float]:
+    """Sort key of a fit for a log of ``log_windows`` windows: the ratio between the spans (a fit with no span
+    recorded serves any log, after the fits that name one near it), then the longer fit first."""
+    if fit_windows is None:
+        return (math.inf, 0.0)
+    if log_windows is None:  # no end known: the longest span
+        return (0.0, -float(fit_windows))
+    return (abs(math.log(max(log_windows, 1) / fit_windows)), -float(fit_windows))
 
 
 def _fit_from_json(fit: dict[str, Any], where: str, i: int) -> VerdictFit:
@@ -148,4 +177,5 @@ def _fit_from_json(fit: dict[str, Any], where: str, i: int) -> VerdictFit:
                                    bias=np.float32(bias))
     return VerdictFit(window_days=float(fit["window_days"]), fade_share=float(fit["fade_share"]),
                       recent_windows=fit["recent_windows"], params=params, threshold=threshold,
-                      stories=tuple(fit.get("stories") or ()), false_alarm=fit.get("false_alarm"))
+                      stories=tuple(fit.get("stories") or ()), false_alarm=fit.get("false_alarm"),
+                      log_windows=None if fit.get("log_windows") is None else int(fit["log_windows"]))

@@ -161,7 +161,8 @@ def verdict_file(config: AnalysisConfig) -> str:
 
 def window_params(config: AnalysisConfig, log_windows: int | None = None) -> WindowParams:
     """The numbers of ``config`` (``analysis``) as a pytree of float32 scalars; ``log_windows``, the windows of the
-    log analyzed where known, caps the detector's life budget (``DetectorConfig.kernel_params``)."""
+    log analyzed where known, caps the detector's life budget (``DetectorConfig.kernel_params``) and picks the
+    learned verdict's fit for logs of that span (``load_verdict``)."""
     # Python floats on the host (kernels.decay_factors validates the half-life); arrays from here on.
     decay, inv_tau = kernels.decay_factors(1.0, config.half_life_windows, reset_each_window=config.reset_each_window)
     # Device arrays put from NumPy, not made by jnp: each jnp scalar would compile a conversion (a run then
@@ -178,7 +179,8 @@ def window_params(config: AnalysisConfig, log_windows: int | None = None) -> Win
         if d.kind != "adaptive":
             raise ConfigError("analysis.detector.verdict_file: the learned verdict reads the adaptive detector's "
                               f"state; analysis.detector.kind is {d.kind!r}")
-        fit = load_verdict(path, config.window_seconds / 86400.0, d.fade_share, d.verdict_recent_windows)
+        fit = load_verdict(path, config.window_seconds / 86400.0, d.fade_share, d.verdict_recent_windows,
+                           log_windows)  # the fit for logs of this span, where the file has several
         verdict = kernels.VerdictParams(*(scalar(v) for v in fit.params))
         threshold = scalar(fit.threshold)
     return WindowParams(

@@ -146,6 +146,25 @@ def family_config(config: Config, draw: int, own_ranges: bool = False) -> Config
     return dataclasses.replace(config, synthetic=syn)
 
 
+SHORT_DRAW_OFFSET = 100  # the short-span draws are family_config draws from here on: other users again
+
+
+def short_span_days(config: Config) -> int:
+    """Days of the short-span verdict's logs (``evaluate.verdict_short_days``); 0 when none is fitted (the verdict
+    is off, or the span is not below ``matrix_days``)."""
+    e = config.evaluate
+    return e.verdict_short_days if e.verdict and 0 < e.verdict_short_days < e.matrix_days else 0
+
+
+def short_config(config: Config, draw: int) -> Config:
+    """The config of the short-span verdict's draw ``draw`` (0-based) over ``evaluate.verdict_short_days`` days:
+    draw 0 at synthetic's own periods and pauses (the one scored), the next ones at the family's wide ranges,
+    like the long fit's family; each with its own users."""
+    drawn = family_config(config, SHORT_DRAW_OFFSET + draw, own_ranges=draw == 0)
+    return dataclasses.replace(drawn, evaluate=dataclasses.replace(drawn.evaluate,
+                                                                   matrix_days=config.evaluate.verdict_short_days))
+
+
 def oracle_posteriors(config: Config, days: StoryDays) -> dict[float, np.ndarray]:
     """``oracle.forgotten_posterior`` of the story's pairs at every share of ``evaluate.fade_shares``."""
     if days.rates is None:
@@ -355,9 +374,14 @@ class MatrixReport:
     setup: dict[str, Any]
     # The learned verdict fitted on every story, per (window length, share): verdict.json (``write_matrix``).
     verdicts: tuple[VerdictFit, ...] = ()
+    # The short logs (``evaluate.verdict_short_days``): ``short[share][story][window]``, on the story's short draw,
+    # the silence rule at its best N, the detector at its defaults, the short-span verdict (``learned``) and the
+    # long one (``learned_long``), both fitted leave-one-story-out; and ``short_fit_on_long``, the short-span
+    # verdict on the matrix's own (long) cell.
+    short: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
-        return {"cells": self.cells, "grid": self.grid, "setup": self.setup}
+        return {"cells": self.cells, "grid": self.grid, "setup": self.setup, "short": self.short}
 
 
 def _label(window_days: int) -> str:
@@ -373,6 +397,10 @@ def evaluate_matrix(config: Config, report: Callable[[str], None] = lambda _: No
     shares = [str(s) for s in e.fade_shares]
     evidence: dict[tuple[str, str], dict[str, verdict.VerdictRows]] = {}  # (share, window) -> story -> rows
     family: dict[tuple[str, str], dict[str, list[verdict.VerdictRows]]] = {}  # the same, the fit's extra draws
+    short_days = short_span_days(config)
+    short_evidence: dict[tuple[str, str], dict[str, verdict.VerdictRows]] = {}  # the same on the short logs
+    short_family: dict[tuple[str, str], dict[str, list[verdict.VerdictRows]]] = {}
+    short_cells: dict[str, Any] = {}  # share -> story -> window -> method -> the chosen knob's metrics
     for story in e.detection_stories:
         days = story_days(config, story)
         posteriors = oracle_posteriors(config, days)
@@ -411,6 +439,29 @@ def evaluate_matrix(config: Config, report: Callable[[str], None] = lambda _: No
                     family.setdefault((s, _label(int(wd))), {}).setdefault(story, []).append(
                         verdict.verdict_rows(config, counts, truth, float(s), int(wd)))
             report(f"  {story}, the verdict's family draw {draw + 1}: {time.perf_counter() - started:.0f}s")
+        # The short-span verdict's logs: draw 0 scored (beside the rule and the detector on it), the others its family.
+        for draw in range(1 + e.verdict_family_draws if short_days else 0):
+            drawn = story_days(short_config(config, draw), story)
+            for wd in e.detection_window_days:
+                counts, window = windowed(drawn, int(wd)), _label(int(wd))
+                for s in shares:
+                    truth = story_truth(drawn, counts, int(wd), float(s), e.matrix_margin_days, e.min_expected_events)
+                    rows = verdict.verdict_rows(config, counts, truth, float(s), int(wd))
+                    if draw:
+                        short_family.setdefault((s, window), {}).setdefault(story, []).append(rows)
+                        continue
+                    short_evidence.setdefault((s, window), {})[story] = rows
+                    alarms = method_alarms(config, counts, float(s), int(wd))
+                    rule = [cell_metrics(alarms["silence"](n), truth, e.detection_early_windows)
+                            for n in knobs["silence"]]
+                    best = int(np.argmax([m["f1"] or 0.0 for m in rule]))
+                    q = knobs["detector_default"][0]
+                    short_cells.setdefault(s, {}).setdefault(story, {})[window] = {
+                        "silence": {"knob": knobs["silence"][best], **rule[best]},
+                        "detector_default": {"knob": q, **cell_metrics(alarms["detector_default"](q), truth,
+                                                                        e.detection_early_windows)}}
+            report(f"  {story}, the short-span verdict's draw {draw + 1} ({short_days} days): "
+                   f"{time.perf_counter() - started:.0f}s")
     # The learned verdict: fitted and thresholded on the other stories of each cell, so its whole model is
     # chosen leave-one-story-out (its grid is each story's under the model that did not see it).
     learned_index: dict[tuple[str, str, str], int] = {}
@@ -419,13 +470,32 @@ def evaluate_matrix(config: Config, report: Callable[[str], None] = lambda _: No
         def metrics(flags: np.ndarray, truth: Truth) -> dict[str, Any]:
             return cell_metrics(flags, truth, e.detection_early_windows)
 
+        sweep = e.verdict_threshold_sweep
+
+        def at(rows: verdict.VerdictRows, params: kernels.VerdictParams, i: int) -> dict[str, Any]:
+            return {"knob": sweep[i], **verdict.threshold_points(rows, params, [sweep[i]], metrics)[0]}
+
         for (s, window), by_story in evidence.items():
             extra = family.get((s, window), {})
-            for story, (chosen, points, _) in verdict.held_out_verdicts(config, by_story, metrics, extra).items():
+            window_days = next(float(wd) for wd in e.detection_window_days if _label(int(wd)) == window)
+            held_long = verdict.held_out_verdicts(config, by_story, metrics, extra)
+            for story, (chosen, points, _) in held_long.items():
                 grid[s][story][window]["learned"] = points
                 learned_index[(s, story, window)] = chosen
-            window_days = next(float(wd) for wd in e.detection_window_days if _label(int(wd)) == window)
-            fits.append(verdict.verdict_for_analysis(config, by_story, window_days, float(s), extra))
+            fits.append(verdict.verdict_for_analysis(config, by_story, window_days, float(s), extra,
+                                                     log_windows=e.matrix_days // int(window_days)))
+            if (s, window) not in short_evidence:
+                continue
+            # Each span's fit on the other span's held-out logs too: what choosing the fit by the span is worth.
+            short_rows, short_extra = short_evidence[(s, window)], short_family.get((s, window), {})
+            for story, (chosen, _, params) in verdict.held_out_verdicts(config, short_rows, metrics,
+                                                                       short_extra).items():
+                cell = short_cells[s][story][window]
+                cell["learned"] = at(short_rows[story], params, chosen)
+                cell["learned_long"] = at(short_rows[story], held_long[story][2], held_long[story][0])
+                short_cells[s][story][window]["short_fit_on_long"] = at(by_story[story], params, chosen)
+            fits.append(verdict.verdict_for_analysis(config, short_rows, window_days, float(s), short_extra,
+                                                     log_windows=short_days // int(window_days)))
         report(f"  learned verdict: {time.perf_counter() - started:.0f}s")
     cells: dict[str, Any] = {}
     for share_text, by_story in grid.items():
@@ -458,9 +528,10 @@ def evaluate_matrix(config: Config, report: Callable[[str], None] = lambda _: No
         "verdict_family": ({"draws": e.verdict_family_draws, "period_days": list(e.verdict_period_days),
                             "pause_days": list(e.verdict_pause_days), "own_draws": e.verdict_own_draws}
                            if e.verdict else None),
+        "short_days": short_days,
         "seconds": time.perf_counter() - started,
     }
-    return MatrixReport(cells=cells, grid=grid, setup=setup, verdicts=tuple(fits))
+    return MatrixReport(cells=cells, grid=grid, setup=setup, verdicts=tuple(fits), short=short_cells)
 
 
 def _fmt(v: Any, spec: str = ".3f") -> str:
@@ -530,6 +601,31 @@ def format_summary(matrix: MatrixReport) -> str:
                     f"| {_fmt(top['f1'])}, {_fmt(top['median_delay'], '.0f')}, {_fmt(top['loyal_ever_flagged'])} "
                     f"| {rule_text} "
                     f"| {_fmt(detector_at['f1']) if detector_at else '-'} | {learned_text} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def format_short(matrix: MatrixReport) -> str:
+    """Markdown: each span's verdict on the short logs and the long ones (``MatrixReport.short``), per fade share;
+    "" when the matrix fitted no short-span verdict."""
+    if not matrix.short:
+        return ""
+    days, lines = matrix.setup.get("short_days"), []
+    for share, by_story in matrix.short.items():
+        lines += [f"Logs of {days} days (each story's short draw) against the matrix's {matrix.setup['days']} days, "
+                  f"fades forgotten below {float(share):.0%}: F1 (loyal ever flagged) of the verdict fitted on "
+                  "each span's logs, both leave-one-story-out; the rule at its best N and the detector at its "
+                  "defaults on the short log.", "",
+                  "| story | windows | short log: rule, best N | detector | long-span fit | short-span fit "
+                  "| long log: long-span fit | short-span fit |",
+                  "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+        for story, by_window in by_story.items():
+            for window, m in by_window.items():
+                shown = lambda r: f"{_fmt(r['f1'])} ({_fmt(r['loyal_ever_flagged'])})"  # noqa: E731
+                long_fit = matrix.cells[share][story][window].get("learned")
+                lines.append(f"| {story} | {window} | N={m['silence']['knob']:g}: {shown(m['silence'])} "
+                             f"| {shown(m['detector_default'])} | {shown(m['learned_long'])} | {shown(m['learned'])} "
+                             f"| {shown(long_fit) if long_fit else '-'} | {shown(m['short_fit_on_long'])} |")
         lines.append("")
     return "\n".join(lines)
 
@@ -638,5 +734,6 @@ def write_matrix(matrix: MatrixReport, config: Config, out: Path) -> Path:
         save_verdicts(list(matrix.verdicts), out / "verdict.json")
     (out / "matrix.md").write_text(format_summary(matrix) + "\n" + format_targets(checks) + "\n"
                                    + (format_targets(learned) + "\n" if learned else "")
+                                   + (format_short(matrix) + "\n" if matrix.short else "")
                                    + format_errors(matrix) + "\n" + format_matrix(matrix) + "\n")
     return path

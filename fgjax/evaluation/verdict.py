@@ -206,10 +206,11 @@ def held_out_verdicts(config: Config, by_story: dict[str, VerdictRows], metrics:
 
 
 def verdict_for_analysis(config: Config, by_story: dict[str, VerdictRows], window_days: float, share: float,
-                         family: dict[str, list[VerdictRows]] | None = None) -> VerdictFit:
+                         family: dict[str, list[VerdictRows]] | None = None,
+                         log_windows: int | None = None) -> VerdictFit:
     """The verdict fitted on every story of ``by_story`` (and every draw of ``family``) and thresholded on them
     all: what ``verdict.json`` holds for ``fgjax analyze`` at this window length and share (no story is held out:
-    it scores none)."""
+    it scores none), for logs of ``log_windows`` windows, the span of those it was fitted on."""
     family = family or {}
     extra = [(f"{story} (family draw {i + 1})", rows) for story in by_story for i, rows in enumerate(family.get(story, []))]
     params, chosen = fit_and_threshold(config, list(by_story.values()) + [rows for _, rows in extra], len(by_story))
@@ -217,4 +218,4 @@ def verdict_for_analysis(config: Config, by_story: dict[str, VerdictRows], windo
                       recent_windows=config.analysis.detector.verdict_recent_windows, params=params,
                       threshold=float(config.evaluate.verdict_threshold_sweep[chosen]),
                       stories=tuple(by_story) + tuple(name for name, _ in extra),
-                      false_alarm=float(config.analysis.detector.false_alarm))
+                      false_alarm=float(config.analysis.detector.false_alarm), log_windows=log_windows)
