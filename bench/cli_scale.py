@@ -9,7 +9,8 @@ Issue 14's GPU target is 10M users x 60 daily windows from Parquet in under 60 s
 seconds (then reported as not finished, not dropped):
 
 - ``level`` / ``adaptive``: ``fgjax.analysis_job.analyze_log`` (what ``fgjax analyze`` runs) with that
-  detector; reports wall seconds, the process's CPU seconds (user + system, all threads: against the wall,
+  detector (``adaptive`` with the learned verdict it decides with by default, ``adaptive_detector_only``
+  without); reports wall seconds, the process's CPU seconds (user + system, all threads: against the wall,
   how many cores it kept busy), peak RSS, its rows and its stage split (pass 1, pass 2, compile, decode,
   write, plot);
 - ``numpy``: the plain NumPy + pyarrow script of ``bench.pipeline`` (core formulas, no detector), the
@@ -51,10 +52,12 @@ SIZES = {
 }
 # fgjax runs by their config overrides; adaptive_every_window takes every periodogram every window (the
 # detector before analysis.detector.period_every), and the *_one_device kinds run on one CPU device (before
-# analysis.cpu_devices), for the side-by-side ratios.
+# analysis.cpu_devices), and adaptive_detector_only without the learned verdict that ``auto`` lends daily and
+# weekly windows (analysis.detector.verdict_file=): its cost, side by side.
 CLI_KINDS = {
     "level": ["analysis.detector.kind=level"],
     "adaptive": ["analysis.detector.kind=adaptive"],
+    "adaptive_detector_only": ["analysis.detector.kind=adaptive", "analysis.detector.verdict_file="],
     "adaptive_every_window": ["analysis.detector.kind=adaptive", "analysis.detector.period_every=1"],
     "level_one_device": ["analysis.detector.kind=level", "analysis.cpu_devices=0"],
     "adaptive_one_device": ["analysis.detector.kind=adaptive", "analysis.cpu_devices=0"],

@@ -589,6 +589,9 @@ class EvaluateConfig:
     verdict_learning_rate: float = setting(0.03, gt=0)
     verdict_rows_per_story: int = setting(200_000, ge=1)  # silent (window, interest) rows each story lends the fit
     verdict_seed: int = 0  # which rows are drawn when a story has more than verdict_rows_per_story
+    # The threshold's choice: the best mean F1 on the stories fitted on, among the thresholds whose mean share of
+    # loyal interests ever flagged there is at most this (0 = no cap; fgjax.evaluation.verdict.choose_threshold).
+    verdict_loyal_cap: float = setting(0.0, ge=0, lt=1)
     # The fit's family: each story is drawn again this many times (other users) with periods and pauses drawn from
     # the wide ranges below, and those draws join the fit and the threshold's choice (never the scored cells; a
     # held-out story's own draws stay out of its fit). A fitted model knows only the stories it saw: the matrix's

@@ -157,26 +157,28 @@ def test_states_parquet_holds_the_verdicts_log_odds_where_it_judged(tmp_path):
         assert verdict == pytest.approx(np.log1p(silence) - 2.0, abs=1e-5)
         assert (state == "forgotten") == (verdict > 0.0)
     assert "forgotten" in table["state"] and table["silence"][table["state"].index("forgotten")] == 7
-    own = states_table(analyze(load_config(), log, progress=False), log)
+    own = states_table(analyze(load_config(None, ["analysis.detector.verdict_file="]), log, progress=False), log)
     assert own.num_rows > 0 and own["verdict"].null_count == own.num_rows
 
 
-def test_auto_lends_the_shipped_fit_to_weekly_windows_only():
-    """``verdict_file``: ``auto`` (the default) is the shipped file in weekly windows where it has a fit for the share
-    and feature span, the detector's own verdict ("") elsewhere; ``builtin`` is the shipped file anywhere; "" is
-    none; a path is itself."""
+def test_auto_lends_the_shipped_fit_to_daily_and_weekly_windows():
+    """``verdict_file``: ``auto`` (the default) is the shipped file in daily and weekly windows where it has a fit
+    for the share and feature span, the detector's own verdict ("") elsewhere; ``builtin`` is the shipped file
+    anywhere; "" is none; a path is itself."""
     from fgjax.analysis import BUILTIN_PATH, verdict_file, verdict_path
 
     shipped = str(BUILTIN_PATH)
     assert verdict_path("auto", 7.0, 0.25, 16) == shipped and verdict_path("auto", 7.0, 0.05, 16) == shipped
-    assert verdict_path("auto", 1.0, 0.25, 16) == ""  # daily: the detector decides
+    assert verdict_path("auto", 1.0, 0.25, 16) == shipped and verdict_path("auto", 1.0, 0.05, 16) == shipped
+    assert verdict_path("auto", 3.0, 0.25, 16) == ""  # a window length the matrix never measured: the detector
     assert verdict_path("auto", 7.0, 0.3, 16) == ""  # no shipped fit for this fade definition
     assert verdict_path("auto", 7.0, 0.25, 8) == ""  # ... nor for this feature span
     assert verdict_path("builtin", 1.0, 0.25, 16) == shipped
     assert verdict_path("", 7.0, 0.25, 16) == "" and verdict_path("my/v.json", 7.0, 0.25, 16) == "my/v.json"
     weekly = load_config(None, ["analysis.window_seconds=604800"])
     assert weekly.analysis.detector.verdict_file == "auto" and verdict_file(weekly.analysis) == shipped
-    assert verdict_file(load_config(None, []).analysis) == ""
+    assert verdict_file(load_config(None, []).analysis) == shipped
+    assert verdict_file(load_config(None, ["analysis.window_seconds=259200"]).analysis) == ""
     # The level rule keeps no state for a verdict: auto leaves it alone, an explicit file is an error.
     level = load_config(None, ["analysis.window_seconds=604800", "analysis.detector.kind=level"])
     assert verdict_file(level.analysis) == "" and window_params(level.analysis).verdict is None
@@ -194,11 +196,18 @@ def test_the_shipped_fit_covers_both_windows_and_shares_and_names_its_stories():
     e, d = config.evaluate, config.analysis.detector
     for days in e.detection_window_days:
         for share in e.fade_shares:
-            fit = load_verdict(BUILTIN_PATH, float(days), float(share), d.verdict_recent_windows)
-            assert fit.stories == (*e.detection_stories,
-                                   *(f"{s} (family draw 1)" for s in e.detection_stories))
-            assert np.isfinite(fit.threshold) and float(np.abs(np.asarray(fit.params.weights)).sum()) > 0
-    weekly = window_params(load_config(None, ["analysis.window_seconds=604800"]).analysis)
-    fit = load_verdict(BUILTIN_PATH, 7.0, d.fade_share, d.verdict_recent_windows)
-    np.testing.assert_array_equal(np.asarray(weekly.verdict.weights), np.asarray(fit.params.weights))
-    assert float(weekly.verdict_threshold) == fit.threshold
+            # One fit for the matrix's logs and one for the short ones, each read by a log of its span.
+            fits = {span: load_verdict(BUILTIN_PATH, float(days), float(share), d.verdict_recent_windows,
+                                       span // days) for span in (e.matrix_days, e.verdict_short_days)}
+            for span, fit in fits.items():
+                assert fit.log_windows == span // days
+                assert fit.stories == (*e.detection_stories,
+                                       *(f"{s} (family draw 1)" for s in e.detection_stories))
+                assert np.isfinite(fit.threshold) and float(np.abs(np.asarray(fit.params.weights)).sum()) > 0
+            assert not np.array_equal(*(np.asarray(f.params.weights) for f in fits.values()))
+    weekly_config = load_config(None, ["analysis.window_seconds=604800"]).analysis
+    for log_windows, span in ((None, e.matrix_days), (30, e.matrix_days), (9, e.verdict_short_days)):
+        weekly = window_params(weekly_config, log_windows)
+        fit = load_verdict(BUILTIN_PATH, 7.0, d.fade_share, d.verdict_recent_windows, span // 7)
+        np.testing.assert_array_equal(np.asarray(weekly.verdict.weights), np.asarray(fit.params.weights))
+        assert float(weekly.verdict_threshold) == fit.threshold

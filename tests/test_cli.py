@@ -189,12 +189,20 @@ def test_quickstart_then_every_subcommand(tmp_path, capsys):
     code, stdout, err = run_cli(["analyze", "--out", tmp_path / "an7", "--events", f"{out}/data/events", "--items",
                                  f"{out}/data/items.parquet", "--window", "7d", *SMALL], capsys)
     assert code == 0, err
-    # verdict_file: auto (the default) lends weekly windows the shipped fit and leaves daily ones to the detector.
-    assert "learned verdict: the built-in fit (auto), its fit for 7-day windows and fades below 25%" in stdout
-    assert states["verdict"].null_count == states.num_rows  # daily: no verdict, null
     weekly = pq.read_table(tmp_path / "an7" / "forgetting.parquet")
     starts = np.unique(np.array(weekly["window_start"].cast("int64")))
     assert set(np.diff(starts).tolist()) == {7 * 86400 * 10**6}
+    # verdict_file: auto (the default) lends daily and weekly windows the shipped fit for the log's span (a short
+    # one here: the fit for 60-day logs) and says so once the log's windows are known.
+    from fgjax.analysis import BUILTIN_PATH, load_verdict
+
+    span = load_verdict(BUILTIN_PATH, 7.0, 0.25, 16, len(starts)).log_windows
+    assert span == 60 // 7 and span != load_verdict(BUILTIN_PATH, 7.0, 0.25, 16, None).log_windows
+    assert (f"learned verdict: the built-in fit (auto), its fit for 7-day windows of logs of {span} windows and "
+            "fades below 25%") in stdout
+    assert stdout.index(f"{len(starts)} windows\n") < stdout.index("learned verdict:")
+    silent = np.asarray(states["silence"].to_pylist()) > 0  # daily: the verdict's log-odds on the silent rows
+    assert silent.any() and np.array_equal(np.asarray(states["verdict"].is_valid()), silent)
     # A learned verdict that reads only the silence, through the streamed analysis: its log-odds in states.parquet.
     from fgjax.analysis.verdict import VerdictFit, save_verdicts
     from fgjax.kernels import VERDICT_FEATURES, VerdictParams
@@ -275,8 +283,8 @@ def test_evaluate_detection_writes_the_report_and_plots(tmp_path, capsys):
                                  "evaluate.detection_stories=[]", "--set",
                                  f"analysis.detector.verdict_file={out / 'verdict.json'}"], capsys)
     assert code == 0, err
-    assert (f"learned verdict: {out / 'verdict.json'}, its fit for 7-day windows and fades below 25%, log-odds "
-            "threshold ") in stdout and "fitted on 4 stories and draws (classic, seasonal, classic (family" in stdout
+    assert (f"learned verdict: {out / 'verdict.json'}, its fit for 7-day windows of logs of 8 windows and fades "
+            "below 25%, log-odds threshold ") in stdout and "fitted on 4 stories and draws (classic, seasonal, classic (family" in stdout
     own, learned = (pq.read_table(p / "states.parquet") for p in (out, tmp_path / "det_v"))
     assert "forgotten" in learned["state"].to_pylist() and not learned.equals(own)
 

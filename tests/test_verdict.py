@@ -211,16 +211,28 @@ def test_the_family_draws_other_users_with_the_wide_periods_and_pauses():
             load_config(None, [f"evaluate.verdict_period_days={bad}"])
 
 
-def test_the_threshold_choices_f1_is_the_cell_metrics_f1(two_stories):
-    """``threshold_f1`` (first alarms per pair, no (windows, users, slots) flags) gives ``cell_metrics``' F1 at
-    every threshold, on every story and under a fit that makes the sweep span no flags to many."""
+def test_the_threshold_choices_scores_are_the_cell_metrics(two_stories):
+    """``threshold_scores`` (first alarms per pair, no (windows, users, slots) flags) gives ``cell_metrics``' F1
+    and share of loyal pairs ever flagged at every threshold, on every story and under a fit that makes the sweep
+    span no flags to many."""
     config, by_story = two_stories
     e = config.evaluate
     x, y, w = V.training_set(list(by_story.values()), e.detection_early_windows, 10_000, np.random.default_rng(0))
     params = V.fit_verdict(x, y, w, steps=100)
     thresholds = [-30.0, *e.verdict_threshold_sweep, 30.0]
     for rows in by_story.values():
-        want = [p["f1"] or 0.0 for p in V.threshold_points(
-            rows, params, thresholds, lambda f, t: M.cell_metrics(f, t, e.detection_early_windows))]
-        assert V.threshold_f1(rows, params, thresholds, e.detection_early_windows) == want
-        assert len(set(want)) > 3  # the sweep moves the score
+        points = V.threshold_points(rows, params, thresholds,
+                                    lambda f, t: M.cell_metrics(f, t, e.detection_early_windows))
+        got = V.threshold_scores(rows, params, thresholds, e.detection_early_windows)
+        assert [f for f, _ in got] == [p["f1"] or 0.0 for p in points]
+        assert [q for _, q in got] == pytest.approx([p["loyal_ever_flagged"] for p in points])
+        assert len({f for f, _ in got}) > 3 and got[0][1] > got[-1][1] == 0.0  # the sweep moves both
+
+
+def test_a_loyal_cap_takes_the_best_f1_among_the_thresholds_within_it():
+    scores = [[(0.90, 0.040), (0.88, 0.015), (0.80, 0.005), (0.50, 0.0)],
+              [(0.94, 0.020), (0.92, 0.005), (0.85, 0.001), (0.60, None)]]  # a story without loyal pairs: 0
+    assert V.choose_threshold(scores, 0.0) == 0  # no cap: the best mean F1
+    assert V.choose_threshold(scores, 0.01) == 1  # mean loyal 0.010: within
+    assert V.choose_threshold(scores, 0.005) == 2
+    assert V.choose_threshold([[(0.9, 0.3), (0.8, 0.2)]], 0.01) == 1  # none within: the fewest flagged

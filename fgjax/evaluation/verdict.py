@@ -27,7 +27,7 @@ from fgjax import kernels
 from fgjax.analysis import WindowParams, WindowSpec, detector_step, window_params, window_spec
 from fgjax.analysis.verdict import VerdictFit
 from fgjax.config import Config
-from fgjax.evaluation.detection import Truth, score
+from fgjax.evaluation.detection import Truth, loyal_false_positive_rate, score
 
 
 @dataclasses.dataclass(frozen=True)
@@ -150,40 +150,57 @@ def _flags(rows: VerdictRows, logit: np.ndarray, threshold: float) -> np.ndarray
     return flags
 
 
-def threshold_f1(rows: VerdictRows, params: kernels.VerdictParams, thresholds: list[float], early: int) -> list[float]:
-    """The F1 (``detection.score``'s, 0 for none) of the verdict at each threshold, from first alarms per pair.
+def threshold_scores(rows: VerdictRows, params: kernels.VerdictParams, thresholds: list[float],
+                     early: int) -> list[tuple[float, float | None]]:
+    """At each threshold, the verdict's F1 (``detection.score``'s, 0 for none) and its share of loyal pairs ever
+    flagged (``detection.loyal_false_positive_rate``; None without loyal pairs), from first alarms per pair.
 
-    What ``threshold_points`` gives under ``matrix.cell_metrics`` for ``"f1"``, without writing a
-    ``(windows, users, slots)`` array and scoring every error class per threshold: the fit's threshold choice
-    reads nothing else, on every story it is fitted on (most of the matrix's time for the verdict otherwise).
+    What ``threshold_points`` gives under ``matrix.cell_metrics`` for ``"f1"`` and ``"loyal_ever_flagged"``,
+    without writing a ``(windows, users, slots)`` array and scoring every error class per threshold: the fit's
+    threshold choice reads nothing else, on every story it is fitted on (most of the matrix's time for the verdict
+    otherwise).
     """
     logit = np.asarray(kernels.verdict_logit(rows.features, params))
     truth = rows.truth
     live = rows.silent & (np.arange(logit.shape[0])[:, None] >= truth.start[None, :])  # as first_alarm reads
-    f1 = []
+    out = []
     for th in thresholds:
         hit = live & (logit > th)
         alarm = np.where(hit.any(axis=0), hit.argmax(axis=0), -1)
-        f1.append(score(alarm, truth, early)["overall"]["f1"] or 0.0)
-    return f1
+        scored = score(alarm, truth, early)
+        out.append((scored["overall"]["f1"] or 0.0, loyal_false_positive_rate(scored)))
+    return out
+
+
+def choose_threshold(scores: list[list[tuple[float, float | None]]], loyal_cap: float) -> int:
+    """The index of the threshold with the best mean F1 over the stories' ``threshold_scores``; with a
+    ``loyal_cap`` (> 0), among those whose mean share of loyal pairs ever flagged is at most the cap (the one
+    flagging the fewest when none is)."""
+    f1 = np.mean([[f for f, _ in story] for story in scores], axis=0)
+    if not loyal_cap:
+        return int(np.argmax(f1))
+    loyal = np.mean([[0.0 if q is None else q for _, q in story] for story in scores], axis=0)
+    within = loyal <= loyal_cap
+    return int(np.argmax(np.where(within, f1, -np.inf))) if within.any() else int(np.argmin(loyal))
 
 
 def fit_and_threshold(config: Config, stories: list[VerdictRows], seed: int) -> tuple[kernels.VerdictParams, int]:
     """The verdict fitted on ``stories`` and the index in ``evaluate.verdict_threshold_sweep`` of the threshold
-    with the best mean F1 on them (``threshold_f1``); ``seed`` draws rows."""
+    ``choose_threshold`` takes on them (the best mean F1, under ``evaluate.verdict_loyal_cap`` where set);
+    ``seed`` draws rows."""
     e = config.evaluate
     rng = np.random.default_rng([e.verdict_seed, seed])
     x, y, w = training_set(stories, e.detection_early_windows, e.verdict_rows_per_story, rng)
     params = fit_verdict(x, y, w, e.verdict_steps, e.verdict_learning_rate)
-    f1 = [threshold_f1(rows, params, e.verdict_threshold_sweep, e.detection_early_windows) for rows in stories]
-    return params, int(np.argmax(np.mean(f1, axis=0)))
+    scores = [threshold_scores(rows, params, e.verdict_threshold_sweep, e.detection_early_windows) for rows in stories]
+    return params, choose_threshold(scores, e.verdict_loyal_cap)
 
 
 def held_out_verdicts(config: Config, by_story: dict[str, VerdictRows], metrics: Any,
                       family: dict[str, list[VerdictRows]] | None = None,
                       ) -> dict[str, tuple[int, list[dict[str, Any]], kernels.VerdictParams]]:
     """Per held-out story: the model fitted on the others, every threshold's metrics on the held-out story, and
-    the threshold with the best mean F1 on the others.
+    the threshold ``choose_threshold`` takes on the others.
 
     Args:
       by_story: one cell row's (same window length and share) ``VerdictRows`` per story.
