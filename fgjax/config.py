@@ -248,10 +248,10 @@ class DetectorConfig:
     calibration_share: float = setting(0.01, gt=0, lt=0.5)  # kappa matches this tail share of completed silences
     calibration_prior: float = setting(1000.0, ge=0)  # completed silences the prior kappa = 1 is worth
     # A learned verdict (fgjax.analysis.verdict; docs/formulas.md section 7d) decides which silent interests are
-    # forgotten: the verdict.json that `fgjax evaluate --detection` writes, its fit for this window length and
-    # fade_share. "builtin": the fit fgjax ships (that file at the defaults); "auto": the shipped fit in weekly
-    # windows, where it was measured better than the detector (bench/RESULTS.md, issue 10), the detector's own
-    # verdict elsewhere; empty: the detector's own verdict everywhere.
+    # forgotten: the verdict.json that `fgjax evaluate --detection` writes, its fit for this window length,
+    # fade_share and the span of the log analyzed. "builtin": the fits fgjax ships (that file at the defaults);
+    # "auto": the shipped fits in daily and weekly windows, where they were measured better than the detector
+    # (bench/RESULTS.md, issue 10), the detector's own verdict elsewhere; empty: the detector's own everywhere.
     verdict_file: str = "auto"
     verdict_recent_windows: int = setting(16, ge=1)  # span of the verdict's recent-rate feature (fit and use alike)
     degree_z: float = 2.0  # per-user F alarm: F > mean + degree_z * std of the user's own F

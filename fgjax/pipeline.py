@@ -303,6 +303,8 @@ def _quickstart(config: Config, out: Path, stage: Path, report: Reporter, progre
     counts = state_counts(fitted.forgetting)
     report(f"forgetting: {fitted.forgetting.num_windows} windows, {rows:,} (user, window) rows, {changes:,} state "
            f"changes; final states {counts}")
+    if verdict := learned_verdict_note(config, fitted.forgetting.num_windows):  # who called interests forgotten
+        report(verdict)
     t = time.perf_counter()
     rec_rows = write_recommendations(config, fitted, stage / "recommendations.parquet")
     timings["recommend_s"] = time.perf_counter() - t
