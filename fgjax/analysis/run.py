@@ -665,6 +665,10 @@ def analyze_stream(
     ``prefetch_windows=0`` runs decoding, transfer and device work one after
     the other (the reference the prefetched path must equal).
     ``fetch_carry=False`` leaves the final state on the device (for scoring next).
+    A stream's end is not known while it runs, so, as in the window-by-window
+    monitor, the detector's life budget is ``life_days`` (not capped at the
+    log's span) and a learned verdict file lends its longest-span fit
+    (``load_verdict``); ``analyze`` and ``fgjax analyze`` know the span.
     """
     item_category = np.asarray(item_category, np.int32)
     num_interests = int(item_category.max(initial=-1)) + 1
