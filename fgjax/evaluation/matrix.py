@@ -493,7 +493,7 @@ def evaluate_matrix(config: Config, report: Callable[[str], None] = lambda _: No
                 cell = short_cells[s][story][window]
                 cell["learned"] = at(short_rows[story], params, chosen)
                 cell["learned_long"] = at(short_rows[story], held_long[story][2], held_long[story][0])
-                short_cells[s][story][window]["short_fit_on_long"] = at(by_story[story], params, chosen)
+                cell["short_fit_on_long"] = at(by_story[story], params, chosen)
             fits.append(verdict.verdict_for_analysis(config, short_rows, window_days, float(s), short_extra,
                                                      log_windows=short_days // int(window_days)))
         report(f"  learned verdict: {time.perf_counter() - started:.0f}s")
