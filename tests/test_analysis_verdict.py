@@ -67,21 +67,23 @@ def test_a_bad_verdict_file_is_one_clear_config_error(tmp_path, edit, message):
 
 
 def test_a_file_with_fits_for_two_spans_lends_each_log_the_nearest(tmp_path):
-    """``log_windows``: the fit whose span is nearest the log's (in ratio; 60 and 168 part at about 100), the
-    longest for a log with no known end; a fit with no span serves any log, after those that name one."""
+    """``log_windows``: the shortest fit whose span covers the log's, else the longest; the longest for a log with
+    no known end; a fit with no span serves any log, after those that name one."""
     def fit(name, span):
         return VerdictFit(1.0, 0.25, 16, _constant(0.0), 0.0, (name,), 0.01, log_windows=span)
 
     path = save_verdicts([fit("long", 168), fit("short", 60), VerdictFit(7.0, 0.25, 16, _constant(0.0), 0.0)],
                          tmp_path / "v.json")
-    for windows, want in ((8, "short"), (60, "short"), (95, "short"), (105, "long"), (168, "long"), (900, "long"),
+    for windows, want in ((8, "short"), (60, "short"), (61, "long"), (105, "long"), (168, "long"), (900, "long"),
                           (None, "long")):
         assert load_verdict(path, 1.0, 0.25, 16, windows).stories == (want,), windows
     assert load_verdict(path, 1.0, 0.25, 16, 60).log_windows == 60
     assert load_verdict(path, 7.0, 0.25, 16, 9).log_windows is None  # the only weekly fit, whatever the span
-    path = save_verdicts([fit("any", None), fit("short", 60)], tmp_path / "w.json")
-    assert load_verdict(path, 1.0, 0.25, 16, 600).stories == ("short",)
-    assert load_verdict(path, 1.0, 0.25, 16, None).stories == ("short",)
+    path = save_verdicts([fit("any", None), fit("short", 60), fit("mid", 90)], tmp_path / "w.json")
+    assert load_verdict(path, 1.0, 0.25, 16, 600).stories == ("mid",)  # none covers it: the longest
+    assert load_verdict(path, 1.0, 0.25, 16, 70).stories == ("mid",)
+    assert load_verdict(path, 1.0, 0.25, 16, 50).stories == ("short",)
+    assert load_verdict(path, 1.0, 0.25, 16, None).stories == ("mid",)
 
 
 def _busy_then_silent():
@@ -118,17 +120,19 @@ def test_the_verdict_decides_which_silent_interests_are_forgotten(tmp_path):
 
 
 def test_the_run_reads_the_fit_for_its_logs_span(tmp_path):
-    """``analyze`` hands the log's windows (52 daily here) to the verdict file: the fit nearest that span decides."""
+    """``analyze`` hands the log's windows (53 daily here) to the verdict file: the shortest fit whose span covers
+    them decides."""
     log = _busy_then_silent()
 
-    def history(always_span, never_span):
+    def history(always_span, never_span):  # the log has 53 daily windows: the shortest span covering it decides
         fits = [VerdictFit(1.0, 0.25, 16, _constant(5.0), 0.0, log_windows=always_span),
                 VerdictFit(1.0, 0.25, 16, _constant(-5.0), 0.0, log_windows=never_span)]
         path = save_verdicts(fits, tmp_path / f"{always_span}-{never_span}.json")
         return _history(load_config(None, [f"analysis.detector.verdict_file={path}"]), log)
 
-    assert history(always_span=50, never_span=200)[10:50] == ["forgotten"] * 40
-    assert "forgotten" not in history(always_span=10, never_span=60)
+    assert history(always_span=53, never_span=200)[10:50] == ["forgotten"] * 40
+    assert "forgotten" not in history(always_span=52, never_span=200)  # 52 windows do not cover the log
+    assert "forgotten" not in history(always_span=40, never_span=60)
 
 
 def test_the_verdict_needs_the_adaptive_detector(tmp_path):
@@ -197,17 +201,20 @@ def test_the_shipped_fit_covers_both_windows_and_shares_and_names_its_stories():
     for days in e.detection_window_days:
         for share in e.fade_shares:
             # One fit for the matrix's logs and one for the short ones, each read by a log of its span.
-            fits = {span: load_verdict(BUILTIN_PATH, float(days), float(share), d.verdict_recent_windows,
-                                       span // days) for span in (e.matrix_days, e.verdict_short_days)}
+            begun = {span: -(-span // days) for span in (e.matrix_days, e.verdict_short_days)}  # a partial one too
+            fits = {span: load_verdict(BUILTIN_PATH, float(days), float(share), d.verdict_recent_windows, windows)
+                    for span, windows in begun.items()}
             for span, fit in fits.items():
-                assert fit.log_windows == span // days
+                assert fit.log_windows == begun[span]
                 assert fit.stories == (*e.detection_stories,
                                        *(f"{s} (family draw 1)" for s in e.detection_stories))
                 assert np.isfinite(fit.threshold) and float(np.abs(np.asarray(fit.params.weights)).sum()) > 0
             assert not np.array_equal(*(np.asarray(f.params.weights) for f in fits.values()))
     weekly_config = load_config(None, ["analysis.window_seconds=604800"]).analysis
-    for log_windows, span in ((None, e.matrix_days), (30, e.matrix_days), (9, e.verdict_short_days)):
+    # A 60-day log begins 9 weekly windows: the short fit's; one of 10 windows or more, the long fit's.
+    for log_windows, span in ((None, e.matrix_days), (30, e.matrix_days), (10, e.matrix_days),
+                              (9, e.verdict_short_days), (3, e.verdict_short_days)):
         weekly = window_params(weekly_config, log_windows)
-        fit = load_verdict(BUILTIN_PATH, 7.0, d.fade_share, d.verdict_recent_windows, span // 7)
+        fit = load_verdict(BUILTIN_PATH, 7.0, d.fade_share, d.verdict_recent_windows, -(-span // 7))
         np.testing.assert_array_equal(np.asarray(weekly.verdict.weights), np.asarray(fit.params.weights))
         assert float(weekly.verdict_threshold) == fit.threshold

@@ -199,7 +199,7 @@ def test_quickstart_then_every_subcommand(tmp_path, capsys):
     from fgjax.analysis import BUILTIN_PATH, load_verdict
 
     span = load_verdict(BUILTIN_PATH, 7.0, 0.25, 16, len(starts)).log_windows
-    assert span == 60 // 7 and span != load_verdict(BUILTIN_PATH, 7.0, 0.25, 16, None).log_windows
+    assert span == 9 and span != load_verdict(BUILTIN_PATH, 7.0, 0.25, 16, None).log_windows  # 60 days begin 9
     assert (f"learned verdict: the built-in fit (auto), its fit for 7-day windows of logs of {span} windows and "
             "fades below 25%") in stdout
     assert stdout.index(f"{len(starts)} windows\n") < stdout.index("learned verdict:")

@@ -157,6 +157,7 @@ def test_the_matrix_files_hold_the_targets(tiny, tmp_path):
                                                    "hawkes (family draw 1)", "engaged (family draw 1)"] for f in fits)
     spans = sorted((f["window_days"], f["fade_share"], f["log_windows"]) for f in fits)
     assert spans == sorted((d, s, n // int(d)) for d in (1.0, 7.0) for s in (0.25, 0.05) for n in (84, 28))
+    assert M.windows_begun(60, 7) == 9 and M.windows_begun(168, 7) == 24 and M.windows_begun(60, 1) == 60
     assert "Logs of 28 days (each story's short draw) against the matrix's 84 days" in text
     assert written["matrix"]["setup"]["verdict_family"] == {"draws": 1, "period_days": [2, 42], "pause_days": [14, 63],
                                                          "own_draws": 0}

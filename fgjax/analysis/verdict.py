@@ -13,7 +13,8 @@ The format (``VERDICT_FORMAT``)::
 ``mean`` / ``scale`` / ``weights`` are in ``features`` order; ``threshold`` is on the log-odds. ``log_windows``
 (optional) is the span, in windows, of the logs a fit was fitted on: a file may hold fits of one window length
 and share for logs of different spans (``fgjax evaluate --detection`` writes one for the matrix's logs and one
-for ``evaluate.verdict_short_days``), and a run reads the one nearest its own log's span (``load_verdict``).
+for ``evaluate.verdict_short_days``), and a run reads the shortest one whose span covers its log's
+(``load_verdict``).
 
 fgjax ships one (``BUILTIN_PATH``): the ``verdict.json`` of ``fgjax evaluate --detection`` at the default
 config. ``verdict_file: builtin`` names it; ``auto`` (the default) uses it only where it was measured better
@@ -87,7 +88,7 @@ class VerdictFit:
     threshold: float
     stories: tuple[str, ...] = ()
     false_alarm: float | None = None
-    log_windows: int | None = None  # the span of the logs it was fitted on, in windows (None: not recorded)
+    log_windows: int | None = None  # the span of the logs it was fitted on, in windows begun (None: not recorded)
 
     def to_json(self) -> dict[str, Any]:
         vectors = {name: [float(v) for v in np.asarray(getattr(self.params, name))] for name in _VECTORS}
@@ -108,8 +109,9 @@ def load_verdict(path: str | Path, window_days: float, fade_share: float, recent
                  log_windows: int | None = None) -> VerdictFit:
     """The fit in verdict file ``path`` for windows of ``window_days`` days and ``fade_share``.
 
-    Where the file holds several such fits, for logs of different spans, the one whose ``log_windows`` is nearest
-    (in ratio) the analyzed log's ``log_windows``; without a span (a live log has no end) the longest-span fit.
+    Where the file holds several such fits, for logs of different spans, the shortest whose ``log_windows`` covers
+    the analyzed log's ``log_windows``, else the longest (``_span_order``); without a span (a live log has no end)
+    the longest.
 
     Raises ``ConfigError`` (one line naming the file) when the file is missing or not a verdict file, its
     features are not this version's, or it has no fit for this window length and share, or one computed
@@ -146,21 +148,23 @@ def load_verdict(path: str | Path, window_days: float, fade_share: float, recent
                          for f in fits)
         raise ConfigError(f"{where}: no fit for windows of {window_days:g} days and fade_share {fade_share:g} "
                           f"(it has: {have or 'none'})")
-    i, fit, _ = min(matching, key=lambda m: _span_distance(m[2], log_windows))
+    i, fit, _ = min(matching, key=lambda m: _span_order(m[2], log_windows))
     if fit.get("recent_windows") != recent_windows:
         raise ConfigError(f"{where}: fits[{i}] was computed with recent_windows={fit.get('recent_windows')}, "
                           f"analysis.detector.verdict_recent_windows is {recent_windows}")
     return _fit_from_json(fit, where, i)
 
 
-def _span_distance(fit_windows: int | None, log_windows: int | None) -> tuple[float, float]:
-    """Sort key of a fit for a log of ``log_windows`` windows: the ratio between the spans (a fit with no span
-    recorded serves any log, after the fits that name one near it), then the longer fit first."""
+def _span_order(fit_windows: int | None, log_windows: int | None) -> tuple[int, float]:
+    """Sort key of a fit for a log of ``log_windows`` windows: first the fits whose span covers the log, the
+    shortest of them (a fit has seen logs up to its span; past it, a short log's fit flags the loyal interests of a
+    longer one: bench/RESULTS.md), then the others, the longest first; a fit with no span recorded last. Without
+    ``log_windows`` (a live log has no end) the longest fit."""
     if fit_windows is None:
-        return (math.inf, 0.0)
-    if log_windows is None:  # no end known: the longest span
-        return (0.0, -float(fit_windows))
-    return (abs(math.log(max(log_windows, 1) / fit_windows)), -float(fit_windows))
+        return (2, 0.0)
+    if log_windows is not None and fit_windows >= log_windows:
+        return (0, float(fit_windows))
+    return (1, -float(fit_windows))
 
 
 def _fit_from_json(fit: dict[str, Any], where: str, i: int) -> VerdictFit:

@@ -165,6 +165,13 @@ def short_config(config: Config, draw: int) -> Config:
                                                                    matrix_days=config.evaluate.verdict_short_days))
 
 
+def windows_begun(days: int, window_days: int) -> int:
+    """Windows of ``window_days`` days a log of ``days`` days begins (its last one partial), as ``fgjax analyze``
+    counts a log's windows: the span a verdict fitted on such logs records (``VerdictFit.log_windows``; the fit
+    itself saw the whole windows only)."""
+    return -(-days // window_days)
+
+
 def oracle_posteriors(config: Config, days: StoryDays) -> dict[float, np.ndarray]:
     """``oracle.forgotten_posterior`` of the story's pairs at every share of ``evaluate.fade_shares``."""
     if days.rates is None:
@@ -483,7 +490,7 @@ def evaluate_matrix(config: Config, report: Callable[[str], None] = lambda _: No
                 grid[s][story][window]["learned"] = points
                 learned_index[(s, story, window)] = chosen
             fits.append(verdict.verdict_for_analysis(config, by_story, window_days, float(s), extra,
-                                                     log_windows=e.matrix_days // int(window_days)))
+                                                     log_windows=windows_begun(e.matrix_days, int(window_days))))
             if (s, window) not in short_evidence:
                 continue
             # Each span's fit on the other span's held-out logs too: what choosing the fit by the span is worth.
@@ -495,7 +502,7 @@ def evaluate_matrix(config: Config, report: Callable[[str], None] = lambda _: No
                 cell["learned_long"] = at(short_rows[story], held_long[story][2], held_long[story][0])
                 cell["short_fit_on_long"] = at(by_story[story], params, chosen)
             fits.append(verdict.verdict_for_analysis(config, short_rows, window_days, float(s), short_extra,
-                                                     log_windows=short_days // int(window_days)))
+                                                     log_windows=windows_begun(short_days, int(window_days))))
         report(f"  learned verdict: {time.perf_counter() - started:.0f}s")
     cells: dict[str, Any] = {}
     for share_text, by_story in grid.items():
