@@ -610,8 +610,8 @@ class EvaluateConfig:
     # verdict_own_days trial above), so the matrix also draws every story (at its own ranges, scored) and its
     # family over this many days, fits a second verdict per window length and share on them alone, and scores it
     # leave-one-story-out beside the long fit and the rule on those short logs. verdict.json holds both fits;
-    # a run reads the one nearest its log's span (fgjax.analysis.verdict.load_verdict). Not below matrix_days:
-    # none (the matrix says so).
+    # a run reads the shortest whose span covers its log, else the longest (fgjax.analysis.verdict.load_verdict).
+    # Not below matrix_days: none (the matrix's setup says short_days 0).
     verdict_short_days: int = setting(60, ge=0)
 
     def _check(self, where: str) -> None:
