@@ -451,6 +451,7 @@ def evaluate_matrix(config: Config, report: Callable[[str], None] = lambda _: No
             drawn = story_days(short_config(config, draw), story)
             for wd in e.detection_window_days:
                 counts, window = windowed(drawn, int(wd)), _label(int(wd))
+                rule_flags = [silence_alarms(counts, int(n)) for n in knobs["silence"]] if not draw else []
                 for s in shares:
                     truth = story_truth(drawn, counts, int(wd), float(s), e.matrix_margin_days, e.min_expected_events)
                     rows = verdict.verdict_rows(config, counts, truth, float(s), int(wd))
@@ -459,8 +460,8 @@ def evaluate_matrix(config: Config, report: Callable[[str], None] = lambda _: No
                         continue
                     short_evidence.setdefault((s, window), {})[story] = rows
                     alarms = method_alarms(config, counts, float(s), int(wd))
-                    rule = [cell_metrics(alarms["silence"](n), truth, e.detection_early_windows)
-                            for n in knobs["silence"]]
+                    # The rule reads no fade definition: its flags serve every share, each scored on its own truth.
+                    rule = [cell_metrics(flags, truth, e.detection_early_windows) for flags in rule_flags]
                     best = int(np.argmax([m["f1"] or 0.0 for m in rule]))
                     q = knobs["detector_default"][0]
                     short_cells.setdefault(s, {}).setdefault(story, {})[window] = {
