@@ -201,7 +201,8 @@ def test_the_shipped_fit_covers_both_windows_and_shares_and_names_its_stories():
     for days in e.detection_window_days:
         for share in e.fade_shares:
             # One fit for the matrix's logs and one for the short ones, each read by a log of its span.
-            begun = {span: -(-span // days) for span in (e.matrix_days, e.verdict_short_days)}  # a partial one too
+            # The shipped spans: the matrix's, and evaluate.verdict_short_days=[60, 112] (the regeneration command).
+            begun = {span: -(-span // days) for span in (e.matrix_days, 60, 112)}  # a partial window counts
             fits = {span: load_verdict(BUILTIN_PATH, float(days), float(share), d.verdict_recent_windows, windows)
                     for span, windows in begun.items()}
             for span, fit in fits.items():
@@ -209,11 +210,12 @@ def test_the_shipped_fit_covers_both_windows_and_shares_and_names_its_stories():
                 assert fit.stories == (*e.detection_stories,
                                        *(f"{s} (family draw 1)" for s in e.detection_stories))
                 assert np.isfinite(fit.threshold) and float(np.abs(np.asarray(fit.params.weights)).sum()) > 0
-            assert not np.array_equal(*(np.asarray(f.params.weights) for f in fits.values()))
+            weights = [np.asarray(f.params.weights) for f in fits.values()]
+            assert all(not np.array_equal(a, b) for i, a in enumerate(weights) for b in weights[i + 1:])
     weekly_config = load_config(None, ["analysis.window_seconds=604800"]).analysis
-    # A 60-day log begins 9 weekly windows: the short fit's; one of 10 windows or more, the long fit's.
-    for log_windows, span in ((None, e.matrix_days), (30, e.matrix_days), (10, e.matrix_days),
-                              (9, e.verdict_short_days), (3, e.verdict_short_days)):
+    # A 60-day log begins 9 weekly windows: the 60-day fit's; one of 10-16, the 112-day fit's; longer, the long fit's.
+    for log_windows, span in ((None, e.matrix_days), (30, e.matrix_days), (17, e.matrix_days), (16, 112), (10, 112),
+                              (9, 60), (3, 60)):
         weekly = window_params(weekly_config, log_windows)
         fit = load_verdict(BUILTIN_PATH, 7.0, d.fade_share, d.verdict_recent_windows, -(-span // 7))
         np.testing.assert_array_equal(np.asarray(weekly.verdict.weights), np.asarray(fit.params.weights))

@@ -19,7 +19,7 @@ TINY = [
     "evaluate.matrix_users=80", "evaluate.matrix_days=84", "evaluate.detection_stories=[classic,hawkes,engaged]",
     "evaluate.false_alarm_sweep=[0.003,0.03,0.3]", "evaluate.bocpd_threshold_sweep=[0.5,0.99]",
     "evaluate.cusum_threshold_sweep=[4,12]", "evaluate.silence_sweep=[2,5,10]", "evaluate.fade_shares=[0.25,0.05]",
-    "synthetic.users_per_shard=80", "evaluate.verdict_short_days=28",
+    "synthetic.users_per_shard=80", "evaluate.verdict_short_days=[28]",
 ]
 
 
@@ -158,7 +158,7 @@ def test_the_matrix_files_hold_the_targets(tiny, tmp_path):
     spans = sorted((f["window_days"], f["fade_share"], f["log_windows"]) for f in fits)
     assert spans == sorted((d, s, n // int(d)) for d in (1.0, 7.0) for s in (0.25, 0.05) for n in (84, 28))
     assert M.windows_begun(60, 7) == 9 and M.windows_begun(168, 7) == 24 and M.windows_begun(60, 1) == 60
-    assert "Logs of 28 days (each story's short draw) against the matrix's 84 days" in text
+    assert "Logs of 28 days (each story's draw over 28 days) against the matrix's 84 days" in text
     assert written["matrix"]["setup"]["verdict_family"] == {"draws": 1, "period_days": [2, 42], "pause_days": [14, 63],
                                                          "own_draws": 0}
     # Without the learned verdict: no learned targets and no verdict.json.
@@ -172,15 +172,16 @@ def test_the_matrix_files_hold_the_targets(tiny, tmp_path):
 
 
 def test_the_short_span_verdict_is_scored_on_each_storys_short_draw(tiny):
-    """``evaluate.verdict_short_days``: every cell's short draw holds the rule at its best N there, the detector at
-    its defaults and both spans' verdicts, and the short-span verdict on the long cell; their F1 is each method's
-    own on that draw."""
+    """``evaluate.verdict_short_days``: every cell's draw over the span holds the rule at its best N there, the
+    detector at its defaults and both spans' verdicts, and the span's verdict on the long cell; their F1 is each
+    method's own on that draw."""
     config, report = tiny
     e = config.evaluate
-    assert report.setup["short_days"] == 28 and set(report.short) == {"0.25", "0.05"}
-    days = M.story_days(M.short_config(config, 0), "hawkes")
+    assert report.setup["short_days"] == [28] and set(report.short) == {"28"}
+    assert set(report.short["28"]) == {"0.25", "0.05"}
+    days = M.story_days(M.short_config(config, 0, 28), "hawkes")
     assert days.counts.shape[0] == 28
-    for share, by_story in report.short.items():
+    for share, by_story in report.short["28"].items():
         assert set(by_story) == {"classic", "hawkes", "engaged"}
         for story, by_window in by_story.items():
             assert set(by_window) == {"daily", "weekly"}
@@ -192,29 +193,36 @@ def test_the_short_span_verdict_is_scored_on_each_storys_short_draw(tiny):
     alarms = M.method_alarms(config, counts, 0.25, 7)
     rule = [M.cell_metrics(alarms["silence"](n), truth, e.detection_early_windows)["f1"] or 0.0
             for n in e.silence_sweep]
-    cell = report.short["0.25"]["hawkes"]["weekly"]
+    cell = report.short["28"]["0.25"]["hawkes"]["weekly"]
     assert cell["silence"]["f1"] == pytest.approx(max(rule))
     detector = M.cell_metrics(alarms["detector_default"](config.analysis.detector.false_alarm), truth,
                               e.detection_early_windows)
     assert cell["detector_default"]["f1"] == detector["f1"]
-    assert "short-span fit" in M.format_short(report)
+    assert "28-day fit" in M.format_short(report)
     assert M.format_short(dataclasses.replace(report, short={})) == ""
 
 
-def test_the_short_span_draws_are_other_users_over_the_short_days():
-    config = load_config(None, ["evaluate.matrix_days=70", "evaluate.verdict_short_days=30",
+def test_the_short_span_draws_are_other_users_over_each_span():
+    config = load_config(None, ["evaluate.matrix_days=70", "evaluate.verdict_short_days=[50, 30, 70]",
                                 "evaluate.verdict_period_days=[20, 30]"])
-    own, wide = M.short_config(config, 0), M.short_config(config, 1)
-    assert own.evaluate.matrix_days == wide.evaluate.matrix_days == 30 and M.short_span_days(config) == 30
+    assert M.short_span_days(config) == (30, 50)  # ascending; 70 is not below matrix_days
+    own, wide = M.short_config(config, 0, 30), M.short_config(config, 1, 30)
+    assert own.evaluate.matrix_days == wide.evaluate.matrix_days == 30
     assert own.synthetic.period_days_min == config.synthetic.period_days_min  # the scored draw: the story's own
     assert wide.synthetic.period_days_min == 20  # its family: the wide ranges
-    seeds = {config.synthetic.seed, own.synthetic.seed, wide.synthetic.seed,
+    other_span = M.short_config(config, 0, 50, span=1)
+    assert other_span.evaluate.matrix_days == 50
+    seeds = {config.synthetic.seed, own.synthetic.seed, wide.synthetic.seed, other_span.synthetic.seed,
+             M.short_config(config, 1, 50, span=1).synthetic.seed,
              *(M.family_config(config, d).synthetic.seed for d in range(3))}
-    assert len(seeds) == 6  # other users than the matrix's and the long fit's family
-    assert M.short_span_days(load_config(None, ["evaluate.matrix_days=30", "evaluate.verdict_short_days=30"])) == 0
-    assert M.short_span_days(load_config(None, ["evaluate.verdict=false"])) == 0
-    with pytest.raises(ConfigError, match=r"evaluate\.verdict_short_days: expected 0 \(none\) or at least 14"):
-        load_config(None, ["evaluate.verdict_short_days=7"])
+    assert len(seeds) == 8  # other users than the matrix's, the long fit's family and the other span's
+    assert M.short_span_days(load_config(None, ["evaluate.matrix_days=30", "evaluate.verdict_short_days=[30]"])) == ()
+    assert M.short_span_days(load_config(None, ["evaluate.verdict=false"])) == ()
+    assert M.short_span_days(load_config(None, ["evaluate.verdict_short_days=[]"])) == ()
+    with pytest.raises(ConfigError, match=r"evaluate\.verdict_short_days"):
+        load_config(None, ["evaluate.verdict_short_days=[7]"])
+    with pytest.raises(ConfigError, match=r"evaluate\.verdict_short_days: expected distinct spans"):
+        load_config(None, ["evaluate.verdict_short_days=[60, 60]"])
 
 
 def test_best_index_picks_the_best_f1_within_the_cap_and_none_without_one():

@@ -13,15 +13,16 @@ The format (``VERDICT_FORMAT``)::
 ``mean`` / ``scale`` / ``weights`` are in ``features`` order; ``threshold`` is on the log-odds. ``log_windows``
 (optional) is the span, in windows, of the logs a fit was fitted on: a file may hold fits of one window length
 and share for logs of different spans (``fgjax evaluate --detection`` writes one for the matrix's logs and one
-for ``evaluate.verdict_short_days``), and a run reads the shortest one whose span covers its log's
+per span of ``evaluate.verdict_short_days``), and a run reads the shortest one whose span covers its log's
 (``load_verdict``).
 
 fgjax ships one (``BUILTIN_PATH``): the ``verdict.json`` of ``fgjax evaluate --detection`` at the default
-config. ``verdict_file: builtin`` names it; ``auto`` (the default) uses it only where it was measured better
+config with a 112-day span beside the 60-day one (its fits for 60-day and 24-week logs are the default's). ``verdict_file: builtin`` names it; ``auto`` (the default) uses it only where it was measured better
 than the detector's own verdict, in daily and weekly windows (``AUTO_WINDOW_DAYS``; ``verdict_path``). When the
 detector or the verdict's features change, fit it again and replace it::
 
-    fgjax evaluate --detection --out runs/detection && cp runs/detection/verdict.json fgjax/analysis/verdict_builtin.json
+    fgjax evaluate --detection --out runs/detection --set "evaluate.verdict_short_days=[60, 112]"
+    cp runs/detection/verdict.json fgjax/analysis/verdict_builtin.json
 """
 
 from __future__ import annotations

@@ -146,23 +146,23 @@ def family_config(config: Config, draw: int, own_ranges: bool = False) -> Config
     return dataclasses.replace(config, synthetic=syn)
 
 
-SHORT_DRAW_OFFSET = 100  # the short-span draws are family_config draws from here on: other users again
+SHORT_DRAW_OFFSET = 100  # the shorter spans' draws are family_config draws from here on: other users again
+SPAN_DRAW_STRIDE = 10  # ... span i's from SHORT_DRAW_OFFSET + i * SPAN_DRAW_STRIDE (more family draws collide)
 
 
-def short_span_days(config: Config) -> int:
-    """Days of the short-span verdict's logs (``evaluate.verdict_short_days``); 0 when none is fitted (the verdict
-    is off, or the span is not below ``matrix_days``)."""
+def short_span_days(config: Config) -> tuple[int, ...]:
+    """Days of the shorter-span verdicts' logs (``evaluate.verdict_short_days``, ascending): those below
+    ``matrix_days``; none when the verdict is off."""
     e = config.evaluate
-    return e.verdict_short_days if e.verdict and 0 < e.verdict_short_days < e.matrix_days else 0
+    return tuple(sorted(d for d in e.verdict_short_days if d < e.matrix_days)) if e.verdict else ()
 
 
-def short_config(config: Config, draw: int) -> Config:
-    """The config of the short-span verdict's draw ``draw`` (0-based) over ``evaluate.verdict_short_days`` days:
-    draw 0 at synthetic's own periods and pauses (the one scored), the next ones at the family's wide ranges,
-    like the long fit's family; each with its own users."""
-    drawn = family_config(config, SHORT_DRAW_OFFSET + draw, own_ranges=draw == 0)
-    return dataclasses.replace(drawn, evaluate=dataclasses.replace(drawn.evaluate,
-                                                                   matrix_days=config.evaluate.verdict_short_days))
+def short_config(config: Config, draw: int, days: int, span: int = 0) -> Config:
+    """The config of span ``span``'s verdict draw ``draw`` (0-based) over ``days`` days: draw 0 at synthetic's own
+    periods and pauses (the one scored), the next ones at the family's wide ranges, like the long fit's family;
+    each with its own users."""
+    drawn = family_config(config, SHORT_DRAW_OFFSET + SPAN_DRAW_STRIDE * span + draw, own_ranges=draw == 0)
+    return dataclasses.replace(drawn, evaluate=dataclasses.replace(drawn.evaluate, matrix_days=days))
 
 
 def windows_begun(days: int, window_days: int) -> int:
@@ -381,7 +381,8 @@ class MatrixReport:
     setup: dict[str, Any]
     # The learned verdict fitted on every story, per (window length, share): verdict.json (``write_matrix``).
     verdicts: tuple[VerdictFit, ...] = ()
-    # The short logs (``evaluate.verdict_short_days``): ``short[share][story][window]``, on the story's short draw,
+    # The shorter logs (``evaluate.verdict_short_days``): ``short[days][share][story][window]``, on the story's draw
+    # over ``days``,
     # the silence rule at its best N, the detector at its defaults, the short-span verdict (``learned``) and the
     # long one (``learned_long``), both fitted leave-one-story-out; and ``short_fit_on_long``, the short-span
     # verdict on the matrix's own (long) cell.
@@ -404,10 +405,11 @@ def evaluate_matrix(config: Config, report: Callable[[str], None] = lambda _: No
     shares = [str(s) for s in e.fade_shares]
     evidence: dict[tuple[str, str], dict[str, verdict.VerdictRows]] = {}  # (share, window) -> story -> rows
     family: dict[tuple[str, str], dict[str, list[verdict.VerdictRows]]] = {}  # the same, the fit's extra draws
-    short_days = short_span_days(config)
-    short_evidence: dict[tuple[str, str], dict[str, verdict.VerdictRows]] = {}  # the same on the short logs
-    short_family: dict[tuple[str, str], dict[str, list[verdict.VerdictRows]]] = {}
-    short_cells: dict[str, Any] = {}  # share -> story -> window -> method -> the chosen knob's metrics
+    spans = short_span_days(config)
+    # The same on the shorter spans' logs, keyed (days, share, window).
+    short_evidence: dict[tuple[int, str, str], dict[str, verdict.VerdictRows]] = {}
+    short_family: dict[tuple[int, str, str], dict[str, list[verdict.VerdictRows]]] = {}
+    short_cells: dict[str, Any] = {}  # days -> share -> story -> window -> method -> the chosen knob's metrics
     for story in e.detection_stories:
         days = story_days(config, story)
         posteriors = oracle_posteriors(config, days)
@@ -446,30 +448,33 @@ def evaluate_matrix(config: Config, report: Callable[[str], None] = lambda _: No
                     family.setdefault((s, _label(int(wd))), {}).setdefault(story, []).append(
                         verdict.verdict_rows(config, counts, truth, float(s), int(wd)))
             report(f"  {story}, the verdict's family draw {draw + 1}: {time.perf_counter() - started:.0f}s")
-        # The short-span verdict's logs: draw 0 scored (beside the rule and the detector on it), the others its family.
-        for draw in range(1 + e.verdict_family_draws if short_days else 0):
-            drawn = story_days(short_config(config, draw), story)
-            for wd in e.detection_window_days:
-                counts, window = windowed(drawn, int(wd)), _label(int(wd))
-                rule_flags = [silence_alarms(counts, int(n)) for n in knobs["silence"]] if not draw else []
-                for s in shares:
-                    truth = story_truth(drawn, counts, int(wd), float(s), e.matrix_margin_days, e.min_expected_events)
-                    rows = verdict.verdict_rows(config, counts, truth, float(s), int(wd))
-                    if draw:
-                        short_family.setdefault((s, window), {}).setdefault(story, []).append(rows)
-                        continue
-                    short_evidence.setdefault((s, window), {})[story] = rows
-                    alarms = method_alarms(config, counts, float(s), int(wd))
-                    # The rule reads no fade definition: its flags serve every share, each scored on its own truth.
-                    rule = [cell_metrics(flags, truth, e.detection_early_windows) for flags in rule_flags]
-                    best = int(np.argmax([m["f1"] or 0.0 for m in rule]))
-                    q = knobs["detector_default"][0]
-                    short_cells.setdefault(s, {}).setdefault(story, {})[window] = {
-                        "silence": {"knob": knobs["silence"][best], **rule[best]},
-                        "detector_default": {"knob": q, **cell_metrics(alarms["detector_default"](q), truth,
-                                                                        e.detection_early_windows)}}
-            report(f"  {story}, the short-span verdict's draw {draw + 1} ({short_days} days): "
-                   f"{time.perf_counter() - started:.0f}s")
+        # The shorter spans' logs: draw 0 scored (beside the rule and the detector on it), the others its family.
+        for span, short_days in enumerate(spans):
+            for draw in range(1 + e.verdict_family_draws):
+                drawn = story_days(short_config(config, draw, short_days, span), story)
+                for wd in e.detection_window_days:
+                    counts, window = windowed(drawn, int(wd)), _label(int(wd))
+                    rule_flags = [silence_alarms(counts, int(n)) for n in knobs["silence"]] if not draw else []
+                    for s in shares:
+                        truth = story_truth(drawn, counts, int(wd), float(s), e.matrix_margin_days,
+                                            e.min_expected_events)
+                        rows = verdict.verdict_rows(config, counts, truth, float(s), int(wd))
+                        if draw:
+                            short_family.setdefault((short_days, s, window), {}).setdefault(story, []).append(rows)
+                            continue
+                        short_evidence.setdefault((short_days, s, window), {})[story] = rows
+                        alarms = method_alarms(config, counts, float(s), int(wd))
+                        # The rule reads no fade definition: its flags serve every share, each on its own truth.
+                        rule = [cell_metrics(flags, truth, e.detection_early_windows) for flags in rule_flags]
+                        best = int(np.argmax([m["f1"] or 0.0 for m in rule]))
+                        q = knobs["detector_default"][0]
+                        cells_here = short_cells.setdefault(str(short_days), {}).setdefault(s, {})
+                        cells_here.setdefault(story, {})[window] = {
+                            "silence": {"knob": knobs["silence"][best], **rule[best]},
+                            "detector_default": {"knob": q, **cell_metrics(alarms["detector_default"](q), truth,
+                                                                            e.detection_early_windows)}}
+                report(f"  {story}, the {short_days}-day verdict's draw {draw + 1}: "
+                       f"{time.perf_counter() - started:.0f}s")
     # The learned verdict: fitted and thresholded on the other stories of each cell, so its whole model is
     # chosen leave-one-story-out (its grid is each story's under the model that did not see it).
     learned_index: dict[tuple[str, str, str], int] = {}
@@ -492,18 +497,18 @@ def evaluate_matrix(config: Config, report: Callable[[str], None] = lambda _: No
                 learned_index[(s, story, window)] = chosen
             fits.append(verdict.verdict_for_analysis(config, by_story, window_days, float(s), extra,
                                                      log_windows=windows_begun(e.matrix_days, int(window_days))))
-            if (s, window) not in short_evidence:
-                continue
-            # Each span's fit on the other span's held-out logs too: what choosing the fit by the span is worth.
-            short_rows, short_extra = short_evidence[(s, window)], short_family.get((s, window), {})
-            for story, (chosen, _, params) in verdict.held_out_verdicts(config, short_rows, metrics,
-                                                                       short_extra).items():
-                cell = short_cells[s][story][window]
-                cell["learned"] = at(short_rows[story], params, chosen)
-                cell["learned_long"] = at(short_rows[story], held_long[story][2], held_long[story][0])
-                cell["short_fit_on_long"] = at(by_story[story], params, chosen)
-            fits.append(verdict.verdict_for_analysis(config, short_rows, window_days, float(s), short_extra,
-                                                     log_windows=windows_begun(short_days, int(window_days))))
+            # Each span's fit on the long logs too, and the long fit on each span's: what choosing by span is worth.
+            for short_days in spans:
+                short_rows = short_evidence[(short_days, s, window)]
+                short_extra = short_family.get((short_days, s, window), {})
+                for story, (chosen, _, params) in verdict.held_out_verdicts(config, short_rows, metrics,
+                                                                           short_extra).items():
+                    cell = short_cells[str(short_days)][s][story][window]
+                    cell["learned"] = at(short_rows[story], params, chosen)
+                    cell["learned_long"] = at(short_rows[story], held_long[story][2], held_long[story][0])
+                    cell["short_fit_on_long"] = at(by_story[story], params, chosen)
+                fits.append(verdict.verdict_for_analysis(config, short_rows, window_days, float(s), short_extra,
+                                                         log_windows=windows_begun(short_days, int(window_days))))
         report(f"  learned verdict: {time.perf_counter() - started:.0f}s")
     cells: dict[str, Any] = {}
     for share_text, by_story in grid.items():
@@ -536,7 +541,7 @@ def evaluate_matrix(config: Config, report: Callable[[str], None] = lambda _: No
         "verdict_family": ({"draws": e.verdict_family_draws, "period_days": list(e.verdict_period_days),
                             "pause_days": list(e.verdict_pause_days), "own_draws": e.verdict_own_draws}
                            if e.verdict else None),
-        "short_days": short_days,
+        "short_days": list(spans),
         "seconds": time.perf_counter() - started,
     }
     return MatrixReport(cells=cells, grid=grid, setup=setup, verdicts=tuple(fits), short=short_cells)
@@ -614,27 +619,27 @@ def format_summary(matrix: MatrixReport) -> str:
 
 
 def format_short(matrix: MatrixReport) -> str:
-    """Markdown: each span's verdict on the short logs and the long ones (``MatrixReport.short``), per fade share;
-    "" when the matrix fitted no short-span verdict."""
-    if not matrix.short:
-        return ""
-    days, lines = matrix.setup.get("short_days"), []
-    for share, by_story in matrix.short.items():
-        lines += [f"Logs of {days} days (each story's short draw) against the matrix's {matrix.setup['days']} days, "
-                  f"fades forgotten below {float(share):.0%}: F1 (loyal ever flagged) of the verdict fitted on "
-                  "each span's logs, both leave-one-story-out; the rule at its best N and the detector at its "
-                  "defaults on the short log.", "",
-                  "| story | windows | short log: rule, best N | detector | long-span fit | short-span fit "
-                  "| long log: long-span fit | short-span fit |",
-                  "| --- | --- | --- | --- | --- | --- | --- | --- |"]
-        for story, by_window in by_story.items():
-            for window, m in by_window.items():
-                shown = lambda r: f"{_fmt(r['f1'])} ({_fmt(r['loyal_ever_flagged'])})"  # noqa: E731
-                long_fit = matrix.cells[share][story][window].get("learned")
-                lines.append(f"| {story} | {window} | N={m['silence']['knob']:g}: {shown(m['silence'])} "
-                             f"| {shown(m['detector_default'])} | {shown(m['learned_long'])} | {shown(m['learned'])} "
-                             f"| {shown(long_fit) if long_fit else '-'} | {shown(m['short_fit_on_long'])} |")
-        lines.append("")
+    """Markdown: each span's verdict on that span's logs and on the long ones (``MatrixReport.short``), per span
+    and fade share; "" when the matrix fitted no shorter-span verdict."""
+    lines = []
+    for days, by_share in matrix.short.items():
+        for share, by_story in by_share.items():
+            lines += [f"Logs of {days} days (each story's draw over {days} days) against the matrix's "
+                      f"{matrix.setup['days']} days, fades forgotten below {float(share):.0%}: F1 (loyal ever "
+                      "flagged) of the verdict fitted on each span's logs, both leave-one-story-out; the rule at its "
+                      "best N and the detector at its defaults on the shorter log.", "",
+                      f"| story | windows | {days}-day log: rule, best N | detector | long-span fit | {days}-day fit "
+                      f"| long log: long-span fit | {days}-day fit |",
+                      "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+            for story, by_window in by_story.items():
+                for window, m in by_window.items():
+                    shown = lambda r: f"{_fmt(r['f1'])} ({_fmt(r['loyal_ever_flagged'])})"  # noqa: E731
+                    long_fit = matrix.cells[share][story][window].get("learned")
+                    lines.append(f"| {story} | {window} | N={m['silence']['knob']:g}: {shown(m['silence'])} "
+                                 f"| {shown(m['detector_default'])} | {shown(m['learned_long'])} "
+                                 f"| {shown(m['learned'])} | {shown(long_fit) if long_fit else '-'} "
+                                 f"| {shown(m['short_fit_on_long'])} |")
+            lines.append("")
     return "\n".join(lines)
 
 
