@@ -221,6 +221,11 @@ def test_the_short_span_draws_are_other_users_over_each_span():
     assert M.short_span_days(load_config(None, ["evaluate.verdict_short_days=[]"])) == ()
     with pytest.raises(ConfigError, match=r"evaluate\.verdict_short_days"):
         load_config(None, ["evaluate.verdict_short_days=[7]"])
+    many = load_config(None, ["evaluate.verdict_family_draws=10", "evaluate.verdict_short_days=[30, 50]"])
+    with pytest.raises(ConfigError, match=r"evaluate\.verdict_family_draws: at most 9 with several"):
+        M.short_span_days(many)  # span 1's draws would reuse span 0's users
+    assert M.short_span_days(dataclasses.replace(many, evaluate=dataclasses.replace(
+        many.evaluate, verdict_short_days=[30]))) == (30,)
     with pytest.raises(ConfigError, match=r"evaluate\.verdict_short_days: expected distinct spans"):
         load_config(None, ["evaluate.verdict_short_days=[60, 60]"])
 

@@ -64,6 +64,7 @@ from fgjax import kernels
 from fgjax.analysis import window_params, window_spec
 from fgjax.analysis.verdict import VerdictFit, save_verdicts
 from fgjax.config import Config, to_dict
+from fgjax.errors import ConfigError
 from fgjax.data import synthetic
 from fgjax.evaluation import oracle, verdict
 from fgjax.evaluation.detection import (Truth, best_index, detect_series, fade_forgotten_days, first_alarm, score,
@@ -154,7 +155,11 @@ def short_span_days(config: Config) -> tuple[int, ...]:
     """Days of the shorter-span verdicts' logs (``evaluate.verdict_short_days``, ascending): those below
     ``matrix_days``; none when the verdict is off."""
     e = config.evaluate
-    return tuple(sorted(d for d in e.verdict_short_days if d < e.matrix_days)) if e.verdict else ()
+    spans = tuple(sorted(d for d in e.verdict_short_days if d < e.matrix_days)) if e.verdict else ()
+    if len(spans) > 1 and 1 + e.verdict_family_draws > SPAN_DRAW_STRIDE:  # the spans' draws would share users
+        raise ConfigError(f"evaluate.verdict_family_draws: at most {SPAN_DRAW_STRIDE - 1} with several "
+                          f"evaluate.verdict_short_days spans, got {e.verdict_family_draws}")
+    return spans
 
 
 def short_config(config: Config, draw: int, days: int, span: int = 0) -> Config:
@@ -382,9 +387,8 @@ class MatrixReport:
     # The learned verdict fitted on every story, per (window length, share): verdict.json (``write_matrix``).
     verdicts: tuple[VerdictFit, ...] = ()
     # The shorter logs (``evaluate.verdict_short_days``): ``short[days][share][story][window]``, on the story's draw
-    # over ``days``,
-    # the silence rule at its best N, the detector at its defaults, the short-span verdict (``learned``) and the
-    # long one (``learned_long``), both fitted leave-one-story-out; and ``short_fit_on_long``, the short-span
+    # over ``days``, the silence rule at its best N, the detector at its defaults, the span's verdict (``learned``)
+    # and the long one (``learned_long``), both fitted leave-one-story-out; and ``short_fit_on_long``, the span's
     # verdict on the matrix's own (long) cell.
     short: dict[str, Any] = dataclasses.field(default_factory=dict)
 
