@@ -17,11 +17,12 @@ per span of ``evaluate.verdict_short_days``), and a run reads the shortest one w
 (``load_verdict``).
 
 fgjax ships one (``BUILTIN_PATH``): the ``verdict.json`` of ``fgjax evaluate --detection`` at the default
-config with a 112-day span beside the 60-day one (its fits for 60-day and 24-week logs are the default's). ``verdict_file: builtin`` names it; ``auto`` (the default) uses it only where it was measured better
-than the detector's own verdict, in daily and weekly windows (``AUTO_WINDOW_DAYS``; ``verdict_path``). When the
-detector or the verdict's features change, fit it again and replace it::
+config (fits for 60-day, 112-day and 24-week logs). ``verdict_file: builtin`` names it; ``auto`` (the default)
+uses it only where it was measured better than the detector's own verdict, in daily and weekly windows
+(``AUTO_WINDOW_DAYS``; ``verdict_path``). When the detector, the verdict's features or its fit change, fit it
+again and replace it (``tests/test_analysis_verdict.py`` checks its spans)::
 
-    fgjax evaluate --detection --out runs/detection --set "evaluate.verdict_short_days=[60, 112]"
+    fgjax evaluate --detection --out runs/detection
     cp runs/detection/verdict.json fgjax/analysis/verdict_builtin.json
 """
 

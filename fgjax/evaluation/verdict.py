@@ -2,7 +2,7 @@
 
 ``kernels.verdict_features`` reads the detector's state after each window as a row of evidence per
 (user, interest); a logistic model over those rows (``kernels.verdict_logit``) calls a silent interest
-forgotten. Here the model is fitted by weighted logistic regression (full-batch Adam) on the rows of
+forgotten. Here the model is fitted by weighted logistic regression (Newton's method) on the rows of
 the stories a cell does not score, its threshold chosen on them as well, and scored on the held-out
 story: the same leave-one-story-out rule as every other method's knob, applied to the weights too.
 
@@ -102,34 +102,61 @@ def training_set(stories: list[VerdictRows], early: int, rows_per_story: int,
     return np.concatenate(xs), np.concatenate(ys).astype(np.float32), np.concatenate(ws).astype(np.float32)
 
 
-def fit_verdict(features: np.ndarray, labels: np.ndarray, weights: np.ndarray, steps: int = 400,
-                learning_rate: float = 0.03) -> kernels.VerdictParams:
-    """Weighted logistic regression of ``labels`` ``(n,)`` on standardized ``features`` ``(n, F)`` (full-batch Adam).
+ROW_BUCKET = 1 << 16  # fit rows are padded (weight 0) to a multiple of this: one compile serves many fits
 
-    A feature constant over the rows gets scale 1 (it standardizes to 0 and its weight stays 0).
+
+@functools.partial(jax.jit, static_argnames=("steps",))
+def _newton_fit(x: jax.Array, y: jax.Array, w: jax.Array, ridge: jax.Array, steps: int) -> jax.Array:
+    """The ``(F + 1,)`` coefficients (weights, then the bias) minimizing the weighted log-loss plus
+    ``ridge / 2 * |weights|^2`` by Newton's method, for ``(n, F + 1)`` rows ``x`` whose last column is 1.
+
+    ``w`` sums to 1. A step that raises the loss is retreated from and halved (the loss only falls), so the
+    result is the best of the ``steps`` points evaluated. Arguments, not closed-over constants: a fit's rows
+    would otherwise be baked into its compiled program (seconds to compile and to write to the compile cache).
+    """
+    penalty = ridge * jnp.ones(x.shape[1], x.dtype).at[-1].set(0.0)  # the bias is not penalized
+
+    def step(carry, _):
+        b, best, best_loss, direction, scale = carry
+        z = x @ b
+        p = jax.nn.sigmoid(z)
+        loss = jnp.sum(w * optax.sigmoid_binary_cross_entropy(z, y)) + 0.5 * jnp.sum(penalty * b * b)
+        grad = x.T @ (w * (p - y)) + penalty * b
+        hessian = (x * (w * p * (1.0 - p))[:, None]).T @ x + jnp.diag(penalty)
+        better = loss <= best_loss
+        best, best_loss = jnp.where(better, b, best), jnp.where(better, loss, best_loss)
+        direction = jnp.where(better, jnp.linalg.solve(hessian, grad), direction)
+        scale = jnp.where(better, 1.0, 0.5 * scale)
+        return (best - scale * direction, best, best_loss, direction, scale), None
+
+    start = jnp.zeros(x.shape[1], x.dtype)
+    carry = (start, start, jnp.asarray(jnp.inf, x.dtype), start, jnp.ones((), x.dtype))
+    return jax.lax.scan(step, carry, None, length=steps)[0][1]
+
+
+def fit_verdict(features: np.ndarray, labels: np.ndarray, weights: np.ndarray, steps: int = 10,
+                ridge: float = 1e-5) -> kernels.VerdictParams:
+    """Weighted logistic regression of ``labels`` ``(n,)`` on standardized ``features`` ``(n, F)``: the maximum
+    of the weighted likelihood (weights normalized to sum 1) less ``ridge / 2 * |w|^2``, by ``steps`` Newton steps.
+
+    The ridge keeps the fit defined where features are collinear or a feature separates the labels; a feature
+    constant over the rows gets scale 1 (it standardizes to 0 and its weight stays 0).
     """
     if len(labels) == 0:
         raise ValueError("the learned verdict has no rows to fit: no judged interest had a silent window")
     mean = features.mean(axis=0, dtype=np.float64).astype(np.float32)
     scale = features.std(axis=0, dtype=np.float64).astype(np.float32)
     scale = np.where(scale > 1e-6, scale, 1.0).astype(np.float32)
-    x = jnp.asarray((features - mean) / scale)
-    y, w = jnp.asarray(labels, jnp.float32), jnp.asarray(weights, jnp.float32)
-    opt = optax.adam(learning_rate)
-
-    def loss(p):
-        logit = x @ p[0] + p[1]
-        return jnp.sum(w * optax.sigmoid_binary_cross_entropy(logit, y)) / jnp.sum(w)
-
-    def step(carry, _):
-        p, opt_state = carry
-        grads = jax.grad(loss)(p)
-        updates, opt_state = opt.update(grads, opt_state, p)
-        return (optax.apply_updates(p, updates), opt_state), None
-
-    start = (jnp.zeros(features.shape[1], jnp.float32), jnp.zeros((), jnp.float32))
-    (weights_fit, bias), _ = jax.jit(lambda c: jax.lax.scan(step, c, None, length=steps))((start, opt.init(start)))[0]
-    return kernels.VerdictParams(mean=jnp.asarray(mean), scale=jnp.asarray(scale), weights=weights_fit, bias=bias)
+    n, f = features.shape
+    padded = -(-n // ROW_BUCKET) * ROW_BUCKET
+    x = np.zeros((padded, f + 1), np.float32)
+    x[:n, :f] = (features - mean) / scale
+    x[:n, f] = 1.0
+    y, w = np.zeros(padded, np.float32), np.zeros(padded, np.float32)
+    y[:n] = labels
+    w[:n] = weights / np.sum(weights, dtype=np.float64)
+    coef = _newton_fit(jnp.asarray(x), jnp.asarray(y), jnp.asarray(w), jnp.float32(ridge), steps)
+    return kernels.VerdictParams(mean=jnp.asarray(mean), scale=jnp.asarray(scale), weights=coef[:f], bias=coef[f])
 
 
 def verdict_flags(rows: VerdictRows, params: kernels.VerdictParams, threshold: float) -> np.ndarray:
@@ -163,10 +190,14 @@ def threshold_scores(rows: VerdictRows, params: kernels.VerdictParams, threshold
     logit = np.asarray(kernels.verdict_logit(rows.features, params))
     truth = rows.truth
     live = rows.silent & (np.arange(logit.shape[0])[:, None] >= truth.start[None, :])  # as first_alarm reads
+    # A pair's first alarm at threshold th is the first window whose running peak of live log-odds exceeds th:
+    # the count of windows whose peak does not (peaks never fall), one pass for the whole sweep.
+    peak = np.maximum.accumulate(np.where(live & ~np.isnan(logit), logit, -np.inf), axis=0)  # NaN never alarms
+    windows = peak.shape[0]
     out = []
     for th in thresholds:
-        hit = live & (logit > th)
-        alarm = np.where(hit.any(axis=0), hit.argmax(axis=0), -1)
+        quiet = np.count_nonzero(peak <= th, axis=0)
+        alarm = np.where(quiet < windows, quiet, -1)
         scored = score(alarm, truth, early)
         out.append((scored["overall"]["f1"] or 0.0, loyal_false_positive_rate(scored)))
     return out
@@ -191,7 +222,7 @@ def fit_and_threshold(config: Config, stories: list[VerdictRows], seed: int) -> 
     e = config.evaluate
     rng = np.random.default_rng([e.verdict_seed, seed])
     x, y, w = training_set(stories, e.detection_early_windows, e.verdict_rows_per_story, rng)
-    params = fit_verdict(x, y, w, e.verdict_steps, e.verdict_learning_rate)
+    params = fit_verdict(x, y, w, e.verdict_newton_steps, e.verdict_ridge)
     scores = [threshold_scores(rows, params, e.verdict_threshold_sweep, e.detection_early_windows) for rows in stories]
     return params, choose_threshold(scores, e.verdict_loyal_cap)
 
