@@ -56,6 +56,8 @@ def test_the_fit_weighs_rows_by_their_weights():
     assert np.abs(np.asarray(params.weights)).max() < 0.15
     with pytest.raises(ValueError, match="no rows"):
         V.fit_verdict(np.zeros((0, F), np.float32), np.zeros(0, np.float32), np.zeros(0, np.float32))
+    with pytest.raises(ValueError, match="ridge must be > 0"):
+        V.fit_verdict(x, y, w, ridge=0.0)
 
 
 def _newton_reference(x: np.ndarray, y: np.ndarray, w: np.ndarray, ridge: float, steps: int = 50) -> np.ndarray:

@@ -135,7 +135,7 @@ def _newton_fit(x: jax.Array, y: jax.Array, w: jax.Array, ridge: jax.Array, step
 
 
 def fit_verdict(features: np.ndarray, labels: np.ndarray, weights: np.ndarray, steps: int = 10,
-                ridge: float = 1e-5) -> kernels.VerdictParams:
+                ridge: float = 1e-4) -> kernels.VerdictParams:
     """Weighted logistic regression of ``labels`` ``(n,)`` on standardized ``features`` ``(n, F)``: the maximum
     of the weighted likelihood (weights normalized to sum 1) less ``ridge / 2 * |w|^2``, by ``steps`` Newton steps.
 
@@ -144,6 +144,8 @@ def fit_verdict(features: np.ndarray, labels: np.ndarray, weights: np.ndarray, s
     """
     if len(labels) == 0:
         raise ValueError("the learned verdict has no rows to fit: no judged interest had a silent window")
+    if not ridge > 0:  # a constant (standardized to 0) feature would leave the Hessian singular
+        raise ValueError(f"the learned verdict's ridge must be > 0, got {ridge}")
     mean = features.mean(axis=0, dtype=np.float64).astype(np.float32)
     scale = features.std(axis=0, dtype=np.float64).astype(np.float32)
     scale = np.where(scale > 1e-6, scale, 1.0).astype(np.float32)
