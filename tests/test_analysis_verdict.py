@@ -202,7 +202,7 @@ def test_the_shipped_fit_covers_both_windows_and_shares_and_names_its_stories():
         for share in e.fade_shares:
             # One fit for the matrix's logs and one for the short ones, each read by a log of its span.
             # The shipped spans: the matrix's, and the default evaluate.verdict_short_days, [60, 112].
-            begun = {span: -(-span // days) for span in (e.matrix_days, 60, 112)}  # a partial window counts
+            begun = {span: -(-span // days) for span in (e.matrix_days, *e.verdict_short_days)}  # partial ones count
             fits = {span: load_verdict(BUILTIN_PATH, float(days), float(share), d.verdict_recent_windows, windows)
                     for span, windows in begun.items()}
             for span, fit in fits.items():

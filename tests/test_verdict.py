@@ -92,6 +92,15 @@ def test_the_fit_is_the_penalized_maximum_likelihood_of_a_float64_reference(seed
     want = _newton_reference(standard, y.astype(np.float64), w.astype(np.float64), ridge)
     got = np.r_[np.asarray(params.weights, np.float64), float(params.bias)]
     np.testing.assert_allclose(got, want, atol=2e-3 * max(1.0, np.abs(want).max()))
+    # The optimum: the penalized gradient at the fit is ~0 (against the gradient at the start, the base rate's).
+    xa = np.concatenate([standard, np.ones((n, 1))], axis=1)
+    share = w.astype(np.float64) / w.sum(dtype=np.float64)
+    penalty = np.r_[np.full(F, ridge), 0.0]
+
+    def gradient(b):
+        return xa.T @ (share * (0.5 * (1 + np.tanh(0.5 * (xa @ b))) - y)) + penalty * b
+
+    assert np.abs(gradient(got)).max() < 1e-3 * np.abs(gradient(np.zeros(F + 1))).max()
 
 
 def test_a_feature_that_separates_the_labels_gets_a_finite_fit_whose_loss_only_falls():
