@@ -13,6 +13,7 @@ from fgjax.analysis import analyze, state_series, states_table, window_params
 from fgjax.analysis.verdict import VERDICT_FORMAT, VerdictFit, load_verdict, save_verdicts
 from fgjax.config import load_config
 from fgjax.errors import ConfigError
+from fgjax.evaluation.matrix import short_span_windows
 
 from conftest import make_log
 
@@ -201,8 +202,11 @@ def test_the_shipped_fit_covers_both_windows_and_shares_and_names_its_stories():
     for days in e.detection_window_days:
         for share in e.fade_shares:
             # One fit for the matrix's logs and one for the short ones, each read by a log of its span.
-            # The shipped spans: the matrix's, and the default evaluate.verdict_short_days, [60, 112].
-            begun = {span: -(-span // days) for span in (e.matrix_days, *e.verdict_short_days)}  # partial ones count
+            # The shipped spans: the matrix's, and those of the default evaluate.verdict_short_days fitted at this
+            # window length (weekly: not the 30-day span, whose logs begin fewer than verdict_min_windows windows).
+            spans = [span for span in e.verdict_short_days if days in short_span_windows(config, span)]
+            assert spans == ([30, 60, 112] if days == 1 else [60, 112])
+            begun = {span: -(-span // days) for span in (e.matrix_days, *spans)}  # partial ones count
             fits = {span: load_verdict(BUILTIN_PATH, float(days), float(share), d.verdict_recent_windows, windows)
                     for span, windows in begun.items()}
             for span, fit in fits.items():
@@ -215,8 +219,15 @@ def test_the_shipped_fit_covers_both_windows_and_shares_and_names_its_stories():
     weekly_config = load_config(None, ["analysis.window_seconds=604800"]).analysis
     # A 60-day log begins 9 weekly windows: the 60-day fit's; one of 10-16, the 112-day fit's; longer, the long fit's.
     for log_windows, span in ((None, e.matrix_days), (30, e.matrix_days), (17, e.matrix_days), (16, 112), (10, 112),
-                              (9, 60), (3, 60)):
+                              (9, 60), (3, 60)):  # no 30-day weekly fit: a 3-window log reads the 60-day one
         weekly = window_params(weekly_config, log_windows)
         fit = load_verdict(BUILTIN_PATH, 7.0, d.fade_share, d.verdict_recent_windows, -(-span // 7))
         np.testing.assert_array_equal(np.asarray(weekly.verdict.weights), np.asarray(fit.params.weights))
         assert float(weekly.verdict_threshold) == fit.threshold
+    daily_config = load_config(None, ["analysis.window_seconds=86400"]).analysis
+    # Daily: a log of up to 30 windows reads the 30-day fit; 31-60, the 60-day one.
+    for log_windows, span in ((20, 30), (30, 30), (31, 60), (60, 60), (61, 112)):
+        daily = window_params(daily_config, log_windows)
+        fit = load_verdict(BUILTIN_PATH, 1.0, d.fade_share, d.verdict_recent_windows, span)
+        assert fit.log_windows == span
+        np.testing.assert_array_equal(np.asarray(daily.verdict.weights), np.asarray(fit.params.weights))

@@ -20,6 +20,7 @@ TINY = [
     "evaluate.false_alarm_sweep=[0.003,0.03,0.3]", "evaluate.bocpd_threshold_sweep=[0.5,0.99]",
     "evaluate.cusum_threshold_sweep=[4,12]", "evaluate.silence_sweep=[2,5,10]", "evaluate.fade_shares=[0.25,0.05]",
     "synthetic.users_per_shard=80", "evaluate.verdict_short_days=[28]",
+    "evaluate.verdict_min_windows=4",  # a 28-day log begins 4 weekly windows: both window lengths are fitted
 ]
 
 
@@ -210,12 +211,17 @@ def test_the_short_span_draws_are_other_users_over_each_span():
     assert own.evaluate.matrix_days == wide.evaluate.matrix_days == 30
     assert own.synthetic.period_days_min == config.synthetic.period_days_min  # the scored draw: the story's own
     assert wide.synthetic.period_days_min == 20  # its family: the wide ranges
-    other_span = M.short_config(config, 0, 50, span=1)
+    other_span = M.short_config(config, 0, 50)
     assert other_span.evaluate.matrix_days == 50
     seeds = {config.synthetic.seed, own.synthetic.seed, wide.synthetic.seed, other_span.synthetic.seed,
-             M.short_config(config, 1, 50, span=1).synthetic.seed,
+             M.short_config(config, 1, 50).synthetic.seed,
              *(M.family_config(config, d).synthetic.seed for d in range(3))}
     assert len(seeds) == 8  # other users than the matrix's, the long fit's family and the other span's
+    # A span's users follow its days alone: adding or removing another span leaves its draws (and fits) as they were.
+    alone = load_config(None, ["evaluate.matrix_days=70", "evaluate.verdict_short_days=[50]",
+                               "evaluate.verdict_period_days=[20, 30]"])
+    for draw in (0, 1):
+        assert M.short_config(alone, draw, 50).synthetic == M.short_config(config, draw, 50).synthetic
     assert M.short_span_days(load_config(None, ["evaluate.matrix_days=30", "evaluate.verdict_short_days=[30]"])) == ()
     assert M.short_span_days(load_config(None, ["evaluate.verdict=false"])) == ()
     assert M.short_span_days(load_config(None, ["evaluate.verdict_short_days=[]"])) == ()
@@ -228,6 +234,21 @@ def test_the_short_span_draws_are_other_users_over_each_span():
         many.evaluate, verdict_short_days=[30]))) == (30,)
     with pytest.raises(ConfigError, match=r"evaluate\.verdict_short_days: expected distinct spans"):
         load_config(None, ["evaluate.verdict_short_days=[60, 60]"])
+
+
+def test_a_span_is_fitted_only_at_window_lengths_where_its_logs_hold_enough_windows():
+    """``evaluate.verdict_min_windows``: the default fits the 30-day span in daily windows only (a 30-day log
+    begins 5 weekly windows), the 60-day span in both (60 and 9)."""
+    config = load_config(None, [])
+    assert config.evaluate.verdict_min_windows == 8
+    assert M.short_span_windows(config, 30) == (1,)
+    assert M.short_span_windows(config, 56) == (1, 7)  # 8 weekly windows exactly
+    assert M.short_span_windows(config, 49) == (1,)  # 7
+    assert M.short_span_windows(config, 60) == (1, 7)
+    strict = load_config(None, ["evaluate.verdict_min_windows=40"])
+    assert M.short_span_windows(strict, 30) == () and M.short_span_windows(strict, 60) == (1,)
+    with pytest.raises(ConfigError, match=r"evaluate\.verdict_min_windows"):
+        load_config(None, ["evaluate.verdict_min_windows=1"])
 
 
 def test_best_index_picks_the_best_f1_within_the_cap_and_none_without_one():

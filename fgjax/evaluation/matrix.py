@@ -148,7 +148,10 @@ def family_config(config: Config, draw: int, own_ranges: bool = False) -> Config
 
 
 SHORT_DRAW_OFFSET = 100  # the shorter spans' draws are family_config draws from here on: other users again
-SPAN_DRAW_STRIDE = 10  # ... span i's from SHORT_DRAW_OFFSET + i * SPAN_DRAW_STRIDE (more family draws collide)
+# A span of D days draws family_config draws SHORT_DRAW_OFFSET + SPAN_DRAW_STRIDE * D + d: keyed by its days, not
+# its place in the list, so adding or removing a span leaves every other span's users, and so its fits, as they
+# were (more family draws would collide with the next day's span).
+SPAN_DRAW_STRIDE = 10
 
 
 def short_span_days(config: Config) -> tuple[int, ...]:
@@ -162,11 +165,20 @@ def short_span_days(config: Config) -> tuple[int, ...]:
     return spans
 
 
-def short_config(config: Config, draw: int, days: int, span: int = 0) -> Config:
-    """The config of span ``span``'s verdict draw ``draw`` (0-based) over ``days`` days: draw 0 at synthetic's own
-    periods and pauses (the one scored), the next ones at the family's wide ranges, like the long fit's family;
-    each with its own users."""
-    drawn = family_config(config, SHORT_DRAW_OFFSET + SPAN_DRAW_STRIDE * span + draw, own_ranges=draw == 0)
+def short_span_windows(config: Config, days: int) -> tuple[int, ...]:
+    """Window lengths (days, of ``evaluate.detection_window_days``) at which the ``days``-day span is drawn, scored
+    and fitted: those whose logs begin at least ``evaluate.verdict_min_windows`` windows. A shorter log (a 30-day
+    one in weekly windows: 5) judges almost no change, and a fit on it only learns to flag loyal interests; a run
+    on such a log reads the next longer span's fit (``fgjax.analysis.verdict.load_verdict``)."""
+    e = config.evaluate
+    return tuple(int(wd) for wd in e.detection_window_days if windows_begun(days, int(wd)) >= e.verdict_min_windows)
+
+
+def short_config(config: Config, draw: int, days: int) -> Config:
+    """The config of the ``days``-day span's verdict draw ``draw`` (0-based): draw 0 at synthetic's own periods and
+    pauses (the one scored), the next ones at the family's wide ranges, like the long fit's family; each with its
+    own users, chosen by ``days`` and ``draw`` alone."""
+    drawn = family_config(config, SHORT_DRAW_OFFSET + SPAN_DRAW_STRIDE * days + draw, own_ranges=draw == 0)
     return dataclasses.replace(drawn, evaluate=dataclasses.replace(drawn.evaluate, matrix_days=days))
 
 
@@ -453,10 +465,10 @@ def evaluate_matrix(config: Config, report: Callable[[str], None] = lambda _: No
                         verdict.verdict_rows(config, counts, truth, float(s), int(wd)))
             report(f"  {story}, the verdict's family draw {draw + 1}: {time.perf_counter() - started:.0f}s")
         # The shorter spans' logs: draw 0 scored (beside the rule and the detector on it), the others its family.
-        for span, short_days in enumerate(spans):
+        for short_days in spans:
             for draw in range(1 + e.verdict_family_draws):
-                drawn = story_days(short_config(config, draw, short_days, span), story)
-                for wd in e.detection_window_days:
+                drawn = story_days(short_config(config, draw, short_days), story)
+                for wd in short_span_windows(config, short_days):
                     counts, window = windowed(drawn, int(wd)), _label(int(wd))
                     rule_flags = [silence_alarms(counts, int(n)) for n in knobs["silence"]] if not draw else []
                     for s in shares:
@@ -503,6 +515,8 @@ def evaluate_matrix(config: Config, report: Callable[[str], None] = lambda _: No
                                                      log_windows=windows_begun(e.matrix_days, int(window_days))))
             # Each span's fit on the long logs too, and the long fit on each span's: what choosing by span is worth.
             for short_days in spans:
+                if (short_days, s, window) not in short_evidence:  # too few windows (short_span_windows)
+                    continue
                 short_rows = short_evidence[(short_days, s, window)]
                 short_extra = short_family.get((short_days, s, window), {})
                 for story, (chosen, _, params) in verdict.held_out_verdicts(config, short_rows, metrics,
