@@ -108,6 +108,8 @@ def forgotten_posterior(
     day = np.arange(days)
     tau, t = day[None, :, None], day[None, None, :]  # (1, tau, t)
     out = {s: np.zeros((pairs, days)) for s in forgotten_after}
+    since = day[None, :] - day[:, None]  # (tau, u) days since the fade began
+    since_index = np.where(since >= 0, since, days)  # before it: the table's last column, 1
     for first in range(0, pairs, chunk):
         rows = slice(first, min(pairs, first + chunk))
         x, b, e = observed[rows], base[rows], excited[rows]
@@ -115,10 +117,13 @@ def forgotten_posterior(
         unchanged = np.cumsum(_log_poisson(x, b + e), axis=1)  # (n, t)
         before = np.concatenate([np.zeros((len(x), 1)), unchanged[:, :-1]], axis=1)  # through day tau - 1
         stop = before[:, :, None] + _window_sums(_log_poisson(x, e))  # (n, tau, t), tau <= t
-        since = (day[None, :] - day[:, None])[None]  # (1, tau, u) days since the fade began
-        floor = np.asarray(fade_floor, np.float64)[rows][:, None, None]
-        half_life = np.asarray(fade_half_life, np.float64)[rows][:, None, None]
-        multiplier = np.where(since >= 0, floor + (1 - floor) * 0.5 ** ((since + 0.5) / half_life), 1.0)
+        floor = np.asarray(fade_floor, np.float64)[rows][:, None]
+        half_life = np.asarray(fade_half_life, np.float64)[rows][:, None]
+        # The fade's multiplier depends on the days since it began only: one (n, days) table of it, read at
+        # u - tau for every (tau, u) (the same float64 values as evaluating it there, at 1/days of the powers).
+        table = floor + (1 - floor) * 0.5 ** ((day[None, :] + 0.5) / half_life)  # (n, days since)
+        table = np.concatenate([table, np.ones((len(x), 1))], axis=1)  # ... and 1 before the fade: index days
+        multiplier = table[:, since_index]  # (n, tau, u)
         fade = np.cumsum(_log_poisson(x[:, None, :], b[:, None, :] * multiplier + e[:, None, :]), axis=2)
         came = tau <= t  # the change has happened by day t (else that hypothesis is "unchanged" so far)
         prior = log_prior_tau[rows][:, :, None]
