@@ -125,8 +125,8 @@ def test_quickstart_then_every_subcommand(tmp_path, capsys):
     code, stdout, err = run_cli(["quickstart", "--out", out, *SMALL], capsys)
     assert code == 0, err
     assert "rejected" in stdout and "test embedding_mlp+forgetting" in stdout
-    # Daily windows: the shipped verdict decides (auto), and the run says which fit.
-    assert "learned verdict: the built-in fit (auto), its fit for 1-day windows of logs of 60 windows" in stdout
+    # Daily windows: the shipped verdict decides (auto), and the run says which fit: a 30-day log, the 30-day one.
+    assert "learned verdict: the built-in fit (auto), its fit for 1-day windows of logs of 30 windows" in stdout
     recs = pq.read_table(out / "recommendations.parquet")
     assert recs.column_names == ["user_id", "rank", "item_id", "score", "interest", "interest_state", "f_k",
                                  "last_active", "trend", "period", "explore"]
