@@ -13,14 +13,15 @@ The format (``VERDICT_FORMAT``)::
 ``mean`` / ``scale`` / ``weights`` are in ``features`` order; ``threshold`` is on the log-odds. ``log_windows``
 (optional) is the span, in windows, of the logs a fit was fitted on: a file may hold fits of one window length
 and share for logs of different spans (``fgjax evaluate --detection`` writes one for the matrix's logs and one
-per span of ``evaluate.verdict_short_days``), and a run reads the shortest one whose span covers its log's
+per span of ``evaluate.verdict_short_days`` whose logs hold ``evaluate.verdict_min_windows`` windows of that
+length), and a run reads the shortest one whose span covers its log's
 (``load_verdict``).
 
 fgjax ships one (``BUILTIN_PATH``): the ``verdict.json`` of ``fgjax evaluate --detection`` at the default
 config (fits for 30-day logs in daily windows, 60-day, 112-day and 24-week logs). ``verdict_file: builtin``
 names it; ``auto`` (the default) uses it only where it was measured better than the detector's own verdict, in
-daily and weekly windows (``AUTO_WINDOW_DAYS``; ``verdict_path``). When the detector, the verdict's features or its fit change, fit it
-again and replace it (``tests/test_analysis_verdict.py`` checks its spans)::
+daily and weekly windows (``AUTO_WINDOW_DAYS``; ``verdict_path``). When the detector, the verdict's features or
+its fit change, fit it again and replace it (``tests/test_analysis_verdict.py`` checks its spans)::
 
     fgjax evaluate --detection --out runs/detection
     cp runs/detection/verdict.json fgjax/analysis/verdict_builtin.json

@@ -466,9 +466,10 @@ def evaluate_matrix(config: Config, report: Callable[[str], None] = lambda _: No
             report(f"  {story}, the verdict's family draw {draw + 1}: {time.perf_counter() - started:.0f}s")
         # The shorter spans' logs: draw 0 scored (beside the rule and the detector on it), the others its family.
         for short_days in spans:
-            for draw in range(1 + e.verdict_family_draws):
+            windows_here = short_span_windows(config, short_days)
+            for draw in range(1 + e.verdict_family_draws if windows_here else 0):  # none: no draw to make
                 drawn = story_days(short_config(config, draw, short_days), story)
-                for wd in short_span_windows(config, short_days):
+                for wd in windows_here:
                     counts, window = windowed(drawn, int(wd)), _label(int(wd))
                     rule_flags = [silence_alarms(counts, int(n)) for n in knobs["silence"]] if not draw else []
                     for s in shares:
