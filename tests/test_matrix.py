@@ -19,8 +19,10 @@ TINY = [
     "evaluate.matrix_users=80", "evaluate.matrix_days=84", "evaluate.detection_stories=[classic,hawkes,engaged]",
     "evaluate.false_alarm_sweep=[0.003,0.03,0.3]", "evaluate.bocpd_threshold_sweep=[0.5,0.99]",
     "evaluate.cusum_threshold_sweep=[4,12]", "evaluate.silence_sweep=[2,5,10]", "evaluate.fade_shares=[0.25,0.05]",
-    "synthetic.users_per_shard=80", "evaluate.verdict_short_days=[28]",
-    "evaluate.verdict_min_windows=4",  # a 28-day log begins 4 weekly windows: both window lengths are fitted
+    "synthetic.users_per_shard=80", "evaluate.verdict_short_days=[14, 28]",
+    # A span is fitted where its logs begin 15 windows: the 28-day one in daily windows only (4 weekly), the
+    # 14-day one nowhere (14 daily).
+    "evaluate.verdict_min_windows=15",
 ]
 
 
@@ -153,11 +155,12 @@ def test_the_matrix_files_hold_the_targets(tiny, tmp_path):
     assert "Targets (the detector, knob leave-one-story-out)" in text
     # verdict.json's fits saw every story and each story's family draw; the setup says what the family was.
     fits = json.loads((tmp_path / "verdict.json").read_text())["fits"]
-    # Two fits per (window, share): the matrix's 84-day logs and the 28-day short ones, each naming its span.
-    assert len(fits) == 8 and all(f["stories"] == ["classic", "hawkes", "engaged", "classic (family draw 1)",
+    # Per share: the matrix's 84-day logs in both window lengths and the 28-day short ones in daily windows (the
+    # only span and window length with 15 windows), each naming its span.
+    assert len(fits) == 6 and all(f["stories"] == ["classic", "hawkes", "engaged", "classic (family draw 1)",
                                                    "hawkes (family draw 1)", "engaged (family draw 1)"] for f in fits)
     spans = sorted((f["window_days"], f["fade_share"], f["log_windows"]) for f in fits)
-    assert spans == sorted((d, s, n // int(d)) for d in (1.0, 7.0) for s in (0.25, 0.05) for n in (84, 28))
+    assert spans == sorted((d, s, n // int(d)) for d, n in ((1.0, 84), (1.0, 28), (7.0, 84)) for s in (0.25, 0.05))
     assert M.windows_begun(60, 7) == 9 and M.windows_begun(168, 7) == 24 and M.windows_begun(60, 1) == 60
     assert "Logs of 28 days (each story's draw over 28 days) against the matrix's 84 days" in text
     assert written["matrix"]["setup"]["verdict_family"] == {"draws": 1, "period_days": [2, 42], "pause_days": [14, 63],
@@ -178,23 +181,24 @@ def test_the_short_span_verdict_is_scored_on_each_storys_short_draw(tiny):
     method's own on that draw."""
     config, report = tiny
     e = config.evaluate
-    assert report.setup["short_days"] == [28] and set(report.short) == {"28"}
+    assert M.short_span_windows(config, 28) == (1,) and M.short_span_windows(config, 14) == ()
+    assert report.setup["short_days"] == [14, 28] and set(report.short) == {"28"}  # 14: no window length, no draw
     assert set(report.short["28"]) == {"0.25", "0.05"}
     days = M.story_days(M.short_config(config, 0, 28), "hawkes")
     assert days.counts.shape[0] == 28
     for share, by_story in report.short["28"].items():
         assert set(by_story) == {"classic", "hawkes", "engaged"}
         for story, by_window in by_story.items():
-            assert set(by_window) == {"daily", "weekly"}
+            assert set(by_window) == {"daily"}
             for window, m in by_window.items():
                 assert set(m) == {"silence", "detector_default", "learned", "learned_long", "short_fit_on_long"}
                 assert m["learned"]["knob"] in e.verdict_threshold_sweep
-    counts = M.windowed(days, 7)
-    truth = M.story_truth(days, counts, 7, 0.25, e.matrix_margin_days, e.min_expected_events)
-    alarms = M.method_alarms(config, counts, 0.25, 7)
+    counts = M.windowed(days, 1)
+    truth = M.story_truth(days, counts, 1, 0.25, e.matrix_margin_days, e.min_expected_events)
+    alarms = M.method_alarms(config, counts, 0.25, 1)
     rule = [M.cell_metrics(alarms["silence"](n), truth, e.detection_early_windows)["f1"] or 0.0
             for n in e.silence_sweep]
-    cell = report.short["28"]["0.25"]["hawkes"]["weekly"]
+    cell = report.short["28"]["0.25"]["hawkes"]["daily"]
     assert cell["silence"]["f1"] == pytest.approx(max(rule))
     detector = M.cell_metrics(alarms["detector_default"](config.analysis.detector.false_alarm), truth,
                               e.detection_early_windows)
