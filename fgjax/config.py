@@ -616,7 +616,8 @@ class EvaluateConfig:
     # a run reads the shortest whose span covers its log, else the longest (fgjax.analysis.verdict.load_verdict).
     # Spans not below matrix_days are skipped (the matrix's setup lists those it fitted). 112 days: a 90-day log
     # read the 24-week fit, too cautious in weekly windows (bench/RESULTS.md). 30 days: on 30-day logs in daily
-    # windows the 60-day fit caught a third to a half of the changes (bench/RESULTS.md, issue 10).
+    # windows the 60-day fit caught 27-58 % of the changes, below the detector alone on all four stories
+    # (bench/RESULTS.md, issue 10).
     verdict_short_days: list[int] = setting([30, 60, 112], ge=14)
     # A span is drawn, scored and fitted only at the window lengths where its logs begin at least this many
     # windows (fgjax.evaluation.matrix.short_span_windows): a 30-day log in weekly windows (5) judges almost no
