@@ -188,6 +188,53 @@ def _state_history(config, log):
     return state_series(full.changes, full.num_windows, log.num_users, len(log.categories))[:, 0, 0].tolist()
 
 
+def test_padding_users_to_a_shared_size_changes_nothing(monkeypatch):
+    """The state's rows are padded (``user_rows``: 13 users run as 64); the padding rows have no events, so every
+    output equals an unpadded run's (floats to rounding): F, top interests, snapshot values, evidence, changed rows
+    (the population's terms, the calibration and the learned verdict count seen interests only)."""
+    from fgjax.analysis import run as run_module
+
+    log = make_log(num_users=13, num_items=20, events_per_user=60, seed=3)
+    day, start = 86400.0, log.timestamp.min()
+    # Stops (users 0, 5), a pause (user 7): forgotten, reactivated and the verdict's rows, not only active ones.
+    stop = ((np.isin(log.user, [0, 5]) & (log.timestamp > start + 7 * day))
+            | ((log.user == 7) & (log.timestamp > start + 6 * day) & (log.timestamp < start + 12 * day)))
+    log = dataclasses.replace(log, user=log.user[~stop], item=log.item[~stop], timestamp=log.timestamp[~stop],
+                              weight=log.weight[~stop])
+    config = load_config(None, ["analysis.top_interests=2"])
+    snapshot = start + np.random.default_rng(0).uniform(0, 21, log.num_users) * day
+    assert run_module.user_rows(log.num_users) == 64
+    padded = analyze(config, log, snapshot_before=snapshot, progress=False)
+    monkeypatch.setattr(run_module, "user_rows", lambda n: n)
+    exact = analyze(config, log, snapshot_before=snapshot, progress=False)
+    assert {kernels.FORGOTTEN, kernels.REACTIVATED} <= set(exact.changes["state"].tolist())
+    for field in dataclasses.fields(exact):
+        got, want = getattr(padded, field.name), getattr(exact, field.name)
+        for name in want if isinstance(want, dict) else [None]:
+            a, b = (got, want) if name is None else (got[name], want[name])
+            if np.issubdtype(np.asarray(b).dtype, np.floating):
+                # Sums over the users (the population's terms) may round in another order with more rows.
+                np.testing.assert_allclose(a, b, rtol=1e-6, err_msg=f"{field.name} {name or ''}")
+            else:
+                np.testing.assert_array_equal(a, b, err_msg=f"{field.name} {name or ''}")
+    assert padded.evidence.keys() == exact.evidence.keys() and padded.changes.keys() == exact.changes.keys()
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.integers(0, 1 << 26))
+def test_user_rows_pad_less_than_a_quarter_and_fewer_than_4096_rows_past_32768_users(n):
+    from fgjax.analysis.run import run_size
+    from fgjax.shapes import MIN_USER_ROWS, USER_ROWS_STEP, user_rows
+
+    rows = user_rows(n)
+    assert rows >= max(n, MIN_USER_ROWS) and user_rows(rows) == rows
+    assert rows - n < 0.25 * n or rows == MIN_USER_ROWS
+    if n > 32_768:
+        assert rows % USER_ROWS_STEP == 0 and rows - n < USER_ROWS_STEP
+    elif n >= 1024:  # the events' grid above MIN_BUCKET: 2^j x (1, 1.25, 1.5, 1.75)
+        assert rows == run_size(n)
+
+
 def test_needs_categories():
     log = dataclasses.replace(make_log(), item_category=None, categories=None)
     with pytest.raises(DataError, match="items_path"):
@@ -360,11 +407,12 @@ def test_sweeping_alpha_and_half_life_compiles_nothing_again():
 
     from fgjax.analysis import window_step
 
-    # 11 users: shapes no other test in this process uses, so every compilation counted here is ours.
-    log = make_log(num_users=11, num_items=12, events_per_user=14, seed=5)
+    # 7 interests: shapes no other test in this process uses (users are padded to a shared size, interests
+    # are not), so every compilation counted here is ours.
+    log = make_log(num_users=11, num_items=14, num_categories=7, events_per_user=14, seed=5)
     # Every third event on a random item: users with several interests, so alpha matters.
     item = log.item.copy()
-    item[::3] = np.random.default_rng(5).integers(0, 12, len(item[::3]))
+    item[::3] = np.random.default_rng(5).integers(0, 14, len(item[::3]))
     log = dataclasses.replace(log, item=item)
     compiled = []
 

@@ -9,6 +9,7 @@ import logging
 import jax
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 import pytest
@@ -140,6 +141,32 @@ def test_no_valid_rows_is_the_same_error(tmp_path):
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".fgjax-spill-")]
 
 
+def test_streamed_analyze_writes_the_same_tables_with_its_users_padded_or_not(generated, tmp_path, monkeypatch):
+    """``fgjax analyze`` runs 240 users as 256 state rows (``user_rows``): its tables are those of an unpadded
+    run, byte for byte, with the windows in chunks (the window's sums are shaped like the padded state)."""
+    from fgjax.analysis import run as run_module
+
+    config = load_config(None, [f"data.path={generated.events_dir}", f"data.items_path={generated.items_path}",
+                                "analysis.window_chunk=40"])
+    assert run_module.user_rows(SMALL.num_users) == 256
+    written = [analyze_log(config, tmp_path / "padded", progress=False)]
+    monkeypatch.setattr(run_module, "user_rows", lambda n: n)
+    written.append(analyze_log(config, tmp_path / "exact", progress=False))
+    assert written[0] == written[1] and written[0][1] > 0
+    for name in ("forgetting", "states"):
+        padded, exact = (pq.read_table(tmp_path / run / f"{name}.parquet") for run in ("padded", "exact"))
+        assert padded.schema.equals(exact.schema) and padded.num_rows == exact.num_rows, name
+        for column in exact.column_names:
+            a, b = padded.column(column), exact.column(column)
+            value_type = b.type.value_type if pa.types.is_fixed_size_list(b.type) else b.type
+            if pa.types.is_floating(value_type):
+                # Sums over the users (the population's terms) may round in another order with more rows.
+                np.testing.assert_allclose(*(np.asarray(c.to_pylist(), float) for c in (a, b)), rtol=1e-6,
+                                           err_msg=f"{name}.{column}")
+            else:
+                assert a.equals(b), f"{name}.{column}"
+
+
 @pytest.mark.parametrize(("detector", "chunk"), [("level", 0), ("adaptive", 0), ("adaptive", 40)])
 def test_streamed_analyze_writes_the_in_memory_tables(generated, tmp_path, detector, chunk):
     """``fgjax analyze`` (two passes, tables written window by window) writes what read_events -> analyze ->
@@ -206,15 +233,32 @@ def test_a_streamed_run_compiles_at_most_three_programs(generated, tmp_path, chu
 
     handler = Collect()
     logger = logging.getLogger("jax._src.interpreters.pxla")
-    logger.addHandler(handler)
-    try:
-        with jax.log_compiles(True):
-            analyze_log(config, tmp_path / "out", progress=False)
-    finally:
-        logger.removeHandler(handler)
+
+    def run(config, out):
+        logger.addHandler(handler)
+        try:
+            with jax.log_compiles(True):
+                analyze_log(config, out, progress=False)
+        finally:
+            logger.removeHandler(handler)
+
+    run(config, tmp_path / "out")
     step = (["Compiling jit(add_event_sums)", "Compiling jit(window_step_sums)"] if chunk
             else ["Compiling jit(window_step)"])
     assert sorted(compiled) == sorted(["Compiling jit(_gather_changes)", "Compiling jit(init_carry)", *step])
+    if chunk:
+        return
+    # The same log less 7 of its 240 users: the state's rows are the same (user_rows), so nothing compiles again.
+    fewer = tmp_path / "fewer"
+    fewer.mkdir()
+    gone = pq.read_table(generated.events_dir).column("user_id").unique()[:7]
+    for shard in sorted(generated.events_dir.glob("*.parquet")):
+        table = pq.read_table(shard)
+        pq.write_table(table.filter(pc.invert(pc.is_in(table["user_id"], gone))), fewer / shard.name)
+    compiled.clear()
+    run(dataclasses.replace(config, data=dataclasses.replace(config.data, path=str(fewer))), tmp_path / "again")
+    assert compiled == []
+    assert len(pq.read_table(tmp_path / "again" / "forgetting.parquet").column("user_id").unique()) == 240 - 7
 
 
 @settings(max_examples=60, deadline=None)

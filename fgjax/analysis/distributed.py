@@ -68,6 +68,7 @@ from fgjax.data.stream import ScannedLog
 from fgjax.data.vocab import id_hashes
 from fgjax.errors import ConfigError, DataError
 from fgjax.processes import allgather, allgather_ragged
+from fgjax.shapes import user_rows
 
 AXIS = "users"
 # User-ID hashes compared per exchange (8 bytes each, gathered by every process): more users take several.
@@ -82,7 +83,8 @@ class Layout:
 
     Attributes:
       users: this process's users.
-      rows: rows per process, the most users any process has (the rest is padding).
+      rows: rows per process: the most users any process has, padded to ``fgjax.shapes.user_rows`` (the
+        padding rows never have events).
       process_users: ``(processes,)`` users of each process.
       first_group, last_group: the epoch-aligned window numbers every process steps.
     """
@@ -159,7 +161,9 @@ def agree_scanned(scanned: ScannedLog) -> Layout:
     first, last = int(every[:, 1].min()), int(every[:, 2].max())
     scanned.align(first, last)
     users = tuple(int(u) for u in every[:, 0])
-    return Layout(users=scanned.num_users, rows=max(users), process_users=users, first_group=first, last_group=last)
+    # Rows padded to a shared size (``user_rows``): a rerun whose processes hold a few more users compiles nothing.
+    return Layout(users=scanned.num_users, rows=user_rows(max(users)), process_users=users, first_group=first,
+                  last_group=last)
 
 
 def user_mesh(devices_per_process: int = 1) -> Mesh:

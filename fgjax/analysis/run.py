@@ -64,7 +64,7 @@ from fgjax.data.reader import EventLog
 from fgjax.data.stream import ScannedLog, check_window_count
 from fgjax.errors import DataError
 from fgjax.processes import allgather
-from fgjax.shapes import bucket_size
+from fgjax.shapes import bucket_size, quarter_octave_size, user_rows
 
 COLUMNS = ("user", "item", "timestamp", "weight")
 # Fewest rows a window's events (and its changed rows) are padded to: small windows
@@ -84,10 +84,7 @@ def run_size(n: int) -> int:
     whole run, as a power of two would be, with at most 25 % padding instead of up to 100 % (the padded
     windows in flight grow with it), and still few distinct shapes for the persistent compilation cache
     to share between runs."""
-    n = max(int(n), MIN_BUCKET)
-    half = bucket_size(n) // 2  # n lies in (half, 2 * half]
-    quarter = max(half // 4, 1)
-    return half + -(-(n - half) // quarter) * quarter
+    return quarter_octave_size(n, MIN_BUCKET)
 
 
 class Window(NamedTuple):
@@ -611,27 +608,30 @@ def analyze(
         # Times past the log (inf included) read the last window; times before it, the first.
         finite = np.nan_to_num(snapshot_before, posinf=log.timestamp.max(), neginf=log.timestamp.min())
         snap_window = np.clip(window_index(finite, ws, origin), 0, num_windows - 1)
+    users, rows = log.num_users, user_rows(log.num_users)  # the state's rows: padding rows have no events
+    if snap_window is not None:
+        snap_window = np.pad(snap_window, (0, rows - users))
     source = log_windows(log.user[keep][order], interest[order], log.weight[keep][order], ts[order], origin=origin,
-                         window_seconds=ws, num_windows=num_windows, num_users=log.num_users)
+                         window_seconds=ws, num_windows=num_windows, num_users=rows)
     spec = window_spec(acfg, num_interests)
-    run = run_windows(source, spec, window_params(acfg, num_windows), init_carry(spec, log.num_users),
+    run = run_windows(source, spec, window_params(acfg, num_windows), init_carry(spec, rows),
                       num_windows=num_windows,
                       snapshot_window=snap_window, final=True, record_changes=record_changes, progress=progress)
     last = jax.device_get(run.carry)
     final = run.final
     return ForgettingResult(
         window_start=run.window_start,
-        degree=run.degree,
-        top_interests=run.top_interests,
-        top_probs=run.top_probs,
-        current=np.asarray(last.interest.current),
-        previous=np.asarray(last.interest.previous),
-        f=np.asarray(final.f),
-        p=np.asarray(final.p),
-        state=np.asarray(final.state),
-        ever=np.asarray(final.ever),
+        degree=run.degree[:, :users],
+        top_interests=run.top_interests[:, :users],
+        top_probs=run.top_probs[:, :users],
+        current=np.asarray(last.interest.current)[:users],
+        previous=np.asarray(last.interest.previous)[:users],
+        f=np.asarray(final.f)[:users],
+        p=np.asarray(final.p)[:users],
+        state=np.asarray(final.state)[:users],
+        ever=np.asarray(final.ever)[:users],
         # Under the level rule no detector ran: no evidence (not zeros that read as "never active").
-        evidence={name: np.asarray(getattr(final.evidence, name)) for name in EVIDENCE_FIELDS
+        evidence={name: np.asarray(getattr(final.evidence, name))[:users] for name in EVIDENCE_FIELDS
                   if getattr(final.evidence, name) is not None}
         if spec.detector == "adaptive" else {},
         changes=run.changes,
@@ -747,20 +747,22 @@ def analyze_scanned(
         # Windows of more events than the chunk come in chunks, on one device (ShardedStep runs whole windows).
         chunk = run_chunk(acfg.window_chunk, scanned.window_rows, scanned.num_users * num_interests)
         if chunk == 0 and mesh.size > 1:  # one process, its users split between its devices
-            layout = Layout(users=scanned.num_users, rows=scanned.num_users, process_users=(scanned.num_users,),
+            layout = Layout(users=scanned.num_users, rows=user_rows(scanned.num_users),
+                            process_users=(scanned.num_users,),
                             first_group=scanned.first_group, last_group=scanned.last_group)
+    users = scanned.num_users
+
+    def own_rows(t: int, start: float, output: WindowOutput, changed: list[dict[str, np.ndarray]] | None) -> None:
+        sink(t, start, WindowOutput(*(x[:users] for x in output)), changed)  # padding rows never change
+
     if layout is None:
-        run = run_windows(counted(scanned_windows(scanned, num_interests, chunk=chunk)), spec, params,
-                          init_carry(spec, scanned.num_users), num_windows=scanned.num_windows, record_changes=True,
-                          progress=progress, sink=sink, chunked=chunk > 0)
-        state = np.asarray(jax.device_get(run.carry.state))
+        rows = user_rows(users)
+        run = run_windows(counted(scanned_windows(scanned, num_interests, rows, chunk=chunk)), spec, params,
+                          init_carry(spec, rows), num_windows=scanned.num_windows, record_changes=True,
+                          progress=progress, sink=own_rows, chunked=chunk > 0)
+        state = np.asarray(jax.device_get(run.carry.state))[:users]
     else:
         step = ShardedStep(spec, params, layout, mesh)
-        users = scanned.num_users
-
-        def own_rows(t: int, start: float, output: WindowOutput, changed: list[dict[str, np.ndarray]] | None) -> None:
-            sink(t, start, WindowOutput(*(x[:users] for x in output)), changed)  # padding rows never change
-
         run = run_windows(counted(scanned_windows(scanned, num_interests, step.rows)), spec, params,
                           step.init_carry(), num_windows=scanned.num_windows, record_changes=True,
                           progress=progress, sink=own_rows, step=step)
