@@ -455,10 +455,15 @@ def silence_limit(model: SilenceModel, params: DetectorParams, *, max_limit: int
     extreme histories (hundreds of thousands of gaps) rounding can make it step back, and the two may stop
     at different crossings a window or two apart.
     """
-    threshold = silence_threshold(model, params)
-    shape = model.events.shape
     terms = _silence_terms(model, params)  # once, not in every step of the bisection
-    one = _log_probability(jnp.ones(shape, jnp.float32), terms)
+    one = _log_probability(jnp.ones(model.events.shape, jnp.float32), terms)
+    return _silence_limit(model, params, terms, one, silence_threshold(model, params), max_limit)
+
+
+def _silence_limit(model: SilenceModel, params: DetectorParams, terms: _SilenceTerms, one: Array, threshold: Array,
+                   max_limit: int = 1 << 16) -> Array:
+    """``silence_limit`` from the model's ``_SilenceTerms``, ``one`` = log P(1) and its threshold (computed once
+    where the surprise is wanted too: each holds betaln, the largest part of the update's program)."""
     top = float(max_limit)
 
     def unlikely(s):
@@ -751,9 +756,13 @@ def silence_is_unusual(silence: ArrayLike, model: SilenceModel, params: Detector
     silence begins).
     """
     s = jnp.asarray(silence, jnp.float32)
-    surprise = silence_surprise(s, model, params)
-    return ((s >= 2) & (surprise >= silence_threshold(model, params)) & (s >= model.gap_limit)
-            & (model.exposure >= params.min_history))
+    return _is_unusual(s, silence_surprise(s, model, params), silence_threshold(model, params), model, params)
+
+
+def _is_unusual(silence: Array, surprise: Array, threshold: Array, model: SilenceModel,
+                params: DetectorParams) -> Array:
+    """``silence_is_unusual`` from the silence's surprise and the threshold."""
+    return (silence >= 2) & (surprise >= threshold) & (silence >= model.gap_limit) & (model.exposure >= params.min_history)
 
 
 def model_silence_limit(model: SilenceModel, params: DetectorParams) -> Array:
@@ -1027,9 +1036,15 @@ def _judge(
     model = silence_model(b.total, b.alive, b.silence, b.active_windows, b.gaps, b.longest_gap, period, strength,
                           silence_dispersion, pair_kappa(kappa, exposure), params, length, step_spread, stay_prior)
     periodic = model.periodic
-    limit = jnp.where(b.alive > 0, model_silence_limit(model, params), 0) if with_limits else None
-    surprise = jnp.where(b.alive > 0, silence_surprise(b.silence, model, params), 0.0)
+    # The model's terms and log P(1) once, for the surprise, the silence test and s* alike (the same values
+    # silence_surprise, silence_is_unusual and silence_limit compute, each of which would hold its own betaln).
+    silence = jnp.asarray(b.silence, jnp.float32)
+    terms = _silence_terms(model, params)
+    one = _log_probability(jnp.ones_like(silence), terms)
     threshold = silence_threshold(model, params)
+    own_surprise = _surprise(silence, terms, one)
+    limit = jnp.where(b.alive > 0, _silence_limit(model, params, terms, one, threshold), 0) if with_limits else None
+    surprise = jnp.where(b.alive > 0, own_surprise, 0.0)
 
     # Drop test: the recent windows against the rate before them.
     # The first event is given (it starts the history) and left out, and the
@@ -1042,7 +1057,7 @@ def _judge(
     # ones, so both sides are divided by the earlier windows' dispersion (the interest's own: the drop test
     # needs min_history windows, and the population's is for the silence test's short histories).
     dispersion = own_steps
-    silent_enough = silence_is_unusual(b.silence, model, params)
+    silent_enough = _is_unusual(silence, own_surprise, threshold, model, params)
     forgotten_now = (b.alive > 0) & silent_enough
     # Declining: half-way to the silence threshold, or (``_drop_verdicts``) a drop at the looser level
     # sqrt(level), so Poisson noise alone rarely flips an interest.
