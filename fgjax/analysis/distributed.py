@@ -12,8 +12,8 @@ A window then runs in two halves (``fgjax.analysis.window``):
 
 - ``event_sums``: each process turns its own events into ``(rows, K)`` sums for its
   own users, on its own devices (a local jit, split by user). Every process has
-  ``rows`` rows, the most users any process has rounded up to a multiple of its
-  devices; the padding users never have events.
+  ``rows`` rows, the most users any process has padded to ``fgjax.shapes.user_rows``
+  and rounded up to a multiple of its devices; the padding users never have events.
 - ``close_window``: one SPMD program (``shard_map`` under ``jit``) over a mesh of the
   same number of devices of each process, its ``(users, ...)`` arrays sharded along
   the ``users`` axis in process order (process ``i`` holds global rows ``i * rows
@@ -215,8 +215,8 @@ class ShardedStep:
     output, of the detail (``changed`` counted on them) and of the detector (``local``).
 
     Attributes:
-      rows: this process's rows: the most users any process has, rounded up so that each of its devices has
-        a multiple of ``spec.period_every`` (the padding users never have events).
+      rows: this process's rows: ``layout.rows`` (the most users any process has, padded), rounded up so that
+        each of its devices has a multiple of ``spec.period_every`` (the padding users never have events).
       num_users: the rows of every process (``rows`` x processes).
     """
 
