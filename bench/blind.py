@@ -6,7 +6,10 @@ The stories of the detection matrix (``fgjax evaluate --detection``) were writte
 the detector, so leaving one story out still leaves their ideas in. ``bench/blind_story.py`` was written from
 issue 10's prose description of the generator its filer used (120 daily windows, 3,000 users, 3-6 interests
 among 24 categories; steady, periodic, stopped, fading, late and paused interests) by a helper that did not
-read the project's generators or detector; no knob of fgjax is chosen on it. This script:
+read the project's generators or detector; no knob of fgjax is chosen on it. ``bench/blind_story2.py``
+(``--story blind_story2``) was written the same way from another description (a shopping app: heavy-tailed users,
+weekday rhythms, sessions, whole-user vacations; its docstring), after a knob had been chosen with the first
+log's help: it checks that choice on a log nobody had looked at. This script:
 
 1. generates it as Parquet shards, an items table and the truth (``--users`` x ``--days``, ``--seed``);
 2. runs ``fgjax analyze`` on it as a user would (a subprocess: the CLI reads the shards, windows of 1 and 7
@@ -44,6 +47,8 @@ DAY = 86400.0
 # starts late, as in the matrix's stories.
 KIND_NAMES = {"steady": "stable", "late": "stable", "periodic": "periodic", "stop": "stopped", "fade": "fading",
               "pause": "reactivated"}
+# The generators written blind (bench/NAME.py: generate(out_dir, users, days, seed), START_EPOCH_S, those kinds).
+STORIES = ("blind_story", "blind_story2")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -52,6 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--users", type=int, default=3000)
     p.add_argument("--days", type=int, default=120)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--story", choices=STORIES, default=STORIES[0], help="the generator: bench/STORY.py")
     p.add_argument("--windows", type=_report.int_list, default=[1, 7], help="window lengths in days (1,7)")
     p.add_argument("--shares", type=lambda t: [float(v) for v in t.split(",")], default=[0.25, 0.05],
                    help="fade definitions: shares of the former rate (0.25,0.05)")
@@ -77,8 +83,9 @@ def pair_slots(truth: Any) -> tuple[np.ndarray, list[str], np.ndarray, np.ndarra
     return users, categories, user, slot, slot_of
 
 
-def load_story(data: Path, origin: float) -> Any:
-    """The generated log as ``fgjax.evaluation.matrix.StoryDays``, day 0 the day that starts at ``origin``.
+def load_story(data: Path, origin: float, start_epoch_s: float) -> Any:
+    """The generated log as ``fgjax.evaluation.matrix.StoryDays``, day 0 the day that starts at ``origin``;
+    ``start_epoch_s`` is the generator's day 0 (its ``START_EPOCH_S``).
 
     Pairs are the truth's rows; a user's k-th row is slot k. Events of a (user, category) the truth does not
     name are an error (the generator and this reading disagree).
@@ -86,7 +93,6 @@ def load_story(data: Path, origin: float) -> Any:
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
-    from bench import blind_story
     from fgjax.data import synthetic
     from fgjax.evaluation.matrix import StoryDays
 
@@ -109,7 +115,7 @@ def load_story(data: Path, origin: float) -> Any:
     counts = np.zeros((num_days, len(users), int(slot.max()) + 1), np.float32)
     np.add.at(counts, (day, ev_user, ev_slot), 1.0)
 
-    shift = int(round((blind_story.START_EPOCH_S - origin) / DAY))  # the truth's day 0 as a day of this log
+    shift = int(round((start_epoch_s - origin) / DAY))  # the truth's day 0 as a day of this log
 
     def days_of(column: str, missing: float) -> np.ndarray:
         v = truth[column].to_numpy(zero_copy_only=False).astype(np.float64)
@@ -269,19 +275,22 @@ def markdown(payload: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = build_parser().parse_args(argv)
-    from bench import blind_story
+    import importlib
+
     from fgjax.config import load_config
+
+    story = importlib.import_module(f"bench.{args.story}")
 
     out, suite_json = _report.report_folder(args.out, "blind")  # the suite passes DIR/blind.json
     t0 = time.perf_counter()
     data = out / "data"
-    generated = blind_story.generate(data, users=args.users, days=args.days, seed=args.seed)
+    generated = story.generate(data, users=args.users, days=args.days, seed=args.seed)
     config = load_config(None, list(args.overrides))
     cells = []
     for window_days in args.windows:
         # fgjax analyze's first window starts at the first event's time floored to a whole window since 1970.
-        origin = np.floor(blind_story.START_EPOCH_S / (window_days * DAY)) * window_days * DAY
-        days = load_story(data, origin)
+        origin = np.floor(story.START_EPOCH_S / (window_days * DAY)) * window_days * DAY
+        days = load_story(data, origin, story.START_EPOCH_S)
         for share in args.shares:
             cells.append(score_cell(config, days, data, out, window_days, share, args.verdict, args.overrides))
             c = cells[-1]
@@ -289,7 +298,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                   f"{_f(c['detector']['f1'])}, rule best "
                   f"N={c['silence_best']['knob']} F1 {_f(c['silence_best']['f1'])}; "
                   f"{time.perf_counter() - t0:.0f}s", flush=True)
-    setup = {"users": args.users, "days": args.days, "seed": args.seed, "verdict": args.verdict,
+    setup = {"story": args.story, "users": args.users, "days": args.days, "seed": args.seed, "verdict": args.verdict,
              "windows": args.windows, "shares": args.shares, "overrides": args.overrides,
              "events": generated.get("n_events"), "evaluate": dataclasses.asdict(config.evaluate)}
     payload = _report.study_payload("blind", t0, argv, setup=setup, cells=cells)

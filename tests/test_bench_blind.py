@@ -1,4 +1,5 @@
-"""bench/blind_story.py (the generator written blind) and bench/blind.py (its scoring through fgjax analyze)."""
+"""bench/blind_story.py and bench/blind_story2.py (the generators written blind) and bench/blind.py (their scoring
+through fgjax analyze)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from bench import blind, blind_story
+from bench import blind, blind_story, blind_story2
 from fgjax import kernels
 from fgjax.data import synthetic
 
@@ -23,11 +24,12 @@ def small_log(tmp_path_factory):
     return out
 
 
-def _events(data):
+def _events(data, start_epoch_s=blind_story.START_EPOCH_S):
+    """``(user_id, category, day)`` of every event, day 0 the one starting at ``start_epoch_s``."""
     events = pq.read_table(data / "events").to_pydict()
     items = pq.read_table(data / "items.parquet").to_pydict()
     category = dict(zip(items["item_id"], items["category"]))
-    day = [int((t.timestamp() - blind_story.START_EPOCH_S) // DAY) for t in events["timestamp"]]
+    day = [int((t.timestamp() - start_epoch_s) // DAY) for t in events["timestamp"]]
     return list(zip(events["user_id"], [category[i] for i in events["item_id"]], day))
 
 
@@ -52,6 +54,51 @@ def test_the_story_keeps_its_kinds_promises(small_log):
     assert all(r["change_day"] >= 20 for r in truth if r["kind"] in ("stop", "fade", "pause"))
 
 
+
+def test_the_second_story_keeps_its_promises_and_reads_as_the_matrix_reads_it(tmp_path):
+    """blind_story2: no event after a stop, inside a pause, before a late start or in its user's vacation; a
+    periodic interest's events on one day of its period; 2-7 interests a user; the same files for the same seed;
+    and ``load_story`` counts every event of it in its user's slot on its day."""
+    users, days, seed = 150, 40, 5
+    out = tmp_path / "data"
+    blind_story2.generate(out, users=users, days=days, seed=seed, shards=2)
+    truth = pq.read_table(out / "truth.parquet").to_pylist()
+    by_pair = {(r["user_id"], r["interest"]): r for r in truth}
+    events = _events(out, blind_story2.START_EPOCH_S)
+    assert events and all((u, c) in by_pair and 0 <= d < days for u, c, d in events)
+    world = blind_story2._simulate(users, days, seed)
+    vacation = {u + 1: range(s, s + n) for u, (s, n) in enumerate(zip(world["vac_start"], world["vac_len"])) if n}
+    assert vacation  # a quarter of the users take one
+    for u, c, d in events:
+        r = by_pair[(u, c)]
+        assert d not in vacation.get(u, ())
+        if r["kind"] == "stop":
+            assert d < r["change_day"]
+        if r["kind"] == "pause":
+            assert not r["change_day"] <= d < r["return_day"]
+        if r["kind"] == "late":
+            assert d >= r["start_day"]
+    periodic_days = {}
+    for u, c, d in events:
+        if by_pair[(u, c)]["kind"] == "periodic":
+            periodic_days.setdefault((u, c), set()).add(d % int(by_pair[(u, c)]["period_days"]))
+    assert periodic_days and all(len(phases) == 1 for phases in periodic_days.values())
+    per_user = np.bincount([r["user_id"] for r in truth])[1:]
+    assert per_user.min() >= 2 and per_user.max() <= 7 and len(per_user) == users
+    assert {r["kind"] for r in truth} == set(blind_story2.KINDS)
+    again = tmp_path / "again"
+    blind_story2.generate(again, users=users, days=days, seed=seed, shards=2)
+    assert pq.read_table(again / "events").equals(pq.read_table(out / "events"))
+    loaded = blind.load_story(out, blind_story2.START_EPOCH_S, blind_story2.START_EPOCH_S)
+    slot, seen = {}, {}
+    for r in truth:
+        slot[(r["user_id"], r["interest"])] = seen.get(r["user_id"], 0)
+        seen[r["user_id"]] = seen.get(r["user_id"], 0) + 1
+    want = np.zeros_like(loaded.counts)
+    for u, c, d in events:
+        want[d, u - 1, slot[(u, c)]] += 1
+    np.testing.assert_array_equal(loaded.counts, want)
+
 def test_load_story_counts_every_event_in_its_users_slot_on_its_day(small_log):
     """``load_story``'s daily counts against a plain count of the events, at day 0 and at an origin one day earlier
     (a window grid that starts before the story: every day shifts by one)."""
@@ -61,7 +108,7 @@ def test_load_story_counts_every_event_in_its_users_slot_on_its_day(small_log):
         slot[(r["user_id"], r["interest"])] = seen.get(r["user_id"], 0)
         seen[r["user_id"]] = seen.get(r["user_id"], 0) + 1
     for shift in (0, 1):
-        days = blind.load_story(small_log, blind_story.START_EPOCH_S - shift * DAY)
+        days = blind.load_story(small_log, blind_story.START_EPOCH_S - shift * DAY, blind_story.START_EPOCH_S)
         want = np.zeros_like(days.counts)
         for u, c, d in _events(small_log):
             want[d + shift, u - 1, slot[(u, c)]] += 1
@@ -77,7 +124,7 @@ def test_states_forgotten_holds_each_state_until_its_next_change(small_log, tmp_
     """``states.parquet`` holds change rows: a pair is forgotten from its forgotten row until its next change, and
     rows past the scored windows are dropped."""
     truth = pq.read_table(small_log / "truth.parquet").to_pylist()
-    days = blind.load_story(small_log, blind_story.START_EPOCH_S)
+    days = blind.load_story(small_log, blind_story.START_EPOCH_S, blind_story.START_EPOCH_S)
     first = [r for r in truth if r["user_id"] == 1]
     rows = {"user_id": [1, 1, 1, 1, 2], "interest": [first[1]["interest"]] * 3 + [first[0]["interest"]] * 2,
             "window": [0, 3, 6, 1, 9], "state": ["new", "forgotten", "reactivated", "forgotten", "forgotten"]}
