@@ -184,11 +184,12 @@ def peak_rss_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
-def run_probe(code: str, args: list[str], limit: float = 3600.0) -> dict[str, Any]:
+def run_probe(code: str, args: list[str], limit: float = 3600.0, env_vars: dict[str, str] | None = None) -> dict[str, Any]:
     """A probe (``code`` printing ``RESULT{json}``) in a fresh interpreter from the repository root, as a
-    user runs it: imports and compilation included (no persistent compilation cache), in its own process
-    group, killed whole after ``limit`` s. Returns ``finished``, the wall seconds and what it printed, or
-    why it did not finish (``limit_s``; ``returncode``, negative for a signal, and ``error``)."""
+    user runs it: imports and compilation included (no persistent compilation cache unless ``env_vars`` names
+    one: its variables are set last), in its own process group, killed whole after ``limit`` s. Returns
+    ``finished``, the wall seconds and what it printed, or why it did not finish (``limit_s``; ``returncode``,
+    negative for a signal, and ``error``)."""
     import json
     import os
     import signal
@@ -197,6 +198,8 @@ def run_probe(code: str, args: list[str], limit: float = 3600.0) -> dict[str, An
 
     env = {k: v for k, v in os.environ.items() if k != "JAX_COMPILATION_CACHE_DIR"}
     env.update(FGJAX_COMPILE_CACHE="off", JAX_ENABLE_COMPILATION_CACHE="false")
+    if env_vars:
+        env.update(JAX_ENABLE_COMPILATION_CACHE="true", **env_vars)
     started = time.perf_counter()
     proc = subprocess.Popen([sys.executable, "-c", code, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, cwd=str(Path(__file__).resolve().parent.parent), env=env,

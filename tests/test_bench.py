@@ -117,6 +117,31 @@ def test_fgjax_bench_runs_the_suite(capsys):
     assert set(suite.BENCHMARKS) <= set(listed)
 
 
+
+@pytest.mark.slow
+def test_rerun_runs_each_kind_twice_in_fresh_processes_with_one_cache(tmp_path):
+    """``bench.rerun``: per kind a first run and a rerun on the log less a few users, each in a fresh process;
+    without the padding (``unpadded``) the rerun's new user count compiles programs the padded rerun loads from
+    the cache; both reruns write the same states; the JSON names the device and versions."""
+    from bench import rerun
+
+    # The level detector: a few programs, cheap to compile; the adaptive one is what --scale small runs.
+    data = rerun.main(["--scale", "smoke", "--users", "70", "--days", "7", "--fewer", "2",
+                       "--set", "analysis.detector.kind=level", "--out", str(tmp_path / "rerun.json")])
+    padded, unpadded = data["results"]
+    assert (padded["kind"], unpadded["kind"]) == rerun.KINDS
+    for r in data["results"]:
+        assert r["first_wall_s"] > r["first_compile_s"] > 0 and r["rerun_wall_s"] > r["rerun_compile_s"] > 0
+        assert r["first_programs_compiled"] > 0 and r["rerun_rows"][0] > 0
+    assert padded["rerun_programs_compiled"] < unpadded["rerun_programs_compiled"]
+    assert padded["rerun_programs_loaded"] > unpadded["rerun_programs_loaded"]
+    assert data["summary"]["same_states"] is True
+    saved = json.loads((tmp_path / "rerun.json").read_text())
+    assert saved["benchmark"] == "rerun" and saved["device"] and saved["versions"]["jax"]
+    assert saved["config"]["overrides"] == ["analysis.detector.kind=level"]
+    with pytest.raises(SystemExit):
+        rerun.main(["--scale", "smoke", "--users", "5", "--fewer", "5"])
+
 def test_cli_scale_runs_fresh_processes_and_reports_a_killed_run(tmp_path, capsys):
     from bench import cli_scale
 
