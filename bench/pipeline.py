@@ -186,8 +186,8 @@ def peak_rss_bytes() -> int:
 
 def run_probe(code: str, args: list[str], limit: float = 3600.0, env_vars: dict[str, str] | None = None) -> dict[str, Any]:
     """A probe (``code`` printing ``RESULT{json}``) in a fresh interpreter from the repository root, as a
-    user runs it: imports and compilation included (no persistent compilation cache unless ``env_vars`` names
-    one: its variables are set last), in its own process group, killed whole after ``limit`` s. Returns
+    user runs it: imports and compilation included (no persistent compilation cache, unless ``env_vars``, set
+    last, turns one on), in its own process group, killed whole after ``limit`` s. Returns
     ``finished``, the wall seconds and what it printed, or why it did not finish (``limit_s``; ``returncode``,
     negative for a signal, and ``error``)."""
     import json
@@ -198,8 +198,7 @@ def run_probe(code: str, args: list[str], limit: float = 3600.0, env_vars: dict[
 
     env = {k: v for k, v in os.environ.items() if k != "JAX_COMPILATION_CACHE_DIR"}
     env.update(FGJAX_COMPILE_CACHE="off", JAX_ENABLE_COMPILATION_CACHE="false")
-    if env_vars:
-        env.update(JAX_ENABLE_COMPILATION_CACHE="true", **env_vars)
+    env.update(env_vars or {})
     started = time.perf_counter()
     proc = subprocess.Popen([sys.executable, "-c", code, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, cwd=str(Path(__file__).resolve().parent.parent), env=env,

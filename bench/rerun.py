@@ -85,7 +85,7 @@ def make_logs(folder: Path, users: int, days: int, fewer: int, seed: int) -> tup
 def run_once(kind: str, events: Path, items: Path, out: Path, cache: Path, overrides: list[str]) -> dict[str, Any]:
     """``fgjax analyze`` of ``kind`` over ``events`` in a fresh process with the compile cache in ``cache``."""
     sets = [f"data.path={events}", f"data.items_path={items}", "data.format=parquet", *overrides]
-    run = run_probe(PROBE, [str(out), kind, *sets], env_vars={"FGJAX_COMPILE_CACHE": str(cache)})
+    run = run_probe(PROBE, [str(out), kind, *sets], env_vars={"FGJAX_COMPILE_CACHE": str(cache), "JAX_ENABLE_COMPILATION_CACHE": "true"})
     if not run["finished"]:
         raise RuntimeError(f"fgjax analyze ({kind}) failed: {run.get('error') or 'past its limit'}")
     return {"wall_s": run["wall_s"], "compile_s": run["stages"]["compile_s"], "rows": run["rows"],
