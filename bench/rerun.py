@@ -17,8 +17,9 @@ own, empty at the start: over a synthetic log (``--users`` x ``--days``), then o
 Reports each run's wall seconds (the fresh process, imports included), the seconds JAX spent tracing,
 lowering and compiling in it (``compile_s`` of ``analyze_log``'s timings; loading a cached program counts
 there too), the programs XLA compiled and those loaded from the cache (the CLI caches only those that took
-0.2 s or more to compile, so a rerun compiles the quick ones again), the ratios padded / unpadded of the reruns, and whether both kinds wrote the same states on the
-rerun (the ``state`` column of ``states.parquet``, row for row).
+0.2 s or more to compile, so a rerun compiles the quick ones again), the ratios padded / unpadded of the
+reruns, and whether both kinds' reruns wrote the same ``states.parquet`` rows (user, interest, window and state,
+row for row).
 """
 
 from __future__ import annotations
