@@ -12,7 +12,10 @@ own, empty at the start: over a synthetic log (``--users`` x ``--days``), then o
 
 - ``padded``: ``fgjax analyze`` as shipped;
 - ``unpadded``: the same with ``user_rows`` patched to the identity, so every user count has programs of its own
-  (the code before the padding): the baseline the ratios are taken against.
+  (the code before the padding): the baseline the ratios are taken against. With the users split between
+  devices (``analysis.cpu_devices``), each device's rows are still rounded up to a multiple of
+  ``analysis.detector.period_every`` (as before the padding), so a log of a few users fewer may share programs
+  even so: at 5,000 users it did not, at 70 it did.
 
 Reports each run's wall seconds (the fresh process, imports included), the seconds JAX spent tracing,
 lowering and compiling in it (``compile_s`` of ``analyze_log``'s timings; loading a cached program counts
@@ -48,8 +51,11 @@ from fgjax import analysis_job
 from fgjax.cli import return_freed_memory, use_compile_cache
 from fgjax.config import load_config
 use_compile_cache()  # FGJAX_COMPILE_CACHE, as fgjax analyze does (fgjax.cli.main)
+if sys.argv[3]:  # --min-compile-s: which programs the cache keeps (the CLI: those of 0.2 s and more)
+    import jax
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", float(sys.argv[3]))
 return_freed_memory()
-config = load_config(None, sys.argv[3:])
+config = load_config(None, sys.argv[4:])
 analysis_job.split_cpu(config.analysis.cpu_devices)  # as fgjax analyze does, before JAX starts
 import jax.monitoring
 events = []  # JAX's duration events: a backend compile (a compilation or a load) and, for a load, a cache read
@@ -83,10 +89,13 @@ def make_logs(folder: Path, users: int, days: int, fewer: int, seed: int) -> tup
     return paths.events_dir, less, folder / "full" / "items.parquet"
 
 
-def run_once(kind: str, events: Path, items: Path, out: Path, cache: Path, overrides: list[str]) -> dict[str, Any]:
-    """``fgjax analyze`` of ``kind`` over ``events`` in a fresh process with the compile cache in ``cache``."""
+def run_once(kind: str, events: Path, items: Path, out: Path, cache: Path, overrides: list[str],
+             min_compile_s: float | None = None) -> dict[str, Any]:
+    """``fgjax analyze`` of ``kind`` over ``events`` in a fresh process with the compile cache in ``cache``
+    (keeping the programs that took ``min_compile_s`` or more to compile; None: the CLI's threshold)."""
     sets = [f"data.path={events}", f"data.items_path={items}", "data.format=parquet", *overrides]
-    run = run_probe(PROBE, [str(out), kind, *sets], env_vars={"FGJAX_COMPILE_CACHE": str(cache), "JAX_ENABLE_COMPILATION_CACHE": "true"})
+    threshold = "" if min_compile_s is None else str(min_compile_s)
+    run = run_probe(PROBE, [str(out), kind, threshold, *sets], env_vars={"FGJAX_COMPILE_CACHE": str(cache), "JAX_ENABLE_COMPILATION_CACHE": "true"})
     if not run["finished"]:
         raise RuntimeError(f"fgjax analyze ({kind}) failed: {run.get('error') or 'past its limit'}")
     return {"wall_s": run["wall_s"], "compile_s": run["stages"]["compile_s"], "rows": run["rows"],
@@ -107,6 +116,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--users", type=int, default=0, help="users of the first log (default by scale)")
     parser.add_argument("--days", type=int, default=0, help="days of the log (default by scale)")
     parser.add_argument("--fewer", type=int, default=0, help="users the rerun's log lacks (default by scale)")
+    parser.add_argument("--min-compile-s", type=float, default=None,
+                        help="cache the programs that took this long to compile (default: the CLI's 0.2 s)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="config override for every fgjax analyze run (repeatable)")
     args = parser.parse_args(argv)
@@ -115,15 +126,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         parser.error(f"--fewer must be between 1 and the users less one, got {size['fewer']}")
     payload: dict[str, Any] = {"benchmark": "rerun", **_report.environment(),
                                "config": {**size, "scale": args.scale, "seed": args.seed,
-                                          "overrides": args.overrides}, "results": []}
+                                          "overrides": args.overrides, "min_compile_s": args.min_compile_s}, "results": []}
     print(f"rerun on {payload['device']}", flush=True)
     with tempfile.TemporaryDirectory(prefix="fgjax-rerun-") as tmp:
         work = Path(tmp)
         full, less, items = make_logs(work, size["users"], size["days"], size["fewer"], args.seed)
         for kind in KINDS:
             cache = work / f"cache_{kind}"
-            first = run_once(kind, full, items, work / f"{kind}_first", cache, args.overrides)
-            again = run_once(kind, less, items, work / f"{kind}_again", cache, args.overrides)
+            first = run_once(kind, full, items, work / f"{kind}_first", cache, args.overrides, args.min_compile_s)
+            again = run_once(kind, less, items, work / f"{kind}_again", cache, args.overrides, args.min_compile_s)
             payload["results"].append({"kind": kind, "first_wall_s": first["wall_s"],
                                        "first_compile_s": first["compile_s"],
                                        "first_programs_compiled": first["programs_compiled"],
