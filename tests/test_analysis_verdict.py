@@ -205,7 +205,7 @@ def test_the_shipped_fit_covers_both_windows_and_shares_and_names_its_stories():
             # The shipped spans: the matrix's, and those of the default evaluate.verdict_short_days fitted at this
             # window length (weekly: not the 30-day span, whose logs begin fewer than verdict_min_windows windows).
             spans = [span for span in e.verdict_short_days if days in short_span_windows(config, span)]
-            assert spans == ([30, 60, 90, 112] if days == 1 else [60, 90, 112])
+            assert spans == ([30, 60, 90, 112, 140] if days == 1 else [60, 90, 112, 140])
             begun = {span: -(-span // days) for span in (e.matrix_days, *spans)}  # partial ones count
             fits = {span: load_verdict(BUILTIN_PATH, float(days), float(share), d.verdict_recent_windows, windows)
                     for span, windows in begun.items()}
@@ -218,16 +218,18 @@ def test_the_shipped_fit_covers_both_windows_and_shares_and_names_its_stories():
             assert all(not np.array_equal(a, b) for i, a in enumerate(weights) for b in weights[i + 1:])
     weekly_config = load_config(None, ["analysis.window_seconds=604800"]).analysis
     # A 60-day log begins 9 weekly windows: the 60-day fit's; one of 10-13, the 90-day fit's; of 14-16, the
-    # 112-day fit's; longer, the long fit's.
-    for log_windows, span in ((None, e.matrix_days), (30, e.matrix_days), (17, e.matrix_days), (16, 112), (14, 112),
-                              (13, 90), (10, 90), (9, 60), (3, 60)):  # no 30-day weekly fit: 3 windows read the 60-day
+    # 112-day fit's; of 17-20, the 140-day fit's; longer, the long fit's.
+    for log_windows, span in ((None, e.matrix_days), (30, e.matrix_days), (21, e.matrix_days), (20, 140), (17, 140),
+                              (16, 112), (14, 112), (13, 90), (10, 90), (9, 60),
+                              (3, 60)):  # no 30-day weekly fit: 3 windows read the 60-day
         weekly = window_params(weekly_config, log_windows)
         fit = load_verdict(BUILTIN_PATH, 7.0, d.fade_share, d.verdict_recent_windows, -(-span // 7))
         np.testing.assert_array_equal(np.asarray(weekly.verdict.weights), np.asarray(fit.params.weights))
         assert float(weekly.verdict_threshold) == fit.threshold
     daily_config = load_config(None, ["analysis.window_seconds=86400"]).analysis
-    # Daily: a log of up to 30 windows reads the 30-day fit; 31-60, the 60-day one; 61-90, the 90-day one.
-    for log_windows, span in ((20, 30), (30, 30), (31, 60), (60, 60), (61, 90), (90, 90), (91, 112), (112, 112)):
+    # Daily: a log of up to 30 windows reads the 30-day fit; 31-60, the 60-day one; 61-90, the 90-day one; ...
+    for log_windows, span in ((20, 30), (30, 30), (31, 60), (60, 60), (61, 90), (90, 90), (91, 112), (112, 112),
+                              (113, 140), (140, 140)):
         daily = window_params(daily_config, log_windows)
         fit = load_verdict(BUILTIN_PATH, 1.0, d.fade_share, d.verdict_recent_windows, span)
         assert fit.log_windows == span

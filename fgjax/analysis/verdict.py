@@ -18,7 +18,7 @@ length), and a run reads the shortest one whose span covers its log's
 (``load_verdict``).
 
 fgjax ships one (``BUILTIN_PATH``): the ``verdict.json`` of ``fgjax evaluate --detection`` at the default
-config (fits for 30-day logs in daily windows, 60-, 90- and 112-day and 24-week logs). ``verdict_file: builtin``
+config (fits for 30-day logs in daily windows, 60-, 90-, 112- and 140-day and 24-week logs). ``verdict_file: builtin``
 names it; ``auto`` (the default) uses it only where it was measured better than the detector's own verdict, in
 daily and weekly windows (``AUTO_WINDOW_DAYS``; ``verdict_path``). When the detector, the verdict's features or
 its fit change, fit it again and replace it (``tests/test_analysis_verdict.py`` checks its spans)::
