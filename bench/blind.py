@@ -10,7 +10,11 @@ read the project's generators or detector; no knob of fgjax is chosen on it. ``b
 (``--story blind_story2``) was written the same way from another description (a shopping app: heavy-tailed users,
 weekday rhythms, sessions, whole-user vacations; its docstring) after the verdict's 90-day span had been chosen
 with the first log's help, to check that choice; the 140-day span was then judged on both logs at 120 days
-(bench/RESULTS.md), so neither is fully blind to the span ladder any more. This script:
+(bench/RESULTS.md), so neither is fully blind to the span ladder any more. ``bench/blind_story3.py`` (``--story
+blind_story3``: a streaming service; over-dispersed counts, a population-wide holiday, slow drift, user absences and
+churn, binges, linear fades to floors) was written the same way after the second log had shown that whole-user
+vacations cost loyal interests, to judge what was done about it (``ENGAGED_VACATION`` in
+``fgjax.data.stories``); its description was the project's, its code the helper's. This script:
 
 1. generates it as Parquet shards, an items table and the truth (``--users`` x ``--days``, ``--seed``);
 2. runs ``fgjax analyze`` on it as a user would (a subprocess: the CLI reads the shards, windows of 1 and 7
@@ -49,7 +53,7 @@ DAY = 86400.0
 KIND_NAMES = {"steady": "stable", "late": "stable", "periodic": "periodic", "stop": "stopped", "fade": "fading",
               "pause": "reactivated"}
 # The generators written blind (bench/NAME.py: generate(out_dir, users, days, seed), START_EPOCH_S, those kinds).
-STORIES = ("blind_story", "blind_story2")
+STORIES = ("blind_story", "blind_story2", "blind_story3")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -129,6 +133,31 @@ def load_story(data: Path, origin: float, start_epoch_s: float) -> Any:
         start=truth["start_day"].to_numpy().astype(np.int64) + shift,
         change=change.astype(np.int64), resume=days_of("return_day", -1.0).astype(np.int64),
         fade_floor=np.zeros(len(user)), fade_half_life=truth["half_life_days"].to_numpy(zero_copy_only=False))
+
+
+def fades_at_share(data: Path, days: Any, share: float) -> Any:
+    """``days`` (``load_story``'s) with its fades forgotten on the right days at ``share`` where the truth's fades
+    are linear (columns ``fade_floor`` and ``fade_days``: the rate falls from the former rate to ``fade_floor`` of
+    it over ``fade_days`` days, below ``share`` of it after ``fade_days (1 - share) / (1 - fade_floor)`` days, never
+    when ``fade_floor >= share``); as given otherwise (the exponential fades of the first two stories, half-life
+    ``half_life_days``, to zero).
+
+    The matrix's scoring reads a fade as exponential (``fgjax.evaluation.detection.fade_forgotten_days``); a
+    linear one is put as the exponential fade forgotten on the same day at this share: floor 0 and half-life
+    ``day / log2(1 / share)``, or floor 1 (never forgotten).
+    """
+    import pyarrow.parquet as pq
+
+    truth = pq.read_table(data / "truth.parquet")
+    if "fade_days" not in truth.column_names:
+        return days
+    floor = truth["fade_floor"].to_numpy(zero_copy_only=False).astype(np.float64)
+    length = truth["fade_days"].to_numpy(zero_copy_only=False).astype(np.float64)
+    linear = np.isfinite(length)
+    below = linear & (floor < share)
+    day = np.where(below, length * (1.0 - share) / np.where(below, 1.0 - floor, 1.0), np.inf)
+    half_life = np.where(below, day / np.log2(1.0 / share), np.asarray(days.fade_half_life, np.float64))
+    return dataclasses.replace(days, fade_floor=np.where(linear & ~below, 1.0, 0.0), fade_half_life=half_life)
 
 
 def _unit_per_second(arrow_type: Any) -> float:
@@ -293,7 +322,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         origin = np.floor(story.START_EPOCH_S / (window_days * DAY)) * window_days * DAY
         days = load_story(data, origin, story.START_EPOCH_S)
         for share in args.shares:
-            cells.append(score_cell(config, days, data, out, window_days, share, args.verdict, args.overrides))
+            cells.append(score_cell(config, fades_at_share(data, days, share), data, out, window_days, share,
+                                    args.verdict, args.overrides))
             c = cells[-1]
             print(f"{window_days}d {share:.0%}: as run F1 {_f(c['default']['f1'])}, detector alone "
                   f"{_f(c['detector']['f1'])}, rule best "

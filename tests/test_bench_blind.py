@@ -1,4 +1,4 @@
-"""bench/blind_story.py and bench/blind_story2.py (the generators written blind) and bench/blind.py (their scoring
+"""bench/blind_story.py, blind_story2.py and blind_story3.py (the generators written blind) and bench/blind.py (their scoring
 through fgjax analyze)."""
 
 from __future__ import annotations
@@ -10,9 +10,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from bench import blind, blind_story, blind_story2
+from bench import blind, blind_story, blind_story2, blind_story3
 from fgjax import kernels
 from fgjax.data import synthetic
+from fgjax.evaluation.detection import fade_forgotten_days
 
 DAY = 86400
 
@@ -95,6 +96,50 @@ def test_the_second_story_keeps_its_promises_and_reads_as_the_matrix_reads_it(tm
     for u, c, d in events:
         want[d, u - 1, slot[(u, c)]] += 1
     np.testing.assert_array_equal(loaded.counts, want)
+
+def test_the_third_story_keeps_its_promises_and_its_linear_fades_are_scored_on_their_day(tmp_path):
+    """blind_story3: no event after a stop, inside a pause or before a late start, nor once a fade to zero has run
+    its course; 3-8 interests a user; churners' interests all stop on one day; the same files for the same seed;
+    ``load_story`` reads every event; and ``fades_at_share`` puts each linear fade's forgotten day where the
+    linear rate crosses the share (never where its floor is at or above it)."""
+    users, days, seed = 120, 45, 2
+    out = tmp_path / "data"
+    blind_story3.generate(out, users=users, days=days, seed=seed, shards=2)
+    truth = pq.read_table(out / "truth.parquet").to_pylist()
+    by_pair = {(r["user_id"], r["interest"]): r for r in truth}
+    events = _events(out, blind_story3.START_EPOCH_S)
+    assert events and all((u, c) in by_pair and 0 <= d < days for u, c, d in events)
+    _assert_each_event_fits_its_kind(events, by_pair)
+    for u, c, d in events:
+        r = by_pair[(u, c)]
+        if r["kind"] == "fade" and r["fade_floor"] == 0:
+            assert d < r["change_day"] + r["fade_days"]
+    per_user = np.bincount([r["user_id"] for r in truth])[1:]
+    assert per_user.min() >= 3 and per_user.max() <= 8 and len(per_user) == users
+    assert {r["kind"] for r in truth} == set(blind_story3.KINDS)
+    stop_days = {}
+    for r in truth:
+        stop_days.setdefault(r["user_id"], set()).add(r["change_day"] if r["kind"] == "stop" else None)
+    assert any(len(v) == 1 and None not in v for v in stop_days.values())  # a churner: one stop day for all
+    again = tmp_path / "again"
+    blind_story3.generate(again, users=users, days=days, seed=seed, shards=2)
+    assert pq.read_table(again / "events").equals(pq.read_table(out / "events"))
+    loaded = blind.load_story(out, blind_story3.START_EPOCH_S, blind_story3.START_EPOCH_S)
+    assert loaded.counts.sum() == len(events)
+    fading = np.array([r["kind"] == "fade" for r in truth])
+    floor, length = (np.array([r[k] for r in truth], float) for k in ("fade_floor", "fade_days"))
+    assert fading.any() and np.array_equal(np.isfinite(length), fading)
+    for share in (0.25, 0.1, 0.05):
+        at = blind.fades_at_share(out, loaded, share)
+        got = fade_forgotten_days(at.fade_floor, at.fade_half_life, share)[fading]
+        want = np.where(floor < share, length * (1 - share) / (1 - floor), np.inf)[fading]
+        np.testing.assert_allclose(got, want, rtol=1e-9)
+        assert np.isinf(got).any() == (share <= floor[fading].max())
+    story2 = tmp_path / "story2"
+    blind_story2.generate(story2, users=20, days=40, seed=1, shards=1)
+    days2 = blind.load_story(story2, blind_story2.START_EPOCH_S, blind_story2.START_EPOCH_S)
+    assert blind.fades_at_share(story2, days2, 0.25) is days2  # exponential fades: as given
+
 
 def test_load_story_counts_every_event_in_its_users_slot_on_its_day(small_log):
     """``load_story``'s daily counts against a plain count of the events, at day 0 and at an origin one day earlier
