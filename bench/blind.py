@@ -13,8 +13,8 @@ with the first log's help, to check that choice; the 140-day span was then judge
 (bench/RESULTS.md), so neither is fully blind to the span ladder any more. ``bench/blind_story3.py`` (``--story
 blind_story3``: a streaming service; over-dispersed counts, a population-wide holiday, slow drift, user absences and
 churn, binges, linear fades to floors) was written the same way after the second log had shown that whole-user
-vacations cost loyal interests, to judge what was done about it (``ENGAGED_VACATION`` in
-``fgjax.data.stories``); its description was the project's, its code the helper's. This script:
+vacations cost loyal interests, to judge what would be done about it (bench/RESULTS.md: a training story with
+vacations, tried and not kept); its description was the project's, its code the helper's. This script:
 
 1. generates it as Parquet shards, an items table and the truth (``--users`` x ``--days``, ``--seed``);
 2. runs ``fgjax analyze`` on it as a user would (a subprocess: the CLI reads the shards, windows of 1 and 7
