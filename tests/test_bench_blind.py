@@ -60,17 +60,24 @@ def _assert_each_event_fits_its_kind(events, by_pair):
             assert d >= r["start_day"]
 
 
+def _generate(story, out, users, days, seed):
+    """Generate ``story`` under ``out`` and read back its truth rows, the rows by (user, interest) and its events
+    (``_events``), checking that every event is a truth pair's, inside the log."""
+    story.generate(out, users=users, days=days, seed=seed, shards=2)
+    truth = pq.read_table(out / "truth.parquet").to_pylist()
+    by_pair = {(r["user_id"], r["interest"]): r for r in truth}
+    events = _events(out, story.START_EPOCH_S)
+    assert events and all((u, c) in by_pair and 0 <= d < days for u, c, d in events)
+    return truth, by_pair, events
+
+
 def test_the_second_story_keeps_its_promises_and_reads_as_the_matrix_reads_it(tmp_path):
     """blind_story2: no event after a stop, inside a pause, before a late start or in its user's vacation; a
     periodic interest's events on one day of its period; 2-7 interests a user; the same files for the same seed;
     and ``load_story`` counts every event of it in its user's slot on its day."""
     users, days, seed = 150, 40, 5
     out = tmp_path / "data"
-    blind_story2.generate(out, users=users, days=days, seed=seed, shards=2)
-    truth = pq.read_table(out / "truth.parquet").to_pylist()
-    by_pair = {(r["user_id"], r["interest"]): r for r in truth}
-    events = _events(out, blind_story2.START_EPOCH_S)
-    assert events and all((u, c) in by_pair and 0 <= d < days for u, c, d in events)
+    truth, by_pair, events = _generate(blind_story2, out, users, days, seed)
     world = blind_story2._simulate(users, days, seed)
     vacation = {u + 1: range(s, s + n) for u, (s, n) in enumerate(zip(world["vac_start"], world["vac_len"])) if n}
     assert vacation  # a quarter of the users take one
@@ -104,11 +111,7 @@ def test_the_third_story_keeps_its_promises_and_its_linear_fades_are_scored_on_t
     linear rate crosses the share (never where its floor is at or above it)."""
     users, days, seed = 120, 45, 2
     out = tmp_path / "data"
-    blind_story3.generate(out, users=users, days=days, seed=seed, shards=2)
-    truth = pq.read_table(out / "truth.parquet").to_pylist()
-    by_pair = {(r["user_id"], r["interest"]): r for r in truth}
-    events = _events(out, blind_story3.START_EPOCH_S)
-    assert events and all((u, c) in by_pair and 0 <= d < days for u, c, d in events)
+    truth, by_pair, events = _generate(blind_story3, out, users, days, seed)
     _assert_each_event_fits_its_kind(events, by_pair)
     for u, c, d in events:
         r = by_pair[(u, c)]
