@@ -88,7 +88,8 @@ none is empty.  A fade or pause may run past the end of the window; a holiday or
 
 Output
 ------
-``events/part-{k}.parquet`` (k < shards): ``user_id`` int64, ``item_id`` int64, ``timestamp`` timestamp[s, UTC]; user
+``events/part-{k}.parquet`` (k < shards): ``user_id`` int64, ``item_id`` int64, ``timestamp`` timestamp[s, UTC] (Parquet
+stores it in milliseconds: it reads back as timestamp[ms, UTC], whole seconds); user
 ``u`` goes to shard ``u % shards``; rows sorted by timestamp (stable).  ``items.parquet``: ``item_id`` int64,
 ``category`` string.  ``truth.parquet``: one row per pair with ``user_id``, ``interest``, ``kind``, ``rate``,
 ``start_day`` (int32), ``change_day``, ``half_life_days``, ``return_day``, ``period_days``, ``fade_floor`` and

@@ -104,6 +104,7 @@ def test_the_second_story_keeps_its_promises_and_reads_as_the_matrix_reads_it(tm
         want[d, u - 1, slot[(u, c)]] += 1
     np.testing.assert_array_equal(loaded.counts, want)
 
+
 def test_the_third_story_keeps_its_promises_and_its_linear_fades_are_scored_on_their_day(tmp_path):
     """blind_story3: no event after a stop, inside a pause or before a late start, nor once a fade to zero has run
     its course; 3-8 interests a user; churners' interests all stop on one day; the same files for the same seed;
