@@ -30,50 +30,15 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import numpy as np
 
 from bench import _report
 from bench.quality import dataset_overrides
+from fgjax.evaluation.log_verdict import Silences, outcomes, silences, user_last_windows
 
 DAY = 86400.0
-
-
-class Silences(NamedTuple):
-    """Silences that reached the age, one row each (``(n,)`` arrays)."""
-
-    user: np.ndarray
-    interest: np.ndarray
-    start: np.ndarray  # first silent window
-    length: np.ndarray  # silent windows until the interest's next event (or the log's end)
-    returned: np.ndarray  # bool: the interest had an event after it
-
-
-def silences(counts: np.ndarray, min_events: float, age: int) -> Silences:
-    """Every silence of ``(windows, users, interests)`` counts that lasted ``age`` windows or more.
-
-    A silence starts in the window after an active one, once the interest has ``min_events`` events in all
-    (counted to that active window), and runs to its next active window (or the end).
-    """
-    windows = counts.shape[0]
-    flat = counts.reshape(windows, -1).T  # (pairs, windows)
-    pair, t = np.nonzero(flat > 0)  # active windows, by pair then time
-    following = np.append(t[1:], windows)
-    following[np.append(pair[1:] != pair[:-1], True)] = windows  # a pair's last active window: to the end
-    length = following - t - 1
-    seen = np.cumsum(flat, axis=1)[pair, t]
-    keep = (length >= age) & (seen >= min_events)
-    pair, num_interests = pair[keep], counts.shape[2]
-    return Silences(pair // num_interests, pair % num_interests, t[keep] + 1, length[keep], following[keep] < windows)
-
-
-def outcomes(found: Silences, user_last_window: np.ndarray, horizon: int) -> tuple[np.ndarray, np.ndarray]:
-    """``(gone, decided)``: gone = silent for ``horizon`` windows from its start and the user seen after that;
-    decided = gone, or back within the horizon."""
-    gone = (found.length >= horizon) & (user_last_window[found.user] >= found.start + horizon)
-    back = found.returned & (found.length < horizon)
-    return gone, gone | back
 
 
 def roc_auc(score: np.ndarray, label: np.ndarray) -> float | None:
@@ -117,18 +82,38 @@ def window_counts_of(log, window_seconds: float) -> np.ndarray:
     return window_counts(log, origin, window_seconds, num_windows)
 
 
-def detector_codes(config, counts: np.ndarray, window_seconds: float) -> np.ndarray:
-    """``(windows, users, interests)`` detector states with the config's knobs in windows of ``window_seconds``."""
+def judged_series(config, counts: np.ndarray, window_seconds: float) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """``(windows, users, interests)`` states of the detector alone and of the product path, and the learned
+    verdict's log-odds (NaN where it judges nothing; None without a verdict), with the config's knobs in windows of
+    ``window_seconds``.
+
+    The product path is what ``fgjax analyze`` decides: the detector, and over its evidence the learned verdict of
+    ``analysis.detector.verdict_file`` (``auto`` by default: the shipped fit for the log's span), through the
+    analysis' own functions (``detector_step``, ``verdict_log_odds``, ``learned_states``). Without a verdict both
+    states are the detector's.
+    """
     import dataclasses
 
+    import jax
     import jax.numpy as jnp
 
-    from fgjax.analysis import window_params, window_spec
-    from fgjax.evaluation.detection import detect_series
+    from fgjax import kernels
+    from fgjax.analysis import detector_step, learned_states, window_params, window_spec
+    from fgjax.analysis.window import verdict_log_odds
 
     acfg = dataclasses.replace(config.analysis, window_seconds=window_seconds)
-    return np.asarray(detect_series(jnp.asarray(counts), window_params(acfg, counts.shape[0]),
-                                    window_spec(acfg, counts.shape[2])))
+    params, spec = window_params(acfg, counts.shape[0]), window_spec(acfg, counts.shape[2])
+
+    def step(state, window_counts):
+        state, out = detector_step(state, window_counts, None, params, spec)
+        if not spec.verdict_recent_windows:
+            return state, (out.state, out.state, None)
+        log_odds = verdict_log_odds(state, out, params, spec)
+        return state, (out.state, learned_states(state, out, params, spec, log_odds), log_odds)
+
+    init = kernels.detector_init(counts.shape[1], counts.shape[2], spec.buffer_windows)
+    own, product, log_odds = jax.jit(lambda c: jax.lax.scan(step, init, c)[1])(jnp.asarray(counts, jnp.float32))
+    return np.asarray(own), np.asarray(product), None if log_odds is None else np.asarray(log_odds)
 
 
 def study(name: str, config, log, args) -> dict[str, Any]:
@@ -139,15 +124,17 @@ def study(name: str, config, log, args) -> dict[str, Any]:
     age = max(int(round(args.age_days / args.window_days)), 1)
     horizon = max(int(round(args.horizon_days / args.window_days)), age + 1)
     counts = window_counts_of(log, window_seconds)
-    user_active = (counts > 0).any(axis=2)
-    user_last = np.where(user_active.any(axis=0), counts.shape[0] - 1 - user_active[::-1].argmax(axis=0), -1)
     found = silences(counts, args.min_events, age)
-    gone, decided = outcomes(found, user_last, horizon)
+    gone, decided = outcomes(found, user_last_windows(counts), horizon)
     found = Silences(*(c[decided] for c in found))
     gone = gone[decided]
-    codes = detector_codes(config, counts, window_seconds)
-    flagged = codes[found.start + age - 1, found.user, found.interest] == kernels.FORGOTTEN
+    own, product, log_odds = judged_series(config, counts, window_seconds)
+    at_age = (found.start + age - 1, found.user, found.interest)
+    flagged = own[at_age] == kernels.FORGOTTEN
+    product_flagged = product[at_age] == kernels.FORGOTTEN
     aucs = {key: roc_auc(value, gone) for key, value in features(counts, found, age).items()}
+    if log_odds is not None:  # every judged silence is silent at its age, so the verdict has a log-odds for it
+        aucs["learned verdict's log-odds"] = roc_auc(log_odds[at_age], gone)
     report = log.report
     return {
         "name": name, "users": int(log.num_users), "interests": int(counts.shape[2]), "events": int(len(log.user)),
@@ -157,6 +144,9 @@ def study(name: str, config, log, args) -> dict[str, Any]:
         "base_rate": float(gone.mean()) if len(gone) else None,
         "detector_flagged": float(flagged.mean()) if len(gone) else None,
         "detector_precision": float(gone[flagged].mean()) if flagged.any() else None,
+        "verdict": log_odds is not None,
+        "product_flagged": float(product_flagged.mean()) if len(gone) else None,
+        "product_precision": float(gone[product_flagged].mean()) if product_flagged.any() else None,
         "auc": aucs,
     }
 
@@ -165,18 +155,23 @@ def markdown(payload: dict[str, Any]) -> str:
     rows = payload["datasets"]
     if not rows:
         return "no data sets"
-    keys = list(rows[0]["auc"])
+    keys = list(dict.fromkeys(k for r in rows for k in r["auc"]))  # the verdict's AUC only where one judged
     fmt = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
     a = payload["setup"]
     lines = [f"Silences of {a['age_days']:g} days (interests with {a['min_events']:g}+ events before), windows of "
              f"{a['window_days']:g} days; gone = silent {a['horizon_days']:g} days from the start while the user "
-             "was seen after.", "",
+             "was seen after. The product path: the detector and the learned verdict, as `fgjax analyze` decides.",
+             "",
              "| data set | silences decided | gone (= the rule's precision at N = age) | detector: flagged by then "
-             "| detector: precision | " + " | ".join(f"AUC: {k}" for k in keys) + " |",
-             "| --- | ---: | ---: | ---: | ---: | " + " | ".join("---:" for _ in keys) + " |"]
+             "| detector: precision | product path: flagged | product path: precision | "
+             + " | ".join(f"AUC: {k}" for k in keys) + " |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | " + " | ".join("---:" for _ in keys) + " |"]
     for r in rows:
+        product = (f"{fmt(r['product_flagged'])} | {fmt(r['product_precision'])}" if r["verdict"]
+                   else "no verdict | -")
         lines.append(f"| {r['name']} | {r['silences']:,} | {fmt(r['base_rate'])} | {fmt(r['detector_flagged'])} "
-                     f"| {fmt(r['detector_precision'])} | " + " | ".join(fmt(r["auc"][k]) for k in keys) + " |")
+                     f"| {fmt(r['detector_precision'])} | {product} | "
+                     + " | ".join(fmt(r["auc"].get(k)) for k in keys) + " |")
     return "\n".join(lines)
 
 

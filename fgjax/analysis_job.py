@@ -212,6 +212,11 @@ def learned_verdict_note(config: Config, log_windows: int | None = None) -> str:
                        log_windows)
     shown = f"the built-in fit ({d.verdict_file})" if d.verdict_file in (BUILTIN, AUTO) else path
     span = f" of logs of {fit.log_windows} windows" if fit.log_windows else ""
+    if fit.horizon_windows is not None:  # fgjax fit-verdict's, on a log's own silences
+        return (f"learned verdict: {shown}, fitted on a log's own silences of {fit.window_days:g}-day windows{span} "
+                f"(gone = silent {fit.horizon_windows} windows, the user seen after), log-odds threshold "
+                f"{fit.threshold:g} (first alarms gone {fit.precision:.0%} of the time there); silences of "
+                f"{fit.horizon_windows} windows are forgotten")
     return (f"learned verdict: {shown}, its fit for {fit.window_days:g}-day windows{span} and fades below "
             f"{fit.fade_share:.0%}, log-odds threshold {fit.threshold:g}, fitted on {len(fit.stories)} stories and "
             f"draws ({', '.join(fit.stories) or 'not named'})")

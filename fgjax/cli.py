@@ -24,6 +24,9 @@ EPILOG = """examples:
   fgjax train --out runs/ml100k --set data.format=recbole --set data.path=path/to/ml-100k
   fgjax train --out runs/time_sasrec --config configs/time_sasrec.yaml --set data.path=path/to/ml-100k
   fgjax analyze --out runs/a --set data.path=events/ --set data.items_path=items.parquet
+  fgjax fit-verdict --out runs/v --events events/ --items items.parquet --window 7d
+  fgjax analyze --out runs/a --events events/ --items items.parquet --window 7d \
+      --set analysis.detector.verdict_file=runs/v/verdict.json
   fgjax recommend --checkpoint runs/quickstart/checkpoint --users 10000001,10000002 --out recs.parquet
   fgjax bench kernels topk --scale small --out bench/results
   fgjax evaluate --out runs/eval --checkpoint runs/quickstart/checkpoint \
@@ -81,6 +84,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--items", default=None, help="items table with item_id and category; same as --set data.items_path=...")
     p.add_argument("--window", type=_duration, default=None, metavar="LENGTH",
                    help="window length, e.g. 1d, 7d, 12h, 3600s or seconds; same as --set analysis.window_seconds=...")
+    p = sub.add_parser("fit-verdict", help="fit the learned verdict on data.path's own silences (gone for "
+                                           "log_verdict.horizon_days, or back sooner) -> verdict.json for analyze")
+    _add_common(p, out_help="output directory (verdict.json, verdict_report.md, rejects.parquet)")
+    p.add_argument("--events", default=None, help="events (file, directory or glob); same as --set data.path=...")
+    p.add_argument("--items", default=None, help="items table with item_id and category; same as --set data.items_path=...")
+    p.add_argument("--window", type=_duration, default=None, metavar="LENGTH",
+                   help="window length, e.g. 1d or 7d; same as --set analysis.window_seconds=...")
     p = sub.add_parser("recommend", help="top-K recommendations from a checkpoint, by raw user IDs")
     p.add_argument("--checkpoint", required=True, type=Path, help="checkpoint directory written by train/quickstart")
     p.add_argument("--users", default=None,
@@ -263,6 +273,8 @@ def run(args) -> int:
         unknown = int((model.users.encode(user_ids) < 0).sum())
         note = f"; {unknown:,} unknown users got the most popular items" if unknown else ""
         print(f"wrote {args.out}: {table.num_rows:,} rows for {len(user_ids):,} users{note}")
+    elif args.command == "fit-verdict":
+        pipeline.fit_log_verdict(_config(args), args.out, print, overwrite=overwrite)
     elif args.command == "evaluate" and args.detection:
         pipeline.evaluate_detection(_config(args), args.out, print, _progress(args), overwrite=overwrite)
     elif args.command == "bench":

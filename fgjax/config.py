@@ -640,6 +640,28 @@ class EvaluateConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class LogVerdictConfig:
+    """A learned verdict fitted on a log's own silences (``fgjax fit-verdict``; ``fgjax.evaluation.log_verdict``).
+
+    A silence of an interest is "gone" when it lasts ``horizon_days`` while the user is still seen afterwards, and
+    "back" when the interest returns sooner; the verdict learns which is which from the detector's evidence, in the
+    windows of ``analysis.window_seconds``.
+    """
+
+    horizon_days: float = setting(91.0, gt=0)  # a silence this long, the user seen after it, counts as gone
+    # The log-odds threshold: the lowest at which the fitted silences' first alarms are gone this often.
+    precision: float = setting(0.8, gt=0, lt=1)
+    min_events: float = setting(3.0, ge=1)  # events of the interest before a silence for it to count
+    # The last share of the log's windows held out for the report: fitted on the silences decided before them,
+    # scored on those starting in them (0 = no held-out report). The fit written is on every decided silence.
+    holdout: float = setting(0.3, ge=0, lt=1)
+    min_silences: int = setting(20, ge=1)  # gone and back silences each needed to fit
+    # Users whose silences the fit reads, drawn with seed where the log has more (memory: windows x users x K).
+    max_users: int = setting(50_000, ge=1)
+    seed: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
 class Config:
     """Everything a run needs. Defaults = the quickstart run."""
 
@@ -654,6 +676,7 @@ class Config:
     bpr: BPRConfig = BPRConfig()
     knn: KNNConfig = KNNConfig()
     quality: QualityConfig = QualityConfig()
+    log_verdict: LogVerdictConfig = LogVerdictConfig()
 
 
 _YAML11_EXPONENT = re.compile(r"[+-]?[0-9]+[eE][+-]?[0-9]+")

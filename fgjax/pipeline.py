@@ -5,7 +5,7 @@ generate -> read and validate -> temporal split -> train -> forgetting analysis
 -> save serving state -> recommend -> evaluate -> plots.
 
 The jobs (``quickstart``, ``train_model``, ``analyze_only``,
-``evaluate_checkpoint``, ``evaluate_detection``, ``generate_data``) write
+``evaluate_checkpoint``, ``evaluate_detection``, ``fit_log_verdict``, ``generate_data``) write
 through a staging folder beside ``out`` and move their files into it only when
 they succeed (``fgjax.outputs``); ``out`` then holds ``fgjax-run.json``. The
 building blocks (``read``, ``prepare``, ``fit``) write straight into the folder
@@ -469,3 +469,31 @@ def evaluate_detection(config: Config, out: str | Path, report: Reporter = _quie
         plot_interest_timeline(log, result, codes, truth, plots / "interest_timeline.png")
     report(f"wrote {out / 'detection.json'}, {out / 'states.parquet'} and plots in {out / 'plots'}")
     return detection.to_json() | ({"matrix": matrix.to_json()} if matrix else {})
+
+
+def fit_log_verdict(config: Config, out: str | Path, report: Reporter = _quiet, *,
+                    overwrite: bool = False) -> dict[str, Any]:
+    """Fit the learned verdict on ``config.data``'s own silences (``fgjax.evaluation.log_verdict``) ->
+    ``out/verdict.json`` (what ``analysis.detector.verdict_file`` reads), ``out/verdict_report.json`` and
+    ``verdict_report.md`` (the fit held out beside the silence rule), ``out/rejects.parquet``; returns the report.
+    """
+    from fgjax.analysis import save_verdicts
+    from fgjax.evaluation.log_verdict import fit_log_verdict as fit_on_log
+    from fgjax.evaluation.log_verdict import format_report, log_counts
+
+    out = Path(out).absolute()
+    with run_folder(out, "fit-verdict", to_dict(config), overwrite=overwrite) as stage:
+        shown = _shown(report, stage, out)
+        log = read(config, stage, shown)
+        started = time.perf_counter()
+        result = fit_on_log(config, log_counts(config, log))
+        save_verdicts([result.fit], stage / "verdict.json")
+        text = format_report(result)
+        (stage / "verdict_report.md").write_text(text + "\n")
+        (stage / "verdict_report.json").write_text(json.dumps({"report": result.report, "config": to_dict(config)},
+                                                              indent=2, default=_json_default) + "\n")
+        shown(text)
+        shown(f"fitted in {time.perf_counter() - started:.1f}s; wrote {stage / 'verdict.json'} "
+              f"(--set analysis.detector.verdict_file={out / 'verdict.json'} for fgjax analyze) and "
+              f"{stage / 'verdict_report.md'}")
+    return result.report

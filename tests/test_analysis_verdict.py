@@ -234,3 +234,19 @@ def test_the_shipped_fit_covers_both_windows_and_shares_and_names_its_stories():
         fit = load_verdict(BUILTIN_PATH, 1.0, d.fade_share, d.verdict_recent_windows, span)
         assert fit.log_windows == span
         np.testing.assert_array_equal(np.asarray(daily.verdict.weights), np.asarray(fit.params.weights))
+
+
+def test_a_fit_on_a_logs_own_silences_also_forgets_every_silence_of_its_horizon(tmp_path):
+    """``fgjax fit-verdict``'s fits carry ``horizon_windows``: what they were taught "gone" means is forgotten too."""
+    log = _busy_then_silent()
+    fit = VerdictFit(1.0, 0.25, 16, _constant(-5.0), 0.0, stories=("the log's own silences",), log_windows=53,
+                     horizon_windows=15, precision=0.8)
+    path = save_verdicts([fit], tmp_path / "own.json")
+    loaded = load_verdict(path, 1.0, 0.25, 16, 53)
+    assert (loaded.horizon_windows, loaded.precision) == (15, 0.8)
+    assert "horizon_windows" not in json.loads(save_verdicts([dataclasses.replace(fit, horizon_windows=None)],
+                                                             tmp_path / "plain.json").read_text())["fits"][0]
+    history = _history(load_config(None, [f"analysis.detector.verdict_file={path}"]), log)
+    # Last event on day 9: silent 1 window on day 10, 15 windows on day 24; the log-odds never exceed the threshold.
+    assert "forgotten" not in history[:24] and history[24:50] == ["forgotten"] * 26
+    assert history[50] != "forgotten"  # activity ends it

@@ -10,7 +10,9 @@ The format (``VERDICT_FORMAT``)::
                "weights": [...], "bias": b, "threshold": t, "stories": [...], "false_alarm": q,
                "log_windows": n}, ...]}
 
-``mean`` / ``scale`` / ``weights`` are in ``features`` order; ``threshold`` is on the log-odds. ``log_windows``
+``mean`` / ``scale`` / ``weights`` are in ``features`` order; ``threshold`` is on the log-odds. A fit that
+``fgjax fit-verdict`` made on a log's own silences also has ``horizon_windows`` (forgotten = silent that many
+windows while the user is seen after) and ``precision`` (how often its threshold's first alarms were). ``log_windows``
 (optional) is the span, in windows, of the logs a fit was fitted on: a file may hold fits of one window length
 and share for logs of different spans (``fgjax evaluate --detection`` writes one for the matrix's logs and one
 per span of ``evaluate.verdict_short_days`` whose logs hold ``evaluate.verdict_min_windows`` windows of that
@@ -92,12 +94,18 @@ class VerdictFit:
     stories: tuple[str, ...] = ()
     false_alarm: float | None = None
     log_windows: int | None = None  # the span of the logs it was fitted on, in windows begun (None: not recorded)
+    # A fit on a log's own silences (fgjax fit-verdict): forgotten = silent this many windows, the user seen after
+    # (None: a fit on synthetic ground truth); its threshold's first alarms were gone ``precision`` of the time.
+    horizon_windows: int | None = None
+    precision: float | None = None
 
     def to_json(self) -> dict[str, Any]:
         vectors = {name: [float(v) for v in np.asarray(getattr(self.params, name))] for name in _VECTORS}
         return {"window_days": self.window_days, "fade_share": self.fade_share, "recent_windows": self.recent_windows,
                 **vectors, "bias": float(np.asarray(self.params.bias)), "threshold": self.threshold,
-                "stories": list(self.stories), "false_alarm": self.false_alarm, "log_windows": self.log_windows}
+                "stories": list(self.stories), "false_alarm": self.false_alarm, "log_windows": self.log_windows,
+                **({"horizon_windows": self.horizon_windows, "precision": self.precision}
+                   if self.horizon_windows is not None else {})}
 
 
 def save_verdicts(fits: list[VerdictFit], path: Path) -> Path:
@@ -175,6 +183,8 @@ def _fit_from_json(fit: dict[str, Any], where: str, i: int) -> VerdictFit:
     try:
         vectors = {name: np.asarray(fit[name], np.float32) for name in _VECTORS}
         bias, threshold = float(fit["bias"]), float(fit["threshold"])
+        horizon = None if fit.get("horizon_windows") is None else int(fit["horizon_windows"])
+        precision = None if fit.get("precision") is None else float(fit["precision"])
     except (KeyError, TypeError, ValueError) as err:
         raise ConfigError(f"{where}: fits[{i}] lacks a numeric {err}") from None
     for name, v in vectors.items():
@@ -187,4 +197,5 @@ def _fit_from_json(fit: dict[str, Any], where: str, i: int) -> VerdictFit:
     return VerdictFit(window_days=float(fit["window_days"]), fade_share=float(fit["fade_share"]),
                       recent_windows=fit["recent_windows"], params=params, threshold=threshold,
                       stories=tuple(fit.get("stories") or ()), false_alarm=fit.get("false_alarm"),
-                      log_windows=None if fit.get("log_windows") is None else int(fit["log_windows"]))
+                      log_windows=None if fit.get("log_windows") is None else int(fit["log_windows"]),
+                      horizon_windows=horizon, precision=precision)

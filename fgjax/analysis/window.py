@@ -122,6 +122,8 @@ class WindowParams(NamedTuple):
       detector: the adaptive detector's knobs.
       verdict, verdict_threshold: the learned verdict's fit and its log-odds threshold (``analysis.detector.
         verdict_file``); None without one.
+      verdict_horizon: a fit on a log's own silences (``fgjax fit-verdict``) also calls forgotten every silence of
+        this many windows (what it was taught "gone" means); None for a fit on synthetic ground truth.
     """
 
     alpha: jax.Array
@@ -133,6 +135,7 @@ class WindowParams(NamedTuple):
     detector: kernels.DetectorParams
     verdict: kernels.VerdictParams | None = None
     verdict_threshold: jax.Array | None = None
+    verdict_horizon: jax.Array | None = None
 
 
 def window_spec(config: AnalysisConfig, num_interests: int, *, top: int | None = None) -> WindowSpec:
@@ -173,7 +176,7 @@ def window_params(config: AnalysisConfig, log_windows: int | None = None) -> Win
         return jax.device_put(np.asarray(value, np.float32))
 
     d = config.detector
-    verdict = threshold = None
+    verdict = threshold = horizon = None
     path = verdict_file(config)
     if path:
         if d.kind != "adaptive":
@@ -183,6 +186,7 @@ def window_params(config: AnalysisConfig, log_windows: int | None = None) -> Win
                            log_windows)  # the fit for logs of this span, where the file has several
         verdict = kernels.VerdictParams(*(scalar(v) for v in fit.params))
         threshold = scalar(fit.threshold)
+        horizon = None if fit.horizon_windows is None else scalar(fit.horizon_windows)
     return WindowParams(
         alpha=scalar(config.alpha),
         eps=scalar(config.eps),
@@ -193,6 +197,7 @@ def window_params(config: AnalysisConfig, log_windows: int | None = None) -> Win
         detector=kernels.DetectorParams(*(scalar(v) for v in d.kernel_params(config.window_seconds, log_windows))),
         verdict=verdict,
         verdict_threshold=threshold,
+        verdict_horizon=horizon,
     )
 
 
@@ -467,6 +472,8 @@ def learned_states(detector: kernels.DetectorState, detection: kernels.DetectorO
     if log_odds is None:
         log_odds = verdict_log_odds(detector, detection, params, spec)
     forgotten = log_odds > params.verdict_threshold  # as kernels.verdict_forgotten: NaN is never above it
+    if params.verdict_horizon is not None:  # a fit on the log's own silences: a silence this long is what it calls gone
+        forgotten |= kernels.verdict_silent(detector) & (detector.silence >= params.verdict_horizon)
     own = detection.state
     return jnp.where(forgotten, jnp.int8(kernels.FORGOTTEN),
                      jnp.where(own == kernels.FORGOTTEN, jnp.int8(kernels.DECLINING), own)).astype(own.dtype)

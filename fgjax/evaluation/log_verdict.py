@@ -1,0 +1,401 @@
+"""A learned verdict fitted on a log's own silences: ``fgjax fit-verdict``.
+
+The shipped verdict (``fgjax/analysis/verdict_builtin.json``) was fitted on synthetic stories whose ground truth
+says which interests were forgotten. A real log has no such truth, and its silences need not mean what the
+stories' do: on MovieLens a busy genre's silence is *less* often long than a minor genre's, and the shipped fit
+ranks its silences worse than chance (``python -m bench.silences``, bench/RESULTS.md). But a log can answer by
+itself what "forgotten" means operationally: of the silences of an interest, which lasted ``horizon`` windows
+while the user was still seen afterwards ("gone"), and which ended sooner ("back")? Silences neither back within
+the horizon nor followed by the user are undecided and left out.
+
+This module fits the verdict (the same ``kernels.verdict_features`` and logistic model, so ``fgjax analyze`` reads
+it like the shipped one) on those outcomes. Each silence lends a row per window of its life up to the horizon
+(ages 1 .. min(length, horizon)), labelled with its outcome; each silence weighs 1 in all. The log-odds threshold is
+the lowest at which the silences' first alarms (the first age whose log-odds exceed it) are gone at least
+``log_verdict.precision`` of the time.
+
+It reports on itself beside the rule a user would write: fitted and thresholded on the silences decided before the
+log's last ``holdout`` share of windows, scored on those that start in it, against "forgotten after N silent
+windows" at the least N as precise on the same earlier silences. The fit it writes for use is fitted on every
+decided silence.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from fgjax import kernels
+from fgjax.analysis import WindowParams, WindowSpec, detector_step, window_params, window_spec
+from fgjax.analysis.verdict import AUTO, VerdictFit, load_verdict, verdict_path
+from fgjax.config import Config
+from fgjax.data.reader import EventLog
+from fgjax.errors import DataError
+from fgjax.evaluation.verdict import fit_verdict
+
+# Features of at most this many bytes are written per chunk of windows (the scan's output, gathered on the host).
+_CHUNK_BYTES = 256 << 20
+
+
+class Silences(NamedTuple):
+    """Silences of (user, interest) pairs, ``(n,)`` arrays, in (pair, start) order."""
+
+    user: np.ndarray
+    interest: np.ndarray
+    start: np.ndarray  # first silent window
+    length: np.ndarray  # silent windows until the interest's next event (or the log's end)
+    returned: np.ndarray  # bool: the interest had an event after it
+
+
+def silences(counts: np.ndarray, min_events: float, age: int = 1) -> Silences:
+    """Every silence of ``(windows, users, interests)`` counts that lasted ``age`` windows or more.
+
+    A silence starts in the window after an active one, once the interest has ``min_events`` events in all
+    (counted to that active window), and runs to its next active window (or the end).
+    """
+    windows = counts.shape[0]
+    flat = counts.reshape(windows, -1).T  # (pairs, windows)
+    pair, t = np.nonzero(flat > 0)  # active windows, by pair then time
+    following = np.append(t[1:], windows)
+    following[np.append(pair[1:] != pair[:-1], True)] = windows  # a pair's last active window: to the end
+    length = following - t - 1
+    seen = np.cumsum(flat, axis=1)[pair, t]
+    keep = (length >= age) & (seen >= min_events)
+    pair, num_interests = pair[keep], counts.shape[2]
+    return Silences(pair // num_interests, pair % num_interests, t[keep] + 1, length[keep], following[keep] < windows)
+
+
+def user_last_windows(counts: np.ndarray) -> np.ndarray:
+    """``(users,)`` each user's last window with an event in any interest (-1 for none)."""
+    active = (counts > 0).any(axis=2)
+    return np.where(active.any(axis=0), counts.shape[0] - 1 - active[::-1].argmax(axis=0), -1)
+
+
+def outcomes(found: Silences, user_last_window: np.ndarray, horizon: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(gone, decided)``: gone = silent for ``horizon`` windows from its start and the user seen after that;
+    decided = gone, or back within the horizon."""
+    gone = (found.length >= horizon) & (user_last_window[found.user] >= found.start + horizon)
+    back = found.returned & (found.length < horizon)
+    return gone, gone | back
+
+
+class SilenceRows(NamedTuple):
+    """The decided silences of a log and their rows (one per window of a silence's life up to the horizon).
+
+    Attributes:
+      found: the decided silences, ``(n,)`` each.
+      gone: ``(n,)`` bool outcome.
+      silence: ``(rows,)`` index into ``found`` of each row, grouped by silence, ages increasing.
+      age: ``(rows,)`` windows of silence at the row (1 = the first silent window).
+      features: ``(rows, len(kernels.VERDICT_FEATURES))`` float32 evidence at the row.
+    """
+
+    found: Silences
+    gone: np.ndarray
+    silence: np.ndarray
+    age: np.ndarray
+    features: np.ndarray
+
+
+@functools.partial(jax.jit, static_argnames=("spec", "recent_windows"), donate_argnums=(0,))
+def _evidence_chunk(state: kernels.DetectorState, counts: jax.Array, params: WindowParams, spec: WindowSpec,
+                    recent_windows: int) -> tuple[kernels.DetectorState, jax.Array]:
+    """The detector over ``(chunk, users, K)`` counts from ``state``: the state after them and each window's
+    ``(chunk, users, K, F)`` verdict features."""
+    def step(state, window_counts):
+        state, out = detector_step(state, window_counts, None, params, spec)
+        return state, kernels.verdict_features(state, out, recent_windows)
+
+    return jax.lax.scan(step, state, counts)
+
+
+def silence_rows(config: Config, counts: np.ndarray, horizon: int) -> SilenceRows:
+    """The decided silences of ``(windows, users, K)`` counts and their rows' evidence under ``config.analysis``'s
+    detector (its own verdict: the features are the detector's evidence, whatever verdict file it names)."""
+    c = config.log_verdict
+    found = silences(counts, c.min_events)
+    gone, decided = outcomes(found, user_last_windows(counts), horizon)
+    # Only silences that had room to be gone before the log's end: one starting later can only be back, and would
+    # teach the fit that the log's last windows (long histories) mean a return.
+    decided &= found.start + horizon <= counts.shape[0] - 1
+    found = Silences(*(a[decided] for a in found))
+    gone = gone[decided]
+    reach = np.minimum(found.length, horizon)
+    silence = np.repeat(np.arange(len(reach)), reach)
+    age = np.arange(len(silence)) - np.repeat(np.cumsum(reach) - reach, reach) + 1
+    row_window = found.start[silence] + age - 1
+
+    acfg = dataclasses.replace(config.analysis, detector=dataclasses.replace(config.analysis.detector,
+                                                                               verdict_file=""))
+    windows, users, interests = counts.shape
+    params, spec = window_params(acfg, windows), window_spec(acfg, interests)
+    recent = config.analysis.detector.verdict_recent_windows
+    per_window = users * interests * len(kernels.VERDICT_FEATURES) * 4
+    chunk = int(np.clip(_CHUNK_BYTES // max(per_window, 1), 1, windows))
+    features = np.zeros((len(silence), len(kernels.VERDICT_FEATURES)), np.float32)
+    order = np.argsort(row_window, kind="stable")
+    bounds = np.searchsorted(row_window[order], np.arange(0, windows + chunk, chunk))
+    state = kernels.detector_init(users, interests, spec.buffer_windows)
+    for i, begin in enumerate(range(0, windows, chunk)):
+        block = np.zeros((chunk, users, interests), np.float32)  # the last chunk padded: one compile
+        block[:min(chunk, windows - begin)] = counts[begin:begin + chunk]
+        state, evidence = _evidence_chunk(state, jnp.asarray(block), params, spec, recent)
+        rows = order[bounds[i]:bounds[i + 1]]
+        if len(rows):
+            at = (row_window[rows] - begin, found.user[silence[rows]], found.interest[silence[rows]])
+            features[rows] = np.asarray(evidence)[at]
+    return SilenceRows(found, gone, silence, age, features)
+
+
+def first_alarms(rows: SilenceRows, log_odds: np.ndarray, threshold: float, horizon: int | None) -> np.ndarray:
+    """``(n,)`` each silence's first alarm under the verdict as ``fgjax analyze`` applies it: the first age whose
+    log-odds exceed ``threshold``, else ``horizon`` where the silence lasted that long (-1: no alarm by then; a
+    ``horizon`` of None: no alarm but the log-odds', as for a fit on synthetic stories)."""
+    above = np.nonzero(log_odds > threshold)[0]
+    fallback = -1 if horizon is None else horizon
+    first = np.where(rows.found.length >= (horizon or 0), fallback, -1).astype(np.int64)
+    hit, at = np.unique(rows.silence[above], return_index=True)  # rows are grouped by silence, ages increasing
+    first[hit] = rows.age[above[at]]
+    return first
+
+
+def rule_alarms(found: Silences, windows: int) -> np.ndarray:
+    """``(n,)`` "forgotten after ``windows`` silent windows": the age of the alarm, -1 where the silence ended first."""
+    return np.where(found.length >= windows, windows, -1)
+
+
+def alarm_scores(first: np.ndarray, gone: np.ndarray) -> dict[str, Any]:
+    """Precision, recall and F1 of first alarms (-1 = none) against the outcomes, and the alarms' median age on the
+    gone silences (their delay from the silence's start; None without one)."""
+    flagged = first > 0
+    hits = int(np.count_nonzero(flagged & gone))
+    precision = hits / max(int(flagged.sum()), 1) if flagged.any() else None
+    recall = hits / int(gone.sum()) if gone.any() else None
+    f1 = (2 * precision * recall / (precision + recall)) if precision and recall else 0.0
+    return {"silences": int(len(gone)), "gone": int(gone.sum()), "flagged": int(flagged.sum()),
+            "precision": precision, "recall": recall, "f1": f1,
+            "median_delay": float(np.median(first[flagged & gone])) if hits else None}
+
+
+def precise_threshold(rows: SilenceRows, log_odds: np.ndarray, precision: float) -> float:
+    """The lowest log-odds threshold at which ``first_alarms`` on ``rows``' silences are gone at least ``precision``
+    of the time; above every row's log-odds (only the horizon alarms) when none is.
+
+    Every gone silence is flagged, by the verdict or at the horizon, and a silence that came back is flagged iff its
+    highest log-odds exceed the threshold: the precision is gone / (gone + those back silences), one sort.
+    """
+    peak = np.full(len(rows.gone), -np.inf)
+    np.maximum.at(peak, rows.silence, log_odds)
+    gone = int(rows.gone.sum())
+    back = np.sort(peak[~rows.gone])[::-1]  # highest first
+    back = back[np.isfinite(back)]
+    allowed = int(np.floor(gone * (1.0 - precision) / precision + 1e-9))  # back silences the precision affords
+    top = float(np.max(peak, initial=0.0))
+    if allowed == 0 or not len(back):
+        return float(np.nextafter(np.float32(top), np.float32(np.inf)))
+    if allowed >= len(back):  # every back silence may be flagged: just below the lowest
+        return float(back[-1] - 1.0)
+    # Flag the `allowed` highest back silences, none tied with the next: cut between distinct values.
+    k = allowed
+    while k > 0 and back[k - 1] == back[k]:
+        k -= 1
+    if k == 0:
+        return float(np.nextafter(np.float32(back[0]), np.float32(np.inf)))
+    return float((back[k - 1] + back[k]) / 2)
+
+
+def least_precise_rule(found: Silences, gone: np.ndarray, precision: float, horizon: int) -> int:
+    """The least N whose "N silent windows" alarms are gone at least ``precision`` of the time (``horizon`` at most:
+    there every alarm is on a gone silence)."""
+    for windows in range(1, horizon):
+        scored = alarm_scores(rule_alarms(found, windows), gone)
+        if scored["precision"] is not None and scored["precision"] >= precision:
+            return windows
+    return horizon
+
+
+def _subset(rows: SilenceRows, keep: np.ndarray) -> SilenceRows:
+    """The silences where ``keep`` (``(n,)`` bool) and their rows, renumbered."""
+    index = np.cumsum(keep) - 1
+    take = keep[rows.silence]
+    return SilenceRows(Silences(*(a[keep] for a in rows.found)), rows.gone[keep], index[rows.silence[take]],
+                       rows.age[take], rows.features[take])
+
+
+def _fit(config: Config, rows: SilenceRows) -> tuple[kernels.VerdictParams, float]:
+    e = config.evaluate
+    reach = np.bincount(rows.silence, minlength=len(rows.gone))
+    weights = (1.0 / reach[rows.silence]).astype(np.float32)  # each silence weighs 1
+    params = fit_verdict(rows.features, rows.gone[rows.silence].astype(np.float32), weights,
+                         e.verdict_newton_steps, e.verdict_ridge)
+    log_odds = np.asarray(kernels.verdict_logit(rows.features, params))
+    return params, precise_threshold(rows, log_odds, config.log_verdict.precision)
+
+
+def _shipped_fit(config: Config, log_windows: int) -> VerdictFit | None:
+    """The shipped verdict's fit that ``fgjax analyze`` reads for this window length and span by default
+    (``verdict_file: auto``), or None where it reads none."""
+    d = config.analysis.detector
+    path = verdict_path(AUTO, config.analysis.window_seconds / 86400.0, d.fade_share, d.verdict_recent_windows)
+    if not path or d.kind != "adaptive":
+        return None
+    return load_verdict(path, config.analysis.window_seconds / 86400.0, d.fade_share, d.verdict_recent_windows,
+                        log_windows)
+
+
+def _row_auc(rows: SilenceRows, log_odds: np.ndarray, age: int) -> float | None:
+    """ROC AUC of the log-odds for gone against back, over the silences that reached ``age`` (ties half)."""
+    at = rows.age == age
+    score, label = log_odds[at], rows.gone[rows.silence[at]]
+    if label.all() or not label.any():
+        return None
+    ranks = _average_ranks(score)
+    positives = int(label.sum())
+    return float((ranks[label].sum() - positives * (positives + 1) / 2) / (positives * (len(label) - positives)))
+
+
+def _average_ranks(values: np.ndarray) -> np.ndarray:
+    """1-based ranks of ``values``, ties sharing their mean rank."""
+    order = np.argsort(values, kind="stable")
+    sorted_values = values[order]
+    first = np.append(True, sorted_values[1:] != sorted_values[:-1])
+    group = np.cumsum(first) - 1
+    starts = np.nonzero(first)[0]
+    ends = np.append(starts[1:], len(values))
+    ranks = np.empty(len(values))
+    ranks[order] = ((starts + ends + 1) / 2)[group]
+    return ranks
+
+
+@dataclasses.dataclass(frozen=True)
+class LogVerdict:
+    """``fit_log_verdict``'s result: the fit on every decided silence, and its held-out report."""
+
+    fit: VerdictFit
+    report: dict[str, Any]
+
+
+def log_counts(config: Config, log: EventLog) -> np.ndarray:
+    """``(windows, users, K)`` event counts of ``log`` in ``analysis.window_seconds`` windows from the analysis'
+    origin (the log's first window; events without a category skipped), for ``log_verdict.max_users`` users at most
+    (drawn with ``log_verdict.seed``; the others' events are not read)."""
+    if log.categories is None or len(log.categories) == 0:
+        raise DataError("fgjax fit-verdict needs item categories (the interests): set data.items_path to an items "
+                        "table")
+    ws = config.analysis.window_seconds
+    origin = float(np.floor(log.timestamp.min() / ws) * ws)
+    windows = int(np.floor((log.timestamp.max() - origin) / ws)) + 1
+    c = config.log_verdict
+    row = np.arange(log.num_users)
+    if log.num_users > c.max_users:
+        drawn = np.sort(np.random.default_rng(c.seed).choice(log.num_users, c.max_users, replace=False))
+        row = np.full(log.num_users, -1)
+        row[drawn] = np.arange(c.max_users)
+    interest = log.item_category[log.item]
+    keep = (interest >= 0) & (row[log.user] >= 0)
+    window = np.floor((log.timestamp[keep] - origin) / ws).astype(np.int64)
+    counts = np.zeros((windows, min(log.num_users, c.max_users), len(log.categories)), np.float32)
+    np.add.at(counts, (window, row[log.user[keep]], interest[keep]), 1.0)
+    return counts
+
+
+def fit_log_verdict(config: Config, counts: np.ndarray) -> LogVerdict:
+    """Fit the verdict on the decided silences of ``(windows, users, K)`` counts (``log_counts``) and score it
+    held out (the module docstring).
+
+    Raises ``DataError`` (one line) when the horizon does not fit in the log or too few silences are decided.
+    """
+    c = config.log_verdict
+    window_days = config.analysis.window_seconds / 86400.0
+    horizon = int(round(c.horizon_days / window_days))
+    windows = counts.shape[0]
+    if horizon < 2:
+        raise DataError(f"log_verdict.horizon_days {c.horizon_days:g} is under two windows of {window_days:g} days: "
+                        "a silence must be able to end before it")
+    if horizon >= windows:
+        raise DataError(f"log_verdict.horizon_days {c.horizon_days:g} is {horizon} windows of {window_days:g} days, "
+                        f"and the log spans {windows}: no silence can be decided gone")
+    rows = silence_rows(config, counts, horizon)
+    gone = rows.gone
+    if gone.sum() < c.min_silences or (~gone).sum() < c.min_silences:
+        raise DataError(f"the log has {int(gone.sum()):,} silences gone for {horizon} windows and "
+                        f"{int((~gone).sum()):,} back sooner; fitting a verdict needs {c.min_silences} of each "
+                        "(log_verdict.min_silences): a longer log, a shorter log_verdict.horizon_days or a lower "
+                        "log_verdict.min_events")
+    report: dict[str, Any] = {"windows": windows, "window_days": window_days, "horizon_windows": horizon,
+                              "precision_target": c.precision, "users": int(counts.shape[1]),
+                              "interests": int(counts.shape[2]), "silences": int(len(gone)), "gone": int(gone.sum()),
+                              "held_out": None}
+    # Split the silences by their start (every one had room to be gone): fitted on the earlier, scored on the later.
+    cut = int(round((windows - horizon) * (1.0 - c.holdout)))
+    earlier, later = rows.found.start < cut, rows.found.start >= cut
+    enough = min(gone[earlier].sum(), (~gone[earlier]).sum()) >= c.min_silences and gone[later].any()
+    if c.holdout > 0 and enough:
+        train, test = _subset(rows, earlier), _subset(rows, later)
+        params, threshold = _fit(config, train)
+        log_odds = np.asarray(kernels.verdict_logit(test.features, params))
+        windows_n = least_precise_rule(train.found, train.gone, c.precision, horizon)
+        ages = sorted({1, max(horizon // 4, 1), max(horizon // 2, 1)})
+        report["held_out"] = {
+            "cut_window": cut, "fitted_on": int(len(train.gone)), "scored_on": int(len(test.gone)),
+            "scored_gone": int(test.gone.sum()), "threshold": threshold,
+            "verdict": alarm_scores(first_alarms(test, log_odds, threshold, horizon), test.gone),
+            "rule_windows": windows_n, "rule": alarm_scores(rule_alarms(test.found, windows_n), test.gone),
+            "auc_at_age": {str(a): _row_auc(test, log_odds, a) for a in ages},
+            "shipped": None,
+        }
+        shipped = _shipped_fit(config, windows)
+        if shipped is not None:  # what fgjax analyze decides without this fit (verdict_file: auto), to the horizon
+            shipped_odds = np.asarray(kernels.verdict_logit(test.features, shipped.params))
+            report["held_out"]["shipped"] = {
+                "threshold": shipped.threshold,
+                "scores": alarm_scores(first_alarms(test, shipped_odds, shipped.threshold, None), test.gone),
+                "auc_at_age": {str(a): _row_auc(test, shipped_odds, a) for a in ages},
+            }
+    params, threshold = _fit(config, rows)
+    report["threshold"] = threshold
+    fit = VerdictFit(window_days=window_days, fade_share=config.analysis.detector.fade_share,
+                     recent_windows=config.analysis.detector.verdict_recent_windows, params=params,
+                     threshold=threshold, stories=("the log's own silences",), log_windows=windows,
+                     horizon_windows=horizon, precision=c.precision)
+    return LogVerdict(fit, report)
+
+
+def format_report(result: LogVerdict) -> str:
+    """``fit_log_verdict``'s report as Markdown."""
+    r = result.report
+    fmt = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
+    lines = [f"Silences of interests in {r['window_days']:g}-day windows ({r['windows']} windows, {r['users']:,} users, "
+             f"{r['interests']} interests): {r['silences']:,} decided, {r['gone']:,} gone (silent "
+             f"{r['horizon_windows']} windows while the user was seen after). Threshold: first alarms gone "
+             f"{r['precision_target']:.0%} of the time.", ""]
+    held = r["held_out"]
+    if held is None:
+        lines.append("Not scored held out: too few silences decided before the log's last "
+                     "log_verdict.holdout share of windows, or none gone after it.")
+        return "\n".join(lines)
+    lines += [f"Held out: fitted on the {held['fitted_on']:,} silences that start before window {held['cut_window']}, "
+              f"scored on the {held['scored_on']:,} that start there or later ({held['scored_gone']:,} gone).", "",
+              "| method | flagged | precision | recall | F1 | median delay (windows) |",
+              "| --- | ---: | ---: | ---: | ---: | ---: |"]
+    for name, s in ((f"verdict fitted on the log (log-odds > {held['threshold']:.2f})", held["verdict"]),
+                    (f"forgotten after {held['rule_windows']} silent windows (the least N as precise)", held["rule"])):
+        lines.append(f"| {name} | {s['flagged']:,} | {fmt(s['precision'])} | {fmt(s['recall'])} | {fmt(s['f1'])} "
+                     f"| {fmt(s['median_delay'])} |")
+    shipped = held["shipped"]
+    if shipped is not None:
+        s = shipped["scores"]
+        lines.append(f"| the shipped verdict, fitted on synthetic stories (`verdict_file: auto`; log-odds > "
+                     f"{shipped['threshold']:.2f}) | {s['flagged']:,} | {fmt(s['precision'])} | {fmt(s['recall'])} "
+                     f"| {fmt(s['f1'])} | {fmt(s['median_delay'])} |")
+    aucs = ", ".join(f"age {a}: {fmt(v)}" for a, v in held["auc_at_age"].items())
+    lines += ["", f"ROC AUC of the verdict's log-odds, gone against back, held out ({aucs}; 0.5 = no information)."]
+    if shipped is not None:
+        aucs = ", ".join(f"age {a}: {fmt(v)}" for a, v in shipped["auc_at_age"].items())
+        lines.append(f"The shipped verdict's, on the same silences: {aucs}.")
+    return "\n".join(lines)
