@@ -199,14 +199,15 @@ def precise_threshold(rows: SilenceRows, log_odds: np.ndarray, precision: float)
     if allowed == 0 or not len(back):
         return float(np.nextafter(np.float32(top), np.float32(np.inf)))
     if allowed >= len(back):  # every back silence may be flagged: just below the lowest
-        return float(back[-1] - 1.0)
+        return float(np.float32(back[-1] - 1.0))
     # Flag the `allowed` highest back silences, none tied with the next: cut between distinct values.
     k = allowed
     while k > 0 and back[k - 1] == back[k]:
         k -= 1
     if k == 0:
         return float(np.nextafter(np.float32(back[0]), np.float32(np.inf)))
-    return float((back[k - 1] + back[k]) / 2)
+    # A float32 value, as the analysis compares it with float32 log-odds: the same silences flagged here and there.
+    return float(np.float32((float(back[k - 1]) + float(back[k])) / 2))
 
 
 def least_precise_rule(found: Silences, gone: np.ndarray, precision: float, horizon: int) -> int:
@@ -283,7 +284,8 @@ class LogVerdict:
 def log_counts(config: Config, log: EventLog) -> np.ndarray:
     """``(windows, users, K)`` event counts of ``log`` in ``analysis.window_seconds`` windows from the analysis'
     origin (the log's first window; events without a category skipped), for ``log_verdict.max_users`` users at most
-    (drawn with ``log_verdict.seed``; the others' events are not read)."""
+    (drawn with ``log_verdict.seed``; the others' events are not read, and the detector's population calibration
+    reads the users drawn). 4 bytes per (window, user, interest)."""
     if log.categories is None or len(log.categories) == 0:
         raise DataError("fgjax fit-verdict needs item categories (the interests): set data.items_path to an items "
                         "table")
