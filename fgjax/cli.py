@@ -62,6 +62,14 @@ def _add_common(p: argparse.ArgumentParser, *, out_help: str) -> None:
                         "earlier run's outputs (files fgjax did not write are left in place)")
 
 
+def _add_log_flags(p: argparse.ArgumentParser) -> None:
+    """The shorthands of the commands that read a log in windows (analyze, fit-verdict)."""
+    p.add_argument("--events", default=None, help="events (file, directory or glob); same as --set data.path=...")
+    p.add_argument("--items", default=None, help="items table with item_id and category; same as --set data.items_path=...")
+    p.add_argument("--window", type=_duration, default=None, metavar="LENGTH",
+                   help="window length, e.g. 1d, 7d, 12h, 3600s or seconds; same as --set analysis.window_seconds=...")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="fgjax",
@@ -80,17 +88,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(p, out_help="output directory (checkpoint/, metrics.jsonl, plots/)")
     p = sub.add_parser("analyze", help="windowed forgetting analysis of data.path -> forgetting.parquet, states.parquet")
     _add_common(p, out_help="output directory")
-    p.add_argument("--events", default=None, help="events (file, directory or glob); same as --set data.path=...")
-    p.add_argument("--items", default=None, help="items table with item_id and category; same as --set data.items_path=...")
-    p.add_argument("--window", type=_duration, default=None, metavar="LENGTH",
-                   help="window length, e.g. 1d, 7d, 12h, 3600s or seconds; same as --set analysis.window_seconds=...")
+    _add_log_flags(p)
     p = sub.add_parser("fit-verdict", help="fit the learned verdict on data.path's own silences (gone for "
                                            "log_verdict.horizon_days, or back sooner) -> verdict.json for analyze")
     _add_common(p, out_help="output directory (verdict.json, verdict_report.md, rejects.parquet)")
-    p.add_argument("--events", default=None, help="events (file, directory or glob); same as --set data.path=...")
-    p.add_argument("--items", default=None, help="items table with item_id and category; same as --set data.items_path=...")
-    p.add_argument("--window", type=_duration, default=None, metavar="LENGTH",
-                   help="window length, e.g. 1d or 7d; same as --set analysis.window_seconds=...")
+    _add_log_flags(p)
     p = sub.add_parser("recommend", help="top-K recommendations from a checkpoint, by raw user IDs")
     p.add_argument("--checkpoint", required=True, type=Path, help="checkpoint directory written by train/quickstart")
     p.add_argument("--users", default=None,

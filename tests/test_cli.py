@@ -34,7 +34,7 @@ def test_help_lists_every_subcommand(capsys):
         main(["--help"])
     assert info.value.code == 0
     out = capsys.readouterr().out
-    for command in ("quickstart", "generate", "train", "analyze", "recommend", "evaluate"):
+    for command in ("quickstart", "generate", "train", "analyze", "fit-verdict", "recommend", "evaluate"):
         assert command in out
 
 
