@@ -652,8 +652,9 @@ class LogVerdictConfig:
     # The log-odds threshold: the lowest at which the fitted silences' first alarms are gone this often.
     precision: float = setting(0.8, gt=0, lt=1)
     min_events: float = setting(3.0, ge=1)  # events of the interest before a silence for it to count
-    # The last share of the log's windows held out for the report: fitted on the silences decided before them,
-    # scored on those starting in them (0 = no held-out report). The fit written is on every decided silence.
+    # The report's held-out share: fitted on the silences that start before the last share of the windows where a
+    # silence can start and be decided, scored on the later ones (0 = no held-out report). The fit written is on
+    # every decided silence.
     holdout: float = setting(0.3, ge=0, lt=1)
     min_silences: int = setting(20, ge=1)  # gone and back silences each needed to fit
     # Users whose silences the fit reads, drawn with seed where the log has more (memory: windows x users x K).

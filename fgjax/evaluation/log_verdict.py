@@ -6,7 +6,8 @@ stories' do: on MovieLens a busy genre's silence is *less* often long than a min
 ranks its silences worse than chance (``python -m bench.silences``, bench/RESULTS.md). But a log can answer by
 itself what "forgotten" means operationally: of the silences of an interest, which lasted ``horizon`` windows
 while the user was still seen afterwards ("gone"), and which ended sooner ("back")? Silences neither back within
-the horizon nor followed by the user are undecided and left out.
+the horizon nor followed by the user are undecided and left out, and so are those that start within the horizon of
+the log's end (they could only be back).
 
 This module fits the verdict (the same ``kernels.verdict_features`` and logistic model, so ``fgjax analyze`` reads
 it like the shipped one) on those outcomes. Each silence lends a row per window of its life up to the horizon
@@ -14,10 +15,10 @@ it like the shipped one) on those outcomes. Each silence lends a row per window 
 the lowest at which the silences' first alarms (the first age whose log-odds exceed it) are gone at least
 ``log_verdict.precision`` of the time.
 
-It reports on itself beside the rule a user would write: fitted and thresholded on the silences decided before the
-log's last ``holdout`` share of windows, scored on those that start in it, against "forgotten after N silent
-windows" at the least N as precise on the same earlier silences. The fit it writes for use is fitted on every
-decided silence.
+It reports on itself beside the rule a user would write: fitted and thresholded on the silences that start before
+the last ``holdout`` share of the windows where a silence can start and still be decided, scored on those that start
+in it, against "forgotten after N silent windows" at the least N as precise on the same earlier silences, and the
+shipped fit. The fit it writes for use is fitted on every decided silence.
 """
 
 from __future__ import annotations
