@@ -36,21 +36,9 @@ import numpy as np
 
 from bench import _report
 from bench.quality import dataset_overrides
-from fgjax.evaluation.log_verdict import Silences, outcomes, silences, user_last_windows
+from fgjax.evaluation.log_verdict import Silences, outcomes, roc_auc, silences, user_last_windows
 
 DAY = 86400.0
-
-
-def roc_auc(score: np.ndarray, label: np.ndarray) -> float | None:
-    """P(score of a positive > score of a negative) + half the ties (Mann-Whitney U over both counts); None
-    without both."""
-    from scipy import stats
-
-    score, label = np.asarray(score, np.float64), np.asarray(label, bool)
-    if label.all() or not label.any():
-        return None
-    u = stats.mannwhitneyu(score[label], score[~label], alternative="two-sided").statistic
-    return float(u / (label.sum() * (~label).sum()))
 
 
 def features(counts: np.ndarray, found: Silences, age: int) -> dict[str, np.ndarray]:

@@ -63,6 +63,20 @@ def test_outcomes_need_the_user_seen_after_the_horizon_or_a_return_within_it():
     assert decided.tolist() == [True, False, True, True]
 
 
+@settings(max_examples=60, deadline=None)
+@given(seed=st.integers(0, 2**31 - 1), n=st.integers(2, 40))
+def test_roc_auc_is_the_share_of_ordered_pairs_with_ties_half(seed, n):
+    rng = np.random.default_rng(seed)
+    score = rng.integers(0, 5, n).astype(np.float64)  # many ties
+    label = rng.random(n) < 0.4
+    pos, neg = score[label], score[~label]
+    if not len(pos) or not len(neg):
+        assert LV.roc_auc(score, label) is None
+        return
+    pairs = [(p > q) + 0.5 * (p == q) for p in pos for q in neg]
+    assert LV.roc_auc(score, label) == pytest.approx(np.mean(pairs), abs=1e-12)
+
+
 def _counts(seed: int, windows: int = 40, users: int = 6, interests: int = 3) -> np.ndarray:
     rng = np.random.default_rng(seed)
     busy = rng.random((1, users, interests)) < 0.7
