@@ -149,7 +149,7 @@ def silence_rows(config: Config, counts: np.ndarray, horizon: int) -> SilenceRow
         rows = order[bounds[i]:bounds[i + 1]]
         if len(rows):
             at = (row_window[rows] - begin, found.user[silence[rows]], found.interest[silence[rows]])
-            features[rows] = np.asarray(evidence)[at]
+            features[rows] = np.asarray(evidence[at])  # gathered where it lies: only the rows cross to the host
     return SilenceRows(found, gone, silence, age, features)
 
 
@@ -158,8 +158,9 @@ def first_alarms(rows: SilenceRows, log_odds: np.ndarray, threshold: float, hori
     log-odds exceed ``threshold``, else ``horizon`` where the silence lasted that long (-1: no alarm by then; a
     ``horizon`` of None: no alarm but the log-odds', as for a fit on synthetic stories)."""
     above = np.nonzero(log_odds > threshold)[0]
-    fallback = -1 if horizon is None else horizon
-    first = np.where(rows.found.length >= (horizon or 0), fallback, -1).astype(np.int64)
+    first = np.full(len(rows.gone), -1, np.int64)
+    if horizon is not None:
+        first[rows.found.length >= horizon] = horizon
     hit, at = np.unique(rows.silence[above], return_index=True)  # rows are grouped by silence, ages increasing
     first[hit] = rows.age[above[at]]
     return first
