@@ -26,6 +26,7 @@ Writes ``OUT/silences.json`` (device, date, versions, every figure) and ``OUT/si
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 import tempfile
 import time
@@ -36,7 +37,7 @@ import numpy as np
 
 from bench import _report
 from bench.quality import dataset_overrides
-from fgjax.evaluation.log_verdict import Silences, outcomes, roc_auc, silences, user_last_windows
+from fgjax.evaluation.log_verdict import Silences, log_counts, outcomes, roc_auc, silences, user_last_windows
 
 DAY = 86400.0
 
@@ -62,26 +63,16 @@ def features(counts: np.ndarray, found: Silences, age: int) -> dict[str, np.ndar
     }
 
 
-def window_counts_of(log, window_seconds: float) -> np.ndarray:
-    from fgjax.evaluation.detection import window_counts
-
-    origin = float(np.floor(log.timestamp.min() / DAY) * DAY)
-    num_windows = int((log.timestamp.max() - origin) // window_seconds) + 1
-    return window_counts(log, origin, window_seconds, num_windows)
-
-
-def judged_series(config, counts: np.ndarray, window_seconds: float) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+def judged_series(config, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """``(windows, users, interests)`` states of the detector alone and of the product path, and the learned
-    verdict's log-odds (NaN where it judges nothing; None without a verdict), with the config's knobs in windows of
-    ``window_seconds``.
+    verdict's log-odds (NaN where it judges nothing; None without a verdict), with the config's knobs, over
+    ``log_counts`` (``analysis.window_seconds`` windows).
 
     The product path is what ``fgjax analyze`` decides: the detector, and over its evidence the learned verdict of
     ``analysis.detector.verdict_file`` (``auto`` by default: the shipped fit for the log's span), through the
     analysis' own functions (``detector_step``, ``verdict_log_odds``, ``learned_states``). Without a verdict both
     states are the detector's.
     """
-    import dataclasses
-
     import jax
     import jax.numpy as jnp
 
@@ -89,8 +80,7 @@ def judged_series(config, counts: np.ndarray, window_seconds: float) -> tuple[np
     from fgjax.analysis import detector_step, learned_states, window_params, window_spec
     from fgjax.analysis.window import verdict_log_odds
 
-    acfg = dataclasses.replace(config.analysis, window_seconds=window_seconds)
-    params, spec = window_params(acfg, counts.shape[0]), window_spec(acfg, counts.shape[2])
+    params, spec = window_params(config.analysis, counts.shape[0]), window_spec(config.analysis, counts.shape[2])
 
     def step(state, window_counts):
         state, out = detector_step(state, window_counts, None, params, spec)
@@ -111,12 +101,14 @@ def study(name: str, config, log, args) -> dict[str, Any]:
     window_seconds = args.window_days * DAY
     age = max(int(round(args.age_days / args.window_days)), 1)
     horizon = max(int(round(args.horizon_days / args.window_days)), age + 1)
-    counts = window_counts_of(log, window_seconds)
+    # fgjax analyze's windows (from the log's first window since 1970), so its states are the ones read here.
+    config = dataclasses.replace(config, analysis=dataclasses.replace(config.analysis, window_seconds=window_seconds))
+    counts = log_counts(config, log)
     found = silences(counts, args.min_events, age)
     gone, decided = outcomes(found, user_last_windows(counts), horizon)
     found = Silences(*(c[decided] for c in found))
     gone = gone[decided]
-    own, product, log_odds = judged_series(config, counts, window_seconds)
+    own, product, log_odds = judged_series(config, counts)
     at_age = (found.start + age - 1, found.user, found.interest)
     flagged = own[at_age] == kernels.FORGOTTEN
     product_flagged = product[at_age] == kernels.FORGOTTEN

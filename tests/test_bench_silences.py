@@ -40,3 +40,31 @@ def test_the_report_on_a_generated_log(tmp_path, capsys):
     written = json.loads((tmp_path / "silences.json").read_text())
     assert written["datasets"][0]["silences"] == row["silences"] and written["device"]
     assert "| synthetic classic |" in (tmp_path / "silences.md").read_text() and "| synthetic classic |" in capsys.readouterr().out
+
+
+def test_the_product_path_it_reads_is_what_fgjax_analyze_decides(tmp_path):
+    """``judged_series`` over ``log_counts`` gives the states ``analyze`` writes, window by window, with the shipped
+    verdict deciding (weekly windows, ``verdict_file: auto``) and with the detector alone."""
+    from fgjax.analysis import analyze, state_series
+    from fgjax.config import load_config
+    from fgjax.data.reader import read_events
+    from fgjax.data.synthetic import generate
+    from fgjax.evaluation.log_verdict import log_counts
+
+    base = ["synthetic.num_users=40", "synthetic.num_days=120", "synthetic.bad_row_fraction=0",
+            "analysis.window_seconds=604800"]
+    config = load_config(None, base)
+    paths = generate(config.synthetic, tmp_path)
+    log = read_events(config.data, path=str(paths.events_dir), items_path=paths.items_path)
+    counts = log_counts(config, log)
+    for verdict_file in ("auto", ""):
+        run = load_config(None, [*base, f"analysis.detector.verdict_file={verdict_file}"])
+        own, product, log_odds = S.judged_series(run, counts)
+        result = analyze(run, log, progress=False)
+        written = state_series(result.changes, result.num_windows, log.num_users, len(log.categories))
+        assert written.shape == product.shape and (log_odds is not None) == bool(verdict_file)
+        np.testing.assert_array_equal(product, written)
+        if verdict_file:
+            assert (own != product).any()  # the verdict overruled the detector somewhere
+        else:
+            np.testing.assert_array_equal(own, product)
