@@ -213,8 +213,10 @@ def learned_verdict_note(config: Config, log_windows: int | None = None) -> str:
     shown = f"the built-in fit ({d.verdict_file})" if d.verdict_file in (BUILTIN, AUTO) else path
     span = f" of logs of {fit.log_windows} windows" if fit.log_windows else ""
     if fit.horizon_windows is not None:  # fgjax fit-verdict's, on a log's own silences
+        gone = (f"{fit.horizon_windows} windows" if not fit.rate_surprise else
+                f"until a chance below {fit.rate_surprise:g} at the interest's own rate, 2-{fit.horizon_windows} windows")
         return (f"learned verdict: {shown}, fitted on a log's own silences of {fit.window_days:g}-day windows{span} "
-                f"(gone = silent {fit.horizon_windows} windows, the user seen after), log-odds threshold "
+                f"(gone = silent {gone}, the user seen after), log-odds threshold "
                 f"{fit.threshold:g} (first alarms gone {fit.precision:.0%} of the time there); silences of "
                 f"{fit.horizon_windows} windows are forgotten")
     return (f"learned verdict: {shown}, its fit for {fit.window_days:g}-day windows{span} and fades below "

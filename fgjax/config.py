@@ -649,6 +649,9 @@ class LogVerdictConfig:
     """
 
     horizon_days: float = setting(91.0, gt=0)  # a silence this long, the user seen after it, counts as gone
+    # A silence also counts as gone once it is this improbable for the interest at its own share of active windows
+    # (at least 2 windows; 0 = the horizon alone): a busy interest's short silence is gone, a slow one's needs longer.
+    rate_surprise: float = setting(0.0, ge=0, lt=1)
     # The log-odds threshold: the lowest at which the fitted silences' first alarms are gone this often.
     precision: float = setting(0.8, gt=0, lt=1)
     min_events: float = setting(3.0, ge=1)  # events of the interest before a silence for it to count

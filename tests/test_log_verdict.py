@@ -12,7 +12,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fgjax import kernels
-from fgjax.analysis import load_verdict, window_params, window_spec
+from fgjax.analysis_job import learned_verdict_note
+from fgjax.analysis import load_verdict, save_verdicts, window_params, window_spec
 from fgjax.cli import main
 from fgjax.config import load_config
 from fgjax.errors import DataError
@@ -58,9 +59,43 @@ def test_outcomes_need_the_user_seen_after_the_horizon_or_a_return_within_it():
     found = LV.Silences(user=np.array([0, 1, 2, 3]), interest=np.zeros(4, int), start=np.array([5, 5, 5, 5]),
                        length=np.array([20, 20, 4, 20]), returned=np.array([False, False, True, True]))
     user_last = np.array([30, 12, 30, 30])  # user 1 left before the horizon ended
-    gone, decided = LV.outcomes(found, user_last, horizon=10)
+    gone, decided = LV.outcomes(found, user_last, need=10)
     assert gone.tolist() == [True, False, False, True]  # a return after the horizon is still gone for it
     assert decided.tolist() == [True, False, True, True]
+
+
+@settings(max_examples=40, deadline=None)
+@given(seed=st.integers(0, 2**31 - 1), horizon=st.integers(2, 12), surprise=st.sampled_from([0.3, 0.05, 0.01]))
+def test_rate_needs_are_the_first_silence_below_the_surprise_at_the_interest_share(seed, horizon, surprise):
+    rng = np.random.default_rng(seed)
+    counts = (rng.poisson(0.8, (30, 4, 3)) * (rng.random((30, 4, 3)) < rng.random((1, 4, 3)))).astype(np.float32)
+    found = LV.silences(counts, 1.0)
+    need = LV.rate_needs(counts, found, horizon, surprise)
+    for i in range(len(found.start)):
+        active = counts[:, found.user[i], found.interest[i]] > 0
+        first, last = int(active.argmax()), int(found.start[i]) - 1
+        share = active[first:last + 1].mean()  # float64: the reference's own arithmetic
+        expected = 2
+        while expected < horizon and (1.0 - share) ** expected >= surprise:
+            expected += 1
+        assert need[i] == expected, (i, share)
+    assert (LV.rate_needs(counts, found, horizon, 0.0) == horizon).all()  # 0: the horizon alone
+
+
+def test_a_busy_interest_short_silence_is_gone_and_a_slow_one_back_under_the_rate_label():
+    counts = np.zeros((30, 2, 2), np.float32)
+    counts[:10, 0, 0] = 1  # busy: every window, then silent from window 10 (user 0 seen to the end)
+    counts[14:, 0, 1] = 1
+    counts[0:12:4, 1, 0] = 1  # slow: every 4th window (0, 4, 8), silent 3, back at 12
+    counts[12, 1, 0] = 1
+    counts[:, 1, 1] = 1
+    found = LV.silences(counts, 1.0)
+    need = LV.rate_needs(counts, found, horizon=10, surprise=0.01)
+    gone, decided = LV.outcomes(found, LV.user_last_windows(counts), need)
+    at = {(int(u), int(k), int(s)): (int(n), bool(g), bool(d))
+          for u, k, s, n, g, d in zip(found.user, found.interest, found.start, need, gone, decided)}
+    assert at[(0, 0, 10)] == (2, True, True)  # share 1: two silent windows are past chance
+    assert at[(1, 0, 9)] == (10, False, True)  # share 3/9: (2/3)^10 > 0.01, capped at the horizon; back at 12
 
 
 @settings(max_examples=60, deadline=None)
@@ -122,10 +157,11 @@ def _reference_first(rows, log_odds, threshold, horizon):
     return first
 
 
-def _random_rows(seed: int, n: int, horizon: int) -> LV.SilenceRows:
+def _random_rows(seed: int, n: int, horizon: int, relative: bool = False) -> LV.SilenceRows:
     rng = np.random.default_rng(seed)
     length = rng.integers(1, horizon + 4, n)
-    gone = length >= horizon
+    # Relative to each interest's rate, a silence may be gone before the horizon (its need: 2 .. horizon windows).
+    gone = length >= (rng.integers(2, horizon + 1, n) if relative else horizon)
     reach = np.minimum(length, horizon)
     silence = np.repeat(np.arange(n), reach)
     age = np.concatenate([np.arange(1, r + 1) for r in reach]) if n else np.zeros(0, int)
@@ -140,7 +176,7 @@ def test_the_threshold_is_the_lowest_whose_first_alarms_are_that_precise(seed, n
     rows = _random_rows(seed, n, horizon)
     rng = np.random.default_rng(seed + 1)
     log_odds = rng.integers(-3, 4, len(rows.age)).astype(np.float32)  # many ties
-    threshold = LV.precise_threshold(rows, log_odds, precision)
+    threshold = LV.precise_threshold(rows, log_odds, precision, horizon)
     first = LV.first_alarms(rows, log_odds, threshold, horizon)
     assert first.tolist() == _reference_first(rows, log_odds, threshold, horizon)
     assert LV.first_alarms(rows, log_odds, threshold, None).tolist() == _reference_first(rows, log_odds, threshold,
@@ -159,6 +195,29 @@ def test_the_threshold_is_the_lowest_whose_first_alarms_are_that_precise(seed, n
         if lower < threshold:
             more, count = share(lower)
             assert count == flagged or more < precision - 1e-9
+
+
+@settings(max_examples=60, deadline=None)
+@given(seed=st.integers(0, 2**31 - 1), n=st.integers(1, 25), horizon=st.integers(2, 6),
+       precision=st.sampled_from([0.3, 0.5, 0.8, 0.95]))
+def test_under_the_rate_label_the_threshold_is_the_lowest_that_precise(seed, n, horizon, precision):
+    rows = _random_rows(seed, n, horizon, relative=True)
+    log_odds = np.random.default_rng(seed + 1).integers(-3, 4, len(rows.age)).astype(np.float32)
+    threshold = LV.precise_threshold(rows, log_odds, precision, horizon)
+
+    def flagged_at(th):
+        return LV.first_alarms(rows, log_odds, th, horizon) > 0
+
+    def precise(flagged):
+        return flagged.any() and (flagged & rows.gone).sum() >= precision * flagged.sum() - 1e-9
+
+    chosen = flagged_at(threshold)
+    candidates = [th for th in np.unique(log_odds) - 0.5 if th < threshold] + [float(log_odds.min()) - 1.0]
+    lower_ok = [th for th in candidates if th < threshold and precise(flagged_at(th))
+                and not (flagged_at(th) == chosen).all()]
+    # Precise where any threshold is, and no lower threshold that flags other silences is.
+    assert precise(chosen) or not any(precise(flagged_at(th)) for th in candidates + [threshold])
+    assert not lower_ok
 
 
 def test_the_rule_and_the_scores_of_first_alarms():
@@ -218,6 +277,24 @@ def test_the_fit_learns_which_silences_last_and_reports_it_held_out():
     assert LV.alarm_scores(LV.first_alarms(rows, odds, fit.threshold, 10), rows.gone)["precision"] >= 0.8
     text = LV.format_report(result)
     assert "| verdict fitted on the log" in text and "forgotten after" in text
+
+
+def test_the_fit_on_the_rate_label_holds_its_precision_and_says_what_gone_meant(tmp_path):
+    counts = _busy_and_minor_log()
+    config = load_config(None, ["analysis.window_seconds=604800", "log_verdict.horizon_days=70",
+                                "log_verdict.min_events=2", "log_verdict.rate_surprise=0.05"])
+    result = LV.fit_log_verdict(config, counts)
+    assert result.report["rate_surprise"] == 0.05 and result.fit.rate_surprise == 0.05
+    rows = LV.silence_rows(config, counts, 10)
+    assert (rows.gone & (rows.found.length < 10)).any()  # gone before the horizon: the label is not the fixed one
+    odds = np.asarray(kernels.verdict_logit(rows.features, result.fit.params))
+    assert LV.alarm_scores(LV.first_alarms(rows, odds, result.fit.threshold, 10), rows.gone)["precision"] >= 0.8
+    assert "a chance below 0.05" in LV.format_report(result)
+    save_verdicts([result.fit], tmp_path / "v.json")
+    assert load_verdict(tmp_path / "v.json", 7.0, 0.25, 16, 120).rate_surprise == 0.05
+    reading = load_config(None, ["analysis.window_seconds=604800", f"analysis.detector.verdict_file={tmp_path}/v.json"])
+    assert "gone = silent until a chance below 0.05 at the interest's own rate, 2-10 windows" in \
+        learned_verdict_note(reading, 120)
 
 
 @pytest.mark.parametrize("overrides, message", [

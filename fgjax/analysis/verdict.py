@@ -12,7 +12,8 @@ The format (``VERDICT_FORMAT``)::
 
 ``mean`` / ``scale`` / ``weights`` are in ``features`` order; ``threshold`` is on the log-odds. A fit that
 ``fgjax fit-verdict`` made on a log's own silences also has ``horizon_windows`` (forgotten = silent that many
-windows while the user is seen after) and ``precision`` (how often its threshold's first alarms were). ``log_windows``
+windows while the user is seen after), ``precision`` (how often its threshold's first alarms were) and, where its
+label was relative to each interest's rate, ``rate_surprise``. ``log_windows``
 (optional) is the span, in windows, of the logs a fit was fitted on: a file may hold fits of one window length
 and share for logs of different spans (``fgjax evaluate --detection`` writes one for the matrix's logs and one
 per span of ``evaluate.verdict_short_days`` whose logs hold ``evaluate.verdict_min_windows`` windows of that
@@ -98,6 +99,9 @@ class VerdictFit:
     # (None: a fit on synthetic ground truth); its threshold's first alarms were gone ``precision`` of the time.
     horizon_windows: int | None = None
     precision: float | None = None
+    # Such a fit's label when it is relative to each interest's rate (log_verdict.rate_surprise): gone once the
+    # silence's chance at the interest's share of active windows is below this, 2 to ``horizon_windows`` windows.
+    rate_surprise: float | None = None
 
     def to_json(self) -> dict[str, Any]:
         vectors = {name: [float(v) for v in np.asarray(getattr(self.params, name))] for name in _VECTORS}
@@ -105,7 +109,8 @@ class VerdictFit:
                 **vectors, "bias": float(np.asarray(self.params.bias)), "threshold": self.threshold,
                 "stories": list(self.stories), "false_alarm": self.false_alarm, "log_windows": self.log_windows,
                 **({"horizon_windows": self.horizon_windows, "precision": self.precision}
-                   if self.horizon_windows is not None else {})}
+                   if self.horizon_windows is not None else {}),
+                **({"rate_surprise": self.rate_surprise} if self.rate_surprise is not None else {})}
 
 
 def save_verdicts(fits: list[VerdictFit], path: Path) -> Path:
@@ -185,6 +190,7 @@ def _fit_from_json(fit: dict[str, Any], where: str, i: int) -> VerdictFit:
         bias, threshold = float(fit["bias"]), float(fit["threshold"])
         horizon = None if fit.get("horizon_windows") is None else int(fit["horizon_windows"])
         precision = None if fit.get("precision") is None else float(fit["precision"])
+        surprise = None if fit.get("rate_surprise") is None else float(fit["rate_surprise"])
     except (KeyError, TypeError, ValueError) as err:
         raise ConfigError(f"{where}: fits[{i}] lacks a numeric {err}") from None
     for name, v in vectors.items():
@@ -198,4 +204,4 @@ def _fit_from_json(fit: dict[str, Any], where: str, i: int) -> VerdictFit:
                       recent_windows=fit["recent_windows"], params=params, threshold=threshold,
                       stories=tuple(fit.get("stories") or ()), false_alarm=fit.get("false_alarm"),
                       log_windows=None if fit.get("log_windows") is None else int(fit["log_windows"]),
-                      horizon_windows=horizon, precision=precision)
+                      horizon_windows=horizon, precision=precision, rate_surprise=surprise)

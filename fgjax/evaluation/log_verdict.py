@@ -77,12 +77,31 @@ def user_last_windows(counts: np.ndarray) -> np.ndarray:
     return np.where(active.any(axis=0), counts.shape[0] - 1 - active[::-1].argmax(axis=0), -1)
 
 
-def outcomes(found: Silences, user_last_window: np.ndarray, horizon: int) -> tuple[np.ndarray, np.ndarray]:
-    """``(gone, decided)``: gone = silent for ``horizon`` windows from its start and the user seen after that;
-    decided = gone, or back within the horizon."""
-    gone = (found.length >= horizon) & (user_last_window[found.user] >= found.start + horizon)
-    back = found.returned & (found.length < horizon)
+def outcomes(found: Silences, user_last_window: np.ndarray, need: int | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(gone, decided)``: gone = silent for ``need`` windows from its start (an int, or ``(n,)`` per silence) and
+    the user seen after that; decided = gone, or back within ``need``."""
+    gone = (found.length >= need) & (user_last_window[found.user] >= found.start + need)
+    back = found.returned & (found.length < need)
     return gone, gone | back
+
+
+def rate_needs(counts: np.ndarray, found: Silences, horizon: int, surprise: float) -> np.ndarray:
+    """``(n,)`` the silent windows each silence needs to count as gone: the fewest whose chance is below
+    ``surprise`` were the interest still active at its own share of windows (from its first active window to the
+    silence), ``(1 - share) ** need < surprise``; at least 2 and at most ``horizon`` windows. ``surprise`` 0: the
+    horizon for every silence."""
+    if surprise <= 0 or not len(found.start):
+        return np.full(len(found.start), horizon, np.int64)
+    windows, _, interests = counts.shape
+    pair, t = np.nonzero(counts.reshape(windows, -1).T > 0)  # active windows, by pair then time (as in silences)
+    opens = np.flatnonzero(np.append(True, pair[1:] != pair[:-1]))  # each pair's first active entry
+    head = np.repeat(opens, np.diff(np.append(opens, len(pair))))
+    # Each silence's active window before it, found by its (pair, window) key among the sorted active entries.
+    entry = np.searchsorted(pair * windows + t, (found.user * interests + found.interest) * windows + found.start - 1)
+    share = (entry - head[entry] + 1) / (found.start - t[head[entry]])  # active windows / windows since the first
+    with np.errstate(divide="ignore"):  # a share of 1: any silence is past chance
+        need = np.ceil(np.log(surprise) / np.log1p(-np.minimum(share, 1.0)))
+    return np.clip(np.nan_to_num(need, nan=2.0, posinf=horizon), 2, horizon).astype(np.int64)
 
 
 class SilenceRows(NamedTuple):
@@ -120,10 +139,11 @@ def silence_rows(config: Config, counts: np.ndarray, horizon: int) -> SilenceRow
     detector (its own verdict: the features are the detector's evidence, whatever verdict file it names)."""
     c = config.log_verdict
     found = silences(counts, c.min_events)
-    gone, decided = outcomes(found, user_last_windows(counts), horizon)
+    need = rate_needs(counts, found, horizon, c.rate_surprise)
+    gone, decided = outcomes(found, user_last_windows(counts), need)
     # Only silences that had room to be gone before the log's end: one starting later can only be back, and would
     # teach the fit that the log's last windows (long histories) mean a return.
-    decided &= found.start + horizon <= counts.shape[0] - 1
+    decided &= found.start + need <= counts.shape[0] - 1
     found = Silences(*(a[decided] for a in found))
     gone = gone[decided]
     reach = np.minimum(found.length, horizon)
@@ -184,32 +204,34 @@ def alarm_scores(first: np.ndarray, gone: np.ndarray) -> dict[str, Any]:
             "median_delay": float(np.median(first[flagged & gone])) if hits else None}
 
 
-def precise_threshold(rows: SilenceRows, log_odds: np.ndarray, precision: float) -> float:
-    """The lowest log-odds threshold at which ``first_alarms`` on ``rows``' silences are gone at least ``precision``
-    of the time; above every row's log-odds (only the horizon alarms) when none is.
+def precise_threshold(rows: SilenceRows, log_odds: np.ndarray, precision: float, horizon: int) -> float:
+    """The lowest log-odds threshold at which ``first_alarms`` on ``rows``' silences (to ``horizon``) are gone at
+    least ``precision`` of the time; above every silence the threshold decides (only the horizon alarms) when none is.
 
-    Every gone silence is flagged, by the verdict or at the horizon, and a silence that came back is flagged iff its
-    highest log-odds exceed the threshold: the precision is gone / (gone + those back silences), one sort.
+    A silence is flagged at the horizon when it lasted that long (gone, then), and otherwise iff its highest
+    log-odds exceed the threshold: the candidates are cuts between those silences' distinct highest log-odds, one
+    sort. (Under the fixed horizon every gone silence is flagged there, and only back silences are decided by it.)
     """
     peak = np.full(len(rows.gone), -np.inf)
     np.maximum.at(peak, rows.silence, log_odds)
-    gone = int(rows.gone.sum())
-    back = np.sort(peak[~rows.gone])[::-1]  # highest first
-    back = back[np.isfinite(back)]
-    allowed = int(np.floor(gone * (1.0 - precision) / precision + 1e-9))  # back silences the precision affords
+    at_horizon = rows.gone & (rows.found.length >= horizon)
+    free = ~at_horizon & np.isfinite(peak)
+    values = np.unique(peak[free])[::-1]  # distinct, highest first
     top = float(np.max(peak, initial=0.0))
-    if allowed == 0 or not len(back):
+    if not len(values):
         return float(np.nextafter(np.float32(top), np.float32(np.inf)))
-    if allowed >= len(back):  # every back silence may be flagged: just below the lowest
-        return float(np.float32(back[-1] - 1.0))
-    # Flag the `allowed` highest back silences, none tied with the next: cut between distinct values.
-    k = allowed
-    while k > 0 and back[k - 1] == back[k]:
-        k -= 1
-    if k == 0:
-        return float(np.nextafter(np.float32(back[0]), np.float32(np.inf)))
+    # (k,) silences flagged when the cut flags every free one whose peak is at least values[k]: gone and in all.
+    gone_peaks, back_peaks = np.sort(peak[free & rows.gone]), np.sort(peak[free & ~rows.gone])
+    gone = int(at_horizon.sum()) + len(gone_peaks) - np.searchsorted(gone_peaks, values)
+    flagged = gone + len(back_peaks) - np.searchsorted(back_peaks, values)
+    ok = np.flatnonzero(gone >= precision * flagged - 1e-9)
+    if not len(ok):
+        return float(np.nextafter(np.float32(values[0]), np.float32(np.inf)))
+    k = int(ok[-1])
+    if k == len(values) - 1:  # every free silence flagged: just below the lowest
+        return float(np.float32(values[-1] - 1.0))
     # A float32 value, as the analysis compares it with float32 log-odds: the same silences flagged here and there.
-    return float(np.float32((float(back[k - 1]) + float(back[k])) / 2))
+    return float(np.float32((float(values[k]) + float(values[k + 1])) / 2))
 
 
 def least_precise_rule(found: Silences, gone: np.ndarray, precision: float, horizon: int) -> int:
@@ -230,14 +252,14 @@ def _subset(rows: SilenceRows, keep: np.ndarray) -> SilenceRows:
                        rows.age[take], rows.features[take])
 
 
-def _fit(config: Config, rows: SilenceRows) -> tuple[kernels.VerdictParams, float]:
+def _fit(config: Config, rows: SilenceRows, horizon: int) -> tuple[kernels.VerdictParams, float]:
     e = config.evaluate
     reach = np.bincount(rows.silence, minlength=len(rows.gone))
     weights = (1.0 / reach[rows.silence]).astype(np.float32)  # each silence weighs 1
     params = fit_verdict(rows.features, rows.gone[rows.silence].astype(np.float32), weights,
                          e.verdict_newton_steps, e.verdict_ridge)
     log_odds = np.asarray(kernels.verdict_logit(rows.features, params))
-    return params, precise_threshold(rows, log_odds, config.log_verdict.precision)
+    return params, precise_threshold(rows, log_odds, config.log_verdict.precision, horizon)
 
 
 def _shipped_fit(config: Config, log_windows: int) -> VerdictFit | None:
@@ -321,21 +343,24 @@ def fit_log_verdict(config: Config, counts: np.ndarray) -> LogVerdict:
     rows = silence_rows(config, counts, horizon)
     gone = rows.gone
     if gone.sum() < c.min_silences or (~gone).sum() < c.min_silences:
-        raise DataError(f"the log has {int(gone.sum()):,} silences gone for {horizon} windows and "
+        means = _gone_means(horizon, c.rate_surprise)
+        raise DataError(f"the log has {int(gone.sum()):,} silences gone (silent {means}) and "
                         f"{int((~gone).sum()):,} back sooner; fitting a verdict needs {c.min_silences} of each "
                         "(log_verdict.min_silences): a longer log, a shorter log_verdict.horizon_days or a lower "
                         "log_verdict.min_events")
     report: dict[str, Any] = {"windows": windows, "window_days": window_days, "horizon_windows": horizon,
+                              "rate_surprise": c.rate_surprise,
                               "precision_target": c.precision, "users": int(counts.shape[1]),
                               "interests": int(counts.shape[2]), "silences": int(len(gone)), "gone": int(gone.sum()),
                               "held_out": None}
     # Split the silences by their start (every one had room to be gone): fitted on the earlier, scored on the later.
-    cut = int(round((windows - horizon) * (1.0 - c.holdout)))
+    shortest = 2 if c.rate_surprise > 0 else horizon  # the least silence that can be gone
+    cut = int(round((windows - shortest) * (1.0 - c.holdout)))
     earlier, later = rows.found.start < cut, rows.found.start >= cut
     enough = min(gone[earlier].sum(), (~gone[earlier]).sum()) >= c.min_silences and gone[later].any()
     if c.holdout > 0 and enough:
         train, test = _subset(rows, earlier), _subset(rows, later)
-        params, threshold = _fit(config, train)
+        params, threshold = _fit(config, train, horizon)
         log_odds = np.asarray(kernels.verdict_logit(test.features, params))
         windows_n = least_precise_rule(train.found, train.gone, c.precision, horizon)
         ages = sorted({1, max(horizon // 4, 1), max(horizon // 2, 1)})
@@ -355,13 +380,22 @@ def fit_log_verdict(config: Config, counts: np.ndarray) -> LogVerdict:
                 "scores": alarm_scores(first_alarms(test, shipped_odds, shipped.threshold, None), test.gone),
                 "auc_at_age": {str(a): _row_auc(test, shipped_odds, a) for a in ages},
             }
-    params, threshold = _fit(config, rows)
+    params, threshold = _fit(config, rows, horizon)
     report["threshold"] = threshold
     fit = VerdictFit(window_days=window_days, fade_share=config.analysis.detector.fade_share,
                      recent_windows=config.analysis.detector.verdict_recent_windows, params=params,
                      threshold=threshold, stories=("the log's own silences",), log_windows=windows,
-                     horizon_windows=horizon, precision=c.precision)
+                     horizon_windows=horizon, precision=c.precision,
+                     rate_surprise=c.rate_surprise if c.rate_surprise > 0 else None)
     return LogVerdict(fit, report)
+
+
+def _gone_means(horizon: int, surprise: float) -> str:
+    """What "gone" means under the fit's label, in words."""
+    if surprise <= 0:
+        return f"{horizon} windows"
+    return (f"until a chance below {surprise:g} at the interest's own share of active windows, at least 2 windows "
+            f"and at most {horizon}")
 
 
 def format_report(result: LogVerdict) -> str:
@@ -370,8 +404,8 @@ def format_report(result: LogVerdict) -> str:
     fmt = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
     lines = [f"Silences of interests in {r['window_days']:g}-day windows ({r['windows']} windows, {r['users']:,} users, "
              f"{r['interests']} interests): {r['silences']:,} decided, {r['gone']:,} gone (silent "
-             f"{r['horizon_windows']} windows while the user was seen after). Threshold: first alarms gone "
-             f"{r['precision_target']:.0%} of the time.", ""]
+             f"{_gone_means(r['horizon_windows'], r.get('rate_surprise', 0.0))} while the user was seen after). "
+             f"Threshold: first alarms gone {r['precision_target']:.0%} of the time.", ""]
     held = r["held_out"]
     if held is None:
         lines.append("Not scored held out: too few silences decided before the log's last "
