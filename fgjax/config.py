@@ -652,6 +652,9 @@ class LogVerdictConfig:
     # A silence also counts as gone once it is this improbable for the interest at its own share of active windows
     # (at least 2 windows; 0 = the horizon alone): a busy interest's short silence is gone, a slow one's needs longer.
     rate_surprise: float = setting(0.0, ge=0, lt=1)
+    # The threshold also flags at most this share of the pairs the log shows loyal (every silence back) over their
+    # whole life (0 = the precision alone).
+    loyal_budget: float = setting(0.0, ge=0, lt=1)
     # The log-odds threshold: the lowest at which the fitted silences' first alarms are gone this often.
     precision: float = setting(0.8, gt=0, lt=1)
     min_events: float = setting(3.0, ge=1)  # events of the interest before a silence for it to count

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 
 import numpy as np
 import pytest
@@ -66,7 +67,7 @@ def test_outcomes_need_the_user_seen_after_the_horizon_or_a_return_within_it():
 
 @settings(max_examples=40, deadline=None)
 @given(seed=st.integers(0, 2**31 - 1), horizon=st.integers(2, 12), surprise=st.sampled_from([0.3, 0.05, 0.01]))
-def test_rate_needs_are_the_first_silence_below_the_surprise_at_the_interest_share(seed, horizon, surprise):
+def test_rate_needs_are_the_first_silence_the_posterior_predicts_under_the_surprise(seed, horizon, surprise):
     rng = np.random.default_rng(seed)
     counts = (rng.poisson(0.8, (30, 4, 3)) * (rng.random((30, 4, 3)) < rng.random((1, 4, 3)))).astype(np.float32)
     found = LV.silences(counts, 1.0)
@@ -74,11 +75,16 @@ def test_rate_needs_are_the_first_silence_below_the_surprise_at_the_interest_sha
     for i in range(len(found.start)):
         active = counts[:, found.user[i], found.interest[i]] > 0
         first, last = int(active.argmax()), int(found.start[i]) - 1
-        share = active[first:last + 1].mean()  # float64: the reference's own arithmetic
-        expected = 2
-        while expected < horizon and (1.0 - share) ** expected >= surprise:
+        a = active[first:last + 1].sum() + 1.0  # a uniform prior's posterior Beta(a, b) of the active share
+        b = (last - first + 1) - a + 2.0
+
+        def chance(n):  # posterior predictive of n silent windows, B(a, b + n) / B(a, b), by log-gamma
+            return math.exp(math.lgamma(b + n) - math.lgamma(b) + math.lgamma(a + b) - math.lgamma(a + b + n))
+
+        expected = 2  # the fewest silent windows seen under `surprise` times in the log's 30 windows
+        while expected < horizon and 30 * a / (a + b) * chance(expected) >= surprise:
             expected += 1
-        assert need[i] == expected, (i, share)
+        assert need[i] == expected, (i, a, b)
     assert (LV.rate_needs(counts, found, horizon, 0.0) == horizon).all()  # 0: the horizon alone
 
 
@@ -94,8 +100,9 @@ def test_a_busy_interest_short_silence_is_gone_and_a_slow_one_back_under_the_rat
     gone, decided = LV.outcomes(found, LV.user_last_windows(counts), need)
     at = {(int(u), int(k), int(s)): (int(n), bool(g), bool(d))
           for u, k, s, n, g, d in zip(found.user, found.interest, found.start, need, gone, decided)}
-    assert at[(0, 0, 10)] == (2, True, True)  # share 1: two silent windows are past chance
-    assert at[(1, 0, 9)] == (10, False, True)  # share 3/9: (2/3)^10 > 0.01, capped at the horizon; back at 12
+    # Active 10 of 10 windows: P(n) = 11! n! / (11 + n)!, and 30 (11/12) P(5) = 0.0063 < 0.01 <= 30 (11/12) P(4).
+    assert at[(0, 0, 10)] == (5, True, True)
+    assert at[(1, 0, 9)] == (10, False, True)  # 3 of 9 windows: past 10 windows (the horizon) to be gone; back
 
 
 @settings(max_examples=60, deadline=None)
@@ -218,6 +225,35 @@ def test_under_the_rate_label_the_threshold_is_the_lowest_that_precise(seed, n, 
     # Precise where any threshold is, and no lower threshold that flags other silences is.
     assert precise(chosen) or not any(precise(flagged_at(th)) for th in candidates + [threshold])
     assert not lower_ok
+
+
+@settings(max_examples=60, deadline=None)
+@given(seed=st.integers(0, 2**31 - 1), n=st.integers(1, 40), budget=st.sampled_from([0.01, 0.1, 0.3, 0.6]))
+def test_the_loyal_threshold_flags_at_most_the_budget_of_the_pairs_the_log_shows_loyal(seed, n, budget):
+    rows = _random_rows(seed, n, 4, relative=True)
+    rng = np.random.default_rng(seed + 2)
+    users = rng.integers(0, 6, n)
+    rows = rows._replace(found=rows.found._replace(user=users, interest=rng.integers(0, 2, n)))
+    log_odds = rng.integers(-3, 4, len(rows.age)).astype(np.float32)
+    pairs = sorted({(int(u), int(k)) for u, k in zip(rows.found.user, rows.found.interest)})
+    loyal = [pk for pk in pairs if not any(rows.gone[i] for i in range(n)
+                                          if (rows.found.user[i], rows.found.interest[i]) == pk)]
+
+    def share(th):  # loyal pairs with a row above the threshold, by brute force
+        hit = {(int(rows.found.user[i]), int(rows.found.interest[i])) for i, z in zip(rows.silence, log_odds) if z > th}
+        return len(hit & set(loyal)) / len(loyal) if loyal else 0.0
+
+    threshold = LV.loyal_threshold(rows, log_odds, budget)
+    if not loyal:
+        assert threshold == -np.inf
+        return
+    assert share(threshold) <= budget + 1e-9
+    for lower in np.unique(log_odds) - 0.5:  # any lower threshold that flags more loyal pairs is over budget
+        if lower < threshold and share(lower) > share(threshold):
+            assert share(lower) > budget
+    # loyal_flagged reads first alarms: the same share as the log-odds' own when every alarm is the verdict's.
+    first = LV.first_alarms(rows, log_odds, threshold, None)
+    assert LV.loyal_flagged(rows, first) == pytest.approx(share(threshold))
 
 
 def test_the_rule_and_the_scores_of_first_alarms():

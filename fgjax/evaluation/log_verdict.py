@@ -86,10 +86,15 @@ def outcomes(found: Silences, user_last_window: np.ndarray, need: int | np.ndarr
 
 
 def rate_needs(counts: np.ndarray, found: Silences, horizon: int, surprise: float) -> np.ndarray:
-    """``(n,)`` the silent windows each silence needs to count as gone: the fewest whose chance is below
-    ``surprise`` were the interest still active at its own share of windows (from its first active window to the
-    silence), ``(1 - share) ** need < surprise``; at least 2 and at most ``horizon`` windows. ``surprise`` 0: the
-    horizon for every silence."""
+    """``(n,)`` the silent windows each silence needs to count as gone: the fewest that the interest, still as
+    active as its history says, would show less than ``surprise`` times anywhere in the log's ``W`` windows.
+
+    Its share of active windows is uncertain after a short history, so the chance of ``n`` silent windows is the
+    posterior predictive under a uniform prior: with ``a - 1`` active and ``b - 1`` silent windows from its first
+    active window to the silence, ``P(n) = B(a, b + n) / B(a, b)``, and the need is the least ``n`` with
+    ``W a / (a + b) P(n) < surprise`` (each of its ``W q`` active windows begins such a silence). A budget over the
+    interest's life, not per silence: a busy interest's many short gaps do not teach that it is gone, nor does a new
+    one's first. At least 2 and at most ``horizon`` windows; ``surprise`` 0: the horizon for every silence."""
     if surprise <= 0 or not len(found.start):
         return np.full(len(found.start), horizon, np.int64)
     windows, _, interests = counts.shape
@@ -98,10 +103,16 @@ def rate_needs(counts: np.ndarray, found: Silences, horizon: int, surprise: floa
     head = np.repeat(opens, np.diff(np.append(opens, len(pair))))
     # Each silence's active window before it, found by its (pair, window) key among the sorted active entries.
     entry = np.searchsorted(pair * windows + t, (found.user * interests + found.interest) * windows + found.start - 1)
-    share = (entry - head[entry] + 1) / (found.start - t[head[entry]])  # active windows / windows since the first
-    with np.errstate(divide="ignore"):  # a share of 1: any silence is past chance
-        need = np.ceil(np.log(surprise) / np.log1p(-np.minimum(share, 1.0)))
-    return np.clip(np.nan_to_num(need, nan=2.0, posinf=horizon), 2, horizon).astype(np.int64)
+    active = (entry - head[entry] + 1).astype(np.float64)
+    silent = found.start - t[head[entry]] - active
+    a, b = active + 1.0, silent + 1.0
+    budget = np.log(surprise) - np.log(windows * a / (a + b))
+    need = np.full(len(a), horizon, np.int64)
+    log_p = np.zeros(len(a))  # log P(n) for n = 0, 1, ...: each step multiplies by (b + n) / (a + b + n)
+    for n in range(1, horizon):
+        log_p += np.log((b + n - 1) / (a + b + n - 1))
+        need = np.where((need == horizon) & (n >= 2) & (log_p < budget), n, need)
+    return need
 
 
 class SilenceRows(NamedTuple):
@@ -234,6 +245,50 @@ def precise_threshold(rows: SilenceRows, log_odds: np.ndarray, precision: float,
     return float(np.float32((float(values[k]) + float(values[k + 1])) / 2))
 
 
+def _pairs(found: Silences) -> np.ndarray:
+    """``(n,)`` each silence's (user, interest) pair, numbered 0 .. pairs - 1."""
+    key = found.user.astype(np.int64) * (int(found.interest.max(initial=0)) + 1) + found.interest
+    return np.unique(key, return_inverse=True)[1].reshape(-1)
+
+
+def _loyal_pair_peaks(rows: SilenceRows, silence_score: np.ndarray) -> np.ndarray:
+    """The highest ``silence_score`` (``(n,)``) of each pair the log shows loyal (every decided silence back)."""
+    pair = _pairs(rows.found)
+    pairs = int(pair.max(initial=-1)) + 1
+    any_gone = np.zeros(pairs, bool)
+    np.logical_or.at(any_gone, pair, rows.gone)
+    best = np.full(pairs, -np.inf)
+    np.maximum.at(best, pair, silence_score)
+    return best[~any_gone]
+
+
+def loyal_threshold(rows: SilenceRows, log_odds: np.ndarray, budget: float) -> float:
+    """The lowest log-odds threshold at which at most ``budget`` of the pairs the log shows loyal (every decided
+    silence back) are ever flagged: a false-alarm budget over an interest's life, not per silence."""
+    peak = np.full(len(rows.gone), -np.inf)
+    np.maximum.at(peak, rows.silence, log_odds)
+    ranked = np.sort(_loyal_pair_peaks(rows, peak))[::-1]  # highest first
+    ranked = ranked[np.isfinite(ranked)]
+    allowed = int(np.floor(budget * len(ranked) + 1e-9))
+    if not len(ranked):
+        return -np.inf
+    if allowed >= len(ranked):
+        return float(np.float32(ranked[-1] - 1.0))
+    k = allowed  # flag the `allowed` highest pairs, none tied with the next
+    while k > 0 and ranked[k - 1] == ranked[k]:
+        k -= 1
+    if k == 0:
+        return float(np.nextafter(np.float32(ranked[0]), np.float32(np.inf)))
+    return float(np.float32((float(ranked[k - 1]) + float(ranked[k])) / 2))
+
+
+def loyal_flagged(rows: SilenceRows, first: np.ndarray) -> float | None:
+    """The share of the pairs the log shows loyal (every decided silence back) with a first alarm (``(n,)``, -1 for
+    none) on any of their silences; None without such a pair."""
+    flagged = _loyal_pair_peaks(rows, (first > 0).astype(np.float64))
+    return float(flagged.mean()) if len(flagged) else None
+
+
 def least_precise_rule(found: Silences, gone: np.ndarray, precision: float, horizon: int) -> int:
     """The least N whose "N silent windows" alarms are gone at least ``precision`` of the time (``horizon`` at most:
     there every alarm is on a gone silence)."""
@@ -259,7 +314,10 @@ def _fit(config: Config, rows: SilenceRows, horizon: int) -> tuple[kernels.Verdi
     params = fit_verdict(rows.features, rows.gone[rows.silence].astype(np.float32), weights,
                          e.verdict_newton_steps, e.verdict_ridge)
     log_odds = np.asarray(kernels.verdict_logit(rows.features, params))
-    return params, precise_threshold(rows, log_odds, config.log_verdict.precision, horizon)
+    threshold = precise_threshold(rows, log_odds, config.log_verdict.precision, horizon)
+    if config.log_verdict.loyal_budget > 0:
+        threshold = max(threshold, loyal_threshold(rows, log_odds, config.log_verdict.loyal_budget))
+    return params, threshold
 
 
 def _shipped_fit(config: Config, log_windows: int) -> VerdictFit | None:
@@ -368,7 +426,9 @@ def fit_log_verdict(config: Config, counts: np.ndarray) -> LogVerdict:
             "cut_window": cut, "fitted_on": int(len(train.gone)), "scored_on": int(len(test.gone)),
             "scored_gone": int(test.gone.sum()), "threshold": threshold,
             "verdict": alarm_scores(first_alarms(test, log_odds, threshold, horizon), test.gone),
+            "verdict_loyal_flagged": loyal_flagged(test, first_alarms(test, log_odds, threshold, horizon)),
             "rule_windows": windows_n, "rule": alarm_scores(rule_alarms(test.found, windows_n), test.gone),
+            "rule_loyal_flagged": loyal_flagged(test, rule_alarms(test.found, windows_n)),
             "auc_at_age": {str(a): _row_auc(test, log_odds, a) for a in ages},
             "shipped": None,
         }
@@ -378,6 +438,7 @@ def fit_log_verdict(config: Config, counts: np.ndarray) -> LogVerdict:
             report["held_out"]["shipped"] = {
                 "threshold": shipped.threshold,
                 "scores": alarm_scores(first_alarms(test, shipped_odds, shipped.threshold, None), test.gone),
+                "loyal_flagged": loyal_flagged(test, first_alarms(test, shipped_odds, shipped.threshold, None)),
                 "auc_at_age": {str(a): _row_auc(test, shipped_odds, a) for a in ages},
             }
     params, threshold = _fit(config, rows, horizon)
@@ -413,18 +474,21 @@ def format_report(result: LogVerdict) -> str:
         return "\n".join(lines)
     lines += [f"Held out: fitted on the {held['fitted_on']:,} silences that start before window {held['cut_window']}, "
               f"scored on the {held['scored_on']:,} that start there or later ({held['scored_gone']:,} gone).", "",
-              "| method | flagged | precision | recall | F1 | median delay (windows) |",
-              "| --- | ---: | ---: | ---: | ---: | ---: |"]
-    for name, s in ((f"verdict fitted on the log (log-odds > {held['threshold']:.2f})", held["verdict"]),
-                    (f"forgotten after {held['rule_windows']} silent windows (the least N as precise)", held["rule"])):
-        lines.append(f"| {name} | {s['flagged']:,} | {fmt(s['precision'])} | {fmt(s['recall'])} | {fmt(s['f1'])} "
-                     f"| {fmt(s['median_delay'])} |")
+              "| method | flagged | precision | recall | F1 | median delay (windows) | loyal pairs flagged |",
+              "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    methods = [(f"verdict fitted on the log (log-odds > {held['threshold']:.2f})", held["verdict"],
+                held.get("verdict_loyal_flagged")),
+               (f"forgotten after {held['rule_windows']} silent windows (the least N as precise)", held["rule"],
+                held.get("rule_loyal_flagged"))]
     shipped = held["shipped"]
     if shipped is not None:
-        s = shipped["scores"]
-        lines.append(f"| the shipped verdict, fitted on synthetic stories (`verdict_file: auto`; log-odds > "
-                     f"{shipped['threshold']:.2f}) | {s['flagged']:,} | {fmt(s['precision'])} | {fmt(s['recall'])} "
-                     f"| {fmt(s['f1'])} | {fmt(s['median_delay'])} |")
+        methods.append((f"the shipped verdict, fitted on synthetic stories (`verdict_file: auto`; log-odds > "
+                        f"{shipped['threshold']:.2f})", shipped["scores"], shipped.get("loyal_flagged")))
+    for name, s, loyal in methods:
+        lines.append(f"| {name} | {s['flagged']:,} | {fmt(s['precision'])} | {fmt(s['recall'])} | {fmt(s['f1'])} "
+                     f"| {fmt(s['median_delay'])} | {fmt(loyal)} |")
+    lines += ["", "Loyal pairs: the (user, interest) pairs whose held-out silences all came back; flagged: any of "
+              "them alarmed."]
     aucs = ", ".join(f"age {a}: {fmt(v)}" for a, v in held["auc_at_age"].items())
     lines += ["", f"ROC AUC of the verdict's log-odds, gone against back, held out ({aucs}; 0.5 = no information)."]
     if shipped is not None:
