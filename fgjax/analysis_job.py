@@ -214,7 +214,8 @@ def learned_verdict_note(config: Config, log_windows: int | None = None) -> str:
     span = f" of logs of {fit.log_windows} windows" if fit.log_windows else ""
     if fit.horizon_windows is not None:  # fgjax fit-verdict's, on a log's own silences
         gone = (f"{fit.horizon_windows} windows" if not fit.rate_surprise else
-                f"until a chance below {fit.rate_surprise:g} at the interest's own rate, 2-{fit.horizon_windows} windows")
+                f"until improbable at the interest's own rate (rate_surprise {fit.rate_surprise:g}), "
+                f"2-{fit.horizon_windows} windows")
         return (f"learned verdict: {shown}, fitted on a log's own silences of {fit.window_days:g}-day windows{span} "
                 f"(gone = silent {gone}, the user seen after), log-odds threshold "
                 f"{fit.threshold:g} (first alarms gone {fit.precision:.0%} of the time there); silences of "

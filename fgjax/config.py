@@ -649,8 +649,9 @@ class LogVerdictConfig:
     """
 
     horizon_days: float = setting(91.0, gt=0)  # a silence this long, the user seen after it, counts as gone
-    # A silence also counts as gone once it is this improbable for the interest at its own share of active windows
-    # (at least 2 windows; 0 = the horizon alone): a busy interest's short silence is gone, a slow one's needs longer.
+    # Gone relative to the interest's own rate: once the interest, as active as its history says, would show a
+    # silence that long under this many times in its life in the log (2 to the horizon's windows; 0 = the horizon
+    # alone): a busy interest's short silence is gone, a slow or new one's needs longer (docs/formulas.md 7e).
     rate_surprise: float = setting(0.0, ge=0, lt=1)
     # The threshold also flags at most this share of the pairs the log shows loyal (every silence back) over their
     # whole life (0 = the precision alone).

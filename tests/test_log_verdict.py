@@ -81,8 +81,9 @@ def test_rate_needs_are_the_first_silence_the_posterior_predicts_under_the_surpr
         def chance(n):  # posterior predictive of n silent windows, B(a, b + n) / B(a, b), by log-gamma
             return math.exp(math.lgamma(b + n) - math.lgamma(b) + math.lgamma(a + b) - math.lgamma(a + b + n))
 
-        expected = 2  # the fewest silent windows seen under `surprise` times in the log's 30 windows
-        while expected < horizon and 30 * a / (a + b) * chance(expected) >= surprise:
+        life = max(np.flatnonzero((counts[:, found.user[i]] > 0).any(axis=1)).max() - first + 1, 1)
+        expected = 2  # the fewest silent windows seen under `surprise` times in the interest's life in the log
+        while expected < horizon and life * a / (a + b) * chance(expected) >= surprise:
             expected += 1
         assert need[i] == expected, (i, a, b)
     assert (LV.rate_needs(counts, found, horizon, 0.0) == horizon).all()  # 0: the horizon alone
@@ -100,7 +101,8 @@ def test_a_busy_interest_short_silence_is_gone_and_a_slow_one_back_under_the_rat
     gone, decided = LV.outcomes(found, LV.user_last_windows(counts), need)
     at = {(int(u), int(k), int(s)): (int(n), bool(g), bool(d))
           for u, k, s, n, g, d in zip(found.user, found.interest, found.start, need, gone, decided)}
-    # Active 10 of 10 windows: P(n) = 11! n! / (11 + n)!, and 30 (11/12) P(5) = 0.0063 < 0.01 <= 30 (11/12) P(4).
+    # Active 10 of 10 windows, its user seen to window 29: P(n) = 11! n! / (11 + n)!, and its life of 30 windows
+    # gives 30 (11/12) P(5) = 0.0063 < 0.01 <= 30 (11/12) P(4).
     assert at[(0, 0, 10)] == (5, True, True)
     assert at[(1, 0, 9)] == (10, False, True)  # 3 of 9 windows: past 10 windows (the horizon) to be gone; back
 
@@ -325,11 +327,11 @@ def test_the_fit_on_the_rate_label_holds_its_precision_and_says_what_gone_meant(
     assert (rows.gone & (rows.found.length < 10)).any()  # gone before the horizon: the label is not the fixed one
     odds = np.asarray(kernels.verdict_logit(rows.features, result.fit.params))
     assert LV.alarm_scores(LV.first_alarms(rows, odds, result.fit.threshold, 10), rows.gone)["precision"] >= 0.8
-    assert "a chance below 0.05" in LV.format_report(result)
+    assert "such a silence under 0.05 times in its life, 2 to 10 windows" in LV.format_report(result)
     save_verdicts([result.fit], tmp_path / "v.json")
     assert load_verdict(tmp_path / "v.json", 7.0, 0.25, 16, 120).rate_surprise == 0.05
     reading = load_config(None, ["analysis.window_seconds=604800", f"analysis.detector.verdict_file={tmp_path}/v.json"])
-    assert "gone = silent until a chance below 0.05 at the interest's own rate, 2-10 windows" in \
+    assert "gone = silent until improbable at the interest's own rate (rate_surprise 0.05), 2-10 windows" in \
         learned_verdict_note(reading, 120)
 
 

@@ -85,14 +85,16 @@ def outcomes(found: Silences, user_last_window: np.ndarray, need: int | np.ndarr
     return gone, gone | back
 
 
-def rate_needs(counts: np.ndarray, found: Silences, horizon: int, surprise: float) -> np.ndarray:
+def rate_needs(counts: np.ndarray, found: Silences, horizon: int, surprise: float,
+               user_last_window: np.ndarray | None = None) -> np.ndarray:
     """``(n,)`` the silent windows each silence needs to count as gone: the fewest that the interest, still as
-    active as its history says, would show less than ``surprise`` times anywhere in the log's ``W`` windows.
+    active as its history says, would show less than ``surprise`` times in its life in the log, the ``L`` windows
+    from its first active window to its user's last (``user_last_window``, ``(users,)``; ``user_last_windows``).
 
     Its share of active windows is uncertain after a short history, so the chance of ``n`` silent windows is the
     posterior predictive under a uniform prior: with ``a - 1`` active and ``b - 1`` silent windows from its first
     active window to the silence, ``P(n) = B(a, b + n) / B(a, b)``, and the need is the least ``n`` with
-    ``W a / (a + b) P(n) < surprise`` (each of its ``W q`` active windows begins such a silence). A budget over the
+    ``L a / (a + b) P(n) < surprise`` (each of its ``L q`` active windows begins such a silence). A budget over the
     interest's life, not per silence: a busy interest's many short gaps do not teach that it is gone, nor does a new
     one's first. At least 2 and at most ``horizon`` windows; ``surprise`` 0: the horizon for every silence."""
     if surprise <= 0 or not len(found.start):
@@ -106,7 +108,10 @@ def rate_needs(counts: np.ndarray, found: Silences, horizon: int, surprise: floa
     active = (entry - head[entry] + 1).astype(np.float64)
     silent = found.start - t[head[entry]] - active
     a, b = active + 1.0, silent + 1.0
-    budget = np.log(surprise) - np.log(windows * a / (a + b))
+    if user_last_window is None:
+        user_last_window = user_last_windows(counts)
+    life = np.maximum(user_last_window[found.user] - t[head[entry]] + 1, 1)
+    budget = np.log(surprise) - np.log(life * a / (a + b))
     need = np.full(len(a), horizon, np.int64)
     log_p = np.zeros(len(a))  # log P(n) for n = 0, 1, ...: each step multiplies by (b + n) / (a + b + n)
     for n in range(1, horizon):
@@ -150,8 +155,9 @@ def silence_rows(config: Config, counts: np.ndarray, horizon: int) -> SilenceRow
     detector (its own verdict: the features are the detector's evidence, whatever verdict file it names)."""
     c = config.log_verdict
     found = silences(counts, c.min_events)
-    need = rate_needs(counts, found, horizon, c.rate_surprise)
-    gone, decided = outcomes(found, user_last_windows(counts), need)
+    last = user_last_windows(counts)
+    need = rate_needs(counts, found, horizon, c.rate_surprise, last)
+    gone, decided = outcomes(found, last, need)
     # Only silences that had room to be gone before the log's end: one starting later can only be back, and would
     # teach the fit that the log's last windows (long histories) mean a return.
     decided &= found.start + need <= counts.shape[0] - 1
@@ -455,8 +461,8 @@ def _gone_means(horizon: int, surprise: float) -> str:
     """What "gone" means under the fit's label, in words."""
     if surprise <= 0:
         return f"{horizon} windows"
-    return (f"until a chance below {surprise:g} at the interest's own share of active windows, at least 2 windows "
-            f"and at most {horizon}")
+    return (f"until the interest, as active as its history says, would show such a silence under {surprise:g} times "
+            f"in its life, 2 to {horizon} windows")
 
 
 def format_report(result: LogVerdict) -> str:
