@@ -652,10 +652,10 @@ class LogVerdictConfig:
     # Gone relative to the interest's own rate: once the interest, as active as its history says, would show a
     # silence that long under this many times in its life in the log (2 to the horizon's windows; 0 = the horizon
     # alone): a busy interest's short silence is gone, a slow or new one's needs longer (docs/formulas.md 7e).
-    rate_surprise: float = setting(0.0, ge=0, lt=1)
+    rate_surprise: float = setting(0.01, ge=0, lt=1)
     # The threshold also flags at most this share of the pairs the log shows loyal (every silence back) over their
     # whole life (0 = the precision alone).
-    loyal_budget: float = setting(0.0, ge=0, lt=1)
+    loyal_budget: float = setting(0.01, ge=0, lt=1)
     # The log-odds threshold: the lowest at which the fitted silences' first alarms are gone this often.
     precision: float = setting(0.8, gt=0, lt=1)
     min_events: float = setting(3.0, ge=1)  # events of the interest before a silence for it to count

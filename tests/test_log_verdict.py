@@ -133,7 +133,7 @@ def test_rows_are_each_decided_silence_at_every_age_with_the_analysis_evidence(m
     monkeypatch.setattr(LV, "_CHUNK_BYTES", chunk_bytes)
     counts = _counts(3)
     horizon = 5
-    config = load_config(None, ["analysis.window_seconds=604800", "log_verdict.min_events=2"])
+    config = load_config(None, ["analysis.window_seconds=604800", "log_verdict.min_events=2", "log_verdict.rate_surprise=0", "log_verdict.loyal_budget=0"])
     rows = LV.silence_rows(config, counts, horizon)
     windows = counts.shape[0]
     # Every decided silence with room to be gone before the end, each at ages 1 .. min(length, horizon).
@@ -298,7 +298,7 @@ def _minor_interest(rng, windows, users):
 def test_the_fit_learns_which_silences_last_and_reports_it_held_out():
     counts = _busy_and_minor_log()
     config = load_config(None, ["analysis.window_seconds=604800", "log_verdict.horizon_days=70",
-                                "log_verdict.min_events=2"])
+                                "log_verdict.min_events=2", "log_verdict.rate_surprise=0", "log_verdict.loyal_budget=0"])  # the fixed horizon's label
     result = LV.fit_log_verdict(config, counts)
     fit, report = result.fit, result.report
     assert (fit.window_days, fit.horizon_windows, fit.precision, fit.log_windows) == (7.0, 10, 0.8, 120)
@@ -326,8 +326,14 @@ def test_the_fit_on_the_rate_label_holds_its_precision_and_says_what_gone_meant(
     rows = LV.silence_rows(config, counts, 10)
     assert (rows.gone & (rows.found.length < 10)).any()  # gone before the horizon: the label is not the fixed one
     odds = np.asarray(kernels.verdict_logit(rows.features, result.fit.params))
-    assert LV.alarm_scores(LV.first_alarms(rows, odds, result.fit.threshold, 10), rows.gone)["precision"] >= 0.8
+    first = LV.first_alarms(rows, odds, result.fit.threshold, 10)
+    # Both of the threshold's budgets hold on the silences it was fitted on: the precision and (by default) at most
+    # 1 % of the pairs the log shows loyal ever flagged.
+    assert LV.alarm_scores(first, rows.gone)["precision"] >= 0.8
+    assert LV.loyal_flagged(rows, first) <= 0.01
+    assert result.fit.threshold >= LV.loyal_threshold(rows, odds, 0.01)
     assert "such a silence under 0.05 times in its life, 2 to 10 windows" in LV.format_report(result)
+    assert "| loyal pairs flagged |" in LV.format_report(result)
     save_verdicts([result.fit], tmp_path / "v.json")
     assert load_verdict(tmp_path / "v.json", 7.0, 0.25, 16, 120).rate_surprise == 0.05
     reading = load_config(None, ["analysis.window_seconds=604800", f"analysis.detector.verdict_file={tmp_path}/v.json"])
@@ -370,7 +376,8 @@ def test_cli_fit_verdict_then_analyze_reads_it(tmp_path, capsys):
     code, out, err = run(["analyze", "--out", tmp_path / "a", *data,
                           "--set", f"analysis.detector.verdict_file={tmp_path / 'v' / 'verdict.json'}"])
     assert code == 0, err
-    assert f"learned verdict: {tmp_path / 'v' / 'verdict.json'}" in out and "gone = silent 6 windows" in out
+    assert f"learned verdict: {tmp_path / 'v' / 'verdict.json'}" in out
+    assert "gone = silent until improbable at the interest's own rate (rate_surprise 0.01), 2-6 windows" in out
     # Bad input is one line and exit 2: a horizon longer than the log.
     code, out, err = run(["fit-verdict", "--out", tmp_path / "v2", *data, "--set", "log_verdict.horizon_days=700"])
     assert code == 2 and err.strip().count("\n") == 0 and "log_verdict.horizon_days 700" in err
