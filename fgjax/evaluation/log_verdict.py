@@ -4,16 +4,18 @@ The shipped verdict (``fgjax/analysis/verdict_builtin.json``) was fitted on synt
 says which interests were forgotten. A real log has no such truth, and its silences need not mean what the
 stories' do: on MovieLens a busy genre's silence is *less* often long than a minor genre's, and the shipped fit
 ranks its silences worse than chance (``python -m bench.silences``, bench/RESULTS.md). But a log can answer by
-itself what "forgotten" means operationally: of the silences of an interest, which lasted ``horizon`` windows
-while the user was still seen afterwards ("gone"), and which ended sooner ("back")? Silences neither back within
-the horizon nor followed by the user are undecided and left out, and so are those that start within the horizon of
-the log's end (they could only be back).
+itself what "forgotten" means operationally: of the silences of an interest, which lasted long enough while the
+user was still seen afterwards ("gone"), and which ended sooner ("back")? Long enough is ``horizon`` windows, or, by
+default (``log_verdict.rate_surprise``; ``rate_needs``), as long as the interest at its own rate would show fewer
+than that many times in its life, at most the horizon. Silences neither back in time nor followed by the user are
+undecided and left out, and so are those that start too near the log's end to be gone (they could only be back).
 
 This module fits the verdict (the same ``kernels.verdict_features`` and logistic model, so ``fgjax analyze`` reads
 it like the shipped one) on those outcomes. Each silence lends a row per window of its life up to the horizon
 (ages 1 .. min(length, horizon)), labelled with its outcome; each silence weighs 1 in all. The log-odds threshold is
 the lowest at which the silences' first alarms (the first age whose log-odds exceed it) are gone at least
-``log_verdict.precision`` of the time.
+``log_verdict.precision`` of the time and at most ``log_verdict.loyal_budget`` of the pairs the log shows loyal
+(every silence back) are ever flagged.
 
 It reports on itself beside the rule a user would write: fitted and thresholded on the silences that start before
 the last ``holdout`` share of the windows where a silence can start and still be decided, scored on those that start
@@ -413,7 +415,7 @@ def fit_log_verdict(config: Config, counts: np.ndarray) -> LogVerdict:
                         "(log_verdict.min_silences): a longer log, a shorter log_verdict.horizon_days or a lower "
                         "log_verdict.min_events")
     report: dict[str, Any] = {"windows": windows, "window_days": window_days, "horizon_windows": horizon,
-                              "rate_surprise": c.rate_surprise,
+                              "rate_surprise": c.rate_surprise, "loyal_budget": c.loyal_budget,
                               "precision_target": c.precision, "users": int(counts.shape[1]),
                               "interests": int(counts.shape[2]), "silences": int(len(gone)), "gone": int(gone.sum()),
                               "held_out": None}
@@ -472,7 +474,9 @@ def format_report(result: LogVerdict) -> str:
     lines = [f"Silences of interests in {r['window_days']:g}-day windows ({r['windows']} windows, {r['users']:,} users, "
              f"{r['interests']} interests): {r['silences']:,} decided, {r['gone']:,} gone (silent "
              f"{_gone_means(r['horizon_windows'], r.get('rate_surprise', 0.0))} while the user was seen after). "
-             f"Threshold: first alarms gone {r['precision_target']:.0%} of the time.", ""]
+             f"Threshold: first alarms gone {r['precision_target']:.0%} of the time"
+             + (f", and at most {r['loyal_budget']:.0%} of the pairs the log shows loyal ever flagged."
+                if r.get("loyal_budget") else "."), ""]
     held = r["held_out"]
     if held is None:
         lines.append("Not scored held out: too few silences decided before the log's last "
