@@ -100,7 +100,8 @@ class VerdictFit:
     horizon_windows: int | None = None
     precision: float | None = None
     # Such a fit's label when it is relative to each interest's rate (log_verdict.rate_surprise): gone once the
-    # silence's chance at the interest's share of active windows is below this, 2 to ``horizon_windows`` windows.
+    # interest at its own rate would show a silence that long under this many times in its life, 2 to
+    # ``horizon_windows`` windows (fgjax.evaluation.log_verdict.rate_needs).
     rate_surprise: float | None = None
 
     def to_json(self) -> dict[str, Any]:
