@@ -13,8 +13,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fgjax import kernels
-from fgjax.analysis_job import learned_verdict_note
 from fgjax.analysis import load_verdict, save_verdicts, window_params, window_spec
+from fgjax.analysis_job import learned_verdict_note
 from fgjax.cli import main
 from fgjax.config import load_config
 from fgjax.errors import DataError
