@@ -223,6 +223,13 @@ def alarm_scores(first: np.ndarray, gone: np.ndarray) -> dict[str, Any]:
             "median_delay": float(np.median(first[flagged & gone])) if hits else None}
 
 
+def _silence_peaks(rows: SilenceRows, log_odds: np.ndarray) -> np.ndarray:
+    """``(n,)`` each silence's highest log-odds over its rows: it is flagged iff a threshold is below it."""
+    peak = np.full(len(rows.gone), -np.inf)
+    np.maximum.at(peak, rows.silence, log_odds)
+    return peak
+
+
 def precise_threshold(rows: SilenceRows, log_odds: np.ndarray, precision: float, horizon: int) -> float:
     """The lowest log-odds threshold at which ``first_alarms`` on ``rows``' silences (to ``horizon``) are gone at
     least ``precision`` of the time; above every silence the threshold decides (only the horizon alarms) when none is.
@@ -231,8 +238,7 @@ def precise_threshold(rows: SilenceRows, log_odds: np.ndarray, precision: float,
     log-odds exceed the threshold: the candidates are cuts between those silences' distinct highest log-odds, one
     sort. (Under the fixed horizon every gone silence is flagged there, and only back silences are decided by it.)
     """
-    peak = np.full(len(rows.gone), -np.inf)
-    np.maximum.at(peak, rows.silence, log_odds)
+    peak = _silence_peaks(rows, log_odds)
     at_horizon = rows.gone & (rows.found.length >= horizon)
     free = ~at_horizon & np.isfinite(peak)
     values = np.unique(peak[free])[::-1]  # distinct, highest first
@@ -273,9 +279,7 @@ def _loyal_pair_peaks(rows: SilenceRows, silence_score: np.ndarray) -> np.ndarra
 def loyal_threshold(rows: SilenceRows, log_odds: np.ndarray, budget: float) -> float:
     """The lowest log-odds threshold at which at most ``budget`` of the pairs the log shows loyal (every decided
     silence back) are ever flagged: a false-alarm budget over an interest's life, not per silence."""
-    peak = np.full(len(rows.gone), -np.inf)
-    np.maximum.at(peak, rows.silence, log_odds)
-    ranked = np.sort(_loyal_pair_peaks(rows, peak))[::-1]  # highest first
+    ranked = np.sort(_loyal_pair_peaks(rows, _silence_peaks(rows, log_odds)))[::-1]  # highest first
     ranked = ranked[np.isfinite(ranked)]
     allowed = int(np.floor(budget * len(ranked) + 1e-9))
     if not len(ranked):
