@@ -114,8 +114,12 @@ def linear_fit(config: Any) -> Callable[[Any], Callable[[Any], np.ndarray]]:
 
 
 def trees_fit(config: Any) -> Callable[[Any], Callable[[Any], np.ndarray]]:
-    """Gradient-boosted trees (scikit-learn's ``HistGradientBoostingClassifier``) on the same training rows and
-    weights as the linear fit, the threshold the best F1 of ``TREE_THRESHOLDS`` on the training half."""
+    """Gradient-boosted trees (scikit-learn's ``HistGradientBoostingClassifier``) on the training half's rows as the
+    linear fit weighs them (``verdict.training_set``, drawn down to 400,000 rows, not the linear fit's
+    ``evaluate.verdict_rows_per_story``: the trees have more to learn), the threshold the best F1 of
+    ``TREE_THRESHOLDS`` on the training half's own predictions (no loyal cap: ``evaluate.verdict_loyal_cap`` is the
+    linear fit's). The trees fit those rows more closely than the rows they score, so the threshold may sit off
+    its held-out best; the scores stay held out."""
     try:
         from sklearn.ensemble import HistGradientBoostingClassifier
     except ModuleNotFoundError:
@@ -136,12 +140,21 @@ def trees_fit(config: Any) -> Callable[[Any], Callable[[Any], np.ndarray]]:
             return np.log(p / (1 - p)).reshape(rows.features.shape[:2])
 
         train_odds = log_odds(train)
-        f1 = [cell_metrics(verdict._flags(train, train_odds, th), train.truth, e.detection_early_windows)["f1"] or 0.0
-              for th in TREE_THRESHOLDS]
+        f1 = [cell_metrics(verdict.log_odds_flags(train, train_odds, th), train.truth,
+                           e.detection_early_windows)["f1"] or 0.0 for th in TREE_THRESHOLDS]
         threshold = TREE_THRESHOLDS[int(np.argmax(f1))]
-        return lambda rows: verdict._flags(rows, log_odds(rows), threshold)
+        return lambda rows: verdict.log_odds_flags(rows, log_odds(rows), threshold)
 
     return fit
+
+
+def _sklearn_version() -> str | None:
+    import importlib.metadata
+
+    try:
+        return importlib.metadata.version("scikit-learn")
+    except importlib.metadata.PackageNotFoundError:
+        return None
 
 
 def score_cell(config: Any, days: Any, window_days: int, share: float, trees: bool) -> dict[str, Any]:
@@ -219,7 +232,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             print(f"{window_days}d {share:.0%}: {summary}; {time.perf_counter() - t0:.0f}s", flush=True)
     setup = {"story": args.story, "data": str(args.data) if args.data else "written", "users": args.users,
              "days": args.days, "seed": args.seed, "windows": args.windows, "shares": args.shares,
-             "trees": args.trees, "overrides": args.overrides}
+             "trees": args.trees, "scikit_learn": _sklearn_version() if args.trees else None,
+             "overrides": args.overrides}
     payload = _report.study_payload("blind_ceiling", t0, argv, setup=setup, cells=cells)
     text = markdown(payload)
     _report.write_study(out, "blind_ceiling", payload, text, suite_json)

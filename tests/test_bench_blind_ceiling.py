@@ -113,3 +113,26 @@ def test_the_study_scores_the_shipped_and_the_truth_fitted_verdict(tmp_path):
     written = json.loads((tmp_path / "out" / "blind_ceiling.json").read_text())
     assert written["cells"][0]["linear_on_truth"] == cell["linear_on_truth"]
     assert "linear, on truth" in (tmp_path / "out" / "blind_ceiling.md").read_text()
+
+
+@pytest.mark.slow
+def test_the_trees_learn_a_separable_verdict_and_flag_only_the_held_out_forgotten():
+    """Slot 0 of every user stops at window 6 and its one feature turns on there; slot 1 is loyal with the feature
+    off. Fitted on one half of the users, the trees' threshold (chosen on that half's F1) flags the other half's
+    stopped slots from window 6 on and nothing else."""
+    pytest.importorskip("sklearn")
+    from fgjax.config import load_config
+    from fgjax.data import synthetic
+
+    users, windows = 40, 12
+    rows = _rows(users=users, slots=2, windows=windows)
+    stopped = rows.truth.interest == 0
+    kind = np.where(stopped, synthetic.KINDS.index("stopped"), synthetic.KINDS.index("stable"))
+    truth = dataclasses.replace(rows.truth, kind=kind, onset=np.where(stopped, 6, -1),
+                                forgotten=np.where(stopped, 6, -1))
+    on = (np.arange(windows)[:, None] >= 6) & stopped[None, :]
+    rows = dataclasses.replace(rows, truth=truth, features=on[..., None].astype(np.float32))
+    flags = blind_ceiling.two_fold(rows, blind_ceiling.trees_fit(load_config(None, [])))
+    want = np.zeros(rows.shape, bool)
+    want[6:, :, 0] = True
+    np.testing.assert_array_equal(flags, want)

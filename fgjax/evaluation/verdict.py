@@ -163,17 +163,19 @@ def fit_verdict(features: np.ndarray, labels: np.ndarray, weights: np.ndarray, s
 
 def verdict_flags(rows: VerdictRows, params: kernels.VerdictParams, threshold: float) -> np.ndarray:
     """``(windows, users, slots)`` bool forgotten: silent rows whose log-odds exceed ``threshold``."""
-    return _flags(rows, np.asarray(kernels.verdict_logit(rows.features, params)), threshold)
+    return log_odds_flags(rows, np.asarray(kernels.verdict_logit(rows.features, params)), threshold)
 
 
 def threshold_points(rows: VerdictRows, params: kernels.VerdictParams, thresholds: list[float],
                      metrics: Any) -> list[dict[str, Any]]:
     """``metrics(flags, truth)`` at each threshold; the log-odds are computed once for the whole sweep."""
     logit = np.asarray(kernels.verdict_logit(rows.features, params))
-    return [metrics(_flags(rows, logit, th), rows.truth) for th in thresholds]
+    return [metrics(log_odds_flags(rows, logit, th), rows.truth) for th in thresholds]
 
 
-def _flags(rows: VerdictRows, logit: np.ndarray, threshold: float) -> np.ndarray:
+def log_odds_flags(rows: VerdictRows, logit: np.ndarray, threshold: float) -> np.ndarray:
+    """``(windows, users, slots)`` bool forgotten: silent rows whose ``(windows, pairs)`` log-odds ``logit`` (of any
+    model) exceed ``threshold``."""
     flags = np.zeros(rows.shape, bool)
     flags[:, rows.truth.user, rows.truth.interest] = rows.silent & (logit > threshold)
     return flags
