@@ -223,15 +223,18 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         story.generate(data, users=args.users, days=args.days, seed=args.seed)
     config = load_config(None, list(args.overrides))
     cells = []
+    log_shape = None  # (days, users) of the log as read: a --data log's, not the flags' defaults
     for window_days in args.windows:
         origin = np.floor(story.START_EPOCH_S / (window_days * blind.DAY)) * window_days * blind.DAY
         days = blind.load_story(data, origin, story.START_EPOCH_S)
+        log_shape = days.counts.shape[:2]
         for share in args.shares:
             cells.append(score_cell(config, blind.fades_at_share(data, days, share), window_days, share, args.trees))
             summary = ", ".join(f"{k} {blind._f(cells[-1][k]['f1'])}" for k, _ in METHODS if k in cells[-1])
             print(f"{window_days}d {share:.0%}: {summary}; {time.perf_counter() - t0:.0f}s", flush=True)
-    setup = {"story": args.story, "data": str(args.data) if args.data else "written", "users": args.users,
-             "days": args.days, "seed": args.seed, "windows": args.windows, "shares": args.shares,
+    setup = {"story": args.story, "data": str(args.data) if args.data else "written",
+             "users": int(log_shape[1]) if log_shape else args.users, "days": int(log_shape[0]) if log_shape else args.days,
+             "seed": None if args.data else args.seed, "windows": args.windows, "shares": args.shares,
              "trees": args.trees, "scikit_learn": _sklearn_version() if args.trees else None,
              "overrides": args.overrides}
     payload = _report.study_payload("blind_ceiling", t0, argv, setup=setup, cells=cells)

@@ -110,6 +110,8 @@ def test_the_study_scores_the_shipped_and_the_truth_fitted_verdict(tmp_path):
     for method in ("rule", "shipped", "linear_on_truth"):
         assert 0.0 < cell[method]["f1"] <= 1.0
     assert "trees_on_truth" not in cell
+    # the log's own span and users, not the flags' defaults (3,000 x 120)
+    assert payload["setup"]["users"] == 200 and 60 <= payload["setup"]["days"] <= 64 and payload["setup"]["seed"] is None
     written = json.loads((tmp_path / "out" / "blind_ceiling.json").read_text())
     assert written["cells"][0]["linear_on_truth"] == cell["linear_on_truth"]
     assert "linear, on truth" in (tmp_path / "out" / "blind_ceiling.md").read_text()
