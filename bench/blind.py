@@ -41,7 +41,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 
@@ -56,9 +56,8 @@ KIND_NAMES = {"steady": "stable", "late": "stable", "periodic": "periodic", "sto
 STORIES = ("blind_story", "blind_story2", "blind_story3")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m bench.blind", description=__doc__.split("\n\n")[0])
-    p.add_argument("--out", default="bench/results/blind", help="output folder")
+def add_log_arguments(p: argparse.ArgumentParser) -> None:
+    """The flags that say which blind log is written and which of its cells are scored (every study of one)."""
     p.add_argument("--users", type=int, default=3000)
     p.add_argument("--days", type=int, default=120)
     p.add_argument("--seed", type=int, default=0)
@@ -66,6 +65,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--windows", type=_report.int_list, default=[1, 7], help="window lengths in days (1,7)")
     p.add_argument("--shares", type=lambda t: [float(v) for v in t.split(",")], default=[0.25, 0.05],
                    help="fade definitions: shares of the former rate (0.25,0.05)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m bench.blind", description=__doc__.split("\n\n")[0])
+    p.add_argument("--out", default="bench/results/blind", help="output folder")
+    add_log_arguments(p)
     p.add_argument("--verdict", default="", help="verdict.json of `fgjax evaluate --detection` ('' = detector only)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="config override for every fgjax analyze run and the scoring (repeatable)")
@@ -158,6 +163,18 @@ def fades_at_share(data: Path, days: Any, share: float) -> Any:
     day = np.where(below, length * (1.0 - share) / np.where(below, 1.0 - floor, 1.0), np.inf)
     half_life = np.where(below, day / np.log2(1.0 / share), np.asarray(days.fade_half_life, np.float64))
     return dataclasses.replace(days, fade_floor=np.where(linear & ~below, 1.0, 0.0), fade_half_life=half_life)
+
+
+def story_cells(data: Path, start_epoch_s: float, windows: list[int],
+                shares: list[float]) -> Iterator[tuple[int, float, Any]]:
+    """``(window_days, share, days)`` per scored cell of the log at ``data``, windows outer: ``days`` is
+    ``load_story``'s, day 0 on ``fgjax analyze``'s window grid (its first window starts at the first event's time
+    floored to a whole window since 1970), with the fades at ``share`` (``fades_at_share``)."""
+    for window_days in windows:
+        origin = np.floor(start_epoch_s / (window_days * DAY)) * window_days * DAY
+        days = load_story(data, origin, start_epoch_s)
+        for share in shares:
+            yield window_days, share, fades_at_share(data, days, share)
 
 
 def _unit_per_second(arrow_type: Any) -> float:
@@ -317,18 +334,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     generated = story.generate(data, users=args.users, days=args.days, seed=args.seed)
     config = load_config(None, list(args.overrides))
     cells = []
-    for window_days in args.windows:
-        # fgjax analyze's first window starts at the first event's time floored to a whole window since 1970.
-        origin = np.floor(story.START_EPOCH_S / (window_days * DAY)) * window_days * DAY
-        days = load_story(data, origin, story.START_EPOCH_S)
-        for share in args.shares:
-            cells.append(score_cell(config, fades_at_share(data, days, share), data, out, window_days, share,
-                                    args.verdict, args.overrides))
-            c = cells[-1]
-            print(f"{window_days}d {share:.0%}: as run F1 {_f(c['default']['f1'])}, detector alone "
-                  f"{_f(c['detector']['f1'])}, rule best "
-                  f"N={c['silence_best']['knob']} F1 {_f(c['silence_best']['f1'])}; "
-                  f"{time.perf_counter() - t0:.0f}s", flush=True)
+    for window_days, share, days in story_cells(data, story.START_EPOCH_S, args.windows, args.shares):
+        cells.append(score_cell(config, days, data, out, window_days, share, args.verdict, args.overrides))
+        c = cells[-1]
+        print(f"{window_days}d {share:.0%}: as run F1 {_f(c['default']['f1'])}, detector alone "
+              f"{_f(c['detector']['f1'])}, rule best "
+              f"N={c['silence_best']['knob']} F1 {_f(c['silence_best']['f1'])}; "
+              f"{time.perf_counter() - t0:.0f}s", flush=True)
     setup = {"story": args.story, "users": args.users, "days": args.days, "seed": args.seed, "verdict": args.verdict,
              "windows": args.windows, "shares": args.shares, "overrides": args.overrides,
              "events": generated.get("n_events"), "evaluate": dataclasses.asdict(config.evaluate)}

@@ -49,14 +49,8 @@ TREE_THRESHOLDS = tuple(float(t) for t in np.arange(-3.0, 6.01, 0.25))
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m bench.blind_ceiling", description=__doc__.split("\n\n")[0])
     p.add_argument("--out", default="bench/results/blind_ceiling", help="output folder")
-    p.add_argument("--story", choices=blind.STORIES, default=blind.STORIES[0], help="the generator: bench/STORY.py")
     p.add_argument("--data", default="", help="a log the story wrote before (bench.blind's OUT/data); '' = write one")
-    p.add_argument("--users", type=int, default=3000)
-    p.add_argument("--days", type=int, default=120)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--windows", type=_report.int_list, default=[1, 7], help="window lengths in days (1,7)")
-    p.add_argument("--shares", type=lambda t: [float(v) for v in t.split(",")], default=[0.25, 0.05],
-                   help="fade definitions: shares of the former rate (0.25,0.05)")
+    blind.add_log_arguments(p)
     p.add_argument("--trees", action="store_true", help="also gradient-boosted trees (needs scikit-learn)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="config override (repeatable)")
@@ -223,18 +217,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         story.generate(data, users=args.users, days=args.days, seed=args.seed)
     config = load_config(None, list(args.overrides))
     cells = []
-    log_shape = None  # (days, users) of the log as read: a --data log's, not the flags' defaults
-    for window_days in args.windows:
-        origin = np.floor(story.START_EPOCH_S / (window_days * blind.DAY)) * window_days * blind.DAY
-        days = blind.load_story(data, origin, story.START_EPOCH_S)
+    log_shape = (args.days, args.users)  # (days, users) of the log as read: a --data log's, not the flags' defaults
+    for window_days, share, days in blind.story_cells(data, story.START_EPOCH_S, args.windows, args.shares):
         log_shape = days.counts.shape[:2]
-        for share in args.shares:
-            cells.append(score_cell(config, blind.fades_at_share(data, days, share), window_days, share, args.trees))
-            summary = ", ".join(f"{k} {blind._f(cells[-1][k]['f1'])}" for k, _ in METHODS if k in cells[-1])
-            print(f"{window_days}d {share:.0%}: {summary}; {time.perf_counter() - t0:.0f}s", flush=True)
+        cells.append(score_cell(config, days, window_days, share, args.trees))
+        summary = ", ".join(f"{k} {blind._f(cells[-1][k]['f1'])}" for k, _ in METHODS if k in cells[-1])
+        print(f"{window_days}d {share:.0%}: {summary}; {time.perf_counter() - t0:.0f}s", flush=True)
     setup = {"story": args.story, "data": str(args.data) if args.data else "written",
-             "users": int(log_shape[1]) if log_shape else args.users, "days": int(log_shape[0]) if log_shape else args.days,
-             "seed": None if args.data else args.seed, "windows": args.windows, "shares": args.shares,
+             "users": int(log_shape[1]), "days": int(log_shape[0]), "seed": None if args.data else args.seed, "windows": args.windows, "shares": args.shares,
              "trees": args.trees, "scikit_learn": _sklearn_version() if args.trees else None,
              "overrides": args.overrides}
     payload = _report.study_payload("blind_ceiling", t0, argv, setup=setup, cells=cells)
